@@ -1,0 +1,260 @@
+//! Database configuration: one list of string keys with units, the same in every language
+//! (DESIGN §5). Unknown keys and malformed values are errors, never silently ignored.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Durability level chosen at open (DESIGN §4). Only `memory` exists until the durability work lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Memory,
+    Checkpoint,
+    Wal,
+}
+
+/// What a push does when its source queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueFullPolicy {
+    /// Wait for room (the default): lossless back-pressure on the writer.
+    Block,
+    /// Return a `RESOURCE_EXHAUSTED` error at once; nothing of the batch is applied.
+    Fail,
+}
+
+/// What happens when a subscriber stops reading and its buffer fills (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// End that subscription with a "lagged: N batches unread" error on its next read.
+    Lag,
+    /// Push back on the pipeline (and so on the writers) until the subscriber reads.
+    Block,
+}
+
+/// Every setting, with its documented default. Build one with [`Config::default`] and
+/// [`Config::set`] (string key/values, as the C ABI and the bindings do).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub storage_dir: Option<String>,
+    pub durability: Durability,
+    pub checkpoint_interval: Option<Duration>,
+    /// Worker threads for keyed operator state. Default: the number of cores.
+    pub workers: usize,
+    /// Bytes of operator state allowed before a query fails with RESOURCE_EXHAUSTED. None: no limit.
+    pub memory_limit: Option<usize>,
+    /// Batches a subscription buffers before the on_full rule applies. Default 1024.
+    pub buffer_size: usize,
+    /// Default idle timeout for sources that do not set one. None: sources never go idle.
+    pub idle_timeout: Option<Duration>,
+    /// Events (batches or watermarks) a source queue holds before a push waits. Default 64.
+    pub queue_capacity: usize,
+    pub queue_full: QueueFullPolicy,
+    pub on_full: OnFull,
+    /// Rows of recent input each source keeps for ad-hoc `SELECT … FROM source`. Default 65,536.
+    pub source_retention: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage_dir: None,
+            durability: Durability::Memory,
+            checkpoint_interval: None,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            memory_limit: None,
+            buffer_size: 1024,
+            idle_timeout: None,
+            queue_capacity: 64,
+            queue_full: QueueFullPolicy::Block,
+            on_full: OnFull::Lag,
+            source_retention: 65_536,
+        }
+    }
+}
+
+/// The keys [`Config::set`] accepts, in documentation order.
+pub const CONFIG_KEYS: &[&str] = &[
+    "storage_dir",
+    "durability",
+    "checkpoint_interval",
+    "checkpoint_interval_ms",
+    "workers",
+    "memory_limit",
+    "buffer_size",
+    "idle_timeout",
+    "queue_capacity",
+    "queue_full",
+    "on_full",
+    "source_retention",
+];
+
+impl Config {
+    /// Sets one key from its string form (`"5s"`, `"512MB"`, `"4"`, `"wal"`).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |what: &str| {
+            Error::invalid_argument(format!("config '{key}': {what}, got '{value}'"))
+        };
+        match key {
+            "storage_dir" => self.storage_dir = Some(value.to_string()),
+            "durability" => {
+                self.durability = match value.to_ascii_lowercase().as_str() {
+                    "memory" => Durability::Memory,
+                    "checkpoint" => Durability::Checkpoint,
+                    "wal" => Durability::Wal,
+                    _ => return Err(bad("expected memory, checkpoint or wal")),
+                }
+            }
+            "checkpoint_interval" => {
+                self.checkpoint_interval = Some(parse_duration(value).map_err(|m| bad(&m))?)
+            }
+            "checkpoint_interval_ms" => {
+                let ms: u64 = value.trim().parse().map_err(|_| bad("expected milliseconds"))?;
+                self.checkpoint_interval = Some(Duration::from_millis(ms))
+            }
+            "workers" => {
+                let n: usize = value.trim().parse().map_err(|_| bad("expected a positive integer"))?;
+                if n == 0 || n > 1024 {
+                    return Err(bad("expected 1..=1024"));
+                }
+                self.workers = n
+            }
+            "memory_limit" => self.memory_limit = Some(parse_bytes(value).map_err(|m| bad(&m))?),
+            "buffer_size" => {
+                self.buffer_size = parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
+            }
+            "idle_timeout" => self.idle_timeout = Some(parse_duration(value).map_err(|m| bad(&m))?),
+            "queue_capacity" => {
+                self.queue_capacity =
+                    parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
+            }
+            "queue_full" => {
+                self.queue_full = match value.to_ascii_lowercase().as_str() {
+                    "block" => QueueFullPolicy::Block,
+                    "fail" => QueueFullPolicy::Fail,
+                    _ => return Err(bad("expected block or fail")),
+                }
+            }
+            "on_full" => self.on_full = parse_on_full(value).ok_or_else(|| bad("expected lag or block"))?,
+            "source_retention" => {
+                self.source_retention =
+                    value.trim().parse().map_err(|_| bad("expected a row count"))?
+            }
+            _ => {
+                let hint = crate::error::nearest_name(key, CONFIG_KEYS.iter().copied())
+                    .map(|k| format!("; did you mean '{k}'?"))
+                    .unwrap_or_default();
+                return Err(Error::invalid_argument(format!(
+                    "unknown config key '{key}'{hint} (known keys: {})",
+                    CONFIG_KEYS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The current value of a key in the string form [`Config::set`] accepts.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let d = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis()));
+        Some(match key {
+            "storage_dir" => self.storage_dir.clone()?,
+            "durability" => match self.durability {
+                Durability::Memory => "memory",
+                Durability::Checkpoint => "checkpoint",
+                Durability::Wal => "wal",
+            }
+            .to_string(),
+            "checkpoint_interval" => d(self.checkpoint_interval)?,
+            "checkpoint_interval_ms" => self.checkpoint_interval?.as_millis().to_string(),
+            "workers" => self.workers.to_string(),
+            "memory_limit" => self.memory_limit?.to_string(),
+            "buffer_size" => self.buffer_size.to_string(),
+            "idle_timeout" => d(self.idle_timeout)?,
+            "queue_capacity" => self.queue_capacity.to_string(),
+            "queue_full" => match self.queue_full {
+                QueueFullPolicy::Block => "block",
+                QueueFullPolicy::Fail => "fail",
+            }
+            .to_string(),
+            "on_full" => match self.on_full {
+                OnFull::Lag => "lag",
+                OnFull::Block => "block",
+            }
+            .to_string(),
+            "source_retention" => self.source_retention.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+pub(crate) fn parse_on_full(v: &str) -> Option<OnFull> {
+    match v.to_ascii_lowercase().as_str() {
+        "lag" => Some(OnFull::Lag),
+        "block" => Some(OnFull::Block),
+        _ => None,
+    }
+}
+
+fn parse_positive(v: &str) -> Option<usize> {
+    v.trim().parse::<usize>().ok().filter(|n| *n > 0)
+}
+
+/// Parses `"250ms"`, `"5s"`, `"2m"`, `"1h"`, `"1.5s"`; a bare number is milliseconds.
+pub fn parse_duration(v: &str) -> std::result::Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().map_err(|_| "expected a duration such as '5s' or '250ms'".to_string())?;
+    let secs = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => n / 1000.0,
+        "us" | "µs" => n / 1e6,
+        "s" | "sec" | "second" | "seconds" => n,
+        "m" | "min" | "minute" | "minutes" => n * 60.0,
+        "h" | "hour" | "hours" => n * 3600.0,
+        u => return Err(format!("unknown duration unit '{u}'")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err("expected a non-negative duration".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `"512MB"`, `"2GiB"`, `"1000"` (bytes).
+pub fn parse_bytes(v: &str) -> std::result::Result<usize, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num.parse().map_err(|_| "expected a size such as '512MB'".to_string())?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "kib" | "k" => 1024.0,
+        "mb" => 1e6,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gb" => 1e9,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit '{u}'")),
+    };
+    Ok((n * mult) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_reject_bad_values() {
+        let mut c = Config::default();
+        c.set("checkpoint_interval", "5s").unwrap();
+        assert_eq!(c.checkpoint_interval, Some(Duration::from_secs(5)));
+        c.set("workers", "4").unwrap();
+        assert_eq!(c.get("workers").as_deref(), Some("4"));
+        c.set("memory_limit", "2MiB").unwrap();
+        assert_eq!(c.memory_limit, Some(2 * 1024 * 1024));
+        assert!(c.set("workers", "0").is_err());
+        assert!(c.set("durability", "paper").is_err());
+        let e = c.set("buffer_sise", "10").unwrap_err();
+        assert!(e.message().contains("did you mean 'buffer_size'"), "{e}");
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+}

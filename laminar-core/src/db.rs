@@ -1,0 +1,1318 @@
+//! The database handle and its pipeline driver.
+//!
+//! ```text
+//!  writer.write ─validate─► permit (bounded per source) ─► driver queue ─► driver thread
+//!                                                                           │ for each stream reading
+//!                                                                           │ the source, in DDL order:
+//!                                                                           │   operators → output
+//!                                                                           ▼
+//!                                     subscribers (bounded) ◄── emission ──► MV store, downstream streams
+//! ```
+//! One driver thread per database applies events in push order, so emission points are
+//! deterministic: the output of one pushed batch, then the output of the watermark it advanced.
+//! Keyed operator state is partitioned over the worker pool (`workers`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use parking_lot::Mutex;
+
+use crate::config::{Config, Durability, OnFull, QueueFullPolicy};
+use crate::error::{nearest_name, Error, ErrorKind, Result};
+use crate::operator::window::{event_times, TimeScale};
+use crate::operator::{LateRows, OpCtx, Operator, StreamKind, NO_WATERMARK};
+use crate::plan::{plan_continuous, PlanOptions, RelationInfo};
+use crate::runtime::ingest::{conform, normalize_schema};
+use crate::runtime::mv::MvStore;
+use crate::runtime::subscription::{new_pair, Delivered, PushEvent, PushSubscription, SubMsg, SubscribeOptions, SubscriberSlot, Subscription};
+use crate::sql::{self, CreateSource, CreateStream, ObjectKind, Statement, WatermarkDelay};
+
+/// A processing-time clock. Tests drive [`ManualClock`] by hand; everything else uses the system's.
+pub trait Clock: Send + Sync {
+    /// Milliseconds on this clock.
+    fn now_ms(&self) -> i64;
+    /// Whether the driver should sleep on the system clock until deadlines.
+    fn is_manual(&self) -> bool {
+        false
+    }
+}
+
+struct SystemClock(Instant);
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        self.0.elapsed().as_millis() as i64
+    }
+}
+
+/// A clock that moves only when told to ([`Database::advance_clock`]).
+#[derive(Default)]
+pub struct ManualClock(AtomicU64);
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::Acquire) as i64
+    }
+    fn is_manual(&self) -> bool {
+        true
+    }
+}
+
+/// Result of [`Database::execute`].
+#[derive(Debug, Clone, Default)]
+pub struct ExecuteResult {
+    /// Rows returned by SHOW, DESCRIBE, EXPLAIN or SELECT (empty for DDL).
+    pub batches: Vec<RecordBatch>,
+    /// Rows inserted by INSERT.
+    pub rows_affected: u64,
+    /// What a DDL statement did ("created stream 'x'").
+    pub message: String,
+}
+
+/// Metrics of one source.
+#[derive(Debug, Clone)]
+pub struct SourceMetrics {
+    pub name: String,
+    pub rows_in: u64,
+    pub batches_in: u64,
+    /// Rows dropped as late by the streams reading this source (every window closed).
+    pub rows_late: u64,
+    /// Watermark in epoch milliseconds, if any.
+    pub watermark_ms: Option<i64>,
+    /// Events (batches, watermarks) waiting in the source queue.
+    pub queue_depth: u64,
+}
+
+/// Metrics of one stream or materialized view.
+#[derive(Debug, Clone)]
+pub struct StreamMetrics {
+    pub name: String,
+    pub rows_out: u64,
+    pub batches_out: u64,
+    pub rows_late: u64,
+    pub late_pairs: u64,
+    pub state_bytes: u64,
+    pub watermark_ms: Option<i64>,
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub sources: Vec<SourceMetrics>,
+    pub streams: Vec<StreamMetrics>,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub events_processed: u64,
+}
+
+/// Description of a catalog object.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub kind: ObjectKind,
+    /// Schema as subscribers see it (with `__weight` for changelogs).
+    pub schema: SchemaRef,
+    pub stream_kind: StreamKind,
+    pub sql: String,
+}
+
+enum Event {
+    Batch(Arc<SourceQueue>, RecordBatch),
+    Watermark(Arc<SourceQueue>, i64),
+    Sync(Sender<()>),
+    Tick,
+    Shutdown,
+}
+
+/// The bounded queue of one source: permits in a bounded channel (lock-free), events in the
+/// driver's queue.
+pub(crate) struct SourceQueue {
+    name: String,
+    schema: SchemaRef,
+    permits_tx: Sender<()>,
+    permits_rx: Receiver<()>,
+    dropped: AtomicBool,
+}
+
+struct SourceRt {
+    queue: Arc<SourceQueue>,
+    sql: String,
+    time: Option<(usize, TimeScale, i64)>, // column, scale, delay µs
+    watermark: i64,
+    retained: VecDeque<RecordBatch>,
+    retained_rows: usize,
+    rows_in: u64,
+    batches_in: u64,
+    rows_late: u64,
+}
+
+struct StreamRt {
+    sql: String,
+    materialized: bool,
+    inputs: Vec<String>,
+    ops: Vec<Box<dyn Operator>>,
+    kind: StreamKind,
+    output_schema: SchemaRef,
+    logical_schema: SchemaRef,
+    late_to: Option<String>,
+    subscribers: Vec<SubscriberSlot>,
+    mv: Option<MvStore>,
+    watermark: i64,
+    rows_out: u64,
+    batches_out: u64,
+    rows_late: u64,
+    late_pairs: u64,
+    failed: Option<Error>,
+    tick: Option<(i64, i64)>, // period ms, next due ms
+    /// A LATE DATA TO target: has no operators, receives late rows.
+    is_late_sink: bool,
+}
+
+struct Engine {
+    sources: HashMap<String, SourceRt>,
+    streams: HashMap<String, StreamRt>,
+    /// Streams in creation order (a stream only reads what existed before it).
+    order: Vec<String>,
+    events: u64,
+}
+
+pub(crate) struct DbInner {
+    config: Config,
+    closed: AtomicBool,
+    engine: Mutex<Engine>,
+    tx: Sender<Event>,
+    driver: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pool: Option<rayon::ThreadPool>,
+    clock: Arc<dyn Clock>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// An open LaminarDB database. Cheap to clone; all clones share one engine. Thread-safe.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<DbInner>,
+}
+
+impl Database {
+    /// Opens an in-memory database (`":memory:"`) with the default configuration.
+    pub fn open_in_memory() -> Result<Database> {
+        Self::open(":memory:", Config::default())
+    }
+
+    /// Opens a database. Only `":memory:"` and the `memory` durability level exist today.
+    pub fn open(path: &str, config: Config) -> Result<Database> {
+        Self::open_with_clock(path, config, Arc::new(SystemClock(Instant::now())))
+    }
+
+    /// Opens a database whose processing-time clock is `clock` (tests use [`ManualClock`]).
+    pub fn open_with_clock(path: &str, config: Config, clock: Arc<dyn Clock>) -> Result<Database> {
+        if path != ":memory:" && !path.is_empty() {
+            return Err(Error::not_implemented(format!(
+                "opening '{path}': on-disk databases need durability, which is not available yet; use \":memory:\""
+            )));
+        }
+        if config.durability != Durability::Memory {
+            return Err(Error::not_implemented("durability levels 'checkpoint' and 'wal' are not available yet; use 'memory'"));
+        }
+        let pool = if config.workers > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(config.workers)
+                    .thread_name(|i| format!("laminar-worker-{i}"))
+                    .build()
+                    .map_err(|e| Error::internal(format!("cannot start worker threads: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("laminar-io")
+            .enable_time()
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start the I/O runtime: {e}")))?;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let inner = Arc::new(DbInner {
+            config,
+            closed: AtomicBool::new(false),
+            engine: Mutex::new(Engine { sources: HashMap::new(), streams: HashMap::new(), order: vec![], events: 0 }),
+            tx,
+            driver: Mutex::new(None),
+            pool,
+            clock,
+            runtime,
+        });
+        let weak = Arc::downgrade(&inner);
+        let handle = std::thread::Builder::new()
+            .name("laminar-pipeline".into())
+            .spawn(move || driver_loop(weak, rx))
+            .map_err(|e| Error::internal(format!("cannot start the pipeline thread: {e}")))?;
+        *inner.driver.lock() = Some(handle);
+        Ok(Database { inner })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) { Err(Error::closed()) } else { Ok(()) }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops the pipeline; every later call returns CLOSED. Subscriptions end. Idempotent.
+    pub fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.inner.tx.send(Event::Shutdown);
+        if let Some(h) = self.inner.driver.lock().take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        let mut eng = self.inner.engine.lock();
+        for s in eng.streams.values_mut() {
+            s.subscribers.clear();
+        }
+    }
+
+    /// Runs one or more `;`-separated statements; returns the result of the last.
+    pub fn execute(&self, sql_text: &str) -> Result<ExecuteResult> {
+        self.check_open()?;
+        let stmts = sql::parse_sql(sql_text)?;
+        if stmts.is_empty() {
+            return Err(Error::syntax("empty SQL statement"));
+        }
+        let mut last = ExecuteResult::default();
+        for s in stmts {
+            last = self.execute_statement(s.statement, &s.text)?;
+        }
+        Ok(last)
+    }
+
+    fn execute_statement(&self, stmt: Statement, text: &str) -> Result<ExecuteResult> {
+        match stmt {
+            Statement::CreateSource(cs) => self.create_source(cs, text),
+            Statement::CreateStream(cs) => self.create_stream(cs, text),
+            Statement::Drop { kind, names, if_exists, cascade } => self.drop_objects(kind, names, if_exists, cascade),
+            Statement::Show(kind) => self.show(kind),
+            Statement::Describe(name) => self.describe(&name),
+            Statement::ShowCreate(name) => {
+                let info = self.object(&name)?;
+                let b = RecordBatch::try_from_iter(vec![
+                    ("name", Arc::new(StringArray::from(vec![info.name])) as ArrayRef),
+                    ("sql", Arc::new(StringArray::from(vec![info.sql])) as ArrayRef),
+                ])?;
+                Ok(ExecuteResult { batches: vec![b], ..Default::default() })
+            }
+            Statement::Explain(inner) => self.explain(*inner),
+            Statement::Insert { table, columns, source } => self.insert_values(&table, &columns, *source),
+            Statement::Query(q) => Ok(ExecuteResult { batches: self.run_query(*q)?, ..Default::default() }),
+            Statement::Checkpoint => Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'")),
+        }
+    }
+
+    fn relations(&self, eng: &Engine) -> HashMap<String, RelationInfo> {
+        let mut m = HashMap::new();
+        for (n, s) in &eng.sources {
+            m.insert(n.clone(), RelationInfo { schema: s.queue.schema.clone(), kind: StreamKind::AppendOnly });
+        }
+        for (n, s) in &eng.streams {
+            m.insert(n.clone(), RelationInfo { schema: s.logical_schema.clone(), kind: s.kind.clone() });
+        }
+        m
+    }
+
+    fn name_taken(eng: &Engine, name: &str) -> Option<&'static str> {
+        if eng.sources.contains_key(name) {
+            Some("source")
+        } else if let Some(s) = eng.streams.get(name) {
+            Some(if s.materialized { "materialized view" } else { "stream" })
+        } else {
+            None
+        }
+    }
+
+    fn create_source(&self, cs: CreateSource, text: &str) -> Result<ExecuteResult> {
+        if let Some(c) = &cs.connector {
+            return Err(Error::not_implemented(format!("connector '{c}' is not available in this build")));
+        }
+        for k in cs.options.keys() {
+            if k != "idle_timeout" {
+                return Err(Error::invalid_argument(format!("unknown source option '{k}' (known: idle_timeout)")));
+            }
+        }
+        if let Some(v) = cs.options.get("idle_timeout") {
+            crate::config::parse_duration(v).map_err(|m| Error::invalid_argument(format!("idle_timeout: {m}")))?;
+        }
+        // DataFusion's own type mapping, through a CREATE TABLE plan.
+        let schema = {
+            let ctx = crate::plan::session_context();
+            let sql_text = format!("CREATE TABLE __laminar_schema {}", cs.columns_sql);
+            let plan = futures::executor::block_on(ctx.state().create_logical_plan(&sql_text))?;
+            normalize_schema(plan.schema().as_arrow())
+        };
+        let time = match &cs.watermark {
+            None => None,
+            Some(w) => {
+                let idx = schema.index_of(&w.column).map_err(|_| {
+                    Error::plan(format!("WATERMARK FOR '{}': no such column in source '{}'", w.column, cs.name))
+                })?;
+                let dt = schema.field(idx).data_type();
+                let scale = TimeScale::for_type(dt).ok_or_else(|| {
+                    Error::plan(format!("WATERMARK FOR '{}': column is {dt}, expected TIMESTAMP or BIGINT (epoch milliseconds)", w.column))
+                })?;
+                let delay = match (w.delay, dt) {
+                    (WatermarkDelay::None, _) => 0,
+                    (WatermarkDelay::IntervalMicros(us), DataType::Timestamp(..)) => us,
+                    (WatermarkDelay::Integer(ms), DataType::Int64) => ms.saturating_mul(1000),
+                    (WatermarkDelay::IntervalMicros(us), DataType::Int64) => us,
+                    (WatermarkDelay::IntervalMicros(us), _) => us,
+                    (WatermarkDelay::Integer(_), _) => {
+                        return Err(Error::plan(format!(
+                            "WATERMARK FOR '{}': a TIMESTAMP column takes an INTERVAL delay, e.g. {} - INTERVAL '5' SECOND",
+                            w.column, w.column
+                        )));
+                    }
+                };
+                if delay < 0 {
+                    return Err(Error::plan("the watermark delay cannot be negative"));
+                }
+                Some((idx, scale, delay))
+            }
+        };
+        let mut eng = self.inner.engine.lock();
+        if let Some(what) = Self::name_taken(&eng, &cs.name) {
+            if cs.if_not_exists {
+                return Ok(ExecuteResult { message: format!("{what} '{}' already exists", cs.name), ..Default::default() });
+            }
+            if !(cs.or_replace && what == "source") {
+                return Err(Error::already_exists(format!("a {what} named '{}' already exists", cs.name)));
+            }
+            if eng.streams.values().any(|s| s.inputs.contains(&cs.name)) {
+                return Err(Error::invalid_state(format!("cannot replace source '{}': streams read it (DROP … CASCADE first)", cs.name)));
+            }
+            if let Some(old) = eng.sources.remove(&cs.name) {
+                old.queue.dropped.store(true, Ordering::Release);
+            }
+        }
+        let (permits_tx, permits_rx) = crossbeam_channel::bounded(self.inner.config.queue_capacity);
+        let queue = Arc::new(SourceQueue { name: cs.name.clone(), schema, permits_tx, permits_rx, dropped: AtomicBool::new(false) });
+        eng.sources.insert(
+            cs.name.clone(),
+            SourceRt {
+                queue,
+                sql: text.to_string(),
+                time,
+                watermark: NO_WATERMARK,
+                retained: VecDeque::new(),
+                retained_rows: 0,
+                rows_in: 0,
+                batches_in: 0,
+                rows_late: 0,
+            },
+        );
+        Ok(ExecuteResult { message: format!("created source '{}'", cs.name), ..Default::default() })
+    }
+
+    fn plan_stream(&self, eng: &Engine, cs: &CreateStream) -> Result<crate::plan::PlannedQuery> {
+        let opts = PlanOptions {
+            emit: cs.emit,
+            lateness_us: cs.allowed_lateness.map(|d| d.as_micros() as i64).unwrap_or(0),
+            partitions: self.inner.config.workers,
+        };
+        plan_continuous((*cs.query).clone(), &self.relations(eng), &opts)
+    }
+
+    fn create_stream(&self, cs: CreateStream, text: &str) -> Result<ExecuteResult> {
+        let noun = if cs.materialized { "materialized view" } else { "stream" };
+        let mut eng = self.inner.engine.lock();
+        if let Some(what) = Self::name_taken(&eng, &cs.name) {
+            if cs.if_not_exists {
+                return Ok(ExecuteResult { message: format!("{what} '{}' already exists", cs.name), ..Default::default() });
+            }
+            if !cs.or_replace || what == "source" {
+                return Err(Error::already_exists(format!("a {what} named '{}' already exists", cs.name)));
+            }
+            if eng.streams.values().any(|s| s.inputs.contains(&cs.name)) {
+                return Err(Error::invalid_state(format!("cannot replace '{}': other streams read it", cs.name)));
+            }
+            eng.streams.remove(&cs.name);
+            eng.order.retain(|n| n != &cs.name);
+        }
+        let planned = self.plan_stream(&eng, &cs)?;
+        if let Some(late) = &cs.late_data_to {
+            let Some(late_schema) = planned.late_schema.clone() else {
+                return Err(Error::plan("LATE DATA TO needs a windowed query"));
+            };
+            match eng.streams.get(late) {
+                Some(s) if s.is_late_sink && s.output_schema == late_schema => {}
+                Some(_) => return Err(Error::already_exists(format!("'{late}' exists and is not a late-data stream of the same shape"))),
+                None if eng.sources.contains_key(late) => {
+                    return Err(Error::already_exists(format!("'{late}' is a source; LATE DATA TO needs a new stream name")));
+                }
+                None => {
+                    eng.streams.insert(late.clone(), StreamRt::late_sink(late_schema, format!("-- late rows of {}", cs.name)));
+                    eng.order.push(late.clone());
+                }
+            }
+        }
+        let logical_schema = match planned.kind {
+            StreamKind::Changelog => {
+                let f = planned.output_schema.fields();
+                Arc::new(Schema::new(f[..f.len() - 1].to_vec()))
+            }
+            _ => planned.output_schema.clone(),
+        };
+        // A window whose input already has a watermark starts from it.
+        let watermark = planned.inputs.iter().map(|i| input_watermark(&eng, i)).min().unwrap_or(NO_WATERMARK);
+        let tick = planned.ops.iter().find_map(|o| o.tick_interval()).map(|d| {
+            let p = d.as_millis().max(1) as i64;
+            (p, self.inner.clock.now_ms() + p)
+        });
+        let mv = if cs.materialized { Some(MvStore::new(logical_schema.clone(), &planned.kind)?) } else { None };
+        eng.streams.insert(
+            cs.name.clone(),
+            StreamRt {
+                sql: text.to_string(),
+                materialized: cs.materialized,
+                inputs: planned.inputs,
+                ops: planned.ops,
+                kind: planned.kind,
+                output_schema: planned.output_schema,
+                logical_schema,
+                late_to: cs.late_data_to.clone(),
+                subscribers: vec![],
+                mv,
+                watermark,
+                rows_out: 0,
+                batches_out: 0,
+                rows_late: 0,
+                late_pairs: 0,
+                failed: None,
+                tick,
+                is_late_sink: false,
+            },
+        );
+        eng.order.push(cs.name.clone());
+        Ok(ExecuteResult { message: format!("created {noun} '{}'", cs.name), ..Default::default() })
+    }
+
+    fn drop_objects(&self, kind: Option<ObjectKind>, names: Vec<String>, if_exists: bool, cascade: bool) -> Result<ExecuteResult> {
+        let mut eng = self.inner.engine.lock();
+        let mut dropped = vec![];
+        for name in names {
+            let actual = if eng.sources.contains_key(&name) {
+                Some(ObjectKind::Source)
+            } else {
+                eng.streams.get(&name).map(|s| if s.materialized { ObjectKind::MaterializedView } else { ObjectKind::Stream })
+            };
+            let Some(actual) = actual else {
+                if if_exists {
+                    continue;
+                }
+                let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+                let hint = nearest_name(&name, all.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+                return Err(Error::not_found(format!("no source, stream or view named '{name}'{hint}")));
+            };
+            if let Some(k) = kind {
+                if k != actual {
+                    return Err(Error::invalid_argument(format!("'{name}' is a {}, not a {}", actual.noun(), k.noun())));
+                }
+            }
+            // Dependents, transitively.
+            let mut doomed = vec![name.clone()];
+            let mut i = 0;
+            while i < doomed.len() {
+                let d = doomed[i].clone();
+                for n in &eng.order {
+                    let s = &eng.streams[n];
+                    let reads = s.inputs.contains(&d) || (s.is_late_sink && false);
+                    if reads && !doomed.contains(n) {
+                        doomed.push(n.clone());
+                    }
+                }
+                i += 1;
+            }
+            if doomed.len() > 1 && !cascade {
+                return Err(Error::invalid_state(format!(
+                    "cannot drop '{name}': {} depend on it ({}); use DROP … CASCADE",
+                    doomed.len() - 1,
+                    doomed[1..].join(", ")
+                )));
+            }
+            for d in doomed {
+                if let Some(s) = eng.sources.remove(&d) {
+                    s.queue.dropped.store(true, Ordering::Release);
+                }
+                eng.streams.remove(&d);
+                eng.order.retain(|n| n != &d);
+                dropped.push(d);
+            }
+        }
+        Ok(ExecuteResult { message: format!("dropped {}", if dropped.is_empty() { "nothing".into() } else { dropped.join(", ") }), ..Default::default() })
+    }
+
+    /// Names of the objects of a kind, sorted.
+    pub fn list(&self, kind: ObjectKind) -> Result<Vec<String>> {
+        self.check_open()?;
+        let eng = self.inner.engine.lock();
+        let mut v: Vec<String> = match kind {
+            ObjectKind::Source => eng.sources.keys().cloned().collect(),
+            ObjectKind::Stream => eng.streams.iter().filter(|(_, s)| !s.materialized).map(|(n, _)| n.clone()).collect(),
+            ObjectKind::MaterializedView => eng.streams.iter().filter(|(_, s)| s.materialized).map(|(n, _)| n.clone()).collect(),
+            ObjectKind::Table | ObjectKind::Sink => vec![],
+        };
+        v.sort();
+        Ok(v)
+    }
+
+    fn show(&self, kind: ObjectKind) -> Result<ExecuteResult> {
+        let names = self.list(kind)?;
+        let b = RecordBatch::try_from_iter(vec![("name", Arc::new(StringArray::from(names)) as ArrayRef)])?;
+        Ok(ExecuteResult { batches: vec![b], ..Default::default() })
+    }
+
+    /// Describes a source, stream or materialized view.
+    pub fn object(&self, name: &str) -> Result<ObjectInfo> {
+        self.check_open()?;
+        let eng = self.inner.engine.lock();
+        if let Some(s) = eng.sources.get(name) {
+            return Ok(ObjectInfo { name: name.into(), kind: ObjectKind::Source, schema: s.queue.schema.clone(), stream_kind: StreamKind::AppendOnly, sql: s.sql.clone() });
+        }
+        if let Some(s) = eng.streams.get(name) {
+            return Ok(ObjectInfo {
+                name: name.into(),
+                kind: if s.materialized { ObjectKind::MaterializedView } else { ObjectKind::Stream },
+                schema: s.output_schema.clone(),
+                stream_kind: s.kind.clone(),
+                sql: s.sql.clone(),
+            });
+        }
+        let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+        let hint = nearest_name(name, all.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+        Err(Error::not_found(format!("no source, stream or view named '{name}'{hint}")))
+    }
+
+    fn describe(&self, name: &str) -> Result<ExecuteResult> {
+        let info = self.object(name)?;
+        let f = info.schema.fields();
+        let b = RecordBatch::try_from_iter(vec![
+            ("column_name", Arc::new(StringArray::from_iter_values(f.iter().map(|f| f.name().clone()))) as ArrayRef),
+            ("data_type", Arc::new(StringArray::from_iter_values(f.iter().map(|f| f.data_type().to_string())))),
+            ("is_nullable", Arc::new(StringArray::from_iter_values(f.iter().map(|f| if f.is_nullable() { "YES" } else { "NO" })))),
+            ("kind", Arc::new(StringArray::from_iter_values(f.iter().map(|_| format!("{} {}", info.kind.noun(), info.stream_kind))))),
+        ])?;
+        Ok(ExecuteResult { batches: vec![b], ..Default::default() })
+    }
+
+    fn explain(&self, inner: Statement) -> Result<ExecuteResult> {
+        let eng = self.inner.engine.lock();
+        let lines = match inner {
+            Statement::CreateStream(cs) => {
+                let p = self.plan_stream(&eng, &cs)?;
+                let mut lines = vec![format!("Stream {} [{}]", cs.name, p.kind)];
+                for (i, op) in p.ops.iter().enumerate().rev() {
+                    lines.push(format!("{}{}", "  ".repeat(p.ops.len() - i), op.explain()));
+                }
+                lines.push(format!("{}Input: {}", "  ".repeat(p.ops.len() + 1), p.inputs.join(", ")));
+                lines
+            }
+            Statement::Query(q) => {
+                let plan = crate::plan::logical_plan(*q, &self.relations(&eng), &[])?;
+                vec!["Ad-hoc query (DataFusion over snapshots)".to_string(), plan.display_indent().to_string()]
+            }
+            _ => unreachable!("parser admits only these"),
+        };
+        let b = RecordBatch::try_from_iter(vec![("plan", Arc::new(StringArray::from(lines)) as ArrayRef)])?;
+        Ok(ExecuteResult { batches: vec![b], ..Default::default() })
+    }
+
+    /// Runs an ad-hoc query over snapshots of sources (their retained rows) and materialized views.
+    pub fn query(&self, sql_text: &str) -> Result<Vec<RecordBatch>> {
+        self.check_open()?;
+        match sql::parse_one(sql_text)?.statement {
+            Statement::Query(q) => self.run_query(*q),
+            _ => Err(Error::invalid_argument("query() takes a SELECT; use execute() for other statements")),
+        }
+    }
+
+    fn run_query(&self, q: datafusion::sql::sqlparser::ast::Query) -> Result<Vec<RecordBatch>> {
+        self.check_open()?;
+        let ctx = crate::plan::session_context();
+        {
+            let eng = self.inner.engine.lock();
+            for (n, s) in &eng.sources {
+                let data: Vec<RecordBatch> = s.retained.iter().cloned().collect();
+                ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.queue.schema.clone(), vec![data])?))?;
+            }
+            for (n, s) in &eng.streams {
+                if let Some(mv) = &s.mv {
+                    ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.logical_schema.clone(), vec![mv.snapshot()?])?))?;
+                }
+            }
+            // Plain streams are not queryable: say so instead of "table not found".
+            let names: Vec<String> = eng.streams.iter().filter(|(_, s)| s.mv.is_none()).map(|(n, _)| n.clone()).collect();
+            let text = q.to_string();
+            for n in names {
+                let lower = text.to_lowercase();
+                if lower.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| w == n) {
+                    if ctx.table_exist(n.as_str()).unwrap_or(false) {
+                        continue;
+                    }
+                    // Only an error if the name is used as a relation; DataFusion will decide.
+                    let _ = ctx.register_table(
+                        format!("__laminar_stream_{n}").as_str(),
+                        Arc::new(MemTable::try_new(Arc::new(Schema::empty()), vec![vec![]])?),
+                    );
+                }
+            }
+        }
+        let stmt = datafusion::sql::parser::Statement::Statement(Box::new(datafusion::sql::sqlparser::ast::Statement::Query(Box::new(q))));
+        let inner = self.inner.clone();
+        let res = self.inner.runtime.block_on(async move {
+            let plan = ctx.state().statement_to_plan(stmt).await?;
+            let df = ctx.execute_logical_plan(plan).await?;
+            df.collect().await
+        });
+        res.map_err(|e| {
+            let err: Error = e.into();
+            if err.message().contains("not found") {
+                let eng = inner.engine.lock();
+                for (n, s) in &eng.streams {
+                    if s.mv.is_none() && err.message().contains(&format!("'{n}'")) {
+                        return Error::invalid_argument(format!(
+                            "stream '{n}' keeps no queryable state; subscribe to it, or create it as a MATERIALIZED VIEW to query it"
+                        ));
+                    }
+                }
+            }
+            err
+        })
+    }
+
+    fn insert_values(&self, table: &str, columns: &[String], source: datafusion::sql::sqlparser::ast::Query) -> Result<ExecuteResult> {
+        let schema = {
+            let eng = self.inner.engine.lock();
+            match eng.sources.get(table) {
+                Some(s) => s.queue.schema.clone(),
+                None if eng.streams.contains_key(table) => {
+                    return Err(Error::invalid_argument(format!("cannot INSERT INTO '{table}': it is a stream; insert into a source")));
+                }
+                None => return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string()))),
+            }
+        };
+        let batches = self.run_query(source)?;
+        let targets: Vec<usize> = if columns.is_empty() {
+            (0..schema.fields().len()).collect()
+        } else {
+            columns.iter().map(|c| schema.index_of(c).map_err(|_| Error::plan(format!("source '{table}' has no column '{c}'")))).collect::<Result<_>>()?
+        };
+        let mut total = 0u64;
+        let mut writer = self.writer(table)?;
+        for b in batches {
+            if b.num_columns() != targets.len() {
+                return Err(Error::plan(format!("INSERT has {} values per row for {} columns", b.num_columns(), targets.len())));
+            }
+            let n = b.num_rows();
+            let mut cols: Vec<ArrayRef> = vec![];
+            for (i, f) in schema.fields().iter().enumerate() {
+                let col = match targets.iter().position(|&t| t == i) {
+                    Some(p) => datafusion::arrow::compute::cast(b.column(p), f.data_type()).map_err(|e| {
+                        Error::invalid_data(format!("column '{}': {e}", f.name()))
+                    })?,
+                    None => datafusion::arrow::array::new_null_array(f.data_type(), n),
+                };
+                cols.push(col);
+            }
+            let batch = RecordBatch::try_new_with_options(
+                Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>())),
+                cols,
+                &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+            )?;
+            writer.write(batch)?;
+            total += n as u64;
+        }
+        writer.flush()?;
+        Ok(ExecuteResult { rows_affected: total, message: format!("inserted {total} rows"), ..Default::default() })
+    }
+
+    /// A writer that pushes batches into `source`. A writer belongs to one thread at a time.
+    pub fn writer(&self, source: &str) -> Result<SourceWriter> {
+        self.check_open()?;
+        let eng = self.inner.engine.lock();
+        let s = eng.sources.get(source).ok_or_else(|| {
+            let hint = nearest_name(source, eng.sources.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+            Error::not_found(format!("no source named '{source}'{hint}"))
+        })?;
+        Ok(SourceWriter { db: self.clone(), queue: s.queue.clone() })
+    }
+
+    /// Subscribes to a stream or materialized view: every result emitted after this returns.
+    pub fn subscribe(&self, name: &str) -> Result<Subscription> {
+        self.subscribe_with(name, SubscribeOptions::default())
+    }
+
+    pub fn subscribe_with(&self, name: &str, opts: SubscribeOptions) -> Result<Subscription> {
+        self.check_open()?;
+        let mut eng = self.inner.engine.lock();
+        if eng.sources.contains_key(name) {
+            return Err(Error::invalid_argument(format!("'{name}' is a source; subscribe to a stream over it (CREATE STREAM … AS SELECT * FROM {name})")));
+        }
+        let names: Vec<String> = eng.streams.keys().cloned().collect();
+        let s = eng.streams.get_mut(name).ok_or_else(|| {
+            let hint = nearest_name(name, names.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+            Error::not_found(format!("no stream named '{name}'{hint}"))
+        })?;
+        if let Some(e) = &s.failed {
+            return Err(Error::new(e.kind(), format!("stream '{name}' has failed: {}", e.message())));
+        }
+        let cap = opts.buffer_size.unwrap_or(self.inner.config.buffer_size);
+        let on_full = opts.on_full.unwrap_or(self.inner.config.on_full);
+        let (slot, sub) = new_pair(name, s.output_schema.clone(), cap, on_full);
+        s.subscribers.push(slot);
+        Ok(sub)
+    }
+
+    /// Subscribes with a callback run on an engine-owned thread. `initial_credits` bounds how many
+    /// batches are delivered before [`PushSubscription::request`] grants more (`u64::MAX`: no bound).
+    pub fn subscribe_push(
+        &self,
+        name: &str,
+        opts: SubscribeOptions,
+        initial_credits: u64,
+        callback: impl FnMut(PushEvent) + Send + 'static,
+    ) -> Result<PushSubscription> {
+        let sub = self.subscribe_with(name, opts)?;
+        PushSubscription::spawn(sub, initial_credits, Box::new(callback))
+    }
+
+    /// Waits until every event pushed before this call has been processed and emitted.
+    pub fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.tx.send(Event::Sync(tx)).map_err(|_| Error::closed())?;
+        rx.recv().map_err(|_| Error::closed())
+    }
+
+    /// Moves a [`ManualClock`] forward and runs the `EMIT EVERY` emissions that became due.
+    pub fn advance_clock(&self, by: Duration) -> Result<()> {
+        self.check_open()?;
+        if !self.inner.clock.is_manual() {
+            return Err(Error::invalid_state("advance_clock needs a database opened with a ManualClock"));
+        }
+        // Only ManualClock reports is_manual; its counter is the first field.
+        let clock = Arc::as_ptr(&self.inner.clock) as *const ManualClock;
+        // SAFETY: is_manual() is true only for ManualClock, so the pointer has that type.
+        unsafe { (*clock).0.fetch_add(by.as_millis() as u64, Ordering::AcqRel) };
+        self.inner.tx.send(Event::Tick).map_err(|_| Error::closed())?;
+        self.flush()
+    }
+
+    pub fn metrics(&self) -> Result<Metrics> {
+        self.check_open()?;
+        let eng = self.inner.engine.lock();
+        let ms = |w: i64| (w != NO_WATERMARK).then(|| if w == i64::MAX { i64::MAX } else { w.div_euclid(1000) });
+        let mut sources: Vec<SourceMetrics> = eng
+            .sources
+            .iter()
+            .map(|(n, s)| SourceMetrics {
+                name: n.clone(),
+                rows_in: s.rows_in,
+                batches_in: s.batches_in,
+                rows_late: s.rows_late,
+                watermark_ms: ms(s.watermark),
+                queue_depth: s.queue.permits_tx.len() as u64,
+            })
+            .collect();
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut streams: Vec<StreamMetrics> = eng
+            .streams
+            .iter()
+            .map(|(n, s)| StreamMetrics {
+                name: n.clone(),
+                rows_out: s.rows_out,
+                batches_out: s.batches_out,
+                rows_late: s.rows_late,
+                late_pairs: s.late_pairs,
+                state_bytes: s.ops.iter().map(|o| o.state_size() as u64).sum(),
+                watermark_ms: ms(s.watermark),
+                failed: s.failed.as_ref().map(|e| e.to_string()),
+            })
+            .collect();
+        streams.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Metrics {
+            rows_in: sources.iter().map(|s| s.rows_in).sum(),
+            rows_out: streams.iter().map(|s| s.rows_out).sum(),
+            events_processed: eng.events,
+            sources,
+            streams,
+        })
+    }
+
+    /// Metrics as one Arrow batch: `(kind, name, metric, value)` rows.
+    pub fn metrics_batch(&self) -> Result<RecordBatch> {
+        let m = self.metrics()?;
+        let (mut kind, mut name, mut metric, mut value) = (vec![], vec![], vec![], vec![]);
+        let mut push = |k: &str, n: &str, m: &str, v: Option<i64>| {
+            kind.push(k.to_string());
+            name.push(n.to_string());
+            metric.push(m.to_string());
+            value.push(v);
+        };
+        for s in &m.sources {
+            push("source", &s.name, "rows_in", Some(s.rows_in as i64));
+            push("source", &s.name, "rows_late", Some(s.rows_late as i64));
+            push("source", &s.name, "watermark_ms", s.watermark_ms);
+            push("source", &s.name, "queue_depth", Some(s.queue_depth as i64));
+        }
+        for s in &m.streams {
+            push("stream", &s.name, "rows_out", Some(s.rows_out as i64));
+            push("stream", &s.name, "rows_late", Some(s.rows_late as i64));
+            push("stream", &s.name, "late_pairs", Some(s.late_pairs as i64));
+            push("stream", &s.name, "state_bytes", Some(s.state_bytes as i64));
+            push("stream", &s.name, "watermark_ms", s.watermark_ms);
+        }
+        push("pipeline", "", "rows_in", Some(m.rows_in as i64));
+        push("pipeline", "", "rows_out", Some(m.rows_out as i64));
+        push("pipeline", "", "events_processed", Some(m.events_processed as i64));
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("kind", DataType::Utf8, false),
+                Field::new("name", DataType::Utf8, false),
+                Field::new("metric", DataType::Utf8, false),
+                Field::new("value", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from(kind)),
+                Arc::new(StringArray::from(name)),
+                Arc::new(StringArray::from(metric)),
+                Arc::new(Int64Array::from(value)),
+            ],
+        )?)
+    }
+
+    /// Snapshot of every operator's state of a stream, as Arrow batches per operator.
+    pub fn snapshot_stream(&self, name: &str) -> Result<Vec<Vec<RecordBatch>>> {
+        self.flush()?;
+        let mut eng = self.inner.engine.lock();
+        let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
+        s.ops.iter_mut().map(|o| o.snapshot()).collect()
+    }
+
+    /// Restores operator state taken by [`Database::snapshot_stream`] into a stream of the same plan.
+    pub fn restore_stream(&self, name: &str, state: Vec<Vec<RecordBatch>>) -> Result<()> {
+        self.flush()?;
+        let mut eng = self.inner.engine.lock();
+        let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
+        if state.len() != s.ops.len() {
+            return Err(Error::invalid_argument("the snapshot was taken from a different plan"));
+        }
+        for (op, st) in s.ops.iter_mut().zip(state) {
+            op.restore(st)?;
+        }
+        Ok(())
+    }
+}
+
+impl StreamRt {
+    fn late_sink(schema: SchemaRef, sql: String) -> StreamRt {
+        StreamRt {
+            sql,
+            materialized: false,
+            inputs: vec![],
+            ops: vec![],
+            kind: StreamKind::AppendOnly,
+            output_schema: schema.clone(),
+            logical_schema: schema,
+            late_to: None,
+            subscribers: vec![],
+            mv: None,
+            watermark: NO_WATERMARK,
+            rows_out: 0,
+            batches_out: 0,
+            rows_late: 0,
+            late_pairs: 0,
+            failed: None,
+            tick: None,
+            is_late_sink: true,
+        }
+    }
+}
+
+/// A handle that pushes into one source. Not shareable across threads at once (`&mut self`);
+/// use one writer per thread.
+pub struct SourceWriter {
+    db: Database,
+    queue: Arc<SourceQueue>,
+}
+
+impl SourceWriter {
+    pub fn source_name(&self) -> &str {
+        &self.queue.name
+    }
+    pub fn schema(&self) -> SchemaRef {
+        self.queue.schema.clone()
+    }
+
+    fn enqueue(&self, ev: Event) -> Result<()> {
+        self.db.check_open()?;
+        if self.queue.dropped.load(Ordering::Acquire) {
+            return Err(Error::not_found(format!("source '{}' was dropped", self.queue.name)));
+        }
+        match self.db.inner.config.queue_full {
+            QueueFullPolicy::Fail => self.queue.permits_tx.try_send(()).map_err(|_| {
+                Error::new(ErrorKind::ResourceExhausted, format!("source '{}' queue is full (queue_full = fail); nothing of this push was applied", self.queue.name))
+            })?,
+            QueueFullPolicy::Block => loop {
+                match self.queue.permits_tx.send_timeout((), Duration::from_millis(100)) {
+                    Ok(()) => break,
+                    Err(_) => {
+                        self.db.check_open()?;
+                        if self.queue.dropped.load(Ordering::Acquire) {
+                            return Err(Error::not_found(format!("source '{}' was dropped", self.queue.name)));
+                        }
+                    }
+                }
+            },
+        }
+        self.db.inner.tx.send(ev).map_err(|_| Error::closed())
+    }
+
+    /// Pushes a batch: validated and converted to the source schema (all or nothing), then queued.
+    pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let batch = conform(&self.queue.name, &self.queue.schema, &batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.enqueue(Event::Batch(self.queue.clone(), batch))
+    }
+
+    /// Advances the source's watermark to `ms` (epoch milliseconds); never moves it back.
+    /// `i64::MAX` means end of input.
+    pub fn watermark(&mut self, ms: i64) -> Result<()> {
+        let us = if ms == i64::MAX { i64::MAX } else { ms.saturating_mul(1000) };
+        self.enqueue(Event::Watermark(self.queue.clone(), us))
+    }
+
+    /// Marks the end of input: closes every window that depends only on finished sources.
+    pub fn finish(&mut self) -> Result<()> {
+        self.enqueue(Event::Watermark(self.queue.clone(), i64::MAX))
+    }
+
+    /// The source's current watermark in epoch milliseconds (after what has been processed).
+    pub fn current_watermark(&self) -> Result<Option<i64>> {
+        let eng = self.db.inner.engine.lock();
+        let w = eng.sources.get(&self.queue.name).map(|s| s.watermark).unwrap_or(NO_WATERMARK);
+        Ok((w != NO_WATERMARK).then(|| if w == i64::MAX { i64::MAX } else { w.div_euclid(1000) }))
+    }
+
+    /// Waits until everything pushed so far has been processed.
+    pub fn flush(&mut self) -> Result<()> {
+        self.db.flush()
+    }
+}
+
+fn input_watermark(eng: &Engine, name: &str) -> i64 {
+    if let Some(s) = eng.sources.get(name) {
+        s.watermark
+    } else if let Some(s) = eng.streams.get(name) {
+        s.watermark
+    } else {
+        NO_WATERMARK
+    }
+}
+
+// ---------------------------------------------------------------- the driver
+
+fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>) {
+    loop {
+        let timeout = {
+            let Some(inner) = db.upgrade() else { return };
+            let eng = inner.engine.lock();
+            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).min();
+            match (next, inner.clock.is_manual()) {
+                (Some(due), false) => Some(Duration::from_millis((due - inner.clock.now_ms()).max(0) as u64)),
+                _ => None,
+            }
+        };
+        let ev = match timeout {
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(ev) => Some(ev),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(_) => return,
+            },
+            None => match rx.recv() {
+                Ok(ev) => Some(ev),
+                Err(_) => return,
+            },
+        };
+        let Some(inner) = db.upgrade() else { return };
+        let mut eng = inner.engine.lock();
+        match ev {
+            Some(Event::Shutdown) => return,
+            Some(Event::Sync(ack)) => {
+                drop(eng);
+                let _ = ack.send(());
+                continue;
+            }
+            Some(Event::Batch(q, batch)) => {
+                let _ = q.permits_rx.try_recv();
+                if !q.dropped.load(Ordering::Acquire) {
+                    eng.events += 1;
+                    on_source_batch(&inner, &mut eng, &q.name, batch);
+                }
+            }
+            Some(Event::Watermark(q, wm)) => {
+                let _ = q.permits_rx.try_recv();
+                if !q.dropped.load(Ordering::Acquire) {
+                    eng.events += 1;
+                    advance_source_watermark(&inner, &mut eng, &q.name, wm);
+                }
+            }
+            Some(Event::Tick) | None => {}
+        }
+        run_ticks(&inner, &mut eng);
+    }
+}
+
+fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: RecordBatch) {
+    let retention = inner.config.source_retention;
+    let Some(s) = eng.sources.get_mut(source) else { return };
+    s.rows_in += batch.num_rows() as u64;
+    s.batches_in += 1;
+    if retention > 0 {
+        s.retained_rows += batch.num_rows();
+        s.retained.push_back(batch.clone());
+        while s.retained_rows > retention && s.retained.len() > 1 {
+            let old = s.retained.pop_front().expect("non-empty");
+            s.retained_rows -= old.num_rows();
+        }
+    }
+    // The watermark this batch implies; applied after the batch is processed.
+    let new_wm = s.time.and_then(|(col, scale, delay)| {
+        let (times, nulls) = event_times(batch.column(col), scale).ok()?;
+        let max = times.iter().enumerate().filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i))).map(|(_, t)| *t).max()?;
+        Some(max.saturating_sub(delay))
+    });
+    feed(inner, eng, source, &[batch]);
+    if let Some(wm) = new_wm {
+        advance_source_watermark(inner, eng, source, wm);
+    }
+}
+
+/// Feeds `batches` (output of `from`) to every stream that reads `from`, recursively.
+fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) {
+    if batches.is_empty() {
+        return;
+    }
+    let readers: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
+    for name in readers {
+        let mut outputs = vec![];
+        let mut late = LateRows::default();
+        {
+            let s = eng.streams.get_mut(&name).expect("listed");
+            if s.failed.is_some() {
+                continue;
+            }
+            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
+            let res = (|| -> Result<()> {
+                for b in batches {
+                    outputs.extend(run_chain(&mut s.ops, 0, b.clone(), &mut ctx)?);
+                }
+                Ok(())
+            })();
+            if let Err(e) = res {
+                fail_stream(inner, s, &name, e);
+                continue;
+            }
+        }
+        after_run(inner, eng, &name, from, outputs, late);
+    }
+}
+
+/// Runs `batch` through `ops[from..]`.
+fn run_chain(ops: &mut [Box<dyn Operator>], from: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+    let mut cur = vec![batch];
+    for op in ops[from..].iter_mut() {
+        let mut next = vec![];
+        for b in cur {
+            next.extend(op.process_batch(b, ctx)?);
+        }
+        if next.is_empty() {
+            return Ok(next);
+        }
+        cur = next;
+    }
+    Ok(cur)
+}
+
+fn fail_stream(inner: &DbInner, s: &mut StreamRt, name: &str, e: Error) {
+    let e = e.context(format!("stream '{name}' failed"));
+    for sub in s.subscribers.drain(..) {
+        let _ = sub.deliver(SubMsg::Error(e.clone()), &inner.closed);
+    }
+    s.failed = Some(e);
+}
+
+/// Delivers a stream's output, accounts late rows, checks the memory limit, feeds dependents.
+fn after_run(inner: &DbInner, eng: &mut Engine, name: &str, source_of_input: &str, outputs: Vec<RecordBatch>, late: LateRows) {
+    let late_target = {
+        let s = eng.streams.get_mut(name).expect("exists");
+        s.rows_late += late.rows;
+        s.late_pairs += late.pairs;
+        if let Some(limit) = inner.config.memory_limit {
+            let used: usize = s.ops.iter().map(|o| o.state_size()).sum();
+            if used > limit {
+                let op = s.ops.iter().max_by_key(|o| o.state_size()).map(|o| o.explain()).unwrap_or_default();
+                let e = Error::new(ErrorKind::ResourceExhausted, format!("state of {used} bytes exceeds memory_limit {limit} in operator {op}"));
+                fail_stream(inner, s, name, e);
+                return;
+            }
+        }
+        s.late_to.clone()
+    };
+    if late.rows > 0 {
+        if let Some(src) = eng.sources.get_mut(source_of_input) {
+            src.rows_late += late.rows;
+        }
+    }
+    if let Some(t) = late_target {
+        if !late.batches.is_empty() {
+            emit(inner, eng, &t, late.batches);
+        }
+    }
+    emit(inner, eng, name, outputs);
+}
+
+/// Sends one emission of `name` to its subscribers and MV store, then to the streams reading it.
+fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>) {
+    let outputs: Vec<RecordBatch> = outputs.into_iter().filter(|b| b.num_rows() > 0).collect();
+    if outputs.is_empty() {
+        return;
+    }
+    let batch = if outputs.len() == 1 {
+        outputs.into_iter().next().expect("one")
+    } else {
+        match datafusion::arrow::compute::concat_batches(&outputs[0].schema(), &outputs) {
+            Ok(b) => b,
+            Err(e) => {
+                let s = eng.streams.get_mut(name).expect("exists");
+                fail_stream(inner, s, name, e.into());
+                return;
+            }
+        }
+    };
+    {
+        let Some(s) = eng.streams.get_mut(name) else { return };
+        s.rows_out += batch.num_rows() as u64;
+        s.batches_out += 1;
+        if let Some(mv) = &mut s.mv {
+            if let Err(e) = mv.apply(&batch) {
+                fail_stream(inner, s, name, e);
+                return;
+            }
+        }
+        s.subscribers.retain(|sub| matches!(sub.deliver(SubMsg::Batch(batch.clone()), &inner.closed), Delivered::Ok));
+    }
+    // Dependents read the logical columns; changelog weights stay with the batch.
+    feed(inner, eng, name, &[batch]);
+}
+
+fn advance_source_watermark(inner: &DbInner, eng: &mut Engine, source: &str, wm: i64) {
+    let Some(s) = eng.sources.get_mut(source) else { return };
+    if wm <= s.watermark {
+        return;
+    }
+    s.watermark = wm;
+    propagate_watermark(inner, eng, source);
+}
+
+/// Recomputes the watermark of every stream reading `from`; runs window closes where it advanced.
+fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
+    let readers: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
+    for name in readers {
+        let wm = eng.streams[&name].inputs.iter().map(|i| input_watermark(eng, i)).min().unwrap_or(NO_WATERMARK);
+        let mut outputs = vec![];
+        let mut late = LateRows::default();
+        {
+            let s = eng.streams.get_mut(&name).expect("listed");
+            if wm <= s.watermark || s.failed.is_some() {
+                continue;
+            }
+            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
+            let res = (|| -> Result<()> {
+                for i in 0..s.ops.len() {
+                    let produced = s.ops[i].on_watermark(wm, &mut ctx)?;
+                    for b in produced {
+                        outputs.extend(run_chain(&mut s.ops, i + 1, b, &mut ctx)?);
+                    }
+                }
+                Ok(())
+            })();
+            s.watermark = wm;
+            if let Err(e) = res {
+                fail_stream(inner, s, &name, e);
+                continue;
+            }
+        }
+        after_run(inner, eng, &name, from, outputs, late);
+        propagate_watermark(inner, eng, &name);
+    }
+}
+
+fn run_ticks(inner: &DbInner, eng: &mut Engine) {
+    let now = inner.clock.now_ms();
+    let due: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].tick.is_some_and(|t| t.1 <= now)).cloned().collect();
+    for name in due {
+        let mut outputs = vec![];
+        let mut late = LateRows::default();
+        {
+            let s = eng.streams.get_mut(&name).expect("listed");
+            let (period, mut next) = s.tick.expect("due");
+            while next <= now {
+                next += period;
+            }
+            s.tick = Some((period, next));
+            if s.failed.is_some() {
+                continue;
+            }
+            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
+            let res = (|| -> Result<()> {
+                for i in 0..s.ops.len() {
+                    let produced = s.ops[i].on_tick(&mut ctx)?;
+                    for b in produced {
+                        outputs.extend(run_chain(&mut s.ops, i + 1, b, &mut ctx)?);
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = res {
+                fail_stream(inner, s, &name, e);
+                continue;
+            }
+        }
+        let src = eng.streams[&name].inputs.first().cloned().unwrap_or_default();
+        after_run(inner, eng, &name, &src, outputs, late);
+    }
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.tx.send(Event::Shutdown);
+    }
+}
+
+/// Keeps `UInt64Array` and `OnFull` in the public vocabulary of this module's docs.
+#[allow(dead_code)]
+fn _unused(_: UInt64Array, _: OnFull) {}

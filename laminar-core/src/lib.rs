@@ -1,0 +1,34 @@
+//! LaminarDB: an embedded streaming SQL database on Apache Arrow and DataFusion.
+//!
+//! ```no_run
+//! use laminar_core::Database;
+//! let db = Database::open_in_memory()?;
+//! db.execute("CREATE SOURCE trades (sym VARCHAR, price DOUBLE, ts TIMESTAMP,
+//!             WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")?;
+//! db.execute("CREATE STREAM vwap AS SELECT sym, AVG(price) AS avg_price, window_start
+//!             FROM trades GROUP BY sym, TUMBLE(ts, INTERVAL '1' MINUTE)")?;
+//! let sub = db.subscribe("vwap")?;
+//! # Ok::<(), laminar_core::Error>(())
+//! ```
+
+pub mod config;
+mod db;
+pub mod error;
+pub mod operator;
+mod plan;
+pub mod runtime;
+pub mod sql;
+mod util;
+
+pub use config::{Config, Durability, OnFull, QueueFullPolicy};
+pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, SourceMetrics, SourceWriter, StreamMetrics};
+pub use error::{Error, ErrorKind, Result, SqlPosition};
+pub use operator::{StreamKind, NO_WATERMARK, WEIGHT_COLUMN};
+pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};
+pub use sql::{EmitMode, ObjectKind};
+
+/// Re-exported so users build batches with the same Arrow the engine uses.
+pub use datafusion::arrow;
+
+/// The library version, `MAJOR.MINOR.PATCH`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

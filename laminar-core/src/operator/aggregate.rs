@@ -1,0 +1,704 @@
+//! Incremental hash aggregation, windowed (TUMBLE/HOP/CUMULATE rows assigned upstream by
+//! [`super::window::WindowAssign`]) or not (a changelog over all input).
+//!
+//! State: per worker partition, per window, a group table (key rows in Arrow's row format, a hash
+//! table of group indices) and one DataFusion `GroupsAccumulator` per aggregate, so every
+//! DataFusion aggregate function works, vectorized, with the exact semantics of the batch engine.
+//! Rows are routed to partitions by the hash of their group key (or of the window when there is
+//! no key); partitions are updated in parallel on the database's worker pool.
+//!
+//! When a window fires (DESIGN §3):
+//! ```text
+//!  EMIT ON WINDOW CLOSE   wm >= end            emit all groups once
+//!    + ALLOW LATENESS d   wm >= end + d        state dropped; until then late rows emit −old/+new
+//!  EMIT FINAL             wm >= end + d        emit all groups once, drop state
+//!  EMIT ON UPDATE         after each batch     changed groups' new values (upsert)
+//!  EMIT CHANGES           after each batch     changed groups as −old/+new pairs
+//!  EMIT EVERY t           every t (proc. time) groups changed since last tick (upsert)
+//! ```
+//! "Changed" means the emitted value differs from the one last emitted for that group.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, TimestampMicrosecondArray, UInt32Array,
+};
+use datafusion::arrow::compute::{concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
+use hashbrown::HashTable;
+
+use super::{OpCtx, Operator, NO_WATERMARK};
+use crate::error::{Error, Result};
+use crate::sql::EmitMode;
+
+/// One aggregate call: the DataFusion aggregate, its argument expressions (ordering expressions
+/// appended, as DataFusion's own executor does) and its optional FILTER.
+pub(crate) struct AggSpec {
+    pub expr: Arc<AggregateFunctionExpr>,
+    pub args: Vec<Arc<dyn PhysicalExpr>>,
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+impl AggSpec {
+    fn new_acc(&self) -> Result<Box<dyn GroupsAccumulator>> {
+        if self.expr.groups_accumulator_supported() {
+            Ok(self.expr.create_groups_accumulator()?)
+        } else {
+            let e = self.expr.clone();
+            Ok(Box::new(GroupsAccumulatorAdapter::new(move || e.create_accumulator())))
+        }
+    }
+}
+
+/// Where each GROUP BY output column comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum GroupCol {
+    Key(usize),
+    WindowStart,
+    WindowEnd,
+}
+
+/// The window key of the non-windowed aggregate's single table.
+const GLOBAL: (i64, i64) = (i64::MAX, i64::MIN);
+
+struct GroupTable {
+    keys: Rows,
+    hashes: Vec<u64>,
+    map: HashTable<u32>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+    /// Last emitted aggregate values per group (row format), for change detection.
+    prev: Vec<Option<OwnedRow>>,
+    fired: bool,
+}
+
+impl GroupTable {
+    fn new(key_conv: &RowConverter, aggs: &[AggSpec]) -> Result<Self> {
+        Ok(GroupTable {
+            keys: key_conv.empty_rows(16, 256),
+            hashes: vec![],
+            map: HashTable::new(),
+            accs: aggs.iter().map(|a| a.new_acc()).collect::<Result<_>>()?,
+            dirty: vec![],
+            is_dirty: vec![],
+            prev: vec![],
+            fired: false,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    fn size(&self) -> usize {
+        self.keys.size()
+            + self.hashes.capacity() * 8
+            + self.map.capacity() * 4
+            + self.accs.iter().map(|a| a.size()).sum::<usize>()
+            + self.prev.iter().map(|p| p.as_ref().map_or(8, |r| r.as_ref().len() + 32)).sum::<usize>()
+    }
+
+    #[inline]
+    fn group_of(&mut self, key_rows: Option<&Rows>, hash: u64, row: usize) -> u32 {
+        let Some(key_rows) = key_rows else {
+            if self.hashes.is_empty() {
+                self.push_group(None, 0);
+            }
+            return 0;
+        };
+        let key = key_rows.row(row);
+        let keys = &self.keys;
+        if let Some(g) = self.map.find(hash, |&g| keys.row(g as usize) == key) {
+            return *g;
+        }
+        let g = self.hashes.len() as u32;
+        self.keys.push(key);
+        self.push_group(Some(hash), g);
+        g
+    }
+
+    fn push_group(&mut self, hash: Option<u64>, g: u32) {
+        let h = hash.unwrap_or(0);
+        self.hashes.push(h);
+        self.is_dirty.push(false);
+        self.prev.push(None);
+        if hash.is_some() {
+            let hashes = &self.hashes;
+            self.map.insert_unique(h, g, |&x| hashes[x as usize]);
+        }
+    }
+
+    fn mark_dirty(&mut self, groups: &[usize]) {
+        for &g in groups {
+            if !self.is_dirty[g] {
+                self.is_dirty[g] = true;
+                self.dirty.push(g as u32);
+            }
+        }
+    }
+
+    fn take_dirty(&mut self) -> Vec<u32> {
+        let d = std::mem::take(&mut self.dirty);
+        for &g in &d {
+            self.is_dirty[g as usize] = false;
+        }
+        d
+    }
+
+    /// Current values of `groups` without consuming state: the accumulator state is drained,
+    /// merged back, and the selected groups are evaluated on a scratch accumulator.
+    fn peek(&mut self, aggs: &[AggSpec], groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let n = self.len();
+        let all: Vec<usize> = (0..n).collect();
+        let sel: Vec<usize> = (0..groups.len()).collect();
+        let idx = UInt32Array::from(groups.to_vec());
+        let mut out = Vec::with_capacity(aggs.len());
+        for (acc, spec) in self.accs.iter_mut().zip(aggs) {
+            let state = acc.state(EmitTo::All)?;
+            acc.merge_batch(&state, &all, n)?;
+            let sub = state.iter().map(|s| take(s, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let mut scratch = spec.new_acc()?;
+            scratch.merge_batch(&sub, &sel, groups.len())?;
+            out.push(scratch.evaluate(EmitTo::All)?);
+        }
+        Ok(out)
+    }
+
+    /// Final values of all groups, consuming the accumulators.
+    fn finish(&mut self) -> Result<Vec<ArrayRef>> {
+        self.accs.iter_mut().map(|a| Ok(a.evaluate(EmitTo::All)?)).collect()
+    }
+
+    /// Intermediate states of all groups, leaving them in place.
+    fn states(&mut self) -> Result<Vec<ArrayRef>> {
+        let n = self.len();
+        let all: Vec<usize> = (0..n).collect();
+        let mut out = vec![];
+        for acc in self.accs.iter_mut() {
+            let st = acc.state(EmitTo::All)?;
+            acc.merge_batch(&st, &all, n)?;
+            out.extend(st);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+struct Partition {
+    tables: BTreeMap<(i64, i64), GroupTable>,
+}
+
+/// Everything derived from one input batch that every partition reads.
+struct BatchInput {
+    n: usize,
+    key_rows: Option<Rows>,
+    hashes: Vec<u64>,
+    /// (window_start, window_end) columns as µs values.
+    windows: Option<(ArrayRef, ArrayRef)>,
+    args: Vec<Vec<ArrayRef>>,
+    filters: Vec<Option<BooleanArray>>,
+}
+
+pub(crate) struct Aggregate {
+    pub key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    pub layout: Vec<GroupCol>,
+    pub aggs: Vec<AggSpec>,
+    /// Input column indices of window_start / window_end, for windowed aggregation.
+    pub window_cols: Option<(usize, usize)>,
+    pub emit: EmitMode,
+    pub lateness: i64,
+    pub output_schema: SchemaRef,
+    key_conv: RowConverter,
+    agg_conv: RowConverter,
+    parts: Vec<Partition>,
+    random: RandomState,
+}
+
+impl Aggregate {
+    pub(crate) fn try_new(
+        key_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        key_types: Vec<DataType>,
+        layout: Vec<GroupCol>,
+        aggs: Vec<AggSpec>,
+        window_cols: Option<(usize, usize)>,
+        emit: EmitMode,
+        lateness: i64,
+        output_schema: SchemaRef,
+        partitions: usize,
+    ) -> Result<Self> {
+        let key_conv = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
+        let agg_conv = RowConverter::new(
+            aggs.iter().map(|a| SortField::new(a.expr.field().data_type().clone())).collect(),
+        )?;
+        Ok(Aggregate {
+            key_exprs,
+            layout,
+            aggs,
+            window_cols,
+            emit,
+            lateness,
+            output_schema,
+            key_conv,
+            agg_conv,
+            parts: (0..partitions.max(1)).map(|_| Partition::default()).collect(),
+            random: RandomState::default(),
+        })
+    }
+
+    fn changelog(&self) -> bool {
+        self.output_schema.fields().last().is_some_and(|f| f.name() == super::WEIGHT_COLUMN)
+    }
+
+    fn tracks_changes(&self) -> bool {
+        matches!(self.emit, EmitMode::OnUpdate | EmitMode::Changes | EmitMode::Every(_))
+            || (self.emit == EmitMode::OnWindowClose && self.lateness > 0)
+    }
+
+    fn prepare(&self, batch: &RecordBatch) -> Result<BatchInput> {
+        let n = batch.num_rows();
+        let keys: Vec<ArrayRef> = self
+            .key_exprs
+            .iter()
+            .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<_>>()?;
+        let windows = self.window_cols.map(|(s, e)| (batch.column(s).clone(), batch.column(e).clone()));
+        let mut hashes = vec![0u64; n];
+        if !keys.is_empty() {
+            create_hashes(&keys, &self.random, &mut hashes)?;
+        } else if let Some((ws, _)) = &windows {
+            create_hashes([ws], &self.random, &mut hashes)?;
+        }
+        let key_rows = if keys.is_empty() { None } else { Some(self.key_conv.convert_columns(&keys)?) };
+        let mut args = Vec::with_capacity(self.aggs.len());
+        let mut filters = Vec::with_capacity(self.aggs.len());
+        for a in &self.aggs {
+            args.push(
+                a.args.iter().map(|e| e.evaluate(batch).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<Vec<_>>>()?,
+            );
+            filters.push(match &a.filter {
+                Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
+                None => None,
+            });
+        }
+        Ok(BatchInput { n, key_rows, hashes, windows, args, filters })
+    }
+
+    /// Updates one partition with `rows` of the batch (all rows when `None`).
+    fn update_partition(
+        part: &mut Partition,
+        input: &BatchInput,
+        rows: Option<&[u32]>,
+        key_conv: &RowConverter,
+        aggs: &[AggSpec],
+        track: bool,
+    ) -> Result<()> {
+        // Group the rows by window. Most batches touch one or two windows.
+        let mut by_window: Vec<((i64, i64), Vec<u32>)> = vec![];
+        let row_iter: Box<dyn Iterator<Item = u32>> = match rows {
+            Some(r) => Box::new(r.iter().copied()),
+            None => Box::new(0..input.n as u32),
+        };
+        match &input.windows {
+            None => by_window.push((GLOBAL, row_iter.collect())),
+            Some((ws, we)) => {
+                let ws = super::window::ts_values(ws);
+                let we = super::window::ts_values(we);
+                let mut last = usize::MAX;
+                for r in row_iter {
+                    let w = (we[r as usize], ws[r as usize]);
+                    if last != usize::MAX && by_window[last].0 == w {
+                        by_window[last].1.push(r);
+                        continue;
+                    }
+                    last = match by_window.iter().position(|(k, _)| *k == w) {
+                        Some(p) => p,
+                        None => {
+                            by_window.push((w, vec![]));
+                            by_window.len() - 1
+                        }
+                    };
+                    by_window[last].1.push(r);
+                }
+            }
+        }
+        for (w, rws) in by_window {
+            if rws.is_empty() {
+                continue;
+            }
+            let table = match part.tables.entry(w) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(key_conv, aggs)?),
+            };
+            let groups: Vec<usize> = rws
+                .iter()
+                .map(|&r| table.group_of(input.key_rows.as_ref(), input.hashes[r as usize], r as usize) as usize)
+                .collect();
+            let whole = rws.len() == input.n;
+            let idx = (!whole).then(|| UInt32Array::from(rws.clone()));
+            let total = table.len();
+            for (i, acc) in table.accs.iter_mut().enumerate() {
+                let (vals, filt): (Vec<ArrayRef>, Option<BooleanArray>) = match &idx {
+                    None => (input.args[i].clone(), input.filters[i].clone()),
+                    Some(idx) => (
+                        input.args[i].iter().map(|a| take(a, idx, None)).collect::<std::result::Result<_, _>>()?,
+                        match &input.filters[i] {
+                            Some(f) => Some(take(f, idx, None)?.as_boolean().clone()),
+                            None => None,
+                        },
+                    ),
+                };
+                acc.update_batch(&vals, &groups, filt.as_ref(), total)?;
+            }
+            if track {
+                table.mark_dirty(&groups);
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds output rows for `groups` of one table: group columns, aggregate values, weight.
+    fn output(
+        &self,
+        table: &GroupTable,
+        window: (i64, i64),
+        groups: Option<&[u32]>,
+        values: Vec<ArrayRef>,
+        weight: Option<i64>,
+    ) -> Result<RecordBatch> {
+        let n = values.first().map(|v| v.len()).unwrap_or_else(|| groups.map_or(table.len(), |g| g.len()));
+        let key_cols: Vec<ArrayRef> = if self.key_exprs.is_empty() {
+            vec![]
+        } else {
+            match groups {
+                None => self.key_conv.convert_rows(table.keys.iter())?,
+                Some(g) => self.key_conv.convert_rows(g.iter().map(|&g| table.keys.row(g as usize)))?,
+            }
+        };
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.output_schema.fields().len());
+        for gc in &self.layout {
+            cols.push(match gc {
+                GroupCol::Key(i) => key_cols[*i].clone(),
+                GroupCol::WindowStart => Arc::new(TimestampMicrosecondArray::from(vec![window.1; n])),
+                GroupCol::WindowEnd => Arc::new(TimestampMicrosecondArray::from(vec![window.0; n])),
+            });
+        }
+        cols.extend(values);
+        if let Some(w) = weight {
+            cols.push(Arc::new(Int64Array::from(vec![w; n])));
+        }
+        let cols = cols
+            .into_iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() { Ok(c) } else { datafusion::arrow::compute::cast(&c, f.data_type()) }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
+    }
+
+    /// Emits the changed groups of one table: upserts, or −old/+new pairs for changelogs.
+    fn emit_changes(&self, table: &mut GroupTable, window: (i64, i64), out: &mut Vec<RecordBatch>) -> Result<()> {
+        let dirty = table.take_dirty();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let values = table.peek(&self.aggs, &dirty)?;
+        let rows = self.agg_conv.convert_columns(&values)?;
+        let mut retract_groups = vec![];
+        let mut retract_rows: Vec<OwnedRow> = vec![];
+        let mut insert_pos: Vec<u32> = vec![];
+        for (i, &g) in dirty.iter().enumerate() {
+            let new = rows.row(i);
+            match &table.prev[g as usize] {
+                Some(p) if p.row() == new => continue,
+                Some(p) => {
+                    retract_groups.push(g);
+                    retract_rows.push(p.clone());
+                }
+                None => {}
+            }
+            insert_pos.push(i as u32);
+            table.prev[g as usize] = Some(new.owned());
+        }
+        let changelog = self.changelog();
+        if changelog && !retract_groups.is_empty() {
+            let old = self.agg_conv.convert_rows(retract_rows.iter().map(|r| r.row()))?;
+            out.push(self.output(table, window, Some(&retract_groups), old, Some(-1))?);
+        }
+        if !insert_pos.is_empty() {
+            let idx = UInt32Array::from(insert_pos.clone());
+            let groups: Vec<u32> = insert_pos.iter().map(|&i| dirty[i as usize]).collect();
+            let vals = values.iter().map(|v| take(v, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+            out.push(self.output(table, window, Some(&groups), vals, changelog.then_some(1))?);
+        }
+        Ok(())
+    }
+
+    fn concat(&self, out: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        let out: Vec<RecordBatch> = out.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if out.len() <= 1 {
+            return Ok(out);
+        }
+        Ok(vec![concat_batches(&self.output_schema, &out)?])
+    }
+}
+
+impl Operator for Aggregate {
+    fn explain(&self) -> String {
+        let aggs: Vec<String> = self.aggs.iter().map(|a| a.expr.name().to_string()).collect();
+        let keys: Vec<String> = self.key_exprs.iter().map(|k| k.to_string()).collect();
+        format!(
+            "{}Aggregate: keys=[{}{}] aggs=[{}] emit={}{} partitions={}",
+            if self.window_cols.is_some() { "Window" } else { "Group" },
+            keys.join(", "),
+            if self.window_cols.is_some() { if keys.is_empty() { "window" } else { ", window" } } else { "" },
+            aggs.join(", "),
+            self.emit,
+            if self.lateness > 0 { format!(" lateness={}", crate::util::fmt_duration_us(self.lateness)) } else { String::new() },
+            self.parts.len()
+        )
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        if batch.num_rows() == 0 {
+            return Ok(vec![]);
+        }
+        let input = self.prepare(&batch)?;
+        let track = self.tracks_changes();
+        let p = self.parts.len();
+        if p == 1 {
+            Self::update_partition(&mut self.parts[0], &input, None, &self.key_conv, &self.aggs, track)?;
+        } else {
+            let mut rows: Vec<Vec<u32>> = vec![Vec::with_capacity(input.n / p + 16); p];
+            for (i, h) in input.hashes.iter().enumerate() {
+                rows[(*h % p as u64) as usize].push(i as u32);
+            }
+            let (key_conv, aggs) = (&self.key_conv, &self.aggs);
+            let work = |(part, rows): (&mut Partition, &Vec<u32>)| -> Result<()> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                Self::update_partition(part, &input, Some(rows), key_conv, aggs, track)
+            };
+            match ctx.pool {
+                Some(pool) => pool.install(|| {
+                    use rayon::prelude::*;
+                    self.parts.par_iter_mut().zip(rows.par_iter()).try_for_each(work)
+                })?,
+                None => self.parts.iter_mut().zip(rows.iter()).try_for_each(work)?,
+            }
+        }
+        // Emissions after the batch.
+        let mut out = vec![];
+        let mut parts = std::mem::take(&mut self.parts);
+        let res = (|| -> Result<()> {
+            for part in parts.iter_mut() {
+                for (w, table) in part.tables.iter_mut() {
+                    let emit_now = match self.emit {
+                        EmitMode::OnUpdate | EmitMode::Changes => true,
+                        EmitMode::OnWindowClose => table.fired,
+                        _ => false,
+                    };
+                    if emit_now {
+                        self.emit_changes(table, *w, &mut out)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.parts = parts;
+        res?;
+        let _ = ctx.watermark;
+        self.concat(out)
+    }
+
+    fn on_watermark(&mut self, wm: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        if self.window_cols.is_none() || wm == NO_WATERMARK {
+            return Ok(vec![]);
+        }
+        let mut out = vec![];
+        let mut parts = std::mem::take(&mut self.parts);
+        let res = (|| -> Result<()> {
+            for part in parts.iter_mut() {
+                let mut closed = vec![];
+                for (w, table) in part.tables.iter_mut() {
+                    let (end, _start) = *w;
+                    if end > wm {
+                        break; // ordered by end
+                    }
+                    let close = wm >= end.saturating_add(self.lateness);
+                    match self.emit {
+                        EmitMode::OnWindowClose if self.lateness == 0 => {
+                            let vals = table.finish()?;
+                            out.push(self.output(table, *w, None, vals, None)?);
+                        }
+                        EmitMode::OnWindowClose => {
+                            if !table.fired {
+                                table.fired = true;
+                                table.take_dirty();
+                                let all: Vec<u32> = (0..table.len() as u32).collect();
+                                let vals = table.peek(&self.aggs, &all)?;
+                                let rows = self.agg_conv.convert_columns(&vals)?;
+                                for g in 0..table.len() {
+                                    table.prev[g] = Some(rows.row(g).owned());
+                                }
+                                out.push(self.output(table, *w, None, vals, Some(1))?);
+                            }
+                        }
+                        EmitMode::Final if close => {
+                            let vals = table.finish()?;
+                            out.push(self.output(table, *w, None, vals, None)?);
+                        }
+                        EmitMode::Every(_) if close => self.emit_changes(table, *w, &mut out)?,
+                        _ => {}
+                    }
+                    if close {
+                        closed.push(*w);
+                    }
+                }
+                for w in closed {
+                    part.tables.remove(&w);
+                }
+            }
+            Ok(())
+        })();
+        self.parts = parts;
+        res?;
+        self.concat(out)
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        match self.emit {
+            EmitMode::Every(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    fn on_tick(&mut self, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let mut out = vec![];
+        let mut parts = std::mem::take(&mut self.parts);
+        let res = (|| -> Result<()> {
+            for part in parts.iter_mut() {
+                for (w, table) in part.tables.iter_mut() {
+                    self.emit_changes(table, *w, &mut out)?;
+                }
+            }
+            Ok(())
+        })();
+        self.parts = parts;
+        res?;
+        self.concat(out)
+    }
+
+    fn state_size(&self) -> usize {
+        self.parts.iter().flat_map(|p| p.tables.values()).map(|t| t.size()).sum()
+    }
+
+    /// One batch per group table: window bounds, fired flag, key columns, accumulator states and
+    /// last emitted values (row format).
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut out = vec![];
+        for part in self.parts.iter_mut() {
+            for (w, table) in part.tables.iter_mut() {
+                let n = table.len();
+                let mut fields = vec![
+                    Field::new("__end", DataType::Int64, false),
+                    Field::new("__start", DataType::Int64, false),
+                    Field::new("__fired", DataType::Boolean, false),
+                    Field::new("__prev", DataType::Binary, true),
+                ];
+                let mut cols: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(vec![w.0; n])),
+                    Arc::new(Int64Array::from(vec![w.1; n])),
+                    Arc::new(BooleanArray::from(vec![table.fired; n])),
+                    Arc::new(BinaryArray::from_iter(table.prev.iter().map(|p| p.as_ref().map(|r| r.as_ref().to_vec())))),
+                ];
+                if !self.key_exprs.is_empty() {
+                    for (i, k) in self.key_conv.convert_rows(table.keys.iter())?.into_iter().enumerate() {
+                        fields.push(Field::new(format!("__key{i}"), k.data_type().clone(), true));
+                        cols.push(k);
+                    }
+                }
+                for (i, s) in table.states()?.into_iter().enumerate() {
+                    fields.push(Field::new(format!("__state{i}"), s.data_type().clone(), true));
+                    cols.push(s);
+                }
+                out.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let p = self.parts.len();
+        self.parts = (0..p).map(|_| Partition::default()).collect();
+        let nkeys = self.key_exprs.len();
+        for b in state {
+            let n = b.num_rows();
+            if n == 0 {
+                continue;
+            }
+            let col = |i: usize| b.column(i).clone();
+            let end = col(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+            let start = col(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0);
+            let fired = col(2).as_boolean().value(0);
+            let prev = col(3);
+            let prev = prev.as_binary::<i32>();
+            let keys: Vec<ArrayRef> = (0..nkeys).map(|i| col(4 + i)).collect();
+            let states: Vec<ArrayRef> = (4 + nkeys..b.num_columns()).map(col).collect();
+            let mut hashes = vec![0u64; n];
+            if !keys.is_empty() {
+                create_hashes(&keys, &self.random, &mut hashes)?;
+            } else if self.window_cols.is_some() {
+                let ws: ArrayRef = Arc::new(TimestampMicrosecondArray::from(vec![start; n]));
+                create_hashes([&ws], &self.random, &mut hashes)?;
+            }
+            let key_rows = if keys.is_empty() { None } else { Some(self.key_conv.convert_columns(&keys)?) };
+            let parser = self.agg_conv.parser();
+            // Route each group to its partition, then rebuild the tables there.
+            for (pi, part) in self.parts.iter_mut().enumerate() {
+                let rows: Vec<u32> = (0..n as u32).filter(|&r| hashes[r as usize] % p as u64 == pi as u64).collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut table = GroupTable::new(&self.key_conv, &self.aggs)?;
+                table.fired = fired;
+                let groups: Vec<usize> = rows.iter().map(|&r| table.group_of(key_rows.as_ref(), hashes[r as usize], r as usize) as usize).collect();
+                let idx = UInt32Array::from(rows.clone());
+                let mut off = 0;
+                for acc in table.accs.iter_mut() {
+                    let width = acc.state(EmitTo::All)?.len();
+                    let st = states[off..off + width].iter().map(|s| take(s, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+                    off += width;
+                    acc.merge_batch(&st, &groups, table.hashes.len())?;
+                }
+                for (&r, &g) in rows.iter().zip(&groups) {
+                    if prev.is_valid(r as usize) {
+                        table.prev[g] = Some(parser.parse(prev.value(r as usize)).owned());
+                    }
+                }
+                part.tables.insert((end, start), table);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors for features this operator does not offer, named so users see what to change.
+pub(crate) fn check_emit(emit: EmitMode, windowed: bool) -> Result<()> {
+    if !windowed && matches!(emit, EmitMode::OnWindowClose | EmitMode::Final) {
+        return Err(Error::plan(format!(
+            "EMIT {emit} needs a windowed aggregate (GROUP BY TUMBLE/HOP/SESSION/CUMULATE); a non-windowed GROUP BY emits CHANGES, ON UPDATE or EVERY"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! Window assignment: gives every row the windows it belongs to (`window_start`, `window_end`,
+//! both `TIMESTAMP` µs), one output row per (row, window) pair, and takes out the pairs whose
+//! window is already closed (DESIGN §3 "Late data").
+//!
+//! For SESSION windows the bounds a row gets here are its own `[ts, ts + gap)`; the session
+//! aggregate merges them. Window semantics:
+//! - TUMBLE(size, offset): `[floor((ts - offset) / size) * size + offset, … + size)`.
+//! - HOP(slide, size): every `[k * slide, k * slide + size)` containing ts.
+//! - CUMULATE(step, max): for the max-window `[b, b + max)` containing ts, every
+//!   `[b, b + n * step)` with `b + n * step > ts`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, TimestampMicrosecondArray, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::{LateRows, OpCtx, Operator, NO_WATERMARK};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WindowKind {
+    Tumble { size: i64, offset: i64 },
+    Hop { slide: i64, size: i64 },
+    Session { gap: i64 },
+    Cumulate { step: i64, max_size: i64 },
+}
+
+impl std::fmt::Display for WindowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = |us: i64| crate::util::fmt_duration_us(us);
+        match *self {
+            WindowKind::Tumble { size, offset: 0 } => write!(f, "TUMBLE({})", d(size)),
+            WindowKind::Tumble { size, offset } => write!(f, "TUMBLE({}, offset {})", d(size), d(offset)),
+            WindowKind::Hop { slide, size } => write!(f, "HOP(slide {}, size {})", d(slide), d(size)),
+            WindowKind::Session { gap } => write!(f, "SESSION(gap {})", d(gap)),
+            WindowKind::Cumulate { step, max_size } => write!(f, "CUMULATE(step {}, max {})", d(step), d(max_size)),
+        }
+    }
+}
+
+impl WindowKind {
+    /// Checks the sizes make sense.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |v: i64, what: &str| {
+            if v > 0 { Ok(()) } else { Err(Error::plan(format!("window {what} must be positive"))) }
+        };
+        match *self {
+            WindowKind::Tumble { size, offset } => {
+                pos(size, "size")?;
+                if offset < 0 || offset >= size {
+                    return Err(Error::plan("TUMBLE offset must be in [0, size)"));
+                }
+            }
+            WindowKind::Hop { slide, size } => {
+                pos(slide, "slide")?;
+                pos(size, "size")?;
+            }
+            WindowKind::Session { gap } => pos(gap, "gap")?,
+            WindowKind::Cumulate { step, max_size } => {
+                pos(step, "step")?;
+                pos(max_size, "max size")?;
+                if max_size % step != 0 {
+                    return Err(Error::plan("CUMULATE max size must be a multiple of its step"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(start, end)` for every window containing `ts`, oldest start first.
+    #[inline]
+    pub fn for_each_window(&self, ts: i64, mut f: impl FnMut(i64, i64)) {
+        match *self {
+            WindowKind::Tumble { size, offset } => {
+                let s = (ts - offset).div_euclid(size) * size + offset;
+                f(s, s + size)
+            }
+            WindowKind::Hop { slide, size } => {
+                let last = ts.div_euclid(slide) * slide;
+                let mut first = last;
+                while first - slide > ts - size {
+                    first -= slide;
+                }
+                let mut s = first;
+                while s <= last {
+                    f(s, s + size);
+                    s += slide;
+                }
+            }
+            WindowKind::Session { gap } => f(ts, ts.saturating_add(gap)),
+            WindowKind::Cumulate { step, max_size } => {
+                let base = ts.div_euclid(max_size) * max_size;
+                let mut end = base + (ts - base).div_euclid(step) * step + step;
+                while end <= base + max_size {
+                    f(base, end);
+                    end += step;
+                }
+            }
+        }
+    }
+}
+
+/// How to read an event-time column as µs since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeScale {
+    Seconds,
+    Millis,
+    Micros,
+    Nanos,
+    /// A BIGINT column of epoch milliseconds.
+    EpochMillisInt,
+}
+
+impl TimeScale {
+    pub fn for_type(dt: &DataType) -> Option<TimeScale> {
+        Some(match dt {
+            DataType::Timestamp(TimeUnit::Second, _) => TimeScale::Seconds,
+            DataType::Timestamp(TimeUnit::Millisecond, _) => TimeScale::Millis,
+            DataType::Timestamp(TimeUnit::Microsecond, _) => TimeScale::Micros,
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => TimeScale::Nanos,
+            DataType::Int64 => TimeScale::EpochMillisInt,
+            _ => return None,
+        })
+    }
+    #[inline]
+    pub fn to_micros(self, v: i64) -> i64 {
+        match self {
+            TimeScale::Seconds => v.saturating_mul(1_000_000),
+            TimeScale::Millis | TimeScale::EpochMillisInt => v.saturating_mul(1000),
+            TimeScale::Micros => v,
+            TimeScale::Nanos => v.div_euclid(1000),
+        }
+    }
+}
+
+/// The event times of a column in µs; `None` entries are NULL.
+pub(crate) fn event_times(col: &ArrayRef, scale: TimeScale) -> Result<(Vec<i64>, Option<datafusion::arrow::buffer::NullBuffer>)> {
+    let data = col.to_data();
+    // All supported types are 64-bit integers underneath.
+    let ints = datafusion::arrow::array::PrimitiveArray::<Int64Type>::from(
+        data.into_builder().data_type(DataType::Int64).build()?,
+    );
+    let nulls = ints.nulls().cloned();
+    let vals = if scale == TimeScale::Micros {
+        ints.values().to_vec()
+    } else {
+        ints.values().iter().map(|v| scale.to_micros(*v)).collect()
+    };
+    Ok((vals, nulls))
+}
+
+pub(crate) fn window_fields() -> [Field; 2] {
+    [
+        Field::new("window_start", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        Field::new("window_end", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+    ]
+}
+
+/// Appends `window_start`/`window_end` to a schema.
+pub(crate) fn windowed_schema(input: &Schema) -> Result<SchemaRef> {
+    for f in input.fields() {
+        if f.name() == "window_start" || f.name() == "window_end" {
+            return Err(Error::plan(format!(
+                "the input already has a column named '{}'; rename it before windowing",
+                f.name()
+            )));
+        }
+    }
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(window_fields());
+    Ok(Arc::new(Schema::new_with_metadata(fields, input.metadata().clone())))
+}
+
+pub(crate) struct WindowAssign {
+    pub kind: WindowKind,
+    pub time_col: usize,
+    pub scale: TimeScale,
+    pub lateness: i64,
+    pub output_schema: SchemaRef,
+}
+
+impl WindowAssign {
+    fn is_closed(&self, watermark: i64, end: i64) -> bool {
+        watermark != NO_WATERMARK && watermark >= end.saturating_add(self.lateness)
+    }
+
+    pub(crate) fn assign(&self, batch: &RecordBatch, watermark: i64, late: &mut LateRows) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let (times, nulls) = event_times(batch.column(self.time_col), self.scale)?;
+        let mut idx: Vec<u32> = Vec::with_capacity(n);
+        let mut starts: Vec<i64> = Vec::with_capacity(n);
+        let mut ends: Vec<i64> = Vec::with_capacity(n);
+        let mut late_idx: Vec<u32> = Vec::new();
+        let mut late_starts: Vec<i64> = Vec::new();
+        let mut late_ends: Vec<i64> = Vec::new();
+        let mut identity = true;
+        for (i, &ts) in times.iter().enumerate() {
+            if nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
+                // A row without event time belongs to no window: count it, never drop silently.
+                late.rows += 1;
+                identity = false;
+                continue;
+            }
+            let mut on_time = 0;
+            let mut any = 0;
+            self.kind.for_each_window(ts, |s, e| {
+                any += 1;
+                let closed = match self.kind {
+                    WindowKind::Session { .. } => self.is_closed(watermark, e),
+                    _ => self.is_closed(watermark, e),
+                };
+                if closed {
+                    late_idx.push(i as u32);
+                    late_starts.push(s);
+                    late_ends.push(e);
+                } else {
+                    on_time += 1;
+                    idx.push(i as u32);
+                    starts.push(s);
+                    ends.push(e);
+                }
+            });
+            if on_time == 0 {
+                late.rows += 1;
+            }
+            if on_time != 1 || any != 1 {
+                identity = false;
+            }
+        }
+        late.pairs += late_idx.len() as u64;
+        if !late_idx.is_empty() {
+            late.batches.push(self.build(batch, &late_idx, late_starts, late_ends, false)?);
+        }
+        self.build(batch, &idx, starts, ends, identity && idx.len() == n)
+    }
+
+    fn build(&self, batch: &RecordBatch, idx: &[u32], starts: Vec<i64>, ends: Vec<i64>, identity: bool) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = if identity {
+            batch.columns().to_vec()
+        } else {
+            let indices = UInt32Array::from(idx.to_vec());
+            batch.columns().iter().map(|c| take(c, &indices, None)).collect::<std::result::Result<_, _>>()?
+        };
+        cols.push(Arc::new(TimestampMicrosecondArray::from(starts)));
+        cols.push(Arc::new(TimestampMicrosecondArray::from(ends)));
+        Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
+    }
+}
+
+impl Operator for WindowAssign {
+    fn explain(&self) -> String {
+        let mut s = format!("WindowAssign: {} on column #{}", self.kind, self.time_col);
+        if self.lateness > 0 {
+            s.push_str(&format!(", allowed lateness {}", crate::util::fmt_duration_us(self.lateness)));
+        }
+        s
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let out = self.assign(&batch, ctx.watermark, ctx.late)?;
+        Ok(if out.num_rows() == 0 { vec![] } else { vec![out] })
+    }
+}
+
+/// Reads a TIMESTAMP µs column as i64 values.
+pub(crate) fn ts_values(a: &ArrayRef) -> &[i64] {
+    a.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>().values()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(k: WindowKind, ts: i64) -> Vec<(i64, i64)> {
+        let mut v = vec![];
+        k.for_each_window(ts, |s, e| v.push((s, e)));
+        v
+    }
+
+    #[test]
+    fn window_membership() {
+        assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 0 }, 25), vec![(20, 30)]);
+        assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 0 }, -1), vec![(-10, 0)]);
+        assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 3 }, 2), vec![(-7, 3)]);
+        assert_eq!(windows(WindowKind::Hop { slide: 2, size: 10 }, 5), vec![(-4, 6), (-2, 8), (0, 10), (2, 12), (4, 14)]);
+        assert_eq!(windows(WindowKind::Hop { slide: 3, size: 5 }, 6), vec![(3, 8), (6, 11)]);
+        assert_eq!(windows(WindowKind::Cumulate { step: 2, max_size: 6 }, 3), vec![(0, 4), (0, 6)]);
+        assert_eq!(windows(WindowKind::Cumulate { step: 2, max_size: 6 }, 6), vec![(6, 8), (6, 10), (6, 12)]);
+        // Brute force: each HOP window containing ts, and only those.
+        for ts in -30..30 {
+            let got = windows(WindowKind::Hop { slide: 4, size: 10 }, ts);
+            let want: Vec<_> = (-20..20).map(|k| (k * 4, k * 4 + 10)).filter(|(s, e)| *s <= ts && ts < *e).collect();
+            assert_eq!(got, want, "ts {ts}");
+        }
+    }
+}

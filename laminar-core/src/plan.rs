@@ -1,0 +1,578 @@
+//! From a parsed continuous query to a chain of incremental operators.
+//!
+//! 1. Window clauses are rewritten in the AST: `GROUP BY …, TUMBLE(ts, size)` and the table-valued
+//!    form `FROM TUMBLE(t, ts, size)` both become a scan of a *windowed relation*: `t`'s columns
+//!    plus `window_start`/`window_end`, grouped by those columns.
+//! 2. DataFusion plans and type-checks the query (its analyzer, not its optimizer, so the plan keeps
+//!    the shape of the SQL).
+//! 3. The logical plan is lowered bottom-up: windowed scan → `WindowAssign`; Filter/Projection →
+//!    `Stateless`; Aggregate → `Aggregate` or `SessionAggregate`. Expressions are compiled to
+//!    DataFusion `PhysicalExpr`s here, once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    self, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName,
+    Query, SetExpr, TableAlias, TableFactor,
+};
+
+use crate::error::{nearest_name, Error, Result};
+use crate::operator::aggregate::{check_emit, AggSpec, Aggregate, GroupCol};
+use crate::operator::session::SessionAggregate;
+use crate::operator::stateless::{Stateless, Step};
+use crate::operator::window::{windowed_schema, TimeScale, WindowAssign, WindowKind};
+use crate::operator::{Operator, StreamKind, WEIGHT_COLUMN};
+use crate::sql::{interval_micros, normalize_ident, EmitMode};
+
+/// What the planner knows of a relation a query can read.
+#[derive(Clone)]
+pub(crate) struct RelationInfo {
+    /// Logical schema (without `__weight`).
+    pub schema: SchemaRef,
+    pub kind: StreamKind,
+}
+
+pub(crate) struct WindowBinding {
+    pseudo: String,
+    input: String,
+    time_col: String,
+    kind: WindowKind,
+}
+
+/// A planned continuous query.
+pub(crate) struct PlannedQuery {
+    /// Relations read, each once.
+    pub inputs: Vec<String>,
+    pub ops: Vec<Box<dyn Operator>>,
+    /// Output schema, with `__weight` last for changelogs.
+    pub output_schema: SchemaRef,
+    pub kind: StreamKind,
+    /// Schema of late rows, when the query windows its input.
+    pub late_schema: Option<SchemaRef>,
+}
+
+pub(crate) struct PlanOptions {
+    pub emit: Option<EmitMode>,
+    pub lateness_us: i64,
+    pub partitions: usize,
+}
+
+pub(crate) fn session_context() -> SessionContext {
+    let mut cfg = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    cfg.options_mut().sql_parser.map_string_types_to_utf8view = false;
+    cfg.options_mut().execution.time_zone = None;
+    SessionContext::new_with_config(cfg)
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
+}
+
+/// Plans `query` into a DataFusion logical plan over the given relations (analyzed, not optimized).
+pub(crate) fn logical_plan(
+    query: Query,
+    relations: &HashMap<String, RelationInfo>,
+    extra: &[(String, SchemaRef)],
+) -> Result<LogicalPlan> {
+    let ctx = session_context();
+    for (name, info) in relations {
+        ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(info.schema.clone(), vec![vec![]])?))?;
+    }
+    for (name, schema) in extra {
+        ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema.clone(), vec![vec![]])?))?;
+    }
+    let state = ctx.state();
+    let stmt = DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
+    let plan = block_on(state.statement_to_plan(stmt)).map_err(|e| improve_not_found(e.into(), relations))?;
+    let plan = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?;
+    Ok(plan)
+}
+
+/// Adds a "did you mean" to table-not-found errors.
+fn improve_not_found(e: Error, relations: &HashMap<String, RelationInfo>) -> Error {
+    let msg = e.message().to_string();
+    if let Some(rest) = msg.split("table '").nth(1) {
+        if msg.contains("not found") {
+            let name = rest.split('\'').next().unwrap_or("");
+            let short = name.rsplit('.').next().unwrap_or(name);
+            let hint = nearest_name(short, relations.keys().map(String::as_str))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
+            return Error::not_found(format!("no source, stream or view named '{short}'{hint}"));
+        }
+    }
+    e
+}
+
+// ---------------------------------------------------------------- window rewrite (AST)
+
+const WINDOW_FNS: [&str; 4] = ["tumble", "hop", "session", "cumulate"];
+
+fn object_name_str(n: &ObjectName) -> String {
+    n.0.iter()
+        .map(|p| match p {
+            ast::ObjectNamePart::Identifier(i) => normalize_ident(&i.value, i.quote_style.is_some()),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn expr_args(args: &FunctionArguments) -> Result<Vec<SqlExpr>> {
+    match args {
+        FunctionArguments::List(l) => l
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+                other => Err(Error::plan(format!("unsupported window argument '{other}'"))),
+            })
+            .collect(),
+        FunctionArguments::None => Ok(vec![]),
+        FunctionArguments::Subquery(_) => Err(Error::plan("a window function takes a column and intervals")),
+    }
+}
+
+fn ident_of(e: &SqlExpr, what: &str) -> Result<String> {
+    match e {
+        SqlExpr::Identifier(i) => Ok(normalize_ident(&i.value, i.quote_style.is_some())),
+        SqlExpr::CompoundIdentifier(parts) => {
+            let last = parts.last().expect("non-empty");
+            Ok(normalize_ident(&last.value, last.quote_style.is_some()))
+        }
+        other => Err(Error::plan(format!("expected {what}, got '{other}'"))),
+    }
+}
+
+fn interval_arg(e: &SqlExpr) -> Result<i64> {
+    match e {
+        SqlExpr::Interval(iv) => interval_micros(iv),
+        other => Err(Error::plan(format!("expected an INTERVAL, got '{other}'"))),
+    }
+}
+
+fn window_kind(func: &str, intervals: &[SqlExpr]) -> Result<WindowKind> {
+    let iv: Vec<i64> = intervals.iter().map(interval_arg).collect::<Result<_>>()?;
+    let kind = match (func, iv.as_slice()) {
+        ("tumble", [size]) => WindowKind::Tumble { size: *size, offset: 0 },
+        ("tumble", [size, offset]) => WindowKind::Tumble { size: *size, offset: *offset },
+        ("hop", [slide, size]) => WindowKind::Hop { slide: *slide, size: *size },
+        ("session", [gap]) => WindowKind::Session { gap: *gap },
+        ("cumulate", [step, max]) => WindowKind::Cumulate { step: *step, max_size: *max },
+        _ => {
+            return Err(Error::plan(format!(
+                "wrong arguments for {}: expected TUMBLE(ts, size [, offset]), HOP(ts, slide, size), SESSION(ts, gap) or CUMULATE(ts, step, max_size)",
+                func.to_uppercase()
+            )));
+        }
+    };
+    kind.validate()?;
+    Ok(kind)
+}
+
+struct Rewriter<'a> {
+    relations: &'a HashMap<String, RelationInfo>,
+    bindings: Vec<WindowBinding>,
+}
+
+impl Rewriter<'_> {
+    fn bind(&mut self, input: String, time_col: String, kind: WindowKind) -> Result<String> {
+        let info = self.relations.get(&input).ok_or_else(|| {
+            let hint = nearest_name(&input, self.relations.keys().map(String::as_str))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
+            Error::not_found(format!("no source, stream or view named '{input}'{hint}"))
+        })?;
+        let field = info.schema.field_with_name(&time_col).map_err(|_| {
+            let hint = nearest_name(&time_col, info.schema.fields().iter().map(|f| f.name().as_str()))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
+            Error::plan(format!("'{input}' has no column '{time_col}' to window on{hint}"))
+        })?;
+        if TimeScale::for_type(field.data_type()).is_none() {
+            return Err(Error::plan(format!(
+                "window column '{time_col}' is {}, expected TIMESTAMP or BIGINT epoch milliseconds",
+                field.data_type()
+            )));
+        }
+        if info.kind != StreamKind::AppendOnly {
+            return Err(Error::plan(format!(
+                "'{input}' is a {} stream; windows need an append-only input",
+                info.kind
+            )));
+        }
+        let pseudo = format!("__laminar_window_{}", self.bindings.len());
+        self.bindings.push(WindowBinding { pseudo: pseudo.clone(), input, time_col, kind });
+        Ok(pseudo)
+    }
+
+    fn query(&mut self, q: &mut Query) -> Result<()> {
+        if let Some(with) = &mut q.with {
+            for cte in &mut with.cte_tables {
+                self.query(&mut cte.query)?;
+            }
+        }
+        self.set_expr(&mut q.body)
+    }
+
+    fn set_expr(&mut self, s: &mut SetExpr) -> Result<()> {
+        match s {
+            SetExpr::Select(sel) => self.select(sel),
+            SetExpr::Query(q) => self.query(q),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left)?;
+                self.set_expr(right)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn factor(&mut self, f: &mut TableFactor) -> Result<()> {
+        match f {
+            TableFactor::Table { name, alias, args: Some(args), .. } => {
+                let fname = object_name_str(name);
+                if !WINDOW_FNS.contains(&fname.as_str()) {
+                    return Ok(());
+                }
+                let a: Vec<SqlExpr> = args
+                    .args
+                    .iter()
+                    .map(|a| match a {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+                        other => Err(Error::plan(format!("unsupported window argument '{other}'"))),
+                    })
+                    .collect::<Result<_>>()?;
+                if a.len() < 3 {
+                    return Err(Error::plan(format!(
+                        "{}(table, time_column, intervals…) needs a table, a column and its intervals",
+                        fname.to_uppercase()
+                    )));
+                }
+                let input = ident_of(&a[0], "a source or stream name")?;
+                let time_col = ident_of(&a[1], "the event-time column")?;
+                let kind = window_kind(&fname, &a[2..])?;
+                let pseudo = self.bind(input.clone(), time_col, kind)?;
+                *name = ObjectName::from(vec![Ident::new(pseudo)]);
+                if alias.is_none() {
+                    *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
+                }
+                *f = match std::mem::replace(f, TableFactor::Table {
+                    name: ObjectName(vec![]), alias: None, args: None, with_hints: vec![], version: None,
+                    with_ordinality: false, partitions: vec![], json_path: None, sample: None, index_hints: vec![],
+                }) {
+                    TableFactor::Table { name, alias, with_hints, version, with_ordinality, partitions, json_path, sample, index_hints, .. } => {
+                        TableFactor::Table { name, alias, args: None, with_hints, version, with_ordinality, partitions, json_path, sample, index_hints }
+                    }
+                    other => other,
+                };
+                Ok(())
+            }
+            TableFactor::Derived { subquery, .. } => self.query(subquery),
+            TableFactor::NestedJoin { table_with_joins, .. } => {
+                self.factor(&mut table_with_joins.relation)?;
+                for j in &mut table_with_joins.joins {
+                    self.factor(&mut j.relation)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn select(&mut self, sel: &mut ast::Select) -> Result<()> {
+        for twj in &mut sel.from {
+            self.factor(&mut twj.relation)?;
+            for j in &mut twj.joins {
+                self.factor(&mut j.relation)?;
+            }
+        }
+        let GroupByExpr::Expressions(exprs, _) = &mut sel.group_by else { return Ok(()) };
+        let pos = exprs.iter().position(|e| {
+            matches!(e, SqlExpr::Function(f) if WINDOW_FNS.contains(&object_name_str(&f.name).as_str()))
+        });
+        let Some(pos) = pos else { return Ok(()) };
+        let SqlExpr::Function(func) = exprs[pos].clone() else { unreachable!() };
+        let fname = object_name_str(&func.name);
+        let args = expr_args(&func.args)?;
+        if args.len() < 2 {
+            return Err(Error::plan(format!("{}(ts, …) needs the event-time column and its intervals", fname.to_uppercase())));
+        }
+        let time_col = ident_of(&args[0], "the event-time column")?;
+        let kind = window_kind(&fname, &args[1..])?;
+        if sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
+            return Err(Error::plan("GROUP BY with a window function needs exactly one input relation in FROM"));
+        }
+        let TableFactor::Table { name, alias, args: None, .. } = &mut sel.from[0].relation else {
+            return Err(Error::plan(
+                "GROUP BY with a window function needs a source or stream name in FROM; use the table-valued form TUMBLE(t, ts, size) for subqueries",
+            ));
+        };
+        let input = object_name_str(name);
+        let pseudo = self.bind(input.clone(), time_col, kind)?;
+        *name = ObjectName::from(vec![Ident::new(pseudo)]);
+        if alias.is_none() {
+            *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
+        }
+        let call = exprs[pos].to_string();
+        exprs.splice(pos..=pos, [SqlExpr::Identifier(Ident::new("window_start")), SqlExpr::Identifier(Ident::new("window_end"))]);
+        // `SELECT TUMBLE(ts, …)` means the window's start.
+        let _ = ast::visit_expressions_mut(&mut sel.projection, |e: &mut SqlExpr| {
+            if e.to_string() == call {
+                *e = SqlExpr::Identifier(Ident::new("window_start"));
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- lowering
+
+struct Lowered {
+    ops: Vec<Box<dyn Operator>>,
+    kind: StreamKind,
+    /// Indices of window_start/window_end in the output, with the window assigned below.
+    window: Option<(usize, usize, WindowKind)>,
+    inputs: Vec<String>,
+    late_schema: Option<SchemaRef>,
+    aggregated: bool,
+}
+
+struct Lowerer<'a> {
+    relations: &'a HashMap<String, RelationInfo>,
+    bindings: &'a [WindowBinding],
+    opts: &'a PlanOptions,
+    props: ExecutionProps,
+}
+
+fn phys(e: &Expr, schema: &DFSchema, props: &ExecutionProps) -> Result<Arc<dyn PhysicalExpr>> {
+    Ok(create_physical_expr(e, schema, props, &Default::default())?)
+}
+
+fn push_step(ops: &mut Vec<Box<dyn Operator>>, step: Step, weighted: bool) {
+    ops.push(Box::new(Stateless { steps: vec![step], weighted }));
+}
+
+fn with_weight(schema: &Schema, weighted: bool) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    if weighted {
+        fields.push(Field::new(WEIGHT_COLUMN, DataType::Int64, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+impl Lowerer<'_> {
+    fn lower(&self, plan: &LogicalPlan) -> Result<Lowered> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                let name = scan.table_name.table().to_string();
+                if scan.projection.is_some() || !scan.filters.is_empty() || scan.fetch.is_some() {
+                    return Err(Error::internal("unexpected pushed-down scan in an unoptimized plan"));
+                }
+                if let Some(b) = self.bindings.iter().find(|b| b.pseudo == name) {
+                    let info = &self.relations[&b.input];
+                    let time_col = info.schema.index_of(&b.time_col)?;
+                    let scale = TimeScale::for_type(info.schema.field(time_col).data_type()).expect("checked");
+                    let out = windowed_schema(&info.schema)?;
+                    let n = info.schema.fields().len();
+                    let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: out.clone() };
+                    return Ok(Lowered {
+                        ops: vec![Box::new(op)],
+                        kind: StreamKind::AppendOnly,
+                        window: Some((n, n + 1, b.kind)),
+                        inputs: vec![b.input.clone()],
+                        late_schema: Some(out),
+                        aggregated: false,
+                    });
+                }
+                let info = self.relations.get(&name).ok_or_else(|| Error::not_found(format!("no relation named '{name}'")))?;
+                Ok(Lowered { ops: vec![], kind: info.kind.clone(), window: None, inputs: vec![name], late_schema: None, aggregated: false })
+            }
+            LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
+            LogicalPlan::Filter(f) => {
+                let mut l = self.lower(&f.input)?;
+                let pred = phys(&f.predicate, f.input.schema(), &self.props)?;
+                if matches!(l.window, Some((_, _, WindowKind::Session { .. }))) && !l.aggregated {
+                    let cols = f.predicate.column_refs();
+                    if cols.iter().any(|c| c.name == "window_start" || c.name == "window_end") {
+                        return Err(Error::plan("session window bounds are known only after aggregation; filter them in HAVING or an outer query"));
+                    }
+                }
+                push_step(&mut l.ops, Step::Filter(pred), l.kind == StreamKind::Changelog);
+                Ok(l)
+            }
+            LogicalPlan::Projection(p) => {
+                let mut l = self.lower(&p.input)?;
+                let weighted = l.kind == StreamKind::Changelog;
+                let exprs = p.expr.iter().map(|e| phys(e, p.input.schema(), &self.props)).collect::<Result<Vec<_>>>()?;
+                let out = with_weight(p.schema.as_arrow(), weighted);
+                // Follow window_start/window_end through plain column references.
+                if let Some((ws, we, k)) = l.window {
+                    let input_schema = p.input.schema();
+                    let find = |idx: usize| {
+                        p.expr.iter().position(|e| {
+                            let e = match e { Expr::Alias(a) => a.expr.as_ref(), e => e };
+                            matches!(e, Expr::Column(c) if input_schema.index_of_column(c).ok() == Some(idx))
+                        })
+                    };
+                    l.window = match (find(ws), find(we)) {
+                        (Some(a), Some(b)) => Some((a, b, k)),
+                        _ if !l.aggregated => {
+                            if matches!(k, WindowKind::Session { .. }) {
+                                return Err(Error::plan("session window bounds are known only after aggregation"));
+                            }
+                            None
+                        }
+                        _ => None,
+                    };
+                }
+                if let StreamKind::Upsert { key } = &l.kind {
+                    for k in key {
+                        if out.field_with_name(k).is_err() {
+                            return Err(Error::plan(format!("the projection drops '{k}', part of the upsert key of its input")));
+                        }
+                    }
+                }
+                push_step(&mut l.ops, Step::Project(exprs, out), weighted);
+                Ok(l)
+            }
+            LogicalPlan::Aggregate(agg) => self.lower_aggregate(agg),
+            LogicalPlan::Distinct(_) => Err(Error::not_implemented("SELECT DISTINCT in a continuous query is not available yet")),
+            LogicalPlan::Sort(_) => Err(Error::plan("ORDER BY has no meaning on an unbounded stream; sort when you query a materialized view")),
+            LogicalPlan::Limit(_) => Err(Error::plan("LIMIT is not supported in a continuous query")),
+            LogicalPlan::Join(_) => Err(Error::not_implemented("joins in continuous queries are not available yet")),
+            LogicalPlan::Window(_) => Err(Error::not_implemented("OVER (…) window functions in continuous queries are not available yet")),
+            LogicalPlan::Union(_) => Err(Error::not_implemented("UNION in continuous queries is not available yet")),
+            other => Err(Error::plan(format!("a continuous query cannot contain {}", other.display()))),
+        }
+    }
+
+    fn lower_aggregate(&self, agg: &datafusion::logical_expr::Aggregate) -> Result<Lowered> {
+        let mut l = self.lower(&agg.input)?;
+        if l.kind != StreamKind::AppendOnly {
+            return Err(Error::not_implemented(format!(
+                "aggregating a {} input is not available yet; aggregate an append-only source or stream",
+                l.kind
+            )));
+        }
+        if l.aggregated {
+            return Err(Error::not_implemented("an aggregate over an aggregate in one query is not available yet; chain two streams"));
+        }
+        let in_schema = agg.input.schema();
+        let mut layout = vec![];
+        let mut key_exprs = vec![];
+        let mut key_types = vec![];
+        let mut group_names = vec![];
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            group_names.push(agg.schema.field(i).name().clone());
+            if let (Expr::Column(c), Some((ws, we, _))) = (g, l.window) {
+                let idx = in_schema.index_of_column(c)?;
+                if idx == ws {
+                    layout.push(GroupCol::WindowStart);
+                    continue;
+                }
+                if idx == we {
+                    layout.push(GroupCol::WindowEnd);
+                    continue;
+                }
+            }
+            layout.push(GroupCol::Key(key_exprs.len()));
+            key_types.push(agg.schema.field(i).data_type().clone());
+            key_exprs.push(phys(g, in_schema, &self.props)?);
+        }
+        let windowed = layout.iter().any(|g| !matches!(g, GroupCol::Key(_)));
+        if l.window.is_some() && !windowed {
+            return Err(Error::plan("a windowed input must be grouped by window_start or window_end"));
+        }
+        let emit = self.opts.emit.unwrap_or(if windowed { EmitMode::OnWindowClose } else { EmitMode::Changes });
+        check_emit(emit, windowed)?;
+        let session = matches!(l.window, Some((_, _, WindowKind::Session { .. })));
+        if session && matches!(emit, EmitMode::OnUpdate | EmitMode::Every(_)) {
+            return Err(Error::plan(format!(
+                "EMIT {emit} cannot be used with SESSION windows: sessions merge, which an upsert cannot express; use EMIT CHANGES"
+            )));
+        }
+        let lateness = self.opts.lateness_us;
+        let kind = match emit {
+            EmitMode::OnWindowClose if lateness == 0 => StreamKind::AppendOnly,
+            EmitMode::OnWindowClose | EmitMode::Changes => StreamKind::Changelog,
+            EmitMode::Final => StreamKind::AppendOnly,
+            EmitMode::OnUpdate | EmitMode::Every(_) => StreamKind::Upsert { key: group_names },
+        };
+        let physical_input = in_schema.as_arrow();
+        let mut aggs = vec![];
+        for e in &agg.aggr_expr {
+            #[allow(deprecated)]
+            let (expr, filter, order) = datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(
+                e, in_schema, physical_input, &self.props,
+            )?;
+            let mut args = expr.expressions();
+            args.extend(order.iter().map(|o| o.expr.clone()));
+            aggs.push(AggSpec { expr, args, filter });
+        }
+        let output_schema = with_weight(agg.schema.as_arrow(), kind == StreamKind::Changelog);
+        let op: Box<dyn Operator> = if session {
+            let (ws, _, WindowKind::Session { gap }) = l.window.expect("session") else { unreachable!() };
+            Box::new(SessionAggregate::try_new(key_exprs, key_types, layout.clone(), aggs, ws, gap, emit, lateness, output_schema)?)
+        } else {
+            Box::new(Aggregate::try_new(
+                key_exprs,
+                key_types,
+                layout.clone(),
+                aggs,
+                l.window.map(|(s, e, _)| (s, e)),
+                emit,
+                lateness,
+                output_schema,
+                self.opts.partitions,
+            )?)
+        };
+        l.ops.push(op);
+        l.kind = kind;
+        l.aggregated = true;
+        let ws = layout.iter().position(|g| *g == GroupCol::WindowStart);
+        let we = layout.iter().position(|g| *g == GroupCol::WindowEnd);
+        l.window = match (ws, we, l.window) {
+            (Some(a), Some(b), Some((_, _, k))) => Some((a, b, k)),
+            _ => None,
+        };
+        Ok(l)
+    }
+}
+
+/// Plans a continuous query over `relations`.
+pub(crate) fn plan_continuous(
+    mut query: Query,
+    relations: &HashMap<String, RelationInfo>,
+    opts: &PlanOptions,
+) -> Result<PlannedQuery> {
+    let mut rw = Rewriter { relations, bindings: vec![] };
+    rw.query(&mut query)?;
+    let extra: Vec<(String, SchemaRef)> = rw
+        .bindings
+        .iter()
+        .map(|b| Ok((b.pseudo.clone(), windowed_schema(&relations[&b.input].schema)?)))
+        .collect::<Result<_>>()?;
+    let plan = logical_plan(query, relations, &extra)?;
+    let lowerer = Lowerer { relations, bindings: &rw.bindings, opts, props: ExecutionProps::new() };
+    let l = lowerer.lower(&plan)?;
+    if !l.aggregated && opts.emit.is_some() {
+        return Err(Error::plan("EMIT applies to aggregations; this query has no GROUP BY or aggregate"));
+    }
+    if !l.aggregated && opts.lateness_us > 0 && l.late_schema.is_none() {
+        return Err(Error::plan("ALLOW LATENESS applies to windowed queries"));
+    }
+    let output_schema = with_weight(plan.schema().as_arrow(), l.kind == StreamKind::Changelog);
+    let mut inputs = l.inputs;
+    inputs.dedup();
+    Ok(PlannedQuery { inputs, ops: l.ops, output_schema, kind: l.kind, late_schema: l.late_schema })
+}

@@ -1,0 +1,5 @@
+//! The runtime: source queues, the pipeline driver thread, subscriptions and materialized views.
+
+pub(crate) mod ingest;
+pub(crate) mod mv;
+pub mod subscription;

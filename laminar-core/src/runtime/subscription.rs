@@ -1,0 +1,351 @@
+//! Subscriptions to a stream: a bounded buffer per subscriber, filled by the pipeline, read by
+//! pull (`next`, `next_timeout`, `try_next`) or by a push callback on an engine-owned thread with
+//! `request(n)` credits. The slow-subscriber rule (DESIGN §2): with `on_full = lag` (default) a
+//! full buffer ends that subscription with "lagged: N batches unread" on its next read; with
+//! `on_full = block` the pipeline waits for the reader.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::OnFull;
+use crate::error::{Error, ErrorKind, Result};
+
+pub(crate) enum SubMsg {
+    Batch(RecordBatch),
+    Error(Error),
+}
+
+pub(crate) struct SubShared {
+    pub lagged: AtomicU64,
+    pub cancelled: AtomicBool,
+    cancel_tx: Mutex<Option<Sender<()>>>,
+}
+
+/// The pipeline's end of a subscription.
+pub(crate) struct SubscriberSlot {
+    pub tx: Sender<SubMsg>,
+    pub shared: Arc<SubShared>,
+    pub on_full: OnFull,
+}
+
+/// Outcome of a delivery attempt.
+pub(crate) enum Delivered {
+    Ok,
+    /// The subscriber is gone, cancelled or lagged: drop the slot.
+    Drop,
+}
+
+impl SubscriberSlot {
+    pub(crate) fn deliver(&self, msg: SubMsg, closed: &AtomicBool) -> Delivered {
+        if self.shared.cancelled.load(Ordering::Acquire) {
+            return Delivered::Drop;
+        }
+        match self.on_full {
+            OnFull::Lag => match self.tx.try_send(msg) {
+                Ok(()) => Delivered::Ok,
+                Err(TrySendError::Full(_)) => {
+                    self.shared.lagged.store(self.tx.len() as u64 + 1, Ordering::Release);
+                    // Wake a reader blocked on the cancel channel too.
+                    self.shared.cancel_tx.lock().take();
+                    Delivered::Drop
+                }
+                Err(TrySendError::Disconnected(_)) => Delivered::Drop,
+            },
+            OnFull::Block => {
+                let mut msg = msg;
+                loop {
+                    match self.tx.send_timeout(msg, Duration::from_millis(50)) {
+                        Ok(()) => return Delivered::Ok,
+                        Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                            if self.shared.cancelled.load(Ordering::Acquire) || closed.load(Ordering::Acquire) {
+                                return Delivered::Drop;
+                            }
+                            msg = m;
+                        }
+                        Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Delivered::Drop,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Options of one subscription.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// Batches buffered before `on_full` applies. Default: the database's `buffer_size`.
+    pub buffer_size: Option<usize>,
+    pub on_full: Option<OnFull>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions { buffer_size: None, on_full: None }
+    }
+}
+
+/// What a non-blocking or timed read found.
+#[derive(Debug)]
+pub enum Next {
+    Batch(RecordBatch),
+    /// Nothing arrived in time (or nothing is buffered, for `try_next`).
+    Empty,
+    /// The subscription has ended: cancelled, stream dropped, or database closed.
+    End,
+}
+
+/// A pull subscription to a stream. Reads block until data arrives, the timeout passes, or the
+/// subscription is cancelled (from any thread).
+pub struct Subscription {
+    rx: Receiver<SubMsg>,
+    cancel_rx: Receiver<()>,
+    shared: Arc<SubShared>,
+    schema: SchemaRef,
+    stream: String,
+}
+
+pub(crate) fn new_pair(stream: &str, schema: SchemaRef, capacity: usize, on_full: OnFull) -> (SubscriberSlot, Subscription) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+    let (cancel_tx, cancel_rx) = crossbeam_channel::bounded(1);
+    let shared = Arc::new(SubShared {
+        lagged: AtomicU64::new(0),
+        cancelled: AtomicBool::new(false),
+        cancel_tx: Mutex::new(Some(cancel_tx)),
+    });
+    (
+        SubscriberSlot { tx, shared: shared.clone(), on_full },
+        Subscription { rx, cancel_rx, shared, schema, stream: stream.to_string() },
+    )
+}
+
+impl Subscription {
+    /// The schema of every batch this subscription yields (with `__weight` for changelogs).
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    pub fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    fn check_lagged(&self) -> Result<()> {
+        let n = self.shared.lagged.load(Ordering::Acquire);
+        if n > 0 {
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!("subscription to '{}' lagged: {n} batches unread; it was ended so the pipeline could go on (read faster, raise buffer_size, or subscribe with on_full = block)", self.stream),
+            ));
+        }
+        Ok(())
+    }
+
+    fn map(&self, m: std::result::Result<SubMsg, crossbeam_channel::RecvError>) -> Result<Next> {
+        match m {
+            Ok(SubMsg::Batch(b)) => Ok(Next::Batch(b)),
+            Ok(SubMsg::Error(e)) => Err(e),
+            Err(_) => {
+                self.check_lagged()?;
+                Ok(Next::End)
+            }
+        }
+    }
+
+    /// Blocks for the next batch; `None` once the subscription has ended.
+    pub fn next(&self) -> Result<Option<RecordBatch>> {
+        match self.next_deadline(None)? {
+            Next::Batch(b) => Ok(Some(b)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits up to `timeout` for the next batch.
+    pub fn next_timeout(&self, timeout: Duration) -> Result<Next> {
+        self.next_deadline(Some(Instant::now() + timeout))
+    }
+
+    /// Returns a buffered batch if there is one, without waiting.
+    pub fn try_next(&self) -> Result<Next> {
+        self.check_lagged()?;
+        if self.shared.cancelled.load(Ordering::Acquire) {
+            return Ok(Next::End);
+        }
+        match self.rx.try_recv() {
+            Ok(m) => self.map(Ok(m)),
+            Err(crossbeam_channel::TryRecvError::Empty) => Ok(Next::Empty),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => self.map(Err(crossbeam_channel::RecvError)),
+        }
+    }
+
+    fn next_deadline(&self, deadline: Option<Instant>) -> Result<Next> {
+        self.check_lagged()?;
+        if self.shared.cancelled.load(Ordering::Acquire) {
+            return Ok(Next::End);
+        }
+        // Buffered data first, so a cancel never hides what already arrived... except that a
+        // cancelled subscription ends at once, as documented.
+        if let Ok(m) = self.rx.try_recv() {
+            return self.map(Ok(m));
+        }
+        let timeout = deadline.map(|d| crossbeam_channel::at(d)).unwrap_or_else(crossbeam_channel::never);
+        crossbeam_channel::select! {
+            recv(self.rx) -> m => self.map(m),
+            recv(self.cancel_rx) -> _ => {
+                self.check_lagged()?;
+                Ok(Next::End)
+            }
+            recv(timeout) -> _ => Ok(Next::Empty),
+        }
+    }
+
+    /// Ends the subscription: blocked and later reads return `End`. Any thread, any number of times.
+    pub fn cancel(&self) {
+        self.shared.cancelled.store(true, Ordering::Release);
+        self.shared.cancel_tx.lock().take();
+    }
+
+    /// A handle that can cancel this subscription from another thread.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.shared.clone())
+    }
+}
+
+impl Iterator for &Subscription {
+    type Item = Result<RecordBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Subscription::next(self).transpose()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// Cancels a subscription from any thread.
+#[derive(Clone)]
+pub struct Canceller(Arc<SubShared>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::Release);
+        self.0.cancel_tx.lock().take();
+    }
+}
+
+/// Events delivered to a push subscriber, in order: batches, then at most one error, then `Closed`
+/// exactly once, always last.
+pub enum PushEvent {
+    Batch(RecordBatch),
+    Error(Error),
+    Closed,
+}
+
+struct Credits {
+    n: Mutex<u64>,
+    cv: Condvar,
+}
+
+/// A push subscription: a callback on an engine-owned thread. It receives at most as many batches
+/// as credits were granted (`request`); `cancel` may be called from anywhere, including the callback.
+pub struct PushSubscription {
+    credits: Arc<Credits>,
+    canceller: Canceller,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread_id: std::thread::ThreadId,
+}
+
+impl PushSubscription {
+    pub(crate) fn spawn(
+        sub: Subscription,
+        initial_credits: u64,
+        mut callback: Box<dyn FnMut(PushEvent) + Send>,
+    ) -> Result<PushSubscription> {
+        let credits = Arc::new(Credits { n: Mutex::new(initial_credits), cv: Condvar::new() });
+        let canceller = sub.canceller();
+        let c2 = credits.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("laminar-push-{}", sub.stream))
+            .spawn(move || {
+                let mut call = |ev: PushEvent| {
+                    // A panicking callback ends the subscription instead of the process.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(ev))).is_ok()
+                };
+                loop {
+                    {
+                        let mut n = c2.n.lock();
+                        while *n == 0 && !sub.shared.cancelled.load(Ordering::Acquire) {
+                            c2.cv.wait(&mut n);
+                        }
+                        if sub.shared.cancelled.load(Ordering::Acquire) {
+                            break;
+                        }
+                    }
+                    match sub.next() {
+                        Ok(Some(b)) => {
+                            {
+                                let mut n = c2.n.lock();
+                                *n = n.saturating_sub(1);
+                            }
+                            if !call(PushEvent::Batch(b)) {
+                                call(PushEvent::Error(Error::internal("the subscription callback panicked")));
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            call(PushEvent::Error(e));
+                            break;
+                        }
+                    }
+                }
+                call(PushEvent::Closed);
+            })
+            .map_err(|e| Error::internal(format!("cannot start the subscription thread: {e}")))?;
+        let thread_id = handle.thread().id();
+        Ok(PushSubscription { credits, canceller, thread: Mutex::new(Some(handle)), thread_id })
+    }
+
+    /// Grants `n` more batches. Never calls the callback synchronously.
+    pub fn request(&self, n: u64) {
+        let mut c = self.credits.n.lock();
+        *c = c.saturating_add(n);
+        self.credits.cv.notify_all();
+    }
+
+    /// Ends the subscription; batches may still arrive until `Closed`. Idempotent, any thread.
+    pub fn cancel(&self) {
+        self.canceller.cancel();
+        let _g = self.credits.n.lock();
+        self.credits.cv.notify_all();
+    }
+
+    /// Cancels and waits for `Closed` to have been delivered. From inside the callback this would
+    /// wait for itself, so it is refused with INVALID_STATE there.
+    pub fn close(&self) -> Result<()> {
+        if std::thread::current().id() == self.thread_id {
+            return Err(Error::invalid_state("a push subscription cannot be closed from inside its own callback; call cancel()"));
+        }
+        self.cancel();
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PushSubscription {
+    fn drop(&mut self) {
+        self.cancel();
+        if std::thread::current().id() != self.thread_id {
+            if let Some(h) = self.thread.lock().take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
