@@ -125,7 +125,8 @@ enum Event {
     Batch(Arc<SourceQueue>, RecordBatch),
     Watermark(Arc<SourceQueue>, i64),
     Sync(Sender<()>),
-    Tick,
+    /// A manual clock moved to this time (ms); processing time advances in queue order.
+    Tick(i64),
     Shutdown,
 }
 
@@ -813,8 +814,8 @@ impl Database {
         // Only ManualClock reports is_manual; its counter is the first field.
         let clock = Arc::as_ptr(&self.inner.clock) as *const ManualClock;
         // SAFETY: is_manual() is true only for ManualClock, so the pointer has that type.
-        unsafe { (*clock).0.fetch_add(by.as_millis() as u64, Ordering::AcqRel) };
-        self.inner.tx.send(Event::Tick).map_err(|_| Error::closed())?;
+        let now = unsafe { (*clock).0.fetch_add(by.as_millis() as u64, Ordering::AcqRel) } as i64 + by.as_millis() as i64;
+        self.inner.tx.send(Event::Tick(now)).map_err(|_| Error::closed())?;
         self.flush()
     }
 
@@ -1035,6 +1036,9 @@ fn input_watermark(eng: &Engine, name: &str) -> i64 {
 // ---------------------------------------------------------------- the driver
 
 fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>) {
+    // With a manual clock, processing time moves only when its Tick event is processed, so events
+    // pushed before an advance are processed at the earlier time.
+    let mut manual_now = db.upgrade().map(|i| i.clock.now_ms()).unwrap_or(0);
     loop {
         let timeout = {
             let Some(inner) = db.upgrade() else { return };
@@ -1069,19 +1073,36 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>) {
                 let _ = q.permits_rx.try_recv();
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
-                    on_source_batch(&inner, &mut eng, &q.name, batch);
+                    guarded(&inner, &mut eng, &q.name, |inner, eng| on_source_batch(inner, eng, &q.name, batch));
                 }
             }
             Some(Event::Watermark(q, wm)) => {
                 let _ = q.permits_rx.try_recv();
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
-                    advance_source_watermark(&inner, &mut eng, &q.name, wm);
+                    guarded(&inner, &mut eng, &q.name, |inner, eng| advance_source_watermark(inner, eng, &q.name, wm));
                 }
             }
-            Some(Event::Tick) | None => {}
+            Some(Event::Tick(now)) => manual_now = now,
+            None => {}
         }
-        run_ticks(&inner, &mut eng);
+        let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
+        run_ticks(&inner, &mut eng, now);
+    }
+}
+
+/// Runs one event; a panic (a bug) fails the streams reading the source instead of the pipeline.
+fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbInner, &mut Engine)) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng)));
+    if let Err(p) = r {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
+        let names: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
+        for n in names {
+            let s = eng.streams.get_mut(&n).expect("listed");
+            if s.failed.is_none() {
+                fail_stream(inner, s, &n, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
+            }
+        }
     }
 }
 
@@ -1270,8 +1291,7 @@ fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
     }
 }
 
-fn run_ticks(inner: &DbInner, eng: &mut Engine) {
-    let now = inner.clock.now_ms();
+fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
     let due: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].tick.is_some_and(|t| t.1 <= now)).cloned().collect();
     for name in due {
         let mut outputs = vec![];

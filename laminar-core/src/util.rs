@@ -19,3 +19,9 @@ pub fn fmt_duration_us(us: i64) -> String {
     }
     out
 }
+
+/// A filter mask where NULL counts as false, as in SQL.
+pub fn null_as_false(mask: &datafusion::arrow::array::BooleanArray) -> datafusion::arrow::array::BooleanArray {
+    use datafusion::arrow::array::Array;
+    if mask.null_count() > 0 { datafusion::arrow::compute::prep_null_mask_filter(mask) } else { mask.clone() }
+}

@@ -294,7 +294,7 @@ impl Operator for SessionAggregate {
                     let mut vals = a.iter().map(|c| take(c, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
                     if spec.filter.is_some() {
                         let mask = vals.pop().expect("filter mask");
-                        let mask = datafusion::arrow::compute::prep_null_mask_filter(mask.as_boolean());
+                        let mask = crate::util::null_as_false(mask.as_boolean());
                         vals = vals.iter().map(|v| filter(v, &mask)).collect::<std::result::Result<_, _>>()?;
                     }
                     acc.update_batch(&vals)?;

@@ -40,11 +40,7 @@ impl Stateless {
                         Error::plan(format!("filter predicate is {}, not BOOLEAN", v.data_type()))
                     })?;
                     // NULL counts as false, as in SQL.
-                    let mask = if mask.null_count() > 0 {
-                        datafusion::arrow::compute::prep_null_mask_filter(mask)
-                    } else {
-                        mask.clone()
-                    };
+                    let mask = crate::util::null_as_false(mask);
                     filter_record_batch(&batch, &mask)?
                 }
                 Step::Project(exprs, schema) => {

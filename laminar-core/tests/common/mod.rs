@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
+use laminar_core::arrow::record_batch::RecordBatch;
+use laminar_core::arrow::util::display::array_value_to_string;
+use laminar_core::{Database, Next, Subscription};
+
+/// A batch of (k BIGINT, v BIGINT, ts TIMESTAMP) rows; ts in milliseconds.
+pub fn kvt(rows: &[(i64, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_from_iter(vec![
+        ("k", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef),
+        ("v", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef),
+        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2 * 1000))) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+/// Every row of the batches rendered as strings, one Vec per row.
+pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let mut out = vec![];
+    for b in batches {
+        for r in 0..b.num_rows() {
+            out.push(b.columns().iter().map(|c| array_value_to_string(c, r).unwrap()).collect());
+        }
+    }
+    out
+}
+
+/// Rows as sorted strings "a|b|c" (a multiset compare).
+pub fn sorted(batches: &[RecordBatch]) -> Vec<String> {
+    let mut v: Vec<String> = rows(batches).into_iter().map(|r| r.join("|")).collect();
+    v.sort();
+    v
+}
+
+/// Everything the subscription has buffered now (call after `flush`).
+pub fn drain(sub: &Subscription) -> Vec<RecordBatch> {
+    let mut out = vec![];
+    loop {
+        match sub.try_next().unwrap() {
+            Next::Batch(b) => out.push(b),
+            Next::Empty | Next::End => return out,
+        }
+    }
+}
+
+pub fn db(workers: usize) -> Database {
+    let mut c = laminar_core::Config::default();
+    c.set("workers", &workers.to_string()).unwrap();
+    Database::open(":memory:", c).unwrap()
+}
+
+pub const KVT: &str = "CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
