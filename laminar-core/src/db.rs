@@ -249,9 +249,11 @@ impl Database {
             runtime,
         });
         let weak = Arc::downgrade(&inner);
+        // Read on this thread: the driver may start after the caller has already moved the clock.
+        let start_ms = inner.clock.now_ms();
         let handle = std::thread::Builder::new()
             .name("laminar-pipeline".into())
-            .spawn(move || driver_loop(weak, rx))
+            .spawn(move || driver_loop(weak, rx, start_ms))
             .map_err(|e| Error::internal(format!("cannot start the pipeline thread: {e}")))?;
         *inner.driver.lock() = Some(handle);
         Ok(Database { inner })
@@ -690,7 +692,7 @@ impl Database {
             if err.message().contains("not found") {
                 let eng = inner.engine.lock();
                 for (n, s) in &eng.streams {
-                    if s.mv.is_none() && err.message().contains(&format!("'{n}'")) {
+                    if s.mv.is_none() && (err.message().contains(&format!("'{n}'")) || err.message().contains(&format!(".{n}'"))) {
                         return Error::invalid_argument(format!(
                             "stream '{n}' keeps no queryable state; subscribe to it, or create it as a MATERIALIZED VIEW to query it"
                         ));
@@ -1035,10 +1037,10 @@ fn input_watermark(eng: &Engine, name: &str) -> i64 {
 
 // ---------------------------------------------------------------- the driver
 
-fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>) {
+fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64) {
     // With a manual clock, processing time moves only when its Tick event is processed, so events
     // pushed before an advance are processed at the earlier time.
-    let mut manual_now = db.upgrade().map(|i| i.clock.now_ms()).unwrap_or(0);
+    let mut manual_now = start_ms;
     loop {
         let timeout = {
             let Some(inner) = db.upgrade() else { return };
@@ -1083,7 +1085,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>) {
                     guarded(&inner, &mut eng, &q.name, |inner, eng| advance_source_watermark(inner, eng, &q.name, wm));
                 }
             }
-            Some(Event::Tick(now)) => manual_now = now,
+            Some(Event::Tick(now)) => manual_now = manual_now.max(now),
             None => {}
         }
         let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };

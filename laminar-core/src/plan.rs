@@ -436,11 +436,33 @@ impl Lowerer<'_> {
                     };
                 }
                 if let StreamKind::Upsert { key } = &l.kind {
-                    for k in key {
-                        if out.field_with_name(k).is_err() {
-                            return Err(Error::plan(format!("the projection drops '{k}', part of the upsert key of its input")));
+                    // The key follows its columns through the projection (renamed or not); a
+                    // window is identified by either of its bounds.
+                    let input_schema = p.input.schema();
+                    let mut new_key = vec![];
+                    for (i, e) in p.expr.iter().enumerate() {
+                        let inner = match e { Expr::Alias(a) => a.expr.as_ref(), e => e };
+                        if let Expr::Column(c) = inner {
+                            if let Ok(idx) = input_schema.index_of_column(c) {
+                                if key.contains(input_schema.field(idx).name()) {
+                                    new_key.push(p.schema.field(i).name().clone());
+                                }
+                            }
                         }
                     }
+                    let has_window = |k: &Vec<String>| k.iter().any(|n| n == "window_start" || n == "window_end");
+                    let lost: Vec<&String> = key
+                        .iter()
+                        .filter(|k| !(k.as_str() == "window_end" && has_window(&new_key)) && !(k.as_str() == "window_start" && has_window(&new_key)))
+                        .filter(|k| !p.expr.iter().any(|e| matches!(match e { Expr::Alias(a) => a.expr.as_ref(), e => e }, Expr::Column(c) if &c.name == *k)))
+                        .collect();
+                    if !lost.is_empty() {
+                        return Err(Error::plan(format!(
+                            "the query must select {} to key its upserts (EMIT ON UPDATE / EVERY are keyed by the GROUP BY columns)",
+                            lost.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ")
+                        )));
+                    }
+                    l.kind = StreamKind::Upsert { key: new_key };
                 }
                 push_step(&mut l.ops, Step::Project(exprs, out), weighted);
                 Ok(l)

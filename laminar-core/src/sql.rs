@@ -186,6 +186,12 @@ pub fn parse_one(sql: &str) -> Result<ParsedStatement> {
     }
 }
 
+/// An end-of-input token positioned just after `toks`, so "found: EOF" errors have a position.
+fn eof_after(toks: &[TokenWithSpan]) -> TokenWithSpan {
+    let end = toks.iter().rev().find(|t| t.token != Token::EOF).map(|t| t.span.end).unwrap_or(datafusion::sql::sqlparser::tokenizer::Location { line: 0, column: 0 });
+    TokenWithSpan::new(Token::EOF, datafusion::sql::sqlparser::tokenizer::Span::new(end, end))
+}
+
 fn pos_of(t: &TokenWithSpan) -> Option<SqlPosition> {
     (t.span.start.line > 0)
         .then_some(SqlPosition { line: t.span.start.line, column: t.span.start.column })
@@ -642,7 +648,8 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
         rest.drain(clause_start..sub.pos);
         i = clause_start;
     }
-    rest.push(TokenWithSpan::wrap(Token::EOF));
+    let eof = eof_after(&rest);
+    rest.push(eof);
     let query = parse_query_tokens(rest)?;
     Ok(CreateStream { name, materialized, or_replace, if_not_exists, query, emit, allowed_lateness, late_data_to })
 }
@@ -755,7 +762,8 @@ fn rewrite_window_tvfs(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan
         i += 1;
     }
     if toks.last().is_none_or(|t| t.token != Token::EOF) {
-        toks.push(TokenWithSpan::wrap(Token::EOF));
+        let eof = eof_after(&toks);
+        toks.push(eof);
     }
     Ok(toks)
 }
@@ -824,7 +832,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_carry_line_and_column() {
-        let e = parse_one("SELECT a,\n  FROM WHERE").unwrap_err();
+        let e = parse_one("SELECT a\n  FROM t WHERE (").unwrap_err();
         assert_eq!(e.kind(), crate::error::ErrorKind::SqlSyntax);
         assert_eq!(e.position().map(|p| p.line), Some(2), "{e}");
         let e = parse_one("CREATE SOURCE s (a INT) GARBAGE").unwrap_err();

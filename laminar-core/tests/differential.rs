@@ -125,7 +125,8 @@ fn gen_case(seed: u64) -> Case {
     let mut aggs: Vec<usize> = (0..n_aggs).map(|_| r.random_range(0..AGGS.len())).collect();
     aggs.sort_unstable();
     aggs.dedup();
-    Case { seed, win, emit, lateness_ms, aggs, workers: r.random_range(1..3), having: r.random_range(0..5) == 0 }
+    Case { seed, win, emit, lateness_ms, aggs, workers: r.random_range(1..3),
+        having: r.random_range(0..5) == 0 }
 }
 
 fn iv(ms: i64) -> String {
@@ -218,8 +219,8 @@ fn run_case(c: &Case) -> Result<(), String> {
             _ => break,
         }
     }
-    if std::env::var("LAMINAR_DIFF_DEBUG").is_ok() {
-        eprintln!("{sql}\nrows {rows:?}\nout:");
+    if std::env::var("LAMINAR_DIFF_DEBUG").is_ok_and(|d| d == c.seed.to_string()) {
+        eprintln!("{sql}\nrows {rows:?}\nmetrics {:?}\nout:", db.metrics().unwrap().streams);
         for b in &out { eprintln!("{}", laminar_core::arrow::util::pretty::pretty_format_batches(&[b.clone()]).unwrap()); }
     }
     let ncols = info.schema.fields().len() - usize::from(weighted);
