@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use parking_lot::Mutex;
 
-use crate::config::{Config, Durability, OnFull, QueueFullPolicy};
+use crate::config::{Config, Durability, QueueFullPolicy};
 use crate::error::{nearest_name, Error, ErrorKind, Result};
 use crate::operator::window::{event_times, TimeScale};
 use crate::operator::{LateRows, OpCtx, Operator, StreamKind, NO_WATERMARK};
@@ -538,9 +538,7 @@ impl Database {
             while i < doomed.len() {
                 let d = doomed[i].clone();
                 for n in &eng.order {
-                    let s = &eng.streams[n];
-                    let reads = s.inputs.contains(&d) || (s.is_late_sink && false);
-                    if reads && !doomed.contains(n) {
+                    if eng.streams[n].inputs.contains(&d) && !doomed.contains(n) {
                         doomed.push(n.clone());
                     }
                 }
@@ -663,22 +661,6 @@ impl Database {
                     ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.logical_schema.clone(), vec![mv.snapshot()?])?))?;
                 }
             }
-            // Plain streams are not queryable: say so instead of "table not found".
-            let names: Vec<String> = eng.streams.iter().filter(|(_, s)| s.mv.is_none()).map(|(n, _)| n.clone()).collect();
-            let text = q.to_string();
-            for n in names {
-                let lower = text.to_lowercase();
-                if lower.split(|c: char| !(c.is_alphanumeric() || c == '_')).any(|w| w == n) {
-                    if ctx.table_exist(n.as_str()).unwrap_or(false) {
-                        continue;
-                    }
-                    // Only an error if the name is used as a relation; DataFusion will decide.
-                    let _ = ctx.register_table(
-                        format!("__laminar_stream_{n}").as_str(),
-                        Arc::new(MemTable::try_new(Arc::new(Schema::empty()), vec![vec![]])?),
-                    );
-                }
-            }
         }
         let stmt = datafusion::sql::parser::Statement::Statement(Box::new(datafusion::sql::sqlparser::ast::Statement::Query(Box::new(q))));
         let inner = self.inner.clone();
@@ -687,6 +669,7 @@ impl Database {
             let df = ctx.execute_logical_plan(plan).await?;
             df.collect().await
         });
+        // Plain streams keep no state: say so instead of "table not found".
         res.map_err(|e| {
             let err: Error = e.into();
             if err.message().contains("not found") {
@@ -1334,7 +1317,3 @@ impl Drop for DbInner {
         let _ = self.tx.send(Event::Shutdown);
     }
 }
-
-/// Keeps `UInt64Array` and `OnFull` in the public vocabulary of this module's docs.
-#[allow(dead_code)]
-fn _unused(_: UInt64Array, _: OnFull) {}

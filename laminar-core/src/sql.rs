@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast::{self, Expr as SqlExpr, Query};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
 
@@ -767,9 +766,6 @@ fn rewrite_window_tvfs(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan
     }
     Ok(toks)
 }
-
-/// The `ast::Value` keyword used by callers that build SQL ASTs.
-pub(crate) const _KEYWORD_TABLE: Keyword = Keyword::TABLE;
 
 #[cfg(test)]
 mod tests {

@@ -264,11 +264,11 @@ fn run_case(c: &Case) -> Result<(), String> {
     }
 
     // Oracle.
-    let expected = oracle(c, &rows, &late_pairs, &agg_sql, windowed, having)?;
+    let expected = oracle(c, &rows, &late_pairs, &agg_sql, having)?;
     compare(got, expected, c)
 }
 
-fn oracle(c: &Case, rows: &[(i64, i64, Option<i64>, i64)], late: &HashSet<(i64, i64, i64)>, agg_sql: &[String], windowed: bool, having: &str) -> Result<Vec<Vec<String>>, String> {
+fn oracle(c: &Case, rows: &[(i64, i64, Option<i64>, i64)], late: &HashSet<(i64, i64, i64)>, agg_sql: &[String], having: &str) -> Result<Vec<Vec<String>>, String> {
     let ctx = SessionContext::new();
     let late_rids: HashSet<i64> = late.iter().map(|p| p.0).collect();
     let (mut rid, mut k, mut v, mut ts, mut ws, mut we) = (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -326,7 +326,6 @@ fn oracle(c: &Case, rows: &[(i64, i64, Option<i64>, i64)], late: &HashSet<(i64, 
         Win::None => format!("SELECT k, {} FROM t GROUP BY k{having}", agg_sql.join(", ")),
         _ => format!("SELECT k, ws AS window_start, we AS window_end, {} FROM t GROUP BY k, ws, we{having}", agg_sql.join(", ")),
     };
-    let _ = windowed;
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let batches = rt.block_on(async { ctx.sql(&sql).await?.collect().await }).map_err(|e| format!("oracle {sql}: {e}"))?;
     Ok(common::rows(&batches))

@@ -288,3 +288,22 @@ fn snapshot_restore_continues_exactly() {
     assert_eq!(ra, rb);
     assert!(ra.contains(&format!("1|2|3.0|{T}00")), "{ra:?}");
 }
+
+/// Non-windowed EMIT EVERY: each tick emits only the groups whose value changed.
+#[test]
+fn golden_emit_every_non_windowed() {
+    use std::sync::Arc;
+    let clock = Arc::new(laminar_core::ManualClock::default());
+    let db = laminar_core::Database::open_with_clock(":memory:", laminar_core::Config::default(), clock).unwrap();
+    db.execute(KVT).unwrap();
+    db.execute("CREATE STREAM c AS SELECT k, MAX(v) AS m FROM s GROUP BY k EMIT EVERY INTERVAL '1' SECOND").unwrap();
+    let sub = db.subscribe("c").unwrap();
+    let mut w = db.writer("s").unwrap();
+    w.write(kvt(&[(1, 10, 1000), (2, 20, 2000)])).unwrap();
+    db.advance_clock(std::time::Duration::from_secs(1)).unwrap();
+    let a = sorted(&drain(&sub));
+    w.write(kvt(&[(1, 30, 3000), (3, 5, 2000)])).unwrap();
+    db.advance_clock(std::time::Duration::from_secs(1)).unwrap();
+    let b = sorted(&drain(&sub));
+    assert_eq!((a, b), (vec!["1|10".to_string(), "2|20".to_string()], vec!["1|30".to_string(), "3|5".to_string()]));
+}

@@ -517,7 +517,6 @@ impl Operator for Aggregate {
         })();
         self.parts = parts;
         res?;
-        let _ = ctx.watermark;
         self.concat(out)
     }
 

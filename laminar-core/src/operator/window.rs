@@ -207,11 +207,7 @@ impl WindowAssign {
             let mut any = 0;
             self.kind.for_each_window(ts, |s, e| {
                 any += 1;
-                let closed = match self.kind {
-                    WindowKind::Session { .. } => self.is_closed(watermark, e),
-                    _ => self.is_closed(watermark, e),
-                };
-                if closed {
+                if self.is_closed(watermark, e) {
                     late_idx.push(i as u32);
                     late_starts.push(s);
                     late_ends.push(e);

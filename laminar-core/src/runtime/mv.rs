@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{AsArray, UInt32Array};
-use datafusion::arrow::compute::take;
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -14,7 +13,7 @@ use crate::error::Result;
 use crate::operator::StreamKind;
 
 pub(crate) enum MvStore {
-    Append { _schema: SchemaRef, batches: Vec<RecordBatch> },
+    Append { batches: Vec<RecordBatch> },
     Changelog { schema: SchemaRef, conv: RowConverter, rows: HashMap<OwnedRow, i64> },
     Upsert { schema: SchemaRef, key_idx: Vec<usize>, key_conv: RowConverter, conv: RowConverter, rows: HashMap<OwnedRow, OwnedRow> },
 }
@@ -24,7 +23,7 @@ impl MvStore {
     pub(crate) fn new(schema: SchemaRef, kind: &StreamKind) -> Result<Self> {
         let fields = |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect::<Vec<_>>();
         Ok(match kind {
-            StreamKind::AppendOnly => MvStore::Append { _schema: schema, batches: vec![] },
+            StreamKind::AppendOnly => MvStore::Append { batches: vec![] },
             StreamKind::Changelog => MvStore::Changelog { conv: RowConverter::new(fields(&schema))?, schema, rows: HashMap::new() },
             StreamKind::Upsert { key } => {
                 let key_idx: Vec<usize> = key.iter().map(|k| schema.index_of(k)).collect::<std::result::Result<_, _>>()?;
@@ -87,20 +86,4 @@ impl MvStore {
         })
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn num_rows(&self) -> usize {
-        match self {
-            MvStore::Append { batches, .. } => batches.iter().map(|b| b.num_rows()).sum(),
-            MvStore::Changelog { rows, .. } => rows.values().map(|c| (*c).max(0) as usize).sum(),
-            MvStore::Upsert { rows, .. } => rows.len(),
-        }
-    }
-}
-
-/// Keeps only the logical columns of a possibly weighted batch.
-#[allow(dead_code)]
-pub(crate) fn project_rows(batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
-    let idx = UInt32Array::from(rows.to_vec());
-    let cols = batch.columns().iter().map(|c| take(c, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(RecordBatch::try_new(batch.schema(), cols)?)
 }

@@ -77,18 +77,13 @@ impl SubscriberSlot {
 }
 
 /// Options of one subscription.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SubscribeOptions {
     /// Batches buffered before `on_full` applies. Default: the database's `buffer_size`.
     pub buffer_size: Option<usize>,
     pub on_full: Option<OnFull>,
 }
 
-impl Default for SubscribeOptions {
-    fn default() -> Self {
-        SubscribeOptions { buffer_size: None, on_full: None }
-    }
-}
 
 /// What a non-blocking or timed read found.
 #[derive(Debug)]
@@ -186,8 +181,7 @@ impl Subscription {
         if self.shared.cancelled.load(Ordering::Acquire) {
             return Ok(Next::End);
         }
-        // Buffered data first, so a cancel never hides what already arrived... except that a
-        // cancelled subscription ends at once, as documented.
+        // A cancelled subscription ends at once (checked above); otherwise buffered data first.
         if let Ok(m) = self.rx.try_recv() {
             return self.map(Ok(m));
         }
