@@ -88,6 +88,26 @@ pub const CONFIG_KEYS: &[&str] = &[
     "source_retention",
 ];
 
+/// One line on what a key means, its unit and its default, for documentation and for
+/// `laminar_config_get_flag`.
+pub fn describe_key(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "storage_dir" => "directory for checkpoints and the write-ahead log (default: none)",
+        "durability" => "memory | checkpoint | wal (default memory; only memory is available yet)",
+        "checkpoint_interval" => "time between periodic checkpoints, e.g. '10s' (default: none)",
+        "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
+        "workers" => "worker threads for keyed operator state, 1..=1024 (default: the number of cores)",
+        "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
+        "buffer_size" => "batches a subscription buffers before on_full applies (default 1024)",
+        "idle_timeout" => "default idle timeout of sources, e.g. '30s' (default: none; not applied to watermarks yet)",
+        "queue_capacity" => "events a source queue holds before a push waits (default 64)",
+        "queue_full" => "block | fail: what a push does when its source queue is full (default block)",
+        "on_full" => "lag | block: what a full subscription buffer does (default lag: the subscription ends with an error)",
+        "source_retention" => "rows of recent input each source keeps for ad-hoc SELECT (default 65536)",
+        _ => return None,
+    })
+}
+
 impl Config {
     /// Sets one key from its string form (`"5s"`, `"512MB"`, `"4"`, `"wal"`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {

@@ -68,6 +68,9 @@ impl Clock for ManualClock {
 pub struct ExecuteResult {
     /// Rows returned by SHOW, DESCRIBE, EXPLAIN or SELECT (empty for DDL).
     pub batches: Vec<RecordBatch>,
+    /// Schema of `batches` for statements that return rows (even when no row matched); None for
+    /// DDL and INSERT.
+    pub schema: Option<SchemaRef>,
     /// Rows inserted by INSERT.
     pub rows_affected: u64,
     /// What a DDL statement did ("created stream 'x'").
@@ -298,6 +301,9 @@ impl Database {
         let mut last = ExecuteResult::default();
         for s in stmts {
             last = self.execute_statement(s.statement, &s.text)?;
+            if last.schema.is_none() {
+                last.schema = last.batches.first().map(|b| b.schema());
+            }
         }
         Ok(last)
     }
@@ -319,8 +325,11 @@ impl Database {
             }
             Statement::Explain(inner) => self.explain(*inner),
             Statement::Insert { table, columns, source } => self.insert_values(&table, &columns, *source),
-            Statement::Query(q) => Ok(ExecuteResult { batches: self.run_query(*q)?, ..Default::default() }),
-            Statement::Checkpoint => Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'")),
+            Statement::Query(q) => {
+                let (schema, batches) = self.run_query(*q)?;
+                Ok(ExecuteResult { batches, schema: Some(schema), ..Default::default() })
+            }
+            Statement::Checkpoint => self.checkpoint().map(|_| ExecuteResult { message: "checkpoint taken".into(), ..Default::default() }),
         }
     }
 
@@ -640,6 +649,11 @@ impl Database {
 
     /// Runs an ad-hoc query over snapshots of sources (their retained rows) and materialized views.
     pub fn query(&self, sql_text: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.query_with_schema(sql_text)?.1)
+    }
+
+    /// Like [`Database::query`], with the result's schema (known even when no row matched).
+    pub fn query_with_schema(&self, sql_text: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         self.check_open()?;
         match sql::parse_one(sql_text)?.statement {
             Statement::Query(q) => self.run_query(*q),
@@ -647,7 +661,14 @@ impl Database {
         }
     }
 
-    fn run_query(&self, q: datafusion::sql::sqlparser::ast::Query) -> Result<Vec<RecordBatch>> {
+    /// Takes a checkpoint and returns its epoch. Needs durability `checkpoint` or `wal`, which
+    /// is not available yet, so an in-memory database answers INVALID_STATE.
+    pub fn checkpoint(&self) -> Result<i64> {
+        self.check_open()?;
+        Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'"))
+    }
+
+    fn run_query(&self, q: datafusion::sql::sqlparser::ast::Query) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         self.check_open()?;
         let ctx = crate::plan::session_context();
         {
@@ -667,7 +688,8 @@ impl Database {
         let res = self.inner.runtime.block_on(async move {
             let plan = ctx.state().statement_to_plan(stmt).await?;
             let df = ctx.execute_logical_plan(plan).await?;
-            df.collect().await
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            Ok::<_, datafusion::error::DataFusionError>((schema, df.collect().await?))
         });
         // Plain streams keep no state: say so instead of "table not found".
         res.map_err(|e| {
@@ -697,7 +719,7 @@ impl Database {
                 None => return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string()))),
             }
         };
-        let batches = self.run_query(source)?;
+        let (_, batches) = self.run_query(source)?;
         let targets: Vec<usize> = if columns.is_empty() {
             (0..schema.fields().len()).collect()
         } else {

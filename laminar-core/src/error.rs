@@ -88,6 +88,19 @@ impl Error {
     pub fn position(&self) -> Option<SqlPosition> {
         self.position
     }
+    /// The byte offset of [`Error::position`] in `sql`, the text the statement came from.
+    pub fn sql_offset(&self, sql: &str) -> Option<usize> {
+        let p = self.position?;
+        let mut offset = 0usize;
+        for (i, line) in sql.split_inclusive('\n').enumerate() {
+            if i as u64 + 1 == p.line {
+                let col = p.column.saturating_sub(1) as usize;
+                return Some(offset + line.char_indices().nth(col).map(|(b, _)| b).unwrap_or(line.len()));
+            }
+            offset += line.len();
+        }
+        None
+    }
     /// Adds context in front of the message ("in stream 'x': …").
     pub fn context(mut self, ctx: impl fmt::Display) -> Self {
         self.message = format!("{ctx}: {}", self.message);

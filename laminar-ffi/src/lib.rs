@@ -1,1 +1,72 @@
+//! LaminarDB's handle layer and C ABI.
+//!
+//! Two faces of one set of handles:
+//! - the **handle layer** — [`Db`], [`Config`], [`Writer`], [`QueryStream`], [`Subscription`],
+//!   [`PushSubscription`] and the engine's `Error` — which the Python and Node packages link as a
+//!   Rust crate, so every language shares the same status codes, error texts, config keys and
+//!   subscription rules;
+//! - the **`laminar_*` C exports**, one-to-one over the handle layer, declared in
+//!   `include/laminar.h` (generated from this crate by cbindgen; `tests/header.rs` fails when the
+//!   committed header is stale).
+//!
+//! Every export runs inside [`error::guard`]: a panic becomes `LAMINAR_INTERNAL`, NULL required
+//! pointers and invalid UTF-8 become `LAMINAR_INVALID_ARGUMENT`, and nothing unwinds into C.
 
+pub mod arrow;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod subscription;
+pub mod writer;
+
+use std::ffi::c_char;
+
+pub use config::Config;
+pub use db::{Db, QueryStream};
+pub use error::{laminar_status, status_name};
+pub use laminar_core::{Error, ErrorKind, Next, PushEvent, Result};
+pub use subscription::{PushSubscription, Subscription};
+pub use writer::Writer;
+
+/// Major version of the header (`LAMINAR_VERSION_MAJOR`); `laminar_version_number()` tells the
+/// library's at run time.
+pub const LAMINAR_VERSION_MAJOR: u32 = 0;
+/// Minor version of the header.
+pub const LAMINAR_VERSION_MINOR: u32 = 1;
+/// Patch version of the header.
+pub const LAMINAR_VERSION_PATCH: u32 = 0;
+/// `MAJOR * 1000000 + MINOR * 1000 + PATCH`; compare with `laminar_version_number()` to check
+/// that the header and the library agree.
+pub const LAMINAR_VERSION_NUMBER: u32 = 1000;
+
+/// The library's version, `"MAJOR.MINOR.PATCH"`. Static; do not free.
+///
+/// Thread-safety: any thread. Since: 0.1.0
+#[unsafe(no_mangle)]
+pub extern "C" fn laminar_version() -> *const c_char {
+    static V: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+    V.get_or_init(|| std::ffi::CString::new(env!("CARGO_PKG_VERSION")).unwrap()).as_ptr()
+}
+
+/// The library's version as a number (`LAMINAR_VERSION_NUMBER` of the header it was built with).
+///
+/// Thread-safety: any thread. Since: 0.1.0
+#[unsafe(no_mangle)]
+pub extern "C" fn laminar_version_number() -> u32 {
+    LAMINAR_VERSION_NUMBER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_macros_match_the_crate_version() {
+        let v: Vec<u32> = env!("CARGO_PKG_VERSION").split('.').map(|p| p.parse().unwrap()).collect();
+        assert_eq!(v, vec![LAMINAR_VERSION_MAJOR, LAMINAR_VERSION_MINOR, LAMINAR_VERSION_PATCH]);
+        assert_eq!(LAMINAR_VERSION_NUMBER, v[0] * 1_000_000 + v[1] * 1000 + v[2]);
+        let s = unsafe { std::ffi::CStr::from_ptr(laminar_version()) };
+        assert_eq!(s.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+        assert_eq!(laminar_version_number(), LAMINAR_VERSION_NUMBER);
+    }
+}

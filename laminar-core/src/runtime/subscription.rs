@@ -232,9 +232,10 @@ impl Canceller {
     }
 }
 
-/// Events delivered to a push subscriber, in order: batches, then at most one error, then `Closed`
-/// exactly once, always last.
+/// Events delivered to a push subscriber, in order: `Schema` exactly once and first, batches, then
+/// at most one error, then `Closed` exactly once, always last.
 pub enum PushEvent {
+    Schema(SchemaRef),
     Batch(RecordBatch),
     Error(Error),
     Closed,
@@ -270,7 +271,12 @@ impl PushSubscription {
                     // A panicking callback ends the subscription instead of the process.
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(ev))).is_ok()
                 };
-                loop {
+                let alive = call(PushEvent::Schema(sub.schema()));
+                if !alive {
+                    call(PushEvent::Error(Error::internal("the subscription callback panicked")));
+                }
+                // `alive`: loop only if the schema callback returned normally.
+                while alive {
                     {
                         let mut n = c2.n.lock();
                         while *n == 0 && !sub.shared.cancelled.load(Ordering::Acquire) {
