@@ -13,8 +13,12 @@ step() {
 total0=$SECONDS
 step "build (tests and examples)" cargo build --workspace --tests --examples
 step "cargo test" cargo test --workspace
-if [ -f laminar-core/examples/w1_bench.rs ]; then
-  step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
-    cargo run -q -p laminar-core --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
-fi
+step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
+  cargo run -q -p laminar-core --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
+# The C ABI: header up to date and strict C99/C++17 clean, tests under ASan+UBSan, the example
+# built with pkg-config from an installed prefix and run under valgrind, the benchmark smoke run.
+step "C header is current (cbindgen)" scripts/gen-header.sh --check
+step "C tests (ASan + UBSan)" make --no-print-directory test-c PROFILE=dev
+step "C example (make install + pkg-config + valgrind)" make --no-print-directory example-c PROFILE=dev
+step "C ABI benchmark smoke run" make --no-print-directory bench-c PROFILE=dev ROWS=200000
 echo "all steps: $((SECONDS - total0))s"

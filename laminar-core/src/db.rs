@@ -998,6 +998,7 @@ impl SourceWriter {
 
     /// Pushes a batch: validated and converted to the source schema (all or nothing), then queued.
     pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.db.check_open()?;
         let batch = conform(&self.queue.name, &self.queue.schema, &batch)?;
         if batch.num_rows() == 0 {
             return Ok(());

@@ -167,6 +167,12 @@ impl From<datafusion::error::DataFusionError> for Error {
             D::NotImplemented(m) => Error::not_implemented(m),
             D::ArrowError(e, _) => Error::from(*e),
             D::Context(c, inner) => Error::from(*inner).context(c),
+            D::Diagnostic(_, inner) => Error::from(*inner),
+            D::Collection(mut v) if !v.is_empty() => Error::from(v.swap_remove(0)),
+            D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+                Ok(e) => Error::from(e),
+                Err(shared) => Error::new(ErrorKind::Unknown, shared.to_string()),
+            },
             D::ResourcesExhausted(m) => Error::new(ErrorKind::ResourceExhausted, m),
             D::Execution(m) => Error::new(ErrorKind::InvalidData, m),
             D::IoError(e) => Error::new(ErrorKind::Io, e.to_string()),

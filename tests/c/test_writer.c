@@ -1,0 +1,123 @@
+/* Writers: batches consumed on every path, schema checks, watermarks and end of input, and four
+ * threads writing to one source at once (one writer each). */
+#include "common.h"
+
+#define THREADS 4
+#define BATCHES_PER_THREAD 200
+#define ROWS_PER_BATCH 500
+
+static const char *const COLS[] = {"k", "v", "ts"};
+static laminar_db *g_db;
+
+static void *writer_thread(void *arg) {
+  int64_t t = (int64_t)(intptr_t)arg, b, i;
+  laminar_writer *w = NULL;
+  struct ArrowSchema schema;
+  CHECK_OK(laminar_writer_create(g_db, "s", &w, &err));
+  make_schema(&schema, 3, COLS);
+  for (b = 0; b < BATCHES_PER_THREAD; b++) {
+    struct ArrowArray a;
+    shared_cols *c = cols_new(3, ROWS_PER_BATCH);
+    for (i = 0; i < ROWS_PER_BATCH; i++) {
+      c->data[0][i] = t;
+      c->data[1][i] = 1;
+      c->data[2][i] = b * ROWS_PER_BATCH + i;
+    }
+    make_array(&a, c, ROWS_PER_BATCH);
+    shared_unref(c);
+    CHECK_OK(laminar_writer_write(w, &schema, &a, &err));
+  }
+  schema.release(&schema);
+  laminar_writer_destroy(w);
+  return NULL;
+}
+
+int main(void) {
+  laminar_config *cfg = NULL;
+  laminar_writer *w = NULL;
+  struct ArrowSchema schema, bad_schema;
+  struct ArrowArray a;
+  struct ArrowArrayStream stream;
+  pthread_t threads[THREADS];
+  int64_t wm = 0, i, t;
+  shared_cols *c;
+
+  CHECK_OK(laminar_config_create(&cfg, &err));
+  CHECK_OK(laminar_config_set(cfg, "queue_capacity", "4", &err)); /* writers block often */
+  CHECK_OK(laminar_db_open(":memory:", cfg, &g_db, &err));
+  laminar_config_destroy(cfg);
+  CHECK_OK(laminar_db_execute(g_db,
+      "CREATE SOURCE s (k BIGINT, v BIGINT, ts BIGINT, WATERMARK FOR ts AS ts - 1000);"
+      "CREATE MATERIALIZED VIEW per_k AS SELECT k, SUM(v) AS n FROM s GROUP BY k", NULL, &err));
+
+  /* schema checks: a missing column and a wrong type are INVALID_DATA naming the column */
+  CHECK_OK(laminar_writer_create(g_db, "s", &w, &err));
+  {
+    const char *const wrong[] = {"k", "v", "tss"};
+    make_schema(&bad_schema, 3, wrong);
+    c = cols_new(3, 2);
+    make_array(&a, c, 2);
+    CHECK_FAILS(LAMINAR_INVALID_DATA, "ts", laminar_writer_write(w, &bad_schema, &a, &err));
+    CHECK(a.release == NULL);
+    bad_schema.release(&bad_schema);
+    /* a released array and a non-struct schema are refused */
+    make_schema(&schema, 3, COLS);
+    memset(&a, 0, sizeof a);
+    CHECK_FAILS(LAMINAR_INVALID_ARGUMENT, "released", laminar_writer_write(w, &schema, &a, &err));
+    make_array(&a, c, 2);
+    schema.format = "l";
+    CHECK_FAILS(LAMINAR_INVALID_ARGUMENT, "struct", laminar_writer_write(w, &schema, &a, &err));
+    CHECK(a.release == NULL);
+    schema.format = "+s";
+    shared_unref(c);
+  }
+
+  /* watermarks: none before input; explicit watermark; never backwards */
+  CHECK_OK(laminar_writer_current_watermark(w, &wm, &err));
+  CHECK(wm == LAMINAR_NO_WATERMARK);
+  CHECK_OK(laminar_writer_watermark(w, 5000, &err));
+  CHECK_OK(laminar_writer_flush(w, &err));
+  CHECK_OK(laminar_writer_current_watermark(w, &wm, &err));
+  CHECK(wm == 5000);
+  CHECK_OK(laminar_writer_watermark(w, 10, &err));
+  CHECK_OK(laminar_writer_flush(w, &err));
+  CHECK_OK(laminar_writer_current_watermark(w, &wm, &err));
+  CHECK(wm == 5000);
+  CHECK_OK(laminar_writer_schema(w, &bad_schema, &err));
+  CHECK(bad_schema.n_children == 3);
+  bad_schema.release(&bad_schema);
+
+  /* four threads, one writer each, into one source at once */
+  for (t = 0; t < THREADS; t++) CHECK(pthread_create(&threads[t], NULL, writer_thread, (void *)(intptr_t)t) == 0);
+  for (t = 0; t < THREADS; t++) CHECK(pthread_join(threads[t], NULL) == 0);
+  CHECK_OK(laminar_db_flush(g_db, &err));
+  CHECK_OK(laminar_db_query(g_db, "SELECT k, n FROM per_k ORDER BY k", &stream, &err));
+  {
+    struct ArrowSchema rs;
+    struct ArrowArray r;
+    CHECK(stream.get_schema(&stream, &rs) == 0);
+    CHECK(stream.get_next(&stream, &r) == 0);
+    CHECK(r.length == THREADS);
+    for (i = 0; i < THREADS; i++) {
+      CHECK(int64_at(&r, 0, i) == i);
+      CHECK(int64_at(&r, 1, i) == BATCHES_PER_THREAD * ROWS_PER_BATCH);
+    }
+    r.release(&r);
+    rs.release(&rs);
+    stream.release(&stream);
+  }
+
+  /* end of input */
+  CHECK_OK(laminar_writer_finish(w, &err));
+  CHECK_OK(laminar_writer_flush(w, &err));
+  CHECK_OK(laminar_writer_current_watermark(w, &wm, &err));
+  CHECK(wm == INT64_MAX);
+
+  /* a dropped source: its writer says so */
+  CHECK_OK(laminar_db_execute(g_db, "DROP SOURCE s CASCADE", NULL, &err));
+  CHECK_FAILS(LAMINAR_NOT_FOUND, "dropped", laminar_writer_watermark(w, 1, &err));
+  laminar_writer_destroy(w);
+  schema.release(&schema);
+  laminar_db_close(g_db);
+  DONE();
+}
