@@ -60,6 +60,11 @@ impl Db {
         Ok(())
     }
 
+    /// Whether this is a child process forked after the database was opened.
+    pub fn in_forked_child(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
     /// Stops the pipelines; every later call here and on child handles returns CLOSED. Idempotent.
     pub fn close(&self) {
         if self.check_process().is_ok() {
@@ -222,6 +227,12 @@ pub unsafe extern "C" fn laminar_db_open(
 pub unsafe extern "C" fn laminar_db_close(db: Option<Box<laminar_db>>) {
     guard_void(|| {
         if let Some(db) = db {
+            if db.db.in_forked_child() {
+                // The engine's threads do not exist in a forked child: tearing it down would wait
+                // for them forever. The memory belongs to the parent's image; leave it.
+                std::mem::forget(db);
+                return;
+            }
             db.db.close();
         }
     });

@@ -257,6 +257,13 @@ enum SubKind {
 #[allow(non_camel_case_types)]
 pub struct laminar_subscription {
     kind: SubKind,
+    db: Db,
+}
+
+impl laminar_subscription {
+    fn in_forked_child(&self) -> bool {
+        self.db.in_forked_child()
+    }
 }
 
 /// Subscribes to a stream or materialized view for pull reads (`laminar_subscription_next`,
@@ -285,7 +292,7 @@ pub unsafe extern "C" fn laminar_db_subscribe(
         // SAFETY: as above.
         let (db, name, opts) = unsafe { (handle(db, "db")?, cstr(name, "name")?, config::optional(options)?) };
         let sub = db.db.subscribe(name, &opts)?;
-        *out = Box::into_raw(Box::new(laminar_subscription { kind: SubKind::Pull(sub) }));
+        *out = Box::into_raw(Box::new(laminar_subscription { kind: SubKind::Pull(sub), db: db.db.clone() }));
         Ok(())
     })
 }
@@ -360,7 +367,7 @@ pub unsafe extern "C" fn laminar_db_subscribe_push(
                 }
             }
         })?;
-        *out = Box::into_raw(Box::new(laminar_subscription { kind: SubKind::Push(sub) }));
+        *out = Box::into_raw(Box::new(laminar_subscription { kind: SubKind::Push(sub), db: db.db.clone() }));
         Ok(())
     })
 }
@@ -524,7 +531,11 @@ pub unsafe extern "C" fn laminar_subscription_cancel(sub: *mut laminar_subscript
 /// Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_subscription_destroy(sub: Option<Box<laminar_subscription>>) {
-    guard_void(|| drop(sub));
+    guard_void(|| match sub {
+        // In a forked child the callback thread is gone; joining it would never return.
+        Some(s) if s.in_forked_child() => std::mem::forget(s),
+        s => drop(s),
+    });
 }
 
 /// The full LaminarDB error behind the last failed `get_next`/`get_schema` of a stream that

@@ -110,7 +110,11 @@ pub unsafe extern "C" fn laminar_writer_create(
 /// Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_writer_destroy(writer: Option<Box<laminar_writer>>) {
-    guard_void(|| drop(writer));
+    guard_void(|| match writer {
+        // In a forked child the engine's threads are gone; dropping could wait for them.
+        Some(w) if w.w.db.in_forked_child() => std::mem::forget(w),
+        w => drop(w),
+    });
 }
 
 /// Pushes one batch. Columns are matched to the source by name; lossless widenings are cast

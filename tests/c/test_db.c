@@ -2,6 +2,9 @@
  * schema, catalog, metrics, checkpoint, close with surviving children, destroy in any order. */
 #include "common.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 static const char *const COLS[] = {"k", "v", "ts"};
 
 /* Pushes `len` rows k = i % 10, v = i, ts = i (ms) through a new writer. */
@@ -167,5 +170,29 @@ int main(void) {
   laminar_db_close(db);
   /* a query stream stays valid after close */
   CHECK(drain(&stream, "k", &sum) == 0);
+
+  /* after fork() the child gets INVALID_STATE instead of a hang, and closing there returns */
+  {
+    pid_t pid;
+    int status = 0;
+    CHECK_OK(laminar_db_open(":memory:", NULL, &db, &err));
+    CHECK_OK(laminar_db_execute(db, "CREATE SOURCE f (a BIGINT)", NULL, &err));
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid == 0) {
+      laminar_error *e = NULL;
+      int ok = laminar_db_execute(db, "CREATE SOURCE g (a BIGINT)", NULL, &e) == LAMINAR_INVALID_STATE &&
+               strstr(laminar_error_message(e), "fork") != NULL;
+      laminar_error_destroy(e);
+      laminar_db_close(db);
+      _exit(ok ? 0 : 1);
+    }
+    CHECK(pid > 0);
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_OK(laminar_db_execute(db, "CREATE SOURCE g (a BIGINT)", NULL, &err)); /* the parent goes on */
+    laminar_db_close(db);
+  }
   DONE();
 }
