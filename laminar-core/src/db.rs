@@ -122,6 +122,8 @@ pub struct ObjectInfo {
     pub schema: SchemaRef,
     pub stream_kind: StreamKind,
     pub sql: String,
+    /// The sources and streams a stream reads (empty for a source).
+    pub inputs: Vec<String>,
 }
 
 enum Event {
@@ -597,7 +599,7 @@ impl Database {
         self.check_open()?;
         let eng = self.inner.engine.lock();
         if let Some(s) = eng.sources.get(name) {
-            return Ok(ObjectInfo { name: name.into(), kind: ObjectKind::Source, schema: s.queue.schema.clone(), stream_kind: StreamKind::AppendOnly, sql: s.sql.clone() });
+            return Ok(ObjectInfo { name: name.into(), kind: ObjectKind::Source, schema: s.queue.schema.clone(), stream_kind: StreamKind::AppendOnly, sql: s.sql.clone(), inputs: vec![] });
         }
         if let Some(s) = eng.streams.get(name) {
             return Ok(ObjectInfo {
@@ -606,6 +608,7 @@ impl Database {
                 schema: s.output_schema.clone(),
                 stream_kind: s.kind.clone(),
                 sql: s.sql.clone(),
+                inputs: s.inputs.clone(),
             });
         }
         let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();

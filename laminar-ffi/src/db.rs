@@ -133,10 +133,11 @@ impl Db {
     }
 
     /// Every catalog object as one batch: `name`, `kind` (source, stream, materialized view),
-    /// `stream_kind` (append-only, changelog, upsert) and `sql`, sorted by kind then name.
+    /// `stream_kind` (append-only, changelog, upsert), `sql` and `inputs` (the objects a stream
+    /// reads, comma-separated), sorted by kind then name.
     pub fn catalog(&self) -> Result<RecordBatch> {
         self.check_process()?;
-        let (mut names, mut kinds, mut stream_kinds, mut sqls) = (vec![], vec![], vec![], vec![]);
+        let (mut names, mut kinds, mut stream_kinds, mut sqls, mut inputs) = (vec![], vec![], vec![], vec![], vec![]);
         for kind in [ObjectKind::Source, ObjectKind::Stream, ObjectKind::MaterializedView, ObjectKind::Table, ObjectKind::Sink] {
             for n in self.db.list(kind)? {
                 let info = self.db.object(&n)?;
@@ -144,6 +145,7 @@ impl Db {
                 kinds.push(kind.noun().to_string());
                 stream_kinds.push(info.stream_kind.to_string());
                 sqls.push(info.sql);
+                inputs.push(info.inputs.join(","));
             }
         }
         let schema = Arc::new(Schema::new(vec![
@@ -151,12 +153,14 @@ impl Db {
             Field::new("kind", DataType::Utf8, false),
             Field::new("stream_kind", DataType::Utf8, false),
             Field::new("sql", DataType::Utf8, false),
+            Field::new("inputs", DataType::Utf8, false),
         ]));
         let cols: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(names)),
             Arc::new(StringArray::from(kinds)),
             Arc::new(StringArray::from(stream_kinds)),
             Arc::new(StringArray::from(sqls)),
+            Arc::new(StringArray::from(inputs)),
         ];
         Ok(RecordBatch::try_new(schema, cols)?)
     }
@@ -377,7 +381,8 @@ unsafe fn write_batch(batch: &RecordBatch, out_schema: *mut FFI_ArrowSchema, out
 }
 
 /// The catalog as one batch (a struct array) with columns `name`, `kind` (`source`, `stream`,
-/// `materialized view`), `stream_kind` (`append-only`, `changelog`, `upsert`) and `sql`.
+/// `materialized view`), `stream_kind` (`append-only`, `changelog`, `upsert`), `sql` and `inputs`
+/// (the objects a stream reads, comma-separated; empty for a source).
 ///
 /// - `db`: borrowed.
 /// - `out_schema`, `out_array`: caller-allocated; filled with structs the caller owns and must

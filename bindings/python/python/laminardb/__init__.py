@@ -1,0 +1,88 @@
+"""LaminarDB: an embedded streaming SQL database on Apache Arrow and DataFusion.
+
+    import laminardb
+    with laminardb.open() as db:
+        db.execute("CREATE SOURCE trades (sym VARCHAR, px DOUBLE, ts TIMESTAMP, "
+                   "WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")
+        db.execute("CREATE STREAM avg_px AS SELECT sym, AVG(px) AS px, window_start "
+                   "FROM trades GROUP BY sym, TUMBLE(ts, INTERVAL '1' MINUTE)")
+        sub = db.subscribe_stream("avg_px")
+        db.insert("trades", {"sym": ["A"], "px": [1.0], "ts": [datetime.now()]})
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, Optional, Union
+
+from . import _laminardb, codes
+from ._errors import (
+    BatchSchemaError,
+    CheckpointError,
+    ConnectionError,
+    ConnectorError,
+    IngestionError,
+    LaminarError,
+    QueryError,
+    SchemaError,
+    StreamError,
+    SubscriptionError,
+)
+from .config import Config, LaminarConfig
+from .connection import Connection, PipelineMetrics, SourceMetrics, StreamMetrics
+from .result import ExecuteResult, QueryResult
+from .subscription import AsyncSubscription, CallbackSubscription, Subscription
+from .writer import Writer
+
+__version__ = _laminardb.version()
+
+#: The ABI status codes, by name (the same in C, Go, Node and here).
+STATUS = dict(_laminardb.status_codes())
+
+
+def open(path: str = ":memory:", *, config: Union[LaminarConfig, Dict[str, Any], None] = None) -> Connection:  # noqa: A001
+    """Opens a database. ``path``: ``":memory:"`` (the only kind until durability lands).
+    ``config``: a :class:`LaminarConfig` or a dict of engine keys."""
+    return Connection(path, config)
+
+
+def connect(uri: str = ":memory:") -> Connection:
+    """Opens a database from a URI: ``":memory:"``, ``"laminar://:memory:"``,
+    ``"laminar:///path/to/dir"`` or a plain path."""
+    path = uri
+    for prefix in ("laminardb://", "laminar://", "file://"):
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+            break
+    return open(path or ":memory:")
+
+
+_default: Optional[Connection] = None
+_default_lock = threading.Lock()
+
+
+def _default_connection() -> Connection:
+    global _default
+    with _default_lock:
+        if _default is None or _default.is_closed:
+            _default = open()
+        return _default
+
+
+def sql(query: str) -> QueryResult:
+    """Runs a query on the module's default in-memory connection."""
+    return _default_connection().query(query)
+
+
+def execute(statement: str) -> ExecuteResult:
+    """Runs statements on the module's default in-memory connection."""
+    return _default_connection().execute(statement)
+
+
+__all__ = [
+    "open", "connect", "sql", "execute", "Connection", "Config", "LaminarConfig", "ExecuteResult",
+    "QueryResult", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
+    "PipelineMetrics", "SourceMetrics", "StreamMetrics", "LaminarError", "ConnectionError",
+    "QueryError", "IngestionError", "SchemaError", "BatchSchemaError", "SubscriptionError",
+    "StreamError", "CheckpointError", "ConnectorError", "codes", "STATUS", "__version__",
+]

@@ -1,0 +1,117 @@
+"""Exceptions, and the one table that maps the engine's status to them (DESIGN §5)."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Optional
+
+from . import codes
+
+
+class LaminarError(Exception):
+    """Base of every LaminarDB error.
+
+    Attributes:
+        code: the numeric code of :mod:`laminardb.codes`.
+        status: the ABI status name (``"NOT_FOUND"``, ``"SQL_SYNTAX"``, …).
+        message: the engine's message.
+    """
+
+    default_code = codes.INTERNAL_ERROR
+
+    def __init__(self, message: str = "", code: Optional[int] = None, status: str = "UNKNOWN"):
+        super().__init__(message)
+        self.message = message
+        self.code = self.default_code if code is None else code
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConnectionError(LaminarError, builtins.ConnectionError):  # noqa: A001 - the established name
+    """The database could not be opened, or is closed. Also a built-in ``ConnectionError``."""
+
+    default_code = codes.CONNECTION_FAILED
+
+
+class QueryError(LaminarError):
+    """SQL that does not parse (401), cannot be planned (400), or was cancelled (402)."""
+
+    default_code = codes.QUERY_FAILED
+
+
+class IngestionError(LaminarError):
+    """Data could not be pushed."""
+
+    default_code = codes.INGESTION_FAILED
+
+
+class SchemaError(LaminarError):
+    """A missing or duplicate object, or data that does not match a schema."""
+
+    default_code = codes.SCHEMA_MISMATCH
+
+
+class BatchSchemaError(IngestionError, SchemaError):
+    """Pushed data does not match the source schema (names the column); nothing was applied.
+    Both an :class:`IngestionError` and a :class:`SchemaError`."""
+
+    default_code = codes.BATCH_SCHEMA_MISMATCH
+
+
+class SubscriptionError(LaminarError):
+    """A subscription failed (fell behind its buffer, stream failed) or timed out."""
+
+    default_code = codes.SUBSCRIPTION_FAILED
+
+
+class StreamError(LaminarError):
+    """A continuous query failed."""
+
+    default_code = codes.QUERY_FAILED
+
+
+class CheckpointError(LaminarError):
+    """A checkpoint could not be taken (for example: durability is ``memory``)."""
+
+    default_code = codes.INTERNAL_ERROR
+
+
+class ConnectorError(LaminarError):
+    """An external connector failed."""
+
+    default_code = codes.INGESTION_FAILED
+
+
+# status name -> (exception class, code)
+STATUS_MAP = {
+    "NOT_FOUND": (SchemaError, codes.TABLE_NOT_FOUND),
+    "ALREADY_EXISTS": (SchemaError, codes.TABLE_EXISTS),
+    "INVALID_DATA": (BatchSchemaError, codes.BATCH_SCHEMA_MISMATCH),
+    "SQL_SYNTAX": (QueryError, codes.SQL_PARSE_ERROR),
+    "PLAN": (QueryError, codes.QUERY_FAILED),
+    "INVALID_ARGUMENT": (QueryError, codes.QUERY_FAILED),
+    "CANCELLED": (QueryError, codes.QUERY_CANCELLED),
+    "TIMEOUT": (SubscriptionError, codes.SUBSCRIPTION_TIMEOUT),
+    "RESOURCE_EXHAUSTED": (SubscriptionError, codes.SUBSCRIPTION_FAILED),
+    "CLOSED": (ConnectionError, codes.CONNECTION_CLOSED),
+    "IO": (ConnectorError, codes.INGESTION_FAILED),
+    "INVALID_STATE": (LaminarError, codes.INTERNAL_ERROR),
+    "NOT_IMPLEMENTED": (LaminarError, codes.INTERNAL_ERROR),
+    "INTERNAL": (LaminarError, codes.INTERNAL_ERROR),
+    "UNKNOWN": (LaminarError, codes.INTERNAL_ERROR),
+}
+
+
+def from_status(status: str, message: str) -> LaminarError:
+    """The exception for an engine error (called by the native module)."""
+    cls, code = STATUS_MAP.get(status, (LaminarError, codes.INTERNAL_ERROR))
+    return cls(message, code, status)
+
+
+def rewrap(err: LaminarError, cls: type, code: Optional[int] = None) -> LaminarError:
+    """The same error as another class (for context: a failed checkpoint is a CheckpointError)."""
+    new = cls(err.message, err.code if code is None else code, err.status)
+    new.__cause__ = err
+    return new

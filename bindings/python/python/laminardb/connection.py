@@ -1,0 +1,455 @@
+"""The connection: SQL, ingestion, subscriptions, catalog, metrics."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+
+import pyarrow as pa
+
+from . import _laminardb, codes
+from ._arrow import csv_to_table, insert_into, json_to_table
+from ._errors import CheckpointError, ConnectionError, LaminarError, QueryError, SchemaError, rewrap
+from .config import LaminarConfig, to_pairs
+from .result import ExecuteResult, QueryResult
+from .subscription import CallbackSubscription, Subscription
+from .writer import Writer
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HIDDEN = "__laminar_q"
+
+
+class _Capsules:
+    """A (schema, array) capsule pair as an object pyarrow can import (``__arrow_c_array__``)."""
+
+    def __init__(self, schema, array):
+        self._pair = (schema, array)
+
+    def __arrow_c_array__(self, requested_schema=None):
+        return self._pair
+
+
+@dataclass
+class SourceMetrics:
+    name: str
+    rows_in: int = 0
+    rows_late: int = 0
+    watermark_ms: Optional[int] = None
+    queue_depth: int = 0
+
+
+@dataclass
+class StreamMetrics:
+    name: str
+    rows_out: int = 0
+    rows_late: int = 0
+    late_pairs: int = 0
+    state_bytes: int = 0
+    watermark_ms: Optional[int] = None
+
+
+@dataclass
+class PipelineMetrics:
+    rows_in: int = 0
+    rows_out: int = 0
+    events_processed: int = 0
+    sources: List[SourceMetrics] = field(default_factory=list)
+    streams: List[StreamMetrics] = field(default_factory=list)
+
+
+class Connection:
+    """An open LaminarDB database (in memory today). Thread-safe. ``with`` / ``async with``
+    close it. Create with :func:`laminardb.open`."""
+
+    def __init__(self, path: str = ":memory:", config: Union[LaminarConfig, Dict[str, Any], None] = None):
+        try:
+            self._db = _laminardb.Database(path, to_pairs(config))
+        except LaminarError as e:
+            if e.status in ("NOT_IMPLEMENTED", "INVALID_ARGUMENT", "IO"):
+                raise rewrap(e, ConnectionError, codes.CONNECTION_FAILED) from None
+            raise
+        self._path = path
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._queries: Dict[int, Any] = {}
+        self._schemas: Dict[str, pa.Schema] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Pipelines run from the moment a stream is created; kept for compatibility (no-op)."""
+        self._check()
+
+    def close(self) -> None:
+        """Stops the pipelines and closes the database. Idempotent. Subscriptions end; calls on
+        writers and subscriptions then raise ConnectionError (CONNECTION_CLOSED)."""
+        for q in list(self._queries.values()):
+            try:
+                q.cancel()
+            except LaminarError:
+                pass
+        self._db.close()
+
+    shutdown = close
+
+    @property
+    def is_closed(self) -> bool:
+        return self._db.is_closed
+
+    def _check(self) -> None:
+        if self._db.is_closed:
+            raise ConnectionError("the connection is closed", codes.CONNECTION_CLOSED, "CLOSED")
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Connection":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ SQL
+    def execute(self, sql: str) -> ExecuteResult:
+        """Runs one or more ``;``-separated statements; the result of the last."""
+        self._check()
+        r = ExecuteResult(*self._db.execute(sql))
+        if r.ddl_type.startswith("DROP") or r.ddl_type.startswith("CREATE"):
+            self._schemas.clear()
+        return r
+
+    def query(self, sql: str) -> QueryResult:
+        """Runs an ad-hoc SELECT (over sources' retained rows and materialized views), SHOW,
+        DESCRIBE or EXPLAIN and returns its rows."""
+        self._check()
+        return QueryResult._from_native(self._db.query(sql))
+
+    sql = query
+
+    def stream(self, sql: str) -> Iterator[QueryResult]:
+        """The rows of an ad-hoc query, one :class:`QueryResult` per batch."""
+        table = self.query(sql).to_arrow()
+        for b in table.to_batches():
+            yield QueryResult(pa.Table.from_batches([b]))
+
+    def explain(self, sql: str) -> str:
+        """The streaming plan of a ``SELECT`` (as it would run in a stream) or of a
+        ``CREATE STREAM``/``CREATE MATERIALIZED VIEW`` statement, as text. Nothing is created."""
+        text = sql.strip().rstrip(";")
+        if re.match(r"(?is)^\s*(select|with)\b", text):
+            text = f"CREATE STREAM {_HIDDEN}explain AS {text}"
+        rows = self.query(f"EXPLAIN {text}").to_arrow()
+        return "\n".join(rows.column(0).to_pylist())
+
+    # ------------------------------------------------------------------ ingestion
+    def _arrow_schema(self, name: str) -> pa.Schema:
+        s = self._schemas.get(name)
+        if s is None:
+            s = self._schemas[name] = pa.schema(self._db.schema(name))
+        return s
+
+    def insert(self, name: str, data: Any) -> int:
+        """Pushes rows into a source and waits until they are processed; returns the row count.
+        ``data``: a dict (one row), a dict of lists, a list of dicts, a pyarrow RecordBatch or
+        Table, a pandas or polars DataFrame, or any object with ``__arrow_c_stream__`` /
+        ``__arrow_c_array__``. A column that does not fit the source raises
+        :class:`BatchSchemaError` (a SchemaError and an IngestionError) naming it, and nothing
+        of that batch is applied."""
+        self._check()
+        return insert_into(self._db, name, data, self._arrow_schema(name))
+
+    def insert_json(self, name: str, text: str) -> int:
+        """Pushes JSON rows: an array of objects, one object, or one object per line."""
+        self._check()
+        schema = self._arrow_schema(name)
+        return insert_into(self._db, name, json_to_table(text, schema), schema)
+
+    def insert_csv(self, name: str, text: str) -> int:
+        """Pushes CSV rows (with a header line), read as the source's column types."""
+        self._check()
+        schema = self._arrow_schema(name)
+        return insert_into(self._db, name, csv_to_table(text, schema), schema)
+
+    def writer(self, name: str) -> Writer:
+        """A writer for a source (push batches and watermarks without waiting)."""
+        self._check()
+        return Writer(self._db.writer(name), self)
+
+    def create_table(self, name: str, schema: Union[pa.Schema, Dict[str, str]]) -> ExecuteResult:
+        """Creates a source (an append-only table you push rows into) with this schema.
+        ``schema``: a pyarrow schema, or a dict of column name to SQL type. Keyed tables with a
+        PRIMARY KEY arrive with the tables work (issue 9)."""
+        if isinstance(schema, pa.Schema):
+            cols = ", ".join(f'"{f.name}" {_sql_type(f.type)}' for f in schema)
+        else:
+            cols = ", ".join(f'"{n}" {t}' for n, t in schema.items())
+        return self.execute(f'CREATE SOURCE "{name}" ({cols})')
+
+    # ------------------------------------------------------------------ catalog
+    def schema(self, name: str) -> pa.Schema:
+        """The schema of a source, stream or materialized view."""
+        self._check()
+        return pa.schema(self._db.schema(name))
+
+    def _catalog(self) -> List[Dict[str, str]]:
+        self._check()
+        s, a = self._db.catalog()
+        rows = pa.Table.from_batches([pa.record_batch(_Capsules(s, a))]).to_pylist()
+        return [r for r in rows if not r["name"].startswith(_HIDDEN)]
+
+    def list_tables(self) -> List[str]:
+        """Names of the sources (the tables data is pushed into)."""
+        return [r["name"] for r in self._catalog() if r["kind"] == "source"]
+
+    tables = list_tables
+
+    def list_streams(self) -> List[str]:
+        """Names of the streams and materialized views."""
+        return [r["name"] for r in self._catalog() if r["kind"] != "source"]
+
+    def list_sinks(self) -> List[str]:
+        """Names of the sinks (none until connectors exist)."""
+        self._check()
+        return []
+
+    def sources(self) -> List[Dict[str, str]]:
+        """Every source: name, sql."""
+        return [{"name": r["name"], "sql": r["sql"]} for r in self._catalog() if r["kind"] == "source"]
+
+    def streams(self) -> List[Dict[str, str]]:
+        """Every stream and materialized view: name, kind, stream_kind, sql, inputs."""
+        return [
+            {"name": r["name"], "kind": r["kind"], "stream_kind": r["stream_kind"], "sql": r["sql"],
+             "inputs": [i for i in r["inputs"].split(",") if i]}
+            for r in self._catalog() if r["kind"] != "source"
+        ]
+
+    def sinks(self) -> List[Dict[str, str]]:
+        """Every sink (none until connectors exist)."""
+        self._check()
+        return []
+
+    def topology(self) -> Dict[str, list]:
+        """The pipeline graph: ``{"nodes": [{"name", "kind"}], "edges": [{"from", "to"}]}``."""
+        cat = self._catalog()
+        nodes = [{"name": r["name"], "kind": r["kind"]} for r in cat]
+        edges = [{"from": i, "to": r["name"]} for r in cat for i in r["inputs"].split(",") if i]
+        return {"nodes": nodes, "edges": edges}
+
+    # ------------------------------------------------------------------ subscriptions
+    def _register(self, q) -> None:
+        with self._lock:
+            self._queries[q.id] = q
+
+    def _release(self, qid: int, hidden: Optional[str]) -> Callable[[], None]:
+        def done() -> None:
+            with self._lock:
+                self._queries.pop(qid, None)
+            if hidden is not None and not self._db.is_closed:
+                try:
+                    self._db.execute(f"DROP STREAM IF EXISTS {hidden}")
+                except LaminarError:
+                    pass
+
+        return done
+
+    def _target(self, sql: str):
+        """A stream name for `sql`: itself when it names a stream, else a hidden stream over it."""
+        text = sql.strip().rstrip(";").strip()
+        if _IDENT.match(text):
+            return text, None
+        qid = next(self._ids)
+        hidden = f"{_HIDDEN}{qid}"
+        self.execute(f"CREATE STREAM {hidden} AS {text}")
+        return hidden, hidden
+
+    def _subscribe(self, name: str, hidden: Optional[str], options: Dict[str, Any]) -> Subscription:
+        qid = next(self._ids)
+        try:
+            native = self._db.subscribe(name, [(k, str(v)) for k, v in options.items()])
+        except LaminarError:
+            self._release(qid, hidden)()
+            raise
+        sub = Subscription(native, name, self._release(qid, hidden), qid)
+        self._register(sub)
+        return sub
+
+    def subscribe(self, sql: str, **options) -> Subscription:
+        """Subscribes to the results of a continuous query (``SELECT …``, run as a stream until
+        the subscription ends) or of a stream named by ``sql``. Options: ``buffer_size``,
+        ``on_full`` (``"lag"`` | ``"block"``)."""
+        self._check()
+        name, hidden = self._target(sql)
+        return self._subscribe(name, hidden, options)
+
+    subscribe_async = subscribe
+
+    def subscribe_stream(self, name: str, **options) -> Subscription:
+        """Subscribes to a stream or materialized view by name."""
+        self._check()
+        return self._subscribe(name, None, options)
+
+    subscribe_stream_async = subscribe_stream
+
+    def query_stream(self, name: str, filter: Optional[str] = None, **options) -> Subscription:
+        """Subscribes to a stream, keeping only rows that satisfy the SQL condition ``filter``."""
+        self._check()
+        if filter is None:
+            return self.subscribe_stream(name, **options)
+        return self.subscribe(f"SELECT * FROM {name} WHERE {filter}", **options)
+
+    def _callback(self, name: str, hidden, on_data, on_error, options) -> CallbackSubscription:
+        qid = next(self._ids)
+        try:
+            sub = CallbackSubscription(
+                self._db, name, on_data, on_error, [(k, str(v)) for k, v in options.items()],
+                self._release(qid, hidden), qid,
+            )
+        except LaminarError:
+            self._release(qid, hidden)()
+            raise
+        self._register(sub)
+        return sub
+
+    def subscribe_callback(self, sql: str, on_data, on_error=None, **options) -> CallbackSubscription:
+        """Calls ``on_data(QueryResult)`` for every batch of a continuous query, on an engine
+        thread. ``wait()`` blocks until it ends; ``cancel()`` ends it."""
+        self._check()
+        name, hidden = self._target(sql)
+        return self._callback(name, hidden, on_data, on_error, options)
+
+    def subscribe_stream_callback(self, name: str, on_data, on_error=None, **options) -> CallbackSubscription:
+        """As :meth:`subscribe_callback`, for a stream named ``name``."""
+        self._check()
+        return self._callback(name, None, on_data, on_error, options)
+
+    def queries(self) -> List[Dict[str, Any]]:
+        """Active subscriptions: id, stream, kind (pull or callback)."""
+        with self._lock:
+            items = list(self._queries.items())
+        return [
+            {"id": i, "stream": q._name, "kind": "callback" if isinstance(q, CallbackSubscription) else "pull"}
+            for i, q in items
+        ]
+
+    def cancel_query(self, query_id: int) -> bool:
+        """Cancels an active subscription by id; False when there is none."""
+        with self._lock:
+            q = self._queries.get(query_id)
+        if q is None:
+            return False
+        q.cancel()
+        return True
+
+    @property
+    def active_query_count(self) -> int:
+        with self._lock:
+            return len(self._queries)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> int:
+        """Takes a checkpoint and returns its epoch. Raises CheckpointError ("checkpointing is
+        not enabled") on an in-memory database until durability lands."""
+        self._check()
+        try:
+            return self._db.checkpoint()
+        except LaminarError as e:
+            raise rewrap(e, CheckpointError) from None
+
+    # ------------------------------------------------------------------ metrics
+    def _metric_rows(self) -> List[Dict[str, Any]]:
+        self._check()
+        s, a = self._db.metrics()
+        return pa.Table.from_batches([pa.record_batch(_Capsules(s, a))]).to_pylist()
+
+    def metrics(self) -> PipelineMetrics:
+        """Totals and per-source, per-stream figures."""
+        rows = self._metric_rows()
+        sources: Dict[str, SourceMetrics] = {}
+        streams: Dict[str, StreamMetrics] = {}
+        m = PipelineMetrics()
+        for r in rows:
+            if r["kind"] == "source":
+                setattr(sources.setdefault(r["name"], SourceMetrics(r["name"])), r["metric"], r["value"])
+            elif r["kind"] == "stream":
+                setattr(streams.setdefault(r["name"], StreamMetrics(r["name"])), r["metric"], r["value"])
+            else:
+                setattr(m, r["metric"], r["value"])
+        m.sources = [s for n, s in sorted(sources.items()) if not n.startswith(_HIDDEN)]
+        m.streams = [s for n, s in sorted(streams.items()) if not n.startswith(_HIDDEN)]
+        return m
+
+    def all_source_metrics(self) -> List[SourceMetrics]:
+        return self.metrics().sources
+
+    def all_stream_metrics(self) -> List[StreamMetrics]:
+        return self.metrics().streams
+
+    def source_metrics(self, name: str) -> SourceMetrics:
+        for s in self.all_source_metrics():
+            if s.name == name:
+                return s
+        raise SchemaError(f"no source named '{name}'", codes.TABLE_NOT_FOUND, "NOT_FOUND")
+
+    def stream_metrics(self, name: str) -> StreamMetrics:
+        for s in self.all_stream_metrics():
+            if s.name == name:
+                return s
+        raise SchemaError(f"no stream named '{name}'", codes.TABLE_NOT_FOUND, "NOT_FOUND")
+
+    @property
+    def total_events_processed(self) -> int:
+        return self.metrics().events_processed
+
+    @property
+    def source_count(self) -> int:
+        return len(self.list_tables())
+
+    @property
+    def sink_count(self) -> int:
+        return 0
+
+    @property
+    def pipeline_state(self) -> str:
+        """``"running"`` or ``"closed"``."""
+        return "closed" if self.is_closed else "running"
+
+    @property
+    def pipeline_watermark(self) -> Optional[int]:
+        """The lowest watermark over the sources that have one (epoch ms), or None."""
+        wms = [s.watermark_ms for s in self.all_source_metrics() if s.watermark_ms is not None]
+        return min(wms) if wms else None
+
+    def __repr__(self) -> str:
+        return f"<laminardb.Connection {self._path!r} {self.pipeline_state}>"
+
+
+def _sql_type(t: pa.DataType) -> str:
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_int8(t) or pa.types.is_int16(t):
+        return "SMALLINT"
+    if pa.types.is_int32(t):
+        return "INT"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_float32(t):
+        return "REAL"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "VARCHAR"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    if pa.types.is_binary(t):
+        return "BYTEA"
+    raise QueryError(f"no SQL type for Arrow type {t}", codes.QUERY_FAILED, "INVALID_ARGUMENT")

@@ -1,0 +1,142 @@
+//! `Database`: the native handle behind `laminardb.Connection`.
+
+use laminar_core::sql::{ObjectKind, Statement};
+use laminar::{Config, Db};
+use pyo3::prelude::*;
+
+use crate::arrow::{batch_capsules, import_capsules, import_stream_capsule, schema_object, ArrowStream};
+use crate::subscription::{PushSubscription, Subscription};
+use crate::writer::Writer;
+use crate::IntoPy;
+
+pub(crate) fn config_from(pairs: Vec<(String, String)>) -> PyResult<Config> {
+    let mut c = Config::new();
+    for (k, v) in pairs {
+        c.set(&k, &v).py()?;
+    }
+    Ok(c)
+}
+
+/// What a statement is, for `ExecuteResult.ddl_type` / `ddl_object`.
+fn classify(sql: &str) -> (String, Option<String>) {
+    let Ok(stmts) = laminar_core::sql::parse_sql(sql) else { return ("UNKNOWN".into(), None) };
+    let Some(last) = stmts.last() else { return ("UNKNOWN".into(), None) };
+    let kind = |k: ObjectKind| k.noun().to_uppercase();
+    match &last.statement {
+        Statement::CreateSource(cs) => ("CREATE SOURCE".into(), Some(cs.name.clone())),
+        Statement::CreateStream(cs) => {
+            let what = if cs.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE STREAM" };
+            (what.into(), Some(cs.name.clone()))
+        }
+        Statement::Drop { kind: k, names, .. } => {
+            (format!("DROP {}", k.map(kind).unwrap_or_else(|| "OBJECT".into())), names.first().cloned())
+        }
+        Statement::Show(_) => ("SHOW".into(), None),
+        Statement::Describe(n) => ("DESCRIBE".into(), Some(n.clone())),
+        Statement::ShowCreate(n) => ("SHOW CREATE".into(), Some(n.clone())),
+        Statement::Explain(_) => ("EXPLAIN".into(), None),
+        Statement::Insert { table, .. } => ("INSERT".into(), Some(table.clone())),
+        Statement::Query(_) => ("SELECT".into(), None),
+        Statement::Checkpoint => ("CHECKPOINT".into(), None),
+    }
+}
+
+#[pyclass(module = "laminardb._laminardb", frozen)]
+pub struct Database {
+    db: Db,
+}
+
+#[pymethods]
+impl Database {
+    #[new]
+    fn new(py: Python<'_>, path: &str, config: Vec<(String, String)>) -> PyResult<Database> {
+        let cfg = config_from(config)?;
+        let path = path.to_string();
+        Ok(Database { db: py.detach(move || Db::open(&path, &cfg)).py()? })
+    }
+
+    /// Returns (rows_affected, message, result stream or None, ddl_type, ddl_object).
+    fn execute(&self, py: Python<'_>, sql: &str) -> PyResult<(u64, String, Option<Py<ArrowStream>>, String, Option<String>)> {
+        let db = self.db.clone();
+        let text = sql.to_string();
+        let r = py.detach(move || db.execute(&text)).py()?;
+        let rows = match r.schema {
+            Some(schema) => Some(Py::new(py, ArrowStream { schema, batches: r.batches })?),
+            None => None,
+        };
+        let (ddl_type, ddl_object) = classify(sql);
+        Ok((r.rows_affected, r.message, rows, ddl_type, ddl_object))
+    }
+
+    fn query(&self, py: Python<'_>, sql: &str) -> PyResult<Py<ArrowStream>> {
+        let db = self.db.clone();
+        let text = sql.to_string();
+        let q = py.detach(move || db.query(&text)).py()?;
+        Py::new(py, ArrowStream { schema: q.schema, batches: q.batches.into() })
+    }
+
+    fn writer(&self, name: &str) -> PyResult<Writer> {
+        Ok(Writer::new(self.db.writer(name).py()?))
+    }
+
+    /// Pushes one batch given as `(schema capsule, array capsule)` and waits until processed.
+    fn insert_array(&self, py: Python<'_>, name: &str, schema: &Bound<'_, PyAny>, array: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let batch = import_capsules(schema, array)?;
+        let db = self.db.clone();
+        let name = name.to_string();
+        py.detach(move || db.insert(&name, [Ok(batch)])).py()
+    }
+
+    /// Pushes every batch of a stream capsule and waits until processed.
+    fn insert_stream(&self, py: Python<'_>, name: &str, stream: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let reader = import_stream_capsule(stream)?;
+        let db = self.db.clone();
+        let name = name.to_string();
+        py.detach(move || {
+            db.insert(&name, reader.map(|b| b.map_err(|e| laminar_core::Error::invalid_data(format!("reading the input: {e}")))))
+        })
+        .py()
+    }
+
+    fn schema(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
+        schema_object(py, self.db.schema(name).py()?)
+    }
+
+    fn catalog(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        batch_capsules(py, &self.db.catalog().py()?)
+    }
+
+    fn metrics(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        batch_capsules(py, &self.db.metrics().py()?)
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        let db = self.db.clone();
+        py.detach(move || db.flush()).py()
+    }
+
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<i64> {
+        let db = self.db.clone();
+        py.detach(move || db.checkpoint()).py()
+    }
+
+    fn close(&self, py: Python<'_>) {
+        let db = self.db.clone();
+        py.detach(move || db.close())
+    }
+
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.db.is_closed()
+    }
+
+    fn subscribe(&self, name: &str, options: Vec<(String, String)>) -> PyResult<Subscription> {
+        Ok(Subscription::new(self.db.subscribe(name, &config_from(options)?).py()?))
+    }
+
+    /// Calls `on_event(kind, value)` on an engine thread: ("schema", schema), ("batch", batch),
+    /// ("error", exception), ("closed", None) — "closed" exactly once, last.
+    fn subscribe_push(&self, name: &str, options: Vec<(String, String)>, on_event: Py<PyAny>) -> PyResult<PushSubscription> {
+        PushSubscription::start(&self.db, name, config_from(options)?, on_event)
+    }
+}

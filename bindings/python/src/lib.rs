@@ -1,0 +1,77 @@
+//! `laminardb._laminardb`: the native core of the Python package, a thin pyo3 mapping of the
+//! `laminar-ffi` handle layer (the same handles, status codes and error texts as the C ABI).
+//! Docstrings, typing and the public API live in the pure-Python layer (`python/laminardb`).
+
+mod arrow;
+mod db;
+mod subscription;
+mod writer;
+
+use pyo3::prelude::*;
+
+/// Turns an engine error into the Python exception the package maps its status to
+/// (`laminardb._errors.from_status`), keeping the engine's message.
+pub(crate) fn to_pyerr(e: laminar_core::Error) -> PyErr {
+    Python::attach(|py| {
+        let status = e.kind().name();
+        let message = e.to_string();
+        match py
+            .import("laminardb._errors")
+            .and_then(|m| m.getattr("from_status"))
+            .and_then(|f| f.call1((status, message.clone())))
+        {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(_) => pyo3::exceptions::PyRuntimeError::new_err(format!("{status}: {message}")),
+        }
+    })
+}
+
+pub(crate) trait IntoPy<T> {
+    fn py(self) -> PyResult<T>;
+}
+
+impl<T> IntoPy<T> for laminar_core::Result<T> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(to_pyerr)
+    }
+}
+
+/// The status name of every ABI status code (`{"NOT_FOUND": 3, …}`), from the handle layer.
+#[pyfunction]
+fn status_codes() -> Vec<(String, i32)> {
+    (0..64)
+        .filter_map(|s| {
+            let n = laminar::status_name(s);
+            (n != "UNKNOWN_STATUS").then(|| (n.to_string(), s))
+        })
+        .collect()
+}
+
+/// The engine version.
+#[pyfunction]
+fn version() -> &'static str {
+    laminar_core::VERSION
+}
+
+/// Every configuration key with its one-line description.
+#[pyfunction]
+fn config_keys() -> Vec<(String, String)> {
+    laminar_core::config::CONFIG_KEYS
+        .iter()
+        .map(|k| (k.to_string(), laminar_core::config::describe_key(k).unwrap_or("").to_string()))
+        .collect()
+}
+
+#[pymodule]
+fn _laminardb(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<db::Database>()?;
+    m.add_class::<writer::Writer>()?;
+    m.add_class::<subscription::Subscription>()?;
+    m.add_class::<subscription::PushSubscription>()?;
+    m.add_class::<arrow::ArrowBatch>()?;
+    m.add_class::<arrow::ArrowStream>()?;
+    m.add_function(wrap_pyfunction!(status_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(config_keys, m)?)?;
+    Ok(())
+}

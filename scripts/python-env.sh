@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates the Python environment the tests use (a venv in the target dir, so it is cached with
+# the build) and builds the package into it with `maturin develop` — dev profile, same target dir
+# as every other build, so the engine compiles once. Prints the venv's python path last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+venv="$target/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$venv/bin/python" -m pip install -q "maturin>=1.7,<2" pytest pytest-asyncio pyarrow pandas polars duckdb
+(cd bindings/python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop -q)
+echo "$venv/bin/python"
