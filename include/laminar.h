@@ -439,7 +439,8 @@ laminar_status laminar_db_schema(struct laminar_db *db,
                                  struct laminar_error **out_error);
 
 // The catalog as one batch (a struct array) with columns `name`, `kind` (`source`, `stream`,
-// `materialized view`), `stream_kind` (`append-only`, `changelog`, `upsert`) and `sql`.
+// `materialized view`), `stream_kind` (`append-only`, `changelog`, `upsert`), `sql` and `inputs`
+// (the objects a stream reads, comma-separated; empty for a source).
 //
 // - `db`: borrowed.
 // - `out_schema`, `out_array`: caller-allocated; filled with structs the caller owns and must
