@@ -19,6 +19,17 @@ def _mismatch(msg: str) -> BatchSchemaError:
     return BatchSchemaError(msg, codes.BATCH_SCHEMA_MISMATCH, "INVALID_DATA")
 
 
+def _column(values: Any, t: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, type=t)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        # Text for a temporal or numeric column (JSON has no timestamp type): parse it the way
+        # Arrow casts strings ('2024-01-01T00:00:10', '3.5').
+        if any(isinstance(v, str) for v in values):
+            return pa.array(values, type=pa.string()).cast(t)
+        raise
+
+
 def columns_to_table(cols: Dict[str, Any], schema: pa.Schema) -> pa.Table:
     names = set(schema.names)
     for name in cols:
@@ -29,8 +40,8 @@ def columns_to_table(cols: Dict[str, Any], schema: pa.Schema) -> pa.Table:
         if f.name not in cols:
             continue  # the engine reports a missing column by name
         try:
-            arrays.append(pa.array(cols[f.name], type=f.type))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as e:
+            arrays.append(_column(cols[f.name], f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError) as e:
             raise _mismatch(f"column '{f.name}' ({f.type}): {e}") from e
         fields.append(pa.field(f.name, f.type))
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

@@ -1,0 +1,130 @@
+"""Module functions, configuration, SQL, catalog, metrics and the connection lifecycle."""
+
+import asyncio
+
+import pyarrow as pa
+import pytest
+
+import laminardb
+from conftest import at, ms
+
+
+def test_module_level_api_and_version():
+    assert laminardb.__version__.count(".") == 2
+    assert laminardb.STATUS["NOT_FOUND"] == 3 and laminardb.STATUS["CLOSED"] == 20
+    r = laminardb.execute("CREATE SOURCE IF NOT EXISTS mod_src (a BIGINT)")
+    assert r.ddl_type == "CREATE SOURCE"
+    assert laminardb.sql("SELECT COUNT(*) AS c FROM mod_src").to_dicts() == [{"c": 0}]
+    assert laminardb.codes.SQL_PARSE_ERROR == 401 and laminardb.codes.SHUTDOWN == 901
+
+
+def test_open_connect_and_config():
+    cfg = laminardb.LaminarConfig(buffer_size=8, workers=1, checkpoint_interval_ms=1000, idle_timeout=2.5)
+    assert ("idle_timeout", "2500ms") in cfg.to_pairs()
+    assert laminardb.Config is laminardb.LaminarConfig
+    with laminardb.open(config=cfg) as db:
+        assert not db.is_closed and db.pipeline_state == "running"
+    assert db.is_closed and db.pipeline_state == "closed"
+    with laminardb.connect("laminar://:memory:") as db2:
+        db2.start()
+        assert db2.list_tables() == []
+    with pytest.raises(laminardb.LaminarError) as e:
+        laminardb.open(config={"wrokers": "2"})
+    assert "did you mean 'workers'" in str(e.value)
+    with pytest.raises(laminardb.ConnectionError) as e:
+        laminardb.open("/tmp/some/dir")
+    assert e.value.code == laminardb.codes.CONNECTION_FAILED and e.value.status == "NOT_IMPLEMENTED"
+    assert "workers" in laminardb.LaminarConfig.keys()
+
+
+def test_execute_result_and_queries(trades):
+    db = trades
+    r = db.execute("INSERT INTO trades VALUES ('A', 5, TIMESTAMP '2024-01-01 00:00:01'), ('B', 7, TIMESTAMP '2024-01-01 00:00:02')")
+    assert r.result_type == "rows_affected" and r.rows_affected == 2 and int(r) == 2 and r.int() == 2
+    assert r.ddl_type == "INSERT" and r.ddl_object == "trades"
+    r = db.execute("CREATE MATERIALIZED VIEW tot AS SELECT sym, SUM(qty) AS q FROM trades GROUP BY sym")
+    assert (r.result_type, r.ddl_type, r.ddl_object) == ("ddl", "CREATE MATERIALIZED VIEW", "tot")
+    assert r.to_query_result().num_rows == 0
+    r = db.execute("SHOW SOURCES")
+    assert r.result_type == "query" and r.to_query_result().to_dicts() == [{"name": "trades"}]
+    q = db.query("SELECT sym, qty FROM trades ORDER BY sym")
+    assert q.columns == ["sym", "qty"] and q.num_rows == 2 and q.num_columns == 2 and len(q) == 2
+    assert q.fetchone() == ("A", 5) and q.fetchmany(5) == [("B", 7)] and q.fetchone() is None
+    assert q.fetchall() == []
+    assert db.sql("SELECT sym FROM trades ORDER BY sym").fetchall() == [("A",), ("B",)]
+    assert [r["sym"] for r in db.query("SELECT sym FROM trades ORDER BY sym")] == ["A", "B"]
+    assert sum(b.num_rows for b in db.stream("SELECT * FROM trades")) == 2
+    assert isinstance(q.schema, pa.Schema) and q.to_arrow().num_rows == 2 and q.arrow() is q.to_arrow()
+    assert "<table>" in q._repr_html_() and "sym" in repr(q)
+    q.show()
+    plan = db.explain("SELECT sym, COUNT(*) FROM trades GROUP BY sym, TUMBLE(ts, INTERVAL '1' MINUTE)")
+    assert "Aggregate" in plan or "aggregate" in plan.lower()
+    assert "explain" not in " ".join(db.list_streams())
+
+
+def test_catalog_and_schema(trades):
+    db = trades
+    db.execute("CREATE MATERIALIZED VIEW tot AS SELECT sym, SUM(qty) AS q FROM trades GROUP BY sym")
+    assert db.list_tables() == ["trades"] == db.tables()
+    assert sorted(db.list_streams()) == ["tot", "vol"]
+    assert db.list_sinks() == [] and db.sinks() == []
+    assert [s["name"] for s in db.sources()] == ["trades"]
+    streams = {s["name"]: s for s in db.streams()}
+    assert streams["vol"]["inputs"] == ["trades"] and streams["tot"]["stream_kind"] == "changelog"
+    topo = db.topology()
+    assert {"from": "trades", "to": "vol"} in topo["edges"] and len(topo["nodes"]) == 3
+    s = db.schema("trades")
+    assert s.names == ["sym", "qty", "ts"] and s.field("ts").type == pa.timestamp("us")
+    assert "__weight" in db.schema("tot").names
+    assert db.source_count == 1 and db.sink_count == 0
+    r = db.create_table("events", pa.schema([("id", pa.int64()), ("name", pa.string()), ("at", pa.timestamp("us"))]))
+    assert r.ddl_type == "CREATE SOURCE" and db.schema("events").names == ["id", "name", "at"]
+    db.create_table("other", {"x": "DOUBLE"})
+    assert "other" in db.list_tables()
+    with pytest.raises(laminardb.SchemaError) as e:
+        db.schema("trade")
+    assert e.value.code == laminardb.codes.TABLE_NOT_FOUND and "did you mean 'trades'" in str(e.value)
+
+
+def test_metrics_and_properties(trades):
+    db = trades
+    db.insert("trades", {"sym": ["A", "B", "A"], "qty": [1, 2, 3], "ts": [at(0), at(1), at(15)]})
+    m = db.metrics()
+    assert m.rows_in == 3 and m.events_processed >= 1
+    sm = db.source_metrics("trades")
+    assert sm.rows_in == 3 and sm.watermark_ms == ms(at(14))
+    assert db.pipeline_watermark == sm.watermark_ms
+    st = db.stream_metrics("vol")
+    assert st.rows_out == 2  # the window [0, 10) closed with A and B
+    assert [s.name for s in db.all_source_metrics()] == ["trades"]
+    assert [s.name for s in db.all_stream_metrics()] == ["vol"]
+    assert db.total_events_processed == m.events_processed
+    with pytest.raises(laminardb.SchemaError):
+        db.source_metrics("nope")
+    with pytest.raises(laminardb.SchemaError):
+        db.stream_metrics("nope")
+
+
+def test_checkpoint_and_close(trades):
+    db = trades
+    with pytest.raises(laminardb.CheckpointError) as e:
+        db.checkpoint()
+    assert "checkpointing is not enabled" in str(e.value)
+    w = db.writer("trades")
+    sub = db.subscribe_stream("vol")
+    db.shutdown()
+    db.close()  # idempotent
+    assert db.is_closed
+    with pytest.raises(laminardb.ConnectionError) as e:
+        db.query("SELECT 1")
+    assert e.value.code == laminardb.codes.CONNECTION_CLOSED
+    with pytest.raises(laminardb.ConnectionError):
+        w.insert({"sym": ["A"], "qty": [1], "ts": [at(0)]})
+    assert sub.next() is None and not sub.is_active
+
+
+async def test_async_with():
+    async with laminardb.open() as db:
+        db.execute("CREATE SOURCE s (a BIGINT)")
+        await asyncio.sleep(0)
+    assert db.is_closed

@@ -1,0 +1,217 @@
+"""Subscriptions: pull (next, next_timeout, try_next, iteration, cancel), asyncio, callbacks,
+a pushing and a consuming thread at once, Ctrl-C during a blocking next(), and many callback
+subscriptions created and dropped."""
+
+import asyncio
+import signal
+import threading
+import time
+
+import pytest
+
+import laminardb
+from conftest import at
+
+
+def push(db, *rows):
+    db.insert("trades", {"sym": [r[0] for r in rows], "qty": [r[1] for r in rows], "ts": [at(r[2]) for r in rows]})
+
+
+def test_pull_next_timeout_try_next_and_cancel(trades):
+    db = trades
+    sub = db.subscribe_stream("vol")
+    assert sub.schema.names == ["sym", "total", "n", "window_start"]  # before any batch
+    assert sub.is_active
+    t0 = time.monotonic()
+    assert sub.next_timeout(50) is None  # a timeout is None, not an exception
+    assert time.monotonic() - t0 >= 0.04
+    assert sub.try_next() is None
+    push(db, ("A", 1, 0), ("A", 2, 3), ("B", 5, 4), ("A", 9, 12))
+    r = sub.next()
+    assert sorted(r.fetchall()) == [("A", 3, 2, at(0)), ("B", 5, 1, at(0))]
+    threading.Timer(0.1, sub.cancel).start()
+    assert sub.next() is None  # a blocked next ends on cancel from another thread
+    assert not sub.is_active
+    assert list(sub) == []
+
+
+def test_subscribe_to_a_query_and_query_stream(trades):
+    db = trades
+    sub = db.subscribe("SELECT sym, qty FROM trades WHERE qty > 1")
+    hidden = [q for q in db.queries() if q["id"] == sub.id]
+    assert hidden and db.active_query_count == 1
+    assert all(not n.startswith("__") for n in db.list_streams())
+    filt = db.query_stream("vol", "total > 3")
+    push(db, ("A", 1, 0), ("B", 5, 1), ("C", 7, 20))
+    got = sub.next_timeout(2000)
+    assert sorted(got.fetchall()) == [("B", 5), ("C", 7)]
+    win = filt.next_timeout(2000)
+    assert win.fetchall() == [("B", 5, 1, at(0))]
+    assert db.cancel_query(sub.id) is True and db.cancel_query(sub.id) is False
+    assert not sub.is_active
+    filt.cancel()
+    assert db.active_query_count == 0
+    assert db.list_streams() == ["vol"]  # the hidden streams were dropped
+
+
+def test_iteration_and_with(trades):
+    db = trades
+    with db.subscribe_stream("vol") as sub:
+        push(db, ("A", 1, 0), ("A", 1, 11), ("A", 1, 22))
+        seen = []
+        for r in sub:
+            seen.extend(r.to_dicts())
+            if len(seen) == 2:
+                break
+    assert [d["window_start"] for d in seen] == [at(0), at(10)]
+    assert not sub.is_active
+
+
+async def test_asyncio_subscription(trades):
+    db = trades
+    sub = db.subscribe_stream_async("vol")
+    push(db, ("A", 4, 0), ("A", 1, 15))
+    async with sub:
+        got = []
+        async for r in sub:
+            got.extend(r.fetchall())
+            break
+    assert got == [("A", 4, 1, at(0))]
+    sub2 = db.subscribe_async("SELECT sym FROM trades")
+
+    async def consume():
+        return [r.fetchall() async for r in sub2]
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    push(db, ("Z", 1, 30))
+    await asyncio.sleep(0.3)
+    sub2.cancel()
+    assert await asyncio.wait_for(task, 5) == [[("Z",)]]
+
+
+def test_callbacks_wait_cancel_and_errors(trades):
+    db = trades
+    got, errors = [], []
+    sub = db.subscribe_stream_callback("vol", lambda r: got.extend(r.fetchall()), errors.append)
+    assert sub.schema.names[0] == "sym"
+    push(db, ("A", 2, 0), ("A", 1, 11))
+    deadline = time.monotonic() + 5
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert got == [("A", 2, 1, at(0))] and sub.is_active
+    sub.cancel()
+    assert sub.wait(1) and not sub.is_active and errors == []
+
+    # an exception in on_data without on_error ends the subscription; wait() re-raises it as is
+    class Boom(Exception):
+        pass
+
+    def bad(_):
+        raise Boom("from the callback")
+
+    sub = db.subscribe_callback("SELECT sym FROM trades", bad)
+    push(db, ("B", 1, 30))
+    with pytest.raises(Boom, match="from the callback"):
+        sub.wait(5)
+    sub.cancel()
+
+    # with on_error, the exception goes there and the subscription goes on
+    caught = []
+    sub = db.subscribe_callback("SELECT sym FROM trades", bad, caught.append)
+    push(db, ("C", 1, 31))
+    push(db, ("D", 1, 32))
+    deadline = time.monotonic() + 5
+    while len(caught) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [type(e) for e in caught] == [Boom, Boom] and sub.is_active
+    sub.cancel()
+
+
+def test_callback_cancel_from_inside_the_callback(trades):
+    db = trades
+    holder = {}
+
+    def on_data(r):
+        holder["n"] = holder.get("n", 0) + 1
+        holder["sub"].cancel()  # from the engine thread: cancels without waiting for itself
+
+    holder["sub"] = db.subscribe_callback("SELECT sym FROM trades", on_data)
+    push(db, ("A", 1, 0))
+    assert holder["sub"].wait(5)
+    assert holder["n"] == 1
+
+
+def test_a_pushing_and_a_consuming_thread_at_once(trades):
+    db = trades
+    sub = db.subscribe("SELECT qty FROM trades", buffer_size=4096)
+    n_batches, per_batch = 300, 50
+    total = []
+
+    def consume():
+        while (r := sub.next()) is not None:
+            total.append(sum(q for (q,) in r.fetchall()))
+
+    def produce():
+        with db.writer("trades") as w:
+            for b in range(n_batches):
+                w.insert({"sym": ["A"] * per_batch, "qty": [1] * per_batch, "ts": [at(b)] * per_batch})
+            w.flush()
+
+    c = threading.Thread(target=consume)
+    c.start()
+    p = threading.Thread(target=produce)
+    t0 = time.monotonic()
+    p.start()
+    # Both run while this thread also holds and releases the GIL: each makes progress.
+    ticks = 0
+    while p.is_alive():
+        ticks += 1
+        time.sleep(0.001)
+    p.join()
+    deadline = time.monotonic() + 10
+    while sum(total) < n_batches * per_batch and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sub.cancel()
+    c.join(5)
+    assert sum(total) == n_batches * per_batch
+    assert ticks > 0 and time.monotonic() - t0 < 60
+
+
+def test_ctrl_c_interrupts_a_blocking_next(trades):
+    db = trades
+    sub = db.subscribe_stream("vol")
+    main = threading.main_thread().ident
+    threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sub.next()
+    assert time.monotonic() - t0 < 3
+    assert sub.is_active  # the subscription survives; the read was interrupted
+    sub.cancel()
+
+
+def test_lagging_subscriber_is_ended_with_an_error(trades):
+    db = trades
+    sub = db.subscribe("SELECT sym FROM trades", buffer_size=1)
+    for i in range(4):
+        push(db, ("A", 1, i))
+    with pytest.raises(laminardb.SubscriptionError) as e:
+        sub.next()
+    assert "lagged" in str(e.value) and e.value.status == "RESOURCE_EXHAUSTED"
+
+
+def test_many_callback_subscriptions_created_and_dropped(trades):
+    db = trades
+    for i in range(300):
+        sub = db.subscribe_stream_callback("vol", lambda r: None)
+        if i % 2:
+            sub.cancel()
+        else:
+            with sub:
+                pass
+    assert db.active_query_count == 0
+    for i in range(300):
+        s = db.subscribe_stream("vol")
+        s.cancel()
+    assert db.active_query_count == 0
