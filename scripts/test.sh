@@ -11,8 +11,9 @@ step() {
   echo "<== $name: $((SECONDS - t0))s"
 }
 total0=$SECONDS
-step "build (tests and examples)" cargo build --workspace --tests --examples
-step "cargo test" cargo test --workspace
+# The Python extension is built by maturin (below), with the feature set it ships with.
+step "build (tests and examples)" cargo build --workspace --exclude laminardb-python --tests --examples
+step "cargo test" cargo test --workspace --exclude laminardb-python
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
   cargo run -q -p laminar-core --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
 # The C ABI: header up to date and strict C99/C++17 clean, tests under ASan+UBSan, the example
@@ -21,4 +22,10 @@ step "C header is current (cbindgen)" scripts/gen-header.sh --check
 step "C tests (ASan + UBSan)" make --no-print-directory test-c PROFILE=dev
 step "C example (make install + pkg-config + valgrind)" make --no-print-directory example-c PROFILE=dev
 step "C ABI benchmark smoke run" make --no-print-directory bench-c PROFILE=dev ROWS=200000
+# Python: a venv in the target dir, the package built into it by maturin (dev profile, same
+# target dir), the pytest suite, and the W1 benchmark at a tiny size.
+py="${CARGO_TARGET_DIR:-$PWD/target}/venv/bin/python"
+step "Python package (venv + maturin develop)" scripts/python-env.sh
+step "Python tests (pytest)" "$py" -m pytest -q bindings/python/tests
+step "Python W1 benchmark smoke run" "$py" bindings/python/benches/w1_bench.py --events 100000
 echo "all steps: $((SECONDS - total0))s"

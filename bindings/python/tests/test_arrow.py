@@ -102,3 +102,10 @@ def test_writer(src):
     assert e.value.code == laminardb.codes.WRITER_CLOSED
     w.close()  # idempotent
     assert len(db.query("SELECT * FROM s")) == 2
+
+
+def test_thousands_of_small_inserts_never_hang(src):
+    db = src
+    for i in range(5000):
+        assert db.insert("s", {"k": i, "name": "x", "x": 1.0, "ts": at(i)}) == 1
+    assert db.query("SELECT COUNT(*) AS c FROM s").to_dicts() == [{"c": 5000}]
