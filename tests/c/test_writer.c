@@ -107,6 +107,16 @@ int main(void) {
     stream.release(&stream);
   }
 
+  /* a whole stream through one writer (here: the result of a query), consumed */
+  {
+    int64_t rows = 0;
+    CHECK_OK(laminar_db_query(g_db, "SELECT k, v, ts FROM s WHERE k = 0", &stream, &err));
+    CHECK_OK(laminar_writer_write_stream(w, &stream, &rows, &err));
+    CHECK(stream.release == NULL);
+    CHECK(rows > 0);
+    CHECK_FAILS(LAMINAR_INVALID_ARGUMENT, "stream is NULL", laminar_writer_write_stream(w, NULL, &rows, &err));
+  }
+
   /* end of input */
   CHECK_OK(laminar_writer_finish(w, &err));
   CHECK_OK(laminar_writer_flush(w, &err));
