@@ -215,3 +215,20 @@ def test_many_callback_subscriptions_created_and_dropped(trades):
         s = db.subscribe_stream("vol")
         s.cancel()
     assert db.active_query_count == 0
+
+
+def test_changelog_stream_items_carry_their_weight_column(trades):
+    db = trades
+    db.execute("CREATE STREAM per_sym AS SELECT sym, SUM(qty) AS q FROM trades GROUP BY sym EMIT CHANGES")
+    sub = db.subscribe_stream("per_sym")
+    assert sub.schema.names == ["sym", "q", "__weight"]
+    push(db, ("A", 1, 0))
+    push(db, ("A", 2, 1))
+    rows = []
+    deadline = time.monotonic() + 5
+    while len(rows) < 3 and time.monotonic() < deadline:
+        r = sub.next_timeout(500)
+        if r is not None:
+            rows.extend(r.fetchall())
+    # insert (A, 1), then retract it and insert (A, 3)
+    assert rows == [("A", 1, 1), ("A", 1, -1), ("A", 3, 1)]
