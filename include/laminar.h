@@ -207,14 +207,26 @@ typedef void (*laminar_free_cb)(void *user_data);
 //
 // Rules (all callbacks):
 // 1. They run on a thread owned by LaminarDB, never inside the registering call, and never
-//    concurrently with each other for one subscription.
+//    concurrently with each other for one subscription. The handle is in `*out` before the
+//    first callback runs.
 // 2. `on_schema` comes first and exactly once; then `on_batch` for at most as many batches as
 //    were granted with `laminar_subscription_request` (none before the first request).
-// 3. The end is `on_error` then `on_close`, or `on_close` alone (after a cancel). `on_close` is
-//    always the last call; `user_data_free` runs right after it.
-// 4. A callback may call `laminar_subscription_request` and `laminar_subscription_cancel`;
-//    `laminar_subscription_destroy` from inside a callback cancels without waiting.
-// 5. Callbacks must return normally (no `longjmp`, no C++ exception across them).
+// 3. The end is `on_error` then `on_close`, or `on_close` alone (after a cancel, or when the
+//    stream was dropped). Batches buffered before the end are still delivered as credits allow;
+//    the end itself needs no credit. `on_close` is always the last call; `user_data_free` runs
+//    right after it.
+// 4. A callback may call `laminar_subscription_request` and `laminar_subscription_cancel` on its
+//    own subscription, and any `laminar_db_*` function. `laminar_subscription_destroy` of its
+//    own subscription from inside a callback cancels without waiting (STYLE B6 asked for
+//    `LAMINAR_INVALID_STATE`, but destroy returns void, and freeing without waiting is safe); the
+//    callback must not use the handle afterwards, though `on_close` and `user_data_free` still
+//    follow. Destroying *another* push subscription from a callback waits for that one's
+//    `on_close`: two callbacks destroying each other deadlock.
+// 5. With `on_full = block`, the pipeline waits for this subscriber; a callback that waits for
+//    the pipeline (`laminar_db_flush`, `laminar_writer_flush`, a write into a full source queue
+//    feeding this stream) would wait for itself.
+// 6. Callbacks must return normally (no `longjmp`, no C++ exception across them).
+// 7. In a child process after `fork()`, destroying the handle leaks it and runs no callback.
 //
 // Since: 0.1.0
 typedef struct laminar_subscriber {
@@ -587,7 +599,10 @@ laminar_status laminar_subscription_next(struct laminar_subscription *sub,
 // - `sub`: borrowed. `out`: caller-allocated; filled with a stream the caller owns and must
 //   release. Untouched on failure.
 //
-// Errors: `LAMINAR_INVALID_ARGUMENT` (a push subscription). Since: 0.1.0
+// After `laminar_db_close`, `get_next` returns the batches still buffered, then fails with
+// `EIO` (the full error is `LAMINAR_CLOSED`).
+//
+// Errors: `LAMINAR_INVALID_ARGUMENT` (a push subscription), `LAMINAR_CLOSED`. Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_subscription_stream(struct laminar_subscription *sub,
                                            struct ArrowArrayStream *out,
@@ -609,16 +624,17 @@ laminar_status laminar_subscription_schema(struct laminar_subscription *sub,
 //
 // - `sub`: borrowed.
 //
-// Errors: `LAMINAR_INVALID_ARGUMENT` (a pull subscription). Since: 0.1.0
+// Errors: `LAMINAR_INVALID_ARGUMENT` (a pull subscription), `LAMINAR_CLOSED`. Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_subscription_request(struct laminar_subscription *sub,
                                             uint64_t n,
                                             struct laminar_error **out_error);
 
-// Ends a subscription. Idempotent; **any thread, at any time**, including inside one of its
-// callbacks and while another thread is blocked reading it. A blocked read returns the end of
-// the subscription; a push subscription may still deliver batches until `on_close`, and ends
-// with `on_close` alone (no `on_error`). A no-op for NULL.
+// Ends a subscription. Idempotent; **any thread, at any time until the handle is destroyed**,
+// including inside one of its callbacks and while another thread is blocked reading it. A
+// blocked read returns the end of the subscription; a push subscription may still deliver
+// batches until `on_close`, and ends with `on_close` alone (no `on_error`, unless an error had
+// already ended it). A no-op for NULL.
 //
 // - `sub`: borrowed.
 //
@@ -748,7 +764,7 @@ laminar_status laminar_writer_current_watermark(struct laminar_writer *writer,
 // - `writer`: borrowed. `out`: caller-allocated; filled with a schema the caller owns and must
 //   release. Untouched on failure.
 //
-// Since: 0.1.0
+// Errors: `LAMINAR_CLOSED`. Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_writer_schema(struct laminar_writer *writer,
                                      struct ArrowSchema *out,

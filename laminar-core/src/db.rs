@@ -31,7 +31,7 @@ use crate::operator::{LateRows, OpCtx, Operator, StreamKind, NO_WATERMARK};
 use crate::plan::{plan_continuous, PlanOptions, RelationInfo};
 use crate::runtime::ingest::{conform, normalize_schema};
 use crate::runtime::mv::MvStore;
-use crate::runtime::subscription::{new_pair, Delivered, PushEvent, PushSubscription, SubMsg, SubscribeOptions, SubscriberSlot, Subscription};
+use crate::runtime::subscription::{new_pair, send_pending, Delivered, Pending, PushEvent, PushSubscription, SubMsg, SubscribeOptions, SubscriberSlot, Subscription};
 use crate::sql::{self, CreateSource, CreateStream, ObjectKind, Statement, WatermarkDelay};
 
 /// A processing-time clock. Tests drive [`ManualClock`] by hand; everything else uses the system's.
@@ -185,6 +185,9 @@ struct Engine {
     /// Streams in creation order (a stream only reads what existed before it).
     order: Vec<String>,
     events: u64,
+    /// Batches for `on_full = block` subscribers whose buffers were full; the driver sends them
+    /// after releasing the engine lock, before the next event.
+    pending: Vec<Pending>,
 }
 
 pub(crate) struct DbInner {
@@ -246,7 +249,7 @@ impl Database {
         let inner = Arc::new(DbInner {
             config,
             closed: AtomicBool::new(false),
-            engine: Mutex::new(Engine { sources: HashMap::new(), streams: HashMap::new(), order: vec![], events: 0 }),
+            engine: Mutex::new(Engine { sources: HashMap::new(), streams: HashMap::new(), order: vec![], events: 0, pending: vec![] }),
             tx,
             driver: Mutex::new(None),
             pool,
@@ -1099,6 +1102,13 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         }
         let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
         run_ticks(&inner, &mut eng, now);
+        if !eng.pending.is_empty() {
+            // Wait for slow `on_full = block` subscribers without holding the engine lock, so
+            // they (and everyone else) can still call into the database meanwhile.
+            let pending = std::mem::take(&mut eng.pending);
+            drop(eng);
+            send_pending(pending, &inner.closed);
+        }
     }
 }
 
@@ -1111,7 +1121,7 @@ fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbIn
         for n in names {
             let s = eng.streams.get_mut(&n).expect("listed");
             if s.failed.is_none() {
-                fail_stream(inner, s, &n, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
+                fail_stream(s, &n, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
             }
         }
     }
@@ -1164,7 +1174,7 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
                 Ok(())
             })();
             if let Err(e) = res {
-                fail_stream(inner, s, &name, e);
+                fail_stream(s, &name, e);
                 continue;
             }
         }
@@ -1188,10 +1198,10 @@ fn run_chain(ops: &mut [Box<dyn Operator>], from: usize, batch: RecordBatch, ctx
     Ok(cur)
 }
 
-fn fail_stream(inner: &DbInner, s: &mut StreamRt, name: &str, e: Error) {
+fn fail_stream(s: &mut StreamRt, name: &str, e: Error) {
     let e = e.context(format!("stream '{name}' failed"));
     for sub in s.subscribers.drain(..) {
-        let _ = sub.deliver(SubMsg::Error(e.clone()), &inner.closed);
+        sub.fail(e.clone()); // reported after the batches already buffered
     }
     s.failed = Some(e);
 }
@@ -1207,7 +1217,7 @@ fn after_run(inner: &DbInner, eng: &mut Engine, name: &str, source_of_input: &st
             if used > limit {
                 let op = s.ops.iter().max_by_key(|o| o.state_size()).map(|o| o.explain()).unwrap_or_default();
                 let e = Error::new(ErrorKind::ResourceExhausted, format!("state of {used} bytes exceeds memory_limit {limit} in operator {op}"));
-                fail_stream(inner, s, name, e);
+                fail_stream(s, name, e);
                 return;
             }
         }
@@ -1239,22 +1249,23 @@ fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>
             Ok(b) => b,
             Err(e) => {
                 let s = eng.streams.get_mut(name).expect("exists");
-                fail_stream(inner, s, name, e.into());
+                fail_stream(s, name, e.into());
                 return;
             }
         }
     };
     {
-        let Some(s) = eng.streams.get_mut(name) else { return };
+        let Engine { streams, pending, .. } = &mut *eng;
+        let Some(s) = streams.get_mut(name) else { return };
         s.rows_out += batch.num_rows() as u64;
         s.batches_out += 1;
         if let Some(mv) = &mut s.mv {
             if let Err(e) = mv.apply(&batch) {
-                fail_stream(inner, s, name, e);
+                fail_stream(s, name, e);
                 return;
             }
         }
-        s.subscribers.retain(|sub| matches!(sub.deliver(SubMsg::Batch(batch.clone()), &inner.closed), Delivered::Ok));
+        s.subscribers.retain(|sub| matches!(sub.deliver(SubMsg::Batch(batch.clone()), pending), Delivered::Ok));
     }
     // Dependents read the logical columns; changelog weights stay with the batch.
     feed(inner, eng, name, &[batch]);
@@ -1293,7 +1304,7 @@ fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
             })();
             s.watermark = wm;
             if let Err(e) = res {
-                fail_stream(inner, s, &name, e);
+                fail_stream(s, &name, e);
                 continue;
             }
         }
@@ -1328,7 +1339,7 @@ fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
                 Ok(())
             })();
             if let Err(e) = res {
-                fail_stream(inner, s, &name, e);
+                fail_stream(s, &name, e);
                 continue;
             }
         }

@@ -19,6 +19,7 @@ use crate::error::catch;
 /// Imports one batch given as a struct array and its schema. `array` is consumed (released on
 /// every path); `schema` is only read.
 pub fn import_batch(schema: &FFI_ArrowSchema, array: FFI_ArrowArray) -> Result<RecordBatch> {
+    check_schema(schema)?;
     if array.is_released() {
         return Err(Error::invalid_argument("the ArrowArray is already released (release == NULL)"));
     }
@@ -37,6 +38,33 @@ pub fn import_batch(schema: &FFI_ArrowSchema, array: FFI_ArrowArray) -> Result<R
         return Err(Error::invalid_data("a batch's top-level struct array must have no nulls"));
     }
     Ok(RecordBatch::from(s))
+}
+
+/// The C layout of `ArrowSchema`, to check a caller's struct before arrow-rs reads it.
+#[repr(C)]
+struct RawSchema {
+    format: *const std::ffi::c_char,
+    name: *const std::ffi::c_char,
+    metadata: *const std::ffi::c_char,
+    flags: i64,
+    n_children: i64,
+    children: *mut *mut c_void,
+    dictionary: *mut c_void,
+    release: Option<unsafe extern "C" fn(*mut c_void)>,
+    private_data: *mut c_void,
+}
+
+/// A released schema or one without a format is INVALID_ARGUMENT (arrow-rs would read NULL).
+fn check_schema(schema: &FFI_ArrowSchema) -> Result<()> {
+    // SAFETY: FFI_ArrowSchema is #[repr(C)] with exactly this layout (the C Data Interface).
+    let raw = unsafe { &*(schema as *const FFI_ArrowSchema as *const RawSchema) };
+    if raw.release.is_none() {
+        return Err(Error::invalid_argument("the ArrowSchema is released (release == NULL)"));
+    }
+    if raw.format.is_null() {
+        return Err(Error::invalid_argument("the ArrowSchema has no format (format == NULL)"));
+    }
+    Ok(())
 }
 
 /// Exports a batch as a struct array.
@@ -170,10 +198,10 @@ unsafe extern "C" fn stream_get_next(stream: *mut FFI_ArrowArrayStream, out: *mu
     if out.is_null() {
         return 22;
     }
-    match catch(|| p.source.next_batch()) {
-        Ok(Some(b)) => {
+    match catch(|| p.source.next_batch().map(|b| b.map(|b| export_batch(&b)))) {
+        Ok(Some(a)) => {
             // SAFETY: `out` is writable per the C Stream Interface.
-            unsafe { out.write(export_batch(&b)) };
+            unsafe { out.write(a) };
             0
         }
         Ok(None) => {
@@ -204,9 +232,10 @@ unsafe extern "C" fn stream_release(stream: *mut FFI_ArrowArrayStream) {
     if s.release.is_none() {
         return;
     }
-    if !s.private_data.is_null() {
-        live_streams().lock().remove(&(s.private_data as usize));
-        // SAFETY: private_data came from Box::into_raw in export_stream.
+    // Only a stream still registered as live is freed: a released copy of the struct (a consumer
+    // that duplicated it instead of moving it) must not free the same data twice.
+    if !s.private_data.is_null() && live_streams().lock().remove(&(s.private_data as usize)) {
+        // SAFETY: private_data came from Box::into_raw in export_stream and was live.
         let private = unsafe { Box::from_raw(s.private_data as *mut StreamPrivate) };
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(private)));
     }

@@ -182,7 +182,7 @@ pub extern "C" fn laminar_config_count() -> usize {
 /// Thread-safety: any thread. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_config_get_flag(index: usize, out_name: *mut *const c_char, out_description: *mut *const c_char) -> laminar_status {
-    let Some((name, desc)) = key_docs().get(index) else { return LAMINAR_INVALID_ARGUMENT };
+    let Ok(Some((name, desc))) = crate::error::catch(|| Ok(key_docs().get(index))) else { return LAMINAR_INVALID_ARGUMENT };
     // SAFETY: each output is NULL or writable (caller contract).
     unsafe {
         if let Some(o) = out_name.as_mut() {

@@ -213,14 +213,26 @@ pub type laminar_free_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 ///
 /// Rules (all callbacks):
 /// 1. They run on a thread owned by LaminarDB, never inside the registering call, and never
-///    concurrently with each other for one subscription.
+///    concurrently with each other for one subscription. The handle is in `*out` before the
+///    first callback runs.
 /// 2. `on_schema` comes first and exactly once; then `on_batch` for at most as many batches as
 ///    were granted with `laminar_subscription_request` (none before the first request).
-/// 3. The end is `on_error` then `on_close`, or `on_close` alone (after a cancel). `on_close` is
-///    always the last call; `user_data_free` runs right after it.
-/// 4. A callback may call `laminar_subscription_request` and `laminar_subscription_cancel`;
-///    `laminar_subscription_destroy` from inside a callback cancels without waiting.
-/// 5. Callbacks must return normally (no `longjmp`, no C++ exception across them).
+/// 3. The end is `on_error` then `on_close`, or `on_close` alone (after a cancel, or when the
+///    stream was dropped). Batches buffered before the end are still delivered as credits allow;
+///    the end itself needs no credit. `on_close` is always the last call; `user_data_free` runs
+///    right after it.
+/// 4. A callback may call `laminar_subscription_request` and `laminar_subscription_cancel` on its
+///    own subscription, and any `laminar_db_*` function. `laminar_subscription_destroy` of its
+///    own subscription from inside a callback cancels without waiting (STYLE B6 asked for
+///    `LAMINAR_INVALID_STATE`, but destroy returns void, and freeing without waiting is safe); the
+///    callback must not use the handle afterwards, though `on_close` and `user_data_free` still
+///    follow. Destroying *another* push subscription from a callback waits for that one's
+///    `on_close`: two callbacks destroying each other deadlock.
+/// 5. With `on_full = block`, the pipeline waits for this subscriber; a callback that waits for
+///    the pipeline (`laminar_db_flush`, `laminar_writer_flush`, a write into a full source queue
+///    feeding this stream) would wait for itself.
+/// 6. Callbacks must return normally (no `longjmp`, no C++ exception across them).
+/// 7. In a child process after `fork()`, destroying the handle leaks it and runs no callback.
 ///
 /// Since: 0.1.0
 #[repr(C)]
@@ -263,6 +275,14 @@ pub struct laminar_subscription {
 impl laminar_subscription {
     fn in_forked_child(&self) -> bool {
         self.db.in_forked_child()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.db.check_process()?;
+        if self.db.is_closed() {
+            return Err(Error::new(laminar_core::ErrorKind::Closed, "the database was closed"));
+        }
+        Ok(())
     }
 }
 
@@ -334,7 +354,18 @@ pub unsafe extern "C" fn laminar_db_subscribe_push(
         }
         // SAFETY: at least `ours` bytes are readable (struct_size says so).
         let s = SendSubscriber(unsafe { std::ptr::read_unaligned(subscriber) });
+        // No callback runs before `*out` holds the handle (a callback may use it).
+        let gate = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let gate2 = gate.clone();
+        let mut opened = false;
         let sub = db.db.subscribe_push(name, &opts, 0, move |ev| {
+            if !opened {
+                let mut ready = gate2.0.lock();
+                while !*ready {
+                    gate2.1.wait(&mut ready);
+                }
+                opened = true;
+            }
             let s = &s;
             let ud = s.0.user_data;
             // SAFETY (every call below): the callbacks and user_data come from the caller, who
@@ -368,6 +399,8 @@ pub unsafe extern "C" fn laminar_db_subscribe_push(
             }
         })?;
         *out = Box::into_raw(Box::new(laminar_subscription { kind: SubKind::Push(sub), db: db.db.clone() }));
+        *gate.0.lock() = true;
+        gate.1.notify_all();
         Ok(())
     })
 }
@@ -411,7 +444,8 @@ pub unsafe extern "C" fn laminar_subscription_next(
                 None => Next::End,
             },
             0 => sub.try_next()?,
-            t => sub.next_timeout(Duration::from_millis(t as u64))?,
+            // Clamped to a year so the deadline cannot overflow the clock.
+            t => sub.next_timeout(Duration::from_millis((t as u64).min(365 * 24 * 3600 * 1000)))?,
         };
         let array = match next {
             Next::Batch(b) => export_batch(&b),
@@ -432,7 +466,10 @@ pub unsafe extern "C" fn laminar_subscription_next(
 /// - `sub`: borrowed. `out`: caller-allocated; filled with a stream the caller owns and must
 ///   release. Untouched on failure.
 ///
-/// Errors: `LAMINAR_INVALID_ARGUMENT` (a push subscription). Since: 0.1.0
+/// After `laminar_db_close`, `get_next` returns the batches still buffered, then fails with
+/// `EIO` (the full error is `LAMINAR_CLOSED`).
+///
+/// Errors: `LAMINAR_INVALID_ARGUMENT` (a push subscription), `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_subscription_stream(
     sub: *mut laminar_subscription,
@@ -441,7 +478,9 @@ pub unsafe extern "C" fn laminar_subscription_stream(
 ) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
-        let sub = pull(unsafe { handle(sub, "sub") }?)?.clone();
+        let h = unsafe { handle(sub, "sub") }?;
+        h.check_open()?;
+        let sub = pull(h)?.clone();
         if out.is_null() {
             return Err(Error::invalid_argument("out is NULL"));
         }
@@ -466,6 +505,7 @@ pub unsafe extern "C" fn laminar_subscription_schema(
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let sub = unsafe { handle(sub, "sub") }?;
+        sub.check_open()?;
         if out.is_null() {
             return Err(Error::invalid_argument("out is NULL"));
         }
@@ -485,12 +525,14 @@ pub unsafe extern "C" fn laminar_subscription_schema(
 ///
 /// - `sub`: borrowed.
 ///
-/// Errors: `LAMINAR_INVALID_ARGUMENT` (a pull subscription). Since: 0.1.0
+/// Errors: `LAMINAR_INVALID_ARGUMENT` (a pull subscription), `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_subscription_request(sub: *mut laminar_subscription, n: u64, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
-        match &unsafe { handle(sub, "sub") }?.kind {
+        let h = unsafe { handle(sub, "sub") }?;
+        h.check_open()?;
+        match &h.kind {
             SubKind::Push(p) => {
                 p.request(n);
                 Ok(())
@@ -500,10 +542,11 @@ pub unsafe extern "C" fn laminar_subscription_request(sub: *mut laminar_subscrip
     })
 }
 
-/// Ends a subscription. Idempotent; **any thread, at any time**, including inside one of its
-/// callbacks and while another thread is blocked reading it. A blocked read returns the end of
-/// the subscription; a push subscription may still deliver batches until `on_close`, and ends
-/// with `on_close` alone (no `on_error`). A no-op for NULL.
+/// Ends a subscription. Idempotent; **any thread, at any time until the handle is destroyed**,
+/// including inside one of its callbacks and while another thread is blocked reading it. A
+/// blocked read returns the end of the subscription; a push subscription may still deliver
+/// batches until `on_close`, and ends with `on_close` alone (no `on_error`, unless an error had
+/// already ended it). A no-op for NULL.
 ///
 /// - `sub`: borrowed.
 ///
@@ -534,7 +577,15 @@ pub unsafe extern "C" fn laminar_subscription_destroy(sub: Option<Box<laminar_su
     guard_void(|| match sub {
         // In a forked child the callback thread is gone; joining it would never return.
         Some(s) if s.in_forked_child() => std::mem::forget(s),
-        s => drop(s),
+        Some(s) => {
+            // End the callback thread while the handle is still whole (a callback may be using
+            // it); from inside a callback this only cancels (close refuses to wait for itself).
+            if let SubKind::Push(p) = &s.kind {
+                let _ = p.close();
+            }
+            drop(s);
+        }
+        None => {}
     });
 }
 

@@ -252,12 +252,16 @@ pub unsafe extern "C" fn laminar_writer_current_watermark(writer: *mut laminar_w
 /// - `writer`: borrowed. `out`: caller-allocated; filled with a schema the caller owns and must
 ///   release. Untouched on failure.
 ///
-/// Since: 0.1.0
+/// Errors: `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_writer_schema(writer: *mut laminar_writer, out: *mut FFI_ArrowSchema, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let w = unsafe { handle(writer, "writer") }?;
+        w.w.db.check_process()?;
+        if w.w.db.is_closed() {
+            return Err(Error::closed());
+        }
         if out.is_null() {
             return Err(Error::invalid_argument("out is NULL"));
         }

@@ -154,7 +154,7 @@ int main(void) {
     CHECK(a.release == NULL); /* consumed even on failure */
     s2.release(&s2);
     CHECK_FAILS(LAMINAR_CLOSED, NULL, laminar_writer_current_watermark(w, &wm, &err));
-    CHECK_FAILS(LAMINAR_CLOSED, NULL, laminar_subscription_next(sub, -1, &a, &err));
+    CHECK_FAILS(LAMINAR_CLOSED, NULL, laminar_subscription_next(sub, 1000, &a, &err));
   }
   laminar_subscription_destroy(sub);
   laminar_writer_destroy(w);

@@ -94,17 +94,34 @@ static laminar_subscriber subscriber(state *s) {
   return sub;
 }
 
-/* Waits (up to 10 s) until *field >= want. */
+/* Waits (up to 10 s) until *field >= want; reads it under the lock. */
 static int wait_for(state *s, const int *field, int want) {
   double deadline = now_seconds() + 10;
+  int ok;
   pthread_mutex_lock(&s->mu);
   while (*field < want && now_seconds() < deadline) {
     pthread_mutex_unlock(&s->mu);
     sleep_ms(2);
     pthread_mutex_lock(&s->mu);
   }
+  ok = *field >= want;
   pthread_mutex_unlock(&s->mu);
-  return *field >= want;
+  return ok;
+}
+
+/* Waits (up to 10 s) until s->rows >= want. */
+static int wait_rows(state *s, int64_t want) {
+  double deadline = now_seconds() + 10;
+  int ok;
+  pthread_mutex_lock(&s->mu);
+  while (s->rows < want && now_seconds() < deadline) {
+    pthread_mutex_unlock(&s->mu);
+    sleep_ms(2);
+    pthread_mutex_lock(&s->mu);
+  }
+  ok = s->rows >= want;
+  pthread_mutex_unlock(&s->mu);
+  return ok;
 }
 
 static void push(laminar_writer *w, int64_t first_ts, int64_t len) {
@@ -258,15 +275,15 @@ static void test_push_basic(void) {
   CHECK_OK(laminar_writer_create(db, "s", &w, &err));
   for (i = 0; i < 10; i++) push(w, i * 500, 300); /* ts 0..4799: 5 windows x 3 keys */
   CHECK_OK(laminar_writer_finish(w, &err));
-  CHECK_OK(laminar_writer_flush(w, &err));
-  sleep_ms(50);
+  CHECK_OK(laminar_writer_flush(w, &err)); /* every window is in the subscription's buffer */
+  CHECK(wait_for(&s, &s.schema_calls, 1));
+  sleep_ms(100);
   pthread_mutex_lock(&s.mu);
   CHECK(s.schema_calls == 1);
-  CHECK(s.batch_calls == 0); /* nothing before the first request */
+  CHECK(s.batch_calls == 0); /* nothing before the first request, though data is waiting */
   pthread_mutex_unlock(&s.mu);
   CHECK_OK(laminar_subscription_request(s.sub, UINT64_MAX, &err));
-  CHECK(wait_for(&s, &s.batch_calls, 1));
-  sleep_ms(50);
+  CHECK(wait_rows(&s, 15));
   laminar_subscription_destroy(s.sub); /* waits for on_close */
   CHECK(s.close_calls == 1 && s.freed == 1 && s.error_calls == 0 && !s.bad_order);
   CHECK(s.rows == 15);
@@ -325,15 +342,28 @@ static void test_backpressure(void) {
   wa.batches = 60;
   wa.done = 0;
   CHECK(pthread_create(&t, NULL, write_many, &wa) == 0);
-  sleep_ms(400);
-  stalled_at = __atomic_load_n(&wa.done, __ATOMIC_ACQUIRE);
+  /* wait until the writer has made no progress for 300 ms (it stalled), at most 10 s */
+  {
+    double deadline = now_seconds() + 10, since = now_seconds();
+    int last = -1;
+    for (;;) {
+      int now = __atomic_load_n(&wa.done, __ATOMIC_ACQUIRE);
+      if (now != last) {
+        last = now;
+        since = now_seconds();
+      }
+      if (now_seconds() - since >= 0.3 || now_seconds() > deadline) break;
+      sleep_ms(10);
+    }
+    stalled_at = last;
+  }
+  CHECK(wait_for(&s, &s.batch_calls, 1));
   pthread_mutex_lock(&s.mu);
   CHECK(s.batch_calls == 1); /* exactly the one batch granted */
   pthread_mutex_unlock(&s.mu);
-  /* credit 1 + subscription buffer 1 + pipeline 1 + source queue 2, with slack */
+  /* credit 1 + subscription buffer 1 + pending 1 + source queue 2, with slack */
+  CHECK(stalled_at < 60);
   CHECK(stalled_at <= 8);
-  sleep_ms(200);
-  CHECK(__atomic_load_n(&wa.done, __ATOMIC_ACQUIRE) == stalled_at); /* still stalled */
   /* now read one at a time: each on_batch grants the next */
   s.request_each = 1;
   CHECK_OK(laminar_subscription_request(s.sub, 1, &err));
@@ -400,8 +430,8 @@ static void test_callbacks_after_close(void) {
   /* the subscription ends by itself: on_error(CLOSED), then on_close, then user_data_free */
   CHECK(wait_for(&s, &s.freed, 1));
   CHECK(s.error_calls == 1 && s.error_status == LAMINAR_CLOSED && s.close_calls == 1 && !s.bad_order);
-  /* requests and cancels after the end are harmless; destroy after close is safe */
-  CHECK_OK(laminar_subscription_request(s.sub, 5, &err));
+  /* calls after close say so; cancel is harmless; destroy after close is safe */
+  CHECK_FAILS(LAMINAR_CLOSED, NULL, laminar_subscription_request(s.sub, 5, &err));
   laminar_subscription_cancel(s.sub);
   laminar_subscription_destroy(s.sub);
   CHECK(s.freed == 1 && s.close_calls == 1);
@@ -409,7 +439,70 @@ static void test_callbacks_after_close(void) {
   st_free(&s);
 }
 
+/* A subscriber that was never granted a credit still learns that the database closed. */
+static void test_close_without_credits(void) {
+  laminar_db *db = open_db("64");
+  state s;
+  laminar_subscriber cb;
+
+  st_init(&s);
+  cb = subscriber(&s);
+  CHECK_OK(laminar_db_subscribe_push(db, "rows_out", &cb, NULL, &s.sub, &err));
+  CHECK(wait_for(&s, &s.schema_calls, 1));
+  laminar_db_close(db);
+  CHECK(wait_for(&s, &s.freed, 1));
+  CHECK(s.batch_calls == 0 && s.error_calls == 1 && s.error_status == LAMINAR_CLOSED && s.close_calls == 1);
+  CHECK(!s.bad_order);
+  laminar_subscription_destroy(s.sub);
+  st_free(&s);
+}
+
+/* on_full = block: a callback that calls back into the database while the pipeline waits for
+ * it must not deadlock. */
+static laminar_db *g_reentrant_db;
+static void on_batch_reentrant(void *ud, struct ArrowArray *batch) {
+  struct ArrowSchema sch;
+  struct ArrowArray arr;
+  CHECK(laminar_db_schema(g_reentrant_db, "rows_out", &sch, NULL) == LAMINAR_OK);
+  sch.release(&sch);
+  CHECK(laminar_db_metrics(g_reentrant_db, &sch, &arr, NULL) == LAMINAR_OK);
+  arr.release(&arr);
+  sch.release(&sch);
+  on_batch(ud, batch);
+}
+
+static void test_block_subscriber_calls_back_into_the_database(void) {
+  laminar_db *db = open_db("2");
+  laminar_writer *w = NULL;
+  laminar_config *opts = NULL;
+  state s;
+  laminar_subscriber cb;
+  int i;
+
+  g_reentrant_db = db;
+  st_init(&s);
+  cb = subscriber(&s);
+  cb.on_batch = on_batch_reentrant;
+  CHECK_OK(laminar_config_create(&opts, &err));
+  CHECK_OK(laminar_config_set(opts, "on_full", "block", &err));
+  CHECK_OK(laminar_config_set(opts, "buffer_size", "1", &err));
+  CHECK_OK(laminar_db_subscribe_push(db, "rows_out", &cb, opts, &s.sub, &err));
+  laminar_config_destroy(opts);
+  CHECK_OK(laminar_subscription_request(s.sub, UINT64_MAX, &err));
+  CHECK_OK(laminar_writer_create(db, "s", &w, &err));
+  for (i = 0; i < 40; i++) push(w, i, 5);
+  CHECK_OK(laminar_writer_flush(w, &err));
+  CHECK(wait_for(&s, &s.batch_calls, 40));
+  laminar_subscription_destroy(s.sub);
+  CHECK(s.rows == 200 && s.close_calls == 1 && !s.bad_order);
+  st_free(&s);
+  laminar_writer_destroy(w);
+  laminar_db_close(db);
+}
+
 int main(void) {
+  test_close_without_credits();
+  test_block_subscriber_calls_back_into_the_database();
   test_pull();
   test_push_basic();
   test_backpressure();

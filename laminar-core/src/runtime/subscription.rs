@@ -18,20 +18,47 @@ use crate::error::{Error, ErrorKind, Result};
 
 pub(crate) enum SubMsg {
     Batch(RecordBatch),
-    Error(Error),
 }
 
 pub(crate) struct SubShared {
     pub lagged: AtomicU64,
     pub cancelled: AtomicBool,
+    /// The pipeline's end is gone (database closed, stream dropped or failed, subscriber lagged):
+    /// nothing more will arrive after what is buffered.
+    pub ended: AtomicBool,
+    /// A blocked delivery gave up (cancelled, closed): the pipeline drops this subscriber.
+    dead: AtomicBool,
+    /// Messages of this subscriber wait in the driver's pending list; later ones queue behind.
+    backlogged: AtomicBool,
+    /// Why the stream ended, when it failed; reported after the buffered batches.
+    failure: Mutex<Option<Error>>,
     cancel_tx: Mutex<Option<Sender<()>>>,
+    /// Push subscriptions: batches granted and not yet delivered.
+    credits: Mutex<u64>,
+    /// Wakes a push thread waiting for credits (credit, cancel, end).
+    wake: Condvar,
 }
 
-/// The pipeline's end of a subscription.
+impl SubShared {
+    fn notify(&self) {
+        let _g = self.credits.lock();
+        self.wake.notify_all();
+    }
+}
+
+/// The pipeline's end of a subscription. Dropping it ends the subscription (after the buffered
+/// batches).
 pub(crate) struct SubscriberSlot {
     pub tx: Sender<SubMsg>,
     pub shared: Arc<SubShared>,
     pub on_full: OnFull,
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.notify();
+    }
 }
 
 /// Outcome of a delivery attempt.
@@ -41,9 +68,20 @@ pub(crate) enum Delivered {
     Drop,
 }
 
+/// A batch for an `on_full = block` subscriber whose buffer was full: the pipeline thread sends
+/// it, waiting for room, after it has released the engine lock (so a subscriber may call into
+/// the database meanwhile), and before it processes the next event (so order and back-pressure
+/// hold).
+pub(crate) struct Pending {
+    tx: Sender<SubMsg>,
+    shared: Arc<SubShared>,
+    msg: SubMsg,
+}
+
 impl SubscriberSlot {
-    pub(crate) fn deliver(&self, msg: SubMsg, closed: &AtomicBool) -> Delivered {
-        if self.shared.cancelled.load(Ordering::Acquire) {
+    /// Never blocks: a full `block` subscriber's batch goes to `pending`.
+    pub(crate) fn deliver(&self, msg: SubMsg, pending: &mut Vec<Pending>) -> Delivered {
+        if self.shared.cancelled.load(Ordering::Acquire) || self.shared.dead.load(Ordering::Acquire) {
             return Delivered::Drop;
         }
         match self.on_full {
@@ -58,21 +96,60 @@ impl SubscriberSlot {
                 Err(TrySendError::Disconnected(_)) => Delivered::Drop,
             },
             OnFull::Block => {
-                let mut msg = msg;
-                loop {
-                    match self.tx.send_timeout(msg, Duration::from_millis(50)) {
-                        Ok(()) => return Delivered::Ok,
-                        Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
-                            if self.shared.cancelled.load(Ordering::Acquire) || closed.load(Ordering::Acquire) {
-                                return Delivered::Drop;
-                            }
-                            msg = m;
-                        }
-                        Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return Delivered::Drop,
+                if self.shared.backlogged.load(Ordering::Acquire) {
+                    pending.push(Pending { tx: self.tx.clone(), shared: self.shared.clone(), msg });
+                    return Delivered::Ok;
+                }
+                match self.tx.try_send(msg) {
+                    Ok(()) => Delivered::Ok,
+                    Err(TrySendError::Full(msg)) => {
+                        self.shared.backlogged.store(true, Ordering::Release);
+                        pending.push(Pending { tx: self.tx.clone(), shared: self.shared.clone(), msg });
+                        Delivered::Ok
                     }
+                    Err(TrySendError::Disconnected(_)) => Delivered::Drop,
                 }
             }
         }
+    }
+
+    /// Ends the subscription with `e`, reported after the batches already buffered.
+    pub(crate) fn fail(&self, e: Error) {
+        *self.shared.failure.lock() = Some(e);
+    }
+}
+
+/// Sends the pending batches in order, each waiting for room in its subscriber's buffer. Gives
+/// up on a subscriber that cancels or when the database closes.
+pub(crate) fn send_pending(pending: Vec<Pending>, closed: &AtomicBool) {
+    let mut touched: Vec<Arc<SubShared>> = vec![];
+    for p in pending {
+        if !touched.iter().any(|t| Arc::ptr_eq(t, &p.shared)) {
+            touched.push(p.shared.clone());
+        }
+        if p.shared.dead.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut msg = p.msg;
+        loop {
+            match p.tx.send_timeout(msg, Duration::from_millis(50)) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(m)) => {
+                    if p.shared.cancelled.load(Ordering::Acquire) || closed.load(Ordering::Acquire) {
+                        p.shared.dead.store(true, Ordering::Release);
+                        break;
+                    }
+                    msg = m;
+                }
+                Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => {
+                    p.shared.dead.store(true, Ordering::Release);
+                    break;
+                }
+            }
+        }
+    }
+    for t in touched {
+        t.backlogged.store(false, Ordering::Release);
     }
 }
 
@@ -111,7 +188,13 @@ pub(crate) fn new_pair(stream: &str, schema: SchemaRef, capacity: usize, on_full
     let shared = Arc::new(SubShared {
         lagged: AtomicU64::new(0),
         cancelled: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
+        backlogged: AtomicBool::new(false),
+        failure: Mutex::new(None),
         cancel_tx: Mutex::new(Some(cancel_tx)),
+        credits: Mutex::new(0),
+        wake: Condvar::new(),
     });
     (
         SubscriberSlot { tx, shared: shared.clone(), on_full },
@@ -142,9 +225,11 @@ impl Subscription {
     fn map(&self, m: std::result::Result<SubMsg, crossbeam_channel::RecvError>) -> Result<Next> {
         match m {
             Ok(SubMsg::Batch(b)) => Ok(Next::Batch(b)),
-            Ok(SubMsg::Error(e)) => Err(e),
             Err(_) => {
                 self.check_lagged()?;
+                if let Some(e) = self.shared.failure.lock().clone() {
+                    return Err(e);
+                }
                 Ok(Next::End)
             }
         }
@@ -241,15 +326,10 @@ pub enum PushEvent {
     Closed,
 }
 
-struct Credits {
-    n: Mutex<u64>,
-    cv: Condvar,
-}
-
 /// A push subscription: a callback on an engine-owned thread. It receives at most as many batches
 /// as credits were granted (`request`); `cancel` may be called from anywhere, including the callback.
 pub struct PushSubscription {
-    credits: Arc<Credits>,
+    shared: Arc<SubShared>,
     canceller: Canceller,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     thread_id: std::thread::ThreadId,
@@ -261,9 +341,9 @@ impl PushSubscription {
         initial_credits: u64,
         mut callback: Box<dyn FnMut(PushEvent) + Send>,
     ) -> Result<PushSubscription> {
-        let credits = Arc::new(Credits { n: Mutex::new(initial_credits), cv: Condvar::new() });
+        let shared = sub.shared.clone();
+        *shared.credits.lock() = initial_credits;
         let canceller = sub.canceller();
-        let c2 = credits.clone();
         let handle = std::thread::Builder::new()
             .name(format!("laminar-push-{}", sub.stream))
             .spawn(move || {
@@ -271,25 +351,43 @@ impl PushSubscription {
                     // A panicking callback ends the subscription instead of the process.
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| callback(ev))).is_ok()
                 };
+                let sh = sub.shared.clone();
                 let alive = call(PushEvent::Schema(sub.schema()));
                 if !alive {
                     call(PushEvent::Error(Error::internal("the subscription callback panicked")));
                 }
                 // `alive`: loop only if the schema callback returned normally.
                 while alive {
-                    {
-                        let mut n = c2.n.lock();
-                        while *n == 0 && !sub.shared.cancelled.load(Ordering::Acquire) {
-                            c2.cv.wait(&mut n);
+                    let has_credit = {
+                        let mut n = sh.credits.lock();
+                        // Wait for a credit, a cancel, or the end with nothing left to deliver
+                        // (a lag or a failure is reported at once; buffered batches wait for
+                        // credits, so an ended subscription still delivers what it holds).
+                        while *n == 0
+                            && !sh.cancelled.load(Ordering::Acquire)
+                            && sh.lagged.load(Ordering::Acquire) == 0
+                            && !(sh.ended.load(Ordering::Acquire) && sub.rx.is_empty())
+                        {
+                            sh.wake.wait(&mut n);
                         }
-                        if sub.shared.cancelled.load(Ordering::Acquire) {
-                            break;
-                        }
+                        *n > 0
+                    };
+                    if sh.cancelled.load(Ordering::Acquire) {
+                        break;
                     }
-                    match sub.next() {
-                        Ok(Some(b)) => {
+                    let next = if has_credit {
+                        sub.next().map(|b| b.map(Next::Batch).unwrap_or(Next::End))
+                    } else {
+                        // Ended or lagged with no credit: report how it ended, deliver nothing.
+                        sub.check_lagged().and_then(|_| match sub.shared.failure.lock().clone() {
+                            Some(e) => Err(e),
+                            None => Ok(Next::End),
+                        })
+                    };
+                    match next {
+                        Ok(Next::Batch(b)) => {
                             {
-                                let mut n = c2.n.lock();
+                                let mut n = sh.credits.lock();
                                 *n = n.saturating_sub(1);
                             }
                             if !call(PushEvent::Batch(b)) {
@@ -297,7 +395,7 @@ impl PushSubscription {
                                 break;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(_) => break,
                         Err(e) => {
                             call(PushEvent::Error(e));
                             break;
@@ -308,21 +406,20 @@ impl PushSubscription {
             })
             .map_err(|e| Error::internal(format!("cannot start the subscription thread: {e}")))?;
         let thread_id = handle.thread().id();
-        Ok(PushSubscription { credits, canceller, thread: Mutex::new(Some(handle)), thread_id })
+        Ok(PushSubscription { shared, canceller, thread: Mutex::new(Some(handle)), thread_id })
     }
 
     /// Grants `n` more batches. Never calls the callback synchronously.
     pub fn request(&self, n: u64) {
-        let mut c = self.credits.n.lock();
+        let mut c = self.shared.credits.lock();
         *c = c.saturating_add(n);
-        self.credits.cv.notify_all();
+        self.shared.wake.notify_all();
     }
 
     /// Ends the subscription; batches may still arrive until `Closed`. Idempotent, any thread.
     pub fn cancel(&self) {
         self.canceller.cancel();
-        let _g = self.credits.n.lock();
-        self.credits.cv.notify_all();
+        self.shared.notify();
     }
 
     /// Cancels and waits for `Closed` to have been delivered. From inside the callback this would
