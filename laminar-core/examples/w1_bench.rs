@@ -212,7 +212,7 @@ fn drain(sub: Subscription, done: Arc<AtomicBool>) -> BoxResult<Drained> {
 }
 
 /// One W1 run on a fresh in-memory database: push all batches, finish, drain until the last
-/// window. `workers`: None keeps the default (the number of cores).
+/// window. `workers`: None keeps the default (cores - 1, at least 1).
 fn run_w1(batches: &[RecordBatch], workers: Option<usize>) -> BoxResult<W1Run> {
     let mut cfg = Config::default();
     if let Some(w) = workers {
@@ -592,9 +592,29 @@ fn run() -> BoxResult<()> {
     let warm = &batches[..batches.len().min(16)];
     run_w1(warm, None)?;
 
+    // (a) and (b) run alternately, best of ROUNDS each: the machine is shared and noisy, and a
+    // single run of either can be off by half.
+    const ROUNDS: usize = 3;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name("w1-datafusion")
+        .build()?;
+    let mut best_a: Option<W1Run> = None;
+    let mut best_b = None;
+    for _ in 0..ROUNDS {
+        let a = run_w1(&batches, None)?;
+        if best_a.as_ref().is_none_or(|x| a.elapsed < x.elapsed) {
+            best_a = Some(a);
+        }
+        let b = run_datafusion(&rt, &batches, cores)?;
+        if best_b.as_ref().is_none_or(|x: &BatchRun| b.elapsed < x.elapsed) {
+            best_b = Some(b);
+        }
+    }
+    let (a, b) = (best_a.expect("ROUNDS > 0"), best_b.expect("ROUNDS > 0"));
+
     // (a) W1 with the default configuration.
-    println!("\n(a) W1 streaming, workers = {default_workers} (default) ...");
-    let a = run_w1(&batches, None)?;
+    println!("\n(a) W1 streaming, workers = {default_workers} (default), best of {ROUNDS} ...");
     let a_rate = a.events_per_s(args.events);
     println!(
         "    {} output rows (expected {}), COUNT total {}, SUM total {} -> {}",
@@ -612,12 +632,7 @@ fn run() -> BoxResult<()> {
     );
 
     // (b) DataFusion batch query over the same batches.
-    println!("\n(b) DataFusion batch query over the same batches ...");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("w1-datafusion")
-        .build()?;
-    let b = run_datafusion(&rt, &batches, cores)?;
+    println!("\n(b) DataFusion batch query over the same batches, best of {ROUNDS} ...");
     let b_rate = args.events as f64 / b.elapsed.as_secs_f64();
     let b_ok = b.rows_out == exp.pairs
         && b.count_sum == args.events as i64

@@ -38,7 +38,7 @@ pub struct Config {
     pub storage_dir: Option<String>,
     pub durability: Durability,
     pub checkpoint_interval: Option<Duration>,
-    /// Worker threads for keyed operator state. Default: the number of cores.
+    /// Worker threads for keyed operator state. Default: cores − 1 (at least 1).
     pub workers: usize,
     /// Bytes of operator state allowed before a query fails with RESOURCE_EXHAUSTED. None: no limit.
     pub memory_limit: Option<usize>,
@@ -60,7 +60,7 @@ impl Default for Config {
             storage_dir: None,
             durability: Durability::Memory,
             checkpoint_interval: None,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            workers: default_workers(),
             memory_limit: None,
             buffer_size: 1024,
             idle_timeout: None,
@@ -88,6 +88,12 @@ pub const CONFIG_KEYS: &[&str] = &[
     "source_retention",
 ];
 
+/// The default worker count: one per core, minus the core the pipeline thread itself occupies
+/// (it runs window assignment, emission and, with one worker, the aggregation too).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).saturating_sub(1).max(1)
+}
+
 /// One line on what a key means, its unit and its default, for documentation and for
 /// `laminar_config_get_flag`.
 pub fn describe_key(key: &str) -> Option<&'static str> {
@@ -96,7 +102,7 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
         "durability" => "memory | checkpoint | wal (default memory; only memory is available yet)",
         "checkpoint_interval" => "time between periodic checkpoints, e.g. '10s' (default: none)",
         "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
-        "workers" => "worker threads for keyed operator state, 1..=1024 (default: the number of cores)",
+        "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
         "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
         "buffer_size" => "batches a subscription buffers before on_full applies (default 1024)",
         "idle_timeout" => "default idle timeout of sources, e.g. '30s' (default: none; not applied to watermarks yet)",

@@ -189,6 +189,18 @@ impl WindowAssign {
     pub(crate) fn assign(&self, batch: &RecordBatch, watermark: i64, late: &mut LateRows) -> Result<RecordBatch> {
         let n = batch.num_rows();
         let (times, nulls) = event_times(batch.column(self.time_col), self.scale)?;
+        // Fast path, the common case: TUMBLE, no NULL times, and even the earliest window of the
+        // batch still open — every row keeps its place, no per-row branching or gathering.
+        if let WindowKind::Tumble { size, offset } = self.kind {
+            if n > 0 && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
+                let starts: Vec<i64> = times.iter().map(|&ts| (ts - offset).div_euclid(size) * size + offset).collect();
+                let min_start = starts.iter().copied().min().expect("n > 0");
+                if !self.is_closed(watermark, min_start + size) {
+                    let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
+                    return self.build(batch, &[], starts, ends, true);
+                }
+            }
+        }
         let mut idx: Vec<u32> = Vec::with_capacity(n);
         let mut starts: Vec<i64> = Vec::with_capacity(n);
         let mut ends: Vec<i64> = Vec::with_capacity(n);
