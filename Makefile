@@ -18,7 +18,7 @@ STRICT     := -Wall -Wextra -Werror -pedantic
 SANITIZE   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 C_TESTS    := $(sort $(basename $(notdir $(wildcard tests/c/test_*.c))))
 
-.PHONY: lib install header header-check header-compile test-c example-c bench-c
+.PHONY: lib install header header-check header-compile test-c example-c bench-c go-lib test-go
 
 lib:
 	$(CARGO) build -p laminar-ffi --profile $(PROFILE)
@@ -74,3 +74,18 @@ bench-c: lib
 	$(CC) -std=c99 -O2 $(STRICT) -DLAMINAR_UNSTABLE -Iinclude benches/c/push_bench.c -o $(BUILD_C)/push_bench \
 	  -L$(LIBDIR) -Wl,-rpath,$(LIBDIR) -llaminar -lpthread
 	$(BUILD_C)/push_bench $(ROWS)
+
+# The Go package links lib/<os>-<arch>/liblaminar.a statically (bindings/go/link_static_*.go):
+# this puts the library built by cargo there. `go build`/`go test` need nothing else.
+GO_LIB := bindings/go/lib/$(shell go env GOOS 2>/dev/null || echo linux)-$(shell go env GOARCH 2>/dev/null || echo amd64)
+go-lib: lib
+	@mkdir -p $(GO_LIB)
+	cp $(LIBDIR)/liblaminar.a $(GO_LIB)/liblaminar.a
+
+# go vet, the tests with the race detector, the tests with -tags debug (a GC inside every handle
+# access), the examples (they are tests), and the W1 benchmark at a tiny size.
+test-go: go-lib
+	cd bindings/go && go vet ./...
+	cd bindings/go && go test -race -count=1 ./...
+	cd bindings/go && go test -tags debug -count=1 -run 'Test' ./...
+	cd bindings/go && LAMINAR_W1_EVENTS=$(or $(W1_EVENTS),100000) go test -run '^$$' -bench W1 -benchtime 1x ./...

@@ -22,6 +22,9 @@ step "C header is current (cbindgen)" scripts/gen-header.sh --check
 step "C tests (ASan + UBSan)" make --no-print-directory test-c PROFILE=dev
 step "C example (make install + pkg-config + valgrind)" make --no-print-directory example-c PROFILE=dev
 step "C ABI benchmark smoke run" make --no-print-directory bench-c PROFILE=dev ROWS=200000
+# Go: liblaminar.a (dev profile) copied into bindings/go/lib, go vet, go test -race, the
+# -tags debug run (a GC inside every handle access), the examples, the W1 benchmark at a tiny size.
+step "Go (vet, -race, -tags debug, examples, benchmark smoke)" make --no-print-directory test-go PROFILE=dev
 # Python: a venv in the target dir, the package built into it by maturin (dev profile, same
 # target dir), the pytest suite, and the W1 benchmark at a tiny size.
 py="${CARGO_TARGET_DIR:-$PWD/target}/venv/bin/python"

@@ -1,0 +1,34 @@
+// Package laminar is the Go binding of LaminarDB, an embedded streaming SQL database: sources you
+// push Arrow records into, continuous SQL queries with event-time windows, and results delivered
+// as they happen — inside your process.
+//
+// It wraps the C ABI (include/laminar.h) through cgo and links liblaminar.a statically: build the
+// library once with `make go-lib` from the repository root (no CGO_LDFLAGS needed afterwards), or
+// build with `-tags laminar_dynamic` to link liblaminar.so found by the system linker.
+//
+// Records cross through arrow-go's cdata package without copies. Every blocking method takes a
+// context.Context and honours it. Errors are *Error values matchable with errors.Is against the
+// sentinels (ErrNotFound, ErrSchemaMismatch, ErrClosed, …).
+//
+// A *DB is safe for concurrent use. A *Writer belongs to one goroutine at a time (use one writer
+// per goroutine). A *Subscription's Next and C may be used from any goroutine.
+package laminar
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include
+#include <stdlib.h>
+#include "laminar.h"
+*/
+import "C"
+
+import "fmt"
+
+// Version is the library's version, "MAJOR.MINOR.PATCH".
+func Version() string { return C.GoString(C.laminar_version()) }
+
+func init() {
+	// The header this package was compiled against and the library it linked must agree.
+	if C.laminar_version_number() != C.LAMINAR_VERSION_NUMBER {
+		panic(fmt.Sprintf("laminar: header version %d but library version %d", C.LAMINAR_VERSION_NUMBER, C.laminar_version_number()))
+	}
+}

@@ -1,0 +1,10 @@
+//go:build !laminar_dynamic
+
+package laminar
+
+// Static linking of lib/linux-amd64/liblaminar.a, put there by `make go-lib`.
+
+/*
+#cgo LDFLAGS: ${SRCDIR}/lib/linux-amd64/liblaminar.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+*/
+import "C"

@@ -1,0 +1,7 @@
+//go:build debug
+
+package laminar
+
+import "runtime"
+
+func maybeGC() { runtime.GC() }
