@@ -32,7 +32,7 @@ def make_table(n: int) -> pa.Table:
 
 
 def run_laminar(table: pa.Table, batch: int, workers: int):
-    db = laminardb.open(config={"workers": str(workers)})
+    db = laminardb.open(config={"workers": str(workers)} if workers else None)
     db.execute("CREATE SOURCE w1 (k BIGINT, v DOUBLE, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")
     db.execute(
         "CREATE STREAM agg AS SELECT k, COUNT(*) AS n, SUM(v) AS s, AVG(v) AS a, window_start "
@@ -87,12 +87,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--batch", type=int, default=8192)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="engine workers (default: the engine's, cores - 1)")
     args = ap.parse_args()
     table = make_table(args.events)
     lam_s, lam_out = run_laminar(table, args.batch, args.workers)
     duck_s, duck_out = run_duckdb(table)
-    print(f"W1 {args.events:,} events, batches of {args.batch}, {args.workers} workers (laminardb {laminardb.__version__}, duckdb {duckdb.__version__})")
+    print(f"W1 {args.events:,} events, batches of {args.batch}, {args.workers or 'default'} workers (laminardb {laminardb.__version__}, duckdb {duckdb.__version__})")
     print(f"  laminardb streaming, end to end: {args.events / lam_s:14,.0f} rows/s ({lam_s:.3f} s)")
     print(f"  duckdb batch, same aggregate:    {args.events / duck_s:14,.0f} rows/s ({duck_s:.3f} s)")
     print(f"  ratio laminardb / duckdb: {duck_s / lam_s:.3f}")
