@@ -157,9 +157,9 @@ typedef struct laminar_error laminar_error;
 // Since: 0.1.0
 typedef struct laminar_subscription laminar_subscription;
 
-// A writer into one source. Serialized: one thread at a time; several threads writing to one
-// source each use their own writer. Must be destroyed with `laminar_writer_destroy`, before or
-// after the database is closed.
+// A writer into one source. Serialized: one thread at a time (except `laminar_writer_cancel`,
+// any thread); several threads writing to one source each use their own writer. Must be
+// destroyed with `laminar_writer_destroy`, before or after the database is closed.
 //
 // Since: 0.1.0
 typedef struct laminar_writer laminar_writer;
@@ -677,6 +677,16 @@ laminar_status laminar_writer_create(struct laminar_db *db,
                                      struct laminar_writer **out,
                                      struct laminar_error **out_error);
 
+// Interrupts a write of this writer that is waiting for room in a full source queue
+// (`queue_full = block`): it returns `LAMINAR_CANCELLED` with nothing of its batch applied, and
+// the writer stays usable. A write that starts after this call is not affected. **Any thread,
+// at any time until the writer is destroyed**; idempotent. A no-op for NULL.
+//
+// - `writer`: borrowed.
+//
+// Since: 0.1.0
+LAMINAR_API void laminar_writer_cancel(struct laminar_writer *writer);
+
 // Destroys a writer. Rows it pushed stay pushed. A no-op for NULL.
 //
 // - `writer`: consumed.
@@ -696,7 +706,8 @@ LAMINAR_API void laminar_writer_destroy(struct laminar_writer *writer);
 //   success and on failure alike.
 //
 // Errors: `LAMINAR_INVALID_ARGUMENT` (NULL, released or non-struct input),
-// `LAMINAR_INVALID_DATA`, `LAMINAR_NOT_FOUND` (the source was dropped), `LAMINAR_CLOSED`.
+// `LAMINAR_INVALID_DATA`, `LAMINAR_NOT_FOUND` (the source was dropped), `LAMINAR_CLOSED`,
+// `LAMINAR_CANCELLED` (interrupted by `laminar_writer_cancel` while the queue was full).
 // Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_writer_write(struct laminar_writer *writer,

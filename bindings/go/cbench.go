@@ -7,7 +7,7 @@ package laminar
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "laminar.h"
+#include <laminar.h>
 
 typedef struct { int64_t *cols[3]; const void *bufs[3][2]; struct ArrowArray kids[3]; struct ArrowArray *kid_ptrs[3]; const void *top[1]; } lgb_batch;
 

@@ -2,7 +2,7 @@ package laminar
 
 /*
 #include <stdlib.h>
-#include "laminar.h"
+#include <laminar.h>
 */
 import "C"
 

@@ -1,7 +1,7 @@
 package laminar
 
 /*
-#include "laminar.h"
+#include <laminar.h>
 */
 import "C"
 

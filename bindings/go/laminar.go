@@ -17,7 +17,7 @@ package laminar
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include
 #include <stdlib.h>
-#include "laminar.h"
+#include <laminar.h>
 */
 import "C"
 

@@ -2,7 +2,7 @@ package laminar
 
 /*
 #include <stdint.h>
-#include "laminar.h"
+#include <laminar.h>
 
 extern void laminarGoOnSchema(void *user_data, struct ArrowSchema *schema);
 extern void laminarGoOnBatch(void *user_data, struct ArrowArray *batch);

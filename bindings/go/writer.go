@@ -1,12 +1,14 @@
 package laminar
 
 /*
-#include "laminar.h"
+#include <laminar.h>
 */
 import "C"
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -52,8 +54,10 @@ func (w *Writer) handle() (*C.laminar_writer, error) {
 
 // Write pushes one record (zero-copy through the Arrow C Data Interface). Columns are matched
 // to the source by name; lossless widenings are cast; anything else is ErrSchemaMismatch naming
-// the column, and nothing of the record is applied. Blocks while the source queue is full; the
-// context is checked before the push.
+// the column, and nothing of the record is applied. Blocks while the source queue is full; a
+// context cancelled meanwhile interrupts the blocked call (laminar_writer_cancel): the error then
+// matches both ctx.Err() and ErrCancelled, nothing of the record was applied, and the writer
+// stays usable.
 func (w *Writer) Write(ctx context.Context, rec arrow.RecordBatch) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -68,9 +72,25 @@ func (w *Writer) Write(ctx context.Context, rec arrow.RecordBatch) error {
 	arr := cdata.CArrowArray{}
 	cdata.ExportArrowRecordBatch(rec, &arr, &sc)
 	defer cdata.ReleaseCArrowSchema(&sc)
+	var stop func() bool
+	var fired chan struct{}
+	if ctx.Done() != nil {
+		fired = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			C.laminar_writer_cancel(h)
+			close(fired)
+		})
+	}
 	var cerr *C.laminar_error
-	err = toError(C.laminar_writer_write(h, cSchema(&sc), cArray(&arr), &cerr), cerr)
+	st := C.laminar_writer_write(h, cSchema(&sc), cArray(&arr), &cerr)
+	if stop != nil && !stop() {
+		<-fired // the interrupt ran or is running: let it finish before the handle can be freed
+	}
+	err = toError(st, cerr)
 	runtime.KeepAlive(w)
+	if err != nil && errors.Is(err, ErrCancelled) && ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", ctx.Err(), err)
+	}
 	return err
 }
 

@@ -2,6 +2,7 @@ package laminar
 
 import (
 	"context"
+	"errors"
 	"math/rand"
 	"sync"
 	"testing"
@@ -155,5 +156,43 @@ func TestWatermarkByHand(t *testing.T) {
 	w.Flush(context.Background())
 	if got, ok, err := w.CurrentWatermark(); err != nil || !ok || !got.Equal(at) {
 		t.Fatalf("watermark %v %v %v", got, ok, err)
+	}
+}
+
+// A Write blocked on a full source queue returns when its context is cancelled.
+func TestWriteBlockedOnAFullQueueHonoursTheContext(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t, WithConfig("queue_capacity", "1"), WithConfig("on_full", "block"), WithBufferSize(1))
+	mustExec(t, db, createEvents)
+	mustExec(t, db, "CREATE STREAM rows_out AS SELECT k FROM events")
+	stalled, err := db.SubscribeBuffered(ctx, "rows_out", 1) // never read: the pipeline stalls
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := db.Writer("events")
+	defer w.Close()
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	t0 := time.Now()
+	var werr error
+	for i := 0; i < 50 && werr == nil; i++ {
+		rec := record([]event{{int64(i), 1, int64(i)}})
+		werr = w.Write(short, rec)
+		rec.Release()
+	}
+	if !errors.Is(werr, context.DeadlineExceeded) || !errors.Is(werr, ErrCancelled) {
+		t.Fatalf("blocked write: %v", werr)
+	}
+	if time.Since(t0) > 5*time.Second {
+		t.Fatalf("took %v", time.Since(t0))
+	}
+	stalled.Close() // the pipeline moves again, and so does the writer
+	rec := record([]event{{99, 1, 99}})
+	defer rec.Release()
+	if err := w.Write(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

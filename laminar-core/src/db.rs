@@ -768,7 +768,7 @@ impl Database {
             let hint = nearest_name(source, eng.sources.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
             Error::not_found(format!("no source named '{source}'{hint}"))
         })?;
-        Ok(SourceWriter { db: self.clone(), queue: s.queue.clone() })
+        Ok(SourceWriter { db: self.clone(), queue: s.queue.clone(), interrupts: Arc::new(AtomicU64::new(0)) })
     }
 
     /// Subscribes to a stream or materialized view: every result emitted after this returns.
@@ -968,9 +968,27 @@ impl StreamRt {
 pub struct SourceWriter {
     db: Database,
     queue: Arc<SourceQueue>,
+    interrupts: Arc<AtomicU64>,
+}
+
+/// Interrupts a write of one [`SourceWriter`] that is waiting for room in a full source queue;
+/// that write returns CANCELLED with nothing applied, and the writer stays usable. Any thread.
+#[derive(Clone)]
+pub struct WriterInterrupt(Arc<AtomicU64>);
+
+impl WriterInterrupt {
+    /// Interrupts the write in progress, if any (a write that starts later is not affected).
+    pub fn interrupt(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 impl SourceWriter {
+    /// A handle that interrupts this writer's blocked writes from another thread.
+    pub fn interrupter(&self) -> WriterInterrupt {
+        WriterInterrupt(self.interrupts.clone())
+    }
+
     pub fn source_name(&self) -> &str {
         &self.queue.name
     }
@@ -979,6 +997,7 @@ impl SourceWriter {
     }
 
     fn enqueue(&self, ev: Event) -> Result<()> {
+        let generation = self.interrupts.load(Ordering::Acquire);
         self.db.check_open()?;
         if self.queue.dropped.load(Ordering::Acquire) {
             return Err(Error::not_found(format!("source '{}' was dropped", self.queue.name)));
@@ -988,10 +1007,16 @@ impl SourceWriter {
                 Error::new(ErrorKind::ResourceExhausted, format!("source '{}' queue is full (queue_full = fail); nothing of this push was applied", self.queue.name))
             })?,
             QueueFullPolicy::Block => loop {
-                match self.queue.permits_tx.send_timeout((), Duration::from_millis(100)) {
+                match self.queue.permits_tx.send_timeout((), Duration::from_millis(20)) {
                     Ok(()) => break,
                     Err(_) => {
                         self.db.check_open()?;
+                        if self.interrupts.load(Ordering::Acquire) != generation {
+                            return Err(Error::cancelled(format!(
+                                "the write into '{}' was interrupted while its queue was full; nothing of it was applied",
+                                self.queue.name
+                            )));
+                        }
                         if self.queue.dropped.load(Ordering::Acquire) {
                             return Err(Error::not_found(format!("source '{}' was dropped", self.queue.name)));
                         }

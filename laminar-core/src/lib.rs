@@ -21,7 +21,7 @@ pub mod sql;
 mod util;
 
 pub use config::{Config, Durability, OnFull, QueueFullPolicy};
-pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, SourceMetrics, SourceWriter, StreamMetrics};
+pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};
 pub use error::{Error, ErrorKind, Result, SqlPosition};
 pub use operator::{StreamKind, NO_WATERMARK, WEIGHT_COLUMN};
 pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};

@@ -10,7 +10,7 @@ use laminar_core::{Error, Result, SourceWriter};
 
 use crate::arrow::{export_schema, import_batch, import_stream};
 use crate::db::{laminar_db, Db};
-use crate::error::{cstr, guard, guard_void, handle, handle_mut, laminar_error, laminar_status, out_ptr};
+use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
 
 /// The value `laminar_writer_current_watermark` reports before a source has a watermark.
 pub const LAMINAR_NO_WATERMARK: i64 = i64::MIN;
@@ -28,6 +28,11 @@ impl Writer {
 
     pub fn source_name(&self) -> &str {
         self.w.source_name()
+    }
+
+    /// Interrupts a write of this writer blocked on a full queue, from any thread.
+    pub fn interrupter(&self) -> laminar_core::WriterInterrupt {
+        self.w.interrupter()
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -69,14 +74,18 @@ impl Writer {
     }
 }
 
-/// A writer into one source. Serialized: one thread at a time; several threads writing to one
-/// source each use their own writer. Must be destroyed with `laminar_writer_destroy`, before or
-/// after the database is closed.
+/// A writer into one source. Serialized: one thread at a time (except `laminar_writer_cancel`,
+/// any thread); several threads writing to one source each use their own writer. Must be
+/// destroyed with `laminar_writer_destroy`, before or after the database is closed.
 ///
 /// Since: 0.1.0
 #[allow(non_camel_case_types)]
 pub struct laminar_writer {
-    pub(crate) w: Writer,
+    // Behind a mutex so laminar_writer_cancel (any thread) and the serialized calls only ever
+    // share the handle; uncontended, it costs nanoseconds per call.
+    pub(crate) w: parking_lot::Mutex<Writer>,
+    interrupt: laminar_core::WriterInterrupt,
+    db: Db,
 }
 
 /// Creates a writer for `source`.
@@ -98,9 +107,29 @@ pub unsafe extern "C" fn laminar_writer_create(
         let out = unsafe { out_ptr(out, "out") }?;
         // SAFETY: as above.
         let (db, source) = unsafe { (handle(db, "db")?, cstr(source, "source")?) };
-        *out = Box::into_raw(Box::new(laminar_writer { w: db.db.writer(source)? }));
+        let w = db.db.writer(source)?;
+        let interrupt = w.interrupter();
+        *out = Box::into_raw(Box::new(laminar_writer { w: parking_lot::Mutex::new(w), interrupt, db: db.db.clone() }));
         Ok(())
     })
+}
+
+/// Interrupts a write of this writer that is waiting for room in a full source queue
+/// (`queue_full = block`): it returns `LAMINAR_CANCELLED` with nothing of its batch applied, and
+/// the writer stays usable. A write that starts after this call is not affected. **Any thread,
+/// at any time until the writer is destroyed**; idempotent. A no-op for NULL.
+///
+/// - `writer`: borrowed.
+///
+/// Since: 0.1.0
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn laminar_writer_cancel(writer: *mut laminar_writer) {
+    guard_void(|| {
+        // SAFETY: NULL or a live handle (caller contract); only shared access.
+        if let Some(w) = unsafe { writer.as_ref() } {
+            w.interrupt.interrupt();
+        }
+    });
 }
 
 /// Destroys a writer. Rows it pushed stay pushed. A no-op for NULL.
@@ -112,7 +141,7 @@ pub unsafe extern "C" fn laminar_writer_create(
 pub unsafe extern "C" fn laminar_writer_destroy(writer: Option<Box<laminar_writer>>) {
     guard_void(|| match writer {
         // In a forked child the engine's threads are gone; dropping could wait for them.
-        Some(w) if w.w.db.in_forked_child() => std::mem::forget(w),
+        Some(w) if w.db.in_forked_child() => std::mem::forget(w),
         w => drop(w),
     });
 }
@@ -129,7 +158,8 @@ pub unsafe extern "C" fn laminar_writer_destroy(writer: Option<Box<laminar_write
 ///   success and on failure alike.
 ///
 /// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL, released or non-struct input),
-/// `LAMINAR_INVALID_DATA`, `LAMINAR_NOT_FOUND` (the source was dropped), `LAMINAR_CLOSED`.
+/// `LAMINAR_INVALID_DATA`, `LAMINAR_NOT_FOUND` (the source was dropped), `LAMINAR_CLOSED`,
+/// `LAMINAR_CANCELLED` (interrupted by `laminar_writer_cancel` while the queue was full).
 /// Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_writer_write(
@@ -145,9 +175,9 @@ pub unsafe extern "C" fn laminar_writer_write(
         // SAFETY: non-NULL; moved out first so it is released on every path below.
         let array = unsafe { FFI_ArrowArray::from_raw(batch) };
         // SAFETY: pointers are NULL or valid (caller contract).
-        let (w, schema) = unsafe { (handle_mut(writer, "writer")?, handle(schema, "schema")?) };
+        let (w, schema) = unsafe { (handle(writer, "writer")?, handle(schema, "schema")?) };
         let b = import_batch(schema, array)?;
-        w.w.write(b)
+        w.w.lock().write(b)
     })
 }
 
@@ -173,12 +203,13 @@ pub unsafe extern "C" fn laminar_writer_write_stream(
         // SAFETY: non-NULL; moved out first so it is released on every path.
         let reader = unsafe { import_stream(stream) };
         // SAFETY: NULL or a live handle (caller contract).
-        let w = unsafe { handle_mut(writer, "writer") }?;
+        let w = unsafe { handle(writer, "writer") }?;
+        let mut w = w.w.lock();
         let mut rows = 0i64;
         for b in reader? {
             let b = b.map_err(|e| Error::invalid_data(format!("reading the input stream: {e}")))?;
             rows += b.num_rows() as i64;
-            w.w.write(b)?;
+            w.write(b)?;
         }
         // SAFETY: NULL or writable.
         if let Some(o) = unsafe { out_rows.as_mut() } {
@@ -198,7 +229,7 @@ pub unsafe extern "C" fn laminar_writer_write_stream(
 pub unsafe extern "C" fn laminar_writer_watermark(writer: *mut laminar_writer, ms: i64, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
-        unsafe { handle_mut(writer, "writer") }?.w.watermark(ms)
+        unsafe { handle(writer, "writer") }?.w.lock().watermark(ms)
     })
 }
 
@@ -212,7 +243,7 @@ pub unsafe extern "C" fn laminar_writer_watermark(writer: *mut laminar_writer, m
 pub unsafe extern "C" fn laminar_writer_finish(writer: *mut laminar_writer, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
-        unsafe { handle_mut(writer, "writer") }?.w.finish()
+        unsafe { handle(writer, "writer") }?.w.lock().finish()
     })
 }
 
@@ -225,7 +256,7 @@ pub unsafe extern "C" fn laminar_writer_finish(writer: *mut laminar_writer, out_
 pub unsafe extern "C" fn laminar_writer_flush(writer: *mut laminar_writer, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
-        unsafe { handle_mut(writer, "writer") }?.w.flush()
+        unsafe { handle(writer, "writer") }?.w.lock().flush()
     })
 }
 
@@ -242,7 +273,7 @@ pub unsafe extern "C" fn laminar_writer_current_watermark(writer: *mut laminar_w
         let w = unsafe { handle(writer, "writer") }?;
         // SAFETY: NULL or writable.
         let out = unsafe { out.as_mut() }.ok_or_else(|| Error::invalid_argument("out is NULL"))?;
-        *out = w.w.current_watermark()?.unwrap_or(LAMINAR_NO_WATERMARK);
+        *out = w.w.lock().current_watermark()?.unwrap_or(LAMINAR_NO_WATERMARK);
         Ok(())
     })
 }
@@ -258,14 +289,14 @@ pub unsafe extern "C" fn laminar_writer_schema(writer: *mut laminar_writer, out:
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let w = unsafe { handle(writer, "writer") }?;
-        w.w.db.check_process()?;
-        if w.w.db.is_closed() {
+        w.db.check_process()?;
+        if w.db.is_closed() {
             return Err(Error::closed());
         }
         if out.is_null() {
             return Err(Error::invalid_argument("out is NULL"));
         }
-        let s = export_schema(&w.w.schema())?;
+        let s = export_schema(&w.w.lock().schema())?;
         // SAFETY: non-NULL and writable.
         unsafe { out.write(s) };
         Ok(())
@@ -298,13 +329,14 @@ pub unsafe extern "C" fn laminar_writer_bench_rust_path(
         // SAFETY: `batches` points to `count` arrays (caller contract); each is moved out.
         let arrays: Vec<FFI_ArrowArray> = (0..count).map(|i| unsafe { FFI_ArrowArray::from_raw(batches.add(i)) }).collect();
         // SAFETY: pointers are NULL or valid (caller contract).
-        let (w, schema) = unsafe { (handle_mut(writer, "writer")?, handle(schema, "schema")?) };
+        let (w, schema) = unsafe { (handle(writer, "writer")?, handle(schema, "schema")?) };
         let imported = arrays.into_iter().map(|a| import_batch(schema, a)).collect::<Result<Vec<_>>>()?;
+        let mut w = w.w.lock();
         let t0 = std::time::Instant::now();
         for b in imported {
-            w.w.write(b)?;
+            w.write(b)?;
         }
-        w.w.flush()?;
+        w.flush()?;
         let secs = t0.elapsed().as_secs_f64();
         // SAFETY: NULL or writable.
         *unsafe { out_seconds.as_mut() }.ok_or_else(|| Error::invalid_argument("out_seconds is NULL"))? = secs;

@@ -32,6 +32,85 @@ static void *writer_thread(void *arg) {
   return NULL;
 }
 
+typedef struct cancel_arg {
+  laminar_writer *w;
+  long delay_ms;
+} cancel_arg;
+
+static void *cancel_writer_later(void *arg) {
+  cancel_arg *c = (cancel_arg *)arg;
+  sleep_ms(c->delay_ms);
+  laminar_writer_cancel(c->w);
+  return NULL;
+}
+
+/* A write blocked on a full queue is interrupted by laminar_writer_cancel from another thread;
+ * the writer stays usable. */
+static void test_cancel_blocked_write(void) {
+  laminar_db *db = NULL;
+  laminar_config *cfg = NULL, *opts = NULL;
+  laminar_writer *w = NULL;
+  laminar_subscription *stalled = NULL;
+  struct ArrowSchema schema;
+  pthread_t t;
+  cancel_arg ca;
+  int i, cancelled = 0;
+  double t0;
+
+  CHECK_OK(laminar_config_create(&cfg, &err));
+  CHECK_OK(laminar_config_set(cfg, "queue_capacity", "1", &err));
+  CHECK_OK(laminar_db_open(":memory:", cfg, &db, &err));
+  laminar_config_destroy(cfg);
+  CHECK_OK(laminar_db_execute(db, "CREATE SOURCE s (k BIGINT, v BIGINT, ts BIGINT); CREATE STREAM out AS SELECT k FROM s", NULL, &err));
+  /* a subscriber that never reads, with on_full = block: the pipeline stalls behind it */
+  CHECK_OK(laminar_config_create(&opts, &err));
+  CHECK_OK(laminar_config_set(opts, "on_full", "block", &err));
+  CHECK_OK(laminar_config_set(opts, "buffer_size", "1", &err));
+  CHECK_OK(laminar_db_subscribe(db, "out", opts, &stalled, &err));
+  laminar_config_destroy(opts);
+  CHECK_OK(laminar_writer_create(db, "s", &w, &err));
+  make_schema(&schema, 3, COLS);
+  ca.w = w;
+  ca.delay_ms = 200;
+  CHECK(pthread_create(&t, NULL, cancel_writer_later, &ca) == 0);
+  t0 = now_seconds();
+  for (i = 0; i < 20 && !cancelled; i++) {
+    struct ArrowArray a;
+    laminar_error *e = NULL;
+    laminar_status st;
+    shared_cols *c = cols_new(3, 1);
+    make_array(&a, c, 1);
+    shared_unref(c);
+    st = laminar_writer_write(w, &schema, &a, &e);
+    CHECK(a.release == NULL);
+    if (st == LAMINAR_CANCELLED) {
+      CHECK(strstr(laminar_error_message(e), "interrupted") != NULL);
+      cancelled = 1;
+    } else {
+      CHECK(st == LAMINAR_OK);
+    }
+    laminar_error_destroy(e);
+  }
+  pthread_join(t, NULL);
+  CHECK(cancelled);
+  CHECK(now_seconds() - t0 < 5);
+  laminar_writer_cancel(w); /* no write in progress: harmless */
+  laminar_writer_cancel(NULL);
+  /* unstall the pipeline: the writer works again */
+  laminar_subscription_destroy(stalled);
+  {
+    struct ArrowArray a;
+    shared_cols *c = cols_new(3, 1);
+    make_array(&a, c, 1);
+    shared_unref(c);
+    CHECK_OK(laminar_writer_write(w, &schema, &a, &err));
+    CHECK_OK(laminar_writer_flush(w, &err));
+  }
+  schema.release(&schema);
+  laminar_writer_destroy(w);
+  laminar_db_close(db);
+}
+
 int main(void) {
   laminar_config *cfg = NULL;
   laminar_writer *w = NULL;
@@ -129,5 +208,6 @@ int main(void) {
   laminar_writer_destroy(w);
   schema.release(&schema);
   laminar_db_close(g_db);
+  test_cancel_blocked_write();
   DONE();
 }
