@@ -11,9 +11,9 @@ step() {
   echo "<== $name: $((SECONDS - t0))s"
 }
 total0=$SECONDS
-# The Python extension is built by maturin (below), with the feature set it ships with.
-step "build (tests and examples)" cargo build --workspace --exclude laminardb-python --tests --examples
-step "cargo test" cargo test --workspace --exclude laminardb-python
+# The Python and Node addons are built below by maturin and by the Node package's build script.
+step "build (tests and examples)" cargo build --workspace --exclude laminardb-python --exclude laminardb-node --tests --examples
+step "cargo test" cargo test --workspace --exclude laminardb-python --exclude laminardb-node
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
   cargo run -q -p laminar-core --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
 # The C ABI: header up to date and strict C99/C++17 clean, tests under ASan+UBSan, the example
@@ -31,4 +31,5 @@ py="${CARGO_TARGET_DIR:-$PWD/target}/venv/bin/python"
 step "Python package (venv + maturin develop)" scripts/python-env.sh
 step "Python tests (pytest)" "$py" -m pytest -q bindings/python/tests
 step "Python W1 benchmark smoke run" "$py" bindings/python/benches/w1_bench.py --events 100000
+step "Node (npm install, node --test, example, benchmark smoke)" scripts/node-test.sh
 echo "all steps: $((SECONDS - total0))s"

@@ -1,0 +1,133 @@
+'use strict';
+const { test } = require('node:test');
+const assert = require('node:assert/strict');
+const arrow = require('apache-arrow');
+const laminardb = require('..');
+
+const base = Date.UTC(2024, 0, 1);
+const at = (s) => new Date(base + s * 1000);
+
+async function setup() {
+  const db = await laminardb.open(':memory:', { workers: 2 });
+  await db.execute("CREATE SOURCE trades (sym VARCHAR, qty BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)");
+  await db.execute('CREATE STREAM vol AS SELECT sym, SUM(qty) AS total, COUNT(*) AS n, window_start FROM trades GROUP BY sym, TUMBLE(ts, INTERVAL \'10\' SECOND)');
+  return db;
+}
+
+test('execute, query, insert forms, schema, catalog, metrics, checkpoint, close', async () => {
+  const db = await setup();
+  assert.equal(typeof laminardb.version, 'string');
+  assert.equal(await db.insert('trades', [{ sym: 'A', qty: 5, ts: at(1) }, { sym: 'B', qty: 7, ts: at(2) }]), 2);
+  const t = new arrow.Table({
+    sym: arrow.vectorFromArray(['C'], new arrow.Utf8()),
+    qty: arrow.vectorFromArray([3n], new arrow.Int64()),
+    ts: arrow.vectorFromArray([at(3)], new arrow.TimestampMicrosecond()),
+  });
+  assert.equal(await db.insert('trades', t), 1);
+  assert.equal(await db.insert('trades', t.batches[0]), 1);
+  assert.equal(await db.insert('trades', arrow.tableToIPC(t, 'stream')), 1);
+  const q = await db.query('SELECT sym, SUM(qty) AS q FROM trades GROUP BY sym ORDER BY sym');
+  assert.ok(q instanceof arrow.Table);
+  assert.deepEqual(q.toArray().map((r) => [r.sym, Number(r.q)]), [['A', 5], ['B', 7], ['C', 9]]);
+  const shown = await db.execute('SHOW SOURCES');
+  assert.deepEqual(shown.toArray().map((r) => r.name), ['trades']);
+  assert.equal(await db.execute("CREATE SOURCE other (a BIGINT)"), null);
+  const schema = await db.schema('trades');
+  assert.deepEqual(schema.fields.map((f) => f.name), ['sym', 'qty', 'ts']);
+  assert.deepEqual(await db.sources(), ['other', 'trades']);
+  assert.deepEqual(await db.streams(), ['vol']);
+  const cat = await db.catalog();
+  assert.deepEqual(cat.find((e) => e.name === 'vol').inputs, ['trades']);
+  const m = await db.metrics();
+  assert.deepEqual(m.schema.fields.map((f) => f.name), ['kind', 'name', 'metric', 'value']);
+  await assert.rejects(db.checkpoint(), (e) => e instanceof laminardb.LaminarError && e.code === 'INVALID_STATE');
+  await db.close();
+  await db.close();
+  assert.equal(db.isClosed, true);
+  await assert.rejects(db.query('SELECT 1'), (e) => e.code === 'CLOSED');
+});
+
+test('error codes', async () => {
+  const db = await setup();
+  const cases = [
+    [() => db.query('SELEC 1'), 'SQL_SYNTAX'],
+    [() => db.execute('CREATE STREAM x AS SELECT nope FROM trades'), 'PLAN'],
+    [() => db.schema('trade'), 'NOT_FOUND'],
+    [() => db.execute('CREATE SOURCE trades (a BIGINT)'), 'ALREADY_EXISTS'],
+    [() => db.insert('trades', [{ sym: 'A', qty: 'many', ts: at(0) }]), 'INVALID_DATA'],
+    [() => db.insert('trades', [{ nope: 1 }]), 'INVALID_DATA'],
+    [() => db.query('CREATE SOURCE y (a BIGINT)'), 'INVALID_ARGUMENT'],
+  ];
+  for (const [f, code] of cases) {
+    await assert.rejects(f(), (e) => {
+      assert.ok(e instanceof laminardb.LaminarError, String(e));
+      assert.equal(e.code, code, e.message);
+      return true;
+    });
+  }
+  await assert.rejects(laminardb.open('/some/dir'), (e) => e.code === 'NOT_IMPLEMENTED');
+  await assert.rejects(laminardb.open(':memory:', { wrokers: 1 }), (e) => e.code === 'INVALID_ARGUMENT' && /did you mean 'workers'/.test(e.message));
+  await db.close();
+});
+
+test('a windowed aggregate matches an oracle computed here', async () => {
+  const db = await setup();
+  const sub = db.subscribe('vol');
+  const rows = [];
+  let seed = 7;
+  const rand = (n) => ((seed = (seed * 1103515245 + 12345) % 2147483648) % n);
+  for (let i = 0; i < 3000; i++) rows.push({ sym: 'S' + rand(5), qty: rand(100), ts: at(i * 0.05 + rand(500) / 1000) });
+  const oracle = new Map();
+  for (const r of rows) {
+    const key = `${r.sym}|${Math.floor((r.ts.getTime() - base) / 10000)}`;
+    const o = oracle.get(key) || { total: 0, n: 0 };
+    o.total += r.qty;
+    o.n += 1;
+    oracle.set(key, o);
+  }
+  const w = db.writer('trades');
+  for (let i = 0; i < rows.length; i += 250) await w.insert(rows.slice(i, i + 250));
+  await w.finish();
+  w.close();
+  const got = new Map();
+  for await (const t of sub) {
+    for (const r of t.toArray()) got.set(`${r.sym}|${Math.floor((Number(r.window_start) - base) / 10000)}`, { total: Number(r.total), n: Number(r.n) });
+    if (got.size === oracle.size) break; // an early break ends the subscription
+  }
+  assert.deepEqual(new Map([...got].sort()), new Map([...oracle].sort()));
+  assert.equal(await sub.next(), null);
+  await db.close();
+});
+
+test('AbortSignal and the callback form', async () => {
+  const db = await setup();
+  await db.execute('CREATE STREAM rows_out AS SELECT sym, qty FROM trades');
+  const ac = new AbortController();
+  const sub = db.subscribe('rows_out', { signal: ac.signal });
+  setTimeout(() => ac.abort(), 50);
+  const seen = [];
+  for await (const t of sub) seen.push(t);
+  assert.equal(seen.length, 0); // ended by the abort, with nothing pushed
+
+  const got = [];
+  const errors = [];
+  const ac2 = new AbortController();
+  const cb = db.subscribe('rows_out', (t) => { got.push(...t.toArray().map((r) => r.sym)); }, { signal: ac2.signal, onError: (e) => errors.push(e) });
+  assert.ok(cb.schema.fields.length === 2);
+  await db.insert('trades', [{ sym: 'X', qty: 1, ts: at(0) }]);
+  for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(got, ['X']);
+  ac2.abort();
+  assert.deepEqual(errors, []);
+  await db.close();
+});
+
+test('a thousand subscribe/close cycles, then the process can exit', async () => {
+  const db = await setup();
+  for (let i = 0; i < 1000; i++) {
+    const s = db.subscribe('vol');
+    s.close();
+    assert.equal(await s.next(), null);
+  }
+  await db.close();
+});

@@ -1,0 +1,94 @@
+import type { Table, RecordBatch, Schema } from 'apache-arrow';
+
+/** An error from LaminarDB. `code` is the status name shared by C, Python, Go and Node. */
+export declare class LaminarError extends Error {
+  code:
+    | 'UNKNOWN' | 'NOT_IMPLEMENTED' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT'
+    | 'INVALID_STATE' | 'INVALID_DATA' | 'INTERNAL' | 'IO' | 'CANCELLED' | 'TIMEOUT'
+    | 'RESOURCE_EXHAUSTED' | 'CLOSED' | 'SQL_SYNTAX' | 'PLAN';
+}
+
+/** Rows to push: an apache-arrow Table or RecordBatch, Arrow IPC stream bytes, or plain objects
+ * (converted to the source's column types; a value that does not fit is INVALID_DATA naming the
+ * column). */
+export type InsertData = Table | RecordBatch | Uint8Array | Array<Record<string, unknown>>;
+
+export interface SubscribeOptions {
+  /** Aborting it ends the subscription. */
+  signal?: AbortSignal;
+  /** Batches the engine buffers for this subscriber (default: the database's buffer_size). */
+  bufferSize?: number;
+  /** 'lag' (default: a subscriber that falls behind is ended with RESOURCE_EXHAUSTED) or 'block'. */
+  onFull?: 'lag' | 'block';
+  /** Callback form only: called with the error that ended the subscription. */
+  onError?: (err: Error) => void;
+}
+
+/** The batches of a stream as they are emitted: one Table per batch (changelog streams carry
+ * their `__weight` column). Breaking out of `for await` ends it. */
+export declare class Subscription implements AsyncIterable<Table> {
+  /** The schema of every batch, known before the first. */
+  readonly schema: Schema;
+  /** The next batch, or null once the subscription has ended. */
+  next(): Promise<Table | null>;
+  /** Ends the subscription; a pending next() resolves with null. Idempotent. */
+  close(): void;
+  [Symbol.asyncIterator](): AsyncIterator<Table>;
+}
+
+/** A writer into one source. */
+export declare class Writer {
+  /** Pushes rows without waiting for them to be processed. */
+  insert(data: InsertData): Promise<void>;
+  /** Advances the source's watermark; it never moves back. */
+  watermark(ts: Date | number): Promise<void>;
+  /** Marks the end of input: every window of the source closes. */
+  finish(): Promise<void>;
+  /** Waits until everything pushed so far has been processed. */
+  flush(): Promise<void>;
+  /** Idempotent. */
+  close(): void;
+}
+
+export interface CatalogEntry {
+  name: string;
+  kind: 'source' | 'stream' | 'materialized view';
+  streamKind: 'append-only' | 'changelog' | 'upsert';
+  sql: string;
+  inputs: string[];
+}
+
+/** An open database. */
+export declare class Connection {
+  /** Runs one or more `;`-separated statements; resolves to the rows the last one returned. */
+  execute(sql: string): Promise<Table | null>;
+  /** An ad-hoc SELECT over sources' recent rows and materialized views (or SHOW, DESCRIBE, EXPLAIN). */
+  query(sql: string): Promise<Table>;
+  /** Pushes rows into a source and waits until they are processed; resolves to the row count. */
+  insert(source: string, data: InsertData): Promise<number>;
+  /** A writer for a source. */
+  writer(source: string): Writer;
+  /** Subscribes to a stream: an AsyncIterable of Tables. */
+  subscribe(stream: string, options?: SubscribeOptions): Subscription;
+  /** Subscribes with a callback run for every batch. */
+  subscribe(stream: string, onBatch: (batch: Table) => void | Promise<void>, options?: SubscribeOptions): Subscription;
+  /** The schema of a source, stream or view. */
+  schema(name: string): Promise<Schema>;
+  catalog(): Promise<CatalogEntry[]>;
+  sources(): Promise<string[]>;
+  streams(): Promise<string[]>;
+  /** Metrics as a Table of (kind, name, metric, value). */
+  metrics(): Promise<Table>;
+  /** Takes a checkpoint (INVALID_STATE on an in-memory database until durability lands). */
+  checkpoint(): Promise<void>;
+  /** Closes the database; subscriptions end. Idempotent. */
+  close(): Promise<void>;
+  readonly isClosed: boolean;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Opens a database: ":memory:" (the default). `config` holds engine keys ({ workers: 2 }). */
+export declare function open(path?: string, config?: Record<string, string | number>): Promise<Connection>;
+
+/** The library version. */
+export declare const version: string;

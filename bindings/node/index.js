@@ -1,0 +1,259 @@
+'use strict';
+/**
+ * laminardb for Node.js: an embedded streaming SQL database. Promises for everything that
+ * waits (the work runs on libuv's thread pool, never on the event loop), async iteration over
+ * subscriptions, apache-arrow Tables in and out.
+ */
+const arrow = require('apache-arrow');
+const native = require('./laminardb.node');
+
+/** An error from LaminarDB: `code` is the status name shared by every language (NOT_FOUND, …). */
+class LaminarError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = 'LaminarError';
+    this.code = code;
+  }
+}
+
+function wrap(e) {
+  const m = e && typeof e.message === 'string' ? /^LAMINAR\[(\w+)\] ([\s\S]*)$/.exec(e.message) : null;
+  return m ? new LaminarError(m[1], m[2]) : e;
+}
+async function call(promise) {
+  try {
+    return await promise;
+  } catch (e) {
+    throw wrap(e);
+  }
+}
+function callSync(f) {
+  try {
+    return f();
+  } catch (e) {
+    throw wrap(e);
+  }
+}
+function stringMap(obj) {
+  return obj ? Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, String(v)])) : undefined;
+}
+function closedError() {
+  return new LaminarError('CLOSED', 'the connection is closed');
+}
+
+/** Arrow IPC stream bytes for `data`, with plain objects converted to the source's types. */
+function toIPC(data, schema) {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof arrow.Table) return arrow.tableToIPC(data, 'stream');
+  if (data instanceof arrow.RecordBatch) return arrow.tableToIPC(new arrow.Table(data), 'stream');
+  if (Array.isArray(data)) {
+    const cols = {};
+    const names = new Set(schema.fields.map((f) => f.name));
+    for (const row of data) {
+      for (const k of Object.keys(row)) {
+        if (!names.has(k)) throw new LaminarError('INVALID_DATA', `column '${k}' is not in the source schema (columns: ${[...names].join(', ')})`);
+      }
+    }
+    for (const f of schema.fields) {
+      if (!data.some((r) => f.name in r)) continue; // the engine names a missing column
+      let values = data.map((r) => (r[f.name] === undefined ? null : r[f.name]));
+      const int64 = arrow.DataType.isInt(f.type) && f.type.bitWidth === 64;
+      try {
+        if (int64) values = values.map((v) => (v === null ? null : BigInt(v)));
+        cols[f.name] = arrow.vectorFromArray(values, f.type);
+      } catch (e) {
+        throw new LaminarError('INVALID_DATA', `column '${f.name}' (${f.type}): ${e.message}`);
+      }
+    }
+    return arrow.tableToIPC(new arrow.Table(cols), 'stream');
+  }
+  throw new TypeError('insert takes an apache-arrow Table or RecordBatch, Arrow IPC stream bytes, or an array of plain objects');
+}
+
+/** A writer into one source; `close()` is idempotent. */
+class Writer {
+  constructor(native, conn, source) {
+    this._w = native;
+    this._conn = conn;
+    this._source = source;
+  }
+  /** Pushes rows (same forms as Connection.insert) without waiting for them to be processed. */
+  async insert(data) {
+    return call(this._w.write(toIPC(data, await this._conn._schema(this._source))));
+  }
+  /** Advances the source's watermark (a Date or epoch milliseconds); it never moves back. */
+  watermark(ts) {
+    return call(this._w.watermark(ts instanceof Date ? ts.getTime() : Number(ts)));
+  }
+  /** Marks the end of input: every window of the source closes. */
+  finish() {
+    return call(this._w.finish());
+  }
+  /** Waits until everything pushed so far has been processed. */
+  flush() {
+    return call(this._w.flush());
+  }
+  close() {
+    this._w.close();
+  }
+}
+
+/** The batches of a subscription: an AsyncIterable of apache-arrow Tables (one per batch). */
+class Subscription {
+  constructor(native, signal, onClose) {
+    this._sub = native;
+    this._done = false;
+    this._onClose = onClose;
+    this.schema = arrow.tableFromIPC(native.schema()).schema;
+    if (signal) {
+      if (signal.aborted) this.close();
+      else signal.addEventListener('abort', () => this.close(), { once: true });
+    }
+  }
+  /** The next batch as a Table, or null once the subscription has ended. */
+  async next() {
+    while (!this._done) {
+      const buf = await call(this._sub.next(250));
+      if (buf === null) {
+        this._done = true;
+        break;
+      }
+      if (buf.length > 0) return arrow.tableFromIPC(buf);
+    }
+    return null;
+  }
+  /** Ends the subscription; a pending next() resolves with null. Idempotent. */
+  close() {
+    this._done = true;
+    this._sub.cancel();
+    if (this._onClose) {
+      const f = this._onClose;
+      this._onClose = undefined;
+      f(this);
+    }
+  }
+  async *[Symbol.asyncIterator]() {
+    try {
+      for (;;) {
+        const t = await this.next();
+        if (t === null) return;
+        yield t;
+      }
+    } finally {
+      this.close(); // early break ends the subscription
+    }
+  }
+}
+
+/** An open database. Create with `open()`. */
+class Connection {
+  constructor(db) {
+    this._db = db;
+    this._schemas = new Map();
+    this._subs = new Set(); // open subscriptions, ended cleanly by close()
+  }
+  _live() {
+    if (this._db.isClosed) throw closedError();
+    return this._db;
+  }
+  async _schema(name) {
+    let s = this._schemas.get(name);
+    if (!s) {
+      s = arrow.tableFromIPC(await call(this._live().schema(name))).schema;
+      this._schemas.set(name, s);
+    }
+    return s;
+  }
+  /** Runs one or more `;`-separated statements; the rows the last returned (a Table) or null. */
+  async execute(sql) {
+    const buf = await call(this._live().execute(sql));
+    this._schemas.clear();
+    return buf ? arrow.tableFromIPC(buf) : null;
+  }
+  /** An ad-hoc SELECT (over sources' recent rows and materialized views), SHOW, DESCRIBE, EXPLAIN. */
+  async query(sql) {
+    return arrow.tableFromIPC(await call(this._live().query(sql)));
+  }
+  /** Pushes rows into a source and waits until processed; resolves to the row count. */
+  async insert(name, data) {
+    const bytes = toIPC(data, await this._schema(name));
+    await call(this._live().insert(name, bytes));
+    return Array.isArray(data) ? data.length : data instanceof Uint8Array ? arrow.tableFromIPC(data).numRows : data.numRows;
+  }
+  /** A writer for a source. */
+  writer(name) {
+    return new Writer(callSync(() => this._live().writer(name)), this, name);
+  }
+  /**
+   * Subscribes to a stream or materialized view.
+   * - `subscribe(name, { signal, bufferSize, onFull })` returns an AsyncIterable of Tables.
+   * - `subscribe(name, onBatch, { onError, signal })` calls `onBatch(table)` for every batch and
+   *   returns the Subscription (close it, or abort the signal, to stop).
+   */
+  subscribe(name, onBatch, options) {
+    if (typeof onBatch !== 'function') {
+      options = onBatch;
+      onBatch = undefined;
+    }
+    options = options || {};
+    const opts = {};
+    if (options.bufferSize !== undefined) opts.buffer_size = String(options.bufferSize);
+    if (options.onFull !== undefined) opts.on_full = String(options.onFull);
+    const sub = new Subscription(callSync(() => this._live().subscribe(name, opts)), options.signal, (s) => this._subs.delete(s));
+    if (!sub._done) this._subs.add(sub);
+    if (onBatch) {
+      (async () => {
+        try {
+          for await (const t of sub) await onBatch(t);
+        } catch (e) {
+          if (options.onError) options.onError(e);
+          else process.emitWarning(`laminardb subscription to '${name}' failed: ${e.message}`);
+        }
+      })();
+    }
+    return sub;
+  }
+  /** The schema of a source, stream or view (apache-arrow Schema). */
+  async schema(name) {
+    return arrow.tableFromIPC(await call(this._live().schema(name))).schema;
+  }
+  /** Every source, stream and view: { name, kind, streamKind, sql, inputs }. */
+  async catalog() {
+    const t = arrow.tableFromIPC(await call(this._live().catalog()));
+    return t.toArray().map((r) => ({
+      name: r.name, kind: r.kind, streamKind: r.stream_kind, sql: r.sql, inputs: r.inputs ? r.inputs.split(',') : [],
+    }));
+  }
+  async sources() {
+    return (await this.catalog()).filter((e) => e.kind === 'source').map((e) => e.name);
+  }
+  async streams() {
+    return (await this.catalog()).filter((e) => e.kind !== 'source').map((e) => e.name);
+  }
+  /** Metrics as a Table of (kind, name, metric, value). */
+  async metrics() {
+    return arrow.tableFromIPC(await call(this._live().metrics()));
+  }
+  /** Takes a checkpoint (rejects with INVALID_STATE on an in-memory database). */
+  async checkpoint() {
+    await call(this._live().checkpoint());
+  }
+  /** Closes the database; open subscriptions end (their iteration finishes). Idempotent. */
+  async close() {
+    for (const s of [...this._subs]) s.close();
+    this._db.close();
+  }
+  get isClosed() {
+    return this._db.isClosed;
+  }
+  async [Symbol.asyncDispose]() {
+    await this.close();
+  }
+}
+
+/** Opens a database (`":memory:"`); `config` holds engine keys ({ workers: 2, buffer_size: 1024 }). */
+async function open(path = ':memory:', config = undefined) {
+  return new Connection(callSync(() => new native.NativeDb(path, stringMap(config))));
+}
+
+module.exports = { open, Connection, Writer, Subscription, LaminarError, version: native.version() };

@@ -1,0 +1,366 @@
+//! `laminardb` for Node.js: a napi-rs addon over the laminar-ffi handle layer (the same handles,
+//! status codes and messages as C, Python and Go). Blocking work runs on libuv's thread pool
+//! (`AsyncTask`), never on the event loop; Arrow crosses as IPC stream bytes, decoded by
+//! apache-arrow in the JavaScript layer (`index.js`).
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use laminar::{Config, Db};
+use laminar_core::Next;
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use parking_lot::Mutex;
+
+/// Engine errors reach JavaScript as `LAMINAR[STATUS] message`; index.js turns them into
+/// `LaminarError` with `code` = STATUS.
+fn js_err(e: laminar_core::Error) -> Error {
+    Error::new(Status::GenericFailure, format!("LAMINAR[{}] {}", e.kind().name(), e))
+}
+
+trait OrJs<T> {
+    fn js(self) -> Result<T>;
+}
+impl<T> OrJs<T> for laminar_core::Result<T> {
+    fn js(self) -> Result<T> {
+        self.map_err(js_err)
+    }
+}
+
+fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> laminar_core::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut out, schema)?;
+        for b in batches {
+            w.write(b)?;
+        }
+        w.finish()?;
+    }
+    Ok(out)
+}
+
+fn config(pairs: Option<HashMap<String, String>>) -> laminar_core::Result<Config> {
+    let mut c = Config::new();
+    let mut pairs: Vec<(String, String)> = pairs.unwrap_or_default().into_iter().collect();
+    pairs.sort();
+    for (k, v) in pairs {
+        c.set(&k, &v)?;
+    }
+    Ok(c)
+}
+
+/// The native database handle (wrapped by `Connection` in index.js).
+#[napi]
+pub struct NativeDb {
+    db: Db,
+}
+
+pub struct DbTask<F: FnMut(&Db) -> laminar_core::Result<Option<Vec<u8>>> + Send> {
+    db: Db,
+    f: F,
+}
+
+impl<F: FnMut(&Db) -> laminar_core::Result<Option<Vec<u8>>> + Send> Task for DbTask<F> {
+    type Output = Option<Vec<u8>>;
+    type JsValue = Option<Buffer>;
+    fn compute(&mut self) -> Result<Self::Output> {
+        (self.f)(&self.db).js()
+    }
+    fn resolve(&mut self, _: Env, out: Self::Output) -> Result<Self::JsValue> {
+        Ok(out.map(Buffer::from))
+    }
+}
+
+type Job = Box<dyn FnMut(&Db) -> laminar_core::Result<Option<Vec<u8>>> + Send>;
+
+impl NativeDb {
+    fn task(&self, f: Job) -> AsyncTask<DbTask<Job>> {
+        AsyncTask::new(DbTask { db: self.db.clone(), f })
+    }
+}
+
+#[napi]
+impl NativeDb {
+    /// Opens a database (synchronous: opening is quick).
+    #[napi(constructor)]
+    pub fn new(path: String, config_pairs: Option<HashMap<String, String>>) -> Result<Self> {
+        let cfg = config(config_pairs).js()?;
+        Ok(NativeDb { db: Db::open(&path, &cfg).js()? })
+    }
+
+    /// Runs statements; resolves to IPC bytes of the rows the last one returned, or null.
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn execute(&self, sql: String) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(move |db| {
+            let r = db.execute(&sql)?;
+            match r.schema {
+                Some(s) => Ok(Some(ipc(&s, &r.batches)?)),
+                None => Ok(None),
+            }
+        }))
+    }
+
+    /// An ad-hoc query; resolves to IPC bytes.
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn query(&self, sql: String) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(move |db| {
+            let q = db.query(&sql)?;
+            let batches: Vec<RecordBatch> = q.batches.into_iter().collect();
+            Ok(Some(ipc(&q.schema, &batches)?))
+        }))
+    }
+
+    /// Pushes IPC stream bytes into a source and waits until processed; resolves to null.
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn insert(&self, source: String, data: Buffer) -> AsyncTask<DbTask<Job>> {
+        let bytes: Vec<u8> = data.to_vec();
+        self.task(Box::new(move |db| {
+            let reader = StreamReader::try_new(Cursor::new(bytes.clone()), None)
+                .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
+            db.insert(&source, reader.map(|b| b.map_err(laminar_core::Error::from)))?;
+            Ok(None)
+        }))
+    }
+
+    /// IPC bytes of an empty stream with the schema of a source, stream or view.
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn schema(&self, name: String) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(move |db| Ok(Some(ipc(&db.schema(&name)?, &[])?))))
+    }
+
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn catalog(&self) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(|db| {
+            let b = db.catalog()?;
+            Ok(Some(ipc(&b.schema(), &[b])?))
+        }))
+    }
+
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn metrics(&self) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(|db| {
+            let b = db.metrics()?;
+            Ok(Some(ipc(&b.schema(), &[b])?))
+        }))
+    }
+
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn checkpoint(&self) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(|db| db.checkpoint().map(|_| None)))
+    }
+
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn flush(&self) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(|db| db.flush().map(|_| None)))
+    }
+
+    /// Closes the database (idempotent). Subscriptions end.
+    #[napi]
+    pub fn close(&self) {
+        self.db.close()
+    }
+
+    #[napi(getter)]
+    pub fn is_closed(&self) -> bool {
+        self.db.is_closed()
+    }
+
+    #[napi]
+    pub fn writer(&self, source: String) -> Result<NativeWriter> {
+        Ok(NativeWriter { w: Arc::new(Mutex::new(Some(self.db.writer(&source).js()?))) })
+    }
+
+    /// A pull subscription; options: buffer_size, on_full.
+    #[napi]
+    pub fn subscribe(&self, name: String, options: Option<HashMap<String, String>>) -> Result<NativeSubscription> {
+        let opts = config(options).js()?;
+        let sub = self.db.subscribe(&name, &opts).js()?;
+        let schema = ipc(&sub.schema(), &[]).js()?;
+        Ok(NativeSubscription { sub, schema })
+    }
+}
+
+/// A writer (wrapped by `Writer` in index.js).
+#[napi]
+pub struct NativeWriter {
+    w: Arc<Mutex<Option<laminar::Writer>>>,
+}
+
+pub struct WriterTask {
+    w: Arc<Mutex<Option<laminar::Writer>>>,
+    op: WriterOp,
+}
+
+pub enum WriterOp {
+    Write(Vec<u8>),
+    Watermark(i64),
+    Finish,
+    Flush,
+}
+
+impl Task for WriterTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> Result<()> {
+        let mut g = self.w.lock();
+        let w = g
+            .as_mut()
+            .ok_or_else(|| js_err(laminar_core::Error::invalid_state("the writer is closed")))?;
+        match std::mem::replace(&mut self.op, WriterOp::Flush) {
+            WriterOp::Write(bytes) => {
+                let reader = StreamReader::try_new(Cursor::new(bytes), None)
+                    .map_err(|e| js_err(laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}"))))?;
+                for b in reader {
+                    w.write(b.map_err(|e| js_err(e.into()))?).js()?;
+                }
+                Ok(())
+            }
+            WriterOp::Watermark(ms) => w.watermark(ms).js(),
+            WriterOp::Finish => w.finish().js(),
+            WriterOp::Flush => w.flush().js(),
+        }
+    }
+    fn resolve(&mut self, _: Env, _: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[napi]
+impl NativeWriter {
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn write(&self, data: Buffer) -> AsyncTask<WriterTask> {
+        AsyncTask::new(WriterTask { w: self.w.clone(), op: WriterOp::Write(data.to_vec()) })
+    }
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn watermark(&self, ms: i64) -> AsyncTask<WriterTask> {
+        AsyncTask::new(WriterTask { w: self.w.clone(), op: WriterOp::Watermark(ms) })
+    }
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn finish(&self) -> AsyncTask<WriterTask> {
+        AsyncTask::new(WriterTask { w: self.w.clone(), op: WriterOp::Finish })
+    }
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn flush(&self) -> AsyncTask<WriterTask> {
+        AsyncTask::new(WriterTask { w: self.w.clone(), op: WriterOp::Flush })
+    }
+    #[napi]
+    pub fn close(&self) {
+        self.w.lock().take();
+    }
+}
+
+/// A pull subscription (wrapped by an AsyncIterable in index.js).
+#[napi]
+pub struct NativeSubscription {
+    sub: laminar::Subscription,
+    schema: Vec<u8>,
+}
+
+pub struct NextTask {
+    sub: laminar::Subscription,
+    timeout: Duration,
+}
+
+impl Task for NextTask {
+    /// (ended, IPC bytes of the batch if one came)
+    type Output = (bool, Option<Vec<u8>>);
+    type JsValue = Option<Buffer>;
+    fn compute(&mut self) -> Result<Self::Output> {
+        match self.sub.next_timeout(self.timeout).js()? {
+            Next::Batch(b) => Ok((false, Some(ipc(&b.schema(), &[b]).js()?))),
+            Next::Empty => Ok((false, None)),
+            Next::End => Ok((true, None)),
+        }
+    }
+    fn resolve(&mut self, _: Env, out: Self::Output) -> Result<Self::JsValue> {
+        // null: the end; an empty buffer: nothing within the timeout; else a batch.
+        Ok(match out {
+            (true, _) => None,
+            (false, None) => Some(Buffer::from(Vec::<u8>::new())),
+            (false, Some(b)) => Some(Buffer::from(b)),
+        })
+    }
+}
+
+#[napi]
+impl NativeSubscription {
+    /// Waits up to `timeout_ms` on libuv's pool: a batch (IPC bytes), an empty buffer (nothing
+    /// yet) or null (the end).
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn next(&self, timeout_ms: u32) -> AsyncTask<NextTask> {
+        AsyncTask::new(NextTask { sub: self.sub.clone(), timeout: Duration::from_millis(timeout_ms as u64) })
+    }
+
+    /// Ends the subscription; a pending next resolves with null at once. Idempotent.
+    #[napi]
+    pub fn cancel(&self) {
+        self.sub.cancel()
+    }
+
+    /// IPC bytes of an empty stream with the batches' schema.
+    #[napi]
+    pub fn schema(&self) -> Buffer {
+        Buffer::from(self.schema.clone())
+    }
+}
+
+/// The engine's version.
+#[napi]
+pub fn version() -> String {
+    laminar_core::VERSION.to_string()
+}
+
+/// Benchmarking aid: W1 (DESIGN §8) with `events` rows in batches of 8,192 built in Rust and
+/// pushed through the Rust handle layer on a fresh database, until the last window is received;
+/// the seconds it took (generation excluded). Lets the Node benchmark print both in one run.
+#[napi]
+pub fn bench_w1_rust(events: u32) -> Result<f64> {
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    let events = events as i64;
+    let db = Db::open(":memory:", &Config::new()).js()?;
+    db.execute("CREATE SOURCE events (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)").js()?;
+    db.execute("CREATE STREAM w1 AS SELECT k, COUNT(*) AS n, SUM(v) AS s, window_start FROM events GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)").js()?;
+    let mut batches = vec![];
+    let mut start = 0i64;
+    while start < events {
+        let n = (events - start).min(8192);
+        let idx = start..start + n;
+        batches.push(
+            RecordBatch::try_from_iter(vec![
+                ("k", Arc::new(Int64Array::from_iter_values(idx.clone().map(|i| (i * 2654435761) % 1000))) as _),
+                ("v", Arc::new(Int64Array::from_iter_values(idx.clone().map(|i| (i * 7919) % 1000))) as _),
+                ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(idx.map(|i| 1_700_000_000_000_000 + i * 1000))) as _),
+            ])
+            .map_err(|e| js_err(e.into()))?,
+        );
+        start += n;
+    }
+    let mut opts = Config::new();
+    opts.set("buffer_size", "65536").js()?;
+    let sub = db.subscribe("w1", &opts).js()?;
+    let mut w = db.writer("events").js()?;
+    let t0 = std::time::Instant::now();
+    for b in batches {
+        w.write(b).js()?;
+    }
+    w.finish().js()?;
+    let mut counted = 0i64;
+    while counted < events {
+        match sub.next().js()? {
+            Some(b) => {
+                let n = b.column(1).as_any().downcast_ref::<Int64Array>().map(|a| a.values().iter().sum::<i64>()).unwrap_or(0);
+                counted += n;
+            }
+            None => break,
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    db.close();
+    Ok(secs)
+}
