@@ -131,3 +131,24 @@ test('a thousand subscribe/close cycles, then the process can exit', async () =>
   }
   await db.close();
 });
+
+test('writer watermark closes windows; Symbol.asyncDispose closes the connection', async () => {
+  const db = await setup();
+  const sub = db.subscribe('vol');
+  const w = db.writer('trades');
+  await w.insert([{ sym: 'A', qty: 2, ts: at(1) }]);
+  await w.watermark(at(60)); // by hand: far past the window [0, 10 s)
+  await w.flush();
+  const t = await sub.next();
+  assert.deepEqual(t.toArray().map((r) => [r.sym, Number(r.total)]), [['A', 2]]);
+  w.close();
+  w.close();
+  await assert.rejects(w.insert([{ sym: 'A', qty: 1, ts: at(2) }]), (e) => e.code === 'INVALID_STATE');
+  if (Symbol.asyncDispose) {
+    await db[Symbol.asyncDispose]();
+    assert.equal(db.isClosed, true);
+  } else {
+    await db.close();
+  }
+  assert.equal(await sub.next(), null);
+});
