@@ -36,6 +36,15 @@ export declare class Subscription implements AsyncIterable<Table> {
   [Symbol.asyncIterator](): AsyncIterator<Table>;
 }
 
+/** A callback subscription. Its callback is unref'd: it never keeps the process alive on its
+ * own. Batches are handed to `onBatch` one at a time, in order. */
+export declare class CallbackSubscription {
+  /** True once the subscription has ended. */
+  readonly closed: boolean;
+  /** Ends the subscription. Idempotent. */
+  close(): void;
+}
+
 /** A writer into one source. */
 export declare class Writer {
   /** Pushes rows without waiting for them to be processed. */
@@ -70,8 +79,8 @@ export declare class Connection {
   writer(source: string): Writer;
   /** Subscribes to a stream: an AsyncIterable of Tables. */
   subscribe(stream: string, options?: SubscribeOptions): Subscription;
-  /** Subscribes with a callback run for every batch. */
-  subscribe(stream: string, onBatch: (batch: Table) => void | Promise<void>, options?: SubscribeOptions): Subscription;
+  /** Subscribes with a callback run for every batch (it does not keep the process alive). */
+  subscribe(stream: string, onBatch: (batch: Table) => void | Promise<void>, options?: SubscribeOptions): CallbackSubscription;
   /** The schema of a source, stream or view. */
   schema(name: string): Promise<Schema>;
   catalog(): Promise<CatalogEntry[]>;

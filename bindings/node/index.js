@@ -145,6 +145,49 @@ class Subscription {
   }
 }
 
+/** A callback subscription: batches arrive through an unref'd thread-safe callback, so it never
+ * keeps the process alive on its own. `close()` ends it (idempotent). */
+class CallbackSubscription {
+  constructor(conn, name, onBatch, options, onClose) {
+    this._onClose = onClose;
+    this._chain = Promise.resolve();
+    this.closed = false;
+    const onError = options.onError || ((e) => process.emitWarning(`laminardb subscription to '${name}' failed: ${e.message}`));
+    this._native = callSync(() => conn._live().subscribePush(name, subOptions(options), (msg) => {
+      if (msg.kind === 'batch') {
+        const table = arrow.tableFromIPC(msg.data);
+        // One batch at a time, in order, even when onBatch is async.
+        this._chain = this._chain.then(() => onBatch(table)).catch((e) => onError(e));
+      } else if (msg.kind === 'error') {
+        this._chain = this._chain.then(() => onError(wrap(new Error(msg.error))));
+      } else if (msg.kind === 'closed') {
+        this.closed = true;
+      }
+    }));
+    if (options.signal) {
+      if (options.signal.aborted) this.close();
+      else options.signal.addEventListener('abort', () => this.close(), { once: true });
+    }
+  }
+  /** Ends the subscription; no callback runs for batches after it. Idempotent. */
+  close() {
+    if (this._onClose) {
+      const f = this._onClose;
+      this._onClose = undefined;
+      this._native.close();
+      this.closed = true;
+      f(this);
+    }
+  }
+}
+
+function subOptions(options) {
+  const opts = {};
+  if (options.bufferSize !== undefined) opts.buffer_size = String(options.bufferSize);
+  if (options.onFull !== undefined) opts.on_full = String(options.onFull);
+  return opts;
+}
+
 /** An open database. Create with `open()`. */
 class Connection {
   constructor(db) {
@@ -196,21 +239,13 @@ class Connection {
       onBatch = undefined;
     }
     options = options || {};
-    const opts = {};
-    if (options.bufferSize !== undefined) opts.buffer_size = String(options.bufferSize);
-    if (options.onFull !== undefined) opts.on_full = String(options.onFull);
-    const sub = new Subscription(callSync(() => this._live().subscribe(name, opts)), options.signal, (s) => this._subs.delete(s));
-    if (!sub._done) this._subs.add(sub);
     if (onBatch) {
-      (async () => {
-        try {
-          for await (const t of sub) await onBatch(t);
-        } catch (e) {
-          if (options.onError) options.onError(e);
-          else process.emitWarning(`laminardb subscription to '${name}' failed: ${e.message}`);
-        }
-      })();
+      const cb = new CallbackSubscription(this, name, onBatch, options, (s) => this._subs.delete(s));
+      if (!cb.closed) this._subs.add(cb);
+      return cb;
     }
+    const sub = new Subscription(callSync(() => this._live().subscribe(name, subOptions(options))), options.signal, (s) => this._subs.delete(s));
+    if (!sub._done) this._subs.add(sub);
     return sub;
   }
   /** The schema of a source, stream or view (apache-arrow Schema). */
@@ -256,4 +291,4 @@ async function open(path = ':memory:', config = undefined) {
   return new Connection(callSync(() => new native.NativeDb(path, stringMap(config))));
 }
 
-module.exports = { open, Connection, Writer, Subscription, LaminarError, version: native.version() };
+module.exports = { open, Connection, Writer, Subscription, CallbackSubscription, LaminarError, version: native.version() };

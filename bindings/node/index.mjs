@@ -1,3 +1,3 @@
 import lib from './index.js';
-export const { open, Connection, Writer, Subscription, LaminarError, version } = lib;
+export const { open, Connection, Writer, Subscription, CallbackSubscription, LaminarError, version } = lib;
 export default lib;

@@ -25,3 +25,20 @@ test('the process exits by itself after close', () => {
   assert.match(r.stdout, /ended true/);
   assert.ok(Date.now() - t0 < 15000);
 });
+
+test('an open callback subscription does not keep the process alive', () => {
+  const script = `
+    const laminardb = require(${JSON.stringify(path.resolve(__dirname, '..'))});
+    (async () => {
+      const db = await laminardb.open();
+      await db.execute("CREATE SOURCE s (a BIGINT); CREATE STREAM t AS SELECT a FROM s");
+      db.subscribe('t', (batch) => console.log('batch', batch.numRows));
+      await db.insert('s', [{ a: 1 }]);
+      await new Promise((r) => setTimeout(r, 200)); // the batch arrives while a timer holds the loop
+      console.log('leaving, subscription still open');
+    })();`;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /batch 1/);
+  assert.match(r.stdout, /leaving, subscription still open/);
+});

@@ -176,6 +176,37 @@ impl NativeDb {
         Ok(NativeWriter { w: Arc::new(Mutex::new(Some(self.db.writer(&source).js()?))) })
     }
 
+    /// A push subscription: `callback(message)` for every batch, then at most one error, then
+    /// "closed". The callback is unref'd: it does not keep the process alive by itself.
+    #[napi]
+    pub fn subscribe_push(
+        &self,
+        name: String,
+        options: Option<HashMap<String, String>>,
+        callback: PushCallback,
+    ) -> Result<NativePushSubscription> {
+        use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+        let opts = config(options).js()?;
+        let push = self
+            .db
+            .subscribe_push(&name, &opts, u64::MAX, move |ev| {
+                let msg = match ev {
+                    laminar_core::PushEvent::Schema(_) => return,
+                    laminar_core::PushEvent::Batch(b) => match ipc(&b.schema(), &[b]) {
+                        Ok(bytes) => PushMessage { kind: "batch".into(), data: Some(Buffer::from(bytes)), error: None },
+                        Err(e) => PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()) },
+                    },
+                    laminar_core::PushEvent::Error(e) => {
+                        PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()) }
+                    }
+                    laminar_core::PushEvent::Closed => PushMessage { kind: "closed".into(), data: None, error: None },
+                };
+                callback.call(msg, ThreadsafeFunctionCallMode::NonBlocking);
+            })
+            .js()?;
+        Ok(NativePushSubscription { push })
+    }
+
     /// A pull subscription; options: buffer_size, on_full.
     #[napi]
     pub fn subscribe(&self, name: String, options: Option<HashMap<String, String>>) -> Result<NativeSubscription> {
@@ -183,6 +214,36 @@ impl NativeDb {
         let sub = self.db.subscribe(&name, &opts).js()?;
         let schema = ipc(&sub.schema(), &[]).js()?;
         Ok(NativeSubscription { sub, schema })
+    }
+}
+
+/// One event of a push subscription, for the JavaScript callback.
+#[napi(object)]
+pub struct PushMessage {
+    /// "batch", "error" or "closed" (last, exactly once).
+    pub kind: String,
+    /// IPC bytes of the batch.
+    pub data: Option<Buffer>,
+    /// `LAMINAR[STATUS] message` of the error.
+    pub error: Option<String>,
+}
+
+/// The JavaScript callback of a push subscription: unref'd (Weak), so it never keeps the event
+/// loop alive on its own, and called without an error-first argument.
+pub type PushCallback = napi::threadsafe_function::ThreadsafeFunction<PushMessage, (), PushMessage, Status, false, true>;
+
+/// A push subscription (callback form in index.js).
+#[napi]
+pub struct NativePushSubscription {
+    push: laminar::PushSubscription,
+}
+
+#[napi]
+impl NativePushSubscription {
+    /// Ends the subscription and waits for its thread (it never waits on JavaScript).
+    #[napi]
+    pub fn close(&self) {
+        let _ = self.push.close();
     }
 }
 
