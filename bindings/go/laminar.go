@@ -6,9 +6,11 @@
 // library once with `make go-lib` from the repository root (no CGO_LDFLAGS needed afterwards), or
 // build with `-tags laminar_dynamic` to link liblaminar.so found by the system linker.
 //
-// Records cross through arrow-go's cdata package without copies. Every blocking method takes a
-// context.Context and honours it. Errors are *Error values matchable with errors.Is against the
-// sentinels (ErrNotFound, ErrSchemaMismatch, ErrClosed, …).
+// Records cross through arrow-go's cdata package without copies. Subscription.Next and
+// Writer.Write honour their context while they wait (a cancelled context interrupts a write
+// blocked on a full queue); Exec, Query, Flush and Checkpoint check it before they start.
+// Errors are *Error values matchable with errors.Is against the sentinels (ErrNotFound,
+// ErrSchemaMismatch, ErrClosed, …).
 //
 // A *DB is safe for concurrent use. A *Writer belongs to one goroutine at a time (use one writer
 // per goroutine). A *Subscription's Next and C may be used from any goroutine.

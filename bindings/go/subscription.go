@@ -54,6 +54,10 @@ type subState struct {
 	stopOnce sync.Once
 	schema   *arrow.Schema
 	ready    chan struct{} // closed once the schema is known
+	// owner keeps the Subscription (and through it the DB) reachable while the callbacks can
+	// still run: a consumer that only holds C() must not see it collected and cancelled.
+	// The cgo.Handle holds subState until on_close.
+	owner *Subscription
 }
 
 // Subscription delivers the results of a stream as they are emitted, into a buffered channel
@@ -64,6 +68,7 @@ type Subscription struct {
 	st     *subState
 	handle cgo.Handle
 	name   string
+	db     *DB // kept alive while the subscription is
 }
 
 // Subscribe subscribes to a stream or materialized view; it sees every result emitted after it
@@ -86,10 +91,14 @@ func (db *DB) SubscribeBuffered(ctx context.Context, name string, buffer int) (*
 	defer done()
 	n, free := cstr(name)
 	defer free()
+	if buffer < 0 {
+		buffer = 0
+	}
 	st := &subState{ch: make(chan Message, buffer), stop: make(chan struct{}), ready: make(chan struct{})}
 	handle := cgo.NewHandle(st)
 	cb := C.laminar_go_subscriber(C.uintptr_t(handle))
-	s := &Subscription{st: st, handle: handle, name: name}
+	s := &Subscription{st: st, handle: handle, name: name, db: db}
+	st.owner = s
 	var cerr *C.laminar_error
 	if err := toError(C.laminar_db_subscribe_push(h, n, &cb, nil, &s.ptr, &cerr), cerr); err != nil {
 		handle.Delete() // no callback ran; the handle is still ours
@@ -100,6 +109,7 @@ func (db *DB) SubscribeBuffered(ctx context.Context, name string, buffer int) (*
 		return nil, err
 	}
 	runtime.KeepAlive(db)
+	// A safety net only: while the subscription runs, st.owner keeps it reachable.
 	runtime.SetFinalizer(s, (*Subscription).Close)
 	return s, nil
 }
@@ -112,6 +122,9 @@ func (s *Subscription) C() <-chan Message { return s.st.ch }
 func (s *Subscription) Schema(ctx context.Context) (*arrow.Schema, error) {
 	select {
 	case <-s.st.ready:
+		if s.st.schema == nil {
+			return nil, &Error{Status: StatusClosed, Message: "the subscription ended before its schema arrived", SQLOffset: -1}
+		}
 		return s.st.schema, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -154,6 +167,15 @@ func (s *Subscription) Close() error {
 	return nil
 }
 
+// cancelOnly cancels without waiting (safe from a goroutine started by a callback).
+func (s *Subscription) cancelOnly() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr != nil {
+		C.laminar_subscription_cancel(s.ptr)
+	}
+}
+
 func stateOf(ud unsafe.Pointer) *subState {
 	return cgo.Handle(uintptr(ud)).Value().(*subState)
 }
@@ -181,7 +203,13 @@ func laminarGoOnSchema(ud unsafe.Pointer, schema *C.struct_ArrowSchema) {
 	}()
 	sc, err := cdata.ImportCArrowSchema((*cdata.CArrowSchema)(unsafe.Pointer(schema)))
 	if err != nil {
-		st.deliver(Message{Err: err})
+		close(st.ready)
+		st.deliver(Message{Err: &Error{Status: StatusInternal, Message: "cannot import the subscription's schema: " + err.Error(), SQLOffset: -1}})
+		// Without a schema no batch can be read: end the subscription (on_close follows).
+		if o := st.owner; o != nil {
+			go o.cancelOnly()
+		}
+		return
 	}
 	st.schema = sc
 	close(st.ready)
@@ -228,5 +256,6 @@ func laminarGoOnClose(ud unsafe.Pointer) {
 	default:
 		close(st.ready)
 	}
+	st.owner = nil // the subscription may now be collected
 	h.Delete()
 }

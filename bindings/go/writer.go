@@ -73,18 +73,30 @@ func (w *Writer) Write(ctx context.Context, rec arrow.RecordBatch) error {
 	cdata.ExportArrowRecordBatch(rec, &arr, &sc)
 	defer cdata.ReleaseCArrowSchema(&sc)
 	var stop func() bool
-	var fired chan struct{}
+	var fired, returned chan struct{}
 	if ctx.Done() != nil {
-		fired = make(chan struct{})
+		fired, returned = make(chan struct{}), make(chan struct{})
 		stop = context.AfterFunc(ctx, func() {
-			C.laminar_writer_cancel(h)
-			close(fired)
+			defer close(fired)
+			// An interrupt counts only once the write is waiting for room; repeat it until the
+			// call returns so one that lands a moment too early is not lost.
+			for {
+				C.laminar_writer_cancel(h)
+				select {
+				case <-returned:
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
 		})
 	}
 	var cerr *C.laminar_error
 	st := C.laminar_writer_write(h, cSchema(&sc), cArray(&arr), &cerr)
-	if stop != nil && !stop() {
-		<-fired // the interrupt ran or is running: let it finish before the handle can be freed
+	if stop != nil {
+		close(returned)
+		if !stop() {
+			<-fired // the interrupt ran or is running: let it finish before the handle can be freed
+		}
 	}
 	err = toError(st, cerr)
 	runtime.KeepAlive(w)

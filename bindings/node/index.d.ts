@@ -20,7 +20,8 @@ export interface SubscribeOptions {
   bufferSize?: number;
   /** 'lag' (default: a subscriber that falls behind is ended with RESOURCE_EXHAUSTED) or 'block'. */
   onFull?: 'lag' | 'block';
-  /** Callback form only: called with the error that ended the subscription. */
+  /** Callback form only: called with the error that ended the subscription, and with anything
+   * `onBatch` throws (the subscription then goes on). Without it, both become process warnings. */
   onError?: (err: Error) => void;
 }
 

@@ -76,23 +76,32 @@ class Writer {
     this._w = native;
     this._conn = conn;
     this._source = source;
+    this._queue = Promise.resolve(); // operations apply in call order, even when not awaited
+  }
+  _then(op) {
+    const p = this._queue.then(op);
+    this._queue = p.catch(() => {});
+    return p;
   }
   /** Pushes rows (same forms as Connection.insert) without waiting for them to be processed. */
-  async insert(data) {
-    return call(this._w.write(toIPC(data, await this._conn._schema(this._source))));
+  insert(data) {
+    return this._then(async () => call(this._w.write(toIPC(data, await this._conn._schema(this._source)))));
   }
   /** Advances the source's watermark (a Date or epoch milliseconds); it never moves back. */
   watermark(ts) {
-    return call(this._w.watermark(ts instanceof Date ? ts.getTime() : Number(ts)));
+    const ms = ts instanceof Date ? ts.getTime() : Number(ts);
+    if (!Number.isFinite(ms)) return Promise.reject(new TypeError(`watermark takes a Date or epoch milliseconds, got ${ts}`));
+    return this._then(() => call(this._w.watermark(ms)));
   }
   /** Marks the end of input: every window of the source closes. */
   finish() {
-    return call(this._w.finish());
+    return this._then(() => call(this._w.finish()));
   }
   /** Waits until everything pushed so far has been processed. */
   flush() {
-    return call(this._w.flush());
+    return this._then(() => call(this._w.flush()));
   }
+  /** Closes the writer (idempotent); a write waiting for queue room is interrupted. */
   close() {
     this._w.close();
   }
@@ -152,16 +161,38 @@ class CallbackSubscription {
     this._onClose = onClose;
     this._chain = Promise.resolve();
     this.closed = false;
-    const onError = options.onError || ((e) => process.emitWarning(`laminardb subscription to '${name}' failed: ${e.message}`));
-    this._native = callSync(() => conn._live().subscribePush(name, subOptions(options), (msg) => {
-      if (msg.kind === 'batch') {
-        const table = arrow.tableFromIPC(msg.data);
-        // One batch at a time, in order, even when onBatch is async.
-        this._chain = this._chain.then(() => onBatch(table)).catch((e) => onError(e));
-      } else if (msg.kind === 'error') {
-        this._chain = this._chain.then(() => onError(wrap(new Error(msg.error))));
-      } else if (msg.kind === 'closed') {
-        this.closed = true;
+    const warn = (e) => process.emitWarning(`laminardb subscription to '${name}': ${e && e.message}`);
+    const report = (e) => {
+      try {
+        (options.onError || warn)(e);
+      } catch (e2) {
+        warn(e2); // an onError that throws must not become an unhandled rejection
+      }
+    };
+    // Credits bound what waits in JavaScript: 8 batches ahead, one more after each onBatch, so
+    // a slow handler pushes back on the engine (bufferSize / onFull then apply).
+    const run = (table) => async () => {
+      if (this.closed) return;
+      try {
+        await onBatch(table);
+      } catch (e) {
+        report(e);
+      }
+      if (!this.closed) this._native.request(1);
+    };
+    this._native = callSync(() => conn._live().subscribePush(name, subOptions(options), 8, (msg) => {
+      try {
+        if (this.closed && msg.kind !== 'closed') return;
+        if (msg.kind === 'batch') {
+          this._chain = this._chain.then(run(arrow.tableFromIPC(msg.data)));
+        } else if (msg.kind === 'error') {
+          const e = wrap(new Error(msg.error));
+          this._chain = this._chain.then(() => report(e));
+        } else if (msg.kind === 'closed') {
+          this._chain = this._chain.then(() => this._finished());
+        }
+      } catch (e) {
+        report(e); // nothing may throw out of a thread-safe callback
       }
     }));
     if (options.signal) {
@@ -169,15 +200,21 @@ class CallbackSubscription {
       else options.signal.addEventListener('abort', () => this.close(), { once: true });
     }
   }
-  /** Ends the subscription; no callback runs for batches after it. Idempotent. */
-  close() {
+  _finished() {
+    this.closed = true;
     if (this._onClose) {
       const f = this._onClose;
       this._onClose = undefined;
-      this._native.close();
-      this.closed = true;
       f(this);
     }
+  }
+  /** Ends the subscription; onBatch is not called again after it. Idempotent. */
+  close() {
+    if (!this.closed) {
+      this.closed = true;
+      this._native.close();
+    }
+    this._finished();
   }
 }
 

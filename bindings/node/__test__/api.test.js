@@ -157,3 +157,30 @@ test('writer watermark closes windows; Symbol.asyncDispose closes the connection
   }
   assert.equal(await sub.next(), null);
 });
+
+test('writer operations apply in call order without awaiting; a throwing onError is contained', async () => {
+  const db = await setup();
+  const sub = db.subscribe('vol');
+  const w = db.writer('trades');
+  const ops = [w.insert([{ sym: 'A', qty: 1, ts: at(1) }]), w.watermark(at(30)), w.insert([{ sym: 'A', qty: 1, ts: at(40) }]), w.flush()];
+  await Promise.all(ops);
+  const t = await sub.next();
+  assert.deepEqual(t.toArray().map((r) => Number(r.total)), [1]); // the first row was in before the watermark
+  await assert.rejects(w.watermark(NaN), TypeError);
+  w.close();
+  await db.execute('CREATE STREAM rows_out AS SELECT sym FROM trades');
+  const warnings = [];
+  const onWarning = (w) => warnings.push(w.message);
+  process.on('warning', onWarning);
+  let calls = 0;
+  const cb = db.subscribe('rows_out', () => { calls++; throw new Error('from onBatch'); }, { onError: () => { throw new Error('from onError'); } });
+  await db.insert('trades', [{ sym: 'B', qty: 1, ts: at(50) }]);
+  await db.insert('trades', [{ sym: 'C', qty: 1, ts: at(51) }]);
+  for (let i = 0; i < 200 && calls < 2; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(calls, 2); // the subscription went on after the first throw
+  await new Promise((r) => setImmediate(r));
+  process.off('warning', onWarning);
+  assert.ok(warnings.some((m) => /from onError/.test(m)));
+  cb.close();
+  await db.close();
+});

@@ -173,23 +173,27 @@ impl NativeDb {
 
     #[napi]
     pub fn writer(&self, source: String) -> Result<NativeWriter> {
-        Ok(NativeWriter { w: Arc::new(Mutex::new(Some(self.db.writer(&source).js()?))) })
+        let w = self.db.writer(&source).js()?;
+        let interrupt = w.interrupter();
+        Ok(NativeWriter { w: Arc::new(Mutex::new(Some(w))), interrupt })
     }
 
     /// A push subscription: `callback(message)` for every batch, then at most one error, then
     /// "closed". The callback is unref'd: it does not keep the process alive by itself.
+    /// `initial_credits` bounds the batches delivered before `request` grants more.
     #[napi]
     pub fn subscribe_push(
         &self,
         name: String,
         options: Option<HashMap<String, String>>,
+        initial_credits: u32,
         callback: PushCallback,
     ) -> Result<NativePushSubscription> {
         use napi::threadsafe_function::ThreadsafeFunctionCallMode;
         let opts = config(options).js()?;
         let push = self
             .db
-            .subscribe_push(&name, &opts, u64::MAX, move |ev| {
+            .subscribe_push(&name, &opts, initial_credits as u64, move |ev| {
                 let msg = match ev {
                     laminar_core::PushEvent::Schema(_) => return,
                     laminar_core::PushEvent::Batch(b) => match ipc(&b.schema(), &[b]) {
@@ -245,12 +249,19 @@ impl NativePushSubscription {
     pub fn close(&self) {
         let _ = self.push.close();
     }
+
+    /// Grants `n` more batches.
+    #[napi]
+    pub fn request(&self, n: u32) {
+        self.push.request(n as u64)
+    }
 }
 
 /// A writer (wrapped by `Writer` in index.js).
 #[napi]
 pub struct NativeWriter {
     w: Arc<Mutex<Option<laminar::Writer>>>,
+    interrupt: laminar_core::WriterInterrupt,
 }
 
 pub struct WriterTask {
@@ -310,9 +321,19 @@ impl NativeWriter {
     pub fn flush(&self) -> AsyncTask<WriterTask> {
         AsyncTask::new(WriterTask { w: self.w.clone(), op: WriterOp::Flush })
     }
+    /// Closes the writer without blocking the event loop: a write waiting for queue room is
+    /// interrupted, and the writer is released once the operation in flight has returned.
     #[napi]
     pub fn close(&self) {
-        self.w.lock().take();
+        self.interrupt.interrupt();
+        if let Some(mut g) = self.w.try_lock() {
+            g.take();
+            return;
+        }
+        let w = self.w.clone();
+        std::thread::spawn(move || {
+            w.lock().take();
+        });
     }
 }
 

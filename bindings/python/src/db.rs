@@ -75,8 +75,13 @@ impl Database {
         Py::new(py, ArrowStream { schema: q.schema, batches: q.batches.into() })
     }
 
-    fn writer(&self, name: &str) -> PyResult<Writer> {
-        Ok(Writer::new(self.db.writer(name).py()?))
+    // Every call that takes the engine lock releases the GIL first: the pipeline thread may hold
+    // that lock while it frees a batch whose buffers pyarrow owns, which takes the GIL.
+
+    fn writer(&self, py: Python<'_>, name: &str) -> PyResult<Writer> {
+        let db = self.db.clone();
+        let name = name.to_string();
+        Ok(Writer::new(py.detach(move || db.writer(&name)).py()?))
     }
 
     /// Pushes one batch given as `(schema capsule, array capsule)` and waits until processed.
@@ -99,15 +104,22 @@ impl Database {
     }
 
     fn schema(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
-        schema_object(py, self.db.schema(name).py()?)
+        let db = self.db.clone();
+        let name = name.to_string();
+        let s = py.detach(move || db.schema(&name)).py()?;
+        schema_object(py, s)
     }
 
     fn catalog(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
-        batch_capsules(py, &self.db.catalog().py()?)
+        let db = self.db.clone();
+        let b = py.detach(move || db.catalog()).py()?;
+        batch_capsules(py, &b)
     }
 
     fn metrics(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
-        batch_capsules(py, &self.db.metrics().py()?)
+        let db = self.db.clone();
+        let b = py.detach(move || db.metrics()).py()?;
+        batch_capsules(py, &b)
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
@@ -130,13 +142,15 @@ impl Database {
         self.db.is_closed()
     }
 
-    fn subscribe(&self, name: &str, options: Vec<(String, String)>) -> PyResult<Subscription> {
-        Ok(Subscription::new(self.db.subscribe(name, &config_from(options)?).py()?))
+    fn subscribe(&self, py: Python<'_>, name: &str, options: Vec<(String, String)>) -> PyResult<Subscription> {
+        let (db, name, opts) = (self.db.clone(), name.to_string(), config_from(options)?);
+        Ok(Subscription::new(py.detach(move || db.subscribe(&name, &opts)).py()?))
     }
 
     /// Calls `on_event(kind, value)` on an engine thread: ("schema", schema), ("batch", batch),
     /// ("error", exception), ("closed", None) — "closed" exactly once, last.
-    fn subscribe_push(&self, name: &str, options: Vec<(String, String)>, on_event: Py<PyAny>) -> PyResult<PushSubscription> {
-        PushSubscription::start(&self.db, name, config_from(options)?, on_event)
+    fn subscribe_push(&self, py: Python<'_>, name: &str, options: Vec<(String, String)>, on_event: Py<PyAny>) -> PyResult<PushSubscription> {
+        let (db, name, opts) = (self.db.clone(), name.to_string(), config_from(options)?);
+        py.detach(move || PushSubscription::start(&db, &name, opts, on_event)).py()
     }
 }

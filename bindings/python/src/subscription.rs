@@ -79,7 +79,8 @@ pub struct PushSubscription {
 }
 
 impl PushSubscription {
-    pub(crate) fn start(db: &Db, name: &str, options: Config, on_event: Py<PyAny>) -> PyResult<PushSubscription> {
+    /// Runs without the GIL (it takes the engine lock); the callback takes the GIL itself.
+    pub(crate) fn start(db: &Db, name: &str, options: Config, on_event: Py<PyAny>) -> laminar_core::Result<PushSubscription> {
         let push = db
             .subscribe_push(name, &options, u64::MAX, move |ev| {
                 Python::attach(|py| {
@@ -96,8 +97,7 @@ impl PushSubscription {
                         e.print(py);
                     }
                 })
-            })
-            .py()?;
+            })?;
         Ok(PushSubscription { push })
     }
 }

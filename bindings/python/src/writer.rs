@@ -11,13 +11,16 @@ pub struct Writer {
     // None once closed. A writer belongs to one thread at a time; the lock only keeps Python
     // threads that share one by mistake from racing.
     w: Mutex<Option<laminar::Writer>>,
+    /// Read without the lock (and with the GIL held): a write in progress may hold the lock
+    /// while it needs the GIL.
+    closed: std::sync::atomic::AtomicBool,
     schema: arrow::datatypes::SchemaRef,
     name: String,
 }
 
 impl Writer {
     pub(crate) fn new(w: laminar::Writer) -> Writer {
-        Writer { schema: w.schema(), name: w.source_name().to_string(), w: Mutex::new(Some(w)) }
+        Writer { schema: w.schema(), name: w.source_name().to_string(), w: Mutex::new(Some(w)), closed: Default::default() }
     }
 
     fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut laminar::Writer) -> laminar_core::Result<T> + Send) -> PyResult<T> {
@@ -86,10 +89,11 @@ impl Writer {
 
     #[getter]
     fn is_closed(&self) -> bool {
-        self.w.lock().is_none()
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn close(&self, py: Python<'_>) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
         let w = py.detach(|| self.w.lock().take());
         drop(w);
     }

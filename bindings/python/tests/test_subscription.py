@@ -232,3 +232,28 @@ def test_changelog_stream_items_carry_their_weight_column(trades):
             rows.extend(r.fetchall())
     # insert (A, 1), then retract it and insert (A, 3)
     assert rows == [("A", 1, 1), ("A", 1, -1), ("A", 3, 1)]
+
+
+def test_break_out_of_iteration_cancels_and_drops_the_hidden_stream(trades):
+    db = trades
+    sub = db.subscribe("SELECT sym FROM trades")
+    push(db, ("A", 1, 0))
+    for _ in sub:
+        break
+    assert not sub.is_active and db.active_query_count == 0
+    assert db.list_streams() == ["vol"]
+    with pytest.raises(laminardb.QueryError):
+        db.subscribe("SELECT sym FROM trades; DROP SOURCE trades")
+    assert db.list_tables() == ["trades"]
+    assert db.subscribe('"vol"').name == "vol"  # a quoted name is a stream, not a query
+
+
+def test_callback_subscription_that_ends_by_itself_is_released(trades):
+    db = trades
+    sub = db.subscribe_stream_callback("vol", lambda r: None)
+    db.execute("DROP STREAM vol")
+    assert sub.wait(5)
+    deadline = time.monotonic() + 5
+    while db.active_query_count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert db.active_query_count == 0

@@ -18,7 +18,7 @@ from .result import ExecuteResult, QueryResult
 from .subscription import CallbackSubscription, Subscription
 from .writer import Writer
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")$')
 _HIDDEN = "__laminar_q"
 
 
@@ -83,8 +83,9 @@ class Connection:
         self._check()
 
     def close(self) -> None:
-        """Stops the pipelines and closes the database. Idempotent. Subscriptions end; calls on
-        writers and subscriptions then raise ConnectionError (CONNECTION_CLOSED)."""
+        """Stops the pipelines and closes the database. Idempotent. Subscriptions made here are
+        cancelled (their reads return None); writers then raise ConnectionError
+        (CONNECTION_CLOSED)."""
         for q in list(self._queries.values()):
             try:
                 q.cancel()
@@ -262,7 +263,9 @@ class Connection:
         """A stream name for `sql`: itself when it names a stream, else a hidden stream over it."""
         text = sql.strip().rstrip(";").strip()
         if _IDENT.match(text):
-            return text, None
+            return (text[1:-1].replace('""', '"') if text.startswith('"') else text), None
+        if ";" in text:
+            raise QueryError("subscribe takes one SELECT statement (no ';')", codes.QUERY_FAILED, "INVALID_ARGUMENT")
         qid = next(self._ids)
         hidden = f"{_HIDDEN}{qid}"
         self.execute(f"CREATE STREAM {hidden} AS {text}")

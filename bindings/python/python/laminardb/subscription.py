@@ -44,24 +44,29 @@ class Subscription:
             return None
         return QueryResult._from_batch(batch) if batch is not None else None
 
-    def next(self) -> Optional[QueryResult]:
-        """Blocks for the next batch; None once the subscription has ended."""
+    def _read(self, f, *args) -> Optional[QueryResult]:
         if self._ended:
             return None
-        return self._wrap(self._sub.next(None))
+        try:
+            return self._wrap(f(*args))
+        except KeyboardInterrupt:
+            raise  # the subscription survives an interrupted read
+        except BaseException:
+            self._finish()  # an error (lagged, closed) ends it: release what it holds
+            raise
+
+    def next(self) -> Optional[QueryResult]:
+        """Blocks for the next batch; None once the subscription has ended."""
+        return self._read(self._sub.next, None)
 
     def next_timeout(self, timeout_ms: int) -> Optional[QueryResult]:
         """The next batch, or None when nothing arrived within ``timeout_ms`` (or at the end:
         check :attr:`is_active`). Never raises on a timeout."""
-        if self._ended:
-            return None
-        return self._wrap(self._sub.next(int(timeout_ms)))
+        return self._read(self._sub.next, int(timeout_ms))
 
     def try_next(self) -> Optional[QueryResult]:
         """A batch already buffered, or None without waiting."""
-        if self._ended:
-            return None
-        return self._wrap(self._sub.try_next())
+        return self._read(self._sub.try_next)
 
     def cancel(self) -> None:
         """Ends the subscription; a blocked ``next`` returns None. Idempotent, any thread."""
@@ -78,7 +83,12 @@ class Subscription:
                 cb()
 
     def __iter__(self):
-        return self
+        """Yields batches until the end; leaving the loop early (``break``) cancels."""
+        try:
+            while (r := self.next()) is not None:
+                yield r
+        finally:
+            self.cancel()
 
     def __next__(self) -> QueryResult:
         r = self.next()
@@ -86,22 +96,27 @@ class Subscription:
             raise StopIteration
         return r
 
-    def __aiter__(self):
-        return self
+    async def __aiter__(self):
+        """Yields batches until the end; leaving the loop early (``break``) cancels."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._ended:
+                # Short slices in a worker thread, so a cancelled task does not leave a thread
+                # blocked for long.
+                r = await loop.run_in_executor(None, self._read, self._sub.next, 200)
+                if r is not None:
+                    yield r
+        finally:
+            self.cancel()
 
     async def __anext__(self) -> QueryResult:
         loop = asyncio.get_running_loop()
         while True:
             if self._ended:
                 raise StopAsyncIteration
-            # Short slices in a worker thread, so a cancelled task does not leave a thread blocked.
-            r = await loop.run_in_executor(None, self._sub.next, 200)
-            batch, ended = r
-            if ended:
-                self._finish()
-                raise StopAsyncIteration
-            if batch is not None:
-                return QueryResult._from_batch(batch)
+            r = await loop.run_in_executor(None, self._read, self._sub.next, 200)
+            if r is not None:
+                return r
 
     def __enter__(self) -> "Subscription":
         return self
@@ -155,6 +170,7 @@ class CallbackSubscription:
                     self._error = value
             elif kind == "closed":
                 self._done.set()
+                self._release()
         except BaseException as e:  # noqa: BLE001 - an on_error that raised
             if self._error is None:
                 self._error = e
@@ -176,6 +192,11 @@ class CallbackSubscription:
             raise err
         return done
 
+    def _release(self) -> None:
+        if self._on_cancel is not None:
+            cb, self._on_cancel = self._on_cancel, None
+            cb()
+
     def cancel(self) -> None:
         """Ends the subscription and waits until the last callback has returned (from inside a
         callback it only cancels). Idempotent."""
@@ -185,9 +206,7 @@ class CallbackSubscription:
         except LaminarError as e:  # called from inside a callback: cancelling is all it can do
             if e.status != "INVALID_STATE":
                 raise
-        if self._on_cancel is not None:
-            cb, self._on_cancel = self._on_cancel, None
-            cb()
+        self._release()
 
     close = cancel
 
