@@ -14,6 +14,7 @@
 pub mod config;
 mod db;
 pub mod error;
+pub mod nexmark;
 pub mod operator;
 mod plan;
 pub mod runtime;
