@@ -1,0 +1,232 @@
+//! Nexmark runner (NEXMARK.md §3–§5): per query, pushes N generated events through the engine
+//! and prints events/s, CPU-seconds used (getrusage), events/s per CPU-second, peak RSS, and the
+//! generator's own cost measured apart, beside the published per-core figures of §4.
+//!
+//!     cargo run --release -p laminar-core --example nexmark -- --events 10000000
+//!
+//! Options: --events N (10,000,000), --workers W (engine default), --batch B (8,192 events per
+//! generated chunk), --rate R (events per second of event time, 10,000,000 as published),
+//! --queries q0,q1,… (all). q3–q8 need joins (issue 9) and are reported as such.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use laminar_core::nexmark::{NexmarkBatches, NexmarkConfig, NexmarkGenerator};
+use laminar_core::{Config, Database, Next};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const SOURCES: [&str; 3] = [
+    "CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR, \
+     state VARCHAR, date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+    "CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, reserve BIGINT, \
+     date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR, \
+     WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+    "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, \
+     date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+];
+
+/// (name, SQL or None when the engine cannot run it yet, published best per core (K ev/s), target per core)
+const QUERIES: [(&str, Option<&str>, &str, u64); 8] = [
+    ("q0", Some("SELECT auction, bidder, price, date_time, extra FROM bid"), "436 (Feldera)", 1_000),
+    ("q1", Some("SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid"), "436 (Feldera)", 1_000),
+    ("q2", Some("SELECT auction, price FROM bid WHERE auction % 123 = 0"), "436 (Feldera)", 1_000),
+    ("q3", None, "413 (Feldera)", 800),
+    ("q4", None, "265 (Feldera)", 500),
+    ("q5", None, "412 (Feldera)", 800),
+    ("q7", None, "196 (Feldera)", 400),
+    ("q8", None, "415 (Feldera)", 800),
+];
+
+#[cfg(target_os = "linux")]
+mod usage {
+    #[repr(C)]
+    struct Timeval {
+        sec: i64,
+        usec: i64,
+    }
+    #[repr(C)]
+    struct Rusage {
+        utime: Timeval,
+        stime: Timeval,
+        maxrss: i64,
+        rest: [i64; 13],
+    }
+    unsafe extern "C" {
+        fn getrusage(who: i32, usage: *mut Rusage) -> i32;
+    }
+    /// (CPU seconds used by the process so far, peak RSS in MiB).
+    pub fn now() -> (f64, f64) {
+        let mut r = std::mem::MaybeUninit::<Rusage>::zeroed();
+        // SAFETY: RUSAGE_SELF (0) with a struct of the kernel's layout on Linux.
+        if unsafe { getrusage(0, r.as_mut_ptr()) } != 0 {
+            return (0.0, 0.0);
+        }
+        // SAFETY: getrusage filled it.
+        let r = unsafe { r.assume_init() };
+        let cpu = r.utime.sec as f64 + r.utime.usec as f64 / 1e6 + r.stime.sec as f64 + r.stime.usec as f64 / 1e6;
+        (cpu, r.maxrss as f64 / 1024.0)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod usage {
+    pub fn now() -> (f64, f64) {
+        (0.0, 0.0)
+    }
+}
+
+struct Args {
+    events: u64,
+    workers: Option<usize>,
+    batch: u64,
+    rate: u64,
+    queries: Vec<String>,
+}
+
+fn parse_args() -> BoxResult<Args> {
+    let mut a = Args { events: 10_000_000, workers: None, batch: 8192, rate: 10_000_000, queries: vec![] };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => a.events = value()?.parse()?,
+            "--workers" => a.workers = Some(value()?.parse()?),
+            "--batch" => a.batch = value()?.parse()?,
+            "--rate" => a.rate = value()?.parse()?,
+            "--queries" => a.queries = value()?.split(',').map(|s| s.trim().to_string()).collect(),
+            _ => return Err(format!("unknown option {flag}; options: --events --workers --batch --rate --queries").into()),
+        }
+    }
+    Ok(a)
+}
+
+struct Run {
+    wall: Duration,
+    cpu: f64,
+    rows_out: u64,
+}
+
+fn run_query(sql: &str, chunks: &[NexmarkBatches], workers: Option<usize>) -> BoxResult<Run> {
+    let mut cfg = Config::default();
+    if let Some(w) = workers {
+        cfg.set("workers", &w.to_string())?;
+    }
+    cfg.set("buffer_size", "65536")?;
+    let db = Database::open(":memory:", cfg)?;
+    for s in SOURCES {
+        db.execute(s)?;
+    }
+    db.execute(&format!("CREATE STREAM q AS {sql}"))?;
+    let sub = db.subscribe("q")?;
+    let done = Arc::new(AtomicBool::new(false));
+    let rows = Arc::new(AtomicU64::new(0));
+    let (d2, r2) = (done.clone(), rows.clone());
+    // A consumer that counts and drops the output (the blackhole sink of the published runs).
+    let drain = std::thread::spawn(move || loop {
+        match sub.next_timeout(Duration::from_millis(20)) {
+            Ok(Next::Batch(b)) => {
+                r2.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }
+            Ok(Next::Empty) if d2.load(Ordering::Acquire) => return,
+            Ok(Next::Empty) => {}
+            Ok(Next::End) | Err(_) => return,
+        }
+    });
+    let (mut wp, mut wa, mut wb) = (db.writer("person")?, db.writer("auction")?, db.writer("bid")?);
+    let (cpu0, _) = usage::now();
+    let t0 = Instant::now();
+    for c in chunks {
+        if c.person.num_rows() > 0 {
+            wp.write(c.person.clone())?;
+        }
+        if c.auction.num_rows() > 0 {
+            wa.write(c.auction.clone())?;
+        }
+        if c.bid.num_rows() > 0 {
+            wb.write(c.bid.clone())?;
+        }
+    }
+    wp.finish()?;
+    wa.finish()?;
+    wb.finish()?;
+    wb.flush()?; // every result is now in the subscription's buffer
+    done.store(true, Ordering::Release);
+    drain.join().map_err(|_| "the drain thread panicked")?;
+    let wall = t0.elapsed();
+    let (cpu1, _) = usage::now();
+    db.close();
+    Ok(Run { wall, cpu: cpu1 - cpu0, rows_out: rows.load(Ordering::Relaxed) })
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nexmark: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> BoxResult<()> {
+    let args = parse_args()?;
+    let generator = NexmarkGenerator::new(NexmarkConfig { first_event_rate: args.rate, ..Default::default() });
+    let (gcpu0, _) = usage::now();
+    let g0 = Instant::now();
+    let mut chunks = vec![];
+    let mut first = 0;
+    while first < args.events {
+        let n = args.batch.min(args.events - first);
+        chunks.push(generator.generate(first, n)?);
+        first += n;
+    }
+    let gen_wall = g0.elapsed();
+    let (gcpu1, _) = usage::now();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "Nexmark: {} events, chunks of {}, event-time rate {} ev/s, workers {}, cores {cores}, build {}",
+        args.events,
+        args.batch,
+        args.rate,
+        args.workers.map(|w| w.to_string()).unwrap_or_else(|| "default".into()),
+        if cfg!(debug_assertions) { "debug (figures meaningless)" } else { "release" }
+    );
+    println!(
+        "generator (not counted below): {:.2} s wall, {:.2} CPU-s, {:.0} K events/s",
+        gen_wall.as_secs_f64(),
+        gcpu1 - gcpu0,
+        args.events as f64 / gen_wall.as_secs_f64() / 1e3
+    );
+    println!(
+        "\n{:<5} {:>12} {:>10} {:>14} {:>9} {:>16} {:>10} {:>15} {:>10}",
+        "query", "rows out", "wall s", "K events/s", "CPU-s", "K ev/s per CPU-s", "peak MiB", "best published", "target"
+    );
+    for (name, sql, published, target) in QUERIES {
+        if !args.queries.is_empty() && !args.queries.iter().any(|q| q == name) {
+            continue;
+        }
+        let Some(sql) = sql else {
+            println!("{name:<5} {:>12} needs joins (issue 9); best published {published} K/core, target ≥ {target} K/core", "-");
+            continue;
+        };
+        let r = run_query(sql, &chunks, args.workers)?;
+        let (_, peak) = usage::now();
+        let rate = args.events as f64 / r.wall.as_secs_f64() / 1e3;
+        let per_cpu = if r.cpu > 0.0 { args.events as f64 / r.cpu / 1e3 } else { f64::NAN };
+        println!(
+            "{name:<5} {:>12} {:>10.2} {:>14.0} {:>9.2} {:>16.0} {:>10.0} {:>15} {:>10}",
+            r.rows_out,
+            r.wall.as_secs_f64(),
+            rate,
+            r.cpu,
+            per_cpu,
+            peak,
+            format!("{published}"),
+            format!("≥ {target}")
+        );
+    }
+    println!("\nper CPU-s = events ÷ CPU seconds the process used during the query (getrusage), as Flink's Throughput/Cores; peak RSS is the process's, generator included.");
+    Ok(())
+}
