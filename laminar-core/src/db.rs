@@ -360,12 +360,15 @@ impl Database {
     }
 
     fn create_source(&self, cs: CreateSource, text: &str) -> Result<ExecuteResult> {
-        if let Some(c) = &cs.connector {
-            return Err(Error::not_implemented(format!("connector '{c}' is not available in this build")));
-        }
+        let nexmark = match cs.connector.as_deref() {
+            None => None,
+            Some(c) if c.eq_ignore_ascii_case("nexmark") => Some(NexmarkFeed::from_options(&cs.name, &cs.options)?),
+            Some(c) => return Err(Error::not_implemented(format!("connector '{c}' is not available in this build (built in: NEXMARK)"))),
+        };
         for k in cs.options.keys() {
-            if k != "idle_timeout" {
-                return Err(Error::invalid_argument(format!("unknown source option '{k}' (known: idle_timeout)")));
+            if k != "idle_timeout" && !(nexmark.is_some() && NexmarkFeed::OPTIONS.contains(&k.as_str())) {
+                let known = if nexmark.is_some() { format!("idle_timeout, {}", NexmarkFeed::OPTIONS.join(", ")) } else { "idle_timeout".into() };
+                return Err(Error::invalid_argument(format!("unknown source option '{k}' (known: {known})")));
             }
         }
         if let Some(v) = cs.options.get("idle_timeout") {
@@ -438,6 +441,14 @@ impl Database {
                 rows_late: 0,
             },
         );
+        drop(eng);
+        if let Some(feed) = nexmark {
+            if let Err(e) = feed.check_schema(&self.object(&cs.name)?.schema) {
+                let _ = self.drop_objects(Some(ObjectKind::Source), vec![cs.name.clone()], true, false);
+                return Err(e);
+            }
+            feed.start(self.writer(&cs.name)?)?;
+        }
         Ok(ExecuteResult { message: format!("created source '{}'", cs.name), ..Default::default() })
     }
 
@@ -1377,5 +1388,94 @@ impl Drop for DbInner {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Release);
         let _ = self.tx.send(Event::Shutdown);
+    }
+}
+
+/// A source fed by the built-in Nexmark generator (`CREATE SOURCE … FROM NEXMARK WITH (…)`): a
+/// thread pushes the events of one kind at full speed (event time follows `rate`), then marks
+/// the end of input. It stops early when the source is dropped or the database closed.
+struct NexmarkFeed {
+    kind: crate::nexmark::EventKind,
+    events: u64,
+    batch: u64,
+    config: crate::nexmark::NexmarkConfig,
+}
+
+impl NexmarkFeed {
+    const OPTIONS: &[&str] = &["kind", "events", "rate", "seed", "batch", "base_time_ms"];
+
+    fn from_options(name: &str, o: &std::collections::BTreeMap<String, String>) -> Result<NexmarkFeed> {
+        use crate::nexmark::EventKind;
+        let num = |k: &str, default: u64| -> Result<u64> {
+            match o.get(k) {
+                None => Ok(default),
+                Some(v) => v.trim().parse::<u64>().map_err(|_| Error::invalid_argument(format!("NEXMARK option {k}: expected a non-negative integer, got '{v}'"))),
+            }
+        };
+        let kind_name = o.get("kind").cloned().unwrap_or_else(|| name.to_ascii_lowercase());
+        let kind = match kind_name.as_str() {
+            "person" => EventKind::Person,
+            "auction" => EventKind::Auction,
+            "bid" => EventKind::Bid,
+            k => {
+                return Err(Error::invalid_argument(format!(
+                    "NEXMARK source '{name}': kind '{k}' is not person, auction or bid (set WITH (kind = 'bid') or name the source after its kind)"
+                )))
+            }
+        };
+        let rate = num("rate", 10_000_000)?;
+        let batch = num("batch", 8192)?;
+        if rate == 0 || batch == 0 {
+            return Err(Error::invalid_argument("NEXMARK options rate and batch must be positive"));
+        }
+        let mut config = crate::nexmark::NexmarkConfig { first_event_rate: rate, seed: num("seed", 0)?, ..Default::default() };
+        if let Some(b) = o.get("base_time_ms") {
+            config.base_time_ms = b.trim().parse().map_err(|_| Error::invalid_argument(format!("NEXMARK option base_time_ms: expected epoch milliseconds, got '{b}'")))?;
+        }
+        Ok(NexmarkFeed { kind, events: num("events", 1_000_000)?, batch, config })
+    }
+
+    /// The declared columns must accept the generator's batches (checked on an empty batch).
+    fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        let g = crate::nexmark::NexmarkGenerator::new(self.config.clone());
+        let b = g.generate_only(0, 0, Some(self.kind))?;
+        let sample = match self.kind {
+            crate::nexmark::EventKind::Person => b.person,
+            crate::nexmark::EventKind::Auction => b.auction,
+            crate::nexmark::EventKind::Bid => b.bid,
+        };
+        // Extra generated columns the source did not declare are left out.
+        let cols: Vec<usize> = schema.fields().iter().filter_map(|f| sample.schema().index_of(f.name()).ok()).collect();
+        let projected = sample.project(&cols)?;
+        conform("nexmark", schema, &projected).map(|_| ()).map_err(|e| Error::plan(format!("the columns of a NEXMARK source must match the generator's ({}): {}", e.message(), sample.schema())))
+    }
+
+    fn start(self, mut writer: SourceWriter) -> Result<()> {
+        let name = writer.source_name().to_string();
+        std::thread::Builder::new()
+            .name(format!("laminar-nexmark-{name}"))
+            .spawn(move || {
+                let g = crate::nexmark::NexmarkGenerator::new(self.config.clone());
+                let wanted: Vec<String> = writer.schema().fields().iter().map(|f| f.name().clone()).collect();
+                let mut first = 0;
+                while first < self.events {
+                    let n = self.batch.min(self.events - first);
+                    let Ok(b) = g.generate_only(first, n, Some(self.kind)) else { return };
+                    let batch = match self.kind {
+                        crate::nexmark::EventKind::Person => b.person,
+                        crate::nexmark::EventKind::Auction => b.auction,
+                        crate::nexmark::EventKind::Bid => b.bid,
+                    };
+                    let cols: Vec<usize> = wanted.iter().filter_map(|c| batch.schema().index_of(c).ok()).collect();
+                    let Ok(batch) = batch.project(&cols) else { return };
+                    if writer.write(batch).is_err() {
+                        return; // dropped or closed
+                    }
+                    first += n;
+                }
+                let _ = writer.finish();
+            })
+            .map_err(|e| Error::internal(format!("cannot start the NEXMARK generator thread: {e}")))?;
+        Ok(())
     }
 }

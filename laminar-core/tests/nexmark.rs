@@ -65,3 +65,36 @@ fn q0_q1_q2_match_a_batch_oracle_on_generated_events() {
         assert_eq!(got_rows, want_rows, "{name}: rows");
     }
 }
+
+/// `FROM NEXMARK` feeds a source from the generator and then ends its input (watermark at the
+/// end of time), with every bid of the generated range pushed.
+#[test]
+fn a_nexmark_source_feeds_itself_and_ends() {
+    let db = Database::open_in_memory().unwrap();
+    db.execute(&format!("{BID_SOURCE} FROM NEXMARK WITH (events = '50000', rate = '1000', seed = '9')")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let m = db.metrics().unwrap();
+        let src = m.sources.iter().find(|s| s.name == "bid").unwrap();
+        if src.watermark_ms == Some(i64::MAX) {
+            assert_eq!(src.rows_in, 46_000, "every bid of 50,000 events was pushed");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the feed did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Ad hoc: the retained rows are the generator's (the last 65,536 rows are kept; all 46,000 here).
+    let rows = db.query("SELECT COUNT(*) AS c, COUNT(DISTINCT auction) > 100 AS many FROM bid").unwrap();
+    assert_eq!(common::rows(&rows)[0], vec!["46000".to_string(), "true".to_string()]);
+
+    // Errors: a kind that is not one, options that are not known, columns that do not match.
+    let e = db.execute("CREATE SOURCE bids2 (auction BIGINT) FROM NEXMARK").unwrap_err();
+    assert!(e.message().contains("kind 'bids2'"), "{e}");
+    let e = db.execute("CREATE SOURCE bid2 (auction BIGINT) FROM NEXMARK WITH (kind = 'bid', speed = '3')").unwrap_err();
+    assert!(e.message().contains("unknown source option 'speed'"), "{e}");
+    let e = db.execute("CREATE SOURCE bid3 (auction VARCHAR) FROM NEXMARK WITH (kind = 'bid')").unwrap_err();
+    assert!(e.message().contains("auction"), "{e}");
+    assert!(db.object("bid3").is_err(), "a refused source is not left behind");
+    let e = db.execute("CREATE SOURCE k (a BIGINT) FROM KAFKA").unwrap_err();
+    assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented);
+}
