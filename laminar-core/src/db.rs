@@ -31,7 +31,7 @@ use crate::operator::{LateRows, OpCtx, Operator, StreamKind, NO_WATERMARK};
 use crate::plan::{plan_continuous, PlanOptions, RelationInfo};
 use crate::runtime::ingest::{conform, normalize_schema};
 use crate::runtime::mv::MvStore;
-use crate::runtime::subscription::{new_pair, send_pending, Delivered, Pending, PushEvent, PushSubscription, SubMsg, SubscribeOptions, SubscriberSlot, Subscription};
+use crate::runtime::subscription::{new_pair, send_pending, Delivered, Pending, PushEvent, PushSubscription, SubscribeOptions, SubscriberSlot, Subscription};
 use crate::sql::{self, CreateSource, CreateStream, ObjectKind, Statement, WatermarkDelay};
 
 /// A processing-time clock. Tests drive [`ManualClock`] by hand; everything else uses the system's.
@@ -381,6 +381,13 @@ impl Database {
             let plan = futures::executor::block_on(ctx.state().create_logical_plan(&sql_text))?;
             normalize_schema(plan.schema().as_arrow())
         };
+        let nexmark = match nexmark {
+            Some(feed) => {
+                let cols = feed.projection(&schema)?;
+                Some((feed, cols))
+            }
+            None => None,
+        };
         let time = match &cs.watermark {
             None => None,
             Some(w) => {
@@ -442,12 +449,8 @@ impl Database {
             },
         );
         drop(eng);
-        if let Some(feed) = nexmark {
-            if let Err(e) = feed.check_schema(&self.object(&cs.name)?.schema) {
-                let _ = self.drop_objects(Some(ObjectKind::Source), vec![cs.name.clone()], true, false);
-                return Err(e);
-            }
-            feed.start(self.writer(&cs.name)?)?;
+        if let Some((feed, cols)) = nexmark {
+            feed.start(self.writer(&cs.name)?, cols)?;
         }
         Ok(ExecuteResult { message: format!("created source '{}'", cs.name), ..Default::default() })
     }
@@ -1301,7 +1304,7 @@ fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>
                 return;
             }
         }
-        s.subscribers.retain(|sub| matches!(sub.deliver(SubMsg::Batch(batch.clone()), pending), Delivered::Ok));
+        s.subscribers.retain(|sub| matches!(sub.deliver(batch.clone(), pending), Delivered::Ok));
     }
     // Dependents read the logical columns; changelog weights stay with the batch.
     feed(inner, eng, name, &[batch]);
@@ -1435,39 +1438,29 @@ impl NexmarkFeed {
         Ok(NexmarkFeed { kind, events: num("events", 1_000_000)?, batch, config })
     }
 
-    /// The declared columns must accept the generator's batches (checked on an empty batch).
-    fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
-        let g = crate::nexmark::NexmarkGenerator::new(self.config.clone());
-        let b = g.generate_only(0, 0, Some(self.kind))?;
-        let sample = match self.kind {
-            crate::nexmark::EventKind::Person => b.person,
-            crate::nexmark::EventKind::Auction => b.auction,
-            crate::nexmark::EventKind::Bid => b.bid,
-        };
-        // Extra generated columns the source did not declare are left out.
-        let cols: Vec<usize> = schema.fields().iter().filter_map(|f| sample.schema().index_of(f.name()).ok()).collect();
-        let projected = sample.project(&cols)?;
-        conform("nexmark", schema, &projected).map(|_| ()).map_err(|e| Error::plan(format!("the columns of a NEXMARK source must match the generator's ({}): {}", e.message(), sample.schema())))
+    /// The generator's columns, in the order the source declares them; the declared columns must
+    /// accept the generator's (checked on an empty batch, once, at CREATE SOURCE).
+    fn projection(&self, schema: &SchemaRef) -> Result<Vec<usize>> {
+        let generated = crate::nexmark::schema_of(self.kind);
+        let cols: Vec<usize> = schema.fields().iter().filter_map(|f| generated.index_of(f.name()).ok()).collect();
+        let sample = RecordBatch::new_empty(generated.clone()).project(&cols)?;
+        conform("nexmark", schema, &sample).map_err(|e| {
+            Error::plan(format!("the columns of a NEXMARK source must match the generator's ({}): {generated}", e.message()))
+        })?;
+        Ok(cols)
     }
 
-    fn start(self, mut writer: SourceWriter) -> Result<()> {
+    fn start(self, mut writer: SourceWriter, cols: Vec<usize>) -> Result<()> {
         let name = writer.source_name().to_string();
         std::thread::Builder::new()
             .name(format!("laminar-nexmark-{name}"))
             .spawn(move || {
                 let g = crate::nexmark::NexmarkGenerator::new(self.config.clone());
-                let wanted: Vec<String> = writer.schema().fields().iter().map(|f| f.name().clone()).collect();
                 let mut first = 0;
                 while first < self.events {
                     let n = self.batch.min(self.events - first);
                     let Ok(b) = g.generate_only(first, n, Some(self.kind)) else { return };
-                    let batch = match self.kind {
-                        crate::nexmark::EventKind::Person => b.person,
-                        crate::nexmark::EventKind::Auction => b.auction,
-                        crate::nexmark::EventKind::Bid => b.bid,
-                    };
-                    let cols: Vec<usize> = wanted.iter().filter_map(|c| batch.schema().index_of(c).ok()).collect();
-                    let Ok(batch) = batch.project(&cols) else { return };
+                    let Ok(batch) = b.take(self.kind).project(&cols) else { return };
                     if writer.write(batch).is_err() {
                         return; // dropped or closed
                     }

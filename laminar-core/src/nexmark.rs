@@ -204,12 +204,32 @@ pub fn bid_schema() -> SchemaRef {
     ]))
 }
 
+/// The schema of the source holding events of `kind`.
+pub fn schema_of(kind: EventKind) -> SchemaRef {
+    match kind {
+        EventKind::Person => person_schema(),
+        EventKind::Auction => auction_schema(),
+        EventKind::Bid => bid_schema(),
+    }
+}
+
 /// The events of a range, one batch per source (a batch may have no rows).
 #[derive(Debug, Clone)]
 pub struct NexmarkBatches {
     pub person: RecordBatch,
     pub auction: RecordBatch,
     pub bid: RecordBatch,
+}
+
+impl NexmarkBatches {
+    /// The batch of one kind.
+    pub fn take(self, kind: EventKind) -> RecordBatch {
+        match kind {
+            EventKind::Person => self.person,
+            EventKind::Auction => self.auction,
+            EventKind::Bid => self.bid,
+        }
+    }
 }
 
 /// Generates Nexmark events.

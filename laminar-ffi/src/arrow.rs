@@ -77,17 +77,36 @@ pub fn export_schema(schema: &Schema) -> Result<FFI_ArrowSchema> {
     FFI_ArrowSchema::try_from(schema).map_err(|e| Error::internal(format!("cannot export schema: {e}")))
 }
 
+/// The batches of an imported stream; a batch the producer fails to deliver is INVALID_DATA.
+pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
 /// Imports a whole stream. Moves it out of `*raw` (leaving it released).
 ///
 /// # Safety
 /// `raw` points to a valid, unreleased `ArrowArrayStream`.
-pub unsafe fn import_stream(raw: *mut FFI_ArrowArrayStream) -> Result<ArrowArrayStreamReader> {
+pub unsafe fn import_stream(raw: *mut FFI_ArrowArrayStream) -> Result<BatchIter> {
     // SAFETY: checked non-null by callers; the stream is moved out, leaving *raw released.
     let stream = unsafe { FFI_ArrowArrayStream::from_raw(raw) };
     if stream.release.is_none() {
         return Err(Error::invalid_argument("the ArrowArrayStream is already released (release == NULL)"));
     }
-    ArrowArrayStreamReader::try_new(stream).map_err(|e| Error::invalid_argument(format!("cannot read the ArrowArrayStream's schema: {e}")))
+    let reader = ArrowArrayStreamReader::try_new(stream)
+        .map_err(|e| Error::invalid_argument(format!("cannot read the ArrowArrayStream's schema: {e}")))?;
+    Ok(Box::new(reader.map(|b| b.map_err(|e| Error::invalid_data(format!("reading the input stream: {e}"))))))
+}
+
+/// Writes `schema` into a caller-allocated `ArrowSchema` (INVALID_ARGUMENT when `out` is NULL).
+///
+/// # Safety
+/// `out` is NULL or writable for one `ArrowSchema`; its old content is not released.
+pub unsafe fn write_schema(out: *mut FFI_ArrowSchema, schema: &Schema) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::invalid_argument("out is NULL"));
+    }
+    let s = export_schema(schema)?;
+    // SAFETY: non-NULL and writable (caller contract).
+    unsafe { out.write(s) };
+    Ok(())
 }
 
 /// Something that yields batches for an exported stream.

@@ -11,7 +11,7 @@ use arrow::ffi_stream::FFI_ArrowArrayStream;
 use laminar_core::sql::{ObjectKind, Statement};
 use laminar_core::{Database, Error, ExecuteResult, Result};
 
-use crate::arrow::{export_batch, export_schema, export_stream, import_stream, VecSource};
+use crate::arrow::{export_batch, export_stream, import_stream, write_schema, VecSource};
 use crate::config::{self, laminar_config, Config};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
 use crate::writer::Writer;
@@ -116,12 +116,7 @@ impl Db {
     /// number of rows. Stops at the first error (earlier batches stay applied).
     pub fn insert(&self, source: &str, batches: impl IntoIterator<Item = Result<RecordBatch>>) -> Result<u64> {
         let mut w = self.writer(source)?;
-        let mut rows = 0u64;
-        for b in batches {
-            let b = b?;
-            rows += b.num_rows() as u64;
-            w.write(b)?;
-        }
+        let rows = w.write_all(batches)?;
         w.flush()?;
         Ok(rows)
     }
@@ -328,8 +323,7 @@ pub unsafe extern "C" fn laminar_db_insert(
         let reader = unsafe { import_stream(stream) };
         // SAFETY: pointers are NULL or valid (caller contract).
         let (db, source) = unsafe { (handle(db, "db")?, cstr(source, "source")?) };
-        let reader = reader?;
-        let rows = db.db.insert(source, reader.map(|b| b.map_err(|e| Error::invalid_data(format!("reading the input stream: {e}")))))?;
+        let rows = db.db.insert(source, reader?)?;
         // SAFETY: NULL or writable.
         if let Some(o) = unsafe { out_rows.as_mut() } {
             *o = rows as i64;
@@ -357,13 +351,9 @@ pub unsafe extern "C" fn laminar_db_schema(
     guard(out_error, None, || {
         // SAFETY: pointers are NULL or valid (caller contract).
         let (db, name) = unsafe { (handle(db, "db")?, cstr(name, "name")?) };
-        if out.is_null() {
-            return Err(Error::invalid_argument("out is NULL"));
-        }
-        let s = export_schema(db.db.schema(name)?.as_ref())?;
-        // SAFETY: non-NULL and writable (caller contract).
-        unsafe { out.write(s) };
-        Ok(())
+        let schema = db.db.schema(name)?;
+        // SAFETY: NULL or writable (caller contract).
+        unsafe { write_schema(out, &schema) }
     })
 }
 
@@ -371,10 +361,9 @@ unsafe fn write_batch(batch: &RecordBatch, out_schema: *mut FFI_ArrowSchema, out
     if out_schema.is_null() || out_array.is_null() {
         return Err(Error::invalid_argument("out_schema or out_array is NULL"));
     }
-    let s = export_schema(&batch.schema())?;
     // SAFETY: both outputs are non-NULL and writable (caller contract).
     unsafe {
-        out_schema.write(s);
+        write_schema(out_schema, &batch.schema())?;
         out_array.write(export_batch(batch));
     }
     Ok(())

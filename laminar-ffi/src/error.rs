@@ -70,27 +70,33 @@ impl laminar_error {
     }
 }
 
-/// The static name of a status (`"NOT_FOUND"`); Python, Node and Go use the same names.
-pub fn status_name(status: laminar_status) -> &'static str {
+/// The static name of a status (`c"NOT_FOUND"`), or `c"UNKNOWN_STATUS"` for a value that is not
+/// a LaminarDB status; Python, Node and Go use the same names.
+pub fn status_cname(status: laminar_status) -> &'static CStr {
     match status {
-        LAMINAR_OK => "OK",
-        LAMINAR_UNKNOWN => "UNKNOWN",
-        LAMINAR_NOT_IMPLEMENTED => "NOT_IMPLEMENTED",
-        LAMINAR_NOT_FOUND => "NOT_FOUND",
-        LAMINAR_ALREADY_EXISTS => "ALREADY_EXISTS",
-        LAMINAR_INVALID_ARGUMENT => "INVALID_ARGUMENT",
-        LAMINAR_INVALID_STATE => "INVALID_STATE",
-        LAMINAR_INVALID_DATA => "INVALID_DATA",
-        LAMINAR_INTERNAL => "INTERNAL",
-        LAMINAR_IO => "IO",
-        LAMINAR_CANCELLED => "CANCELLED",
-        LAMINAR_TIMEOUT => "TIMEOUT",
-        LAMINAR_RESOURCE_EXHAUSTED => "RESOURCE_EXHAUSTED",
-        LAMINAR_CLOSED => "CLOSED",
-        LAMINAR_SQL_SYNTAX => "SQL_SYNTAX",
-        LAMINAR_PLAN => "PLAN",
-        _ => "UNKNOWN_STATUS",
+        LAMINAR_OK => c"OK",
+        LAMINAR_UNKNOWN => c"UNKNOWN",
+        LAMINAR_NOT_IMPLEMENTED => c"NOT_IMPLEMENTED",
+        LAMINAR_NOT_FOUND => c"NOT_FOUND",
+        LAMINAR_ALREADY_EXISTS => c"ALREADY_EXISTS",
+        LAMINAR_INVALID_ARGUMENT => c"INVALID_ARGUMENT",
+        LAMINAR_INVALID_STATE => c"INVALID_STATE",
+        LAMINAR_INVALID_DATA => c"INVALID_DATA",
+        LAMINAR_INTERNAL => c"INTERNAL",
+        LAMINAR_IO => c"IO",
+        LAMINAR_CANCELLED => c"CANCELLED",
+        LAMINAR_TIMEOUT => c"TIMEOUT",
+        LAMINAR_RESOURCE_EXHAUSTED => c"RESOURCE_EXHAUSTED",
+        LAMINAR_CLOSED => c"CLOSED",
+        LAMINAR_SQL_SYNTAX => c"SQL_SYNTAX",
+        LAMINAR_PLAN => c"PLAN",
+        _ => c"UNKNOWN_STATUS",
     }
+}
+
+/// [`status_cname`] as `&str`.
+pub fn status_name(status: laminar_status) -> &'static str {
+    status_cname(status).to_str().unwrap_or("UNKNOWN_STATUS")
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -232,11 +238,7 @@ pub unsafe extern "C" fn laminar_error_destroy(error: Option<Box<laminar_error>>
 /// Thread-safety: any thread. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub extern "C" fn laminar_status_str(status: laminar_status) -> *const c_char {
-    static NAMES: std::sync::OnceLock<Vec<(laminar_status, CString)>> = std::sync::OnceLock::new();
-    let names = NAMES.get_or_init(|| {
-        (0..=64).filter(|s| status_name(*s) != "UNKNOWN_STATUS").map(|s| (s, CString::new(status_name(s)).unwrap())).collect()
-    });
-    names.iter().find(|(s, _)| *s == status).map(|(_, n)| n.as_ptr()).unwrap_or(c"UNKNOWN_STATUS".as_ptr())
+    status_cname(status).as_ptr()
 }
 
 #[cfg(test)]

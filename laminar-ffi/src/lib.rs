@@ -44,8 +44,11 @@ pub const LAMINAR_VERSION_NUMBER: u32 = 1000;
 /// Thread-safety: any thread. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub extern "C" fn laminar_version() -> *const c_char {
-    static V: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
-    V.get_or_init(|| std::ffi::CString::new(env!("CARGO_PKG_VERSION")).unwrap()).as_ptr()
+    const V: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => panic!("the crate version contains a NUL"), // evaluated at compile time
+    };
+    V.as_ptr()
 }
 
 /// The library's version as a number (`LAMINAR_VERSION_NUMBER` of the header it was built with).

@@ -12,7 +12,7 @@ use arrow::ffi_stream::FFI_ArrowArrayStream;
 use arrow::record_batch::RecordBatch;
 use laminar_core::{Error, Next, PushEvent, Result};
 
-use crate::arrow::{export_batch, export_schema, export_stream, BatchSource};
+use crate::arrow::{export_batch, export_schema, export_stream, write_schema, BatchSource};
 use crate::config::{self, laminar_config, Config};
 use crate::db::{laminar_db, Db};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
@@ -506,17 +506,12 @@ pub unsafe extern "C" fn laminar_subscription_schema(
         // SAFETY: NULL or a live handle (caller contract).
         let sub = unsafe { handle(sub, "sub") }?;
         sub.check_open()?;
-        if out.is_null() {
-            return Err(Error::invalid_argument("out is NULL"));
-        }
         let schema = match &sub.kind {
             SubKind::Pull(p) => p.schema(),
             SubKind::Push(p) => p.schema(),
         };
-        let s = export_schema(&schema)?;
-        // SAFETY: non-NULL and writable (caller contract).
-        unsafe { out.write(s) };
-        Ok(())
+        // SAFETY: NULL or writable (caller contract).
+        unsafe { write_schema(out, &schema) }
     })
 }
 

@@ -8,7 +8,7 @@ use arrow::ffi_stream::FFI_ArrowArrayStream;
 use arrow::record_batch::RecordBatch;
 use laminar_core::{Error, Result, SourceWriter};
 
-use crate::arrow::{export_schema, import_batch, import_stream};
+use crate::arrow::{import_batch, import_stream, write_schema};
 use crate::db::{laminar_db, Db};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
 
@@ -44,6 +44,18 @@ impl Writer {
     pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
         self.db.check_process()?;
         self.w.write(batch)
+    }
+
+    /// Pushes every batch in order; the number of rows. Stops at the first error (batches before
+    /// it stay applied).
+    pub fn write_all(&mut self, batches: impl IntoIterator<Item = Result<RecordBatch>>) -> Result<u64> {
+        let mut rows = 0u64;
+        for b in batches {
+            let b = b?;
+            rows += b.num_rows() as u64;
+            self.write(b)?;
+        }
+        Ok(rows)
     }
 
     /// Advances the source watermark to `ms` (epoch milliseconds); never moves it back.
@@ -204,16 +216,10 @@ pub unsafe extern "C" fn laminar_writer_write_stream(
         let reader = unsafe { import_stream(stream) };
         // SAFETY: NULL or a live handle (caller contract).
         let w = unsafe { handle(writer, "writer") }?;
-        let mut w = w.w.lock();
-        let mut rows = 0i64;
-        for b in reader? {
-            let b = b.map_err(|e| Error::invalid_data(format!("reading the input stream: {e}")))?;
-            rows += b.num_rows() as i64;
-            w.write(b)?;
-        }
+        let rows = w.w.lock().write_all(reader?)?;
         // SAFETY: NULL or writable.
         if let Some(o) = unsafe { out_rows.as_mut() } {
-            *o = rows;
+            *o = rows as i64;
         }
         Ok(())
     })
@@ -293,13 +299,9 @@ pub unsafe extern "C" fn laminar_writer_schema(writer: *mut laminar_writer, out:
         if w.db.is_closed() {
             return Err(Error::closed());
         }
-        if out.is_null() {
-            return Err(Error::invalid_argument("out is NULL"));
-        }
-        let s = export_schema(&w.w.lock().schema())?;
-        // SAFETY: non-NULL and writable.
-        unsafe { out.write(s) };
-        Ok(())
+        let schema = w.w.lock().schema();
+        // SAFETY: NULL or writable (caller contract).
+        unsafe { write_schema(out, &schema) }
     })
 }
 

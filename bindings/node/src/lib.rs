@@ -45,6 +45,13 @@ fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> laminar_core::Result<Vec<
     Ok(out)
 }
 
+/// The batches of Arrow IPC stream bytes.
+fn ipc_batches(bytes: Vec<u8>) -> laminar_core::Result<impl Iterator<Item = laminar_core::Result<RecordBatch>>> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)
+        .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
+    Ok(reader.map(|b| b.map_err(laminar_core::Error::from)))
+}
+
 fn config(pairs: Option<HashMap<String, String>>) -> laminar_core::Result<Config> {
     let mut c = Config::new();
     let mut pairs: Vec<(String, String)> = pairs.unwrap_or_default().into_iter().collect();
@@ -119,11 +126,9 @@ impl NativeDb {
     /// Pushes IPC stream bytes into a source and waits until processed; resolves to null.
     #[napi(ts_return_type = "Promise<Buffer | null>")]
     pub fn insert(&self, source: String, data: Buffer) -> AsyncTask<DbTask<Job>> {
-        let bytes: Vec<u8> = data.to_vec();
+        let mut bytes = Some(data.to_vec());
         self.task(Box::new(move |db| {
-            let reader = StreamReader::try_new(Cursor::new(bytes.clone()), None)
-                .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
-            db.insert(&source, reader.map(|b| b.map_err(laminar_core::Error::from)))?;
+            db.insert(&source, ipc_batches(bytes.take().unwrap_or_default())?)?;
             Ok(None)
         }))
     }
@@ -285,14 +290,7 @@ impl Task for WriterTask {
             .as_mut()
             .ok_or_else(|| js_err(laminar_core::Error::invalid_state("the writer is closed")))?;
         match std::mem::replace(&mut self.op, WriterOp::Flush) {
-            WriterOp::Write(bytes) => {
-                let reader = StreamReader::try_new(Cursor::new(bytes), None)
-                    .map_err(|e| js_err(laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}"))))?;
-                for b in reader {
-                    w.write(b.map_err(|e| js_err(e.into()))?).js()?;
-                }
-                Ok(())
-            }
+            WriterOp::Write(bytes) => ipc_batches(bytes).and_then(|b| w.write_all(b)).map(|_| ()).js(),
             WriterOp::Watermark(ms) => w.watermark(ms).js(),
             WriterOp::Finish => w.finish().js(),
             WriterOp::Flush => w.flush().js(),

@@ -6,7 +6,7 @@ use std::ffi::{c_void, CStr};
 
 use arrow::datatypes::SchemaRef;
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
-use arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
+use arrow::ffi_stream::FFI_ArrowArrayStream;
 use arrow::record_batch::RecordBatch;
 use laminar::arrow::{export_batch, export_schema, import_batch, VecSource};
 use pyo3::ffi;
@@ -86,7 +86,7 @@ pub(crate) fn import_capsules(schema: &Bound<'_, PyAny>, array: &Bound<'_, PyAny
 }
 
 /// Imports a stream from its capsule (moved out).
-pub(crate) fn import_stream_capsule(stream: &Bound<'_, PyAny>) -> PyResult<ArrowArrayStreamReader> {
+pub(crate) fn import_stream_capsule(stream: &Bound<'_, PyAny>) -> PyResult<laminar::arrow::BatchIter> {
     let p = pointer(stream, STREAM)? as *mut FFI_ArrowArrayStream;
     // SAFETY: a stream capsule; moved out, leaving it released.
     unsafe { laminar::arrow::import_stream(p) }.py()
@@ -108,11 +108,6 @@ impl ArrowBatch {
 
     fn __arrow_c_schema__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         schema_capsule(py, &self.batch.schema())
-    }
-
-    #[getter]
-    fn num_rows(&self) -> usize {
-        self.batch.num_rows()
     }
 }
 
@@ -138,11 +133,6 @@ impl ArrowStream {
 
     fn __arrow_c_schema__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         schema_capsule(py, &self.schema)
-    }
-
-    #[getter]
-    fn num_rows(&self) -> usize {
-        self.batches.iter().map(|b| b.num_rows()).sum()
     }
 }
 

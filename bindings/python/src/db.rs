@@ -97,10 +97,7 @@ impl Database {
         let reader = import_stream_capsule(stream)?;
         let db = self.db.clone();
         let name = name.to_string();
-        py.detach(move || {
-            db.insert(&name, reader.map(|b| b.map_err(|e| laminar_core::Error::invalid_data(format!("reading the input: {e}")))))
-        })
-        .py()
+        py.detach(move || db.insert(&name, reader)).py()
     }
 
     fn schema(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {

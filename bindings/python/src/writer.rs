@@ -51,15 +51,7 @@ impl Writer {
     /// Pushes every batch of a stream capsule; returns the row count.
     fn write_stream(&self, py: Python<'_>, stream: &Bound<'_, PyAny>) -> PyResult<u64> {
         let reader = import_stream_capsule(stream)?;
-        self.with(py, move |w| {
-            let mut n = 0u64;
-            for b in reader {
-                let b = b.map_err(|e| laminar_core::Error::invalid_data(format!("reading the input: {e}")))?;
-                n += b.num_rows() as u64;
-                w.write(b)?;
-            }
-            Ok(n)
-        })
+        self.with(py, move |w| w.write_all(reader))
     }
 
     fn watermark(&self, py: Python<'_>, ms: i64) -> PyResult<()> {

@@ -16,10 +16,6 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::OnFull;
 use crate::error::{Error, ErrorKind, Result};
 
-pub(crate) enum SubMsg {
-    Batch(RecordBatch),
-}
-
 pub(crate) struct SubShared {
     pub lagged: AtomicU64,
     pub cancelled: AtomicBool,
@@ -49,7 +45,7 @@ impl SubShared {
 /// The pipeline's end of a subscription. Dropping it ends the subscription (after the buffered
 /// batches).
 pub(crate) struct SubscriberSlot {
-    pub tx: Sender<SubMsg>,
+    pub tx: Sender<RecordBatch>,
     pub shared: Arc<SubShared>,
     pub on_full: OnFull,
 }
@@ -73,14 +69,14 @@ pub(crate) enum Delivered {
 /// the database meanwhile), and before it processes the next event (so order and back-pressure
 /// hold).
 pub(crate) struct Pending {
-    tx: Sender<SubMsg>,
+    tx: Sender<RecordBatch>,
     shared: Arc<SubShared>,
-    msg: SubMsg,
+    msg: RecordBatch,
 }
 
 impl SubscriberSlot {
     /// Never blocks: a full `block` subscriber's batch goes to `pending`.
-    pub(crate) fn deliver(&self, msg: SubMsg, pending: &mut Vec<Pending>) -> Delivered {
+    pub(crate) fn deliver(&self, msg: RecordBatch, pending: &mut Vec<Pending>) -> Delivered {
         if self.shared.cancelled.load(Ordering::Acquire) || self.shared.dead.load(Ordering::Acquire) {
             return Delivered::Drop;
         }
@@ -175,7 +171,7 @@ pub enum Next {
 /// A pull subscription to a stream. Reads block until data arrives, the timeout passes, or the
 /// subscription is cancelled (from any thread).
 pub struct Subscription {
-    rx: Receiver<SubMsg>,
+    rx: Receiver<RecordBatch>,
     cancel_rx: Receiver<()>,
     shared: Arc<SubShared>,
     schema: SchemaRef,
@@ -222,9 +218,9 @@ impl Subscription {
         Ok(())
     }
 
-    fn map(&self, m: std::result::Result<SubMsg, crossbeam_channel::RecvError>) -> Result<Next> {
+    fn map(&self, m: std::result::Result<RecordBatch, crossbeam_channel::RecvError>) -> Result<Next> {
         match m {
-            Ok(SubMsg::Batch(b)) => Ok(Next::Batch(b)),
+            Ok(b) => Ok(Next::Batch(b)),
             Err(_) => {
                 self.check_lagged()?;
                 if let Some(e) = self.shared.failure.lock().clone() {
