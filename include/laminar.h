@@ -8,8 +8,9 @@
  *     laminar_db at once.
  *   - Every other handle (laminar_writer, laminar_subscription, laminar_config) allows serialized
  *     but not concurrent access: one thread at a time, any thread.
- *   - The exception is laminar_subscription_cancel, which any thread may call at any time, any
- *     number of times, including from inside a callback.
+ *   - The exceptions are laminar_subscription_cancel and laminar_writer_cancel, which any thread
+ *     may call at any time until the handle is destroyed, any number of times (the first also
+ *     from inside a callback).
  *   - laminar_error objects are immutable and may be read from several threads at once.
  *   - An ArrowArrayStream is not thread-safe.
  *
