@@ -53,7 +53,7 @@ test-c: lib header-compile
 	  $(CC) -std=c99 $(STRICT) $(SANITIZE) -Iinclude tests/c/$$t.c -o $(BUILD_C)/$$t \
 	    -L$(LIBDIR) -Wl,-rpath,$(LIBDIR) -llaminar -lpthread; \
 	  t0=$$(date +%s); \
-	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/tests/c/lsan.supp \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	    UBSAN_OPTIONS=print_stacktrace=1 $(BUILD_C)/$$t; \
 	  echo "  ok  $$t ($$(( $$(date +%s) - t0 ))s)"; \
 	done

@@ -351,6 +351,9 @@ pub unsafe extern "C" fn laminar_db_schema(
     guard(out_error, None, || {
         // SAFETY: pointers are NULL or valid (caller contract).
         let (db, name) = unsafe { (handle(db, "db")?, cstr(name, "name")?) };
+        if out.is_null() {
+            return Err(Error::invalid_argument("out is NULL")); // arguments before lookups
+        }
         let schema = db.db.schema(name)?;
         // SAFETY: NULL or writable (caller contract).
         unsafe { write_schema(out, &schema) }
