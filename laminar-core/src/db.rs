@@ -27,7 +27,8 @@ use parking_lot::Mutex;
 use crate::config::{Config, Durability, QueueFullPolicy};
 use crate::error::{nearest_name, Error, ErrorKind, Result};
 use crate::operator::window::{event_times, TimeScale};
-use crate::operator::{LateRows, OpCtx, Operator, StreamKind, NO_WATERMARK};
+use crate::operator::{LateRows, OpCtx, StreamKind, NO_WATERMARK};
+use crate::pipeline::Node;
 use crate::plan::{plan_continuous, PlanOptions, RelationInfo};
 use crate::runtime::ingest::{conform, normalize_schema};
 use crate::runtime::mv::MvStore;
@@ -161,7 +162,9 @@ struct StreamRt {
     sql: String,
     materialized: bool,
     inputs: Vec<String>,
-    ops: Vec<Box<dyn Operator>>,
+    root: Node,
+    /// Column of the output known to be at or past the watermark for on-time rows.
+    time_col: Option<usize>,
     kind: StreamKind,
     output_schema: SchemaRef,
     logical_schema: SchemaRef,
@@ -341,10 +344,10 @@ impl Database {
     fn relations(&self, eng: &Engine) -> HashMap<String, RelationInfo> {
         let mut m = HashMap::new();
         for (n, s) in &eng.sources {
-            m.insert(n.clone(), RelationInfo { schema: s.queue.schema.clone(), kind: StreamKind::AppendOnly });
+            m.insert(n.clone(), RelationInfo { schema: s.queue.schema.clone(), kind: StreamKind::AppendOnly, time_col: s.time.map(|t| t.0) });
         }
         for (n, s) in &eng.streams {
-            m.insert(n.clone(), RelationInfo { schema: s.logical_schema.clone(), kind: s.kind.clone() });
+            m.insert(n.clone(), RelationInfo { schema: s.logical_schema.clone(), kind: s.kind.clone(), time_col: s.time_col });
         }
         m
     }
@@ -506,7 +509,7 @@ impl Database {
         };
         // A window whose input already has a watermark starts from it.
         let watermark = planned.inputs.iter().map(|i| input_watermark(&eng, i)).min().unwrap_or(NO_WATERMARK);
-        let tick = planned.ops.iter().find_map(|o| o.tick_interval()).map(|d| {
+        let tick = planned.root.operators().iter().find_map(|o| o.tick_interval()).map(|d| {
             let p = d.as_millis().max(1) as i64;
             (p, self.inner.clock.now_ms() + p)
         });
@@ -517,7 +520,8 @@ impl Database {
                 sql: text.to_string(),
                 materialized: cs.materialized,
                 inputs: planned.inputs,
-                ops: planned.ops,
+                root: planned.root,
+                time_col: planned.time_col,
                 kind: planned.kind,
                 output_schema: planned.output_schema,
                 logical_schema,
@@ -651,10 +655,7 @@ impl Database {
             Statement::CreateStream(cs) => {
                 let p = self.plan_stream(&eng, &cs)?;
                 let mut lines = vec![format!("Stream {} [{}]", cs.name, p.kind)];
-                for (i, op) in p.ops.iter().enumerate().rev() {
-                    lines.push(format!("{}{}", "  ".repeat(p.ops.len() - i), op.explain()));
-                }
-                lines.push(format!("{}Input: {}", "  ".repeat(p.ops.len() + 1), p.inputs.join(", ")));
+                p.root.explain(1, &mut lines);
                 lines
             }
             Statement::Query(q) => {
@@ -872,7 +873,7 @@ impl Database {
                 batches_out: s.batches_out,
                 rows_late: s.rows_late,
                 late_pairs: s.late_pairs,
-                state_bytes: s.ops.iter().map(|o| o.state_size() as u64).sum(),
+                state_bytes: s.root.operators().iter().map(|o| o.state_size() as u64).sum(),
                 watermark_ms: ms(s.watermark),
                 failed: s.failed.as_ref().map(|e| e.to_string()),
             })
@@ -934,7 +935,7 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
-        s.ops.iter_mut().map(|o| o.snapshot()).collect()
+        s.root.operators_mut().into_iter().map(|o| o.snapshot()).collect()
     }
 
     /// Restores operator state taken by [`Database::snapshot_stream`] into a stream of the same plan.
@@ -942,10 +943,11 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
-        if state.len() != s.ops.len() {
+        let mut ops = s.root.operators_mut();
+        if state.len() != ops.len() {
             return Err(Error::invalid_argument("the snapshot was taken from a different plan"));
         }
-        for (op, st) in s.ops.iter_mut().zip(state) {
+        for (op, st) in ops.iter_mut().zip(state) {
             op.restore(st)?;
         }
         Ok(())
@@ -958,7 +960,8 @@ impl StreamRt {
             sql,
             materialized: false,
             inputs: vec![],
-            ops: vec![],
+            root: Node::leaf(String::new()),
+            time_col: None,
             kind: StreamKind::AppendOnly,
             output_schema: schema.clone(),
             logical_schema: schema,
@@ -1208,7 +1211,7 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
             let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
             let res = (|| -> Result<()> {
                 for b in batches {
-                    outputs.extend(run_chain(&mut s.ops, 0, b.clone(), &mut ctx)?);
+                    outputs.extend(s.root.process(from, b, &mut ctx)?);
                 }
                 Ok(())
             })();
@@ -1219,22 +1222,6 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
         }
         after_run(inner, eng, &name, from, outputs, late);
     }
-}
-
-/// Runs `batch` through `ops[from..]`.
-fn run_chain(ops: &mut [Box<dyn Operator>], from: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
-    let mut cur = vec![batch];
-    for op in ops[from..].iter_mut() {
-        let mut next = vec![];
-        for b in cur {
-            next.extend(op.process_batch(b, ctx)?);
-        }
-        if next.is_empty() {
-            return Ok(next);
-        }
-        cur = next;
-    }
-    Ok(cur)
 }
 
 fn fail_stream(s: &mut StreamRt, name: &str, e: Error) {
@@ -1252,9 +1239,10 @@ fn after_run(inner: &DbInner, eng: &mut Engine, name: &str, source_of_input: &st
         s.rows_late += late.rows;
         s.late_pairs += late.pairs;
         if let Some(limit) = inner.config.memory_limit {
-            let used: usize = s.ops.iter().map(|o| o.state_size()).sum();
+            let ops = s.root.operators();
+            let used: usize = ops.iter().map(|o| o.state_size()).sum();
             if used > limit {
-                let op = s.ops.iter().max_by_key(|o| o.state_size()).map(|o| o.explain()).unwrap_or_default();
+                let op = ops.iter().max_by_key(|o| o.state_size()).map(|o| o.explain()).unwrap_or_default();
                 let e = Error::new(ErrorKind::ResourceExhausted, format!("state of {used} bytes exceeds memory_limit {limit} in operator {op}"));
                 fail_stream(s, name, e);
                 return;
@@ -1332,15 +1320,7 @@ fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
                 continue;
             }
             let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
-            let res = (|| -> Result<()> {
-                for i in 0..s.ops.len() {
-                    let produced = s.ops[i].on_watermark(wm, &mut ctx)?;
-                    for b in produced {
-                        outputs.extend(run_chain(&mut s.ops, i + 1, b, &mut ctx)?);
-                    }
-                }
-                Ok(())
-            })();
+            let res = s.root.on_watermark(wm, &mut ctx).map(|o| outputs.extend(o));
             s.watermark = wm;
             if let Err(e) = res {
                 fail_stream(s, &name, e);
@@ -1368,15 +1348,7 @@ fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
                 continue;
             }
             let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
-            let res = (|| -> Result<()> {
-                for i in 0..s.ops.len() {
-                    let produced = s.ops[i].on_tick(&mut ctx)?;
-                    for b in produced {
-                        outputs.extend(run_chain(&mut s.ops, i + 1, b, &mut ctx)?);
-                    }
-                }
-                Ok(())
-            })();
+            let res = s.root.on_tick(&mut ctx).map(|o| outputs.extend(o));
             if let Err(e) = res {
                 fail_stream(s, &name, e);
                 continue;

@@ -16,6 +16,7 @@ mod db;
 pub mod error;
 pub mod nexmark;
 pub mod operator;
+mod pipeline;
 mod plan;
 pub mod runtime;
 pub mod sql;

@@ -19,6 +19,7 @@
 //! Changelog batches carry a trailing `__weight` Int64 column (+1 insert, −1 retraction).
 
 pub(crate) mod aggregate;
+pub(crate) mod join;
 pub(crate) mod session;
 pub(crate) mod stateless;
 pub(crate) mod window;

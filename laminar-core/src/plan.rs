@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SessionConfig, SessionContext};
@@ -30,7 +31,9 @@ use crate::operator::aggregate::{check_emit, AggSpec, Aggregate, GroupCol};
 use crate::operator::session::SessionAggregate;
 use crate::operator::stateless::{Stateless, Step};
 use crate::operator::window::{windowed_schema, TimeScale, WindowAssign, WindowKind};
+use crate::operator::join::{HashJoin, JoinType, SideSpec};
 use crate::operator::{Operator, StreamKind, WEIGHT_COLUMN};
+use crate::pipeline::Node;
 use crate::sql::{interval_micros, normalize_ident, EmitMode};
 
 /// What the planner knows of a relation a query can read.
@@ -39,6 +42,9 @@ pub(crate) struct RelationInfo {
     /// Logical schema (without `__weight`).
     pub schema: SchemaRef,
     pub kind: StreamKind,
+    /// A column every on-time row has at or past the watermark (a source's event-time column,
+    /// a closed window's end), if known.
+    pub time_col: Option<usize>,
 }
 
 pub(crate) struct WindowBinding {
@@ -52,7 +58,8 @@ pub(crate) struct WindowBinding {
 pub(crate) struct PlannedQuery {
     /// Relations read, each once.
     pub inputs: Vec<String>,
-    pub ops: Vec<Box<dyn Operator>>,
+    pub root: Node,
+    pub time_col: Option<usize>,
     /// Output schema, with `__weight` last for changelogs.
     pub output_schema: SchemaRef,
     pub kind: StreamKind,
@@ -338,13 +345,14 @@ impl Rewriter<'_> {
 // ---------------------------------------------------------------- lowering
 
 struct Lowered {
-    ops: Vec<Box<dyn Operator>>,
+    node: Node,
     kind: StreamKind,
     /// Indices of window_start/window_end in the output, with the window assigned below.
     window: Option<(usize, usize, WindowKind)>,
-    inputs: Vec<String>,
     late_schema: Option<SchemaRef>,
     aggregated: bool,
+    /// See [`RelationInfo::time_col`].
+    time: Option<usize>,
 }
 
 struct Lowerer<'a> {
@@ -385,17 +393,20 @@ impl Lowerer<'_> {
                     let out = windowed_schema(&info.schema)?;
                     let n = info.schema.fields().len();
                     let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: out.clone() };
+                    let mut node = Node::leaf(b.input.clone());
+                    node.ops.push(Box::new(op));
                     return Ok(Lowered {
-                        ops: vec![Box::new(op)],
+                        node,
                         kind: StreamKind::AppendOnly,
                         window: Some((n, n + 1, b.kind)),
-                        inputs: vec![b.input.clone()],
                         late_schema: Some(out),
                         aggregated: false,
+                        time: info.time_col,
                     });
                 }
                 let info = self.relations.get(&name).ok_or_else(|| Error::not_found(format!("no relation named '{name}'")))?;
-                Ok(Lowered { ops: vec![], kind: info.kind.clone(), window: None, inputs: vec![name], late_schema: None, aggregated: false })
+                let time = if info.kind == StreamKind::AppendOnly { info.time_col } else { None };
+                Ok(Lowered { node: Node::leaf(name), kind: info.kind.clone(), window: None, late_schema: None, aggregated: false, time })
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Filter(f) => {
@@ -407,7 +418,7 @@ impl Lowerer<'_> {
                         return Err(Error::plan("session window bounds are known only after aggregation; filter them in HAVING or an outer query"));
                     }
                 }
-                push_step(&mut l.ops, Step::Filter(pred), l.kind == StreamKind::Changelog);
+                push_step(&mut l.node.ops, Step::Filter(pred), l.kind == StreamKind::Changelog);
                 Ok(l)
             }
             LogicalPlan::Projection(p) => {
@@ -464,14 +475,22 @@ impl Lowerer<'_> {
                     }
                     l.kind = StreamKind::Upsert { key: new_key };
                 }
-                push_step(&mut l.ops, Step::Project(exprs, out), weighted);
+                // And the watermark-tracking column.
+                if let Some(t) = l.time {
+                    let input_schema = p.input.schema();
+                    l.time = p.expr.iter().position(|e| {
+                        let e = match e { Expr::Alias(a) => a.expr.as_ref(), e => e };
+                        matches!(e, Expr::Column(c) if input_schema.index_of_column(c).ok() == Some(t))
+                    });
+                }
+                push_step(&mut l.node.ops, Step::Project(exprs, out), weighted);
                 Ok(l)
             }
             LogicalPlan::Aggregate(agg) => self.lower_aggregate(agg),
             LogicalPlan::Distinct(_) => Err(Error::not_implemented("SELECT DISTINCT in a continuous query is not available yet")),
             LogicalPlan::Sort(_) => Err(Error::plan("ORDER BY has no meaning on an unbounded stream; sort when you query a materialized view")),
             LogicalPlan::Limit(_) => Err(Error::plan("LIMIT is not supported in a continuous query")),
-            LogicalPlan::Join(_) => Err(Error::not_implemented("joins in continuous queries are not available yet")),
+            LogicalPlan::Join(j) => self.lower_join(j),
             LogicalPlan::Window(_) => Err(Error::not_implemented("OVER (…) window functions in continuous queries are not available yet")),
             LogicalPlan::Union(_) => Err(Error::not_implemented("UNION in continuous queries is not available yet")),
             other => Err(Error::plan(format!("a continuous query cannot contain {}", other.display()))),
@@ -558,16 +577,201 @@ impl Lowerer<'_> {
                 self.opts.partitions,
             )?)
         };
-        l.ops.push(op);
-        l.kind = kind;
+        l.node.ops.push(op);
         l.aggregated = true;
         let ws = layout.iter().position(|g| *g == GroupCol::WindowStart);
         let we = layout.iter().position(|g| *g == GroupCol::WindowEnd);
+        // A window is emitted once the watermark passes its end: append-only output rows have
+        // their window_end past the watermark they were emitted before.
+        l.time = if kind == StreamKind::AppendOnly { we } else { None };
+        l.kind = kind;
         l.window = match (ws, we, l.window) {
             (Some(a), Some(b), Some((_, _, k))) => Some((a, b, k)),
             _ => None,
         };
         Ok(l)
+    }
+}
+
+/// Runs the two optimizer rules joins need: filters pushed into and below joins (so `WHERE`
+/// conditions become join conditions and per-side filters), then equalities between the sides
+/// extracted as hash keys. Only for plans with a join: other plans keep the shape of the SQL.
+fn optimize_joins(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
+    use datafusion::optimizer::push_down_filter::PushDownFilter;
+    use datafusion::optimizer::{Optimizer, OptimizerContext};
+    let opt = Optimizer::with_rules(vec![Arc::new(PushDownFilter::new()), Arc::new(ExtractEquijoinPredicate::new())]);
+    Ok(opt.optimize(plan, &OptimizerContext::new(), |_, _| {})?)
+}
+
+/// `e` with one plain column reference of `schema` at index `idx`, possibly `± literal`:
+/// returns the literal's adjustment to apply to the other side (`t - c <= x` ⇒ `t <= x + c`).
+fn time_ref(e: &Expr, schema: &DFSchema, idx: usize) -> Option<Option<(datafusion::logical_expr::Operator, Expr)>> {
+    use datafusion::logical_expr::{BinaryExpr, Operator as Op};
+    match e {
+        Expr::Column(c) if schema.index_of_column(c).ok() == Some(idx) => Some(None),
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) if matches!(op, Op::Plus | Op::Minus) => {
+            if !matches!(right.as_ref(), Expr::Literal(..)) {
+                return None;
+            }
+            time_ref(left, schema, idx)?;
+            if time_ref(left, schema, idx)? .is_some() {
+                return None; // one adjustment only
+            }
+            let inv = if *op == Op::Plus { Op::Minus } else { Op::Plus };
+            Some(Some((inv, right.as_ref().clone())))
+        }
+        Expr::Cast(c) => time_ref(&c.expr, schema, idx),
+        _ => None,
+    }
+}
+
+fn only_refs(e: &Expr, schema: &DFSchema) -> bool {
+    let cols = e.column_refs();
+    !cols.is_empty() && cols.iter().all(|c| schema.index_of_column(c).is_ok())
+}
+
+/// Upper bounds `other.t <= f(side)` found in the join condition, as expressions `f` over the
+/// side's schema.
+fn expiry_candidates(conjuncts: &[Expr], on: &[(Expr, Expr)], side: usize, schemas: [&DFSchema; 2], other_time: usize) -> Vec<Expr> {
+    use datafusion::logical_expr::{Between, BinaryExpr, Operator as Op};
+    let (mine, theirs) = (schemas[side], schemas[1 - side]);
+    let mut out = vec![];
+    for (a, b) in on {
+        let (m, t) = if side == 0 { (a, b) } else { (b, a) };
+        if let Some(adj) = time_ref(t, theirs, other_time) {
+            if only_refs(m, mine) {
+                out.push(match adj {
+                    None => m.clone(),
+                    Some((op, lit)) => Expr::BinaryExpr(BinaryExpr::new(Box::new(m.clone()), op, Box::new(lit))),
+                });
+            }
+        }
+    }
+    let mut pairs: Vec<(Expr, Expr)> = vec![]; // (small, big): small <= big
+    for c in conjuncts {
+        match c {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => match op {
+                Op::Lt | Op::LtEq => pairs.push((left.as_ref().clone(), right.as_ref().clone())),
+                Op::Gt | Op::GtEq => pairs.push((right.as_ref().clone(), left.as_ref().clone())),
+                Op::Eq => {
+                    pairs.push((left.as_ref().clone(), right.as_ref().clone()));
+                    pairs.push((right.as_ref().clone(), left.as_ref().clone()));
+                }
+                _ => {}
+            },
+            Expr::Between(Between { expr, negated: false, low, high }) => {
+                pairs.push((low.as_ref().clone(), expr.as_ref().clone()));
+                pairs.push((expr.as_ref().clone(), high.as_ref().clone()));
+            }
+            _ => {}
+        }
+    }
+    for (small, big) in pairs {
+        if let Some(adj) = time_ref(&small, theirs, other_time) {
+            if only_refs(&big, mine) {
+                out.push(match adj {
+                    None => big,
+                    Some((op, lit)) => Expr::BinaryExpr(BinaryExpr::new(Box::new(big), op, Box::new(lit))),
+                });
+            }
+        }
+    }
+    out
+}
+
+impl Lowerer<'_> {
+    fn lower_join(&self, j: &datafusion::logical_expr::Join) -> Result<Lowered> {
+        use datafusion::logical_expr::{ExprSchemable, JoinType as DJ};
+        use datafusion::logical_expr::utils::split_conjunction;
+        let join_type = match j.join_type {
+            DJ::Inner => JoinType::Inner,
+            DJ::Left => JoinType::Left,
+            DJ::Right => JoinType::Right,
+            DJ::Full => JoinType::Full,
+            other => {
+                return Err(Error::not_implemented(format!(
+                    "{other} joins (EXISTS, IN and their negations) in continuous queries are not available yet"
+                )))
+            }
+        };
+        let l = self.lower(&j.left)?;
+        let r = self.lower(&j.right)?;
+        for (side, x) in [("left", &l), ("right", &r)] {
+            if let StreamKind::Upsert { .. } = x.kind {
+                return Err(Error::not_implemented(format!(
+                    "the {side} input of the join is an upsert stream (EMIT ON UPDATE / EVERY); joining one is not available yet — emit it as CHANGES"
+                )));
+            }
+        }
+        if j.on.is_empty() {
+            return Err(Error::not_implemented(
+                "a join in a continuous query needs at least one equality between its two sides (cross joins and pure range joins are not available yet)",
+            ));
+        }
+        let schemas = [j.left.schema().as_ref(), j.right.schema().as_ref()];
+        let mut key_types = vec![];
+        let mut keys: [Vec<Arc<dyn PhysicalExpr>>; 2] = [vec![], vec![]];
+        for (a, b) in &j.on {
+            key_types.push(a.get_type(schemas[0])?);
+            keys[0].push(phys(a, schemas[0], &self.props)?);
+            keys[1].push(phys(b, schemas[1], &self.props)?);
+        }
+        let conjuncts: Vec<Expr> = j.filter.as_ref().map(|f| split_conjunction(f).into_iter().cloned().collect()).unwrap_or_default();
+        let times = [
+            l.time.filter(|_| l.kind == StreamKind::AppendOnly),
+            r.time.filter(|_| r.kind == StreamKind::AppendOnly),
+        ];
+        let mut specs = vec![];
+        for (side, x) in [&l, &r].into_iter().enumerate() {
+            let weighted = x.kind == StreamKind::Changelog;
+            let mut expiry = None;
+            let mut bound_text = "kept until retracted".to_string();
+            if let (Some(ot), false) = (times[1 - side], weighted) {
+                for cand in expiry_candidates(&conjuncts, &j.on, side, schemas, ot) {
+                    let Ok(t) = cand.get_type(schemas[side]) else { continue };
+                    let Some(scale) = TimeScale::for_type(&t) else { continue };
+                    let Ok(pe) = phys(&cand, schemas[side], &self.props) else { continue };
+                    bound_text = format!("dropped once the watermark passes {cand}");
+                    expiry = Some((pe, scale));
+                    break;
+                }
+            }
+            specs.push(SideSpec {
+                schema: Arc::new(schemas[side].as_arrow().clone()),
+                weighted,
+                keys: std::mem::take(&mut keys[side]),
+                expiry,
+                late_col: None,
+                bound_text,
+            });
+        }
+        // A side whose partner's eviction relies on its time column drops its late rows.
+        for side in 0..2 {
+            if specs[1 - side].expiry.is_some() {
+                let t = times[side].expect("bounds come from the time column");
+                let scale = TimeScale::for_type(schemas[side].field(t).data_type()).ok_or_else(|| Error::internal("time column type"))?;
+                specs[side].late_col = Some((t, scale));
+            }
+        }
+        let right = specs.pop().expect("two");
+        let left = specs.pop().expect("two");
+        let retracts = HashJoin::output_retracts(join_type, &left, &right);
+        let joined_schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
+        let output_schema = with_weight(&joined_schema, retracts);
+        let filter = match &j.filter {
+            Some(f) => Some(phys(f, &j.schema, &self.props)?),
+            None => None,
+        };
+        let join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, output_schema)?;
+        Ok(Lowered {
+            node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join), left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
+            kind: if retracts { StreamKind::Changelog } else { StreamKind::AppendOnly },
+            window: None,
+            late_schema: None,
+            aggregated: l.aggregated || r.aggregated,
+            time: None,
+        })
     }
 }
 
@@ -585,6 +789,7 @@ pub(crate) fn plan_continuous(
         .map(|b| Ok((b.pseudo.clone(), windowed_schema(&relations[&b.input].schema)?)))
         .collect::<Result<_>>()?;
     let plan = logical_plan(query, relations, &extra)?;
+    let plan = if plan.exists(|p| Ok(matches!(p, LogicalPlan::Join(_))))? { optimize_joins(plan)? } else { plan };
     let lowerer = Lowerer { relations, bindings: &rw.bindings, opts, props: ExecutionProps::new() };
     let l = lowerer.lower(&plan)?;
     if !l.aggregated && opts.emit.is_some() {
@@ -594,7 +799,11 @@ pub(crate) fn plan_continuous(
         return Err(Error::plan("ALLOW LATENESS applies to windowed queries"));
     }
     let output_schema = with_weight(plan.schema().as_arrow(), l.kind == StreamKind::Changelog);
-    let mut inputs = l.inputs;
-    inputs.dedup();
-    Ok(PlannedQuery { inputs, ops: l.ops, output_schema, kind: l.kind, late_schema: l.late_schema })
+    let mut inputs = vec![];
+    for i in l.node.inputs() {
+        if !inputs.contains(&i) {
+            inputs.push(i);
+        }
+    }
+    Ok(PlannedQuery { inputs, root: l.node, time_col: l.time, output_schema, kind: l.kind, late_schema: l.late_schema })
 }

@@ -1,0 +1,699 @@
+//! The symmetric hash join of two streams (DESIGN §3, "Joins").
+//!
+//! Each side keeps the rows it has seen, indexed by the equi-join key; a batch on one side probes
+//! the other side's rows and is then stored for the other side's future rows. Inputs are Z-sets:
+//! a changelog row with `__weight = -1` removes an identical stored row and retracts every output
+//! it took part in, so `ΔL ⋈ R + L' ⋈ ΔR` keeps the output equal to the batch join of the inputs.
+//!
+//! State is bounded by event time when the join condition bounds it: a conjunct of the form
+//! `other.t <= f(row)` (an interval join's `BETWEEN`, a window join's equal window bounds, Nexmark
+//! q4's `b.date_time BETWEEN a.date_time AND a.expires`) means that once the watermark passes
+//! `f(row)` no future row of the other side can match `row`, so it is dropped. The other side's
+//! rows whose `t` is already behind the watermark are late and dropped (counted), which is what
+//! makes the eviction exact. Without such a bound a side's state grows with its input.
+//!
+//! Outer joins emit a side's unmatched rows padded with NULLs: at eviction when the side is
+//! time-bounded (the output stays append-only), otherwise at once, retracted when the first match
+//! arrives (the output is then a changelog).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{new_null_array, Array, ArrayRef, AsArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::{cast, filter_record_batch, interleave, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashMap;
+
+use super::window::{event_times, TimeScale};
+use super::{OpCtx, Operator};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinType {
+    Inner,
+    Left,
+    Right,
+    Full,
+}
+
+impl JoinType {
+    fn outer(self, side: usize) -> bool {
+        matches!((self, side), (JoinType::Left, 0) | (JoinType::Right, 1) | (JoinType::Full, _))
+    }
+}
+
+impl std::fmt::Display for JoinType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JoinType::Inner => "INNER",
+            JoinType::Left => "LEFT",
+            JoinType::Right => "RIGHT",
+            JoinType::Full => "FULL",
+        })
+    }
+}
+
+/// What the planner tells the join about one input.
+pub(crate) struct SideSpec {
+    /// Logical schema of the input (no `__weight`).
+    pub schema: SchemaRef,
+    /// The input is a changelog (carries `__weight`).
+    pub weighted: bool,
+    /// Equi-join key expressions over `schema`.
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// A stored row can no longer match once the watermark passes this expression's value.
+    pub expiry: Option<(Arc<dyn PhysicalExpr>, TimeScale)>,
+    /// Rows whose value in this column is behind the watermark are late: dropped and counted.
+    pub late_col: Option<(usize, TimeScale)>,
+    /// Text for EXPLAIN: how the state is bounded.
+    pub bound_text: String,
+}
+
+type RowRef = (u64, u32);
+
+struct Chunk {
+    batch: RecordBatch,
+    /// Current weight of each row; 0 once removed (retracted or evicted).
+    weight: Vec<i64>,
+    /// Per row, the sum of the weights of the other side's rows it matched (outer sides only).
+    matched: Vec<i64>,
+    /// Whole-row encodings, so a retraction can find its row (changelog inputs only).
+    rows: Option<Rows>,
+    /// The largest expiry of the chunk's rows (µs); the chunk is dropped once the watermark
+    /// passes it.
+    expiry_max: i64,
+    live: usize,
+    bytes: usize,
+}
+
+struct Side {
+    spec: SideSpec,
+    outer: bool,
+    /// Unmatched rows are emitted when evicted, not at once.
+    deferred: bool,
+    chunks: VecDeque<Option<Chunk>>,
+    /// Id of `chunks[0]`.
+    base: u64,
+    index: HashMap<Box<[u8]>, Vec<RowRef>>,
+    refs: usize,
+    dead_refs: usize,
+    row_conv: Option<RowConverter>,
+    bytes: usize,
+    live_rows: usize,
+}
+
+impl Side {
+    fn chunk(&self, id: u64) -> Option<&Chunk> {
+        id.checked_sub(self.base).and_then(|i| self.chunks.get(i as usize)).and_then(|c| c.as_ref())
+    }
+
+    fn chunk_mut(&mut self, id: u64) -> Option<&mut Chunk> {
+        id.checked_sub(self.base).and_then(|i| self.chunks.get_mut(i as usize)).and_then(|c| c.as_mut())
+    }
+
+    fn live_weight(&self, r: RowRef) -> i64 {
+        self.chunk(r.0).map(|c| c.weight[r.1 as usize]).unwrap_or(0)
+    }
+
+    /// Drops dead references from the index once they outnumber the live ones.
+    fn maybe_compact(&mut self) {
+        if self.dead_refs < 1024 || self.dead_refs * 2 < self.refs {
+            return;
+        }
+        let (chunks, base) = (&self.chunks, self.base);
+        let alive = |r: &RowRef| {
+            r.0.checked_sub(base)
+                .and_then(|i| chunks.get(i as usize))
+                .and_then(|c| c.as_ref())
+                .is_some_and(|c| c.weight[r.1 as usize] != 0)
+        };
+        let mut refs = 0;
+        self.index.retain(|_, v| {
+            v.retain(alive);
+            refs += v.len();
+            !v.is_empty()
+        });
+        self.index.shrink_to_fit();
+        self.refs = refs;
+        self.dead_refs = 0;
+    }
+}
+
+/// Where an output column group's row comes from.
+#[derive(Clone, Copy)]
+enum Src {
+    Delta(u32),
+    Stored(RowRef),
+    Null,
+}
+
+pub(crate) struct HashJoin {
+    join_type: JoinType,
+    sides: [Side; 2],
+    key_conv: RowConverter,
+    key_types: Vec<DataType>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    /// left ++ right logical columns (nullable where the join type pads).
+    joined_schema: SchemaRef,
+    /// `joined_schema` plus `__weight` when the output is a changelog.
+    output_schema: SchemaRef,
+    weighted_out: bool,
+    filter_text: String,
+}
+
+impl HashJoin {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn try_new(
+        join_type: JoinType,
+        left: SideSpec,
+        right: SideSpec,
+        key_types: Vec<DataType>,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        joined_schema: SchemaRef,
+        output_schema: SchemaRef,
+    ) -> Result<HashJoin> {
+        let key_conv = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
+        let mk = |spec: SideSpec, i: usize| -> Result<Side> {
+            let row_conv = if spec.weighted {
+                Some(RowConverter::new(spec.schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
+            } else {
+                None
+            };
+            let deferred = spec.expiry.is_some() && !spec.weighted;
+            Ok(Side {
+                outer: join_type.outer(i),
+                deferred,
+                spec,
+                chunks: VecDeque::new(),
+                base: 0,
+                index: HashMap::new(),
+                refs: 0,
+                dead_refs: 0,
+                row_conv,
+                bytes: 0,
+                live_rows: 0,
+            })
+        };
+        let weighted_out = output_schema.fields().len() == joined_schema.fields().len() + 1;
+        let filter_text = filter.as_ref().map(|f| format!(", filter {f}")).unwrap_or_default();
+        Ok(HashJoin {
+            join_type,
+            sides: [mk(left, 0)?, mk(right, 1)?],
+            key_conv,
+            key_types,
+            filter,
+            joined_schema,
+            output_schema,
+            weighted_out,
+            filter_text,
+        })
+    }
+
+    /// Whether the output can retract (decided by the planner with the same rule).
+    pub(crate) fn output_retracts(join_type: JoinType, left: &SideSpec, right: &SideSpec) -> bool {
+        left.weighted
+            || right.weighted
+            || (join_type.outer(0) && left.expiry.is_none())
+            || (join_type.outer(1) && right.expiry.is_none())
+    }
+
+    /// Builds output rows: each row takes its left columns from `l` and its right ones from `r`.
+    fn build(&self, delta_side: usize, delta: &RecordBatch, rows: &[(Src, Src)], weights: Option<Vec<i64>>) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.output_schema.fields().len());
+        for s in 0..2 {
+            let side = &self.sides[s];
+            // Sources: 0 = the delta batch (when this is the delta side), then used chunks, then a NULL row.
+            let mut chunk_ids: Vec<u64> = vec![];
+            let mut slot: HashMap<u64, usize> = HashMap::new();
+            let first_chunk = if s == delta_side { 1 } else { 0 };
+            let mut idx: Vec<(usize, usize)> = Vec::with_capacity(rows.len());
+            let mut need_null = false;
+            for r in rows {
+                let src = if s == 0 { r.0 } else { r.1 };
+                idx.push(match src {
+                    Src::Delta(i) => (0, i as usize),
+                    Src::Stored((c, i)) => {
+                        let k = *slot.entry(c).or_insert_with(|| {
+                            chunk_ids.push(c);
+                            first_chunk + chunk_ids.len() - 1
+                        });
+                        (k, i as usize)
+                    }
+                    Src::Null => {
+                        need_null = true;
+                        (usize::MAX, 0)
+                    }
+                });
+            }
+            let null_slot = first_chunk + chunk_ids.len();
+            if need_null {
+                for p in idx.iter_mut() {
+                    if p.0 == usize::MAX {
+                        p.0 = null_slot;
+                    }
+                }
+            }
+            for (ci, f) in side.spec.schema.fields().iter().enumerate() {
+                let mut arrays: Vec<ArrayRef> = vec![];
+                if s == delta_side {
+                    arrays.push(delta.column(ci).clone());
+                }
+                for c in &chunk_ids {
+                    arrays.push(side.chunk(*c).ok_or_else(|| Error::internal("join row of a dropped chunk"))?.batch.column(ci).clone());
+                }
+                if need_null {
+                    arrays.push(new_null_array(f.data_type(), 1));
+                }
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                cols.push(if refs.len() == 1 && idx.iter().enumerate().all(|(k, p)| p.1 == k) && idx.len() == refs[0].len() {
+                    arrays[0].clone()
+                } else {
+                    interleave(&refs, &idx)?
+                });
+            }
+        }
+        let opts = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        match weights {
+            Some(w) => {
+                cols.push(Arc::new(Int64Array::from(w)));
+                Ok(RecordBatch::try_new_with_options(self.output_schema.clone(), cols, &opts)?)
+            }
+            None => Ok(RecordBatch::try_new_with_options(self.joined_schema.clone(), cols, &opts)?),
+        }
+    }
+
+    fn key_rows(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+        let n = batch.num_rows();
+        let mut arrays = Vec::with_capacity(self.key_types.len());
+        for (e, t) in self.sides[side].spec.keys.iter().zip(&self.key_types) {
+            let a = e.evaluate(batch)?.into_array(n)?;
+            arrays.push(if a.data_type() == t { a } else { cast(&a, t)? });
+        }
+        let mut valid = vec![true; n];
+        for a in &arrays {
+            if let Some(nb) = a.logical_nulls() {
+                for (i, v) in valid.iter_mut().enumerate() {
+                    *v &= nb.is_valid(i);
+                }
+            }
+        }
+        Ok((self.key_conv.convert_columns(&arrays)?, valid))
+    }
+
+    fn process_side(&mut self, s: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let o = 1 - s;
+        let nlog = self.sides[s].spec.schema.fields().len();
+        let (mut logical, mut weights): (RecordBatch, Vec<i64>) = if self.sides[s].spec.weighted {
+            let w = batch.column(nlog).as_primitive::<Int64Type>().values().to_vec();
+            (batch.project(&(0..nlog).collect::<Vec<_>>())?, w)
+        } else {
+            let n = batch.num_rows();
+            (batch, vec![1; n])
+        };
+        // Late rows: their partners may already be gone.
+        if let Some((col, scale)) = self.sides[s].spec.late_col {
+            if ctx.watermark != super::NO_WATERMARK {
+                let (t, nulls) = event_times(logical.column(col), scale)?;
+                let keep: Vec<bool> = t.iter().enumerate().map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && v >= ctx.watermark).collect();
+                let dropped = keep.iter().filter(|k| !**k).count();
+                if dropped > 0 {
+                    ctx.late.rows += dropped as u64;
+                    let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
+                    logical = filter_record_batch(&logical, &mask)?;
+                    weights = weights.into_iter().zip(keep).filter(|(_, k)| *k).map(|(w, _)| w).collect();
+                }
+            }
+        }
+        let n = logical.num_rows();
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let (keys, key_valid) = self.key_rows(s, &logical)?;
+        let expiry: Option<Vec<i64>> = match &self.sides[s].spec.expiry {
+            Some((e, scale)) => {
+                let a = e.evaluate(&logical)?.into_array(n)?;
+                let (t, nulls) = event_times(&a, *scale)?;
+                // A NULL bound makes the condition NULL: the row never matches; drop it first.
+                Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v } else { i64::MIN }).collect())
+            }
+            None => None,
+        };
+        // Retractions: find the stored row each one removes (before anything of this batch changes).
+        let full_rows = match &self.sides[s].row_conv {
+            Some(conv) => Some(conv.convert_columns(logical.columns())?),
+            None => None,
+        };
+        let mut removed: Vec<Option<(RowRef, i64)>> = vec![None; n];
+        let mut new_rows_removed: Vec<bool> = vec![false; n];
+        for i in 0..n {
+            if weights[i] >= 0 {
+                continue;
+            }
+            let fr = full_rows.as_ref().expect("weighted side has row encodings");
+            let side = &mut self.sides[s];
+            let mut found = None;
+            if let Some(list) = side.index.get(keys.row(i).as_ref()) {
+                for r in list {
+                    if let Some(c) = side.chunk(r.0) {
+                        let k = r.1 as usize;
+                        if c.weight[k] > 0 && c.rows.as_ref().is_some_and(|rs| rs.row(k) == fr.row(i)) {
+                            found = Some(*r);
+                            break;
+                        }
+                    }
+                }
+            }
+            match found {
+                Some(r) => {
+                    let c = side.chunk_mut(r.0).expect("found");
+                    let m = c.matched.get(r.1 as usize).copied().unwrap_or(0);
+                    c.weight[r.1 as usize] = 0;
+                    c.live -= 1;
+                    side.live_rows -= 1;
+                    side.dead_refs += 1;
+                    removed[i] = Some((r, m));
+                }
+                None => {
+                    // Retracts a row inserted earlier in this same batch?
+                    let j = (0..i).find(|&j| weights[j] > 0 && !new_rows_removed[j] && keys.row(j) == keys.row(i) && fr.row(j) == fr.row(i));
+                    match j {
+                        Some(j) => new_rows_removed[j] = true,
+                        None => {
+                            return Err(Error::internal(format!(
+                                "a retraction on the {} side of a join matches no row it has seen",
+                                if s == 0 { "left" } else { "right" }
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+        // Probe the other side.
+        let mut pairs: Vec<(u32, RowRef)> = vec![];
+        {
+            let other = &self.sides[o];
+            for i in 0..n {
+                if !key_valid[i] || weights[i] == 0 {
+                    continue;
+                }
+                if let Some(list) = other.index.get(keys.row(i).as_ref()) {
+                    for r in list {
+                        if other.live_weight(*r) != 0 {
+                            pairs.push((i as u32, *r));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out_pos: Vec<(Src, Src)> = vec![];
+        let mut out_w: Vec<i64> = vec![];
+        let mut outputs: Vec<RecordBatch> = vec![];
+        let mut matched_delta = vec![0i64; n];
+        if !pairs.is_empty() {
+            let specs: Vec<(Src, Src)> = pairs
+                .iter()
+                .map(|(i, r)| if s == 0 { (Src::Delta(*i), Src::Stored(*r)) } else { (Src::Stored(*r), Src::Delta(*i)) })
+                .collect();
+            let cand = self.build(s, &logical, &specs, None)?;
+            let mask = match &self.filter {
+                Some(f) => {
+                    let v = f.evaluate(&cand)?.into_array(cand.num_rows())?;
+                    let m = v.as_boolean_opt().ok_or_else(|| Error::plan(format!("join condition is {}, not BOOLEAN", v.data_type())))?;
+                    Some(crate::util::null_as_false(m))
+                }
+                None => None,
+            };
+            let pass = |k: usize| mask.as_ref().is_none_or(|m| m.value(k));
+            let mut pair_w = Vec::with_capacity(pairs.len());
+            for (k, (i, r)) in pairs.iter().enumerate() {
+                if !pass(k) {
+                    continue;
+                }
+                let wd = weights[*i as usize];
+                let wo = self.sides[o].live_weight(*r);
+                pair_w.push(wd * wo);
+                if self.sides[s].outer {
+                    matched_delta[*i as usize] += wo;
+                }
+                if self.sides[o].outer {
+                    let deferred = self.sides[o].deferred;
+                    let c = self.sides[o].chunk_mut(r.0).expect("live");
+                    let before = c.matched[r.1 as usize];
+                    let after = before + wd;
+                    c.matched[r.1 as usize] = after;
+                    if !deferred {
+                        let pad = if s == 0 { (Src::Null, Src::Stored(*r)) } else { (Src::Stored(*r), Src::Null) };
+                        if before == 0 && after > 0 {
+                            out_pos.push(pad);
+                            out_w.push(-wo);
+                        } else if before > 0 && after == 0 {
+                            out_pos.push(pad);
+                            out_w.push(wo);
+                        }
+                    }
+                }
+            }
+            let joined = match mask {
+                Some(m) => filter_record_batch(&cand, &m)?,
+                None => cand,
+            };
+            if joined.num_rows() > 0 {
+                outputs.push(self.with_weights(joined, pair_w)?);
+            }
+        }
+        // This side's own padded rows (eager outer sides).
+        if self.sides[s].outer && !self.sides[s].deferred {
+            for i in 0..n {
+                let pad = if s == 0 { (Src::Delta(i as u32), Src::Null) } else { (Src::Null, Src::Delta(i as u32)) };
+                if weights[i] > 0 && matched_delta[i] == 0 {
+                    out_pos.push(pad);
+                    out_w.push(weights[i]);
+                } else if weights[i] < 0 {
+                    // Its padded row was out iff it had no match when it was retracted.
+                    let had = removed[i].map(|(_, m)| m).unwrap_or(0) + matched_delta[i];
+                    if had == 0 {
+                        out_pos.push(pad);
+                        out_w.push(weights[i]);
+                    }
+                }
+            }
+        }
+        // Deferred outer rows retracted before eviction — only appends reach here, nothing to do.
+        if !out_pos.is_empty() {
+            let b = self.build(s, &logical, &out_pos, Some(out_w))?;
+            outputs.push(b);
+        }
+        // Store this batch's inserted rows.
+        let insert: Vec<u32> = (0..n as u32).filter(|&i| weights[i as usize] > 0 && !new_rows_removed[i as usize]).collect();
+        if !insert.is_empty() {
+            let all = insert.len() == n;
+            let idx = UInt32Array::from(insert.clone());
+            let batch = if all { logical.clone() } else { take_batch(&logical, &idx)? };
+            let rows = match &full_rows {
+                Some(fr) if all => Some(fr.clone()),
+                Some(_) => Some(self.sides[s].row_conv.as_ref().expect("weighted").convert_columns(batch.columns())?),
+                None => None,
+            };
+            let m = insert.len();
+            let expiry_max = expiry.as_ref().map(|e| insert.iter().map(|&i| e[i as usize]).max().unwrap_or(i64::MIN)).unwrap_or(i64::MAX);
+            let matched = if self.sides[s].outer { insert.iter().map(|&i| matched_delta[i as usize]).collect() } else { vec![] };
+            let bytes = batch.get_array_memory_size() + m * 24 + rows.as_ref().map(|r| r.size()).unwrap_or(0);
+            let side = &mut self.sides[s];
+            let id = side.base + side.chunks.len() as u64;
+            // Rows with a NULL key are indexed too (a retraction must find them) but never probed.
+            for (k, &i) in insert.iter().enumerate() {
+                let key = keys.row(i as usize);
+                match side.index.get_mut(key.as_ref()) {
+                    Some(v) => v.push((id, k as u32)),
+                    None => {
+                        side.index.insert(Box::from(key.as_ref()), vec![(id, k as u32)]);
+                    }
+                }
+                side.refs += 1;
+            }
+            side.chunks.push_back(Some(Chunk { batch, weight: vec![1; m], matched, rows, expiry_max, live: m, bytes }));
+            side.bytes += bytes;
+            side.live_rows += m;
+        }
+        // Chunks emptied by retractions.
+        self.drop_dead_chunks(s);
+        self.sides[s].maybe_compact();
+        if outputs.is_empty() {
+            return Ok(outputs);
+        }
+        let out = if outputs.len() == 1 { outputs.pop().expect("one") } else { datafusion::arrow::compute::concat_batches(&self.output_schema_for_out(), &outputs)? };
+        Ok(vec![self.retractions_first(out)?])
+    }
+
+    fn output_schema_for_out(&self) -> SchemaRef {
+        if self.weighted_out {
+            self.output_schema.clone()
+        } else {
+            self.joined_schema.clone()
+        }
+    }
+
+    /// Attaches weights (changelog output) or checks there are none to attach (append-only).
+    fn with_weights(&self, b: RecordBatch, w: Vec<i64>) -> Result<RecordBatch> {
+        if self.weighted_out {
+            let mut cols = b.columns().to_vec();
+            cols.push(Arc::new(Int64Array::from(w)));
+            Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
+        } else {
+            debug_assert!(w.iter().all(|&x| x == 1));
+            Ok(b)
+        }
+    }
+
+    /// Padded rows are built with weights; for append-only output those are all +1: drop them.
+    fn retractions_first(&self, b: RecordBatch) -> Result<RecordBatch> {
+        if !self.weighted_out {
+            if b.num_columns() == self.joined_schema.fields().len() {
+                return Ok(b);
+            }
+            return Ok(b.project(&(0..self.joined_schema.fields().len()).collect::<Vec<_>>())?);
+        }
+        let w = b.column(b.num_columns() - 1).as_primitive::<Int64Type>();
+        if w.values().iter().all(|&x| x > 0) || w.values().iter().all(|&x| x < 0) {
+            return Ok(b);
+        }
+        let order: Vec<u32> = (0..b.num_rows() as u32)
+            .filter(|&i| w.value(i as usize) < 0)
+            .chain((0..b.num_rows() as u32).filter(|&i| w.value(i as usize) > 0))
+            .collect();
+        take_batch(&b, &UInt32Array::from(order))
+    }
+
+    /// Drops chunks (front first) whose rows are all gone.
+    fn drop_dead_chunks(&mut self, s: usize) {
+        let side = &mut self.sides[s];
+        for c in side.chunks.iter_mut() {
+            if c.as_ref().is_some_and(|c| c.live == 0) {
+                let ch = c.take().expect("some");
+                side.bytes -= ch.bytes;
+            }
+        }
+        while matches!(side.chunks.front(), Some(None)) {
+            side.chunks.pop_front();
+            side.base += 1;
+        }
+    }
+
+    fn evict(&mut self, s: usize, wm: i64) -> Result<Option<RecordBatch>> {
+        let mut pads: Vec<(Src, Src)> = vec![];
+        let mut dead: Vec<u64> = vec![];
+        {
+            let side = &self.sides[s];
+            if side.spec.expiry.is_none() {
+                return Ok(None);
+            }
+            for (k, c) in side.chunks.iter().enumerate() {
+                let Some(c) = c else { continue };
+                if c.expiry_max < wm {
+                    let id = side.base + k as u64;
+                    dead.push(id);
+                    if side.outer && side.deferred {
+                        for r in 0..c.weight.len() {
+                            if c.weight[r] > 0 && c.matched[r] == 0 {
+                                let src = Src::Stored((id, r as u32));
+                                pads.push(if s == 0 { (src, Src::Null) } else { (Src::Null, src) });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if dead.is_empty() {
+            return Ok(None);
+        }
+        let out = if pads.is_empty() {
+            None
+        } else {
+            let empty = RecordBatch::new_empty(self.sides[s].spec.schema.clone());
+            let n = pads.len();
+            Some(self.build(usize::MAX, &empty, &pads, if self.weighted_out { Some(vec![1; n]) } else { None })?)
+        };
+        let side = &mut self.sides[s];
+        for id in dead {
+            let c = side.chunk_mut(id).expect("listed");
+            let live = c.live;
+            c.live = 0;
+            c.weight.iter_mut().for_each(|w| *w = 0);
+            side.live_rows -= live;
+            side.dead_refs += live;
+        }
+        self.drop_dead_chunks(s);
+        self.sides[s].maybe_compact();
+        Ok(out)
+    }
+
+    /// Rows held per side (for tests and metrics).
+    #[allow(dead_code)]
+    pub(crate) fn rows_held(&self) -> [usize; 2] {
+        [self.sides[0].live_rows, self.sides[1].live_rows]
+    }
+}
+
+fn take_batch(b: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
+    let cols = b.columns().iter().map(|c| take(c.as_ref(), idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(b.schema(), cols, &RecordBatchOptions::new().with_row_count(Some(idx.len())))?)
+}
+
+impl HashJoin {
+    pub(crate) fn explain(&self) -> String {
+        let kind = match (self.sides[0].spec.expiry.is_some(), self.sides[1].spec.expiry.is_some()) {
+            (true, true) => "bounded by the watermark on both sides",
+            (true, false) => "left side bounded by the watermark, right side unbounded",
+            (false, true) => "right side bounded by the watermark, left side unbounded",
+            (false, false) => "unbounded on both sides",
+        };
+        format!(
+            "HashJoin {} on {} keys{}: state {kind} (left: {}; right: {}){}",
+            self.join_type,
+            self.key_types.len(),
+            self.filter_text,
+            self.sides[0].spec.bound_text,
+            self.sides[1].spec.bound_text,
+            if self.weighted_out { " → changelog" } else { "" }
+        )
+    }
+
+    pub(crate) fn process(&mut self, side: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        self.process_side(side, batch, ctx)
+    }
+
+    pub(crate) fn on_watermark(&mut self, wm: i64) -> Result<Vec<RecordBatch>> {
+        let mut out = vec![];
+        for s in 0..2 {
+            if let Some(b) = self.evict(s, wm)? {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn state_size(&self) -> usize {
+        self.sides.iter().map(|s| s.bytes + s.refs * 16 + s.index.len() * 48).sum()
+    }
+}
+
+impl Operator for HashJoin {
+    fn explain(&self) -> String {
+        HashJoin::explain(self)
+    }
+    fn process_batch(&mut self, _batch: RecordBatch, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        Err(Error::internal("a join is fed through its sides"))
+    }
+    fn on_watermark(&mut self, wm: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        HashJoin::on_watermark(self, wm)
+    }
+    fn state_size(&self) -> usize {
+        HashJoin::state_size(self)
+    }
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(Error::not_implemented("snapshots of join state are not available yet"))
+    }
+}
