@@ -566,3 +566,58 @@ mod tests {
         }
     }
 }
+
+/// The queries of NEXMARK.md §3 in LaminarDB SQL, exactly as written there.
+pub mod queries {
+    pub const Q0: &str = "SELECT auction, bidder, price, date_time, extra FROM bid";
+    pub const Q1: &str = "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid";
+    pub const Q2: &str = "SELECT auction, price FROM bid WHERE auction % 123 = 0";
+    pub const Q3: &str = "SELECT p.name, p.city, p.state, a.id \
+        FROM auction a JOIN person p ON a.seller = p.id \
+        WHERE a.category = 10 AND p.state IN ('OR', 'ID', 'CA')";
+    pub const Q4: &str = "SELECT q.category, AVG(q.final) AS avg_final \
+        FROM ( \
+          SELECT MAX(b.price) AS final, a.category \
+          FROM auction a JOIN bid b \
+            ON a.id = b.auction AND b.date_time BETWEEN a.date_time AND a.expires \
+          GROUP BY a.id, a.category \
+        ) q \
+        GROUP BY q.category";
+    pub const Q5: &str = "SELECT ab.auction, ab.num \
+        FROM ( \
+          SELECT auction, COUNT(*) AS num, window_start AS starttime, window_end AS endtime \
+          FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) \
+          GROUP BY auction, window_start, window_end \
+        ) ab \
+        JOIN ( \
+          SELECT MAX(c.num) AS maxn, c.starttime, c.endtime \
+          FROM ( \
+            SELECT COUNT(*) AS num, window_start AS starttime, window_end AS endtime \
+            FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) \
+            GROUP BY auction, window_start, window_end \
+          ) c \
+          GROUP BY c.starttime, c.endtime \
+        ) mb \
+        ON ab.starttime = mb.starttime AND ab.endtime = mb.endtime AND ab.num >= mb.maxn";
+    pub const Q7: &str = "SELECT b.auction, b.price, b.bidder, b.date_time, b.extra \
+        FROM bid b \
+        JOIN ( \
+          SELECT MAX(price) AS maxprice, window_end AS date_time \
+          FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+          GROUP BY window_start, window_end \
+        ) b1 \
+        ON b.price = b1.maxprice \
+        WHERE b.date_time BETWEEN b1.date_time - INTERVAL '10' SECOND AND b1.date_time";
+    pub const Q8: &str = "SELECT p.id, p.name, p.starttime \
+        FROM ( \
+          SELECT id, name, window_start AS starttime, window_end AS endtime \
+          FROM TABLE(TUMBLE(TABLE person, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+          GROUP BY id, name, window_start, window_end \
+        ) p \
+        JOIN ( \
+          SELECT seller, window_start AS starttime, window_end AS endtime \
+          FROM TABLE(TUMBLE(TABLE auction, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+          GROUP BY seller, window_start, window_end \
+        ) a \
+        ON p.id = a.seller AND p.starttime = a.starttime AND p.endtime = a.endtime";
+}

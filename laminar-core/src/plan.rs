@@ -505,9 +505,9 @@ impl Lowerer<'_> {
                 l.kind
             )));
         }
-        if l.aggregated {
-            return Err(Error::not_implemented("an aggregate over an aggregate in one query is not available yet; chain two streams"));
-        }
+        // An aggregate over an append-only aggregate (windows emitted once, at close) works as
+        // over any append-only input: the rows of a window arrive before the watermark that
+        // closes the outer window.
         let in_schema = agg.input.schema();
         let mut layout = vec![];
         let mut key_exprs = vec![];
