@@ -20,6 +20,7 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod join;
+pub(crate) mod retract;
 pub(crate) mod session;
 pub(crate) mod stateless;
 pub(crate) mod window;

@@ -497,11 +497,73 @@ impl Lowerer<'_> {
         }
     }
 
+    /// GROUP BY over a changelog: COUNT, SUM, AVG, MIN and MAX that take retractions.
+    fn lower_retract_aggregate(&self, agg: &datafusion::logical_expr::Aggregate, mut l: Lowered) -> Result<Lowered> {
+        use datafusion::logical_expr::expr::AggregateFunction;
+        use datafusion::logical_expr::ExprSchemable;
+        let emit = self.opts.emit.unwrap_or(EmitMode::Changes);
+        if emit != EmitMode::Changes {
+            return Err(Error::not_implemented(format!(
+                "EMIT {emit} over a changelog input is not available yet; an aggregate over a retracting input emits CHANGES"
+            )));
+        }
+        let in_schema = agg.input.schema();
+        let mut keys = vec![];
+        let mut key_types = vec![];
+        for (i, g) in agg.group_expr.iter().enumerate() {
+            key_types.push(agg.schema.field(i).data_type().clone());
+            keys.push(phys(g, in_schema, &self.props)?);
+        }
+        let mut aggs = vec![];
+        for (j, e) in agg.aggr_expr.iter().enumerate() {
+            let out_type = agg.schema.field(agg.group_expr.len() + j).data_type().clone();
+            let Expr::AggregateFunction(AggregateFunction { func, params }) = e.clone().unalias() else {
+                return Err(Error::plan(format!("unexpected aggregate expression {e}")));
+            };
+            let name = func.name().to_lowercase();
+            let fun = match name.as_str() {
+                "count" => crate::operator::retract::RFun::Count,
+                "sum" => crate::operator::retract::RFun::Sum,
+                "avg" | "mean" => crate::operator::retract::RFun::Avg,
+                "min" => crate::operator::retract::RFun::Min,
+                "max" => crate::operator::retract::RFun::Max,
+                _ => {
+                    return Err(Error::not_implemented(format!(
+                        "{} over a changelog input is not available yet (COUNT, SUM, AVG, MIN and MAX are)",
+                        name.to_uppercase()
+                    )))
+                }
+            };
+            if params.distinct || !params.order_by.is_empty() || params.args.len() != 1 {
+                return Err(Error::not_implemented(format!("{e} over a changelog input is not available yet (DISTINCT and ordered aggregates are not)")));
+            }
+            let arg_type = params.args[0].get_type(in_schema)?;
+            if matches!(fun, crate::operator::retract::RFun::Sum | crate::operator::retract::RFun::Avg) && !(arg_type.is_integer() || arg_type.is_floating()) {
+                return Err(Error::not_implemented(format!("{e} of {arg_type} over a changelog input is not available yet (integers and floats are)")));
+            }
+            let filter = match &params.filter {
+                Some(f) => Some(phys(f, in_schema, &self.props)?),
+                None => None,
+            };
+            aggs.push(crate::operator::retract::RAgg { fun, arg: phys(&params.args[0], in_schema, &self.props)?, filter, arg_type, out_type });
+        }
+        let output_schema = with_weight(agg.schema.as_arrow(), true);
+        l.node.ops.push(Box::new(crate::operator::retract::RetractAggregate::try_new(keys, key_types, aggs, output_schema)?));
+        l.kind = StreamKind::Changelog;
+        l.aggregated = true;
+        l.window = None;
+        l.time = None;
+        Ok(l)
+    }
+
     fn lower_aggregate(&self, agg: &datafusion::logical_expr::Aggregate) -> Result<Lowered> {
         let mut l = self.lower(&agg.input)?;
+        if l.kind == StreamKind::Changelog && l.window.is_none() {
+            return self.lower_retract_aggregate(agg, l);
+        }
         if l.kind != StreamKind::AppendOnly {
             return Err(Error::not_implemented(format!(
-                "aggregating a {} input is not available yet; aggregate an append-only source or stream",
+                "aggregating a {} input is not available yet; aggregate an append-only source or stream, or a changelog (EMIT CHANGES)",
                 l.kind
             )));
         }

@@ -16,6 +16,7 @@ use datafusion::prelude::SessionContext;
 use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
 use laminar_core::arrow::record_batch::RecordBatch;
 use laminar_core::{Config, Database};
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,6 +27,11 @@ enum Shape {
     Window { size: i64 },
     AggOverJoin { lo: i64, hi: i64 },
     Three { lo: i64, hi: i64, lo2: i64, hi2: i64, regular2: bool },
+    /// An aggregate over a regular outer join's changelog (retractions reach the aggregate).
+    AggOverChangelog,
+    /// Nexmark q4's shape: MAX per left row over an interval join, then COUNT/AVG/MIN/MAX of
+    /// those maxima per key — the outer aggregate takes the inner one's retractions.
+    TwoLevel { lo: i64, hi: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +50,9 @@ const FILTERS: [&str; 3] = ["", " WHERE l.v > 20", " WHERE r.v IS NULL OR r.v < 
 fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
-    let shape = match r.random_range(0..5) {
+    let shape = match r.random_range(0..7) {
+        5 => Shape::AggOverChangelog,
+        6 => Shape::TwoLevel { lo: ms(&mut r), hi: ms(&mut r) },
         0 => Shape::Interval { lo: ms(&mut r), hi: ms(&mut r) },
         1 => Shape::Regular { residual: r.random_bool(0.5) },
         2 => Shape::Window { size: [1000, 2000, 5000][r.random_range(0..3)] },
@@ -52,12 +60,12 @@ fn gen_case(seed: u64) -> Case {
         _ => Shape::Three { lo: ms(&mut r), hi: ms(&mut r), lo2: ms(&mut r), hi2: ms(&mut r), regular2: r.random_bool(0.3) },
     };
     let jt = match shape {
-        Shape::AggOverJoin { .. } => "INNER",
+        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } => "INNER",
         _ => JTS[r.random_range(0..4)],
     };
     let jt2 = JTS[r.random_range(0..4)];
     let filter = match shape {
-        Shape::Window { .. } | Shape::AggOverJoin { .. } => "",
+        Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } => "",
         _ => FILTERS[r.random_range(0..3)],
     };
     Case { seed, shape, jt, jt2, filter, workers: r.random_range(1..3) }
@@ -110,6 +118,23 @@ fn sql_of(c: &Case) -> (String, String) {
         Shape::AggOverJoin { lo, hi } => {
             let q = format!(
                 "SELECT l.k, COUNT(*) AS c, SUM(r.v) AS s, MIN(r.v) AS mn, MAX(l.v) AS mx FROM l JOIN r ON l.k = r.k AND r.ts BETWEEN l.ts - {} AND l.ts + {} GROUP BY l.k",
+                iv(*lo),
+                iv(*hi)
+            );
+            (q.clone(), q)
+        }
+        Shape::AggOverChangelog => {
+            let q = format!(
+                "SELECT l.k, COUNT(*) AS c, COUNT(r.v) AS cv, SUM(r.v) AS s, MIN(r.v) AS mn, MAX(r.v) AS mx, SUM(l.v) FILTER (WHERE r.v > 50) AS sf \
+                 FROM l {jt} JOIN r ON l.k = r.k GROUP BY l.k"
+            );
+            (q.clone(), q)
+        }
+        Shape::TwoLevel { lo, hi } => {
+            let q = format!(
+                "SELECT q.k, COUNT(*) AS c, AVG(q.mx) AS a, MIN(q.mx) AS mn, MAX(q.mx) AS mx2 FROM (\
+                 SELECT l.id, l.k, MAX(r.v) AS mx FROM l JOIN r ON l.k = r.k AND r.ts BETWEEN l.ts - {} AND l.ts + {} GROUP BY l.id, l.k\
+                 ) q GROUP BY q.k",
                 iv(*lo),
                 iv(*hi)
             );
@@ -257,4 +282,123 @@ fn join_differential_random_cases() {
     k.sort();
     eprintln!("{} join cases: {k:?}", seeds.len());
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), seeds.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
+}
+
+/// MIN and MAX over a retracting input recover the next value when the current extreme is
+/// retracted (DESIGN §3 "Views"; the input is an EMIT CHANGES aggregate, which retracts).
+#[test]
+fn min_and_max_recover_after_their_extreme_is_retracted() {
+    let db = common::db(1);
+    db.execute("CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL)").unwrap();
+    db.execute("CREATE STREAM latest AS SELECT k, MAX(v) AS mv FROM s GROUP BY k").unwrap();
+    db.execute("CREATE MATERIALIZED VIEW lo AS SELECT MIN(mv) AS low, MAX(mv) AS high, COUNT(*) AS n, SUM(mv) AS total FROM latest").unwrap();
+    let mut w = db.writer("s").unwrap();
+    let state = |db: &Database| common::sorted(&db.query("SELECT * FROM lo").unwrap());
+    w.write(common::kvt(&[(1, 5, 0), (2, 3, 0), (3, 7, 0)])).unwrap();
+    w.flush().unwrap();
+    assert_eq!(state(&db), vec!["3|7|3|15"]);
+    // k = 2 moves from 3 (the minimum) to 10: the minimum recovers to 5, the maximum is 10.
+    w.write(common::kvt(&[(2, 10, 1)])).unwrap();
+    w.flush().unwrap();
+    assert_eq!(state(&db), vec!["5|10|3|22"]);
+    // k = 1 moves from 5 (the minimum again) to 6, k = 2 from 10 (the maximum) to 11 — and then
+    // the maximum is retracted for good when k = 3 takes it from 7 to 12.
+    w.write(common::kvt(&[(1, 6, 2), (2, 11, 2)])).unwrap();
+    w.write(common::kvt(&[(3, 12, 3)])).unwrap();
+    w.flush().unwrap();
+    assert_eq!(state(&db), vec!["6|12|3|29"]);
+    let plan = common::rows(&db.execute("EXPLAIN CREATE STREAM x AS SELECT MIN(mv) FROM latest").unwrap().batches);
+    assert!(plan.iter().any(|r| r[0].contains("RetractingAggregate")), "{plan:?}");
+}
+
+/// A regular LEFT join retracts its NULL-padded row when the first match arrives, and the view
+/// over it ends equal to the batch join; EXPLAIN names the join, its state and its bound.
+#[test]
+fn outer_join_retracts_padding_and_explain_shows_the_state_bound() {
+    let db = common::db(1);
+    db.execute("CREATE SOURCE a (k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)").unwrap();
+    db.execute("CREATE SOURCE b (k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)").unwrap();
+    db.execute("CREATE STREAM j AS SELECT a.k, a.v, b.v AS bv FROM a LEFT JOIN b ON a.k = b.k").unwrap();
+    let sub = db.subscribe("j").unwrap();
+    let (mut wa, mut wb) = (db.writer("a").unwrap(), db.writer("b").unwrap());
+    let kvt = |rows: &[(i64, i64, i64)]| {
+        let b = common::kvt(rows);
+        RecordBatch::try_new(
+            Arc::new(laminar_core::arrow::datatypes::Schema::new(vec![
+                laminar_core::arrow::datatypes::Field::new("k", laminar_core::arrow::datatypes::DataType::Int64, true),
+                laminar_core::arrow::datatypes::Field::new("v", laminar_core::arrow::datatypes::DataType::Int64, true),
+                b.schema().field(2).clone(),
+            ])),
+            b.columns().to_vec(),
+        )
+        .unwrap()
+    };
+    wa.write(kvt(&[(1, 10, 0)])).unwrap();
+    wa.flush().unwrap();
+    assert_eq!(common::sorted(&common::drain(&sub)), vec!["1|10||1"], "padded at once");
+    wb.write(kvt(&[(1, 20, 0), (1, 21, 0)])).unwrap();
+    wb.flush().unwrap();
+    let rows = common::rows(&common::drain(&sub));
+    assert_eq!(rows[0], vec!["1", "10", "", "-1"], "the retraction comes first: {rows:?}");
+    let mut rest: Vec<String> = rows[1..].iter().map(|r| r.join("|")).collect();
+    rest.sort();
+    assert_eq!(rest, vec!["1|10|20|1", "1|10|21|1"]);
+
+    let plan = |sql: &str| common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches).into_iter().map(|r| r[0].clone()).collect::<Vec<_>>().join("\n");
+    let p = plan("SELECT a.k, b.v FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '2' SECOND AND a.ts + INTERVAL '3' SECOND");
+    assert!(p.contains("HashJoin INNER") && p.contains("bounded by the watermark on both sides"), "{p}");
+    assert!(p.contains("a.ts + IntervalMonthDayNano") || p.contains("a.ts +"), "left rows are kept until a.ts + 3 s: {p}");
+    let p = plan("SELECT a.k, b.v FROM a LEFT JOIN b ON a.k = b.k");
+    assert!(p.contains("HashJoin LEFT") && p.contains("unbounded on both sides") && p.contains("changelog"), "{p}");
+    let e = db.execute("CREATE STREAM y AS SELECT a.k FROM a JOIN b ON a.v < b.v").unwrap_err();
+    assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented, "{e}");
+    assert!(e.message().contains("equality"), "{e}");
+}
+
+/// An interval join's state stays under a bound computed from the watermark delay, the join's
+/// upper bound, the out-of-order spread and the input rate while many rows stream through
+/// (10 M in an optimized build, 1 M in a debug one; `LAMINAR_STATE_ROWS` overrides). Without
+/// eviction it would hold every row.
+#[test]
+fn interval_join_state_stays_bounded() {
+    let total: usize = std::env::var("LAMINAR_STATE_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(if cfg!(debug_assertions) { 1_000_000 } else { 10_000_000 });
+    let db = common::db(1);
+    for n in ["a", "b"] {
+        db.execute(&format!("CREATE SOURCE {n} (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")).unwrap();
+    }
+    db.execute("CREATE STREAM j AS SELECT a.k, a.v, b.v AS bv FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND").unwrap();
+    let sub = db.subscribe("j").unwrap();
+    let (mut wa, mut wb) = (db.writer("a").unwrap(), db.writer("b").unwrap());
+    // One row per millisecond of event time per side, up to 1 s out of order, 1,000 keys.
+    const BATCH: usize = 8192;
+    let (delay, hi, lo, jitter) = (5_000i64, 2_000i64, 1_000i64, 1_000i64);
+    let mut peak = 0u64;
+    let mut out_rows = 0usize;
+    let mut t = 0i64;
+    let mut sent = 0;
+    while sent < total {
+        let rows: Vec<(i64, i64, i64)> = (0..BATCH as i64).map(|i| ((i * 7919) % 1000, i, t + i - (i * 31) % jitter)).collect();
+        t += BATCH as i64;
+        wa.write(common::kvt(&rows)).unwrap();
+        wb.write(common::kvt(&rows)).unwrap();
+        sent += 2 * BATCH;
+        if (sent / (2 * BATCH)) % 8 == 0 {
+            wb.flush().unwrap();
+            let m = db.metrics().unwrap();
+            peak = peak.max(m.streams.iter().find(|s| s.name == "j").unwrap().state_bytes);
+            out_rows += common::drain(&sub).iter().map(|b| b.num_rows()).sum::<usize>();
+        }
+    }
+    wb.flush().unwrap();
+    // Rows a side holds: those not yet past ts + bound behind the watermark (delay + bound +
+    // spread), plus the batch that moved the watermark and one more batch whose rows share a
+    // chunk with rows still alive. About 100 bytes a row covers the row, its index entry and
+    // its share of the key table.
+    let rows_held = |bound: i64| (delay + bound + jitter) as u64 + 2 * BATCH as u64;
+    let limit = (rows_held(hi) + rows_held(lo)) * 100;
+    let unbounded = total as u64 * 24;
+    eprintln!("interval join: {total} rows in, {out_rows} out, peak state {peak} bytes, bound {limit} bytes (all rows would be ≥ {unbounded})");
+    assert!(peak > 0, "state was measured");
+    assert!(peak <= limit, "peak state {peak} bytes exceeds the bound {limit}");
+    assert!(out_rows > 0);
 }
