@@ -1,0 +1,143 @@
+//! Join benchmark (issue 9): streaming join throughput beside a DataFusion batch hash join of the
+//! same rows, in one run.
+//!
+//! ```text
+//! cargo run --release -p laminar-core --example join_bench -- --rows 2000000
+//! ```
+//!
+//! Two inputs `a` and `b` of `--rows` rows each (v; ts one row per millisecond per side, up to
+//! 1 s out of order; k shared by 4 consecutive rows of each side, modulo `--keys`, so a key's rows
+//! on both sides lie close in time — orders and their payments), 8,192-row batches, pushed
+//! alternately. Fewer keys (`--keys`) make DataFusion's time-blind hash join quadratic per key.
+//! (a) interval join `a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - 1 s AND a.ts + 2 s`: push,
+//!     finish, drain; input rows (both sides) per second; output rows checked against (b).
+//! (b) DataFusion: the same SQL over MemTables of the same batches; input rows per second.
+//! (c) the ratio (a) / (b). Best of 3 runs each, alternating.
+//! ASOF joins are not implemented yet; the benchmark says so instead of printing a figure.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
+use laminar_core::arrow::record_batch::RecordBatch;
+use laminar_core::{Config, Database, Next};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const SQL: &str = "SELECT a.k, a.v, b.v AS bv, a.ts, b.ts AS bts FROM a JOIN b ON a.k = b.k \
+                   AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '2' SECOND";
+
+fn batches(rows: usize, keys: i64, salt: i64) -> Vec<RecordBatch> {
+    let mut out = vec![];
+    let mut i = 0i64;
+    while (i as usize) < rows {
+        let n = 8192.min(rows - i as usize) as i64;
+        let r = i..i + n;
+        let k = r.clone().map(|x| (x / 4).rem_euclid(keys));
+        let ts = r.clone().map(|x| (x - (x * 31 + salt) % 1000) * 1000);
+        out.push(
+            RecordBatch::try_from_iter(vec![
+                ("k", Arc::new(Int64Array::from_iter_values(k)) as ArrayRef),
+                ("v", Arc::new(Int64Array::from_iter_values(r.clone())) as ArrayRef),
+                ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(ts)) as ArrayRef),
+            ])
+            .expect("batch"),
+        );
+        i += n;
+    }
+    out
+}
+
+fn engine(a: &[RecordBatch], b: &[RecordBatch]) -> BoxResult<(Duration, u64)> {
+    let mut cfg = Config::default();
+    cfg.set("buffer_size", "65536")?;
+    let db = Database::open(":memory:", cfg)?;
+    for n in ["a", "b"] {
+        db.execute(&format!(
+            "CREATE SOURCE {n} (k BIGINT NOT NULL, v BIGINT NOT NULL, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+        ))?;
+    }
+    db.execute(&format!("CREATE STREAM j AS {SQL}"))?;
+    let sub = db.subscribe("j")?;
+    let done = Arc::new(AtomicBool::new(false));
+    let rows = Arc::new(AtomicU64::new(0));
+    let (d2, r2) = (done.clone(), rows.clone());
+    let drain = std::thread::spawn(move || loop {
+        match sub.next_timeout(Duration::from_millis(20)) {
+            Ok(Next::Batch(b)) => {
+                r2.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+            }
+            Ok(Next::Empty) if d2.load(Ordering::Acquire) => return,
+            Ok(Next::Empty) => {}
+            Ok(Next::End) | Err(_) => return,
+        }
+    });
+    let (mut wa, mut wb) = (db.writer("a")?, db.writer("b")?);
+    let t0 = Instant::now();
+    for (x, y) in a.iter().zip(b) {
+        wa.write(x.clone())?;
+        wb.write(y.clone())?;
+    }
+    wa.finish()?;
+    wb.finish()?;
+    wb.flush()?;
+    done.store(true, Ordering::Release);
+    drain.join().map_err(|_| "drain thread panicked")?;
+    let el = t0.elapsed();
+    if let Some(f) = db.metrics()?.streams.iter().find_map(|s| s.failed.clone()) {
+        return Err(f.into());
+    }
+    Ok((el, rows.load(Ordering::Relaxed)))
+}
+
+fn datafusion(a: &[RecordBatch], b: &[RecordBatch], rt: &tokio::runtime::Runtime) -> BoxResult<(Duration, u64)> {
+    let ctx = SessionContext::new();
+    ctx.register_table("a", Arc::new(MemTable::try_new(a[0].schema(), vec![a.to_vec()])?))?;
+    ctx.register_table("b", Arc::new(MemTable::try_new(b[0].schema(), vec![b.to_vec()])?))?;
+    let t0 = Instant::now();
+    let out = rt.block_on(async { ctx.sql(SQL).await?.collect().await })?;
+    Ok((t0.elapsed(), out.iter().map(|b| b.num_rows() as u64).sum()))
+}
+
+fn main() -> BoxResult<()> {
+    let mut rows = 1_000_000usize;
+    let mut keys = i64::MAX;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rows" => rows = args.next().ok_or("--rows N")?.parse()?,
+            "--keys" => keys = args.next().ok_or("--keys N")?.parse()?,
+            other => return Err(format!("unknown option {other}; options: --rows N, --keys N").into()),
+        }
+    }
+    let (a, b) = (batches(rows, keys, 17), batches(rows, keys, 91));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build()?;
+    println!(
+        "join benchmark: {rows} rows per side, keys of 4 consecutive rows modulo {keys}, 8192-row batches, {} cores, build {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        if cfg!(debug_assertions) { "debug (figures meaningless)" } else { "release" }
+    );
+    let (mut best_e, mut best_d) = (Duration::MAX, Duration::MAX);
+    let (mut out_e, mut out_d) = (0, 0);
+    for _ in 0..3 {
+        let (t, n) = engine(&a, &b)?;
+        best_e = best_e.min(t);
+        out_e = n;
+        let (t, n) = datafusion(&a, &b, &rt)?;
+        best_d = best_d.min(t);
+        out_d = n;
+    }
+    let total = 2.0 * rows as f64;
+    let (re, rd) = (total / best_e.as_secs_f64(), total / best_d.as_secs_f64());
+    println!("(a) interval join, streaming:      {:>8.2} M input rows/s ({out_e} rows out) {}", re / 1e6, if out_e == out_d { "OK" } else { "MISMATCH" });
+    println!("(b) DataFusion batch hash join:    {:>8.2} M input rows/s ({out_d} rows out)", rd / 1e6);
+    println!("(c) ratio (a)/(b):                 {:>8.2}", re / rd);
+    println!("ASOF join: not implemented yet (issue 9); no figure.");
+    if out_e != out_d {
+        return Err("the streaming join's output differs from DataFusion's".into());
+    }
+    Ok(())
+}
