@@ -487,7 +487,13 @@ impl Lowerer<'_> {
                 Ok(l)
             }
             LogicalPlan::Aggregate(agg) => self.lower_aggregate(agg),
-            LogicalPlan::Distinct(_) => Err(Error::not_implemented("SELECT DISTINCT in a continuous query is not available yet")),
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => {
+                // SELECT DISTINCT is a GROUP BY of every column with no aggregate.
+                let cols: Vec<Expr> = input.schema().columns().into_iter().map(Expr::Column).collect();
+                let agg = datafusion::logical_expr::Aggregate::try_new(input.clone(), cols, vec![])?;
+                self.lower_aggregate(&agg)
+            }
+            LogicalPlan::Distinct(_) => Err(Error::not_implemented("DISTINCT ON in a continuous query is not available yet")),
             LogicalPlan::Sort(_) => Err(Error::plan("ORDER BY has no meaning on an unbounded stream; sort when you query a materialized view")),
             LogicalPlan::Limit(_) => Err(Error::plan("LIMIT is not supported in a continuous query")),
             LogicalPlan::Join(j) => self.lower_join(j),

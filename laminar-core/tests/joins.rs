@@ -2,8 +2,9 @@
 //! out-of-order arrival inside the watermark delay, random batch sizes and random interleaving of
 //! the inputs. The final content of a materialized view over each join must equal DataFusion's
 //! batch answer to the same SQL over every row pushed. Join kinds: interval (asymmetric bounds),
-//! regular (with and without a residual condition), window join, aggregates over a join and
-//! three-way chains; × INNER/LEFT/RIGHT/FULL.
+//! regular (with and without a residual condition), window join, aggregates over a join and over
+//! an outer join's changelog, Nexmark q4's two-level shape, DISTINCT, three-way chains;
+//! × INNER/LEFT/RIGHT/FULL.
 //! `LAMINAR_JOIN_CASES` sets the number of cases (default 1000); `LAMINAR_JOIN_SEED` replays one.
 
 mod common;
@@ -32,6 +33,8 @@ enum Shape {
     /// Nexmark q4's shape: MAX per left row over an interval join, then COUNT/AVG/MIN/MAX of
     /// those maxima per key — the outer aggregate takes the inner one's retractions.
     TwoLevel { lo: i64, hi: i64 },
+    /// SELECT DISTINCT over a join (an append-only one for INNER, a changelog for outer joins).
+    Distinct,
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +53,8 @@ const FILTERS: [&str; 3] = ["", " WHERE l.v > 20", " WHERE r.v IS NULL OR r.v < 
 fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
-    let shape = match r.random_range(0..7) {
+    let shape = match r.random_range(0..8) {
+        7 => Shape::Distinct,
         5 => Shape::AggOverChangelog,
         6 => Shape::TwoLevel { lo: ms(&mut r), hi: ms(&mut r) },
         0 => Shape::Interval { lo: ms(&mut r), hi: ms(&mut r) },
@@ -121,6 +125,10 @@ fn sql_of(c: &Case) -> (String, String) {
                 iv(*lo),
                 iv(*hi)
             );
+            (q.clone(), q)
+        }
+        Shape::Distinct => {
+            let q = format!("SELECT DISTINCT l.k, r.v % 10 AS rv FROM l {jt} JOIN r ON l.k = r.k{f}");
             (q.clone(), q)
         }
         Shape::AggOverChangelog => {

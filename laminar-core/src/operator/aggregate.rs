@@ -236,9 +236,12 @@ impl Aggregate {
         partitions: usize,
     ) -> Result<Self> {
         let key_conv = RowConverter::new(key_types.into_iter().map(SortField::new).collect())?;
-        let agg_conv = RowConverter::new(
-            aggs.iter().map(|a| SortField::new(a.expr.field().data_type().clone())).collect(),
-        )?;
+        // With no aggregate (SELECT DISTINCT, GROUP BY alone) the value rows are one constant.
+        let agg_conv = RowConverter::new(if aggs.is_empty() {
+            vec![SortField::new(DataType::Boolean)]
+        } else {
+            aggs.iter().map(|a| SortField::new(a.expr.field().data_type().clone())).collect()
+        })?;
         Ok(Aggregate {
             key_exprs,
             layout,
@@ -405,6 +408,14 @@ impl Aggregate {
         Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
     }
 
+    fn agg_rows(&self, values: &[ArrayRef], n: usize) -> Result<Rows> {
+        if self.aggs.is_empty() {
+            Ok(self.agg_conv.convert_columns(&[Arc::new(BooleanArray::from(vec![true; n])) as ArrayRef])?)
+        } else {
+            Ok(self.agg_conv.convert_columns(values)?)
+        }
+    }
+
     /// Emits the changed groups of one table: upserts, or −old/+new pairs for changelogs.
     fn emit_changes(&self, table: &mut GroupTable, window: (i64, i64), out: &mut Vec<RecordBatch>) -> Result<()> {
         let dirty = table.take_dirty();
@@ -412,7 +423,7 @@ impl Aggregate {
             return Ok(());
         }
         let values = table.peek(&self.aggs, &dirty)?;
-        let rows = self.agg_conv.convert_columns(&values)?;
+        let rows = self.agg_rows(&values, dirty.len())?;
         let mut retract_groups = vec![];
         let mut retract_rows: Vec<OwnedRow> = vec![];
         let mut insert_pos: Vec<u32> = vec![];
@@ -432,6 +443,7 @@ impl Aggregate {
         let changelog = self.changelog();
         if changelog && !retract_groups.is_empty() {
             let old = self.agg_conv.convert_rows(retract_rows.iter().map(|r| r.row()))?;
+            let old = if self.aggs.is_empty() { vec![] } else { old };
             out.push(self.output(table, window, Some(&retract_groups), old, Some(-1))?);
         }
         if !insert_pos.is_empty() {
@@ -546,7 +558,7 @@ impl Operator for Aggregate {
                                 table.take_dirty();
                                 let all: Vec<u32> = (0..table.len() as u32).collect();
                                 let vals = table.peek(&self.aggs, &all)?;
-                                let rows = self.agg_conv.convert_columns(&vals)?;
+                                let rows = self.agg_rows(&vals, table.len())?;
                                 for g in 0..table.len() {
                                     table.prev[g] = Some(rows.row(g).owned());
                                 }
