@@ -19,6 +19,7 @@
 //! Changelog batches carry a trailing `__weight` Int64 column (+1 insert, −1 retraction).
 
 pub(crate) mod aggregate;
+pub(crate) mod asof;
 pub(crate) mod join;
 pub(crate) mod retract;
 pub(crate) mod session;
@@ -82,6 +83,10 @@ pub(crate) trait Operator: Send {
     /// One line for EXPLAIN.
     fn explain(&self) -> String;
     fn process_batch(&mut self, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>>;
+    /// Two-input operators (joins): a batch of the left (0) or right (1) input.
+    fn process_side(&mut self, _side: usize, _batch: RecordBatch, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        Err(crate::error::Error::internal(format!("{} has one input", self.explain())))
+    }
     fn on_watermark(&mut self, _watermark: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         Ok(vec![])
     }

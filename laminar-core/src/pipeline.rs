@@ -10,12 +10,11 @@
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::Result;
-use crate::operator::join::HashJoin;
 use crate::operator::{OpCtx, Operator};
 
 pub(crate) enum NodeInput {
     Relation(String),
-    Join { join: Box<HashJoin>, left: Box<Node>, right: Box<Node> },
+    Join { join: Box<dyn Operator>, left: Box<Node>, right: Box<Node> },
 }
 
 pub(crate) struct Node {
@@ -94,11 +93,11 @@ impl Node {
                 let l = left.process(from, batch, ctx)?;
                 let mut out = vec![];
                 for b in l {
-                    out.extend(join.process(0, b, ctx)?);
+                    out.extend(join.process_side(0, b, ctx)?);
                 }
                 let r = right.process(from, batch, ctx)?;
                 for b in r {
-                    out.extend(join.process(1, b, ctx)?);
+                    out.extend(join.process_side(1, b, ctx)?);
                 }
                 out
             }
@@ -112,12 +111,12 @@ impl Node {
             NodeInput::Join { join, left, right } => {
                 let mut rows = vec![];
                 for b in left.on_watermark(wm, ctx)? {
-                    rows.extend(join.process(0, b, ctx)?);
+                    rows.extend(join.process_side(0, b, ctx)?);
                 }
                 for b in right.on_watermark(wm, ctx)? {
-                    rows.extend(join.process(1, b, ctx)?);
+                    rows.extend(join.process_side(1, b, ctx)?);
                 }
-                rows.extend(join.on_watermark(wm)?);
+                rows.extend(join.on_watermark(wm, ctx)?);
                 run_all(&mut self.ops, rows, ctx)?
             }
         };
@@ -131,10 +130,10 @@ impl Node {
             NodeInput::Join { join, left, right } => {
                 let mut rows = vec![];
                 for b in left.on_tick(ctx)? {
-                    rows.extend(join.process(0, b, ctx)?);
+                    rows.extend(join.process_side(0, b, ctx)?);
                 }
                 for b in right.on_tick(ctx)? {
-                    rows.extend(join.process(1, b, ctx)?);
+                    rows.extend(join.process_side(1, b, ctx)?);
                 }
                 run_all(&mut self.ops, rows, ctx)?
             }

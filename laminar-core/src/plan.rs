@@ -91,6 +91,7 @@ pub(crate) fn logical_plan(
     extra: &[(String, SchemaRef)],
 ) -> Result<LogicalPlan> {
     let ctx = session_context();
+    ctx.register_udf(asof_marker_udf());
     for (name, info) in relations {
         ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(info.schema.clone(), vec![vec![]])?))?;
     }
@@ -300,6 +301,7 @@ impl Rewriter<'_> {
             self.factor(&mut twj.relation)?;
             for j in &mut twj.joins {
                 self.factor(&mut j.relation)?;
+                rewrite_asof(j)?;
             }
         }
         let GroupByExpr::Expressions(exprs, _) = &mut sel.group_by else { return Ok(()) };
@@ -340,6 +342,72 @@ impl Rewriter<'_> {
         });
         Ok(())
     }
+}
+
+/// The marker an ASOF join leaves in its (LEFT) join condition: `__laminar_asof(a, b, op)`.
+pub(crate) const ASOF_MARKER: &str = "__laminar_asof";
+
+/// `l ASOF JOIN r MATCH_CONDITION(a op b) ON …` becomes `l LEFT JOIN r ON … AND
+/// __laminar_asof(a, b, op)`, which DataFusion plans and type-checks like any join; the lowering
+/// finds the marker and builds the ASOF operator.
+fn rewrite_asof(j: &mut ast::Join) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator as B, JoinConstraint, JoinOperator};
+    let JoinOperator::AsOf { match_condition, constraint } = &j.join_operator else { return Ok(()) };
+    let (a, b, code) = match match_condition {
+        SqlExpr::BinaryOp { left, op, right } => {
+            let code = match op {
+                B::GtEq => 0,
+                B::Gt => 1,
+                B::LtEq => 2,
+                B::Lt => 3,
+                other => return Err(Error::plan(format!("MATCH_CONDITION takes >=, >, <=, < or NEAREST(l.ts, r.ts), not {other}"))),
+            };
+            (left.to_string(), right.to_string(), code)
+        }
+        SqlExpr::Function(f) if object_name_str(&f.name) == "nearest" => {
+            let args = expr_args(&f.args)?;
+            if args.len() != 2 {
+                return Err(Error::plan("NEAREST takes the two time columns: NEAREST(l.ts, r.ts)"));
+            }
+            (args[0].to_string(), args[1].to_string(), 4)
+        }
+        other => return Err(Error::plan(format!("MATCH_CONDITION takes l.ts >= r.ts (or >, <=, <) or NEAREST(l.ts, r.ts), not '{other}'"))),
+    };
+    let marker = format!("{ASOF_MARKER}({a}, {b}, {code})");
+    let on = match constraint {
+        JoinConstraint::On(e) => format!("({e}) AND {marker}"),
+        JoinConstraint::None => marker,
+        _ => return Err(Error::plan("ASOF JOIN takes its key equalities in ON (…)")),
+    };
+    let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
+    let expr = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+        .try_with_sql(&on)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| Error::internal(format!("rewriting the ASOF join: {e}")))?;
+    j.join_operator = JoinOperator::LeftOuter(JoinConstraint::On(expr));
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AsofMarker(datafusion::logical_expr::Signature);
+
+impl datafusion::logical_expr::ScalarUDFImpl for AsofMarker {
+    fn name(&self) -> &str {
+        ASOF_MARKER
+    }
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.0
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, _: datafusion::logical_expr::ScalarFunctionArgs) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        datafusion::common::internal_err!("the ASOF marker is planned away, never evaluated")
+    }
+}
+
+fn asof_marker_udf() -> datafusion::logical_expr::ScalarUDF {
+    datafusion::logical_expr::ScalarUDF::new_from_impl(AsofMarker(datafusion::logical_expr::Signature::any(3, datafusion::logical_expr::Volatility::Immutable)))
 }
 
 // ---------------------------------------------------------------- lowering
@@ -749,6 +817,67 @@ fn expiry_candidates(conjuncts: &[Expr], on: &[(Expr, Expr)], side: usize, schem
 }
 
 impl Lowerer<'_> {
+    fn lower_asof(&self, j: &datafusion::logical_expr::Join, l: Lowered, r: Lowered, mut conjuncts: Vec<Expr>, pos: usize) -> Result<Lowered> {
+        use crate::operator::asof::{AsofJoin, AsofOp, AsofSide};
+        use datafusion::logical_expr::utils::conjunction;
+        use datafusion::logical_expr::ExprSchemable;
+        if j.join_type != datafusion::logical_expr::JoinType::Left {
+            return Err(Error::internal("an ASOF join is planned as a LEFT join"));
+        }
+        for (side, x) in [("left", &l), ("right", &r)] {
+            if x.kind != StreamKind::AppendOnly {
+                return Err(Error::not_implemented(format!("the {side} input of the ASOF join is a {} stream; ASOF joins read append-only inputs", x.kind)));
+            }
+        }
+        if j.on.is_empty() {
+            return Err(Error::not_implemented("an ASOF join needs at least one key equality in ON (…)"));
+        }
+        let Expr::ScalarFunction(marker) = conjuncts.remove(pos) else { unreachable!("found above") };
+        let (a, b) = (&marker.args[0], &marker.args[1]);
+        let code = match &marker.args[2] {
+            Expr::Literal(v, _) => v.to_string().parse::<i64>().map_err(|_| Error::internal("ASOF marker code"))?,
+            _ => return Err(Error::internal("ASOF marker code")),
+        };
+        let schemas = [j.left.schema().as_ref(), j.right.schema().as_ref()];
+        let (lt, rt, flipped) = if only_refs(a, schemas[0]) && only_refs(b, schemas[1]) {
+            (a, b, false)
+        } else if only_refs(a, schemas[1]) && only_refs(b, schemas[0]) {
+            (b, a, true)
+        } else {
+            return Err(Error::plan("MATCH_CONDITION compares a time of the left input with a time of the right input"));
+        };
+        let op = match (code, flipped) {
+            (0, false) | (2, true) => AsofOp::Ge,
+            (1, false) | (3, true) => AsofOp::Gt,
+            (2, false) | (0, true) => AsofOp::Le,
+            (3, false) | (1, true) => AsofOp::Lt,
+            _ => AsofOp::Nearest,
+        };
+        let mut sides = vec![];
+        for (s, t) in [(0, lt), (1, rt)] {
+            let ty = t.get_type(schemas[s])?;
+            let scale = TimeScale::for_type(&ty).ok_or_else(|| Error::plan(format!("MATCH_CONDITION compares times: '{t}' is {ty}, not TIMESTAMP or BIGINT milliseconds")))?;
+            let keys = j.on.iter().map(|(x, y)| phys(if s == 0 { x } else { y }, schemas[s], &self.props)).collect::<Result<Vec<_>>>()?;
+            sides.push(AsofSide { keys, time: phys(t, schemas[s], &self.props)?, scale, schema: Arc::new(schemas[s].as_arrow().clone()) });
+        }
+        let key_types = j.on.iter().map(|(x, _)| x.get_type(schemas[0])).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let filter = match conjunction(conjuncts) {
+            Some(f) => Some(phys(&f, &j.schema, &self.props)?),
+            None => None,
+        };
+        let right = sides.pop().expect("two");
+        let left = sides.pop().expect("two");
+        let join = AsofJoin::try_new(op, left, right, key_types, filter, Arc::new(j.schema.as_arrow().clone()))?;
+        Ok(Lowered {
+            node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
+            kind: StreamKind::AppendOnly,
+            window: None,
+            late_schema: None,
+            aggregated: l.aggregated || r.aggregated,
+            time: None,
+        })
+    }
+
     fn lower_join(&self, j: &datafusion::logical_expr::Join) -> Result<Lowered> {
         use datafusion::logical_expr::{ExprSchemable, JoinType as DJ};
         use datafusion::logical_expr::utils::split_conjunction;
@@ -765,6 +894,10 @@ impl Lowerer<'_> {
         };
         let l = self.lower(&j.left)?;
         let r = self.lower(&j.right)?;
+        let conjuncts: Vec<Expr> = j.filter.as_ref().map(|f| split_conjunction(f).into_iter().cloned().collect()).unwrap_or_default();
+        if let Some(pos) = conjuncts.iter().position(|c| matches!(c, Expr::ScalarFunction(f) if f.func.name() == ASOF_MARKER)) {
+            return self.lower_asof(j, l, r, conjuncts, pos);
+        }
         for (side, x) in [("left", &l), ("right", &r)] {
             if let StreamKind::Upsert { .. } = x.kind {
                 return Err(Error::not_implemented(format!(
@@ -785,7 +918,6 @@ impl Lowerer<'_> {
             keys[0].push(phys(a, schemas[0], &self.props)?);
             keys[1].push(phys(b, schemas[1], &self.props)?);
         }
-        let conjuncts: Vec<Expr> = j.filter.as_ref().map(|f| split_conjunction(f).into_iter().cloned().collect()).unwrap_or_default();
         let times = [
             l.time.filter(|_| l.kind == StreamKind::AppendOnly),
             r.time.filter(|_| r.kind == StreamKind::AppendOnly),
@@ -833,7 +965,7 @@ impl Lowerer<'_> {
         };
         let join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, output_schema)?;
         Ok(Lowered {
-            node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join), left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
+            node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
             kind: if retracts { StreamKind::Changelog } else { StreamKind::AppendOnly },
             window: None,
             late_schema: None,

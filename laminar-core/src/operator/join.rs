@@ -303,7 +303,7 @@ impl HashJoin {
         Ok((self.key_conv.convert_columns(&arrays)?, valid))
     }
 
-    fn process_side(&mut self, s: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+    fn process_delta(&mut self, s: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         let o = 1 - s;
         let nlog = self.sides[s].spec.schema.fields().len();
         let (mut logical, mut weights): (RecordBatch, Vec<i64>) = if self.sides[s].spec.weighted {
@@ -661,10 +661,6 @@ impl HashJoin {
         )
     }
 
-    pub(crate) fn process(&mut self, side: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
-        self.process_side(side, batch, ctx)
-    }
-
     pub(crate) fn on_watermark(&mut self, wm: i64) -> Result<Vec<RecordBatch>> {
         let mut out = vec![];
         for s in 0..2 {
@@ -686,6 +682,9 @@ impl Operator for HashJoin {
     }
     fn process_batch(&mut self, _batch: RecordBatch, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         Err(Error::internal("a join is fed through its sides"))
+    }
+    fn process_side(&mut self, side: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        self.process_delta(side, batch, ctx)
     }
     fn on_watermark(&mut self, wm: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         HashJoin::on_watermark(self, wm)

@@ -1,0 +1,340 @@
+//! ASOF join (DESIGN §3): `l ASOF JOIN r MATCH_CONDITION(l.ts >= r.ts) ON l.k = r.k` — each
+//! left row with the right row of its key closest in time on the side the condition allows
+//! (`>=`/`>`: the latest at or before; `<=`/`<`: the earliest at or after; `NEAREST(l.ts, r.ts)`:
+//! the closest either way, ties to the earlier). Every left row is kept, with NULLs when nothing
+//! matches, and is emitted once the watermark has passed the times that decide its match, so the
+//! output is final and append-only. Among right rows with equal times the one pushed last wins.
+//! Further `ON` conditions (a tolerance such as `l.ts - r.ts <= INTERVAL '5' SECOND`) apply to the
+//! chosen row: when it fails them, the left row gets NULLs.
+//!
+//! State: left rows waiting for the watermark, and per key the right rows that a future or waiting
+//! left row can still choose (rows behind both the watermark and the oldest waiting left row are
+//! dropped, except the latest per key for the "at or before" and nearest forms). Rows of either
+//! side behind the watermark when they arrive are late: dropped and counted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashMap;
+
+use super::window::{event_times, TimeScale};
+use super::{OpCtx, Operator, NO_WATERMARK};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AsofOp {
+    /// right time ≤ left time
+    Ge,
+    /// right time < left time
+    Gt,
+    /// right time ≥ left time
+    Le,
+    /// right time > left time
+    Lt,
+    Nearest,
+}
+
+impl AsofOp {
+    fn text(self) -> &'static str {
+        match self {
+            AsofOp::Ge => "l.t >= r.t",
+            AsofOp::Gt => "l.t > r.t",
+            AsofOp::Le => "l.t <= r.t",
+            AsofOp::Lt => "l.t < r.t",
+            AsofOp::Nearest => "NEAREST",
+        }
+    }
+    fn needs_before(self) -> bool {
+        matches!(self, AsofOp::Ge | AsofOp::Gt | AsofOp::Nearest)
+    }
+    fn needs_after(self) -> bool {
+        matches!(self, AsofOp::Le | AsofOp::Lt | AsofOp::Nearest)
+    }
+}
+
+pub(crate) struct AsofSide {
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub time: Arc<dyn PhysicalExpr>,
+    pub scale: TimeScale,
+    pub schema: SchemaRef,
+}
+
+type Key = Box<[u8]>;
+
+pub(crate) struct AsofJoin {
+    op: AsofOp,
+    sides: [AsofSide; 2],
+    key_types: Vec<DataType>,
+    key_conv: RowConverter,
+    row_conv: [RowConverter; 2],
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    joined_schema: SchemaRef,
+    /// Per key, right rows by (time µs, arrival sequence).
+    right: HashMap<Key, BTreeMap<(i64, u64), OwnedRow>>,
+    right_rows: usize,
+    /// Waiting left rows by (time µs, arrival sequence): key (None: NULL key) and row.
+    pending: BTreeMap<(i64, u64), (Option<Key>, OwnedRow)>,
+    seq: u64,
+    bytes: usize,
+    rows_at_last_sweep: usize,
+}
+
+impl AsofJoin {
+    pub(crate) fn try_new(
+        op: AsofOp,
+        left: AsofSide,
+        right: AsofSide,
+        key_types: Vec<DataType>,
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        joined_schema: SchemaRef,
+    ) -> Result<AsofJoin> {
+        let conv = |s: &SchemaRef| RowConverter::new(s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect());
+        Ok(AsofJoin {
+            op,
+            key_conv: RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?,
+            row_conv: [conv(&left.schema)?, conv(&right.schema)?],
+            sides: [left, right],
+            key_types,
+            filter,
+            joined_schema,
+            right: HashMap::new(),
+            right_rows: 0,
+            pending: BTreeMap::new(),
+            seq: 0,
+            bytes: 0,
+            rows_at_last_sweep: 0,
+        })
+    }
+
+    fn keys(&self, s: usize, b: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+        let n = b.num_rows();
+        let mut arrays = vec![];
+        for (e, t) in self.sides[s].keys.iter().zip(&self.key_types) {
+            let a = e.evaluate(b)?.into_array(n)?;
+            arrays.push(if a.data_type() == t { a } else { cast(&a, t)? });
+        }
+        let mut valid = vec![true; n];
+        for a in &arrays {
+            if let Some(nb) = a.logical_nulls() {
+                for (i, v) in valid.iter_mut().enumerate() {
+                    *v &= nb.is_valid(i);
+                }
+            }
+        }
+        Ok((self.key_conv.convert_columns(&arrays)?, valid))
+    }
+
+    fn times(&self, s: usize, b: &RecordBatch) -> Result<Vec<Option<i64>>> {
+        let a = self.sides[s].time.evaluate(b)?.into_array(b.num_rows())?;
+        let (t, nulls) = event_times(&a, self.sides[s].scale)?;
+        Ok(t.into_iter().enumerate().map(|(i, v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { Some(v) } else { None }).collect())
+    }
+
+    /// The right row a left row at `lt` matches among `rows`, if any.
+    fn choose(op: AsofOp, rows: &BTreeMap<(i64, u64), OwnedRow>, lt: i64) -> Option<(i64, u64)> {
+        let before = |strict: bool| {
+            let upper = if strict { lt.checked_sub(1)? } else { lt };
+            rows.range(..=(upper, u64::MAX)).next_back().map(|(k, _)| *k)
+        };
+        let after = |strict: bool| {
+            let lower = if strict { lt.checked_add(1)? } else { lt };
+            let first = rows.range((lower, 0)..).next().map(|(k, _)| k.0)?;
+            // Equal times: the row pushed last wins.
+            rows.range((first, 0)..=(first, u64::MAX)).next_back().map(|(k, _)| *k)
+        };
+        match op {
+            AsofOp::Ge => before(false),
+            AsofOp::Gt => before(true),
+            AsofOp::Le => after(false),
+            AsofOp::Lt => after(true),
+            AsofOp::Nearest => match (before(false), after(false)) {
+                (Some(b), Some(a)) => Some(if (lt - b.0) <= (a.0 - lt) { b } else { a }),
+                (b, a) => b.or(a),
+            },
+        }
+    }
+
+    /// Whether the match of a left row at `lt` with key `key` can no longer change.
+    fn settled(&self, key: Option<&Key>, lt: i64, wm: i64) -> bool {
+        if wm <= lt {
+            return false; // right rows at lt may still come
+        }
+        if !self.op.needs_after() || wm == i64::MAX {
+            return true;
+        }
+        // The earliest right row after lt must be behind the watermark (later rows come after it).
+        let Some(rows) = key.and_then(|k| self.right.get(k)) else { return false };
+        let lower = if self.op == AsofOp::Lt { lt.saturating_add(1) } else { lt };
+        rows.range((lower, 0)..).next().is_some_and(|(k, _)| k.0 < wm)
+    }
+
+    fn emit(&mut self, ready: Vec<((i64, u64), Option<Key>, OwnedRow)>) -> Result<Vec<RecordBatch>> {
+        if ready.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut right_rows: Vec<OwnedRow> = vec![];
+        let mut right_idx: Vec<Option<u32>> = vec![];
+        for ((lt, _), key, _) in &ready {
+            let m = key.as_ref().and_then(|k| self.right.get(k)).and_then(|rows| Self::choose(self.op, rows, *lt).map(|c| rows[&c].clone()));
+            match m {
+                Some(r) => {
+                    right_idx.push(Some(right_rows.len() as u32));
+                    right_rows.push(r);
+                }
+                None => right_idx.push(None),
+            }
+        }
+        let left_cols = self.row_conv[0].convert_rows(ready.iter().map(|(_, _, r)| r.row()))?;
+        let right_base: Vec<ArrayRef> = if right_rows.is_empty() {
+            self.sides[1].schema.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1)).collect()
+        } else {
+            self.row_conv[1].convert_rows(right_rows.iter().map(|r| r.row()))?
+        };
+        let build = |idx: &[Option<u32>]| -> Result<RecordBatch> {
+            let ix = UInt32Array::from(idx.to_vec());
+            let mut cols = left_cols.clone();
+            for c in &right_base {
+                cols.push(take(c.as_ref(), &ix, None)?);
+            }
+            Ok(RecordBatch::try_new_with_options(self.joined_schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(idx.len())))?)
+        };
+        let mut out = build(&right_idx)?;
+        if let Some(f) = &self.filter {
+            let v = f.evaluate(&out)?.into_array(out.num_rows())?;
+            let m = v.as_boolean_opt().ok_or_else(|| Error::plan("ASOF join condition is not BOOLEAN"))?;
+            let m: BooleanArray = crate::util::null_as_false(m);
+            if m.true_count() < out.num_rows() {
+                for (i, r) in right_idx.iter_mut().enumerate() {
+                    if !m.value(i) {
+                        *r = None;
+                    }
+                }
+                out = build(&right_idx)?;
+            }
+        }
+        Ok(vec![out])
+    }
+
+    /// Drops right rows no left row can choose any more.
+    fn sweep(&mut self, wm: i64) {
+        let oldest_wait = self.pending.keys().next().map(|k| k.0).unwrap_or(i64::MAX);
+        let horizon = wm.min(oldest_wait);
+        let keep_before = self.op.needs_before();
+        let mut removed = 0;
+        let mut bytes = 0;
+        self.right.retain(|_, rows| {
+            // Everything strictly before the horizon, except (for before/nearest) the last of it.
+            let old: Vec<(i64, u64)> = rows.range(..(horizon, 0)).map(|(k, _)| *k).collect();
+            let n = old.len().saturating_sub(usize::from(keep_before));
+            for k in &old[..n] {
+                if let Some(r) = rows.remove(k) {
+                    bytes += r.as_ref().len() + 64;
+                }
+            }
+            removed += n;
+            !rows.is_empty()
+        });
+        self.right_rows -= removed;
+        self.bytes = self.bytes.saturating_sub(bytes);
+        self.rows_at_last_sweep = self.right_rows;
+    }
+}
+
+impl Operator for AsofJoin {
+    fn explain(&self) -> String {
+        format!(
+            "AsofJoin ({}) on {} keys{}: left rows wait for the watermark; right rows kept while a waiting or future left row can choose them{} → append-only",
+            self.op.text(),
+            self.key_types.len(),
+            self.filter.as_ref().map(|f| format!(", then {f}")).unwrap_or_default(),
+            if self.op.needs_before() { " (and the latest behind the watermark per key)" } else { "" }
+        )
+    }
+
+    fn process_batch(&mut self, _batch: RecordBatch, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        Err(Error::internal("an ASOF join is fed through its sides"))
+    }
+
+    fn process_side(&mut self, side: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let n = batch.num_rows();
+        let (keys, valid) = self.keys(side, &batch)?;
+        let times = self.times(side, &batch)?;
+        let rows = self.row_conv[side].convert_columns(batch.columns())?;
+        let wm = ctx.watermark;
+        let mut immediate = vec![];
+        for i in 0..n {
+            let late = match times[i] {
+                Some(t) => wm != NO_WATERMARK && t < wm,
+                None => side == 1,
+            };
+            if late {
+                ctx.late.rows += 1;
+                continue;
+            }
+            self.seq += 1;
+            let row = rows.row(i).owned();
+            if side == 0 {
+                let key: Option<Key> = valid[i].then(|| Box::from(keys.row(i).as_ref()));
+                match times[i] {
+                    // A left row without a time has nothing to match: out at once, with NULLs.
+                    None => immediate.push(((i64::MIN, self.seq), None, row)),
+                    Some(t) => {
+                        self.bytes += row.as_ref().len() + 64;
+                        self.pending.insert((t, self.seq), (key, row));
+                    }
+                }
+            } else {
+                if !valid[i] {
+                    continue; // a NULL key matches nothing
+                }
+                let t = times[i].expect("checked");
+                self.bytes += row.as_ref().len() + 64;
+                let k = keys.row(i);
+                match self.right.get_mut(k.as_ref()) {
+                    Some(m) => {
+                        m.insert((t, self.seq), row);
+                    }
+                    None => {
+                        let mut m = BTreeMap::new();
+                        m.insert((t, self.seq), row);
+                        self.right.insert(Box::from(k.as_ref()), m);
+                    }
+                }
+                self.right_rows += 1;
+            }
+        }
+        self.emit(immediate)
+    }
+
+    fn on_watermark(&mut self, wm: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let candidates: Vec<(i64, u64)> = self.pending.range(..(wm, 0)).map(|(k, _)| *k).collect();
+        let mut ready = vec![];
+        for k in candidates {
+            let (key, _) = &self.pending[&k];
+            if self.settled(key.as_ref(), k.0, wm) {
+                let (key, row) = self.pending.remove(&k).expect("listed");
+                self.bytes = self.bytes.saturating_sub(row.as_ref().len() + 64);
+                ready.push((k, key, row));
+            }
+        }
+        let out = self.emit(ready)?;
+        if self.right_rows > 1024 && self.right_rows >= 2 * self.rows_at_last_sweep.max(1) || wm == i64::MAX {
+            self.sweep(wm);
+        }
+        Ok(out)
+    }
+
+    fn state_size(&self) -> usize {
+        self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(Error::not_implemented("snapshots of ASOF join state are not available yet"))
+    }
+}
