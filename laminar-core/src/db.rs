@@ -156,6 +156,8 @@ struct SourceRt {
     rows_in: u64,
     batches_in: u64,
     rows_late: u64,
+    /// `CREATE TABLE`: the current rows by key.
+    table: Option<crate::runtime::table::TableState>,
 }
 
 struct StreamRt {
@@ -333,6 +335,7 @@ impl Database {
             }
             Statement::Explain(inner) => self.explain(*inner),
             Statement::Insert { table, columns, source } => self.insert_values(&table, &columns, *source),
+            Statement::Delete { table, selection } => self.delete_where(&table, selection),
             Statement::Query(q) => {
                 let (schema, batches) = self.run_query(*q)?;
                 Ok(ExecuteResult { batches, schema: Some(schema), ..Default::default() })
@@ -344,7 +347,8 @@ impl Database {
     fn relations(&self, eng: &Engine) -> HashMap<String, RelationInfo> {
         let mut m = HashMap::new();
         for (n, s) in &eng.sources {
-            m.insert(n.clone(), RelationInfo { schema: s.queue.schema.clone(), kind: StreamKind::AppendOnly, time_col: s.time.map(|t| t.0) });
+            let kind = if s.table.is_some() { StreamKind::Changelog } else { StreamKind::AppendOnly };
+            m.insert(n.clone(), RelationInfo { schema: s.queue.schema.clone(), kind, time_col: s.time.map(|t| t.0) });
         }
         for (n, s) in &eng.streams {
             m.insert(n.clone(), RelationInfo { schema: s.logical_schema.clone(), kind: s.kind.clone(), time_col: s.time_col });
@@ -383,6 +387,26 @@ impl Database {
             let sql_text = format!("CREATE TABLE __laminar_schema {}", cs.columns_sql);
             let plan = futures::executor::block_on(ctx.state().create_logical_plan(&sql_text))?;
             normalize_schema(plan.schema().as_arrow())
+        };
+        // A table's key columns are NOT NULL: a pushed NULL key is refused with the batch.
+        let (schema, table) = if cs.table {
+            let mut key_idx = vec![];
+            for k in &cs.primary_key {
+                let i = schema.index_of(k).map_err(|_| {
+                    let hint = nearest_name(k, schema.fields().iter().map(|f| f.name().as_str())).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+                    Error::plan(format!("PRIMARY KEY column '{k}' is not a column of table '{}'{hint}", cs.name))
+                })?;
+                if key_idx.contains(&i) {
+                    return Err(Error::plan(format!("PRIMARY KEY names '{k}' twice")));
+                }
+                key_idx.push(i);
+            }
+            let fields: Vec<Field> = schema.fields().iter().enumerate().map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key_idx.contains(&i))).collect();
+            let schema: SchemaRef = Arc::new(Schema::new(fields));
+            let t = crate::runtime::table::TableState::try_new(schema.clone(), key_idx)?;
+            (schema, Some(t))
+        } else {
+            (schema, None)
         };
         let nexmark = match nexmark {
             Some(feed) => {
@@ -449,13 +473,14 @@ impl Database {
                 rows_in: 0,
                 batches_in: 0,
                 rows_late: 0,
+                table,
             },
         );
         drop(eng);
         if let Some((feed, cols)) = nexmark {
             feed.start(self.writer(&cs.name)?, cols)?;
         }
-        Ok(ExecuteResult { message: format!("created source '{}'", cs.name), ..Default::default() })
+        Ok(ExecuteResult { message: format!("created {} '{}'", if cs.table { "table" } else { "source" }, cs.name), ..Default::default() })
     }
 
     fn plan_stream(&self, eng: &Engine, cs: &CreateStream) -> Result<crate::plan::PlannedQuery> {
@@ -546,8 +571,8 @@ impl Database {
         let mut eng = self.inner.engine.lock();
         let mut dropped = vec![];
         for name in names {
-            let actual = if eng.sources.contains_key(&name) {
-                Some(ObjectKind::Source)
+            let actual = if let Some(s) = eng.sources.get(&name) {
+                Some(if s.table.is_some() { ObjectKind::Table } else { ObjectKind::Source })
             } else {
                 eng.streams.get(&name).map(|s| if s.materialized { ObjectKind::MaterializedView } else { ObjectKind::Stream })
             };
@@ -600,10 +625,11 @@ impl Database {
         self.check_open()?;
         let eng = self.inner.engine.lock();
         let mut v: Vec<String> = match kind {
-            ObjectKind::Source => eng.sources.keys().cloned().collect(),
+            ObjectKind::Source => eng.sources.iter().filter(|(_, s)| s.table.is_none()).map(|(n, _)| n.clone()).collect(),
+            ObjectKind::Table => eng.sources.iter().filter(|(_, s)| s.table.is_some()).map(|(n, _)| n.clone()).collect(),
             ObjectKind::Stream => eng.streams.iter().filter(|(_, s)| !s.materialized).map(|(n, _)| n.clone()).collect(),
             ObjectKind::MaterializedView => eng.streams.iter().filter(|(_, s)| s.materialized).map(|(n, _)| n.clone()).collect(),
-            ObjectKind::Table | ObjectKind::Sink => vec![],
+            ObjectKind::Sink => vec![],
         };
         v.sort();
         Ok(v)
@@ -620,7 +646,11 @@ impl Database {
         self.check_open()?;
         let eng = self.inner.engine.lock();
         if let Some(s) = eng.sources.get(name) {
-            return Ok(ObjectInfo { name: name.into(), kind: ObjectKind::Source, schema: s.queue.schema.clone(), stream_kind: StreamKind::AppendOnly, sql: s.sql.clone(), inputs: vec![] });
+            let (kind, stream_kind) = match &s.table {
+                Some(t) => (ObjectKind::Table, StreamKind::Upsert { key: t.key_names() }),
+                None => (ObjectKind::Source, StreamKind::AppendOnly),
+            };
+            return Ok(ObjectInfo { name: name.into(), kind, schema: s.queue.schema.clone(), stream_kind, sql: s.sql.clone(), inputs: vec![] });
         }
         if let Some(s) = eng.streams.get(name) {
             return Ok(ObjectInfo {
@@ -695,7 +725,10 @@ impl Database {
         {
             let eng = self.inner.engine.lock();
             for (n, s) in &eng.sources {
-                let data: Vec<RecordBatch> = s.retained.iter().cloned().collect();
+                let data: Vec<RecordBatch> = match &s.table {
+                    Some(t) => t.snapshot()?,
+                    None => s.retained.iter().cloned().collect(),
+                };
                 ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.queue.schema.clone(), vec![data])?))?;
             }
             for (n, s) in &eng.streams {
@@ -737,7 +770,10 @@ impl Database {
                 None if eng.streams.contains_key(table) => {
                     return Err(Error::invalid_argument(format!("cannot INSERT INTO '{table}': it is a stream; insert into a source")));
                 }
-                None => return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string()))),
+                None => {
+                    drop(eng); // object() takes the lock itself
+                    return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string())));
+                }
             }
         };
         let (_, batches) = self.run_query(source)?;
@@ -773,6 +809,54 @@ impl Database {
         }
         writer.flush()?;
         Ok(ExecuteResult { rows_affected: total, message: format!("inserted {total} rows"), ..Default::default() })
+    }
+
+    /// `DELETE FROM table [WHERE …]`: removes the matching rows of a table (after every push made
+    /// before the call is applied) and retracts them downstream.
+    fn delete_where(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<ExecuteResult> {
+        self.flush()?;
+        // The matching rows, read like an ad-hoc query over the table's current rows.
+        let q = crate::sql::parse_one(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
+        let crate::sql::Statement::Query(mut query) = q.statement else { unreachable!("a SELECT") };
+        if let datafusion::sql::sqlparser::ast::SetExpr::Select(sel) = query.body.as_mut() {
+            sel.selection = selection;
+        }
+        {
+            let eng = self.inner.engine.lock();
+            match eng.sources.get(table) {
+                Some(s) if s.table.is_some() => {}
+                Some(_) => return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is an append-only source; DELETE works on tables"))),
+                None if eng.streams.contains_key(table) => return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is a stream; DELETE works on tables"))),
+                None => {
+                    drop(eng); // object() takes the lock itself
+                    return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string())));
+                }
+            }
+        }
+        let (_, rows) = self.run_query(*query)?;
+        let mut eng = self.inner.engine.lock();
+        let mut removed = 0u64;
+        let name = table.to_string();
+        let mut result = Ok(());
+        guarded(&self.inner, &mut eng, table, |inner, eng| {
+            let Some(s) = eng.sources.get_mut(&name) else { return };
+            let t = s.table.as_mut().expect("checked");
+            match t.delete_rows(&rows) {
+                Ok(Some(changes)) => {
+                    removed = (changes.num_rows()) as u64;
+                    feed(inner, eng, &name, &[changes]);
+                }
+                Ok(None) => {}
+                Err(e) => result = Err(e),
+            }
+        });
+        let pending = std::mem::take(&mut eng.pending);
+        drop(eng);
+        if !pending.is_empty() {
+            send_pending(pending, &self.inner.closed);
+        }
+        result?;
+        Ok(ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() })
     }
 
     /// A writer that pushes batches into `source`. A writer belongs to one thread at a time.
@@ -1174,6 +1258,30 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
     let Some(s) = eng.sources.get_mut(source) else { return };
     s.rows_in += batch.num_rows() as u64;
     s.batches_in += 1;
+    if let Some(t) = &mut s.table {
+        // A table turns upserts into its changelog: −old (when the key had a row), +new.
+        let new_wm = s.time.and_then(|(col, scale, delay)| {
+            let (times, nulls) = event_times(batch.column(col), scale).ok()?;
+            let max = times.iter().enumerate().filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i))).map(|(_, t)| *t).max()?;
+            Some(max.saturating_sub(delay))
+        });
+        match t.upsert(&batch) {
+            Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
+            Ok(None) => {}
+            Err(e) => {
+                // Fails the streams reading the table, as a bug in an operator would.
+                let names: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
+                for n in names {
+                    let st = eng.streams.get_mut(&n).expect("listed");
+                    fail_stream(st, &n, e.clone());
+                }
+            }
+        }
+        if let Some(wm) = new_wm {
+            advance_source_watermark(inner, eng, source, wm);
+        }
+        return;
+    }
     if retention > 0 {
         s.retained_rows += batch.num_rows();
         s.retained.push_back(batch.clone());

@@ -65,6 +65,9 @@ pub struct CreateSource {
     pub watermark: Option<WatermarkDecl>,
     pub options: BTreeMap<String, String>,
     pub connector: Option<String>,
+    /// `CREATE TABLE`: the PRIMARY KEY columns (a source has none).
+    pub primary_key: Vec<String>,
+    pub table: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -111,6 +114,8 @@ pub enum Statement {
     ShowCreate(String),
     Explain(Box<Statement>),
     Insert { table: String, columns: Vec<String>, source: Box<Query> },
+    /// `DELETE FROM table [WHERE …]`.
+    Delete { table: String, selection: Option<ast::Expr> },
     Query(Box<Query>),
     Checkpoint,
 }
@@ -313,7 +318,7 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
     if c.eat_kw("CREATE") {
         let or_replace = c.eat_kws(&["OR", "REPLACE"]);
         if c.eat_kw("SOURCE") {
-            return parse_create_source(&mut c, or_replace).map(Statement::CreateSource);
+            return parse_create_source(&mut c, or_replace, false).map(Statement::CreateSource);
         }
         if c.eat_kw("STREAM") {
             return parse_create_stream(&mut c, or_replace, false).map(Statement::CreateStream);
@@ -321,17 +326,14 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         if c.eat_kws(&["MATERIALIZED", "VIEW"]) {
             return parse_create_stream(&mut c, or_replace, true).map(Statement::CreateStream);
         }
-        if c.peek_kw("TABLE") {
-            return Err(Error::not_implemented(
-                "CREATE TABLE (keyed tables) is not available yet; use CREATE SOURCE for append-only input",
-            )
-            .with_position(c.peek().and_then(pos_of)));
+        if c.eat_kw("TABLE") {
+            return parse_create_source(&mut c, or_replace, true).map(Statement::CreateSource);
         }
         if c.peek_kw("SINK") {
             return Err(Error::not_implemented("CREATE SINK: connectors are not available in this build")
                 .with_position(c.peek().and_then(pos_of)));
         }
-        return Err(c.error_here("expected SOURCE, STREAM or MATERIALIZED VIEW after CREATE"));
+        return Err(c.error_here("expected SOURCE, TABLE, STREAM or MATERIALIZED VIEW after CREATE"));
     }
     if c.eat_kw("DROP") {
         let kind = parse_object_kind(&mut c);
@@ -417,6 +419,21 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         let source = parse_query_tokens(c.rest())?;
         return Ok(Statement::Insert { table, columns, source });
     }
+    if c.eat_kw("DELETE") {
+        c.expect_kw("FROM")?;
+        let table = c.ident("a table name")?;
+        let selection = if c.eat_kw("WHERE") {
+            let mut p = parser_for(c.rest());
+            let e = p.parse_expr().map_err(|e| Error::from_parser(&e))?;
+            finish_parser(&mut p)?;
+            Some(e)
+        } else if c.at_end() {
+            None
+        } else {
+            return Err(c.error_here("expected WHERE or the end of DELETE"));
+        };
+        return Ok(Statement::Delete { table, selection });
+    }
     if c.peek_kw("SELECT") || c.peek_kw("WITH") || c.peek_kw("VALUES")
         || c.peek().is_some_and(|t| t.token == Token::LParen)
     {
@@ -424,7 +441,7 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
     }
     let found = c.peek().map(|t| t.token.to_string()).unwrap_or_default();
     Err(c.error_here(format!(
-        "unknown statement starting with '{found}'; expected CREATE, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT, SELECT or CHECKPOINT"
+        "unknown statement starting with '{found}'; expected CREATE, DROP, SHOW, DESCRIBE, EXPLAIN, INSERT, DELETE, SELECT or CHECKPOINT"
     )))
 }
 
@@ -444,9 +461,10 @@ fn parse_object_kind(c: &mut Cursor) -> Option<ObjectKind> {
     }
 }
 
-fn parse_create_source(c: &mut Cursor, or_replace: bool) -> Result<CreateSource> {
+fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<CreateSource> {
+    let what = if table { "table" } else { "source" };
     let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
-    let name = c.ident("a source name")?;
+    let name = c.ident(if table { "a table name" } else { "a source name" })?;
     if !c.peek().is_some_and(|t| t.token == Token::LParen) {
         return Err(c.error_here("expected '(' and the column list of the source"));
     }
@@ -469,10 +487,41 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool) -> Result<CreateSource>
     }
     let mut watermark = None;
     let mut column_tokens: Vec<String> = Vec::new();
-    for e in elems {
+    let mut primary_key: Vec<String> = vec![];
+    for mut e in elems {
+        let pk_at = e.windows(2).position(|w| word_is(&w[0], "PRIMARY") && word_is(&w[1], "KEY"));
+        if let Some(at) = pk_at {
+            if !table {
+                return Err(Error::plan("a source is append-only and has no PRIMARY KEY; use CREATE TABLE for a keyed, upserted relation")
+                    .with_position(pos_of(&e[at])));
+            }
+            if !primary_key.is_empty() {
+                return Err(Error::syntax("a table has one PRIMARY KEY").with_position(pos_of(&e[at])));
+            }
+            if at == 0 {
+                // PRIMARY KEY (a, b)
+                for t in &e[2..] {
+                    match &t.token {
+                        Token::Word(w) => primary_key.push(normalize_ident(&w.value, w.quote_style.is_some())),
+                        Token::LParen | Token::RParen | Token::Comma | Token::Whitespace(_) => {}
+                        other => return Err(Error::syntax(format!("unexpected '{other}' in PRIMARY KEY")).with_position(pos_of(t))),
+                    }
+                }
+                if primary_key.is_empty() {
+                    return Err(Error::syntax("PRIMARY KEY needs its columns").with_position(pos_of(&e[0])));
+                }
+                continue;
+            }
+            // k BIGINT PRIMARY KEY
+            match &e.iter().find(|t| !matches!(t.token, Token::Whitespace(_))).map(|t| t.token.clone()) {
+                Some(Token::Word(w)) => primary_key.push(normalize_ident(&w.value, w.quote_style.is_some())),
+                _ => return Err(Error::syntax("PRIMARY KEY follows a column").with_position(pos_of(&e[at]))),
+            }
+            e.drain(at..at + 2);
+        }
         if e.first().is_some_and(|t| word_is(t, "WATERMARK")) {
             if watermark.is_some() {
-                return Err(Error::syntax("a source has at most one WATERMARK").with_position(pos_of(&e[0])));
+                return Err(Error::syntax(format!("a {what} has at most one WATERMARK")).with_position(pos_of(&e[0])));
             }
             watermark = Some(parse_watermark(&e)?);
         } else if e.is_empty() {
@@ -483,7 +532,11 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool) -> Result<CreateSource>
         }
     }
     if column_tokens.is_empty() {
-        return Err(Error::syntax("a source needs at least one column").with_position(pos_of(&c.toks[open])));
+        return Err(Error::syntax(format!("a {what} needs at least one column")).with_position(pos_of(&c.toks[open])));
+    }
+    if table && primary_key.is_empty() {
+        return Err(Error::plan("a table needs a PRIMARY KEY (k, …): rows with the same key replace each other")
+            .with_position(pos_of(&c.toks[open])));
     }
     c.pos = close + 1;
     let mut connector = None;
@@ -499,9 +552,14 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool) -> Result<CreateSource>
         options = parse_options(c)?;
     }
     if !c.at_end() {
-        return Err(c.error_here("unexpected text after the source definition"));
+        return Err(c.error_here(format!("unexpected text after the {what} definition")));
+    }
+    if table && connector.is_some() {
+        return Err(Error::not_implemented("a table fed by a connector (CDC) is not available in this build"));
     }
     Ok(CreateSource {
+        primary_key,
+        table,
         name,
         or_replace,
         if_not_exists,
