@@ -190,6 +190,8 @@ fn window_kind(func: &str, intervals: &[SqlExpr]) -> Result<WindowKind> {
 struct Rewriter<'a> {
     relations: &'a HashMap<String, RelationInfo>,
     bindings: Vec<WindowBinding>,
+    /// Aliases of relations joined `FOR SYSTEM_TIME AS OF PROCTIME()` (lookup joins).
+    lookups: Vec<String>,
 }
 
 impl Rewriter<'_> {
@@ -296,11 +298,75 @@ impl Rewriter<'_> {
         }
     }
 
+    /// `JOIN r FOR SYSTEM_TIME AS OF l.ts` (temporal: the version of r valid at l.ts, an ASOF
+    /// join on r's event time over its upserts) and `… AS OF PROCTIME()` (lookup: r's current row).
+    fn rewrite_system_time(&mut self, j: &mut ast::Join) -> Result<()> {
+        use datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator};
+        let TableFactor::Table { name, alias, args: Some(args), .. } = &j.relation else { return Ok(()) };
+        if object_name_str(name) != "__laminar_temporal" {
+            return Ok(());
+        }
+        let a: Vec<SqlExpr> = args
+            .args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+                other => Err(Error::plan(format!("unsupported FOR SYSTEM_TIME argument '{other}'"))),
+            })
+            .collect::<Result<_>>()?;
+        let table = ident_of(&a[0], "a table name")?;
+        let time = a[1].clone();
+        let qual = alias.as_ref().map(|x| normalize_ident(&x.name.value, x.name.quote_style.is_some())).unwrap_or_else(|| table.clone());
+        let info = self.relations.get(&table).ok_or_else(|| {
+            let hint = nearest_name(&table, self.relations.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+            Error::not_found(format!("no table named '{table}'{hint}"))
+        })?;
+        let alias = alias.clone();
+        j.relation = TableFactor::Table {
+            name: ObjectName::from(vec![Ident::new(table.clone())]),
+            alias,
+            args: None,
+            with_hints: vec![],
+            version: None,
+            with_ordinality: false,
+            partitions: vec![],
+            json_path: None,
+            sample: None,
+            index_hints: vec![],
+        };
+        let is_proctime = matches!(&time, SqlExpr::Function(f) if object_name_str(&f.name) == "proctime");
+        if is_proctime {
+            self.lookups.push(qual);
+            return Ok(());
+        }
+        let time_col = info.time_col.map(|i| info.schema.field(i).name().clone()).ok_or_else(|| {
+            Error::plan(format!("FOR SYSTEM_TIME AS OF needs the event time of '{table}': declare WATERMARK FOR its time column"))
+        })?;
+        let (constraint, code) = match &j.join_operator {
+            JoinOperator::Join(c) | JoinOperator::Inner(c) => (c, 6),
+            JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (c, 7),
+            _ => return Err(Error::plan("a temporal join (FOR SYSTEM_TIME AS OF) is a JOIN or a LEFT JOIN")),
+        };
+        let marker = format!("{ASOF_MARKER}({time}, \"{qual}\".\"{time_col}\", {code})");
+        let on = match constraint {
+            JoinConstraint::On(e) => format!("({e}) AND {marker}"),
+            _ => return Err(Error::plan("a temporal join takes its key equalities in ON (…)")),
+        };
+        let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
+        let expr = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+            .try_with_sql(&on)
+            .and_then(|mut p| p.parse_expr())
+            .map_err(|e| Error::internal(format!("rewriting the temporal join: {e}")))?;
+        j.join_operator = JoinOperator::LeftOuter(JoinConstraint::On(expr));
+        Ok(())
+    }
+
     fn select(&mut self, sel: &mut ast::Select) -> Result<()> {
         for twj in &mut sel.from {
             self.factor(&mut twj.relation)?;
             for j in &mut twj.joins {
                 self.factor(&mut j.relation)?;
+                self.rewrite_system_time(j)?;
                 rewrite_asof(j)?;
             }
         }
@@ -426,6 +492,7 @@ struct Lowered {
 struct Lowerer<'a> {
     relations: &'a HashMap<String, RelationInfo>,
     bindings: &'a [WindowBinding],
+    lookups: &'a [String],
     opts: &'a PlanOptions,
     props: ExecutionProps,
 }
@@ -824,20 +891,23 @@ impl Lowerer<'_> {
         if j.join_type != datafusion::logical_expr::JoinType::Left {
             return Err(Error::internal("an ASOF join is planned as a LEFT join"));
         }
-        for (side, x) in [("left", &l), ("right", &r)] {
-            if x.kind != StreamKind::AppendOnly {
-                return Err(Error::not_implemented(format!("the {side} input of the ASOF join is a {} stream; ASOF joins read append-only inputs", x.kind)));
-            }
-        }
-        if j.on.is_empty() {
-            return Err(Error::not_implemented("an ASOF join needs at least one key equality in ON (…)"));
-        }
         let Expr::ScalarFunction(marker) = conjuncts.remove(pos) else { unreachable!("found above") };
         let (a, b) = (&marker.args[0], &marker.args[1]);
         let code = match &marker.args[2] {
             Expr::Literal(v, _) => v.to_string().parse::<i64>().map_err(|_| Error::internal("ASOF marker code"))?,
             _ => return Err(Error::internal("ASOF marker code")),
         };
+        let temporal = code >= 6;
+        let what = if temporal { "temporal join" } else { "ASOF join" };
+        if l.kind != StreamKind::AppendOnly {
+            return Err(Error::not_implemented(format!("the left input of the {what} is a {} stream; it reads an append-only stream", l.kind)));
+        }
+        if r.kind != StreamKind::AppendOnly && !(temporal && r.kind == StreamKind::Changelog) {
+            return Err(Error::not_implemented(format!("the right input of the {what} is a {} stream", r.kind)));
+        }
+        if j.on.is_empty() {
+            return Err(Error::not_implemented(format!("a {what} needs at least one key equality in ON (…)")));
+        }
         let schemas = [j.left.schema().as_ref(), j.right.schema().as_ref()];
         let (lt, rt, flipped) = if only_refs(a, schemas[0]) && only_refs(b, schemas[1]) {
             (a, b, false)
@@ -851,7 +921,10 @@ impl Lowerer<'_> {
             (1, false) | (3, true) => AsofOp::Gt,
             (2, false) | (0, true) => AsofOp::Le,
             (3, false) | (1, true) => AsofOp::Lt,
-            _ => AsofOp::Nearest,
+            (4, _) => AsofOp::Nearest,
+            // Temporal: the latest version at or before the left row's time.
+            (_, false) => AsofOp::Ge,
+            (_, true) => AsofOp::Le,
         };
         let mut sides = vec![];
         for (s, t) in [(0, lt), (1, rt)] {
@@ -867,7 +940,10 @@ impl Lowerer<'_> {
         };
         let right = sides.pop().expect("two");
         let left = sides.pop().expect("two");
-        let join = AsofJoin::try_new(op, left, right, key_types, filter, Arc::new(j.schema.as_arrow().clone()))?;
+        let mut join = AsofJoin::try_new(op, left, right, key_types, filter, Arc::new(j.schema.as_arrow().clone()))?;
+        if temporal {
+            join.temporal(code == 6, r.kind == StreamKind::Changelog);
+        }
         Ok(Lowered {
             node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
             kind: StreamKind::AppendOnly,
@@ -911,6 +987,13 @@ impl Lowerer<'_> {
             ));
         }
         let schemas = [j.left.schema().as_ref(), j.right.schema().as_ref()];
+        let lookup = schemas[1].iter().next().and_then(|(q, _)| q.map(|q| q.table().to_string())).is_some_and(|q| self.lookups.contains(&q));
+        if lookup && !matches!(join_type, JoinType::Inner | JoinType::Left) {
+            return Err(Error::plan("a lookup join (FOR SYSTEM_TIME AS OF PROCTIME()) is a JOIN or a LEFT JOIN"));
+        }
+        if lookup && l.kind != StreamKind::AppendOnly {
+            return Err(Error::not_implemented(format!("the left input of a lookup join is a {} stream; it reads an append-only stream", l.kind)));
+        }
         let mut key_types = vec![];
         let mut keys: [Vec<Arc<dyn PhysicalExpr>>; 2] = [vec![], vec![]];
         for (a, b) in &j.on {
@@ -927,7 +1010,9 @@ impl Lowerer<'_> {
             let weighted = x.kind == StreamKind::Changelog;
             let mut expiry = None;
             let mut bound_text = "kept until retracted".to_string();
-            if let (Some(ot), false) = (times[1 - side], weighted) {
+            if lookup {
+                bound_text = if side == 0 { "not kept (each row looks up the table once)".into() } else { "the table's current rows".into() };
+            } else if let (Some(ot), false) = (times[1 - side], weighted) {
                 for cand in expiry_candidates(&conjuncts, &j.on, side, schemas, ot) {
                     let Ok(t) = cand.get_type(schemas[side]) else { continue };
                     let Some(scale) = TimeScale::for_type(&t) else { continue };
@@ -956,14 +1041,15 @@ impl Lowerer<'_> {
         }
         let right = specs.pop().expect("two");
         let left = specs.pop().expect("two");
-        let retracts = HashJoin::output_retracts(join_type, &left, &right);
+        let retracts = if lookup { left.weighted } else { HashJoin::output_retracts(join_type, &left, &right) };
         let joined_schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
         let output_schema = with_weight(&joined_schema, retracts);
         let filter = match &j.filter {
             Some(f) => Some(phys(f, &j.schema, &self.props)?),
             None => None,
         };
-        let join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, output_schema)?;
+        let mut join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, output_schema)?;
+        join.lookup = lookup;
         Ok(Lowered {
             node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
             kind: if retracts { StreamKind::Changelog } else { StreamKind::AppendOnly },
@@ -981,7 +1067,7 @@ pub(crate) fn plan_continuous(
     relations: &HashMap<String, RelationInfo>,
     opts: &PlanOptions,
 ) -> Result<PlannedQuery> {
-    let mut rw = Rewriter { relations, bindings: vec![] };
+    let mut rw = Rewriter { relations, bindings: vec![], lookups: vec![] };
     rw.query(&mut query)?;
     let extra: Vec<(String, SchemaRef)> = rw
         .bindings
@@ -990,7 +1076,7 @@ pub(crate) fn plan_continuous(
         .collect::<Result<_>>()?;
     let plan = logical_plan(query, relations, &extra)?;
     let plan = if plan.exists(|p| Ok(matches!(p, LogicalPlan::Join(_))))? { optimize_joins(plan)? } else { plan };
-    let lowerer = Lowerer { relations, bindings: &rw.bindings, opts, props: ExecutionProps::new() };
+    let lowerer = Lowerer { relations, bindings: &rw.bindings, lookups: &rw.lookups, opts, props: ExecutionProps::new() };
     let l = lowerer.lower(&plan)?;
     if !l.aggregated && opts.emit.is_some() {
         return Err(Error::plan("EMIT applies to aggregations; this query has no GROUP BY or aggregate"));

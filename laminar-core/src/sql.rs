@@ -307,6 +307,7 @@ fn finish_parser(p: &mut Parser<'_>) -> Result<()> {
 
 fn parse_query_tokens(tokens: Vec<TokenWithSpan>) -> Result<Box<Query>> {
     let tokens = rewrite_window_tvfs(tokens)?;
+    let tokens = rewrite_system_time(tokens)?;
     let mut p = parser_for(tokens);
     let q = p.parse_query().map_err(|e| Error::from_parser(&e))?;
     finish_parser(&mut p)?;
@@ -821,6 +822,61 @@ fn rewrite_window_tvfs(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan
     if toks.last().is_none_or(|t| t.token != Token::EOF) {
         let eof = eof_after(&toks);
         toks.push(eof);
+    }
+    Ok(toks)
+}
+
+/// `t FOR SYSTEM_TIME AS OF expr` (temporal and lookup joins) becomes the table function call
+/// `__laminar_temporal(t, expr)`, which the generic SQL dialect parses; the planner turns it back.
+fn rewrite_system_time(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>> {
+    const STOP: [&str; 17] = [
+        "AS", "ON", "JOIN", "WHERE", "LEFT", "RIGHT", "INNER", "FULL", "CROSS", "GROUP", "ORDER", "LIMIT", "UNION",
+        "ASOF", "HAVING", "EMIT", "USING",
+    ];
+    let mut i = 1;
+    while i + 4 < toks.len() {
+        if !(word_is(&toks[i], "FOR") && word_is(&toks[i + 1], "SYSTEM_TIME") && word_is(&toks[i + 2], "AS") && word_is(&toks[i + 3], "OF")) {
+            i += 1;
+            continue;
+        }
+        // The table name before it (possibly qualified).
+        let mut start = i;
+        while start > 0 && (matches!(toks[start - 1].token, Token::Word(_)) || toks[start - 1].token == Token::Period) {
+            start -= 1;
+            if matches!(toks[start].token, Token::Word(_)) && (start == 0 || toks[start - 1].token != Token::Period) {
+                break;
+            }
+        }
+        if start == i {
+            return Err(Error::syntax("FOR SYSTEM_TIME AS OF follows a table name").with_position(pos_of(&toks[i])));
+        }
+        // The time expression after it, up to the alias, ON, the next join or the end.
+        let mut end = i + 4;
+        let mut depth = 0i32;
+        while end < toks.len() {
+            let t = &toks[end];
+            match t.token {
+                Token::LParen => depth += 1,
+                Token::RParen if depth == 0 => break,
+                Token::RParen => depth -= 1,
+                Token::Comma | Token::SemiColon | Token::EOF if depth == 0 => break,
+                _ if depth == 0 && STOP.iter().any(|w| word_is(t, w)) => break,
+                _ => {}
+            }
+            end += 1;
+        }
+        if end == i + 4 {
+            return Err(Error::syntax("FOR SYSTEM_TIME AS OF needs a time: the left row's event time, or PROCTIME()").with_position(pos_of(&toks[i])));
+        }
+        let w = |s: &str| TokenWithSpan::wrap(Token::make_word(s, None));
+        let mut new: Vec<TokenWithSpan> = vec![w("__laminar_temporal"), TokenWithSpan::wrap(Token::LParen)];
+        new.extend(toks[start..i].iter().cloned());
+        new.push(TokenWithSpan::wrap(Token::Comma));
+        new.extend(toks[i + 4..end].iter().cloned());
+        new.push(TokenWithSpan::wrap(Token::RParen));
+        let n = new.len();
+        toks.splice(start..end, new);
+        i = start + n;
     }
     Ok(toks)
 }

@@ -623,3 +623,64 @@ fn table_case(seed: u64) -> Result<(), String> {
     }
     Ok(())
 }
+
+fn rates_and_orders(db: &Database) {
+    db.execute("CREATE TABLE rates (cur VARCHAR, rate DOUBLE, ts TIMESTAMP NOT NULL, PRIMARY KEY (cur), WATERMARK FOR ts AS ts - INTERVAL '30' SECOND)").unwrap();
+    db.execute("CREATE SOURCE orders (id BIGINT NOT NULL, cur VARCHAR, amount DOUBLE, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '30' SECOND)").unwrap();
+}
+
+/// A temporal join takes the version valid at the left row's event time, not the latest one —
+/// even when later versions arrived before the order did.
+#[test]
+fn temporal_join_picks_the_version_valid_at_event_time() {
+    for (jt, unknown) in [("JOIN", None), ("LEFT JOIN", Some("4|GBP|"))] {
+        let db = common::db(1);
+        rates_and_orders(&db);
+        let sql = format!("SELECT o.id, o.cur, r.rate FROM orders o {jt} rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.cur = r.cur");
+        db.execute(&format!("CREATE MATERIALIZED VIEW conv AS {sql}")).unwrap();
+        let plan = common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches);
+        assert!(plan.iter().any(|r| r[0].contains("TemporalJoin")), "{plan:?}");
+        // Versions of EUR at 0 s, 10 s and 20 s (one of them corrected by a later upsert of the
+        // same key and time), USD at 0 s; all pushed before any order.
+        db.execute("INSERT INTO rates VALUES ('EUR', 1.0, TIMESTAMP '2026-01-01 00:00:00'), ('USD', 2.0, TIMESTAMP '2026-01-01 00:00:00')").unwrap();
+        db.execute("INSERT INTO rates VALUES ('EUR', 1.1, TIMESTAMP '2026-01-01 00:00:10')").unwrap();
+        db.execute("INSERT INTO rates VALUES ('EUR', 1.2, TIMESTAMP '2026-01-01 00:00:20')").unwrap();
+        db.execute(
+            "INSERT INTO orders VALUES (1, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:05'), (2, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:15'), \
+             (3, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:25'), (4, 'GBP', 10, TIMESTAMP '2026-01-01 00:00:25'), (5, 'USD', 10, TIMESTAMP '2026-01-01 00:00:26')",
+        )
+        .unwrap();
+        let mut w = db.writer("orders").unwrap();
+        w.finish().unwrap();
+        db.writer("rates").unwrap().finish().unwrap();
+        db.flush().unwrap();
+        let mut want = vec!["1|EUR|1.0", "2|EUR|1.1", "3|EUR|1.2", "5|USD|2.0"];
+        want.extend(unknown);
+        want.sort();
+        assert_eq!(common::sorted(&db.query("SELECT * FROM conv").unwrap()), want, "{jt}");
+    }
+}
+
+/// A lookup join reads the table's current row when the left row is processed and never
+/// corrects it later.
+#[test]
+fn lookup_join_reads_the_current_row_and_never_corrects() {
+    let db = common::db(1);
+    rates_and_orders(&db);
+    db.execute("CREATE STREAM enriched AS SELECT o.id, r.rate FROM orders o LEFT JOIN rates FOR SYSTEM_TIME AS OF PROCTIME() AS r ON o.cur = r.cur").unwrap();
+    let info = db.object("enriched").unwrap();
+    assert_eq!(info.stream_kind, laminar_core::StreamKind::AppendOnly);
+    let sub = db.subscribe("enriched").unwrap();
+    db.execute("INSERT INTO orders VALUES (1, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:05')").unwrap();
+    db.execute("INSERT INTO rates VALUES ('EUR', 1.0, TIMESTAMP '2026-01-01 00:00:00')").unwrap();
+    db.execute("INSERT INTO orders VALUES (2, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:06')").unwrap();
+    db.execute("INSERT INTO rates VALUES ('EUR', 1.5, TIMESTAMP '2026-01-01 00:00:00')").unwrap();
+    db.execute("INSERT INTO orders VALUES (3, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:07')").unwrap();
+    db.execute("DELETE FROM rates").unwrap();
+    db.execute("INSERT INTO orders VALUES (4, 'EUR', 10, TIMESTAMP '2026-01-01 00:00:08')").unwrap();
+    db.flush().unwrap();
+    let got: Vec<String> = common::rows(&common::drain(&sub)).into_iter().map(|r| r.join("|")).collect();
+    assert_eq!(got, vec!["1|", "2|1.0", "3|1.5", "4|"], "in push order, each row once");
+    let plan = common::rows(&db.execute("EXPLAIN CREATE STREAM x AS SELECT o.id FROM orders o JOIN rates FOR SYSTEM_TIME AS OF PROCTIME() AS r ON o.cur = r.cur").unwrap().batches);
+    assert!(plan.iter().any(|r| r[0].contains("LookupJoin INNER")), "{plan:?}");
+}

@@ -83,6 +83,12 @@ pub(crate) struct AsofJoin {
     seq: u64,
     bytes: usize,
     rows_at_last_sweep: usize,
+    /// Temporal join: left rows without a version are dropped (INNER).
+    inner: bool,
+    /// The right input is a table's changelog: its upserts (+1 rows) are versions; retractions
+    /// are not (a version stays valid until the next one).
+    right_weighted: bool,
+    temporal: bool,
 }
 
 impl AsofJoin {
@@ -109,7 +115,17 @@ impl AsofJoin {
             seq: 0,
             bytes: 0,
             rows_at_last_sweep: 0,
+            inner: false,
+            right_weighted: false,
+            temporal: false,
         })
+    }
+
+    /// Makes this a temporal join (`FOR SYSTEM_TIME AS OF l.ts`) against a table's versions.
+    pub(crate) fn temporal(&mut self, inner: bool, right_weighted: bool) {
+        self.temporal = true;
+        self.inner = inner;
+        self.right_weighted = right_weighted;
     }
 
     fn keys(&self, s: usize, b: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
@@ -205,6 +221,7 @@ impl AsofJoin {
             Ok(RecordBatch::try_new_with_options(self.joined_schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(idx.len())))?)
         };
         let mut out = build(&right_idx)?;
+        let mut right_idx = right_idx;
         if let Some(f) = &self.filter {
             let v = f.evaluate(&out)?.into_array(out.num_rows())?;
             let m = v.as_boolean_opt().ok_or_else(|| Error::plan("ASOF join condition is not BOOLEAN"))?;
@@ -216,6 +233,13 @@ impl AsofJoin {
                     }
                 }
                 out = build(&right_idx)?;
+            }
+        }
+        if self.inner {
+            let keep = BooleanArray::from(right_idx.iter().map(|r| r.is_some()).collect::<Vec<_>>());
+            out = datafusion::arrow::compute::filter_record_batch(&out, &keep)?;
+            if out.num_rows() == 0 {
+                return Ok(vec![]);
             }
         }
         Ok(vec![out])
@@ -248,6 +272,14 @@ impl AsofJoin {
 
 impl Operator for AsofJoin {
     fn explain(&self) -> String {
+        if self.temporal {
+            return format!(
+                "TemporalJoin {} on {} keys{}: each left row waits for the watermark, then takes the version valid at its time; versions kept while a waiting or future left row can choose them (and the latest behind the watermark per key) → append-only",
+                if self.inner { "INNER" } else { "LEFT" },
+                self.key_types.len(),
+                self.filter.as_ref().map(|f| format!(", then {f}")).unwrap_or_default(),
+            );
+        }
         format!(
             "AsofJoin ({}) on {} keys{}: left rows wait for the watermark; right rows kept while a waiting or future left row can choose them{} → append-only",
             self.op.text(),
@@ -262,6 +294,15 @@ impl Operator for AsofJoin {
     }
 
     fn process_side(&mut self, side: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let batch = if side == 1 && self.right_weighted {
+            // A table's changelog: its new rows are the versions.
+            let nlog = batch.num_columns() - 1;
+            let w = batch.column(nlog).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let keep = BooleanArray::from(w.values().iter().map(|&x| x > 0).collect::<Vec<_>>());
+            datafusion::arrow::compute::filter_record_batch(&batch.project(&(0..nlog).collect::<Vec<_>>())?, &keep)?
+        } else {
+            batch
+        };
         let n = batch.num_rows();
         let (keys, valid) = self.keys(side, &batch)?;
         let times = self.times(side, &batch)?;

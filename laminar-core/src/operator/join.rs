@@ -162,6 +162,9 @@ pub(crate) struct HashJoin {
     output_schema: SchemaRef,
     weighted_out: bool,
     filter_text: String,
+    /// Lookup join (`FOR SYSTEM_TIME AS OF PROCTIME()`): left rows probe the right side's current
+    /// rows and are not kept; right changes update the state and emit nothing.
+    pub(crate) lookup: bool,
 }
 
 impl HashJoin {
@@ -209,6 +212,7 @@ impl HashJoin {
             output_schema,
             weighted_out,
             filter_text,
+            lookup: false,
         })
     }
 
@@ -276,7 +280,7 @@ impl HashJoin {
             }
         }
         let opts = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        match weights {
+        match weights.filter(|_| self.weighted_out) {
             Some(w) => {
                 cols.push(Arc::new(Int64Array::from(w)));
                 Ok(RecordBatch::try_new_with_options(self.output_schema.clone(), cols, &opts)?)
@@ -391,9 +395,9 @@ impl HashJoin {
                 }
             }
         }
-        // Probe the other side.
+        // Probe the other side (a lookup join's table side probes nothing).
         let mut pairs: Vec<(u32, RowRef)> = vec![];
-        {
+        if !(self.lookup && s == 1) {
             let other = &self.sides[o];
             for i in 0..n {
                 if !key_valid[i] || weights[i] == 0 {
@@ -487,7 +491,11 @@ impl HashJoin {
             outputs.push(b);
         }
         // Store this batch's inserted rows.
-        let insert: Vec<u32> = (0..n as u32).filter(|&i| weights[i as usize] > 0 && !new_rows_removed[i as usize]).collect();
+        let insert: Vec<u32> = if self.lookup && s == 0 {
+            vec![]
+        } else {
+            (0..n as u32).filter(|&i| weights[i as usize] > 0 && !new_rows_removed[i as usize]).collect()
+        };
         if !insert.is_empty() {
             let all = insert.len() == n;
             let idx = UInt32Array::from(insert.clone());
@@ -651,7 +659,8 @@ impl HashJoin {
             (false, false) => "unbounded on both sides",
         };
         format!(
-            "HashJoin {} on {} keys{}: state {kind} (left: {}; right: {}){}",
+            "{} {} on {} keys{}: state {kind} (left: {}; right: {}){}",
+            if self.lookup { "LookupJoin" } else { "HashJoin" },
             self.join_type,
             self.key_types.len(),
             self.filter_text,
