@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use laminar_core::nexmark::{NexmarkBatches, NexmarkConfig, NexmarkGenerator};
 use laminar_core::{Config, Database, Next};
 
-use laminar_core::nexmark::queries::{Q0, Q1, Q2, Q3, Q4, Q5, Q7, Q8};
+use laminar_core::nexmark::queries::{Q0, Q1, Q2, Q3, Q4, Q5, Q5_REWRITE, Q7, Q7_REWRITE, Q8};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -30,7 +30,7 @@ const SOURCES: [&str; 3] = [
 ];
 
 /// (name, SQL or None when the engine cannot run it yet, published best per core (K ev/s), target per core)
-const QUERIES: [(&str, Option<&str>, &str, u64); 8] = [
+const QUERIES: [(&str, Option<&str>, &str, u64); 10] = [
     ("q0", Some(Q0), "436 (Feldera)", 1_000),
     ("q1", Some(Q1), "436 (Feldera)", 1_000),
     ("q2", Some(Q2), "436 (Feldera)", 1_000),
@@ -39,6 +39,8 @@ const QUERIES: [(&str, Option<&str>, &str, u64); 8] = [
     ("q5", Some(Q5), "412 (Feldera)", 800),
     ("q7", Some(Q7), "196 (Feldera)", 400),
     ("q8", Some(Q8), "415 (Feldera)", 800),
+    ("q5r", Some(Q5_REWRITE), "412 (Feldera, q5)", 800),
+    ("q7r", Some(Q7_REWRITE), "196 (Feldera, q7)", 400),
 ];
 
 #[cfg(target_os = "linux")]

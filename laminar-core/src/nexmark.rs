@@ -599,6 +599,22 @@ pub mod queries {
           GROUP BY c.starttime, c.endtime \
         ) mb \
         ON ab.starttime = mb.starttime AND ab.endtime = mb.endtime AND ab.num >= mb.maxn";
+    /// q5 as RisingWave's "q5-rewrite": the hottest auctions per window by RANK() instead of a
+    /// self-join.
+    pub const Q5_REWRITE: &str = "SELECT auction, num FROM ( \
+          SELECT auction, num, RANK() OVER (PARTITION BY starttime ORDER BY num DESC) AS rk \
+          FROM ( \
+            SELECT auction, COUNT(*) AS num, window_start AS starttime, window_end AS endtime \
+            FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) \
+            GROUP BY auction, window_start, window_end \
+          ) c \
+        ) r WHERE rk = 1";
+    /// q7 as RisingWave's "q7-rewrite": the highest bids per 10-second window by a window-function
+    /// top-1 instead of a join.
+    pub const Q7_REWRITE: &str = "SELECT auction, price, bidder, date_time, extra FROM ( \
+          SELECT auction, price, bidder, date_time, extra, RANK() OVER (PARTITION BY window_start ORDER BY price DESC) AS rk \
+          FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) \
+        ) r WHERE rk = 1";
     pub const Q7: &str = "SELECT b.auction, b.price, b.bidder, b.date_time, b.extra \
         FROM bid b \
         JOIN ( \

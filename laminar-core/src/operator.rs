@@ -21,6 +21,7 @@
 pub(crate) mod aggregate;
 pub(crate) mod asof;
 pub(crate) mod join;
+pub(crate) mod over;
 pub(crate) mod retract;
 pub(crate) mod session;
 pub(crate) mod stateless;

@@ -632,7 +632,7 @@ impl Lowerer<'_> {
             LogicalPlan::Sort(_) => Err(Error::plan("ORDER BY has no meaning on an unbounded stream; sort when you query a materialized view")),
             LogicalPlan::Limit(_) => Err(Error::plan("LIMIT is not supported in a continuous query")),
             LogicalPlan::Join(j) => self.lower_join(j),
-            LogicalPlan::Window(_) => Err(Error::not_implemented("OVER (…) window functions in continuous queries are not available yet")),
+            LogicalPlan::Window(w) => self.lower_over(w),
             LogicalPlan::Union(_) => Err(Error::not_implemented("UNION in continuous queries is not available yet")),
             other => Err(Error::plan(format!("a continuous query cannot contain {}", other.display()))),
         }
@@ -952,6 +952,49 @@ impl Lowerer<'_> {
             aggregated: l.aggregated || r.aggregated,
             time: None,
         })
+    }
+
+    /// OVER (…) per event-time window: every function partitions by window_start or window_end.
+    fn lower_over(&self, w: &datafusion::logical_expr::Window) -> Result<Lowered> {
+        use datafusion::common::tree_node::Transformed;
+        let mut l = self.lower(&w.input)?;
+        let unbounded = "OVER (…) in a continuous query partitions by the window (PARTITION BY window_start or window_end of a window TVF or a windowed aggregate); OVER over an unbounded stream is not available yet";
+        if l.kind != StreamKind::AppendOnly {
+            return Err(Error::not_implemented(format!("OVER (…) over a {} input is not available yet", l.kind)));
+        }
+        let Some((ws, we, kind)) = l.window else { return Err(Error::not_implemented(unbounded)) };
+        if matches!(kind, WindowKind::Session { .. }) && !l.aggregated {
+            return Err(Error::plan("session window bounds are known only after aggregation; rank sessions over a SESSION aggregate"));
+        }
+        let in_schema = w.input.schema();
+        for e in &w.window_expr {
+            let Expr::WindowFunction(f) = e.clone().unalias() else { return Err(Error::plan(format!("unexpected window expression {e}"))) };
+            let by_window = f.params.partition_by.iter().any(|p| matches!(p, Expr::Column(c) if in_schema.index_of_column(c).is_ok_and(|i| i == ws || i == we)));
+            if !by_window {
+                return Err(Error::not_implemented(format!("{e}: {unbounded}")));
+            }
+        }
+        let names: Vec<&String> = in_schema.fields().iter().map(|f| f.name()).collect();
+        if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+            return Err(Error::not_implemented("OVER (…) over an input with two columns of the same name is not available yet; rename one"));
+        }
+        let exprs = w
+            .window_expr
+            .iter()
+            .map(|e| {
+                e.clone()
+                    .transform(|x| {
+                        Ok(match x {
+                            Expr::Column(c) => Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))),
+                            other => Transformed::no(other),
+                        })
+                    })
+                    .map(|t| t.data)
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let op = crate::operator::over::OverWindow::new(exprs, Arc::new(in_schema.as_arrow().clone()), Arc::new(w.schema.as_arrow().clone()), we);
+        l.node.ops.push(Box::new(op));
+        Ok(l)
     }
 
     fn lower_join(&self, j: &datafusion::logical_expr::Join) -> Result<Lowered> {

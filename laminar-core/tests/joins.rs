@@ -35,6 +35,9 @@ enum Shape {
     TwoLevel { lo: i64, hi: i64 },
     /// SELECT DISTINCT over a join (an append-only one for INNER, a changelog for outer joins).
     Distinct,
+    /// Top-N per window (ROW_NUMBER), LAG and a ROWS frame per (window, key), over a TUMBLE of
+    /// the left input.
+    TopN { size: i64, n: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +56,8 @@ const FILTERS: [&str; 3] = ["", " WHERE l.v > 20", " WHERE r.v IS NULL OR r.v < 
 fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
-    let shape = match r.random_range(0..8) {
+    let shape = match r.random_range(0..9) {
+        8 => Shape::TopN { size: [1000, 2000, 5000][r.random_range(0..3)], n: r.random_range(1..4) },
         7 => Shape::Distinct,
         5 => Shape::AggOverChangelog,
         6 => Shape::TwoLevel { lo: ms(&mut r), hi: ms(&mut r) },
@@ -64,12 +68,12 @@ fn gen_case(seed: u64) -> Case {
         _ => Shape::Three { lo: ms(&mut r), hi: ms(&mut r), lo2: ms(&mut r), hi2: ms(&mut r), regular2: r.random_bool(0.3) },
     };
     let jt = match shape {
-        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } => "INNER",
+        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } | Shape::TopN { .. } => "INNER",
         _ => JTS[r.random_range(0..4)],
     };
     let jt2 = JTS[r.random_range(0..4)];
     let filter = match shape {
-        Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } => "",
+        Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } | Shape::TopN { .. } => "",
         _ => FILTERS[r.random_range(0..3)],
     };
     Case { seed, shape, jt, jt2, filter, workers: r.random_range(1..3) }
@@ -126,6 +130,29 @@ fn sql_of(c: &Case) -> (String, String) {
                 iv(*hi)
             );
             (q.clone(), q)
+        }
+        Shape::TopN { size, n } => {
+            let from = |src: &str, tvf: bool| {
+                if tvf {
+                    format!("TUMBLE({src}, ts, {})", iv(*size))
+                } else {
+                    format!(
+                        "(SELECT *, date_bin({0}, ts, TIMESTAMP '1970-01-01 00:00:00') AS window_start, date_bin({0}, ts, TIMESTAMP '1970-01-01 00:00:00') + {0} AS window_end FROM {src})",
+                        iv(*size)
+                    )
+                }
+            };
+            let q = |tvf: bool| {
+                format!(
+                    "SELECT id, k, ws, rn, prev, s3 FROM (SELECT id, k, window_start AS ws, \
+                       ROW_NUMBER() OVER (PARTITION BY window_start ORDER BY v DESC NULLS LAST, id) AS rn, \
+                       LAG(id) OVER (PARTITION BY window_start, k ORDER BY ts, id) AS prev, \
+                       SUM(v) OVER (PARTITION BY window_end, k ORDER BY ts, id ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS s3 \
+                     FROM {}) t WHERE rn <= {n}",
+                    from("l", tvf)
+                )
+            };
+            (q(true), q(false))
         }
         Shape::Distinct => {
             let q = format!("SELECT DISTINCT l.k, r.v % 10 AS rv FROM l {jt} JOIN r ON l.k = r.k{f}");
