@@ -6,7 +6,7 @@
 //!
 //! Options: --events N (10,000,000), --workers W (engine default), --batch B (8,192 events per
 //! generated chunk), --rate R (events per second of event time, 10,000,000 as published),
-//! --queries q0,q1,… (all).
+//! --queries q0,q1,… (all; q5r and q7r are the window-function rewrites of q5 and q7).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
