@@ -23,7 +23,7 @@ fn classify(sql: &str) -> (String, Option<String>) {
     let Some(last) = stmts.last() else { return ("UNKNOWN".into(), None) };
     let kind = |k: ObjectKind| k.noun().to_uppercase();
     match &last.statement {
-        Statement::CreateSource(cs) => ("CREATE SOURCE".into(), Some(cs.name.clone())),
+        Statement::CreateSource(cs) => ((if cs.table { "CREATE TABLE" } else { "CREATE SOURCE" }).into(), Some(cs.name.clone())),
         Statement::CreateStream(cs) => {
             let what = if cs.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE STREAM" };
             (what.into(), Some(cs.name.clone()))
@@ -36,6 +36,7 @@ fn classify(sql: &str) -> (String, Option<String>) {
         Statement::ShowCreate(n) => ("SHOW CREATE".into(), Some(n.clone())),
         Statement::Explain(_) => ("EXPLAIN".into(), None),
         Statement::Insert { table, .. } => ("INSERT".into(), Some(table.clone())),
+        Statement::Delete { table, .. } => ("DELETE".into(), Some(table.clone())),
         Statement::Query(_) => ("SELECT".into(), None),
         Statement::Checkpoint => ("CHECKPOINT".into(), None),
     }
