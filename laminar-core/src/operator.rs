@@ -91,6 +91,11 @@ pub(crate) trait Operator: Send {
     fn on_watermark(&mut self, _watermark: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         Ok(vec![])
     }
+    /// A filter `rank <= n` sits above this operator's single ranking function: keep only what
+    /// can rank within n. Returns whether the operator took the hint.
+    fn limit_rank(&mut self, _n: u64) -> bool {
+        false
+    }
     /// Processing-time period this operator wants `on_tick` called with, if any.
     fn tick_interval(&self) -> Option<Duration> {
         None

@@ -546,6 +546,14 @@ impl Lowerer<'_> {
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Filter(f) => {
                 let mut l = self.lower(&f.input)?;
+                // `WHERE rn <= n` over a single ranking function: a bounded top-N.
+                if let Some(n) = rank_limit(&f.predicate, &f.input) {
+                    for op in l.node.ops.iter_mut().rev() {
+                        if op.limit_rank(n) {
+                            break;
+                        }
+                    }
+                }
                 let pred = phys(&f.predicate, f.input.schema(), &self.props)?;
                 if matches!(l.window, Some((_, _, WindowKind::Session { .. }))) && !l.aggregated {
                     let cols = f.predicate.column_refs();
@@ -796,6 +804,50 @@ impl Lowerer<'_> {
     }
 }
 
+/// `n` when `pred` is `c <= n`, `c < n + 1` or `c = 1` for a column `c` that is a ranking
+/// window function's output (reached through aliases and projections).
+fn rank_limit(pred: &Expr, input: &LogicalPlan) -> Option<u64> {
+    use datafusion::logical_expr::{BinaryExpr, Operator as Op};
+    fn strip(e: &Expr) -> &Expr {
+        match e {
+            Expr::Cast(c) => strip(&c.expr),
+            Expr::TryCast(c) => strip(&c.expr),
+            e => e,
+        }
+    }
+    fn lit(e: &Expr) -> Option<i64> {
+        match strip(e) {
+            Expr::Literal(v, _) => v.to_string().parse().ok(),
+            _ => None,
+        }
+    }
+    fn origin(plan: &LogicalPlan, idx: usize) -> bool {
+        match plan {
+            LogicalPlan::SubqueryAlias(a) => origin(&a.input, idx),
+            LogicalPlan::Projection(p) => match p.expr.get(idx).map(|e| e.clone().unalias()) {
+                Some(Expr::Column(c)) => p.input.schema().index_of_column(&c).is_ok_and(|i| origin(&p.input, i)),
+                _ => false,
+            },
+            LogicalPlan::Window(w) => idx >= w.input.schema().fields().len() && w.window_expr.len() == 1,
+            _ => false,
+        }
+    }
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = pred else { return None };
+    let (col, n, op) = match (strip(left), lit(right), lit(left), strip(right)) {
+        (Expr::Column(c), Some(n), _, _) => (c, n, *op),
+        (_, _, Some(n), Expr::Column(c)) => (c, n, op.swap()?),
+        _ => return None,
+    };
+    let n = match op {
+        Op::LtEq => n,
+        Op::Lt => n - 1,
+        Op::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    let idx = input.schema().index_of_column(col).ok()?;
+    (n >= 1 && origin(input, idx)).then_some(n as u64)
+}
+
 /// Runs the two optimizer rules joins need: filters pushed into and below joins (so `WHERE`
 /// conditions become join conditions and per-side filters), then equalities between the sides
 /// extracted as hash keys. Only for plans with a join: other plans keep the shape of the SQL.
@@ -969,7 +1021,9 @@ impl Lowerer<'_> {
         let in_schema = w.input.schema();
         for e in &w.window_expr {
             let Expr::WindowFunction(f) = e.clone().unalias() else { return Err(Error::plan(format!("unexpected window expression {e}"))) };
-            let by_window = f.params.partition_by.iter().any(|p| matches!(p, Expr::Column(c) if in_schema.index_of_column(c).is_ok_and(|i| i == ws || i == we)));
+            // window_end identifies a window; window_start does when the size is fixed.
+            let start_ok = matches!(kind, WindowKind::Tumble { .. } | WindowKind::Hop { .. });
+            let by_window = f.params.partition_by.iter().any(|p| matches!(p, Expr::Column(c) if in_schema.index_of_column(c).is_ok_and(|i| i == we || (i == ws && start_ok))));
             if !by_window {
                 return Err(Error::not_implemented(format!("{e}: {unbounded}")));
             }
@@ -992,7 +1046,31 @@ impl Lowerer<'_> {
                     .map(|t| t.data)
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let op = crate::operator::over::OverWindow::new(exprs, Arc::new(in_schema.as_arrow().clone()), Arc::new(w.schema.as_arrow().clone()), we);
+        let mut op = crate::operator::over::OverWindow::new(exprs, Arc::new(in_schema.as_arrow().clone()), Arc::new(w.schema.as_arrow().clone()), we);
+        if let [Expr::WindowFunction(f)] = w.window_expr.iter().map(|e| e.clone().unalias()).collect::<Vec<_>>().as_slice() {
+            use crate::operator::over::{RankKind, RankSpec};
+            use datafusion::logical_expr::ExprSchemable;
+            let kind = match f.fun.name().to_lowercase().as_str() {
+                "row_number" => Some(RankKind::RowNumber),
+                "rank" => Some(RankKind::Rank),
+                "dense_rank" => Some(RankKind::DenseRank),
+                _ => None,
+            };
+            if let (Some(kind), None) = (kind, &f.params.filter) {
+                let partition = f.params.partition_by.iter().map(|e| phys(e, in_schema, &self.props)).collect::<Result<Vec<_>>>()?;
+                let partition_types = f.params.partition_by.iter().map(|e| e.get_type(in_schema)).collect::<datafusion::error::Result<Vec<_>>>()?;
+                let order = f
+                    .params
+                    .order_by
+                    .iter()
+                    .map(|o| {
+                        let opts = datafusion::arrow::compute::SortOptions { descending: !o.asc, nulls_first: o.nulls_first };
+                        Ok((phys(&o.expr, in_schema, &self.props)?, o.expr.get_type(in_schema)?, opts))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                op = op.with_rank(RankSpec { kind, partition, partition_types, order });
+            }
+        }
         l.node.ops.push(Box::new(op));
         Ok(l)
     }

@@ -37,7 +37,7 @@ enum Shape {
     Distinct,
     /// Top-N per window (ROW_NUMBER), LAG and a ROWS frame per (window, key), over a TUMBLE of
     /// the left input.
-    TopN { size: i64, n: i64 },
+    TopN { size: i64, n: i64, single: Option<&'static str> },
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +57,11 @@ fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
     let shape = match r.random_range(0..9) {
-        8 => Shape::TopN { size: [1000, 2000, 5000][r.random_range(0..3)], n: r.random_range(1..4) },
+        8 => Shape::TopN {
+            size: [1000, 2000, 5000][r.random_range(0..3)],
+            n: r.random_range(1..4),
+            single: [None, Some("ROW_NUMBER"), Some("RANK"), Some("DENSE_RANK")][r.random_range(0..4)],
+        },
         7 => Shape::Distinct,
         5 => Shape::AggOverChangelog,
         6 => Shape::TwoLevel { lo: ms(&mut r), hi: ms(&mut r) },
@@ -131,7 +135,7 @@ fn sql_of(c: &Case) -> (String, String) {
             );
             (q.clone(), q)
         }
-        Shape::TopN { size, n } => {
+        Shape::TopN { size, n, single } => {
             let from = |src: &str, tvf: bool| {
                 if tvf {
                     format!("TUMBLE({src}, ts, {})", iv(*size))
@@ -142,6 +146,17 @@ fn sql_of(c: &Case) -> (String, String) {
                     )
                 }
             };
+            // A single ranking function under `<= n` runs as a bounded top-N.
+            if let Some(f) = single {
+                let order = if *f == "ROW_NUMBER" { "v DESC NULLS LAST, id" } else { "v DESC NULLS LAST" };
+                let q = |tvf: bool| {
+                    format!(
+                        "SELECT id, k, ws, r FROM (SELECT id, k, window_start AS ws, {f}() OVER (PARTITION BY window_start ORDER BY {order}) AS r FROM {}) t WHERE r <= {n}",
+                        from("l", tvf)
+                    )
+                };
+                return (q(true), q(false));
+            }
             let q = |tvf: bool| {
                 format!(
                     "SELECT id, k, ws, rn, prev, s3 FROM (SELECT id, k, window_start AS ws, \
@@ -710,4 +725,15 @@ fn lookup_join_reads_the_current_row_and_never_corrects() {
     assert_eq!(got, vec!["1|", "2|1.0", "3|1.5", "4|"], "in push order, each row once");
     let plan = common::rows(&db.execute("EXPLAIN CREATE STREAM x AS SELECT o.id FROM orders o JOIN rates FOR SYSTEM_TIME AS OF PROCTIME() AS r ON o.cur = r.cur").unwrap().batches);
     assert!(plan.iter().any(|r| r[0].contains("LookupJoin INNER")), "{plan:?}");
+}
+
+/// `WHERE rn <= n` over a single ranking function is planned as a bounded top-N.
+#[test]
+fn top_n_is_bounded_and_explained() {
+    let db = common::db(1);
+    db.execute(common::KVT).unwrap();
+    let plan = common::rows(&db.execute("EXPLAIN CREATE STREAM x AS SELECT k, v FROM (SELECT k, v, RANK() OVER (PARTITION BY window_start ORDER BY v DESC) AS r FROM TUMBLE(s, ts, INTERVAL '10' SECOND)) t WHERE r <= 3").unwrap().batches);
+    assert!(plan.iter().any(|r| r[0].contains("keeping the leading 3 per partition")), "{plan:?}");
+    let e = db.execute("CREATE STREAM y AS SELECT k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM s").unwrap_err();
+    assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented, "{e}");
 }
