@@ -855,7 +855,12 @@ fn optimize_joins(plan: LogicalPlan) -> Result<LogicalPlan> {
     use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
     use datafusion::optimizer::push_down_filter::PushDownFilter;
     use datafusion::optimizer::{Optimizer, OptimizerContext};
-    let opt = Optimizer::with_rules(vec![Arc::new(PushDownFilter::new()), Arc::new(ExtractEquijoinPredicate::new())]);
+    use datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery;
+    let opt = Optimizer::with_rules(vec![
+        Arc::new(DecorrelatePredicateSubquery::new()),
+        Arc::new(PushDownFilter::new()),
+        Arc::new(ExtractEquijoinPredicate::new()),
+    ]);
     Ok(opt.optimize(plan, &OptimizerContext::new(), |_, _| {})?)
 }
 
@@ -1083,9 +1088,14 @@ impl Lowerer<'_> {
             DJ::Left => JoinType::Left,
             DJ::Right => JoinType::Right,
             DJ::Full => JoinType::Full,
+            DJ::LeftSemi => JoinType::Semi,
+            DJ::LeftAnti if j.null_aware => {
+                return Err(Error::not_implemented("NOT IN (subquery) in a continuous query is not available yet; write NOT EXISTS"))
+            }
+            DJ::LeftAnti => JoinType::Anti,
             other => {
                 return Err(Error::not_implemented(format!(
-                    "{other} joins (EXISTS, IN and their negations) in continuous queries are not available yet"
+                    "{other} joins in continuous queries are not available yet"
                 )))
             }
         };
@@ -1165,11 +1175,14 @@ impl Lowerer<'_> {
         let retracts = if lookup { left.weighted } else { HashJoin::output_retracts(join_type, &left, &right) };
         let joined_schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
         let output_schema = with_weight(&joined_schema, retracts);
+        // The residual condition sees both sides (SEMI/ANTI output only the left's columns).
+        let both = if matches!(join_type, JoinType::Semi | JoinType::Anti) { Arc::new(schemas[0].join(schemas[1])?) } else { j.schema.clone() };
         let filter = match &j.filter {
-            Some(f) => Some(phys(f, &j.schema, &self.props)?),
+            Some(f) => Some(phys(f, &both, &self.props)?),
             None => None,
         };
-        let mut join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, output_schema)?;
+        let cand_schema: SchemaRef = Arc::new(both.as_arrow().clone());
+        let mut join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, cand_schema, output_schema)?;
         join.lookup = lookup;
         Ok(Lowered {
             node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
@@ -1196,7 +1209,11 @@ pub(crate) fn plan_continuous(
         .map(|b| Ok((b.pseudo.clone(), windowed_schema(&relations[&b.input].schema)?)))
         .collect::<Result<_>>()?;
     let plan = logical_plan(query, relations, &extra)?;
-    let plan = if plan.exists(|p| Ok(matches!(p, LogicalPlan::Join(_))))? { optimize_joins(plan)? } else { plan };
+    let has_join = plan.exists(|p| {
+        Ok(matches!(p, LogicalPlan::Join(_))
+            || p.expressions().iter().any(|e| e.exists(|x| Ok(matches!(x, Expr::Exists(_) | Expr::InSubquery(_)))).unwrap_or(false)))
+    })?;
+    let plan = if has_join { optimize_joins(plan)? } else { plan };
     let lowerer = Lowerer { relations, bindings: &rw.bindings, lookups: &rw.lookups, opts, props: ExecutionProps::new() };
     let l = lowerer.lower(&plan)?;
     if !l.aggregated && opts.emit.is_some() {

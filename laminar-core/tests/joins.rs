@@ -38,6 +38,8 @@ enum Shape {
     /// Top-N per window (ROW_NUMBER), LAG and a ROWS frame per (window, key), over a TUMBLE of
     /// the left input.
     TopN { size: i64, n: i64, single: Option<&'static str> },
+    /// SEMI / ANTI: [NOT] EXISTS (correlated on the key, optionally time-bounded) and IN.
+    Exists { not: bool, bounded: Option<(i64, i64)>, in_form: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -56,7 +58,12 @@ const FILTERS: [&str; 3] = ["", " WHERE l.v > 20", " WHERE r.v IS NULL OR r.v < 
 fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
-    let shape = match r.random_range(0..9) {
+    let shape = match r.random_range(0..10) {
+        9 => Shape::Exists {
+            not: r.random_bool(0.5),
+            bounded: if r.random_bool(0.5) { Some((ms(&mut r), ms(&mut r))) } else { None },
+            in_form: r.random_bool(0.25),
+        },
         8 => Shape::TopN {
             size: [1000, 2000, 5000][r.random_range(0..3)],
             n: r.random_range(1..4),
@@ -72,12 +79,13 @@ fn gen_case(seed: u64) -> Case {
         _ => Shape::Three { lo: ms(&mut r), hi: ms(&mut r), lo2: ms(&mut r), hi2: ms(&mut r), regular2: r.random_bool(0.3) },
     };
     let jt = match shape {
-        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } | Shape::TopN { .. } => "INNER",
+        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } | Shape::TopN { .. } | Shape::Exists { .. } => "INNER",
         _ => JTS[r.random_range(0..4)],
     };
     let jt2 = JTS[r.random_range(0..4)];
     let filter = match shape {
         Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } | Shape::TopN { .. } => "",
+        Shape::Exists { .. } => [""," WHERE l.v > 20"][r.random_range(0..2)],
         _ => FILTERS[r.random_range(0..3)],
     };
     Case { seed, shape, jt, jt2, filter, workers: r.random_range(1..3) }
@@ -133,6 +141,19 @@ fn sql_of(c: &Case) -> (String, String) {
                 iv(*lo),
                 iv(*hi)
             );
+            (q.clone(), q)
+        }
+        Shape::Exists { not, bounded, in_form } => {
+            let q = if *in_form {
+                format!("SELECT l.id, l.k FROM l WHERE l.k IN (SELECT r.k FROM r WHERE r.v > 30){}", f.replace(" WHERE ", " AND "))
+            } else {
+                let time = bounded.map(|(lo, hi)| format!(" AND r.ts BETWEEN l.ts - {} AND l.ts + {}", iv(lo), iv(hi))).unwrap_or_default();
+                format!(
+                    "SELECT l.id, l.k, l.v FROM l WHERE {}EXISTS (SELECT 1 FROM r WHERE r.k = l.k{time}){}",
+                    if *not { "NOT " } else { "" },
+                    f.replace(" WHERE ", " AND ")
+                )
+            };
             (q.clone(), q)
         }
         Shape::TopN { size, n, single } => {

@@ -37,11 +37,15 @@ pub(crate) enum JoinType {
     Left,
     Right,
     Full,
+    /// `EXISTS` / `IN`: left rows that have a match, once.
+    Semi,
+    /// `NOT EXISTS`: left rows that have none.
+    Anti,
 }
 
 impl JoinType {
     fn outer(self, side: usize) -> bool {
-        matches!((self, side), (JoinType::Left, 0) | (JoinType::Right, 1) | (JoinType::Full, _))
+        matches!((self, side), (JoinType::Left | JoinType::Semi | JoinType::Anti, 0) | (JoinType::Right, 1) | (JoinType::Full, _))
     }
 }
 
@@ -52,6 +56,8 @@ impl std::fmt::Display for JoinType {
             JoinType::Left => "LEFT",
             JoinType::Right => "RIGHT",
             JoinType::Full => "FULL",
+            JoinType::Semi => "SEMI",
+            JoinType::Anti => "ANTI",
         })
     }
 }
@@ -156,8 +162,10 @@ pub(crate) struct HashJoin {
     key_conv: RowConverter,
     key_types: Vec<DataType>,
     filter: Option<Arc<dyn PhysicalExpr>>,
-    /// left ++ right logical columns (nullable where the join type pads).
+    /// left ++ right logical columns (nullable where the join type pads); left only for SEMI/ANTI.
     joined_schema: SchemaRef,
+    /// left ++ right: the pairs the residual condition is evaluated on.
+    cand_schema: SchemaRef,
     /// `joined_schema` plus `__weight` when the output is a changelog.
     output_schema: SchemaRef,
     weighted_out: bool,
@@ -176,6 +184,7 @@ impl HashJoin {
         key_types: Vec<DataType>,
         filter: Option<Arc<dyn PhysicalExpr>>,
         joined_schema: SchemaRef,
+        cand_schema: SchemaRef,
         output_schema: SchemaRef,
     ) -> Result<HashJoin> {
         let key_conv = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
@@ -209,6 +218,7 @@ impl HashJoin {
             key_types,
             filter,
             joined_schema,
+            cand_schema,
             output_schema,
             weighted_out,
             filter_text,
@@ -218,16 +228,27 @@ impl HashJoin {
 
     /// Whether the output can retract (decided by the planner with the same rule).
     pub(crate) fn output_retracts(join_type: JoinType, left: &SideSpec, right: &SideSpec) -> bool {
-        left.weighted
-            || right.weighted
-            || (join_type.outer(0) && left.expiry.is_none())
-            || (join_type.outer(1) && right.expiry.is_none())
+        match join_type {
+            JoinType::Semi => left.weighted || right.weighted,
+            _ => {
+                left.weighted
+                    || right.weighted
+                    || (join_type.outer(0) && left.expiry.is_none())
+                    || (join_type.outer(1) && right.expiry.is_none())
+            }
+        }
     }
 
-    /// Builds output rows: each row takes its left columns from `l` and its right ones from `r`.
+    fn semi_or_anti(&self) -> bool {
+        matches!(self.join_type, JoinType::Semi | JoinType::Anti)
+    }
+
+    /// Builds rows: each takes its left columns from `.0` and its right ones from `.1`. Without
+    /// weights: candidate pairs (both sides); with: output rows (left only for SEMI/ANTI).
     fn build(&self, delta_side: usize, delta: &RecordBatch, rows: &[(Src, Src)], weights: Option<Vec<i64>>) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.output_schema.fields().len());
-        for s in 0..2 {
+        let sides = if weights.is_some() && self.semi_or_anti() { 1 } else { 2 };
+        for s in 0..sides {
             let side = &self.sides[s];
             // Sources: 0 = the delta batch (when this is the delta side), then used chunks, then a NULL row.
             let mut chunk_ids: Vec<u64> = vec![];
@@ -280,12 +301,13 @@ impl HashJoin {
             }
         }
         let opts = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-        match weights.filter(|_| self.weighted_out) {
-            Some(w) => {
+        match weights {
+            Some(w) if self.weighted_out => {
                 cols.push(Arc::new(Int64Array::from(w)));
                 Ok(RecordBatch::try_new_with_options(self.output_schema.clone(), cols, &opts)?)
             }
-            None => Ok(RecordBatch::try_new_with_options(self.joined_schema.clone(), cols, &opts)?),
+            Some(_) => Ok(RecordBatch::try_new_with_options(self.joined_schema.clone(), cols, &opts)?),
+            None => Ok(RecordBatch::try_new_with_options(self.cand_schema.clone(), cols, &opts)?),
         }
     }
 
@@ -444,11 +466,22 @@ impl HashJoin {
                 }
                 if self.sides[o].outer {
                     let deferred = self.sides[o].deferred;
+                    let semi = self.join_type == JoinType::Semi;
                     let c = self.sides[o].chunk_mut(r.0).expect("live");
                     let before = c.matched[r.1 as usize];
                     let after = before + wd;
                     c.matched[r.1 as usize] = after;
-                    if !deferred {
+                    if semi {
+                        // A left row is in the output while it has a match.
+                        let row = (Src::Stored(*r), Src::Null);
+                        if before == 0 && after > 0 {
+                            out_pos.push(row);
+                            out_w.push(wo);
+                        } else if before > 0 && after == 0 {
+                            out_pos.push(row);
+                            out_w.push(-wo);
+                        }
+                    } else if !deferred {
                         let pad = if s == 0 { (Src::Null, Src::Stored(*r)) } else { (Src::Stored(*r), Src::Null) };
                         if before == 0 && after > 0 {
                             out_pos.push(pad);
@@ -464,12 +497,21 @@ impl HashJoin {
                 Some(m) => filter_record_batch(&cand, &m)?,
                 None => cand,
             };
-            if joined.num_rows() > 0 {
+            if joined.num_rows() > 0 && !self.semi_or_anti() {
                 outputs.push(self.with_weights(joined, pair_w)?);
             }
         }
-        // This side's own padded rows (eager outer sides).
-        if self.sides[s].outer && !self.sides[s].deferred {
+        if self.join_type == JoinType::Semi && s == 0 {
+            // A new left row with a match is in the output; a retracted one leaves it if it was.
+            for i in 0..n {
+                let had = removed[i].map(|(_, m)| m).unwrap_or(0).max(matched_delta[i]);
+                if (weights[i] > 0 && matched_delta[i] > 0) || (weights[i] < 0 && had > 0) {
+                    out_pos.push((Src::Delta(i as u32), Src::Null));
+                    out_w.push(weights[i]);
+                }
+            }
+        } else if self.sides[s].outer && !self.sides[s].deferred {
+            // This side's own padded rows (eager outer sides; ANTI's unmatched left rows).
             for i in 0..n {
                 let pad = if s == 0 { (Src::Delta(i as u32), Src::Null) } else { (Src::Null, Src::Delta(i as u32)) };
                 if weights[i] > 0 && matched_delta[i] == 0 {
@@ -603,7 +645,7 @@ impl HashJoin {
                 if c.expiry_max < wm {
                     let id = side.base + k as u64;
                     dead.push(id);
-                    if side.outer && side.deferred {
+                    if side.outer && side.deferred && self.join_type != JoinType::Semi {
                         for r in 0..c.weight.len() {
                             if c.weight[r] > 0 && c.matched[r] == 0 {
                                 let src = Src::Stored((id, r as u32));
@@ -622,7 +664,7 @@ impl HashJoin {
         } else {
             let empty = RecordBatch::new_empty(self.sides[s].spec.schema.clone());
             let n = pads.len();
-            Some(self.build(usize::MAX, &empty, &pads, if self.weighted_out { Some(vec![1; n]) } else { None })?)
+            Some(self.build(usize::MAX, &empty, &pads, Some(vec![1; n]))?)
         };
         let side = &mut self.sides[s];
         for id in dead {
