@@ -1011,6 +1011,90 @@ impl Lowerer<'_> {
         })
     }
 
+    /// OVER (PARTITION BY k ORDER BY ts …) over an unbounded stream, with frames that reach back a
+    /// bounded number of rows.
+    fn lower_stream_over(&self, w: &datafusion::logical_expr::Window, mut l: Lowered) -> Result<Lowered> {
+        use datafusion::common::tree_node::Transformed;
+        use datafusion::logical_expr::{ExprSchemable, WindowFrameBound, WindowFrameUnits};
+        let in_schema = w.input.schema();
+        let help = "OVER (…) over an unbounded stream takes PARTITION BY … ORDER BY <event time> with ROW_NUMBER(), LAG(x[, n]) or an aggregate over ROWS BETWEEN n PRECEDING AND CURRENT ROW";
+        let Some(t) = l.time else {
+            return Err(Error::not_implemented(format!("{help}; this input has no event-time column the watermark follows")));
+        };
+        let scale = TimeScale::for_type(in_schema.field(t).data_type()).ok_or_else(|| Error::internal("time column type"))?;
+        let mut history = 0usize;
+        let mut row_number_cols = vec![];
+        let mut shape: Option<(Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>)> = None;
+        let nin = in_schema.fields().len();
+        for (j, e) in w.window_expr.iter().enumerate() {
+            let Expr::WindowFunction(f) = e.clone().unalias() else { return Err(Error::plan(format!("unexpected window expression {e}"))) };
+            let p = &f.params;
+            match &shape {
+                None => shape = Some((p.partition_by.clone(), p.order_by.clone())),
+                Some((pb, ob)) if *pb == p.partition_by && *ob == p.order_by => {}
+                Some(_) => return Err(Error::not_implemented(format!("{e}: the OVER (…) functions of one query must share PARTITION BY and ORDER BY"))),
+            }
+            let first_is_time = p.order_by.first().is_some_and(|o| o.asc && matches!(&o.expr, Expr::Column(c) if in_schema.index_of_column(c).ok() == Some(t)));
+            if !first_is_time {
+                return Err(Error::not_implemented(format!("{e}: {help} (ascending, first)")));
+            }
+            let name = f.fun.name().to_lowercase();
+            match name.as_str() {
+                "row_number" => row_number_cols.push(nin + j),
+                "lag" => {
+                    let n = match p.args.get(1) {
+                        None => 1,
+                        Some(Expr::Literal(v, _)) => v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: LAG's offset is a non-negative integer")))?,
+                        Some(_) => return Err(Error::plan(format!("{e}: LAG's offset is a constant"))),
+                    };
+                    history = history.max(n);
+                }
+                _ if matches!(f.fun, datafusion::logical_expr::WindowFunctionDefinition::AggregateUDF(_)) => {
+                    let fr = &p.window_frame;
+                    let n = match (&fr.units, &fr.start_bound, &fr.end_bound) {
+                        (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), WindowFrameBound::CurrentRow) if !v.is_null() => {
+                            v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: the frame's start is a row count")))?
+                        }
+                        _ => return Err(Error::not_implemented(format!("{e}: {help}; other frames would need every earlier row"))),
+                    };
+                    history = history.max(n);
+                }
+                _ => return Err(Error::not_implemented(format!("{e}: {help}; {} over an unbounded partition is not available yet", name.to_uppercase()))),
+            }
+        }
+        let (partition_by, _) = shape.expect("at least one window function");
+        let partition = partition_by.iter().map(|e| phys(e, in_schema, &self.props)).collect::<Result<Vec<_>>>()?;
+        let partition_types = partition_by.iter().map(|e| e.get_type(in_schema)).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let exprs = w
+            .window_expr
+            .iter()
+            .map(|e| {
+                e.clone()
+                    .transform(|x| {
+                        Ok(match x {
+                            Expr::Column(c) => Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))),
+                            other => Transformed::no(other),
+                        })
+                    })
+                    .map(|t| t.data)
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let op = crate::operator::over::StreamOver::try_new(
+            exprs,
+            Arc::new(in_schema.as_arrow().clone()),
+            Arc::new(w.schema.as_arrow().clone()),
+            t,
+            scale,
+            partition,
+            partition_types,
+            history,
+            row_number_cols,
+        )?;
+        l.node.ops.push(Box::new(op));
+        l.window = None;
+        Ok(l)
+    }
+
     /// OVER (…) per event-time window: every function partitions by window_start or window_end.
     fn lower_over(&self, w: &datafusion::logical_expr::Window) -> Result<Lowered> {
         use datafusion::common::tree_node::Transformed;
@@ -1018,6 +1102,20 @@ impl Lowerer<'_> {
         let unbounded = "OVER (…) in a continuous query partitions by the window (PARTITION BY window_start or window_end of a window TVF or a windowed aggregate); OVER over an unbounded stream is not available yet";
         if l.kind != StreamKind::AppendOnly {
             return Err(Error::not_implemented(format!("OVER (…) over a {} input is not available yet", l.kind)));
+        }
+        let in_schema = w.input.schema();
+        let per_window = match l.window {
+            None => false,
+            Some((ws, we, kind)) => w.window_expr.iter().all(|e| match e.clone().unalias() {
+                Expr::WindowFunction(f) => {
+                    let start_ok = matches!(kind, WindowKind::Tumble { .. } | WindowKind::Hop { .. });
+                    f.params.partition_by.iter().any(|p| matches!(p, Expr::Column(c) if in_schema.index_of_column(c).is_ok_and(|i| i == we || (i == ws && start_ok))))
+                }
+                _ => false,
+            }),
+        };
+        if !per_window {
+            return self.lower_stream_over(w, l);
         }
         let Some((ws, we, kind)) = l.window else { return Err(Error::not_implemented(unbounded)) };
         if matches!(kind, WindowKind::Session { .. }) && !l.aggregated {

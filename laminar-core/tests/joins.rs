@@ -40,6 +40,8 @@ enum Shape {
     TopN { size: i64, n: i64, single: Option<&'static str> },
     /// SEMI / ANTI: [NOT] EXISTS (correlated on the key, optionally time-bounded) and IN.
     Exists { not: bool, bounded: Option<(i64, i64)>, in_form: bool },
+    /// OVER over an unbounded stream: ROW_NUMBER, LAG and a ROWS frame per key in event-time order.
+    StreamOver { lag: i64, rows: i64 },
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +60,8 @@ const FILTERS: [&str; 3] = ["", " WHERE l.v > 20", " WHERE r.v IS NULL OR r.v < 
 fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
-    let shape = match r.random_range(0..10) {
+    let shape = match r.random_range(0..11) {
+        10 => Shape::StreamOver { lag: r.random_range(1..4), rows: r.random_range(0..5) },
         9 => Shape::Exists {
             not: r.random_bool(0.5),
             bounded: if r.random_bool(0.5) { Some((ms(&mut r), ms(&mut r))) } else { None },
@@ -79,12 +82,12 @@ fn gen_case(seed: u64) -> Case {
         _ => Shape::Three { lo: ms(&mut r), hi: ms(&mut r), lo2: ms(&mut r), hi2: ms(&mut r), regular2: r.random_bool(0.3) },
     };
     let jt = match shape {
-        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } | Shape::TopN { .. } | Shape::Exists { .. } => "INNER",
+        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } | Shape::TopN { .. } | Shape::Exists { .. } | Shape::StreamOver { .. } => "INNER",
         _ => JTS[r.random_range(0..4)],
     };
     let jt2 = JTS[r.random_range(0..4)];
     let filter = match shape {
-        Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } | Shape::TopN { .. } => "",
+        Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } | Shape::TopN { .. } | Shape::StreamOver { .. } => "",
         Shape::Exists { .. } => [""," WHERE l.v > 20"][r.random_range(0..2)],
         _ => FILTERS[r.random_range(0..3)],
     };
@@ -140,6 +143,16 @@ fn sql_of(c: &Case) -> (String, String) {
                 "SELECT l.k, COUNT(*) AS c, SUM(r.v) AS s, MIN(r.v) AS mn, MAX(l.v) AS mx FROM l JOIN r ON l.k = r.k AND r.ts BETWEEN l.ts - {} AND l.ts + {} GROUP BY l.k",
                 iv(*lo),
                 iv(*hi)
+            );
+            (q.clone(), q)
+        }
+        Shape::StreamOver { lag, rows } => {
+            let q = format!(
+                "SELECT id, k, ts, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts, id) AS rn, \
+                 LAG(v, {lag}) OVER (PARTITION BY k ORDER BY ts, id) AS lg, \
+                 SUM(v) OVER (PARTITION BY k ORDER BY ts, id ROWS BETWEEN {rows} PRECEDING AND CURRENT ROW) AS s, \
+                 COUNT(v) OVER (PARTITION BY k ORDER BY ts, id ROWS BETWEEN {rows} PRECEDING AND CURRENT ROW) AS c \
+                 FROM l"
             );
             (q.clone(), q)
         }
@@ -755,6 +768,10 @@ fn top_n_is_bounded_and_explained() {
     db.execute(common::KVT).unwrap();
     let plan = common::rows(&db.execute("EXPLAIN CREATE STREAM x AS SELECT k, v FROM (SELECT k, v, RANK() OVER (PARTITION BY window_start ORDER BY v DESC) AS r FROM TUMBLE(s, ts, INTERVAL '10' SECOND)) t WHERE r <= 3").unwrap().batches);
     assert!(plan.iter().any(|r| r[0].contains("keeping the leading 3 per partition")), "{plan:?}");
-    let e = db.execute("CREATE STREAM y AS SELECT k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM s").unwrap_err();
+    // Over an unbounded stream: bounded history only (LEAD would wait for rows not yet seen).
+    db.execute("CREATE STREAM y AS SELECT k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM s").unwrap();
+    let e = db.execute("CREATE STREAM z AS SELECT k, LEAD(v) OVER (PARTITION BY k ORDER BY ts) AS nx FROM s").unwrap_err();
+    assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented, "{e}");
+    let e = db.execute("CREATE STREAM z AS SELECT k, SUM(v) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS s FROM s").unwrap_err();
     assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented, "{e}");
 }

@@ -282,3 +282,216 @@ impl Operator for OverWindow {
         Ok(())
     }
 }
+
+/// `OVER (PARTITION BY k ORDER BY ts …)` over an unbounded append-only stream: rows are taken in
+/// event-time order once the watermark has passed them (nothing earlier can come), evaluated by
+/// DataFusion together with the last `history` rows of their partition, and emitted once. Frames
+/// reach back a bounded number of rows (`ROWS BETWEEN n PRECEDING AND CURRENT ROW`, `LAG(x, n)`),
+/// so the state is `history` rows per partition plus the rows not yet passed by the watermark;
+/// `ROW_NUMBER` continues across emissions from a per-partition count.
+pub(crate) struct StreamOver {
+    exprs: Vec<Expr>,
+    input_schema: SchemaRef,
+    output_schema: SchemaRef,
+    time_col: usize,
+    scale: TimeScale,
+    partition: Vec<Arc<dyn PhysicalExpr>>,
+    partition_types: Vec<DataType>,
+    part_conv: RowConverter,
+    row_conv: RowConverter,
+    history: usize,
+    /// Output columns of ROW_NUMBER functions (counted from the partition's first row).
+    row_number_cols: Vec<usize>,
+    parts: HashMap<OwnedRow, (std::collections::VecDeque<OwnedRow>, u64)>,
+    pending: Vec<RecordBatch>,
+    bytes: usize,
+    text: String,
+}
+
+impl StreamOver {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn try_new(
+        exprs: Vec<Expr>,
+        input_schema: SchemaRef,
+        output_schema: SchemaRef,
+        time_col: usize,
+        scale: TimeScale,
+        partition: Vec<Arc<dyn PhysicalExpr>>,
+        partition_types: Vec<DataType>,
+        history: usize,
+        row_number_cols: Vec<usize>,
+    ) -> Result<StreamOver> {
+        let text = exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+        let part_conv = RowConverter::new(if partition_types.is_empty() {
+            vec![SortField::new(DataType::Boolean)]
+        } else {
+            partition_types.iter().cloned().map(SortField::new).collect()
+        })?;
+        let row_conv = RowConverter::new(input_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+        Ok(StreamOver {
+            exprs,
+            input_schema,
+            output_schema,
+            time_col,
+            scale,
+            partition,
+            partition_types,
+            part_conv,
+            row_conv,
+            history,
+            row_number_cols,
+            parts: HashMap::new(),
+            pending: vec![],
+            bytes: 0,
+            text,
+        })
+    }
+
+    fn part_keys(&self, b: &RecordBatch) -> Result<datafusion::arrow::row::Rows> {
+        let n = b.num_rows();
+        if self.partition.is_empty() {
+            return Ok(self.part_conv.convert_columns(&[Arc::new(BooleanArray::from(vec![true; n])) as ArrayRef])?);
+        }
+        let cols = self.partition.iter().map(|e| e.evaluate(b).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let cols = cols
+            .into_iter()
+            .zip(self.partition_types.iter().cloned())
+            .map(|(c, t)| if c.data_type() == &t { Ok(c) } else { datafusion::arrow::compute::cast(&c, &t) })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(self.part_conv.convert_columns(&cols)?)
+    }
+
+}
+
+impl Operator for StreamOver {
+    fn explain(&self) -> String {
+        format!(
+            "StreamOver: {} (rows taken in event-time order behind the watermark; {} earlier rows kept per partition) → append-only",
+            self.text, self.history
+        )
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        if batch.num_rows() == 0 {
+            return Ok(vec![]);
+        }
+        let batch = RecordBatch::try_new(self.input_schema.clone(), batch.columns().to_vec()).map_err(|e| Error::internal(format!("OVER input: {e}")))?;
+        // Rows behind the watermark would be out of order: late.
+        let (t, nulls) = event_times(batch.column(self.time_col), self.scale)?;
+        let keep: Vec<bool> = t.iter().enumerate().map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && (ctx.watermark == super::NO_WATERMARK || v >= ctx.watermark)).collect();
+        let late = keep.iter().filter(|k| !**k).count();
+        let batch = if late > 0 {
+            ctx.late.rows += late as u64;
+            filter_record_batch(&batch, &BooleanArray::from(keep))?
+        } else {
+            batch
+        };
+        self.bytes += batch.get_array_memory_size();
+        self.pending.push(batch);
+        Ok(vec![])
+    }
+
+    fn on_watermark(&mut self, wm: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let mut ready = vec![];
+        let mut keep = vec![];
+        for b in std::mem::take(&mut self.pending) {
+            let (t, _) = event_times(b.column(self.time_col), self.scale)?;
+            let done = BooleanArray::from(t.iter().map(|&v| v < wm).collect::<Vec<_>>());
+            match done.true_count() {
+                0 => keep.push(b),
+                n if n == b.num_rows() => ready.push(b),
+                _ => {
+                    ready.push(filter_record_batch(&b, &done)?);
+                    keep.push(filter_record_batch(&b, &datafusion::arrow::compute::not(&done)?)?);
+                }
+            }
+        }
+        self.pending = keep;
+        if ready.is_empty() {
+            self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum();
+            return Ok(vec![]);
+        }
+        let new_rows = concat_batches(&self.input_schema, &ready)?;
+        // History rows of the partitions present, then the new rows, marked.
+        let pk = self.part_keys(&new_rows)?;
+        let mut seen: HashMap<OwnedRow, ()> = HashMap::new();
+        let mut hist: Vec<OwnedRow> = vec![];
+        let mut offset: HashMap<OwnedRow, i64> = HashMap::new();
+        for i in 0..new_rows.num_rows() {
+            let k = pk.row(i).owned();
+            if seen.insert(k.clone(), ()).is_none() {
+                if let Some((h, count)) = self.parts.get(&k) {
+                    hist.extend(h.iter().cloned());
+                    offset.insert(k, *count as i64 - h.len() as i64);
+                }
+            }
+        }
+        let hist_batch = if hist.is_empty() {
+            RecordBatch::new_empty(self.input_schema.clone())
+        } else {
+            RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(hist.iter().map(|r| r.row()))?)?
+        };
+        let all = concat_batches(&self.input_schema, &[hist_batch.clone(), new_rows.clone()])?;
+        let mark: ArrayRef = Arc::new(BooleanArray::from((0..all.num_rows()).map(|i| i >= hist_batch.num_rows()).collect::<Vec<_>>()));
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> = self.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(datafusion::arrow::datatypes::Field::new("__laminar_new", DataType::Boolean, false));
+        let marked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        let mut cols = all.columns().to_vec();
+        cols.push(mark);
+        let marked = RecordBatch::try_new(marked_schema.clone(), cols)?;
+        let ctx = crate::plan::session_context();
+        let table = MemTable::try_new(marked_schema, vec![vec![marked]])?;
+        let df = ctx.read_table(Arc::new(table))?.window(self.exprs.clone())?;
+        let out = futures::executor::block_on(df.collect())?;
+        let nin = self.input_schema.fields().len();
+        let mut result = vec![];
+        for b in out.into_iter().filter(|b| b.num_rows() > 0) {
+            let is_new = b.column(nin).as_any().downcast_ref::<BooleanArray>().ok_or_else(|| Error::internal("OVER marker"))?.clone();
+            let b = filter_record_batch(&b, &is_new)?;
+            if b.num_rows() == 0 {
+                continue;
+            }
+            // Output: input columns and the window columns, without the marker.
+            let mut cols: Vec<ArrayRef> = b.columns()[..nin].to_vec();
+            cols.extend(b.columns()[nin + 1..].iter().cloned());
+            let input_part = RecordBatch::try_new(self.input_schema.clone(), b.columns()[..nin].to_vec())?;
+            let keys = self.part_keys(&input_part)?;
+            for &c in &self.row_number_cols {
+                let rn = datafusion::arrow::compute::cast(&cols[c], &DataType::Int64)?;
+                let rn = rn.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().ok_or_else(|| Error::internal("ROW_NUMBER"))?;
+                let fixed: datafusion::arrow::array::Int64Array =
+                    (0..rn.len()).map(|i| rn.value(i) + offset.get(&keys.row(i).owned()).copied().unwrap_or(0)).collect();
+                cols[c] = datafusion::arrow::compute::cast(&fixed, self.output_schema.field(c).data_type())?;
+            }
+            let cols = cols
+                .into_iter()
+                .zip(self.output_schema.fields())
+                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { datafusion::arrow::compute::cast(&c, f.data_type()) })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let outb = RecordBatch::try_new(self.output_schema.clone(), cols)?;
+            // History: the new rows in output order (sorted by partition and ORDER BY).
+            let rows = self.row_conv.convert_columns(input_part.columns())?;
+            for i in 0..outb.num_rows() {
+                let e = self.parts.entry(keys.row(i).owned()).or_insert_with(|| (std::collections::VecDeque::new(), 0));
+                e.1 += 1;
+                if self.history > 0 {
+                    e.0.push_back(rows.row(i).owned());
+                    while e.0.len() > self.history {
+                        e.0.pop_front();
+                    }
+                }
+            }
+            result.push(outb);
+        }
+        self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + self.parts.len() * (64 + 48 * self.history);
+        Ok(result)
+    }
+
+    fn state_size(&self) -> usize {
+        self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
+        Err(Error::not_implemented("snapshots of OVER over a stream are not available yet"))
+    }
+}
