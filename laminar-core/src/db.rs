@@ -487,6 +487,7 @@ impl Database {
         let opts = PlanOptions {
             emit: cs.emit,
             lateness_us: cs.allowed_lateness.map(|d| d.as_micros() as i64).unwrap_or(0),
+            state_ttl_us: cs.state_ttl.map(|d| d.as_micros() as i64),
             partitions: self.inner.config.workers,
         };
         plan_continuous((*cs.query).clone(), &self.relations(eng), &opts)

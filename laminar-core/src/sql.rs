@@ -80,6 +80,9 @@ pub struct CreateStream {
     pub emit: Option<EmitMode>,
     pub allowed_lateness: Option<Duration>,
     pub late_data_to: Option<String>,
+    /// `STATE TTL INTERVAL '…'`: join rows without a time bound are forgotten once the watermark
+    /// is this far past their event time.
+    pub state_ttl: Option<Duration>,
 }
 
 /// Kinds of catalog objects, as `SHOW` and `DROP` name them.
@@ -648,6 +651,7 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
     let mut emit = None;
     let mut allowed_lateness = None;
     let mut late_data_to = None;
+    let mut state_ttl = None;
     let mut i = 0;
     let mut depth = 0;
     while i < rest.len() {
@@ -699,6 +703,13 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
             allowed_lateness = Some(Duration::from_micros(d as u64));
         } else if sub.eat_kws(&["LATE", "DATA", "TO"]) {
             late_data_to = Some(sub.ident("a stream name")?);
+        } else if sub.eat_kws(&["STATE", "TTL"]) {
+            let (d, next) = parse_interval_at(&rest, sub.pos)?;
+            sub.pos = next;
+            if d <= 0 {
+                return Err(Error::syntax("STATE TTL needs a positive interval").with_position(pos_of(&rest[clause_start])));
+            }
+            state_ttl = Some(Duration::from_micros(d as u64));
         } else {
             i += 1;
             continue;
@@ -709,7 +720,7 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
     let eof = eof_after(&rest);
     rest.push(eof);
     let query = parse_query_tokens(rest)?;
-    Ok(CreateStream { name, materialized, or_replace, if_not_exists, query, emit, allowed_lateness, late_data_to })
+    Ok(CreateStream { name, materialized, or_replace, if_not_exists, query, emit, allowed_lateness, late_data_to, state_ttl })
 }
 
 /// Parses an `INTERVAL '…' UNIT` (or a quoted `'5s'`) starting at `start`; returns µs and the

@@ -76,6 +76,9 @@ pub(crate) struct SideSpec {
     pub late_col: Option<(usize, TimeScale)>,
     /// Text for EXPLAIN: how the state is bounded.
     pub bound_text: String,
+    /// STATE TTL: (event-time column, its scale, TTL µs) — rows are dropped once the watermark is
+    /// the TTL past their time, whether or not a later row could still have matched them.
+    pub ttl: Option<(Arc<dyn PhysicalExpr>, TimeScale, i64)>,
 }
 
 type RowRef = (u64, u32);
@@ -365,7 +368,14 @@ impl HashJoin {
                 // A NULL bound makes the condition NULL: the row never matches; drop it first.
                 Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v } else { i64::MIN }).collect())
             }
-            None => None,
+            None => match &self.sides[s].spec.ttl {
+                Some((e, scale, ttl)) => {
+                    let a = e.evaluate(&logical)?.into_array(n)?;
+                    let (t, nulls) = event_times(&a, *scale)?;
+                    Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v.saturating_add(*ttl) } else { i64::MIN }).collect())
+                }
+                None => None,
+            },
         };
         // Retractions: find the stored row each one removes (before anything of this batch changes).
         let full_rows = match &self.sides[s].row_conv {
@@ -407,6 +417,8 @@ impl HashJoin {
                     let j = (0..i).find(|&j| weights[j] > 0 && !new_rows_removed[j] && keys.row(j) == keys.row(i) && fr.row(j) == fr.row(i));
                     match j {
                         Some(j) => new_rows_removed[j] = true,
+                        // A row the TTL already forgot: its retraction has nothing to undo here.
+                        None if self.sides[s].spec.ttl.is_some() => weights[i] = 0,
                         None => {
                             return Err(Error::internal(format!(
                                 "a retraction on the {} side of a join matches no row it has seen",
@@ -637,7 +649,7 @@ impl HashJoin {
         let mut dead: Vec<u64> = vec![];
         {
             let side = &self.sides[s];
-            if side.spec.expiry.is_none() {
+            if side.spec.expiry.is_none() && side.spec.ttl.is_none() {
                 return Ok(None);
             }
             for (k, c) in side.chunks.iter().enumerate() {
@@ -694,7 +706,8 @@ fn take_batch(b: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
 
 impl HashJoin {
     pub(crate) fn explain(&self) -> String {
-        let kind = match (self.sides[0].spec.expiry.is_some(), self.sides[1].spec.expiry.is_some()) {
+        let bounded = |i: usize| self.sides[i].spec.expiry.is_some() || self.sides[i].spec.ttl.is_some();
+        let kind = match (bounded(0), bounded(1)) {
             (true, true) => "bounded by the watermark on both sides",
             (true, false) => "left side bounded by the watermark, right side unbounded",
             (false, true) => "right side bounded by the watermark, left side unbounded",

@@ -300,9 +300,13 @@ pub(crate) struct StreamOver {
     part_conv: RowConverter,
     row_conv: RowConverter,
     history: usize,
-    /// Output columns of ROW_NUMBER functions (counted from the partition's first row).
+    /// Output columns of ROW_NUMBER and RANK functions (counted from the partition's first row).
     row_number_cols: Vec<usize>,
+    /// The largest LEAD offset: that many rows per partition wait for their followers.
+    lead: usize,
     parts: HashMap<OwnedRow, (std::collections::VecDeque<OwnedRow>, u64)>,
+    /// Rows already past the watermark that wait for `lead` followers in their partition.
+    held: Vec<OwnedRow>,
     pending: Vec<RecordBatch>,
     bytes: usize,
     text: String,
@@ -320,6 +324,7 @@ impl StreamOver {
         partition_types: Vec<DataType>,
         history: usize,
         row_number_cols: Vec<usize>,
+        lead: usize,
     ) -> Result<StreamOver> {
         let text = exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
         let part_conv = RowConverter::new(if partition_types.is_empty() {
@@ -340,7 +345,9 @@ impl StreamOver {
             row_conv,
             history,
             row_number_cols,
+            lead,
             parts: HashMap::new(),
+            held: vec![],
             pending: vec![],
             bytes: 0,
             text,
@@ -407,6 +414,10 @@ impl Operator for StreamOver {
             }
         }
         self.pending = keep;
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            ready.insert(0, RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(held.iter().map(|r| r.row()))?)?);
+        }
         if ready.is_empty() {
             self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum();
             return Ok(vec![]);
@@ -445,12 +456,44 @@ impl Operator for StreamOver {
         let out = futures::executor::block_on(df.collect())?;
         let nin = self.input_schema.fields().len();
         let mut result = vec![];
-        for b in out.into_iter().filter(|b| b.num_rows() > 0) {
+        let out: Vec<RecordBatch> = out.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let out = if out.is_empty() { vec![] } else { vec![concat_batches(&out[0].schema(), &out)?] };
+        for b in out {
             let is_new = b.column(nin).as_any().downcast_ref::<BooleanArray>().ok_or_else(|| Error::internal("OVER marker"))?.clone();
             let b = filter_record_batch(&b, &is_new)?;
             if b.num_rows() == 0 {
                 continue;
             }
+            // LEAD: the last `lead` rows of each partition wait for their followers (until the
+            // end of input).
+            let b = if self.lead > 0 && wm != i64::MAX {
+                let input_part = RecordBatch::try_new(self.input_schema.clone(), b.columns()[..nin].to_vec())?;
+                let keys = self.part_keys(&input_part)?;
+                let mut total: HashMap<OwnedRow, usize> = HashMap::new();
+                for i in 0..b.num_rows() {
+                    *total.entry(keys.row(i).owned()).or_default() += 1;
+                }
+                let mut seen_n: HashMap<OwnedRow, usize> = HashMap::new();
+                let mut emit = vec![];
+                let rows = self.row_conv.convert_columns(input_part.columns())?;
+                for i in 0..b.num_rows() {
+                    let k = keys.row(i).owned();
+                    let pos = seen_n.entry(k.clone()).or_default();
+                    *pos += 1;
+                    let go = *pos + self.lead <= total[&k];
+                    if !go {
+                        self.held.push(rows.row(i).owned());
+                    }
+                    emit.push(go);
+                }
+                let b = filter_record_batch(&b, &BooleanArray::from(emit))?;
+                if b.num_rows() == 0 {
+                    continue;
+                }
+                b
+            } else {
+                b
+            };
             // Output: input columns and the window columns, without the marker.
             let mut cols: Vec<ArrayRef> = b.columns()[..nin].to_vec();
             cols.extend(b.columns()[nin + 1..].iter().cloned());
