@@ -1259,13 +1259,14 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
     let Some(s) = eng.sources.get_mut(source) else { return };
     s.rows_in += batch.num_rows() as u64;
     s.batches_in += 1;
+    // The watermark this batch implies; applied after the batch is processed.
+    let new_wm = s.time.and_then(|(col, scale, delay)| {
+        let (times, nulls) = event_times(batch.column(col), scale).ok()?;
+        let max = times.iter().enumerate().filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i))).map(|(_, t)| *t).max()?;
+        Some(max.saturating_sub(delay))
+    });
     if let Some(t) = &mut s.table {
         // A table turns upserts into its changelog: −old (when the key had a row), +new.
-        let new_wm = s.time.and_then(|(col, scale, delay)| {
-            let (times, nulls) = event_times(batch.column(col), scale).ok()?;
-            let max = times.iter().enumerate().filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i))).map(|(_, t)| *t).max()?;
-            Some(max.saturating_sub(delay))
-        });
         match t.upsert(&batch) {
             Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
             Ok(None) => {}
@@ -1291,12 +1292,6 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
             s.retained_rows -= old.num_rows();
         }
     }
-    // The watermark this batch implies; applied after the batch is processed.
-    let new_wm = s.time.and_then(|(col, scale, delay)| {
-        let (times, nulls) = event_times(batch.column(col), scale).ok()?;
-        let max = times.iter().enumerate().filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i))).map(|(_, t)| *t).max()?;
-        Some(max.saturating_sub(delay))
-    });
     feed(inner, eng, source, &[batch]);
     if let Some(wm) = new_wm {
         advance_source_watermark(inner, eng, source, wm);

@@ -805,6 +805,29 @@ impl Lowerer<'_> {
     }
 }
 
+/// The window expressions of `w` with unqualified column references: OVER operators evaluate them
+/// with DataFusion over a table of the input's columns, which has no qualifiers.
+fn unqualified_window_exprs(w: &datafusion::logical_expr::Window) -> Result<Vec<Expr>> {
+    use datafusion::common::tree_node::Transformed;
+    let names: Vec<&String> = w.input.schema().fields().iter().map(|f| f.name()).collect();
+    if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+        return Err(Error::not_implemented("OVER (…) over an input with two columns of the same name is not available yet; rename one"));
+    }
+    Ok(w.window_expr
+        .iter()
+        .map(|e| {
+            e.clone()
+                .transform(|x| {
+                    Ok(match x {
+                        Expr::Column(c) => Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))),
+                        other => Transformed::no(other),
+                    })
+                })
+                .map(|t| t.data)
+        })
+        .collect::<datafusion::error::Result<Vec<_>>>()?)
+}
+
 /// `n` when `pred` is `c <= n`, `c < n + 1` or `c = 1` for a column `c` that is a ranking
 /// window function's output (reached through aliases and projections).
 fn rank_limit(pred: &Expr, input: &LogicalPlan) -> Option<u64> {
@@ -1015,7 +1038,6 @@ impl Lowerer<'_> {
     /// OVER (PARTITION BY k ORDER BY ts …) over an unbounded stream, with frames that reach back a
     /// bounded number of rows.
     fn lower_stream_over(&self, w: &datafusion::logical_expr::Window, mut l: Lowered) -> Result<Lowered> {
-        use datafusion::common::tree_node::Transformed;
         use datafusion::logical_expr::{ExprSchemable, WindowFrameBound, WindowFrameUnits};
         let in_schema = w.input.schema();
         let help = "OVER (…) over an unbounded stream takes PARTITION BY … ORDER BY <event time> with ROW_NUMBER(), RANK(), LAG(x[, n]), LEAD(x[, n]) or an aggregate over ROWS BETWEEN n PRECEDING AND CURRENT ROW";
@@ -1081,20 +1103,7 @@ impl Lowerer<'_> {
         let partition_by = shape.expect("at least one window function");
         let partition = partition_by.iter().map(|e| phys(e, in_schema, &self.props)).collect::<Result<Vec<_>>>()?;
         let partition_types = partition_by.iter().map(|e| e.get_type(in_schema)).collect::<datafusion::error::Result<Vec<_>>>()?;
-        let exprs = w
-            .window_expr
-            .iter()
-            .map(|e| {
-                e.clone()
-                    .transform(|x| {
-                        Ok(match x {
-                            Expr::Column(c) => Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))),
-                            other => Transformed::no(other),
-                        })
-                    })
-                    .map(|t| t.data)
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let exprs = unqualified_window_exprs(w)?;
         let op = crate::operator::over::StreamOver::try_new(
             exprs,
             Arc::new(in_schema.as_arrow().clone()),
@@ -1114,7 +1123,6 @@ impl Lowerer<'_> {
 
     /// OVER (…) per event-time window: every function partitions by window_start or window_end.
     fn lower_over(&self, w: &datafusion::logical_expr::Window) -> Result<Lowered> {
-        use datafusion::common::tree_node::Transformed;
         let mut l = self.lower(&w.input)?;
         let unbounded = "OVER (…) in a continuous query partitions by the window (PARTITION BY window_start or window_end of a window TVF or a windowed aggregate); OVER over an unbounded stream is not available yet";
         if l.kind != StreamKind::AppendOnly {
@@ -1148,24 +1156,7 @@ impl Lowerer<'_> {
                 return Err(Error::not_implemented(format!("{e}: {unbounded}")));
             }
         }
-        let names: Vec<&String> = in_schema.fields().iter().map(|f| f.name()).collect();
-        if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
-            return Err(Error::not_implemented("OVER (…) over an input with two columns of the same name is not available yet; rename one"));
-        }
-        let exprs = w
-            .window_expr
-            .iter()
-            .map(|e| {
-                e.clone()
-                    .transform(|x| {
-                        Ok(match x {
-                            Expr::Column(c) => Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))),
-                            other => Transformed::no(other),
-                        })
-                    })
-                    .map(|t| t.data)
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let exprs = unqualified_window_exprs(w)?;
         let mut op = crate::operator::over::OverWindow::new(exprs, Arc::new(in_schema.as_arrow().clone()), Arc::new(w.schema.as_arrow().clone()), we);
         if let [Expr::WindowFunction(f)] = w.window_expr.iter().map(|e| e.clone().unalias()).collect::<Vec<_>>().as_slice() {
             use crate::operator::over::{RankKind, RankSpec};

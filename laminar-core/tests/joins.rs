@@ -478,6 +478,8 @@ fn interval_join_state_stays_bounded() {
         }
     }
     wb.flush().unwrap();
+    peak = peak.max(db.metrics().unwrap().streams.iter().find(|s| s.name == "j").unwrap().state_bytes);
+    out_rows += common::drain(&sub).iter().map(|b| b.num_rows()).sum::<usize>();
     // Rows a side holds: those not yet past ts + bound behind the watermark (delay + bound +
     // spread), plus the batch that moved the watermark and one more batch whose rows share a
     // chunk with rows still alive. About 100 bytes a row covers the row, its index entry and

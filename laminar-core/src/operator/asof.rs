@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
@@ -129,21 +129,7 @@ impl AsofJoin {
     }
 
     fn keys(&self, s: usize, b: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
-        let n = b.num_rows();
-        let mut arrays = vec![];
-        for (e, t) in self.sides[s].keys.iter().zip(&self.key_types) {
-            let a = e.evaluate(b)?.into_array(n)?;
-            arrays.push(if a.data_type() == t { a } else { cast(&a, t)? });
-        }
-        let mut valid = vec![true; n];
-        for a in &arrays {
-            if let Some(nb) = a.logical_nulls() {
-                for (i, v) in valid.iter_mut().enumerate() {
-                    *v &= nb.is_valid(i);
-                }
-            }
-        }
-        Ok((self.key_conv.convert_columns(&arrays)?, valid))
+        super::join::encode_keys(&self.key_conv, &self.sides[s].keys, &self.key_types, b)
     }
 
     fn times(&self, s: usize, b: &RecordBatch) -> Result<Vec<Option<i64>>> {

@@ -315,21 +315,7 @@ impl HashJoin {
     }
 
     fn key_rows(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
-        let n = batch.num_rows();
-        let mut arrays = Vec::with_capacity(self.key_types.len());
-        for (e, t) in self.sides[side].spec.keys.iter().zip(&self.key_types) {
-            let a = e.evaluate(batch)?.into_array(n)?;
-            arrays.push(if a.data_type() == t { a } else { cast(&a, t)? });
-        }
-        let mut valid = vec![true; n];
-        for a in &arrays {
-            if let Some(nb) = a.logical_nulls() {
-                for (i, v) in valid.iter_mut().enumerate() {
-                    *v &= nb.is_valid(i);
-                }
-            }
-        }
-        Ok((self.key_conv.convert_columns(&arrays)?, valid))
+        encode_keys(&self.key_conv, &self.sides[side].spec.keys, &self.key_types, batch)
     }
 
     fn process_delta(&mut self, s: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
@@ -697,6 +683,26 @@ impl HashJoin {
     pub(crate) fn rows_held(&self) -> [usize; 2] {
         [self.sides[0].live_rows, self.sides[1].live_rows]
     }
+}
+
+/// Join keys of `batch` in row format (cast to the key types), and per row whether no key is NULL
+/// (a NULL key matches nothing).
+pub(crate) fn encode_keys(conv: &RowConverter, exprs: &[Arc<dyn PhysicalExpr>], types: &[DataType], batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+    let n = batch.num_rows();
+    let mut arrays = Vec::with_capacity(types.len());
+    for (e, t) in exprs.iter().zip(types) {
+        let a = e.evaluate(batch)?.into_array(n)?;
+        arrays.push(if a.data_type() == t { a } else { cast(&a, t)? });
+    }
+    let mut valid = vec![true; n];
+    for a in &arrays {
+        if let Some(nb) = a.logical_nulls() {
+            for (i, v) in valid.iter_mut().enumerate() {
+                *v &= nb.is_valid(i);
+            }
+        }
+    }
+    Ok((conv.convert_columns(&arrays)?, valid))
 }
 
 fn take_batch(b: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
