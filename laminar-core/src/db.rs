@@ -488,6 +488,7 @@ impl Database {
             emit: cs.emit,
             lateness_us: cs.allowed_lateness.map(|d| d.as_micros() as i64).unwrap_or(0),
             state_ttl_us: cs.state_ttl.map(|d| d.as_micros() as i64),
+            keep_all_columns: cs.late_data_to.is_some(),
             partitions: self.inner.config.workers,
         };
         plan_continuous((*cs.query).clone(), &self.relations(eng), &opts)

@@ -71,6 +71,8 @@ pub(crate) struct PlanOptions {
     pub emit: Option<EmitMode>,
     pub lateness_us: i64,
     pub state_ttl_us: Option<i64>,
+    /// LATE DATA TO routes whole rows: window assignment keeps every column.
+    pub keep_all_columns: bool,
     pub partitions: usize,
 }
 
@@ -492,6 +494,8 @@ struct Lowered {
 
 struct Lowerer<'a> {
     relations: &'a HashMap<String, RelationInfo>,
+    /// Every column name an expression of the query reads; None keeps every column.
+    used: Option<std::collections::HashSet<String>>,
     bindings: &'a [WindowBinding],
     lookups: &'a [String],
     opts: &'a PlanOptions,
@@ -528,7 +532,19 @@ impl Lowerer<'_> {
                     let scale = TimeScale::for_type(info.schema.field(time_col).data_type()).expect("checked");
                     let out = windowed_schema(&info.schema)?;
                     let n = info.schema.fields().len();
-                    let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: out.clone() };
+                    // Columns no expression of the query reads (by name: an over-approximation)
+                    // are not copied into windows; LATE DATA TO keeps whole rows.
+                    let unused: Vec<usize> = match &self.used {
+                        Some(used) => (0..n).filter(|&i| i != time_col && !used.contains(info.schema.field(i).name())).collect(),
+                        None => vec![],
+                    };
+                    let op_schema = if unused.is_empty() {
+                        out.clone()
+                    } else {
+                        let fields: Vec<Field> = out.fields().iter().enumerate().map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || unused.contains(&i))).collect();
+                        Arc::new(Schema::new(fields))
+                    };
+                    let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: op_schema, unused };
                     let mut node = Node::leaf(b.input.clone());
                     node.ops.push(Box::new(op));
                     return Ok(Lowered {
@@ -1332,7 +1348,21 @@ pub(crate) fn plan_continuous(
             || p.expressions().iter().any(|e| e.exists(|x| Ok(matches!(x, Expr::Exists(_) | Expr::InSubquery(_)))).unwrap_or(false)))
     })?;
     let plan = if has_join { optimize_joins(plan)? } else { plan };
-    let lowerer = Lowerer { relations, bindings: &rw.bindings, lookups: &rw.lookups, opts, props: ExecutionProps::new() };
+    let used = if opts.keep_all_columns {
+        None
+    } else {
+        let mut used = std::collections::HashSet::new();
+        plan.apply_with_subqueries(|node| {
+            for e in node.expressions() {
+                for c in e.column_refs() {
+                    used.insert(c.name.clone());
+                }
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        Some(used)
+    };
+    let lowerer = Lowerer { relations, used, bindings: &rw.bindings, lookups: &rw.lookups, opts, props: ExecutionProps::new() };
     let l = lowerer.lower(&plan)?;
     if opts.state_ttl_us.is_some() && !has_join {
         return Err(Error::plan("STATE TTL applies to joins; this query has none"));

@@ -179,6 +179,9 @@ pub(crate) struct WindowAssign {
     pub scale: TimeScale,
     pub lateness: i64,
     pub output_schema: SchemaRef,
+    /// Input columns the query never reads: replaced by NULLs before rows are copied into their
+    /// windows (a HOP copies each row once per window; wide unread columns would dominate).
+    pub unused: Vec<usize>,
 }
 
 impl WindowAssign {
@@ -267,6 +270,17 @@ impl Operator for WindowAssign {
     }
 
     fn process_batch(&mut self, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        let batch = if self.unused.is_empty() {
+            batch
+        } else {
+            let n = batch.num_rows();
+            let mut cols = batch.columns().to_vec();
+            for &i in &self.unused {
+                cols[i] = datafusion::arrow::array::new_null_array(cols[i].data_type(), n);
+            }
+            let fields: Vec<Field> = self.output_schema.fields()[..cols.len()].iter().map(|f| f.as_ref().clone()).collect();
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?
+        };
         let out = self.assign(&batch, ctx.watermark, ctx.late)?;
         Ok(if out.num_rows() == 0 { vec![] } else { vec![out] })
     }
