@@ -105,7 +105,7 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
         "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
         "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
         "buffer_size" => "batches a subscription buffers before on_full applies (default 1024)",
-        "idle_timeout" => "default idle timeout of sources, e.g. '30s' (default: none; not applied to watermarks yet)",
+        "idle_timeout" => "default idle timeout of sources, e.g. '30s': a source without data that long stops holding back the watermark of the queries reading it (default: none)",
         "queue_capacity" => "events a source queue holds before a push waits (default 64)",
         "queue_full" => "block | fail: what a push does when its source queue is full (default block)",
         "on_full" => "lag | block: what a full subscription buffer does (default lag: the subscription ends with an error)",

@@ -158,6 +158,11 @@ struct SourceRt {
     rows_late: u64,
     /// `CREATE TABLE`: the current rows by key.
     table: Option<crate::runtime::table::TableState>,
+    /// `idle_timeout` (ms of processing time) and when the source last had data or a watermark.
+    idle_timeout_ms: Option<i64>,
+    last_active_ms: i64,
+    /// No data for `idle_timeout`: the source no longer holds back the watermark of what reads it.
+    idle: bool,
 }
 
 struct StreamRt {
@@ -378,9 +383,10 @@ impl Database {
                 return Err(Error::invalid_argument(format!("unknown source option '{k}' (known: {known})")));
             }
         }
-        if let Some(v) = cs.options.get("idle_timeout") {
-            crate::config::parse_duration(v).map_err(|m| Error::invalid_argument(format!("idle_timeout: {m}")))?;
-        }
+        let idle_timeout = match cs.options.get("idle_timeout") {
+            Some(v) => Some(crate::config::parse_duration(v).map_err(|m| Error::invalid_argument(format!("idle_timeout: {m}")))?),
+            None => self.inner.config.idle_timeout,
+        };
         // DataFusion's own type mapping, through a CREATE TABLE plan.
         let schema = {
             let ctx = crate::plan::session_context();
@@ -474,6 +480,9 @@ impl Database {
                 batches_in: 0,
                 rows_late: 0,
                 table,
+                idle_timeout_ms: idle_timeout.map(|d| d.as_millis().max(1) as i64),
+                last_active_ms: self.inner.clock.now_ms(),
+                idle: false,
             },
         );
         drop(eng);
@@ -535,7 +544,7 @@ impl Database {
             _ => planned.output_schema.clone(),
         };
         // A window whose input already has a watermark starts from it.
-        let watermark = planned.inputs.iter().map(|i| input_watermark(&eng, i)).min().unwrap_or(NO_WATERMARK);
+        let watermark = combined_watermark(&eng, &planned.inputs);
         let tick = planned.root.operators().iter().find_map(|o| o.tick_interval()).map(|d| {
             let p = d.as_millis().max(1) as i64;
             (p, self.inner.clock.now_ms() + p)
@@ -1175,6 +1184,32 @@ fn input_watermark(eng: &Engine, name: &str) -> i64 {
     }
 }
 
+/// The watermark of a query: the minimum over its inputs, leaving out idle sources (DESIGN §3:
+/// a source with `idle_timeout` stops holding it back after that long without data) unless every
+/// input is idle.
+fn combined_watermark(eng: &Engine, inputs: &[String]) -> i64 {
+    let active = inputs.iter().filter(|i| !eng.sources.get(*i).is_some_and(|s| s.idle)).map(|i| input_watermark(eng, i)).min();
+    active.or_else(|| inputs.iter().map(|i| input_watermark(eng, i)).min()).unwrap_or(NO_WATERMARK)
+}
+
+/// Marks sources idle whose `idle_timeout` has passed without data, and lets what reads them move
+/// on. Returns the next time (ms) a source could become idle.
+fn check_idle(inner: &DbInner, eng: &mut Engine, now: i64) -> Option<i64> {
+    let due: Vec<String> = eng
+        .sources
+        .iter()
+        .filter(|(_, s)| !s.idle && s.idle_timeout_ms.is_some_and(|t| now - s.last_active_ms >= t))
+        .map(|(n, _)| n.clone())
+        .collect();
+    for n in due {
+        if let Some(s) = eng.sources.get_mut(&n) {
+            s.idle = true;
+        }
+        guarded(inner, eng, &n, |inner, eng| propagate_watermark(inner, eng, &n));
+    }
+    eng.sources.values().filter(|s| !s.idle).filter_map(|s| s.idle_timeout_ms.map(|t| s.last_active_ms + t)).min()
+}
+
 // ---------------------------------------------------------------- the driver
 
 fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64) {
@@ -1185,7 +1220,8 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let timeout = {
             let Some(inner) = db.upgrade() else { return };
             let eng = inner.engine.lock();
-            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).min();
+            let next_idle = eng.sources.values().filter(|s| !s.idle).filter_map(|s| s.idle_timeout_ms.map(|t| s.last_active_ms + t)).min();
+            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).chain(next_idle).min();
             match (next, inner.clock.is_manual()) {
                 (Some(due), false) => Some(Duration::from_millis((due - inner.clock.now_ms()).max(0) as u64)),
                 _ => None,
@@ -1215,6 +1251,11 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                 let _ = q.permits_rx.try_recv();
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
+                    let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
+                    if let Some(s) = eng.sources.get_mut(&q.name) {
+                        s.last_active_ms = now;
+                        s.idle = false;
+                    }
                     guarded(&inner, &mut eng, &q.name, |inner, eng| on_source_batch(inner, eng, &q.name, batch));
                 }
             }
@@ -1222,6 +1263,11 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                 let _ = q.permits_rx.try_recv();
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
+                    let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
+                    if let Some(s) = eng.sources.get_mut(&q.name) {
+                        s.last_active_ms = now;
+                        s.idle = false;
+                    }
                     guarded(&inner, &mut eng, &q.name, |inner, eng| advance_source_watermark(inner, eng, &q.name, wm));
                 }
             }
@@ -1230,6 +1276,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         }
         let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
         run_ticks(&inner, &mut eng, now);
+        check_idle(&inner, &mut eng, now);
         if !eng.pending.is_empty() {
             // Wait for slow `on_full = block` subscribers without holding the engine lock, so
             // they (and everyone else) can still call into the database meanwhile.
@@ -1416,7 +1463,7 @@ fn advance_source_watermark(inner: &DbInner, eng: &mut Engine, source: &str, wm:
 fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
     let readers: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
     for name in readers {
-        let wm = eng.streams[&name].inputs.iter().map(|i| input_watermark(eng, i)).min().unwrap_or(NO_WATERMARK);
+        let wm = combined_watermark(eng, &eng.streams[&name].inputs);
         let mut outputs = vec![];
         let mut late = LateRows::default();
         {

@@ -889,3 +889,32 @@ fn state_ttl_forgets_old_join_rows() {
     let e = db.execute("CREATE STREAM y AS SELECT k FROM a STATE TTL INTERVAL '1' SECOND").unwrap_err();
     assert!(e.message().contains("STATE TTL applies to joins"), "{e}");
 }
+
+/// A source with `idle_timeout` stops holding back the watermark of the join reading it once it
+/// has had no data that long (processing time, here a manual clock), so the other side's
+/// progress closes the join's state.
+#[test]
+fn idle_source_stops_holding_back_a_join() {
+    let clock = Arc::new(laminar_core::ManualClock::default());
+    let db = Database::open_with_clock(":memory:", Config::default(), clock).unwrap();
+    db.execute("CREATE SOURCE a (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (idle_timeout = '5s')").unwrap();
+    db.execute("CREATE SOURCE b (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)").unwrap();
+    db.execute("CREATE STREAM j AS SELECT a.k, b.v FROM a LEFT JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '1' SECOND").unwrap();
+    let sub = db.subscribe("j").unwrap();
+    let (mut wa, mut wb) = (db.writer("a").unwrap(), db.writer("b").unwrap());
+    wa.write(common::kvt(&[(1, 1, 0)])).unwrap();
+    wa.write(common::kvt(&[(2, 1, 10_000)])).unwrap(); // a's watermark: 9 s
+    wb.write(common::kvt(&[(7, 7, 100_000)])).unwrap(); // b's watermark: 99 s
+    db.flush().unwrap();
+    // a's watermark (9 s) is the join's: the row at 0 s is unmatched and evicted, the one at 10 s
+    // still waits.
+    assert_eq!(common::sorted(&common::drain(&sub)), vec!["1|"]);
+    db.advance_clock(std::time::Duration::from_secs(4)).unwrap();
+    db.flush().unwrap();
+    assert!(common::drain(&sub).is_empty(), "4 s without data: a still holds the watermark");
+    db.advance_clock(std::time::Duration::from_secs(2)).unwrap();
+    db.flush().unwrap();
+    assert_eq!(common::sorted(&common::drain(&sub)), vec!["2|"], "a idle: b's watermark (99 s) closes the row at 10 s");
+    let m = db.metrics().unwrap();
+    assert_eq!(m.streams.iter().find(|s| s.name == "j").unwrap().watermark_ms, Some(99_000));
+}
