@@ -318,6 +318,43 @@ impl HashJoin {
         encode_keys(&self.key_conv, &self.sides[side].spec.keys, &self.key_types, batch)
     }
 
+    /// Per row, when it can be dropped (µs of watermark), if the side is bounded or has a TTL.
+    fn expiry_of(&self, s: usize, logical: &RecordBatch) -> Result<Option<Vec<i64>>> {
+        let n = logical.num_rows();
+        let (e, scale, add) = match (&self.sides[s].spec.expiry, &self.sides[s].spec.ttl) {
+            (Some((e, scale)), _) => (e, *scale, 0),
+            (None, Some((e, scale, ttl))) => (e, *scale, *ttl),
+            (None, None) => return Ok(None),
+        };
+        let a = e.evaluate(logical)?.into_array(n)?;
+        let (t, nulls) = event_times(&a, scale)?;
+        // A NULL bound makes the condition NULL: the row never matches; drop it first.
+        Ok(Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v.saturating_add(add) } else { i64::MIN }).collect()))
+    }
+
+    /// Stores `batch` as a new chunk of side `s`: row `k` has key `keys.row(pos[k])`.
+    #[allow(clippy::too_many_arguments)]
+    fn push_chunk(&mut self, s: usize, batch: RecordBatch, keys: &Rows, pos: &[u32], rows: Option<Rows>, expiry_max: i64, matched: Vec<i64>) {
+        let m = batch.num_rows();
+        let bytes = batch.get_array_memory_size() + m * 24 + rows.as_ref().map(|r| r.size()).unwrap_or(0);
+        let side = &mut self.sides[s];
+        let id = side.base + side.chunks.len() as u64;
+        // Rows with a NULL key are indexed too (a retraction must find them) but never probed.
+        for (k, &i) in pos.iter().enumerate() {
+            let key = keys.row(i as usize);
+            match side.index.get_mut(key.as_ref()) {
+                Some(v) => v.push((id, k as u32)),
+                None => {
+                    side.index.insert(Box::from(key.as_ref()), vec![(id, k as u32)]);
+                }
+            }
+            side.refs += 1;
+        }
+        side.chunks.push_back(Some(Chunk { batch, weight: vec![1; m], matched, rows, expiry_max, live: m, bytes }));
+        side.bytes += bytes;
+        side.live_rows += m;
+    }
+
     fn process_delta(&mut self, s: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         let o = 1 - s;
         let nlog = self.sides[s].spec.schema.fields().len();
@@ -347,22 +384,7 @@ impl HashJoin {
             return Ok(vec![]);
         }
         let (keys, key_valid) = self.key_rows(s, &logical)?;
-        let expiry: Option<Vec<i64>> = match &self.sides[s].spec.expiry {
-            Some((e, scale)) => {
-                let a = e.evaluate(&logical)?.into_array(n)?;
-                let (t, nulls) = event_times(&a, *scale)?;
-                // A NULL bound makes the condition NULL: the row never matches; drop it first.
-                Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v } else { i64::MIN }).collect())
-            }
-            None => match &self.sides[s].spec.ttl {
-                Some((e, scale, ttl)) => {
-                    let a = e.evaluate(&logical)?.into_array(n)?;
-                    let (t, nulls) = event_times(&a, *scale)?;
-                    Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v.saturating_add(*ttl) } else { i64::MIN }).collect())
-                }
-                None => None,
-            },
-        };
+        let expiry = self.expiry_of(s, &logical)?;
         // Retractions: find the stored row each one removes (before anything of this batch changes).
         let full_rows = match &self.sides[s].row_conv {
             Some(conv) => Some(conv.convert_columns(logical.columns())?),
@@ -545,26 +567,9 @@ impl HashJoin {
                 Some(_) => Some(self.sides[s].row_conv.as_ref().expect("weighted").convert_columns(batch.columns())?),
                 None => None,
             };
-            let m = insert.len();
             let expiry_max = expiry.as_ref().map(|e| insert.iter().map(|&i| e[i as usize]).max().unwrap_or(i64::MIN)).unwrap_or(i64::MAX);
             let matched = if self.sides[s].outer { insert.iter().map(|&i| matched_delta[i as usize]).collect() } else { vec![] };
-            let bytes = batch.get_array_memory_size() + m * 24 + rows.as_ref().map(|r| r.size()).unwrap_or(0);
-            let side = &mut self.sides[s];
-            let id = side.base + side.chunks.len() as u64;
-            // Rows with a NULL key are indexed too (a retraction must find them) but never probed.
-            for (k, &i) in insert.iter().enumerate() {
-                let key = keys.row(i as usize);
-                match side.index.get_mut(key.as_ref()) {
-                    Some(v) => v.push((id, k as u32)),
-                    None => {
-                        side.index.insert(Box::from(key.as_ref()), vec![(id, k as u32)]);
-                    }
-                }
-                side.refs += 1;
-            }
-            side.chunks.push_back(Some(Chunk { batch, weight: vec![1; m], matched, rows, expiry_max, live: m, bytes }));
-            side.bytes += bytes;
-            side.live_rows += m;
+            self.push_chunk(s, batch, &keys, &insert, rows, expiry_max, matched);
         }
         // Chunks emptied by retractions.
         self.drop_dead_chunks(s);
@@ -705,6 +710,13 @@ pub(crate) fn encode_keys(conv: &RowConverter, exprs: &[Arc<dyn PhysicalExpr>], 
     Ok((conv.convert_columns(&arrays)?, valid))
 }
 
+/// A side's columns plus `__matched` (the weight of the other side's rows it matched).
+fn snapshot_schema(side: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<datafusion::arrow::datatypes::Field> = side.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(datafusion::arrow::datatypes::Field::new("__matched", DataType::Int64, false));
+    Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+}
+
 fn take_batch(b: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
     let cols = b.columns().iter().map(|c| take(c.as_ref(), idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new_with_options(b.schema(), cols, &RecordBatchOptions::new().with_row_count(Some(idx.len())))?)
@@ -762,7 +774,64 @@ impl Operator for HashJoin {
     fn state_size(&self) -> usize {
         HashJoin::state_size(self)
     }
+    /// Two batches, left then right: each side's live rows with a `__matched` column.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        Err(Error::not_implemented("snapshots of join state are not available yet"))
+        let mut out = vec![];
+        for side in &self.sides {
+            let schema = snapshot_schema(&side.spec.schema);
+            let mut parts = vec![];
+            for c in side.chunks.iter().flatten() {
+                let live: Vec<u32> = (0..c.weight.len() as u32).filter(|&i| c.weight[i as usize] > 0).collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let b = take_batch(&c.batch, &UInt32Array::from(live.clone()))?;
+                let mut cols = b.columns().to_vec();
+                cols.push(Arc::new(Int64Array::from_iter_values(live.iter().map(|&i| c.matched.get(i as usize).copied().unwrap_or(0)))));
+                parts.push(RecordBatch::try_new(schema.clone(), cols)?);
+            }
+            out.push(datafusion::arrow::compute::concat_batches(&schema, &parts)?);
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.len() != 2 {
+            return Err(Error::invalid_argument("a join's snapshot has two batches (left, right)"));
+        }
+        for (s, b) in state.into_iter().enumerate() {
+            let want = snapshot_schema(&self.sides[s].spec.schema);
+            if b.schema().fields() != want.fields() {
+                return Err(Error::invalid_argument("the join snapshot was taken from a different plan"));
+            }
+            {
+                let side = &mut self.sides[s];
+                side.chunks.clear();
+                side.base = 0;
+                side.index.clear();
+                side.refs = 0;
+                side.dead_refs = 0;
+                side.bytes = 0;
+                side.live_rows = 0;
+            }
+            let n = b.num_rows();
+            if n == 0 {
+                continue;
+            }
+            let nlog = b.num_columns() - 1;
+            let matched = b.column(nlog).as_primitive::<Int64Type>().values().to_vec();
+            let logical = b.project(&(0..nlog).collect::<Vec<_>>())?;
+            let logical = RecordBatch::try_new(self.sides[s].spec.schema.clone(), logical.columns().to_vec())?;
+            let (keys, _) = self.key_rows(s, &logical)?;
+            let expiry_max = self.expiry_of(s, &logical)?.map(|e| e.into_iter().max().unwrap_or(i64::MIN)).unwrap_or(i64::MAX);
+            let rows = match &self.sides[s].row_conv {
+                Some(conv) => Some(conv.convert_columns(logical.columns())?),
+                None => None,
+            };
+            let matched = if self.sides[s].outer { matched } else { vec![] };
+            let pos: Vec<u32> = (0..n as u32).collect();
+            self.push_chunk(s, logical, &keys, &pos, rows, expiry_max, matched);
+        }
+        Ok(())
     }
 }
