@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Int64Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -291,7 +291,128 @@ impl Operator for RetractAggregate {
         self.bytes
     }
 
+    /// One row per group: its key (row format), row count, last emitted row (row format) and
+    /// the accumulators, serialized.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        Err(Error::not_implemented("snapshots of a retracting aggregate are not available yet"))
+        let out_conv = self.output_conv()?;
+        let live: Vec<&Group> = self.index.values().map(|&g| &self.groups[g]).collect();
+        let mut emitted: Vec<Option<Vec<u8>>> = vec![];
+        for g in &live {
+            emitted.push(match &g.emitted {
+                Some(vals) => {
+                    let cols = vals.iter().map(|v| v.to_array()).collect::<datafusion::error::Result<Vec<_>>>()?;
+                    Some(out_conv.convert_columns(&cols)?.row(0).as_ref().to_vec())
+                }
+                None => None,
+            });
+        }
+        let accs: Vec<Vec<u8>> = live
+            .iter()
+            .map(|g| {
+                let mut b = vec![];
+                for a in &g.accs {
+                    match a {
+                        AccState::Count(c) => b.extend_from_slice(&c.to_le_bytes()),
+                        AccState::Sum(si, sf, n) => {
+                            b.extend_from_slice(&si.to_le_bytes());
+                            b.extend_from_slice(&sf.to_le_bytes());
+                            b.extend_from_slice(&n.to_le_bytes());
+                        }
+                        AccState::Extreme(m) => {
+                            b.extend_from_slice(&(m.len() as u64).to_le_bytes());
+                            for (k, c) in m {
+                                b.extend_from_slice(&(k.len() as u64).to_le_bytes());
+                                b.extend_from_slice(k);
+                                b.extend_from_slice(&c.to_le_bytes());
+                            }
+                        }
+                    }
+                }
+                b
+            })
+            .collect();
+        let batch = RecordBatch::try_from_iter(vec![
+            ("key", Arc::new(BinaryArray::from_iter_values(live.iter().map(|g| g.key_row.as_ref().to_vec()))) as ArrayRef),
+            ("rows", Arc::new(Int64Array::from_iter_values(live.iter().map(|g| g.rows))) as ArrayRef),
+            ("emitted", Arc::new(BinaryArray::from_iter(emitted)) as ArrayRef),
+            ("accs", Arc::new(BinaryArray::from_iter_values(accs)) as ArrayRef),
+        ])?;
+        Ok(vec![batch])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let [b] = state.as_slice() else { return Err(Error::invalid_argument("a retracting aggregate's snapshot is one batch")) };
+        let bad = || Error::invalid_argument("the aggregate snapshot was taken from a different plan");
+        let col = |name: &str| b.column_by_name(name).ok_or_else(bad);
+        let keys = col("key")?.as_binary_opt::<i32>().ok_or_else(bad)?.clone();
+        let rows = col("rows")?.as_primitive_opt::<Int64Type>().ok_or_else(bad)?.clone();
+        let emitted = col("emitted")?.as_binary_opt::<i32>().ok_or_else(bad)?.clone();
+        let accs = col("accs")?.as_binary_opt::<i32>().ok_or_else(bad)?.clone();
+        let out_conv = self.output_conv()?;
+        self.groups.clear();
+        self.index.clear();
+        self.free.clear();
+        self.bytes = 0;
+        let key_parser = self.key_conv.parser();
+        let out_parser = out_conv.parser();
+        for i in 0..b.num_rows() {
+            let key_row = key_parser.parse(keys.value(i)).owned();
+            let key = if self.keys.is_empty() {
+                vec![]
+            } else {
+                let arrays = self.key_conv.convert_rows([key_row.row()])?;
+                arrays.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect::<datafusion::error::Result<Vec<_>>>()?
+            };
+            let emitted = if emitted.is_null(i) {
+                None
+            } else {
+                let arrays = out_conv.convert_rows([out_parser.parse(emitted.value(i))])?;
+                Some(arrays.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect::<datafusion::error::Result<Vec<_>>>()?)
+            };
+            let mut buf = accs.value(i);
+            let mut take = |n: usize| -> Result<&[u8]> {
+                if buf.len() < n {
+                    return Err(bad());
+                }
+                let (h, t) = buf.split_at(n);
+                buf = t;
+                Ok(h)
+            };
+            let mut states = vec![];
+            for a in &self.aggs {
+                states.push(match a.fun {
+                    RFun::Count => AccState::Count(i64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?)),
+                    RFun::Sum | RFun::Avg => {
+                        let si = i128::from_le_bytes(take(16)?.try_into().map_err(|_| bad())?);
+                        let sf = f64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?);
+                        let n = i64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?);
+                        AccState::Sum(si, sf, n)
+                    }
+                    RFun::Min | RFun::Max => {
+                        let len = u64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?) as usize;
+                        let mut m = BTreeMap::new();
+                        for _ in 0..len {
+                            let kl = u64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?) as usize;
+                            let k = take(kl)?.to_vec();
+                            let c = i64::from_le_bytes(take(8)?.try_into().map_err(|_| bad())?);
+                            m.insert(k, c);
+                        }
+                        AccState::Extreme(m)
+                    }
+                });
+            }
+            self.bytes += 64 + key_row.as_ref().len() * 2;
+            self.index.insert(key_row.clone(), self.groups.len());
+            self.groups.push(Group { key, key_row, rows: rows.value(i), accs: states, emitted });
+        }
+        Ok(())
+    }
+}
+
+impl RetractAggregate {
+    /// Row encoder of output rows (without `__weight`), for snapshots of the last emitted row.
+    fn output_conv(&self) -> Result<RowConverter> {
+        let f = self.output_schema.fields();
+        Ok(RowConverter::new(f[..f.len() - 1].iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
     }
 }
