@@ -361,7 +361,58 @@ impl Operator for AsofJoin {
         self.bytes
     }
 
+    /// Two batches: the waiting left rows and the kept right rows, each with its arrival
+    /// sequence (`__seq`, which decides ties); keys and times are recomputed on restore.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        Err(Error::not_implemented("snapshots of ASOF join state are not available yet"))
+        let left: Vec<(u64, &OwnedRow)> = self.pending.iter().map(|(k, (_, r))| (k.1, r)).collect();
+        let right: Vec<(u64, &OwnedRow)> = self.right.values().flat_map(|m| m.iter().map(|(k, r)| (k.1, r))).collect();
+        let mut out = vec![];
+        for (s, rows) in [(0, left), (1, right)] {
+            let schema = self.sides[s].schema.clone();
+            let mut cols: Vec<ArrayRef> = if rows.is_empty() {
+                RecordBatch::new_empty(schema.clone()).columns().to_vec()
+            } else {
+                self.row_conv[s].convert_rows(rows.iter().map(|(_, r)| r.row()))?
+            };
+            cols.push(Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(rows.iter().map(|(q, _)| *q))));
+            let mut fields: Vec<datafusion::arrow::datatypes::Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(datafusion::arrow::datatypes::Field::new("__seq", DataType::UInt64, false));
+            out.push(RecordBatch::try_new(Arc::new(datafusion::arrow::datatypes::Schema::new(fields)), cols)?);
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.len() != 2 {
+            return Err(Error::invalid_argument("an ASOF join's snapshot has two batches (left, right)"));
+        }
+        self.pending.clear();
+        self.right.clear();
+        self.right_rows = 0;
+        self.bytes = 0;
+        for (s, b) in state.into_iter().enumerate() {
+            let n = b.num_columns().checked_sub(1).ok_or_else(|| Error::invalid_argument("empty ASOF snapshot"))?;
+            let seqs = b.column(n).as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>().ok_or_else(|| Error::invalid_argument("the ASOF snapshot was taken from a different plan"))?.clone();
+            let data = RecordBatch::try_new(self.sides[s].schema.clone(), b.columns()[..n].to_vec())
+                .map_err(|e| Error::invalid_argument(format!("the ASOF snapshot was taken from a different plan: {e}")))?;
+            let (keys, valid) = self.keys(s, &data)?;
+            let times = self.times(s, &data)?;
+            let rows = self.row_conv[s].convert_columns(data.columns())?;
+            for i in 0..data.num_rows() {
+                let (Some(t), seq) = (times[i], seqs.value(i)) else { continue };
+                self.seq = self.seq.max(seq);
+                let row = rows.row(i).owned();
+                self.bytes += row.as_ref().len() + 64;
+                if s == 0 {
+                    let key: Option<Key> = valid[i].then(|| Box::from(keys.row(i).as_ref()));
+                    self.pending.insert((t, seq), (key, row));
+                } else {
+                    self.right.entry(Box::from(keys.row(i).as_ref())).or_default().insert((t, seq), row);
+                    self.right_rows += 1;
+                }
+            }
+        }
+        self.rows_at_last_sweep = self.right_rows;
+        Ok(())
     }
 }
