@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
-use datafusion::arrow::array::{ArrayRef, BooleanArray};
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -269,14 +269,34 @@ impl Operator for OverWindow {
         self.bytes
     }
 
+    /// The rows held for windows not yet closed (for a top-N: its candidates, in arrival order).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        if self.top.is_some() {
-            return Err(Error::not_implemented("snapshots of a top-N are not available yet"));
+        if let Some(top) = &self.top {
+            let mut rows: Vec<(u64, &OwnedRow)> = top.parts.values().flat_map(|(_, m)| m.iter().map(|(k, r)| (k.1, r))).collect();
+            rows.sort_by_key(|(q, _)| *q);
+            if rows.is_empty() {
+                return Ok(vec![]);
+            }
+            let cols = top.row_conv.convert_rows(rows.iter().map(|(_, r)| r.row()))?;
+            return Ok(vec![RecordBatch::try_new(self.input_schema.clone(), cols)?]);
         }
         Ok(self.pending.clone())
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let state = state
+            .into_iter()
+            .map(|b| RecordBatch::try_new(self.input_schema.clone(), b.columns().to_vec()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid_argument(format!("the OVER snapshot was taken from a different plan: {e}")))?;
+        if let Some(top) = &mut self.top {
+            top.parts.clear();
+            top.seq = 0;
+            for b in &state {
+                self.top_insert(b)?;
+            }
+            return Ok(());
+        }
         self.pending = state;
         self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum();
         Ok(())
@@ -534,7 +554,55 @@ impl Operator for StreamOver {
         self.bytes
     }
 
+    /// Four batches: input rows not yet behind the watermark, rows LEAD holds back, each
+    /// partition's key and row count, and the partitions' history rows (in order).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        Err(Error::not_implemented("snapshots of OVER over a stream are not available yet"))
+        let pending = concat_batches(&self.input_schema, &self.pending)?;
+        let held = if self.held.is_empty() {
+            RecordBatch::new_empty(self.input_schema.clone())
+        } else {
+            RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(self.held.iter().map(|r| r.row()))?)?
+        };
+        // Partitions: key bytes and count; history rows tagged with their partition's index.
+        let parts: Vec<(&OwnedRow, &(std::collections::VecDeque<OwnedRow>, u64))> = self.parts.iter().collect();
+        let counts = RecordBatch::try_from_iter(vec![
+            ("key", Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(parts.iter().map(|(k, _)| k.as_ref().to_vec()))) as ArrayRef),
+            ("count", Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(parts.iter().map(|(_, (_, c))| *c))) as ArrayRef),
+        ])?;
+        let hist_rows: Vec<&OwnedRow> = parts.iter().flat_map(|(_, (h, _))| h.iter()).collect();
+        let history = if hist_rows.is_empty() {
+            RecordBatch::new_empty(self.input_schema.clone())
+        } else {
+            RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(hist_rows.iter().map(|r| r.row()))?)?
+        };
+        Ok(vec![pending, held, counts, history])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        let [pending, held, counts, history] = <[RecordBatch; 4]>::try_from(state).map_err(|_| Error::invalid_argument("an OVER snapshot has four batches"))?;
+        let bad = |e: datafusion::arrow::error::ArrowError| Error::invalid_argument(format!("the OVER snapshot was taken from a different plan: {e}"));
+        let pending = RecordBatch::try_new(self.input_schema.clone(), pending.columns().to_vec()).map_err(bad)?;
+        let held = RecordBatch::try_new(self.input_schema.clone(), held.columns().to_vec()).map_err(bad)?;
+        let history = RecordBatch::try_new(self.input_schema.clone(), history.columns().to_vec()).map_err(bad)?;
+        self.pending = if pending.num_rows() > 0 { vec![pending] } else { vec![] };
+        let held_rows = self.row_conv.convert_columns(held.columns())?;
+        self.held = (0..held.num_rows()).map(|i| held_rows.row(i).owned()).collect();
+        self.parts.clear();
+        let keys = counts.column(0).as_binary_opt::<i32>().ok_or_else(|| Error::invalid_argument("OVER snapshot: partition keys"))?.clone();
+        let cnt = counts.column(1).as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>().ok_or_else(|| Error::invalid_argument("OVER snapshot: counts"))?.clone();
+        let parser = self.part_conv.parser();
+        for i in 0..counts.num_rows() {
+            self.parts.insert(parser.parse(keys.value(i)).owned(), (std::collections::VecDeque::new(), cnt.value(i)));
+        }
+        // History rows go back to their partitions in order.
+        let hk = self.part_keys(&history)?;
+        let hr = self.row_conv.convert_columns(history.columns())?;
+        for i in 0..history.num_rows() {
+            if let Some((h, _)) = self.parts.get_mut(&hk.row(i).owned()) {
+                h.push_back(hr.row(i).owned());
+            }
+        }
+        self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + self.parts.len() * (64 + 48 * self.history);
+        Ok(())
     }
 }
