@@ -593,7 +593,7 @@ impl Database {
                 }
                 let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
                 let hint = nearest_name(&name, all.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
-                return Err(Error::not_found(format!("no source, stream or view named '{name}'{hint}")));
+                return Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")));
             };
             if let Some(k) = kind {
                 if k != actual {
@@ -675,7 +675,7 @@ impl Database {
         }
         let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
         let hint = nearest_name(name, all.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
-        Err(Error::not_found(format!("no source, stream or view named '{name}'{hint}")))
+        Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")))
     }
 
     fn describe(&self, name: &str) -> Result<ExecuteResult> {
@@ -774,19 +774,7 @@ impl Database {
     }
 
     fn insert_values(&self, table: &str, columns: &[String], source: datafusion::sql::sqlparser::ast::Query) -> Result<ExecuteResult> {
-        let schema = {
-            let eng = self.inner.engine.lock();
-            match eng.sources.get(table) {
-                Some(s) => s.queue.schema.clone(),
-                None if eng.streams.contains_key(table) => {
-                    return Err(Error::invalid_argument(format!("cannot INSERT INTO '{table}': it is a stream; insert into a source")));
-                }
-                None => {
-                    drop(eng); // object() takes the lock itself
-                    return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string())));
-                }
-            }
-        };
+        let (schema, _) = self.target(table, "INSERT INTO")?;
         let (_, batches) = self.run_query(source)?;
         let targets: Vec<usize> = if columns.is_empty() {
             (0..schema.fields().len()).collect()
@@ -822,6 +810,22 @@ impl Database {
         Ok(ExecuteResult { rows_affected: total, message: format!("inserted {total} rows"), ..Default::default() })
     }
 
+    /// The schema of the source or table `name` that `statement` writes, and whether it is a table;
+    /// a clear error for a stream or an unknown name.
+    fn target(&self, name: &str, statement: &str) -> Result<(SchemaRef, bool)> {
+        {
+            let eng = self.inner.engine.lock();
+            if let Some(s) = eng.sources.get(name) {
+                return Ok((s.queue.schema.clone(), s.table.is_some()));
+            }
+            if eng.streams.contains_key(name) {
+                return Err(Error::invalid_argument(format!("cannot {statement} '{name}': it is a stream; write into a source or table")));
+            }
+        }
+        // object() takes the engine lock itself.
+        Err(self.object(name).err().unwrap_or_else(|| Error::not_found(name.to_string())))
+    }
+
     /// `DELETE FROM table [WHERE …]`: removes the matching rows of a table (after every push made
     /// before the call is applied) and retracts them downstream.
     fn delete_where(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<ExecuteResult> {
@@ -832,17 +836,8 @@ impl Database {
         if let datafusion::sql::sqlparser::ast::SetExpr::Select(sel) = query.body.as_mut() {
             sel.selection = selection;
         }
-        {
-            let eng = self.inner.engine.lock();
-            match eng.sources.get(table) {
-                Some(s) if s.table.is_some() => {}
-                Some(_) => return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is an append-only source; DELETE works on tables"))),
-                None if eng.streams.contains_key(table) => return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is a stream; DELETE works on tables"))),
-                None => {
-                    drop(eng); // object() takes the lock itself
-                    return Err(self.object(table).err().unwrap_or_else(|| Error::not_found(table.to_string())));
-                }
-            }
+        if !self.target(table, "DELETE FROM")?.1 {
+            return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is an append-only source; DELETE works on tables")));
         }
         let (_, rows) = self.run_query(*query)?;
         let mut eng = self.inner.engine.lock();
@@ -861,11 +856,7 @@ impl Database {
                 Err(e) => result = Err(e),
             }
         });
-        let pending = std::mem::take(&mut eng.pending);
-        drop(eng);
-        if !pending.is_empty() {
-            send_pending(pending, &self.inner.closed);
-        }
+        release_and_send_pending(eng, &self.inner.closed);
         result?;
         Ok(ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() })
     }
@@ -1192,9 +1183,22 @@ fn combined_watermark(eng: &Engine, inputs: &[String]) -> i64 {
     active.or_else(|| inputs.iter().map(|i| input_watermark(eng, i)).min()).unwrap_or(NO_WATERMARK)
 }
 
+/// The next time (ms) a source could become idle.
+fn idle_deadline(eng: &Engine) -> Option<i64> {
+    eng.sources.values().filter(|s| !s.idle).filter_map(|s| s.idle_timeout_ms.map(|t| s.last_active_ms + t)).min()
+}
+
+/// A source had data or a watermark at `now`: it is active again.
+fn mark_active(eng: &mut Engine, source: &str, now: i64) {
+    if let Some(s) = eng.sources.get_mut(source) {
+        s.last_active_ms = now;
+        s.idle = false;
+    }
+}
+
 /// Marks sources idle whose `idle_timeout` has passed without data, and lets what reads them move
-/// on. Returns the next time (ms) a source could become idle.
-fn check_idle(inner: &DbInner, eng: &mut Engine, now: i64) -> Option<i64> {
+/// on.
+fn check_idle(inner: &DbInner, eng: &mut Engine, now: i64) {
     let due: Vec<String> = eng
         .sources
         .iter()
@@ -1207,7 +1211,6 @@ fn check_idle(inner: &DbInner, eng: &mut Engine, now: i64) -> Option<i64> {
         }
         guarded(inner, eng, &n, |inner, eng| propagate_watermark(inner, eng, &n));
     }
-    eng.sources.values().filter(|s| !s.idle).filter_map(|s| s.idle_timeout_ms.map(|t| s.last_active_ms + t)).min()
 }
 
 // ---------------------------------------------------------------- the driver
@@ -1220,8 +1223,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let timeout = {
             let Some(inner) = db.upgrade() else { return };
             let eng = inner.engine.lock();
-            let next_idle = eng.sources.values().filter(|s| !s.idle).filter_map(|s| s.idle_timeout_ms.map(|t| s.last_active_ms + t)).min();
-            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).chain(next_idle).min();
+            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).chain(idle_deadline(&eng)).min();
             match (next, inner.clock.is_manual()) {
                 (Some(due), false) => Some(Duration::from_millis((due - inner.clock.now_ms()).max(0) as u64)),
                 _ => None,
@@ -1252,10 +1254,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
                     let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
-                    if let Some(s) = eng.sources.get_mut(&q.name) {
-                        s.last_active_ms = now;
-                        s.idle = false;
-                    }
+                    mark_active(&mut eng, &q.name, now);
                     guarded(&inner, &mut eng, &q.name, |inner, eng| on_source_batch(inner, eng, &q.name, batch));
                 }
             }
@@ -1264,10 +1263,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
                     let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
-                    if let Some(s) = eng.sources.get_mut(&q.name) {
-                        s.last_active_ms = now;
-                        s.idle = false;
-                    }
+                    mark_active(&mut eng, &q.name, now);
                     guarded(&inner, &mut eng, &q.name, |inner, eng| advance_source_watermark(inner, eng, &q.name, wm));
                 }
             }
@@ -1277,12 +1273,27 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
         run_ticks(&inner, &mut eng, now);
         check_idle(&inner, &mut eng, now);
-        if !eng.pending.is_empty() {
-            // Wait for slow `on_full = block` subscribers without holding the engine lock, so
-            // they (and everyone else) can still call into the database meanwhile.
-            let pending = std::mem::take(&mut eng.pending);
-            drop(eng);
-            send_pending(pending, &inner.closed);
+        release_and_send_pending(eng, &inner.closed);
+    }
+}
+
+/// Releases the engine lock, then waits for slow `on_full = block` subscribers, so they (and
+/// everyone else) can still call into the database meanwhile.
+fn release_and_send_pending(mut eng: parking_lot::MutexGuard<'_, Engine>, closed: &AtomicBool) {
+    let pending = std::mem::take(&mut eng.pending);
+    drop(eng);
+    if !pending.is_empty() {
+        send_pending(pending, closed);
+    }
+}
+
+/// Fails every stream that reads `source` (and has not failed already).
+fn fail_readers(eng: &mut Engine, source: &str, e: Error) {
+    let names: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
+    for n in names {
+        let s = eng.streams.get_mut(&n).expect("listed");
+        if s.failed.is_none() {
+            fail_stream(s, &n, e.clone());
         }
     }
 }
@@ -1292,13 +1303,7 @@ fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbIn
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng)));
     if let Err(p) = r {
         let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
-        let names: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
-        for n in names {
-            let s = eng.streams.get_mut(&n).expect("listed");
-            if s.failed.is_none() {
-                fail_stream(s, &n, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
-            }
-        }
+        fail_readers(eng, source, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
     }
 }
 
@@ -1318,14 +1323,7 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
         match t.upsert(&batch) {
             Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
             Ok(None) => {}
-            Err(e) => {
-                // Fails the streams reading the table, as a bug in an operator would.
-                let names: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
-                for n in names {
-                    let st = eng.streams.get_mut(&n).expect("listed");
-                    fail_stream(st, &n, e.clone());
-                }
-            }
+            Err(e) => fail_readers(eng, source, e),
         }
         if let Some(wm) = new_wm {
             advance_source_watermark(inner, eng, source, wm);

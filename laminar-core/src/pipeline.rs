@@ -46,7 +46,7 @@ fn run_all(ops: &mut [Box<dyn Operator>], batches: Vec<RecordBatch>, ctx: &mut O
     Ok(out)
 }
 
-/// Lets each operator of `ops` react (watermark or tick), running what it releases through the
+/// Lets each operator of a chain react (watermark or tick), running what it releases through the
 /// rest of the chain.
 fn react(
     ops: &mut [Box<dyn Operator>],
@@ -106,39 +106,31 @@ impl Node {
     }
 
     pub(crate) fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
-        let mut out = match &mut self.input {
-            NodeInput::Relation(_) => vec![],
-            NodeInput::Join { join, left, right } => {
-                let mut rows = vec![];
-                for b in left.on_watermark(wm, ctx)? {
-                    rows.extend(join.process_side(0, b, ctx)?);
-                }
-                for b in right.on_watermark(wm, ctx)? {
-                    rows.extend(join.process_side(1, b, ctx)?);
-                }
-                rows.extend(join.on_watermark(wm, ctx)?);
-                run_all(&mut self.ops, rows, ctx)?
-            }
-        };
-        out.extend(react(&mut self.ops, ctx, &mut |op, ctx| op.on_watermark(wm, ctx))?);
-        Ok(out)
+        self.react(ctx, &mut |op, ctx| op.on_watermark(wm, ctx))
     }
 
     pub(crate) fn on_tick(&mut self, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+        self.react(ctx, &mut |op, ctx| op.on_tick(ctx))
+    }
+
+    /// Lets every operator of the tree react (`f`: its watermark or tick hook), children first:
+    /// what a child releases enters the join above it before the join reacts itself.
+    fn react(&mut self, ctx: &mut OpCtx<'_>, f: &mut dyn FnMut(&mut dyn Operator, &mut OpCtx<'_>) -> Result<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
         let mut out = match &mut self.input {
             NodeInput::Relation(_) => vec![],
             NodeInput::Join { join, left, right } => {
                 let mut rows = vec![];
-                for b in left.on_tick(ctx)? {
+                for b in left.react(ctx, f)? {
                     rows.extend(join.process_side(0, b, ctx)?);
                 }
-                for b in right.on_tick(ctx)? {
+                for b in right.react(ctx, f)? {
                     rows.extend(join.process_side(1, b, ctx)?);
                 }
+                rows.extend(f(join.as_mut(), ctx)?);
                 run_all(&mut self.ops, rows, ctx)?
             }
         };
-        out.extend(react(&mut self.ops, ctx, &mut |op, ctx| op.on_tick(ctx))?);
+        out.extend(react(&mut self.ops, ctx, f)?);
         Ok(out)
     }
 

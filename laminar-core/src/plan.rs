@@ -108,6 +108,12 @@ pub(crate) fn logical_plan(
     Ok(plan)
 }
 
+/// "no source, stream, table or view named …; did you mean …?"
+fn unknown_relation(name: &str, relations: &HashMap<String, RelationInfo>) -> Error {
+    let hint = nearest_name(name, relations.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+    Error::not_found(format!("no source, stream, table or view named '{name}'{hint}"))
+}
+
 /// Adds a "did you mean" to table-not-found errors.
 fn improve_not_found(e: Error, relations: &HashMap<String, RelationInfo>) -> Error {
     let msg = e.message().to_string();
@@ -115,10 +121,7 @@ fn improve_not_found(e: Error, relations: &HashMap<String, RelationInfo>) -> Err
         if msg.contains("not found") {
             let name = rest.split('\'').next().unwrap_or("");
             let short = name.rsplit('.').next().unwrap_or(name);
-            let hint = nearest_name(short, relations.keys().map(String::as_str))
-                .map(|n| format!("; did you mean '{n}'?"))
-                .unwrap_or_default();
-            return Error::not_found(format!("no source, stream or view named '{short}'{hint}"));
+            return unknown_relation(short, relations);
         }
     }
     e
@@ -151,6 +154,17 @@ fn expr_args(args: &FunctionArguments) -> Result<Vec<SqlExpr>> {
         FunctionArguments::None => Ok(vec![]),
         FunctionArguments::Subquery(_) => Err(Error::plan("a window function takes a column and intervals")),
     }
+}
+
+/// The plain arguments of a table-valued function in FROM.
+fn table_fn_args(args: &ast::TableFunctionArgs, what: &str) -> Result<Vec<SqlExpr>> {
+    args.args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
+            other => Err(Error::plan(format!("unsupported {what} argument '{other}'"))),
+        })
+        .collect()
 }
 
 fn ident_of(e: &SqlExpr, what: &str) -> Result<String> {
@@ -199,12 +213,7 @@ struct Rewriter<'a> {
 
 impl Rewriter<'_> {
     fn bind(&mut self, input: String, time_col: String, kind: WindowKind) -> Result<String> {
-        let info = self.relations.get(&input).ok_or_else(|| {
-            let hint = nearest_name(&input, self.relations.keys().map(String::as_str))
-                .map(|n| format!("; did you mean '{n}'?"))
-                .unwrap_or_default();
-            Error::not_found(format!("no source, stream or view named '{input}'{hint}"))
-        })?;
+        let info = self.relations.get(&input).ok_or_else(|| unknown_relation(&input, self.relations))?;
         let field = info.schema.field_with_name(&time_col).map_err(|_| {
             let hint = nearest_name(&time_col, info.schema.fields().iter().map(|f| f.name().as_str()))
                 .map(|n| format!("; did you mean '{n}'?"))
@@ -256,14 +265,7 @@ impl Rewriter<'_> {
                 if !WINDOW_FNS.contains(&fname.as_str()) {
                     return Ok(());
                 }
-                let a: Vec<SqlExpr> = args
-                    .args
-                    .iter()
-                    .map(|a| match a {
-                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
-                        other => Err(Error::plan(format!("unsupported window argument '{other}'"))),
-                    })
-                    .collect::<Result<_>>()?;
+                let a = table_fn_args(args, "window")?;
                 if a.len() < 3 {
                     return Err(Error::plan(format!(
                         "{}(table, time_column, intervals…) needs a table, a column and its intervals",
@@ -309,21 +311,11 @@ impl Rewriter<'_> {
         if object_name_str(name) != "__laminar_temporal" {
             return Ok(());
         }
-        let a: Vec<SqlExpr> = args
-            .args
-            .iter()
-            .map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e.clone()),
-                other => Err(Error::plan(format!("unsupported FOR SYSTEM_TIME argument '{other}'"))),
-            })
-            .collect::<Result<_>>()?;
+        let a = table_fn_args(args, "FOR SYSTEM_TIME")?;
         let table = ident_of(&a[0], "a table name")?;
         let time = a[1].clone();
         let qual = alias.as_ref().map(|x| normalize_ident(&x.name.value, x.name.quote_style.is_some())).unwrap_or_else(|| table.clone());
-        let info = self.relations.get(&table).ok_or_else(|| {
-            let hint = nearest_name(&table, self.relations.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
-            Error::not_found(format!("no table named '{table}'{hint}"))
-        })?;
+        let info = self.relations.get(&table).ok_or_else(|| unknown_relation(&table, self.relations))?;
         let alias = alias.clone();
         j.relation = TableFactor::Table {
             name: ObjectName::from(vec![Ident::new(table.clone())]),
@@ -350,18 +342,11 @@ impl Rewriter<'_> {
             JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (c, 7),
             _ => return Err(Error::plan("a temporal join (FOR SYSTEM_TIME AS OF) is a JOIN or a LEFT JOIN")),
         };
+        if !matches!(constraint, JoinConstraint::On(_)) {
+            return Err(Error::plan("a temporal join takes its key equalities in ON (…)"));
+        }
         let marker = format!("{ASOF_MARKER}({time}, \"{qual}\".\"{time_col}\", {code})");
-        let on = match constraint {
-            JoinConstraint::On(e) => format!("({e}) AND {marker}"),
-            _ => return Err(Error::plan("a temporal join takes its key equalities in ON (…)")),
-        };
-        let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
-        let expr = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
-            .try_with_sql(&on)
-            .and_then(|mut p| p.parse_expr())
-            .map_err(|e| Error::internal(format!("rewriting the temporal join: {e}")))?;
-        j.join_operator = JoinOperator::LeftOuter(JoinConstraint::On(expr));
-        Ok(())
+        left_join_with_marker(j, &marker)
     }
 
     fn select(&mut self, sel: &mut ast::Select) -> Result<()> {
@@ -442,17 +427,28 @@ fn rewrite_asof(j: &mut ast::Join) -> Result<()> {
         }
         other => return Err(Error::plan(format!("MATCH_CONDITION takes l.ts >= r.ts (or >, <=, <) or NEAREST(l.ts, r.ts), not '{other}'"))),
     };
-    let marker = format!("{ASOF_MARKER}({a}, {b}, {code})");
-    let on = match constraint {
-        JoinConstraint::On(e) => format!("({e}) AND {marker}"),
-        JoinConstraint::None => marker,
-        _ => return Err(Error::plan("ASOF JOIN takes its key equalities in ON (…)")),
+    if !matches!(constraint, JoinConstraint::On(_) | JoinConstraint::None) {
+        return Err(Error::plan("ASOF JOIN takes its key equalities in ON (…)"));
+    }
+    left_join_with_marker(j, &format!("{ASOF_MARKER}({a}, {b}, {code})"))
+}
+
+/// Makes `j` a LEFT JOIN whose condition is its ON condition (if any) AND `marker`.
+fn left_join_with_marker(j: &mut ast::Join, marker: &str) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator};
+    let on = match &j.join_operator {
+        JoinOperator::AsOf { constraint: JoinConstraint::On(e), .. }
+        | JoinOperator::Join(JoinConstraint::On(e))
+        | JoinOperator::Inner(JoinConstraint::On(e))
+        | JoinOperator::Left(JoinConstraint::On(e))
+        | JoinOperator::LeftOuter(JoinConstraint::On(e)) => format!("({e}) AND {marker}"),
+        _ => marker.to_string(),
     };
     let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
     let expr = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
         .try_with_sql(&on)
         .and_then(|mut p| p.parse_expr())
-        .map_err(|e| Error::internal(format!("rewriting the ASOF join: {e}")))?;
+        .map_err(|e| Error::internal(format!("rewriting a join condition: {e}")))?;
     j.join_operator = JoinOperator::LeftOuter(JoinConstraint::On(expr));
     Ok(())
 }
@@ -544,7 +540,8 @@ impl Lowerer<'_> {
                         let fields: Vec<Field> = out.fields().iter().enumerate().map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || unused.contains(&i))).collect();
                         Arc::new(Schema::new(fields))
                     };
-                    let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: op_schema, unused };
+                    let input_schema = Arc::new(Schema::new(op_schema.fields()[..n].to_vec()));
+                    let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: op_schema, unused, input_schema };
                     let mut node = Node::leaf(b.input.clone());
                     node.ops.push(Box::new(op));
                     return Ok(Lowered {
@@ -914,8 +911,7 @@ fn time_ref(e: &Expr, schema: &DFSchema, idx: usize) -> Option<Option<(datafusio
             if !matches!(right.as_ref(), Expr::Literal(..)) {
                 return None;
             }
-            time_ref(left, schema, idx)?;
-            if time_ref(left, schema, idx)? .is_some() {
+            if time_ref(left, schema, idx)?.is_some() {
                 return None; // one adjustment only
             }
             let inv = if *op == Op::Plus { Op::Minus } else { Op::Plus };
@@ -923,6 +919,14 @@ fn time_ref(e: &Expr, schema: &DFSchema, idx: usize) -> Option<Option<(datafusio
         }
         Expr::Cast(c) => time_ref(&c.expr, schema, idx),
         _ => None,
+    }
+}
+
+/// `e` with `time_ref`'s adjustment applied.
+fn shifted(e: Expr, adj: Option<(datafusion::logical_expr::Operator, Expr)>) -> Expr {
+    match adj {
+        None => e,
+        Some((op, lit)) => Expr::BinaryExpr(datafusion::logical_expr::BinaryExpr::new(Box::new(e), op, Box::new(lit))),
     }
 }
 
@@ -941,10 +945,7 @@ fn expiry_candidates(conjuncts: &[Expr], on: &[(Expr, Expr)], side: usize, schem
         let (m, t) = if side == 0 { (a, b) } else { (b, a) };
         if let Some(adj) = time_ref(t, theirs, other_time) {
             if only_refs(m, mine) {
-                out.push(match adj {
-                    None => m.clone(),
-                    Some((op, lit)) => Expr::BinaryExpr(BinaryExpr::new(Box::new(m.clone()), op, Box::new(lit))),
-                });
+                out.push(shifted(m.clone(), adj));
             }
         }
     }
@@ -970,10 +971,7 @@ fn expiry_candidates(conjuncts: &[Expr], on: &[(Expr, Expr)], side: usize, schem
     for (small, big) in pairs {
         if let Some(adj) = time_ref(&small, theirs, other_time) {
             if only_refs(&big, mine) {
-                out.push(match adj {
-                    None => big,
-                    Some((op, lit)) => Expr::BinaryExpr(BinaryExpr::new(Box::new(big), op, Box::new(lit))),
-                });
+                out.push(shifted(big, adj));
             }
         }
     }
@@ -1083,21 +1081,17 @@ impl Lowerer<'_> {
                 // Ranks continue from the partition's count: rows with equal times become ready
                 // together, so ties never span two emissions.
                 "row_number" | "rank" => row_number_cols.push(nin + j),
-                "lead" => {
+                "lead" | "lag" => {
                     let n = match p.args.get(1) {
                         None => 1,
-                        Some(Expr::Literal(v, _)) => v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: LEAD's offset is a non-negative integer")))?,
-                        Some(_) => return Err(Error::plan(format!("{e}: LEAD's offset is a constant"))),
+                        Some(Expr::Literal(v, _)) => v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: the offset is a non-negative integer")))?,
+                        Some(_) => return Err(Error::plan(format!("{e}: the offset is a constant"))),
                     };
-                    lead = lead.max(n);
-                }
-                "lag" => {
-                    let n = match p.args.get(1) {
-                        None => 1,
-                        Some(Expr::Literal(v, _)) => v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: LAG's offset is a non-negative integer")))?,
-                        Some(_) => return Err(Error::plan(format!("{e}: LAG's offset is a constant"))),
-                    };
-                    history = history.max(n);
+                    if name == "lead" {
+                        lead = lead.max(n);
+                    } else {
+                        history = history.max(n);
+                    }
                 }
                 _ if matches!(f.fun, datafusion::logical_expr::WindowFunctionDefinition::AggregateUDF(_)) => {
                     let fr = &p.window_frame;
@@ -1140,11 +1134,12 @@ impl Lowerer<'_> {
     /// OVER (…) per event-time window: every function partitions by window_start or window_end.
     fn lower_over(&self, w: &datafusion::logical_expr::Window) -> Result<Lowered> {
         let mut l = self.lower(&w.input)?;
-        let unbounded = "OVER (…) in a continuous query partitions by the window (PARTITION BY window_start or window_end of a window TVF or a windowed aggregate); OVER over an unbounded stream is not available yet";
         if l.kind != StreamKind::AppendOnly {
             return Err(Error::not_implemented(format!("OVER (…) over a {} input is not available yet", l.kind)));
         }
         let in_schema = w.input.schema();
+        // Per window when every function partitions by the window: window_end identifies one,
+        // window_start does when the size is fixed. Otherwise OVER runs over the stream.
         let per_window = match l.window {
             None => false,
             Some((ws, we, kind)) => w.window_expr.iter().all(|e| match e.clone().unalias() {
@@ -1158,19 +1153,9 @@ impl Lowerer<'_> {
         if !per_window {
             return self.lower_stream_over(w, l);
         }
-        let Some((ws, we, kind)) = l.window else { return Err(Error::not_implemented(unbounded)) };
+        let Some((_, we, kind)) = l.window else { unreachable!("per_window needs a window") };
         if matches!(kind, WindowKind::Session { .. }) && !l.aggregated {
             return Err(Error::plan("session window bounds are known only after aggregation; rank sessions over a SESSION aggregate"));
-        }
-        let in_schema = w.input.schema();
-        for e in &w.window_expr {
-            let Expr::WindowFunction(f) = e.clone().unalias() else { return Err(Error::plan(format!("unexpected window expression {e}"))) };
-            // window_end identifies a window; window_start does when the size is fixed.
-            let start_ok = matches!(kind, WindowKind::Tumble { .. } | WindowKind::Hop { .. });
-            let by_window = f.params.partition_by.iter().any(|p| matches!(p, Expr::Column(c) if in_schema.index_of_column(c).is_ok_and(|i| i == we || (i == ws && start_ok))));
-            if !by_window {
-                return Err(Error::not_implemented(format!("{e}: {unbounded}")));
-            }
         }
         let exprs = unqualified_window_exprs(w)?;
         let mut op = crate::operator::over::OverWindow::new(exprs, Arc::new(in_schema.as_arrow().clone()), Arc::new(w.schema.as_arrow().clone()), we);
@@ -1278,11 +1263,9 @@ impl Lowerer<'_> {
             // STATE TTL: a side the condition does not bound forgets rows that old.
             let mut ttl = None;
             if let (None, Some(ttl_us), Some(t), false) = (&expiry, self.opts.state_ttl_us, times[side], lookup) {
-                let f = schemas[side].field(t);
-                let scale = TimeScale::for_type(f.data_type()).ok_or_else(|| Error::internal("time column type"))?;
                 let (q, fld) = schemas[side].qualified_field(t);
+                let scale = TimeScale::for_type(fld.data_type()).ok_or_else(|| Error::internal("time column type"))?;
                 let col = phys(&Expr::Column(datafusion::common::Column::new(q.cloned(), fld.name())), schemas[side], &self.props)?;
-                let _ = f;
                 ttl = Some((col, scale, ttl_us));
                 bound_text = format!("forgotten once the watermark is {} past {} (STATE TTL)", crate::util::fmt_duration_us(ttl_us), fld.name());
             }
@@ -1306,9 +1289,7 @@ impl Lowerer<'_> {
         }
         let right = specs.pop().expect("two");
         let left = specs.pop().expect("two");
-        let retracts = if lookup { left.weighted } else { HashJoin::output_retracts(join_type, &left, &right) };
         let joined_schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
-        let output_schema = with_weight(&joined_schema, retracts);
         // The residual condition sees both sides (SEMI/ANTI output only the left's columns).
         let both = if matches!(join_type, JoinType::Semi | JoinType::Anti) { Arc::new(schemas[0].join(schemas[1])?) } else { j.schema.clone() };
         let filter = match &j.filter {
@@ -1316,8 +1297,8 @@ impl Lowerer<'_> {
             None => None,
         };
         let cand_schema: SchemaRef = Arc::new(both.as_arrow().clone());
-        let mut join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, cand_schema, output_schema)?;
-        join.lookup = lookup;
+        let join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, cand_schema, lookup)?;
+        let retracts = join.retracts();
         Ok(Lowered {
             node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
             kind: if retracts { StreamKind::Changelog } else { StreamKind::AppendOnly },

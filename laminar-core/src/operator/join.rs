@@ -175,7 +175,7 @@ pub(crate) struct HashJoin {
     filter_text: String,
     /// Lookup join (`FOR SYSTEM_TIME AS OF PROCTIME()`): left rows probe the right side's current
     /// rows and are not kept; right changes update the state and emit nothing.
-    pub(crate) lookup: bool,
+    lookup: bool,
 }
 
 impl HashJoin {
@@ -188,8 +188,16 @@ impl HashJoin {
         filter: Option<Arc<dyn PhysicalExpr>>,
         joined_schema: SchemaRef,
         cand_schema: SchemaRef,
-        output_schema: SchemaRef,
+        lookup: bool,
     ) -> Result<HashJoin> {
+        let weighted_out = Self::output_retracts(join_type, &left, &right, lookup);
+        let output_schema = if weighted_out {
+            let mut fields: Vec<datafusion::arrow::datatypes::Field> = joined_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(datafusion::arrow::datatypes::Field::new(super::WEIGHT_COLUMN, DataType::Int64, false));
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+        } else {
+            joined_schema.clone()
+        };
         let key_conv = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
         let mk = |spec: SideSpec, i: usize| -> Result<Side> {
             let row_conv = if spec.weighted {
@@ -212,7 +220,6 @@ impl HashJoin {
                 live_rows: 0,
             })
         };
-        let weighted_out = output_schema.fields().len() == joined_schema.fields().len() + 1;
         let filter_text = filter.as_ref().map(|f| format!(", filter {f}")).unwrap_or_default();
         Ok(HashJoin {
             join_type,
@@ -225,13 +232,15 @@ impl HashJoin {
             output_schema,
             weighted_out,
             filter_text,
-            lookup: false,
+            lookup,
         })
     }
 
-    /// Whether the output can retract (decided by the planner with the same rule).
-    pub(crate) fn output_retracts(join_type: JoinType, left: &SideSpec, right: &SideSpec) -> bool {
+    /// Whether the output can retract: a changelog input, an outer (or ANTI) side padded at once,
+    /// a SEMI row that can lose its match. A lookup join never revisits its output.
+    fn output_retracts(join_type: JoinType, left: &SideSpec, right: &SideSpec, lookup: bool) -> bool {
         match join_type {
+            _ if lookup => left.weighted,
             JoinType::Semi => left.weighted || right.weighted,
             _ => {
                 left.weighted
@@ -463,14 +472,15 @@ impl HashJoin {
                 .iter()
                 .map(|(i, r)| if s == 0 { (Src::Delta(*i), Src::Stored(*r)) } else { (Src::Stored(*r), Src::Delta(*i)) })
                 .collect();
-            let cand = self.build(s, &logical, &specs, None)?;
-            let mask = match &self.filter {
-                Some(f) => {
+            // SEMI/ANTI without a residual condition need only the match counts, not the pairs.
+            let cand = if self.filter.is_none() && self.semi_or_anti() { None } else { Some(self.build(s, &logical, &specs, None)?) };
+            let mask = match (&self.filter, &cand) {
+                (Some(f), Some(cand)) => {
                     let v = f.evaluate(&cand)?.into_array(cand.num_rows())?;
                     let m = v.as_boolean_opt().ok_or_else(|| Error::plan(format!("join condition is {}, not BOOLEAN", v.data_type())))?;
                     Some(crate::util::null_as_false(m))
                 }
-                None => None,
+                _ => None,
             };
             let pass = |k: usize| mask.as_ref().is_none_or(|m| m.value(k));
             let mut pair_w = Vec::with_capacity(pairs.len());
@@ -513,12 +523,14 @@ impl HashJoin {
                     }
                 }
             }
-            let joined = match mask {
-                Some(m) => filter_record_batch(&cand, &m)?,
-                None => cand,
-            };
-            if joined.num_rows() > 0 && !self.semi_or_anti() {
-                outputs.push(self.with_weights(joined, pair_w)?);
+            if let (Some(cand), false) = (cand, self.semi_or_anti()) {
+                let joined = match mask {
+                    Some(m) => filter_record_batch(&cand, &m)?,
+                    None => cand,
+                };
+                if joined.num_rows() > 0 {
+                    outputs.push(self.with_weights(joined, pair_w)?);
+                }
             }
         }
         if self.join_type == JoinType::Semi && s == 0 {
@@ -547,7 +559,6 @@ impl HashJoin {
                 }
             }
         }
-        // Deferred outer rows retracted before eviction — only appends reach here, nothing to do.
         if !out_pos.is_empty() {
             let b = self.build(s, &logical, &out_pos, Some(out_w))?;
             outputs.push(b);
@@ -601,13 +612,10 @@ impl HashJoin {
         }
     }
 
-    /// Padded rows are built with weights; for append-only output those are all +1: drop them.
+    /// Orders a changelog emission's retractions before its insertions (DESIGN §3).
     fn retractions_first(&self, b: RecordBatch) -> Result<RecordBatch> {
         if !self.weighted_out {
-            if b.num_columns() == self.joined_schema.fields().len() {
-                return Ok(b);
-            }
-            return Ok(b.project(&(0..self.joined_schema.fields().len()).collect::<Vec<_>>())?);
+            return Ok(b);
         }
         let w = b.column(b.num_columns() - 1).as_primitive::<Int64Type>();
         if w.values().iter().all(|&x| x > 0) || w.values().iter().all(|&x| x < 0) {
@@ -683,11 +691,6 @@ impl HashJoin {
         Ok(out)
     }
 
-    /// Rows held per side (for tests and metrics).
-    #[allow(dead_code)]
-    pub(crate) fn rows_held(&self) -> [usize; 2] {
-        [self.sides[0].live_rows, self.sides[1].live_rows]
-    }
 }
 
 /// Join keys of `batch` in row format (cast to the key types), and per row whether no key is NULL
@@ -723,7 +726,12 @@ fn take_batch(b: &RecordBatch, idx: &UInt32Array) -> Result<RecordBatch> {
 }
 
 impl HashJoin {
-    pub(crate) fn explain(&self) -> String {
+    /// Whether the output is a changelog (carries `__weight`).
+    pub(crate) fn retracts(&self) -> bool {
+        self.weighted_out
+    }
+
+    fn describe(&self) -> String {
         let bounded = |i: usize| self.sides[i].spec.expiry.is_some() || self.sides[i].spec.ttl.is_some();
         let kind = match (bounded(0), bounded(1)) {
             (true, true) => "bounded by the watermark on both sides",
@@ -743,24 +751,11 @@ impl HashJoin {
         )
     }
 
-    pub(crate) fn on_watermark(&mut self, wm: i64) -> Result<Vec<RecordBatch>> {
-        let mut out = vec![];
-        for s in 0..2 {
-            if let Some(b) = self.evict(s, wm)? {
-                out.push(b);
-            }
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn state_size(&self) -> usize {
-        self.sides.iter().map(|s| s.bytes + s.refs * 16 + s.index.len() * 48).sum()
-    }
 }
 
 impl Operator for HashJoin {
     fn explain(&self) -> String {
-        HashJoin::explain(self)
+        self.describe()
     }
     fn process_batch(&mut self, _batch: RecordBatch, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
         Err(Error::internal("a join is fed through its sides"))
@@ -769,10 +764,14 @@ impl Operator for HashJoin {
         self.process_delta(side, batch, ctx)
     }
     fn on_watermark(&mut self, wm: i64, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
-        HashJoin::on_watermark(self, wm)
+        let mut out = vec![];
+        for s in 0..2 {
+            out.extend(self.evict(s, wm)?);
+        }
+        Ok(out)
     }
     fn state_size(&self) -> usize {
-        HashJoin::state_size(self)
+        self.sides.iter().map(|s| s.bytes + s.refs * 16 + s.index.len() * 48).sum()
     }
     /// Two batches, left then right: each side's live rows with a `__matched` column.
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {

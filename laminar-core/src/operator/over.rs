@@ -170,11 +170,8 @@ impl OverWindow {
     }
 
     fn evaluate(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let ctx = crate::plan::session_context();
-        let table = MemTable::try_new(self.input_schema.clone(), vec![vec![batch]])?;
-        let df = ctx.read_table(Arc::new(table))?.window(self.exprs.clone())?;
-        let out = futures::executor::block_on(df.collect())?;
-        out.into_iter()
+        run_window(&self.exprs, batch)?
+            .into_iter()
             .filter(|b| b.num_rows() > 0)
             .map(|b| {
                 let cols = b
@@ -187,6 +184,15 @@ impl OverWindow {
             })
             .collect()
     }
+}
+
+/// Evaluates window expressions over one batch with DataFusion (planned per call: once per
+/// closed window, or per watermark step for OVER over a stream).
+fn run_window(exprs: &[Expr], batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+    let ctx = crate::plan::session_context();
+    let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    let df = ctx.read_table(Arc::new(table))?.window(exprs.to_vec())?;
+    Ok(futures::executor::block_on(df.collect())?)
 }
 
 impl Operator for OverWindow {
@@ -330,6 +336,8 @@ pub(crate) struct StreamOver {
     pending: Vec<RecordBatch>,
     bytes: usize,
     text: String,
+    /// The input's columns plus `__laminar_new` (which rows of an evaluation are output).
+    marked_schema: SchemaRef,
 }
 
 impl StreamOver {
@@ -353,7 +361,11 @@ impl StreamOver {
             partition_types.iter().cloned().map(SortField::new).collect()
         })?;
         let row_conv = RowConverter::new(input_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> = input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(datafusion::arrow::datatypes::Field::new("__laminar_new", DataType::Boolean, false));
+        let marked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         Ok(StreamOver {
+            marked_schema,
             exprs,
             input_schema,
             output_schema,
@@ -464,16 +476,9 @@ impl Operator for StreamOver {
         };
         let all = concat_batches(&self.input_schema, &[hist_batch.clone(), new_rows.clone()])?;
         let mark: ArrayRef = Arc::new(BooleanArray::from((0..all.num_rows()).map(|i| i >= hist_batch.num_rows()).collect::<Vec<_>>()));
-        let mut fields: Vec<datafusion::arrow::datatypes::Field> = self.input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(datafusion::arrow::datatypes::Field::new("__laminar_new", DataType::Boolean, false));
-        let marked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         let mut cols = all.columns().to_vec();
         cols.push(mark);
-        let marked = RecordBatch::try_new(marked_schema.clone(), cols)?;
-        let ctx = crate::plan::session_context();
-        let table = MemTable::try_new(marked_schema, vec![vec![marked]])?;
-        let df = ctx.read_table(Arc::new(table))?.window(self.exprs.clone())?;
-        let out = futures::executor::block_on(df.collect())?;
+        let out = run_window(&self.exprs, RecordBatch::try_new(self.marked_schema.clone(), cols)?)?;
         let nin = self.input_schema.fields().len();
         let mut result = vec![];
         let out: Vec<RecordBatch> = out.into_iter().filter(|b| b.num_rows() > 0).collect();

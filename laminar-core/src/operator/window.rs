@@ -182,6 +182,8 @@ pub(crate) struct WindowAssign {
     /// Input columns the query never reads: replaced by NULLs before rows are copied into their
     /// windows (a HOP copies each row once per window; wide unread columns would dominate).
     pub unused: Vec<usize>,
+    /// The input's schema with the unused columns nullable (computed once, at plan time).
+    pub input_schema: SchemaRef,
 }
 
 impl WindowAssign {
@@ -278,8 +280,7 @@ impl Operator for WindowAssign {
             for &i in &self.unused {
                 cols[i] = datafusion::arrow::array::new_null_array(cols[i].data_type(), n);
             }
-            let fields: Vec<Field> = self.output_schema.fields()[..cols.len()].iter().map(|f| f.as_ref().clone()).collect();
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?
+            RecordBatch::try_new(self.input_schema.clone(), cols)?
         };
         let out = self.assign(&batch, ctx.watermark, ctx.late)?;
         Ok(if out.num_rows() == 0 { vec![] } else { vec![out] })
