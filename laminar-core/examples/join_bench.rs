@@ -18,7 +18,9 @@
 //! (e) the ratio (d) / (b) (DataFusion has no ASOF join; its hash join of the same rows is the
 //!     yardstick). Best of 3 runs each, alternating.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
 use laminar_core::arrow::record_batch::RecordBatch;
-use laminar_core::{Config, Database, Next};
+use laminar_core::{Config, Database};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -67,18 +69,11 @@ fn engine(sql: &str, a: &[RecordBatch], b: &[RecordBatch]) -> BoxResult<(Duratio
     }
     db.execute(&format!("CREATE STREAM j AS {sql}"))?;
     let sub = db.subscribe("j")?;
+    // A consumer that counts and drops the output (a blackhole sink).
     let done = Arc::new(AtomicBool::new(false));
-    let rows = Arc::new(AtomicU64::new(0));
-    let (d2, r2) = (done.clone(), rows.clone());
-    let drain = std::thread::spawn(move || loop {
-        match sub.next_timeout(Duration::from_millis(20)) {
-            Ok(Next::Batch(b)) => {
-                r2.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-            }
-            Ok(Next::Empty) if d2.load(Ordering::Acquire) => return,
-            Ok(Next::Empty) => {}
-            Ok(Next::End) | Err(_) => return,
-        }
+    let drain = common::spawn_drain(sub, done.clone(), 0u64, |n, b| {
+        *n += b.num_rows() as u64;
+        Ok(())
     });
     let (mut wa, mut wb) = (db.writer("a")?, db.writer("b")?);
     let t0 = Instant::now();
@@ -90,12 +85,12 @@ fn engine(sql: &str, a: &[RecordBatch], b: &[RecordBatch]) -> BoxResult<(Duratio
     wb.finish()?;
     wb.flush()?;
     done.store(true, Ordering::Release);
-    drain.join().map_err(|_| "drain thread panicked")?;
+    let rows_out = common::join_drain(drain)?;
     let el = t0.elapsed();
     if let Some(f) = db.metrics()?.streams.iter().find_map(|s| s.failed.clone()) {
         return Err(f.into());
     }
-    Ok((el, rows.load(Ordering::Relaxed)))
+    Ok((el, rows_out))
 }
 
 fn datafusion(a: &[RecordBatch], b: &[RecordBatch], rt: &tokio::runtime::Runtime) -> BoxResult<(Duration, u64)> {

@@ -21,6 +21,8 @@
 //!
 //! Figures from a debug build (our crate unoptimised) are only a smoke test, not a measurement.
 
+mod common;
+
 use std::error::Error;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +37,7 @@ use laminar_core::arrow::datatypes::{
     DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
 };
 use laminar_core::arrow::record_batch::RecordBatch;
-use laminar_core::{Config, Database, Next, Subscription};
+use laminar_core::{Config, Database, Next};
 
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
@@ -183,32 +185,13 @@ struct Drained {
     last_receipt: Option<Instant>,
 }
 
-/// Reads `sub` until `done` is set and nothing is left; counts rows and sums `c` and `s`.
-fn drain(sub: Subscription, done: Arc<AtomicBool>) -> BoxResult<Drained> {
-    let mut d = Drained::default();
-    let take = |b: RecordBatch, d: &mut Drained| -> BoxResult<()> {
-        d.last_receipt = Some(Instant::now());
-        d.rows += b.num_rows() as u64;
-        d.count_sum += column_sum(&b, "c")?;
-        d.value_sum += column_sum(&b, "s")?;
-        Ok(())
-    };
-    loop {
-        match sub.next_timeout(Duration::from_millis(20))? {
-            Next::Batch(b) => take(b, &mut d)?,
-            Next::End => break,
-            Next::Empty if done.load(Ordering::Acquire) => {
-                // `done` is set only after the database has emitted everything: take what is
-                // buffered and stop.
-                while let Next::Batch(b) = sub.try_next()? {
-                    take(b, &mut d)?;
-                }
-                break;
-            }
-            Next::Empty => {}
-        }
-    }
-    Ok(d)
+/// Counts rows and sums `c` and `s` of one batch.
+fn take(d: &mut Drained, b: RecordBatch) -> Result<(), String> {
+    d.last_receipt = Some(Instant::now());
+    d.rows += b.num_rows() as u64;
+    d.count_sum += column_sum(&b, "c").map_err(|e| e.to_string())?;
+    d.value_sum += column_sum(&b, "s").map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// One W1 run on a fresh in-memory database: push all batches, finish, drain until the last
@@ -227,12 +210,7 @@ fn run_w1(batches: &[RecordBatch], workers: Option<usize>) -> BoxResult<W1Run> {
 
     // The subscriber reads concurrently, so its buffer never fills whatever the event count.
     let done = Arc::new(AtomicBool::new(false));
-    let drainer = {
-        let done = done.clone();
-        thread::Builder::new()
-            .name("w1-drain".into())
-            .spawn(move || drain(sub, done).map_err(|e| e.to_string()))?
-    };
+    let drainer = common::spawn_drain(sub, done.clone(), Drained::default(), take);
 
     let start = Instant::now();
     let pushed: BoxResult<(Duration, Instant)> = (|| {
@@ -246,7 +224,7 @@ fn run_w1(batches: &[RecordBatch], workers: Option<usize>) -> BoxResult<W1Run> {
     })();
     // Stop the drain thread whether or not the pushes succeeded.
     done.store(true, Ordering::Release);
-    let drained = drainer.join().map_err(|_| "the drain thread panicked")?;
+    let drained = common::join_drain(drainer);
     db.close();
     let (push, flushed) = pushed?;
     let drained = drained?;

@@ -270,6 +270,9 @@ impl NexmarkGenerator {
     /// batches come back empty); the events built are the same as in a full generation.
     pub fn generate_only(&self, first: u64, count: u64, only: Option<EventKind>) -> Result<NexmarkBatches> {
         let c = &self.config;
+        if c.first_event_rate == 0 {
+            return Err(crate::error::Error::invalid_argument("the Nexmark event rate must be positive"));
+        }
         let mut p = PersonCols::default();
         let mut a = AuctionCols::default();
         let mut b = BidCols::default();
@@ -567,8 +570,30 @@ mod tests {
     }
 }
 
-/// The queries of NEXMARK.md §3 in LaminarDB SQL, exactly as written there.
+/// The queries of NEXMARK.md §3 in LaminarDB SQL, exactly as written there, and the sources
+/// they read.
 pub mod queries {
+    /// `CREATE SOURCE` for person, auction and bid with the generator's columns and a 4-second
+    /// watermark delay (as the published runs).
+    pub const SOURCES: [(&str, &str); 3] = [
+        (
+            "person",
+            "CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, city VARCHAR, \
+             state VARCHAR, date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+        ),
+        (
+            "auction",
+            "CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, reserve BIGINT, \
+             date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR, \
+             WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+        ),
+        (
+            "bid",
+            "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, \
+             date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
+        ),
+    ];
+
     pub const Q0: &str = "SELECT auction, bidder, price, date_time, extra FROM bid";
     pub const Q1: &str = "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid";
     pub const Q2: &str = "SELECT auction, price FROM bid WHERE auction % 123 = 0";

@@ -37,6 +37,19 @@ impl<T> IntoPy<T> for laminar_core::Result<T> {
 }
 
 /// The status name of every ABI status code (`{"NOT_FOUND": 3, …}`), from the handle layer.
+/// How many statements `sql` holds, split as the engine splits them (a `;` inside a string or
+/// comment does not count); None when it does not parse.
+#[pyfunction]
+fn statement_count(sql: &str) -> Option<usize> {
+    laminar_core::sql::parse_sql(sql).ok().map(|v| v.len())
+}
+
+/// The Nexmark `CREATE SOURCE` statements, (name, DDL), as the engine's runner uses them.
+#[pyfunction]
+fn nexmark_sources() -> Vec<(&'static str, &'static str)> {
+    laminar_core::nexmark::queries::SOURCES.to_vec()
+}
+
 #[pyfunction]
 fn status_codes() -> Vec<(String, i32)> {
     (0..64)
@@ -67,9 +80,6 @@ fn config_keys() -> Vec<(String, String)> {
 #[pyo3(signature = (first, count, seed=0, rate=10_000_000, base_time_ms=1_700_000_000_000))]
 fn nexmark(py: Python<'_>, first: u64, count: u64, seed: u64, rate: u64, base_time_ms: i64) -> PyResult<(arrow::ArrowBatch, arrow::ArrowBatch, arrow::ArrowBatch)> {
     use laminar_core::nexmark::{NexmarkConfig, NexmarkGenerator};
-    if rate == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err("rate must be positive"));
-    }
     let g = NexmarkGenerator::new(NexmarkConfig { seed, first_event_rate: rate, base_time_ms, ..Default::default() });
     let b = py.detach(move || g.generate(first, count)).py()?;
     Ok((arrow::ArrowBatch { batch: b.person }, arrow::ArrowBatch { batch: b.auction }, arrow::ArrowBatch { batch: b.bid }))
@@ -87,5 +97,7 @@ fn _laminardb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(config_keys, m)?)?;
     m.add_function(wrap_pyfunction!(nexmark, m)?)?;
+    m.add_function(wrap_pyfunction!(nexmark_sources, m)?)?;
+    m.add_function(wrap_pyfunction!(statement_count, m)?)?;
     Ok(())
 }

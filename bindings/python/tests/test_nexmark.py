@@ -16,6 +16,12 @@ QUERIES = {
 }
 
 
+def norm(row):
+    """Rows compared across engines: DuckDB computes 0.908 * price as DECIMAL, the engine as
+    DOUBLE, and averages may differ in the last bits; floats are rounded to 6 places."""
+    return tuple(round(float(v), 6) if isinstance(v, float) or type(v).__name__ == "Decimal" else v for v in row)
+
+
 @pytest.fixture(scope="module")
 def events():
     return nx.generate(100_000, seed=3, rate=1_000)
@@ -50,9 +56,6 @@ def test_query_matches_duckdb(events, name):
     con.register("bid", pa.Table.from_batches([bid]))
     want = con.sql(QUERIES[name]).fetchall()
 
-    def norm(row):
-        # DuckDB computes 0.908 * price as DECIMAL, the engine as DOUBLE; timestamps as datetimes
-        return tuple(round(float(v), 6) if isinstance(v, float) or type(v).__name__ == "Decimal" else v for v in row)
 
     assert len(got) == len(want) > 0
     assert sorted(map(norm, got)) == sorted(map(norm, want))
@@ -153,8 +156,6 @@ def test_join_queries_match_duckdb(events):
     for n, t in (("person", person), ("auction", auction), ("bid", bid)):
         con.register(n, pa.Table.from_batches([t]))
 
-    def norm(row):
-        return tuple(round(float(v), 6) if isinstance(v, float) or type(v).__name__ == "Decimal" else v for v in row)
 
     for name, sql in JOIN_QUERIES.items():
         want = con.sql(duckdb_sql(sql)).fetchall()

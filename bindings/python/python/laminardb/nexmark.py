@@ -17,16 +17,8 @@ import pyarrow as pa
 
 from . import _laminardb
 
-SOURCES = {
-    "person": "CREATE SOURCE person (id BIGINT, name VARCHAR, email_address VARCHAR, credit_card VARCHAR, "
-    "city VARCHAR, state VARCHAR, date_time TIMESTAMP, extra VARCHAR, "
-    "WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
-    "auction": "CREATE SOURCE auction (id BIGINT, item_name VARCHAR, description VARCHAR, initial_bid BIGINT, "
-    "reserve BIGINT, date_time TIMESTAMP, expires TIMESTAMP, seller BIGINT, category BIGINT, extra VARCHAR, "
-    "WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
-    "bid": "CREATE SOURCE bid (auction BIGINT, bidder BIGINT, price BIGINT, channel VARCHAR, url VARCHAR, "
-    "date_time TIMESTAMP, extra VARCHAR, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND)",
-}
+#: name -> ``CREATE SOURCE`` statement of the Nexmark sources (the engine's own DDL).
+SOURCES = dict(_laminardb.nexmark_sources())
 
 
 def generate(count: int, *, first: int = 0, seed: int = 0, rate: int = 10_000_000,
