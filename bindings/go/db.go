@@ -121,42 +121,43 @@ func (db *DB) Close() error {
 // Exec runs one or more ;-separated SQL statements (DDL, INSERT, …); the rows an INSERT added.
 // The context is checked before the call (statements are not interruptible once started).
 func (db *DB) Exec(ctx context.Context, sql string) (int64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	h, done, err := db.handle()
-	if err != nil {
-		return 0, err
-	}
-	defer done()
 	s, free := cstr(sql)
 	defer free()
 	var rows C.int64_t
-	var cerr *C.laminar_error
-	err = toError(C.laminar_db_execute(h, s, &rows, &cerr), cerr)
-	runtime.KeepAlive(db)
+	err := db.call(ctx, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {
+		return C.laminar_db_execute(h, s, &rows, e)
+	})
 	return int64(rows), err
+}
+
+// call checks ctx (when given), then runs one C function on the live handle under the read lock
+// and turns its status into an error. The deferred unlock keeps db reachable until it returns.
+func (db *DB) call(ctx context.Context, fn func(h *C.laminar_db, e **C.laminar_error) C.laminar_status) error {
+	if ctx != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	h, done, err := db.handle()
+	if err != nil {
+		return err
+	}
+	defer done()
+	var cerr *C.laminar_error
+	return toError(fn(h, &cerr), cerr)
 }
 
 // Query runs an ad-hoc SELECT (over sources' retained rows and materialized views), SHOW,
 // DESCRIBE or EXPLAIN. Release the reader when done.
 func (db *DB) Query(ctx context.Context, sql string) (array.RecordReader, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	h, done, err := db.handle()
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	s, free := cstr(sql)
 	defer free()
 	stream := cdata.CArrowArrayStream{}
-	var cerr *C.laminar_error
-	if err := toError(C.laminar_db_query(h, s, cStream(&stream), &cerr), cerr); err != nil {
+	if err := db.call(ctx, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {
+		return C.laminar_db_query(h, s, cStream(&stream), e)
+	}); err != nil {
 		return nil, err
 	}
-	runtime.KeepAlive(db)
 	return importReader(&stream)
 }
 
@@ -177,44 +178,34 @@ func (db *DB) Insert(ctx context.Context, source string, rec arrow.RecordBatch) 
 // Schema is the schema of a source, stream or materialized view (changelog streams end with a
 // "__weight" column).
 func (db *DB) Schema(name string) (*arrow.Schema, error) {
-	h, done, err := db.handle()
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	n, free := cstr(name)
 	defer free()
 	sc := cdata.CArrowSchema{}
-	var cerr *C.laminar_error
-	if err := toError(C.laminar_db_schema(h, n, cSchema(&sc), &cerr), cerr); err != nil {
+	if err := db.call(nil, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {
+		return C.laminar_db_schema(h, n, cSchema(&sc), e)
+	}); err != nil {
 		return nil, err
 	}
-	runtime.KeepAlive(db)
 	return cdata.ImportCArrowSchema(&sc)
 }
 
-// CatalogEntry describes a source, stream or materialized view.
+// CatalogEntry describes a source, table, stream or materialized view.
 type CatalogEntry struct {
 	Name       string
-	Kind       string   // "source", "stream", "materialized view"
+	Kind       string   // "source", "table", "stream", "materialized view", "sink"
 	StreamKind string   // "append-only", "changelog", "upsert"
 	SQL        string   // the statement that created it
 	Inputs     []string // what a stream reads
 }
 
 func (db *DB) batch(fn func(h *C.laminar_db, sc *C.struct_ArrowSchema, arr *C.struct_ArrowArray, e **C.laminar_error) C.laminar_status) (arrow.RecordBatch, error) {
-	h, done, err := db.handle()
-	if err != nil {
-		return nil, err
-	}
-	defer done()
 	sc := cdata.CArrowSchema{}
 	arr := cdata.CArrowArray{}
-	var cerr *C.laminar_error
-	if err := toError(fn(h, cSchema(&sc), cArray(&arr), &cerr), cerr); err != nil {
+	if err := db.call(nil, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {
+		return fn(h, cSchema(&sc), cArray(&arr), e)
+	}); err != nil {
 		return nil, err
 	}
-	runtime.KeepAlive(db)
 	return importBatch(&sc, &arr)
 }
 
@@ -239,25 +230,27 @@ func (db *DB) Catalog() ([]CatalogEntry, error) {
 	return out, nil
 }
 
-func (db *DB) names(kind string) ([]string, error) {
+func (db *DB) names(kinds ...string) ([]string, error) {
 	cat, err := db.Catalog()
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, e := range cat {
-		if e.Kind == kind || (kind == "stream" && e.Kind == "materialized view") {
-			out = append(out, e.Name)
+		for _, k := range kinds {
+			if e.Kind == k {
+				out = append(out, e.Name)
+			}
 		}
 	}
 	return out, nil
 }
 
-// Sources lists the names of the sources.
-func (db *DB) Sources() ([]string, error) { return db.names("source") }
+// Sources lists the names of what data is pushed into: sources and (keyed) tables.
+func (db *DB) Sources() ([]string, error) { return db.names("source", "table") }
 
 // Streams lists the names of the streams and materialized views.
-func (db *DB) Streams() ([]string, error) { return db.names("stream") }
+func (db *DB) Streams() ([]string, error) { return db.names("stream", "materialized view") }
 
 // Metrics returns one record of (kind, name, metric, value) rows: per source rows_in, rows_late,
 // watermark_ms, queue_depth; per stream rows_out, rows_late, late_pairs, state_bytes,
@@ -271,17 +264,9 @@ func (db *DB) Metrics() (arrow.RecordBatch, error) {
 // Checkpoint takes a checkpoint and returns its epoch. An in-memory database answers
 // ErrInvalidState ("checkpointing is not enabled") until durability lands.
 func (db *DB) Checkpoint(ctx context.Context) (int64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	h, done, err := db.handle()
-	if err != nil {
-		return 0, err
-	}
-	defer done()
 	var epoch C.int64_t
-	var cerr *C.laminar_error
-	err = toError(C.laminar_db_checkpoint(h, &epoch, &cerr), cerr)
-	runtime.KeepAlive(db)
+	err := db.call(ctx, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {
+		return C.laminar_db_checkpoint(h, &epoch, e)
+	})
 	return int64(epoch), err
 }

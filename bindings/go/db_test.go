@@ -50,9 +50,13 @@ func TestExecQuerySchemaCatalogMetrics(t *testing.T) {
 	if err != nil || len(cat) != 2 || cat[1].Name != "per_k" || cat[1].StreamKind != "changelog" || cat[1].Inputs[0] != "events" {
 		t.Fatalf("catalog %+v %v", cat, err)
 	}
+	// A keyed table is pushed into like a source, and is not a stream.
+	if _, err := db.Exec(ctx, "CREATE TABLE prices (sym VARCHAR PRIMARY KEY, px DOUBLE)"); err != nil {
+		t.Fatal(err)
+	}
 	srcs, _ := db.Sources()
 	strs, _ := db.Streams()
-	if len(srcs) != 1 || srcs[0] != "events" || len(strs) != 1 || strs[0] != "per_k" {
+	if len(srcs) != 2 || srcs[0] != "events" || srcs[1] != "prices" || len(strs) != 1 || strs[0] != "per_k" {
 		t.Fatalf("sources %v streams %v", srcs, strs)
 	}
 	m, err := db.Metrics()

@@ -62,7 +62,7 @@ export declare class Writer {
 
 export interface CatalogEntry {
   name: string;
-  kind: 'source' | 'stream' | 'materialized view';
+  kind: 'source' | 'table' | 'stream' | 'materialized view' | 'sink';
   streamKind: 'append-only' | 'changelog' | 'upsert';
   sql: string;
   inputs: string[];
@@ -85,7 +85,9 @@ export declare class Connection {
   /** The schema of a source, stream or view. */
   schema(name: string): Promise<Schema>;
   catalog(): Promise<CatalogEntry[]>;
+  /** Names of what data is pushed into: sources and (keyed) tables. */
   sources(): Promise<string[]>;
+  /** Names of the streams and materialized views. */
   streams(): Promise<string[]>;
   /** Metrics as a Table of (kind, name, metric, value). */
   metrics(): Promise<Table>;

@@ -1,8 +1,9 @@
 'use strict';
 /**
- * laminardb for Node.js: an embedded streaming SQL database. Promises for everything that
- * waits (the work runs on libuv's thread pool, never on the event loop), async iteration over
- * subscriptions, apache-arrow Tables in and out.
+ * laminardb for Node.js: an embedded streaming SQL database. Promises for everything that can
+ * wait — statements, queries, writes, flushes, subscription reads run on libuv's thread pool; short
+ * calls (creating writers and subscriptions) and close(), which joins the pipeline thread, run on
+ * the calling thread — async iteration over subscriptions, apache-arrow Tables in and out.
  */
 const arrow = require('apache-arrow');
 const native = require('./laminardb.node');
@@ -296,11 +297,13 @@ class Connection {
       name: r.name, kind: r.kind, streamKind: r.stream_kind, sql: r.sql, inputs: r.inputs ? r.inputs.split(',') : [],
     }));
   }
+  /** Names of what data is pushed into: sources and (keyed) tables. */
   async sources() {
-    return (await this.catalog()).filter((e) => e.kind === 'source').map((e) => e.name);
+    return (await this.catalog()).filter((e) => e.kind === 'source' || e.kind === 'table').map((e) => e.name);
   }
+  /** Names of the streams and materialized views. */
   async streams() {
-    return (await this.catalog()).filter((e) => e.kind !== 'source').map((e) => e.name);
+    return (await this.catalog()).filter((e) => e.kind === 'stream' || e.kind === 'materialized view').map((e) => e.name);
   }
   /** Metrics as a Table of (kind, name, metric, value). */
   async metrics() {

@@ -76,6 +76,15 @@ impl Db {
         self.db.is_closed()
     }
 
+    /// Fails in a forked child (INVALID_STATE) and after close (CLOSED).
+    pub fn check_open(&self) -> Result<()> {
+        self.check_process()?;
+        if self.db.is_closed() {
+            return Err(Error::closed());
+        }
+        Ok(())
+    }
+
     /// Runs one or more `;`-separated statements; the result of the last.
     pub fn execute(&self, sql: &str) -> Result<ExecuteResult> {
         self.check_process()?;
@@ -85,10 +94,7 @@ impl Db {
     /// Runs one statement that returns rows (SELECT, SHOW, DESCRIBE, SHOW CREATE, EXPLAIN).
     /// Anything else is INVALID_ARGUMENT and is not run.
     pub fn query(&self, sql: &str) -> Result<QueryStream> {
-        self.check_process()?;
-        if self.db.is_closed() {
-            return Err(Error::closed());
-        }
+        self.check_open()?;
         let stmt = laminar_core::sql::parse_one(sql)?;
         match stmt.statement {
             Statement::Query(_) => {
@@ -127,7 +133,8 @@ impl Db {
         Ok(self.db.object(name)?.schema)
     }
 
-    /// Every catalog object as one batch: `name`, `kind` (source, stream, materialized view),
+    /// Every catalog object as one batch: `name`, `kind` (source, stream, materialized view, table,
+    /// sink),
     /// `stream_kind` (append-only, changelog, upsert), `sql` and `inputs` (the objects a stream
     /// reads, comma-separated), sorted by kind then name.
     pub fn catalog(&self) -> Result<RecordBatch> {

@@ -34,8 +34,11 @@ test('execute, query, insert forms, schema, catalog, metrics, checkpoint, close'
   assert.equal(await db.execute("CREATE SOURCE other (a BIGINT)"), null);
   const schema = await db.schema('trades');
   assert.deepEqual(schema.fields.map((f) => f.name), ['sym', 'qty', 'ts']);
-  assert.deepEqual(await db.sources(), ['other', 'trades']);
+  assert.equal(await db.execute('CREATE TABLE prices (sym VARCHAR PRIMARY KEY, px DOUBLE)'), null);
+  // a table is pushed into like a source, and is not a stream
+  assert.deepEqual((await db.sources()).sort(), ['other', 'prices', 'trades']);
   assert.deepEqual(await db.streams(), ['vol']);
+  assert.equal((await db.catalog()).find((e) => e.name === 'prices').kind, 'table');
   const cat = await db.catalog();
   assert.deepEqual(cat.find((e) => e.name === 'vol').inputs, ['trades']);
   const m = await db.metrics();

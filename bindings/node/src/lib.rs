@@ -1,7 +1,9 @@
 //! `laminardb` for Node.js: a napi-rs addon over the laminar-ffi handle layer (the same handles,
-//! status codes and messages as C, Python and Go). Blocking work runs on libuv's thread pool
-//! (`AsyncTask`), never on the event loop; Arrow crosses as IPC stream bytes, decoded by
-//! apache-arrow in the JavaScript layer (`index.js`).
+//! status codes and messages as C, Python and Go). Work that can wait (statements, queries,
+//! writes, flushes, subscription reads) runs on libuv's thread pool (`AsyncTask`); short calls
+//! that only take the engine lock briefly (opening, creating writers and subscriptions) and
+//! `close()`, which joins the pipeline thread, run on the calling thread. Arrow crosses as IPC
+//! stream bytes, decoded by apache-arrow in the JavaScript layer (`index.js`).
 
 use std::collections::HashMap;
 use std::io::Cursor;

@@ -65,18 +65,20 @@ def test_execute_result_and_queries(trades):
 def test_catalog_and_schema(trades):
     db = trades
     db.execute("CREATE MATERIALIZED VIEW tot AS SELECT sym, SUM(qty) AS q FROM trades GROUP BY sym")
-    assert db.list_tables() == ["trades"] == db.tables()
+    db.execute("CREATE TABLE prices (sym VARCHAR PRIMARY KEY, px DOUBLE)")
+    # a keyed table is pushed into like a source, and is not a stream
+    assert sorted(db.list_tables()) == ["prices", "trades"] == sorted(db.tables())
     assert sorted(db.list_streams()) == ["tot", "vol"]
     assert db.list_sinks() == [] and db.sinks() == []
-    assert [s["name"] for s in db.sources()] == ["trades"]
+    assert sorted(s["name"] for s in db.sources()) == ["prices", "trades"]
     streams = {s["name"]: s for s in db.streams()}
     assert streams["vol"]["inputs"] == ["trades"] and streams["tot"]["stream_kind"] == "changelog"
     topo = db.topology()
-    assert {"from": "trades", "to": "vol"} in topo["edges"] and len(topo["nodes"]) == 3
+    assert {"from": "trades", "to": "vol"} in topo["edges"] and len(topo["nodes"]) == 4
     s = db.schema("trades")
     assert s.names == ["sym", "qty", "ts"] and s.field("ts").type == pa.timestamp("us")
     assert "__weight" in db.schema("tot").names
-    assert db.source_count == 1 and db.sink_count == 0
+    assert db.source_count == 2 and db.sink_count == 0  # trades and the table prices
     r = db.create_table("events", pa.schema([("id", pa.int64()), ("name", pa.string()), ("at", pa.timestamp("us"))]))
     assert r.ddl_type == "CREATE SOURCE" and db.schema("events").names == ["id", "name", "at"]
     db.create_table("other", {"x": "DOUBLE"})

@@ -241,6 +241,9 @@ def test_break_out_of_iteration_cancels_and_drops_the_hidden_stream(trades):
     with pytest.raises(laminardb.QueryError):
         db.subscribe("SELECT sym FROM trades; DROP SOURCE trades")
     assert db.list_tables() == ["trades"]
+    # A ';' inside a string literal is part of the one statement.
+    semi = db.subscribe("SELECT sym FROM trades WHERE sym <> 'a;b'")
+    semi.cancel()
     assert db.subscribe('"vol"').name == "vol"  # a quoted name is a stream, not a query
 
 

@@ -60,6 +60,11 @@ class PipelineMetrics:
     streams: List[StreamMetrics] = field(default_factory=list)
 
 
+#: Catalog kinds data is pushed into, and kinds of continuous queries.
+_PUSHED = ("source", "table")
+_QUERIES = ("stream", "materialized view")
+
+
 class Connection:
     """An open LaminarDB database (in memory today). Thread-safe. ``with`` / ``async with``
     close it. Create with :func:`laminardb.open`."""
@@ -204,14 +209,14 @@ class Connection:
         return [r for r in rows if not r["name"].startswith(_HIDDEN)]
 
     def list_tables(self) -> List[str]:
-        """Names of the sources (the tables data is pushed into)."""
-        return [r["name"] for r in self._catalog() if r["kind"] == "source"]
+        """Names of what data is pushed into: sources and (keyed) tables."""
+        return [r["name"] for r in self._catalog() if r["kind"] in _PUSHED]
 
     tables = list_tables
 
     def list_streams(self) -> List[str]:
         """Names of the streams and materialized views."""
-        return [r["name"] for r in self._catalog() if r["kind"] != "source"]
+        return [r["name"] for r in self._catalog() if r["kind"] in _QUERIES]
 
     def list_sinks(self) -> List[str]:
         """Names of the sinks (none until connectors exist)."""
@@ -219,15 +224,15 @@ class Connection:
         return []
 
     def sources(self) -> List[Dict[str, str]]:
-        """Every source: name, sql."""
-        return [{"name": r["name"], "sql": r["sql"]} for r in self._catalog() if r["kind"] == "source"]
+        """Every source and table (what data is pushed into): name, sql."""
+        return [{"name": r["name"], "sql": r["sql"]} for r in self._catalog() if r["kind"] in _PUSHED]
 
     def streams(self) -> List[Dict[str, str]]:
         """Every stream and materialized view: name, kind, stream_kind, sql, inputs."""
         return [
             {"name": r["name"], "kind": r["kind"], "stream_kind": r["stream_kind"], "sql": r["sql"],
              "inputs": [i for i in r["inputs"].split(",") if i]}
-            for r in self._catalog() if r["kind"] != "source"
+            for r in self._catalog() if r["kind"] in _QUERIES
         ]
 
     def sinks(self) -> List[Dict[str, str]]:
@@ -264,8 +269,8 @@ class Connection:
         text = sql.strip().rstrip(";").strip()
         if _IDENT.match(text):
             return (text[1:-1].replace('""', '"') if text.startswith('"') else text), None
-        if ";" in text:
-            raise QueryError("subscribe takes one SELECT statement (no ';')", codes.QUERY_FAILED, "INVALID_ARGUMENT")
+        if (_laminardb.statement_count(text) or 1) > 1:
+            raise QueryError("subscribe takes one SELECT statement (no ';' between statements)", codes.QUERY_FAILED, "INVALID_ARGUMENT")
         qid = next(self._ids)
         hidden = f"{_HIDDEN}{qid}"
         self.execute(f"CREATE STREAM {hidden} AS {text}")
@@ -411,6 +416,7 @@ class Connection:
 
     @property
     def source_count(self) -> int:
+        """How many sources and tables data is pushed into."""
         return len(self.list_tables())
 
     @property
