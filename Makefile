@@ -77,7 +77,7 @@ bench-c: lib
 
 # The Go package links lib/<os>-<arch>/liblaminar.a statically (bindings/go/link_static_*.go):
 # this puts the library built by cargo there. `go build`/`go test` need nothing else.
-GO_LIB := bindings/go/lib/$(shell go env GOOS 2>/dev/null || echo linux)-$(shell go env GOARCH 2>/dev/null || echo amd64)
+GO_LIB = bindings/go/lib/$(shell go env GOOS 2>/dev/null || echo linux)-$(shell go env GOARCH 2>/dev/null || echo amd64)
 go-lib: lib
 	@mkdir -p $(GO_LIB)
 	cp $(LIBDIR)/liblaminar.a $(GO_LIB)/liblaminar.a

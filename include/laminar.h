@@ -218,9 +218,9 @@ typedef void (*laminar_free_cb)(void *user_data);
 //    right after it.
 // 4. A callback may call `laminar_subscription_request` and `laminar_subscription_cancel` on its
 //    own subscription, and any `laminar_db_*` function. `laminar_subscription_destroy` of its
-//    own subscription from inside a callback cancels without waiting (STYLE B6 asked for
-//    `LAMINAR_INVALID_STATE`, but destroy returns void, and freeing without waiting is safe); the
-//    callback must not use the handle afterwards, though `on_close` and `user_data_free` still
+//    own subscription from inside a callback cancels without waiting (destroy returns void, so
+//    it cannot refuse, and freeing without waiting is safe); the callback must not use the
+//    handle afterwards, though `on_close` and `user_data_free` still
 //    follow. Destroying *another* push subscription from a callback waits for that one's
 //    `on_close`: two callbacks destroying each other deadlock.
 // 5. With `on_full = block`, the pipeline waits for this subscriber; a callback that waits for
@@ -614,7 +614,7 @@ laminar_status laminar_subscription_stream(struct laminar_subscription *sub,
 // - `sub`: borrowed. `out`: caller-allocated; filled with a schema the caller owns and must
 //   release. Untouched on failure.
 //
-// Since: 0.1.0
+// Errors: `LAMINAR_CLOSED` (the database was closed). Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_subscription_schema(struct laminar_subscription *sub,
                                            struct ArrowSchema *out,
@@ -680,7 +680,9 @@ laminar_status laminar_writer_create(struct laminar_db *db,
 
 // Interrupts a write of this writer that is waiting for room in a full source queue
 // (`queue_full = block`): it returns `LAMINAR_CANCELLED` with nothing of its batch applied, and
-// the writer stays usable. A write that starts after this call is not affected. **Any thread,
+// the writer stays usable. A write is interrupted if it had begun queueing its batch before this
+// call; one still validating its batch, or one that starts later, is not (call again to stop it
+// once it waits). **Any thread,
 // at any time until the writer is destroyed**; idempotent. A no-op for NULL.
 //
 // - `writer`: borrowed.

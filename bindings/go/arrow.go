@@ -16,8 +16,12 @@ import (
 // The Arrow structs of laminar.h and of arrow-go's cdata are the same C structs seen from two
 // cgo packages; these conversions only retype the pointers.
 
-func cSchema(s *cdata.CArrowSchema) *C.struct_ArrowSchema { return (*C.struct_ArrowSchema)(unsafe.Pointer(s)) }
-func cArray(a *cdata.CArrowArray) *C.struct_ArrowArray    { return (*C.struct_ArrowArray)(unsafe.Pointer(a)) }
+func cSchema(s *cdata.CArrowSchema) *C.struct_ArrowSchema {
+	return (*C.struct_ArrowSchema)(unsafe.Pointer(s))
+}
+func cArray(a *cdata.CArrowArray) *C.struct_ArrowArray {
+	return (*C.struct_ArrowArray)(unsafe.Pointer(a))
+}
 func cStream(s *cdata.CArrowArrayStream) *C.struct_ArrowArrayStream {
 	return (*C.struct_ArrowArrayStream)(unsafe.Pointer(s))
 }

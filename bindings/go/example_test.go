@@ -2,6 +2,7 @@ package laminar_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -63,14 +64,15 @@ func Example() {
 	// Output: A: 12 B: 2
 }
 
-// Errors match sentinels with errors.Is.
+// Errors are *laminar.Error values (errors.As gives the status and message) and match the
+// sentinels with errors.Is.
 func ExampleError() {
 	db, _ := laminar.Open(":memory:")
 	defer db.Close()
 	_, err := db.Schema("nope")
 	var le *laminar.Error
-	if errorsAs(err, &le) {
-		fmt.Println(le.Status)
+	if errors.As(err, &le) {
+		fmt.Println(le.Status, errors.Is(err, laminar.ErrNotFound))
 	}
-	// Output: NOT_FOUND
+	// Output: NOT_FOUND true
 }

@@ -22,7 +22,7 @@ import (
 type Writer struct {
 	mu     sync.Mutex
 	ptr    *C.laminar_writer
-	db     *DB // kept alive: the writer's engine outlives nothing it needs, but the DB handle may
+	db     *DB // keeps the DB (and its finalizer) alive while the writer is in use
 	source string
 }
 

@@ -223,9 +223,9 @@ pub type laminar_free_cb = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 ///    right after it.
 /// 4. A callback may call `laminar_subscription_request` and `laminar_subscription_cancel` on its
 ///    own subscription, and any `laminar_db_*` function. `laminar_subscription_destroy` of its
-///    own subscription from inside a callback cancels without waiting (STYLE B6 asked for
-///    `LAMINAR_INVALID_STATE`, but destroy returns void, and freeing without waiting is safe); the
-///    callback must not use the handle afterwards, though `on_close` and `user_data_free` still
+///    own subscription from inside a callback cancels without waiting (destroy returns void, so
+///    it cannot refuse, and freeing without waiting is safe); the callback must not use the
+///    handle afterwards, though `on_close` and `user_data_free` still
 ///    follow. Destroying *another* push subscription from a callback waits for that one's
 ///    `on_close`: two callbacks destroying each other deadlock.
 /// 5. With `on_full = block`, the pipeline waits for this subscriber; a callback that waits for
@@ -278,11 +278,7 @@ impl laminar_subscription {
     }
 
     fn check_open(&self) -> Result<()> {
-        self.db.check_process()?;
-        if self.db.is_closed() {
-            return Err(Error::new(laminar_core::ErrorKind::Closed, "the database was closed"));
-        }
-        Ok(())
+        self.db.check_open()
     }
 }
 
@@ -495,7 +491,7 @@ pub unsafe extern "C" fn laminar_subscription_stream(
 /// - `sub`: borrowed. `out`: caller-allocated; filled with a schema the caller owns and must
 ///   release. Untouched on failure.
 ///
-/// Since: 0.1.0
+/// Errors: `LAMINAR_CLOSED` (the database was closed). Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_subscription_schema(
     sub: *mut laminar_subscription,
@@ -505,6 +501,9 @@ pub unsafe extern "C" fn laminar_subscription_schema(
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let sub = unsafe { handle(sub, "sub") }?;
+        if out.is_null() {
+            return Err(Error::invalid_argument("out is NULL"));
+        }
         sub.check_open()?;
         let schema = match &sub.kind {
             SubKind::Pull(p) => p.schema(),

@@ -72,10 +72,7 @@ impl Writer {
 
     /// The source watermark in epoch milliseconds after what has been processed; None before any.
     pub fn current_watermark(&self) -> Result<Option<i64>> {
-        self.db.check_process()?;
-        if self.db.is_closed() {
-            return Err(Error::closed());
-        }
+        self.db.check_open()?;
         self.w.current_watermark()
     }
 
@@ -128,7 +125,9 @@ pub unsafe extern "C" fn laminar_writer_create(
 
 /// Interrupts a write of this writer that is waiting for room in a full source queue
 /// (`queue_full = block`): it returns `LAMINAR_CANCELLED` with nothing of its batch applied, and
-/// the writer stays usable. A write that starts after this call is not affected. **Any thread,
+/// the writer stays usable. A write is interrupted if it had begun queueing its batch before this
+/// call; one still validating its batch, or one that starts later, is not (call again to stop it
+/// once it waits). **Any thread,
 /// at any time until the writer is destroyed**; idempotent. A no-op for NULL.
 ///
 /// - `writer`: borrowed.
@@ -295,10 +294,10 @@ pub unsafe extern "C" fn laminar_writer_schema(writer: *mut laminar_writer, out:
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let w = unsafe { handle(writer, "writer") }?;
-        w.db.check_process()?;
-        if w.db.is_closed() {
-            return Err(Error::closed());
+        if out.is_null() {
+            return Err(Error::invalid_argument("out is NULL"));
         }
+        w.db.check_open()?;
         let schema = w.w.lock().schema();
         // SAFETY: NULL or writable (caller contract).
         unsafe { write_schema(out, &schema) }

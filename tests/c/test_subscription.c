@@ -362,7 +362,6 @@ static void test_backpressure(void) {
   CHECK(s.batch_calls == 1); /* exactly the one batch granted */
   pthread_mutex_unlock(&s.mu);
   /* credit 1 + subscription buffer 1 + pending 1 + source queue 2, with slack */
-  CHECK(stalled_at < 60);
   CHECK(stalled_at <= 8);
   /* now read one at a time: each on_batch grants the next */
   s.request_each = 1;

@@ -35,12 +35,19 @@ static void *writer_thread(void *arg) {
 typedef struct cancel_arg {
   laminar_writer *w;
   long delay_ms;
+  volatile int done; /* set by the writing thread once a write came back CANCELLED */
 } cancel_arg;
 
+/* Cancels after a delay, and again every 50 ms until the writer saw it: a cancel that lands
+ * between two writes affects neither, so one cancel alone could leave the next write blocked. */
 static void *cancel_writer_later(void *arg) {
   cancel_arg *c = (cancel_arg *)arg;
+  int i;
   sleep_ms(c->delay_ms);
-  laminar_writer_cancel(c->w);
+  for (i = 0; i < 200 && !__atomic_load_n(&c->done, __ATOMIC_ACQUIRE); i++) {
+    laminar_writer_cancel(c->w);
+    sleep_ms(50);
+  }
   return NULL;
 }
 
@@ -72,6 +79,7 @@ static void test_cancel_blocked_write(void) {
   make_schema(&schema, 3, COLS);
   ca.w = w;
   ca.delay_ms = 200;
+  ca.done = 0;
   CHECK(pthread_create(&t, NULL, cancel_writer_later, &ca) == 0);
   t0 = now_seconds();
   for (i = 0; i < 20 && !cancelled; i++) {
@@ -86,6 +94,7 @@ static void test_cancel_blocked_write(void) {
     if (st == LAMINAR_CANCELLED) {
       CHECK(strstr(laminar_error_message(e), "interrupted") != NULL);
       cancelled = 1;
+      __atomic_store_n(&ca.done, 1, __ATOMIC_RELEASE);
     } else {
       CHECK(st == LAMINAR_OK);
     }
