@@ -5,7 +5,13 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// Durability level chosen at open (DESIGN §4). Only `memory` exists until the durability work lands.
+/// Durability level chosen at open (DESIGN §4).
+///
+/// - `Memory`: nothing on disk; everything is lost when the process ends.
+/// - `Checkpoint`: catalog statements are logged at once; operator state, watermarks and source
+///   positions are written at each checkpoint; pushes since the last checkpoint are lost in a crash.
+/// - `Wal`: as `Checkpoint`, and every push is in the write-ahead log (group-committed, fsync'd)
+///   before it returns: no acknowledged row is ever lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     Memory,
@@ -36,8 +42,12 @@ pub enum OnFull {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub storage_dir: Option<String>,
-    pub durability: Durability,
+    /// None: `memory` for `":memory:"`, `wal` for a database opened on a path.
+    pub durability: Option<Durability>,
+    /// Time between periodic checkpoints. None: 10 s on a durable database.
     pub checkpoint_interval: Option<Duration>,
+    /// Checkpoints kept on disk (the newest ones). Default 3, at least 1.
+    pub checkpoints_retained: usize,
     /// Worker threads for keyed operator state. Default: cores − 1 (at least 1).
     pub workers: usize,
     /// Bytes of operator state allowed before a query fails with RESOURCE_EXHAUSTED. None: no limit.
@@ -58,8 +68,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             storage_dir: None,
-            durability: Durability::Memory,
+            durability: None,
             checkpoint_interval: None,
+            checkpoints_retained: 3,
             workers: default_workers(),
             memory_limit: None,
             buffer_size: 1024,
@@ -78,6 +89,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "durability",
     "checkpoint_interval",
     "checkpoint_interval_ms",
+    "checkpoints_retained",
     "workers",
     "memory_limit",
     "buffer_size",
@@ -99,8 +111,9 @@ pub fn default_workers() -> usize {
 pub fn describe_key(key: &str) -> Option<&'static str> {
     Some(match key {
         "storage_dir" => "directory for checkpoints and the write-ahead log (default: none)",
-        "durability" => "memory | checkpoint | wal (default memory; only memory is available yet)",
-        "checkpoint_interval" => "time between periodic checkpoints, e.g. '10s' (default: none)",
+        "durability" => "memory | checkpoint | wal (default: memory for ':memory:', wal for a path); checkpoint: pushes since the last checkpoint are lost in a crash; wal: every push is durable before it returns",
+        "checkpoint_interval" => "time between periodic checkpoints of a durable database, e.g. '10s' (default 10s; '0' turns periodic checkpoints off)",
+        "checkpoints_retained" => "checkpoints kept on disk, the newest (default 3, at least 1)",
         "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
         "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
         "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
@@ -123,12 +136,12 @@ impl Config {
         match key {
             "storage_dir" => self.storage_dir = Some(value.to_string()),
             "durability" => {
-                self.durability = match value.to_ascii_lowercase().as_str() {
+                self.durability = Some(match value.to_ascii_lowercase().as_str() {
                     "memory" => Durability::Memory,
                     "checkpoint" => Durability::Checkpoint,
                     "wal" => Durability::Wal,
                     _ => return Err(bad("expected memory, checkpoint or wal")),
-                }
+                })
             }
             "checkpoint_interval" => {
                 self.checkpoint_interval = Some(parse_duration(value).map_err(|m| bad(&m))?)
@@ -136,6 +149,9 @@ impl Config {
             "checkpoint_interval_ms" => {
                 let ms: u64 = value.trim().parse().map_err(|_| bad("expected milliseconds"))?;
                 self.checkpoint_interval = Some(Duration::from_millis(ms))
+            }
+            "checkpoints_retained" => {
+                self.checkpoints_retained = parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
             }
             "workers" => {
                 let n: usize = value.trim().parse().map_err(|_| bad("expected a positive integer"))?;
@@ -183,7 +199,7 @@ impl Config {
         let d = |d: Option<Duration>| d.map(|d| format!("{}ms", d.as_millis()));
         Some(match key {
             "storage_dir" => self.storage_dir.clone()?,
-            "durability" => match self.durability {
+            "durability" => match self.durability? {
                 Durability::Memory => "memory",
                 Durability::Checkpoint => "checkpoint",
                 Durability::Wal => "wal",
@@ -191,6 +207,7 @@ impl Config {
             .to_string(),
             "checkpoint_interval" => d(self.checkpoint_interval)?,
             "checkpoint_interval_ms" => self.checkpoint_interval?.as_millis().to_string(),
+            "checkpoints_retained" => self.checkpoints_retained.to_string(),
             "workers" => self.workers.to_string(),
             "memory_limit" => self.memory_limit?.to_string(),
             "buffer_size" => self.buffer_size.to_string(),

@@ -25,6 +25,7 @@ use datafusion::datasource::MemTable;
 use parking_lot::Mutex;
 
 use crate::config::{Config, Durability, QueueFullPolicy};
+use crate::durable::{self, CheckpointStats, LogWriter, Record, Store};
 use crate::error::{nearest_name, Error, ErrorKind, Result};
 use crate::operator::window::{event_times, TimeScale};
 use crate::operator::{LateRows, OpCtx, StreamKind, NO_WATERMARK};
@@ -128,9 +129,14 @@ pub struct ObjectInfo {
 }
 
 enum Event {
-    Batch(Arc<SourceQueue>, RecordBatch),
-    Watermark(Arc<SourceQueue>, i64),
+    /// A pushed batch; `seq` orders it among logged changes (0 on an in-memory database);
+    /// `position` is the source's position after it (a connector's offset), if it has one.
+    Batch { q: Arc<SourceQueue>, batch: RecordBatch, seq: u64, position: Option<u64> },
+    Watermark { q: Arc<SourceQueue>, us: i64, seq: u64 },
     Sync(Sender<()>),
+    /// Take a checkpoint after every event queued before this one (an aligned barrier: one
+    /// pipeline thread applies events in order).
+    Checkpoint(Sender<Result<CheckpointStats>>),
     /// A manual clock moved to this time (ms); processing time advances in queue order.
     Tick(i64),
     Shutdown,
@@ -163,6 +169,9 @@ struct SourceRt {
     last_active_ms: i64,
     /// No data for `idle_timeout`: the source no longer holds back the watermark of what reads it.
     idle: bool,
+    /// Position after the last applied batch that carried one (the NEXMARK generator's event
+    /// number; a connector's offset).
+    position: Option<u64>,
 }
 
 struct StreamRt {
@@ -187,6 +196,9 @@ struct StreamRt {
     tick: Option<(i64, i64)>, // period ms, next due ms
     /// A LATE DATA TO target: has no operators, receives late rows.
     is_late_sink: bool,
+    /// Durable databases: the results emitted since the last checkpoint (this epoch's), written
+    /// with the next checkpoint so subscribers can resume from an epoch.
+    history: Vec<RecordBatch>,
 }
 
 struct Engine {
@@ -198,6 +210,12 @@ struct Engine {
     /// Batches for `on_full = block` subscribers whose buffers were full; the driver sends them
     /// after releasing the engine lock, before the next event.
     pending: Vec<Pending>,
+    /// Sequence number of the last logged change applied (durable databases).
+    applied_seq: u64,
+    /// The last completed checkpoint (0: none); results emitted now belong to `epoch + 1`.
+    epoch: u64,
+    /// Processing time (ms) of the next periodic checkpoint.
+    next_checkpoint_ms: Option<i64>,
 }
 
 pub(crate) struct DbInner {
@@ -209,6 +227,57 @@ pub(crate) struct DbInner {
     pool: Option<rayon::ThreadPool>,
     clock: Arc<dyn Clock>,
     runtime: tokio::runtime::Runtime,
+    durable: Option<Durable>,
+    /// Set while recovery replays the log: connectors wait to start until it is done.
+    recovering: AtomicBool,
+    deferred_feeds: Mutex<Vec<(String, NexmarkFeed, Vec<usize>)>>,
+}
+
+/// What reopening a durable database did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryInfo {
+    /// The checkpoint restored, if any.
+    pub epoch: Option<u64>,
+    /// Log records replayed past it.
+    pub records_replayed: u64,
+    /// Torn or corrupt files skipped (also printed to stderr when the database opens).
+    pub warnings: Vec<String>,
+    /// Time to restore and replay, in milliseconds.
+    pub millis: f64,
+}
+
+/// The on-disk side of a database opened with durability `checkpoint` or `wal`.
+struct Durable {
+    store: Store,
+    level: Durability,
+    log: Mutex<LogState>,
+    log_cv: parking_lot::Condvar,
+    /// Held for writing by a catalog statement from before it runs until it is logged; a
+    /// checkpoint (which must see the catalog and the log position agree) waits for it.
+    ddl: parking_lot::RwLock<()>,
+    /// Start a new log segment at the next commit (after a checkpoint, so old ones can go).
+    rotate: AtomicBool,
+    interval_ms: Option<i64>,
+    retain: usize,
+    recovery: Mutex<RecoveryInfo>,
+    last_checkpoint: Mutex<Option<CheckpointStats>>,
+}
+
+/// The write-ahead log's group commit. Pushers frame their records into `buf` under the lock and
+/// wait; one of them (the leader) writes and fsyncs the whole group with the lock released, then
+/// hands the group's events to the pipeline in sequence order: a change reaches the pipeline
+/// only once it is durable.
+struct LogState {
+    writer: Option<LogWriter>,
+    buf: Vec<u8>,
+    buf_first: u64,
+    pending: Vec<Event>,
+    next_seq: u64,
+    durable: u64,
+    committing: bool,
+    /// A failed write or fsync: the log's state on disk is unknown, so every later change is
+    /// refused until the database is reopened (recovery finds what did reach the disk).
+    failed: Option<Error>,
 }
 
 /// An open LaminarDB database. Cheap to clone; all clones share one engine. Thread-safe.
@@ -223,21 +292,49 @@ impl Database {
         Self::open(":memory:", Config::default())
     }
 
-    /// Opens a database. Only `":memory:"` and the `memory` durability level exist today.
+    /// Opens a database: `":memory:"` (nothing on disk), or a directory (created if missing) with
+    /// durability `checkpoint` or `wal` (the default for a path). Reopening a directory recovers
+    /// its catalog, operator state, watermarks and source positions from the newest intact
+    /// checkpoint and replays the write-ahead log past it; see [`Database::recovery`].
     pub fn open(path: &str, config: Config) -> Result<Database> {
         Self::open_with_clock(path, config, Arc::new(SystemClock(Instant::now())))
     }
 
     /// Opens a database whose processing-time clock is `clock` (tests use [`ManualClock`]).
     pub fn open_with_clock(path: &str, config: Config, clock: Arc<dyn Clock>) -> Result<Database> {
-        if path != ":memory:" && !path.is_empty() {
-            return Err(Error::not_implemented(format!(
-                "opening '{path}': on-disk databases need durability, which is not available yet; use \":memory:\""
-            )));
-        }
-        if config.durability != Durability::Memory {
-            return Err(Error::not_implemented("durability levels 'checkpoint' and 'wal' are not available yet; use 'memory'"));
-        }
+        let dir = match (path, &config.storage_dir) {
+            (":memory:" | "", None) => None,
+            (":memory:" | "", Some(d)) => Some(d.clone()),
+            (p, _) => Some(p.to_string()),
+        };
+        let level = config.durability.unwrap_or(if dir.is_some() { Durability::Wal } else { Durability::Memory });
+        let durable = match (&dir, level) {
+            (None, Durability::Memory) => None,
+            (None, _) => {
+                return Err(Error::invalid_argument("durability 'checkpoint' and 'wal' need a directory: open a path (or set storage_dir), not ':memory:'"));
+            }
+            (Some(d), Durability::Memory) => {
+                return Err(Error::invalid_argument(format!(
+                    "opening '{d}' with durability 'memory' would store nothing there; open ':memory:', or choose durability 'checkpoint' or 'wal'"
+                )));
+            }
+            (Some(d), level) => {
+                let store = Store::open(std::path::Path::new(d))?;
+                let interval = config.checkpoint_interval.unwrap_or(Duration::from_secs(10));
+                Some(Durable {
+                    store,
+                    level,
+                    log: Mutex::new(LogState { writer: None, buf: vec![], buf_first: 0, pending: vec![], next_seq: 1, durable: 0, committing: false, failed: None }),
+                    log_cv: parking_lot::Condvar::new(),
+                    ddl: parking_lot::RwLock::new(()),
+                    rotate: AtomicBool::new(false),
+                    interval_ms: (!interval.is_zero()).then(|| interval.as_millis().max(1) as i64),
+                    retain: config.checkpoints_retained.max(1),
+                    recovery: Mutex::new(RecoveryInfo::default()),
+                    last_checkpoint: Mutex::new(None),
+                })
+            }
+        };
         let pool = if config.workers > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
@@ -259,12 +356,24 @@ impl Database {
         let inner = Arc::new(DbInner {
             config,
             closed: AtomicBool::new(false),
-            engine: Mutex::new(Engine { sources: HashMap::new(), streams: HashMap::new(), order: vec![], events: 0, pending: vec![] }),
+            engine: Mutex::new(Engine {
+                sources: HashMap::new(),
+                streams: HashMap::new(),
+                order: vec![],
+                events: 0,
+                pending: vec![],
+                applied_seq: 0,
+                epoch: 0,
+                next_checkpoint_ms: None,
+            }),
             tx,
             driver: Mutex::new(None),
             pool,
             clock,
             runtime,
+            durable,
+            recovering: AtomicBool::new(false),
+            deferred_feeds: Mutex::new(vec![]),
         });
         let weak = Arc::downgrade(&inner);
         // Read on this thread: the driver may start after the caller has already moved the clock.
@@ -274,7 +383,183 @@ impl Database {
             .spawn(move || driver_loop(weak, rx, start_ms))
             .map_err(|e| Error::internal(format!("cannot start the pipeline thread: {e}")))?;
         *inner.driver.lock() = Some(handle);
-        Ok(Database { inner })
+        let db = Database { inner };
+        if db.inner.durable.is_some() {
+            if let Err(e) = db.recover() {
+                db.close_without_checkpoint();
+                return Err(e.context(format!("recovering '{}'", dir.unwrap_or_default())));
+            }
+        }
+        Ok(db)
+    }
+
+    /// What opening this database recovered (durable databases; None for in-memory ones).
+    pub fn recovery(&self) -> Option<RecoveryInfo> {
+        self.inner.durable.as_ref().map(|d| d.recovery.lock().clone())
+    }
+
+    /// Statistics of the last checkpoint taken since this database was opened.
+    pub fn last_checkpoint(&self) -> Option<CheckpointStats> {
+        self.inner.durable.as_ref().and_then(|d| d.last_checkpoint.lock().clone())
+    }
+
+    /// The last completed checkpoint's epoch (0: none yet). Results emitted now belong to the
+    /// next epoch.
+    pub fn epoch(&self) -> u64 {
+        self.inner.engine.lock().epoch
+    }
+
+    /// Tests: from now on, writes to this database's files fail with "No space left on device"
+    /// once `bytes` more bytes have been written (None: never). Simulates a full disk.
+    #[doc(hidden)]
+    pub fn simulate_disk_full_after(&self, bytes: Option<u64>) {
+        if let Some(d) = &self.inner.durable {
+            d.store.faults.set_budget(bytes);
+        }
+    }
+
+    /// Restores the newest intact checkpoint, replays the log past it, then starts connectors.
+    fn recover(&self) -> Result<()> {
+        let d = self.inner.durable.as_ref().expect("durable");
+        let t0 = Instant::now();
+        let mut info = RecoveryInfo::default();
+        self.inner.recovering.store(true, Ordering::Release);
+        let mut after = 0;
+        if let Some(l) = durable::load_latest(&d.store, &mut info.warnings)? {
+            info.epoch = Some(l.epoch);
+            after = l.seq;
+            self.restore_checkpoint(l)?;
+        }
+        let mut replayed = 0u64;
+        let last = durable::replay_log(&d.store.wal_dir(), after, &mut info.warnings, |seq, rec| {
+            replayed += 1;
+            self.replay(seq, rec)
+        })?;
+        self.flush()?;
+        {
+            let mut st = d.log.lock();
+            st.next_seq = last + 1;
+            st.durable = last;
+            st.writer = Some(LogWriter::create(&d.store.wal_dir(), last + 1, d.store.faults.clone())?);
+        }
+        {
+            let mut eng = self.inner.engine.lock();
+            eng.applied_seq = eng.applied_seq.max(last);
+            eng.next_checkpoint_ms = d.interval_ms.map(|i| self.inner.clock.now_ms() + i);
+        }
+        self.inner.recovering.store(false, Ordering::Release);
+        for (name, feed, cols) in std::mem::take(&mut *self.inner.deferred_feeds.lock()) {
+            let Ok(writer) = self.writer(&name) else { continue }; // dropped later in the log
+            let from = self.inner.engine.lock().sources.get(&name).and_then(|s| s.position).unwrap_or(0);
+            feed.start(writer, cols, from)?;
+        }
+        info.records_replayed = replayed;
+        info.millis = t0.elapsed().as_secs_f64() * 1000.0;
+        for w in &info.warnings {
+            eprintln!("laminardb: warning: {w}");
+        }
+        *d.recovery.lock() = info;
+        Ok(())
+    }
+
+    /// Recreates the catalog of a checkpoint and loads every object's state into it.
+    fn restore_checkpoint(&self, mut l: durable::Loaded) -> Result<()> {
+        let epoch = l.epoch;
+        let bad = |m: String| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {m}"));
+        let catalog = l.objects.remove("catalog").and_then(|c| c.into_iter().next()).and_then(|c| c.into_iter().next()).ok_or_else(|| bad("no catalog".into()))?;
+        let rows = catalog::Rows::read(&catalog).map_err(|e| bad(e.to_string()))?;
+        for r in &rows {
+            if r.kind != "late" {
+                for st in sql::parse_sql(&r.sql)? {
+                    self.execute_statement(st.statement, &st.text).map_err(|e| e.context(format!("checkpoint {epoch}: recreating '{}'", r.name)))?;
+                }
+            }
+        }
+        let mut eng = self.inner.engine.lock();
+        for r in rows {
+            if r.kind == "source" || r.kind == "table" {
+                let s = eng.sources.get_mut(&r.name).ok_or_else(|| bad(format!("source '{}' missing after its CREATE", r.name)))?;
+                let mut lists = l.objects.remove(&format!("source:{}", r.name)).unwrap_or_default().into_iter();
+                if let (Some(t), Some(rows)) = (s.table.as_mut(), lists.next()) {
+                    for b in &rows {
+                        t.upsert(b)?;
+                    }
+                }
+                for b in lists.next().unwrap_or_default() {
+                    s.retained_rows += b.num_rows();
+                    s.retained.push_back(b);
+                }
+                s.watermark = r.watermark;
+                s.rows_in = r.rows_in;
+                s.batches_in = r.batches_in;
+                s.rows_late = r.rows_late;
+                s.position = r.position;
+            } else {
+                let s = eng.streams.get_mut(&r.name).ok_or_else(|| bad(format!("stream '{}' missing after its CREATE", r.name)))?;
+                if r.kind != "late" {
+                    let now = fingerprint(s);
+                    if now != r.fingerprint {
+                        return Err(Error::invalid_state(format!(
+                            "checkpoint {epoch}: '{}' plans differently in this version of LaminarDB than when its state was saved, so that state cannot be loaded safely.\nsaved:\n{}\nnow:\n{}\nOpen the database with the version that wrote it, or remove '{}' to start over",
+                            r.name, r.fingerprint, now, self.inner.durable.as_ref().map(|d| d.store.root.display().to_string()).unwrap_or_default()
+                        )));
+                    }
+                    let mut lists = l.objects.remove(&format!("stream:{}", r.name)).unwrap_or_default();
+                    let mut ops = s.root.operators_mut();
+                    if lists.len() != ops.len() + 1 {
+                        return Err(bad(format!("'{}' has state for {} operators, its plan has {}", r.name, lists.len().saturating_sub(1), ops.len())));
+                    }
+                    let mv_state = lists.pop().expect("checked");
+                    for (op, st) in ops.iter_mut().zip(lists) {
+                        op.restore(st).map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
+                    }
+                    if let Some(mv) = &mut s.mv {
+                        mv.restore(mv_state)?;
+                    }
+                }
+                s.watermark = r.watermark;
+                s.rows_out = r.rows_out;
+                s.batches_out = r.batches_out;
+                s.rows_late = r.rows_late;
+                s.late_pairs = r.late_pairs;
+            }
+        }
+        eng.epoch = l.epoch;
+        eng.applied_seq = l.seq;
+        Ok(())
+    }
+
+    /// Applies one logged change during recovery, as it was applied before.
+    fn replay(&self, seq: u64, rec: Record) -> Result<()> {
+        let queue = |name: &str| -> Result<Arc<SourceQueue>> {
+            let eng = self.inner.engine.lock();
+            eng.sources.get(name).map(|s| s.queue.clone()).ok_or_else(|| Error::new(ErrorKind::Io, format!("log record {seq}: no source '{name}' to replay it into")))
+        };
+        match rec {
+            Record::Ddl { sql } => {
+                self.flush()?;
+                for st in sql::parse_sql(&sql)? {
+                    self.execute_statement(st.statement, &st.text).map_err(|e| e.context(format!("replaying log record {seq} ({sql})")))?;
+                }
+                let mut eng = self.inner.engine.lock();
+                eng.applied_seq = eng.applied_seq.max(seq);
+            }
+            Record::Delete { table, rows } => {
+                self.flush()?;
+                self.apply_delete(&table, &[rows])?;
+                let mut eng = self.inner.engine.lock();
+                eng.applied_seq = eng.applied_seq.max(seq);
+            }
+            Record::Batch { source, position, batch } => {
+                let q = queue(&source)?;
+                self.inner.tx.send(Event::Batch { q, batch, seq, position }).map_err(|_| Error::closed())?;
+            }
+            Record::Watermark { source, us } => {
+                let q = queue(&source)?;
+                self.inner.tx.send(Event::Watermark { q, us, seq }).map_err(|_| Error::closed())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &Config {
@@ -290,7 +575,26 @@ impl Database {
     }
 
     /// Stops the pipeline; every later call returns CLOSED. Subscriptions end. Idempotent.
+    /// A durable database takes a last checkpoint first (so reopening replays nothing); if that
+    /// fails, the log still holds every acknowledged change.
     pub fn close(&self) {
+        if self.inner.durable.is_some() && !self.is_closed() {
+            if let Err(e) = self.checkpoint() {
+                eprintln!("laminardb: warning: the checkpoint at close failed ({e}); the next open replays the log instead");
+            }
+        }
+        self.close_without_checkpoint();
+    }
+
+    /// Tests: closes like a crash would leave things — no last checkpoint, nothing flushed
+    /// beyond what the log already holds — but releases the directory so it can be reopened in
+    /// this process.
+    #[doc(hidden)]
+    pub fn close_abruptly(&self) {
+        self.close_without_checkpoint();
+    }
+
+    fn close_without_checkpoint(&self) {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -304,6 +608,10 @@ impl Database {
         for s in eng.streams.values_mut() {
             s.subscribers.clear();
         }
+        drop(eng);
+        if let Some(d) = &self.inner.durable {
+            d.store.release();
+        }
     }
 
     /// Runs one or more `;`-separated statements; returns the result of the last.
@@ -315,12 +623,48 @@ impl Database {
         }
         let mut last = ExecuteResult::default();
         for s in stmts {
-            last = self.execute_statement(s.statement, &s.text)?;
+            last = match &self.inner.durable {
+                Some(d) if matches!(s.statement, Statement::CreateSource(_) | Statement::CreateStream(_) | Statement::Drop { .. } | Statement::Delete { .. }) => {
+                    self.execute_logged(d, s.statement, &s.text)?
+                }
+                _ => self.execute_statement(s.statement, &s.text)?,
+            };
             if last.schema.is_none() {
                 last.schema = last.batches.first().map(|b| b.schema());
             }
         }
         Ok(last)
+    }
+
+    /// Runs a catalog statement or a DELETE on a durable database at one point of the change
+    /// order: after every change logged before it has been applied, before any logged after it;
+    /// then logs it (a DELETE only at level `wal`, like pushes).
+    fn execute_logged(&self, d: &Durable, stmt: Statement, text: &str) -> Result<ExecuteResult> {
+        let _catalog = d.ddl.write();
+        let mut st = d.log.lock();
+        d.drain(&mut st, &self.inner.tx)?;
+        self.flush()?;
+        let (res, rec) = match stmt {
+            Statement::Delete { table, selection } => {
+                let rows = self.delete_rows_matching(&table, selection)?;
+                let removed = self.apply_delete(&table, &rows)?;
+                let res = ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() };
+                let rec = if removed > 0 && d.level == Durability::Wal {
+                    let schema = rows[0].schema();
+                    Some(Record::Delete { table, rows: datafusion::arrow::compute::concat_batches(&schema, &rows)? })
+                } else {
+                    None
+                };
+                (res, rec)
+            }
+            other => (self.execute_statement(other, text)?, Some(Record::Ddl { sql: text.to_string() })),
+        };
+        if let Some(rec) = rec {
+            let seq = d.log_now(&mut st, &self.inner.tx, &rec)?;
+            let mut eng = self.inner.engine.lock();
+            eng.applied_seq = eng.applied_seq.max(seq);
+        }
+        Ok(res)
     }
 
     fn execute_statement(&self, stmt: Statement, text: &str) -> Result<ExecuteResult> {
@@ -453,6 +797,7 @@ impl Database {
         let mut eng = self.inner.engine.lock();
         if let Some(what) = Self::name_taken(&eng, &cs.name) {
             if cs.if_not_exists {
+                self.check_same_definition(&eng, &cs.name, text)?;
                 return Ok(ExecuteResult { message: format!("{what} '{}' already exists", cs.name), ..Default::default() });
             }
             if !(cs.or_replace && what == "source") {
@@ -483,13 +828,38 @@ impl Database {
                 idle_timeout_ms: idle_timeout.map(|d| d.as_millis().max(1) as i64),
                 last_active_ms: self.inner.clock.now_ms(),
                 idle: false,
+                position: None,
             },
         );
         drop(eng);
         if let Some((feed, cols)) = nexmark {
-            feed.start(self.writer(&cs.name)?, cols)?;
+            if self.inner.recovering.load(Ordering::Acquire) {
+                // Started once recovery knows how far it had got.
+                self.inner.deferred_feeds.lock().push((cs.name.clone(), feed, cols));
+            } else {
+                feed.start(self.writer(&cs.name)?, cols, 0)?;
+            }
         }
         Ok(ExecuteResult { message: format!("created {} '{}'", if cs.table { "table" } else { "source" }, cs.name), ..Default::default() })
+    }
+
+    /// `CREATE … IF NOT EXISTS x` on a durable database where `x` exists with another
+    /// definition (typically recovered from disk, created by an older version of the program):
+    /// an error, not a silent keep of the old pipeline. The migration is `CREATE OR REPLACE`
+    /// (or DROP), which starts that object's state afresh.
+    fn check_same_definition(&self, eng: &Engine, name: &str, text: &str) -> Result<()> {
+        if self.inner.durable.is_none() {
+            return Ok(());
+        }
+        let old = eng.sources.get(name).map(|s| s.sql.clone()).or_else(|| eng.streams.get(name).map(|s| s.sql.clone())).unwrap_or_default();
+        if definition_key(&old) == definition_key(text) {
+            return Ok(());
+        }
+        Err(Error::invalid_state(format!(
+            "'{name}' already exists with a different definition (kept in '{}'):\n  {}\nThe pipeline changed: use CREATE OR REPLACE (or DROP first) to replace it; its state starts afresh",
+            self.inner.durable.as_ref().map(|d| d.store.root.display().to_string()).unwrap_or_default(),
+            old.trim()
+        )))
     }
 
     fn plan_stream(&self, eng: &Engine, cs: &CreateStream) -> Result<crate::plan::PlannedQuery> {
@@ -508,6 +878,7 @@ impl Database {
         let mut eng = self.inner.engine.lock();
         if let Some(what) = Self::name_taken(&eng, &cs.name) {
             if cs.if_not_exists {
+                self.check_same_definition(&eng, &cs.name, text)?;
                 return Ok(ExecuteResult { message: format!("{what} '{}' already exists", cs.name), ..Default::default() });
             }
             if !cs.or_replace || what == "source" {
@@ -572,6 +943,7 @@ impl Database {
                 failed: None,
                 tick,
                 is_late_sink: false,
+                history: vec![],
             },
         );
         eng.order.push(cs.name.clone());
@@ -723,11 +1095,21 @@ impl Database {
         }
     }
 
-    /// Takes a checkpoint and returns its epoch. Needs durability `checkpoint` or `wal`, which
-    /// is not available yet, so an in-memory database answers INVALID_STATE.
+    /// Takes a checkpoint of everything pushed before this call and returns its epoch. An
+    /// in-memory database answers INVALID_STATE.
     pub fn checkpoint(&self) -> Result<i64> {
+        Ok(self.checkpoint_stats()?.epoch as i64)
+    }
+
+    /// Like [`Database::checkpoint`], with what the checkpoint wrote.
+    pub fn checkpoint_stats(&self) -> Result<CheckpointStats> {
         self.check_open()?;
-        Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'"))
+        if self.inner.durable.is_none() {
+            return Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'"));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.inner.tx.send(Event::Checkpoint(tx)).map_err(|_| Error::closed())?;
+        rx.recv().map_err(|_| Error::closed())?
     }
 
     fn run_query(&self, q: datafusion::sql::sqlparser::ast::Query) -> Result<(SchemaRef, Vec<RecordBatch>)> {
@@ -830,7 +1212,13 @@ impl Database {
     /// before the call is applied) and retracts them downstream.
     fn delete_where(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<ExecuteResult> {
         self.flush()?;
-        // The matching rows, read like an ad-hoc query over the table's current rows.
+        let rows = self.delete_rows_matching(table, selection)?;
+        let removed = self.apply_delete(table, &rows)?;
+        Ok(ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() })
+    }
+
+    /// The rows of `table` a DELETE's WHERE matches, read like an ad-hoc query over its rows.
+    fn delete_rows_matching(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<Vec<RecordBatch>> {
         let q = crate::sql::parse_one(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
         let crate::sql::Statement::Query(mut query) = q.statement else { unreachable!("a SELECT") };
         if let datafusion::sql::sqlparser::ast::SetExpr::Select(sel) = query.body.as_mut() {
@@ -840,14 +1228,19 @@ impl Database {
             return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is an append-only source; DELETE works on tables")));
         }
         let (_, rows) = self.run_query(*query)?;
+        Ok(rows.into_iter().filter(|b| b.num_rows() > 0).collect())
+    }
+
+    /// Removes the rows of `table` with the keys of `rows` and retracts them downstream.
+    fn apply_delete(&self, table: &str, rows: &[RecordBatch]) -> Result<u64> {
         let mut eng = self.inner.engine.lock();
         let mut removed = 0u64;
         let name = table.to_string();
         let mut result = Ok(());
         guarded(&self.inner, &mut eng, table, |inner, eng| {
             let Some(s) = eng.sources.get_mut(&name) else { return };
-            let t = s.table.as_mut().expect("checked");
-            match t.delete_rows(&rows) {
+            let Some(t) = s.table.as_mut() else { return };
+            match t.delete_rows(rows) {
                 Ok(Some(changes)) => {
                     removed = (changes.num_rows()) as u64;
                     feed(inner, eng, &name, &[changes]);
@@ -858,7 +1251,7 @@ impl Database {
         });
         release_and_send_pending(eng, &self.inner.closed);
         result?;
-        Ok(ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() })
+        Ok(removed)
     }
 
     /// A writer that pushes batches into `source`. A writer belongs to one thread at a time.
@@ -891,9 +1284,39 @@ impl Database {
         if let Some(e) = &s.failed {
             return Err(Error::new(e.kind(), format!("stream '{name}' has failed: {}", e.message())));
         }
+        let mut backlog: Vec<(u64, RecordBatch)> = vec![];
+        if let Some(k) = opts.resume_after_epoch {
+            let Some(d) = &self.inner.durable else {
+                return Err(Error::invalid_argument("resume_after_epoch needs a durable database (durability 'checkpoint' or 'wal')"));
+            };
+            let last = eng.epoch;
+            if k > last {
+                return Err(Error::invalid_argument(format!("cannot resume '{name}' after epoch {k}: the last checkpoint is epoch {last}")));
+            }
+            let kept = durable::epochs(&d.store)?;
+            let object = format!("outputs:{name}");
+            for e in k + 1..=last {
+                if !kept.contains(&e) {
+                    return Err(Error::not_found(format!(
+                        "the results of epoch {e} of '{name}' are no longer kept (checkpoints kept: {}); resume after epoch {} or later, or raise checkpoints_retained",
+                        kept.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "),
+                        kept.first().map(|f| f.saturating_sub(1)).unwrap_or(last)
+                    )));
+                }
+                if let Some(l) = durable::load_objects(&d.store, e, &[object.as_str()])? {
+                    backlog.extend(l.objects.into_values().flatten().flatten().map(|b| (e, b)));
+                }
+            }
+            let s = eng.streams.get(name).expect("found above");
+            backlog.extend(s.history.iter().map(|b| (last + 1, b.clone())));
+        }
+        let s = eng.streams.get_mut(name).expect("found above");
         let cap = opts.buffer_size.unwrap_or(self.inner.config.buffer_size);
         let on_full = opts.on_full.unwrap_or(self.inner.config.on_full);
-        let (slot, sub) = new_pair(name, s.output_schema.clone(), cap, on_full);
+        let (slot, sub) = new_pair(name, s.output_schema.clone(), cap + backlog.len(), on_full);
+        for m in backlog {
+            let _ = slot.tx.try_send(m);
+        }
         s.subscribers.push(slot);
         Ok(sub)
     }
@@ -1062,6 +1485,7 @@ impl StreamRt {
             failed: None,
             tick: None,
             is_late_sink: true,
+            history: vec![],
         }
     }
 }
@@ -1099,9 +1523,15 @@ impl SourceWriter {
         self.queue.schema.clone()
     }
 
-    fn enqueue(&self, ev: Event) -> Result<()> {
+    /// Queues one change: waits for room in the source queue, then hands it to the pipeline —
+    /// on a `wal` database after its log record `rec` is durable.
+    fn enqueue(&self, rec: impl FnOnce() -> Record, make: impl FnOnce(u64) -> Event) -> Result<()> {
         let generation = self.interrupts.load(Ordering::Acquire);
         self.db.check_open()?;
+        let prepared = match &self.db.inner.durable {
+            Some(d) if d.level == Durability::Wal => Some(durable::prepare(&rec())?),
+            _ => None,
+        };
         if self.queue.dropped.load(Ordering::Acquire) {
             return Err(Error::not_found(format!("source '{}' was dropped", self.queue.name)));
         }
@@ -1127,7 +1557,15 @@ impl SourceWriter {
                 }
             },
         }
-        self.db.inner.tx.send(ev).map_err(|_| Error::closed())
+        let res = match &self.db.inner.durable {
+            None => self.db.inner.tx.send(make(0)).map_err(|_| Error::closed()),
+            Some(d) => d.submit(&self.db.inner.tx, prepared, make),
+        };
+        if res.is_err() {
+            // The change never reached the pipeline: give its queue slot back.
+            let _ = self.queue.permits_rx.try_recv();
+        }
+        res
     }
 
     /// Pushes a batch: validated and converted to the source schema (all or nothing), then queued.
@@ -1137,19 +1575,33 @@ impl SourceWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.enqueue(Event::Batch(self.queue.clone(), batch))
+        self.push(batch, None)
+    }
+
+    fn push(&self, batch: RecordBatch, position: Option<u64>) -> Result<()> {
+        let q = self.queue.clone();
+        let logged = batch.clone();
+        self.enqueue(
+            || Record::Batch { source: self.queue.name.clone(), position, batch: logged },
+            move |seq| Event::Batch { q, batch, seq, position },
+        )
     }
 
     /// Advances the source's watermark to `ms` (epoch milliseconds); never moves it back.
     /// `i64::MAX` means end of input.
     pub fn watermark(&mut self, ms: i64) -> Result<()> {
         let us = if ms == i64::MAX { i64::MAX } else { ms.saturating_mul(1000) };
-        self.enqueue(Event::Watermark(self.queue.clone(), us))
+        self.push_watermark(us)
+    }
+
+    fn push_watermark(&self, us: i64) -> Result<()> {
+        let q = self.queue.clone();
+        self.enqueue(|| Record::Watermark { source: self.queue.name.clone(), us }, move |seq| Event::Watermark { q, us, seq })
     }
 
     /// Marks the end of input: closes every window that depends only on finished sources.
     pub fn finish(&mut self) -> Result<()> {
-        self.enqueue(Event::Watermark(self.queue.clone(), i64::MAX))
+        self.push_watermark(i64::MAX)
     }
 
     /// The source's current watermark in epoch milliseconds (after what has been processed).
@@ -1162,6 +1614,300 @@ impl SourceWriter {
     /// Waits until everything pushed so far has been processed.
     pub fn flush(&mut self) -> Result<()> {
         self.db.flush()
+    }
+}
+
+impl Durable {
+    /// Orders one change among the logged ones and, when `rec` is given (level `wal`), returns
+    /// once its record is durable and the change has been handed to the pipeline.
+    fn submit(&self, tx: &Sender<Event>, rec: Option<durable::Prepared>, make: impl FnOnce(u64) -> Event) -> Result<()> {
+        let mut st = self.log.lock();
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let ev = make(seq);
+        let Some(p) = rec else {
+            return tx.send(ev).map_err(|_| Error::closed());
+        };
+        if st.buf.is_empty() {
+            st.buf_first = seq;
+        }
+        durable::frame(&mut st.buf, seq, &p);
+        st.pending.push(ev);
+        self.wait_durable(&mut st, seq, tx)
+    }
+
+    fn wait_durable(&self, st: &mut parking_lot::MutexGuard<'_, LogState>, seq: u64, tx: &Sender<Event>) -> Result<()> {
+        loop {
+            if st.durable >= seq {
+                return Ok(());
+            }
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.committing {
+                self.log_cv.wait(st);
+            } else {
+                self.commit(st, tx);
+            }
+        }
+    }
+
+    /// Writes and fsyncs the buffered group with the lock released, then hands its events to
+    /// the pipeline in order.
+    fn commit(&self, st: &mut parking_lot::MutexGuard<'_, LogState>, tx: &Sender<Event>) {
+        let upto = st.next_seq - 1;
+        if st.buf.is_empty() {
+            st.durable = st.durable.max(upto);
+            return;
+        }
+        let buf = std::mem::take(&mut st.buf);
+        let first = st.buf_first;
+        let events = std::mem::take(&mut st.pending);
+        let mut writer = st.writer.take();
+        st.committing = true;
+        if self.rotate.swap(false, Ordering::AcqRel) {
+            if let Some(w) = &mut writer {
+                w.rotate = true;
+            }
+        }
+        let res = parking_lot::MutexGuard::unlocked(st, || match &mut writer {
+            Some(w) => w.append(first, &buf),
+            None => Err(Error::closed()),
+        });
+        st.writer = writer;
+        st.committing = false;
+        match res {
+            Ok(()) => {
+                st.durable = st.durable.max(upto);
+                for ev in events {
+                    let _ = tx.send(ev);
+                }
+            }
+            Err(e) => {
+                st.failed = Some(Error::new(
+                    e.kind(),
+                    format!("{}; nothing of the changes in this commit was applied, and the database refuses changes until it is reopened", e.message()),
+                ));
+            }
+        }
+        self.log_cv.notify_all();
+    }
+
+    /// Commits what is buffered and waits for commits in flight: afterwards every logged change
+    /// is in the pipeline's queue.
+    fn drain(&self, st: &mut parking_lot::MutexGuard<'_, LogState>, tx: &Sender<Event>) -> Result<()> {
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.committing {
+                self.log_cv.wait(st);
+            } else if !st.buf.is_empty() {
+                self.commit(st, tx);
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Logs `rec` now and waits until it is durable; its sequence number.
+    fn log_now(&self, st: &mut parking_lot::MutexGuard<'_, LogState>, tx: &Sender<Event>, rec: &Record) -> Result<u64> {
+        let p = durable::prepare(rec)?;
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        if st.buf.is_empty() {
+            st.buf_first = seq;
+        }
+        durable::frame(&mut st.buf, seq, &p);
+        self.wait_durable(st, seq, tx)?;
+        Ok(seq)
+    }
+}
+
+/// Takes a checkpoint on the pipeline thread, between two events: the catalog, every source's
+/// table rows, retained rows, watermark and position, every stream's operator state, stored view
+/// and this epoch's results. `Ok(None)`: a catalog statement is in progress, try again.
+fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<CheckpointStats>> {
+    let Some(d) = &inner.durable else {
+        return Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'"));
+    };
+    let Some(_catalog) = d.ddl.try_read() else { return Ok(None) };
+    let epoch = eng.epoch + 1;
+    let mut objects: Vec<(String, Vec<u8>)> = vec![];
+    objects.push(("catalog".into(), durable::encode_lists(&[vec![catalog::batch(eng)?]])?));
+    let mut names: Vec<&String> = eng.sources.keys().collect();
+    names.sort();
+    for n in names {
+        let s = &eng.sources[n];
+        let table = match &s.table {
+            Some(t) => t.snapshot()?,
+            None => vec![],
+        };
+        let retained: Vec<RecordBatch> = s.retained.iter().cloned().collect();
+        objects.push((format!("source:{n}"), durable::encode_lists(&[table, retained])?));
+    }
+    let order = eng.order.clone();
+    for n in &order {
+        let s = eng.streams.get_mut(n).expect("ordered");
+        if !s.is_late_sink {
+            let mut lists: Vec<Vec<RecordBatch>> = s.root.operators_mut().into_iter().map(|o| o.snapshot()).collect::<Result<_>>()?;
+            lists.push(match &s.mv {
+                Some(mv) => mv.state()?,
+                None => vec![],
+            });
+            objects.push((format!("stream:{n}"), durable::encode_lists(&lists)?));
+        }
+        objects.push((format!("outputs:{n}"), durable::encode_lists(&[s.history.clone()])?));
+    }
+    let (stats, oldest_seq) = durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, d.retain)?;
+    eng.epoch = epoch;
+    for s in eng.streams.values_mut() {
+        s.history.clear();
+    }
+    d.rotate.store(true, Ordering::Release);
+    if oldest_seq > 0 {
+        if let Err(e) = durable::truncate_log(&d.store.wal_dir(), oldest_seq) {
+            eprintln!("laminardb: warning: removing old log segments: {e}");
+        }
+    }
+    *d.last_checkpoint.lock() = Some(stats.clone());
+    Ok(Some(stats))
+}
+
+/// What must match for a stream's saved operator state to load into its plan: the operators,
+/// as EXPLAIN describes them.
+fn fingerprint(s: &StreamRt) -> String {
+    let mut lines = vec![];
+    s.root.explain(0, &mut lines);
+    lines.join("\n")
+}
+
+/// A statement's definition without IF NOT EXISTS / OR REPLACE and with layout normalised, to
+/// tell whether two CREATEs define the same object.
+fn definition_key(text: &str) -> String {
+    match sql::parse_one(text).map(|p| p.statement) {
+        Ok(Statement::CreateSource(mut c)) => {
+            c.if_not_exists = false;
+            c.or_replace = false;
+            c.columns_sql = c.columns_sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("{c:?}")
+        }
+        Ok(Statement::CreateStream(c)) => format!(
+            "{} {} {:?} {:?} {:?} {:?} {}",
+            c.name, c.materialized, c.emit, c.allowed_lateness, c.late_data_to, c.state_ttl, c.query
+        ),
+        _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
+}
+
+/// The catalog of a checkpoint as one Arrow batch: one row per object, in creation order
+/// (sources first; a stream only reads what exists before it).
+mod catalog {
+    use super::*;
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    pub(super) struct Row {
+        pub kind: String,
+        pub name: String,
+        pub sql: String,
+        pub fingerprint: String,
+        pub watermark: i64,
+        pub rows_in: u64,
+        pub batches_in: u64,
+        pub rows_late: u64,
+        pub rows_out: u64,
+        pub batches_out: u64,
+        pub late_pairs: u64,
+        pub position: Option<u64>,
+    }
+
+    pub(super) struct Rows;
+
+    impl Rows {
+        pub(super) fn read(b: &RecordBatch) -> Result<Vec<Row>> {
+            let col = |n: &str| b.column_by_name(n).ok_or_else(|| Error::invalid_data(format!("catalog column '{n}' missing")));
+            let (kind, name, sql, fp) = (col("kind")?.as_string::<i32>(), col("name")?.as_string::<i32>(), col("sql")?.as_string::<i32>(), col("fingerprint")?.as_string::<i32>());
+            let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
+            let (wm, ri, bi, rl, ro, bo, lp, pos) =
+                (int("watermark")?, int("rows_in")?, int("batches_in")?, int("rows_late")?, int("rows_out")?, int("batches_out")?, int("late_pairs")?, int("position")?);
+            let u = |v: Option<i64>| v.unwrap_or(0) as u64;
+            Ok((0..b.num_rows())
+                .map(|i| Row {
+                    kind: kind.value(i).to_string(),
+                    name: name.value(i).to_string(),
+                    sql: sql.value(i).to_string(),
+                    fingerprint: fp.value(i).to_string(),
+                    watermark: wm[i].unwrap_or(NO_WATERMARK),
+                    rows_in: u(ri[i]),
+                    batches_in: u(bi[i]),
+                    rows_late: u(rl[i]),
+                    rows_out: u(ro[i]),
+                    batches_out: u(bo[i]),
+                    late_pairs: u(lp[i]),
+                    position: pos[i].map(|p| p as u64),
+                })
+                .collect())
+        }
+    }
+
+    pub(super) fn batch(eng: &Engine) -> Result<RecordBatch> {
+        let mut rows: Vec<Row> = vec![];
+        let mut names: Vec<&String> = eng.sources.keys().collect();
+        names.sort();
+        for n in names {
+            let s = &eng.sources[n];
+            rows.push(Row {
+                kind: if s.table.is_some() { "table" } else { "source" }.into(),
+                name: n.clone(),
+                sql: s.sql.clone(),
+                fingerprint: String::new(),
+                watermark: s.watermark,
+                rows_in: s.rows_in,
+                batches_in: s.batches_in,
+                rows_late: s.rows_late,
+                rows_out: 0,
+                batches_out: 0,
+                late_pairs: 0,
+                position: s.position,
+            });
+        }
+        for n in &eng.order {
+            let s = &eng.streams[n];
+            rows.push(Row {
+                kind: if s.is_late_sink { "late" } else if s.materialized { "view" } else { "stream" }.into(),
+                name: n.clone(),
+                sql: s.sql.clone(),
+                fingerprint: if s.is_late_sink { String::new() } else { fingerprint(s) },
+                watermark: s.watermark,
+                rows_in: 0,
+                batches_in: 0,
+                rows_late: s.rows_late,
+                rows_out: s.rows_out,
+                batches_out: s.batches_out,
+                late_pairs: s.late_pairs,
+                position: None,
+            });
+        }
+        let strs = |f: &dyn Fn(&Row) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
+        let ints = |f: &dyn Fn(&Row) -> Option<i64>| Arc::new(Int64Array::from_iter(rows.iter().map(f))) as ArrayRef;
+        Ok(RecordBatch::try_from_iter(vec![
+            ("kind", strs(&|r| r.kind.clone())),
+            ("name", strs(&|r| r.name.clone())),
+            ("sql", strs(&|r| r.sql.clone())),
+            ("fingerprint", strs(&|r| r.fingerprint.clone())),
+            ("watermark", ints(&|r| Some(r.watermark))),
+            ("rows_in", ints(&|r| Some(r.rows_in as i64))),
+            ("batches_in", ints(&|r| Some(r.batches_in as i64))),
+            ("rows_late", ints(&|r| Some(r.rows_late as i64))),
+            ("rows_out", ints(&|r| Some(r.rows_out as i64))),
+            ("batches_out", ints(&|r| Some(r.batches_out as i64))),
+            ("late_pairs", ints(&|r| Some(r.late_pairs as i64))),
+            ("position", ints(&|r| r.position.map(|p| p as i64))),
+        ])?)
     }
 }
 
@@ -1223,7 +1969,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let timeout = {
             let Some(inner) = db.upgrade() else { return };
             let eng = inner.engine.lock();
-            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).chain(idle_deadline(&eng)).min();
+            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).chain(idle_deadline(&eng)).chain(eng.next_checkpoint_ms).min();
             match (next, inner.clock.is_manual()) {
                 (Some(due), false) => Some(Duration::from_millis((due - inner.clock.now_ms()).max(0) as u64)),
                 _ => None,
@@ -1249,17 +1995,38 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                 let _ = ack.send(());
                 continue;
             }
-            Some(Event::Batch(q, batch)) => {
+            Some(Event::Batch { q, batch, seq, position }) => {
                 let _ = q.permits_rx.try_recv();
+                eng.applied_seq = eng.applied_seq.max(seq);
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
                     let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
                     mark_active(&mut eng, &q.name, now);
+                    if let (Some(p), Some(s)) = (position, eng.sources.get_mut(&q.name)) {
+                        s.position = Some(p);
+                    }
                     guarded(&inner, &mut eng, &q.name, |inner, eng| on_source_batch(inner, eng, &q.name, batch));
                 }
             }
-            Some(Event::Watermark(q, wm)) => {
+            Some(Event::Checkpoint(reply)) => match take_checkpoint(&inner, &mut eng) {
+                Ok(Some(stats)) => {
+                    let _ = reply.send(Ok(stats));
+                }
+                Ok(None) => {
+                    // A catalog statement is between its run and its log record: ask again
+                    // behind the events it waits for.
+                    let _ = inner.tx.send(Event::Checkpoint(reply));
+                    drop(eng);
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Some(Event::Watermark { q, us: wm, seq }) => {
                 let _ = q.permits_rx.try_recv();
+                eng.applied_seq = eng.applied_seq.max(seq);
                 if !q.dropped.load(Ordering::Acquire) {
                     eng.events += 1;
                     let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
@@ -1273,6 +2040,18 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
         run_ticks(&inner, &mut eng, now);
         check_idle(&inner, &mut eng, now);
+        if let (Some(due), Some(d)) = (eng.next_checkpoint_ms, &inner.durable) {
+            if now >= due && !inner.recovering.load(Ordering::Acquire) {
+                match take_checkpoint(&inner, &mut eng) {
+                    Ok(Some(_)) => eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i),
+                    Ok(None) => eng.next_checkpoint_ms = Some(now + 5),
+                    Err(e) => {
+                        eprintln!("laminardb: warning: periodic checkpoint failed: {e}; the log keeps every change, retrying after the interval");
+                        eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i);
+                    }
+                }
+            }
+        }
         release_and_send_pending(eng, &inner.closed);
     }
 }
@@ -1432,7 +2211,7 @@ fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>
         }
     };
     {
-        let Engine { streams, pending, .. } = &mut *eng;
+        let Engine { streams, pending, epoch, .. } = &mut *eng;
         let Some(s) = streams.get_mut(name) else { return };
         s.rows_out += batch.num_rows() as u64;
         s.batches_out += 1;
@@ -1442,7 +2221,11 @@ fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>
                 return;
             }
         }
-        s.subscribers.retain(|sub| matches!(sub.deliver(batch.clone(), pending), Delivered::Ok));
+        if inner.durable.is_some() {
+            s.history.push(batch.clone());
+        }
+        let epoch = *epoch + 1;
+        s.subscribers.retain(|sub| matches!(sub.deliver((epoch, batch.clone()), pending), Delivered::Ok));
     }
     // Dependents read the logical columns; changelog weights stay with the batch.
     feed(inner, eng, name, &[batch]);
@@ -1572,23 +2355,25 @@ impl NexmarkFeed {
         Ok(cols)
     }
 
-    fn start(self, mut writer: SourceWriter, cols: Vec<usize>) -> Result<()> {
+    /// Starts generating at event number `first` (0, or where a recovered database had got to).
+    fn start(self, writer: SourceWriter, cols: Vec<usize>, first: u64) -> Result<()> {
         let name = writer.source_name().to_string();
         std::thread::Builder::new()
             .name(format!("laminar-nexmark-{name}"))
             .spawn(move || {
                 let g = crate::nexmark::NexmarkGenerator::new(self.config.clone());
-                let mut first = 0;
+                let mut first = first;
                 while first < self.events {
                     let n = self.batch.min(self.events - first);
                     let Ok(b) = g.generate_only(first, n, Some(self.kind)) else { return };
                     let Ok(batch) = b.take(self.kind).project(&cols) else { return };
-                    if writer.write(batch).is_err() {
+                    first += n;
+                    // The source's position is the next event number: recovery resumes there.
+                    if batch.num_rows() > 0 && writer.push(batch, Some(first)).is_err() {
                         return; // dropped or closed
                     }
-                    first += n;
                 }
-                let _ = writer.finish();
+                let _ = writer.push_watermark(i64::MAX);
             })
             .map_err(|e| Error::internal(format!("cannot start the NEXMARK generator thread: {e}")))?;
         Ok(())

@@ -13,6 +13,7 @@
 
 pub mod config;
 mod db;
+mod durable;
 pub mod error;
 pub mod nexmark;
 pub mod operator;
@@ -23,7 +24,8 @@ pub mod sql;
 mod util;
 
 pub use config::{Config, Durability, OnFull, QueueFullPolicy};
-pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};
+pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};
+pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};
 pub use operator::{StreamKind, NO_WATERMARK, WEIGHT_COLUMN};
 pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};

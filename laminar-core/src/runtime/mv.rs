@@ -86,4 +86,29 @@ impl MvStore {
         })
     }
 
+    /// The stored rows in a form [`MvStore::restore`] takes back: all batches (append-only), rows
+    /// with their multiplicity in a `__weight` column (changelog), the current rows (upsert).
+    pub(crate) fn state(&self) -> Result<Vec<RecordBatch>> {
+        match self {
+            MvStore::Changelog { conv, rows, schema } => {
+                if rows.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut cols = conv.convert_rows(rows.keys().map(|r| r.row()))?;
+                cols.push(std::sync::Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(rows.values().copied())));
+                let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+                fields.push(std::sync::Arc::new(datafusion::arrow::datatypes::Field::new(crate::operator::WEIGHT_COLUMN, datafusion::arrow::datatypes::DataType::Int64, false)));
+                Ok(vec![RecordBatch::try_new(std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields)), cols)?])
+            }
+            _ => self.snapshot(),
+        }
+    }
+
+    /// Loads rows saved by [`MvStore::state`] into an empty store.
+    pub(crate) fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        for b in &state {
+            self.apply(b)?;
+        }
+        Ok(())
+    }
 }

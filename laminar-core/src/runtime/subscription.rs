@@ -16,6 +16,10 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::OnFull;
 use crate::error::{Error, ErrorKind, Result};
 
+/// A batch with the epoch it belongs to: the number of the checkpoint that will cover it
+/// (outputs emitted after checkpoint `e - 1` and before checkpoint `e` are epoch `e`).
+pub(crate) type Msg = (u64, RecordBatch);
+
 pub(crate) struct SubShared {
     pub lagged: AtomicU64,
     pub cancelled: AtomicBool,
@@ -45,7 +49,7 @@ impl SubShared {
 /// The pipeline's end of a subscription. Dropping it ends the subscription (after the buffered
 /// batches).
 pub(crate) struct SubscriberSlot {
-    pub tx: Sender<RecordBatch>,
+    pub tx: Sender<Msg>,
     pub shared: Arc<SubShared>,
     pub on_full: OnFull,
 }
@@ -69,14 +73,14 @@ pub(crate) enum Delivered {
 /// the database meanwhile), and before it processes the next event (so order and back-pressure
 /// hold).
 pub(crate) struct Pending {
-    tx: Sender<RecordBatch>,
+    tx: Sender<Msg>,
     shared: Arc<SubShared>,
-    msg: RecordBatch,
+    msg: Msg,
 }
 
 impl SubscriberSlot {
     /// Never blocks: a full `block` subscriber's batch goes to `pending`.
-    pub(crate) fn deliver(&self, msg: RecordBatch, pending: &mut Vec<Pending>) -> Delivered {
+    pub(crate) fn deliver(&self, msg: Msg, pending: &mut Vec<Pending>) -> Delivered {
         if self.shared.cancelled.load(Ordering::Acquire) || self.shared.dead.load(Ordering::Acquire) {
             return Delivered::Drop;
         }
@@ -155,6 +159,10 @@ pub struct SubscribeOptions {
     /// Batches buffered before `on_full` applies. Default: the database's `buffer_size`.
     pub buffer_size: Option<usize>,
     pub on_full: Option<OnFull>,
+    /// Durable databases: deliver first every retained result of the epochs after this one
+    /// (results of epochs `<= e` were already consumed), then live results. None: live results
+    /// only.
+    pub resume_after_epoch: Option<u64>,
 }
 
 
@@ -171,8 +179,10 @@ pub enum Next {
 /// A pull subscription to a stream. Reads block until data arrives, the timeout passes, or the
 /// subscription is cancelled (from any thread).
 pub struct Subscription {
-    rx: Receiver<RecordBatch>,
+    rx: Receiver<Msg>,
     cancel_rx: Receiver<()>,
+    /// Epoch of the batch returned last (0 before the first).
+    epoch: AtomicU64,
     shared: Arc<SubShared>,
     schema: SchemaRef,
     stream: String,
@@ -194,7 +204,7 @@ pub(crate) fn new_pair(stream: &str, schema: SchemaRef, capacity: usize, on_full
     });
     (
         SubscriberSlot { tx, shared: shared.clone(), on_full },
-        Subscription { rx, cancel_rx, shared, schema, stream: stream.to_string() },
+        Subscription { rx, cancel_rx, epoch: AtomicU64::new(0), shared, schema, stream: stream.to_string() },
     )
 }
 
@@ -218,9 +228,21 @@ impl Subscription {
         Ok(())
     }
 
-    fn map(&self, m: std::result::Result<RecordBatch, crossbeam_channel::RecvError>) -> Result<Next> {
+    /// The epoch of the batch the last read returned (0 before the first): the checkpoint that
+    /// covers it. On a durable database, once checkpoint `e` has completed, every batch of
+    /// epochs `<= e` has been delivered; a consumer that has committed its work up to epoch `e`
+    /// resumes after a restart with [`SubscribeOptions::resume_after_epoch`] = `e` and sees
+    /// each later result exactly once.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn map(&self, m: std::result::Result<Msg, crossbeam_channel::RecvError>) -> Result<Next> {
         match m {
-            Ok(b) => Ok(Next::Batch(b)),
+            Ok((e, b)) => {
+                self.epoch.store(e, Ordering::Release);
+                Ok(Next::Batch(b))
+            }
             Err(_) => {
                 self.check_lagged()?;
                 if let Some(e) = self.shared.failure.lock().clone() {
