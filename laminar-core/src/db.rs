@@ -1570,12 +1570,18 @@ impl SourceWriter {
 
     /// Pushes a batch: validated and converted to the source schema (all or nothing), then queued.
     pub fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.write_at(batch, None)
+    }
+
+    /// A connector's write: `position` is the source's position after this batch, recorded with
+    /// it (in checkpoints and the log) so recovery resumes the connector there.
+    fn write_at(&mut self, batch: RecordBatch, position: Option<u64>) -> Result<()> {
         self.db.check_open()?;
         let batch = conform(&self.queue.name, &self.queue.schema, &batch)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.push(batch, None)
+        self.push(batch, position)
     }
 
     fn push(&self, batch: RecordBatch, position: Option<u64>) -> Result<()> {
@@ -2356,7 +2362,7 @@ impl NexmarkFeed {
     }
 
     /// Starts generating at event number `first` (0, or where a recovered database had got to).
-    fn start(self, writer: SourceWriter, cols: Vec<usize>, first: u64) -> Result<()> {
+    fn start(self, mut writer: SourceWriter, cols: Vec<usize>, first: u64) -> Result<()> {
         let name = writer.source_name().to_string();
         std::thread::Builder::new()
             .name(format!("laminar-nexmark-{name}"))
@@ -2369,7 +2375,7 @@ impl NexmarkFeed {
                     let Ok(batch) = b.take(self.kind).project(&cols) else { return };
                     first += n;
                     // The source's position is the next event number: recovery resumes there.
-                    if batch.num_rows() > 0 && writer.push(batch, Some(first)).is_err() {
+                    if writer.write_at(batch, Some(first)).is_err() {
                         return; // dropped or closed
                     }
                 }

@@ -446,6 +446,7 @@ pub(crate) struct Loaded {
     pub objects: BTreeMap<String, Vec<Vec<RecordBatch>>>,
 }
 
+#[derive(Debug)]
 struct Manifest {
     epoch: u64,
     seq: u64,

@@ -141,7 +141,7 @@ fn a_million_single_row_pushes_lose_nothing() {
     let db = db(1);
     db.execute("CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT)").unwrap();
     db.execute("CREATE STREAM t AS SELECT COUNT(*) AS n, SUM(v) AS sv FROM s").unwrap();
-    let sub = db.subscribe_with("t", laminar_core::SubscribeOptions { buffer_size: Some(16), on_full: Some(laminar_core::OnFull::Block) }).unwrap();
+    let sub = db.subscribe_with("t", laminar_core::SubscribeOptions { buffer_size: Some(16), on_full: Some(laminar_core::OnFull::Block), ..Default::default() }).unwrap();
     let reader = std::thread::spawn(move || {
         let mut last = (0i64, 0i64);
         while let Some(b) = sub.next().unwrap() {
@@ -243,7 +243,7 @@ fn subscription_cancel_timeout_and_lag() {
     let db = db(1);
     db.execute(KVT).unwrap();
     db.execute("CREATE STREAM p AS SELECT k FROM s").unwrap();
-    let sub = db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), on_full: None }).unwrap();
+    let sub = db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), ..Default::default() }).unwrap();
     assert!(matches!(sub.next_timeout(Duration::from_millis(20)).unwrap(), Next::Empty));
     let c = sub.canceller();
     let t = std::thread::spawn(move || {
@@ -252,7 +252,7 @@ fn subscription_cancel_timeout_and_lag() {
     });
     assert!(sub.next().unwrap().is_none(), "cancel from another thread ends a blocked read");
     t.join().unwrap();
-    let slow = db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), on_full: None }).unwrap();
+    let slow = db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), ..Default::default() }).unwrap();
     let mut w = db.writer("s").unwrap();
     for i in 0..5 {
         w.write(kvt(&[(i, 0, 0)])).unwrap();
