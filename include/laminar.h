@@ -249,7 +249,7 @@ typedef struct laminar_subscriber {
 // An error that fits no other status.
 #define LAMINAR_UNKNOWN 1
 
-// The feature exists in the API but not yet in the engine (durability levels, for example).
+// The feature exists in the API but not yet in the engine (connectors not in this build, for example).
 #define LAMINAR_NOT_IMPLEMENTED 2
 
 // No source, stream, view or key of that name.
@@ -368,13 +368,19 @@ laminar_status laminar_config_get_flag(size_t index,
 
 // Opens a database.
 //
-// - `path`: borrowed; `":memory:"` for an in-memory database (the only kind until durability
-//   lands: a directory is `LAMINAR_NOT_IMPLEMENTED` today).
+// - `path`: borrowed; `":memory:"` for an in-memory database, or a directory (created if
+//   missing) for a durable one: durability `wal` by default (every push is in the write-ahead
+//   log before it returns), `checkpoint` if the config says so. Opening a directory that holds
+//   a database recovers it: catalog, operator state, views, watermarks and source positions
+//   from the newest intact checkpoint, then the log past it (a torn or corrupt checkpoint is
+//   skipped with a warning on stderr).
 // - `config`: borrowed, may be NULL (every key at its default); not needed after the call.
 // - `out`: caller-owned output; receives the database, or NULL on failure.
 //
-// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `path`/`out`, invalid UTF-8),
-// `LAMINAR_NOT_IMPLEMENTED` (on-disk path or durability level). Since: 0.1.0
+// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `path`/`out`, invalid UTF-8, durability `memory`
+// with a directory or `checkpoint`/`wal` with `":memory:"`), `LAMINAR_INVALID_STATE` (the
+// directory is open elsewhere; a recovered stream plans differently in this version),
+// `LAMINAR_IO` (no intact checkpoint, unreadable files). Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_db_open(const char *path,
                                const struct laminar_config *config,
@@ -489,12 +495,15 @@ LAMINAR_API
 laminar_status laminar_db_flush(struct laminar_db *db,
                                 struct laminar_error **out_error);
 
-// Takes a checkpoint of every operator's state.
+// Takes a checkpoint of everything pushed before the call: catalog, every operator's state,
+// views, tables, watermarks and source positions, written to files and then a manifest renamed
+// into place. Results emitted after it belong to the next epoch.
 //
-// - `db`: borrowed. `out_epoch`: may be NULL; receives the checkpoint's epoch.
+// - `db`: borrowed. `out_epoch`: may be NULL; receives the checkpoint's epoch (1, 2, …).
 //
-// Errors: `LAMINAR_INVALID_STATE` for a database with durability `memory` (today: every
-// database), `LAMINAR_CLOSED`. Since: 0.1.0
+// Errors: `LAMINAR_INVALID_STATE` for a database with durability `memory`, `LAMINAR_IO` (a
+// write failed, e.g. a full disk; the previous checkpoint stays usable), `LAMINAR_CLOSED`.
+// Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_db_checkpoint(struct laminar_db *db,
                                      int64_t *out_epoch,

@@ -18,6 +18,7 @@ step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)
   cargo run -q -p laminar-core --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
 step "Nexmark runner smoke run (tiny size)" cargo run -q -p laminar-core --example nexmark -- --events 100000
 step "join benchmark smoke run (tiny size)" cargo run -q -p laminar-core --example join_bench -- --rows 20000
+step "durability benchmark smoke run (tiny size)" cargo run -q -p laminar-core --example durability_bench -- --batches 20 --batch-rows 1024 --keys 20000
 # The C ABI: header up to date and strict C99/C++17 clean, tests under ASan+UBSan, the example
 # built with pkg-config from an installed prefix and run under valgrind, the benchmark smoke run.
 step "C header is current (cbindgen)" scripts/gen-header.sh --check

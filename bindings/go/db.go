@@ -72,7 +72,8 @@ func newConfig(pairs [][2]string) (*C.laminar_config, error) {
 	return cfg, nil
 }
 
-// Open opens a database: ":memory:" (the only kind until durability lands).
+// Open opens a database: ":memory:", or a directory for a durable one (durability "wal" by
+// default, "checkpoint" if configured); opening a directory that holds a database recovers it.
 func Open(path string, opts ...Option) (*DB, error) {
 	var o options
 	for _, opt := range opts {
@@ -261,8 +262,8 @@ func (db *DB) Metrics() (arrow.RecordBatch, error) {
 	})
 }
 
-// Checkpoint takes a checkpoint and returns its epoch. An in-memory database answers
-// ErrInvalidState ("checkpointing is not enabled") until durability lands.
+// Checkpoint takes a checkpoint of everything pushed before the call and returns its epoch. An
+// in-memory database answers ErrInvalidState ("checkpointing is not enabled").
 func (db *DB) Checkpoint(ctx context.Context) (int64, error) {
 	var epoch C.int64_t
 	err := db.call(ctx, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {

@@ -77,7 +77,7 @@ func TestExecQuerySchemaCatalogMetrics(t *testing.T) {
 
 func TestErrorSentinels(t *testing.T) {
 	ctx := context.Background()
-	if _, err := Open("/some/dir"); !errors.Is(err, ErrNotImplemented) {
+	if _, err := Open("/dev/null/cannot-be-a-directory"); !errors.Is(err, ErrIO) {
 		t.Fatalf("open dir: %v", err)
 	}
 	if _, err := Open(":memory:", WithConfig("wrokers", "2")); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "did you mean 'workers'") {

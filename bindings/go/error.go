@@ -63,6 +63,7 @@ var (
 	ErrSchemaMismatch    = &Error{Status: StatusInvalidData, SQLOffset: -1}
 	ErrInternal          = &Error{Status: StatusInternal, SQLOffset: -1}
 	ErrNotImplemented    = &Error{Status: StatusNotImplemented, SQLOffset: -1}
+	ErrIO                = &Error{Status: StatusIO, SQLOffset: -1}
 	ErrCancelled         = &Error{Status: StatusCancelled, SQLOffset: -1}
 	ErrTimeout           = &Error{Status: StatusTimeout, SQLOffset: -1}
 	ErrResourceExhausted = &Error{Status: StatusResourceExhausted, SQLOffset: -1}

@@ -91,7 +91,7 @@ export declare class Connection {
   streams(): Promise<string[]>;
   /** Metrics as a Table of (kind, name, metric, value). */
   metrics(): Promise<Table>;
-  /** Takes a checkpoint (INVALID_STATE on an in-memory database until durability lands). */
+  /** Takes a checkpoint of everything pushed before the call (INVALID_STATE on an in-memory database). */
   checkpoint(): Promise<void>;
   /** Closes the database; subscriptions end. Idempotent. */
   close(): Promise<void>;

@@ -37,7 +37,8 @@ impl Iterator for QueryStream {
 }
 
 impl Db {
-    /// Opens `path` (`":memory:"`, or a directory once durability lands) with `config`.
+    /// Opens `path` (`":memory:"`, or a directory: durability `wal` unless the config says
+    /// `checkpoint`) with `config`; a directory is recovered when it holds a database.
     pub fn open(path: &str, config: &Config) -> Result<Db> {
         Ok(Db { db: Database::open(path, config.to_core())?, pid: std::process::id() })
     }
@@ -198,13 +199,19 @@ pub struct laminar_db {
 
 /// Opens a database.
 ///
-/// - `path`: borrowed; `":memory:"` for an in-memory database (the only kind until durability
-///   lands: a directory is `LAMINAR_NOT_IMPLEMENTED` today).
+/// - `path`: borrowed; `":memory:"` for an in-memory database, or a directory (created if
+///   missing) for a durable one: durability `wal` by default (every push is in the write-ahead
+///   log before it returns), `checkpoint` if the config says so. Opening a directory that holds
+///   a database recovers it: catalog, operator state, views, watermarks and source positions
+///   from the newest intact checkpoint, then the log past it (a torn or corrupt checkpoint is
+///   skipped with a warning on stderr).
 /// - `config`: borrowed, may be NULL (every key at its default); not needed after the call.
 /// - `out`: caller-owned output; receives the database, or NULL on failure.
 ///
-/// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `path`/`out`, invalid UTF-8),
-/// `LAMINAR_NOT_IMPLEMENTED` (on-disk path or durability level). Since: 0.1.0
+/// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `path`/`out`, invalid UTF-8, durability `memory`
+/// with a directory or `checkpoint`/`wal` with `":memory:"`), `LAMINAR_INVALID_STATE` (the
+/// directory is open elsewhere; a recovered stream plans differently in this version),
+/// `LAMINAR_IO` (no intact checkpoint, unreadable files). Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_db_open(
     path: *const c_char,
@@ -441,12 +448,15 @@ pub unsafe extern "C" fn laminar_db_flush(db: *mut laminar_db, out_error: *mut *
     })
 }
 
-/// Takes a checkpoint of every operator's state.
+/// Takes a checkpoint of everything pushed before the call: catalog, every operator's state,
+/// views, tables, watermarks and source positions, written to files and then a manifest renamed
+/// into place. Results emitted after it belong to the next epoch.
 ///
-/// - `db`: borrowed. `out_epoch`: may be NULL; receives the checkpoint's epoch.
+/// - `db`: borrowed. `out_epoch`: may be NULL; receives the checkpoint's epoch (1, 2, …).
 ///
-/// Errors: `LAMINAR_INVALID_STATE` for a database with durability `memory` (today: every
-/// database), `LAMINAR_CLOSED`. Since: 0.1.0
+/// Errors: `LAMINAR_INVALID_STATE` for a database with durability `memory`, `LAMINAR_IO` (a
+/// write failed, e.g. a full disk; the previous checkpoint stays usable), `LAMINAR_CLOSED`.
+/// Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_db_checkpoint(db: *mut laminar_db, out_epoch: *mut i64, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {

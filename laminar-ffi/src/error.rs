@@ -16,7 +16,7 @@ pub type laminar_status = i32;
 pub const LAMINAR_OK: laminar_status = 0;
 /// An error that fits no other status.
 pub const LAMINAR_UNKNOWN: laminar_status = 1;
-/// The feature exists in the API but not yet in the engine (durability levels, for example).
+/// The feature exists in the API but not yet in the engine (connectors not in this build, for example).
 pub const LAMINAR_NOT_IMPLEMENTED: laminar_status = 2;
 /// No source, stream, view or key of that name.
 pub const LAMINAR_NOT_FOUND: laminar_status = 3;

@@ -32,8 +32,8 @@ def test_open_connect_and_config():
         laminardb.open(config={"wrokers": "2"})
     assert "did you mean 'workers'" in str(e.value)
     with pytest.raises(laminardb.ConnectionError) as e:
-        laminardb.open("/tmp/some/dir")
-    assert e.value.code == laminardb.codes.CONNECTION_FAILED and e.value.status == "NOT_IMPLEMENTED"
+        laminardb.open("/dev/null/cannot-be-a-directory")
+    assert e.value.code == laminardb.codes.CONNECTION_FAILED and e.value.status == "IO"
     assert "workers" in laminardb.LaminarConfig.keys()
 
 
@@ -130,3 +130,33 @@ async def test_async_with():
         db.execute("CREATE SOURCE s (a BIGINT)")
         await asyncio.sleep(0)
     assert db.is_closed
+
+
+def test_a_directory_is_durable_and_recovered(tmp_path):
+    path = str(tmp_path / "db")
+    ddl = [
+        "CREATE SOURCE IF NOT EXISTS t (sym VARCHAR, qty BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS vol AS SELECT sym, SUM(qty) AS q, window_start FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)",
+    ]
+    with laminardb.open(path, config={"checkpoint_interval": "0"}) as db:
+        for d in ddl:
+            db.execute(d)
+        db.insert("t", {"sym": ["A", "B", "A"], "qty": [1, 2, 3], "ts": [at(0), at(1), at(2)]})
+        assert db.checkpoint() == 1
+        # Acknowledged after the checkpoint: in the write-ahead log (durability "wal", the default).
+        db.insert("t", {"sym": ["A"], "qty": [10], "ts": [at(30)]})
+    # A second process-level open of the same directory while it is open is refused.
+    with laminardb.open(path) as db:
+        with pytest.raises(laminardb.LaminarError) as e:
+            laminardb.open(path)
+        assert e.value.status == "INVALID_STATE"
+        for d in ddl:  # the same program again: the same definitions are fine
+            db.execute(d)
+        rows = sorted((r["sym"], r["q"]) for r in db.query("SELECT sym, q FROM vol").to_dicts())
+        assert rows == [("A", 4), ("B", 2)]
+        with pytest.raises(laminardb.LaminarError) as e:
+            db.execute("CREATE MATERIALIZED VIEW IF NOT EXISTS vol AS SELECT sym, MAX(qty) AS q, window_start FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)")
+        assert "different definition" in str(e.value)
+    with pytest.raises(laminardb.LaminarError) as e:
+        laminardb.open(path, config={"durability": "memory"})
+    assert e.value.status == "INVALID_ARGUMENT"

@@ -41,8 +41,10 @@ STATUS = dict(_laminardb.status_codes())
 
 
 def open(path: str = ":memory:", *, config: Union[LaminarConfig, Dict[str, Any], None] = None) -> Connection:  # noqa: A001
-    """Opens a database. ``path``: ``":memory:"`` (the only kind until durability lands).
-    ``config``: a :class:`LaminarConfig` or a dict of engine keys."""
+    """Opens a database. ``path``: ``":memory:"``, or a directory for a durable database
+    (durability ``"wal"`` by default, ``"checkpoint"`` if the config says so); opening a directory
+    that holds a database recovers it. ``config``: a :class:`LaminarConfig` or a dict of engine
+    keys."""
     return Connection(path, config)
 
 

@@ -361,8 +361,9 @@ class Connection:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> int:
-        """Takes a checkpoint and returns its epoch. Raises CheckpointError ("checkpointing is
-        not enabled") on an in-memory database until durability lands."""
+        """Takes a checkpoint of everything pushed before the call and returns its epoch.
+        Raises CheckpointError ("checkpointing is not enabled") on an in-memory database, and
+        on a failed write (the previous checkpoint stays usable)."""
         self._check()
         try:
             return self._db.checkpoint()
