@@ -68,7 +68,7 @@ test('error codes', async () => {
       return true;
     });
   }
-  await assert.rejects(laminardb.open('/some/dir'), (e) => e.code === 'NOT_IMPLEMENTED');
+  await assert.rejects(laminardb.open('/dev/null/cannot-be-a-directory'), (e) => e.code === 'IO');
   await assert.rejects(laminardb.open(':memory:', { wrokers: 1 }), (e) => e.code === 'INVALID_ARGUMENT' && /did you mean 'workers'/.test(e.message));
   await db.close();
 });
