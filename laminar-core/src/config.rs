@@ -19,6 +19,18 @@ pub enum Durability {
     Wal,
 }
 
+/// What writes a durable database's log and checkpoint files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring where the kernel offers it (Linux), else `Std`.
+    Auto,
+    /// io_uring (Linux): each write and its data sync are submitted together; an error at open
+    /// where it is not available.
+    IoUring,
+    /// `write` + `fdatasync`.
+    Std,
+}
+
 /// What a push does when its source queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueFullPolicy {
@@ -48,6 +60,8 @@ pub struct Config {
     pub checkpoint_interval: Option<Duration>,
     /// Checkpoints kept on disk (the newest ones). Default 3, at least 1.
     pub checkpoints_retained: usize,
+    /// What writes the log and checkpoint files. Default `Auto`.
+    pub io_backend: IoBackend,
     /// Worker threads for keyed operator state. Default: cores − 1 (at least 1).
     pub workers: usize,
     /// Bytes of operator state allowed before a query fails with RESOURCE_EXHAUSTED. None: no limit.
@@ -71,6 +85,7 @@ impl Default for Config {
             durability: None,
             checkpoint_interval: None,
             checkpoints_retained: 3,
+            io_backend: IoBackend::Auto,
             workers: default_workers(),
             memory_limit: None,
             buffer_size: 1024,
@@ -90,6 +105,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "checkpoint_interval",
     "checkpoint_interval_ms",
     "checkpoints_retained",
+    "io_backend",
     "workers",
     "memory_limit",
     "buffer_size",
@@ -114,6 +130,7 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
         "durability" => "memory | checkpoint | wal (default: memory for ':memory:', wal for a path); checkpoint: pushes since the last checkpoint are lost in a crash; wal: every push is durable before it returns",
         "checkpoint_interval" => "time between periodic checkpoints of a durable database, e.g. '10s' (default 10s; '0' turns periodic checkpoints off)",
         "checkpoints_retained" => "checkpoints kept on disk, the newest (default 3, at least 1)",
+        "io_backend" => "auto | io_uring | std: what writes the log and checkpoint files (default auto: io_uring where the kernel offers it, else write + fdatasync)",
         "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
         "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
         "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
@@ -149,6 +166,14 @@ impl Config {
             "checkpoint_interval_ms" => {
                 let ms: u64 = value.trim().parse().map_err(|_| bad("expected milliseconds"))?;
                 self.checkpoint_interval = Some(Duration::from_millis(ms))
+            }
+            "io_backend" => {
+                self.io_backend = match value.to_ascii_lowercase().as_str() {
+                    "auto" => IoBackend::Auto,
+                    "io_uring" | "uring" => IoBackend::IoUring,
+                    "std" => IoBackend::Std,
+                    _ => return Err(bad("expected auto, io_uring or std")),
+                }
             }
             "checkpoints_retained" => {
                 self.checkpoints_retained = parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
@@ -208,6 +233,12 @@ impl Config {
             "checkpoint_interval" => d(self.checkpoint_interval)?,
             "checkpoint_interval_ms" => self.checkpoint_interval?.as_millis().to_string(),
             "checkpoints_retained" => self.checkpoints_retained.to_string(),
+            "io_backend" => match self.io_backend {
+                IoBackend::Auto => "auto",
+                IoBackend::IoUring => "io_uring",
+                IoBackend::Std => "std",
+            }
+            .to_string(),
             "workers" => self.workers.to_string(),
             "memory_limit" => self.memory_limit?.to_string(),
             "buffer_size" => self.buffer_size.to_string(),

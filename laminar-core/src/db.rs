@@ -319,7 +319,7 @@ impl Database {
                 )));
             }
             (Some(d), level) => {
-                let store = Store::open(std::path::Path::new(d))?;
+                let store = Store::open(std::path::Path::new(d), config.io_backend)?;
                 let interval = config.checkpoint_interval.unwrap_or(Duration::from_secs(10));
                 Some(Durable {
                     store,
@@ -398,6 +398,11 @@ impl Database {
         self.inner.durable.as_ref().map(|d| d.recovery.lock().clone())
     }
 
+    /// `"io_uring"` or `"std"`: what writes this durable database's files (None in memory).
+    pub fn io_backend(&self) -> Option<&'static str> {
+        self.inner.durable.as_ref().map(|d| d.store.io_name())
+    }
+
     /// Statistics of the last checkpoint taken since this database was opened.
     pub fn last_checkpoint(&self) -> Option<CheckpointStats> {
         self.inner.durable.as_ref().and_then(|d| d.last_checkpoint.lock().clone())
@@ -440,7 +445,7 @@ impl Database {
             let mut st = d.log.lock();
             st.next_seq = last + 1;
             st.durable = last;
-            st.writer = Some(LogWriter::create(&d.store.wal_dir(), last + 1, d.store.faults.clone())?);
+            st.writer = Some(LogWriter::create(&d.store.wal_dir(), last + 1, d.store.faults.clone(), durable::Io::new(d.store.io_backend)?)?);
         }
         {
             let mut eng = self.inner.engine.lock();

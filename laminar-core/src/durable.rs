@@ -72,17 +72,124 @@ impl Faults {
     }
 }
 
+impl Faults {
+    fn consume(&self, n: usize) {
+        if self.budget.load(Ordering::Acquire) != i64::MAX {
+            self.budget.fetch_sub(n as i64, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether writing `n` more bytes stays within the budget.
+    fn allows(&self, n: usize) -> bool {
+        let b = self.budget.load(Ordering::Acquire);
+        b == i64::MAX || b >= n as i64
+    }
+}
+
+/// How log and checkpoint files are written and made durable: `io_uring` (Linux; a write and a
+/// data sync submitted together, linked) or plain `write` + `fdatasync`.
+pub(crate) enum Io {
+    Std,
+    #[cfg(target_os = "linux")]
+    Uring(Box<io_uring::IoUring>),
+}
+
+impl Io {
+    pub(crate) fn new(choice: crate::config::IoBackend) -> Result<Io> {
+        use crate::config::IoBackend;
+        match choice {
+            IoBackend::Std => Ok(Io::Std),
+            IoBackend::Auto => Ok(Self::uring().unwrap_or(Io::Std)),
+            IoBackend::IoUring => Self::uring().map_err(|e| Error::not_implemented(format!("io_backend 'io_uring' is not available here: {e}; use 'auto' or 'std'"))),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn uring() -> std::io::Result<Io> {
+        Ok(Io::Uring(Box::new(io_uring::IoUring::new(8)?)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    fn uring() -> std::io::Result<Io> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "io_uring is Linux only"))
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Io::Std => "std",
+            #[cfg(target_os = "linux")]
+            Io::Uring(_) => "io_uring",
+        }
+    }
+
+    /// Writes `data` at `offset` of `f` (which is positioned there) and syncs its data.
+    fn write_sync(&mut self, faults: &Faults, f: &mut File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Io::Uring(ring) if faults.allows(data.len()) => {
+                faults.consume(data.len());
+                uring_write_sync(ring, std::os::fd::AsRawFd::as_raw_fd(f), offset, data)
+            }
+            _ => {
+                std::io::Seek::seek(f, std::io::SeekFrom::Start(offset))?;
+                faults.write_all(f, data)?;
+                f.sync_data()
+            }
+        }
+    }
+}
+
+/// One linked write + fdatasync per round, repeated after a short write.
+#[cfg(target_os = "linux")]
+fn uring_write_sync(ring: &mut io_uring::IoUring, fd: i32, mut offset: u64, mut data: &[u8]) -> std::io::Result<()> {
+    use io_uring::{opcode, squeue, types};
+    const ECANCELED: i32 = 125;
+    loop {
+        let n = data.len().min(1 << 30);
+        let write = opcode::Write::new(types::Fd(fd), data.as_ptr(), n as u32).offset(offset).build().flags(squeue::Flags::IO_LINK).user_data(1);
+        let sync = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(2);
+        // SAFETY: `data` outlives the submission: we wait for both completions below.
+        unsafe {
+            let mut sq = ring.submission();
+            sq.push(&write).map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
+            sq.push(&sync).map_err(|_| std::io::Error::other("io_uring submission queue full"))?;
+        }
+        ring.submit_and_wait(2)?;
+        let (mut wrote, mut synced) = (None, None);
+        for cqe in ring.completion() {
+            if cqe.user_data() == 1 {
+                wrote = Some(cqe.result());
+            } else {
+                synced = Some(cqe.result());
+            }
+        }
+        let (Some(w), Some(sr)) = (wrote, synced) else { return Err(std::io::Error::other("io_uring: a completion is missing")) };
+        if w < 0 {
+            return Err(std::io::Error::from_raw_os_error(-w));
+        }
+        if w == 0 && n > 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        offset += w as u64;
+        data = &data[w as usize..];
+        if sr < 0 && !(sr == -ECANCELED && !data.is_empty()) {
+            return Err(std::io::Error::from_raw_os_error(-sr));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err(format!("syncing directory {}", dir.display()), e))
 }
 
-/// Writes `data` to `path` through a temporary file, fsyncs it and renames it into place.
-fn write_atomic(faults: &Faults, path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` to `path` through a temporary file, syncs it and renames it into place.
+fn write_atomic(io: &mut Io, faults: &Faults, path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let res = (|| {
         let mut f = File::create(&tmp)?;
-        faults.write_all(&mut f, data)?;
-        f.sync_all()?;
+        io.write_sync(faults, &mut f, 0, data)?;
         fs::rename(&tmp, path)
     })();
     if let Err(e) = res {
@@ -99,10 +206,14 @@ pub(crate) struct Store {
     pub root: PathBuf,
     pub faults: Arc<Faults>,
     lock: parking_lot::Mutex<Option<File>>,
+    /// Checkpoint file I/O (the log has its own).
+    io: parking_lot::Mutex<Io>,
+    pub io_backend: crate::config::IoBackend,
 }
 
 impl Store {
-    pub(crate) fn open(root: &Path) -> Result<Store> {
+    pub(crate) fn open(root: &Path, io_backend: crate::config::IoBackend) -> Result<Store> {
+        let io = Io::new(io_backend)?;
         for d in [root.to_path_buf(), root.join("wal"), root.join("checkpoints"), root.join("checkpoints").join("blobs")] {
             fs::create_dir_all(&d).map_err(|e| io_err(format!("creating {}", d.display()), e))?;
         }
@@ -116,7 +227,12 @@ impl Store {
                 root.display()
             )));
         }
-        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)) })
+        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)), io: parking_lot::Mutex::new(io), io_backend })
+    }
+
+    /// `io_uring` or `std`: what writes this database's files.
+    pub(crate) fn io_name(&self) -> &'static str {
+        self.io.lock().name()
     }
 
     /// Lets another `open` of this directory in: the database is closed.
@@ -334,6 +450,7 @@ pub(crate) struct LogWriter {
     file: File,
     bytes: u64,
     faults: Arc<Faults>,
+    io: Io,
     /// Start a new segment before the next append (set after a checkpoint, so old segments can go).
     pub rotate: bool,
 }
@@ -353,21 +470,22 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 impl LogWriter {
     /// Starts a new segment whose first record will be `first_seq`.
-    pub(crate) fn create(dir: &Path, first_seq: u64, faults: Arc<Faults>) -> Result<LogWriter> {
+    pub(crate) fn create(dir: &Path, first_seq: u64, faults: Arc<Faults>, io: Io) -> Result<LogWriter> {
         let path = dir.join(format!("{first_seq:020}.log"));
         let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(|e| io_err(format!("creating {}", path.display()), e))?;
         sync_dir(dir)?;
-        Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, faults, rotate: false })
+        Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, faults, io, rotate: false })
     }
 
     /// Writes `data` (framed records, the first numbered `first_seq`) and waits until it is on
     /// disk.
     pub(crate) fn append(&mut self, first_seq: u64, data: &[u8]) -> Result<()> {
         if self.rotate || self.bytes >= SEGMENT_BYTES {
-            *self = LogWriter::create(&self.dir, first_seq, self.faults.clone())?;
+            let io = std::mem::replace(&mut self.io, Io::Std);
+            *self = LogWriter::create(&self.dir, first_seq, self.faults.clone(), io)?;
         }
-        self.faults.write_all(&mut self.file, data).map_err(|e| io_err("write-ahead log", e))?;
-        self.file.sync_data().map_err(|e| io_err("write-ahead log (fsync)", e))?;
+        let res = self.io.write_sync(&self.faults, &mut self.file, self.bytes, data);
+        res.map_err(|e| io_err(format!("write-ahead log ({})", self.io.name()), e))?;
         self.bytes += data.len() as u64;
         Ok(())
     }
@@ -547,7 +665,7 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
         if fs::metadata(&path).map(|md| md.len() == data.len() as u64).unwrap_or(false) {
             stats.objects_reused += 1;
         } else {
-            write_atomic(&store.faults, &path, &data)?;
+            write_atomic(&mut store.io.lock(), &store.faults, &path, &data)?;
             stats.bytes_written += data.len() as u64;
             wrote_any = true;
         }
@@ -557,7 +675,7 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
         sync_dir(&blobs)?;
     }
     let text = manifest_text(&m);
-    write_atomic(&store.faults, &store.cp_dir().join(format!("MANIFEST-{epoch:020}")), text.as_bytes())?;
+    write_atomic(&mut store.io.lock(), &store.faults, &store.cp_dir().join(format!("MANIFEST-{epoch:020}")), text.as_bytes())?;
     sync_dir(&store.cp_dir())?;
     stats.bytes_written += text.len() as u64;
     // Retention: the newest `retain` manifests; blobs no retained manifest names are deleted.
@@ -684,7 +802,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("laminar-wal-unit-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let mut w = LogWriter::create(&dir, 1, Arc::new(Faults::default())).unwrap();
+        let mut w = LogWriter::create(&dir, 1, Arc::new(Faults::default()), Io::new(crate::config::IoBackend::Auto).unwrap()).unwrap();
         let mut buf = vec![];
         encode_record(&mut buf, 1, &Record::Ddl { sql: "CREATE SOURCE s (a BIGINT)".into() }).unwrap();
         encode_record(&mut buf, 2, &Record::Batch { source: "s".into(), position: Some(4), batch: batch(4) }).unwrap();
@@ -719,7 +837,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let faults = Arc::new(Faults::default());
         faults.set_budget(Some(10));
-        let mut w = LogWriter::create(&dir, 1, faults).unwrap();
+        let mut w = LogWriter::create(&dir, 1, faults, Io::Std).unwrap();
         let e = w.append(1, &[0u8; 64]).unwrap_err();
         assert!(e.message().contains("No space left"), "{e}");
         assert_eq!(fs::metadata(dir.join(format!("{:020}.log", 1))).unwrap().len(), 10);

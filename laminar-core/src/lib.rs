@@ -23,7 +23,7 @@ pub mod runtime;
 pub mod sql;
 mod util;
 
-pub use config::{Config, Durability, OnFull, QueueFullPolicy};
+pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy};
 pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};

@@ -23,6 +23,7 @@ class LaminarConfig:
     checkpoint_interval: Optional[Union[str, float]] = None
     durability: Optional[str] = None
     checkpoints_retained: Optional[int] = None
+    io_backend: Optional[str] = None
     workers: Optional[int] = None
     memory_limit: Optional[Union[str, int]] = None
     idle_timeout: Optional[Union[str, float]] = None
@@ -35,7 +36,7 @@ class LaminarConfig:
     def to_pairs(self) -> list:
         pairs = []
         for name in (
-            "storage_dir", "durability", "checkpoint_interval", "checkpoint_interval_ms", "checkpoints_retained", "workers",
+            "storage_dir", "durability", "checkpoint_interval", "checkpoint_interval_ms", "checkpoints_retained", "io_backend", "workers",
             "memory_limit", "buffer_size", "idle_timeout", "queue_capacity", "queue_full", "on_full",
             "source_retention",
         ):
