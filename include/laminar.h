@@ -550,8 +550,10 @@ LAMINAR_API const char *laminar_status_str(laminar_status status);
 //
 // - `db`, `name`: borrowed.
 // - `options`: borrowed, may be NULL; may set `buffer_size` (batches buffered, default the
-//   database's) and `on_full` (`lag`: a subscriber that falls behind is ended with
-//   `LAMINAR_RESOURCE_EXHAUSTED`; `block`: the pipeline waits for it). Other keys are
+//   database's), `on_full` (`lag`: a subscriber that falls behind is ended with
+//   `LAMINAR_RESOURCE_EXHAUSTED`; `block`: the pipeline waits for it) and, on a durable
+//   database, `resume_after_epoch` (deliver first the kept results of every later epoch; see
+//   `laminar_subscription_epoch`). Other keys are
 //   `LAMINAR_INVALID_ARGUMENT`.
 // - `out`: caller-owned output; receives the subscription, or NULL on failure.
 //
@@ -617,6 +619,20 @@ LAMINAR_API
 laminar_status laminar_subscription_stream(struct laminar_subscription *sub,
                                            struct ArrowArrayStream *out,
                                            struct laminar_error **out_error);
+
+// The epoch of the batch `laminar_subscription_next` returned last (0 before the first): the
+// number of the checkpoint that covers it. Once checkpoint `e` has completed, every batch of
+// epochs `<= e` has been delivered; a consumer that commits its work per epoch resumes after a
+// restart by subscribing with the option `resume_after_epoch` = its last committed epoch, and
+// then sees every later result exactly once.
+//
+// - `sub`: borrowed, a pull subscription. `out_epoch`: receives the epoch.
+//
+// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`, a push subscription). Since: 0.1.0
+LAMINAR_API
+laminar_status laminar_subscription_epoch(struct laminar_subscription *sub,
+                                          uint64_t *out_epoch,
+                                          struct laminar_error **out_error);
 
 // The schema of the subscription's batches.
 //

@@ -1,5 +1,6 @@
 //! Configuration: string key/values, validated as they are set (DESIGN §5). One `Config` serves
-//! both for opening a database and as per-subscription options (`buffer_size`, `on_full`).
+//! both for opening a database and as per-subscription options (`buffer_size`, `on_full`,
+//! `resume_after_epoch`).
 
 use std::ffi::{c_char, CString};
 use std::sync::OnceLock;
@@ -10,13 +11,15 @@ use laminar_core::{Error, OnFull, Result, SubscribeOptions};
 use crate::error::{cstr, guard, guard_void, handle, handle_mut, laminar_error, laminar_status, out_ptr, LAMINAR_INVALID_ARGUMENT, LAMINAR_OK};
 
 /// Keys a subscription accepts as options.
-pub const SUBSCRIPTION_KEYS: &[&str] = &["buffer_size", "on_full"];
+pub const SUBSCRIPTION_KEYS: &[&str] = &["buffer_size", "on_full", "resume_after_epoch"];
 
 /// String key/values, checked against the engine's keys and value forms when set.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pairs: Vec<(String, String)>,
     checked: laminar_core::Config,
+    /// A subscription option only: results of epochs after this one first (durable databases).
+    resume_after_epoch: Option<u64>,
 }
 
 impl Config {
@@ -26,7 +29,12 @@ impl Config {
 
     /// Sets a key (`"workers"`, `"4"`); an unknown key or malformed value is INVALID_ARGUMENT.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        self.checked.set(key, value)?;
+        if key == "resume_after_epoch" {
+            let e = value.trim().parse::<u64>().map_err(|_| Error::invalid_argument(format!("config 'resume_after_epoch': expected an epoch number, got '{value}'")))?;
+            self.resume_after_epoch = Some(e);
+        } else {
+            self.checked.set(key, value)?;
+        }
         self.pairs.retain(|(k, _)| k != key);
         self.pairs.push((key.to_string(), value.to_string()));
         Ok(())
@@ -42,19 +50,23 @@ impl Config {
         &self.pairs
     }
 
-    /// The engine configuration these settings give.
-    pub fn to_core(&self) -> laminar_core::Config {
-        self.checked.clone()
+    /// The engine configuration these settings give; a subscription-only key is refused.
+    pub fn to_core(&self) -> Result<laminar_core::Config> {
+        if self.resume_after_epoch.is_some() {
+            return Err(Error::invalid_argument("'resume_after_epoch' is a subscription option, not a database setting"));
+        }
+        Ok(self.checked.clone())
     }
 
-    /// These settings as subscription options; keys other than `buffer_size` and `on_full` are
-    /// INVALID_ARGUMENT.
+    /// These settings as subscription options; keys other than `buffer_size`, `on_full` and
+    /// `resume_after_epoch` are INVALID_ARGUMENT.
     pub fn subscribe_options(&self) -> Result<SubscribeOptions> {
         let mut o = SubscribeOptions::default();
         for (k, _) in &self.pairs {
             match k.as_str() {
                 "buffer_size" => o.buffer_size = Some(self.checked.buffer_size),
                 "on_full" => o.on_full = Some(self.checked.on_full),
+                "resume_after_epoch" => o.resume_after_epoch = self.resume_after_epoch,
                 _ => {
                     return Err(Error::invalid_argument(format!(
                         "'{k}' is not a subscription option (subscription options: {})",
@@ -227,7 +239,7 @@ mod tests {
         assert_eq!(unsafe { CStr::from_ptr(v) }.to_str().unwrap(), "3");
         assert_eq!(unsafe { laminar_config_get(cfg, c"buffer_size".as_ptr(), &mut v, std::ptr::null_mut()) }, LAMINAR_OK);
         assert!(v.is_null());
-        assert_eq!(unsafe { &*cfg }.cfg.to_core().workers, 3);
+        assert_eq!(unsafe { &*cfg }.cfg.to_core().unwrap().workers, 3);
         unsafe { laminar_config_destroy(Some(Box::from_raw(cfg))) };
     }
 

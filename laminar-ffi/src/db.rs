@@ -40,7 +40,7 @@ impl Db {
     /// Opens `path` (`":memory:"`, or a directory: durability `wal` unless the config says
     /// `checkpoint`) with `config`; a directory is recovered when it holds a database.
     pub fn open(path: &str, config: &Config) -> Result<Db> {
-        Ok(Db { db: Database::open(path, config.to_core())?, pid: std::process::id() })
+        Ok(Db { db: Database::open(path, config.to_core()?)?, pid: std::process::id() })
     }
 
     /// The engine database (for bindings that need the full Rust API).

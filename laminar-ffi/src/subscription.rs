@@ -49,6 +49,11 @@ impl Subscription {
         Ok(())
     }
 
+    /// The epoch of the batch returned last (0 before the first): the checkpoint that covers it.
+    pub fn epoch(&self) -> u64 {
+        self.inner.sub.epoch()
+    }
+
     /// Blocks for the next batch; None once the subscription has ended (cancelled, stream
     /// dropped). After the database is closed, buffered batches are still returned, then CLOSED.
     pub fn next(&self) -> Result<Option<RecordBatch>> {
@@ -287,8 +292,10 @@ impl laminar_subscription {
 ///
 /// - `db`, `name`: borrowed.
 /// - `options`: borrowed, may be NULL; may set `buffer_size` (batches buffered, default the
-///   database's) and `on_full` (`lag`: a subscriber that falls behind is ended with
-///   `LAMINAR_RESOURCE_EXHAUSTED`; `block`: the pipeline waits for it). Other keys are
+///   database's), `on_full` (`lag`: a subscriber that falls behind is ended with
+///   `LAMINAR_RESOURCE_EXHAUSTED`; `block`: the pipeline waits for it) and, on a durable
+///   database, `resume_after_epoch` (deliver first the kept results of every later epoch; see
+///   `laminar_subscription_epoch`). Other keys are
 ///   `LAMINAR_INVALID_ARGUMENT`.
 /// - `out`: caller-owned output; receives the subscription, or NULL on failure.
 ///
@@ -482,6 +489,27 @@ pub unsafe extern "C" fn laminar_subscription_stream(
         }
         // SAFETY: non-NULL and writable (caller contract).
         unsafe { export_stream(sub.schema(), Box::new(sub), out) };
+        Ok(())
+    })
+}
+
+/// The epoch of the batch `laminar_subscription_next` returned last (0 before the first): the
+/// number of the checkpoint that covers it. Once checkpoint `e` has completed, every batch of
+/// epochs `<= e` has been delivered; a consumer that commits its work per epoch resumes after a
+/// restart by subscribing with the option `resume_after_epoch` = its last committed epoch, and
+/// then sees every later result exactly once.
+///
+/// - `sub`: borrowed, a pull subscription. `out_epoch`: receives the epoch.
+///
+/// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`, a push subscription). Since: 0.1.0
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn laminar_subscription_epoch(sub: *mut laminar_subscription, out_epoch: *mut u64, out_error: *mut *mut laminar_error) -> laminar_status {
+    guard(out_error, None, || {
+        // SAFETY: NULL or a live handle (caller contract).
+        let sub = pull(unsafe { handle(sub, "sub") }?)?;
+        // SAFETY: NULL or writable (caller contract).
+        let out = unsafe { out_epoch.as_mut() }.ok_or_else(|| Error::invalid_argument("out_epoch is NULL"))?;
+        *out = sub.epoch();
         Ok(())
     })
 }

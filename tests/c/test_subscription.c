@@ -205,6 +205,14 @@ static void test_pull(void) {
   CHECK_OK(laminar_subscription_next(sub, -1, &a, &err));
   CHECK(a.release != NULL && a.length == 7 && a.n_children == 2);
   a.release(&a);
+  {
+    /* results before the first checkpoint belong to epoch 1 (an in-memory database never
+       checkpoints) */
+    uint64_t epoch = 99;
+    CHECK_OK(laminar_subscription_epoch(sub, &epoch, &err));
+    CHECK(epoch == 1);
+    CHECK_FAILS(LAMINAR_INVALID_ARGUMENT, "out_epoch", laminar_subscription_epoch(sub, NULL, &err));
+  }
   CHECK_FAILS(LAMINAR_INVALID_ARGUMENT, "push subscriptions", laminar_subscription_request(sub, 1, &err));
 
   /* cancel from another thread ends a blocked read with the end of the subscription */

@@ -68,6 +68,12 @@ impl Subscription {
         self.sub.is_cancelled()
     }
 
+    /// The epoch of the batch returned last (0 before the first).
+    #[getter]
+    fn epoch(&self) -> u64 {
+        self.sub.epoch()
+    }
+
     fn schema(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         schema_object(py, self.sub.schema())
     }

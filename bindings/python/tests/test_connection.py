@@ -160,3 +160,35 @@ def test_a_directory_is_durable_and_recovered(tmp_path):
     with pytest.raises(laminardb.LaminarError) as e:
         laminardb.open(path, config={"durability": "memory"})
     assert e.value.status == "INVALID_ARGUMENT"
+
+
+def test_a_subscriber_resumes_after_its_last_epoch(tmp_path):
+    path = str(tmp_path / "db")
+    src = "CREATE SOURCE t (sym VARCHAR, qty BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)"
+    view = "CREATE STREAM s AS SELECT sym, SUM(qty) AS q, window_start FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)"
+
+    def results(sub):
+        out = []
+        while True:
+            r = sub.next_timeout(200)
+            if r is None:
+                return out
+            out.extend((sub.epoch, d["sym"], d["q"]) for d in r.to_dicts())
+
+    with laminardb.open(path, config={"checkpoint_interval": "0"}) as db:
+        db.execute(src)
+        db.execute(view)
+        sub = db.subscribe_stream("s")
+        db.insert("t", {"sym": ["A", "B"], "qty": [1, 2], "ts": [at(0), at(11)]})  # closes [0,10)
+        assert db.checkpoint() == 1
+        db.insert("t", {"sym": ["A"], "qty": [5], "ts": [at(21)]})  # closes [10,20): epoch 2
+        first = results(sub)
+        assert [(e, s) for e, s, _ in first] == [(1, "A"), (2, "B")]
+    # The consumer had committed epoch 1 only; after the restart it resumes after it.
+    with laminardb.open(path) as db:
+        sub = db.subscribe_stream("s", resume_after_epoch=1)
+        again = results(sub)
+        assert [(s, q) for _, s, q in again] == [("B", 2)]
+        with pytest.raises(laminardb.LaminarError) as e:
+            db.subscribe_stream("s", resume_after_epoch="x")
+        assert "resume_after_epoch" in str(e.value)

@@ -290,7 +290,8 @@ class Connection:
     def subscribe(self, sql: str, **options) -> Subscription:
         """Subscribes to the results of a continuous query (``SELECT …``, run as a stream until
         the subscription ends) or of a stream named by ``sql``. Options: ``buffer_size``,
-        ``on_full`` (``"lag"`` | ``"block"``)."""
+        ``on_full`` (``"lag"`` | ``"block"``), ``resume_after_epoch`` (durable databases: first
+        every kept result of the epochs after this one; see :attr:`Subscription.epoch`)."""
         self._check()
         name, hidden = self._target(sql)
         return self._subscribe(name, hidden, options)

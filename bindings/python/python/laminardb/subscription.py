@@ -34,6 +34,13 @@ class Subscription:
         return pa.schema(self._sub.schema())
 
     @property
+    def epoch(self) -> int:
+        """The epoch of the batch returned last (0 before the first): the checkpoint that covers
+        it. A consumer that commits its work per epoch resumes after a restart with
+        ``subscribe_stream(name, resume_after_epoch=e)`` and sees each later result once."""
+        return self._sub.epoch
+
+    @property
     def is_active(self) -> bool:
         return not self._ended and not self._sub.is_cancelled
 
