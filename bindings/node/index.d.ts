@@ -20,6 +20,9 @@ export interface SubscribeOptions {
   bufferSize?: number;
   /** 'lag' (default: a subscriber that falls behind is ended with RESOURCE_EXHAUSTED) or 'block'. */
   onFull?: 'lag' | 'block';
+  /** Durable databases, pull form: first every kept result of the epochs after this one (a
+   * consumer that committed its work up to epoch e passes e after a restart), then live ones. */
+  resumeAfterEpoch?: number;
   /** Callback form only: called with the error that ended the subscription, and with anything
    * `onBatch` throws (the subscription then goes on). Without it, both become process warnings. */
   onError?: (err: Error) => void;
@@ -30,6 +33,9 @@ export interface SubscribeOptions {
 export declare class Subscription implements AsyncIterable<Table> {
   /** The schema of every batch, known before the first. */
   readonly schema: Schema;
+  /** The epoch of the batch next() returned last (0 before the first): the checkpoint that
+   * covers it. Once checkpoint e completed, every batch of epochs <= e has been delivered. */
+  readonly epoch: number;
   /** The next batch, or null once the subscription has ended. */
   next(): Promise<Table | null>;
   /** Ends the subscription; a pending next() resolves with null. Idempotent. */

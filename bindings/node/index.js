@@ -120,6 +120,11 @@ class Subscription {
       else signal.addEventListener('abort', () => this.close(), { once: true });
     }
   }
+  /** The epoch of the batch next() returned last (0 before the first): the checkpoint that
+   * covers it. */
+  get epoch() {
+    return this._sub.epoch;
+  }
   /** The next batch as a Table, or null once the subscription has ended. */
   async next() {
     while (!this._done) {
@@ -223,6 +228,7 @@ function subOptions(options) {
   const opts = {};
   if (options.bufferSize !== undefined) opts.buffer_size = String(options.bufferSize);
   if (options.onFull !== undefined) opts.on_full = String(options.onFull);
+  if (options.resumeAfterEpoch !== undefined) opts.resume_after_epoch = String(options.resumeAfterEpoch);
   return opts;
 }
 

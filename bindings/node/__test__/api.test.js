@@ -187,3 +187,33 @@ test('writer operations apply in call order without awaiting; a throwing onError
   cb.close();
   await db.close();
 });
+
+test('a directory is durable; a subscriber resumes after its last epoch', async () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'laminar-node-'));
+  const ddl = [
+    "CREATE SOURCE IF NOT EXISTS t (sym VARCHAR, qty BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)",
+    "CREATE STREAM IF NOT EXISTS s AS SELECT sym, SUM(qty) AS q, window_start FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)",
+  ];
+  let db = await laminardb.open(dir, { checkpoint_interval: '0' });
+  for (const d of ddl) await db.execute(d);
+  let sub = db.subscribe('s');
+  await db.insert('t', [{ sym: 'A', qty: 1, ts: at(0) }, { sym: 'B', qty: 2, ts: at(11) }]); // closes [0,10)
+  let t = await sub.next();
+  assert.deepEqual([sub.epoch, t.toArray().map((r) => r.sym)], [1, ['A']]);
+  await db.checkpoint();
+  await db.insert('t', [{ sym: 'A', qty: 5, ts: at(21) }]); // closes [10,20): epoch 2
+  t = await sub.next();
+  assert.deepEqual([sub.epoch, t.toArray().map((r) => r.sym)], [2, ['B']]);
+  await db.close(); // a last checkpoint: epoch 2's results are kept
+  db = await laminardb.open(dir);
+  for (const d of ddl) await db.execute(d); // the same definitions again are fine
+  sub = db.subscribe('s', { resumeAfterEpoch: 1 });
+  t = await sub.next();
+  assert.deepEqual([sub.epoch, t.toArray().map((r) => [r.sym, Number(r.q)])], [2, [['B', 2]]]);
+  sub.close();
+  await db.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});

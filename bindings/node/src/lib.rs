@@ -218,7 +218,7 @@ impl NativeDb {
         Ok(NativePushSubscription { push })
     }
 
-    /// A pull subscription; options: buffer_size, on_full.
+    /// A pull subscription; options: buffer_size, on_full, resume_after_epoch.
     #[napi]
     pub fn subscribe(&self, name: String, options: Option<HashMap<String, String>>) -> Result<NativeSubscription> {
         let opts = config(options).js()?;
@@ -372,6 +372,12 @@ impl Task for NextTask {
 
 #[napi]
 impl NativeSubscription {
+    /// The epoch of the batch returned last (0 before the first): the checkpoint that covers it.
+    #[napi(getter)]
+    pub fn epoch(&self) -> i64 {
+        self.sub.epoch() as i64
+    }
+
     /// Waits up to `timeout_ms` on libuv's pool: a batch (IPC bytes), an empty buffer (nothing
     /// yet) or null (the end).
     #[napi(ts_return_type = "Promise<Buffer | null>")]
