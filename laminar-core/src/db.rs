@@ -199,6 +199,11 @@ struct StreamRt {
     /// Durable databases: the results emitted since the last checkpoint (this epoch's), written
     /// with the next checkpoint so subscribers can resume from an epoch.
     history: Vec<RecordBatch>,
+    /// Durable databases: the first epoch whose results are kept for resuming subscribers. None
+    /// until the stream is first subscribed to (results nobody subscribed to are not kept).
+    history_since: Option<u64>,
+    /// A result was emitted since the last checkpoint.
+    emitted_this_epoch: bool,
 }
 
 struct Engine {
@@ -527,6 +532,7 @@ impl Database {
                 s.batches_out = r.batches_out;
                 s.rows_late = r.rows_late;
                 s.late_pairs = r.late_pairs;
+                s.history_since = r.history_since;
             }
         }
         eng.epoch = l.epoch;
@@ -949,6 +955,8 @@ impl Database {
                 tick,
                 is_late_sink: false,
                 history: vec![],
+                history_since: None,
+                emitted_this_epoch: false,
             },
         );
         eng.order.push(cs.name.clone());
@@ -1289,6 +1297,15 @@ impl Database {
         if let Some(e) = &s.failed {
             return Err(Error::new(e.kind(), format!("stream '{name}' has failed: {}", e.message())));
         }
+        let epoch_now = eng.epoch + 1;
+        let durable = self.inner.durable.is_some();
+        let s = eng.streams.get_mut(name).expect("found above");
+        if durable && s.history_since.is_none() {
+            // From now on this stream's results are kept for resuming; the current epoch counts
+            // only if nothing of it was emitted before.
+            s.history_since = Some(if s.emitted_this_epoch { epoch_now + 1 } else { epoch_now });
+        }
+        let history_since = s.history_since;
         let mut backlog: Vec<(u64, RecordBatch)> = vec![];
         if let Some(k) = opts.resume_after_epoch {
             let Some(d) = &self.inner.durable else {
@@ -1297,6 +1314,12 @@ impl Database {
             let last = eng.epoch;
             if k > last {
                 return Err(Error::invalid_argument(format!("cannot resume '{name}' after epoch {k}: the last checkpoint is epoch {last}")));
+            }
+            if let Some(since) = history_since.filter(|since| k + 1 < *since) {
+                return Err(Error::invalid_argument(format!(
+                    "cannot resume '{name}' after epoch {k}: its results are kept from epoch {since} on (from its first subscription); resume after epoch {} or later",
+                    since - 1
+                )));
             }
             let kept = durable::epochs(&d.store)?;
             let object = format!("outputs:{name}");
@@ -1491,6 +1514,8 @@ impl StreamRt {
             tick: None,
             is_late_sink: true,
             history: vec![],
+            history_since: None,
+            emitted_this_epoch: false,
         }
     }
 }
@@ -1771,12 +1796,15 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
             });
             objects.push((format!("stream:{n}"), durable::encode_lists(&lists)?));
         }
-        objects.push((format!("outputs:{n}"), durable::encode_lists(&[s.history.clone()])?));
+        if s.history_since.is_some() {
+            objects.push((format!("outputs:{n}"), durable::encode_lists(&[std::mem::take(&mut s.history)])?));
+        }
     }
     let (stats, oldest_seq) = durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, d.retain)?;
     eng.epoch = epoch;
     for s in eng.streams.values_mut() {
         s.history.clear();
+        s.emitted_this_epoch = false;
     }
     d.rotate.store(true, Ordering::Release);
     if oldest_seq > 0 {
@@ -1834,6 +1862,7 @@ mod catalog {
         pub batches_out: u64,
         pub late_pairs: u64,
         pub position: Option<u64>,
+        pub history_since: Option<u64>,
     }
 
     pub(super) struct Rows;
@@ -1845,6 +1874,7 @@ mod catalog {
             let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
             let (wm, ri, bi, rl, ro, bo, lp, pos) =
                 (int("watermark")?, int("rows_in")?, int("batches_in")?, int("rows_late")?, int("rows_out")?, int("batches_out")?, int("late_pairs")?, int("position")?);
+            let hs = int("history_since")?;
             let u = |v: Option<i64>| v.unwrap_or(0) as u64;
             Ok((0..b.num_rows())
                 .map(|i| Row {
@@ -1860,6 +1890,7 @@ mod catalog {
                     batches_out: u(bo[i]),
                     late_pairs: u(lp[i]),
                     position: pos[i].map(|p| p as u64),
+                    history_since: hs[i].map(|p| p as u64),
                 })
                 .collect())
         }
@@ -1884,6 +1915,7 @@ mod catalog {
                 batches_out: 0,
                 late_pairs: 0,
                 position: s.position,
+                history_since: None,
             });
         }
         for n in &eng.order {
@@ -1901,6 +1933,7 @@ mod catalog {
                 batches_out: s.batches_out,
                 late_pairs: s.late_pairs,
                 position: None,
+                history_since: s.history_since,
             });
         }
         let strs = |f: &dyn Fn(&Row) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
@@ -1918,6 +1951,7 @@ mod catalog {
             ("batches_out", ints(&|r| Some(r.batches_out as i64))),
             ("late_pairs", ints(&|r| Some(r.late_pairs as i64))),
             ("position", ints(&|r| r.position.map(|p| p as i64))),
+            ("history_since", ints(&|r| r.history_since.map(|p| p as i64))),
         ])?)
     }
 }
@@ -2233,7 +2267,10 @@ fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>
             }
         }
         if inner.durable.is_some() {
-            s.history.push(batch.clone());
+            s.emitted_this_epoch = true;
+            if s.history_since.is_some() {
+                s.history.push(batch.clone());
+            }
         }
         let epoch = *epoch + 1;
         s.subscribers.retain(|sub| matches!(sub.deliver((epoch, batch.clone()), pending), Delivered::Ok));

@@ -445,6 +445,9 @@ fn subscribers_resume_from_their_last_epoch_and_see_each_result_once() {
     db.close_abruptly();
 
     let db = open(&dir, "wal", "0");
+    // `paid` never had a subscriber: its results were not kept, and resuming it says so.
+    let e = db.subscribe_with("paid", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).err().unwrap();
+    assert!(e.message().contains("kept from epoch"), "{e}");
     let sub = db.subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).unwrap();
     push(&db, 11, 14);
     finish(&db);
