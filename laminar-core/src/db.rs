@@ -533,6 +533,10 @@ impl Database {
                 s.rows_late = r.rows_late;
                 s.late_pairs = r.late_pairs;
                 s.history_since = r.history_since;
+                if let Some((kind, msg)) = r.failed {
+                    let kind = ErrorKind::from_name(&kind).unwrap_or(ErrorKind::Internal);
+                    s.failed = Some(Error::new(kind, msg));
+                }
             }
         }
         eng.epoch = l.epoch;
@@ -1846,7 +1850,7 @@ fn definition_key(text: &str) -> String {
 /// (sources first; a stream only reads what exists before it).
 mod catalog {
     use super::*;
-    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::array::{Array, AsArray};
     use datafusion::arrow::datatypes::Int64Type;
 
     pub(super) struct Row {
@@ -1863,6 +1867,8 @@ mod catalog {
         pub late_pairs: u64,
         pub position: Option<u64>,
         pub history_since: Option<u64>,
+        /// A failed stream's error: it stays failed after recovery (its state stopped there).
+        pub failed: Option<(String, String)>,
     }
 
     pub(super) struct Rows;
@@ -1875,6 +1881,7 @@ mod catalog {
             let (wm, ri, bi, rl, ro, bo, lp, pos) =
                 (int("watermark")?, int("rows_in")?, int("batches_in")?, int("rows_late")?, int("rows_out")?, int("batches_out")?, int("late_pairs")?, int("position")?);
             let hs = int("history_since")?;
+            let (fk, fm) = (col("failed_kind")?.as_string::<i32>(), col("failed")?.as_string::<i32>());
             let u = |v: Option<i64>| v.unwrap_or(0) as u64;
             Ok((0..b.num_rows())
                 .map(|i| Row {
@@ -1891,6 +1898,7 @@ mod catalog {
                     late_pairs: u(lp[i]),
                     position: pos[i].map(|p| p as u64),
                     history_since: hs[i].map(|p| p as u64),
+                    failed: (!fm.is_null(i)).then(|| (fk.value(i).to_string(), fm.value(i).to_string())),
                 })
                 .collect())
         }
@@ -1916,6 +1924,7 @@ mod catalog {
                 late_pairs: 0,
                 position: s.position,
                 history_since: None,
+                failed: None,
             });
         }
         for n in &eng.order {
@@ -1934,6 +1943,7 @@ mod catalog {
                 late_pairs: s.late_pairs,
                 position: None,
                 history_since: s.history_since,
+                failed: s.failed.as_ref().map(|e| (e.kind().name().to_string(), e.message().to_string())),
             });
         }
         let strs = |f: &dyn Fn(&Row) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
@@ -1952,6 +1962,8 @@ mod catalog {
             ("late_pairs", ints(&|r| Some(r.late_pairs as i64))),
             ("position", ints(&|r| r.position.map(|p| p as i64))),
             ("history_since", ints(&|r| r.history_since.map(|p| p as i64))),
+            ("failed_kind", Arc::new(StringArray::from_iter(rows.iter().map(|r| r.failed.as_ref().map(|f| f.0.clone())))) as ArrayRef),
+            ("failed", Arc::new(StringArray::from_iter(rows.iter().map(|r| r.failed.as_ref().map(|f| f.1.clone())))) as ArrayRef),
         ])?)
     }
 }

@@ -49,6 +49,14 @@ impl ErrorKind {
             ErrorKind::Plan => "PLAN",
         }
     }
+
+    /// The kind a [`ErrorKind::name`] names.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        use ErrorKind::*;
+        [Unknown, NotImplemented, NotFound, AlreadyExists, InvalidArgument, InvalidState, InvalidData, Internal, Io, Cancelled, Timeout, ResourceExhausted, Closed, SqlSyntax, Plan]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
 }
 
 /// A position in SQL text, 1-based like every editor.

@@ -639,3 +639,35 @@ fn both_io_backends_write_a_log_and_checkpoints_that_recover() {
     }
     eprintln!("io backends tested: {backends:?}");
 }
+
+#[test]
+fn a_failed_stream_stays_failed_after_recovery() {
+    // A stream that failed (here: its state passed memory_limit) stopped processing; reopening
+    // must not bring it back with the state it had when it stopped, as if nothing was missed.
+    let dir = tmpdir("failed");
+    let open_limited = || {
+        let mut c = Config::default();
+        c.set("checkpoint_interval", "0").unwrap();
+        c.set("memory_limit", "200KB").unwrap();
+        Database::open(dir.to_str().unwrap(), c).unwrap()
+    };
+    let db = open_limited();
+    db.execute(DDL[0]).unwrap();
+    db.execute("CREATE STREAM per_id AS SELECT id, COUNT(*) AS n FROM orders GROUP BY id").unwrap();
+    let mut o = db.writer("orders").unwrap();
+    for i in 0..40 {
+        o.write(orders(i)).unwrap();
+    }
+    db.flush().unwrap();
+    let failed = db.metrics().unwrap().streams.iter().find(|s| s.name == "per_id").unwrap().failed.clone();
+    assert!(failed.as_deref().is_some_and(|f| f.contains("memory_limit")), "{failed:?}");
+    db.close();
+    let db = open_limited();
+    let m = db.metrics().unwrap();
+    let again = m.streams.iter().find(|s| s.name == "per_id").unwrap().failed.clone();
+    assert_eq!(again, failed, "the failure is recovered with the stream");
+    let e = db.subscribe("per_id").err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
