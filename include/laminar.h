@@ -620,15 +620,17 @@ laminar_status laminar_subscription_stream(struct laminar_subscription *sub,
                                            struct ArrowArrayStream *out,
                                            struct laminar_error **out_error);
 
-// The epoch of the batch `laminar_subscription_next` returned last (0 before the first): the
-// number of the checkpoint that covers it. Once checkpoint `e` has completed, every batch of
+// The epoch of the batch `laminar_subscription_next` returned last — for a push subscription,
+// of the batch `on_batch` is delivering (called from inside it) or delivered last — 0 before
+// the first: the number of the checkpoint that covers it. Once checkpoint `e` has completed, every batch of
 // epochs `<= e` has been delivered; a consumer that commits its work per epoch resumes after a
 // restart by subscribing with the option `resume_after_epoch` = its last committed epoch, and
 // then sees every later result exactly once.
 //
-// - `sub`: borrowed, a pull subscription. `out_epoch`: receives the epoch.
+// - `sub`: borrowed; any thread, including inside the subscription's own callbacks.
+//   `out_epoch`: receives the epoch.
 //
-// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`, a push subscription). Since: 0.1.0
+// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`). Since: 0.1.0
 LAMINAR_API
 laminar_status laminar_subscription_epoch(struct laminar_subscription *sub,
                                           uint64_t *out_epoch,

@@ -34,6 +34,7 @@ import (
 	"io"
 	"runtime"
 	"runtime/cgo"
+	"strconv"
 	"sync"
 	"unsafe"
 
@@ -45,6 +46,10 @@ import (
 type Message struct {
 	Record arrow.RecordBatch // release it when done
 	Err    error
+	// Epoch is the checkpoint that covers Record: once checkpoint e has completed, every record
+	// of epochs <= e has been delivered. A consumer that commits its work per epoch resumes
+	// after a restart with SubscribeResume(ctx, name, e) and sees each later result once.
+	Epoch uint64
 }
 
 // subState is what the C callbacks reach through the cgo.Handle.
@@ -54,6 +59,8 @@ type subState struct {
 	stopOnce sync.Once
 	schema   *arrow.Schema
 	ready    chan struct{} // closed once the schema is known
+	// cptr is the C handle, set before any batch is requested (so before on_batch runs).
+	cptr *C.laminar_subscription
 	// owner keeps the Subscription (and through it the DB) reachable while the callbacks can
 	// still run: a consumer that only holds C() must not see it collected and cancelled.
 	// The cgo.Handle holds subState until on_close.
@@ -81,8 +88,27 @@ func (db *DB) Subscribe(ctx context.Context, name string) (*Subscription, error)
 
 // SubscribeBuffered is Subscribe with a channel of the given capacity.
 func (db *DB) SubscribeBuffered(ctx context.Context, name string, buffer int) (*Subscription, error) {
+	return db.subscribe(ctx, name, buffer, nil)
+}
+
+// SubscribeResume subscribes to a stream of a durable database and delivers first every kept
+// result of the epochs after afterEpoch (those a consumer had not committed before a restart),
+// then live results. Resuming from before the stream's first subscription, or from a checkpoint
+// no longer kept, is ErrInvalidArgument or ErrNotFound naming the earliest possible epoch.
+func (db *DB) SubscribeResume(ctx context.Context, name string, afterEpoch uint64) (*Subscription, error) {
+	return db.subscribe(ctx, name, 64, [][2]string{{"resume_after_epoch", strconv.FormatUint(afterEpoch, 10)}})
+}
+
+func (db *DB) subscribe(ctx context.Context, name string, buffer int, options [][2]string) (*Subscription, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	opts, err := newConfig(options)
+	if err != nil {
+		return nil, err
+	}
+	if opts != nil {
+		defer C.laminar_config_destroy(opts)
 	}
 	h, done, err := db.handle()
 	if err != nil {
@@ -100,10 +126,11 @@ func (db *DB) SubscribeBuffered(ctx context.Context, name string, buffer int) (*
 	s := &Subscription{st: st, handle: handle, name: name, db: db}
 	st.owner = s
 	var cerr *C.laminar_error
-	if err := toError(C.laminar_db_subscribe_push(h, n, &cb, nil, &s.ptr, &cerr), cerr); err != nil {
+	if err := toError(C.laminar_db_subscribe_push(h, n, &cb, opts, &s.ptr, &cerr), cerr); err != nil {
 		handle.Delete() // no callback ran; the handle is still ours
 		return nil, err
 	}
+	st.cptr = s.ptr
 	if err := toError(C.laminar_subscription_request(s.ptr, C.UINT64_MAX, &cerr), cerr); err != nil {
 		s.Close()
 		return nil, err
@@ -231,7 +258,11 @@ func laminarGoOnBatch(ud unsafe.Pointer, batch *C.struct_ArrowArray) {
 		st.deliver(Message{Err: err})
 		return
 	}
-	st.deliver(Message{Record: rec})
+	var epoch C.uint64_t
+	if st.cptr != nil {
+		C.laminar_subscription_epoch(st.cptr, &epoch, nil)
+	}
+	st.deliver(Message{Record: rec, Epoch: uint64(epoch)})
 }
 
 //export laminarGoOnError

@@ -120,3 +120,68 @@ func TestManySubscribeCloseCycles(t *testing.T) {
 		t.Fatalf("missing stream: %v", err)
 	}
 }
+
+// A durable database: records carry their epoch, and a subscriber resumes after the last epoch
+// it committed, seeing each later result once.
+func TestDurableSubscriberResumesAfterItsEpoch(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	ddl := []string{
+		"CREATE SOURCE IF NOT EXISTS t (sym VARCHAR, qty BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)",
+		"CREATE STREAM IF NOT EXISTS s AS SELECT sym, SUM(qty) AS q, window_start FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)",
+	}
+	db, err := Open(dir, WithConfig("checkpoint_interval", "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ddl {
+		mustExec(t, db, d)
+	}
+	sub, err := db.Subscribe(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, db, "INSERT INTO t VALUES ('A', 1, TIMESTAMP '1970-01-01 00:00:00'), ('B', 2, TIMESTAMP '1970-01-01 00:00:11')")
+	m := <-sub.C()
+	if m.Err != nil || m.Epoch != 1 {
+		t.Fatalf("first result: epoch %d, %v", m.Epoch, m.Err)
+	}
+	m.Record.Release()
+	if e, err := db.Checkpoint(ctx); err != nil || e != 1 {
+		t.Fatalf("checkpoint: %d %v", e, err)
+	}
+	mustExec(t, db, "INSERT INTO t VALUES ('A', 5, TIMESTAMP '1970-01-01 00:00:21')")
+	m = <-sub.C()
+	if m.Err != nil || m.Epoch != 2 {
+		t.Fatalf("second result: epoch %d, %v", m.Epoch, m.Err)
+	}
+	m.Record.Release()
+	sub.Close()
+	if err := db.Close(); err != nil { // a last checkpoint keeps epoch 2's results
+		t.Fatal(err)
+	}
+	db, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, d := range ddl {
+		mustExec(t, db, d)
+	}
+	sub, err = db.SubscribeResume(ctx, "s", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	m = <-sub.C()
+	if m.Err != nil || m.Epoch != 2 || m.Record.NumRows() != 1 {
+		t.Fatalf("resumed: epoch %d, %v", m.Epoch, m.Err)
+	}
+	if got := m.Record.Column(0).ValueStr(0); got != "B" {
+		t.Fatalf("resumed the wrong result: %s", got)
+	}
+	m.Record.Release()
+	if _, err := db.SubscribeResume(ctx, "s", 99); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("resume from the future: %v", err)
+	}
+}

@@ -109,6 +109,11 @@ pub struct PushSubscription {
 }
 
 impl PushSubscription {
+    /// The epoch of the batch delivered last (inside `on_batch`: of that batch).
+    pub fn epoch(&self) -> u64 {
+        self.push.epoch()
+    }
+
     /// Grants `n` more batches (`u64::MAX`: no bound). Never calls the callback synchronously.
     pub fn request(&self, n: u64) {
         self.push.request(n)
@@ -493,23 +498,28 @@ pub unsafe extern "C" fn laminar_subscription_stream(
     })
 }
 
-/// The epoch of the batch `laminar_subscription_next` returned last (0 before the first): the
-/// number of the checkpoint that covers it. Once checkpoint `e` has completed, every batch of
+/// The epoch of the batch `laminar_subscription_next` returned last — for a push subscription,
+/// of the batch `on_batch` is delivering (called from inside it) or delivered last — 0 before
+/// the first: the number of the checkpoint that covers it. Once checkpoint `e` has completed, every batch of
 /// epochs `<= e` has been delivered; a consumer that commits its work per epoch resumes after a
 /// restart by subscribing with the option `resume_after_epoch` = its last committed epoch, and
 /// then sees every later result exactly once.
 ///
-/// - `sub`: borrowed, a pull subscription. `out_epoch`: receives the epoch.
+/// - `sub`: borrowed; any thread, including inside the subscription's own callbacks.
+///   `out_epoch`: receives the epoch.
 ///
-/// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`, a push subscription). Since: 0.1.0
+/// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`). Since: 0.1.0
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn laminar_subscription_epoch(sub: *mut laminar_subscription, out_epoch: *mut u64, out_error: *mut *mut laminar_error) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
-        let sub = pull(unsafe { handle(sub, "sub") }?)?;
+        let sub = unsafe { handle(sub, "sub") }?;
         // SAFETY: NULL or writable (caller contract).
         let out = unsafe { out_epoch.as_mut() }.ok_or_else(|| Error::invalid_argument("out_epoch is NULL"))?;
-        *out = sub.epoch();
+        *out = match &sub.kind {
+            SubKind::Pull(p) => p.epoch(),
+            SubKind::Push(p) => p.epoch(),
+        };
         Ok(())
     })
 }

@@ -181,8 +181,8 @@ pub enum Next {
 pub struct Subscription {
     rx: Receiver<Msg>,
     cancel_rx: Receiver<()>,
-    /// Epoch of the batch returned last (0 before the first).
-    epoch: AtomicU64,
+    /// Epoch of the batch returned last (0 before the first); shared with a push subscription.
+    epoch: Arc<AtomicU64>,
     shared: Arc<SubShared>,
     schema: SchemaRef,
     stream: String,
@@ -204,7 +204,7 @@ pub(crate) fn new_pair(stream: &str, schema: SchemaRef, capacity: usize, on_full
     });
     (
         SubscriberSlot { tx, shared: shared.clone(), on_full },
-        Subscription { rx, cancel_rx, epoch: AtomicU64::new(0), shared, schema, stream: stream.to_string() },
+        Subscription { rx, cancel_rx, epoch: Arc::new(AtomicU64::new(0)), shared, schema, stream: stream.to_string() },
     )
 }
 
@@ -348,6 +348,7 @@ pub enum PushEvent {
 /// as credits were granted (`request`); `cancel` may be called from anywhere, including the callback.
 pub struct PushSubscription {
     shared: Arc<SubShared>,
+    epoch: Arc<AtomicU64>,
     canceller: Canceller,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     thread_id: std::thread::ThreadId,
@@ -360,6 +361,7 @@ impl PushSubscription {
         mut callback: Box<dyn FnMut(PushEvent) + Send>,
     ) -> Result<PushSubscription> {
         let shared = sub.shared.clone();
+        let epoch = sub.epoch.clone();
         *shared.credits.lock() = initial_credits;
         let canceller = sub.canceller();
         let handle = std::thread::Builder::new()
@@ -424,7 +426,13 @@ impl PushSubscription {
             })
             .map_err(|e| Error::internal(format!("cannot start the subscription thread: {e}")))?;
         let thread_id = handle.thread().id();
-        Ok(PushSubscription { shared, canceller, thread: Mutex::new(Some(handle)), thread_id })
+        Ok(PushSubscription { shared, epoch, canceller, thread: Mutex::new(Some(handle)), thread_id })
+    }
+
+    /// The epoch of the batch delivered last — inside the callback, of the batch being delivered
+    /// (0 before the first). See [`Subscription::epoch`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Grants `n` more batches. Never calls the callback synchronously.
