@@ -588,6 +588,7 @@ fn sigkill_crash_rounds() {
     );
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&child_log);
 }
 
 
