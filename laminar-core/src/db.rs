@@ -477,7 +477,7 @@ impl Database {
         let epoch = l.epoch;
         let bad = |m: String| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {m}"));
         let catalog = l.objects.remove("catalog").and_then(|c| c.into_iter().next()).and_then(|c| c.into_iter().next()).ok_or_else(|| bad("no catalog".into()))?;
-        let rows = catalog::Rows::read(&catalog).map_err(|e| bad(e.to_string()))?;
+        let rows = catalog::read(&catalog).map_err(|e| bad(e.to_string()))?;
         for r in &rows {
             if r.kind != "late" {
                 for st in sql::parse_sql(&r.sql)? {
@@ -515,14 +515,8 @@ impl Database {
                         )));
                     }
                     let mut lists = l.objects.remove(&format!("stream:{}", r.name)).unwrap_or_default();
-                    let mut ops = s.root.operators_mut();
-                    if lists.len() != ops.len() + 1 {
-                        return Err(bad(format!("'{}' has state for {} operators, its plan has {}", r.name, lists.len().saturating_sub(1), ops.len())));
-                    }
-                    let mv_state = lists.pop().expect("checked");
-                    for (op, st) in ops.iter_mut().zip(lists) {
-                        op.restore(st).map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
-                    }
+                    let mv_state = lists.pop().ok_or_else(|| bad(format!("no state for '{}'", r.name)))?;
+                    s.restore_ops(lists).map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
                     if let Some(mv) = &mut s.mv {
                         mv.restore(mv_state)?;
                     }
@@ -661,10 +655,8 @@ impl Database {
         self.flush()?;
         let (res, rec) = match stmt {
             Statement::Delete { table, selection } => {
-                let rows = self.delete_rows_matching(&table, selection)?;
-                let removed = self.apply_delete(&table, &rows)?;
-                let res = ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() };
-                let rec = if removed > 0 && d.level == Durability::Wal {
+                let (res, rows) = self.delete_where(&table, selection)?;
+                let rec = if res.rows_affected > 0 && d.level == Durability::Wal {
                     let schema = rows[0].schema();
                     Some(Record::Delete { table, rows: datafusion::arrow::compute::concat_batches(&schema, &rows)? })
                 } else {
@@ -699,7 +691,7 @@ impl Database {
             }
             Statement::Explain(inner) => self.explain(*inner),
             Statement::Insert { table, columns, source } => self.insert_values(&table, &columns, *source),
-            Statement::Delete { table, selection } => self.delete_where(&table, selection),
+            Statement::Delete { table, selection } => self.delete_where(&table, selection).map(|r| r.0),
             Statement::Query(q) => {
                 let (schema, batches) = self.run_query(*q)?;
                 Ok(ExecuteResult { batches, schema: Some(schema), ..Default::default() })
@@ -1227,11 +1219,12 @@ impl Database {
 
     /// `DELETE FROM table [WHERE …]`: removes the matching rows of a table (after every push made
     /// before the call is applied) and retracts them downstream.
-    fn delete_where(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<ExecuteResult> {
+    /// The result, and the rows removed (for the log).
+    fn delete_where(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<(ExecuteResult, Vec<RecordBatch>)> {
         self.flush()?;
         let rows = self.delete_rows_matching(table, selection)?;
         let removed = self.apply_delete(table, &rows)?;
-        Ok(ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() })
+        Ok((ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() }, rows))
     }
 
     /// The rows of `table` a DELETE's WHERE matches, read like an ad-hoc query over its rows.
@@ -1294,6 +1287,7 @@ impl Database {
             return Err(Error::invalid_argument(format!("'{name}' is a source; subscribe to a stream over it (CREATE STREAM … AS SELECT * FROM {name})")));
         }
         let names: Vec<String> = eng.streams.keys().cloned().collect();
+        let epoch_now = eng.epoch + 1;
         let s = eng.streams.get_mut(name).ok_or_else(|| {
             let hint = nearest_name(name, names.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
             Error::not_found(format!("no stream named '{name}'{hint}"))
@@ -1301,15 +1295,9 @@ impl Database {
         if let Some(e) = &s.failed {
             return Err(Error::new(e.kind(), format!("stream '{name}' has failed: {}", e.message())));
         }
-        let epoch_now = eng.epoch + 1;
-        let durable = self.inner.durable.is_some();
-        let s = eng.streams.get_mut(name).expect("found above");
-        if durable && s.history_since.is_none() {
-            // From now on this stream's results are kept for resuming; the current epoch counts
-            // only if nothing of it was emitted before.
-            s.history_since = Some(if s.emitted_this_epoch { epoch_now + 1 } else { epoch_now });
-        }
-        let history_since = s.history_since;
+        // From this subscription on, the stream's results are kept for resuming (durable
+        // databases); the current epoch counts only if nothing of it was emitted before.
+        let history_since = s.history_since.unwrap_or(if s.emitted_this_epoch { epoch_now + 1 } else { epoch_now });
         let mut backlog: Vec<(u64, RecordBatch)> = vec![];
         if let Some(k) = opts.resume_after_epoch {
             let Some(d) = &self.inner.durable else {
@@ -1319,10 +1307,10 @@ impl Database {
             if k > last {
                 return Err(Error::invalid_argument(format!("cannot resume '{name}' after epoch {k}: the last checkpoint is epoch {last}")));
             }
-            if let Some(since) = history_since.filter(|since| k + 1 < *since) {
+            if k + 1 < history_since {
                 return Err(Error::invalid_argument(format!(
-                    "cannot resume '{name}' after epoch {k}: its results are kept from epoch {since} on (from its first subscription); resume after epoch {} or later",
-                    since - 1
+                    "cannot resume '{name}' after epoch {k}: its results are kept from epoch {history_since} on (from its first subscription); resume after epoch {} or later",
+                    history_since - 1
                 )));
             }
             let kept = durable::epochs(&d.store)?;
@@ -1342,7 +1330,11 @@ impl Database {
             let s = eng.streams.get(name).expect("found above");
             backlog.extend(s.history.iter().map(|b| (last + 1, b.clone())));
         }
+        let durable = self.inner.durable.is_some();
         let s = eng.streams.get_mut(name).expect("found above");
+        if durable {
+            s.history_since = Some(history_since);
+        }
         let cap = opts.buffer_size.unwrap_or(self.inner.config.buffer_size);
         let on_full = opts.on_full.unwrap_or(self.inner.config.on_full);
         let (slot, sub) = new_pair(name, s.output_schema.clone(), cap + backlog.len(), on_full);
@@ -1476,7 +1468,7 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
-        s.root.operators_mut().into_iter().map(|o| o.snapshot()).collect()
+        s.snapshot_ops()
     }
 
     /// Restores operator state taken by [`Database::snapshot_stream`] into a stream of the same plan.
@@ -1484,18 +1476,28 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
-        let mut ops = s.root.operators_mut();
+        s.restore_ops(state)
+    }
+}
+
+impl StreamRt {
+    /// Every operator's state, in plan order.
+    fn snapshot_ops(&mut self) -> Result<Vec<Vec<RecordBatch>>> {
+        self.root.operators_mut().into_iter().map(|o| o.snapshot()).collect()
+    }
+
+    /// Loads state taken by [`StreamRt::snapshot_ops`] from a stream of the same plan.
+    fn restore_ops(&mut self, state: Vec<Vec<RecordBatch>>) -> Result<()> {
+        let mut ops = self.root.operators_mut();
         if state.len() != ops.len() {
-            return Err(Error::invalid_argument("the snapshot was taken from a different plan"));
+            return Err(Error::invalid_argument(format!("the state holds {} operators, the plan has {}: it was taken from a different plan", state.len(), ops.len())));
         }
         for (op, st) in ops.iter_mut().zip(state) {
             op.restore(st)?;
         }
         Ok(())
     }
-}
 
-impl StreamRt {
     fn late_sink(schema: SchemaRef, sql: String) -> StreamRt {
         StreamRt {
             sql,
@@ -1665,18 +1667,25 @@ impl Durable {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
+        let Some(p) = rec else {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            return tx.send(make(seq)).map_err(|_| Error::closed());
+        };
+        let seq = Self::buffer(&mut st, &p);
+        st.pending.push(make(seq));
+        self.wait_durable(&mut st, seq, tx)
+    }
+
+    /// Numbers a prepared record and frames it into the group being gathered; its number.
+    fn buffer(st: &mut LogState, p: &durable::Prepared) -> u64 {
         let seq = st.next_seq;
         st.next_seq += 1;
-        let ev = make(seq);
-        let Some(p) = rec else {
-            return tx.send(ev).map_err(|_| Error::closed());
-        };
         if st.buf.is_empty() {
             st.buf_first = seq;
         }
-        durable::frame(&mut st.buf, seq, &p);
-        st.pending.push(ev);
-        self.wait_durable(&mut st, seq, tx)
+        durable::frame(&mut st.buf, seq, p);
+        seq
     }
 
     fn wait_durable(&self, st: &mut parking_lot::MutexGuard<'_, LogState>, seq: u64, tx: &Sender<Event>) -> Result<()> {
@@ -1708,13 +1717,9 @@ impl Durable {
         let events = std::mem::take(&mut st.pending);
         let mut writer = st.writer.take();
         st.committing = true;
-        if self.rotate.swap(false, Ordering::AcqRel) {
-            if let Some(w) = &mut writer {
-                w.rotate = true;
-            }
-        }
+        let rotate = self.rotate.swap(false, Ordering::AcqRel);
         let res = parking_lot::MutexGuard::unlocked(st, || match &mut writer {
-            Some(w) => w.append(first, &buf),
+            Some(w) => w.append(first, &buf, rotate),
             None => Err(Error::closed()),
         });
         st.writer = writer;
@@ -1755,13 +1760,7 @@ impl Durable {
 
     /// Logs `rec` now and waits until it is durable; its sequence number.
     fn log_now(&self, st: &mut parking_lot::MutexGuard<'_, LogState>, tx: &Sender<Event>, rec: &Record) -> Result<u64> {
-        let p = durable::prepare(rec)?;
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        if st.buf.is_empty() {
-            st.buf_first = seq;
-        }
-        durable::frame(&mut st.buf, seq, &p);
+        let seq = Self::buffer(st, &durable::prepare(rec)?);
         self.wait_durable(st, seq, tx)?;
         Ok(seq)
     }
@@ -1793,7 +1792,7 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
     for n in &order {
         let s = eng.streams.get_mut(n).expect("ordered");
         if !s.is_late_sink {
-            let mut lists: Vec<Vec<RecordBatch>> = s.root.operators_mut().into_iter().map(|o| o.snapshot()).collect::<Result<_>>()?;
+            let mut lists = s.snapshot_ops()?;
             lists.push(match &s.mv {
                 Some(mv) => mv.state()?,
                 None => vec![],
@@ -1801,7 +1800,8 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
             objects.push((format!("stream:{n}"), durable::encode_lists(&lists)?));
         }
         if s.history_since.is_some() {
-            objects.push((format!("outputs:{n}"), durable::encode_lists(&[std::mem::take(&mut s.history)])?));
+            // Cleared only once the checkpoint is written: a failed one keeps this epoch's results.
+            objects.push((format!("outputs:{n}"), durable::encode_lists(std::slice::from_ref(&s.history))?));
         }
     }
     let (stats, oldest_seq) = durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, d.retain)?;
@@ -1871,10 +1871,7 @@ mod catalog {
         pub failed: Option<(String, String)>,
     }
 
-    pub(super) struct Rows;
-
-    impl Rows {
-        pub(super) fn read(b: &RecordBatch) -> Result<Vec<Row>> {
+    pub(super) fn read(b: &RecordBatch) -> Result<Vec<Row>> {
             let col = |n: &str| b.column_by_name(n).ok_or_else(|| Error::invalid_data(format!("catalog column '{n}' missing")));
             let (kind, name, sql, fp) = (col("kind")?.as_string::<i32>(), col("name")?.as_string::<i32>(), col("sql")?.as_string::<i32>(), col("fingerprint")?.as_string::<i32>());
             let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
@@ -1901,7 +1898,6 @@ mod catalog {
                     failed: (!fm.is_null(i)).then(|| (fk.value(i).to_string(), fm.value(i).to_string())),
                 })
                 .collect())
-        }
     }
 
     pub(super) fn batch(eng: &Engine) -> Result<RecordBatch> {

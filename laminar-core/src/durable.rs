@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -56,33 +56,19 @@ impl Faults {
         self.budget.store(bytes.map(|b| b.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX), Ordering::Release);
     }
 
-    /// Writes `data` to `f`, or as much as the budget allows and then ENOSPC.
-    fn write_all(&self, f: &mut File, data: &[u8]) -> std::io::Result<()> {
+    /// Takes `n` bytes from the budget; how many of them may be written (fewer: the disk is full
+    /// and the budget is spent).
+    fn take(&self, n: usize) -> usize {
         let budget = self.budget.load(Ordering::Acquire);
-        if budget != i64::MAX {
-            let allowed = budget.max(0) as usize;
-            if allowed < data.len() {
-                self.budget.store(0, Ordering::Release);
-                f.write_all(&data[..allowed])?;
-                return Err(std::io::Error::from_raw_os_error(28));
-            }
-            self.budget.fetch_sub(data.len() as i64, Ordering::AcqRel);
+        if budget == i64::MAX {
+            return n;
         }
-        f.write_all(data)
-    }
-}
-
-impl Faults {
-    fn consume(&self, n: usize) {
-        if self.budget.load(Ordering::Acquire) != i64::MAX {
-            self.budget.fetch_sub(n as i64, Ordering::AcqRel);
+        if (budget.max(0) as usize) < n {
+            self.budget.store(0, Ordering::Release);
+            return budget.max(0) as usize;
         }
-    }
-
-    /// Whether writing `n` more bytes stays within the budget.
-    fn allows(&self, n: usize) -> bool {
-        let b = self.budget.load(Ordering::Acquire);
-        b == i64::MAX || b >= n as i64
+        self.budget.fetch_sub(n as i64, Ordering::AcqRel);
+        n
     }
 }
 
@@ -121,17 +107,20 @@ impl Io {
         }
     }
 
-    /// Writes `data` at `offset` of `f` (which is positioned there) and syncs its data.
-    fn write_sync(&mut self, faults: &Faults, f: &mut File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    /// Writes `data` at `offset` of `f` and syncs its data. A simulated full disk writes what
+    /// fits, then fails with ENOSPC.
+    fn write_sync(&mut self, faults: &Faults, f: &File, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let allowed = faults.take(data.len());
+        if allowed < data.len() {
+            f.write_all_at(&data[..allowed], offset)?;
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
         match self {
             #[cfg(target_os = "linux")]
-            Io::Uring(ring) if faults.allows(data.len()) => {
-                faults.consume(data.len());
-                uring_write_sync(ring, std::os::fd::AsRawFd::as_raw_fd(f), offset, data)
-            }
-            _ => {
-                std::io::Seek::seek(f, std::io::SeekFrom::Start(offset))?;
-                faults.write_all(f, data)?;
+            Io::Uring(ring) => uring_write_sync(ring, std::os::fd::AsRawFd::as_raw_fd(f), offset, data),
+            Io::Std => {
+                f.write_all_at(data, offset)?;
                 f.sync_data()
             }
         }
@@ -188,8 +177,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 fn write_atomic(io: &mut Io, faults: &Faults, path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let res = (|| {
-        let mut f = File::create(&tmp)?;
-        io.write_sync(faults, &mut f, 0, data)?;
+        let f = File::create(&tmp)?;
+        io.write_sync(faults, &f, 0, data)?;
         fs::rename(&tmp, path)
     })();
     if let Err(e) = res {
@@ -208,6 +197,9 @@ pub(crate) struct Store {
     lock: parking_lot::Mutex<Option<File>>,
     /// Checkpoint file I/O (the log has its own).
     io: parking_lot::Mutex<Io>,
+    /// Blobs known intact: written by this process or verified when a checkpoint was loaded. A
+    /// checkpoint reuses only these (never a file it has not checked, which could be corrupt).
+    intact: parking_lot::Mutex<HashSet<String>>,
     pub io_backend: crate::config::IoBackend,
 }
 
@@ -227,7 +219,7 @@ impl Store {
                 root.display()
             )));
         }
-        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)), io: parking_lot::Mutex::new(io), io_backend })
+        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)), io: parking_lot::Mutex::new(io), intact: Default::default(), io_backend })
     }
 
     /// `io_uring` or `std`: what writes this database's files.
@@ -451,8 +443,6 @@ pub(crate) struct LogWriter {
     bytes: u64,
     faults: Arc<Faults>,
     io: Io,
-    /// Start a new segment before the next append (set after a checkpoint, so old segments can go).
-    pub rotate: bool,
 }
 
 fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
@@ -474,17 +464,18 @@ impl LogWriter {
         let path = dir.join(format!("{first_seq:020}.log"));
         let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(|e| io_err(format!("creating {}", path.display()), e))?;
         sync_dir(dir)?;
-        Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, faults, io, rotate: false })
+        Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, faults, io })
     }
 
     /// Writes `data` (framed records, the first numbered `first_seq`) and waits until it is on
-    /// disk.
-    pub(crate) fn append(&mut self, first_seq: u64, data: &[u8]) -> Result<()> {
-        if self.rotate || self.bytes >= SEGMENT_BYTES {
+    /// disk; in a new segment when `rotate` (after a checkpoint, so old segments can go) or when
+    /// this one is full.
+    pub(crate) fn append(&mut self, first_seq: u64, data: &[u8], rotate: bool) -> Result<()> {
+        if rotate || self.bytes >= SEGMENT_BYTES {
             let io = std::mem::replace(&mut self.io, Io::Std);
             *self = LogWriter::create(&self.dir, first_seq, self.faults.clone(), io)?;
         }
-        let res = self.io.write_sync(&self.faults, &mut self.file, self.bytes, data);
+        let res = self.io.write_sync(&self.faults, &self.file, self.bytes, data);
         res.map_err(|e| io_err(format!("write-ahead log ({})", self.io.name()), e))?;
         self.bytes += data.len() as u64;
         Ok(())
@@ -572,13 +563,13 @@ struct Manifest {
     objects: BTreeMap<String, (String, u64, u32)>,
 }
 
-fn blob_name(data: &[u8]) -> String {
-    // CRC-32 and 64-bit FNV-1a together name the content (96 bits), with the length.
+/// A blob's name: its CRC-32 and 64-bit FNV-1a together (96 bits) and its length.
+fn blob_name(data: &[u8], crc: u32) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     for &b in data {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
-    format!("{:08x}{h:016x}-{}", crc32fast::hash(data), data.len())
+    format!("{crc:08x}{h:016x}-{}", data.len())
 }
 
 fn hex(s: &str) -> String {
@@ -659,17 +650,18 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
     let mut m = Manifest { epoch, seq, objects: BTreeMap::new() };
     let mut wrote_any = false;
     for (name, data) in objects {
-        let blob = blob_name(&data);
-        let path = blobs.join(&blob);
+        let crc = crc32fast::hash(&data);
+        let blob = blob_name(&data, crc);
         stats.bytes_total += data.len() as u64;
-        if fs::metadata(&path).map(|md| md.len() == data.len() as u64).unwrap_or(false) {
+        if store.intact.lock().contains(&blob) {
             stats.objects_reused += 1;
         } else {
-            write_atomic(&mut store.io.lock(), &store.faults, &path, &data)?;
+            write_atomic(&mut store.io.lock(), &store.faults, &blobs.join(&blob), &data)?;
+            store.intact.lock().insert(blob.clone());
             stats.bytes_written += data.len() as u64;
             wrote_any = true;
         }
-        m.objects.insert(name, (blob, data.len() as u64, crc32fast::hash(&data)));
+        m.objects.insert(name, (blob, data.len() as u64, crc));
     }
     if wrote_any {
         sync_dir(&blobs)?;
@@ -705,13 +697,16 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
             }
         }
     }
+    store.intact.lock().retain(|b| used.contains(b));
     Ok((stats, oldest_seq))
 }
 
-fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> std::result::Result<Loaded, String> {
+/// Loads (the `want`ed objects of) a checkpoint, verifying each blob; the blobs verified.
+fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> std::result::Result<(Loaded, Vec<String>), String> {
     let text = fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
     let m = parse_manifest(&text)?;
     let mut objects = BTreeMap::new();
+    let mut verified = vec![];
     for (name, (blob, len, crc)) in &m.objects {
         if want.is_some_and(|w| !w.contains(name.as_str())) {
             continue;
@@ -726,18 +721,31 @@ fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> st
         }
         let lists = decode_lists(&data).map_err(|e| format!("object '{name}': {e}"))?;
         objects.insert(name.clone(), lists);
+        verified.push(blob.clone());
     }
-    Ok(Loaded { epoch: m.epoch, seq: m.seq, objects })
+    Ok((Loaded { epoch: m.epoch, seq: m.seq, objects }, verified))
 }
 
 /// The newest checkpoint whose manifest and files are intact; each one skipped adds a warning.
 /// `Ok(None)` when there is none at all; an error when checkpoints exist and none is intact.
 pub(crate) fn load_latest(store: &Store, warnings: &mut Vec<String>) -> Result<Option<Loaded>> {
     let all = manifests(store)?;
+    let mut unusable: Vec<PathBuf> = vec![];
     for (epoch, path) in all.iter().rev() {
         match load_manifest(store, path, None) {
-            Ok(l) => return Ok(Some(l)),
-            Err(why) => warnings.push(format!("checkpoint {epoch} ({}) is unusable: {why}; falling back to the one before", path.display())),
+            Ok((l, blobs)) => {
+                store.intact.lock().extend(blobs);
+                // Set aside (not deleted) so that the next checkpoint, which takes their epoch
+                // numbers again, and the resuming of subscriptions never read them.
+                for p in unusable {
+                    let _ = fs::rename(&p, PathBuf::from(format!("{}.unusable", p.display())));
+                }
+                return Ok(Some(l));
+            }
+            Err(why) => {
+                warnings.push(format!("checkpoint {epoch} ({}) is unusable: {why}; falling back to the one before", path.display()));
+                unusable.push(path.clone());
+            }
         }
     }
     if all.is_empty() {
@@ -757,7 +765,7 @@ pub(crate) fn load_objects(store: &Store, epoch: u64, names: &[&str]) -> Result<
         return Ok(None);
     }
     let want: HashSet<&str> = names.iter().copied().collect();
-    load_manifest(store, &path, Some(&want)).map(Some).map_err(|why| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {why}")))
+    load_manifest(store, &path, Some(&want)).map(|(l, _)| Some(l)).map_err(|why| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {why}")))
 }
 
 /// The epochs of the checkpoints on disk, oldest first.
@@ -806,10 +814,10 @@ mod tests {
         let mut buf = vec![];
         encode_record(&mut buf, 1, &Record::Ddl { sql: "CREATE SOURCE s (a BIGINT)".into() }).unwrap();
         encode_record(&mut buf, 2, &Record::Batch { source: "s".into(), position: Some(4), batch: batch(4) }).unwrap();
-        w.append(1, &buf).unwrap();
+        w.append(1, &buf, false).unwrap();
         let mut buf = vec![];
         encode_record(&mut buf, 3, &Record::Watermark { source: "s".into(), us: 5 }).unwrap();
-        w.append(3, &buf[..buf.len() - 3]).unwrap(); // torn
+        w.append(3, &buf[..buf.len() - 3], false).unwrap(); // torn
         let mut seen = vec![];
         let mut warnings = vec![];
         let last = replay_log(&dir, 0, &mut warnings, |seq, r| {
@@ -838,7 +846,7 @@ mod tests {
         let faults = Arc::new(Faults::default());
         faults.set_budget(Some(10));
         let mut w = LogWriter::create(&dir, 1, faults, Io::Std).unwrap();
-        let e = w.append(1, &[0u8; 64]).unwrap_err();
+        let e = w.append(1, &[0u8; 64], false).unwrap_err();
         assert!(e.message().contains("No space left"), "{e}");
         assert_eq!(fs::metadata(dir.join(format!("{:020}.log", 1))).unwrap().len(), 10);
         let _ = fs::remove_dir_all(&dir);

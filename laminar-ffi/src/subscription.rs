@@ -138,7 +138,8 @@ impl PushSubscription {
 }
 
 impl Db {
-    /// Subscribes to a stream or materialized view; `options` may set `buffer_size`, `on_full`.
+    /// Subscribes to a stream or materialized view; `options` may set `buffer_size`, `on_full`,
+    /// `resume_after_epoch`.
     pub fn subscribe(&self, name: &str, options: &Config) -> Result<Subscription> {
         self.check_process()?;
         let sub = self.database().subscribe_with(name, options.subscribe_options()?)?;
