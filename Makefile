@@ -3,11 +3,14 @@
 # liblaminar.a and lib/pkgconfig/laminar.pc.
 #
 #   PROFILE=release (default) or dev — the cargo profile; tests and CI use dev so the engine
-#   compiles once for every test. CARGO_TARGET_DIR is honoured.
+#   compiles once for every test. CARGO_TARGET_DIR is honoured. FEATURES=rocksdb (or the
+#   environment's LAMINAR_FEATURES) adds the RocksDB state backend.
 
 PREFIX     ?= /usr/local
 PROFILE    ?= release
 CARGO      ?= cargo
+# Cargo features of the library, e.g. FEATURES=rocksdb (default: $LAMINAR_FEATURES).
+FEATURES   ?= $(LAMINAR_FEATURES)
 CC         ?= cc
 CXX        ?= c++
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
@@ -21,7 +24,7 @@ C_TESTS    := $(sort $(basename $(notdir $(wildcard tests/c/test_*.c))))
 .PHONY: lib install header header-check header-compile test-c example-c bench-c go-lib test-go
 
 lib:
-	$(CARGO) build -p laminar-ffi --profile $(PROFILE)
+	$(CARGO) build -p laminar-ffi --profile $(PROFILE) $(if $(strip $(FEATURES)),--features "$(FEATURES)")
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -5,6 +5,6 @@ package laminar
 // Static linking of lib/linux-amd64/liblaminar.a, put there by `make go-lib`.
 
 /*
-#cgo LDFLAGS: ${SRCDIR}/lib/linux-amd64/liblaminar.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+#cgo LDFLAGS: ${SRCDIR}/lib/linux-amd64/liblaminar.a -lstdc++ -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 */
 import "C"

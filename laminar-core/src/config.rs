@@ -31,6 +31,18 @@ pub enum IoBackend {
     Std,
 }
 
+/// Where keyed operator state lives (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateBackend {
+    /// In-memory hash tables (the default).
+    Memory,
+    /// In memory up to `state_cache_size` per operator, the rest spilled to RocksDB (in the
+    /// database directory, or a temporary one for `":memory:"`). Windowed and non-windowed
+    /// GROUP BY aggregates with keys spill; other operators keep their state in memory. Needs a
+    /// build with the cargo feature `rocksdb`.
+    RocksDb,
+}
+
 /// What a push does when its source queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueFullPolicy {
@@ -62,6 +74,11 @@ pub struct Config {
     pub checkpoints_retained: usize,
     /// What writes the log and checkpoint files. Default `Auto`.
     pub io_backend: IoBackend,
+    /// Where keyed operator state lives. Default `Memory`.
+    pub state_backend: StateBackend,
+    /// With `state_backend` RocksDB: bytes of state an aggregate keeps in memory before it spills
+    /// to RocksDB. Default 256 MiB.
+    pub state_cache_size: usize,
     /// Worker threads for keyed operator state. Default: cores − 1 (at least 1).
     pub workers: usize,
     /// Bytes of operator state allowed before a query fails with RESOURCE_EXHAUSTED. None: no limit.
@@ -86,6 +103,8 @@ impl Default for Config {
             checkpoint_interval: None,
             checkpoints_retained: 3,
             io_backend: IoBackend::Auto,
+            state_backend: StateBackend::Memory,
+            state_cache_size: 256 * 1024 * 1024,
             workers: default_workers(),
             memory_limit: None,
             buffer_size: 1024,
@@ -106,6 +125,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "checkpoint_interval_ms",
     "checkpoints_retained",
     "io_backend",
+    "state_backend",
+    "state_cache_size",
     "workers",
     "memory_limit",
     "buffer_size",
@@ -133,6 +154,8 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
         "io_backend" => "auto | io_uring | std: what writes the log and checkpoint files (default auto: io_uring where the kernel offers it, else write + fdatasync)",
         "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
         "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
+        "state_backend" => "memory | rocksdb: where keyed aggregate state lives (default memory; rocksdb spills what passes state_cache_size to RocksDB, in builds with the cargo feature 'rocksdb')",
+        "state_cache_size" => "with state_backend rocksdb: state an aggregate keeps in memory before spilling, e.g. '64MB' (default 256MiB)",
         "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
         "buffer_size" => "batches a subscription buffers before on_full applies (default 1024)",
         "idle_timeout" => "default idle timeout of sources, e.g. '30s': a source without data that long stops holding back the watermark of the queries reading it (default: none)",
@@ -185,6 +208,14 @@ impl Config {
                 }
                 self.workers = n
             }
+            "state_backend" => {
+                self.state_backend = match value.to_ascii_lowercase().as_str() {
+                    "memory" => StateBackend::Memory,
+                    "rocksdb" => StateBackend::RocksDb,
+                    _ => return Err(bad("expected memory or rocksdb")),
+                }
+            }
+            "state_cache_size" => self.state_cache_size = parse_bytes(value).map_err(|m| bad(&m))?,
             "memory_limit" => self.memory_limit = Some(parse_bytes(value).map_err(|m| bad(&m))?),
             "buffer_size" => {
                 self.buffer_size = parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
@@ -240,6 +271,12 @@ impl Config {
             }
             .to_string(),
             "workers" => self.workers.to_string(),
+            "state_backend" => match self.state_backend {
+                StateBackend::Memory => "memory",
+                StateBackend::RocksDb => "rocksdb",
+            }
+            .to_string(),
+            "state_cache_size" => self.state_cache_size.to_string(),
             "memory_limit" => self.memory_limit?.to_string(),
             "buffer_size" => self.buffer_size.to_string(),
             "idle_timeout" => d(self.idle_timeout)?,

@@ -101,7 +101,10 @@ pub struct StreamMetrics {
     pub batches_out: u64,
     pub rows_late: u64,
     pub late_pairs: u64,
+    /// Bytes of operator state in memory.
     pub state_bytes: u64,
+    /// Groups of aggregate state spilled to the RocksDB state backend (0 with `memory`).
+    pub spilled_groups: u64,
     pub watermark_ms: Option<i64>,
     pub failed: Option<String>,
 }
@@ -236,6 +239,8 @@ pub(crate) struct DbInner {
     /// Set while recovery replays the log: connectors wait to start until it is done.
     recovering: AtomicBool,
     deferred_feeds: Mutex<Vec<(String, NexmarkFeed, Vec<usize>)>>,
+    /// The RocksDB state backend (`state_backend = 'rocksdb'`).
+    state: Option<Arc<crate::state_store::StateStore>>,
 }
 
 /// What reopening a durable database did.
@@ -340,6 +345,12 @@ impl Database {
                 })
             }
         };
+        let state = match (config.state_backend, &durable) {
+            (crate::config::StateBackend::Memory, _) => None,
+            // Opened by recovery, from the checkpoint it restores.
+            (crate::config::StateBackend::RocksDb, Some(d)) => Some(Arc::new(crate::state_store::StateStore::new(d.store.live_state_dir(), false)?)),
+            (crate::config::StateBackend::RocksDb, None) => Some(Arc::new(crate::state_store::StateStore::temporary()?)),
+        };
         let pool = if config.workers > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
@@ -379,6 +390,7 @@ impl Database {
             durable,
             recovering: AtomicBool::new(false),
             deferred_feeds: Mutex::new(vec![]),
+            state,
         });
         let weak = Arc::downgrade(&inner);
         // Read on this thread: the driver may start after the caller has already moved the clock.
@@ -435,7 +447,18 @@ impl Database {
         let mut info = RecoveryInfo::default();
         self.inner.recovering.store(true, Ordering::Release);
         let mut after = 0;
-        if let Some(l) = durable::load_latest(&d.store, &mut info.warnings)? {
+        let latest = durable::load_latest(&d.store, &mut info.warnings)?;
+        match (&self.inner.state, latest.as_ref().and_then(|l| l.state_dir.as_deref())) {
+            (Some(st), from) => st.reset(from)?,
+            (None, Some(_)) => {
+                return Err(Error::invalid_argument(format!(
+                    "checkpoint {} keeps operator state in RocksDB: open it with state_backend = 'rocksdb'",
+                    latest.as_ref().map_or(0, |l| l.epoch)
+                )));
+            }
+            (None, None) => {}
+        }
+        if let Some(l) = latest {
             info.epoch = Some(l.epoch);
             after = l.seq;
             self.restore_checkpoint(l)?;
@@ -618,6 +641,9 @@ impl Database {
             s.subscribers.clear();
         }
         drop(eng);
+        if let Some(s) = &self.inner.state {
+            s.close();
+        }
         if let Some(d) = &self.inner.durable {
             d.store.release();
         }
@@ -876,6 +902,7 @@ impl Database {
             state_ttl_us: cs.state_ttl.map(|d| d.as_micros() as i64),
             keep_all_columns: cs.late_data_to.is_some(),
             partitions: self.inner.config.workers,
+            state: self.inner.state.clone().map(|s| (s, self.inner.config.state_cache_size)),
         };
         plan_continuous((*cs.query).clone(), &self.relations(eng), &opts)
     }
@@ -1407,6 +1434,7 @@ impl Database {
                 rows_late: s.rows_late,
                 late_pairs: s.late_pairs,
                 state_bytes: s.root.operators().iter().map(|o| o.state_size() as u64).sum(),
+                spilled_groups: s.root.operators().iter().map(|o| o.spilled_groups()).sum(),
                 watermark_ms: ms(s.watermark),
                 failed: s.failed.as_ref().map(|e| e.to_string()),
             })
@@ -1442,6 +1470,7 @@ impl Database {
             push("stream", &s.name, "rows_late", Some(s.rows_late as i64));
             push("stream", &s.name, "late_pairs", Some(s.late_pairs as i64));
             push("stream", &s.name, "state_bytes", Some(s.state_bytes as i64));
+            push("stream", &s.name, "spilled_groups", Some(s.spilled_groups as i64));
             push("stream", &s.name, "watermark_ms", s.watermark_ms);
         }
         push("pipeline", "", "rows_in", Some(m.rows_in as i64));
@@ -1804,7 +1833,7 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
             objects.push((format!("outputs:{n}"), durable::encode_lists(std::slice::from_ref(&s.history))?));
         }
     }
-    let (stats, oldest_seq) = durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, d.retain)?;
+    let (stats, oldest_seq) = durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, inner.state.as_deref(), d.retain)?;
     eng.epoch = epoch;
     for s in eng.streams.values_mut() {
         s.history.clear();

@@ -200,13 +200,15 @@ pub(crate) struct Store {
     /// Blobs known intact: written by this process or verified when a checkpoint was loaded. A
     /// checkpoint reuses only these (never a file it has not checked, which could be corrupt).
     intact: parking_lot::Mutex<HashSet<String>>,
+    /// The RocksDB state files of the last checkpoint written (to count what a new one adds).
+    state_files: parking_lot::Mutex<HashSet<String>>,
     pub io_backend: crate::config::IoBackend,
 }
 
 impl Store {
     pub(crate) fn open(root: &Path, io_backend: crate::config::IoBackend) -> Result<Store> {
         let io = Io::new(io_backend)?;
-        for d in [root.to_path_buf(), root.join("wal"), root.join("checkpoints"), root.join("checkpoints").join("blobs")] {
+        for d in [root.to_path_buf(), root.join("wal"), root.join("checkpoints"), root.join("checkpoints").join("blobs"), root.join("checkpoints").join("state")] {
             fs::create_dir_all(&d).map_err(|e| io_err(format!("creating {}", d.display()), e))?;
         }
         let lock_path = root.join("LOCK");
@@ -219,7 +221,7 @@ impl Store {
                 root.display()
             )));
         }
-        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)), io: parking_lot::Mutex::new(io), intact: Default::default(), io_backend })
+        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)), io: parking_lot::Mutex::new(io), intact: Default::default(), state_files: Default::default(), io_backend })
     }
 
     /// `io_uring` or `std`: what writes this database's files.
@@ -240,6 +242,13 @@ impl Store {
     }
     fn blob_dir(&self) -> PathBuf {
         self.root.join("checkpoints").join("blobs")
+    }
+    fn state_dir(&self) -> PathBuf {
+        self.root.join("checkpoints").join("state")
+    }
+    /// The RocksDB state backend's live instance (replaced from a checkpoint at every open).
+    pub(crate) fn live_state_dir(&self) -> PathBuf {
+        self.root.join("state")
     }
 }
 
@@ -553,6 +562,8 @@ pub(crate) struct Loaded {
     pub epoch: u64,
     pub seq: u64,
     pub objects: BTreeMap<String, Vec<Vec<RecordBatch>>>,
+    /// The RocksDB state backend's files of this checkpoint, verified.
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -561,6 +572,9 @@ struct Manifest {
     seq: u64,
     /// Object name → (blob name, length, crc).
     objects: BTreeMap<String, (String, u64, u32)>,
+    /// The RocksDB state backend's checkpoint: its directory under `checkpoints/state/` and its
+    /// files (name, length, crc — SST files carry RocksDB's own block checksums and have none).
+    state: Option<(String, Vec<(String, u64, Option<u32>)>)>,
 }
 
 /// A blob's name: its CRC-32 and 64-bit FNV-1a together (96 bits) and its length.
@@ -589,6 +603,13 @@ fn manifest_text(m: &Manifest) -> String {
     for (name, (blob, len, crc)) in &m.objects {
         body.push_str(&format!("object {} {blob} {len} {crc:08x}\n", hex(name)));
     }
+    if let Some((dir, files)) = &m.state {
+        body.push_str(&format!("state {dir}\n"));
+        for (f, len, crc) in files {
+            let crc = crc.map_or("-".to_string(), |c| format!("{c:08x}"));
+            body.push_str(&format!("statefile {} {len} {crc}\n", hex(f)));
+        }
+    }
     let crc = crc32fast::hash(body.as_bytes());
     body.push_str(&format!("end {crc:08x}\n"));
     body
@@ -605,7 +626,7 @@ fn parse_manifest(text: &str) -> std::result::Result<Manifest, String> {
     if lines.next() != Some(MANIFEST_HEADER) {
         return Err("not a LaminarDB checkpoint manifest of this version".into());
     }
-    let mut m = Manifest { epoch: 0, seq: 0, objects: BTreeMap::new() };
+    let mut m = Manifest { epoch: 0, seq: 0, objects: BTreeMap::new(), state: None };
     for line in lines {
         let parts: Vec<&str> = line.split(' ').collect();
         match parts.as_slice() {
@@ -616,6 +637,13 @@ fn parse_manifest(text: &str) -> std::result::Result<Manifest, String> {
                 let len = len.parse().map_err(|_| "a malformed length")?;
                 let crc = u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?;
                 m.objects.insert(name, (blob.to_string(), len, crc));
+            }
+            ["state", dir] if !dir.contains('/') && !dir.contains("..") => m.state = Some((dir.to_string(), vec![])),
+            ["statefile", name, len, crc] => {
+                let name = unhex(name).filter(|n| !n.contains('/')).ok_or("a malformed state file name")?;
+                let len = len.parse().map_err(|_| "a malformed length")?;
+                let crc = if *crc == "-" { None } else { Some(u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?) };
+                m.state.as_mut().ok_or("a state file before its state line")?.1.push((name, len, crc));
             }
             _ => return Err(format!("an unknown line '{line}'")),
         }
@@ -644,10 +672,20 @@ fn manifests(store: &Store) -> Result<Vec<(u64, PathBuf)>> {
 /// renamed into place last. Keeps the newest `retain` manifests and the blobs they use.
 /// Returns the stats and the log position the oldest retained checkpoint covers (log segments
 /// up to it can go).
-pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec<(String, Vec<u8>)>, retain: usize) -> Result<(CheckpointStats, u64)> {
+pub(crate) fn write_checkpoint(
+    store: &Store,
+    epoch: u64,
+    seq: u64,
+    objects: Vec<(String, Vec<u8>)>,
+    state: Option<&crate::state_store::StateStore>,
+    retain: usize,
+) -> Result<(CheckpointStats, u64)> {
     let blobs = store.blob_dir();
     let mut stats = CheckpointStats { epoch, objects: objects.len(), ..Default::default() };
-    let mut m = Manifest { epoch, seq, objects: BTreeMap::new() };
+    let mut m = Manifest { epoch, seq, objects: BTreeMap::new(), state: None };
+    if let Some(st) = state {
+        m.state = Some(checkpoint_state(store, st, epoch, &mut stats)?);
+    }
     let mut wrote_any = false;
     for (name, data) in objects {
         let crc = crc32fast::hash(&data);
@@ -675,6 +713,7 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
     let keep = retain.max(1);
     let mut oldest_seq = seq;
     let mut used: HashSet<String> = HashSet::new();
+    let mut used_state: HashSet<String> = HashSet::new();
     for (i, (_, path)) in all.iter().enumerate() {
         if i + keep < all.len() {
             let _ = fs::remove_file(path);
@@ -684,6 +723,7 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
             Ok(old) => {
                 oldest_seq = oldest_seq.min(old.seq);
                 used.extend(old.objects.values().map(|o| o.0.clone()));
+                used_state.extend(old.state.map(|s| s.0));
             }
             // An unreadable retained manifest keeps the log (and every blob) where it is.
             Err(_) => return Ok((stats, 0)),
@@ -698,7 +738,52 @@ pub(crate) fn write_checkpoint(store: &Store, epoch: u64, seq: u64, objects: Vec
         }
     }
     store.intact.lock().retain(|b| used.contains(b));
+    if let Ok(rd) = fs::read_dir(store.state_dir()) {
+        for e in rd.flatten() {
+            if !used_state.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     Ok((stats, oldest_seq))
+}
+
+/// Checkpoints the RocksDB state backend into `checkpoints/state/<epoch>` (memtable flushed, SST
+/// files hard-linked) and lists its files for the manifest.
+fn checkpoint_state(store: &Store, st: &crate::state_store::StateStore, epoch: u64, stats: &mut CheckpointStats) -> Result<(String, Vec<(String, u64, Option<u32>)>)> {
+    let name = format!("{epoch:020}");
+    let dest = store.state_dir().join(&name);
+    // Left by a checkpoint of this epoch that failed before its manifest was written.
+    for d in [dest.clone(), PathBuf::from(format!("{}.tmp", dest.display()))] {
+        if d.exists() {
+            fs::remove_dir_all(&d).map_err(|e| io_err(format!("removing {}", d.display()), e))?;
+        }
+    }
+    st.checkpoint(&dest)?;
+    let mut files = vec![];
+    let mut previous = store.state_files.lock();
+    let mut now = HashSet::new();
+    for e in fs::read_dir(&dest).map_err(|e| io_err(format!("listing {}", dest.display()), e))? {
+        let e = e.map_err(|e| io_err(format!("listing {}", dest.display()), e))?;
+        let fname = e.file_name().to_string_lossy().to_string();
+        let path = e.path();
+        let len = e.metadata().map_err(|err| io_err(format!("reading {}", path.display()), err))?.len();
+        let crc = if fname.ends_with(".sst") {
+            None
+        } else {
+            Some(crc32fast::hash(&fs::read(&path).map_err(|err| io_err(format!("reading {}", path.display()), err))?))
+        };
+        stats.bytes_total += len;
+        // An SST file of an earlier checkpoint is the same file, linked again; the rest is new.
+        if !(fname.ends_with(".sst") && previous.contains(&fname)) {
+            stats.bytes_written += len;
+        }
+        now.insert(fname.clone());
+        files.push((fname, len, crc));
+    }
+    files.sort();
+    *previous = now;
+    Ok((name, files))
 }
 
 /// Loads (the `want`ed objects of) a checkpoint, verifying each blob; the blobs verified.
@@ -723,7 +808,25 @@ fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> st
         objects.insert(name.clone(), lists);
         verified.push(blob.clone());
     }
-    Ok((Loaded { epoch: m.epoch, seq: m.seq, objects }, verified))
+    let mut state_dir = None;
+    if let Some((dir, files)) = &m.state {
+        let d = store.state_dir().join(dir);
+        for (f, len, crc) in files {
+            let path = d.join(f);
+            let meta = fs::metadata(&path).map_err(|e| format!("state file {}: {e}", path.display()))?;
+            if meta.len() != *len {
+                return Err(format!("state file {} has {} bytes, the manifest says {len} (torn)", path.display(), meta.len()));
+            }
+            if let Some(crc) = crc {
+                let data = fs::read(&path).map_err(|e| format!("state file {}: {e}", path.display()))?;
+                if crc32fast::hash(&data) != *crc {
+                    return Err(format!("state file {} fails its checksum (corrupt)", path.display()));
+                }
+            }
+        }
+        state_dir = Some(d);
+    }
+    Ok((Loaded { epoch: m.epoch, seq: m.seq, objects, state_dir }, verified))
 }
 
 /// The newest checkpoint whose manifest and files are intact; each one skipped adds a warning.
@@ -795,7 +898,7 @@ mod tests {
 
     #[test]
     fn manifest_round_trip_and_checksum() {
-        let mut m = Manifest { epoch: 7, seq: 99, objects: BTreeMap::new() };
+        let mut m = Manifest { epoch: 7, seq: 99, objects: BTreeMap::new(), state: None };
         m.objects.insert("strange name \"x\"".into(), ("b1".into(), 12, 0xdeadbeef));
         let t = manifest_text(&m);
         let back = parse_manifest(&t).unwrap();

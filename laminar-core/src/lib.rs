@@ -21,9 +21,12 @@ mod pipeline;
 mod plan;
 pub mod runtime;
 pub mod sql;
+mod state_store;
 mod util;
 
-pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy};
+pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend};
+/// Whether this build has the RocksDB state backend (cargo feature `rocksdb`).
+pub use state_store::AVAILABLE as ROCKSDB_AVAILABLE;
 pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};

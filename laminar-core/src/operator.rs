@@ -107,6 +107,10 @@ pub(crate) trait Operator: Send {
     fn state_size(&self) -> usize {
         0
     }
+    /// Groups held in the RocksDB state backend rather than in memory.
+    fn spilled_groups(&self) -> u64 {
+        0
+    }
     /// All state as Arrow batches (empty for stateless operators).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         Ok(vec![])

@@ -74,6 +74,8 @@ pub(crate) struct PlanOptions {
     /// LATE DATA TO routes whole rows: window assignment keeps every column.
     pub keep_all_columns: bool,
     pub partitions: usize,
+    /// The RocksDB state backend and the bytes an aggregate keeps in memory before spilling.
+    pub state: Option<(std::sync::Arc<crate::state_store::StateStore>, usize)>,
 }
 
 pub(crate) fn session_context() -> SessionContext {
@@ -790,7 +792,7 @@ impl Lowerer<'_> {
             let (ws, _, WindowKind::Session { gap }) = l.window.expect("session") else { unreachable!() };
             Box::new(SessionAggregate::try_new(key_exprs, key_types, layout.clone(), aggs, ws, gap, emit, lateness, output_schema)?)
         } else {
-            Box::new(Aggregate::try_new(
+            let agg = Aggregate::try_new(
                 key_exprs,
                 key_types,
                 layout.clone(),
@@ -800,7 +802,11 @@ impl Lowerer<'_> {
                 lateness,
                 output_schema,
                 self.opts.partitions,
-            )?)
+            )?;
+            Box::new(match &self.opts.state {
+                Some((store, budget)) => agg.with_state_store(store.clone(), *budget)?,
+                None => agg,
+            })
         };
         l.node.ops.push(op);
         l.aggregated = true;

@@ -65,10 +65,17 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn open(dir: &Path, level: &str, interval: &str) -> Database {
+    open_with_state(dir, level, interval, "memory")
+}
+
+/// With `state` "rocksdb", aggregates keep 2 KB of state in memory and spill the rest.
+fn open_with_state(dir: &Path, level: &str, interval: &str, state: &str) -> Database {
     let mut c = Config::default();
     c.set("durability", level).unwrap();
     c.set("checkpoint_interval", interval).unwrap();
     c.set("workers", "2").unwrap();
+    c.set("state_backend", state).unwrap();
+    c.set("state_cache_size", "2KB").unwrap();
     Database::open(dir.to_str().unwrap(), c).unwrap()
 }
 
@@ -528,7 +535,8 @@ fn subscribers_resume_from_their_last_epoch_and_see_each_result_once() {
 fn crash_child() {
     let Ok(dir) = std::env::var("LAMINAR_CRASH_DIR") else { return };
     let interval = std::env::var("LAMINAR_CRASH_INTERVAL").unwrap_or_else(|_| "50ms".into());
-    let db = open(Path::new(&dir), "wal", &interval);
+    let state = std::env::var("LAMINAR_CRASH_STATE").unwrap_or_else(|_| "memory".into());
+    let db = open_with_state(Path::new(&dir), "wal", &interval, &state);
     create(&db);
     let (mut no, mut np) = progress(&db);
     println!("READY {no} {np}");
@@ -561,7 +569,20 @@ impl Drop for KillOnDrop {
 #[test]
 fn sigkill_crash_rounds() {
     let rounds: u64 = std::env::var("LAMINAR_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let dir = tmpdir("sigkill");
+    crash_rounds("memory", rounds);
+}
+
+/// The same with the RocksDB state backend and 2 KB of aggregate state in memory: spilled
+/// groups are checkpointed with RocksDB's files and the live instance is rebuilt at each open.
+#[cfg(feature = "rocksdb")]
+#[test]
+fn sigkill_crash_rounds_rocksdb_state() {
+    let rounds: u64 = std::env::var("LAMINAR_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    crash_rounds("rocksdb", rounds);
+}
+
+fn crash_rounds(state: &str, rounds: u64) {
+    let dir = tmpdir(&format!("sigkill-{state}"));
     let exe = std::env::current_exe().unwrap();
     let mut acked = (0u64, 0u64);
     let mut rng_state = 0x9e3779b97f4a7c15u64 ^ std::process::id() as u64;
@@ -572,11 +593,12 @@ fn sigkill_crash_rounds() {
         rng_state % n
     };
     let t0 = Instant::now();
-    let child_log = std::env::temp_dir().join(format!("laminar-crash-child-{}.log", std::process::id()));
+    let child_log = std::env::temp_dir().join(format!("laminar-crash-child-{state}-{}.log", std::process::id()));
     for round in 0..rounds {
         let mut child = KillOnDrop(Command::new(&exe)
             .args(["--exact", "crash_child", "--include-ignored", "--nocapture", "--test-threads", "1"])
             .env("LAMINAR_CRASH_DIR", &dir)
+            .env("LAMINAR_CRASH_STATE", state)
             .env("LAMINAR_CRASH_INTERVAL", format!("{}ms", 20 + rand(60)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&child_log).unwrap()))
@@ -618,7 +640,11 @@ fn sigkill_crash_rounds() {
         reader.join().unwrap();
     }
     // The last reopen: nothing acknowledged lost, nothing duplicated, views equal the oracle.
-    let db = open(&dir, "wal", "0");
+    let db = open_with_state(&dir, "wal", "0", state);
+    let spilled: u64 = db.metrics().unwrap().streams.iter().map(|s| s.spilled_groups).sum();
+    // With a 2 KB cache the open windows' groups cannot all be in memory: some were recovered
+    // from RocksDB's checkpointed files.
+    assert!(state == "memory" || spilled > 0, "nothing spilled with a 2 KB cache");
     let (no, np) = progress(&db);
     assert!(no >= acked.0 && np >= acked.1 && no <= acked.0 + 1 && np <= acked.1 + 1, "recovered ({no}, {np}) vs acknowledged {acked:?}");
     assert_eq!(rows_in(&db, "orders"), no * ROWS, "rows counted once");
@@ -629,7 +655,7 @@ fn sigkill_crash_rounds() {
         assert!(g == w, "view {}: after {rounds} SIGKILL rounds, {}", ORACLE[i].0, difference(g, w));
     }
     eprintln!(
-        "sigkill_crash_rounds: {rounds} rounds in {:.1}s, {} + {} batches of {ROWS} rows acknowledged, views equal the oracle ({} + {} rows)",
+        "sigkill crash rounds ({state} state): {rounds} rounds in {:.1}s, {} + {} batches of {ROWS} rows acknowledged, {spilled} groups spilled at the last reopen, views equal the oracle ({} + {} rows)",
         t0.elapsed().as_secs_f64(),
         acked.0,
         acked.1,

@@ -38,6 +38,7 @@ use hashbrown::HashTable;
 use super::{OpCtx, Operator, NO_WATERMARK};
 use crate::error::{Error, Result};
 use crate::sql::EmitMode;
+use crate::state_store::{window_prefix, StateStore};
 
 /// One aggregate call: the DataFusion aggregate, its argument expressions (ordering expressions
 /// appended, as DataFusion's own executor does) and its optional FILTER.
@@ -69,6 +70,136 @@ pub(crate) enum GroupCol {
 /// The window key of the non-windowed aggregate's single table.
 const GLOBAL: (i64, i64) = (i64::MAX, i64::MIN);
 
+/// Length of a window's key prefix in the state store.
+const PREFIX_LEN: usize = 22;
+/// Spilled groups read back per chunk when a window fires.
+const DRAIN_CHUNK: usize = 16_384;
+
+/// The RocksDB state backend of one aggregate: groups of a table are written there (key: window
+/// prefix + group key in row format; value: last emitted values + accumulator states in row
+/// format) when the operator's memory passes `budget`, read back when a row of their group
+/// arrives, and streamed out in chunks when their window fires.
+struct Spill {
+    store: Arc<StateStore>,
+    id: u32,
+    budget: usize,
+    /// Row format of every accumulator's state columns, one after another (None: no aggregate).
+    state_conv: Option<RowConverter>,
+    /// State columns per accumulator.
+    widths: Vec<usize>,
+}
+
+impl Spill {
+    fn encode(&self, prev: Option<&OwnedRow>, state: &[u8]) -> Vec<u8> {
+        let p = prev.map(|r| r.as_ref());
+        let mut v = Vec::with_capacity(5 + p.map_or(0, |p| p.len()) + state.len());
+        match p {
+            Some(p) => {
+                v.push(1);
+                v.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                v.extend_from_slice(p);
+            }
+            None => v.push(0),
+        }
+        v.extend_from_slice(state);
+        v
+    }
+
+    /// (last emitted values, state) of an encoded value.
+    fn decode(v: &[u8]) -> Result<(Option<&[u8]>, &[u8])> {
+        let bad = || Error::internal("a spilled aggregate state is malformed");
+        match v.first() {
+            Some(0) => Ok((None, &v[1..])),
+            Some(1) if v.len() >= 5 => {
+                let n = u32::from_le_bytes([v[1], v[2], v[3], v[4]]) as usize;
+                let p = v.get(5..5 + n).ok_or_else(bad)?;
+                Ok((Some(p), &v[5 + n..]))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Merges encoded states into `groups` of `table` and sets their last emitted values.
+    fn merge_into(&self, table: &mut GroupTable, groups: &[usize], values: &[Vec<u8>], agg_conv: &RowConverter) -> Result<()> {
+        let mut states = Vec::with_capacity(values.len());
+        let parser = agg_conv.parser();
+        for (&g, v) in groups.iter().zip(values) {
+            let (prev, state) = Spill::decode(v)?;
+            table.prev[g] = prev.map(|p| parser.parse(p).owned());
+            states.push(state);
+        }
+        if let Some(conv) = &self.state_conv {
+            let sp = conv.parser();
+            let cols = conv.convert_rows(states.iter().map(|s| sp.parse(s)))?;
+            let total = table.len();
+            let mut off = 0;
+            for (acc, &w) in table.accs.iter_mut().zip(&self.widths) {
+                acc.merge_batch(&cols[off..off + w], groups, total)?;
+                off += w;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every group of `table` to the store and empties it (keeping `fired`).
+    fn spill_table(&self, part: usize, window: (i64, i64), table: &mut GroupTable, key_conv: &RowConverter, aggs: &[AggSpec]) -> Result<()> {
+        let n = table.len();
+        let prefix = window_prefix(self.id, part as u16, window);
+        let mut states: Vec<ArrayRef> = vec![];
+        for acc in table.accs.iter_mut() {
+            states.extend(acc.state(EmitTo::All)?);
+        }
+        let rows = match &self.state_conv {
+            Some(c) => Some(c.convert_columns(&states)?),
+            None => None,
+        };
+        let mut items = Vec::with_capacity(n);
+        for g in 0..n {
+            let mut k = prefix.clone();
+            k.extend_from_slice(table.keys.row(g).as_ref());
+            let row = rows.as_ref().map(|r| r.row(g));
+            let state = row.as_ref().map_or(&[][..], |r| r.as_ref());
+            items.push((k, self.encode(table.prev[g].as_ref(), state)));
+        }
+        let mut fresh = GroupTable::new(key_conv, aggs)?;
+        fresh.fired = table.fired;
+        fresh.spilled = table.spilled + n as u64;
+        *table = fresh;
+        self.store.put(items)
+    }
+
+    /// Moves the spilled state of groups `from..` of `table` (just created for rows of this
+    /// batch) back into memory, before the batch updates them.
+    fn load_new_groups(&self, part: usize, window: (i64, i64), table: &mut GroupTable, from: usize, agg_conv: &RowConverter) -> Result<()> {
+        let n = table.len();
+        if table.spilled == 0 || from >= n {
+            return Ok(());
+        }
+        let prefix = window_prefix(self.id, part as u16, window);
+        let keys: Vec<Vec<u8>> = (from..n)
+            .map(|g| {
+                let mut k = prefix.clone();
+                k.extend_from_slice(table.keys.row(g).as_ref());
+                k
+            })
+            .collect();
+        let found = self.store.take(&keys)?;
+        let mut groups = vec![];
+        let mut values = vec![];
+        for (i, v) in found.into_iter().enumerate() {
+            if let Some(v) = v {
+                groups.push(from + i);
+                values.push(v);
+            }
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        table.spilled = table.spilled.saturating_sub(groups.len() as u64);
+        self.merge_into(table, &groups, &values, agg_conv)
+    }
+}
+
 struct GroupTable {
     keys: Rows,
     hashes: Vec<u64>,
@@ -79,6 +210,8 @@ struct GroupTable {
     /// Last emitted aggregate values per group (row format), for change detection.
     prev: Vec<Option<OwnedRow>>,
     fired: bool,
+    /// Groups of this table spilled to the RocksDB state backend (disjoint from those in memory).
+    spilled: u64,
 }
 
 impl GroupTable {
@@ -92,6 +225,7 @@ impl GroupTable {
             is_dirty: vec![],
             prev: vec![],
             fired: false,
+            spilled: 0,
         })
     }
 
@@ -178,6 +312,15 @@ impl GroupTable {
         self.accs.iter_mut().map(|a| Ok(a.evaluate(EmitTo::All)?)).collect()
     }
 
+    /// A group for `key`, known not to be in the table (the hash map is not kept up to date:
+    /// for scratch tables only).
+    fn push_unique(&mut self, key: datafusion::arrow::row::Row<'_>) -> usize {
+        let g = self.hashes.len();
+        self.keys.push(key);
+        self.push_group(None, g as u32);
+        g
+    }
+
     /// Intermediate states of all groups, leaving them in place.
     fn states(&mut self) -> Result<Vec<ArrayRef>> {
         let n = self.len();
@@ -221,6 +364,7 @@ pub(crate) struct Aggregate {
     agg_conv: RowConverter,
     parts: Vec<Partition>,
     random: RandomState,
+    spill: Option<Spill>,
 }
 
 impl Aggregate {
@@ -253,8 +397,104 @@ impl Aggregate {
             key_conv,
             agg_conv,
             parts: (0..partitions.max(1)).map(|_| Partition::default()).collect(),
+            // A fixed seed (foldhash's FixedState): a group goes to the same partition in every
+            // process, so its spilled state is found under that partition's prefix after a reopen.
             random: RandomState::default(),
+            spill: None,
         })
+    }
+
+    /// Spills groups to `store` once the operator holds more than `budget` bytes in memory.
+    /// Aggregates without GROUP BY keys (one group per window) never spill.
+    pub(crate) fn with_state_store(mut self, store: Arc<StateStore>, budget: usize) -> Result<Self> {
+        if self.key_exprs.is_empty() {
+            return Ok(self);
+        }
+        let mut fields = vec![];
+        let mut widths = vec![];
+        for a in &self.aggs {
+            let f = a.expr.state_fields()?;
+            widths.push(f.len());
+            fields.extend(f.iter().map(|f| SortField::new(f.data_type().clone())));
+        }
+        let state_conv = if fields.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(fields).map_err(|e| {
+                Error::plan(format!("state_backend 'rocksdb' cannot store the state of this aggregate ({e}); use state_backend 'memory' for this query"))
+            })?)
+        };
+        let id = store.new_id()?;
+        self.spill = Some(Spill { store, id, budget, state_conv, widths });
+        Ok(self)
+    }
+
+    /// Streams the spilled groups of window `w` of partition `part` through `f`, a scratch table
+    /// per chunk. With `write_back`, the groups' last emitted values are stored again afterwards.
+    fn drain_spilled(&self, part: usize, w: (i64, i64), write_back: bool, f: &mut dyn FnMut(&mut GroupTable) -> Result<()>) -> Result<()> {
+        let Some(sp) = &self.spill else { return Ok(()) };
+        let prefix = window_prefix(sp.id, part as u16, w);
+        let parser = self.key_conv.parser();
+        sp.store.scan(&prefix, DRAIN_CHUNK, &mut |chunk| {
+            let mut t = GroupTable::new(&self.key_conv, &self.aggs)?;
+            let mut groups = Vec::with_capacity(chunk.len());
+            for (k, _) in &chunk {
+                groups.push(t.push_unique(parser.parse(&k[PREFIX_LEN..])));
+            }
+            let values: Vec<Vec<u8>> = chunk.iter().map(|(_, v)| v.clone()).collect();
+            sp.merge_into(&mut t, &groups, &values, &self.agg_conv)?;
+            f(&mut t)?;
+            if write_back {
+                let items = chunk
+                    .into_iter()
+                    .enumerate()
+                    .map(|(g, (k, v))| Ok((k, sp.encode(t.prev[g].as_ref(), Spill::decode(&v)?.1))))
+                    .collect::<Result<Vec<_>>>()?;
+                sp.store.put(items)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops a closed window's spilled groups.
+    fn forget_spilled(&self, part: usize, w: (i64, i64), table: &GroupTable) -> Result<()> {
+        match &self.spill {
+            Some(sp) if table.spilled > 0 => sp.store.delete_prefix(&window_prefix(sp.id, part as u16, w)),
+            _ => Ok(()),
+        }
+    }
+
+    /// With a state store: once the tables in memory pass the budget, spills whole tables,
+    /// largest first, until they are under half of it. Tables with changes still to emit stay.
+    fn maybe_spill(&mut self) -> Result<()> {
+        let Some(sp) = &self.spill else { return Ok(()) };
+        let mut total = 0usize;
+        let mut candidates = vec![];
+        for (pi, part) in self.parts.iter().enumerate() {
+            for (w, t) in &part.tables {
+                let size = t.size();
+                total += size;
+                // An unfired ON WINDOW CLOSE table emits all its groups when it fires: its change
+                // marks do not matter.
+                let emitted = t.dirty.is_empty() || (self.emit == EmitMode::OnWindowClose && !t.fired);
+                if t.len() > 0 && emitted {
+                    candidates.push((size, pi, *w));
+                }
+            }
+        }
+        if total <= sp.budget {
+            return Ok(());
+        }
+        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        for (size, pi, w) in candidates {
+            if total <= sp.budget / 2 {
+                break;
+            }
+            let t = self.parts[pi].tables.get_mut(&w).expect("candidate");
+            sp.spill_table(pi, w, t, &self.key_conv, &self.aggs)?;
+            total = total.saturating_sub(size);
+        }
+        Ok(())
     }
 
     fn changelog(&self) -> bool {
@@ -296,13 +536,16 @@ impl Aggregate {
     }
 
     /// Updates one partition with `rows` of the batch (all rows when `None`).
+    #[allow(clippy::too_many_arguments)]
     fn update_partition(
         part: &mut Partition,
+        pi: usize,
         input: &BatchInput,
         rows: Option<&[u32]>,
         key_conv: &RowConverter,
         aggs: &[AggSpec],
         track: bool,
+        spill: Option<(&Spill, &RowConverter)>,
     ) -> Result<()> {
         // Group the rows by window. Most batches touch one or two windows.
         let mut by_window: Vec<((i64, i64), Vec<u32>)> = vec![];
@@ -341,10 +584,14 @@ impl Aggregate {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(key_conv, aggs)?),
             };
+            let before = table.len();
             let groups: Vec<usize> = rws
                 .iter()
                 .map(|&r| table.group_of(input.key_rows.as_ref(), input.hashes[r as usize], r as usize) as usize)
                 .collect();
+            if let Some((sp, agg_conv)) = spill {
+                sp.load_new_groups(pi, w, table, before, agg_conv)?;
+            }
             let whole = rws.len() == input.n;
             let idx = (!whole).then(|| UInt32Array::from(rws.clone()));
             let total = table.len();
@@ -487,26 +734,27 @@ impl Operator for Aggregate {
         let input = self.prepare(&batch)?;
         let track = self.tracks_changes();
         let p = self.parts.len();
+        let spill = self.spill.as_ref().map(|s| (s, &self.agg_conv));
         if p == 1 {
-            Self::update_partition(&mut self.parts[0], &input, None, &self.key_conv, &self.aggs, track)?;
+            Self::update_partition(&mut self.parts[0], 0, &input, None, &self.key_conv, &self.aggs, track, spill)?;
         } else {
             let mut rows: Vec<Vec<u32>> = vec![Vec::with_capacity(input.n / p + 16); p];
             for (i, h) in input.hashes.iter().enumerate() {
                 rows[(*h % p as u64) as usize].push(i as u32);
             }
             let (key_conv, aggs) = (&self.key_conv, &self.aggs);
-            let work = |(part, rows): (&mut Partition, &Vec<u32>)| -> Result<()> {
+            let work = |(pi, (part, rows)): (usize, (&mut Partition, &Vec<u32>))| -> Result<()> {
                 if rows.is_empty() {
                     return Ok(());
                 }
-                Self::update_partition(part, &input, Some(rows), key_conv, aggs, track)
+                Self::update_partition(part, pi, &input, Some(rows), key_conv, aggs, track, spill)
             };
             match ctx.pool {
                 Some(pool) => pool.install(|| {
                     use rayon::prelude::*;
-                    self.parts.par_iter_mut().zip(rows.par_iter()).try_for_each(work)
+                    self.parts.par_iter_mut().zip(rows.par_iter()).enumerate().try_for_each(work)
                 })?,
-                None => self.parts.iter_mut().zip(rows.iter()).try_for_each(work)?,
+                None => self.parts.iter_mut().zip(rows.iter()).enumerate().try_for_each(work)?,
             }
         }
         // Emissions after the batch.
@@ -529,6 +777,7 @@ impl Operator for Aggregate {
         })();
         self.parts = parts;
         res?;
+        self.maybe_spill()?;
         self.concat(out)
     }
 
@@ -539,7 +788,7 @@ impl Operator for Aggregate {
         let mut out = vec![];
         let mut parts = std::mem::take(&mut self.parts);
         let res = (|| -> Result<()> {
-            for part in parts.iter_mut() {
+            for (pi, part) in parts.iter_mut().enumerate() {
                 let mut closed = vec![];
                 for (w, table) in part.tables.iter_mut() {
                     let (end, _start) = *w;
@@ -547,27 +796,37 @@ impl Operator for Aggregate {
                         break; // ordered by end
                     }
                     let close = wm >= end.saturating_add(self.lateness);
+                    let mut finish = |table: &mut GroupTable| -> Result<()> {
+                        let vals = table.finish()?;
+                        out.push(self.output(table, *w, None, vals, None)?);
+                        Ok(())
+                    };
                     match self.emit {
-                        EmitMode::OnWindowClose if self.lateness == 0 => {
-                            let vals = table.finish()?;
-                            out.push(self.output(table, *w, None, vals, None)?);
+                        EmitMode::OnWindowClose | EmitMode::Final if self.lateness == 0 || (self.emit == EmitMode::Final && close) => {
+                            finish(table)?;
+                            if table.spilled > 0 {
+                                self.drain_spilled(pi, *w, false, &mut finish)?;
+                            }
                         }
                         EmitMode::OnWindowClose => {
                             if !table.fired {
                                 table.fired = true;
                                 table.take_dirty();
-                                let all: Vec<u32> = (0..table.len() as u32).collect();
-                                let vals = table.peek(&self.aggs, &all)?;
-                                let rows = self.agg_rows(&vals, table.len())?;
-                                for g in 0..table.len() {
-                                    table.prev[g] = Some(rows.row(g).owned());
+                                let mut fire = |table: &mut GroupTable| -> Result<()> {
+                                    let all: Vec<u32> = (0..table.len() as u32).collect();
+                                    let vals = table.peek(&self.aggs, &all)?;
+                                    let rows = self.agg_rows(&vals, table.len())?;
+                                    for g in 0..table.len() {
+                                        table.prev[g] = Some(rows.row(g).owned());
+                                    }
+                                    out.push(self.output(table, *w, None, vals, Some(1))?);
+                                    Ok(())
+                                };
+                                fire(table)?;
+                                if table.spilled > 0 {
+                                    self.drain_spilled(pi, *w, true, &mut fire)?;
                                 }
-                                out.push(self.output(table, *w, None, vals, Some(1))?);
                             }
-                        }
-                        EmitMode::Final if close => {
-                            let vals = table.finish()?;
-                            out.push(self.output(table, *w, None, vals, None)?);
                         }
                         EmitMode::Every(_) if close => self.emit_changes(table, *w, &mut out)?,
                         _ => {}
@@ -577,7 +836,9 @@ impl Operator for Aggregate {
                     }
                 }
                 for w in closed {
-                    part.tables.remove(&w);
+                    if let Some(t) = part.tables.remove(&w) {
+                        self.forget_spilled(pi, w, &t)?;
+                    }
                 }
             }
             Ok(())
@@ -607,6 +868,7 @@ impl Operator for Aggregate {
         })();
         self.parts = parts;
         res?;
+        self.maybe_spill()?;
         self.concat(out)
     }
 
@@ -614,10 +876,45 @@ impl Operator for Aggregate {
         self.parts.iter().flat_map(|p| p.tables.values()).map(|t| t.size()).sum()
     }
 
+    fn spilled_groups(&self) -> u64 {
+        self.parts.iter().flat_map(|p| p.tables.values()).map(|t| t.spilled).sum()
+    }
+
     /// One batch per group table: window bounds, fired flag, key columns, accumulator states and
     /// last emitted values (row format).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let mut out = vec![];
+        if let Some(sp) = &self.spill {
+            // Which tables have groups in the state store (checkpointed with it), and under
+            // which operator id.
+            let (mut parts, mut ends, mut starts, mut fired, mut spilled) = (vec![], vec![], vec![], vec![], vec![]);
+            for (pi, part) in self.parts.iter().enumerate() {
+                for (w, t) in &part.tables {
+                    if t.spilled > 0 {
+                        parts.push(pi as i64);
+                        ends.push(w.0);
+                        starts.push(w.1);
+                        fired.push(t.fired);
+                        spilled.push(t.spilled as i64);
+                    }
+                }
+            }
+            if !parts.is_empty() {
+                let n = parts.len();
+                let fields = ["__spill_id", "__partitions", "__part", "__end", "__start", "__fired", "__spilled"];
+                let cols: Vec<ArrayRef> = vec![
+                    Arc::new(Int64Array::from(vec![sp.id as i64; n])),
+                    Arc::new(Int64Array::from(vec![self.parts.len() as i64; n])),
+                    Arc::new(Int64Array::from(parts)),
+                    Arc::new(Int64Array::from(ends)),
+                    Arc::new(Int64Array::from(starts)),
+                    Arc::new(BooleanArray::from(fired)),
+                    Arc::new(Int64Array::from(spilled)),
+                ];
+                let schema = Schema::new(fields.iter().zip(&cols).map(|(f, c)| Field::new(*f, c.data_type().clone(), false)).collect::<Vec<_>>());
+                out.push(RecordBatch::try_new(Arc::new(schema), cols)?);
+            }
+        }
         for part in self.parts.iter_mut() {
             for (w, table) in part.tables.iter_mut() {
                 let n = table.len();
@@ -653,9 +950,14 @@ impl Operator for Aggregate {
         let p = self.parts.len();
         self.parts = (0..p).map(|_| Partition::default()).collect();
         let nkeys = self.key_exprs.len();
+        let mut spill_meta = None;
         for b in state {
             let n = b.num_rows();
             if n == 0 {
+                continue;
+            }
+            if b.schema().field(0).name() == "__spill_id" {
+                spill_meta = Some(b);
                 continue;
             }
             let col = |i: usize| b.column(i).clone();
@@ -681,8 +983,13 @@ impl Operator for Aggregate {
                 if rows.is_empty() {
                     continue;
                 }
-                let mut table = GroupTable::new(&self.key_conv, &self.aggs)?;
-                table.fired = fired;
+                // One table per window and partition: a window's groups come in one batch per
+                // partition of the saving process, each of which may route to any partition here.
+                let table = match part.tables.entry((end, start)) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(&self.key_conv, &self.aggs)?),
+                };
+                table.fired |= fired;
                 let groups: Vec<usize> = rows.iter().map(|&r| table.group_of(key_rows.as_ref(), hashes[r as usize], r as usize) as usize).collect();
                 let idx = UInt32Array::from(rows.clone());
                 let mut off = 0;
@@ -697,7 +1004,32 @@ impl Operator for Aggregate {
                         table.prev[g] = Some(parser.parse(prev.value(r as usize)).owned());
                     }
                 }
-                part.tables.insert((end, start), table);
+            }
+        }
+        if let Some(b) = spill_meta {
+            let Some(sp) = &mut self.spill else {
+                return Err(Error::invalid_state(
+                    "this aggregate's state was saved with state_backend 'rocksdb' and part of it is in RocksDB: open the database with state_backend = 'rocksdb'",
+                ));
+            };
+            let int = |i: usize| b.column(i).as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone();
+            let (id, nparts, part, end, start, spilled) = (int(0), int(1), int(2), int(3), int(4), int(6));
+            let fired = b.column(5).as_boolean().clone();
+            if nparts.value(0) as usize != p {
+                return Err(Error::invalid_state(format!(
+                    "this aggregate's state in RocksDB is split into {} partitions (workers) and this database has {p}: open it with workers = {}",
+                    nparts.value(0),
+                    nparts.value(0)
+                )));
+            }
+            sp.id = id.value(0) as u32;
+            for i in 0..b.num_rows() {
+                let table = match self.parts[part.value(i) as usize].tables.entry((end.value(i), start.value(i))) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(&self.key_conv, &self.aggs)?),
+                };
+                table.fired |= fired.value(i);
+                table.spilled = spilled.value(i) as u64;
             }
         }
         Ok(())
@@ -712,4 +1044,13 @@ pub(crate) fn check_emit(emit: EmitMode, windowed: bool) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+impl Drop for Aggregate {
+    /// A dropped aggregate's spilled groups go with it (DROP, CREATE OR REPLACE, close).
+    fn drop(&mut self) {
+        if let Some(sp) = &self.spill {
+            let _ = sp.store.delete_prefix(&sp.id.to_be_bytes());
+        }
+    }
 }

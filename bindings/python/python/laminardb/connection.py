@@ -48,6 +48,8 @@ class StreamMetrics:
     rows_late: int = 0
     late_pairs: int = 0
     state_bytes: int = 0
+    # Groups spilled to the RocksDB state backend (state_backend='rocksdb'), 0 otherwise.
+    spilled_groups: int = 0
     watermark_ms: Optional[int] = None
 
 
