@@ -248,7 +248,7 @@ fn run() -> Result<(), String> {
                 base = rate;
             }
             let label = if backend == "memory" { "memory".to_string() } else { format!("rocksdb (cache {cache})") };
-            println!("{label:<28} {rate:>14.0} {:>10.2} {:>16.1} {spilled:>16}", rate / base, peak as f64 / 1e6);
+            println!("{label:<28} {rate:>14.0} {:>10.2} {:>16.3} {spilled:>16}", rate / base, peak as f64 / 1e6);
             drop(w);
             db.close();
         }

@@ -159,7 +159,8 @@ impl StateStore {
     }
 
     fn with<T>(&self, f: impl FnOnce(&rocksdb::DB) -> std::result::Result<T, rocksdb::Error>, what: &str) -> Result<T> {
-        let g = self.db.read();
+        // Recursive: `scan` holds a read guard while its callback writes.
+        let g = self.db.read_recursive();
         let db = g.as_ref().ok_or_else(|| Error::internal("the RocksDB state backend is not open"))?;
         f(db).map_err(|e| rocks_err(what, e))
     }
@@ -220,7 +221,7 @@ impl StateStore {
 
     /// Calls `f` with the entries under `prefix` in key order, `chunk` at a time.
     pub(crate) fn scan(&self, prefix: &[u8], chunk: usize, f: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>) -> Result<()> {
-        let g = self.db.read();
+        let g = self.db.read_recursive();
         let db = g.as_ref().ok_or_else(|| Error::internal("the RocksDB state backend is not open"))?;
         let mut it = db.raw_iterator();
         it.seek(prefix);
