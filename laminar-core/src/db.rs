@@ -448,8 +448,8 @@ impl Database {
         self.inner.recovering.store(true, Ordering::Release);
         let mut after = 0;
         let latest = durable::load_latest(&d.store, &mut info.warnings)?;
-        match (&self.inner.state, latest.as_ref().and_then(|l| l.state_dir.as_deref())) {
-            (Some(st), from) => st.reset(from)?,
+        match (&self.inner.state, latest.as_ref().and_then(|l| l.state_dir.as_ref())) {
+            (Some(st), from) => st.reset(from.map(|(d, files)| (d.as_path(), files.as_slice())))?,
             (None, Some(_)) => {
                 return Err(Error::invalid_argument(format!(
                     "checkpoint {} keeps operator state in RocksDB: open it with state_backend = 'rocksdb'",
@@ -531,7 +531,7 @@ impl Database {
                 let s = eng.streams.get_mut(&r.name).ok_or_else(|| bad(format!("stream '{}' missing after its CREATE", r.name)))?;
                 if r.kind != "late" {
                     let now = fingerprint(s);
-                    if now != r.fingerprint {
+                    if !same_plan(&now, &r.fingerprint) {
                         return Err(Error::invalid_state(format!(
                             "checkpoint {epoch}: '{}' plans differently in this version of LaminarDB than when its state was saved, so that state cannot be loaded safely.\nsaved:\n{}\nnow:\n{}\nOpen the database with the version that wrote it, or remove '{}' to start over",
                             r.name, r.fingerprint, now, self.inner.durable.as_ref().map(|d| d.store.root.display().to_string()).unwrap_or_default()
@@ -1497,6 +1497,12 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
+        let spilled: u64 = s.root.operators().iter().map(|o| o.spilled_groups()).sum();
+        if spilled > 0 {
+            return Err(Error::invalid_state(format!(
+                "'{name}' has {spilled} groups of state in the RocksDB state backend, which a snapshot cannot carry; checkpoints (durable databases) save it"
+            )));
+        }
         s.snapshot_ops()
     }
 
@@ -1505,6 +1511,9 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
+        if state.iter().flatten().any(|b| b.num_columns() > 0 && b.schema().field(0).name() == "__spill_id") {
+            return Err(Error::invalid_argument("this state refers to groups in a RocksDB state backend: only checkpoint recovery can load it"));
+        }
         s.restore_ops(state)
     }
 }
@@ -1851,6 +1860,15 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
 
 /// What must match for a stream's saved operator state to load into its plan: the operators,
 /// as EXPLAIN describes them.
+/// Whether two fingerprints describe the same operators. The number of partitions (the
+/// `workers` setting) may differ: every operator re-partitions its state when it loads it.
+fn same_plan(a: &str, b: &str) -> bool {
+    let strip = |s: &str| -> String {
+        s.split(' ').filter(|w| !w.starts_with("partitions=")).collect::<Vec<_>>().join(" ")
+    };
+    strip(a) == strip(b)
+}
+
 fn fingerprint(s: &StreamRt) -> String {
     let mut lines = vec![];
     s.root.explain(0, &mut lines);

@@ -562,8 +562,8 @@ pub(crate) struct Loaded {
     pub epoch: u64,
     pub seq: u64,
     pub objects: BTreeMap<String, Vec<Vec<RecordBatch>>>,
-    /// The RocksDB state backend's files of this checkpoint, verified.
-    pub state_dir: Option<PathBuf>,
+    /// The RocksDB state backend's files of this checkpoint (directory, file names), verified.
+    pub state_dir: Option<(PathBuf, Vec<String>)>,
 }
 
 #[derive(Debug)]
@@ -638,9 +638,11 @@ fn parse_manifest(text: &str) -> std::result::Result<Manifest, String> {
                 let crc = u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?;
                 m.objects.insert(name, (blob.to_string(), len, crc));
             }
-            ["state", dir] if !dir.contains('/') && !dir.contains("..") => m.state = Some((dir.to_string(), vec![])),
+            ["state", dir] if dir.len() == 20 && dir.bytes().all(|b| b.is_ascii_digit()) => m.state = Some((dir.to_string(), vec![])),
             ["statefile", name, len, crc] => {
-                let name = unhex(name).filter(|n| !n.contains('/')).ok_or("a malformed state file name")?;
+                // RocksDB's own names (000012.sst, MANIFEST-000005, OPTIONS-000007, CURRENT).
+                let plain = |n: &String| !n.is_empty() && !n.starts_with('.') && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+                let name = unhex(name).filter(plain).ok_or("a malformed state file name")?;
                 let len = len.parse().map_err(|_| "a malformed length")?;
                 let crc = if *crc == "-" { None } else { Some(u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?) };
                 m.state.as_mut().ok_or("a state file before its state line")?.1.push((name, len, crc));
@@ -760,6 +762,9 @@ fn checkpoint_state(store: &Store, st: &crate::state_store::StateStore, epoch: u
         }
     }
     st.checkpoint(&dest)?;
+    // RocksDB syncs the directory's files and renames it into place; the rename is made durable
+    // here, before a manifest can refer to it.
+    sync_dir(&store.state_dir())?;
     let mut files = vec![];
     let mut previous = store.state_files.lock();
     let mut now = HashSet::new();
@@ -824,7 +829,7 @@ fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> st
                 }
             }
         }
-        state_dir = Some(d);
+        state_dir = Some((d, files.iter().map(|f| f.0.clone()).collect()));
     }
     Ok((Loaded { epoch: m.epoch, seq: m.seq, objects, state_dir }, verified))
 }

@@ -28,6 +28,17 @@ pub(crate) fn window_prefix(id: u32, part: u16, window: (i64, i64)) -> Vec<u8> {
     k
 }
 
+/// (operator id, partition, window, group key) of a key built on [`window_prefix`].
+pub(crate) fn split_key(k: &[u8]) -> Option<(u32, u16, (i64, i64), &[u8])> {
+    if k.len() < 22 {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(k[i..i + 8].try_into().expect("8 bytes"));
+    let id = u32::from_be_bytes(k[0..4].try_into().expect("4 bytes"));
+    let part = u16::from_be_bytes(k[4..6].try_into().expect("2 bytes"));
+    Some((id, part, ((u64_at(6) ^ (1 << 63)) as i64, (u64_at(14) ^ (1 << 63)) as i64), &k[22..]))
+}
+
 /// The smallest key after every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -83,7 +94,12 @@ impl StateStore {
     pub(crate) fn temporary() -> Result<StateStore> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("laminardb-state-{}-{n}", std::process::id()));
+        // Process id, a counter and the clock: processes of other containers may share /tmp.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("laminardb-state-{}-{n}-{nanos:x}", std::process::id()));
+        if dir.exists() {
+            return Err(Error::internal(format!("temporary state directory {} exists already", dir.display())));
+        }
         let s = StateStore::new(dir, true)?;
         s.reset(None)?;
         Ok(s)
@@ -97,7 +113,7 @@ impl StateStore {
 
 #[cfg(not(feature = "rocksdb"))]
 impl StateStore {
-    pub(crate) fn reset(&self, _from: Option<&Path>) -> Result<()> {
+    pub(crate) fn reset(&self, _from: Option<(&Path, &[String])>) -> Result<()> {
         Err(unavailable())
     }
     pub(crate) fn new_id(&self) -> Result<u32> {
@@ -106,7 +122,10 @@ impl StateStore {
     pub(crate) fn put(&self, _items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
         Err(unavailable())
     }
-    pub(crate) fn take(&self, _keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+    pub(crate) fn get_many(&self, _keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        Err(unavailable())
+    }
+    pub(crate) fn delete(&self, _keys: &[Vec<u8>]) -> Result<()> {
         Err(unavailable())
     }
     pub(crate) fn scan(&self, _prefix: &[u8], _chunk: usize, _f: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>) -> Result<()> {
@@ -134,24 +153,24 @@ impl StateStore {
         o
     }
 
-    /// Throws the live instance away and opens a copy of the checkpoint's state in `from`
-    /// (SST files hard-linked, the rest copied), or an empty one.
-    pub(crate) fn reset(&self, from: Option<&Path>) -> Result<()> {
+    /// Throws the live instance away and opens a copy of the checkpoint's state in `from` (the
+    /// directory and its verified files: SST files hard-linked, the rest copied), or an empty one.
+    pub(crate) fn reset(&self, from: Option<(&Path, &[String])>) -> Result<()> {
         let mut db = self.db.write();
         *db = None;
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).map_err(|e| rocks_err(&format!("removing {}", self.dir.display()), e))?;
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| rocks_err(&format!("creating {}", self.dir.display()), e))?;
-        if let Some(src) = from {
-            let rd = std::fs::read_dir(src).map_err(|e| rocks_err(&format!("reading {}", src.display()), e))?;
-            for e in rd {
-                let e = e.map_err(|e| rocks_err(&format!("reading {}", src.display()), e))?;
-                let name = e.file_name();
-                let to = self.dir.join(&name);
-                let is_sst = name.to_string_lossy().ends_with(".sst");
-                let r = if is_sst { std::fs::hard_link(e.path(), &to).or_else(|_| std::fs::copy(e.path(), &to).map(|_| ())) } else { std::fs::copy(e.path(), &to).map(|_| ()) };
-                r.map_err(|err| rocks_err(&format!("copying {} to {}", e.path().display(), to.display()), err))?;
+        if let Some((src, files)) = from {
+            for name in files {
+                let (path, to) = (src.join(name), self.dir.join(name));
+                let r = if name.ends_with(".sst") {
+                    std::fs::hard_link(&path, &to).or_else(|_| std::fs::copy(&path, &to).map(|_| ()))
+                } else {
+                    std::fs::copy(&path, &to).map(|_| ())
+                };
+                r.map_err(|err| rocks_err(&format!("copying {} to {}", path.display(), to.display()), err))?;
             }
         }
         *db = Some(rocksdb::DB::open(&Self::options(), &self.dir).map_err(|e| rocks_err(&format!("opening {}", self.dir.display()), e))?);
@@ -182,7 +201,9 @@ impl StateStore {
                     Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
                     _ => 1,
                 };
-                db.put_opt(NEXT_ID_KEY, (next + 1).to_be_bytes(), &Self::write_opts())?;
+                // Ids below 0xffff_ffff: that one's key range holds this counter.
+                let after = if next >= u32::MAX - 1 { u32::MAX - 1 } else { next + 1 };
+                db.put_opt(NEXT_ID_KEY, after.to_be_bytes(), &Self::write_opts())?;
                 Ok(next)
             },
             "allocating an operator id",
@@ -197,26 +218,17 @@ impl StateStore {
         self.with(|db| db.write_opt(b, &Self::write_opts()), "writing spilled state")
     }
 
-    /// Reads `keys` and deletes those found: their state moves back into memory.
-    pub(crate) fn take(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.with(
-            |db| {
-                let mut out = Vec::with_capacity(keys.len());
-                let mut del = rocksdb::WriteBatch::default();
-                for (k, r) in keys.iter().zip(db.multi_get(keys)) {
-                    let v = r?;
-                    if v.is_some() {
-                        del.delete(k);
-                    }
-                    out.push(v);
-                }
-                if !del.is_empty() {
-                    db.write_opt(del, &Self::write_opts())?;
-                }
-                Ok(out)
-            },
-            "reading spilled state",
-        )
+    /// The values of `keys` (None: not stored).
+    pub(crate) fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.with(|db| db.multi_get(keys).into_iter().collect(), "reading spilled state")
+    }
+
+    pub(crate) fn delete(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let mut b = rocksdb::WriteBatch::default();
+        for k in keys {
+            b.delete(k);
+        }
+        self.with(|db| db.write_opt(b, &Self::write_opts()), "deleting spilled state")
     }
 
     /// Calls `f` with the entries under `prefix` in key order, `chunk` at a time.
@@ -309,9 +321,11 @@ mod tests {
         assert_eq!(seen, (0..10).collect::<Vec<u8>>());
         let mut k3 = p.clone();
         k3.push(3);
-        let got = s.take(&[k3.clone(), vec![0]]).unwrap();
+        let got = s.get_many(&[k3.clone(), vec![0]]).unwrap();
         assert_eq!(got, vec![Some(vec![3]), None]);
-        assert_eq!(s.take(&[k3]).unwrap(), vec![None], "taken keys are gone");
+        s.delete(std::slice::from_ref(&k3)).unwrap();
+        assert_eq!(s.get_many(&[k3.clone()]).unwrap(), vec![None], "deleted keys are gone");
+        assert_eq!(split_key(&k3), Some((7, 2, (100, 50), &[3u8][..])));
         s.delete_prefix(&p).unwrap();
         let mut n = 0;
         s.scan(&window_prefix(7, 2, (0, 0))[..6], 100, &mut |c| {

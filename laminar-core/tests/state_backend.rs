@@ -162,7 +162,11 @@ fn tmpdir(name: &str) -> PathBuf {
 }
 
 fn open(dir: &Path, state: &str) -> Result<Database, laminar_core::Error> {
-    let mut c = config(state, 2);
+    open_workers(dir, state, 2)
+}
+
+fn open_workers(dir: &Path, state: &str, workers: usize) -> Result<Database, laminar_core::Error> {
+    let mut c = config(state, workers);
     c.set("checkpoint_interval", "0").unwrap();
     Database::open(dir.to_str().unwrap(), c)
 }
@@ -191,8 +195,11 @@ fn spilled_state_is_checkpointed_and_recovered() {
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(e.message().contains("state_backend = 'rocksdb'"), "{e}");
 
-    let db = open(&dir, "rocksdb").unwrap();
+    // Reopened with 3 workers instead of 2: the spilled groups move to the partitions their
+    // keys go to now.
+    let db = open_workers(&dir, "rocksdb", 3).unwrap();
     assert_eq!(db.recovery().unwrap().epoch, Some(1));
+    assert!(metric(&db, |s| s.spilled_groups) > 0, "no spilled group after the reopen");
     push(&db, 20, n);
     finish(&db);
     assert_same("recovered from a checkpoint with spilled state", &views(&db), &want);
@@ -246,6 +253,8 @@ fn a_dropped_view_takes_its_spilled_state_with_it() {
     create(&db);
     push(&db, 0, 6);
     assert!(metric(&db, |s| s.spilled_groups) > 0);
+    let e = db.snapshot_stream("w_close").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "a snapshot cannot carry spilled groups: {e}");
     for (name, _, _) in VIEWS {
         db.execute(&format!("DROP MATERIALIZED VIEW {name}")).unwrap();
     }
@@ -264,6 +273,27 @@ fn a_dropped_view_takes_its_spilled_state_with_it() {
     drop(w);
     finish(&fresh);
     assert_same("views recreated after a DROP", &views(&db), &views(&fresh));
+}
+
+/// In-memory state re-partitions too: a durable database reopened with another `workers`
+/// (the default is cores − 1, so another machine) loads its checkpoint and goes on.
+#[test]
+fn reopening_with_another_worker_count_repartitions_in_memory_state() {
+    let n = 24;
+    let (want, _, _) = run("memory", 1, n);
+    let dir = tmpdir("workers");
+    let db = open_workers(&dir, "memory", 2).unwrap();
+    create(&db);
+    push(&db, 0, 10);
+    db.checkpoint().unwrap();
+    db.close_abruptly();
+    let db = open_workers(&dir, "memory", 3).unwrap();
+    assert_eq!(db.recovery().unwrap().epoch, Some(1));
+    push(&db, 10, n);
+    finish(&db);
+    assert_same("reopened with 3 workers instead of 2", &views(&db), &want);
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -161,11 +161,14 @@ impl Spill {
             let state = row.as_ref().map_or(&[][..], |r| r.as_ref());
             items.push((k, self.encode(table.prev[g].as_ref(), state)));
         }
+        // Written first: if the write fails, the groups are still in memory (their
+        // accumulators drained, so the stream fails — but nothing is counted as spilled).
+        self.store.put(items)?;
         let mut fresh = GroupTable::new(key_conv, aggs)?;
         fresh.fired = table.fired;
         fresh.spilled = table.spilled + n as u64;
         *table = fresh;
-        self.store.put(items)
+        Ok(())
     }
 
     /// Moves the spilled state of groups `from..` of `table` (just created for rows of this
@@ -183,20 +186,25 @@ impl Spill {
                 k
             })
             .collect();
-        let found = self.store.take(&keys)?;
+        let found = self.store.get_many(&keys)?;
         let mut groups = vec![];
         let mut values = vec![];
-        for (i, v) in found.into_iter().enumerate() {
+        let mut taken = vec![];
+        for ((i, v), k) in found.into_iter().enumerate().zip(keys) {
             if let Some(v) = v {
                 groups.push(from + i);
                 values.push(v);
+                taken.push(k);
             }
         }
         if groups.is_empty() {
             return Ok(());
         }
+        // Merged, then deleted: a group is never in neither place.
+        self.merge_into(table, &groups, &values, agg_conv)?;
+        self.store.delete(&taken)?;
         table.spilled = table.spilled.saturating_sub(groups.len() as u64);
-        self.merge_into(table, &groups, &values, agg_conv)
+        Ok(())
     }
 }
 
@@ -462,6 +470,80 @@ impl Aggregate {
             Some(sp) if table.spilled > 0 => sp.store.delete_prefix(&window_prefix(sp.id, part as u16, w)),
             _ => Ok(()),
         }
+    }
+
+    /// A fixed value's hash: spilled groups sit under the partition their key hashed to, which
+    /// holds only while the number of partitions and the hash function stay the same.
+    fn hash_probe(&self) -> Result<i64> {
+        let probe: ArrayRef = Arc::new(Int64Array::from(vec![0x6c61_6d69_6e61_72]));
+        let mut h = vec![0u64];
+        create_hashes([&probe], &self.random, &mut h)?;
+        Ok(h[0] as i64)
+    }
+
+    /// Takes over the spilled groups a checkpoint's meta batch describes (their tables, counts
+    /// and fired flags). Saved with another number of partitions (workers) or hash function,
+    /// every spilled group is read and written again under the partition its key goes to now.
+    fn adopt_spilled(&mut self, b: &RecordBatch) -> Result<()> {
+        let p = self.parts.len();
+        let col = |name: &str| b.column_by_name(name).ok_or_else(|| Error::invalid_data(format!("spill meta column '{name}' missing")));
+        let int = |name: &str| -> Result<Int64Array> { Ok(col(name)?.as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone()) };
+        let (id, nparts, part, end, start, spilled) = (int("__spill_id")?, int("__partitions")?, int("__part")?, int("__end")?, int("__start")?, int("__spilled")?);
+        let fired = col("__fired")?.as_boolean().clone();
+        let same_hash = b.column_by_name("__hash_probe").is_some_and(|c| c.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) == self.hash_probe().unwrap_or(0));
+        let saved_id = id.value(0) as u32;
+        let mut counts: BTreeMap<(usize, (i64, i64)), u64> = BTreeMap::new();
+        let mut fired_windows = std::collections::HashSet::new();
+        for i in 0..b.num_rows() {
+            let w = (end.value(i), start.value(i));
+            if fired.value(i) {
+                fired_windows.insert(w);
+            }
+            if same_hash && nparts.value(i) as usize == p {
+                let pi = part.value(i) as usize;
+                if pi >= p {
+                    return Err(Error::invalid_data(format!("spill meta names partition {pi} of {p}")));
+                }
+                counts.insert((pi, w), spilled.value(i) as u64);
+            }
+        }
+        let sp = self.spill.as_mut().expect("checked by restore");
+        if same_hash && nparts.value(0) as usize == p {
+            sp.id = saved_id;
+        } else {
+            // Re-partition, under this operator's own (fresh) id, then drop the saved id's range.
+            let sp = self.spill.as_ref().expect("checked by restore");
+            let parser = self.key_conv.parser();
+            sp.store.scan(&saved_id.to_be_bytes(), DRAIN_CHUNK, &mut |chunk| {
+                let mut windows = Vec::with_capacity(chunk.len());
+                for (k, _) in &chunk {
+                    let (_, _, w, _) = crate::state_store::split_key(k).ok_or_else(|| Error::invalid_data("a malformed spilled key"))?;
+                    windows.push(w);
+                }
+                let keys = self.key_conv.convert_rows(chunk.iter().map(|(k, _)| parser.parse(&k[PREFIX_LEN..])))?;
+                let mut hashes = vec![0u64; chunk.len()];
+                create_hashes(&keys, &self.random, &mut hashes)?;
+                let mut items = Vec::with_capacity(chunk.len());
+                for (((k, v), w), h) in chunk.into_iter().zip(windows).zip(hashes) {
+                    let pi = (h % p as u64) as usize;
+                    let mut nk = window_prefix(sp.id, pi as u16, w);
+                    nk.extend_from_slice(&k[PREFIX_LEN..]);
+                    items.push((nk, v));
+                    *counts.entry((pi, w)).or_default() += 1;
+                }
+                sp.store.put(items)
+            })?;
+            sp.store.delete_prefix(&saved_id.to_be_bytes())?;
+        }
+        for ((pi, w), n) in counts {
+            let table = match self.parts[pi].tables.entry(w) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(&self.key_conv, &self.aggs)?),
+            };
+            table.fired |= fired_windows.contains(&w);
+            table.spilled += n;
+        }
+        Ok(())
     }
 
     /// With a state store: once the tables in memory pass the budget, spills whole tables,
@@ -901,7 +983,8 @@ impl Operator for Aggregate {
             }
             if !parts.is_empty() {
                 let n = parts.len();
-                let fields = ["__spill_id", "__partitions", "__part", "__end", "__start", "__fired", "__spilled"];
+                let fields = ["__spill_id", "__partitions", "__part", "__end", "__start", "__fired", "__spilled", "__hash_probe"];
+                let probe = self.hash_probe()?;
                 let cols: Vec<ArrayRef> = vec![
                     Arc::new(Int64Array::from(vec![sp.id as i64; n])),
                     Arc::new(Int64Array::from(vec![self.parts.len() as i64; n])),
@@ -910,6 +993,7 @@ impl Operator for Aggregate {
                     Arc::new(Int64Array::from(starts)),
                     Arc::new(BooleanArray::from(fired)),
                     Arc::new(Int64Array::from(spilled)),
+                    Arc::new(Int64Array::from(vec![probe; n])),
                 ];
                 let schema = Schema::new(fields.iter().zip(&cols).map(|(f, c)| Field::new(*f, c.data_type().clone(), false)).collect::<Vec<_>>());
                 out.push(RecordBatch::try_new(Arc::new(schema), cols)?);
@@ -948,16 +1032,23 @@ impl Operator for Aggregate {
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let p = self.parts.len();
+        let is_meta = |b: &RecordBatch| b.num_columns() > 0 && b.schema().field(0).name() == "__spill_id";
+        let spill_meta = state.iter().find(|b| is_meta(b) && b.num_rows() > 0).cloned();
+        // Checked before anything changes.
+        if spill_meta.is_some() && self.spill.is_none() {
+            return Err(Error::invalid_state(
+                "this aggregate's state was saved with state_backend 'rocksdb' and part of it is in RocksDB: open the database with state_backend = 'rocksdb'",
+            ));
+        }
+        if let Some(sp) = &self.spill {
+            // This operator's own spilled groups give way to the restored state.
+            sp.store.delete_prefix(&sp.id.to_be_bytes())?;
+        }
         self.parts = (0..p).map(|_| Partition::default()).collect();
         let nkeys = self.key_exprs.len();
-        let mut spill_meta = None;
         for b in state {
             let n = b.num_rows();
-            if n == 0 {
-                continue;
-            }
-            if b.schema().field(0).name() == "__spill_id" {
-                spill_meta = Some(b);
+            if n == 0 || is_meta(&b) {
                 continue;
             }
             let col = |i: usize| b.column(i).clone();
@@ -993,8 +1084,10 @@ impl Operator for Aggregate {
                 let groups: Vec<usize> = rows.iter().map(|&r| table.group_of(key_rows.as_ref(), hashes[r as usize], r as usize) as usize).collect();
                 let idx = UInt32Array::from(rows.clone());
                 let mut off = 0;
-                for acc in table.accs.iter_mut() {
-                    let width = acc.state(EmitTo::All)?.len();
+                for (acc, spec) in table.accs.iter_mut().zip(&self.aggs) {
+                    // From the plan: asking the accumulator (`state`) would drain the groups a
+                    // table already has (a window's groups come in one batch per saved partition).
+                    let width = spec.expr.state_fields()?.len();
                     let st = states[off..off + width].iter().map(|s| take(s, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
                     off += width;
                     acc.merge_batch(&st, &groups, table.hashes.len())?;
@@ -1007,30 +1100,7 @@ impl Operator for Aggregate {
             }
         }
         if let Some(b) = spill_meta {
-            let Some(sp) = &mut self.spill else {
-                return Err(Error::invalid_state(
-                    "this aggregate's state was saved with state_backend 'rocksdb' and part of it is in RocksDB: open the database with state_backend = 'rocksdb'",
-                ));
-            };
-            let int = |i: usize| b.column(i).as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone();
-            let (id, nparts, part, end, start, spilled) = (int(0), int(1), int(2), int(3), int(4), int(6));
-            let fired = b.column(5).as_boolean().clone();
-            if nparts.value(0) as usize != p {
-                return Err(Error::invalid_state(format!(
-                    "this aggregate's state in RocksDB is split into {} partitions (workers) and this database has {p}: open it with workers = {}",
-                    nparts.value(0),
-                    nparts.value(0)
-                )));
-            }
-            sp.id = id.value(0) as u32;
-            for i in 0..b.num_rows() {
-                let table = match self.parts[part.value(i) as usize].tables.entry((end.value(i), start.value(i))) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(&self.key_conv, &self.aggs)?),
-                };
-                table.fired |= fired.value(i);
-                table.spilled = spilled.value(i) as u64;
-            }
+            self.adopt_spilled(&b)?;
         }
         Ok(())
     }
