@@ -70,6 +70,9 @@ pub(crate) enum GroupCol {
 /// The window key of the non-windowed aggregate's single table.
 const GLOBAL: (i64, i64) = (i64::MAX, i64::MIN);
 
+/// Bytes counted for a group with no emitted values yet.
+const PREV_NONE: usize = 8;
+
 /// Length of a window's key prefix in the state store.
 const PREFIX_LEN: usize = 22;
 /// Spilled groups read back per chunk when a window fires.
@@ -125,7 +128,7 @@ impl Spill {
         let parser = agg_conv.parser();
         for (&g, v) in groups.iter().zip(values) {
             let (prev, state) = Spill::decode(v)?;
-            table.prev[g] = prev.map(|p| parser.parse(p).owned());
+            table.set_prev(g, prev.map(|p| parser.parse(p).owned()));
             states.push(state);
         }
         if let Some(conv) = &self.state_conv {
@@ -150,7 +153,9 @@ impl Spill {
             states.extend(acc.state(EmitTo::All)?);
         }
         let rows = match &self.state_conv {
-            Some(c) => Some(c.convert_columns(&states)?),
+            Some(c) => Some(c.convert_columns(&states).map_err(|e| {
+                Error::internal(format!("state_backend 'rocksdb': an accumulator's state does not match its declared state fields ({e}); use state_backend 'memory' for this query"))
+            })?),
             None => None,
         };
         let mut items = Vec::with_capacity(n);
@@ -218,6 +223,8 @@ struct GroupTable {
     /// Last emitted aggregate values per group (row format), for change detection.
     prev: Vec<Option<OwnedRow>>,
     fired: bool,
+    /// Bytes `prev` holds (kept up to date by `set_prev`: `size` is called after every batch).
+    prev_bytes: usize,
     /// Groups of this table spilled to the RocksDB state backend (disjoint from those in memory).
     spilled: u64,
 }
@@ -233,6 +240,7 @@ impl GroupTable {
             is_dirty: vec![],
             prev: vec![],
             fired: false,
+            prev_bytes: 0,
             spilled: 0,
         })
     }
@@ -241,12 +249,18 @@ impl GroupTable {
         self.hashes.len()
     }
 
+    fn set_prev(&mut self, g: usize, row: Option<OwnedRow>) {
+        let bytes = |p: &Option<OwnedRow>| p.as_ref().map_or(PREV_NONE, |r| r.as_ref().len() + 32);
+        self.prev_bytes = self.prev_bytes - bytes(&self.prev[g]) + bytes(&row);
+        self.prev[g] = row;
+    }
+
     fn size(&self) -> usize {
         self.keys.size()
             + self.hashes.capacity() * 8
             + self.map.capacity() * 4
             + self.accs.iter().map(|a| a.size()).sum::<usize>()
-            + self.prev.iter().map(|p| p.as_ref().map_or(8, |r| r.as_ref().len() + 32)).sum::<usize>()
+            + self.prev_bytes
     }
 
     #[inline]
@@ -273,6 +287,7 @@ impl GroupTable {
         self.hashes.push(h);
         self.is_dirty.push(false);
         self.prev.push(None);
+        self.prev_bytes += PREV_NONE;
         if hash.is_some() {
             let hashes = &self.hashes;
             self.map.insert_unique(h, g, |&x| hashes[x as usize]);
@@ -767,7 +782,7 @@ impl Aggregate {
                 None => {}
             }
             insert_pos.push(i as u32);
-            table.prev[g as usize] = Some(new.owned());
+            table.set_prev(g as usize, Some(new.owned()));
         }
         let changelog = self.changelog();
         if changelog && !retract_groups.is_empty() {
@@ -899,7 +914,7 @@ impl Operator for Aggregate {
                                     let vals = table.peek(&self.aggs, &all)?;
                                     let rows = self.agg_rows(&vals, table.len())?;
                                     for g in 0..table.len() {
-                                        table.prev[g] = Some(rows.row(g).owned());
+                                        table.set_prev(g, Some(rows.row(g).owned()));
                                     }
                                     out.push(self.output(table, *w, None, vals, Some(1))?);
                                     Ok(())
@@ -1094,7 +1109,7 @@ impl Operator for Aggregate {
                 }
                 for (&r, &g) in rows.iter().zip(&groups) {
                     if prev.is_valid(r as usize) {
-                        table.prev[g] = Some(parser.parse(prev.value(r as usize)).owned());
+                        table.set_prev(g, Some(parser.parse(prev.value(r as usize)).owned()));
                     }
                 }
             }
