@@ -48,6 +48,9 @@ export declare class Subscription implements AsyncIterable<Table> {
 export declare class CallbackSubscription {
   /** True once the subscription has ended. */
   readonly closed: boolean;
+  /** The epoch of the batch onBatch was last called with — inside onBatch, of the batch being
+   * handled (0 before the first): the checkpoint that covers it. */
+  readonly epoch: number;
   /** Ends the subscription. Idempotent. */
   close(): void;
 }

@@ -177,8 +177,10 @@ class CallbackSubscription {
     };
     // Credits bound what waits in JavaScript: 8 batches ahead, one more after each onBatch, so
     // a slow handler pushes back on the engine (bufferSize / onFull then apply).
-    const run = (table) => async () => {
+    this._epoch = 0;
+    const run = (table, epoch) => async () => {
       if (this.closed) return;
+      this._epoch = epoch;
       try {
         await onBatch(table);
       } catch (e) {
@@ -190,7 +192,7 @@ class CallbackSubscription {
       try {
         if (this.closed && msg.kind !== 'closed') return;
         if (msg.kind === 'batch') {
-          this._chain = this._chain.then(run(arrow.tableFromIPC(msg.data)));
+          this._chain = this._chain.then(run(arrow.tableFromIPC(msg.data), msg.epoch));
         } else if (msg.kind === 'error') {
           const e = wrap(new Error(msg.error));
           this._chain = this._chain.then(() => report(e));
@@ -205,6 +207,11 @@ class CallbackSubscription {
       if (options.signal.aborted) this.close();
       else options.signal.addEventListener('abort', () => this.close(), { once: true });
     }
+  }
+  /** The epoch of the batch onBatch was last called with — inside onBatch, of the batch being
+   * handled (0 before the first): the checkpoint that covers it. */
+  get epoch() {
+    return this._epoch;
   }
   _finished() {
     this.closed = true;

@@ -385,7 +385,7 @@ pub unsafe extern "C" fn laminar_db_subscribe_push(
                         unsafe { f(ud, &mut ffi) };
                     }
                 }
-                PushEvent::Batch(b) => {
+                PushEvent::Batch(b, _) => {
                     if let Some(f) = s.0.on_batch {
                         let mut a = export_batch(&b);
                         unsafe { f(ud, &mut a) };

@@ -200,6 +200,10 @@ test('a directory is durable; a subscriber resumes after its last epoch', async 
   let db = await laminardb.open(dir, { checkpoint_interval: '0' });
   for (const d of ddl) await db.execute(d);
   let sub = db.subscribe('s');
+  const seen = [];
+  const cb = db.subscribe('s', (table) => {
+    for (const r of table.toArray()) seen.push([cb.epoch, r.sym]);
+  });
   await db.insert('t', [{ sym: 'A', qty: 1, ts: at(0) }, { sym: 'B', qty: 2, ts: at(11) }]); // closes [0,10)
   let t = await sub.next();
   assert.deepEqual([sub.epoch, t.toArray().map((r) => r.sym)], [1, ['A']]);
@@ -207,6 +211,10 @@ test('a directory is durable; a subscriber resumes after its last epoch', async 
   await db.insert('t', [{ sym: 'A', qty: 5, ts: at(21) }]); // closes [10,20): epoch 2
   t = await sub.next();
   assert.deepEqual([sub.epoch, t.toArray().map((r) => r.sym)], [2, ['B']]);
+  // A callback subscription reads the epoch of the batch it is handling.
+  for (let i = 0; i < 500 && seen.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(seen, [[1, 'A'], [2, 'B']]);
+  cb.close();
   await db.close(); // a last checkpoint: epoch 2's results are kept
   db = await laminardb.open(dir);
   for (const d of ddl) await db.execute(d); // the same definitions again are fine

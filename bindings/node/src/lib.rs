@@ -203,14 +203,14 @@ impl NativeDb {
             .subscribe_push(&name, &opts, initial_credits as u64, move |ev| {
                 let msg = match ev {
                     laminar_core::PushEvent::Schema(_) => return,
-                    laminar_core::PushEvent::Batch(b) => match ipc(&b.schema(), &[b]) {
-                        Ok(bytes) => PushMessage { kind: "batch".into(), data: Some(Buffer::from(bytes)), error: None },
-                        Err(e) => PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()) },
+                    laminar_core::PushEvent::Batch(b, epoch) => match ipc(&b.schema(), &[b]) {
+                        Ok(bytes) => PushMessage { kind: "batch".into(), data: Some(Buffer::from(bytes)), error: None, epoch: epoch as i64 },
+                        Err(e) => PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()), epoch: 0 },
                     },
                     laminar_core::PushEvent::Error(e) => {
-                        PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()) }
+                        PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()), epoch: 0 }
                     }
-                    laminar_core::PushEvent::Closed => PushMessage { kind: "closed".into(), data: None, error: None },
+                    laminar_core::PushEvent::Closed => PushMessage { kind: "closed".into(), data: None, error: None, epoch: 0 },
                 };
                 callback.call(msg, ThreadsafeFunctionCallMode::NonBlocking);
             })
@@ -237,6 +237,8 @@ pub struct PushMessage {
     pub data: Option<Buffer>,
     /// `LAMINAR[STATUS] message` of the error.
     pub error: Option<String>,
+    /// The batch's epoch (0 for other events).
+    pub epoch: i64,
 }
 
 /// The JavaScript callback of a push subscription: unref'd (Weak), so it never keeps the event

@@ -92,8 +92,8 @@ impl PushSubscription {
                 Python::attach(|py| {
                     let r = match ev {
                         PushEvent::Schema(s) => schema_object(py, s).and_then(|s| on_event.call1(py, ("schema", s))),
-                        PushEvent::Batch(batch) => {
-                            Py::new(py, ArrowBatch { batch }).and_then(|b| on_event.call1(py, ("batch", b)))
+                        PushEvent::Batch(batch, epoch) => {
+                            Py::new(py, ArrowBatch { batch }).and_then(|b| on_event.call1(py, ("batch", (b, epoch))))
                         }
                         PushEvent::Error(e) => on_event.call1(py, ("error", to_pyerr(e).into_value(py))),
                         PushEvent::Closed => on_event.call1(py, ("closed", py.None())),

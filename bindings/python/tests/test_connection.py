@@ -3,6 +3,8 @@
 import asyncio
 
 import pyarrow as pa
+import time
+
 import pytest
 
 import laminardb
@@ -179,11 +181,19 @@ def test_a_subscriber_resumes_after_its_last_epoch(tmp_path):
         db.execute(src)
         db.execute(view)
         sub = db.subscribe_stream("s")
+        seen = []
+        cb = db.subscribe_stream_callback("s", lambda r: seen.extend((cb.epoch, d["sym"]) for d in r.to_dicts()))
         db.insert("t", {"sym": ["A", "B"], "qty": [1, 2], "ts": [at(0), at(11)]})  # closes [0,10)
         assert db.checkpoint() == 1
         db.insert("t", {"sym": ["A"], "qty": [5], "ts": [at(21)]})  # closes [10,20): epoch 2
         first = results(sub)
         assert [(e, s) for e, s, _ in first] == [(1, "A"), (2, "B")]
+        # A callback subscription reads the epoch of the batch it is handling.
+        deadline = time.time() + 5
+        while len(seen) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert seen == [(1, "A"), (2, "B")]
+        cb.cancel()
     # The consumer had committed epoch 1 only; after the restart it resumes after it.
     with laminardb.open(path) as db:
         sub = db.subscribe_stream("s", resume_after_epoch=1)

@@ -339,7 +339,8 @@ impl Canceller {
 /// at most one error, then `Closed` exactly once, always last.
 pub enum PushEvent {
     Schema(SchemaRef),
-    Batch(RecordBatch),
+    /// A batch and its epoch (see [`Subscription::epoch`]).
+    Batch(RecordBatch, u64),
     Error(Error),
     Closed,
 }
@@ -410,7 +411,7 @@ impl PushSubscription {
                                 let mut n = sh.credits.lock();
                                 *n = n.saturating_sub(1);
                             }
-                            if !call(PushEvent::Batch(b)) {
+                            if !call(PushEvent::Batch(b, sub.epoch())) {
                                 call(PushEvent::Error(Error::internal("the subscription callback panicked")));
                                 break;
                             }

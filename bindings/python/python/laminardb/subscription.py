@@ -157,13 +157,15 @@ class CallbackSubscription:
         self._on_cancel = on_cancel
         self._name = name
         self.id = query_id
+        self._epoch = 0
         self._push = conn_native.subscribe_push(name, options, self._event)
 
     def _event(self, kind: str, value) -> None:
         try:
             if kind == "batch":
+                batch, self._epoch = value
                 try:
-                    self._on_data(QueryResult._from_batch(value))
+                    self._on_data(QueryResult._from_batch(batch))
                 except BaseException as e:  # noqa: BLE001 - handed to the user unchanged
                     if self._on_error is not None:
                         self._on_error(e)
@@ -185,6 +187,12 @@ class CallbackSubscription:
     @property
     def is_active(self) -> bool:
         return not self._done.is_set()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the batch ``on_data`` was last called with — inside ``on_data``, of the
+        batch being handled (0 before the first): the checkpoint that covers it."""
+        return self._epoch
 
     @property
     def schema(self) -> pa.Schema:
