@@ -1140,9 +1140,6 @@ impl Database {
     /// Like [`Database::checkpoint`], with what the checkpoint wrote.
     pub fn checkpoint_stats(&self) -> Result<CheckpointStats> {
         self.check_open()?;
-        if self.inner.durable.is_none() {
-            return Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'"));
-        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.tx.send(Event::Checkpoint(tx)).map_err(|_| Error::closed())?;
         rx.recv().map_err(|_| Error::closed())?
@@ -1511,7 +1508,7 @@ impl Database {
         self.flush()?;
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
-        if state.iter().flatten().any(|b| b.num_columns() > 0 && b.schema().field(0).name() == "__spill_id") {
+        if state.iter().flatten().any(crate::operator::aggregate::is_spill_meta) {
             return Err(Error::invalid_argument("this state refers to groups in a RocksDB state backend: only checkpoint recovery can load it"));
         }
         s.restore_ops(state)
@@ -1858,8 +1855,6 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
     Ok(Some(stats))
 }
 
-/// What must match for a stream's saved operator state to load into its plan: the operators,
-/// as EXPLAIN describes them.
 /// Whether two fingerprints describe the same operators. The number of partitions (the
 /// `workers` setting) may differ: every operator re-partitions its state when it loads it.
 fn same_plan(a: &str, b: &str) -> bool {
@@ -1869,6 +1864,8 @@ fn same_plan(a: &str, b: &str) -> bool {
     strip(a) == strip(b)
 }
 
+/// What must match for a stream's saved operator state to load into its plan: the operators,
+/// as EXPLAIN describes them.
 fn fingerprint(s: &StreamRt) -> String {
     let mut lines = vec![];
     s.root.explain(0, &mut lines);
@@ -1919,32 +1916,32 @@ mod catalog {
     }
 
     pub(super) fn read(b: &RecordBatch) -> Result<Vec<Row>> {
-            let col = |n: &str| b.column_by_name(n).ok_or_else(|| Error::invalid_data(format!("catalog column '{n}' missing")));
-            let (kind, name, sql, fp) = (col("kind")?.as_string::<i32>(), col("name")?.as_string::<i32>(), col("sql")?.as_string::<i32>(), col("fingerprint")?.as_string::<i32>());
-            let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
-            let (wm, ri, bi, rl, ro, bo, lp, pos) =
-                (int("watermark")?, int("rows_in")?, int("batches_in")?, int("rows_late")?, int("rows_out")?, int("batches_out")?, int("late_pairs")?, int("position")?);
-            let hs = int("history_since")?;
-            let (fk, fm) = (col("failed_kind")?.as_string::<i32>(), col("failed")?.as_string::<i32>());
-            let u = |v: Option<i64>| v.unwrap_or(0) as u64;
-            Ok((0..b.num_rows())
-                .map(|i| Row {
-                    kind: kind.value(i).to_string(),
-                    name: name.value(i).to_string(),
-                    sql: sql.value(i).to_string(),
-                    fingerprint: fp.value(i).to_string(),
-                    watermark: wm[i].unwrap_or(NO_WATERMARK),
-                    rows_in: u(ri[i]),
-                    batches_in: u(bi[i]),
-                    rows_late: u(rl[i]),
-                    rows_out: u(ro[i]),
-                    batches_out: u(bo[i]),
-                    late_pairs: u(lp[i]),
-                    position: pos[i].map(|p| p as u64),
-                    history_since: hs[i].map(|p| p as u64),
-                    failed: (!fm.is_null(i)).then(|| (fk.value(i).to_string(), fm.value(i).to_string())),
-                })
-                .collect())
+        let col = |n: &str| b.column_by_name(n).ok_or_else(|| Error::invalid_data(format!("catalog column '{n}' missing")));
+        let (kind, name, sql, fp) = (col("kind")?.as_string::<i32>(), col("name")?.as_string::<i32>(), col("sql")?.as_string::<i32>(), col("fingerprint")?.as_string::<i32>());
+        let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
+        let (wm, ri, bi, rl, ro, bo, lp, pos) =
+            (int("watermark")?, int("rows_in")?, int("batches_in")?, int("rows_late")?, int("rows_out")?, int("batches_out")?, int("late_pairs")?, int("position")?);
+        let hs = int("history_since")?;
+        let (fk, fm) = (col("failed_kind")?.as_string::<i32>(), col("failed")?.as_string::<i32>());
+        let u = |v: Option<i64>| v.unwrap_or(0) as u64;
+        Ok((0..b.num_rows())
+            .map(|i| Row {
+                kind: kind.value(i).to_string(),
+                name: name.value(i).to_string(),
+                sql: sql.value(i).to_string(),
+                fingerprint: fp.value(i).to_string(),
+                watermark: wm[i].unwrap_or(NO_WATERMARK),
+                rows_in: u(ri[i]),
+                batches_in: u(bi[i]),
+                rows_late: u(rl[i]),
+                rows_out: u(ro[i]),
+                batches_out: u(bo[i]),
+                late_pairs: u(lp[i]),
+                position: pos[i].map(|p| p as u64),
+                history_since: hs[i].map(|p| p as u64),
+                failed: (!fm.is_null(i)).then(|| (fk.value(i).to_string(), fm.value(i).to_string())),
+            })
+            .collect())
     }
 
     pub(super) fn batch(eng: &Engine) -> Result<RecordBatch> {

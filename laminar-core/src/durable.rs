@@ -5,6 +5,10 @@
 //! <path>/wal/<first seq>.log           records: [len u32][crc32 u32][seq u64][kind u8][body]
 //! <path>/checkpoints/MANIFEST-<epoch>  text, checksummed; renamed into place last (atomic)
 //! <path>/checkpoints/blobs/<hash>      one object's state (Arrow IPC), named by its content
+//! <path>/checkpoints/state/<epoch>/    the RocksDB state backend's files at that checkpoint
+//!                                      (SSTs hard-linked), listed in its manifest
+//! <path>/state/                        the RocksDB state backend's live instance, rebuilt
+//!                                      from the restored checkpoint's copy at every open
 //! ```
 //! A checkpoint writes each object's state as a blob named by a hash of its bytes; a blob that
 //! an earlier checkpoint already wrote (unchanged state) is not written again, which makes

@@ -18,9 +18,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// Length of a [`window_prefix`]; the group key follows it.
+pub(crate) const PREFIX_LEN: usize = 22;
+
 /// Builds a key prefix: operator id, partition and window.
 pub(crate) fn window_prefix(id: u32, part: u16, window: (i64, i64)) -> Vec<u8> {
-    let mut k = Vec::with_capacity(22 + 32);
+    let mut k = Vec::with_capacity(PREFIX_LEN + 32);
     k.extend_from_slice(&id.to_be_bytes());
     k.extend_from_slice(&part.to_be_bytes());
     k.extend_from_slice(&((window.0 as u64) ^ (1 << 63)).to_be_bytes());
@@ -28,15 +31,10 @@ pub(crate) fn window_prefix(id: u32, part: u16, window: (i64, i64)) -> Vec<u8> {
     k
 }
 
-/// (operator id, partition, window, group key) of a key built on [`window_prefix`].
-pub(crate) fn split_key(k: &[u8]) -> Option<(u32, u16, (i64, i64), &[u8])> {
-    if k.len() < 22 {
-        return None;
-    }
-    let u64_at = |i: usize| u64::from_be_bytes(k[i..i + 8].try_into().expect("8 bytes"));
-    let id = u32::from_be_bytes(k[0..4].try_into().expect("4 bytes"));
-    let part = u16::from_be_bytes(k[4..6].try_into().expect("2 bytes"));
-    Some((id, part, ((u64_at(6) ^ (1 << 63)) as i64, (u64_at(14) ^ (1 << 63)) as i64), &k[22..]))
+/// The window of a key built on [`window_prefix`].
+pub(crate) fn key_window(k: &[u8]) -> Option<(i64, i64)> {
+    let at = |i: usize| Some((u64::from_be_bytes(k.get(i..i + 8)?.try_into().ok()?) ^ (1 << 63)) as i64);
+    Some((at(6)?, at(14)?))
 }
 
 /// The smallest key after every key that starts with `prefix`.
@@ -325,7 +323,8 @@ mod tests {
         assert_eq!(got, vec![Some(vec![3]), None]);
         s.delete(std::slice::from_ref(&k3)).unwrap();
         assert_eq!(s.get_many(&[k3.clone()]).unwrap(), vec![None], "deleted keys are gone");
-        assert_eq!(split_key(&k3), Some((7, 2, (100, 50), &[3u8][..])));
+        assert_eq!(key_window(&k3), Some((100, 50)));
+        assert_eq!(key_window(&k3[..20]), None);
         s.delete_prefix(&p).unwrap();
         let mut n = 0;
         s.scan(&window_prefix(7, 2, (0, 0))[..6], 100, &mut |c| {

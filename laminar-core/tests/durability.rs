@@ -58,12 +58,6 @@ const ORACLE: &[(&str, &str)] = &[
     ("paid", "SELECT o.k, COUNT(*) AS n, SUM(p.paid) AS s, date_bin(INTERVAL '1' SECOND, o.ts, TIMESTAMP '1970-01-01') AS window_start FROM orders o JOIN payments p ON o.id = p.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND GROUP BY 1, 4"),
 ];
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("laminar-durability-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
 fn open(dir: &Path, level: &str, interval: &str) -> Database {
     open_with_state(dir, level, interval, "memory")
 }
@@ -83,13 +77,6 @@ fn create(db: &Database) {
     for d in DDL {
         db.execute(d).unwrap();
     }
-}
-
-/// A short account of how two sorted row lists differ (the lists themselves can be long).
-fn difference(got: &[String], want: &[String]) -> String {
-    let only_got: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
-    let only_want: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-    format!("{} rows vs {} expected; unexpected (first 5): {only_got:?}; missing (first 5): {only_want:?}", got.len(), want.len())
 }
 
 fn view(db: &Database, name: &str) -> Vec<String> {
@@ -767,17 +754,8 @@ fn a_connector_resumes_at_its_recovered_position() {
     let db = open(&dir, "wal", "50ms");
     let at_reopen = rows_in(&db, "bid");
     eprintln!("nexmark feed: {at_reopen} bids recovered at the reopen");
-    loop {
-        let m = db.metrics().unwrap();
-        let src = m.sources.iter().find(|s| s.name == "bid").unwrap();
-        if src.watermark_ms == Some(i64::MAX) {
-            // 46 of every 50 generated events are bids.
-            assert_eq!(src.rows_in, 276_000, "every bid once (reopened at {at_reopen})");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the feed did not finish after the reopen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // 46 of every 50 generated events are bids.
+    assert_eq!(wait_until_finished(&db, "bid", 60), 276_000, "every bid once (reopened at {at_reopen})");
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
 }

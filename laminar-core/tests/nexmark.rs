@@ -69,17 +69,7 @@ fn q0_q1_q2_match_a_batch_oracle_on_generated_events() {
 fn a_nexmark_source_feeds_itself_and_ends() {
     let db = Database::open_in_memory().unwrap();
     db.execute(&format!("{BID_SOURCE} FROM NEXMARK WITH (events = '50000', rate = '1000', seed = '9')")).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let m = db.metrics().unwrap();
-        let src = m.sources.iter().find(|s| s.name == "bid").unwrap();
-        if src.watermark_ms == Some(i64::MAX) {
-            assert_eq!(src.rows_in, 46_000, "every bid of 50,000 events was pushed");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the feed did not finish");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert_eq!(common::wait_until_finished(&db, "bid", 60), 46_000, "every bid of 50,000 events was pushed");
     // Ad hoc: the retained rows are the generator's (the last 65,536 rows are kept; all 46,000 here).
     let rows = db.query("SELECT COUNT(*) AS c, COUNT(DISTINCT auction) > 100 AS many FROM bid").unwrap();
     assert_eq!(common::rows(&rows)[0], vec!["46000".to_string(), "true".to_string()]);

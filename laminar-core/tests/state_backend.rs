@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
@@ -119,12 +119,6 @@ fn oracle(n: i64) -> Vec<Option<Vec<String>>> {
         .collect()
 }
 
-fn difference(got: &[String], want: &[String]) -> String {
-    let only_got: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
-    let only_want: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-    format!("{} rows vs {} expected; unexpected (first 5): {only_got:?}; missing (first 5): {only_want:?}", got.len(), want.len())
-}
-
 fn assert_same(what: &str, got: &[Vec<String>], want: &[Vec<String>]) {
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(g == w, "{what}: view {}: {}", VIEWS[i].0, difference(g, w));
@@ -153,12 +147,6 @@ fn spilled_aggregates_equal_memory_and_the_batch_oracle() {
         );
         eprintln!("{workers} workers: peak state in memory {bytes} B (memory backend {mem_bytes} B), peak spilled groups {spilled}");
     }
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("laminar-state-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
 }
 
 fn open(dir: &Path, state: &str) -> Result<Database, laminar_core::Error> {

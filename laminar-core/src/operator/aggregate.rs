@@ -38,7 +38,7 @@ use hashbrown::HashTable;
 use super::{OpCtx, Operator, NO_WATERMARK};
 use crate::error::{Error, Result};
 use crate::sql::EmitMode;
-use crate::state_store::{window_prefix, StateStore};
+use crate::state_store::{window_prefix, StateStore, PREFIX_LEN};
 
 /// One aggregate call: the DataFusion aggregate, its argument expressions (ordering expressions
 /// appended, as DataFusion's own executor does) and its optional FILTER.
@@ -73,8 +73,6 @@ const GLOBAL: (i64, i64) = (i64::MAX, i64::MIN);
 /// Bytes counted for a group with no emitted values yet.
 const PREV_NONE: usize = 8;
 
-/// Length of a window's key prefix in the state store.
-const PREFIX_LEN: usize = 22;
 /// Spilled groups read back per chunk when a window fires.
 const DRAIN_CHUNK: usize = 16_384;
 
@@ -123,10 +121,10 @@ impl Spill {
     }
 
     /// Merges encoded states into `groups` of `table` and sets their last emitted values.
-    fn merge_into(&self, table: &mut GroupTable, groups: &[usize], values: &[Vec<u8>], agg_conv: &RowConverter) -> Result<()> {
+    fn merge_into(&self, table: &mut GroupTable, groups: &[usize], values: &[&[u8]], agg_conv: &RowConverter) -> Result<()> {
         let mut states = Vec::with_capacity(values.len());
         let parser = agg_conv.parser();
-        for (&g, v) in groups.iter().zip(values) {
+        for (&g, &v) in groups.iter().zip(values) {
             let (prev, state) = Spill::decode(v)?;
             table.set_prev(g, prev.map(|p| parser.parse(p).owned()));
             states.push(state);
@@ -193,9 +191,9 @@ impl Spill {
             .collect();
         let found = self.store.get_many(&keys)?;
         let mut groups = vec![];
-        let mut values = vec![];
+        let mut values: Vec<&[u8]> = vec![];
         let mut taken = vec![];
-        for ((i, v), k) in found.into_iter().enumerate().zip(keys) {
+        for ((i, v), k) in found.iter().enumerate().zip(keys) {
             if let Some(v) = v {
                 groups.push(from + i);
                 values.push(v);
@@ -464,7 +462,7 @@ impl Aggregate {
             for (k, _) in &chunk {
                 groups.push(t.push_unique(parser.parse(&k[PREFIX_LEN..])));
             }
-            let values: Vec<Vec<u8>> = chunk.iter().map(|(_, v)| v.clone()).collect();
+            let values: Vec<&[u8]> = chunk.iter().map(|(_, v)| v.as_slice()).collect();
             sp.merge_into(&mut t, &groups, &values, &self.agg_conv)?;
             f(&mut t)?;
             if write_back {
@@ -522,19 +520,17 @@ impl Aggregate {
                 counts.insert((pi, w), spilled.value(i) as u64);
             }
         }
-        let sp = self.spill.as_mut().expect("checked by restore");
         if same_hash && nparts.value(0) as usize == p {
-            sp.id = saved_id;
+            self.spill.as_mut().expect("checked by restore").id = saved_id;
         } else {
             // Re-partition, under this operator's own (fresh) id, then drop the saved id's range.
             let sp = self.spill.as_ref().expect("checked by restore");
             let parser = self.key_conv.parser();
             sp.store.scan(&saved_id.to_be_bytes(), DRAIN_CHUNK, &mut |chunk| {
-                let mut windows = Vec::with_capacity(chunk.len());
-                for (k, _) in &chunk {
-                    let (_, _, w, _) = crate::state_store::split_key(k).ok_or_else(|| Error::invalid_data("a malformed spilled key"))?;
-                    windows.push(w);
-                }
+                let windows = chunk
+                    .iter()
+                    .map(|(k, _)| crate::state_store::key_window(k).ok_or_else(|| Error::invalid_data("a malformed spilled key")))
+                    .collect::<Result<Vec<_>>>()?;
                 let keys = self.key_conv.convert_rows(chunk.iter().map(|(k, _)| parser.parse(&k[PREFIX_LEN..])))?;
                 let mut hashes = vec![0u64; chunk.len()];
                 create_hashes(&keys, &self.random, &mut hashes)?;
@@ -893,13 +889,19 @@ impl Operator for Aggregate {
                         break; // ordered by end
                     }
                     let close = wm >= end.saturating_add(self.lateness);
+                    // Every group's final values, once; the state goes with the window.
+                    let finishes = match self.emit {
+                        EmitMode::OnWindowClose => self.lateness == 0,
+                        EmitMode::Final => close,
+                        _ => false,
+                    };
                     let mut finish = |table: &mut GroupTable| -> Result<()> {
                         let vals = table.finish()?;
                         out.push(self.output(table, *w, None, vals, None)?);
                         Ok(())
                     };
                     match self.emit {
-                        EmitMode::OnWindowClose | EmitMode::Final if self.lateness == 0 || (self.emit == EmitMode::Final && close) => {
+                        _ if finishes => {
                             finish(table)?;
                             if table.spilled > 0 {
                                 self.drain_spilled(pi, *w, false, &mut finish)?;
@@ -1047,8 +1049,7 @@ impl Operator for Aggregate {
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
         let p = self.parts.len();
-        let is_meta = |b: &RecordBatch| b.num_columns() > 0 && b.schema().field(0).name() == "__spill_id";
-        let spill_meta = state.iter().find(|b| is_meta(b) && b.num_rows() > 0).cloned();
+        let spill_meta = state.iter().find(|b| is_spill_meta(b) && b.num_rows() > 0).cloned();
         // Checked before anything changes.
         if spill_meta.is_some() && self.spill.is_none() {
             return Err(Error::invalid_state(
@@ -1061,9 +1062,12 @@ impl Operator for Aggregate {
         }
         self.parts = (0..p).map(|_| Partition::default()).collect();
         let nkeys = self.key_exprs.len();
+        // State columns per accumulator, from the plan: asking an accumulator (`state`) would
+        // drain the groups its table already has.
+        let widths = self.aggs.iter().map(|a| Ok(a.expr.state_fields()?.len())).collect::<Result<Vec<_>>>()?;
         for b in state {
             let n = b.num_rows();
-            if n == 0 || is_meta(&b) {
+            if n == 0 || is_spill_meta(&b) {
                 continue;
             }
             let col = |i: usize| b.column(i).clone();
@@ -1099,10 +1103,7 @@ impl Operator for Aggregate {
                 let groups: Vec<usize> = rows.iter().map(|&r| table.group_of(key_rows.as_ref(), hashes[r as usize], r as usize) as usize).collect();
                 let idx = UInt32Array::from(rows.clone());
                 let mut off = 0;
-                for (acc, spec) in table.accs.iter_mut().zip(&self.aggs) {
-                    // From the plan: asking the accumulator (`state`) would drain the groups a
-                    // table already has (a window's groups come in one batch per saved partition).
-                    let width = spec.expr.state_fields()?.len();
+                for (acc, &width) in table.accs.iter_mut().zip(&widths) {
                     let st = states[off..off + width].iter().map(|s| take(s, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
                     off += width;
                     acc.merge_batch(&st, &groups, table.hashes.len())?;
@@ -1119,6 +1120,12 @@ impl Operator for Aggregate {
         }
         Ok(())
     }
+}
+
+/// Whether a batch of an aggregate's saved state is the meta batch of its spilled groups (which
+/// refers to a RocksDB state backend's contents).
+pub(crate) fn is_spill_meta(b: &RecordBatch) -> bool {
+    b.num_columns() > 0 && b.schema().field(0).name() == "__spill_id"
 }
 
 /// Errors for features this operator does not offer, named so users see what to change.

@@ -54,3 +54,32 @@ pub fn db(workers: usize) -> Database {
 }
 
 pub const KVT: &str = "CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
+
+/// A short account of how two sorted row lists differ (the lists themselves can be long).
+pub fn difference(got: &[String], want: &[String]) -> String {
+    let only_got: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
+    let only_want: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
+    format!("{} rows vs {} expected; unexpected (first 5): {only_got:?}; missing (first 5): {only_want:?}", got.len(), want.len())
+}
+
+/// A fresh (removed if it exists) directory path for a test database, unique per process.
+pub fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("laminar-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Waits (up to `secs`) until `source` has ended its input (watermark at the end of time, as a
+/// finished NEXMARK feed leaves it); its rows_in.
+pub fn wait_until_finished(db: &Database, source: &str, secs: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let m = db.metrics().unwrap();
+        let src = m.sources.iter().find(|s| s.name == source).unwrap();
+        if src.watermark_ms == Some(i64::MAX) {
+            return src.rows_in;
+        }
+        assert!(std::time::Instant::now() < deadline, "'{source}' did not finish in {secs} s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
