@@ -16,6 +16,7 @@ total0=$SECONDS
 export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb}"
 features=()
 if [ -n "$LAMINAR_FEATURES" ]; then features=(--features "laminar-core/$LAMINAR_FEATURES"); fi
+step "system packages check (test of system-deps.sh)" scripts/test-system-deps.sh
 step "system packages (libclang)" scripts/system-deps.sh
 # The Python and Node addons are built below by maturin and by the Node package's build script.
 step "build (tests and examples)" cargo build --workspace --exclude laminardb-python --exclude laminardb-node --tests --examples "${features[@]}"
