@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
@@ -107,6 +107,8 @@ pub struct StreamMetrics {
     pub spilled_groups: u64,
     pub watermark_ms: Option<i64>,
     pub failed: Option<String>,
+    /// Subscriptions that have not been cancelled or dropped.
+    pub subscribers: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -312,9 +314,12 @@ impl Database {
 
     /// Opens a database whose processing-time clock is `clock` (tests use [`ManualClock`]).
     pub fn open_with_clock(path: &str, config: Config, clock: Arc<dyn Clock>) -> Result<Database> {
+        if path.is_empty() {
+            return Err(Error::invalid_argument("the path is empty: open ':memory:' for an in-memory database, or a directory"));
+        }
         let dir = match (path, &config.storage_dir) {
-            (":memory:" | "", None) => None,
-            (":memory:" | "", Some(d)) => Some(d.clone()),
+            (":memory:", None) => None,
+            (":memory:", Some(d)) => Some(d.clone()),
             (p, _) => Some(p.to_string()),
         };
         let level = config.durability.unwrap_or(if dir.is_some() { Durability::Wal } else { Durability::Memory });
@@ -522,6 +527,7 @@ impl Database {
                     s.retained_rows += b.num_rows();
                     s.retained.push_back(b);
                 }
+                trim_retained(&mut s.retained, &mut s.retained_rows, self.inner.config.source_retention);
                 s.watermark = r.watermark;
                 s.rows_in = r.rows_in;
                 s.batches_in = r.batches_in;
@@ -749,6 +755,7 @@ impl Database {
     }
 
     fn create_source(&self, cs: CreateSource, text: &str) -> Result<ExecuteResult> {
+        check_name(if cs.table { "table" } else { "source" }, &cs.name)?;
         let nexmark = match cs.connector.as_deref() {
             None => None,
             Some(c) if c.eq_ignore_ascii_case("nexmark") => Some(NexmarkFeed::from_options(&cs.name, &cs.options)?),
@@ -771,6 +778,13 @@ impl Database {
             let plan = futures::executor::block_on(ctx.state().create_logical_plan(&sql_text))?;
             normalize_schema(plan.schema().as_arrow())
         };
+        let mut seen = std::collections::HashSet::new();
+        for f in schema.fields() {
+            check_name("column", f.name())?;
+            if !seen.insert(f.name().as_str()) {
+                return Err(Error::plan(format!("{} '{}' declares column '{}' more than once", if cs.table { "table" } else { "source" }, cs.name, f.name())));
+            }
+        }
         // A table's key columns are NOT NULL: a pushed NULL key is refused with the batch.
         let (schema, table) = if cs.table {
             let mut key_idx = vec![];
@@ -908,6 +922,7 @@ impl Database {
     }
 
     fn create_stream(&self, cs: CreateStream, text: &str) -> Result<ExecuteResult> {
+        check_name(if cs.materialized { "materialized view" } else { "stream" }, &cs.name)?;
         let noun = if cs.materialized { "materialized view" } else { "stream" };
         let mut eng = self.inner.engine.lock();
         if let Some(what) = Self::name_taken(&eng, &cs.name) {
@@ -1158,7 +1173,9 @@ impl Database {
                 ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.queue.schema.clone(), vec![data])?))?;
             }
             for (n, s) in &eng.streams {
-                if let Some(mv) = &s.mv {
+                // A failed view is not registered: its rows stopped being right when it failed,
+                // so a read of it fails with the stream's error (below) instead of stale rows.
+                if let (Some(mv), None) = (&s.mv, &s.failed) {
                     ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.logical_schema.clone(), vec![mv.snapshot()?])?))?;
                 }
             }
@@ -1177,10 +1194,23 @@ impl Database {
             if err.message().contains("not found") {
                 let eng = inner.engine.lock();
                 for (n, s) in &eng.streams {
-                    if s.mv.is_none() && (err.message().contains(&format!("'{n}'")) || err.message().contains(&format!(".{n}'"))) {
+                    let named = err.message().contains(&format!("'{n}'")) || err.message().contains(&format!(".{n}'"));
+                    if let (true, Some(e)) = (named, &s.failed) {
+                        return Error::new(e.kind(), format!("{} '{n}' has failed: {}", if s.mv.is_some() { "materialized view" } else { "stream" }, e.message()));
+                    }
+                    if s.mv.is_none() && named {
                         return Error::invalid_argument(format!(
                             "stream '{n}' keeps no queryable state; subscribe to it, or create it as a MATERIALIZED VIEW to query it"
                         ));
+                    }
+                }
+                // "table 'datafusion.public.trade' not found": suggest a close name.
+                if let Some(rest) = err.message().split("table '").nth(1) {
+                    let missing = rest.split('\'').next().unwrap_or("").rsplit('.').next().unwrap_or("");
+                    let names: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+                    drop(eng);
+                    if let Some(n) = nearest_name(missing, names.iter().map(String::as_str)) {
+                        return Error::new(err.kind(), format!("{}; did you mean '{n}'?", err.message()));
                     }
                 }
             }
@@ -1206,9 +1236,7 @@ impl Database {
             let mut cols: Vec<ArrayRef> = vec![];
             for (i, f) in schema.fields().iter().enumerate() {
                 let col = match targets.iter().position(|&t| t == i) {
-                    Some(p) => datafusion::arrow::compute::cast(b.column(p), f.data_type()).map_err(|e| {
-                        Error::invalid_data(format!("column '{}': {e}", f.name()))
-                    })?,
+                    Some(p) => strict_cast(b.column(p), f.data_type()).map_err(|e| e.context(format!("INSERT INTO '{table}', column '{}'", f.name())))?,
                     None => datafusion::arrow::array::new_null_array(f.data_type(), n),
                 };
                 cols.push(col);
@@ -1292,10 +1320,17 @@ impl Database {
     pub fn writer(&self, source: &str) -> Result<SourceWriter> {
         self.check_open()?;
         let eng = self.inner.engine.lock();
-        let s = eng.sources.get(source).ok_or_else(|| {
-            let hint = nearest_name(source, eng.sources.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
-            Error::not_found(format!("no source named '{source}'{hint}"))
-        })?;
+        let Some(s) = eng.sources.get(source) else {
+            // The message is made after the lock is released: nobody waits on a typo.
+            let names: Vec<String> = eng.sources.keys().cloned().collect();
+            let views: Vec<String> = eng.streams.keys().cloned().collect();
+            drop(eng);
+            if views.iter().any(|v| v == source) {
+                return Err(Error::invalid_argument(format!("'{}' is a stream or view, not a source: rows are pushed into sources", crate::error::clip(source))));
+            }
+            let hint = nearest_name(source, names.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+            return Err(Error::not_found(format!("no source named '{}'{hint}", crate::error::clip(source))));
+        };
         Ok(SourceWriter { db: self.clone(), queue: s.queue.clone(), interrupts: Arc::new(AtomicU64::new(0)) })
     }
 
@@ -1366,6 +1401,7 @@ impl Database {
             let _ = slot.tx.try_send(m);
         }
         s.subscribers.push(slot);
+        prune_subscribers(&mut eng);
         Ok(sub)
     }
 
@@ -1406,7 +1442,8 @@ impl Database {
 
     pub fn metrics(&self) -> Result<Metrics> {
         self.check_open()?;
-        let eng = self.inner.engine.lock();
+        let mut eng = self.inner.engine.lock();
+        prune_subscribers(&mut eng);
         let ms = |w: i64| (w != NO_WATERMARK).then(|| if w == i64::MAX { i64::MAX } else { w.div_euclid(1000) });
         let mut sources: Vec<SourceMetrics> = eng
             .sources
@@ -1434,6 +1471,7 @@ impl Database {
                 spilled_groups: s.root.operators().iter().map(|o| o.spilled_groups()).sum(),
                 watermark_ms: ms(s.watermark),
                 failed: s.failed.as_ref().map(|e| e.to_string()),
+                subscribers: s.subscribers.len() as u64,
             })
             .collect();
         streams.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1469,6 +1507,8 @@ impl Database {
             push("stream", &s.name, "state_bytes", Some(s.state_bytes as i64));
             push("stream", &s.name, "spilled_groups", Some(s.spilled_groups as i64));
             push("stream", &s.name, "watermark_ms", s.watermark_ms);
+            push("stream", &s.name, "subscribers", Some(s.subscribers as i64));
+            push("stream", &s.name, "failed", Some(i64::from(s.failed.is_some())));
         }
         push("pipeline", "", "rows_in", Some(m.rows_in as i64));
         push("pipeline", "", "rows_out", Some(m.rows_out as i64));
@@ -2155,6 +2195,70 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
 
 /// Releases the engine lock, then waits for slow `on_full = block` subscribers, so they (and
 /// everyone else) can still call into the database meanwhile.
+/// A name a user can write, read back and pass through C: not empty, no NUL character.
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::plan(format!("a {what} name must not be empty")));
+    }
+    if name.contains('\0') {
+        return Err(Error::plan(format!("the {what} name '{}' contains a NUL character", crate::error::clip(&name.replace('\0', "\\0")))));
+    }
+    Ok(())
+}
+
+/// Drops the pipeline's end of every cancelled or dropped subscription, freeing its buffer. Run
+/// at each subscribe and metrics read, besides each emission, so that an idle stream does not
+/// keep them until it next emits.
+fn prune_subscribers(eng: &mut Engine) {
+    for st in eng.streams.values_mut() {
+        st.subscribers.retain(|x| !x.is_gone());
+    }
+}
+
+/// Keeps the last `retention` rows of a source: whole batches dropped from the front, then the
+/// oldest remaining batch cut to the rows still wanted and copied (a slice alone would keep the
+/// whole batch's memory).
+fn trim_retained(retained: &mut VecDeque<RecordBatch>, rows: &mut usize, retention: usize) {
+    while *rows > retention {
+        let Some(front) = retained.front() else { return };
+        let excess = *rows - retention;
+        if front.num_rows() <= excess {
+            *rows -= front.num_rows();
+            retained.pop_front();
+            continue;
+        }
+        let keep = front.slice(excess, front.num_rows() - excess);
+        match datafusion::arrow::compute::concat_batches(&keep.schema(), [&keep]) {
+            Ok(copy) => {
+                *rows -= excess;
+                retained[0] = copy;
+            }
+            Err(_) => return, // cannot happen (one batch, its own schema); keep the rows then
+        }
+    }
+}
+
+/// A cast for SQL INSERT values that refuses what a push would refuse: a value that does not
+/// parse or fit ('abc' or an overflowing literal into BIGINT, 'not a time' into TIMESTAMP) is an
+/// error instead of NULL, and so is a fraction into an integer column (1.9 into BIGINT).
+fn strict_cast(col: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    use datafusion::arrow::compute::{cast_with_options, CastOptions};
+    let from = col.data_type();
+    if from.is_floating() && to.is_integer() {
+        let f = datafusion::arrow::compute::cast(col, &DataType::Float64)?;
+        let f = f.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        if let Some((row, v)) = f.iter().enumerate().find_map(|(i, v)| v.filter(|v| v.fract() != 0.0 || !v.is_finite()).map(|v| (i, v))) {
+            return Err(Error::invalid_data(format!("row {row}: {v} is not a whole number; {to} holds integers only")));
+        }
+    }
+    let out = cast_with_options(col, to, &CastOptions { safe: false, ..Default::default() }).map_err(|e| Error::invalid_data(e.to_string()))?;
+    if out.null_count() > col.null_count() {
+        let row = (0..out.len()).find(|&i| out.is_null(i) && !col.is_null(i)).unwrap_or(0);
+        return Err(Error::invalid_data(format!("row {row}: the value does not convert to {to}")));
+    }
+    Ok(out)
+}
+
 fn release_and_send_pending(mut eng: parking_lot::MutexGuard<'_, Engine>, closed: &AtomicBool) {
     let pending = std::mem::take(&mut eng.pending);
     drop(eng);
@@ -2209,10 +2313,7 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
     if retention > 0 {
         s.retained_rows += batch.num_rows();
         s.retained.push_back(batch.clone());
-        while s.retained_rows > retention && s.retained.len() > 1 {
-            let old = s.retained.pop_front().expect("non-empty");
-            s.retained_rows -= old.num_rows();
-        }
+        trim_retained(&mut s.retained, &mut s.retained_rows, retention);
     }
     feed(inner, eng, source, &[batch]);
     if let Some(wm) = new_wm {
@@ -2234,7 +2335,7 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
             if s.failed.is_some() {
                 continue;
             }
-            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
+            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref(), memory_limit: inner.config.memory_limit };
             let res = (|| -> Result<()> {
                 for b in batches {
                     outputs.extend(s.root.process(from, b, &mut ctx)?);
@@ -2352,7 +2453,7 @@ fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
             if wm <= s.watermark || s.failed.is_some() {
                 continue;
             }
-            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
+            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref(), memory_limit: inner.config.memory_limit };
             let res = s.root.on_watermark(wm, &mut ctx).map(|o| outputs.extend(o));
             s.watermark = wm;
             if let Err(e) = res {
@@ -2380,7 +2481,7 @@ fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
             if s.failed.is_some() {
                 continue;
             }
-            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref() };
+            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref(), memory_limit: inner.config.memory_limit };
             let res = s.root.on_tick(&mut ctx).map(|o| outputs.extend(o));
             if let Err(e) = res {
                 fail_stream(s, &name, e);

@@ -77,8 +77,10 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A message longer than 1,000 characters has every quoted ('…') part over 200 characters
+    /// clipped (a name or a value echoed back), and is cut at 4,000 characters in any case.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), position: None }
+        Error { kind, message: clip_message(message.into()), position: None }
     }
     pub fn with_position(mut self, position: Option<SqlPosition>) -> Self {
         if self.position.is_none() {
@@ -111,7 +113,7 @@ impl Error {
     }
     /// Adds context in front of the message ("in stream 'x': …").
     pub fn context(mut self, ctx: impl fmt::Display) -> Self {
-        self.message = format!("{ctx}: {}", self.message);
+        self.message = clip_message(format!("{ctx}: {}", self.message));
         self
     }
 
@@ -226,14 +228,69 @@ pub(crate) fn parse_position(msg: &str) -> Option<SqlPosition> {
     Some(SqlPosition { line, column: col.parse().ok()? })
 }
 
+/// Names longer than this get no "did you mean": a suggestion costs time proportional to the
+/// product of two names' lengths, and no one misspells a name that long.
+const SUGGEST_MAX_LEN: usize = 128;
+
 /// The catalog name closest to `name` (edit distance ≤ 2 or a case-only difference), if any.
+/// Bounded work: names longer than [`SUGGEST_MAX_LEN`] characters are skipped, and so is every
+/// candidate whose length alone puts it out of reach.
 pub(crate) fn nearest_name<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    if name.len() > SUGGEST_MAX_LEN * 4 || name.chars().count() > SUGGEST_MAX_LEN {
+        return None;
+    }
     let lower = name.to_lowercase();
+    let len = lower.chars().count();
     candidates
-        .map(|c| (levenshtein(&lower, &c.to_lowercase()), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .filter_map(|c| {
+            if c.len() > SUGGEST_MAX_LEN * 4 {
+                return None;
+            }
+            let c_lower = c.to_lowercase();
+            let c_len = c_lower.chars().count();
+            // Short names get one edit: 'zz' is not a misspelling of 'k'.
+            let max = if c_len <= 3 { 1 } else { 2.max(c_len / 4) };
+            if c_len > SUGGEST_MAX_LEN || c_len.abs_diff(len) > max {
+                return None;
+            }
+            let d = levenshtein(&lower, &c_lower);
+            (d <= max && d < len.max(c_len)).then_some((d, c))
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
+}
+
+/// `s`, or its first 200 characters and a note of how long it is: for names and values echoed in
+/// error messages, which must stay readable and must not copy a user's data into logs wholesale.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 200;
+    match s.char_indices().nth(MAX) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}… ({} characters)", &s[..i], s.chars().count())),
+    }
+}
+
+/// See [`Error::new`].
+fn clip_message(m: String) -> String {
+    const LONG: usize = 1000;
+    const MAX: usize = 4000;
+    if m.len() <= LONG {
+        return m;
+    }
+    let mut out = String::with_capacity(LONG);
+    let mut parts = m.split('\'');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    // Between quote i and i+1 for odd i: the quoted parts.
+    for (i, part) in parts.enumerate() {
+        out.push('\'');
+        if i % 2 == 0 { out.push_str(&clip(part)) } else { out.push_str(part) }
+    }
+    match out.char_indices().nth(MAX) {
+        None => out,
+        Some((i, _)) => format!("{}… (message cut at {MAX} characters)", &out[..i]),
+    }
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -266,5 +323,37 @@ mod tests {
         assert_eq!(nearest_name("trade", names.iter().copied()), Some("trades"));
         assert_eq!(nearest_name("QUOTES", names.iter().copied()), Some("quotes"));
         assert_eq!(nearest_name("zzzzzz", names.iter().copied()), None);
+        assert_eq!(nearest_name("zz", ["k", "v", "ts"].into_iter()), None);
+        assert_eq!(nearest_name("tz", ["k", "v", "ts"].into_iter()), Some("ts"));
+    }
+
+    #[test]
+    fn nearest_name_is_bounded_for_huge_names() {
+        let huge = "x".repeat(200_000);
+        let near = format!("{huge}y");
+        let t = std::time::Instant::now();
+        assert_eq!(nearest_name(&near, [huge.as_str(), "trades"].into_iter()), None);
+        assert_eq!(nearest_name("trade", [huge.as_str(), "trades"].into_iter()), Some("trades"));
+        // Unbounded, this is 4·10^10 steps (minutes); bounded, it is a length check.
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn long_messages_are_clipped() {
+        let name = "n".repeat(10_000_000);
+        let e = Error::not_found(format!("no source named '{name}'; did you mean 'x'?"));
+        assert!(e.message().len() < 400, "{}", e.message().len());
+        assert!(e.message().starts_with("no source named 'nnn") && e.message().ends_with("characters)'; did you mean 'x'?"), "{}", e.message());
+        let e = Error::invalid_data("v".repeat(100_000));
+        assert!(e.message().len() < 4100);
+        assert_eq!(Error::plan("short 'quoted' text").message(), "short 'quoted' text");
+    }
+
+    #[test]
+    fn clip_shortens_long_text_only() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(1000);
+        let c = clip(&long);
+        assert!(c.starts_with(&"é".repeat(200)) && c.ends_with("… (1000 characters)"), "{c}");
     }
 }

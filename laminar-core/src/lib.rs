@@ -13,6 +13,7 @@
 
 pub mod config;
 mod db;
+mod df_fixes;
 mod durable;
 pub mod error;
 pub mod nexmark;
@@ -31,6 +32,7 @@ pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, R
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};
 pub use operator::{StreamKind, NO_WATERMARK, WEIGHT_COLUMN};
+pub use runtime::ingest::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};
 pub use sql::{EmitMode, ObjectKind};
 

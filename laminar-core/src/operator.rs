@@ -57,6 +57,9 @@ pub(crate) struct OpCtx<'a> {
     pub late: &'a mut LateRows,
     /// Worker pool for partitioned state; `None` runs everything on the calling thread.
     pub pool: Option<&'a rayon::ThreadPool>,
+    /// `memory_limit`: checked after each batch an operator takes, so that one pushed batch
+    /// that multiplies (a HOP window per row, in chunks) fails the query as its state grows.
+    pub memory_limit: Option<usize>,
 }
 
 /// How the rows of a stream are to be read (DESIGN §2).

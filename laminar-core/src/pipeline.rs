@@ -29,6 +29,15 @@ pub(crate) fn run_chain(ops: &mut [Box<dyn Operator>], from: usize, batch: Recor
         let mut next = vec![];
         for b in cur {
             next.extend(op.process_batch(b, ctx)?);
+            if let Some(limit) = ctx.memory_limit {
+                let used = op.state_size();
+                if used > limit {
+                    return Err(crate::error::Error::new(
+                        crate::error::ErrorKind::ResourceExhausted,
+                        format!("state of {used} bytes exceeds memory_limit {limit} in operator {}", op.explain()),
+                    ));
+                }
+            }
         }
         if next.is_empty() {
             return Ok(next);

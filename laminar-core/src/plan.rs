@@ -82,7 +82,11 @@ pub(crate) fn session_context() -> SessionContext {
     let mut cfg = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
     cfg.options_mut().sql_parser.map_string_types_to_utf8view = false;
     cfg.options_mut().execution.time_zone = None;
-    SessionContext::new_with_config(cfg)
+    let ctx = SessionContext::new_with_config(cfg);
+    for f in crate::df_fixes::min_max_udafs() {
+        ctx.register_udaf((*f).clone());
+    }
+    ctx
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {

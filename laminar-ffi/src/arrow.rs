@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_void, CString};
 
 use arrow::array::{Array, StructArray};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
 use arrow::record_batch::RecordBatch;
@@ -32,7 +32,17 @@ pub fn import_batch(schema: &FFI_ArrowSchema, array: FFI_ArrowArray) -> Result<R
     // SAFETY: `array` was produced for `schema` per the C Data Interface (caller contract);
     // the data is validated below before anything reads it.
     let data = unsafe { from_ffi(array, schema) }.map_err(|e| Error::invalid_argument(format!("cannot import the ArrowArray: {e}")))?;
-    data.validate_full().map_err(|e| Error::invalid_data(format!("malformed ArrowArray: {e}")))?;
+    if let Err(e) = data.validate_full() {
+        // Name the column when one child is at fault.
+        if let DataType::Struct(fields) = data.data_type() {
+            for (f, child) in fields.iter().zip(data.child_data()) {
+                if let Err(ce) = child.validate_full() {
+                    return Err(Error::invalid_data(format!("malformed ArrowArray: column '{}': {ce}", f.name())));
+                }
+            }
+        }
+        return Err(Error::invalid_data(format!("malformed ArrowArray: {e}")));
+    }
     let s = StructArray::from(data);
     if s.null_count() > 0 {
         return Err(Error::invalid_data("a batch's top-level struct array must have no nulls"));
@@ -92,7 +102,43 @@ pub unsafe fn import_stream(raw: *mut FFI_ArrowArrayStream) -> Result<BatchIter>
     }
     let reader = ArrowArrayStreamReader::try_new(stream)
         .map_err(|e| Error::invalid_argument(format!("cannot read the ArrowArrayStream's schema: {e}")))?;
-    Ok(Box::new(reader.map(|b| b.map_err(|e| Error::invalid_data(format!("reading the input stream: {e}"))))))
+    Ok(Box::new(ValidatingReader { reader, index: 0 }))
+}
+
+/// The batches of an imported stream, each validated in full before anyone reads it.
+struct ValidatingReader {
+    reader: ArrowArrayStreamReader,
+    index: usize,
+}
+
+impl Iterator for ValidatingReader {
+    type Item = Result<RecordBatch>;
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        // arrow-rs builds the arrays of a batch before validating anything, and some of its
+        // constructors assert on malformed buffers: such a batch is an error, not a panic.
+        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.next()))
+            .unwrap_or_else(|_| Some(Err(arrow::error::ArrowError::InvalidArgumentError("the producer's arrays are malformed".into()))))?;
+        let i = self.index;
+        self.index += 1;
+        Some(
+            next.map_err(|e| Error::invalid_data(format!("reading batch {i} of the input stream: {e}")))
+                .and_then(|b| validate_batch(&b).map(|()| b).map_err(|e| e.context(format!("batch {i} of the input stream")))),
+        )
+    }
+}
+
+/// Validates every column of a batch that came from outside the process (the C Data Interface, a
+/// PyCapsule, Arrow IPC bytes): offsets in bounds and increasing, UTF-8 valid, null bitmaps, child
+/// lengths, nested children. A malformed column is INVALID_DATA naming it; nothing of the batch
+/// may reach the engine before this passes, since its kernels trust these invariants.
+pub fn validate_batch(batch: &RecordBatch) -> Result<()> {
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        if c.len() != batch.num_rows() {
+            return Err(Error::invalid_data(format!("malformed batch: column '{}' has {} rows, the batch {}", f.name(), c.len(), batch.num_rows())));
+        }
+        c.to_data().validate_full().map_err(|e| Error::invalid_data(format!("malformed batch: column '{}': {e}", f.name())))?;
+    }
+    Ok(())
 }
 
 /// Writes `schema` into a caller-allocated `ArrowSchema` (INVALID_ARGUMENT when `out` is NULL).

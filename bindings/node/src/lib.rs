@@ -51,7 +51,9 @@ fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> laminar_core::Result<Vec<
 fn ipc_batches(bytes: Vec<u8>) -> laminar_core::Result<impl Iterator<Item = laminar_core::Result<RecordBatch>>> {
     let reader = StreamReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
-    Ok(reader.map(|b| b.map_err(laminar_core::Error::from)))
+    // arrow-rs validates IPC data as it decodes; the engine's own check is kept on top, the
+    // same one every import boundary runs (a malformed column is INVALID_DATA naming it).
+    Ok(reader.map(|b| b.map_err(laminar_core::Error::from).and_then(|b| laminar::arrow::validate_batch(&b).map(|()| b))))
 }
 
 fn config(pairs: Option<HashMap<String, String>>) -> laminar_core::Result<Config> {

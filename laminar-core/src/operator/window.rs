@@ -40,11 +40,35 @@ impl std::fmt::Display for WindowKind {
     }
 }
 
+/// The most windows one row may fall into (HOP size / slide, CUMULATE max / step). Each window
+/// of a row is a copy of the row through the aggregate, so a shape such as HOP 1 ms / 1 day (86.4
+/// million windows per row) would stall the pipeline on its first row; refused at CREATE.
+pub const MAX_WINDOWS_PER_ROW: i64 = 10_000;
+
+/// The most (row, window) pairs one output batch of window assignment holds.
+const CHUNK_PAIRS: usize = 1 << 20;
+
 impl WindowKind {
+    /// How many windows a row falls into, at most.
+    pub fn windows_per_row(&self) -> i64 {
+        match *self {
+            WindowKind::Tumble { .. } | WindowKind::Session { .. } => 1,
+            WindowKind::Hop { slide, size } => size / slide.max(1) + i64::from(size % slide.max(1) != 0),
+            WindowKind::Cumulate { step, max_size } => max_size / step.max(1),
+        }
+    }
+
     /// Checks the sizes make sense.
     pub fn validate(&self) -> Result<()> {
         let pos = |v: i64, what: &str| {
             if v > 0 { Ok(()) } else { Err(Error::plan(format!("window {what} must be positive"))) }
+        };
+        let per_row = |n: i64, what: &str| {
+            if n <= MAX_WINDOWS_PER_ROW {
+                Ok(())
+            } else {
+                Err(Error::plan(format!("{what} puts every row in {n} windows; at most {MAX_WINDOWS_PER_ROW} are allowed")))
+            }
         };
         match *self {
             WindowKind::Tumble { size, offset } => {
@@ -56,6 +80,14 @@ impl WindowKind {
             WindowKind::Hop { slide, size } => {
                 pos(slide, "slide")?;
                 pos(size, "size")?;
+                if slide > size {
+                    return Err(Error::plan(format!(
+                        "HOP slide ({}) is larger than its size ({}): rows between windows would belong to none; use a slide up to the size, or TUMBLE",
+                        crate::util::fmt_duration_us(slide),
+                        crate::util::fmt_duration_us(size)
+                    )));
+                }
+                per_row(size / slide + i64::from(size % slide != 0), "HOP size / slide")?;
             }
             WindowKind::Session { gap } => pos(gap, "gap")?,
             WindowKind::Cumulate { step, max_size } => {
@@ -64,6 +96,7 @@ impl WindowKind {
                 if max_size % step != 0 {
                     return Err(Error::plan("CUMULATE max size must be a multiple of its step"));
                 }
+                per_row(max_size / step, "CUMULATE max size / step")?;
             }
         }
         Ok(())
@@ -74,32 +107,54 @@ impl WindowKind {
     pub fn for_each_window(&self, ts: i64, mut f: impl FnMut(i64, i64)) {
         match *self {
             WindowKind::Tumble { size, offset } => {
-                let s = (ts - offset).div_euclid(size) * size + offset;
-                f(s, s + size)
+                let s = tumble_start(ts, size, offset);
+                f(s, s.saturating_add(size))
             }
             WindowKind::Hop { slide, size } => {
-                let last = ts.div_euclid(slide) * slide;
+                // Window starts are multiples of slide; the ones containing ts lie in
+                // (ts - size, ts]. Saturating at the ends of the time range, never wrapping.
+                let last = floor_to(ts, slide);
                 let mut first = last;
-                while first - slide > ts - size {
+                while first.saturating_sub(slide) > ts.saturating_sub(size) && first > i64::MIN + slide {
                     first -= slide;
                 }
                 let mut s = first;
                 while s <= last {
-                    f(s, s + size);
-                    s += slide;
+                    f(s, s.saturating_add(size));
+                    match s.checked_add(slide) {
+                        Some(n) => s = n,
+                        None => break,
+                    }
                 }
             }
             WindowKind::Session { gap } => f(ts, ts.saturating_add(gap)),
             WindowKind::Cumulate { step, max_size } => {
-                let base = ts.div_euclid(max_size) * max_size;
-                let mut end = base + (ts - base).div_euclid(step) * step + step;
-                while end <= base + max_size {
+                let base = floor_to(ts, max_size);
+                let limit = base.saturating_add(max_size);
+                let mut end = base.saturating_add(floor_to(ts.saturating_sub(base), step)).saturating_add(step);
+                while end <= limit {
                     f(base, end);
-                    end += step;
+                    if end == limit {
+                        break;
+                    }
+                    end = end.saturating_add(step);
                 }
             }
         }
     }
+}
+
+/// `ts` rounded down to a multiple of `size`; the start of the time range for the few earliest
+/// instants whose multiple lies before it.
+#[inline]
+fn floor_to(ts: i64, size: i64) -> i64 {
+    ts.div_euclid(size).checked_mul(size).unwrap_or(i64::MIN)
+}
+
+/// The start of the TUMBLE window holding `ts` (see [`floor_to`] for the earliest instants).
+#[inline]
+fn tumble_start(ts: i64, size: i64, offset: i64) -> i64 {
+    ts.checked_sub(offset).map_or(i64::MIN, |t| floor_to(t, size).saturating_add(offset))
 }
 
 /// How to read an event-time column as µs since the epoch.
@@ -198,10 +253,10 @@ impl WindowAssign {
         // batch still open — every row keeps its place, no per-row branching or gathering.
         if let WindowKind::Tumble { size, offset } = self.kind {
             if n > 0 && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
-                let starts: Vec<i64> = times.iter().map(|&ts| (ts - offset).div_euclid(size) * size + offset).collect();
+                let starts: Vec<i64> = times.iter().map(|&ts| tumble_start(ts, size, offset)).collect();
                 let min_start = starts.iter().copied().min().expect("n > 0");
-                if !self.is_closed(watermark, min_start + size) {
-                    let ends: Vec<i64> = starts.iter().map(|s| s + size).collect();
+                if !self.is_closed(watermark, min_start.saturating_add(size)) {
+                    let ends: Vec<i64> = starts.iter().map(|s| s.saturating_add(size)).collect();
                     return self.build(batch, &[], starts, ends, true);
                 }
             }
@@ -282,8 +337,27 @@ impl Operator for WindowAssign {
             }
             RecordBatch::try_new(self.input_schema.clone(), cols)?
         };
-        let out = self.assign(&batch, ctx.watermark, ctx.late)?;
-        Ok(if out.num_rows() == 0 { vec![] } else { vec![out] })
+        // A batch that multiplies past CHUNK_PAIRS (row, window) pairs goes out in pieces, so the
+        // copies of its rows are never all in memory at once and the memory limit is checked as
+        // the aggregate above takes each piece.
+        let per_row = self.kind.windows_per_row().max(1) as usize;
+        let rows_per_chunk = (CHUNK_PAIRS / per_row).max(1);
+        let mut outs = vec![];
+        let n = batch.num_rows();
+        let mut start = 0;
+        while start < n || (n == 0 && start == 0) {
+            let len = rows_per_chunk.min(n - start);
+            let piece = if start == 0 && len == n { batch.clone() } else { batch.slice(start, len) };
+            let out = self.assign(&piece, ctx.watermark, ctx.late)?;
+            if out.num_rows() > 0 {
+                outs.push(out);
+            }
+            if n == 0 {
+                break;
+            }
+            start += len;
+        }
+        Ok(outs)
     }
 }
 
@@ -317,5 +391,39 @@ mod tests {
             let want: Vec<_> = (-20..20).map(|k| (k * 4, k * 4 + 10)).filter(|(s, e)| *s <= ts && ts < *e).collect();
             assert_eq!(got, want, "ts {ts}");
         }
+    }
+
+    #[test]
+    fn extreme_timestamps_never_overflow() {
+        let kinds = [
+            WindowKind::Tumble { size: 10_000_000, offset: 0 },
+            WindowKind::Tumble { size: 7, offset: 3 },
+            WindowKind::Hop { slide: 3_000_000, size: 10_000_000 },
+            WindowKind::Session { gap: 1_000_000 },
+            WindowKind::Cumulate { step: 2_000_000, max_size: 10_000_000 },
+        ];
+        for k in kinds {
+            for ts in [i64::MIN, i64::MIN + 1, i64::MIN + 5, -1, 0, i64::MAX - 1_000_000, i64::MAX - 1, i64::MAX] {
+                let w = windows(k, ts);
+                assert!(!w.is_empty(), "{k} at {ts}");
+                for (s, e) in w {
+                    assert!(s <= e, "{k} at {ts}: [{s}, {e})");
+                    assert!(s <= ts || s == i64::MIN, "{k} at {ts}: [{s}, {e})");
+                    assert!(ts < e || e == i64::MAX, "{k} at {ts}: [{s}, {e})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn window_shapes_are_bounded() {
+        let hop = |slide, size| WindowKind::Hop { slide, size }.validate();
+        assert!(hop(10, 10).is_ok() && hop(1, MAX_WINDOWS_PER_ROW).is_ok());
+        assert!(hop(20, 10).unwrap_err().message().contains("larger than its size"));
+        assert!(hop(1, 86_400_000_000).unwrap_err().message().contains("at most"));
+        assert!(hop(1, MAX_WINDOWS_PER_ROW + 1).is_err());
+        let cumulate = |step, max_size| WindowKind::Cumulate { step, max_size }.validate();
+        assert!(cumulate(1, MAX_WINDOWS_PER_ROW).is_ok());
+        assert!(cumulate(1, MAX_WINDOWS_PER_ROW * 2).is_err());
     }
 }

@@ -5,11 +5,22 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::error::{Error, Result};
+use crate::error::{clip, Error, Result};
+
+/// The earliest event time a source accepts: 0001-01-01T00:00:00 UTC, in µs since the epoch.
+pub const MIN_TIMESTAMP_US: i64 = -62_135_596_800_000_000;
+/// The latest: 9999-12-31T23:59:59.999999 UTC. Like SQL's TIMESTAMP (and Flink's), years 1 to
+/// 9999; beyond them window bounds and watermarks would leave the 64-bit range.
+pub const MAX_TIMESTAMP_US: i64 = 253_402_300_799_999_999;
+
+/// A cast that fails on a value that does not fit instead of writing NULL.
+fn cast(col: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    Ok(cast_with_options(col, to, &CastOptions { safe: false, ..Default::default() })?)
+}
 
 fn int_rank(t: &DataType) -> Option<(bool, u8)> {
     Some(match t {
@@ -63,6 +74,16 @@ fn unit_rank(u: &TimeUnit) -> u8 {
 /// Converts `batch` to `schema` or explains why it cannot.
 pub(crate) fn conform(source: &str, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
     let in_schema = batch.schema();
+    let mut seen = std::collections::HashSet::with_capacity(in_schema.fields().len());
+    for f in in_schema.fields() {
+        if !seen.insert(f.name().as_str()) {
+            return Err(Error::invalid_data(format!(
+                "source '{}': the batch has more than one column named '{}'",
+                clip(source),
+                clip(f.name())
+            )));
+        }
+    }
     for f in in_schema.fields() {
         if schema.field_with_name(f.name()).is_err() {
             let hint = crate::error::nearest_name(f.name(), schema.fields().iter().map(|f| f.name().as_str()))
@@ -124,6 +145,19 @@ pub(crate) fn conform(source: &str, schema: &SchemaRef, batch: &RecordBatch) -> 
         } else {
             converted
         };
+        if let DataType::Timestamp(TimeUnit::Microsecond, _) = to {
+            let ts = converted.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
+            let (min, max) = (datafusion::arrow::compute::min(ts), datafusion::arrow::compute::max(ts));
+            if min.is_some_and(|v| v < MIN_TIMESTAMP_US) || max.is_some_and(|v| v > MAX_TIMESTAMP_US) {
+                let row = ts.iter().position(|v| v.is_some_and(|v| !(MIN_TIMESTAMP_US..=MAX_TIMESTAMP_US).contains(&v))).unwrap_or(0);
+                return Err(Error::invalid_data(format!(
+                    "source '{}': column '{}' at row {row}: timestamp {} µs since the epoch is outside the supported range, years 1 to 9999",
+                    clip(source),
+                    clip(field.name()),
+                    ts.value(row)
+                )));
+            }
+        }
         if !field.is_nullable() && converted.null_count() > 0 {
             let row = (0..converted.len()).find(|&i| converted.is_null(i)).unwrap_or(0);
             return Err(Error::invalid_data(format!(

@@ -113,6 +113,11 @@ impl SubscriberSlot {
         }
     }
 
+    /// Whether the subscriber has cancelled (or dropped) its end, or a blocked delivery gave up.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.shared.cancelled.load(Ordering::Acquire) || self.shared.dead.load(Ordering::Acquire)
+    }
+
     /// Ends the subscription with `e`, reported after the batches already buffered.
     pub(crate) fn fail(&self, e: Error) {
         *self.shared.failure.lock() = Some(e);
@@ -300,9 +305,12 @@ impl Subscription {
     }
 
     /// Ends the subscription: blocked and later reads return `End`. Any thread, any number of times.
+    /// The batches still buffered are freed now; the pipeline drops its end of the subscription at
+    /// its next delivery or the database's next subscribe, whichever comes first.
     pub fn cancel(&self) {
         self.shared.cancelled.store(true, Ordering::Release);
         self.shared.cancel_tx.lock().take();
+        while self.rx.try_recv().is_ok() {}
     }
 
     /// A handle that can cancel this subscription from another thread.

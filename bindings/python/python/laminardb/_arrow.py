@@ -44,6 +44,10 @@ def columns_to_table(cols: Dict[str, Any], schema: pa.Schema) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError) as e:
             raise _mismatch(f"column '{f.name}' ({f.type}): {e}") from e
         fields.append(pa.field(f.name, f.type))
+    lengths = {len(a) for a in arrays}
+    if len(lengths) > 1:
+        sizes = ", ".join(f"'{f.name}': {len(a)}" for f, a in zip(fields, arrays))
+        raise _mismatch(f"columns of different lengths ({sizes}): every column needs one value per row")
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 

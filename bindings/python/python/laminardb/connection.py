@@ -51,6 +51,10 @@ class StreamMetrics:
     # Groups spilled to the RocksDB state backend (state_backend='rocksdb'), 0 otherwise.
     spilled_groups: int = 0
     watermark_ms: Optional[int] = None
+    # Subscriptions that have not been cancelled or dropped.
+    subscribers: int = 0
+    # 1 once the stream has failed: reads and subscriptions of it raise its error.
+    failed: int = 0
 
 
 @dataclass
@@ -126,10 +130,12 @@ class Connection:
     def execute(self, sql: str) -> ExecuteResult:
         """Runs one or more ``;``-separated statements; the result of the last."""
         self._check()
-        r = ExecuteResult(*self._db.execute(sql))
-        if r.ddl_type.startswith("DROP") or r.ddl_type.startswith("CREATE"):
+        try:
+            return ExecuteResult(*self._db.execute(sql))
+        finally:
+            # Any statement of the text may have been DDL (not only the last), and a text that
+            # failed part-way may have run some: the cached schemas are re-read on next use.
             self._schemas.clear()
-        return r
 
     def query(self, sql: str) -> QueryResult:
         """Runs an ad-hoc SELECT (over sources' retained rows and materialized views), SHOW,
@@ -193,10 +199,10 @@ class Connection:
         ``schema``: a pyarrow schema, or a dict of column name to SQL type. Keyed tables with a
         PRIMARY KEY arrive with the tables work (issue 9)."""
         if isinstance(schema, pa.Schema):
-            cols = ", ".join(f'"{f.name}" {_sql_type(f.type)}' for f in schema)
+            cols = ", ".join(f"{quote_ident(f.name)} {_sql_type(f.type)}" for f in schema)
         else:
-            cols = ", ".join(f'"{n}" {t}' for n, t in schema.items())
-        return self.execute(f'CREATE SOURCE "{name}" ({cols})')
+            cols = ", ".join(f"{quote_ident(n)} {_check_type(n, t)}" for n, t in schema.items())
+        return self.execute(f"CREATE SOURCE {quote_ident(name)} ({cols})")
 
     # ------------------------------------------------------------------ catalog
     def schema(self, name: str) -> pa.Schema:
@@ -312,7 +318,7 @@ class Connection:
         self._check()
         if filter is None:
             return self.subscribe_stream(name, **options)
-        return self.subscribe(f"SELECT * FROM {name} WHERE {filter}", **options)
+        return self.subscribe(f"SELECT * FROM {quote_ident(name)} WHERE {filter}", **options)
 
     def _callback(self, name: str, hidden, on_data, on_error, options) -> CallbackSubscription:
         qid = next(self._ids)
@@ -440,6 +446,41 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<laminardb.Connection {self._path!r} {self.pipeline_state}>"
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``"`` doubled), so that it is always read as one name,
+    whatever it contains. An empty name or one with a NUL character is refused."""
+    if not isinstance(name, str):
+        raise TypeError(f"a name must be a str, got {type(name).__name__}")
+    if name == "" or "\0" in name:
+        raise QueryError("a name must be non-empty and contain no NUL character", codes.QUERY_FAILED, "INVALID_ARGUMENT")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _check_type(column: str, t: str) -> str:
+    """A column type given as text, checked to be one type name and nothing more: words, digits,
+    ``( ) < > [ ]`` and commas inside brackets only. Anything else (a quote, a semicolon, a
+    comment, a comma that would start another column) is refused, so a type string cannot add
+    columns or statements."""
+    if not isinstance(t, str):
+        raise TypeError(f"the type of column {column!r} must be a str, got {type(t).__name__}")
+    depth = 0
+    ok = t.strip() != ""
+    for ch in t:
+        if ch in "(<[":
+            depth += 1
+        elif ch in ")>]":
+            depth -= 1
+            ok = ok and depth >= 0
+        elif ch == ",":
+            ok = ok and depth > 0
+        elif not (ch.isascii() and (ch.isalnum() or ch in "_ ")):
+            ok = False
+    if not ok or depth != 0:
+        shown = t if len(t) <= 200 else t[:200] + "…"
+        raise QueryError(f"column {column!r}: {shown!r} is not a SQL type name", codes.QUERY_FAILED, "INVALID_ARGUMENT")
+    return t
 
 
 def _sql_type(t: pa.DataType) -> str:
