@@ -3,7 +3,8 @@
 //! ```text
 //! <path>/LOCK                          held (flock) while a process has the database open
 //! <path>/wal/<first seq>.wal           records: [len u32][crc32 u32][seq u64][kind u8][body]
-//!                                      (`.log`: written at durability checkpoint; see Segment)
+//!                                      (`.log`: written at durability checkpoint or by an
+//!                                      earlier version; see Segment)
 //! <path>/checkpoints/MANIFEST-<epoch>  text, checksummed; renamed into place last (atomic)
 //! <path>/checkpoints/blobs/<hash>      one object's state (Arrow IPC), named by its content
 //! <path>/checkpoints/state/<epoch>/    the RocksDB state backend's files at that checkpoint
@@ -16,7 +17,9 @@
 //! checkpoints incremental at object granularity. The manifest lists every blob with its length
 //! and CRC-32; recovery takes the newest manifest whose checksums all hold and falls back to the
 //! previous one (with a warning) otherwise. Log segments are deleted once the oldest retained
-//! checkpoint covers all their records, so falling back never loses a logged push.
+//! checkpoint covers all their records, so falling back never loses a logged push. Replaying
+//! the log drops a torn tail of the newest segment (a write never acknowledged) and refuses
+//! damage that lost records the log proves were written, unless told to salvage (`replay_log`).
 //!
 //! This module knows files and formats; the database (db.rs) decides what goes in them.
 
@@ -1316,7 +1319,14 @@ mod tests {
         let (r, _, _) = replay_all(&dir3, 0, Strict);
         let e = r.unwrap_err();
         assert!(e.message().contains("not a torn tail") && e.message().contains("1 record (sequence numbers 3 to 3)"), "{e}");
-        for d in [dir, dir2, dir3] {
+        // The first segment starts past what the checkpoint covers: the segment before is gone.
+        let (dir4, _) = log_dir("first", &[(5, true, 2)]);
+        let (r, _, _) = replay_all(&dir4, 2, Strict);
+        let e = r.unwrap_err();
+        assert!(e.message().contains("the log before this segment is missing") && e.message().contains("2 records (sequence numbers 3 to 4)"), "{e}");
+        let (r, _, _) = replay_all(&dir4, 4, Strict);
+        assert_eq!(r.unwrap().last, 6);
+        for d in [dir, dir2, dir3, dir4] {
             let _ = fs::remove_dir_all(&d);
         }
     }

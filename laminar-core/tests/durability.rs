@@ -978,3 +978,34 @@ fn a_torn_tail_of_the_newest_segment_is_dropped_with_a_truthful_warning() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[test]
+fn salvage_skips_the_records_that_depended_on_a_lost_one() {
+    // The damaged record is CREATE SOURCE orders: the views over orders and the pushes into it
+    // cannot be replayed without it; they are skipped and counted, payments is recovered.
+    let dir = tmpdir("wal-lost-ddl");
+    let db = open(&dir, "wal", "0");
+    create(&db);
+    push(&db, 0, 2);
+    db.close_abruptly();
+    let seg = segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let (at, len) = records(&bytes)[0];
+    bytes[at + len - 1] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = open_recovering(&dir, "strict").err().unwrap();
+    assert!(e.message().contains("byte 0") && e.message().contains(" 1 record (sequence numbers 1 to 1)"), "{e}");
+    let db = open_recovering(&dir, "salvage").unwrap();
+    let info = db.recovery().unwrap();
+    assert_eq!(info.warnings.len(), 2, "{info:?}");
+    // totals, matched and paid (over orders), and orders batches 0 and 1.
+    assert!(info.warnings[1].contains("5 intact log records after the damage could not be replayed") && info.warnings[1].contains("orders"), "{info:?}");
+    assert_eq!(db.list(laminar_core::ObjectKind::Source).unwrap(), vec!["payments".to_string()]);
+    assert_eq!(rows_in(&db, "payments"), payments_rows(2));
+    db.close();
+    let db = open_recovering(&dir, "strict").unwrap();
+    assert!(db.recovery().unwrap().warnings.is_empty());
+    assert_eq!(rows_in(&db, "payments"), payments_rows(2));
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
