@@ -31,6 +31,22 @@ pub enum IoBackend {
     Std,
 }
 
+/// What opening a durable database does with a write-ahead log that is damaged (DESIGN §4).
+///
+/// A record cut short at the end of the newest log segment (a write a crash interrupted, never
+/// acknowledged) is dropped under both rules. Damage that loses records the log proves were
+/// written — a bad record with intact ones after it, a bad record in an older segment, a segment
+/// shorter than the sequence numbers of the next one show — is what they differ on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalRecovery {
+    /// Opening fails with `IO`, naming the file, the byte offset and what is wrong (the default).
+    Strict,
+    /// Opening skips the damaged bytes, replays every intact record (also those after the
+    /// damage), reports what was lost in [`crate::RecoveryInfo::warnings`], and takes a
+    /// checkpoint so that the next open no longer needs the damaged log.
+    Salvage,
+}
+
 /// Where keyed operator state lives (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateBackend {
@@ -74,6 +90,8 @@ pub struct Config {
     pub checkpoints_retained: usize,
     /// What writes the log and checkpoint files. Default `Auto`.
     pub io_backend: IoBackend,
+    /// What opening does with a damaged write-ahead log. Default `Strict`.
+    pub wal_recovery: WalRecovery,
     /// Where keyed operator state lives. Default `Memory`.
     pub state_backend: StateBackend,
     /// With `state_backend` RocksDB: bytes of state an aggregate keeps in memory before it spills
@@ -103,6 +121,7 @@ impl Default for Config {
             checkpoint_interval: None,
             checkpoints_retained: 3,
             io_backend: IoBackend::Auto,
+            wal_recovery: WalRecovery::Strict,
             state_backend: StateBackend::Memory,
             state_cache_size: 256 * 1024 * 1024,
             workers: default_workers(),
@@ -125,6 +144,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "checkpoint_interval_ms",
     "checkpoints_retained",
     "io_backend",
+    "wal_recovery",
     "state_backend",
     "state_cache_size",
     "workers",
@@ -153,6 +173,7 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
         "checkpoints_retained" => "checkpoints kept on disk, the newest (default 3, at least 1)",
         "io_backend" => "auto | io_uring | std: what writes the log and checkpoint files (default auto: io_uring where the kernel offers it, else write + fdatasync)",
         "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
+        "wal_recovery" => "strict | salvage: what opening does when the write-ahead log lost records it proves were written (default strict: an IO error naming the file and byte offset; salvage: open anyway, replay every intact record and report what was lost in the recovery warnings); a record cut short at the end of the newest segment, never acknowledged, is dropped either way",
         "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
         "state_backend" => "memory | rocksdb: where keyed aggregate state lives (default memory; rocksdb spills what passes state_cache_size to RocksDB, in builds with the cargo feature 'rocksdb')",
         "state_cache_size" => "with state_backend rocksdb: state an aggregate keeps in memory before spilling, e.g. '64MB' (default 256MiB)",
@@ -196,6 +217,13 @@ impl Config {
                     "io_uring" | "uring" => IoBackend::IoUring,
                     "std" => IoBackend::Std,
                     _ => return Err(bad("expected auto, io_uring or std")),
+                }
+            }
+            "wal_recovery" => {
+                self.wal_recovery = match value.to_ascii_lowercase().as_str() {
+                    "strict" => WalRecovery::Strict,
+                    "salvage" => WalRecovery::Salvage,
+                    _ => return Err(bad("expected strict or salvage")),
                 }
             }
             "checkpoints_retained" => {
@@ -268,6 +296,11 @@ impl Config {
                 IoBackend::Auto => "auto",
                 IoBackend::IoUring => "io_uring",
                 IoBackend::Std => "std",
+            }
+            .to_string(),
+            "wal_recovery" => match self.wal_recovery {
+                WalRecovery::Strict => "strict",
+                WalRecovery::Salvage => "salvage",
             }
             .to_string(),
             "workers" => self.workers.to_string(),
@@ -367,5 +400,22 @@ mod tests {
         assert!(e.message().contains("did you mean 'buffer_size'"), "{e}");
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn wal_recovery_is_strict_by_default_and_validated() {
+        let mut c = Config::default();
+        assert_eq!(c.wal_recovery, WalRecovery::Strict);
+        assert_eq!(c.get("wal_recovery").as_deref(), Some("strict"));
+        c.set("wal_recovery", "Salvage").unwrap();
+        assert_eq!(c.wal_recovery, WalRecovery::Salvage);
+        assert_eq!(c.get("wal_recovery").as_deref(), Some("salvage"));
+        let e = c.set("wal_recovery", "ignore").unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::InvalidArgument);
+        assert!(e.message().contains("expected strict or salvage") && e.message().contains("'ignore'"), "{e}");
+        assert_eq!(c.wal_recovery, WalRecovery::Salvage, "a rejected value changes nothing");
+        assert!(CONFIG_KEYS.contains(&"wal_recovery") && describe_key("wal_recovery").is_some());
+        let e = c.set("wal_recovry", "strict").unwrap_err();
+        assert!(e.message().contains("did you mean 'wal_recovery'"), "{e}");
     }
 }

@@ -252,7 +252,9 @@ pub struct RecoveryInfo {
     pub epoch: Option<u64>,
     /// Log records replayed past it.
     pub records_replayed: u64,
-    /// Torn or corrupt files skipped (also printed to stderr when the database opens).
+    /// Torn or corrupt files skipped: an unusable checkpoint, a torn log tail dropped, log
+    /// damage skipped with `wal_recovery = 'salvage'` and what it lost (also printed to stderr
+    /// when the database opens).
     pub warnings: Vec<String>,
     /// Time to restore and replay, in milliseconds.
     pub millis: f64,
@@ -469,16 +471,18 @@ impl Database {
             self.restore_checkpoint(l)?;
         }
         let mut replayed = 0u64;
-        let last = durable::replay_log(&d.store.wal_dir(), after, &mut info.warnings, |seq, rec| {
+        let log = durable::replay_log(&d.store.wal_dir(), after, self.inner.config.wal_recovery, &mut info.warnings, |seq, rec| {
             replayed += 1;
             self.replay(seq, rec)
         })?;
+        let last = log.last;
         self.flush()?;
         {
             let mut st = d.log.lock();
             st.next_seq = last + 1;
             st.durable = last;
-            st.writer = Some(LogWriter::create(&d.store.wal_dir(), last + 1, d.store.faults.clone(), durable::Io::new(d.store.io_backend)?)?);
+            let every_seq = d.level == Durability::Wal;
+            st.writer = Some(LogWriter::create(&d.store.wal_dir(), last + 1, every_seq, d.store.faults.clone(), durable::Io::new(d.store.io_backend)?)?);
         }
         {
             let mut eng = self.inner.engine.lock();
@@ -486,6 +490,13 @@ impl Database {
             eng.next_checkpoint_ms = d.interval_ms.map(|i| self.inner.clock.now_ms() + i);
         }
         self.inner.recovering.store(false, Ordering::Release);
+        if log.lost {
+            // Salvaged: a checkpoint covers what was recovered, so the next open no longer
+            // needs the damaged log (and finds nothing to report).
+            if let Err(e) = self.checkpoint() {
+                info.warnings.push(format!("the checkpoint after salvaging the log failed ({e}); the next open will meet the damaged log again"));
+            }
+        }
         for (name, feed, cols) in std::mem::take(&mut *self.inner.deferred_feeds.lock()) {
             let Ok(writer) = self.writer(&name) else { continue }; // dropped later in the log
             let from = self.inner.engine.lock().sources.get(&name).and_then(|s| s.position).unwrap_or(0);

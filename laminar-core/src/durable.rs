@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <path>/LOCK                          held (flock) while a process has the database open
-//! <path>/wal/<first seq>.log           records: [len u32][crc32 u32][seq u64][kind u8][body]
+//! <path>/wal/<first seq>.wal           records: [len u32][crc32 u32][seq u64][kind u8][body]
+//!                                      (`.log`: written at durability checkpoint or by an
+//!                                      earlier version; see Segment)
 //! <path>/checkpoints/MANIFEST-<epoch>  text, checksummed; renamed into place last (atomic)
 //! <path>/checkpoints/blobs/<hash>      one object's state (Arrow IPC), named by its content
 //! <path>/checkpoints/state/<epoch>/    the RocksDB state backend's files at that checkpoint
@@ -15,7 +17,9 @@
 //! checkpoints incremental at object granularity. The manifest lists every blob with its length
 //! and CRC-32; recovery takes the newest manifest whose checksums all hold and falls back to the
 //! previous one (with a warning) otherwise. Log segments are deleted once the oldest retained
-//! checkpoint covers all their records, so falling back never loses a logged push.
+//! checkpoint covers all their records, so falling back never loses a logged push. Replaying
+//! the log drops a torn tail of the newest segment (a write never acknowledged) and refuses
+//! damage that lost records the log proves were written, unless told to salvage (`replay_log`).
 //!
 //! This module knows files and formats; the database (db.rs) decides what goes in them.
 
@@ -454,39 +458,74 @@ pub(crate) struct LogWriter {
     dir: PathBuf,
     file: File,
     bytes: u64,
+    /// Durability `wal`: every sequence number goes into the log (segments named `.wal`).
+    every_seq: bool,
     faults: Arc<Faults>,
     io: Io,
 }
 
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// A log segment file: `<first seq>.wal` or `<first seq>.log`.
+///
+/// A `.wal` segment was written at durability `wal`, where every sequence number from the
+/// segment's first on is a record in the log: so the next segment's first number proves which
+/// records this one held. A `.log` segment was written at durability `checkpoint` (pushes take
+/// numbers but are not logged, so gaps are normal) or by an earlier version; for those only
+/// damage inside the file can be detected.
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    every_seq: bool,
+}
+
+fn segment_path(dir: &Path, first: u64, every_seq: bool) -> PathBuf {
+    dir.join(format!("{first:020}.{}", if every_seq { "wal" } else { "log" }))
+}
+
+fn segments(dir: &Path) -> Result<Vec<Segment>> {
     let mut v = vec![];
     for e in fs::read_dir(dir).map_err(|e| io_err(format!("listing {}", dir.display()), e))? {
         let e = e.map_err(|e| io_err(format!("listing {}", dir.display()), e))?;
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(first) = name.strip_suffix(".log").and_then(|s| s.parse::<u64>().ok()) {
-            v.push((first, e.path()));
+        let (stem, every_seq) = match (name.strip_suffix(".wal"), name.strip_suffix(".log")) {
+            (Some(stem), _) => (stem, true),
+            (None, Some(stem)) => (stem, false),
+            _ => continue,
+        };
+        if let Ok(first) = stem.parse::<u64>() {
+            v.push(Segment { first, path: e.path(), every_seq });
         }
     }
-    v.sort();
+    v.sort_by(|a, b| (a.first, &a.path).cmp(&(b.first, &b.path)));
     Ok(v)
 }
 
 impl LogWriter {
-    /// Starts a new segment whose first record will be `first_seq`.
-    pub(crate) fn create(dir: &Path, first_seq: u64, faults: Arc<Faults>, io: Io) -> Result<LogWriter> {
-        let path = dir.join(format!("{first_seq:020}.log"));
+    /// Starts a new segment whose first record will be `first_seq` (at durability `wal`, every
+    /// number from there on is logged: `every_seq`).
+    pub(crate) fn create(dir: &Path, first_seq: u64, every_seq: bool, faults: Arc<Faults>, io: Io) -> Result<LogWriter> {
+        // A segment of the same number written at the other level holds no intact record: every
+        // record numbered from `first_seq` on is yet to be written.
+        let other = segment_path(dir, first_seq, !every_seq);
+        match fs::remove_file(&other) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(format!("removing {}", other.display()), e)),
+            _ => {}
+        }
+        let path = segment_path(dir, first_seq, every_seq);
         let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(|e| io_err(format!("creating {}", path.display()), e))?;
         sync_dir(dir)?;
-        Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, faults, io })
+        Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, every_seq, faults, io })
     }
 
     /// Writes `data` (framed records, the first numbered `first_seq`) and waits until it is on
     /// disk; in a new segment when `rotate` (after a checkpoint, so old segments can go) or when
-    /// this one is full.
+    /// this one is full. A record is acknowledged only after this returns: a write that fails or
+    /// that a crash interrupts leaves at most this one unacknowledged group at the end of the
+    /// newest segment, and nothing is written after it (the database refuses changes until it is
+    /// reopened).
     pub(crate) fn append(&mut self, first_seq: u64, data: &[u8], rotate: bool) -> Result<()> {
         if rotate || self.bytes >= SEGMENT_BYTES {
             let io = std::mem::replace(&mut self.io, Io::Std);
-            *self = LogWriter::create(&self.dir, first_seq, self.faults.clone(), io)?;
+            *self = LogWriter::create(&self.dir, first_seq, self.every_seq, self.faults.clone(), io)?;
         }
         let res = self.io.write_sync(&self.faults, &self.file, self.bytes, data);
         res.map_err(|e| io_err(format!("write-ahead log ({})", self.io.name()), e))?;
@@ -495,41 +534,281 @@ impl LogWriter {
     }
 }
 
-/// Calls `f` for every intact record with a sequence number above `after`, in order. A torn or
-/// corrupt record ends its segment (the rest of it was never acknowledged) with a warning.
-pub(crate) fn replay_log(dir: &Path, after: u64, warnings: &mut Vec<String>, mut f: impl FnMut(u64, Record) -> Result<()>) -> Result<u64> {
-    let mut last = after;
-    for (_, path) in segments(dir)? {
-        let mut data = vec![];
-        File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err(format!("reading {}", path.display()), e))?;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let bad = |why: &str| format!("{}: {why} at byte {pos}; the rest of this log segment ({} bytes) was never acknowledged and is ignored", path.display(), data.len() - pos);
-            if data.len() - pos < 8 {
-                warnings.push(bad("a torn record header"));
-                break;
-            }
-            let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4")) as usize;
-            let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4"));
-            if data.len() - pos - 8 < len {
-                warnings.push(bad("a torn record"));
-                break;
-            }
-            let body = &data[pos + 8..pos + 8 + len];
-            if crc32fast::hash(body) != crc {
-                warnings.push(bad("a record with a wrong checksum"));
-                break;
-            }
-            let (seq, rec) = decode_record(body).map_err(|e| e.context(format!("{}: record at byte {pos}", path.display())))?;
-            pos += 8 + len;
-            if seq <= after {
-                continue;
-            }
-            last = last.max(seq);
-            f(seq, rec)?;
+/// What is wrong with the record at some offset of a segment.
+enum Bad {
+    /// The file ends inside the record (`have` of `need` bytes).
+    CutShort { have: usize, need: usize },
+    /// A length too small for a record (a zeroed region reads as length 0).
+    Length(usize),
+    Checksum,
+}
+
+impl Bad {
+    fn describe(&self) -> String {
+        match self {
+            Bad::CutShort { have, need } => format!("a record cut short ({have} of its {need} bytes)"),
+            Bad::Length(len) => format!("a record with an impossible length ({len})"),
+            Bad::Checksum => "a record that fails its checksum".into(),
         }
     }
-    Ok(last)
+}
+
+/// The smallest record: length, checksum, sequence number and kind.
+const MIN_RECORD: usize = 17;
+
+/// The body length of the intact record at `pos`, or what is wrong with it.
+fn frame_at(data: &[u8], pos: usize) -> std::result::Result<usize, Bad> {
+    let left = data.len() - pos;
+    if left < 8 {
+        return Err(Bad::CutShort { have: left, need: 8 });
+    }
+    let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4")) as usize;
+    if len < MIN_RECORD - 8 {
+        return Err(Bad::Length(len));
+    }
+    if left - 8 < len {
+        return Err(Bad::CutShort { have: left, need: 8 + len });
+    }
+    let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4"));
+    if crc32fast::hash(&data[pos + 8..pos + 8 + len]) != crc {
+        return Err(Bad::Checksum);
+    }
+    Ok(len)
+}
+
+/// Where a search for intact records after damage ended.
+enum Scan {
+    /// The first intact record: its offset and sequence number.
+    Found(usize, u64),
+    /// No intact record follows.
+    Nothing,
+    /// Too much checksum work to tell (garbage that keeps looking like long records).
+    Undecided,
+}
+
+/// Looks for an intact record from byte `from` on: a length that fits, a sequence number in
+/// (`above`, `below`), a known record kind and a checksum that holds. An intact record found
+/// there was written after the damaged bytes before it.
+fn next_intact(data: &[u8], from: usize, above: u64, below: u64) -> Scan {
+    let mut budget = (data.len() as u64).saturating_mul(4).max(64 << 20);
+    let mut q = from;
+    while q + MIN_RECORD <= data.len() {
+        let len = u32::from_le_bytes(data[q..q + 4].try_into().expect("4")) as usize;
+        let seq = u64::from_le_bytes(data[q + 8..q + 16].try_into().expect("8"));
+        if len >= MIN_RECORD - 8 && len <= data.len() - q - 8 && seq > above && seq < below && (1..=4).contains(&data[q + 16]) {
+            if budget < len as u64 {
+                return Scan::Undecided;
+            }
+            budget -= len as u64;
+            let crc = u32::from_le_bytes(data[q + 4..q + 8].try_into().expect("4"));
+            if crc32fast::hash(&data[q + 8..q + 8 + len]) == crc {
+                return Scan::Found(q, seq);
+            }
+        }
+        q += 1;
+    }
+    Scan::Nothing
+}
+
+/// Cuts a torn tail off a segment, so that it is not met again once newer segments follow.
+fn cut_tail(path: &Path, len: usize) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| {
+            f.set_len(len as u64)?;
+            f.sync_all()
+        })
+        .map_err(|e| io_err(format!("cutting the torn tail off {}", path.display()), e))
+}
+
+/// What [`replay_log`] found.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Replayed {
+    /// The highest sequence number replayed, covered by the checkpoint or proven lost: the log
+    /// goes on after it.
+    pub last: u64,
+    /// Logged records were lost (`wal_recovery = 'salvage'` opened anyway).
+    pub lost: bool,
+}
+
+/// Records a log lost: an `IO` error (strict), or a warning (salvage).
+struct Loss<'a> {
+    rule: crate::config::WalRecovery,
+    warnings: &'a mut Vec<String>,
+    out: &'a mut Replayed,
+}
+
+impl Loss<'_> {
+    /// `what` happened at byte `at` of `path`; `bytes` of it are unreadable and the records
+    /// numbered `seqs` (inclusive; None: unknown) are gone. `exact`: the segment logs every
+    /// number, so all of them were records.
+    fn report(&mut self, path: &Path, at: usize, what: &str, bytes: usize, seqs: Option<(u64, u64)>, exact: bool) -> Result<()> {
+        let records = match seqs {
+            Some((a, b)) if exact => format!("{} record{} (sequence numbers {a} to {b})", b - a + 1, if a == b { "" } else { "s" }),
+            Some((a, b)) => format!("the records numbered {a} to {b} (up to {}: at durability 'checkpoint' pushes are not logged)", b - a + 1),
+            None => "an unknown number of records".into(),
+        };
+        let bytes = if bytes > 0 { format!(", {bytes} bytes unreadable") } else { String::new() };
+        let msg = format!("write-ahead log {}, byte {at}: {what}: {records} lost{bytes}", path.display());
+        match self.rule {
+            crate::config::WalRecovery::Strict => Err(Error::new(
+                ErrorKind::Io,
+                format!("{msg}; the log is damaged, so the database is not opened (set wal_recovery = 'salvage' to open it without those records, replaying every intact one)"),
+            )),
+            crate::config::WalRecovery::Salvage => {
+                self.warnings.push(format!("{msg}; skipped (wal_recovery = 'salvage'), every intact record replayed"));
+                self.out.lost = true;
+                if let Some((_, b)) = seqs {
+                    self.out.last = self.out.last.max(b);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Calls `f` for every intact record with a sequence number above `after` (the checkpoint's), in
+/// order, and tells a torn tail from damage that lost records the log proves were written:
+///
+/// - A torn tail — no intact record after the damage, in the newest segment — is a write a
+///   crash or a failed write interrupted: it was never acknowledged. It is dropped with a
+///   warning and cut off the file.
+/// - Damage with an intact record after it in the same segment lost the records between the
+///   two (their sequence numbers are known).
+/// - Damage at the end of an older segment, or a `.wal` segment whose last record is numbered
+///   below the next segment's first (cut at a record boundary, down to 0 bytes), lost the
+///   numbers up to the next segment's first — unless the checkpoint covers them, or there are
+///   none (a torn tail an earlier crash left).
+///
+/// Losses are an `IO` error naming the file and offset (`wal_recovery = 'strict'`), or are
+/// skipped with a warning counting them (`'salvage'`; records whose replay then fails, such as
+/// pushes into a source whose CREATE was lost, are skipped and counted too). A cut at a record
+/// boundary of the newest segment is not detectable: nothing after it says more was written.
+pub(crate) fn replay_log(
+    dir: &Path,
+    after: u64,
+    rule: crate::config::WalRecovery,
+    warnings: &mut Vec<String>,
+    mut f: impl FnMut(u64, Record) -> Result<()>,
+) -> Result<Replayed> {
+    let segs = segments(dir)?;
+    let mut out = Replayed { last: after, lost: false };
+    let mut failed: (u64, Option<Error>) = (0, None);
+    let mut warn = vec![];
+    let mut loss = Loss { rule, warnings: &mut warn, out: &mut out };
+    // Segments are deleted oldest first, once the oldest kept checkpoint covers them.
+    if let Some(first) = segs.first().filter(|s| s.every_seq && s.first > after.saturating_add(1)) {
+        loss.report(&first.path, 0, &format!("the log before this segment is missing (the checkpoint covers records up to {after})"), 0, Some((after + 1, first.first - 1)), true)?;
+    }
+    for (i, seg) in segs.iter().enumerate() {
+        let next = segs.get(i + 1);
+        // Every record of a segment is numbered below the next segment's first.
+        if next.is_some_and(|n| n.first.saturating_sub(1) <= after) {
+            continue;
+        }
+        let path = &seg.path;
+        let mut data = vec![];
+        File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+        // The number of the last intact record (before the first: the one before the segment's).
+        let mut prev = seg.first.saturating_sub(1);
+        let mut pos = 0usize;
+        let mut tail_done = false;
+        while pos < data.len() {
+            let bad = match frame_at(&data, pos) {
+                Ok(len) => {
+                    let (seq, rec) = decode_record(&data[pos + 8..pos + 8 + len]).map_err(|e| e.context(format!("{}: record at byte {pos}", path.display())))?;
+                    pos += 8 + len;
+                    prev = prev.max(seq);
+                    if seq <= after {
+                        continue;
+                    }
+                    loss.out.last = loss.out.last.max(seq);
+                    if let Err(e) = f(seq, rec) {
+                        // Salvage: a record may depend on a lost one.
+                        if !loss.out.lost {
+                            return Err(e);
+                        }
+                        failed.0 += 1;
+                        failed.1.get_or_insert(e);
+                    }
+                    continue;
+                }
+                Err(bad) => bad,
+            };
+            let what = bad.describe();
+            let left = data.len() - pos;
+            let below = next.map_or(u64::MAX, |n| n.first);
+            // At durability `wal` the k-th record after `prev` is numbered prev + k; otherwise
+            // pushes take numbers too: allow for 2^40 of them between two logged records.
+            let below = if seg.every_seq { below.min(prev.saturating_add(2 + (left / MIN_RECORD) as u64)) } else { below.min(prev.saturating_add(1 << 40)) };
+            match next_intact(&data, pos + 1, prev, below) {
+                Scan::Found(q, seq) => {
+                    let lost = (prev.max(after).saturating_add(1), seq - 1);
+                    if lost.0 <= lost.1 {
+                        loss.report(path, pos, &format!("{what}, with intact records after it"), q - pos, Some(lost), seg.every_seq)?;
+                    } else if seq - 1 <= after {
+                        loss.warnings.push(format!(
+                            "write-ahead log {}: {what} at byte {pos} ({} bytes) held only records the checkpoint covers (up to {after}); ignored",
+                            path.display(),
+                            q - pos
+                        ));
+                    } else {
+                        loss.warnings.push(format!(
+                            "write-ahead log {}: {what} at byte {pos}: its {} bytes held no record (the intact records around them, {prev} and {seq}, are consecutive); ignored",
+                            path.display(),
+                            q - pos
+                        ));
+                    }
+                    pos = q;
+                }
+                Scan::Undecided => {
+                    let lost = next.map(|n| (prev.max(after).saturating_add(1), n.first.saturating_sub(1))).filter(|l| l.0 <= l.1);
+                    loss.report(path, pos, &format!("{what}, and whether intact records follow cannot be told"), left, lost, seg.every_seq)?;
+                    tail_done = true;
+                    break;
+                }
+                Scan::Nothing => {
+                    let lost = next.map(|n| (prev.max(after).saturating_add(1), n.first.saturating_sub(1))).filter(|l| l.0 <= l.1);
+                    match (next, lost) {
+                        (None, _) => {
+                            let how = match bad {
+                                Bad::CutShort { .. } => "a write that a crash or a failed write interrupted, so never acknowledged (a push returns only once its whole record is written and synced)".to_string(),
+                                _ => format!("{what}, and no intact record follows: a write that a crash interrupted before it reached the disk (never acknowledged) leaves this, though so would damage to the last acknowledged one"),
+                            };
+                            loss.warnings.push(format!("write-ahead log {}: the last {left} bytes, from byte {pos}, are a torn tail: {how}; dropped", path.display()));
+                            cut_tail(path, pos)?;
+                        }
+                        (Some(n), None) => {
+                            loss.warnings.push(format!(
+                                "write-ahead log {}: {what} at byte {pos} ({left} bytes to the end): a torn tail an earlier crash left, never acknowledged (the next segment, {}, starts right after the last intact record); dropped",
+                                path.display(),
+                                n.path.display()
+                            ));
+                            cut_tail(path, pos)?;
+                        }
+                        (Some(n), Some(l)) => {
+                            let what = format!("{what}, in a segment older than {} (whose first record is {}): not a torn tail", n.path.display(), n.first);
+                            loss.report(path, pos, &what, left, Some(l), seg.every_seq)?;
+                        }
+                    }
+                    tail_done = true;
+                    break;
+                }
+            }
+        }
+        if let Some(n) = next.filter(|n| seg.every_seq && !tail_done && prev.max(after).saturating_add(1) < n.first) {
+            let held = if prev < seg.first { "it holds no record".to_string() } else { format!("its last record is {prev}") };
+            let what = format!("the segment ends there ({held}), though the next segment, {}, starts at record {}", n.path.display(), n.first);
+            loss.report(path, data.len(), &what, 0, Some((prev.max(after).saturating_add(1), n.first.saturating_sub(1))), true)?;
+        }
+    }
+    if failed.0 > 0 {
+        let e = failed.1.map(|e| e.to_string()).unwrap_or_default();
+        warn.push(format!("{} intact log records after the damage could not be replayed and were skipped (the first: {e})", failed.0));
+    }
+    warnings.extend(warn);
+    Ok(out)
 }
 
 /// Deletes the segments every record of which has a sequence number `<= upto` (never the newest).
@@ -537,9 +816,9 @@ pub(crate) fn truncate_log(dir: &Path, upto: u64) -> Result<usize> {
     let segs = segments(dir)?;
     let mut removed = 0;
     for w in segs.windows(2) {
-        // Segment w[0] holds records w[0].0 .. w[1].0 - 1.
-        if w[1].0 > 0 && w[1].0 - 1 <= upto {
-            fs::remove_file(&w[0].1).map_err(|e| io_err(format!("removing {}", w[0].1.display()), e))?;
+        // Segment w[0] holds records w[0].first .. w[1].first - 1.
+        if w[1].first > 0 && w[1].first - 1 <= upto {
+            fs::remove_file(&w[0].path).map_err(|e| io_err(format!("removing {}", w[0].path.display()), e))?;
             removed += 1;
         }
     }
@@ -922,31 +1201,157 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("laminar-wal-unit-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let mut w = LogWriter::create(&dir, 1, Arc::new(Faults::default()), Io::new(crate::config::IoBackend::Auto).unwrap()).unwrap();
+        let mut w = LogWriter::create(&dir, 1, true, Arc::new(Faults::default()), Io::new(crate::config::IoBackend::Auto).unwrap()).unwrap();
         let mut buf = vec![];
         encode_record(&mut buf, 1, &Record::Ddl { sql: "CREATE SOURCE s (a BIGINT)".into() }).unwrap();
         encode_record(&mut buf, 2, &Record::Batch { source: "s".into(), position: Some(4), batch: batch(4) }).unwrap();
         w.append(1, &buf, false).unwrap();
+        let intact = buf.len() as u64;
         let mut buf = vec![];
         encode_record(&mut buf, 3, &Record::Watermark { source: "s".into(), us: 5 }).unwrap();
         w.append(3, &buf[..buf.len() - 3], false).unwrap(); // torn
         let mut seen = vec![];
         let mut warnings = vec![];
-        let last = replay_log(&dir, 0, &mut warnings, |seq, r| {
+        let out = replay_log(&dir, 0, Strict, &mut warnings, |seq, r| {
             seen.push((seq, format!("{r:?}").chars().take(5).collect::<String>()));
             Ok(())
         })
         .unwrap();
-        assert_eq!(last, 2);
+        assert_eq!((out.last, out.lost), (2, false));
         assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(&format!("from byte {intact}")) && warnings[0].contains("never acknowledged"), "{warnings:?}");
+        // The torn tail is cut off: a later segment after it does not make it look like damage.
+        assert_eq!(fs::metadata(segment_path(&dir, 1, true)).unwrap().len(), intact);
         let mut n = 0;
-        replay_log(&dir, 1, &mut vec![], |_, _| {
+        replay_log(&dir, 1, Strict, &mut warnings, |_, _| {
             n += 1;
             Ok(())
         })
         .unwrap();
         assert_eq!(n, 1, "records up to `after` are skipped");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    use crate::config::WalRecovery::{Salvage, Strict};
+
+    /// A log directory holding segments of `(first seq, every_seq, records)`, each record a
+    /// watermark numbered from the segment's first; the bytes of each segment.
+    fn log_dir(name: &str, segs: &[(u64, bool, u64)]) -> (PathBuf, Vec<Vec<u8>>) {
+        let dir = std::env::temp_dir().join(format!("laminar-wal-unit-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut all = vec![];
+        for &(first, every_seq, n) in segs {
+            let mut buf = vec![];
+            for seq in first..first + n {
+                encode_record(&mut buf, seq, &Record::Watermark { source: "s".into(), us: seq as i64 }).unwrap();
+            }
+            fs::write(segment_path(&dir, first, every_seq), &buf).unwrap();
+            all.push(buf);
+        }
+        (dir, all)
+    }
+
+    fn replay_all(dir: &Path, after: u64, rule: crate::config::WalRecovery) -> (Result<Replayed>, Vec<u64>, Vec<String>) {
+        let mut seen = vec![];
+        let mut warnings = vec![];
+        let r = replay_log(dir, after, rule, &mut warnings, |seq, _| {
+            seen.push(seq);
+            Ok(())
+        });
+        (r, seen, warnings)
+    }
+
+    const REC: usize = 8 + 8 + 1 + 4 + 1 + 8; // one watermark record of source "s"
+
+    #[test]
+    fn damage_with_intact_records_after_it_is_an_error_or_salvaged() {
+        let (dir, segs) = log_dir("mid", &[(1, true, 6)]);
+        let path = segment_path(&dir, 1, true);
+        let mut bytes = segs[0].clone();
+        bytes[2 * REC + 25] ^= 1; // record 3's body
+        fs::write(&path, &bytes).unwrap();
+        let (r, seen, _) = replay_all(&dir, 0, Strict);
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        assert!(e.message().contains(&path.display().to_string()) && e.message().contains(&format!("byte {}", 2 * REC)), "{e}");
+        assert!(e.message().contains("1 record (sequence numbers 3 to 3)") && e.message().contains("wal_recovery = 'salvage'"), "{e}");
+        assert_eq!(seen, vec![1, 2], "records before the damage were handed over before it was found");
+        let (r, seen, warnings) = replay_all(&dir, 0, Salvage);
+        let out = r.unwrap();
+        assert_eq!((out.last, out.lost), (6, true));
+        assert_eq!(seen, vec![1, 2, 4, 5, 6]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains(&format!("{REC} bytes unreadable")), "{warnings:?}");
+        // Damage in records the checkpoint covers loses nothing.
+        let (r, seen, warnings) = replay_all(&dir, 4, Strict);
+        assert_eq!(r.unwrap().last, 6);
+        assert_eq!(seen, vec![5, 6]);
+        assert!(warnings.len() == 1 && warnings[0].contains("checkpoint covers"), "{warnings:?}");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_shorter_than_the_next_one_proves_is_damage() {
+        // 1..=4 in the first segment, 5..=6 in the second.
+        let (dir, _) = log_dir("short", &[(1, true, 4), (5, true, 2)]);
+        let path = segment_path(&dir, 1, true);
+        fs::write(&path, b"").unwrap();
+        let (r, _, _) = replay_all(&dir, 0, Strict);
+        let e = r.unwrap_err();
+        assert!(e.message().contains("byte 0") && e.message().contains("4 records (sequence numbers 1 to 4)"), "{e}");
+        // Covered by the checkpoint: nothing is missing.
+        let (r, seen, warnings) = replay_all(&dir, 4, Strict);
+        assert_eq!((r.unwrap().last, seen, warnings.len()), (6, vec![5, 6], 0));
+        let (r, seen, warnings) = replay_all(&dir, 0, Salvage);
+        let out = r.unwrap();
+        assert_eq!((out.last, out.lost, seen), (6, true, vec![5, 6]));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        // At durability checkpoint pushes are not logged: gaps between segments are normal.
+        let (dir2, _) = log_dir("gaps", &[(1, false, 2), (9, false, 1)]);
+        let (r, seen, warnings) = replay_all(&dir2, 0, Strict);
+        assert_eq!((r.unwrap().last, seen, warnings.len()), (9, vec![1, 2, 9], 0));
+        // A damaged end of an older segment, with numbers missing before the next one.
+        let (dir3, segs) = log_dir("older", &[(1, true, 3), (4, true, 1)]);
+        fs::write(segment_path(&dir3, 1, true), &segs[0][..2 * REC + 5]).unwrap();
+        let (r, _, _) = replay_all(&dir3, 0, Strict);
+        let e = r.unwrap_err();
+        assert!(e.message().contains("not a torn tail") && e.message().contains("1 record (sequence numbers 3 to 3)"), "{e}");
+        // The first segment starts past what the checkpoint covers: the segment before is gone.
+        let (dir4, _) = log_dir("first", &[(5, true, 2)]);
+        let (r, _, _) = replay_all(&dir4, 2, Strict);
+        let e = r.unwrap_err();
+        assert!(e.message().contains("the log before this segment is missing") && e.message().contains("2 records (sequence numbers 3 to 4)"), "{e}");
+        let (r, _, _) = replay_all(&dir4, 4, Strict);
+        assert_eq!(r.unwrap().last, 6);
+        for d in [dir, dir2, dir3, dir4] {
+            let _ = fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_left_by_an_earlier_crash_is_dropped() {
+        // Records 1..=3, then a torn record; the next open started the next segment at 4.
+        let (dir, segs) = log_dir("leftover", &[(1, true, 3), (4, true, 0)]);
+        let mut bytes = segs[0].clone();
+        let mut torn = vec![];
+        encode_record(&mut torn, 4, &Record::Watermark { source: "s".into(), us: 4 }).unwrap();
+        bytes.extend_from_slice(&torn[..REC - 2]);
+        fs::write(segment_path(&dir, 1, true), &bytes).unwrap();
+        let (r, seen, warnings) = replay_all(&dir, 0, Strict);
+        assert_eq!((r.unwrap().last, seen), (3, vec![1, 2, 3]));
+        assert!(warnings.len() == 1 && warnings[0].contains("earlier crash"), "{warnings:?}");
+        assert_eq!(fs::metadata(segment_path(&dir, 1, true)).unwrap().len(), 3 * REC as u64);
+        // A zero-filled tail (the file grew, its data never reached the disk) is torn too.
+        let mut zeros = segs[0].clone();
+        zeros.extend_from_slice(&[0; 100]);
+        fs::remove_file(segment_path(&dir, 4, true)).unwrap();
+        fs::write(segment_path(&dir, 1, true), &zeros).unwrap();
+        let (r, seen, warnings) = replay_all(&dir, 0, Strict);
+        assert_eq!((r.unwrap().last, seen), (3, vec![1, 2, 3]));
+        assert!(warnings.len() == 1 && warnings[0].contains("impossible length (0)") && warnings[0].contains("never acknowledged"), "{warnings:?}");
         let _ = fs::remove_dir_all(&dir);
     }
 
@@ -957,10 +1362,10 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let faults = Arc::new(Faults::default());
         faults.set_budget(Some(10));
-        let mut w = LogWriter::create(&dir, 1, faults, Io::Std).unwrap();
+        let mut w = LogWriter::create(&dir, 1, true, faults, Io::Std).unwrap();
         let e = w.append(1, &[0u8; 64], false).unwrap_err();
         assert!(e.message().contains("No space left"), "{e}");
-        assert_eq!(fs::metadata(dir.join(format!("{:020}.log", 1))).unwrap().len(), 10);
+        assert_eq!(fs::metadata(dir.join(format!("{:020}.wal", 1))).unwrap().len(), 10);
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -25,7 +25,7 @@ pub mod sql;
 mod state_store;
 mod util;
 
-pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend};
+pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend, WalRecovery};
 /// Whether this build has the RocksDB state backend (cargo feature `rocksdb`).
 pub use state_store::AVAILABLE as ROCKSDB_AVAILABLE;
 pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};

@@ -795,3 +795,217 @@ fn concurrent_pushers_share_the_group_commit_and_lose_nothing() {
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------ a damaged write-ahead log
+
+/// The write-ahead log segments of `dir`, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal" || x == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The byte offset and length of every record of a log segment (`[len u32][crc u32][len bytes]`).
+fn records(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut v = vec![];
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        v.push((pos, 8 + len));
+        pos += 8 + len;
+    }
+    v
+}
+
+/// Opens `dir` (durability wal, no periodic checkpoints) with `wal_recovery = rule`.
+fn open_recovering(dir: &Path, rule: &str) -> laminar_core::Result<Database> {
+    let mut c = Config::default();
+    c.set("durability", "wal").unwrap();
+    c.set("checkpoint_interval", "0").unwrap();
+    c.set("workers", "2").unwrap();
+    c.set("wal_recovery", rule).unwrap();
+    Database::open(dir.to_str().unwrap(), c)
+}
+
+#[test]
+fn a_flipped_byte_in_the_middle_of_the_newest_segment_is_an_error_unless_salvaged() {
+    let dir = tmpdir("wal-flip");
+    let db = open(&dir, "wal", "0");
+    create(&db);
+    push(&db, 0, 6);
+    db.close_abruptly();
+    let segs = segments(&dir);
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let seg = &segs[0];
+    let mut bytes = std::fs::read(seg).unwrap();
+    let recs = records(&bytes);
+    assert_eq!(recs.len(), DDL.len() + 12);
+    // The record holding the segment's middle byte: a pushed batch with intact records after it.
+    let i = recs.iter().position(|(at, len)| (*at..at + len).contains(&(bytes.len() / 2))).unwrap();
+    assert!(i >= DDL.len() && i + 1 < recs.len(), "record {i}");
+    let (at, len) = recs[i];
+    bytes[at + len / 2] ^= 0x20;
+    std::fs::write(seg, &bytes).unwrap();
+    let seg_name = seg.file_name().unwrap().to_string_lossy().to_string();
+
+    // Strict (the default): an IO error naming the file and the offset, and how to salvage.
+    let e = Database::open(dir.to_str().unwrap(), Config::default()).err().expect("a damaged log must not open");
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert!(e.message().contains(&seg_name) && e.message().contains(&format!("byte {at}")), "{e}");
+    assert!(e.message().contains("wal_recovery") && e.message().contains("salvage"), "{e}");
+    // Still refused the second time: nothing was repaired or dropped by the failed open.
+    assert_eq!(open_recovering(&dir, "strict").err().unwrap().kind(), ErrorKind::Io);
+    assert_eq!(std::fs::read(seg).unwrap(), bytes);
+
+    // Salvage: opens, reports the loss with its counts, replays the records after the damage.
+    let db = open_recovering(&dir, "salvage").unwrap();
+    let info = db.recovery().unwrap();
+    assert_eq!(info.warnings.len(), 1, "{info:?}");
+    let w = &info.warnings[0];
+    assert!(w.contains(&seg_name) && w.contains(&format!("byte {at}")) && w.contains(&format!("{len} bytes")) && w.contains(" 1 record ("), "{w}");
+    assert_eq!(info.records_replayed as usize, recs.len() - 1, "{info:?}");
+    // Record i is batch (i - 5) / 2 of orders (even) or payments (odd); everything else is back.
+    let lost_batch = ((i - DDL.len()) / 2) as u64;
+    let (want_o, want_p) = if (i - DDL.len()) % 2 == 0 { (5 * ROWS, payments_rows(6)) } else { (6 * ROWS, payments_rows(6) - payments(lost_batch).num_rows() as u64) };
+    assert_eq!((rows_in(&db, "orders"), rows_in(&db, "payments")), (want_o, want_p));
+    db.close_abruptly();
+    // The salvaging open took a checkpoint: the damaged log is no longer needed.
+    let db = open_recovering(&dir, "strict").unwrap();
+    let info = db.recovery().unwrap();
+    assert!(info.warnings.is_empty() && info.epoch == Some(1), "{info:?}");
+    assert_eq!((rows_in(&db, "orders"), rows_in(&db, "payments")), (want_o, want_p));
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rows of payments batches 0..n.
+fn payments_rows(n: u64) -> u64 {
+    (0..n).map(|i| payments(i).num_rows() as u64).sum()
+}
+
+#[test]
+fn a_segment_shorter_than_the_next_one_proves_is_an_error_unless_salvaged() {
+    for cut in ["empty", "last two records"] {
+        let dir = tmpdir(&format!("wal-short-{}", cut.replace(' ', "-")));
+        let db = open(&dir, "wal", "0");
+        create(&db);
+        push(&db, 0, 2);
+        db.checkpoint().unwrap();
+        push(&db, 2, 5); // six records in a new segment
+        db.close_abruptly();
+        // A reopen starts the next segment after them: its name proves how far the log went.
+        let db = open(&dir, "wal", "0");
+        assert_eq!(progress(&db), (5, 5));
+        db.close_abruptly();
+        let segs = segments(&dir);
+        assert_eq!(segs.len(), 3, "{segs:?}");
+        let seg = &segs[1];
+        let bytes = std::fs::read(seg).unwrap();
+        let recs = records(&bytes);
+        assert_eq!(recs.len(), 6);
+        let (keep, lost) = if cut == "empty" { (0, 6) } else { (recs[4].0, 2) };
+        std::fs::write(seg, &bytes[..keep]).unwrap();
+        let seg_name = seg.file_name().unwrap().to_string_lossy().to_string();
+
+        let e = Database::open(dir.to_str().unwrap(), Config::default()).err().expect("a truncated segment must not open");
+        assert_eq!(e.kind(), ErrorKind::Io, "{cut}: {e}");
+        assert!(e.message().contains(&seg_name) && e.message().contains(&format!("byte {keep}")), "{cut}: {e}");
+        assert!(e.message().contains(&format!(" {lost} records (")) && e.message().contains("salvage"), "{cut}: {e}");
+
+        let db = open_recovering(&dir, "salvage").unwrap();
+        let info = db.recovery().unwrap();
+        assert_eq!(info.warnings.len(), 1, "{cut}: {info:?}");
+        assert!(info.warnings[0].contains(&seg_name) && info.warnings[0].contains(&format!(" {lost} records (")), "{cut}: {info:?}");
+        let want = if cut == "empty" { (2, 2) } else { (4, 4) };
+        assert_eq!(progress(&db), want, "{cut}");
+        db.close();
+        let db = open_recovering(&dir, "strict").unwrap();
+        assert!(db.recovery().unwrap().warnings.is_empty());
+        assert_eq!(progress(&db), want, "{cut}");
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_torn_tail_of_the_newest_segment_is_dropped_with_a_truthful_warning() {
+    for tail in ["cut short", "zeros"] {
+        let dir = tmpdir(&format!("wal-torn-{}", tail.replace(' ', "-")));
+        let db = open(&dir, "wal", "0");
+        create(&db);
+        push(&db, 0, 3);
+        db.close_abruptly();
+        let seg = segments(&dir).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let (last_at, _) = *records(&bytes).last().unwrap();
+        let want = if tail == "cut short" {
+            // The last record (payments batch 2) lost its last 10 bytes: a write a crash cut.
+            bytes.truncate(bytes.len() - 10);
+            (3, 2)
+        } else {
+            // The file grew but the data never reached the disk (a power cut): zeros.
+            bytes.extend_from_slice(&[0u8; 4096]);
+            (3, 3)
+        };
+        let torn_at = if tail == "cut short" { last_at } else { bytes.len() - 4096 };
+        std::fs::write(&seg, &bytes).unwrap();
+        let db = open(&dir, "wal", "0");
+        let info = db.recovery().unwrap();
+        assert_eq!(info.warnings.len(), 1, "{tail}: {info:?}");
+        let w = &info.warnings[0];
+        assert!(w.contains(&seg.file_name().unwrap().to_string_lossy().to_string()) && w.contains(&format!("byte {torn_at}")), "{tail}: {w}");
+        assert!(w.contains("never acknowledged") && !w.contains("the rest of this log segment"), "{tail}: {w}");
+        assert_eq!(progress(&db), want, "{tail}");
+        // The pipeline goes on (the dropped push is pushed again), and later opens find a clean log.
+        if want.1 == 2 {
+            db.writer("payments").unwrap().write(payments(2)).unwrap();
+        }
+        push(&db, 3, 6);
+        db.close_abruptly();
+        let db = open(&dir, "wal", "0");
+        let info = db.recovery().unwrap();
+        assert!(info.warnings.is_empty(), "{tail}: {info:?}");
+        let (o, p) = progress(&db);
+        assert_eq!((o, p), (6, 6), "{tail}");
+        finish(&db);
+        assert_eq!(vec![view(&db, "totals"), view(&db, "paid")], oracle(6, 6), "{tail}");
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn salvage_skips_the_records_that_depended_on_a_lost_one() {
+    // The damaged record is CREATE SOURCE orders: the views over orders and the pushes into it
+    // cannot be replayed without it; they are skipped and counted, payments is recovered.
+    let dir = tmpdir("wal-lost-ddl");
+    let db = open(&dir, "wal", "0");
+    create(&db);
+    push(&db, 0, 2);
+    db.close_abruptly();
+    let seg = segments(&dir).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let (at, len) = records(&bytes)[0];
+    bytes[at + len - 1] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = open_recovering(&dir, "strict").err().unwrap();
+    assert!(e.message().contains("byte 0") && e.message().contains(" 1 record (sequence numbers 1 to 1)"), "{e}");
+    let db = open_recovering(&dir, "salvage").unwrap();
+    let info = db.recovery().unwrap();
+    assert_eq!(info.warnings.len(), 2, "{info:?}");
+    // totals, matched and paid (over orders), and orders batches 0 and 1.
+    assert!(info.warnings[1].contains("5 intact log records after the damage could not be replayed") && info.warnings[1].contains("orders"), "{info:?}");
+    assert_eq!(db.list(laminar_core::ObjectKind::Source).unwrap(), vec!["payments".to_string()]);
+    assert_eq!(rows_in(&db, "payments"), payments_rows(2));
+    db.close();
+    let db = open_recovering(&dir, "strict").unwrap();
+    assert!(db.recovery().unwrap().warnings.is_empty());
+    assert_eq!(rows_in(&db, "payments"), payments_rows(2));
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,6 +24,7 @@ class LaminarConfig:
     durability: Optional[str] = None
     checkpoints_retained: Optional[int] = None
     io_backend: Optional[str] = None
+    wal_recovery: Optional[str] = None
     state_backend: Optional[str] = None
     state_cache_size: Optional[Union[str, int]] = None
     workers: Optional[int] = None
@@ -38,7 +39,7 @@ class LaminarConfig:
     def to_pairs(self) -> list:
         pairs = []
         for name in (
-            "storage_dir", "durability", "checkpoint_interval", "checkpoint_interval_ms", "checkpoints_retained", "io_backend",
+            "storage_dir", "durability", "checkpoint_interval", "checkpoint_interval_ms", "checkpoints_retained", "io_backend", "wal_recovery",
             "state_backend", "state_cache_size", "workers",
             "memory_limit", "buffer_size", "idle_timeout", "queue_capacity", "queue_full", "on_full",
             "source_retention",
