@@ -50,6 +50,9 @@ const DDL: &[&str] = &[
     "CREATE MATERIALIZED VIEW IF NOT EXISTS totals AS SELECT k, COUNT(*) AS n, SUM(amount) AS s, window_start FROM orders GROUP BY k, TUMBLE(ts, INTERVAL '1' SECOND)",
     "CREATE STREAM IF NOT EXISTS matched AS SELECT o.k, o.ts, p.paid FROM orders o JOIN payments p ON o.id = p.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND",
     "CREATE MATERIALIZED VIEW IF NOT EXISTS paid AS SELECT k, COUNT(*) AS n, SUM(paid) AS s, window_start FROM matched GROUP BY k, TUMBLE(ts, INTERVAL '1' SECOND)",
+    // Blocks of 300 orders (6 s, one and a half batches) take turns over 7 keys: each block is
+    // one session, open across batch boundaries (and checkpoints), closed 3 s after it ends.
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS order_sessions AS SELECT id / 300 % 7 AS g, COUNT(*) AS n, SUM(amount) AS s, window_start, window_end FROM orders GROUP BY id / 300 % 7, SESSION(ts, INTERVAL '1' SECOND) EMIT CHANGES",
 ];
 
 /// The oracle's SQL for the two views, over tables `orders` and `payments`.
@@ -118,6 +121,19 @@ fn reference(n_orders: u64, n_payments: u64) -> Vec<Vec<String>> {
     }
     finish(&db);
     vec![view(&db, "totals"), view(&db, "paid")]
+}
+
+/// The `order_sessions` view of a fresh in-memory database fed orders batches 0..n (it reads
+/// only orders).
+fn session_reference(n_orders: u64) -> Vec<String> {
+    let db = Database::open_in_memory().unwrap();
+    create(&db);
+    let mut o = db.writer("orders").unwrap();
+    for i in 0..n_orders {
+        o.write(orders(i)).unwrap();
+    }
+    finish(&db);
+    view(&db, "order_sessions")
 }
 
 /// DataFusion over the same rows: the batch oracle.
@@ -819,6 +835,8 @@ fn crash_rounds(state: &str, rounds: u64) {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g == w, "view {}: after {rounds} SIGKILL rounds, {}", ORACLE[i].0, difference(g, w));
     }
+    let (g, w) = (view(&db, "order_sessions"), session_reference(no));
+    assert!(g == w, "view order_sessions: after {rounds} SIGKILL rounds, {}", difference(&g, &w));
     eprintln!(
         "sigkill crash rounds ({state} state): {rounds} rounds in {:.1}s, {} + {} batches of {ROWS} rows acknowledged, {spilled} groups spilled at the last reopen, views equal the oracle ({} + {} rows)",
         t0.elapsed().as_secs_f64(),
