@@ -587,6 +587,13 @@ fn click_views(db: &Database) -> Vec<Vec<String>> {
     CLICK_VIEWS.iter().map(|(name, _)| view(db, name)).collect()
 }
 
+/// Every click view equals `want`, or a short account of the first that does not.
+fn assert_click_views(got: &[Vec<String>], want: &[Vec<String>], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g == w, "{what}: view {}: {}", CLICK_VIEWS[i].0, difference(g, w));
+    }
+}
+
 fn push_clicks(db: &Database, a: u64, b: u64) {
     let mut w = db.writer("clicks").unwrap();
     for i in a..b {
@@ -655,24 +662,21 @@ fn session_windows_checkpoint_and_recover_exactly() {
             let n = clicks_progress(&db);
             if level == "wal" {
                 assert_eq!(n, at + 3);
-                assert_eq!(click_views(&db), before, "{level}/{at}: views after recovery");
+                assert_click_views(&click_views(&db), &before, &format!("{level}/{at}: after recovery"));
             } else {
                 assert_eq!(n, at);
-                assert_eq!(click_views(&db), at_checkpoint, "{level}/{at}: views after recovery");
+                assert_click_views(&click_views(&db), &at_checkpoint, &format!("{level}/{at}: after recovery"));
             }
             push_clicks(&db, n, N);
             db.writer("clicks").unwrap().finish().unwrap();
             db.flush().unwrap();
-            let got = click_views(&db);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(g == w, "{level}/{at}: view {}: {}", CLICK_VIEWS[i].0, difference(g, w));
-            }
+            assert_click_views(&click_views(&db), &want, &format!("{level}/{at}: at the end"));
             // The close checkpoint succeeds too: the next open replays nothing.
             db.close();
             let db = open(&dir, level, "0");
             let info = db.recovery().unwrap();
             assert_eq!((info.epoch, info.records_replayed), (Some(2), 0), "{level}/{at}: {info:?}");
-            assert_eq!(click_views(&db), want, "{level}/{at}: after a clean close");
+            assert_click_views(&click_views(&db), &want, &format!("{level}/{at}: after a clean close"));
             db.close();
             let _ = std::fs::remove_dir_all(&dir);
         }
@@ -700,7 +704,7 @@ fn checkpoint_durability_keeps_rows_before_a_periodic_checkpoint_with_a_session_
     db.close_abruptly();
     let db = open(&dir, "checkpoint", "0");
     assert_eq!(clicks_progress(&db), 5);
-    assert_eq!(click_views(&db), before);
+    assert_click_views(&click_views(&db), &before, "after recovery");
     assert!(!view(&db, "ticks").is_empty());
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
@@ -835,15 +839,16 @@ fn crash_rounds(state: &str, rounds: u64) {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g == w, "view {}: after {rounds} SIGKILL rounds, {}", ORACLE[i].0, difference(g, w));
     }
-    let (g, w) = (view(&db, "order_sessions"), session_reference(no));
-    assert!(g == w, "view order_sessions: after {rounds} SIGKILL rounds, {}", difference(&g, &w));
+    let (g, sessions) = (view(&db, "order_sessions"), session_reference(no));
+    assert!(g == sessions, "view order_sessions: after {rounds} SIGKILL rounds, {}", difference(&g, &sessions));
     eprintln!(
-        "sigkill crash rounds ({state} state): {rounds} rounds in {:.1}s, {} + {} batches of {ROWS} rows acknowledged, {spilled} groups spilled at the last reopen, views equal the oracle ({} + {} rows)",
+        "sigkill crash rounds ({state} state): {rounds} rounds in {:.1}s, {} + {} batches of {ROWS} rows acknowledged, {spilled} groups spilled at the last reopen, views equal the oracle ({} + {} rows), sessions an in-memory run ({} rows)",
         t0.elapsed().as_secs_f64(),
         acked.0,
         acked.1,
         want[0].len(),
-        want[1].len()
+        want[1].len(),
+        sessions.len()
     );
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
