@@ -22,7 +22,7 @@ use datafusion::arrow::array::{
     new_empty_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, TimestampMicrosecondArray, UInt32Array,
 };
 use datafusion::arrow::compute::{concat_batches, filter, take};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -97,7 +97,7 @@ impl SessionAggregate {
     }
 
     /// Every aggregate's state fields, one after another.
-    fn state_fields(&self) -> Result<Vec<datafusion::arrow::datatypes::FieldRef>> {
+    fn state_fields(&self) -> Result<Vec<FieldRef>> {
         let mut out = vec![];
         for a in &self.aggs {
             out.extend(a.expr.state_fields()?);
@@ -389,8 +389,9 @@ impl Operator for SessionAggregate {
     ///    to be retracted), `__start`, `__end` and the aggregate values `__value{i}`;
     /// 3. closed sessions an on-time row could still overlap: `__key{i}`, `__start`, `__end`.
     ///
-    /// Keys come in the order of their row format, so equal state gives equal batches (and an
-    /// unchanged stream is not written again by the next checkpoint).
+    /// Keys come in a fixed order (that of their row format), not the hash map's, so a stream
+    /// whose sessions did not change usually snapshots to the same bytes (and the next
+    /// checkpoint need not write it again).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         let state_fields = self.state_fields()?;
         let mut order: Vec<Vec<u8>> = self.keys.keys().cloned().collect();
