@@ -10,13 +10,19 @@
 //! Lateness: a row is late when `ts + gap + allowed_lateness <= watermark` (decided upstream by
 //! window assignment) or when its interval overlaps a session of its key that has already closed
 //! (it cannot join it any more); both are counted and routed like other late rows.
+//!
+//! State (`snapshot`/`restore`, and so checkpoints): the watermark, every open session (key,
+//! bounds, accumulator states, whether it changed since it was last emitted), the rows already
+//! emitted for it and those still to retract, and the closed sessions' bounds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Int64Array, TimestampMicrosecondArray, UInt32Array};
+use datafusion::arrow::array::{
+    new_empty_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, TimestampMicrosecondArray, UInt32Array,
+};
 use datafusion::arrow::compute::{concat_batches, filter, take};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -25,7 +31,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::aggregate::{AggSpec, GroupCol};
 use super::{OpCtx, Operator, NO_WATERMARK};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sql::EmitMode;
 
 struct Session {
@@ -88,6 +94,15 @@ impl SessionAggregate {
             keys: HashMap::new(),
             watermark: NO_WATERMARK,
         })
+    }
+
+    /// Every aggregate's state fields, one after another.
+    fn state_fields(&self) -> Result<Vec<FieldRef>> {
+        let mut out = vec![];
+        for a in &self.aggs {
+            out.extend(a.expr.state_fields()?);
+        }
+        Ok(out)
     }
 
     fn changelog(&self) -> bool {
@@ -364,8 +379,192 @@ impl Operator for SessionAggregate {
         self.concat(out)
     }
 
+    /// Four batches:
+    /// 0. `__watermark`: one row, the watermark this operator last saw;
+    /// 1. open sessions: key columns `__key{i}`, `__start`, `__end`, `__dirty` (changed since it
+    ///    was last emitted), then every accumulator's state columns `__state{j}`
+    ///    (`Accumulator::state`), in the order of the aggregates;
+    /// 2. rows emitted for open sessions: `__session` (its row in batch 1), `__retract` (false:
+    ///    the row last emitted for that session; true: a row of a session merged into it, still
+    ///    to be retracted), `__start`, `__end` and the aggregate values `__value{i}`;
+    /// 3. closed sessions an on-time row could still overlap: `__key{i}`, `__start`, `__end`.
+    ///
+    /// Keys come in a fixed order (that of their row format), not the hash map's, so a stream
+    /// whose sessions did not change usually snapshots to the same bytes (and the next
+    /// checkpoint need not write it again).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
-        Err(crate::error::Error::not_implemented("snapshots of SESSION window state are not available yet"))
+        let state_fields = self.state_fields()?;
+        let mut order: Vec<Vec<u8>> = self.keys.keys().cloned().collect();
+        order.sort_unstable();
+        let (mut skeys, mut starts, mut ends, mut dirty) = (vec![], vec![], vec![], vec![]);
+        let mut states: Vec<Vec<ScalarValue>> = vec![vec![]; state_fields.len()];
+        let (mut e_session, mut e_retract, mut e_start, mut e_end) = (vec![], vec![], vec![], vec![]);
+        let mut e_values: Vec<Vec<ScalarValue>> = vec![vec![]; self.aggs.len()];
+        let (mut ckeys, mut cstarts, mut cends) = (vec![], vec![], vec![]);
+        for k in &order {
+            let Some(ks) = self.keys.get_mut(k) else { continue };
+            for s in ks.sessions.iter_mut() {
+                let index = starts.len() as i64;
+                skeys.extend(ks.key.clone());
+                starts.push(s.start);
+                ends.push(s.end);
+                dirty.push(s.dirty);
+                let mut col = 0;
+                for (acc, spec) in s.accs.iter_mut().zip(&self.aggs) {
+                    // `state` may consume what it reports: the session goes on with an
+                    // accumulator rebuilt from it.
+                    let st = acc.state()?;
+                    let arrays = st.iter().map(|v| v.to_array()).collect::<datafusion::error::Result<Vec<_>>>()?;
+                    let mut fresh = spec.expr.create_accumulator()?;
+                    fresh.merge_batch(&arrays)?;
+                    *acc = fresh;
+                    for v in st {
+                        let Some(column) = states.get_mut(col) else {
+                            return Err(Error::internal(format!("the accumulator of {} reports more state than its {} declared fields", spec.expr.name(), state_fields.len())));
+                        };
+                        column.push(v);
+                        col += 1;
+                    }
+                }
+                if col != state_fields.len() {
+                    return Err(Error::internal(format!("the session accumulators report {col} state values, their aggregates declare {}", state_fields.len())));
+                }
+                let emitted = s.emitted.iter().map(|e| (false, e)).chain(s.retract.iter().map(|e| (true, e)));
+                for (retract, (a, b, vals)) in emitted {
+                    e_session.push(index);
+                    e_retract.push(retract);
+                    e_start.push(*a);
+                    e_end.push(*b);
+                    for (column, v) in e_values.iter_mut().zip(vals) {
+                        column.push(v.clone());
+                    }
+                }
+            }
+            for &(a, b) in &ks.closed {
+                ckeys.extend(ks.key.clone());
+                cstarts.push(a);
+                cends.push(b);
+            }
+        }
+        let key_columns = |rows: &[OwnedRow]| -> Result<Vec<(Field, ArrayRef)>> {
+            if self.key_exprs.is_empty() {
+                return Ok(vec![]);
+            }
+            let cols = self.key_conv.convert_rows(rows.iter().map(|r| r.row()))?;
+            Ok(cols.into_iter().enumerate().map(|(i, c)| (Field::new(format!("__key{i}"), c.data_type().clone(), true), c)).collect())
+        };
+        // Scalars of one column as an array; `empty`: its type when there are none.
+        let array = |values: Vec<ScalarValue>, empty: &DataType| -> Result<ArrayRef> {
+            if values.is_empty() {
+                Ok(new_empty_array(empty))
+            } else {
+                Ok(ScalarValue::iter_to_array(values)?)
+            }
+        };
+        let int64 = |name: &str, v: Vec<i64>| (Field::new(name, DataType::Int64, false), Arc::new(Int64Array::from(v)) as ArrayRef);
+        let boolean = |name: &str, v: Vec<bool>| (Field::new(name, DataType::Boolean, false), Arc::new(BooleanArray::from(v)) as ArrayRef);
+
+        let meta = batch(vec![int64("__watermark", vec![self.watermark])])?;
+
+        let mut cols = key_columns(&skeys)?;
+        cols.extend([int64("__start", starts), int64("__end", ends), boolean("__dirty", dirty)]);
+        for (j, (values, field)) in states.into_iter().zip(&state_fields).enumerate() {
+            let a = array(values, field.data_type())?;
+            cols.push((Field::new(format!("__state{j}"), a.data_type().clone(), true), a));
+        }
+        let sessions = batch(cols)?;
+
+        let mut cols = vec![int64("__session", e_session), boolean("__retract", e_retract), int64("__start", e_start), int64("__end", e_end)];
+        for (i, values) in e_values.into_iter().enumerate() {
+            let a = array(values, self.output_schema.field(self.layout.len() + i).data_type())?;
+            cols.push((Field::new(format!("__value{i}"), a.data_type().clone(), true), a));
+        }
+        let emitted = batch(cols)?;
+
+        let mut cols = key_columns(&ckeys)?;
+        cols.extend([int64("__start", cstarts), int64("__end", cends)]);
+        let closed = batch(cols)?;
+        Ok(vec![meta, sessions, emitted, closed])
+    }
+
+    fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
+        if state.is_empty() {
+            self.keys.clear();
+            self.watermark = NO_WATERMARK;
+            return Ok(());
+        }
+        let [meta, sessions, emitted, closed] =
+            <[RecordBatch; 4]>::try_from(state).map_err(|s| different_plan(&format!("{} batches, not the four of a SESSION window", s.len())))?;
+        let wm = int64s(&meta, "__watermark")?;
+        if wm.len() != 1 {
+            return Err(different_plan("the watermark is not one row"));
+        }
+        let watermark = wm.value(0);
+        let widths = self.aggs.iter().map(|a| Ok(a.expr.state_fields()?.len())).collect::<Result<Vec<_>>>()?;
+        let nkeys = self.key_exprs.len();
+        // Each row's key: (map key, row), checked against the key types by the row converter.
+        let keys_of = |b: &RecordBatch| -> Result<Vec<(Vec<u8>, Option<OwnedRow>)>> {
+            if nkeys == 0 {
+                return Ok(vec![(vec![], None); b.num_rows()]);
+            }
+            let cols = (0..nkeys).map(|i| column(b, &format!("__key{i}")).cloned()).collect::<Result<Vec<_>>>()?;
+            let rows = self.key_conv.convert_columns(&cols).map_err(|e| different_plan(&e.to_string()))?;
+            Ok((0..b.num_rows()).map(|r| (rows.row(r).as_ref().to_vec(), Some(rows.row(r).owned()))).collect())
+        };
+
+        // Open sessions, in the order of batch 1.
+        let (starts, ends) = (int64s(&sessions, "__start")?, int64s(&sessions, "__end")?);
+        let dirty = column(&sessions, "__dirty")?.as_boolean_opt().ok_or_else(|| different_plan("__dirty is not Boolean"))?;
+        let state_cols = (0..widths.iter().sum::<usize>()).map(|j| column(&sessions, &format!("__state{j}")).cloned()).collect::<Result<Vec<_>>>()?;
+        let mut restored: Vec<(Vec<u8>, Option<OwnedRow>, Session)> = vec![];
+        for (r, (map_key, key)) in keys_of(&sessions)?.into_iter().enumerate() {
+            let mut accs = Vec::with_capacity(self.aggs.len());
+            let mut off = 0;
+            for (spec, &w) in self.aggs.iter().zip(&widths) {
+                let st: Vec<ArrayRef> = state_cols[off..off + w].iter().map(|c| c.slice(r, 1)).collect();
+                off += w;
+                let mut acc = spec.expr.create_accumulator()?;
+                acc.merge_batch(&st).map_err(|e| different_plan(&format!("the state of {}: {e}", spec.expr.name())))?;
+                accs.push(acc);
+            }
+            let session = Session { start: starts.value(r), end: ends.value(r), accs, emitted: None, retract: vec![], dirty: dirty.value(r) };
+            restored.push((map_key, key, session));
+        }
+
+        // Rows already emitted, back to their sessions.
+        let index = int64s(&emitted, "__session")?;
+        let retract = column(&emitted, "__retract")?.as_boolean_opt().ok_or_else(|| different_plan("__retract is not Boolean"))?;
+        let (e_start, e_end) = (int64s(&emitted, "__start")?, int64s(&emitted, "__end")?);
+        let values = (0..self.aggs.len()).map(|i| column(&emitted, &format!("__value{i}")).cloned()).collect::<Result<Vec<_>>>()?;
+        for r in 0..emitted.num_rows() {
+            let s = usize::try_from(index.value(r))
+                .ok()
+                .and_then(|i| restored.get_mut(i))
+                .map(|(_, _, s)| s)
+                .ok_or_else(|| different_plan(&format!("an emitted row refers to session {}, of {}", index.value(r), sessions.num_rows())))?;
+            let vals = values.iter().map(|c| ScalarValue::try_from_array(c, r)).collect::<datafusion::error::Result<Vec<_>>>()?;
+            let row = (e_start.value(r), e_end.value(r), vals);
+            if retract.value(r) {
+                s.retract.push(row);
+            } else if s.emitted.replace(row).is_some() {
+                return Err(different_plan("a session has two last emitted rows"));
+            }
+        }
+
+        let mut keys: HashMap<Vec<u8>, KeyState> = HashMap::new();
+        for (map_key, key, session) in restored {
+            keys.entry(map_key).or_insert_with(|| KeyState { key, ..Default::default() }).sessions.push(session);
+        }
+        let (c_start, c_end) = (int64s(&closed, "__start")?, int64s(&closed, "__end")?);
+        for (r, (map_key, key)) in keys_of(&closed)?.into_iter().enumerate() {
+            keys.entry(map_key).or_insert_with(|| KeyState { key, ..Default::default() }).closed.push((c_start.value(r), c_end.value(r)));
+        }
+        for ks in keys.values_mut() {
+            ks.sessions.sort_by_key(|s| s.start);
+        }
+        self.keys = keys;
+        self.watermark = watermark;
+        Ok(())
     }
 
     fn state_size(&self) -> usize {
@@ -373,5 +572,27 @@ impl Operator for SessionAggregate {
             .values()
             .map(|k| 64 + k.sessions.iter().map(|s| 64 + s.accs.iter().map(|a| a.size()).sum::<usize>()).sum::<usize>())
             .sum()
+    }
+}
+
+/// A batch of named columns.
+fn batch(cols: Vec<(Field, ArrayRef)>) -> Result<RecordBatch> {
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = cols.into_iter().unzip();
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?)
+}
+
+fn different_plan(what: &str) -> Error {
+    Error::invalid_argument(format!("the SESSION window snapshot was taken from a different plan: {what}"))
+}
+
+fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    b.column_by_name(name).ok_or_else(|| different_plan(&format!("no column {name}")))
+}
+
+/// An Int64 column without nulls.
+fn int64s<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a Int64Array> {
+    match column(b, name)?.as_primitive_opt::<Int64Type>() {
+        Some(a) if a.null_count() == 0 => Ok(a),
+        _ => Err(different_plan(&format!("{name} is not a non-null Int64 column"))),
     }
 }
