@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../bindings/node"
 npm install --ignore-scripts --no-audit --no-fund --loglevel=error
 LAMINAR_PROFILE=dev node scripts/build.js
-node --test __test__/
+node --test --test-timeout=120000 __test__/
 node ../../examples/node/quickstart.mjs
 node bench/w1.js "${W1_EVENTS:-100000}"

@@ -1199,8 +1199,8 @@ fn salvage_skips_the_records_that_depended_on_a_lost_one() {
     let db = open_recovering(&dir, "salvage").unwrap();
     let info = db.recovery().unwrap();
     assert_eq!(info.warnings.len(), 2, "{info:?}");
-    // totals, matched and paid (over orders), and orders batches 0 and 1.
-    assert!(info.warnings[1].contains("5 intact log records after the damage could not be replayed") && info.warnings[1].contains("orders"), "{info:?}");
+    // totals, matched, paid and order_sessions (over orders), and orders batches 0 and 1.
+    assert!(info.warnings[1].contains("6 intact log records after the damage could not be replayed") && info.warnings[1].contains("orders"), "{info:?}");
     assert_eq!(db.list(laminar_core::ObjectKind::Source).unwrap(), vec!["payments".to_string()]);
     assert_eq!(rows_in(&db, "payments"), payments_rows(2));
     db.close();

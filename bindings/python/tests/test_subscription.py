@@ -178,10 +178,27 @@ def test_ctrl_c_interrupts_a_blocking_next(trades):
     db = trades
     sub = db.subscribe_stream("vol")
     main = threading.main_thread().ident
-    threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT)).start()
+    done = threading.Event()
+
+    def interrupt():
+        # SIGINT every half second until the read is interrupted (one signal can arrive before
+        # the read blocks); after 10 s, a deadline of its own: cancel, so the read returns and
+        # the test fails instead of hanging.
+        for _ in range(20):
+            if done.wait(0.5):
+                return
+            signal.pthread_kill(main, signal.SIGINT)
+        sub.cancel()
+
+    sender = threading.Thread(target=interrupt, daemon=True)
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        sub.next()
+        try:
+            sender.start()
+            sub.next()
+        finally:
+            done.set()
+    sender.join()
     assert time.monotonic() - t0 < 3
     assert sub.is_active  # the subscription survives; the read was interrupted
     sub.cancel()
