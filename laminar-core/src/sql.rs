@@ -253,6 +253,25 @@ fn check_depth(toks: &[TokenWithSpan]) -> Result<()> {
     Ok(())
 }
 
+/// A token as SQL text that reads back as the same token. sqlparser's Display writes a quoted
+/// identifier's (unescaped) value between quotes as is, so `"a"" b"` would come back as two
+/// tokens; the closing quote is doubled here.
+fn token_sql(t: &Token) -> String {
+    match t {
+        Token::Word(w) => match w.quote_style {
+            Some(q) => {
+                let close = match q {
+                    '[' => ']',
+                    c => c,
+                };
+                format!("{q}{}{close}", w.value.replace(close, &format!("{close}{close}")))
+            }
+            None => w.value.clone(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// Parses exactly one statement.
 pub fn parse_one(sql: &str) -> Result<ParsedStatement> {
     let mut v = parse_sql(sql)?;
@@ -602,7 +621,7 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<
             return Err(Error::syntax("empty element in the column list")
                 .with_position(pos_of(&c.toks[open])));
         } else {
-            column_tokens.push(e.iter().map(|t| t.token.to_string()).collect::<Vec<_>>().join(" "));
+            column_tokens.push(e.iter().map(|t| token_sql(&t.token)).collect::<Vec<_>>().join(" "));
         }
     }
     if column_tokens.is_empty() {

@@ -297,3 +297,12 @@ fn memory_limit_is_checked_inside_a_batch_that_multiplies() {
     let used: u64 = failed.split("state of ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(used < 400 << 20, "{used} bytes");
 }
+
+#[test]
+fn quoted_names_with_quotes_stay_one_name() {
+    let db = db(1);
+    db.execute(r#"CREATE SOURCE "we""ird" ("c"" BIGINT, ""d" DECIMAL(10, 2), ts TIMESTAMP)"#).unwrap();
+    let info = db.object("we\"ird").unwrap();
+    let names: Vec<&str> = info.schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, vec!["c\" BIGINT, \"d", "ts"]);
+}

@@ -1,16 +1,26 @@
 """Bad input from a careless or hostile user must not crash the interpreter, run injected SQL, or
 store a wrong value (the bad-input issue). Each test failed before its fix."""
 
+import ctypes
+
 import pyarrow as pa
 import pytest
 
 import laminardb
 
 
-def _bad_strings(offsets, data):
-    """A string array built from raw buffers without pyarrow's validation."""
+def _strings_then_corrupt(offsets, data):
+    """A valid string array over `data`, and a function that writes `offsets` over its offsets
+    buffer in place: what a buggy producer or a corrupted shared buffer hands over, past every
+    check pyarrow makes when it builds arrays, batches and tables."""
     n = len(offsets) - 1
-    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(pa.array(offsets, pa.int32()).buffers()[1]), pa.py_buffer(data)])
+    good = [0] + [min(o, len(data)) for o in sorted(offsets[1:])]
+    arr = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(pa.array(good, pa.int32()).buffers()[1]), pa.py_buffer(data)])
+
+    def corrupt():
+        ctypes.memmove(arr.buffers()[1].address, (ctypes.c_int32 * len(offsets))(*offsets), 4 * len(offsets))
+
+    return arr, corrupt
 
 
 @pytest.mark.parametrize(
@@ -27,9 +37,10 @@ def test_malformed_arrow_is_refused_naming_the_column(offsets, data, kind):
     with laminardb.open() as db:
         db.execute("CREATE SOURCE s (k VARCHAR, n BIGINT)")
         db.execute("CREATE MATERIALIZED VIEW u AS SELECT upper(k) AS uk, length(k) AS len FROM s")
-        k = _bad_strings(offsets, data)
+        k, corrupt = _strings_then_corrupt(offsets, data)
         batch = pa.RecordBatch.from_arrays([k, pa.array([1, 2])], names=["k", "n"])
         obj = pa.Table.from_batches([batch]) if kind == "table" else batch
+        corrupt()
         with pytest.raises(laminardb.LaminarError) as e:
             db.insert("s", obj)
         assert e.value.status == "INVALID_DATA", e.value
