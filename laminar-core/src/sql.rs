@@ -192,6 +192,10 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
 /// not limited by this.
 pub const MAX_EXPR_DEPTH: usize = 512;
 
+/// The most `NOT`s (or unary signs) in a row: sqlparser nests once per prefix operator and stops
+/// at its own recursion limit of 50 with a misleading message.
+const MAX_PREFIX_RUN: usize = 40;
+
 /// Refuses a statement whose expression tree could be deeper than [`MAX_EXPR_DEPTH`], before
 /// any parser builds it. An upper bound from the tokens alone: within each parenthesis level,
 /// the operators since the last comma or clause keyword, summed over the enclosing levels, plus
@@ -201,7 +205,17 @@ fn check_depth(toks: &[TokenWithSpan]) -> Result<()> {
     // (operators since the last separator, set operations and joins at this level)
     let mut levels: Vec<(usize, usize)> = vec![(0, 0)];
     let mut outer = 0usize; // the sum over all but the innermost level, plus the nesting
+    let mut prefix_run = 0usize; // NOT / unary signs in a row: the parser recurses on each
     for t in toks {
+        let prefix = matches!(&t.token, Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::NOT)
+            || (prefix_run > 0 && matches!(t.token, Token::Minus | Token::Plus));
+        prefix_run = if prefix { prefix_run + 1 } else { 0 };
+        if prefix_run > MAX_PREFIX_RUN {
+            return Err(Error::syntax(format!(
+                "more than {MAX_PREFIX_RUN} NOT (or signs) in a row: the parser nests once for each; write the expression with fewer"
+            ))
+            .with_position(pos_of(t)));
+        }
         let (is_op, is_structural, resets) = match &t.token {
             Token::Plus | Token::Minus | Token::Mul | Token::Div | Token::Mod | Token::DuckIntDiv | Token::StringConcat | Token::Eq
             | Token::DoubleEq | Token::Neq | Token::Lt | Token::Gt | Token::LtEq | Token::GtEq | Token::Spaceship | Token::Caret

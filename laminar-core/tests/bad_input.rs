@@ -306,3 +306,13 @@ fn quoted_names_with_quotes_stay_one_name() {
     let names: Vec<&str> = info.schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(names, vec!["c\" BIGINT, \"d", "ts"]);
 }
+
+#[test]
+fn deep_prefix_chains_get_a_clear_message() {
+    let db = db(1);
+    let e = db.query(&format!("SELECT {} true", "NOT ".repeat(60))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::SqlSyntax);
+    assert!(e.message().contains("NOT (or signs) in a row") && !e.message().contains("after the end of the statement"), "{e}");
+    // Forty are fine (and mean what they say).
+    assert_eq!(sorted(&db.query(&format!("SELECT {} true AS b", "NOT ".repeat(40))).unwrap()), vec!["true".to_string()]);
+}
