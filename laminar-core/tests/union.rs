@@ -4,7 +4,7 @@
 //! progress differently with out-of-order and late rows, unions of changelogs (aggregates, an
 //! outer join) with an aggregate above — plus the watermark (the minimum of the inputs), the
 //! order of a self-union, EXPLAIN, the refusals, and snapshot/restore of a stream with a union.
-//! `LAMINAR_UNION_CASES` sets the number of random cases (default 150); `LAMINAR_UNION_SEED`
+//! `LAMINAR_UNION_CASES` sets the number of random cases (default 200); `LAMINAR_UNION_SEED`
 //! replays one.
 
 mod common;
@@ -210,7 +210,8 @@ fn batch(rows: &[Row]) -> RecordBatch {
     .unwrap()
 }
 
-fn run_case(c: &Case) -> Result<(), String> {
+/// Runs one case; returns the rows of the view and the late pairs reported.
+fn run_case(c: &Case) -> Result<(usize, usize), String> {
     let mut r = SmallRng::seed_from_u64(c.seed ^ 0x2545_f491);
     let mut cfg = Config::default();
     cfg.set("workers", &c.workers.to_string()).unwrap();
@@ -347,7 +348,9 @@ fn run_case(c: &Case) -> Result<(), String> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let want = rt.block_on(async { ctx.sql(&sql.oracle).await?.collect().await }).map_err(|e| format!("oracle {}: {e}", sql.oracle))?;
-    compare(got, common::rows(&want)).map_err(|e| format!("{}\n{e}", sql.statements.join(";\n")))
+    let n = got.len();
+    compare(got, common::rows(&want)).map_err(|e| format!("{}\n{e}", sql.statements.join(";\n")))?;
+    Ok((n, late_pairs.len()))
 }
 
 fn same_value(a: &str, b: &str) -> bool {
@@ -374,24 +377,32 @@ fn compare(mut got: Vec<Vec<String>>, mut want: Vec<Vec<String>>) -> Result<(), 
 
 #[test]
 fn union_differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_UNION_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(150);
+    let cases: u64 = std::env::var("LAMINAR_UNION_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let seeds: Vec<u64> = match std::env::var("LAMINAR_UNION_SEED") {
         Ok(s) => vec![s.parse().expect("seed")],
         Err(_) => (0..cases).map(|i| 0x0A11_0000 + i).collect(),
     };
     let mut failures = vec![];
     let mut kinds: HashMap<String, usize> = HashMap::new();
+    let (mut rows, mut late) = (0, 0);
     for seed in &seeds {
         let c = gen_case(*seed);
         let shape = format!("{:?}", c.shape).split([' ', '{']).next().unwrap().to_string();
         *kinds.entry(shape).or_default() += 1;
-        if let Err(e) = run_case(&c) {
-            failures.push(format!("seed {seed} (replay: LAMINAR_UNION_SEED={seed}) {c:?}: {e}"));
+        match run_case(&c) {
+            Ok((n, l)) => {
+                rows += n;
+                late += l;
+            }
+            Err(e) => failures.push(format!("seed {seed} (replay: LAMINAR_UNION_SEED={seed}) {c:?}: {e}")),
         }
     }
     let mut k: Vec<_> = kinds.into_iter().collect();
     k.sort();
-    eprintln!("{} union cases: {k:?}", seeds.len());
+    eprintln!("{} union cases: {k:?}; {rows} result rows, {late} late pairs", seeds.len());
+    if seeds.len() >= 50 {
+        assert!(rows > 0 && late > 0, "the cases exercise results and late rows: {rows} rows, {late} late pairs");
+    }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), seeds.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
 }
 
@@ -540,5 +551,97 @@ fn union_snapshot_restore_continues_exactly() {
         let (rx, ry) = (common::sorted(&common::drain(&sx)), common::sorted(&common::drain(&sy)));
         assert!(!rx.is_empty(), "{sql}");
         assert_eq!(rx, ry, "{sql}");
+    }
+}
+
+const DURABLE_DDL: &[&str] = &[
+    "CREATE SOURCE a (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    "CREATE SOURCE b (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    // Windows assigned below the union, a windowed aggregate above it.
+    "CREATE MATERIALIZED VIEW w AS SELECT k, window_start, COUNT(*) AS n, SUM(v) AS s FROM (SELECT k, v, window_start, window_end FROM TUMBLE(a, ts, INTERVAL '2' SECOND) UNION ALL SELECT k, v * 10, window_start, window_end FROM TUMBLE(b, ts, INTERVAL '2' SECOND)) u GROUP BY k, window_start, window_end",
+    // A changelog input (an aggregate) and an append-only one, an aggregate over changelogs above.
+    "CREATE MATERIALIZED VIEW g AS SELECT k, COUNT(*) AS n, SUM(s) AS t, MAX(s) AS mx FROM (SELECT k, SUM(v) AS s FROM a GROUP BY k UNION ALL SELECT k, v FROM b WHERE v % 2 = 0) u GROUP BY k",
+    // A union stream read by a windowed view.
+    "CREATE STREAM un AS SELECT k, v, ts FROM a UNION ALL SELECT k, v, ts FROM b",
+    "CREATE MATERIALIZED VIEW h AS SELECT k, window_start, MAX(v) AS mx, COUNT(*) AS n FROM un GROUP BY k, HOP(ts, INTERVAL '1' SECOND, INTERVAL '3' SECOND)",
+];
+
+/// Batch `i` of source `s` (b runs 2 s behind a in event time; both in order, so nothing is late).
+fn durable_batch(s: usize, i: i64) -> RecordBatch {
+    let rows: Vec<(i64, i64, i64)> =
+        (0..10).map(|j| if s == 0 { (j % 5, i * 10 + j, i * 1000 + j * 100) } else { (j % 3, i + j, i * 1000 - 2000 + j * 90) }).collect();
+    common::kvt(&rows.iter().map(|r| (r.0, r.1, r.2.max(0))).collect::<Vec<_>>())
+}
+
+fn durable_push(db: &Database, from: i64, to: i64) {
+    let (mut wa, mut wb) = (db.writer("a").unwrap(), db.writer("b").unwrap());
+    for i in from..to {
+        wa.write(durable_batch(0, i)).unwrap();
+        wb.write(durable_batch(1, i)).unwrap();
+    }
+    db.flush().unwrap();
+}
+
+fn durable_views(db: &Database) -> Vec<Vec<String>> {
+    ["w", "g", "h"].iter().map(|v| common::sorted(&db.query(&format!("SELECT * FROM {v}")).unwrap())).collect()
+}
+
+fn durable_finish(db: &Database) {
+    db.writer("a").unwrap().finish().unwrap();
+    db.writer("b").unwrap().finish().unwrap();
+    db.flush().unwrap();
+}
+
+/// A database whose streams have unions (stateful operators below and above them) checkpoints and
+/// recovers: after a crash its views are those at the checkpoint (durability 'checkpoint') or at
+/// the crash (`wal`), and the rest of the input brings them to the uninterrupted run's result.
+#[test]
+fn streams_with_unions_checkpoint_and_recover_exactly() {
+    const N: i64 = 12;
+    let reference = {
+        let db = common::db(2);
+        for d in DURABLE_DDL {
+            db.execute(d).unwrap();
+        }
+        durable_push(&db, 0, N);
+        durable_finish(&db);
+        durable_views(&db)
+    };
+    assert!(reference.iter().all(|v| !v.is_empty()));
+    for level in ["wal", "checkpoint"] {
+        let dir = common::tmpdir(&format!("union-{level}"));
+        let open = || {
+            let mut c = Config::default();
+            c.set("durability", level).unwrap();
+            c.set("checkpoint_interval", "0").unwrap();
+            c.set("workers", "2").unwrap();
+            Database::open(dir.to_str().unwrap(), c).unwrap()
+        };
+        let db = open();
+        for d in DURABLE_DDL {
+            db.execute(d).unwrap();
+        }
+        durable_push(&db, 0, 5);
+        db.checkpoint().unwrap();
+        let at_checkpoint = durable_views(&db);
+        durable_push(&db, 5, 8);
+        let before = durable_views(&db);
+        db.close_abruptly();
+
+        let db = open();
+        let info = db.recovery().unwrap();
+        assert!(info.warnings.is_empty(), "{level}: {info:?}");
+        let resumed = if level == "wal" {
+            assert_eq!(durable_views(&db), before, "{level}: after recovery");
+            8
+        } else {
+            assert_eq!(durable_views(&db), at_checkpoint, "{level}: after recovery");
+            5
+        };
+        durable_push(&db, resumed, N);
+        durable_finish(&db);
+        assert_eq!(durable_views(&db), reference, "{level}: at the end");
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
