@@ -1,9 +1,12 @@
-//! `UNION ALL` of streams (DESIGN §3): differential cases against DataFusion batch SQL over the
-//! same rows — two and three inputs with filters and projections in each branch, an aggregate
-//! above a union, a windowed aggregate (TUMBLE/HOP) above a union of sources whose watermarks
-//! progress differently with out-of-order and late rows, unions of changelogs (aggregates, an
-//! outer join) with an aggregate above — plus the watermark (the minimum of the inputs), the
-//! order of a self-union, EXPLAIN, the refusals, and snapshot/restore of a stream with a union.
+//! `UNION ALL` of streams: differential cases against DataFusion batch SQL over the same rows —
+//! two and three inputs (nested or not, a source read twice) with filters and projections in each
+//! branch, an aggregate above a union, a windowed aggregate (TUMBLE/HOP, EMIT ON WINDOW CLOSE or
+//! CHANGES) above a union of sources whose watermarks progress differently with out-of-order and
+//! late rows (windows assigned in each branch, over a union stream, or per-branch windowed
+//! aggregates united), unions of changelogs (aggregates, an outer join) with an aggregate above,
+//! a union as a join input — plus the watermark (the minimum of the inputs), the order of a
+//! self-union, EXPLAIN, the refusals, snapshot/restore and checkpoint recovery of streams with
+//! unions.
 //! `LAMINAR_UNION_CASES` sets the number of random cases (default 200); `LAMINAR_UNION_SEED`
 //! replays one.
 
@@ -29,6 +32,13 @@ enum Win {
     Hop(i64, i64),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WinMode {
+    Tvf,
+    Stream,
+    Aggregates,
+}
+
 #[derive(Debug, Clone)]
 enum Shape {
     /// The union itself into a view: `n` inputs (the third possibly the first source again),
@@ -36,9 +46,12 @@ enum Shape {
     Plain { n: usize, nested: bool, self_union: bool },
     /// A non-windowed GROUP BY (EMIT CHANGES) above the union.
     AggAbove { n: usize },
-    /// A windowed aggregate above the union: windows assigned in each branch (`tvf`) or over a
-    /// union stream read by a second stream.
-    Windowed { n: usize, win: Win, tvf: bool, changes: bool },
+    /// A windowed aggregate above the union: windows assigned in each branch (`Tvf`), over a
+    /// union stream read by a second stream (`Stream`), or over a union of per-branch windowed
+    /// aggregates (`Aggregates`, Nexmark q5's shape).
+    Windowed { n: usize, win: Win, mode: WinMode, changes: bool },
+    /// The union as an input of a join (regular or interval), on the left or the right.
+    JoinAbove { bounded: bool, left: bool },
     /// Inputs that are changelogs (GROUP BY aggregates), possibly mixed with an append-only one,
     /// with an aggregate above.
     Changelogs { mixed: bool },
@@ -72,9 +85,12 @@ fn gen_case(seed: u64) -> Case {
                 let slide = [1000, 2000][r.random_range(0..2)];
                 Win::Hop(slide, slide * r.random_range(1..4) + [0, 500][r.random_range(0..2)])
             };
-            Shape::Windowed { n, win, tvf: r.random_bool(0.5), changes: r.random_range(0..4) == 0 }
+            let mode = [WinMode::Tvf, WinMode::Stream, WinMode::Aggregates][r.random_range(0..3)];
+            // EMIT applies to every aggregate of a query: the inner ones of `Aggregates` close.
+            Shape::Windowed { n, win, mode, changes: mode != WinMode::Aggregates && r.random_range(0..4) == 0 }
         }
         7 | 8 => Shape::Changelogs { mixed: r.random_bool(0.5) },
+        9 if r.random_bool(0.5) => Shape::JoinAbove { bounded: r.random_bool(0.5), left: r.random_bool(0.5) },
         _ => Shape::OuterJoin { jt: ["LEFT", "RIGHT", "FULL"][r.random_range(0..3)], agg: r.random_bool(0.5) },
     };
     let filters = (0..3).map(|_| FILTERS[r.random_range(0..FILTERS.len())]).collect();
@@ -141,7 +157,31 @@ fn sql_of(c: &Case) -> Sql {
             );
             Sql { statements: vec![format!("CREATE MATERIALIZED VIEW out AS {q}")], oracle: q, late: false }
         }
-        Shape::Windowed { n, win, tvf, changes } => {
+        Shape::Windowed { n, win, mode: WinMode::Aggregates, .. } => {
+            let tumble = |i: usize| match win {
+                Win::Tumble(s) => format!("TUMBLE(ts, {})", iv(*s)),
+                Win::Hop(sl, sz) => format!("HOP(ts, {}, {})", iv(*sl), iv(*sz)),
+            };
+            let b = (0..*n)
+                .map(|i| format!("SELECT k, window_start, window_end, COUNT(*) AS c, SUM({}) AS sv FROM {}{} GROUP BY k, {}", c.exprs[i], src(i), wher(c.filters[i]), tumble(i)))
+                .collect::<Vec<_>>();
+            let ob = (0..*n)
+                .map(|i| {
+                    let f = if c.filters[i].is_empty() { String::new() } else { format!(" AND ({})", c.filters[i]) };
+                    format!("SELECT k, ws, we, COUNT(*) AS c, SUM({}) AS sv FROM t WHERE src = {i}{f} GROUP BY k, ws, we", c.exprs[i])
+                })
+                .collect::<Vec<_>>();
+            let outer = "SUM(c) AS total, MAX(c) AS mx, COUNT(*) AS n, SUM(sv) AS s";
+            Sql {
+                statements: vec![format!(
+                    "CREATE MATERIALIZED VIEW out AS SELECT window_start, window_end, {outer} FROM ({}) u GROUP BY window_start, window_end LATE DATA TO late",
+                    b.join(" UNION ALL ")
+                )],
+                oracle: format!("SELECT ws AS window_start, we AS window_end, {outer} FROM ({}) u GROUP BY ws, we", ob.join(" UNION ALL ")),
+                late: true,
+            }
+        }
+        Shape::Windowed { n, win, mode, changes } => {
             let aggs = "COUNT(*) AS c, COUNT(v) AS cv, SUM(v) AS s, MAX(v) AS mx, MIN(id) AS mi";
             let emit = if *changes { "EMIT CHANGES" } else { "EMIT ON WINDOW CLOSE" };
             let oracle_branches = (0..*n)
@@ -155,7 +195,7 @@ fn sql_of(c: &Case) -> Sql {
                 Win::Tumble(s) => format!("TUMBLE(ts, {})", iv(*s)),
                 Win::Hop(sl, sz) => format!("HOP(ts, {}, {})", iv(*sl), iv(*sz)),
             };
-            let statements = if *tvf {
+            let statements = if *mode == WinMode::Tvf {
                 let tvf = |i: usize| match win {
                     Win::Tumble(s) => format!("TUMBLE({}, ts, {})", src(i), iv(*s)),
                     Win::Hop(sl, sz) => format!("HOP({}, ts, {}, {})", src(i), iv(*sl), iv(*sz)),
@@ -184,6 +224,13 @@ fn sql_of(c: &Case) -> Sql {
             let q = format!(
                 "SELECT g, COUNT(*) AS n, SUM(c) AS s, MIN(mx) AS mn, MAX(mx) AS mx, AVG(c) AS av FROM ({first} UNION ALL {second}) u GROUP BY g"
             );
+            Sql { statements: vec![format!("CREATE MATERIALIZED VIEW out AS {q}")], oracle: q, late: false }
+        }
+        Shape::JoinAbove { bounded, left } => {
+            let u = branches(c, 2, &src, ", ts").join(" UNION ALL ");
+            let cond = if *bounded { format!(" AND m.ts BETWEEN u.ts - {} AND u.ts + {}", iv(1000), iv(2000)) } else { String::new() };
+            let from = if *left { format!("({u}) u JOIN c m ON u.k = m.k{cond}") } else { format!("c m JOIN ({u}) u ON m.k = u.k{cond}") };
+            let q = format!("SELECT u.id, u.k, u.v, m.id AS mid, m.v AS mv FROM {from}");
             Sql { statements: vec![format!("CREATE MATERIALIZED VIEW out AS {q}")], oracle: q, late: false }
         }
         Shape::OuterJoin { jt, agg } => {
@@ -241,7 +288,7 @@ fn run_case(c: &Case) -> Result<(usize, usize), String> {
         for _ in 0..n {
             t += r.random_range(0..500);
             let mut ts = t - r.random_range(0..2500);
-            if r.random_range(0..20) == 0 {
+            if r.random_range(0..20) == 0 && !matches!(c.shape, Shape::JoinAbove { .. }) {
                 ts -= r.random_range(3000..15000);
                 behind.insert(id);
             }
