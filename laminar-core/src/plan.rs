@@ -6,8 +6,9 @@
 //! 2. DataFusion plans and type-checks the query (its analyzer, not its optimizer, so the plan keeps
 //!    the shape of the SQL).
 //! 3. The logical plan is lowered bottom-up: windowed scan → `WindowAssign`; Filter/Projection →
-//!    `Stateless`; Aggregate → `Aggregate` or `SessionAggregate`. Expressions are compiled to
-//!    DataFusion `PhysicalExpr`s here, once.
+//!    `Stateless`; Aggregate → `Aggregate` or `SessionAggregate`; Join → a join node; Union → a
+//!    `UnionAll` node over all its inputs. Expressions are compiled to DataFusion `PhysicalExpr`s
+//!    here, once.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -692,3 +692,20 @@ fn streams_with_unions_checkpoint_and_recover_exactly() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// A table's changelog (upserts retract the old row, deletes retract) united with a source.
+#[test]
+fn union_of_a_table_and_a_source() {
+    let db = common::db(1);
+    db.execute("CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL)").unwrap();
+    db.execute("CREATE TABLE t (k BIGINT PRIMARY KEY, v BIGINT)").unwrap();
+    db.execute("CREATE MATERIALIZED VIEW m AS SELECT k, v FROM t UNION ALL SELECT k, v FROM s WHERE v > 0").unwrap();
+    db.execute("CREATE MATERIALIZED VIEW n AS SELECT k, COUNT(*) AS c, SUM(v) AS sv FROM (SELECT k, v FROM t UNION ALL SELECT k, v FROM s) u GROUP BY k").unwrap();
+    db.execute("INSERT INTO t VALUES (1, 10), (2, 20)").unwrap();
+    db.writer("s").unwrap().write(common::kvt(&[(1, 5, 0), (3, 0, 0)])).unwrap();
+    db.execute("INSERT INTO t VALUES (1, 11)").unwrap();
+    db.execute("DELETE FROM t WHERE k = 2").unwrap();
+    db.flush().unwrap();
+    assert_eq!(common::sorted(&db.query("SELECT * FROM m").unwrap()), vec!["1|11", "1|5"]);
+    assert_eq!(common::sorted(&db.query("SELECT * FROM n").unwrap()), vec!["1|2|16", "3|1|0"]);
+}
