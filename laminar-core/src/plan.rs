@@ -714,12 +714,8 @@ impl Lowerer<'_> {
         let weighted = kind == StreamKind::Changelog;
         // What holds for every input holds for the union: the watermark-tracking column, the
         // window columns (same positions and kind).
-        let same = |f: &dyn Fn(&Lowered) -> Option<(usize, usize, Option<WindowKind>)>| {
-            let first = f(&ins[0])?;
-            ins.iter().all(|l| f(l) == Some(first)).then_some(first)
-        };
-        let time = if weighted { None } else { same(&|l| l.time.map(|t| (t, t, None))).map(|(t, _, _)| t) };
-        let window = same(&|l| l.window.map(|(a, b, k)| (a, b, Some(k)))).and_then(|(a, b, k)| k.map(|k| (a, b, k)));
+        let time = if weighted { None } else { ins[0].time.filter(|t| ins.iter().all(|l| l.time == Some(*t))) };
+        let window = ins[0].window.filter(|w| ins.iter().all(|l| l.window == Some(*w)));
         // Late rows of every windowed input go to one place: only when they have one shape.
         let lates: Vec<&SchemaRef> = ins.iter().filter_map(|l| l.late_schema.as_ref()).collect();
         let late_schema = match lates.first() {

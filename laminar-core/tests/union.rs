@@ -158,12 +158,12 @@ fn sql_of(c: &Case) -> Sql {
             Sql { statements: vec![format!("CREATE MATERIALIZED VIEW out AS {q}")], oracle: q, late: false }
         }
         Shape::Windowed { n, win, mode: WinMode::Aggregates, .. } => {
-            let tumble = |i: usize| match win {
+            let group = match win {
                 Win::Tumble(s) => format!("TUMBLE(ts, {})", iv(*s)),
                 Win::Hop(sl, sz) => format!("HOP(ts, {}, {})", iv(*sl), iv(*sz)),
             };
             let b = (0..*n)
-                .map(|i| format!("SELECT k, window_start, window_end, COUNT(*) AS c, SUM({}) AS sv FROM {}{} GROUP BY k, {}", c.exprs[i], src(i), wher(c.filters[i]), tumble(i)))
+                .map(|i| format!("SELECT k, window_start, window_end, COUNT(*) AS c, SUM({}) AS sv FROM {}{} GROUP BY k, {}", c.exprs[i], src(i), wher(c.filters[i]), group))
                 .collect::<Vec<_>>();
             let ob = (0..*n)
                 .map(|i| {

@@ -30,7 +30,7 @@ impl UnionAll {
         if let Some(k) = inputs.iter().find(|k| !matches!(k, StreamKind::AppendOnly | StreamKind::Changelog)) {
             return Err(Error::internal(format!("a union input is a {k} stream")));
         }
-        if inputs.iter().any(|k| *k == StreamKind::Changelog) && !weighted {
+        if inputs.contains(&StreamKind::Changelog) && !weighted {
             return Err(Error::internal("a union of a changelog must be a changelog"));
         }
         Ok(UnionAll { inputs, schema, weighted })
