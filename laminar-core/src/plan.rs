@@ -720,6 +720,11 @@ impl Lowerer<'_> {
         let lates: Vec<&SchemaRef> = ins.iter().filter_map(|l| l.late_schema.as_ref()).collect();
         let late_schema = match lates.first() {
             Some(s) if lates.iter().all(|x| x == s) => Some((*s).clone()),
+            Some(_) if self.opts.keep_all_columns => {
+                return Err(Error::plan(
+                    "LATE DATA TO needs the windowed inputs of UNION ALL to have the same columns: their late rows go to one stream",
+                ));
+            }
             _ => None,
         };
         let aggregated = ins.iter().any(|l| l.aggregated);

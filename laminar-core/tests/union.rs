@@ -552,7 +552,8 @@ fn union_coerces_types_and_union_distinct_deduplicates() {
     assert_eq!(common::sorted(&db.query("SELECT * FROM d").unwrap()), vec!["1", "2", "3"]);
 }
 
-/// Refusals: an upsert input (NOT_IMPLEMENTED, says to emit CHANGES); inputs of different widths.
+/// Refusals: an upsert input (NOT_IMPLEMENTED, says to emit CHANGES); inputs of different widths;
+/// LATE DATA TO over windowed inputs of different shapes; unaggregated session windows.
 #[test]
 fn union_refuses_upsert_inputs_clearly() {
     let db = common::db(1);
@@ -563,6 +564,18 @@ fn union_refuses_upsert_inputs_clearly() {
     assert!(e.message().contains("upsert") && e.message().contains("CHANGES"), "{e}");
     let e = db.execute("CREATE STREAM x AS SELECT k, v FROM a UNION ALL SELECT k FROM b").unwrap_err();
     assert_ne!(e.kind(), ErrorKind::Internal, "{e}");
+    // Late rows of windowed inputs go to one stream: they must have one shape.
+    db.execute("CREATE SOURCE c (k BIGINT NOT NULL, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts)").unwrap();
+    let q = "SELECT k, window_start, COUNT(*) AS n FROM (SELECT k, window_start, window_end FROM TUMBLE(a, ts, INTERVAL '1' SECOND) UNION ALL SELECT k, window_start, window_end FROM TUMBLE(c, ts, INTERVAL '1' SECOND)) u GROUP BY k, window_start, window_end";
+    let e = db.execute(&format!("CREATE STREAM x AS {q} LATE DATA TO late")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Plan, "{e}");
+    assert!(e.message().contains("same columns"), "{e}");
+    db.execute(&format!("CREATE STREAM x AS {q}")).unwrap();
+    // A session window's bounds are known only after its aggregate.
+    let e = db
+        .execute("CREATE STREAM y AS SELECT k, window_start FROM SESSION(a, ts, INTERVAL '1' SECOND) UNION ALL SELECT k, window_start FROM SESSION(b, ts, INTERVAL '1' SECOND)")
+        .unwrap_err();
+    assert!(e.message().contains("session window bounds"), "{e}");
 }
 
 /// A stream with a union between stateful operators (windows below, a changelog aggregate
