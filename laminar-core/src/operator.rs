@@ -25,6 +25,7 @@ pub(crate) mod over;
 pub(crate) mod retract;
 pub(crate) mod session;
 pub(crate) mod stateless;
+pub(crate) mod union;
 pub(crate) mod window;
 
 use std::time::Duration;

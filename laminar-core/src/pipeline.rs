@@ -1,11 +1,13 @@
 //! The operator tree of one continuous query.
 //!
-//! A query is a tree: leaves read a source or stream, a join node combines two subtrees, and each
-//! node has a chain of operators on top. A batch of input `x` enters every leaf that reads `x`
-//! (a self-join reads it twice: left first, then right, which is what makes the delta of a join
-//! exact), flows up through its chain, into the join above (as that join's left or right input),
+//! A query is a tree: leaves read a source or stream, a join node combines two subtrees, a union
+//! node any number of them, and each node has a chain of operators on top. A batch of input `x`
+//! enters every leaf that reads `x` (a self-join reads it twice: left first, then right, which is
+//! what makes the delta of a join exact; a self-union likewise passes it once per input, in input
+//! order), flows up through its chain, into the join or union above (as that node's input `i`),
 //! and so on to the root. Watermarks visit children before their parents, so the rows a window
-//! close releases below a join reach it before the join evicts state at the same watermark.
+//! close releases below a join reach it before the join evicts state at the same watermark. The
+//! query has one watermark, the minimum over every relation it reads (joins and unions alike).
 
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -15,6 +17,8 @@ use crate::operator::{OpCtx, Operator};
 pub(crate) enum NodeInput {
     Relation(String),
     Join { join: Box<dyn Operator>, left: Box<Node>, right: Box<Node> },
+    /// `UNION ALL`: the output of input `i` enters `union` as its side `i`.
+    Union { union: Box<dyn Operator>, inputs: Vec<Node> },
 }
 
 pub(crate) struct Node {
@@ -86,6 +90,7 @@ impl Node {
                 v.extend(right.inputs());
                 v
             }
+            NodeInput::Union { inputs, .. } => inputs.iter().flat_map(|n| n.inputs()).collect(),
         }
     }
 
@@ -107,6 +112,15 @@ impl Node {
                 let r = right.process(from, batch, ctx)?;
                 for b in r {
                     out.extend(join.process_side(1, b, ctx)?);
+                }
+                out
+            }
+            NodeInput::Union { union, inputs } => {
+                let mut out = vec![];
+                for (i, n) in inputs.iter_mut().enumerate() {
+                    for b in n.process(from, batch, ctx)? {
+                        out.extend(union.process_side(i, b, ctx)?);
+                    }
                 }
                 out
             }
@@ -138,6 +152,16 @@ impl Node {
                 rows.extend(f(join.as_mut(), ctx)?);
                 run_all(&mut self.ops, rows, ctx)?
             }
+            NodeInput::Union { union, inputs } => {
+                let mut rows = vec![];
+                for (i, n) in inputs.iter_mut().enumerate() {
+                    for b in n.react(ctx, f)? {
+                        rows.extend(union.process_side(i, b, ctx)?);
+                    }
+                }
+                rows.extend(f(union.as_mut(), ctx)?);
+                run_all(&mut self.ops, rows, ctx)?
+            }
         };
         out.extend(react(&mut self.ops, ctx, f)?);
         Ok(out)
@@ -146,10 +170,19 @@ impl Node {
     /// Every operator, children before parents (a stable order for snapshots).
     pub(crate) fn operators(&self) -> Vec<&dyn Operator> {
         let mut v: Vec<&dyn Operator> = vec![];
-        if let NodeInput::Join { join, left, right } = &self.input {
-            v.extend(left.operators());
-            v.extend(right.operators());
-            v.push(join.as_ref());
+        match &self.input {
+            NodeInput::Relation(_) => {}
+            NodeInput::Join { join, left, right } => {
+                v.extend(left.operators());
+                v.extend(right.operators());
+                v.push(join.as_ref());
+            }
+            NodeInput::Union { union, inputs } => {
+                for n in inputs {
+                    v.extend(n.operators());
+                }
+                v.push(union.as_ref());
+            }
         }
         v.extend(self.ops.iter().map(|o| o.as_ref()));
         v
@@ -158,10 +191,19 @@ impl Node {
     pub(crate) fn operators_mut(&mut self) -> Vec<&mut dyn Operator> {
         let mut v: Vec<&mut dyn Operator> = vec![];
         let Node { input, ops } = self;
-        if let NodeInput::Join { join, left, right } = input {
-            v.extend(left.operators_mut());
-            v.extend(right.operators_mut());
-            v.push(join.as_mut());
+        match input {
+            NodeInput::Relation(_) => {}
+            NodeInput::Join { join, left, right } => {
+                v.extend(left.operators_mut());
+                v.extend(right.operators_mut());
+                v.push(join.as_mut());
+            }
+            NodeInput::Union { union, inputs } => {
+                for n in inputs {
+                    v.extend(n.operators_mut());
+                }
+                v.push(union.as_mut());
+            }
         }
         v.extend(ops.iter_mut().map(|o| o.as_mut() as &mut dyn Operator));
         v
@@ -180,6 +222,12 @@ impl Node {
                 lines.push(format!("{}{}", "  ".repeat(d), join.explain()));
                 left.explain(d + 1, lines);
                 right.explain(d + 1, lines);
+            }
+            NodeInput::Union { union, inputs } => {
+                lines.push(format!("{}{}", "  ".repeat(d), union.explain()));
+                for n in inputs {
+                    n.explain(d + 1, lines);
+                }
             }
         }
     }

@@ -6,8 +6,9 @@
 //! 2. DataFusion plans and type-checks the query (its analyzer, not its optimizer, so the plan keeps
 //!    the shape of the SQL).
 //! 3. The logical plan is lowered bottom-up: windowed scan → `WindowAssign`; Filter/Projection →
-//!    `Stateless`; Aggregate → `Aggregate` or `SessionAggregate`. Expressions are compiled to
-//!    DataFusion `PhysicalExpr`s here, once.
+//!    `Stateless`; Aggregate → `Aggregate` or `SessionAggregate`; Join → a join node; Union → a
+//!    `UnionAll` node over all its inputs. Expressions are compiled to DataFusion `PhysicalExpr`s
+//!    here, once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -661,9 +662,81 @@ impl Lowerer<'_> {
             LogicalPlan::Limit(_) => Err(Error::plan("LIMIT is not supported in a continuous query")),
             LogicalPlan::Join(j) => self.lower_join(j),
             LogicalPlan::Window(w) => self.lower_over(w),
-            LogicalPlan::Union(_) => Err(Error::not_implemented("UNION in continuous queries is not available yet")),
+            LogicalPlan::Union(u) => self.lower_union(u),
             other => Err(Error::plan(format!("a continuous query cannot contain {}", other.display()))),
         }
+    }
+
+    /// `UNION ALL` of any number of inputs (`UNION` is DataFusion's DISTINCT over it, lowered as
+    /// `SELECT DISTINCT`). Append-only when every input is; a changelog when any input is (the
+    /// append-only ones then insert with weight +1). An upsert input is refused: its rows replace
+    /// each other by key, which a union with other rows cannot keep.
+    fn lower_union(&self, u: &datafusion::logical_expr::Union) -> Result<Lowered> {
+        if u.inputs.len() < 2 {
+            return Err(Error::internal("a union of fewer than two inputs"));
+        }
+        // `a UNION ALL b UNION ALL c` is planned as nested unions: one node takes all the inputs
+        // when the inner union's types are already the outer's.
+        fn flatten<'p>(u: &'p datafusion::logical_expr::Union, out: &mut Vec<&'p LogicalPlan>) {
+            for p in &u.inputs {
+                match p.as_ref() {
+                    LogicalPlan::Union(inner)
+                        if inner.schema.fields().len() == u.schema.fields().len()
+                            && inner.schema.fields().iter().zip(u.schema.fields()).all(|(a, b)| a.data_type() == b.data_type()) =>
+                    {
+                        flatten(inner, out)
+                    }
+                    other => out.push(other),
+                }
+            }
+        }
+        let mut inputs = vec![];
+        flatten(u, &mut inputs);
+        let mut ins = vec![];
+        for (i, p) in inputs.into_iter().enumerate() {
+            let l = self.lower(p)?;
+            if let StreamKind::Upsert { .. } = l.kind {
+                return Err(Error::not_implemented(format!(
+                    "input {} of UNION ALL is an upsert stream (EMIT ON UPDATE / EVERY); a union of one is not available yet — emit it as CHANGES",
+                    i + 1
+                )));
+            }
+            if matches!(l.window, Some((_, _, WindowKind::Session { .. }))) && !l.aggregated {
+                return Err(Error::plan("session window bounds are known only after aggregation; aggregate each SESSION input before UNION ALL"));
+            }
+            let fields = p.schema().fields().len();
+            if fields != u.schema.fields().len() {
+                return Err(Error::plan(format!("input {} of UNION ALL has {fields} columns, the first has {}", i + 1, u.schema.fields().len())));
+            }
+            ins.push(l);
+        }
+        let kind = if ins.iter().any(|l| l.kind == StreamKind::Changelog) { StreamKind::Changelog } else { StreamKind::AppendOnly };
+        let weighted = kind == StreamKind::Changelog;
+        // What holds for every input holds for the union: the watermark-tracking column, the
+        // window columns (same positions and kind).
+        let time = if weighted { None } else { ins[0].time.filter(|t| ins.iter().all(|l| l.time == Some(*t))) };
+        let window = ins[0].window.filter(|w| ins.iter().all(|l| l.window == Some(*w)));
+        // Late rows of every windowed input go to one place: only when they have one shape.
+        let lates: Vec<&SchemaRef> = ins.iter().filter_map(|l| l.late_schema.as_ref()).collect();
+        let late_schema = match lates.first() {
+            Some(s) if lates.iter().all(|x| x == s) => Some((*s).clone()),
+            Some(_) if self.opts.keep_all_columns => {
+                return Err(Error::plan(
+                    "LATE DATA TO needs the windowed inputs of UNION ALL to have the same columns: their late rows go to one stream",
+                ));
+            }
+            _ => None,
+        };
+        let aggregated = ins.iter().any(|l| l.aggregated);
+        let union = crate::operator::union::UnionAll::try_new(ins.iter().map(|l| l.kind.clone()).collect(), with_weight(u.schema.as_arrow(), weighted), weighted)?;
+        Ok(Lowered {
+            node: Node { input: crate::pipeline::NodeInput::Union { union: Box::new(union), inputs: ins.into_iter().map(|l| l.node).collect() }, ops: vec![] },
+            kind,
+            window,
+            late_schema,
+            aggregated,
+            time,
+        })
     }
 
     /// GROUP BY over a changelog: COUNT, SUM, AVG, MIN and MAX that take retractions.
