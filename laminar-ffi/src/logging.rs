@@ -85,11 +85,6 @@ pub fn set_sink(sink: Option<(Sink, log::LevelFilter)>) -> Result<()> {
     Ok(())
 }
 
-/// Whether a sink is set (tests).
-pub fn has_sink() -> bool {
-    SINK.read().is_some()
-}
-
 // ----------------------------------------------------------------------------- panics
 
 thread_local! {
