@@ -606,9 +606,9 @@ LAMINAR_API const char *laminar_status_str(laminar_status status);
 //   delivers warnings and errors (recommended); `LAMINAR_LOG_DEBUG` and `LAMINAR_LOG_TRACE`
 //   deliver many messages of the embedded SQL engine. Ignored when `callback` is NULL.
 //
-// Process-wide: one callback for every database, set by the last call. Panics caught at the C
-// ABI boundary (calls returning `LAMINAR_INTERNAL`) are reported to the callback at
-// `LAMINAR_LOG_ERROR`, not printed.
+// Process-wide: one callback for every database, set by the last call. Panics LaminarDB
+// catches (a call returning `LAMINAR_INTERNAL`, an operator failing its streams) are reported
+// to the callback at `LAMINAR_LOG_ERROR`, not printed.
 //
 // Errors: `LAMINAR_INVALID_ARGUMENT` (a `level` out of range), `LAMINAR_INVALID_STATE` (called
 // from inside the log callback; or the library is linked into a Rust program that installed

@@ -2291,7 +2291,7 @@ fn fail_readers(eng: &mut Engine, source: &str, e: Error) {
 
 /// Runs one event; a panic (a bug) fails the streams reading the source instead of the pipeline.
 fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbInner, &mut Engine)) {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng)));
+    let r = crate::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng))));
     if let Err(p) = r {
         let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
         fail_readers(eng, source, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));

@@ -4,8 +4,9 @@
 //! *sink* — the C callback of `laminar_set_log_callback`, Python's `logging`, Node's
 //! `process.emitWarning`, Go's `slog`. With no sink, nothing is printed anywhere.
 //!
-//! A panic caught at the C ABI boundary ([`crate::error`]) is reported here too (level ERROR),
-//! instead of by Rust's default panic hook on stderr; see [`install_panic_hook`].
+//! A panic LaminarDB catches (at the C ABI boundary, [`crate::error`], or in an operator) is
+//! reported here too (level ERROR), instead of by Rust's default panic hook on stderr; see
+//! [`install_panic_hook`].
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CString};
@@ -22,7 +23,9 @@ pub type Sink = Arc<dyn Fn(log::Level, &str, &str) + Send + Sync>;
 
 /// The sink and the least severe level it receives. Read-locked while a record is delivered, so
 /// replacing the sink waits for deliveries in progress: after [`set_sink`] returns, the old sink
-/// is never called again.
+/// is never called again. Readers use `read_recursive`: a logging thread never waits behind a
+/// writer that waits for a callback which itself waits for that thread (a callback that closes a
+/// database joins its pipeline thread, which may be logging).
 static SINK: RwLock<Option<(Sink, log::LevelFilter)>> = RwLock::new(None);
 
 /// Whether this module's logger is the process's `log` logger (`None` until first asked).
@@ -40,14 +43,14 @@ static FORWARDER: Forwarder = Forwarder;
 
 impl log::Log for Forwarder {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        SINK.read().as_ref().is_some_and(|(_, level)| metadata.level() <= *level)
+        SINK.read_recursive().as_ref().is_some_and(|(_, level)| metadata.level() <= *level)
     }
 
     fn log(&self, record: &log::Record) {
         if IN_SINK.with(|f| f.get()) {
             return;
         }
-        let sink = SINK.read();
+        let sink = SINK.read_recursive();
         let Some((sink, level)) = sink.as_ref() else { return };
         if record.level() > *level {
             return;
@@ -87,32 +90,20 @@ pub fn set_sink(sink: Option<(Sink, log::LevelFilter)>) -> Result<()> {
 
 // ----------------------------------------------------------------------------- panics
 
-thread_local! {
-    /// How many guarded calls ([`crate::error::catch`]) this thread is inside.
-    static GUARDED: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Runs `f` marked as a guarded call: a panic in it is caught by the caller, so the panic hook
-/// reports it through the logger rather than printing it.
+/// Runs `f` (a C ABI call's `catch_unwind`) as a region whose panics are caught, with the panic
+/// hook installed: such a panic is reported through the logger rather than printed.
 pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> R {
-    struct Depth;
-    impl Drop for Depth {
-        fn drop(&mut self) {
-            GUARDED.with(|g| g.set(g.get().saturating_sub(1)));
-        }
-    }
     install_panic_hook();
-    GUARDED.with(|g| g.set(g.get() + 1));
-    let _d = Depth;
-    f()
+    laminar_core::panic_guard::caught(f)
 }
 
-/// Installs, once, a panic hook that reports a panic inside a guarded C ABI call through the
-/// logger (level ERROR, target `"laminardb"`; the call returns `LAMINAR_INTERNAL` with the same
-/// message) instead of printing it to stderr. Every other panic — on a thread that is not inside
-/// a guarded call, such as an engine thread — goes to the hook that was installed before
-/// (Rust's default prints it), unchanged.
-pub(crate) fn install_panic_hook() {
+/// Installs, once, a panic hook that reports a panic LaminarDB catches itself
+/// ([`laminar_core::panic_guard::is_caught`]: inside a C ABI call, which then returns
+/// `LAMINAR_INTERNAL` with the same message; in an operator, which fails its streams) through
+/// the logger (level ERROR, target `"laminardb"`) instead of printing it to stderr. Every other
+/// panic goes to the hook that was installed before (Rust's default prints it), unchanged. The
+/// C ABI installs it at its first call; the Python and Node packages at import.
+pub fn install_panic_hook() {
     static ONCE: Once = Once::new();
     if std::thread::panicking() {
         return; // take_hook/set_hook panic on a panicking thread; try again on a later call
@@ -120,7 +111,7 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if GUARDED.with(|g| g.get()) == 0 {
+            if !laminar_core::panic_guard::is_caught() {
                 return previous(info);
             }
             let what = info
@@ -222,9 +213,9 @@ fn level_filter(level: laminar_log_level) -> Result<log::LevelFilter> {
 ///   delivers warnings and errors (recommended); `LAMINAR_LOG_DEBUG` and `LAMINAR_LOG_TRACE`
 ///   deliver many messages of the embedded SQL engine. Ignored when `callback` is NULL.
 ///
-/// Process-wide: one callback for every database, set by the last call. Panics caught at the C
-/// ABI boundary (calls returning `LAMINAR_INTERNAL`) are reported to the callback at
-/// `LAMINAR_LOG_ERROR`, not printed.
+/// Process-wide: one callback for every database, set by the last call. Panics LaminarDB
+/// catches (a call returning `LAMINAR_INTERNAL`, an operator failing its streams) are reported
+/// to the callback at `LAMINAR_LOG_ERROR`, not printed.
 ///
 /// Errors: `LAMINAR_INVALID_ARGUMENT` (a `level` out of range), `LAMINAR_INVALID_STATE` (called
 /// from inside the log callback; or the library is linked into a Rust program that installed

@@ -448,6 +448,8 @@ pub fn set_log_handler(callback: LogCallback) -> bool {
         });
         // Another `log` logger in the process (a Rust host): messages go there instead.
         let _ = laminar::logging::set_sink(Some((sink, log::LevelFilter::Warn)));
+        // A panic the engine catches (an operator failing its streams) is logged, not printed.
+        laminar::logging::install_panic_hook();
     });
     true
 }

@@ -82,6 +82,8 @@ pub(crate) fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
     });
     // Another `log` logger in the process (a Rust host): messages go there instead; not fatal.
     let _ = laminar::logging::set_sink(Some((sink, log::LevelFilter::Warn)));
+    // A panic the engine catches (an operator failing its streams) is logged, not printed.
+    laminar::logging::install_panic_hook();
     let stop = wrap_pyfunction!(stop_logging, m)?;
     m.py().import("atexit")?.call_method1("register", (stop,))?;
     Ok(())
