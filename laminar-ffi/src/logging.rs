@@ -57,8 +57,9 @@ impl log::Log for Forwarder {
         }
         let message = record.args().to_string();
         IN_SINK.with(|f| f.set(true));
-        // A sink must not unwind into the engine thread that logged.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(record.level(), record.target(), &message)));
+        // A sink must not unwind into the engine thread that logged (nor print: a caught region).
+        let deliver = || sink(record.level(), record.target(), &message);
+        let _ = laminar_core::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver)));
         IN_SINK.with(|f| f.set(false));
     }
 
@@ -114,12 +115,7 @@ pub fn install_panic_hook() {
             if !laminar_core::panic_guard::is_caught() {
                 return previous(info);
             }
-            let what = info
-                .payload()
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("a panic with no message");
+            let what = info.payload_as_str().unwrap_or("a panic with no message");
             match info.location() {
                 Some(l) => log::error!(target: "laminardb", "LaminarDB panicked (a bug; please report it) at {}:{}: {what}", l.file(), l.line()),
                 None => log::error!(target: "laminardb", "LaminarDB panicked (a bug; please report it): {what}"),
