@@ -29,6 +29,10 @@
  * ARROW
  *   Data crosses only as Arrow C Data Interface structs: a batch is a struct array with its
  *   struct schema; results and subscriptions are ArrowArrayStreams.
+ *
+ * LOGGING
+ *   The library never prints: warnings (a checkpoint skipped or failed, a torn log tail dropped)
+ *   and errors go to the callback of laminar_set_log_callback, or nowhere.
  */
 
 #ifndef LAMINAR_H
