@@ -265,13 +265,22 @@ mod tests {
         log::warn!(target: "laminardb", "a warning with a \0 NUL");
         let st = guard(null, None, || panic!("logging-test-boom"));
         assert_eq!(st, crate::error::LAMINAR_INTERNAL);
+        // A panic the engine catches on its own thread (an operator's) is logged as well.
+        std::thread::spawn(|| {
+            let r = laminar_core::panic_guard::caught(|| std::panic::catch_unwind(|| panic!("logging-test-boom on a thread")));
+            assert!(r.is_err());
+        })
+        .join()
+        .unwrap();
         assert_eq!(unsafe { laminar_set_log_callback(None, std::ptr::null_mut(), 0, null) }, 0);
         log::error!(target: "laminardb", "off: not delivered");
         // Other tests of this binary panic in guarded calls concurrently: only ours count.
         let got: Vec<_> = GOT.lock().iter().filter(|r| !r.2.contains("panicked") || r.2.contains("logging-test-boom")).cloned().collect();
-        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[0], (LAMINAR_LOG_WARN, "laminardb".into(), "a warning with a \\0 NUL".into(), 7));
         assert_eq!((got[1].0, got[1].1.as_str()), (LAMINAR_LOG_ERROR, "laminardb"));
         assert!(got[1].2.contains("logging.rs"), "{got:?}");
+        assert_eq!((got[2].0, got[2].1.as_str()), (LAMINAR_LOG_ERROR, "laminardb"));
+        assert!(got[2].2.contains("boom on a thread"), "{got:?}");
     }
 }
