@@ -29,6 +29,10 @@
  * ARROW
  *   Data crosses only as Arrow C Data Interface structs: a batch is a struct array with its
  *   struct schema; results and subscriptions are ArrowArrayStreams.
+ *
+ * LOGGING
+ *   The library never prints: warnings (a checkpoint skipped or failed, a torn log tail dropped)
+ *   and errors go to the callback of laminar_set_log_callback, or nowhere.
  */
 
 #ifndef LAMINAR_H
@@ -171,6 +175,32 @@ typedef struct laminar_writer laminar_writer;
 // Since: 0.1.0
 typedef int32_t laminar_status;
 
+// A log level (`LAMINAR_LOG_*`): the severity of a message, and in
+// `laminar_set_log_callback` the least severe level delivered.
+//
+// Since: 0.1.0
+typedef int32_t laminar_log_level;
+
+// Receives one log message.
+//
+// - `level`: a `LAMINAR_LOG_*` value, never less severe than the level given to
+//   `laminar_set_log_callback`.
+// - `target`: where it comes from: `"laminardb"` for LaminarDB's own messages, a module path
+//   (`"datafusion_…"`) for a library it embeds. Borrowed: UTF-8, NUL-terminated, valid only
+//   during the call.
+// - `message`: the message, without a trailing newline. Borrowed: UTF-8, NUL-terminated, valid
+//   only during the call (copy it to keep it).
+//
+// It runs on the thread that logged — the caller's, or a thread owned by LaminarDB — and may
+// run on several threads at once. It must return normally (no `longjmp`, no C++ exception). A
+// message logged from inside the callback (by a `laminar_*` call it makes) is dropped.
+//
+// Since: 0.1.0
+typedef void (*laminar_log_cb)(void *user_data,
+                               laminar_log_level level,
+                               const char *target,
+                               const char *message);
+
 // Called once, first, with the schema of every batch to come. `schema` is handed over: the
 // callback must move it (copy the struct and set `schema->release = NULL`) or leave it, in which
 // case LaminarDB releases it after the callback returns.
@@ -293,6 +323,23 @@ typedef struct laminar_subscriber {
 // The SQL parses but cannot be planned (unknown column, type error, unsupported construct).
 #define LAMINAR_PLAN 22
 
+// An error: something failed and was not (or not fully) handled, such as a panic caught at
+// the C ABI boundary.
+#define LAMINAR_LOG_ERROR 1
+
+// A warning: a recovery fallback (a torn or corrupt checkpoint skipped, a torn log tail
+// dropped), a checkpoint at close or a periodic checkpoint that failed.
+#define LAMINAR_LOG_WARN 2
+
+// Informational messages.
+#define LAMINAR_LOG_INFO 3
+
+// Debugging messages (mostly from the SQL engine LaminarDB embeds; many).
+#define LAMINAR_LOG_DEBUG 4
+
+// Very detailed tracing.
+#define LAMINAR_LOG_TRACE 5
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -373,7 +420,7 @@ laminar_status laminar_config_get_flag(size_t index,
 //   log before it returns), `checkpoint` if the config says so. Opening a directory that holds
 //   a database recovers it: catalog, operator state, views, watermarks and source positions
 //   from the newest intact checkpoint, then the log past it (a torn or corrupt checkpoint is
-//   skipped with a warning on stderr).
+//   skipped with a warning: see `laminar_set_log_callback`; nothing is printed on stderr).
 // - `config`: borrowed, may be NULL (every key at its default); not needed after the call.
 // - `out`: caller-owned output; receives the database, or NULL on failure.
 //
@@ -547,6 +594,35 @@ LAMINAR_API void laminar_error_destroy(struct laminar_error *error);
 //
 // Thread-safety: any thread. Since: 0.1.0
 LAMINAR_API const char *laminar_status_str(laminar_status status);
+
+// Sends LaminarDB's log messages to `callback` instead of nowhere. By default the library
+// prints nothing — not to stderr, not anywhere: warnings (a torn or corrupt checkpoint skipped
+// at open, a torn log tail dropped, a checkpoint at close or a periodic checkpoint that failed)
+// are dropped unless a callback is set. Recovery warnings are also kept in the database's
+// recovery information whatever the callback.
+//
+// - `callback`: see `laminar_log_cb`; NULL turns logging off.
+// - `user_data`: passed to every call of `callback`; opaque to LaminarDB, which never frees it.
+//   It must stay valid until the callback is replaced or turned off: once this function
+//   returns, the previous callback is never called again (the call waits for calls of it in
+//   progress on other threads), so the previous `user_data` may then be freed.
+// - `level`: the least severe level delivered, a `LAMINAR_LOG_*` value: `LAMINAR_LOG_WARN`
+//   delivers warnings and errors (recommended); `LAMINAR_LOG_DEBUG` and `LAMINAR_LOG_TRACE`
+//   deliver many messages of the embedded SQL engine. Ignored when `callback` is NULL.
+//
+// Process-wide: one callback for every database, set by the last call. Panics LaminarDB
+// catches (a call returning `LAMINAR_INTERNAL`, an operator failing its streams) are reported
+// to the callback at `LAMINAR_LOG_ERROR`, not printed.
+//
+// Errors: `LAMINAR_INVALID_ARGUMENT` (a `level` out of range), `LAMINAR_INVALID_STATE` (called
+// from inside the log callback; or the library is linked into a Rust program that installed
+// its own `log` logger — LaminarDB's messages go to that logger). Thread-safety: any thread.
+// Since: 0.1.0
+LAMINAR_API
+laminar_status laminar_set_log_callback(laminar_log_cb callback,
+                                        void *user_data,
+                                        laminar_log_level level,
+                                        struct laminar_error **out_error);
 
 // Subscribes to a stream or materialized view for pull reads (`laminar_subscription_next`,
 // `laminar_subscription_stream`). It sees every result emitted after this call returns.

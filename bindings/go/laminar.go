@@ -12,6 +12,9 @@
 // Errors are *Error values matchable with errors.Is against the sentinels (ErrNotFound,
 // ErrSchemaMismatch, ErrClosed, …).
 //
+// The library never writes to stderr itself: its warnings and errors are log/slog records (see
+// SetLogger).
+//
 // A *DB is safe for concurrent use. A *Writer belongs to one goroutine at a time (use one writer
 // per goroutine). A *Subscription's Next and C may be used from any goroutine.
 package laminar

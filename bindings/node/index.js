@@ -4,9 +4,22 @@
  * wait — statements, queries, writes, flushes, subscription reads run on libuv's thread pool; short
  * calls (creating writers and subscriptions) and close(), which joins the pipeline thread, run on
  * the calling thread — async iteration over subscriptions, apache-arrow Tables in and out.
+ *
+ * The library never writes to stderr itself: its warnings (a torn or corrupt checkpoint skipped
+ * when a database opens, a torn log tail dropped, a checkpoint at close or a periodic checkpoint
+ * that failed) and errors are process warnings, `process.emitWarning(message, { type:
+ * 'LaminarDBWarning', code: 'LAMINARDB_WARN' | 'LAMINARDB_ERROR' })`, emitted on the main thread
+ * shortly after the engine logs them: listen with `process.on('warning', …)`; Node prints them
+ * unless started with `--no-warnings`.
  */
 const arrow = require('apache-arrow');
 const native = require('./laminardb.node');
+
+native.setLogHandler((m) => {
+  const options = { type: 'LaminarDBWarning', code: m.level === 'error' ? 'LAMINARDB_ERROR' : 'LAMINARDB_WARN' };
+  if (m.target !== 'laminardb') options.detail = `from ${m.target}`;
+  process.emitWarning(m.message, options);
+});
 
 /** An error from LaminarDB: `code` is the status name shared by every language (NOT_FOUND, …). */
 class LaminarError extends Error {

@@ -253,8 +253,8 @@ pub struct RecoveryInfo {
     /// Log records replayed past it.
     pub records_replayed: u64,
     /// Torn or corrupt files skipped: an unusable checkpoint, a torn log tail dropped, log
-    /// damage skipped with `wal_recovery = 'salvage'` and what it lost (also printed to stderr
-    /// when the database opens).
+    /// damage skipped with `wal_recovery = 'salvage'` and what it lost (also logged when the
+    /// database opens: one `log::warn!` each, target `"laminardb"`).
     pub warnings: Vec<String>,
     /// Time to restore and replay, in milliseconds.
     pub millis: f64,
@@ -505,7 +505,7 @@ impl Database {
         info.records_replayed = replayed;
         info.millis = t0.elapsed().as_secs_f64() * 1000.0;
         for w in &info.warnings {
-            eprintln!("laminardb: warning: {w}");
+            log::warn!(target: "laminardb", "{w}");
         }
         *d.recovery.lock() = info;
         Ok(())
@@ -629,7 +629,7 @@ impl Database {
     pub fn close(&self) {
         if self.inner.durable.is_some() && !self.is_closed() {
             if let Err(e) = self.checkpoint() {
-                eprintln!("laminardb: warning: the checkpoint at close failed ({e}); the next open replays the log instead");
+                log::warn!(target: "laminardb", "the checkpoint at close failed ({e}); the next open replays the log instead");
             }
         }
         self.close_without_checkpoint();
@@ -1899,7 +1899,7 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
     d.rotate.store(true, Ordering::Release);
     if oldest_seq > 0 {
         if let Err(e) = durable::truncate_log(&d.store.wal_dir(), oldest_seq) {
-            eprintln!("laminardb: warning: removing old log segments: {e}");
+            log::warn!(target: "laminardb", "removing old log segments: {e}");
         }
     }
     *d.last_checkpoint.lock() = Some(stats.clone());
@@ -2194,7 +2194,7 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                     Ok(Some(_)) => eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i),
                     Ok(None) => eng.next_checkpoint_ms = Some(now + 5),
                     Err(e) => {
-                        eprintln!("laminardb: warning: periodic checkpoint failed: {e}; the log keeps every change, retrying after the interval");
+                        log::warn!(target: "laminardb", "periodic checkpoint failed: {e}; the log keeps every change, retrying after the interval");
                         eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i);
                     }
                 }
@@ -2291,7 +2291,7 @@ fn fail_readers(eng: &mut Engine, source: &str, e: Error) {
 
 /// Runs one event; a panic (a bug) fails the streams reading the source instead of the pipeline.
 fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbInner, &mut Engine)) {
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng)));
+    let r = crate::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng))));
     if let Err(p) = r {
         let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
         fail_readers(eng, source, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));

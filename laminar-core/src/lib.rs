@@ -18,6 +18,7 @@ mod durable;
 pub mod error;
 pub mod nexmark;
 pub mod operator;
+pub mod panic_guard;
 mod pipeline;
 mod plan;
 pub mod runtime;

@@ -204,7 +204,7 @@ pub struct laminar_db {
 ///   log before it returns), `checkpoint` if the config says so. Opening a directory that holds
 ///   a database recovers it: catalog, operator state, views, watermarks and source positions
 ///   from the newest intact checkpoint, then the log past it (a torn or corrupt checkpoint is
-///   skipped with a warning on stderr).
+///   skipped with a warning: see `laminar_set_log_callback`; nothing is printed on stderr).
 /// - `config`: borrowed, may be NULL (every key at its default); not needed after the call.
 /// - `out`: caller-owned output; receives the database, or NULL on failure.
 ///

@@ -108,9 +108,10 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     format!("LaminarDB panicked (a bug; please report it): {what}")
 }
 
-/// Runs `f` and turns any panic into an INTERNAL error, so nothing unwinds into C.
+/// Runs `f` and turns any panic into an INTERNAL error, so nothing unwinds into C. The panic is
+/// reported through the logger, not printed on stderr (`logging::install_panic_hook`).
 pub(crate) fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(Error::internal(panic_message(p))))
+    crate::logging::guarded(|| catch_unwind(AssertUnwindSafe(f))).unwrap_or_else(|p| Err(Error::internal(panic_message(p))))
 }
 
 /// The guard every fallible export runs in: catches panics, maps the error to its status and
@@ -134,7 +135,7 @@ pub(crate) fn guard(out_error: *mut *mut laminar_error, sql: Option<&str>, f: im
 
 /// Runs a void export (destroy, cancel) so that a panic is swallowed rather than aborting.
 pub(crate) fn guard_void(f: impl FnOnce()) {
-    let _ = catch_unwind(AssertUnwindSafe(f));
+    let _ = crate::logging::guarded(|| catch_unwind(AssertUnwindSafe(f)));
 }
 
 /// A required input string: non-NULL, NUL-terminated UTF-8.

@@ -11,11 +11,15 @@
 //!
 //! Every export runs inside [`error::guard`]: a panic becomes `LAMINAR_INTERNAL`, NULL required
 //! pointers and invalid UTF-8 become `LAMINAR_INVALID_ARGUMENT`, and nothing unwinds into C.
+//!
+//! The library never writes to stderr: messages go through the `log` facade to the sink of
+//! [`logging`] (`laminar_set_log_callback` in C), or nowhere.
 
 pub mod arrow;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod logging;
 pub mod subscription;
 pub mod writer;
 

@@ -33,7 +33,11 @@ static void batch_schema(struct ArrowSchema *out) {
   out->release = noop_release_schema;
 }
 
+/* Owns a copy of the batch's buffers: LaminarDB reads an imported array until it releases it
+ * (after the call returns, when the pipeline has processed it), so the test's `bad_batch`, which
+ * it rewrites for the next case, cannot be the buffers themselves. */
 typedef struct batch_private {
+  bad_batch copy;
   struct ArrowArray children[2];
   struct ArrowArray *child_ptrs[2];
   const void *k_buffers[3];
@@ -49,6 +53,8 @@ static void batch_release(struct ArrowArray *a) {
 
 static void batch_array(struct ArrowArray *out, bad_batch *b) {
   batch_private *p = (batch_private *)calloc(1, sizeof *p);
+  p->copy = *b;
+  b = &p->copy;
   p->k_buffers[0] = NULL;
   p->k_buffers[1] = b->offsets;
   p->k_buffers[2] = b->data;

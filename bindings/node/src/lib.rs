@@ -402,6 +402,58 @@ impl NativeSubscription {
     }
 }
 
+/// A log message of the engine, for the JavaScript handler (index.js emits it as a process
+/// warning).
+#[napi(object)]
+pub struct LogMessage {
+    /// "error" or "warn".
+    pub level: String,
+    /// "laminardb" for LaminarDB's own messages; a module path for a library it embeds.
+    pub target: String,
+    pub message: String,
+}
+
+/// The JavaScript log handler: unref'd (Weak), so it never keeps the event loop alive.
+pub type LogCallback = napi::threadsafe_function::ThreadsafeFunction<LogMessage, (), LogMessage, Status, false, true>;
+
+/// The handler messages go to: the first one registered whose environment is still alive (the
+/// main thread's, usually; a worker that loads the package later keeps it).
+static LOG_HANDLER: Mutex<Option<Arc<LogCallback>>> = Mutex::new(None);
+
+/// Makes `callback` receive the engine's warnings and errors (index.js calls this at load with a
+/// function that calls `process.emitWarning`), unless a live handler is registered already; true
+/// when it was registered. The engine logs on its own threads: messages are queued to the event
+/// loop (never blocking the engine) and delivered shortly after. Nothing is written to stderr by
+/// the library itself.
+#[napi]
+pub fn set_log_handler(callback: LogCallback) -> bool {
+    use napi::threadsafe_function::ThreadsafeFunctionCallMode;
+    static SINK: std::sync::Once = std::sync::Once::new();
+    {
+        let mut h = LOG_HANDLER.lock();
+        if h.is_some() {
+            return false;
+        }
+        *h = Some(Arc::new(callback));
+    }
+    SINK.call_once(|| {
+        let sink: laminar::logging::Sink = Arc::new(|level, target, message| {
+            let mut h = LOG_HANDLER.lock();
+            let Some(cb) = h.as_ref() else { return };
+            let msg = LogMessage { level: if level == log::Level::Error { "error" } else { "warn" }.into(), target: target.into(), message: message.into() };
+            // Closing: its environment (a worker, the process) is gone; the next load registers.
+            if cb.call(msg, ThreadsafeFunctionCallMode::NonBlocking) == Status::Closing {
+                *h = None;
+            }
+        });
+        // Another `log` logger in the process (a Rust host): messages go there instead.
+        let _ = laminar::logging::set_sink(Some((sink, log::LevelFilter::Warn)));
+        // A panic the engine catches (an operator failing its streams) is logged, not printed.
+        laminar::logging::install_panic_hook();
+    });
+    true
+}
+
 /// The engine's version.
 #[napi]
 pub fn version() -> String {

@@ -4,6 +4,7 @@
 
 mod arrow;
 mod db;
+mod logging;
 mod subscription;
 mod writer;
 
@@ -99,5 +100,6 @@ fn _laminardb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nexmark, m)?)?;
     m.add_function(wrap_pyfunction!(nexmark_sources, m)?)?;
     m.add_function(wrap_pyfunction!(statement_count, m)?)?;
+    logging::install(m)?;
     Ok(())
 }

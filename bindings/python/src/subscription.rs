@@ -98,9 +98,10 @@ impl PushSubscription {
                         PushEvent::Error(e) => on_event.call1(py, ("error", to_pyerr(e).into_value(py))),
                         PushEvent::Closed => on_event.call1(py, ("closed", py.None())),
                     };
-                    // The Python layer catches everything; anything left is a bug worth seeing.
+                    // The Python layer catches everything; anything left is a bug worth seeing, through
+                    // sys.unraisablehook (the host's choice where it goes), as for __del__ errors.
                     if let Err(e) = r {
-                        e.print(py);
+                        e.write_unraisable(py, Some(on_event.bind(py)));
                     }
                 })
             })?;

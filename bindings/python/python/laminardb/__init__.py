@@ -8,6 +8,11 @@
                    "FROM trades GROUP BY sym, TUMBLE(ts, INTERVAL '1' MINUTE)")
         sub = db.subscribe_stream("avg_px")
         db.insert("trades", {"sym": ["A"], "px": [1.0], "ts": [datetime.now()]})
+
+The package never writes to stderr itself: the engine's warnings and errors (a torn or corrupt
+checkpoint skipped when a database opens, a failed checkpoint, ...) are records of the standard
+:mod:`logging` module, logger ``"laminardb"``, delivered by a thread of the package shortly after
+the engine logs them.
 """
 
 from __future__ import annotations
