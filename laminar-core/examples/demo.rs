@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use laminar_core::Database;
 use laminar_core::arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMicrosecondArray};
 use laminar_core::arrow::record_batch::RecordBatch;
 use laminar_core::arrow::util::pretty::pretty_format_batches;
-use laminar_core::Database;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let db = Database::open_in_memory()?;
@@ -26,9 +26,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let n = syms.len();
         let batch = RecordBatch::try_from_iter(vec![
             ("sym", Arc::new(StringArray::from_iter_values(syms)) as ArrayRef),
-            ("price", Arc::new(Float64Array::from_iter_values((0..n).map(|j| 100.0 + j as f64 * 50.0 + (i % 7) as f64)))),
+            (
+                "price",
+                Arc::new(Float64Array::from_iter_values((0..n).map(|j| 100.0 + j as f64 * 50.0 + (i % 7) as f64))),
+            ),
             ("qty", Arc::new(Float64Array::from_iter_values((0..n).map(|j| 1.0 + ((i + j as i64) % 5) as f64)))),
-            ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values((0..n).map(|_| (1_700_000_000_000 + i * 2000) * 1000)))),
+            (
+                "ts",
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    (0..n).map(|_| (1_700_000_000_000 + i * 2000) * 1000),
+                )),
+            ),
         ])?;
         w.write(batch)?;
     }

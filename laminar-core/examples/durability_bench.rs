@@ -31,11 +31,22 @@ struct Args {
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { batches: 400, batch_rows: 8192, pushers: 4, keys: 1_000_000, dir: std::env::temp_dir(), state_cache: "16MB".into() };
+    let mut a = Args {
+        batches: 400,
+        batch_rows: 8192,
+        pushers: 4,
+        keys: 1_000_000,
+        dir: std::env::temp_dir(),
+        state_cache: "16MB".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().ok_or(format!("{k} needs a value"));
-        let num = |s: String| s.parse::<usize>().map_err(|_| format!("{k}: expected a positive integer, got '{s}'")).and_then(|n| if n == 0 { Err(format!("{k} must be positive")) } else { Ok(n) });
+        let num = |s: String| {
+            s.parse::<usize>()
+                .map_err(|_| format!("{k}: expected a positive integer, got '{s}'"))
+                .and_then(|n| if n == 0 { Err(format!("{k} must be positive")) } else { Ok(n) })
+        };
         match k.as_str() {
             "--batches" => a.batches = num(v()?)?,
             "--batch-rows" => a.batch_rows = num(v()?)?,
@@ -43,7 +54,11 @@ fn args() -> Result<Args, String> {
             "--keys" => a.keys = num(v()?)?,
             "--dir" => a.dir = v()?.into(),
             "--state-cache" => a.state_cache = v()?,
-            _ => return Err(format!("unknown option '{k}' (known: --batches --batch-rows --pushers --keys --dir --state-cache)")),
+            _ => {
+                return Err(format!(
+                    "unknown option '{k}' (known: --batches --batch-rows --pushers --keys --dir --state-cache)"
+                ));
+            }
         }
     }
     Ok(a)
@@ -58,7 +73,11 @@ fn batch(i: usize, rows: usize, keys: usize) -> RecordBatch {
     RecordBatch::try_from_iter(vec![
         ("k", Arc::new(Int64Array::from_iter_values((first..first + rows).map(|x| (x % keys) as i64))) as ArrayRef),
         ("v", Arc::new(Int64Array::from_iter_values((first..first + rows).map(|x| (x % 97) as i64))) as ArrayRef),
-        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values((first..first + rows).map(|x| (x % 3_000_000) as i64))) as ArrayRef),
+        (
+            "ts",
+            Arc::new(TimestampMicrosecondArray::from_iter_values((first..first + rows).map(|x| (x % 3_000_000) as i64)))
+                as ArrayRef,
+        ),
     ])
     .expect("batch")
 }
@@ -157,7 +176,9 @@ fn run() -> Result<(), String> {
             break;
         }
     }
-    println!("(wal: each push returns once its rows are in the log and synced: io_uring submits the write and fdatasync linked, std calls write + fdatasync)");
+    println!(
+        "(wal: each push returns once its rows are in the log and synced: io_uring submits the write and fdatasync linked, std calls write + fdatasync)"
+    );
 
     println!("\n2. checkpoint of {} keys of window state", a.keys);
     let dir = a.dir.join(format!("laminar-durability-bench-state-{}", std::process::id()));
@@ -181,7 +202,11 @@ fn run() -> Result<(), String> {
     let t0 = Instant::now();
     let second = db.checkpoint_stats().map_err(|e| e.to_string())?;
     let t_second = t0.elapsed().as_secs_f64();
-    println!("in-memory state: {:.1} MB; files written with {}", state_bytes as f64 / 1e6, db.io_backend().unwrap_or("-"));
+    println!(
+        "in-memory state: {:.1} MB; files written with {}",
+        state_bytes as f64 / 1e6,
+        db.io_backend().unwrap_or("-")
+    );
     println!(
         "checkpoint {}: {:.3} s, {:.1} MB on disk, {:.1} MB written",
         first.epoch,
@@ -222,8 +247,14 @@ fn run() -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
 
     if laminar_core::ROCKSDB_AVAILABLE {
-        println!("\n4. state backend: the batches of 1. (keys {}) through the aggregate, durability memory, 1 pusher", a.keys);
-        println!("{:<28} {:>14} {:>10} {:>16} {:>16}", "state_backend", "rows/s", "vs memory", "peak MB in mem", "groups spilled");
+        println!(
+            "\n4. state backend: the batches of 1. (keys {}) through the aggregate, durability memory, 1 pusher",
+            a.keys
+        );
+        println!(
+            "{:<28} {:>14} {:>10} {:>16} {:>16}",
+            "state_backend", "rows/s", "vs memory", "peak MB in mem", "groups spilled"
+        );
         let mut base = 0.0;
         for (backend, cache) in [("memory", "0"), ("rocksdb", a.state_cache.as_str())] {
             let db = open_with("memory", "auto", &a.dir, &[("state_backend", backend), ("state_cache_size", cache)])?;
@@ -252,7 +283,9 @@ fn run() -> Result<(), String> {
             drop(w);
             db.close();
         }
-        println!("(peaks sampled every 16 batches; the cache is per aggregate: spilling starts past it and goes down to half of it)");
+        println!(
+            "(peaks sampled every 16 batches; the cache is per aggregate: spilling starts past it and goes down to half of it)"
+        );
     } else {
         println!("\n4. state backend: not measured (built without the cargo feature 'rocksdb')");
     }

@@ -135,10 +135,18 @@ fn main() -> BoxResult<()> {
     }
     let total = 2.0 * rows as f64;
     let (re, rd, rx) = (total / best_e.as_secs_f64(), total / best_d.as_secs_f64(), total / best_x.as_secs_f64());
-    println!("(a) interval join, streaming:      {:>8.2} M input rows/s ({out_e} rows out) {}", re / 1e6, if out_e == out_d { "OK" } else { "MISMATCH" });
+    println!(
+        "(a) interval join, streaming:      {:>8.2} M input rows/s ({out_e} rows out) {}",
+        re / 1e6,
+        if out_e == out_d { "OK" } else { "MISMATCH" }
+    );
     println!("(b) DataFusion batch hash join:    {:>8.2} M input rows/s ({out_d} rows out)", rd / 1e6);
     println!("(c) ratio (a)/(b):                 {:>8.2}", re / rd);
-    println!("(d) ASOF join, streaming:          {:>8.2} M input rows/s ({out_x} rows out) {}", rx / 1e6, if out_x == rows as u64 { "OK" } else { "MISMATCH" });
+    println!(
+        "(d) ASOF join, streaming:          {:>8.2} M input rows/s ({out_x} rows out) {}",
+        rx / 1e6,
+        if out_x == rows as u64 { "OK" } else { "MISMATCH" }
+    );
     println!("(e) ratio (d)/(b):                 {:>8.2}", rx / rd);
     if out_e != out_d {
         return Err("the streaming join's output differs from DataFusion's".into());

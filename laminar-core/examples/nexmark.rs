@@ -21,7 +21,6 @@ use laminar_core::nexmark::queries::{Q0, Q1, Q2, Q3, Q4, Q5, Q5_REWRITE, Q7, Q7_
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-
 /// (name, SQL, published best per core (K ev/s), target per core)
 const QUERIES: [(&str, &str, &str, u64); 10] = [
     ("q0", Q0, "436 (Feldera)", 1_000),
@@ -99,7 +98,11 @@ fn parse_args() -> BoxResult<Args> {
                     return Err(format!("unknown query '{q}' (known: {})", known.join(",")).into());
                 }
             }
-            _ => return Err(format!("unknown option {flag}; options: --events --workers --batch --rate --queries").into()),
+            _ => {
+                return Err(
+                    format!("unknown option {flag}; options: --events --workers --batch --rate --queries").into()
+                );
+            }
         }
     }
     Ok(a)
@@ -199,7 +202,15 @@ fn real_main() -> BoxResult<()> {
     );
     println!(
         "\n{:<5} {:>12} {:>10} {:>14} {:>9} {:>16} {:>10} {:>15} {:>10}",
-        "query", "rows out", "wall s", "K events/s", "CPU-s", "K ev/s per CPU-s", "peak MiB", "best published", "target"
+        "query",
+        "rows out",
+        "wall s",
+        "K events/s",
+        "CPU-s",
+        "K ev/s per CPU-s",
+        "peak MiB",
+        "best published",
+        "target"
     );
     for (name, sql, published, target) in QUERIES {
         if !args.queries.is_empty() && !args.queries.iter().any(|q| q == name) {
@@ -221,6 +232,8 @@ fn real_main() -> BoxResult<()> {
             format!("≥ {target}")
         );
     }
-    println!("\nper CPU-s = events ÷ CPU seconds the process used during the query (getrusage), as Flink's Throughput/Cores; peak MiB is the process's peak RSS so far (getrusage never lowers it: a query's own peak only when it exceeds the earlier ones), generator included.");
+    println!(
+        "\nper CPU-s = events ÷ CPU seconds the process used during the query (getrusage), as Flink's Throughput/Cores; peak MiB is the process's peak RSS so far (getrusage never lowers it: a query's own peak only when it exceeds the earlier ones), generator included."
+    );
     Ok(())
 }

@@ -56,7 +56,8 @@ const BASE_MS: i64 = 1_704_067_200_000;
 const LATE_EVERY: u64 = 100;
 const MAX_LATE_MS: u64 = 2_000;
 
-const SOURCE_SQL: &str = "CREATE SOURCE w1 (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
+const SOURCE_SQL: &str =
+    "CREATE SOURCE w1 (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)";
 const STREAM_SQL: &str = "CREATE STREAM agg AS SELECT k, COUNT(*) AS c, SUM(v) AS s, AVG(v) AS a, window_start, window_end \
      FROM w1 GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE";
 const BATCH_SQL: &str = "SELECT k, COUNT(*) AS c, SUM(v) AS s, AVG(v) AS a, \
@@ -76,11 +77,7 @@ fn value_of(i: u64) -> i64 {
 /// Event time of event `i` in ms: `base + i`, except that every 100th row (i ≡ 50 mod 100) is
 /// pushed `(i × 7) mod 2000` ms late. Deterministic.
 fn time_of(i: u64) -> i64 {
-    let late = if i % LATE_EVERY == LATE_EVERY / 2 {
-        (i.wrapping_mul(7) % MAX_LATE_MS) as i64
-    } else {
-        0
-    };
+    let late = if i % LATE_EVERY == LATE_EVERY / 2 { (i.wrapping_mul(7) % MAX_LATE_MS) as i64 } else { 0 };
     BASE_MS + i as i64 - late
 }
 
@@ -95,18 +92,11 @@ fn w1_schema() -> SchemaRef {
 }
 
 /// One batch of events `start .. start + len`, with event time given by `time_of`.
-fn make_batch(
-    schema: &SchemaRef,
-    start: u64,
-    len: u64,
-    time_of: impl Fn(u64) -> i64,
-) -> BoxResult<RecordBatch> {
+fn make_batch(schema: &SchemaRef, start: u64, len: u64, time_of: impl Fn(u64) -> i64) -> BoxResult<RecordBatch> {
     let ids = start..start + len;
     let k: ArrayRef = Arc::new(Int64Array::from_iter_values(ids.clone().map(key_of)));
     let v: ArrayRef = Arc::new(Int64Array::from_iter_values(ids.clone().map(value_of)));
-    let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from_iter_values(
-        ids.map(|i| time_of(i) * 1_000),
-    ));
+    let ts: ArrayRef = Arc::new(TimestampMicrosecondArray::from_iter_values(ids.map(|i| time_of(i) * 1_000)));
     Ok(RecordBatch::try_new(schema.clone(), vec![k, v, ts])?)
 }
 
@@ -119,10 +109,7 @@ struct Expected {
 
 fn expected_of(events: u64) -> Expected {
     if events == 0 {
-        return Expected {
-            pairs: 0,
-            value_sum: 0,
-        };
+        return Expected { pairs: 0, value_sum: 0 };
     }
     let (mut lo, mut hi) = (i64::MAX, i64::MIN);
     for i in 0..events {
@@ -145,9 +132,7 @@ fn expected_of(events: u64) -> Expected {
 
 /// Sums an integer column of `batch` (any integer type), for the COUNT and SUM checks.
 fn column_sum(batch: &RecordBatch, name: &str) -> BoxResult<i64> {
-    let col = batch
-        .column_by_name(name)
-        .ok_or_else(|| format!("output has no column '{name}'"))?;
+    let col = batch.column_by_name(name).ok_or_else(|| format!("output has no column '{name}'"))?;
     let ints = cast(col, &DataType::Int64)?;
     Ok(sum(ints.as_primitive::<Int64Type>()).unwrap_or(0))
 }
@@ -170,9 +155,7 @@ impl W1Run {
         events as f64 / self.elapsed.as_secs_f64()
     }
     fn ok(&self, events: u64, exp: &Expected) -> bool {
-        self.rows_out == exp.pairs
-            && self.count_sum == events as i64
-            && self.value_sum == exp.value_sum
+        self.rows_out == exp.pairs && self.count_sum == events as i64 && self.value_sum == exp.value_sum
     }
 }
 
@@ -250,15 +233,8 @@ struct BatchRun {
 
 /// The same aggregate as one DataFusion query over a MemTable holding the same batches, split
 /// round-robin over `partitions` partitions so DataFusion can use every core.
-fn run_datafusion(
-    rt: &tokio::runtime::Runtime,
-    batches: &[RecordBatch],
-    partitions: usize,
-) -> BoxResult<BatchRun> {
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .unwrap_or_else(w1_schema);
+fn run_datafusion(rt: &tokio::runtime::Runtime, batches: &[RecordBatch], partitions: usize) -> BoxResult<BatchRun> {
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(w1_schema);
     let n = partitions.max(1);
     let mut parts: Vec<Vec<RecordBatch>> = vec![vec![]; n];
     for (i, b) in batches.iter().enumerate() {
@@ -270,12 +246,7 @@ fn run_datafusion(
         let start = Instant::now();
         let out = ctx.sql(BATCH_SQL).await?.collect().await?;
         let elapsed = start.elapsed();
-        let mut r = BatchRun {
-            elapsed,
-            rows_out: 0,
-            count_sum: 0,
-            value_sum: 0,
-        };
+        let mut r = BatchRun { elapsed, rows_out: 0, count_sum: 0, value_sum: 0 };
         for b in &out {
             r.rows_out += b.num_rows() as u64;
             r.count_sum += column_sum(b, "c")?;
@@ -322,49 +293,34 @@ fn run_latency(events: u64) -> BoxResult<LatencyRun> {
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let done = done.clone();
-        thread::Builder::new().name("w1-latency-sub".into()).spawn(
-            move || -> Result<Vec<(Instant, i64)>, String> {
-                let mut arrivals = vec![];
-                let note = |b: &RecordBatch,
-                            at: Instant,
-                            arrivals: &mut Vec<(Instant, i64)>|
-                 -> Result<(), String> {
-                    let col = b
-                        .column_by_name("window_end")
-                        .ok_or("output has no window_end")?;
-                    let ends = col
-                        .as_primitive_opt::<TimestampMicrosecondType>()
-                        .ok_or("window_end is not a µs timestamp")?;
-                    // One entry per distinct window in the batch.
-                    let mut seen: Vec<i64> = ends
-                        .iter()
-                        .flatten()
-                        .map(|us| us.div_euclid(1_000))
-                        .collect();
-                    seen.sort_unstable();
-                    seen.dedup();
-                    arrivals.extend(seen.into_iter().map(|end| (at, end)));
-                    Ok(())
-                };
-                loop {
-                    match sub
-                        .next_timeout(Duration::from_millis(20))
-                        .map_err(|e| e.to_string())?
-                    {
-                        Next::Batch(b) => note(&b, Instant::now(), &mut arrivals)?,
-                        Next::End => break,
-                        Next::Empty if done.load(Ordering::Acquire) => {
-                            while let Next::Batch(b) = sub.try_next().map_err(|e| e.to_string())? {
-                                note(&b, Instant::now(), &mut arrivals)?;
-                            }
-                            break;
+        thread::Builder::new().name("w1-latency-sub".into()).spawn(move || -> Result<Vec<(Instant, i64)>, String> {
+            let mut arrivals = vec![];
+            let note = |b: &RecordBatch, at: Instant, arrivals: &mut Vec<(Instant, i64)>| -> Result<(), String> {
+                let col = b.column_by_name("window_end").ok_or("output has no window_end")?;
+                let ends =
+                    col.as_primitive_opt::<TimestampMicrosecondType>().ok_or("window_end is not a µs timestamp")?;
+                // One entry per distinct window in the batch.
+                let mut seen: Vec<i64> = ends.iter().flatten().map(|us| us.div_euclid(1_000)).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                arrivals.extend(seen.into_iter().map(|end| (at, end)));
+                Ok(())
+            };
+            loop {
+                match sub.next_timeout(Duration::from_millis(20)).map_err(|e| e.to_string())? {
+                    Next::Batch(b) => note(&b, Instant::now(), &mut arrivals)?,
+                    Next::End => break,
+                    Next::Empty if done.load(Ordering::Acquire) => {
+                        while let Next::Batch(b) = sub.try_next().map_err(|e| e.to_string())? {
+                            note(&b, Instant::now(), &mut arrivals)?;
                         }
-                        Next::Empty => {}
+                        break;
                     }
+                    Next::Empty => {}
                 }
-                Ok(arrivals)
-            },
-        )?
+            }
+            Ok(arrivals)
+        })?
     };
 
     // Pace: row i is due at start + i / rate. Sleep while far ahead, spin (yielding, as the
@@ -395,9 +351,7 @@ fn run_latency(events: u64) -> BoxResult<LatencyRun> {
         Ok(elapsed)
     })();
     done.store(true, Ordering::Release);
-    let arrivals = reader
-        .join()
-        .map_err(|_| "the latency subscriber panicked")?;
+    let arrivals = reader.join().map_err(|_| "the latency subscriber panicked")?;
     db.close();
     let push_elapsed = pushed?;
     let arrivals = arrivals?;
@@ -454,22 +408,12 @@ const USAGE: &str = "usage: w1_bench [--events N] [--latency-events N] [--worker
      defaults: --events 10000000 --latency-events 300000 --workers-list 1,2,4";
 
 fn parse_args() -> BoxResult<Args> {
-    let mut a = Args {
-        events: 10_000_000,
-        latency_events: 300_000,
-        workers_list: vec![1, 2, 4],
-    };
+    let mut a = Args { events: 10_000_000, latency_events: 300_000, workers_list: vec![1, 2, 4] };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
-        };
-        let count = |v: String| {
-            v.replace('_', "")
-                .parse::<u64>()
-                .map_err(|_| format!("{flag}: expected a number, got '{v}'"))
-        };
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let count =
+            |v: String| v.replace('_', "").parse::<u64>().map_err(|_| format!("{flag}: expected a number, got '{v}'"));
         match flag.as_str() {
             "--events" => a.events = count(value()?)?,
             "--latency-events" => a.latency_events = count(value()?)?,
@@ -527,19 +471,11 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> BoxResult<()> {
     let args = parse_args()?;
-    let cores = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let profile = if cfg!(debug_assertions) {
-        "debug (unoptimised: a smoke test, not a measurement)"
-    } else {
-        "release"
-    };
+    let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let profile =
+        if cfg!(debug_assertions) { "debug (unoptimised: a smoke test, not a measurement)" } else { "release" };
     let default_workers = Config::default().workers;
-    println!(
-        "LaminarDB {} W1 benchmark — build: {profile}; cores: {cores}",
-        laminar_core::VERSION
-    );
+    println!("LaminarDB {} W1 benchmark — build: {profile}; cores: {cores}", laminar_core::VERSION);
 
     // Pre-built input, shared by (a), (b) and (e).
     let t = Instant::now();
@@ -548,12 +484,7 @@ fn run() -> BoxResult<()> {
     let batches: Vec<RecordBatch> = (0..n_batches)
         .map(|b| {
             let start = b * BATCH_ROWS as u64;
-            make_batch(
-                &schema,
-                start,
-                (BATCH_ROWS as u64).min(args.events - start),
-                time_of,
-            )
+            make_batch(&schema, start, (BATCH_ROWS as u64).min(args.events - start), time_of)
         })
         .collect::<BoxResult<_>>()?;
     let exp = expected_of(args.events);
@@ -573,10 +504,7 @@ fn run() -> BoxResult<()> {
     // (a) and (b) run alternately, best of ROUNDS each: the machine is shared and noisy, and a
     // single run of either can be off by half.
     const ROUNDS: usize = 3;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cores)
-        .thread_name("w1-datafusion")
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(cores).thread_name("w1-datafusion").build()?;
     let mut best_a: Option<W1Run> = None;
     let mut best_b = None;
     for _ in 0..ROUNDS {
@@ -602,30 +530,14 @@ fn run() -> BoxResult<()> {
         a.value_sum,
         ok(a.ok(args.events, &exp))
     );
-    println!(
-        "    pushed in {:.2?}, last window received after {:.2?}: {} events/s",
-        a.push,
-        a.elapsed,
-        rate(a_rate)
-    );
+    println!("    pushed in {:.2?}, last window received after {:.2?}: {} events/s", a.push, a.elapsed, rate(a_rate));
 
     // (b) DataFusion batch query over the same batches.
     println!("\n(b) DataFusion batch query over the same batches, best of {ROUNDS} ...");
     let b_rate = args.events as f64 / b.elapsed.as_secs_f64();
-    let b_ok = b.rows_out == exp.pairs
-        && b.count_sum == args.events as i64
-        && b.value_sum == exp.value_sum;
-    println!(
-        "    {} rows (expected {}) -> {}",
-        b.rows_out,
-        exp.pairs,
-        ok(b_ok)
-    );
-    println!(
-        "    planned and collected in {:.2?}: {} rows/s",
-        b.elapsed,
-        rate(b_rate)
-    );
+    let b_ok = b.rows_out == exp.pairs && b.count_sum == args.events as i64 && b.value_sum == exp.value_sum;
+    println!("    {} rows (expected {}) -> {}", b.rows_out, exp.pairs, ok(b_ok));
+    println!("    planned and collected in {:.2?}: {} rows/s", b.elapsed, rate(b_rate));
 
     // (c) ratio.
     let ratio = a_rate / b_rate;
@@ -637,27 +549,17 @@ fn run() -> BoxResult<()> {
         args.latency_events,
         rate(TARGET_RATE)
     );
-    let d = if args.latency_events > 0 {
-        Some(run_latency(args.latency_events)?)
-    } else {
-        None
-    };
+    let d = if args.latency_events > 0 { Some(run_latency(args.latency_events)?) } else { None };
     if let Some(d) = &d {
         println!(
             "    {} window closes measured: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
             d.windows, d.p50_us, d.p99_us, d.max_us
         );
         if d.early > 0 {
-            println!(
-                "    WARNING: {} windows arrived before the row that closes them was pushed",
-                d.early
-            );
+            println!("    WARNING: {} windows arrived before the row that closes them was pushed", d.early);
         }
         if d.kept_up {
-            println!(
-                "    pushed at {} events/s (on schedule)",
-                rate(d.achieved_rate)
-            );
+            println!("    pushed at {} events/s (on schedule)", rate(d.achieved_rate));
         } else {
             println!(
                 "    could not keep up with {} events/s: pushed as fast as possible, {} events/s achieved (latency includes queueing)",
@@ -670,10 +572,7 @@ fn run() -> BoxResult<()> {
     }
 
     // (e) worker scaling.
-    println!(
-        "\n(e) W1 with workers = {:?}; cores = {cores} ...",
-        args.workers_list
-    );
+    println!("\n(e) W1 with workers = {:?}; cores = {cores} ...", args.workers_list);
     let mut scaling = vec![];
     for &w in &args.workers_list {
         let r = run_w1(&batches, Some(w))?;
@@ -693,10 +592,7 @@ fn run() -> BoxResult<()> {
 
     // Summary.
     println!("\n==================== W1 summary ====================");
-    println!(
-        "build {profile}; cores {cores}; {} events; batches of {BATCH_ROWS}",
-        args.events
-    );
+    println!("build {profile}; cores {cores}; {} events; batches of {BATCH_ROWS}", args.events);
     println!("{:<38} {:>14}  {}", "measure", "value", "check");
     println!("{:-<38} {:->14}  {:-<8}", "", "", "");
     println!(
@@ -705,31 +601,14 @@ fn run() -> BoxResult<()> {
         format!("{} ev/s", rate(a_rate)),
         ok(a.ok(args.events, &exp))
     );
-    println!(
-        "{:<38} {:>14}  {}",
-        "(b) DataFusion batch, same rows",
-        format!("{} rows/s", rate(b_rate)),
-        ok(b_ok)
-    );
+    println!("{:<38} {:>14}  {}", "(b) DataFusion batch, same rows", format!("{} rows/s", rate(b_rate)), ok(b_ok));
     println!("{:<38} {:>14}", "(c) ratio a/b", format!("{ratio:.3}"));
     match &d {
         Some(d) => {
-            let pace = if d.kept_up {
-                "on schedule".to_string()
-            } else {
-                format!("behind: {} ev/s", rate(d.achieved_rate))
-            };
-            println!(
-                "{:<38} {:>14}  {pace}",
-                "(d) latency p50",
-                format!("{:.0} µs", d.p50_us)
-            );
-            println!(
-                "{:<38} {:>14}  {} windows",
-                "(d) latency p99",
-                format!("{:.0} µs", d.p99_us),
-                d.windows
-            );
+            let pace =
+                if d.kept_up { "on schedule".to_string() } else { format!("behind: {} ev/s", rate(d.achieved_rate)) };
+            println!("{:<38} {:>14}  {pace}", "(d) latency p50", format!("{:.0} µs", d.p50_us));
+            println!("{:<38} {:>14}  {} windows", "(d) latency p99", format!("{:.0} µs", d.p99_us), d.windows);
         }
         None => println!("{:<38} {:>14}", "(d) latency", "skipped"),
     }
@@ -739,11 +618,7 @@ fn run() -> BoxResult<()> {
             format!("(e) workers {}", r.workers),
             format!("{} ev/s", rate(r.events_per_s(args.events))),
             ok(r.ok(args.events, &exp)),
-            if *judged {
-                "(judged)"
-            } else {
-                "(printed only: cores < workers + 1)"
-            }
+            if *judged { "(judged)" } else { "(printed only: cores < workers + 1)" }
         );
     }
     let all_ok = a.ok(args.events, &exp)

@@ -168,21 +168,41 @@ pub fn default_workers() -> usize {
 pub fn describe_key(key: &str) -> Option<&'static str> {
     Some(match key {
         "storage_dir" => "directory for checkpoints and the write-ahead log (default: none)",
-        "durability" => "memory | checkpoint | wal (default: memory for ':memory:', wal for a path); checkpoint: pushes since the last checkpoint are lost in a crash; wal: every push is durable before it returns",
-        "checkpoint_interval" => "time between periodic checkpoints of a durable database, e.g. '10s' (default 10s; '0' turns periodic checkpoints off)",
+        "durability" => {
+            "memory | checkpoint | wal (default: memory for ':memory:', wal for a path); checkpoint: pushes since the last checkpoint are lost in a crash; wal: every push is durable before it returns"
+        }
+        "checkpoint_interval" => {
+            "time between periodic checkpoints of a durable database, e.g. '10s' (default 10s; '0' turns periodic checkpoints off)"
+        }
         "checkpoints_retained" => "checkpoints kept on disk, the newest (default 3, at least 1)",
-        "io_backend" => "auto | io_uring | std: what writes the log and checkpoint files (default auto: io_uring where the kernel offers it, else write + fdatasync)",
+        "io_backend" => {
+            "auto | io_uring | std: what writes the log and checkpoint files (default auto: io_uring where the kernel offers it, else write + fdatasync)"
+        }
         "checkpoint_interval_ms" => "checkpoint_interval in milliseconds",
-        "wal_recovery" => "strict | salvage: what opening does when the write-ahead log lost records it proves were written (default strict: an IO error naming the file and byte offset; salvage: open anyway, replay every intact record and report what was lost in the recovery warnings); a record cut short at the end of the newest segment, never acknowledged, is dropped either way",
-        "workers" => "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)",
-        "state_backend" => "memory | rocksdb: where keyed aggregate state lives (default memory; rocksdb spills what passes state_cache_size to RocksDB, in builds with the cargo feature 'rocksdb')",
-        "state_cache_size" => "with state_backend rocksdb: state an aggregate keeps in memory before spilling, e.g. '64MB' (default 256MiB)",
-        "memory_limit" => "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)",
+        "wal_recovery" => {
+            "strict | salvage: what opening does when the write-ahead log lost records it proves were written (default strict: an IO error naming the file and byte offset; salvage: open anyway, replay every intact record and report what was lost in the recovery warnings); a record cut short at the end of the newest segment, never acknowledged, is dropped either way"
+        }
+        "workers" => {
+            "worker threads for keyed operator state, 1..=1024 (default: cores - 1, at least 1; the pipeline thread uses the other)"
+        }
+        "state_backend" => {
+            "memory | rocksdb: where keyed aggregate state lives (default memory; rocksdb spills what passes state_cache_size to RocksDB, in builds with the cargo feature 'rocksdb')"
+        }
+        "state_cache_size" => {
+            "with state_backend rocksdb: state an aggregate keeps in memory before spilling, e.g. '64MB' (default 256MiB)"
+        }
+        "memory_limit" => {
+            "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)"
+        }
         "buffer_size" => "batches a subscription buffers before on_full applies (default 1024)",
-        "idle_timeout" => "default idle timeout of sources, e.g. '30s': a source without data that long stops holding back the watermark of the queries reading it (default: none)",
+        "idle_timeout" => {
+            "default idle timeout of sources, e.g. '30s': a source without data that long stops holding back the watermark of the queries reading it (default: none)"
+        }
         "queue_capacity" => "events a source queue holds before a push waits (default 64)",
         "queue_full" => "block | fail: what a push does when its source queue is full (default block)",
-        "on_full" => "lag | block: what a full subscription buffer does (default lag: the subscription ends with an error)",
+        "on_full" => {
+            "lag | block: what a full subscription buffer does (default lag: the subscription ends with an error)"
+        }
         "source_retention" => "rows of recent input each source keeps for ad-hoc SELECT (default 65536)",
         _ => return None,
     })
@@ -191,9 +211,7 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
 impl Config {
     /// Sets one key from its string form (`"5s"`, `"512MB"`, `"4"`, `"wal"`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let bad = |what: &str| {
-            Error::invalid_argument(format!("config '{key}': {what}, got '{value}'"))
-        };
+        let bad = |what: &str| Error::invalid_argument(format!("config '{key}': {what}, got '{value}'"));
         match key {
             "storage_dir" => self.storage_dir = Some(value.to_string()),
             "durability" => {
@@ -204,9 +222,7 @@ impl Config {
                     _ => return Err(bad("expected memory, checkpoint or wal")),
                 })
             }
-            "checkpoint_interval" => {
-                self.checkpoint_interval = Some(parse_duration(value).map_err(|m| bad(&m))?)
-            }
+            "checkpoint_interval" => self.checkpoint_interval = Some(parse_duration(value).map_err(|m| bad(&m))?),
             "checkpoint_interval_ms" => {
                 let ms: u64 = value.trim().parse().map_err(|_| bad("expected milliseconds"))?;
                 self.checkpoint_interval = Some(Duration::from_millis(ms))
@@ -250,8 +266,7 @@ impl Config {
             }
             "idle_timeout" => self.idle_timeout = Some(parse_duration(value).map_err(|m| bad(&m))?),
             "queue_capacity" => {
-                self.queue_capacity =
-                    parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
+                self.queue_capacity = parse_positive(value).ok_or_else(|| bad("expected a positive integer"))?
             }
             "queue_full" => {
                 self.queue_full = match value.to_ascii_lowercase().as_str() {
@@ -262,8 +277,7 @@ impl Config {
             }
             "on_full" => self.on_full = parse_on_full(value).ok_or_else(|| bad("expected lag or block"))?,
             "source_retention" => {
-                self.source_retention =
-                    value.trim().parse().map_err(|_| bad("expected a row count"))?
+                self.source_retention = value.trim().parse().map_err(|_| bad("expected a row count"))?
             }
             _ => {
                 let hint = crate::error::nearest_name(key, CONFIG_KEYS.iter().copied())

@@ -13,8 +13,8 @@
 //! Keyed operator state is partitioned over the worker pool (`workers`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -26,14 +26,17 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, Durability, QueueFullPolicy};
 use crate::durable::{self, CheckpointStats, LogWriter, Record, Store};
-use crate::error::{nearest_name, Error, ErrorKind, Result};
-use crate::operator::window::{event_times, TimeScale};
-use crate::operator::{LateRows, OpCtx, StreamKind, NO_WATERMARK};
+use crate::error::{Error, ErrorKind, Result, nearest_name};
+use crate::operator::window::{TimeScale, event_times};
+use crate::operator::{LateRows, NO_WATERMARK, OpCtx, StreamKind};
 use crate::pipeline::Node;
-use crate::plan::{plan_continuous, PlanOptions, RelationInfo};
+use crate::plan::{PlanOptions, RelationInfo, plan_continuous};
 use crate::runtime::ingest::{conform, normalize_schema};
 use crate::runtime::mv::MvStore;
-use crate::runtime::subscription::{new_pair, send_pending, Delivered, Pending, PushEvent, PushSubscription, SubscribeOptions, SubscriberSlot, Subscription};
+use crate::runtime::subscription::{
+    Delivered, Pending, PushEvent, PushSubscription, SubscribeOptions, SubscriberSlot, Subscription, new_pair,
+    send_pending,
+};
 use crate::sql::{self, CreateSource, CreateStream, ObjectKind, Statement, WatermarkDelay};
 
 /// A processing-time clock. Tests drive [`ManualClock`] by hand; everything else uses the system's.
@@ -136,8 +139,17 @@ pub struct ObjectInfo {
 enum Event {
     /// A pushed batch; `seq` orders it among logged changes (0 on an in-memory database);
     /// `position` is the source's position after it (a connector's offset), if it has one.
-    Batch { q: Arc<SourceQueue>, batch: RecordBatch, seq: u64, position: Option<u64> },
-    Watermark { q: Arc<SourceQueue>, us: i64, seq: u64 },
+    Batch {
+        q: Arc<SourceQueue>,
+        batch: RecordBatch,
+        seq: u64,
+        position: Option<u64>,
+    },
+    Watermark {
+        q: Arc<SourceQueue>,
+        us: i64,
+        seq: u64,
+    },
     Sync(Sender<()>),
     /// Take a checkpoint after every event queued before this one (an aligned barrier: one
     /// pipeline thread applies events in order).
@@ -317,7 +329,9 @@ impl Database {
     /// Opens a database whose processing-time clock is `clock` (tests use [`ManualClock`]).
     pub fn open_with_clock(path: &str, config: Config, clock: Arc<dyn Clock>) -> Result<Database> {
         if path.is_empty() {
-            return Err(Error::invalid_argument("the path is empty: open ':memory:' for an in-memory database, or a directory"));
+            return Err(Error::invalid_argument(
+                "the path is empty: open ':memory:' for an in-memory database, or a directory",
+            ));
         }
         let dir = match (path, &config.storage_dir) {
             (":memory:", None) => None,
@@ -328,7 +342,9 @@ impl Database {
         let durable = match (&dir, level) {
             (None, Durability::Memory) => None,
             (None, _) => {
-                return Err(Error::invalid_argument("durability 'checkpoint' and 'wal' need a directory: open a path (or set storage_dir), not ':memory:'"));
+                return Err(Error::invalid_argument(
+                    "durability 'checkpoint' and 'wal' need a directory: open a path (or set storage_dir), not ':memory:'",
+                ));
             }
             (Some(d), Durability::Memory) => {
                 return Err(Error::invalid_argument(format!(
@@ -341,7 +357,16 @@ impl Database {
                 Some(Durable {
                     store,
                     level,
-                    log: Mutex::new(LogState { writer: None, buf: vec![], buf_first: 0, pending: vec![], next_seq: 1, durable: 0, committing: false, failed: None }),
+                    log: Mutex::new(LogState {
+                        writer: None,
+                        buf: vec![],
+                        buf_first: 0,
+                        pending: vec![],
+                        next_seq: 1,
+                        durable: 0,
+                        committing: false,
+                        failed: None,
+                    }),
                     log_cv: parking_lot::Condvar::new(),
                     ddl: parking_lot::RwLock::new(()),
                     rotate: AtomicBool::new(false),
@@ -355,8 +380,12 @@ impl Database {
         let state = match (config.state_backend, &durable) {
             (crate::config::StateBackend::Memory, _) => None,
             // Opened by recovery, from the checkpoint it restores.
-            (crate::config::StateBackend::RocksDb, Some(d)) => Some(Arc::new(crate::state_store::StateStore::new(d.store.live_state_dir(), false)?)),
-            (crate::config::StateBackend::RocksDb, None) => Some(Arc::new(crate::state_store::StateStore::temporary()?)),
+            (crate::config::StateBackend::RocksDb, Some(d)) => {
+                Some(Arc::new(crate::state_store::StateStore::new(d.store.live_state_dir(), false)?))
+            }
+            (crate::config::StateBackend::RocksDb, None) => {
+                Some(Arc::new(crate::state_store::StateStore::temporary()?))
+            }
         };
         let pool = if config.workers > 1 {
             Some(
@@ -471,10 +500,16 @@ impl Database {
             self.restore_checkpoint(l)?;
         }
         let mut replayed = 0u64;
-        let log = durable::replay_log(&d.store.wal_dir(), after, self.inner.config.wal_recovery, &mut info.warnings, |seq, rec| {
-            replayed += 1;
-            self.replay(seq, rec)
-        })?;
+        let log = durable::replay_log(
+            &d.store.wal_dir(),
+            after,
+            self.inner.config.wal_recovery,
+            &mut info.warnings,
+            |seq, rec| {
+                replayed += 1;
+                self.replay(seq, rec)
+            },
+        )?;
         let last = log.last;
         self.flush()?;
         {
@@ -482,7 +517,13 @@ impl Database {
             st.next_seq = last + 1;
             st.durable = last;
             let every_seq = d.level == Durability::Wal;
-            st.writer = Some(LogWriter::create(&d.store.wal_dir(), last + 1, every_seq, d.store.faults.clone(), durable::Io::new(d.store.io_backend)?)?);
+            st.writer = Some(LogWriter::create(
+                &d.store.wal_dir(),
+                last + 1,
+                every_seq,
+                d.store.faults.clone(),
+                durable::Io::new(d.store.io_backend)?,
+            )?);
         }
         {
             let mut eng = self.inner.engine.lock();
@@ -494,7 +535,9 @@ impl Database {
             // Salvaged: a checkpoint covers what was recovered, so the next open no longer
             // needs the damaged log (and finds nothing to report).
             if let Err(e) = self.checkpoint() {
-                info.warnings.push(format!("the checkpoint after salvaging the log failed ({e}); the next open will meet the damaged log again"));
+                info.warnings.push(format!(
+                    "the checkpoint after salvaging the log failed ({e}); the next open will meet the damaged log again"
+                ));
             }
         }
         for (name, feed, cols) in std::mem::take(&mut *self.inner.deferred_feeds.lock()) {
@@ -515,19 +558,28 @@ impl Database {
     fn restore_checkpoint(&self, mut l: durable::Loaded) -> Result<()> {
         let epoch = l.epoch;
         let bad = |m: String| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {m}"));
-        let catalog = l.objects.remove("catalog").and_then(|c| c.into_iter().next()).and_then(|c| c.into_iter().next()).ok_or_else(|| bad("no catalog".into()))?;
+        let catalog = l
+            .objects
+            .remove("catalog")
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.into_iter().next())
+            .ok_or_else(|| bad("no catalog".into()))?;
         let rows = catalog::read(&catalog).map_err(|e| bad(e.to_string()))?;
         for r in &rows {
             if r.kind != "late" {
                 for st in sql::parse_sql(&r.sql)? {
-                    self.execute_statement(st.statement, &st.text).map_err(|e| e.context(format!("checkpoint {epoch}: recreating '{}'", r.name)))?;
+                    self.execute_statement(st.statement, &st.text)
+                        .map_err(|e| e.context(format!("checkpoint {epoch}: recreating '{}'", r.name)))?;
                 }
             }
         }
         let mut eng = self.inner.engine.lock();
         for r in rows {
             if r.kind == "source" || r.kind == "table" {
-                let s = eng.sources.get_mut(&r.name).ok_or_else(|| bad(format!("source '{}' missing after its CREATE", r.name)))?;
+                let s = eng
+                    .sources
+                    .get_mut(&r.name)
+                    .ok_or_else(|| bad(format!("source '{}' missing after its CREATE", r.name)))?;
                 let mut lists = l.objects.remove(&format!("source:{}", r.name)).unwrap_or_default().into_iter();
                 if let (Some(t), Some(rows)) = (s.table.as_mut(), lists.next()) {
                     for b in &rows {
@@ -545,18 +597,25 @@ impl Database {
                 s.rows_late = r.rows_late;
                 s.position = r.position;
             } else {
-                let s = eng.streams.get_mut(&r.name).ok_or_else(|| bad(format!("stream '{}' missing after its CREATE", r.name)))?;
+                let s = eng
+                    .streams
+                    .get_mut(&r.name)
+                    .ok_or_else(|| bad(format!("stream '{}' missing after its CREATE", r.name)))?;
                 if r.kind != "late" {
                     let now = fingerprint(s);
                     if !same_plan(&now, &r.fingerprint) {
                         return Err(Error::invalid_state(format!(
                             "checkpoint {epoch}: '{}' plans differently in this version of LaminarDB than when its state was saved, so that state cannot be loaded safely.\nsaved:\n{}\nnow:\n{}\nOpen the database with the version that wrote it, or remove '{}' to start over",
-                            r.name, r.fingerprint, now, self.inner.durable.as_ref().map(|d| d.store.root.display().to_string()).unwrap_or_default()
+                            r.name,
+                            r.fingerprint,
+                            now,
+                            self.inner.durable.as_ref().map(|d| d.store.root.display().to_string()).unwrap_or_default()
                         )));
                     }
                     let mut lists = l.objects.remove(&format!("stream:{}", r.name)).unwrap_or_default();
                     let mv_state = lists.pop().ok_or_else(|| bad(format!("no state for '{}'", r.name)))?;
-                    s.restore_ops(lists).map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
+                    s.restore_ops(lists)
+                        .map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
                     if let Some(mv) = &mut s.mv {
                         mv.restore(mv_state)?;
                     }
@@ -582,13 +641,16 @@ impl Database {
     fn replay(&self, seq: u64, rec: Record) -> Result<()> {
         let queue = |name: &str| -> Result<Arc<SourceQueue>> {
             let eng = self.inner.engine.lock();
-            eng.sources.get(name).map(|s| s.queue.clone()).ok_or_else(|| Error::new(ErrorKind::Io, format!("log record {seq}: no source '{name}' to replay it into")))
+            eng.sources.get(name).map(|s| s.queue.clone()).ok_or_else(|| {
+                Error::new(ErrorKind::Io, format!("log record {seq}: no source '{name}' to replay it into"))
+            })
         };
         match rec {
             Record::Ddl { sql } => {
                 self.flush()?;
                 for st in sql::parse_sql(&sql)? {
-                    self.execute_statement(st.statement, &st.text).map_err(|e| e.context(format!("replaying log record {seq} ({sql})")))?;
+                    self.execute_statement(st.statement, &st.text)
+                        .map_err(|e| e.context(format!("replaying log record {seq} ({sql})")))?;
                 }
                 let mut eng = self.inner.engine.lock();
                 eng.applied_seq = eng.applied_seq.max(seq);
@@ -676,7 +738,15 @@ impl Database {
         let mut last = ExecuteResult::default();
         for s in stmts {
             last = match &self.inner.durable {
-                Some(d) if matches!(s.statement, Statement::CreateSource(_) | Statement::CreateStream(_) | Statement::Drop { .. } | Statement::Delete { .. }) => {
+                Some(d)
+                    if matches!(
+                        s.statement,
+                        Statement::CreateSource(_)
+                            | Statement::CreateStream(_)
+                            | Statement::Drop { .. }
+                            | Statement::Delete { .. }
+                    ) =>
+                {
                     self.execute_logged(d, s.statement, &s.text)?
                 }
                 _ => self.execute_statement(s.statement, &s.text)?,
@@ -739,7 +809,9 @@ impl Database {
                 let (schema, batches) = self.run_query(*q)?;
                 Ok(ExecuteResult { batches, schema: Some(schema), ..Default::default() })
             }
-            Statement::Checkpoint => self.checkpoint().map(|_| ExecuteResult { message: "checkpoint taken".into(), ..Default::default() }),
+            Statement::Checkpoint => {
+                self.checkpoint().map(|_| ExecuteResult { message: "checkpoint taken".into(), ..Default::default() })
+            }
         }
     }
 
@@ -750,7 +822,10 @@ impl Database {
             m.insert(n.clone(), RelationInfo { schema: s.queue.schema.clone(), kind, time_col: s.time.map(|t| t.0) });
         }
         for (n, s) in &eng.streams {
-            m.insert(n.clone(), RelationInfo { schema: s.logical_schema.clone(), kind: s.kind.clone(), time_col: s.time_col });
+            m.insert(
+                n.clone(),
+                RelationInfo { schema: s.logical_schema.clone(), kind: s.kind.clone(), time_col: s.time_col },
+            );
         }
         m
     }
@@ -770,16 +845,26 @@ impl Database {
         let nexmark = match cs.connector.as_deref() {
             None => None,
             Some(c) if c.eq_ignore_ascii_case("nexmark") => Some(NexmarkFeed::from_options(&cs.name, &cs.options)?),
-            Some(c) => return Err(Error::not_implemented(format!("connector '{c}' is not available in this build (built in: NEXMARK)"))),
+            Some(c) => {
+                return Err(Error::not_implemented(format!(
+                    "connector '{c}' is not available in this build (built in: NEXMARK)"
+                )));
+            }
         };
         for k in cs.options.keys() {
             if k != "idle_timeout" && !(nexmark.is_some() && NexmarkFeed::OPTIONS.contains(&k.as_str())) {
-                let known = if nexmark.is_some() { format!("idle_timeout, {}", NexmarkFeed::OPTIONS.join(", ")) } else { "idle_timeout".into() };
+                let known = if nexmark.is_some() {
+                    format!("idle_timeout, {}", NexmarkFeed::OPTIONS.join(", "))
+                } else {
+                    "idle_timeout".into()
+                };
                 return Err(Error::invalid_argument(format!("unknown source option '{k}' (known: {known})")));
             }
         }
         let idle_timeout = match cs.options.get("idle_timeout") {
-            Some(v) => Some(crate::config::parse_duration(v).map_err(|m| Error::invalid_argument(format!("idle_timeout: {m}")))?),
+            Some(v) => Some(
+                crate::config::parse_duration(v).map_err(|m| Error::invalid_argument(format!("idle_timeout: {m}")))?,
+            ),
             None => self.inner.config.idle_timeout,
         };
         // DataFusion's own type mapping, through a CREATE TABLE plan.
@@ -793,7 +878,12 @@ impl Database {
         for f in schema.fields() {
             check_name("column", f.name())?;
             if !seen.insert(f.name().as_str()) {
-                return Err(Error::plan(format!("{} '{}' declares column '{}' more than once", if cs.table { "table" } else { "source" }, cs.name, f.name())));
+                return Err(Error::plan(format!(
+                    "{} '{}' declares column '{}' more than once",
+                    if cs.table { "table" } else { "source" },
+                    cs.name,
+                    f.name()
+                )));
             }
         }
         // A table's key columns are NOT NULL: a pushed NULL key is refused with the batch.
@@ -801,7 +891,9 @@ impl Database {
             let mut key_idx = vec![];
             for k in &cs.primary_key {
                 let i = schema.index_of(k).map_err(|_| {
-                    let hint = nearest_name(k, schema.fields().iter().map(|f| f.name().as_str())).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+                    let hint = nearest_name(k, schema.fields().iter().map(|f| f.name().as_str()))
+                        .map(|n| format!("; did you mean '{n}'?"))
+                        .unwrap_or_default();
                     Error::plan(format!("PRIMARY KEY column '{k}' is not a column of table '{}'{hint}", cs.name))
                 })?;
                 if key_idx.contains(&i) {
@@ -809,7 +901,12 @@ impl Database {
                 }
                 key_idx.push(i);
             }
-            let fields: Vec<Field> = schema.fields().iter().enumerate().map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key_idx.contains(&i))).collect();
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() && !key_idx.contains(&i)))
+                .collect();
             let schema: SchemaRef = Arc::new(Schema::new(fields));
             let t = crate::runtime::table::TableState::try_new(schema.clone(), key_idx)?;
             (schema, Some(t))
@@ -831,7 +928,10 @@ impl Database {
                 })?;
                 let dt = schema.field(idx).data_type();
                 let scale = TimeScale::for_type(dt).ok_or_else(|| {
-                    Error::plan(format!("WATERMARK FOR '{}': column is {dt}, expected TIMESTAMP or BIGINT (epoch milliseconds)", w.column))
+                    Error::plan(format!(
+                        "WATERMARK FOR '{}': column is {dt}, expected TIMESTAMP or BIGINT (epoch milliseconds)",
+                        w.column
+                    ))
                 })?;
                 let delay = match (w.delay, dt) {
                     (WatermarkDelay::None, _) => 0,
@@ -856,20 +956,32 @@ impl Database {
         if let Some(what) = Self::name_taken(&eng, &cs.name) {
             if cs.if_not_exists {
                 self.check_same_definition(&eng, &cs.name, text)?;
-                return Ok(ExecuteResult { message: format!("{what} '{}' already exists", cs.name), ..Default::default() });
+                return Ok(ExecuteResult {
+                    message: format!("{what} '{}' already exists", cs.name),
+                    ..Default::default()
+                });
             }
             if !(cs.or_replace && what == "source") {
                 return Err(Error::already_exists(format!("a {what} named '{}' already exists", cs.name)));
             }
             if eng.streams.values().any(|s| s.inputs.contains(&cs.name)) {
-                return Err(Error::invalid_state(format!("cannot replace source '{}': streams read it (DROP … CASCADE first)", cs.name)));
+                return Err(Error::invalid_state(format!(
+                    "cannot replace source '{}': streams read it (DROP … CASCADE first)",
+                    cs.name
+                )));
             }
             if let Some(old) = eng.sources.remove(&cs.name) {
                 old.queue.dropped.store(true, Ordering::Release);
             }
         }
         let (permits_tx, permits_rx) = crossbeam_channel::bounded(self.inner.config.queue_capacity);
-        let queue = Arc::new(SourceQueue { name: cs.name.clone(), schema, permits_tx, permits_rx, dropped: AtomicBool::new(false) });
+        let queue = Arc::new(SourceQueue {
+            name: cs.name.clone(),
+            schema,
+            permits_tx,
+            permits_rx,
+            dropped: AtomicBool::new(false),
+        });
         eng.sources.insert(
             cs.name.clone(),
             SourceRt {
@@ -898,7 +1010,10 @@ impl Database {
                 feed.start(self.writer(&cs.name)?, cols, 0)?;
             }
         }
-        Ok(ExecuteResult { message: format!("created {} '{}'", if cs.table { "table" } else { "source" }, cs.name), ..Default::default() })
+        Ok(ExecuteResult {
+            message: format!("created {} '{}'", if cs.table { "table" } else { "source" }, cs.name),
+            ..Default::default()
+        })
     }
 
     /// `CREATE … IF NOT EXISTS x` on a durable database where `x` exists with another
@@ -909,7 +1024,12 @@ impl Database {
         if self.inner.durable.is_none() {
             return Ok(());
         }
-        let old = eng.sources.get(name).map(|s| s.sql.clone()).or_else(|| eng.streams.get(name).map(|s| s.sql.clone())).unwrap_or_default();
+        let old = eng
+            .sources
+            .get(name)
+            .map(|s| s.sql.clone())
+            .or_else(|| eng.streams.get(name).map(|s| s.sql.clone()))
+            .unwrap_or_default();
         if definition_key(&old) == definition_key(text) {
             return Ok(());
         }
@@ -939,7 +1059,10 @@ impl Database {
         if let Some(what) = Self::name_taken(&eng, &cs.name) {
             if cs.if_not_exists {
                 self.check_same_definition(&eng, &cs.name, text)?;
-                return Ok(ExecuteResult { message: format!("{what} '{}' already exists", cs.name), ..Default::default() });
+                return Ok(ExecuteResult {
+                    message: format!("{what} '{}' already exists", cs.name),
+                    ..Default::default()
+                });
             }
             if !cs.or_replace || what == "source" {
                 return Err(Error::already_exists(format!("a {what} named '{}' already exists", cs.name)));
@@ -957,12 +1080,19 @@ impl Database {
             };
             match eng.streams.get(late) {
                 Some(s) if s.is_late_sink && s.output_schema == late_schema => {}
-                Some(_) => return Err(Error::already_exists(format!("'{late}' exists and is not a late-data stream of the same shape"))),
+                Some(_) => {
+                    return Err(Error::already_exists(format!(
+                        "'{late}' exists and is not a late-data stream of the same shape"
+                    )));
+                }
                 None if eng.sources.contains_key(late) => {
-                    return Err(Error::already_exists(format!("'{late}' is a source; LATE DATA TO needs a new stream name")));
+                    return Err(Error::already_exists(format!(
+                        "'{late}' is a source; LATE DATA TO needs a new stream name"
+                    )));
                 }
                 None => {
-                    eng.streams.insert(late.clone(), StreamRt::late_sink(late_schema, format!("-- late rows of {}", cs.name)));
+                    eng.streams
+                        .insert(late.clone(), StreamRt::late_sink(late_schema, format!("-- late rows of {}", cs.name)));
                     eng.order.push(late.clone());
                 }
             }
@@ -1012,26 +1142,40 @@ impl Database {
         Ok(ExecuteResult { message: format!("created {noun} '{}'", cs.name), ..Default::default() })
     }
 
-    fn drop_objects(&self, kind: Option<ObjectKind>, names: Vec<String>, if_exists: bool, cascade: bool) -> Result<ExecuteResult> {
+    fn drop_objects(
+        &self,
+        kind: Option<ObjectKind>,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<ExecuteResult> {
         let mut eng = self.inner.engine.lock();
         let mut dropped = vec![];
         for name in names {
             let actual = if let Some(s) = eng.sources.get(&name) {
                 Some(if s.table.is_some() { ObjectKind::Table } else { ObjectKind::Source })
             } else {
-                eng.streams.get(&name).map(|s| if s.materialized { ObjectKind::MaterializedView } else { ObjectKind::Stream })
+                eng.streams
+                    .get(&name)
+                    .map(|s| if s.materialized { ObjectKind::MaterializedView } else { ObjectKind::Stream })
             };
             let Some(actual) = actual else {
                 if if_exists {
                     continue;
                 }
                 let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
-                let hint = nearest_name(&name, all.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+                let hint = nearest_name(&name, all.iter().map(String::as_str))
+                    .map(|n| format!("; did you mean '{n}'?"))
+                    .unwrap_or_default();
                 return Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")));
             };
             if let Some(k) = kind {
                 if k != actual {
-                    return Err(Error::invalid_argument(format!("'{name}' is a {}, not a {}", actual.noun(), k.noun())));
+                    return Err(Error::invalid_argument(format!(
+                        "'{name}' is a {}, not a {}",
+                        actual.noun(),
+                        k.noun()
+                    )));
                 }
             }
             // Dependents, transitively.
@@ -1062,7 +1206,10 @@ impl Database {
                 dropped.push(d);
             }
         }
-        Ok(ExecuteResult { message: format!("dropped {}", if dropped.is_empty() { "nothing".into() } else { dropped.join(", ") }), ..Default::default() })
+        Ok(ExecuteResult {
+            message: format!("dropped {}", if dropped.is_empty() { "nothing".into() } else { dropped.join(", ") }),
+            ..Default::default()
+        })
     }
 
     /// Names of the objects of a kind, sorted.
@@ -1070,10 +1217,16 @@ impl Database {
         self.check_open()?;
         let eng = self.inner.engine.lock();
         let mut v: Vec<String> = match kind {
-            ObjectKind::Source => eng.sources.iter().filter(|(_, s)| s.table.is_none()).map(|(n, _)| n.clone()).collect(),
-            ObjectKind::Table => eng.sources.iter().filter(|(_, s)| s.table.is_some()).map(|(n, _)| n.clone()).collect(),
+            ObjectKind::Source => {
+                eng.sources.iter().filter(|(_, s)| s.table.is_none()).map(|(n, _)| n.clone()).collect()
+            }
+            ObjectKind::Table => {
+                eng.sources.iter().filter(|(_, s)| s.table.is_some()).map(|(n, _)| n.clone()).collect()
+            }
             ObjectKind::Stream => eng.streams.iter().filter(|(_, s)| !s.materialized).map(|(n, _)| n.clone()).collect(),
-            ObjectKind::MaterializedView => eng.streams.iter().filter(|(_, s)| s.materialized).map(|(n, _)| n.clone()).collect(),
+            ObjectKind::MaterializedView => {
+                eng.streams.iter().filter(|(_, s)| s.materialized).map(|(n, _)| n.clone()).collect()
+            }
             ObjectKind::Sink => vec![],
         };
         v.sort();
@@ -1095,7 +1248,14 @@ impl Database {
                 Some(t) => (ObjectKind::Table, StreamKind::Upsert { key: t.key_names() }),
                 None => (ObjectKind::Source, StreamKind::AppendOnly),
             };
-            return Ok(ObjectInfo { name: name.into(), kind, schema: s.queue.schema.clone(), stream_kind, sql: s.sql.clone(), inputs: vec![] });
+            return Ok(ObjectInfo {
+                name: name.into(),
+                kind,
+                schema: s.queue.schema.clone(),
+                stream_kind,
+                sql: s.sql.clone(),
+                inputs: vec![],
+            });
         }
         if let Some(s) = eng.streams.get(name) {
             return Ok(ObjectInfo {
@@ -1108,7 +1268,9 @@ impl Database {
             });
         }
         let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
-        let hint = nearest_name(name, all.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+        let hint = nearest_name(name, all.iter().map(String::as_str))
+            .map(|n| format!("; did you mean '{n}'?"))
+            .unwrap_or_default();
         Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")))
     }
 
@@ -1118,8 +1280,16 @@ impl Database {
         let b = RecordBatch::try_from_iter(vec![
             ("column_name", Arc::new(StringArray::from_iter_values(f.iter().map(|f| f.name().clone()))) as ArrayRef),
             ("data_type", Arc::new(StringArray::from_iter_values(f.iter().map(|f| f.data_type().to_string())))),
-            ("is_nullable", Arc::new(StringArray::from_iter_values(f.iter().map(|f| if f.is_nullable() { "YES" } else { "NO" })))),
-            ("kind", Arc::new(StringArray::from_iter_values(f.iter().map(|_| format!("{} {}", info.kind.noun(), info.stream_kind))))),
+            (
+                "is_nullable",
+                Arc::new(StringArray::from_iter_values(f.iter().map(|f| if f.is_nullable() { "YES" } else { "NO" }))),
+            ),
+            (
+                "kind",
+                Arc::new(StringArray::from_iter_values(
+                    f.iter().map(|_| format!("{} {}", info.kind.noun(), info.stream_kind)),
+                )),
+            ),
         ])?;
         Ok(ExecuteResult { batches: vec![b], ..Default::default() })
     }
@@ -1187,11 +1357,16 @@ impl Database {
                 // A failed view is not registered: its rows stopped being right when it failed,
                 // so a read of it fails with the stream's error (below) instead of stale rows.
                 if let (Some(mv), None) = (&s.mv, &s.failed) {
-                    ctx.register_table(n.as_str(), Arc::new(MemTable::try_new(s.logical_schema.clone(), vec![mv.snapshot()?])?))?;
+                    ctx.register_table(
+                        n.as_str(),
+                        Arc::new(MemTable::try_new(s.logical_schema.clone(), vec![mv.snapshot()?])?),
+                    )?;
                 }
             }
         }
-        let stmt = datafusion::sql::parser::Statement::Statement(Box::new(datafusion::sql::sqlparser::ast::Statement::Query(Box::new(q))));
+        let stmt = datafusion::sql::parser::Statement::Statement(Box::new(
+            datafusion::sql::sqlparser::ast::Statement::Query(Box::new(q)),
+        ));
         let inner = self.inner.clone();
         let res = self.inner.runtime.block_on(async move {
             let plan = ctx.state().statement_to_plan(stmt).await?;
@@ -1229,31 +1404,46 @@ impl Database {
         })
     }
 
-    fn insert_values(&self, table: &str, columns: &[String], source: datafusion::sql::sqlparser::ast::Query) -> Result<ExecuteResult> {
+    fn insert_values(
+        &self,
+        table: &str,
+        columns: &[String],
+        source: datafusion::sql::sqlparser::ast::Query,
+    ) -> Result<ExecuteResult> {
         let (schema, _) = self.target(table, "INSERT INTO")?;
         let (_, batches) = self.run_query(source)?;
         let targets: Vec<usize> = if columns.is_empty() {
             (0..schema.fields().len()).collect()
         } else {
-            columns.iter().map(|c| schema.index_of(c).map_err(|_| Error::plan(format!("source '{table}' has no column '{c}'")))).collect::<Result<_>>()?
+            columns
+                .iter()
+                .map(|c| schema.index_of(c).map_err(|_| Error::plan(format!("source '{table}' has no column '{c}'"))))
+                .collect::<Result<_>>()?
         };
         let mut total = 0u64;
         let mut writer = self.writer(table)?;
         for b in batches {
             if b.num_columns() != targets.len() {
-                return Err(Error::plan(format!("INSERT has {} values per row for {} columns", b.num_columns(), targets.len())));
+                return Err(Error::plan(format!(
+                    "INSERT has {} values per row for {} columns",
+                    b.num_columns(),
+                    targets.len()
+                )));
             }
             let n = b.num_rows();
             let mut cols: Vec<ArrayRef> = vec![];
             for (i, f) in schema.fields().iter().enumerate() {
                 let col = match targets.iter().position(|&t| t == i) {
-                    Some(p) => strict_cast(b.column(p), f.data_type()).map_err(|e| e.context(format!("INSERT INTO '{table}', column '{}'", f.name())))?,
+                    Some(p) => strict_cast(b.column(p), f.data_type())
+                        .map_err(|e| e.context(format!("INSERT INTO '{table}', column '{}'", f.name())))?,
                     None => datafusion::arrow::array::new_null_array(f.data_type(), n),
                 };
                 cols.push(col);
             }
             let batch = RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>())),
+                Arc::new(Schema::new(
+                    schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+                )),
                 cols,
                 &datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
             )?;
@@ -1273,7 +1463,9 @@ impl Database {
                 return Ok((s.queue.schema.clone(), s.table.is_some()));
             }
             if eng.streams.contains_key(name) {
-                return Err(Error::invalid_argument(format!("cannot {statement} '{name}': it is a stream; write into a source or table")));
+                return Err(Error::invalid_argument(format!(
+                    "cannot {statement} '{name}': it is a stream; write into a source or table"
+                )));
             }
         }
         // object() takes the engine lock itself.
@@ -1283,22 +1475,35 @@ impl Database {
     /// `DELETE FROM table [WHERE …]`: removes the matching rows of a table (after every push made
     /// before the call is applied) and retracts them downstream.
     /// The result, and the rows removed (for the log).
-    fn delete_where(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<(ExecuteResult, Vec<RecordBatch>)> {
+    fn delete_where(
+        &self,
+        table: &str,
+        selection: Option<datafusion::sql::sqlparser::ast::Expr>,
+    ) -> Result<(ExecuteResult, Vec<RecordBatch>)> {
         self.flush()?;
         let rows = self.delete_rows_matching(table, selection)?;
         let removed = self.apply_delete(table, &rows)?;
-        Ok((ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() }, rows))
+        Ok((
+            ExecuteResult { rows_affected: removed, message: format!("deleted {removed} rows"), ..Default::default() },
+            rows,
+        ))
     }
 
     /// The rows of `table` a DELETE's WHERE matches, read like an ad-hoc query over its rows.
-    fn delete_rows_matching(&self, table: &str, selection: Option<datafusion::sql::sqlparser::ast::Expr>) -> Result<Vec<RecordBatch>> {
+    fn delete_rows_matching(
+        &self,
+        table: &str,
+        selection: Option<datafusion::sql::sqlparser::ast::Expr>,
+    ) -> Result<Vec<RecordBatch>> {
         let q = crate::sql::parse_one(&format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))?;
         let crate::sql::Statement::Query(mut query) = q.statement else { unreachable!("a SELECT") };
         if let datafusion::sql::sqlparser::ast::SetExpr::Select(sel) = query.body.as_mut() {
             sel.selection = selection;
         }
         if !self.target(table, "DELETE FROM")?.1 {
-            return Err(Error::invalid_argument(format!("cannot DELETE FROM '{table}': it is an append-only source; DELETE works on tables")));
+            return Err(Error::invalid_argument(format!(
+                "cannot DELETE FROM '{table}': it is an append-only source; DELETE works on tables"
+            )));
         }
         let (_, rows) = self.run_query(*query)?;
         Ok(rows.into_iter().filter(|b| b.num_rows() > 0).collect())
@@ -1337,9 +1542,14 @@ impl Database {
             let views: Vec<String> = eng.streams.keys().cloned().collect();
             drop(eng);
             if views.iter().any(|v| v == source) {
-                return Err(Error::invalid_argument(format!("'{}' is a stream or view, not a source: rows are pushed into sources", crate::error::clip(source))));
+                return Err(Error::invalid_argument(format!(
+                    "'{}' is a stream or view, not a source: rows are pushed into sources",
+                    crate::error::clip(source)
+                )));
             }
-            let hint = nearest_name(source, names.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+            let hint = nearest_name(source, names.iter().map(String::as_str))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
             return Err(Error::not_found(format!("no source named '{}'{hint}", crate::error::clip(source))));
         };
         Ok(SourceWriter { db: self.clone(), queue: s.queue.clone(), interrupts: Arc::new(AtomicU64::new(0)) })
@@ -1354,12 +1564,16 @@ impl Database {
         self.check_open()?;
         let mut eng = self.inner.engine.lock();
         if eng.sources.contains_key(name) {
-            return Err(Error::invalid_argument(format!("'{name}' is a source; subscribe to a stream over it (CREATE STREAM … AS SELECT * FROM {name})")));
+            return Err(Error::invalid_argument(format!(
+                "'{name}' is a source; subscribe to a stream over it (CREATE STREAM … AS SELECT * FROM {name})"
+            )));
         }
         let names: Vec<String> = eng.streams.keys().cloned().collect();
         let epoch_now = eng.epoch + 1;
         let s = eng.streams.get_mut(name).ok_or_else(|| {
-            let hint = nearest_name(name, names.iter().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+            let hint = nearest_name(name, names.iter().map(String::as_str))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
             Error::not_found(format!("no stream named '{name}'{hint}"))
         })?;
         if let Some(e) = &s.failed {
@@ -1371,11 +1585,15 @@ impl Database {
         let mut backlog: Vec<(u64, RecordBatch)> = vec![];
         if let Some(k) = opts.resume_after_epoch {
             let Some(d) = &self.inner.durable else {
-                return Err(Error::invalid_argument("resume_after_epoch needs a durable database (durability 'checkpoint' or 'wal')"));
+                return Err(Error::invalid_argument(
+                    "resume_after_epoch needs a durable database (durability 'checkpoint' or 'wal')",
+                ));
             };
             let last = eng.epoch;
             if k > last {
-                return Err(Error::invalid_argument(format!("cannot resume '{name}' after epoch {k}: the last checkpoint is epoch {last}")));
+                return Err(Error::invalid_argument(format!(
+                    "cannot resume '{name}' after epoch {k}: the last checkpoint is epoch {last}"
+                )));
             }
             if k + 1 < history_since {
                 return Err(Error::invalid_argument(format!(
@@ -1446,7 +1664,8 @@ impl Database {
         // Only ManualClock reports is_manual; its counter is the first field.
         let clock = Arc::as_ptr(&self.inner.clock) as *const ManualClock;
         // SAFETY: is_manual() is true only for ManualClock, so the pointer has that type.
-        let now = unsafe { (*clock).0.fetch_add(by.as_millis() as u64, Ordering::AcqRel) } as i64 + by.as_millis() as i64;
+        let now =
+            unsafe { (*clock).0.fetch_add(by.as_millis() as u64, Ordering::AcqRel) } as i64 + by.as_millis() as i64;
         self.inner.tx.send(Event::Tick(now)).map_err(|_| Error::closed())?;
         self.flush()
     }
@@ -1560,7 +1779,9 @@ impl Database {
         let mut eng = self.inner.engine.lock();
         let s = eng.streams.get_mut(name).ok_or_else(|| Error::not_found(format!("no stream named '{name}'")))?;
         if state.iter().flatten().any(crate::operator::aggregate::is_spill_meta) {
-            return Err(Error::invalid_argument("this state refers to groups in a RocksDB state backend: only checkpoint recovery can load it"));
+            return Err(Error::invalid_argument(
+                "this state refers to groups in a RocksDB state backend: only checkpoint recovery can load it",
+            ));
         }
         s.restore_ops(state)
     }
@@ -1576,7 +1797,11 @@ impl StreamRt {
     fn restore_ops(&mut self, state: Vec<Vec<RecordBatch>>) -> Result<()> {
         let mut ops = self.root.operators_mut();
         if state.len() != ops.len() {
-            return Err(Error::invalid_argument(format!("the state holds {} operators, the plan has {}: it was taken from a different plan", state.len(), ops.len())));
+            return Err(Error::invalid_argument(format!(
+                "the state holds {} operators, the plan has {}: it was taken from a different plan",
+                state.len(),
+                ops.len()
+            )));
         }
         for (op, st) in ops.iter_mut().zip(state) {
             op.restore(st)?;
@@ -1659,7 +1884,13 @@ impl SourceWriter {
         }
         match self.db.inner.config.queue_full {
             QueueFullPolicy::Fail => self.queue.permits_tx.try_send(()).map_err(|_| {
-                Error::new(ErrorKind::ResourceExhausted, format!("source '{}' queue is full (queue_full = fail); nothing of this push was applied", self.queue.name))
+                Error::new(
+                    ErrorKind::ResourceExhausted,
+                    format!(
+                        "source '{}' queue is full (queue_full = fail); nothing of this push was applied",
+                        self.queue.name
+                    ),
+                )
             })?,
             QueueFullPolicy::Block => loop {
                 match self.queue.permits_tx.send_timeout((), Duration::from_millis(20)) {
@@ -1724,7 +1955,10 @@ impl SourceWriter {
 
     fn push_watermark(&self, us: i64) -> Result<()> {
         let q = self.queue.clone();
-        self.enqueue(|| Record::Watermark { source: self.queue.name.clone(), us }, move |seq| Event::Watermark { q, us, seq })
+        self.enqueue(
+            || Record::Watermark { source: self.queue.name.clone(), us },
+            move |seq| Event::Watermark { q, us, seq },
+        )
     }
 
     /// Marks the end of input: closes every window that depends only on finished sources.
@@ -1748,7 +1982,12 @@ impl SourceWriter {
 impl Durable {
     /// Orders one change among the logged ones and, when `rec` is given (level `wal`), returns
     /// once its record is durable and the change has been handed to the pipeline.
-    fn submit(&self, tx: &Sender<Event>, rec: Option<durable::Prepared>, make: impl FnOnce(u64) -> Event) -> Result<()> {
+    fn submit(
+        &self,
+        tx: &Sender<Event>,
+        rec: Option<durable::Prepared>,
+        make: impl FnOnce(u64) -> Event,
+    ) -> Result<()> {
         let mut st = self.log.lock();
         if let Some(e) = &st.failed {
             return Err(e.clone());
@@ -1820,7 +2059,10 @@ impl Durable {
             Err(e) => {
                 st.failed = Some(Error::new(
                     e.kind(),
-                    format!("{}; nothing of the changes in this commit was applied, and the database refuses changes until it is reopened", e.message()),
+                    format!(
+                        "{}; nothing of the changes in this commit was applied, and the database refuses changes until it is reopened",
+                        e.message()
+                    ),
                 ));
             }
         }
@@ -1890,7 +2132,8 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
             objects.push((format!("outputs:{n}"), durable::encode_lists(std::slice::from_ref(&s.history))?));
         }
     }
-    let (stats, oldest_seq) = durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, inner.state.as_deref(), d.retain)?;
+    let (stats, oldest_seq) =
+        durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, inner.state.as_deref(), d.retain)?;
     eng.epoch = epoch;
     for s in eng.streams.values_mut() {
         s.history.clear();
@@ -1909,9 +2152,8 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
 /// Whether two fingerprints describe the same operators. The number of partitions (the
 /// `workers` setting) may differ: every operator re-partitions its state when it loads it.
 fn same_plan(a: &str, b: &str) -> bool {
-    let strip = |s: &str| -> String {
-        s.split(' ').filter(|w| !w.starts_with("partitions=")).collect::<Vec<_>>().join(" ")
-    };
+    let strip =
+        |s: &str| -> String { s.split(' ').filter(|w| !w.starts_with("partitions=")).collect::<Vec<_>>().join(" ") };
     strip(a) == strip(b)
 }
 
@@ -1967,11 +2209,25 @@ mod catalog {
     }
 
     pub(super) fn read(b: &RecordBatch) -> Result<Vec<Row>> {
-        let col = |n: &str| b.column_by_name(n).ok_or_else(|| Error::invalid_data(format!("catalog column '{n}' missing")));
-        let (kind, name, sql, fp) = (col("kind")?.as_string::<i32>(), col("name")?.as_string::<i32>(), col("sql")?.as_string::<i32>(), col("fingerprint")?.as_string::<i32>());
+        let col =
+            |n: &str| b.column_by_name(n).ok_or_else(|| Error::invalid_data(format!("catalog column '{n}' missing")));
+        let (kind, name, sql, fp) = (
+            col("kind")?.as_string::<i32>(),
+            col("name")?.as_string::<i32>(),
+            col("sql")?.as_string::<i32>(),
+            col("fingerprint")?.as_string::<i32>(),
+        );
         let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
-        let (wm, ri, bi, rl, ro, bo, lp, pos) =
-            (int("watermark")?, int("rows_in")?, int("batches_in")?, int("rows_late")?, int("rows_out")?, int("batches_out")?, int("late_pairs")?, int("position")?);
+        let (wm, ri, bi, rl, ro, bo, lp, pos) = (
+            int("watermark")?,
+            int("rows_in")?,
+            int("batches_in")?,
+            int("rows_late")?,
+            int("rows_out")?,
+            int("batches_out")?,
+            int("late_pairs")?,
+            int("position")?,
+        );
         let hs = int("history_since")?;
         let (fk, fm) = (col("failed_kind")?.as_string::<i32>(), col("failed")?.as_string::<i32>());
         let u = |v: Option<i64>| v.unwrap_or(0) as u64;
@@ -2021,7 +2277,14 @@ mod catalog {
         for n in &eng.order {
             let s = &eng.streams[n];
             rows.push(Row {
-                kind: if s.is_late_sink { "late" } else if s.materialized { "view" } else { "stream" }.into(),
+                kind: if s.is_late_sink {
+                    "late"
+                } else if s.materialized {
+                    "view"
+                } else {
+                    "stream"
+                }
+                .into(),
                 name: n.clone(),
                 sql: s.sql.clone(),
                 fingerprint: if s.is_late_sink { String::new() } else { fingerprint(s) },
@@ -2053,8 +2316,16 @@ mod catalog {
             ("late_pairs", ints(&|r| Some(r.late_pairs as i64))),
             ("position", ints(&|r| r.position.map(|p| p as i64))),
             ("history_since", ints(&|r| r.history_since.map(|p| p as i64))),
-            ("failed_kind", Arc::new(StringArray::from_iter(rows.iter().map(|r| r.failed.as_ref().map(|f| f.0.clone())))) as ArrayRef),
-            ("failed", Arc::new(StringArray::from_iter(rows.iter().map(|r| r.failed.as_ref().map(|f| f.1.clone())))) as ArrayRef),
+            (
+                "failed_kind",
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.failed.as_ref().map(|f| f.0.clone()))))
+                    as ArrayRef,
+            ),
+            (
+                "failed",
+                Arc::new(StringArray::from_iter(rows.iter().map(|r| r.failed.as_ref().map(|f| f.1.clone()))))
+                    as ArrayRef,
+            ),
         ])?)
     }
 }
@@ -2073,7 +2344,8 @@ fn input_watermark(eng: &Engine, name: &str) -> i64 {
 /// a source with `idle_timeout` stops holding it back after that long without data) unless every
 /// input is idle.
 fn combined_watermark(eng: &Engine, inputs: &[String]) -> i64 {
-    let active = inputs.iter().filter(|i| !eng.sources.get(*i).is_some_and(|s| s.idle)).map(|i| input_watermark(eng, i)).min();
+    let active =
+        inputs.iter().filter(|i| !eng.sources.get(*i).is_some_and(|s| s.idle)).map(|i| input_watermark(eng, i)).min();
     active.or_else(|| inputs.iter().map(|i| input_watermark(eng, i)).min()).unwrap_or(NO_WATERMARK)
 }
 
@@ -2117,7 +2389,13 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let timeout = {
             let Some(inner) = db.upgrade() else { return };
             let eng = inner.engine.lock();
-            let next = eng.streams.values().filter_map(|s| s.tick.map(|t| t.1)).chain(idle_deadline(&eng)).chain(eng.next_checkpoint_ms).min();
+            let next = eng
+                .streams
+                .values()
+                .filter_map(|s| s.tick.map(|t| t.1))
+                .chain(idle_deadline(&eng))
+                .chain(eng.next_checkpoint_ms)
+                .min();
             match (next, inner.clock.is_manual()) {
                 (Some(due), false) => Some(Duration::from_millis((due - inner.clock.now_ms()).max(0) as u64)),
                 _ => None,
@@ -2212,7 +2490,10 @@ fn check_name(what: &str, name: &str) -> Result<()> {
         return Err(Error::plan(format!("a {what} name must not be empty")));
     }
     if name.contains('\0') {
-        return Err(Error::plan(format!("the {what} name '{}' contains a NUL character", crate::error::clip(&name.replace('\0', "\\0")))));
+        return Err(Error::plan(format!(
+            "the {what} name '{}' contains a NUL character",
+            crate::error::clip(&name.replace('\0', "\\0"))
+        )));
     }
     Ok(())
 }
@@ -2253,16 +2534,19 @@ fn trim_retained(retained: &mut VecDeque<RecordBatch>, rows: &mut usize, retenti
 /// parse or fit ('abc' or an overflowing literal into BIGINT, 'not a time' into TIMESTAMP) is an
 /// error instead of NULL, and so is a fraction into an integer column (1.9 into BIGINT).
 fn strict_cast(col: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
-    use datafusion::arrow::compute::{cast_with_options, CastOptions};
+    use datafusion::arrow::compute::{CastOptions, cast_with_options};
     let from = col.data_type();
     if from.is_floating() && to.is_integer() {
         let f = datafusion::arrow::compute::cast(col, &DataType::Float64)?;
         let f = f.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
-        if let Some((row, v)) = f.iter().enumerate().find_map(|(i, v)| v.filter(|v| v.fract() != 0.0 || !v.is_finite()).map(|v| (i, v))) {
+        if let Some((row, v)) =
+            f.iter().enumerate().find_map(|(i, v)| v.filter(|v| v.fract() != 0.0 || !v.is_finite()).map(|v| (i, v)))
+        {
             return Err(Error::invalid_data(format!("row {row}: {v} is not a whole number; {to} holds integers only")));
         }
     }
-    let out = cast_with_options(col, to, &CastOptions { safe: false, ..Default::default() }).map_err(|e| Error::invalid_data(e.to_string()))?;
+    let out = cast_with_options(col, to, &CastOptions { safe: false, ..Default::default() })
+        .map_err(|e| Error::invalid_data(e.to_string()))?;
     if out.null_count() > col.null_count() {
         let row = (0..out.len()).find(|&i| out.is_null(i) && !col.is_null(i)).unwrap_or(0);
         return Err(Error::invalid_data(format!("row {row}: the value does not convert to {to}")));
@@ -2280,7 +2564,8 @@ fn release_and_send_pending(mut eng: parking_lot::MutexGuard<'_, Engine>, closed
 
 /// Fails every stream that reads `source` (and has not failed already).
 fn fail_readers(eng: &mut Engine, source: &str, e: Error) {
-    let names: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
+    let names: Vec<String> =
+        eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == source)).cloned().collect();
     for n in names {
         let s = eng.streams.get_mut(&n).expect("listed");
         if s.failed.is_none() {
@@ -2293,7 +2578,11 @@ fn fail_readers(eng: &mut Engine, source: &str, e: Error) {
 fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbInner, &mut Engine)) {
     let r = crate::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng))));
     if let Err(p) = r {
-        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into());
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
         fail_readers(eng, source, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
     }
 }
@@ -2306,7 +2595,12 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
     // The watermark this batch implies; applied after the batch is processed.
     let new_wm = s.time.and_then(|(col, scale, delay)| {
         let (times, nulls) = event_times(batch.column(col), scale).ok()?;
-        let max = times.iter().enumerate().filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i))).map(|(_, t)| *t).max()?;
+        let max = times
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| nulls.as_ref().is_none_or(|n| n.is_valid(*i)))
+            .map(|(_, t)| *t)
+            .max()?;
         Some(max.saturating_sub(delay))
     });
     if let Some(t) = &mut s.table {
@@ -2337,7 +2631,8 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
     if batches.is_empty() {
         return;
     }
-    let readers: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
+    let readers: Vec<String> =
+        eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
     for name in readers {
         let mut outputs = vec![];
         let mut late = LateRows::default();
@@ -2346,7 +2641,12 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
             if s.failed.is_some() {
                 continue;
             }
-            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref(), memory_limit: inner.config.memory_limit };
+            let mut ctx = OpCtx {
+                watermark: s.watermark,
+                late: &mut late,
+                pool: inner.pool.as_ref(),
+                memory_limit: inner.config.memory_limit,
+            };
             let res = (|| -> Result<()> {
                 for b in batches {
                     outputs.extend(s.root.process(from, b, &mut ctx)?);
@@ -2371,7 +2671,14 @@ fn fail_stream(s: &mut StreamRt, name: &str, e: Error) {
 }
 
 /// Delivers a stream's output, accounts late rows, checks the memory limit, feeds dependents.
-fn after_run(inner: &DbInner, eng: &mut Engine, name: &str, source_of_input: &str, outputs: Vec<RecordBatch>, late: LateRows) {
+fn after_run(
+    inner: &DbInner,
+    eng: &mut Engine,
+    name: &str,
+    source_of_input: &str,
+    outputs: Vec<RecordBatch>,
+    late: LateRows,
+) {
     let late_target = {
         let s = eng.streams.get_mut(name).expect("exists");
         s.rows_late += late.rows;
@@ -2381,7 +2688,10 @@ fn after_run(inner: &DbInner, eng: &mut Engine, name: &str, source_of_input: &st
             let used: usize = ops.iter().map(|o| o.state_size()).sum();
             if used > limit {
                 let op = ops.iter().max_by_key(|o| o.state_size()).map(|o| o.explain()).unwrap_or_default();
-                let e = Error::new(ErrorKind::ResourceExhausted, format!("state of {used} bytes exceeds memory_limit {limit} in operator {op}"));
+                let e = Error::new(
+                    ErrorKind::ResourceExhausted,
+                    format!("state of {used} bytes exceeds memory_limit {limit} in operator {op}"),
+                );
                 fail_stream(s, name, e);
                 return;
             }
@@ -2454,7 +2764,8 @@ fn advance_source_watermark(inner: &DbInner, eng: &mut Engine, source: &str, wm:
 
 /// Recomputes the watermark of every stream reading `from`; runs window closes where it advanced.
 fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
-    let readers: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
+    let readers: Vec<String> =
+        eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
     for name in readers {
         let wm = combined_watermark(eng, &eng.streams[&name].inputs);
         let mut outputs = vec![];
@@ -2464,7 +2775,12 @@ fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
             if wm <= s.watermark || s.failed.is_some() {
                 continue;
             }
-            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref(), memory_limit: inner.config.memory_limit };
+            let mut ctx = OpCtx {
+                watermark: s.watermark,
+                late: &mut late,
+                pool: inner.pool.as_ref(),
+                memory_limit: inner.config.memory_limit,
+            };
             let res = s.root.on_watermark(wm, &mut ctx).map(|o| outputs.extend(o));
             s.watermark = wm;
             if let Err(e) = res {
@@ -2478,7 +2794,8 @@ fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str) {
 }
 
 fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
-    let due: Vec<String> = eng.order.iter().filter(|n| eng.streams[*n].tick.is_some_and(|t| t.1 <= now)).cloned().collect();
+    let due: Vec<String> =
+        eng.order.iter().filter(|n| eng.streams[*n].tick.is_some_and(|t| t.1 <= now)).cloned().collect();
     for name in due {
         let mut outputs = vec![];
         let mut late = LateRows::default();
@@ -2492,7 +2809,12 @@ fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
             if s.failed.is_some() {
                 continue;
             }
-            let mut ctx = OpCtx { watermark: s.watermark, late: &mut late, pool: inner.pool.as_ref(), memory_limit: inner.config.memory_limit };
+            let mut ctx = OpCtx {
+                watermark: s.watermark,
+                late: &mut late,
+                pool: inner.pool.as_ref(),
+                memory_limit: inner.config.memory_limit,
+            };
             let res = s.root.on_tick(&mut ctx).map(|o| outputs.extend(o));
             if let Err(e) = res {
                 fail_stream(s, &name, e);
@@ -2529,7 +2851,9 @@ impl NexmarkFeed {
         let num = |k: &str, default: u64| -> Result<u64> {
             match o.get(k) {
                 None => Ok(default),
-                Some(v) => v.trim().parse::<u64>().map_err(|_| Error::invalid_argument(format!("NEXMARK option {k}: expected a non-negative integer, got '{v}'"))),
+                Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                    Error::invalid_argument(format!("NEXMARK option {k}: expected a non-negative integer, got '{v}'"))
+                }),
             }
         };
         let kind_name = o.get("kind").cloned().unwrap_or_else(|| name.to_ascii_lowercase());
@@ -2540,7 +2864,7 @@ impl NexmarkFeed {
             k => {
                 return Err(Error::invalid_argument(format!(
                     "NEXMARK source '{name}': kind '{k}' is not person, auction or bid (set WITH (kind = 'bid') or name the source after its kind)"
-                )))
+                )));
             }
         };
         let rate = num("rate", 10_000_000)?;
@@ -2548,9 +2872,12 @@ impl NexmarkFeed {
         if rate == 0 || batch == 0 {
             return Err(Error::invalid_argument("NEXMARK options rate and batch must be positive"));
         }
-        let mut config = crate::nexmark::NexmarkConfig { first_event_rate: rate, seed: num("seed", 0)?, ..Default::default() };
+        let mut config =
+            crate::nexmark::NexmarkConfig { first_event_rate: rate, seed: num("seed", 0)?, ..Default::default() };
         if let Some(b) = o.get("base_time_ms") {
-            config.base_time_ms = b.trim().parse().map_err(|_| Error::invalid_argument(format!("NEXMARK option base_time_ms: expected epoch milliseconds, got '{b}'")))?;
+            config.base_time_ms = b.trim().parse().map_err(|_| {
+                Error::invalid_argument(format!("NEXMARK option base_time_ms: expected epoch milliseconds, got '{b}'"))
+            })?;
         }
         Ok(NexmarkFeed { kind, events: num("events", 1_000_000)?, batch, config })
     }
@@ -2562,7 +2889,10 @@ impl NexmarkFeed {
         let cols: Vec<usize> = schema.fields().iter().filter_map(|f| generated.index_of(f.name()).ok()).collect();
         let sample = RecordBatch::new_empty(generated.clone()).project(&cols)?;
         conform("nexmark", schema, &sample).map_err(|e| {
-            Error::plan(format!("the columns of a NEXMARK source must match the generator's ({}): {generated}", e.message()))
+            Error::plan(format!(
+                "the columns of a NEXMARK source must match the generator's ({}): {generated}",
+                e.message()
+            ))
         })?;
         Ok(cols)
     }

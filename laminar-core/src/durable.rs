@@ -27,8 +27,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
@@ -94,7 +94,9 @@ impl Io {
         match choice {
             IoBackend::Std => Ok(Io::Std),
             IoBackend::Auto => Ok(Self::uring().unwrap_or(Io::Std)),
-            IoBackend::IoUring => Self::uring().map_err(|e| Error::not_implemented(format!("io_backend 'io_uring' is not available here: {e}; use 'auto' or 'std'"))),
+            IoBackend::IoUring => Self::uring().map_err(|e| {
+                Error::not_implemented(format!("io_backend 'io_uring' is not available here: {e}; use 'auto' or 'std'"))
+            }),
         }
     }
 
@@ -142,7 +144,11 @@ fn uring_write_sync(ring: &mut io_uring::IoUring, fd: i32, mut offset: u64, mut 
     const ECANCELED: i32 = 125;
     loop {
         let n = data.len().min(1 << 30);
-        let write = opcode::Write::new(types::Fd(fd), data.as_ptr(), n as u32).offset(offset).build().flags(squeue::Flags::IO_LINK).user_data(1);
+        let write = opcode::Write::new(types::Fd(fd), data.as_ptr(), n as u32)
+            .offset(offset)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(1);
         let sync = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(2);
         // SAFETY: `data` outlives the submission: we wait for both completions below.
         unsafe {
@@ -159,7 +165,9 @@ fn uring_write_sync(ring: &mut io_uring::IoUring, fd: i32, mut offset: u64, mut 
                 synced = Some(cqe.result());
             }
         }
-        let (Some(w), Some(sr)) = (wrote, synced) else { return Err(std::io::Error::other("io_uring: a completion is missing")) };
+        let (Some(w), Some(sr)) = (wrote, synced) else {
+            return Err(std::io::Error::other("io_uring: a completion is missing"));
+        };
         if w < 0 {
             return Err(std::io::Error::from_raw_os_error(-w));
         }
@@ -216,11 +224,22 @@ pub(crate) struct Store {
 impl Store {
     pub(crate) fn open(root: &Path, io_backend: crate::config::IoBackend) -> Result<Store> {
         let io = Io::new(io_backend)?;
-        for d in [root.to_path_buf(), root.join("wal"), root.join("checkpoints"), root.join("checkpoints").join("blobs"), root.join("checkpoints").join("state")] {
+        for d in [
+            root.to_path_buf(),
+            root.join("wal"),
+            root.join("checkpoints"),
+            root.join("checkpoints").join("blobs"),
+            root.join("checkpoints").join("state"),
+        ] {
             fs::create_dir_all(&d).map_err(|e| io_err(format!("creating {}", d.display()), e))?;
         }
         let lock_path = root.join("LOCK");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc_flock(std::os::fd::AsRawFd::as_raw_fd(&lock)) };
         if rc != 0 {
@@ -229,7 +248,15 @@ impl Store {
                 root.display()
             )));
         }
-        Ok(Store { root: root.to_path_buf(), faults: Arc::new(Faults::default()), lock: parking_lot::Mutex::new(Some(lock)), io: parking_lot::Mutex::new(io), intact: Default::default(), state_files: Default::default(), io_backend })
+        Ok(Store {
+            root: root.to_path_buf(),
+            faults: Arc::new(Faults::default()),
+            lock: parking_lot::Mutex::new(Some(lock)),
+            io: parking_lot::Mutex::new(io),
+            intact: Default::default(),
+            state_files: Default::default(),
+            io_backend,
+        })
     }
 
     /// `io_uring` or `std`: what writes this database's files.
@@ -331,7 +358,11 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         if self.data.len() - self.pos < n {
-            return Err(Error::invalid_data(format!("truncated: {n} bytes wanted at offset {}, {} left", self.pos, self.data.len() - self.pos)));
+            return Err(Error::invalid_data(format!(
+                "truncated: {n} bytes wanted at offset {}, {} left",
+                self.pos,
+                self.data.len() - self.pos
+            )));
         }
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
@@ -502,16 +533,29 @@ fn segments(dir: &Path) -> Result<Vec<Segment>> {
 impl LogWriter {
     /// Starts a new segment whose first record will be `first_seq` (at durability `wal`, every
     /// number from there on is logged: `every_seq`).
-    pub(crate) fn create(dir: &Path, first_seq: u64, every_seq: bool, faults: Arc<Faults>, io: Io) -> Result<LogWriter> {
+    pub(crate) fn create(
+        dir: &Path,
+        first_seq: u64,
+        every_seq: bool,
+        faults: Arc<Faults>,
+        io: Io,
+    ) -> Result<LogWriter> {
         // A segment of the same number written at the other level holds no intact record: every
         // record numbered from `first_seq` on is yet to be written.
         let other = segment_path(dir, first_seq, !every_seq);
         match fs::remove_file(&other) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(format!("removing {}", other.display()), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err(format!("removing {}", other.display()), e));
+            }
             _ => {}
         }
         let path = segment_path(dir, first_seq, every_seq);
-        let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path).map_err(|e| io_err(format!("creating {}", path.display()), e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_err(format!("creating {}", path.display()), e))?;
         sync_dir(dir)?;
         Ok(LogWriter { dir: dir.to_path_buf(), file, bytes: 0, every_seq, faults, io })
     }
@@ -537,7 +581,10 @@ impl LogWriter {
 /// What is wrong with the record at some offset of a segment.
 enum Bad {
     /// The file ends inside the record (`have` of `need` bytes).
-    CutShort { have: usize, need: usize },
+    CutShort {
+        have: usize,
+        need: usize,
+    },
     /// A length too small for a record (a zeroed region reads as length 0).
     Length(usize),
     Checksum,
@@ -595,7 +642,12 @@ fn next_intact(data: &[u8], from: usize, above: u64, below: u64) -> Scan {
     while q + MIN_RECORD <= data.len() {
         let len = u32::from_le_bytes(data[q..q + 4].try_into().expect("4")) as usize;
         let seq = u64::from_le_bytes(data[q + 8..q + 16].try_into().expect("8"));
-        if len >= MIN_RECORD - 8 && len <= data.len() - q - 8 && seq > above && seq < below && (1..=4).contains(&data[q + 16]) {
+        if len >= MIN_RECORD - 8
+            && len <= data.len() - q - 8
+            && seq > above
+            && seq < below
+            && (1..=4).contains(&data[q + 16])
+        {
             if budget < len as u64 {
                 return Scan::Undecided;
             }
@@ -643,10 +695,23 @@ impl Loss<'_> {
     /// `what` happened at byte `at` of `path`; `bytes` of it are unreadable and the records
     /// numbered `seqs` (inclusive; None: unknown) are gone. `exact`: the segment logs every
     /// number, so all of them were records.
-    fn report(&mut self, path: &Path, at: usize, what: &str, bytes: usize, seqs: Option<(u64, u64)>, exact: bool) -> Result<()> {
+    fn report(
+        &mut self,
+        path: &Path,
+        at: usize,
+        what: &str,
+        bytes: usize,
+        seqs: Option<(u64, u64)>,
+        exact: bool,
+    ) -> Result<()> {
         let records = match seqs {
-            Some((a, b)) if exact => format!("{} record{} (sequence numbers {a} to {b})", b - a + 1, if a == b { "" } else { "s" }),
-            Some((a, b)) => format!("the records numbered {a} to {b} (up to {}: at durability 'checkpoint' pushes are not logged)", b - a + 1),
+            Some((a, b)) if exact => {
+                format!("{} record{} (sequence numbers {a} to {b})", b - a + 1, if a == b { "" } else { "s" })
+            }
+            Some((a, b)) => format!(
+                "the records numbered {a} to {b} (up to {}: at durability 'checkpoint' pushes are not logged)",
+                b - a + 1
+            ),
             None => "an unknown number of records".into(),
         };
         let bytes = if bytes > 0 { format!(", {bytes} bytes unreadable") } else { String::new() };
@@ -654,7 +719,9 @@ impl Loss<'_> {
         match self.rule {
             crate::config::WalRecovery::Strict => Err(Error::new(
                 ErrorKind::Io,
-                format!("{msg}; the log is damaged, so the database is not opened (set wal_recovery = 'salvage' to open it without those records, replaying every intact one)"),
+                format!(
+                    "{msg}; the log is damaged, so the database is not opened (set wal_recovery = 'salvage' to open it without those records, replaying every intact one)"
+                ),
             )),
             crate::config::WalRecovery::Salvage => {
                 self.warnings.push(format!("{msg}; skipped (wal_recovery = 'salvage'), every intact record replayed"));
@@ -699,7 +766,14 @@ pub(crate) fn replay_log(
     let mut loss = Loss { rule, warnings: &mut warn, out: &mut out };
     // Segments are deleted oldest first, once the oldest kept checkpoint covers them.
     if let Some(first) = segs.first().filter(|s| s.every_seq && s.first > after.saturating_add(1)) {
-        loss.report(&first.path, 0, &format!("the log before this segment is missing (the checkpoint covers records up to {after})"), 0, Some((after + 1, first.first - 1)), true)?;
+        loss.report(
+            &first.path,
+            0,
+            &format!("the log before this segment is missing (the checkpoint covers records up to {after})"),
+            0,
+            Some((after + 1, first.first - 1)),
+            true,
+        )?;
     }
     for (i, seg) in segs.iter().enumerate() {
         let next = segs.get(i + 1);
@@ -709,7 +783,9 @@ pub(crate) fn replay_log(
         }
         let path = &seg.path;
         let mut data = vec![];
-        File::open(path).and_then(|mut f| f.read_to_end(&mut data)).map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| io_err(format!("reading {}", path.display()), e))?;
         // The number of the last intact record (before the first: the one before the segment's).
         let mut prev = seg.first.saturating_sub(1);
         let mut pos = 0usize;
@@ -717,7 +793,8 @@ pub(crate) fn replay_log(
         while pos < data.len() {
             let bad = match frame_at(&data, pos) {
                 Ok(len) => {
-                    let (seq, rec) = decode_record(&data[pos + 8..pos + 8 + len]).map_err(|e| e.context(format!("{}: record at byte {pos}", path.display())))?;
+                    let (seq, rec) = decode_record(&data[pos + 8..pos + 8 + len])
+                        .map_err(|e| e.context(format!("{}: record at byte {pos}", path.display())))?;
                     pos += 8 + len;
                     prev = prev.max(seq);
                     if seq <= after {
@@ -741,12 +818,23 @@ pub(crate) fn replay_log(
             let below = next.map_or(u64::MAX, |n| n.first);
             // At durability `wal` the k-th record after `prev` is numbered prev + k; otherwise
             // pushes take numbers too: allow for 2^40 of them between two logged records.
-            let below = if seg.every_seq { below.min(prev.saturating_add(2 + (left / MIN_RECORD) as u64)) } else { below.min(prev.saturating_add(1 << 40)) };
+            let below = if seg.every_seq {
+                below.min(prev.saturating_add(2 + (left / MIN_RECORD) as u64))
+            } else {
+                below.min(prev.saturating_add(1 << 40))
+            };
             match next_intact(&data, pos + 1, prev, below) {
                 Scan::Found(q, seq) => {
                     let lost = (prev.max(after).saturating_add(1), seq - 1);
                     if lost.0 <= lost.1 {
-                        loss.report(path, pos, &format!("{what}, with intact records after it"), q - pos, Some(lost), seg.every_seq)?;
+                        loss.report(
+                            path,
+                            pos,
+                            &format!("{what}, with intact records after it"),
+                            q - pos,
+                            Some(lost),
+                            seg.every_seq,
+                        )?;
                     } else if seq - 1 <= after {
                         loss.warnings.push(format!(
                             "write-ahead log {}: {what} at byte {pos} ({} bytes) held only records the checkpoint covers (up to {after}); ignored",
@@ -763,13 +851,24 @@ pub(crate) fn replay_log(
                     pos = q;
                 }
                 Scan::Undecided => {
-                    let lost = next.map(|n| (prev.max(after).saturating_add(1), n.first.saturating_sub(1))).filter(|l| l.0 <= l.1);
-                    loss.report(path, pos, &format!("{what}, and whether intact records follow cannot be told"), left, lost, seg.every_seq)?;
+                    let lost = next
+                        .map(|n| (prev.max(after).saturating_add(1), n.first.saturating_sub(1)))
+                        .filter(|l| l.0 <= l.1);
+                    loss.report(
+                        path,
+                        pos,
+                        &format!("{what}, and whether intact records follow cannot be told"),
+                        left,
+                        lost,
+                        seg.every_seq,
+                    )?;
                     tail_done = true;
                     break;
                 }
                 Scan::Nothing => {
-                    let lost = next.map(|n| (prev.max(after).saturating_add(1), n.first.saturating_sub(1))).filter(|l| l.0 <= l.1);
+                    let lost = next
+                        .map(|n| (prev.max(after).saturating_add(1), n.first.saturating_sub(1)))
+                        .filter(|l| l.0 <= l.1);
                     match (next, lost) {
                         (None, _) => {
                             let how = match bad {
@@ -788,7 +887,11 @@ pub(crate) fn replay_log(
                             cut_tail(path, pos)?;
                         }
                         (Some(n), Some(l)) => {
-                            let what = format!("{what}, in a segment older than {} (whose first record is {}): not a torn tail", n.path.display(), n.first);
+                            let what = format!(
+                                "{what}, in a segment older than {} (whose first record is {}): not a torn tail",
+                                n.path.display(),
+                                n.first
+                            );
                             loss.report(path, pos, &what, left, Some(l), seg.every_seq)?;
                         }
                     }
@@ -798,14 +901,29 @@ pub(crate) fn replay_log(
             }
         }
         if let Some(n) = next.filter(|n| seg.every_seq && !tail_done && prev.max(after).saturating_add(1) < n.first) {
-            let held = if prev < seg.first { "it holds no record".to_string() } else { format!("its last record is {prev}") };
-            let what = format!("the segment ends there ({held}), though the next segment, {}, starts at record {}", n.path.display(), n.first);
-            loss.report(path, data.len(), &what, 0, Some((prev.max(after).saturating_add(1), n.first.saturating_sub(1))), true)?;
+            let held =
+                if prev < seg.first { "it holds no record".to_string() } else { format!("its last record is {prev}") };
+            let what = format!(
+                "the segment ends there ({held}), though the next segment, {}, starts at record {}",
+                n.path.display(),
+                n.first
+            );
+            loss.report(
+                path,
+                data.len(),
+                &what,
+                0,
+                Some((prev.max(after).saturating_add(1), n.first.saturating_sub(1))),
+                true,
+            )?;
         }
     }
     if failed.0 > 0 {
         let e = failed.1.map(|e| e.to_string()).unwrap_or_default();
-        warn.push(format!("{} intact log records after the damage could not be replayed and were skipped (the first: {e})", failed.0));
+        warn.push(format!(
+            "{} intact log records after the damage could not be replayed and were skipped (the first: {e})",
+            failed.0
+        ));
     }
     warnings.extend(warn);
     Ok(out)
@@ -921,13 +1039,23 @@ fn parse_manifest(text: &str) -> std::result::Result<Manifest, String> {
                 let crc = u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?;
                 m.objects.insert(name, (blob.to_string(), len, crc));
             }
-            ["state", dir] if dir.len() == 20 && dir.bytes().all(|b| b.is_ascii_digit()) => m.state = Some((dir.to_string(), vec![])),
+            ["state", dir] if dir.len() == 20 && dir.bytes().all(|b| b.is_ascii_digit()) => {
+                m.state = Some((dir.to_string(), vec![]))
+            }
             ["statefile", name, len, crc] => {
                 // RocksDB's own names (000012.sst, MANIFEST-000005, OPTIONS-000007, CURRENT).
-                let plain = |n: &String| !n.is_empty() && !n.starts_with('.') && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+                let plain = |n: &String| {
+                    !n.is_empty()
+                        && !n.starts_with('.')
+                        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+                };
                 let name = unhex(name).filter(plain).ok_or("a malformed state file name")?;
                 let len = len.parse().map_err(|_| "a malformed length")?;
-                let crc = if *crc == "-" { None } else { Some(u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?) };
+                let crc = if *crc == "-" {
+                    None
+                } else {
+                    Some(u32::from_str_radix(crc, 16).map_err(|_| "a malformed checksum")?)
+                };
                 m.state.as_mut().ok_or("a state file before its state line")?.1.push((name, len, crc));
             }
             _ => return Err(format!("an unknown line '{line}'")),
@@ -990,7 +1118,12 @@ pub(crate) fn write_checkpoint(
         sync_dir(&blobs)?;
     }
     let text = manifest_text(&m);
-    write_atomic(&mut store.io.lock(), &store.faults, &store.cp_dir().join(format!("MANIFEST-{epoch:020}")), text.as_bytes())?;
+    write_atomic(
+        &mut store.io.lock(),
+        &store.faults,
+        &store.cp_dir().join(format!("MANIFEST-{epoch:020}")),
+        text.as_bytes(),
+    )?;
     sync_dir(&store.cp_dir())?;
     stats.bytes_written += text.len() as u64;
     // Retention: the newest `retain` manifests; blobs no retained manifest names are deleted.
@@ -1035,7 +1168,12 @@ pub(crate) fn write_checkpoint(
 
 /// Checkpoints the RocksDB state backend into `checkpoints/state/<epoch>` (memtable flushed, SST
 /// files hard-linked) and lists its files for the manifest.
-fn checkpoint_state(store: &Store, st: &crate::state_store::StateStore, epoch: u64, stats: &mut CheckpointStats) -> Result<(String, Vec<(String, u64, Option<u32>)>)> {
+fn checkpoint_state(
+    store: &Store,
+    st: &crate::state_store::StateStore,
+    epoch: u64,
+    stats: &mut CheckpointStats,
+) -> Result<(String, Vec<(String, u64, Option<u32>)>)> {
     let name = format!("{epoch:020}");
     let dest = store.state_dir().join(&name);
     // Left by a checkpoint of this epoch that failed before its manifest was written.
@@ -1075,7 +1213,11 @@ fn checkpoint_state(store: &Store, st: &crate::state_store::StateStore, epoch: u
 }
 
 /// Loads (the `want`ed objects of) a checkpoint, verifying each blob; the blobs verified.
-fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> std::result::Result<(Loaded, Vec<String>), String> {
+fn load_manifest(
+    store: &Store,
+    path: &Path,
+    want: Option<&HashSet<&str>>,
+) -> std::result::Result<(Loaded, Vec<String>), String> {
     let text = fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
     let m = parse_manifest(&text)?;
     let mut objects = BTreeMap::new();
@@ -1087,7 +1229,11 @@ fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> st
         let bpath = store.blob_dir().join(blob);
         let data = fs::read(&bpath).map_err(|e| format!("object '{name}': cannot read {}: {e}", bpath.display()))?;
         if data.len() as u64 != *len {
-            return Err(format!("object '{name}': {} has {} bytes, the manifest says {len} (torn)", bpath.display(), data.len()));
+            return Err(format!(
+                "object '{name}': {} has {} bytes, the manifest says {len} (torn)",
+                bpath.display(),
+                data.len()
+            ));
         }
         if crc32fast::hash(&data) != *crc {
             return Err(format!("object '{name}': {} fails its checksum (corrupt)", bpath.display()));
@@ -1103,7 +1249,11 @@ fn load_manifest(store: &Store, path: &Path, want: Option<&HashSet<&str>>) -> st
             let path = d.join(f);
             let meta = fs::metadata(&path).map_err(|e| format!("state file {}: {e}", path.display()))?;
             if meta.len() != *len {
-                return Err(format!("state file {} has {} bytes, the manifest says {len} (torn)", path.display(), meta.len()));
+                return Err(format!(
+                    "state file {} has {} bytes, the manifest says {len} (torn)",
+                    path.display(),
+                    meta.len()
+                ));
             }
             if let Some(crc) = crc {
                 let data = fs::read(&path).map_err(|e| format!("state file {}: {e}", path.display()))?;
@@ -1134,7 +1284,10 @@ pub(crate) fn load_latest(store: &Store, warnings: &mut Vec<String>) -> Result<O
                 return Ok(Some(l));
             }
             Err(why) => {
-                warnings.push(format!("checkpoint {epoch} ({}) is unusable: {why}; falling back to the one before", path.display()));
+                warnings.push(format!(
+                    "checkpoint {epoch} ({}) is unusable: {why}; falling back to the one before",
+                    path.display()
+                ));
                 unusable.push(path.clone());
             }
         }
@@ -1156,7 +1309,9 @@ pub(crate) fn load_objects(store: &Store, epoch: u64, names: &[&str]) -> Result<
         return Ok(None);
     }
     let want: HashSet<&str> = names.iter().copied().collect();
-    load_manifest(store, &path, Some(&want)).map(|(l, _)| Some(l)).map_err(|why| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {why}")))
+    load_manifest(store, &path, Some(&want))
+        .map(|(l, _)| Some(l))
+        .map_err(|why| Error::new(ErrorKind::Io, format!("checkpoint {epoch}: {why}")))
 }
 
 /// The epochs of the checkpoints on disk, oldest first.
@@ -1201,7 +1356,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("laminar-wal-unit-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let mut w = LogWriter::create(&dir, 1, true, Arc::new(Faults::default()), Io::new(crate::config::IoBackend::Auto).unwrap()).unwrap();
+        let mut w = LogWriter::create(
+            &dir,
+            1,
+            true,
+            Arc::new(Faults::default()),
+            Io::new(crate::config::IoBackend::Auto).unwrap(),
+        )
+        .unwrap();
         let mut buf = vec![];
         encode_record(&mut buf, 1, &Record::Ddl { sql: "CREATE SOURCE s (a BIGINT)".into() }).unwrap();
         encode_record(&mut buf, 2, &Record::Batch { source: "s".into(), position: Some(4), batch: batch(4) }).unwrap();
@@ -1220,7 +1382,10 @@ mod tests {
         assert_eq!((out.last, out.lost), (2, false));
         assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains(&format!("from byte {intact}")) && warnings[0].contains("never acknowledged"), "{warnings:?}");
+        assert!(
+            warnings[0].contains(&format!("from byte {intact}")) && warnings[0].contains("never acknowledged"),
+            "{warnings:?}"
+        );
         // The torn tail is cut off: a later segment after it does not make it look like damage.
         assert_eq!(fs::metadata(segment_path(&dir, 1, true)).unwrap().len(), intact);
         let mut n = 0;
@@ -1254,7 +1419,11 @@ mod tests {
         (dir, all)
     }
 
-    fn replay_all(dir: &Path, after: u64, rule: crate::config::WalRecovery) -> (Result<Replayed>, Vec<u64>, Vec<String>) {
+    fn replay_all(
+        dir: &Path,
+        after: u64,
+        rule: crate::config::WalRecovery,
+    ) -> (Result<Replayed>, Vec<u64>, Vec<String>) {
         let mut seen = vec![];
         let mut warnings = vec![];
         let r = replay_log(dir, after, rule, &mut warnings, |seq, _| {
@@ -1276,8 +1445,15 @@ mod tests {
         let (r, seen, _) = replay_all(&dir, 0, Strict);
         let e = r.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Io);
-        assert!(e.message().contains(&path.display().to_string()) && e.message().contains(&format!("byte {}", 2 * REC)), "{e}");
-        assert!(e.message().contains("1 record (sequence numbers 3 to 3)") && e.message().contains("wal_recovery = 'salvage'"), "{e}");
+        assert!(
+            e.message().contains(&path.display().to_string()) && e.message().contains(&format!("byte {}", 2 * REC)),
+            "{e}"
+        );
+        assert!(
+            e.message().contains("1 record (sequence numbers 3 to 3)")
+                && e.message().contains("wal_recovery = 'salvage'"),
+            "{e}"
+        );
         assert_eq!(seen, vec![1, 2], "records before the damage were handed over before it was found");
         let (r, seen, warnings) = replay_all(&dir, 0, Salvage);
         let out = r.unwrap();
@@ -1318,12 +1494,19 @@ mod tests {
         fs::write(segment_path(&dir3, 1, true), &segs[0][..2 * REC + 5]).unwrap();
         let (r, _, _) = replay_all(&dir3, 0, Strict);
         let e = r.unwrap_err();
-        assert!(e.message().contains("not a torn tail") && e.message().contains("1 record (sequence numbers 3 to 3)"), "{e}");
+        assert!(
+            e.message().contains("not a torn tail") && e.message().contains("1 record (sequence numbers 3 to 3)"),
+            "{e}"
+        );
         // The first segment starts past what the checkpoint covers: the segment before is gone.
         let (dir4, _) = log_dir("first", &[(5, true, 2)]);
         let (r, _, _) = replay_all(&dir4, 2, Strict);
         let e = r.unwrap_err();
-        assert!(e.message().contains("the log before this segment is missing") && e.message().contains("2 records (sequence numbers 3 to 4)"), "{e}");
+        assert!(
+            e.message().contains("the log before this segment is missing")
+                && e.message().contains("2 records (sequence numbers 3 to 4)"),
+            "{e}"
+        );
         let (r, _, _) = replay_all(&dir4, 4, Strict);
         assert_eq!(r.unwrap().last, 6);
         for d in [dir, dir2, dir3, dir4] {
@@ -1351,7 +1534,12 @@ mod tests {
         fs::write(segment_path(&dir, 1, true), &zeros).unwrap();
         let (r, seen, warnings) = replay_all(&dir, 0, Strict);
         assert_eq!((r.unwrap().last, seen), (3, vec![1, 2, 3]));
-        assert!(warnings.len() == 1 && warnings[0].contains("impossible length (0)") && warnings[0].contains("never acknowledged"), "{warnings:?}");
+        assert!(
+            warnings.len() == 1
+                && warnings[0].contains("impossible length (0)")
+                && warnings[0].contains("never acknowledged"),
+            "{warnings:?}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

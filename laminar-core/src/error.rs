@@ -53,9 +53,25 @@ impl ErrorKind {
     /// The kind a [`ErrorKind::name`] names.
     pub fn from_name(name: &str) -> Option<ErrorKind> {
         use ErrorKind::*;
-        [Unknown, NotImplemented, NotFound, AlreadyExists, InvalidArgument, InvalidState, InvalidData, Internal, Io, Cancelled, Timeout, ResourceExhausted, Closed, SqlSyntax, Plan]
-            .into_iter()
-            .find(|k| k.name() == name)
+        [
+            Unknown,
+            NotImplemented,
+            NotFound,
+            AlreadyExists,
+            InvalidArgument,
+            InvalidState,
+            InvalidData,
+            Internal,
+            Io,
+            Cancelled,
+            Timeout,
+            ResourceExhausted,
+            Closed,
+            SqlSyntax,
+            Plan,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
     }
 }
 
@@ -196,9 +212,7 @@ impl From<datafusion::arrow::error::ArrowError> for Error {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
         use datafusion::arrow::error::ArrowError as A;
         match e {
-            A::CastError(m) | A::InvalidArgumentError(m) | A::ComputeError(m) => {
-                Error::invalid_data(m)
-            }
+            A::CastError(m) | A::InvalidArgumentError(m) | A::ComputeError(m) => Error::invalid_data(m),
             A::ArithmeticOverflow(m) => Error::invalid_data(format!("arithmetic overflow: {m}")),
             A::DivideByZero => Error::invalid_data("division by zero"),
             A::MemoryError(m) => Error::new(ErrorKind::ResourceExhausted, m),
@@ -343,7 +357,11 @@ mod tests {
         let name = "n".repeat(10_000_000);
         let e = Error::not_found(format!("no source named '{name}'; did you mean 'x'?"));
         assert!(e.message().len() < 400, "{}", e.message().len());
-        assert!(e.message().starts_with("no source named 'nnn") && e.message().ends_with("characters)'; did you mean 'x'?"), "{}", e.message());
+        assert!(
+            e.message().starts_with("no source named 'nnn") && e.message().ends_with("characters)'; did you mean 'x'?"),
+            "{}",
+            e.message()
+        );
         let e = Error::invalid_data("v".repeat(100_000));
         assert!(e.message().len() < 4100);
         assert_eq!(Error::plan("short 'quoted' text").message(), "short 'quoted' text");

@@ -27,15 +27,18 @@ mod state_store;
 mod util;
 
 pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend, WalRecovery};
-/// Whether this build has the RocksDB state backend (cargo feature `rocksdb`).
-pub use state_store::AVAILABLE as ROCKSDB_AVAILABLE;
-pub use db::{Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt};
+pub use db::{
+    Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter,
+    StreamMetrics, WriterInterrupt,
+};
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};
-pub use operator::{StreamKind, NO_WATERMARK, WEIGHT_COLUMN};
+pub use operator::{NO_WATERMARK, StreamKind, WEIGHT_COLUMN};
 pub use runtime::ingest::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};
 pub use sql::{EmitMode, ObjectKind};
+/// Whether this build has the RocksDB state backend (cargo feature `rocksdb`).
+pub use state_store::AVAILABLE as ROCKSDB_AVAILABLE;
 
 /// Re-exported so users build batches with the same Arrow the engine uses.
 pub use datafusion::arrow;

@@ -36,9 +36,11 @@ const HOT_CHANNELS: [(&str, &str); 4] = [
     ("Baidu", "https://www.nexmark.com/baidu/item.htm?query=1"),
     ("Apple", "https://www.nexmark.com/aapl/item.htm?query=1"),
 ];
-const FIRST_NAMES: [&str; 11] = ["Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter"];
+const FIRST_NAMES: [&str; 11] =
+    ["Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter"];
 const LAST_NAMES: [&str; 9] = ["Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris"];
-const US_CITIES: [&str; 10] = ["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle", "Kent", "Cheyenne"];
+const US_CITIES: [&str; 10] =
+    ["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle", "Kent", "Cheyenne"];
 const US_STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
 
 /// Generator settings (the defaults of every published run, at a configurable rate).
@@ -277,7 +279,9 @@ impl NexmarkGenerator {
         let mut a = AuctionCols::default();
         let mut b = BidCols::default();
         // Event time spanned by the next `num_in_flight_auctions` auctions (for `expires`).
-        let horizon_ms = (self.event_time_ms(c.num_in_flight_auctions * TOTAL_PROPORTION / AUCTION_PROPORTION) - c.base_time_ms).max(1) as u64;
+        let horizon_ms = (self.event_time_ms(c.num_in_flight_auctions * TOTAL_PROPORTION / AUCTION_PROPORTION)
+            - c.base_time_ms)
+            .max(1) as u64;
         for n in first..first + count {
             if only.is_some_and(|k| k != kind_of(n)) {
                 continue;
@@ -325,7 +329,9 @@ impl NexmarkGenerator {
                     let bidder = if r.below(c.hot_bidder_ratio) > 0 {
                         // the second person of the current block of 100, with the Java
                         // generator's extra FIRST_PERSON_ID (bidder ids are offset by 2000)
-                        FIRST_PERSON_ID + FIRST_PERSON_ID + ((people_before(n).max(1) - 1) / HOT_BIDDER_RATIO * HOT_BIDDER_RATIO + 1) as i64
+                        FIRST_PERSON_ID
+                            + FIRST_PERSON_ID
+                            + ((people_before(n).max(1) - 1) / HOT_BIDDER_RATIO * HOT_BIDDER_RATIO + 1) as i64
                     } else {
                         FIRST_PERSON_ID + self.active_person(&mut r, n)
                     };
@@ -335,7 +341,12 @@ impl NexmarkGenerator {
                         (ch.to_string(), url.to_string())
                     } else {
                         let i = r.below(10_000);
-                        let mut url = format!("https://www.nexmark.com/{}/{}/{}/item.htm?query=1", r.letters(5, 5), r.letters(5, 5), r.letters(5, 5));
+                        let mut url = format!(
+                            "https://www.nexmark.com/{}/{}/{}/item.htm?query=1",
+                            r.letters(5, 5),
+                            r.letters(5, 5),
+                            r.letters(5, 5)
+                        );
                         if r.below(10) > 0 {
                             let rev: String = i.to_string().chars().rev().collect();
                             url.push_str(&format!("&channel_id={rev}"));
@@ -407,7 +418,19 @@ struct AuctionCols {
 
 impl AuctionCols {
     #[allow(clippy::too_many_arguments)]
-    fn push(&mut self, id: i64, item: &str, desc: &str, initial: i64, reserve: i64, t: i64, expires: i64, seller: i64, category: i64, extra: &str) {
+    fn push(
+        &mut self,
+        id: i64,
+        item: &str,
+        desc: &str,
+        initial: i64,
+        reserve: i64,
+        t: i64,
+        expires: i64,
+        seller: i64,
+        category: i64,
+        extra: &str,
+    ) {
         self.id.push(id);
         self.item.append_value(item);
         self.desc.append_value(desc);
@@ -492,7 +515,8 @@ mod tests {
         // 10,000 events/s: 100 µs per event, so event n is at base + n / 10 ms
         assert_eq!(g.event_time_ms(0), 1_700_000_000_000);
         assert_eq!(g.event_time_ms(4999), 1_700_000_000_000 + 499);
-        let times = out.bid.column_by_name("date_time").unwrap().as_primitive::<TimestampMillisecondType>().values().to_vec();
+        let times =
+            out.bid.column_by_name("date_time").unwrap().as_primitive::<TimestampMillisecondType>().values().to_vec();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "monotone event time");
         let cats = ints(&out.auction, "category");
         assert!(cats.iter().all(|c| (10..15).contains(c)));
@@ -512,7 +536,8 @@ mod tests {
         let hot_bidder = bidders.iter().filter(|b| (**b - 2 * FIRST_PERSON_ID) % 100 == 1).count() as f64;
         assert!((0.74..0.78).contains(&(hot_bidder / bids)), "{}", hot_bidder / bids);
         let sellers = ints(&out.auction, "seller");
-        let hot_seller = sellers.iter().filter(|s| (**s - FIRST_PERSON_ID) % 100 == 0).count() as f64 / sellers.len() as f64;
+        let hot_seller =
+            sellers.iter().filter(|s| (**s - FIRST_PERSON_ID) % 100 == 0).count() as f64 / sellers.len() as f64;
         assert!((0.74..0.78).contains(&hot_seller), "{hot_seller}");
         // every bid refers to an auction id at most 10 ahead of the newest one
         let max_auction = ints(&out.auction, "id").into_iter().max().unwrap();
@@ -529,7 +554,8 @@ mod tests {
         let whole = g.generate(0, 1000).unwrap();
         let a = g.generate(0, 400).unwrap();
         let b = g.generate(400, 600).unwrap();
-        let glue = |x: &RecordBatch, y: &RecordBatch| datafusion::arrow::compute::concat_batches(&x.schema(), [x, y]).unwrap();
+        let glue =
+            |x: &RecordBatch, y: &RecordBatch| datafusion::arrow::compute::concat_batches(&x.schema(), [x, y]).unwrap();
         assert_eq!(glue(&a.bid, &b.bid), whole.bid);
         assert_eq!(glue(&a.person, &b.person), whole.person);
         assert_eq!(glue(&a.auction, &b.auction), whole.auction);

@@ -16,9 +16,16 @@ use crate::operator::{OpCtx, Operator};
 
 pub(crate) enum NodeInput {
     Relation(String),
-    Join { join: Box<dyn Operator>, left: Box<Node>, right: Box<Node> },
+    Join {
+        join: Box<dyn Operator>,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
     /// `UNION ALL`: the output of input `i` enters `union` as its side `i`.
-    Union { union: Box<dyn Operator>, inputs: Vec<Node> },
+    Union {
+        union: Box<dyn Operator>,
+        inputs: Vec<Node>,
+    },
 }
 
 pub(crate) struct Node {
@@ -27,7 +34,12 @@ pub(crate) struct Node {
 }
 
 /// Runs `batch` through `ops[from..]`.
-pub(crate) fn run_chain(ops: &mut [Box<dyn Operator>], from: usize, batch: RecordBatch, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+pub(crate) fn run_chain(
+    ops: &mut [Box<dyn Operator>],
+    from: usize,
+    batch: RecordBatch,
+    ctx: &mut OpCtx<'_>,
+) -> Result<Vec<RecordBatch>> {
     let mut cur = vec![batch];
     for op in ops[from..].iter_mut() {
         let mut next = vec![];
@@ -138,7 +150,11 @@ impl Node {
 
     /// Lets every operator of the tree react (`f`: its watermark or tick hook), children first:
     /// what a child releases enters the join above it before the join reacts itself.
-    fn react(&mut self, ctx: &mut OpCtx<'_>, f: &mut dyn FnMut(&mut dyn Operator, &mut OpCtx<'_>) -> Result<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+    fn react(
+        &mut self,
+        ctx: &mut OpCtx<'_>,
+        f: &mut dyn FnMut(&mut dyn Operator, &mut OpCtx<'_>) -> Result<Vec<RecordBatch>>,
+    ) -> Result<Vec<RecordBatch>> {
         let mut out = match &mut self.input {
             NodeInput::Relation(_) => vec![],
             NodeInput::Join { join, left, right } => {

@@ -14,28 +14,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::execution_props::ExecutionProps;
-use datafusion::physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    self, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName,
-    Query, SetExpr, TableAlias, TableFactor,
+    self, Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, Query,
+    SetExpr, TableAlias, TableFactor,
 };
 
-use crate::error::{nearest_name, Error, Result};
-use crate::operator::aggregate::{check_emit, AggSpec, Aggregate, GroupCol};
+use crate::error::{Error, Result, nearest_name};
+use crate::operator::aggregate::{AggSpec, Aggregate, GroupCol, check_emit};
+use crate::operator::join::{HashJoin, JoinType, SideSpec};
 use crate::operator::session::SessionAggregate;
 use crate::operator::stateless::{Stateless, Step};
-use crate::operator::window::{windowed_schema, TimeScale, WindowAssign, WindowKind};
-use crate::operator::join::{HashJoin, JoinType, SideSpec};
+use crate::operator::window::{TimeScale, WindowAssign, WindowKind, windowed_schema};
 use crate::operator::{Operator, StreamKind, WEIGHT_COLUMN};
 use crate::pipeline::Node;
-use crate::sql::{interval_micros, normalize_ident, EmitMode};
+use crate::sql::{EmitMode, interval_micros, normalize_ident};
 
 /// What the planner knows of a relation a query can read.
 #[derive(Clone)]
@@ -117,7 +117,9 @@ pub(crate) fn logical_plan(
 
 /// "no source, stream, table or view named …; did you mean …?"
 fn unknown_relation(name: &str, relations: &HashMap<String, RelationInfo>) -> Error {
-    let hint = nearest_name(name, relations.keys().map(String::as_str)).map(|n| format!("; did you mean '{n}'?")).unwrap_or_default();
+    let hint = nearest_name(name, relations.keys().map(String::as_str))
+        .map(|n| format!("; did you mean '{n}'?"))
+        .unwrap_or_default();
     Error::not_found(format!("no source, stream, table or view named '{name}'{hint}"))
 }
 
@@ -234,10 +236,7 @@ impl Rewriter<'_> {
             )));
         }
         if info.kind != StreamKind::AppendOnly {
-            return Err(Error::plan(format!(
-                "'{input}' is a {} stream; windows need an append-only input",
-                info.kind
-            )));
+            return Err(Error::plan(format!("'{input}' is a {} stream; windows need an append-only input", info.kind)));
         }
         let pseudo = format!("__laminar_window_{}", self.bindings.len());
         self.bindings.push(WindowBinding { pseudo: pseudo.clone(), input, time_col, kind });
@@ -287,13 +286,44 @@ impl Rewriter<'_> {
                 if alias.is_none() {
                     *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
                 }
-                *f = match std::mem::replace(f, TableFactor::Table {
-                    name: ObjectName(vec![]), alias: None, args: None, with_hints: vec![], version: None,
-                    with_ordinality: false, partitions: vec![], json_path: None, sample: None, index_hints: vec![],
-                }) {
-                    TableFactor::Table { name, alias, with_hints, version, with_ordinality, partitions, json_path, sample, index_hints, .. } => {
-                        TableFactor::Table { name, alias, args: None, with_hints, version, with_ordinality, partitions, json_path, sample, index_hints }
-                    }
+                *f = match std::mem::replace(
+                    f,
+                    TableFactor::Table {
+                        name: ObjectName(vec![]),
+                        alias: None,
+                        args: None,
+                        with_hints: vec![],
+                        version: None,
+                        with_ordinality: false,
+                        partitions: vec![],
+                        json_path: None,
+                        sample: None,
+                        index_hints: vec![],
+                    },
+                ) {
+                    TableFactor::Table {
+                        name,
+                        alias,
+                        with_hints,
+                        version,
+                        with_ordinality,
+                        partitions,
+                        json_path,
+                        sample,
+                        index_hints,
+                        ..
+                    } => TableFactor::Table {
+                        name,
+                        alias,
+                        args: None,
+                        with_hints,
+                        version,
+                        with_ordinality,
+                        partitions,
+                        json_path,
+                        sample,
+                        index_hints,
+                    },
                     other => other,
                 };
                 Ok(())
@@ -321,7 +351,10 @@ impl Rewriter<'_> {
         let a = table_fn_args(args, "FOR SYSTEM_TIME")?;
         let table = ident_of(&a[0], "a table name")?;
         let time = a[1].clone();
-        let qual = alias.as_ref().map(|x| normalize_ident(&x.name.value, x.name.quote_style.is_some())).unwrap_or_else(|| table.clone());
+        let qual = alias
+            .as_ref()
+            .map(|x| normalize_ident(&x.name.value, x.name.quote_style.is_some()))
+            .unwrap_or_else(|| table.clone());
         let info = self.relations.get(&table).ok_or_else(|| unknown_relation(&table, self.relations))?;
         let alias = alias.clone();
         j.relation = TableFactor::Table {
@@ -342,7 +375,9 @@ impl Rewriter<'_> {
             return Ok(());
         }
         let time_col = info.time_col.map(|i| info.schema.field(i).name().clone()).ok_or_else(|| {
-            Error::plan(format!("FOR SYSTEM_TIME AS OF needs the event time of '{table}': declare WATERMARK FOR its time column"))
+            Error::plan(format!(
+                "FOR SYSTEM_TIME AS OF needs the event time of '{table}': declare WATERMARK FOR its time column"
+            ))
         })?;
         let (constraint, code) = match &j.join_operator {
             JoinOperator::Join(c) | JoinOperator::Inner(c) => (c, 6),
@@ -366,15 +401,18 @@ impl Rewriter<'_> {
             }
         }
         let GroupByExpr::Expressions(exprs, _) = &mut sel.group_by else { return Ok(()) };
-        let pos = exprs.iter().position(|e| {
-            matches!(e, SqlExpr::Function(f) if WINDOW_FNS.contains(&object_name_str(&f.name).as_str()))
-        });
+        let pos = exprs
+            .iter()
+            .position(|e| matches!(e, SqlExpr::Function(f) if WINDOW_FNS.contains(&object_name_str(&f.name).as_str())));
         let Some(pos) = pos else { return Ok(()) };
         let SqlExpr::Function(func) = exprs[pos].clone() else { unreachable!() };
         let fname = object_name_str(&func.name);
         let args = expr_args(&func.args)?;
         if args.len() < 2 {
-            return Err(Error::plan(format!("{}(ts, …) needs the event-time column and its intervals", fname.to_uppercase())));
+            return Err(Error::plan(format!(
+                "{}(ts, …) needs the event-time column and its intervals",
+                fname.to_uppercase()
+            )));
         }
         let time_col = ident_of(&args[0], "the event-time column")?;
         let kind = window_kind(&fname, &args[1..])?;
@@ -393,7 +431,10 @@ impl Rewriter<'_> {
             *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
         }
         let call = exprs[pos].to_string();
-        exprs.splice(pos..=pos, [SqlExpr::Identifier(Ident::new("window_start")), SqlExpr::Identifier(Ident::new("window_end"))]);
+        exprs.splice(
+            pos..=pos,
+            [SqlExpr::Identifier(Ident::new("window_start")), SqlExpr::Identifier(Ident::new("window_end"))],
+        );
         // `SELECT TUMBLE(ts, …)` means the window's start.
         let _ = ast::visit_expressions_mut(&mut sel.projection, |e: &mut SqlExpr| {
             if e.to_string() == call {
@@ -421,7 +462,11 @@ fn rewrite_asof(j: &mut ast::Join) -> Result<()> {
                 B::Gt => 1,
                 B::LtEq => 2,
                 B::Lt => 3,
-                other => return Err(Error::plan(format!("MATCH_CONDITION takes >=, >, <=, < or NEAREST(l.ts, r.ts), not {other}"))),
+                other => {
+                    return Err(Error::plan(format!(
+                        "MATCH_CONDITION takes >=, >, <=, < or NEAREST(l.ts, r.ts), not {other}"
+                    )));
+                }
             };
             (left.to_string(), right.to_string(), code)
         }
@@ -432,7 +477,11 @@ fn rewrite_asof(j: &mut ast::Join) -> Result<()> {
             }
             (args[0].to_string(), args[1].to_string(), 4)
         }
-        other => return Err(Error::plan(format!("MATCH_CONDITION takes l.ts >= r.ts (or >, <=, <) or NEAREST(l.ts, r.ts), not '{other}'"))),
+        other => {
+            return Err(Error::plan(format!(
+                "MATCH_CONDITION takes l.ts >= r.ts (or >, <=, <) or NEAREST(l.ts, r.ts), not '{other}'"
+            )));
+        }
     };
     if !matches!(constraint, JoinConstraint::On(_) | JoinConstraint::None) {
         return Err(Error::plan("ASOF JOIN takes its key equalities in ON (…)"));
@@ -473,13 +522,19 @@ impl datafusion::logical_expr::ScalarUDFImpl for AsofMarker {
     fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
         Ok(DataType::Boolean)
     }
-    fn invoke_with_args(&self, _: datafusion::logical_expr::ScalarFunctionArgs) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+    fn invoke_with_args(
+        &self,
+        _: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
         datafusion::common::internal_err!("the ASOF marker is planned away, never evaluated")
     }
 }
 
 fn asof_marker_udf() -> datafusion::logical_expr::ScalarUDF {
-    datafusion::logical_expr::ScalarUDF::new_from_impl(AsofMarker(datafusion::logical_expr::Signature::any(3, datafusion::logical_expr::Volatility::Immutable)))
+    datafusion::logical_expr::ScalarUDF::new_from_impl(AsofMarker(datafusion::logical_expr::Signature::any(
+        3,
+        datafusion::logical_expr::Volatility::Immutable,
+    )))
 }
 
 // ---------------------------------------------------------------- lowering
@@ -538,17 +593,32 @@ impl Lowerer<'_> {
                     // Columns no expression of the query reads (by name: an over-approximation)
                     // are not copied into windows; LATE DATA TO keeps whole rows.
                     let unused: Vec<usize> = match &self.used {
-                        Some(used) => (0..n).filter(|&i| i != time_col && !used.contains(info.schema.field(i).name())).collect(),
+                        Some(used) => {
+                            (0..n).filter(|&i| i != time_col && !used.contains(info.schema.field(i).name())).collect()
+                        }
                         None => vec![],
                     };
                     let op_schema = if unused.is_empty() {
                         out.clone()
                     } else {
-                        let fields: Vec<Field> = out.fields().iter().enumerate().map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || unused.contains(&i))).collect();
+                        let fields: Vec<Field> = out
+                            .fields()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || unused.contains(&i)))
+                            .collect();
                         Arc::new(Schema::new(fields))
                     };
                     let input_schema = Arc::new(Schema::new(op_schema.fields()[..n].to_vec()));
-                    let op = WindowAssign { kind: b.kind, time_col, scale, lateness: self.opts.lateness_us, output_schema: op_schema, unused, input_schema };
+                    let op = WindowAssign {
+                        kind: b.kind,
+                        time_col,
+                        scale,
+                        lateness: self.opts.lateness_us,
+                        output_schema: op_schema,
+                        unused,
+                        input_schema,
+                    };
                     let mut node = Node::leaf(b.input.clone());
                     node.ops.push(Box::new(op));
                     return Ok(Lowered {
@@ -560,9 +630,17 @@ impl Lowerer<'_> {
                         time: info.time_col,
                     });
                 }
-                let info = self.relations.get(&name).ok_or_else(|| Error::not_found(format!("no relation named '{name}'")))?;
+                let info =
+                    self.relations.get(&name).ok_or_else(|| Error::not_found(format!("no relation named '{name}'")))?;
                 let time = if info.kind == StreamKind::AppendOnly { info.time_col } else { None };
-                Ok(Lowered { node: Node::leaf(name), kind: info.kind.clone(), window: None, late_schema: None, aggregated: false, time })
+                Ok(Lowered {
+                    node: Node::leaf(name),
+                    kind: info.kind.clone(),
+                    window: None,
+                    late_schema: None,
+                    aggregated: false,
+                    time,
+                })
             }
             LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
             LogicalPlan::Filter(f) => {
@@ -579,7 +657,9 @@ impl Lowerer<'_> {
                 if matches!(l.window, Some((_, _, WindowKind::Session { .. }))) && !l.aggregated {
                     let cols = f.predicate.column_refs();
                     if cols.iter().any(|c| c.name == "window_start" || c.name == "window_end") {
-                        return Err(Error::plan("session window bounds are known only after aggregation; filter them in HAVING or an outer query"));
+                        return Err(Error::plan(
+                            "session window bounds are known only after aggregation; filter them in HAVING or an outer query",
+                        ));
                     }
                 }
                 push_step(&mut l.node.ops, Step::Filter(pred), l.kind == StreamKind::Changelog);
@@ -588,14 +668,18 @@ impl Lowerer<'_> {
             LogicalPlan::Projection(p) => {
                 let mut l = self.lower(&p.input)?;
                 let weighted = l.kind == StreamKind::Changelog;
-                let exprs = p.expr.iter().map(|e| phys(e, p.input.schema(), &self.props)).collect::<Result<Vec<_>>>()?;
+                let exprs =
+                    p.expr.iter().map(|e| phys(e, p.input.schema(), &self.props)).collect::<Result<Vec<_>>>()?;
                 let out = with_weight(p.schema.as_arrow(), weighted);
                 // Follow window_start/window_end through plain column references.
                 if let Some((ws, we, k)) = l.window {
                     let input_schema = p.input.schema();
                     let find = |idx: usize| {
                         p.expr.iter().position(|e| {
-                            let e = match e { Expr::Alias(a) => a.expr.as_ref(), e => e };
+                            let e = match e {
+                                Expr::Alias(a) => a.expr.as_ref(),
+                                e => e,
+                            };
                             matches!(e, Expr::Column(c) if input_schema.index_of_column(c).ok() == Some(idx))
                         })
                     };
@@ -616,7 +700,10 @@ impl Lowerer<'_> {
                     let input_schema = p.input.schema();
                     let mut new_key = vec![];
                     for (i, e) in p.expr.iter().enumerate() {
-                        let inner = match e { Expr::Alias(a) => a.expr.as_ref(), e => e };
+                        let inner = match e {
+                            Expr::Alias(a) => a.expr.as_ref(),
+                            e => e,
+                        };
                         if let Expr::Column(c) = inner {
                             if let Ok(idx) = input_schema.index_of_column(c) {
                                 if key.contains(input_schema.field(idx).name()) {
@@ -643,7 +730,10 @@ impl Lowerer<'_> {
                 if let Some(t) = l.time {
                     let input_schema = p.input.schema();
                     l.time = p.expr.iter().position(|e| {
-                        let e = match e { Expr::Alias(a) => a.expr.as_ref(), e => e };
+                        let e = match e {
+                            Expr::Alias(a) => a.expr.as_ref(),
+                            e => e,
+                        };
                         matches!(e, Expr::Column(c) if input_schema.index_of_column(c).ok() == Some(t))
                     });
                 }
@@ -657,8 +747,12 @@ impl Lowerer<'_> {
                 let agg = datafusion::logical_expr::Aggregate::try_new(input.clone(), cols, vec![])?;
                 self.lower_aggregate(&agg)
             }
-            LogicalPlan::Distinct(_) => Err(Error::not_implemented("DISTINCT ON in a continuous query is not available yet")),
-            LogicalPlan::Sort(_) => Err(Error::plan("ORDER BY has no meaning on an unbounded stream; sort when you query a materialized view")),
+            LogicalPlan::Distinct(_) => {
+                Err(Error::not_implemented("DISTINCT ON in a continuous query is not available yet"))
+            }
+            LogicalPlan::Sort(_) => Err(Error::plan(
+                "ORDER BY has no meaning on an unbounded stream; sort when you query a materialized view",
+            )),
             LogicalPlan::Limit(_) => Err(Error::plan("LIMIT is not supported in a continuous query")),
             LogicalPlan::Join(j) => self.lower_join(j),
             LogicalPlan::Window(w) => self.lower_over(w),
@@ -682,7 +776,12 @@ impl Lowerer<'_> {
                 match p.as_ref() {
                     LogicalPlan::Union(inner)
                         if inner.schema.fields().len() == u.schema.fields().len()
-                            && inner.schema.fields().iter().zip(u.schema.fields()).all(|(a, b)| a.data_type() == b.data_type()) =>
+                            && inner
+                                .schema
+                                .fields()
+                                .iter()
+                                .zip(u.schema.fields())
+                                .all(|(a, b)| a.data_type() == b.data_type()) =>
                     {
                         flatten(inner, out)
                     }
@@ -702,15 +801,25 @@ impl Lowerer<'_> {
                 )));
             }
             if matches!(l.window, Some((_, _, WindowKind::Session { .. }))) && !l.aggregated {
-                return Err(Error::plan("session window bounds are known only after aggregation; aggregate each SESSION input before UNION ALL"));
+                return Err(Error::plan(
+                    "session window bounds are known only after aggregation; aggregate each SESSION input before UNION ALL",
+                ));
             }
             let fields = p.schema().fields().len();
             if fields != u.schema.fields().len() {
-                return Err(Error::plan(format!("input {} of UNION ALL has {fields} columns, the first has {}", i + 1, u.schema.fields().len())));
+                return Err(Error::plan(format!(
+                    "input {} of UNION ALL has {fields} columns, the first has {}",
+                    i + 1,
+                    u.schema.fields().len()
+                )));
             }
             ins.push(l);
         }
-        let kind = if ins.iter().any(|l| l.kind == StreamKind::Changelog) { StreamKind::Changelog } else { StreamKind::AppendOnly };
+        let kind = if ins.iter().any(|l| l.kind == StreamKind::Changelog) {
+            StreamKind::Changelog
+        } else {
+            StreamKind::AppendOnly
+        };
         let weighted = kind == StreamKind::Changelog;
         // What holds for every input holds for the union: the watermark-tracking column, the
         // window columns (same positions and kind).
@@ -728,9 +837,19 @@ impl Lowerer<'_> {
             _ => None,
         };
         let aggregated = ins.iter().any(|l| l.aggregated);
-        let union = crate::operator::union::UnionAll::try_new(ins.iter().map(|l| l.kind.clone()).collect(), with_weight(u.schema.as_arrow(), weighted), weighted)?;
+        let union = crate::operator::union::UnionAll::try_new(
+            ins.iter().map(|l| l.kind.clone()).collect(),
+            with_weight(u.schema.as_arrow(), weighted),
+            weighted,
+        )?;
         Ok(Lowered {
-            node: Node { input: crate::pipeline::NodeInput::Union { union: Box::new(union), inputs: ins.into_iter().map(|l| l.node).collect() }, ops: vec![] },
+            node: Node {
+                input: crate::pipeline::NodeInput::Union {
+                    union: Box::new(union),
+                    inputs: ins.into_iter().map(|l| l.node).collect(),
+                },
+                ops: vec![],
+            },
             kind,
             window,
             late_schema,
@@ -741,8 +860,8 @@ impl Lowerer<'_> {
 
     /// GROUP BY over a changelog: COUNT, SUM, AVG, MIN and MAX that take retractions.
     fn lower_retract_aggregate(&self, agg: &datafusion::logical_expr::Aggregate, mut l: Lowered) -> Result<Lowered> {
-        use datafusion::logical_expr::expr::AggregateFunction;
         use datafusion::logical_expr::ExprSchemable;
+        use datafusion::logical_expr::expr::AggregateFunction;
         let emit = self.opts.emit.unwrap_or(EmitMode::Changes);
         if emit != EmitMode::Changes {
             return Err(Error::not_implemented(format!(
@@ -773,24 +892,41 @@ impl Lowerer<'_> {
                     return Err(Error::not_implemented(format!(
                         "{} over a changelog input is not available yet (COUNT, SUM, AVG, MIN and MAX are)",
                         name.to_uppercase()
-                    )))
+                    )));
                 }
             };
             if params.distinct || !params.order_by.is_empty() || params.args.len() != 1 {
-                return Err(Error::not_implemented(format!("{e} over a changelog input is not available yet (DISTINCT and ordered aggregates are not)")));
+                return Err(Error::not_implemented(format!(
+                    "{e} over a changelog input is not available yet (DISTINCT and ordered aggregates are not)"
+                )));
             }
             let arg_type = params.args[0].get_type(in_schema)?;
-            if matches!(fun, crate::operator::retract::RFun::Sum | crate::operator::retract::RFun::Avg) && !(arg_type.is_integer() || arg_type.is_floating()) {
-                return Err(Error::not_implemented(format!("{e} of {arg_type} over a changelog input is not available yet (integers and floats are)")));
+            if matches!(fun, crate::operator::retract::RFun::Sum | crate::operator::retract::RFun::Avg)
+                && !(arg_type.is_integer() || arg_type.is_floating())
+            {
+                return Err(Error::not_implemented(format!(
+                    "{e} of {arg_type} over a changelog input is not available yet (integers and floats are)"
+                )));
             }
             let filter = match &params.filter {
                 Some(f) => Some(phys(f, in_schema, &self.props)?),
                 None => None,
             };
-            aggs.push(crate::operator::retract::RAgg { fun, arg: phys(&params.args[0], in_schema, &self.props)?, filter, arg_type, out_type });
+            aggs.push(crate::operator::retract::RAgg {
+                fun,
+                arg: phys(&params.args[0], in_schema, &self.props)?,
+                filter,
+                arg_type,
+                out_type,
+            });
         }
         let output_schema = with_weight(agg.schema.as_arrow(), true);
-        l.node.ops.push(Box::new(crate::operator::retract::RetractAggregate::try_new(keys, key_types, aggs, output_schema)?));
+        l.node.ops.push(Box::new(crate::operator::retract::RetractAggregate::try_new(
+            keys,
+            key_types,
+            aggs,
+            output_schema,
+        )?));
         l.kind = StreamKind::Changelog;
         l.aggregated = true;
         l.window = None;
@@ -858,7 +994,10 @@ impl Lowerer<'_> {
         for e in &agg.aggr_expr {
             #[allow(deprecated)]
             let (expr, filter, order) = datafusion::physical_planner::create_aggregate_expr_and_maybe_filter(
-                e, in_schema, physical_input, &self.props,
+                e,
+                in_schema,
+                physical_input,
+                &self.props,
             )?;
             let mut args = expr.expressions();
             args.extend(order.iter().map(|o| o.expr.clone()));
@@ -867,7 +1006,17 @@ impl Lowerer<'_> {
         let output_schema = with_weight(agg.schema.as_arrow(), kind == StreamKind::Changelog);
         let op: Box<dyn Operator> = if session {
             let (ws, _, WindowKind::Session { gap }) = l.window.expect("session") else { unreachable!() };
-            Box::new(SessionAggregate::try_new(key_exprs, key_types, layout.clone(), aggs, ws, gap, emit, lateness, output_schema)?)
+            Box::new(SessionAggregate::try_new(
+                key_exprs,
+                key_types,
+                layout.clone(),
+                aggs,
+                ws,
+                gap,
+                emit,
+                lateness,
+                output_schema,
+            )?)
         } else {
             let agg = Aggregate::try_new(
                 key_exprs,
@@ -907,7 +1056,9 @@ fn unqualified_window_exprs(w: &datafusion::logical_expr::Window) -> Result<Vec<
     use datafusion::common::tree_node::Transformed;
     let names: Vec<&String> = w.input.schema().fields().iter().map(|f| f.name()).collect();
     if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
-        return Err(Error::not_implemented("OVER (…) over an input with two columns of the same name is not available yet; rename one"));
+        return Err(Error::not_implemented(
+            "OVER (…) over an input with two columns of the same name is not available yet; rename one",
+        ));
     }
     Ok(w.window_expr
         .iter()
@@ -915,7 +1066,9 @@ fn unqualified_window_exprs(w: &datafusion::logical_expr::Window) -> Result<Vec<
             e.clone()
                 .transform(|x| {
                     Ok(match x {
-                        Expr::Column(c) => Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name))),
+                        Expr::Column(c) => {
+                            Transformed::yes(Expr::Column(datafusion::common::Column::new_unqualified(c.name)))
+                        }
                         other => Transformed::no(other),
                     })
                 })
@@ -972,10 +1125,10 @@ fn rank_limit(pred: &Expr, input: &LogicalPlan) -> Option<u64> {
 /// conditions become join conditions and per-side filters), then equalities between the sides
 /// extracted as hash keys. Only for plans with a join: other plans keep the shape of the SQL.
 fn optimize_joins(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery;
     use datafusion::optimizer::extract_equijoin_predicate::ExtractEquijoinPredicate;
     use datafusion::optimizer::push_down_filter::PushDownFilter;
     use datafusion::optimizer::{Optimizer, OptimizerContext};
-    use datafusion::optimizer::decorrelate_predicate_subquery::DecorrelatePredicateSubquery;
     let opt = Optimizer::with_rules(vec![
         Arc::new(DecorrelatePredicateSubquery::new()),
         Arc::new(PushDownFilter::new()),
@@ -1020,7 +1173,13 @@ fn only_refs(e: &Expr, schema: &DFSchema) -> bool {
 
 /// Upper bounds `other.t <= f(side)` found in the join condition, as expressions `f` over the
 /// side's schema.
-fn expiry_candidates(conjuncts: &[Expr], on: &[(Expr, Expr)], side: usize, schemas: [&DFSchema; 2], other_time: usize) -> Vec<Expr> {
+fn expiry_candidates(
+    conjuncts: &[Expr],
+    on: &[(Expr, Expr)],
+    side: usize,
+    schemas: [&DFSchema; 2],
+    other_time: usize,
+) -> Vec<Expr> {
     use datafusion::logical_expr::{Between, BinaryExpr, Operator as Op};
     let (mine, theirs) = (schemas[side], schemas[1 - side]);
     let mut out = vec![];
@@ -1062,10 +1221,17 @@ fn expiry_candidates(conjuncts: &[Expr], on: &[(Expr, Expr)], side: usize, schem
 }
 
 impl Lowerer<'_> {
-    fn lower_asof(&self, j: &datafusion::logical_expr::Join, l: Lowered, r: Lowered, mut conjuncts: Vec<Expr>, pos: usize) -> Result<Lowered> {
+    fn lower_asof(
+        &self,
+        j: &datafusion::logical_expr::Join,
+        l: Lowered,
+        r: Lowered,
+        mut conjuncts: Vec<Expr>,
+        pos: usize,
+    ) -> Result<Lowered> {
         use crate::operator::asof::{AsofJoin, AsofOp, AsofSide};
-        use datafusion::logical_expr::utils::conjunction;
         use datafusion::logical_expr::ExprSchemable;
+        use datafusion::logical_expr::utils::conjunction;
         if j.join_type != datafusion::logical_expr::JoinType::Left {
             return Err(Error::internal("an ASOF join is planned as a LEFT join"));
         }
@@ -1078,7 +1244,10 @@ impl Lowerer<'_> {
         let temporal = code >= 6;
         let what = if temporal { "temporal join" } else { "ASOF join" };
         if l.kind != StreamKind::AppendOnly {
-            return Err(Error::not_implemented(format!("the left input of the {what} is a {} stream; it reads an append-only stream", l.kind)));
+            return Err(Error::not_implemented(format!(
+                "the left input of the {what} is a {} stream; it reads an append-only stream",
+                l.kind
+            )));
         }
         if r.kind != StreamKind::AppendOnly && !(temporal && r.kind == StreamKind::Changelog) {
             return Err(Error::not_implemented(format!("the right input of the {what} is a {} stream", r.kind)));
@@ -1092,7 +1261,9 @@ impl Lowerer<'_> {
         } else if only_refs(a, schemas[1]) && only_refs(b, schemas[0]) {
             (b, a, true)
         } else {
-            return Err(Error::plan("MATCH_CONDITION compares a time of the left input with a time of the right input"));
+            return Err(Error::plan(
+                "MATCH_CONDITION compares a time of the left input with a time of the right input",
+            ));
         };
         let op = match (code, flipped) {
             (0, false) | (2, true) => AsofOp::Ge,
@@ -1107,11 +1278,24 @@ impl Lowerer<'_> {
         let mut sides = vec![];
         for (s, t) in [(0, lt), (1, rt)] {
             let ty = t.get_type(schemas[s])?;
-            let scale = TimeScale::for_type(&ty).ok_or_else(|| Error::plan(format!("MATCH_CONDITION compares times: '{t}' is {ty}, not TIMESTAMP or BIGINT milliseconds")))?;
-            let keys = j.on.iter().map(|(x, y)| phys(if s == 0 { x } else { y }, schemas[s], &self.props)).collect::<Result<Vec<_>>>()?;
-            sides.push(AsofSide { keys, time: phys(t, schemas[s], &self.props)?, scale, schema: Arc::new(schemas[s].as_arrow().clone()) });
+            let scale = TimeScale::for_type(&ty).ok_or_else(|| {
+                Error::plan(format!(
+                    "MATCH_CONDITION compares times: '{t}' is {ty}, not TIMESTAMP or BIGINT milliseconds"
+                ))
+            })?;
+            let keys =
+                j.on.iter()
+                    .map(|(x, y)| phys(if s == 0 { x } else { y }, schemas[s], &self.props))
+                    .collect::<Result<Vec<_>>>()?;
+            sides.push(AsofSide {
+                keys,
+                time: phys(t, schemas[s], &self.props)?,
+                scale,
+                schema: Arc::new(schemas[s].as_arrow().clone()),
+            });
         }
-        let key_types = j.on.iter().map(|(x, _)| x.get_type(schemas[0])).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let key_types =
+            j.on.iter().map(|(x, _)| x.get_type(schemas[0])).collect::<datafusion::error::Result<Vec<_>>>()?;
         let filter = match conjunction(conjuncts) {
             Some(f) => Some(phys(&f, &j.schema, &self.props)?),
             None => None,
@@ -1123,7 +1307,14 @@ impl Lowerer<'_> {
             join.temporal(code == 6, r.kind == StreamKind::Changelog);
         }
         Ok(Lowered {
-            node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
+            node: Node {
+                input: crate::pipeline::NodeInput::Join {
+                    join: Box::new(join) as Box<dyn Operator>,
+                    left: Box::new(l.node),
+                    right: Box::new(r.node),
+                },
+                ops: vec![],
+            },
             kind: StreamKind::AppendOnly,
             window: None,
             late_schema: None,
@@ -1139,23 +1330,34 @@ impl Lowerer<'_> {
         let in_schema = w.input.schema();
         let help = "OVER (…) over an unbounded stream takes PARTITION BY … ORDER BY <event time> with ROW_NUMBER(), RANK(), LAG(x[, n]), LEAD(x[, n]) or an aggregate over ROWS BETWEEN n PRECEDING AND CURRENT ROW";
         let Some(t) = l.time else {
-            return Err(Error::not_implemented(format!("{help}; this input has no event-time column the watermark follows")));
+            return Err(Error::not_implemented(format!(
+                "{help}; this input has no event-time column the watermark follows"
+            )));
         };
-        let scale = TimeScale::for_type(in_schema.field(t).data_type()).ok_or_else(|| Error::internal("time column type"))?;
+        let scale =
+            TimeScale::for_type(in_schema.field(t).data_type()).ok_or_else(|| Error::internal("time column type"))?;
         let mut history = 0usize;
         let mut lead = 0usize;
         let mut row_number_cols = vec![];
         let mut shape: Option<Vec<Expr>> = None;
         let nin = in_schema.fields().len();
         for (j, e) in w.window_expr.iter().enumerate() {
-            let Expr::WindowFunction(f) = e.clone().unalias() else { return Err(Error::plan(format!("unexpected window expression {e}"))) };
+            let Expr::WindowFunction(f) = e.clone().unalias() else {
+                return Err(Error::plan(format!("unexpected window expression {e}")));
+            };
             let p = &f.params;
             match &shape {
                 None => shape = Some(p.partition_by.clone()),
                 Some(pb) if *pb == p.partition_by => {}
-                Some(_) => return Err(Error::not_implemented(format!("{e}: the OVER (…) functions of one query over a stream must share PARTITION BY"))),
+                Some(_) => {
+                    return Err(Error::not_implemented(format!(
+                        "{e}: the OVER (…) functions of one query over a stream must share PARTITION BY"
+                    )));
+                }
             }
-            let first_is_time = p.order_by.first().is_some_and(|o| o.asc && matches!(&o.expr, Expr::Column(c) if in_schema.index_of_column(c).ok() == Some(t)));
+            let first_is_time = p.order_by.first().is_some_and(|o| {
+                o.asc && matches!(&o.expr, Expr::Column(c) if in_schema.index_of_column(c).ok() == Some(t))
+            });
             if !first_is_time {
                 return Err(Error::not_implemented(format!("{e}: {help} (ascending, first)")));
             }
@@ -1167,7 +1369,10 @@ impl Lowerer<'_> {
                 "lead" | "lag" => {
                     let n = match p.args.get(1) {
                         None => 1,
-                        Some(Expr::Literal(v, _)) => v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: the offset is a non-negative integer")))?,
+                        Some(Expr::Literal(v, _)) => v
+                            .to_string()
+                            .parse::<usize>()
+                            .map_err(|_| Error::plan(format!("{e}: the offset is a non-negative integer")))?,
                         Some(_) => return Err(Error::plan(format!("{e}: the offset is a constant"))),
                     };
                     if name == "lead" {
@@ -1179,23 +1384,41 @@ impl Lowerer<'_> {
                 _ if matches!(f.fun, datafusion::logical_expr::WindowFunctionDefinition::AggregateUDF(_)) => {
                     let fr = &p.window_frame;
                     let n = match (&fr.units, &fr.start_bound, &fr.end_bound) {
-                        (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), WindowFrameBound::CurrentRow) if !v.is_null() => {
-                            v.to_string().parse::<usize>().map_err(|_| Error::plan(format!("{e}: the frame's start is a row count")))?
+                        (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v), WindowFrameBound::CurrentRow)
+                            if !v.is_null() =>
+                        {
+                            v.to_string()
+                                .parse::<usize>()
+                                .map_err(|_| Error::plan(format!("{e}: the frame's start is a row count")))?
                         }
-                        _ => return Err(Error::not_implemented(format!("{e}: {help}; other frames would need every earlier row"))),
+                        _ => {
+                            return Err(Error::not_implemented(format!(
+                                "{e}: {help}; other frames would need every earlier row"
+                            )));
+                        }
                     };
                     history = history.max(n);
                 }
-                _ => return Err(Error::not_implemented(format!("{e}: {help}; {} over an unbounded partition is not available yet", name.to_uppercase()))),
+                _ => {
+                    return Err(Error::not_implemented(format!(
+                        "{e}: {help}; {} over an unbounded partition is not available yet",
+                        name.to_uppercase()
+                    )));
+                }
             }
         }
-        let has_rank = w.window_expr.iter().any(|e| matches!(e.clone().unalias(), Expr::WindowFunction(f) if f.fun.name().eq_ignore_ascii_case("rank")));
+        let has_rank = w.window_expr.iter().any(
+            |e| matches!(e.clone().unalias(), Expr::WindowFunction(f) if f.fun.name().eq_ignore_ascii_case("rank")),
+        );
         if lead > 0 && has_rank {
-            return Err(Error::not_implemented("RANK() and LEAD() over an unbounded stream in one query are not available yet (a tie could straddle the rows LEAD holds back); use two streams"));
+            return Err(Error::not_implemented(
+                "RANK() and LEAD() over an unbounded stream in one query are not available yet (a tie could straddle the rows LEAD holds back); use two streams",
+            ));
         }
         let partition_by = shape.expect("at least one window function");
         let partition = partition_by.iter().map(|e| phys(e, in_schema, &self.props)).collect::<Result<Vec<_>>>()?;
-        let partition_types = partition_by.iter().map(|e| e.get_type(in_schema)).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let partition_types =
+            partition_by.iter().map(|e| e.get_type(in_schema)).collect::<datafusion::error::Result<Vec<_>>>()?;
         let exprs = unqualified_window_exprs(w)?;
         let op = crate::operator::over::StreamOver::try_new(
             exprs,
@@ -1238,11 +1461,20 @@ impl Lowerer<'_> {
         }
         let Some((_, we, kind)) = l.window else { unreachable!("per_window needs a window") };
         if matches!(kind, WindowKind::Session { .. }) && !l.aggregated {
-            return Err(Error::plan("session window bounds are known only after aggregation; rank sessions over a SESSION aggregate"));
+            return Err(Error::plan(
+                "session window bounds are known only after aggregation; rank sessions over a SESSION aggregate",
+            ));
         }
         let exprs = unqualified_window_exprs(w)?;
-        let mut op = crate::operator::over::OverWindow::new(exprs, Arc::new(in_schema.as_arrow().clone()), Arc::new(w.schema.as_arrow().clone()), we);
-        if let [Expr::WindowFunction(f)] = w.window_expr.iter().map(|e| e.clone().unalias()).collect::<Vec<_>>().as_slice() {
+        let mut op = crate::operator::over::OverWindow::new(
+            exprs,
+            Arc::new(in_schema.as_arrow().clone()),
+            Arc::new(w.schema.as_arrow().clone()),
+            we,
+        );
+        if let [Expr::WindowFunction(f)] =
+            w.window_expr.iter().map(|e| e.clone().unalias()).collect::<Vec<_>>().as_slice()
+        {
             use crate::operator::over::{RankKind, RankSpec};
             use datafusion::logical_expr::ExprSchemable;
             let kind = match f.fun.name().to_lowercase().as_str() {
@@ -1252,14 +1484,25 @@ impl Lowerer<'_> {
                 _ => None,
             };
             if let (Some(kind), None) = (kind, &f.params.filter) {
-                let partition = f.params.partition_by.iter().map(|e| phys(e, in_schema, &self.props)).collect::<Result<Vec<_>>>()?;
-                let partition_types = f.params.partition_by.iter().map(|e| e.get_type(in_schema)).collect::<datafusion::error::Result<Vec<_>>>()?;
+                let partition = f
+                    .params
+                    .partition_by
+                    .iter()
+                    .map(|e| phys(e, in_schema, &self.props))
+                    .collect::<Result<Vec<_>>>()?;
+                let partition_types = f
+                    .params
+                    .partition_by
+                    .iter()
+                    .map(|e| e.get_type(in_schema))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
                 let order = f
                     .params
                     .order_by
                     .iter()
                     .map(|o| {
-                        let opts = datafusion::arrow::compute::SortOptions { descending: !o.asc, nulls_first: o.nulls_first };
+                        let opts =
+                            datafusion::arrow::compute::SortOptions { descending: !o.asc, nulls_first: o.nulls_first };
                         Ok((phys(&o.expr, in_schema, &self.props)?, o.expr.get_type(in_schema)?, opts))
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -1271,8 +1514,8 @@ impl Lowerer<'_> {
     }
 
     fn lower_join(&self, j: &datafusion::logical_expr::Join) -> Result<Lowered> {
-        use datafusion::logical_expr::{ExprSchemable, JoinType as DJ};
         use datafusion::logical_expr::utils::split_conjunction;
+        use datafusion::logical_expr::{ExprSchemable, JoinType as DJ};
         let join_type = match j.join_type {
             DJ::Inner => JoinType::Inner,
             DJ::Left => JoinType::Left,
@@ -1280,19 +1523,24 @@ impl Lowerer<'_> {
             DJ::Full => JoinType::Full,
             DJ::LeftSemi => JoinType::Semi,
             DJ::LeftAnti if j.null_aware => {
-                return Err(Error::not_implemented("NOT IN (subquery) in a continuous query is not available yet; write NOT EXISTS"))
+                return Err(Error::not_implemented(
+                    "NOT IN (subquery) in a continuous query is not available yet; write NOT EXISTS",
+                ));
             }
             DJ::LeftAnti => JoinType::Anti,
             other => {
                 return Err(Error::not_implemented(format!(
                     "{other} joins in continuous queries are not available yet"
-                )))
+                )));
             }
         };
         let l = self.lower(&j.left)?;
         let r = self.lower(&j.right)?;
-        let conjuncts: Vec<Expr> = j.filter.as_ref().map(|f| split_conjunction(f).into_iter().cloned().collect()).unwrap_or_default();
-        if let Some(pos) = conjuncts.iter().position(|c| matches!(c, Expr::ScalarFunction(f) if f.func.name() == ASOF_MARKER)) {
+        let conjuncts: Vec<Expr> =
+            j.filter.as_ref().map(|f| split_conjunction(f).into_iter().cloned().collect()).unwrap_or_default();
+        if let Some(pos) =
+            conjuncts.iter().position(|c| matches!(c, Expr::ScalarFunction(f) if f.func.name() == ASOF_MARKER))
+        {
             return self.lower_asof(j, l, r, conjuncts, pos);
         }
         for (side, x) in [("left", &l), ("right", &r)] {
@@ -1308,12 +1556,19 @@ impl Lowerer<'_> {
             ));
         }
         let schemas = [j.left.schema().as_ref(), j.right.schema().as_ref()];
-        let lookup = schemas[1].iter().next().and_then(|(q, _)| q.map(|q| q.table().to_string())).is_some_and(|q| self.lookups.contains(&q));
+        let lookup = schemas[1]
+            .iter()
+            .next()
+            .and_then(|(q, _)| q.map(|q| q.table().to_string()))
+            .is_some_and(|q| self.lookups.contains(&q));
         if lookup && !matches!(join_type, JoinType::Inner | JoinType::Left) {
             return Err(Error::plan("a lookup join (FOR SYSTEM_TIME AS OF PROCTIME()) is a JOIN or a LEFT JOIN"));
         }
         if lookup && l.kind != StreamKind::AppendOnly {
-            return Err(Error::not_implemented(format!("the left input of a lookup join is a {} stream; it reads an append-only stream", l.kind)));
+            return Err(Error::not_implemented(format!(
+                "the left input of a lookup join is a {} stream; it reads an append-only stream",
+                l.kind
+            )));
         }
         let mut key_types = vec![];
         let mut keys: [Vec<Arc<dyn PhysicalExpr>>; 2] = [vec![], vec![]];
@@ -1322,17 +1577,19 @@ impl Lowerer<'_> {
             keys[0].push(phys(a, schemas[0], &self.props)?);
             keys[1].push(phys(b, schemas[1], &self.props)?);
         }
-        let times = [
-            l.time.filter(|_| l.kind == StreamKind::AppendOnly),
-            r.time.filter(|_| r.kind == StreamKind::AppendOnly),
-        ];
+        let times =
+            [l.time.filter(|_| l.kind == StreamKind::AppendOnly), r.time.filter(|_| r.kind == StreamKind::AppendOnly)];
         let mut specs = vec![];
         for (side, x) in [&l, &r].into_iter().enumerate() {
             let weighted = x.kind == StreamKind::Changelog;
             let mut expiry = None;
             let mut bound_text = "kept until retracted".to_string();
             if lookup {
-                bound_text = if side == 0 { "not kept (each row looks up the table once)".into() } else { "the table's current rows".into() };
+                bound_text = if side == 0 {
+                    "not kept (each row looks up the table once)".into()
+                } else {
+                    "the table's current rows".into()
+                };
             } else if let (Some(ot), false) = (times[1 - side], weighted) {
                 for cand in expiry_candidates(&conjuncts, &j.on, side, schemas, ot) {
                     let Ok(t) = cand.get_type(schemas[side]) else { continue };
@@ -1348,9 +1605,17 @@ impl Lowerer<'_> {
             if let (None, Some(ttl_us), Some(t), false) = (&expiry, self.opts.state_ttl_us, times[side], lookup) {
                 let (q, fld) = schemas[side].qualified_field(t);
                 let scale = TimeScale::for_type(fld.data_type()).ok_or_else(|| Error::internal("time column type"))?;
-                let col = phys(&Expr::Column(datafusion::common::Column::new(q.cloned(), fld.name())), schemas[side], &self.props)?;
+                let col = phys(
+                    &Expr::Column(datafusion::common::Column::new(q.cloned(), fld.name())),
+                    schemas[side],
+                    &self.props,
+                )?;
                 ttl = Some((col, scale, ttl_us));
-                bound_text = format!("forgotten once the watermark is {} past {} (STATE TTL)", crate::util::fmt_duration_us(ttl_us), fld.name());
+                bound_text = format!(
+                    "forgotten once the watermark is {} past {} (STATE TTL)",
+                    crate::util::fmt_duration_us(ttl_us),
+                    fld.name()
+                );
             }
             specs.push(SideSpec {
                 schema: Arc::new(schemas[side].as_arrow().clone()),
@@ -1366,7 +1631,8 @@ impl Lowerer<'_> {
         for side in 0..2 {
             if specs[1 - side].expiry.is_some() {
                 let t = times[side].expect("bounds come from the time column");
-                let scale = TimeScale::for_type(schemas[side].field(t).data_type()).ok_or_else(|| Error::internal("time column type"))?;
+                let scale = TimeScale::for_type(schemas[side].field(t).data_type())
+                    .ok_or_else(|| Error::internal("time column type"))?;
                 specs[side].late_col = Some((t, scale));
             }
         }
@@ -1374,7 +1640,11 @@ impl Lowerer<'_> {
         let left = specs.pop().expect("two");
         let joined_schema: SchemaRef = Arc::new(j.schema.as_arrow().clone());
         // The residual condition sees both sides (SEMI/ANTI output only the left's columns).
-        let both = if matches!(join_type, JoinType::Semi | JoinType::Anti) { Arc::new(schemas[0].join(schemas[1])?) } else { j.schema.clone() };
+        let both = if matches!(join_type, JoinType::Semi | JoinType::Anti) {
+            Arc::new(schemas[0].join(schemas[1])?)
+        } else {
+            j.schema.clone()
+        };
         let filter = match &j.filter {
             Some(f) => Some(phys(f, &both, &self.props)?),
             None => None,
@@ -1383,7 +1653,14 @@ impl Lowerer<'_> {
         let join = HashJoin::try_new(join_type, left, right, key_types, filter, joined_schema, cand_schema, lookup)?;
         let retracts = join.retracts();
         Ok(Lowered {
-            node: Node { input: crate::pipeline::NodeInput::Join { join: Box::new(join) as Box<dyn Operator>, left: Box::new(l.node), right: Box::new(r.node) }, ops: vec![] },
+            node: Node {
+                input: crate::pipeline::NodeInput::Join {
+                    join: Box::new(join) as Box<dyn Operator>,
+                    left: Box::new(l.node),
+                    right: Box::new(r.node),
+                },
+                ops: vec![],
+            },
             kind: if retracts { StreamKind::Changelog } else { StreamKind::AppendOnly },
             window: None,
             late_schema: None,
@@ -1409,7 +1686,9 @@ pub(crate) fn plan_continuous(
     let plan = logical_plan(query, relations, &extra)?;
     let has_join = plan.exists(|p| {
         Ok(matches!(p, LogicalPlan::Join(_))
-            || p.expressions().iter().any(|e| e.exists(|x| Ok(matches!(x, Expr::Exists(_) | Expr::InSubquery(_)))).unwrap_or(false)))
+            || p.expressions()
+                .iter()
+                .any(|e| e.exists(|x| Ok(matches!(x, Expr::Exists(_) | Expr::InSubquery(_)))).unwrap_or(false)))
     })?;
     let plan = if has_join { optimize_joins(plan)? } else { plan };
     let used = if opts.keep_all_columns {
@@ -1426,7 +1705,8 @@ pub(crate) fn plan_continuous(
         })?;
         Some(used)
     };
-    let lowerer = Lowerer { relations, used, bindings: &rw.bindings, lookups: &rw.lookups, opts, props: ExecutionProps::new() };
+    let lowerer =
+        Lowerer { relations, used, bindings: &rw.bindings, lookups: &rw.lookups, opts, props: ExecutionProps::new() };
     let l = lowerer.lower(&plan)?;
     if opts.state_ttl_us.is_some() && !has_join {
         return Err(Error::plan("STATE TTL applies to joins; this query has none"));

@@ -2,5 +2,5 @@
 
 pub(crate) mod ingest;
 pub(crate) mod mv;
-pub(crate) mod table;
 pub mod subscription;
+pub(crate) mod table;

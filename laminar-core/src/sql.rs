@@ -111,14 +111,26 @@ impl ObjectKind {
 pub enum Statement {
     CreateSource(CreateSource),
     CreateStream(CreateStream),
-    Drop { kind: Option<ObjectKind>, names: Vec<String>, if_exists: bool, cascade: bool },
+    Drop {
+        kind: Option<ObjectKind>,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    },
     Show(ObjectKind),
     Describe(String),
     ShowCreate(String),
     Explain(Box<Statement>),
-    Insert { table: String, columns: Vec<String>, source: Box<Query> },
+    Insert {
+        table: String,
+        columns: Vec<String>,
+        source: Box<Query>,
+    },
     /// `DELETE FROM table [WHERE …]`.
-    Delete { table: String, selection: Option<ast::Expr> },
+    Delete {
+        table: String,
+        selection: Option<ast::Expr>,
+    },
     Query(Box<Query>),
     Checkpoint,
 }
@@ -133,16 +145,11 @@ pub struct ParsedStatement {
 /// Splits `sql` into statements at top-level semicolons and parses each.
 pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
     let dialect = GenericDialect {};
-    let tokens = Tokenizer::new(&dialect, sql)
-        .with_unescape(true)
-        .tokenize_with_location()
-        .map_err(|e| {
-            let pos = SqlPosition { line: e.location.line, column: e.location.column };
-            Error::syntax(e.message.clone()).with_position(Some(pos))
-        })?;
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
+    let tokens = Tokenizer::new(&dialect, sql).with_unescape(true).tokenize_with_location().map_err(|e| {
+        let pos = SqlPosition { line: e.location.line, column: e.location.column };
+        Error::syntax(e.message.clone()).with_position(Some(pos))
+    })?;
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
     let offset_of = |t: &TokenWithSpan, end: bool| -> usize {
         let loc = if end { t.span.end } else { t.span.start };
         if loc.line == 0 {
@@ -159,9 +166,7 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
         if current.is_empty() {
             return Ok(());
         }
-        let text = sql[offset_of(&current[0], false)..offset_of(current.last().unwrap(), true)]
-            .trim()
-            .to_string();
+        let text = sql[offset_of(&current[0], false)..offset_of(current.last().unwrap(), true)].trim().to_string();
         let toks = std::mem::take(current);
         check_depth(&toks)?;
         out.push(ParsedStatement { statement: parse_statement(toks)?, text });
@@ -217,21 +222,68 @@ fn check_depth(toks: &[TokenWithSpan]) -> Result<()> {
             .with_position(pos_of(t)));
         }
         let (is_op, is_structural, resets) = match &t.token {
-            Token::Plus | Token::Minus | Token::Mul | Token::Div | Token::Mod | Token::DuckIntDiv | Token::StringConcat | Token::Eq
-            | Token::DoubleEq | Token::Neq | Token::Lt | Token::Gt | Token::LtEq | Token::GtEq | Token::Spaceship | Token::Caret
-            | Token::Ampersand | Token::Pipe | Token::Tilde | Token::ShiftLeft | Token::ShiftRight | Token::DoubleColon
-            | Token::Arrow | Token::LongArrow | Token::HashArrow | Token::HashLongArrow | Token::ExclamationMark => (true, false, false),
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::DuckIntDiv
+            | Token::StringConcat
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Caret
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Tilde
+            | Token::ShiftLeft
+            | Token::ShiftRight
+            | Token::DoubleColon
+            | Token::Arrow
+            | Token::LongArrow
+            | Token::HashArrow
+            | Token::HashLongArrow
+            | Token::ExclamationMark => (true, false, false),
             Token::Comma => (false, false, true),
             Token::Word(w) if w.quote_style.is_none() => match w.keyword {
-                Keyword::AND | Keyword::OR | Keyword::XOR | Keyword::NOT | Keyword::IS | Keyword::LIKE | Keyword::ILIKE
-                | Keyword::BETWEEN | Keyword::IN | Keyword::COLLATE | Keyword::AT | Keyword::SIMILAR | Keyword::RLIKE
+                Keyword::AND
+                | Keyword::OR
+                | Keyword::XOR
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::BETWEEN
+                | Keyword::IN
+                | Keyword::COLLATE
+                | Keyword::AT
+                | Keyword::SIMILAR
+                | Keyword::RLIKE
                 | Keyword::REGEXP => (true, false, false),
                 Keyword::UNION | Keyword::INTERSECT | Keyword::EXCEPT | Keyword::JOIN => (false, true, false),
-                Keyword::SELECT | Keyword::FROM | Keyword::WHERE | Keyword::GROUP | Keyword::HAVING | Keyword::ORDER
-                | Keyword::LIMIT | Keyword::OFFSET | Keyword::WHEN | Keyword::THEN | Keyword::ELSE | Keyword::END
-                | Keyword::ON | Keyword::USING | Keyword::VALUES | Keyword::SET | Keyword::QUALIFY | Keyword::WINDOW => {
-                    (false, false, true)
-                }
+                Keyword::SELECT
+                | Keyword::FROM
+                | Keyword::WHERE
+                | Keyword::GROUP
+                | Keyword::HAVING
+                | Keyword::ORDER
+                | Keyword::LIMIT
+                | Keyword::OFFSET
+                | Keyword::WHEN
+                | Keyword::THEN
+                | Keyword::ELSE
+                | Keyword::END
+                | Keyword::ON
+                | Keyword::USING
+                | Keyword::VALUES
+                | Keyword::SET
+                | Keyword::QUALIFY
+                | Keyword::WINDOW => (false, false, true),
                 _ => (false, false, false),
             },
             Token::LParen => {
@@ -298,13 +350,17 @@ pub fn parse_one(sql: &str) -> Result<ParsedStatement> {
 
 /// An end-of-input token positioned just after `toks`, so "found: EOF" errors have a position.
 fn eof_after(toks: &[TokenWithSpan]) -> TokenWithSpan {
-    let end = toks.iter().rev().find(|t| t.token != Token::EOF).map(|t| t.span.end).unwrap_or(datafusion::sql::sqlparser::tokenizer::Location { line: 0, column: 0 });
+    let end = toks
+        .iter()
+        .rev()
+        .find(|t| t.token != Token::EOF)
+        .map(|t| t.span.end)
+        .unwrap_or(datafusion::sql::sqlparser::tokenizer::Location { line: 0, column: 0 });
     TokenWithSpan::new(Token::EOF, datafusion::sql::sqlparser::tokenizer::Span::new(end, end))
 }
 
 fn pos_of(t: &TokenWithSpan) -> Option<SqlPosition> {
-    (t.span.start.line > 0)
-        .then_some(SqlPosition { line: t.span.start.line, column: t.span.start.column })
+    (t.span.start.line > 0).then_some(SqlPosition { line: t.span.start.line, column: t.span.start.column })
 }
 
 fn word_is(t: &TokenWithSpan, w: &str) -> bool {
@@ -405,8 +461,9 @@ fn parser_for(tokens: Vec<TokenWithSpan>) -> Parser<'static> {
 fn finish_parser(p: &mut Parser<'_>) -> Result<()> {
     let t = p.peek_token();
     if t.token != Token::EOF {
-        return Err(Error::syntax(format!("unexpected '{}' after the end of the statement", t.token))
-            .with_position(pos_of(&t)));
+        return Err(
+            Error::syntax(format!("unexpected '{}' after the end of the statement", t.token)).with_position(pos_of(&t))
+        );
     }
     Ok(())
 }
@@ -476,9 +533,9 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         } else if c.eat_kw("SINKS") {
             ObjectKind::Sink
         } else {
-            return Err(c.error_here(
-                "expected SOURCES, STREAMS, MATERIALIZED VIEWS, TABLES, SINKS or CREATE after SHOW",
-            ));
+            return Err(
+                c.error_here("expected SOURCES, STREAMS, MATERIALIZED VIEWS, TABLES, SINKS or CREATE after SHOW")
+            );
         };
         if !c.at_end() {
             return Err(c.error_here("unexpected text after SHOW"));
@@ -517,8 +574,9 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
                     Token::Word(w) => columns.push(normalize_ident(&w.value, w.quote_style.is_some())),
                     Token::Comma => {}
                     other => {
-                        return Err(Error::syntax(format!("unexpected '{other}' in INSERT column list"))
-                            .with_position(pos));
+                        return Err(
+                            Error::syntax(format!("unexpected '{other}' in INSERT column list")).with_position(pos)
+                        );
                     }
                 }
             }
@@ -541,7 +599,9 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         };
         return Ok(Statement::Delete { table, selection });
     }
-    if c.peek_kw("SELECT") || c.peek_kw("WITH") || c.peek_kw("VALUES")
+    if c.peek_kw("SELECT")
+        || c.peek_kw("WITH")
+        || c.peek_kw("VALUES")
         || c.peek().is_some_and(|t| t.token == Token::LParen)
     {
         return parse_query_tokens(c.rest()).map(Statement::Query);
@@ -599,8 +659,10 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<
         let pk_at = e.windows(2).position(|w| word_is(&w[0], "PRIMARY") && word_is(&w[1], "KEY"));
         if let Some(at) = pk_at {
             if !table {
-                return Err(Error::plan("a source is append-only and has no PRIMARY KEY; use CREATE TABLE for a keyed, upserted relation")
-                    .with_position(pos_of(&e[at])));
+                return Err(Error::plan(
+                    "a source is append-only and has no PRIMARY KEY; use CREATE TABLE for a keyed, upserted relation",
+                )
+                .with_position(pos_of(&e[at])));
             }
             if !primary_key.is_empty() {
                 return Err(Error::syntax("a table has one PRIMARY KEY").with_position(pos_of(&e[at])));
@@ -611,7 +673,11 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<
                     match &t.token {
                         Token::Word(w) => primary_key.push(normalize_ident(&w.value, w.quote_style.is_some())),
                         Token::LParen | Token::RParen | Token::Comma | Token::Whitespace(_) => {}
-                        other => return Err(Error::syntax(format!("unexpected '{other}' in PRIMARY KEY")).with_position(pos_of(t))),
+                        other => {
+                            return Err(
+                                Error::syntax(format!("unexpected '{other}' in PRIMARY KEY")).with_position(pos_of(t))
+                            );
+                        }
                     }
                 }
                 if primary_key.is_empty() {
@@ -632,8 +698,7 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<
             }
             watermark = Some(parse_watermark(&e)?);
         } else if e.is_empty() {
-            return Err(Error::syntax("empty element in the column list")
-                .with_position(pos_of(&c.toks[open])));
+            return Err(Error::syntax("empty element in the column list").with_position(pos_of(&c.toks[open])));
         } else {
             column_tokens.push(e.iter().map(|t| token_sql(&t.token)).collect::<Vec<_>>().join(" "));
         }
@@ -773,35 +838,39 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
             if emit.is_some() {
                 return Err(sub.error_here("EMIT given twice"));
             }
-            emit = Some(if sub.eat_kws(&["ON", "WINDOW", "CLOSE"])
-                || sub.eat_kws(&["AFTER", "WATERMARK"])
-                || sub.eat_kws(&["ON", "WATERMARK"])
-            {
-                EmitMode::OnWindowClose
-            } else if sub.eat_kw("FINAL") {
-                EmitMode::Final
-            } else if sub.eat_kws(&["ON", "UPDATE"]) {
-                EmitMode::OnUpdate
-            } else if sub.eat_kw("CHANGES") {
-                EmitMode::Changes
-            } else if sub.eat_kw("EVERY") {
-                let (d, next) = parse_interval_at(&rest, sub.pos)?;
-                sub.pos = next;
-                if d <= 0 {
-                    return Err(Error::syntax("EMIT EVERY needs a positive interval")
-                        .with_position(pos_of(&rest[clause_start])));
-                }
-                EmitMode::Every(Duration::from_micros(d as u64))
-            } else {
-                return Err(sub.error_here(
+            emit = Some(
+                if sub.eat_kws(&["ON", "WINDOW", "CLOSE"])
+                    || sub.eat_kws(&["AFTER", "WATERMARK"])
+                    || sub.eat_kws(&["ON", "WATERMARK"])
+                {
+                    EmitMode::OnWindowClose
+                } else if sub.eat_kw("FINAL") {
+                    EmitMode::Final
+                } else if sub.eat_kws(&["ON", "UPDATE"]) {
+                    EmitMode::OnUpdate
+                } else if sub.eat_kw("CHANGES") {
+                    EmitMode::Changes
+                } else if sub.eat_kw("EVERY") {
+                    let (d, next) = parse_interval_at(&rest, sub.pos)?;
+                    sub.pos = next;
+                    if d <= 0 {
+                        return Err(Error::syntax("EMIT EVERY needs a positive interval")
+                            .with_position(pos_of(&rest[clause_start])));
+                    }
+                    EmitMode::Every(Duration::from_micros(d as u64))
+                } else {
+                    return Err(sub.error_here(
                     "expected ON WINDOW CLOSE, AFTER WATERMARK, ON WATERMARK, FINAL, ON UPDATE, CHANGES or EVERY after EMIT",
                 ));
-            });
+                },
+            );
         } else if sub.eat_kws(&["ALLOW", "LATENESS"]) {
             let (d, next) = parse_interval_at(&rest, sub.pos)?;
             sub.pos = next;
             if d < 0 {
-                return Err(Error::syntax("ALLOW LATENESS cannot be negative").with_position(pos_of(&rest[clause_start])));
+                return Err(
+                    Error::syntax("ALLOW LATENESS cannot be negative").with_position(pos_of(&rest[clause_start]))
+                );
             }
             allowed_lateness = Some(Duration::from_micros(d as u64));
         } else if sub.eat_kws(&["LATE", "DATA", "TO"]) {
@@ -810,7 +879,9 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
             let (d, next) = parse_interval_at(&rest, sub.pos)?;
             sub.pos = next;
             if d <= 0 {
-                return Err(Error::syntax("STATE TTL needs a positive interval").with_position(pos_of(&rest[clause_start])));
+                return Err(
+                    Error::syntax("STATE TTL needs a positive interval").with_position(pos_of(&rest[clause_start]))
+                );
             }
             state_ttl = Some(Duration::from_micros(d as u64));
         } else {
@@ -823,7 +894,17 @@ fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized: bool) -> 
     let eof = eof_after(&rest);
     rest.push(eof);
     let query = parse_query_tokens(rest)?;
-    Ok(CreateStream { name, materialized, or_replace, if_not_exists, query, emit, allowed_lateness, late_data_to, state_ttl })
+    Ok(CreateStream {
+        name,
+        materialized,
+        or_replace,
+        if_not_exists,
+        query,
+        emit,
+        allowed_lateness,
+        late_data_to,
+        state_ttl,
+    })
 }
 
 /// Parses an `INTERVAL '…' UNIT` (or a quoted `'5s'`) starting at `start`; returns µs and the
@@ -874,9 +955,8 @@ pub fn interval_micros(iv: &ast::Interval) -> Result<i64> {
         })
     };
     let total = if let Some(field) = &iv.leading_field {
-        let n: f64 = text.trim().parse().map_err(|_| {
-            Error::syntax(format!("interval value '{text}' is not a number"))
-        })?;
+        let n: f64 =
+            text.trim().parse().map_err(|_| Error::syntax(format!("interval value '{text}' is not a number")))?;
         n * unit_us(&field.to_string())?
     } else {
         // '1 minute 30 seconds', '5 s'
@@ -900,7 +980,9 @@ fn rewrite_window_tvfs(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan
     let is_window_fn = |t: &TokenWithSpan| ["TUMBLE", "HOP", "SESSION", "CUMULATE"].iter().any(|w| word_is(t, w));
     let mut i = 0;
     while i + 3 < toks.len() {
-        if word_is(&toks[i], "TABLE") && toks[i + 1].token == Token::LParen && is_window_fn(&toks[i + 2])
+        if word_is(&toks[i], "TABLE")
+            && toks[i + 1].token == Token::LParen
+            && is_window_fn(&toks[i + 2])
             && toks[i + 3].token == Token::LParen
         {
             let c = Cursor { toks: toks.clone(), pos: 0 };
@@ -949,7 +1031,11 @@ fn rewrite_system_time(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan
     ];
     let mut i = 1;
     while i + 4 < toks.len() {
-        if !(word_is(&toks[i], "FOR") && word_is(&toks[i + 1], "SYSTEM_TIME") && word_is(&toks[i + 2], "AS") && word_is(&toks[i + 3], "OF")) {
+        if !(word_is(&toks[i], "FOR")
+            && word_is(&toks[i + 1], "SYSTEM_TIME")
+            && word_is(&toks[i + 2], "AS")
+            && word_is(&toks[i + 3], "OF"))
+        {
             i += 1;
             continue;
         }
@@ -980,7 +1066,8 @@ fn rewrite_system_time(mut toks: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan
             end += 1;
         }
         if end == i + 4 {
-            return Err(Error::syntax("FOR SYSTEM_TIME AS OF needs a time: the left row's event time, or PROCTIME()").with_position(pos_of(&toks[i])));
+            return Err(Error::syntax("FOR SYSTEM_TIME AS OF needs a time: the left row's event time, or PROCTIME()")
+                .with_position(pos_of(&toks[i])));
         }
         let w = |s: &str| TokenWithSpan::wrap(Token::make_word(s, None));
         let mut new: Vec<TokenWithSpan> = vec![w("__laminar_temporal"), TokenWithSpan::wrap(Token::LParen)];
@@ -1068,17 +1155,27 @@ mod tests {
         let v = parse_sql("SHOW SOURCES; DROP STREAM IF EXISTS a, b CASCADE;").unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[1].text, "DROP STREAM IF EXISTS a, b CASCADE");
-        assert!(matches!(&v[1].statement, Statement::Drop { names, if_exists: true, cascade: true, .. } if names.len() == 2));
+        assert!(
+            matches!(&v[1].statement, Statement::Drop { names, if_exists: true, cascade: true, .. } if names.len() == 2)
+        );
     }
 
     #[test]
     fn intervals() {
         let p = |s: &str| {
-            let (v, _) = parse_interval_at(&{
-                let d = GenericDialect {};
-                Tokenizer::new(&d, s).tokenize_with_location().unwrap()
-                    .into_iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).collect::<Vec<_>>()
-            }, 0).unwrap();
+            let (v, _) = parse_interval_at(
+                &{
+                    let d = GenericDialect {};
+                    Tokenizer::new(&d, s)
+                        .tokenize_with_location()
+                        .unwrap()
+                        .into_iter()
+                        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+                        .collect::<Vec<_>>()
+                },
+                0,
+            )
+            .unwrap();
             v
         };
         assert_eq!(p("INTERVAL '1' MINUTE"), 60_000_000);

@@ -126,7 +126,12 @@ impl StateStore {
     pub(crate) fn delete(&self, _keys: &[Vec<u8>]) -> Result<()> {
         Err(unavailable())
     }
-    pub(crate) fn scan(&self, _prefix: &[u8], _chunk: usize, _f: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>) -> Result<()> {
+    pub(crate) fn scan(
+        &self,
+        _prefix: &[u8],
+        _chunk: usize,
+        _f: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
         Err(unavailable())
     }
     pub(crate) fn delete_prefix(&self, _prefix: &[u8]) -> Result<()> {
@@ -157,7 +162,8 @@ impl StateStore {
         let mut db = self.db.write();
         *db = None;
         if self.dir.exists() {
-            std::fs::remove_dir_all(&self.dir).map_err(|e| rocks_err(&format!("removing {}", self.dir.display()), e))?;
+            std::fs::remove_dir_all(&self.dir)
+                .map_err(|e| rocks_err(&format!("removing {}", self.dir.display()), e))?;
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| rocks_err(&format!("creating {}", self.dir.display()), e))?;
         if let Some((src, files)) = from {
@@ -171,7 +177,10 @@ impl StateStore {
                 r.map_err(|err| rocks_err(&format!("copying {} to {}", path.display(), to.display()), err))?;
             }
         }
-        *db = Some(rocksdb::DB::open(&Self::options(), &self.dir).map_err(|e| rocks_err(&format!("opening {}", self.dir.display()), e))?);
+        *db = Some(
+            rocksdb::DB::open(&Self::options(), &self.dir)
+                .map_err(|e| rocks_err(&format!("opening {}", self.dir.display()), e))?,
+        );
         Ok(())
     }
 
@@ -230,7 +239,12 @@ impl StateStore {
     }
 
     /// Calls `f` with the entries under `prefix` in key order, `chunk` at a time.
-    pub(crate) fn scan(&self, prefix: &[u8], chunk: usize, f: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>) -> Result<()> {
+    pub(crate) fn scan(
+        &self,
+        prefix: &[u8],
+        chunk: usize,
+        f: &mut dyn FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
         let g = self.db.read_recursive();
         let db = g.as_ref().ok_or_else(|| Error::internal("the RocksDB state backend is not open"))?;
         let mut it = db.raw_iterator();
@@ -262,7 +276,10 @@ impl StateStore {
 
     /// Flushes the memtable and hard-links the instance's files into `dest` (must not exist).
     pub(crate) fn checkpoint(&self, dest: &Path) -> Result<()> {
-        self.with(|db| rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(dest), &format!("checkpointing into {}", dest.display()))
+        self.with(
+            |db| rocksdb::checkpoint::Checkpoint::new(db)?.create_checkpoint(dest),
+            &format!("checkpointing into {}", dest.display()),
+        )
     }
 }
 

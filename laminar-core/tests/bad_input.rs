@@ -32,7 +32,8 @@ fn long_flat_expressions_are_refused_not_a_stack_overflow() {
             assert_eq!(e.kind(), ErrorKind::SqlSyntax, "{e}");
             assert!(e.message().contains("too deeply nested"), "{e}");
             assert!(e.position().is_some(), "{e}");
-            let e = db.execute(&format!("CREATE STREAM x AS SELECT k, {} AS v FROM s", chain(" OR v = ", n))).unwrap_err();
+            let e =
+                db.execute(&format!("CREATE STREAM x AS SELECT k, {} AS v FROM s", chain(" OR v = ", n))).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::SqlSyntax, "{e}");
         }
         let unions = vec!["SELECT 1 AS a"; 5_000].join(" UNION ALL ");
@@ -91,13 +92,27 @@ fn a_typo_of_a_huge_name_answers_at_once() {
 fn extreme_timestamps_are_refused_at_push_and_windows_keep_running() {
     let db = db(1);
     db.execute(KVT).unwrap();
-    db.execute("CREATE STREAM t AS SELECT k, COUNT(*) AS n, window_end FROM s GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND)").unwrap();
+    db.execute(
+        "CREATE STREAM t AS SELECT k, COUNT(*) AS n, window_end FROM s GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND)",
+    )
+    .unwrap();
     db.execute("CREATE STREAM h AS SELECT k, COUNT(*) AS n, window_end FROM s GROUP BY k, HOP(ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND)").unwrap();
-    db.execute("CREATE STREAM se AS SELECT k, COUNT(*) AS n FROM s GROUP BY k, SESSION(ts, INTERVAL '10' SECOND)").unwrap();
+    db.execute("CREATE STREAM se AS SELECT k, COUNT(*) AS n FROM s GROUP BY k, SESSION(ts, INTERVAL '10' SECOND)")
+        .unwrap();
     let mut w = db.writer("s").unwrap();
-    for us in [i64::MAX, i64::MIN, i64::MAX - 1_000_000, laminar_core::MAX_TIMESTAMP_US + 1, laminar_core::MIN_TIMESTAMP_US - 1] {
+    for us in [
+        i64::MAX,
+        i64::MIN,
+        i64::MAX - 1_000_000,
+        laminar_core::MAX_TIMESTAMP_US + 1,
+        laminar_core::MIN_TIMESTAMP_US - 1,
+    ] {
         let b = laminar_core::arrow::record_batch::RecordBatch::try_from_iter(vec![
-            ("k", std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1, 1])) as laminar_core::arrow::array::ArrayRef),
+            (
+                "k",
+                std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1, 1]))
+                    as laminar_core::arrow::array::ArrayRef,
+            ),
             ("v", std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1, 1]))),
             ("ts", std::sync::Arc::new(laminar_core::arrow::array::TimestampMicrosecondArray::from(vec![0, us]))),
         ])
@@ -108,9 +123,19 @@ fn extreme_timestamps_are_refused_at_push_and_windows_keep_running() {
     }
     // The edges of the range are fine, and every window stream still runs.
     let ok = laminar_core::arrow::record_batch::RecordBatch::try_from_iter(vec![
-        ("k", std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1, 1])) as laminar_core::arrow::array::ArrayRef),
+        (
+            "k",
+            std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1, 1]))
+                as laminar_core::arrow::array::ArrayRef,
+        ),
         ("v", std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1, 1]))),
-        ("ts", std::sync::Arc::new(laminar_core::arrow::array::TimestampMicrosecondArray::from(vec![laminar_core::MIN_TIMESTAMP_US, laminar_core::MAX_TIMESTAMP_US]))),
+        (
+            "ts",
+            std::sync::Arc::new(laminar_core::arrow::array::TimestampMicrosecondArray::from(vec![
+                laminar_core::MIN_TIMESTAMP_US,
+                laminar_core::MAX_TIMESTAMP_US,
+            ])),
+        ),
     ])
     .unwrap();
     w.write(ok).unwrap();
@@ -170,7 +195,9 @@ fn duplicate_column_names_are_refused() {
 fn sql_insert_casts_are_strict() {
     let db = db(1);
     db.execute("CREATE SOURCE s (n BIGINT, ts TIMESTAMP, v VARCHAR)").unwrap();
-    for values in ["('abc', NULL, 'x')", "(NULL, 'not a time', 'x')", "(1.9, NULL, 'x')", "(99999999999999999999, NULL, 'x')"] {
+    for values in
+        ["('abc', NULL, 'x')", "(NULL, 'not a time', 'x')", "(1.9, NULL, 'x')", "(99999999999999999999, NULL, 'x')"]
+    {
         let e = db.execute(&format!("INSERT INTO s VALUES {values}")).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidData, "{values}: {e}");
         assert!(e.message().contains("column 'n'") || e.message().contains("column 'ts'"), "{values}: {e}");
@@ -220,7 +247,8 @@ fn messages_say_what_is_wrong() {
     // A one-letter column is not a misspelling of a two-letter one.
     let zz = laminar_core::arrow::record_batch::RecordBatch::try_from_iter(vec![(
         "zz",
-        std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1])) as laminar_core::arrow::array::ArrayRef,
+        std::sync::Arc::new(laminar_core::arrow::array::Int64Array::from(vec![1]))
+            as laminar_core::arrow::array::ArrayRef,
     )])
     .unwrap();
     let e = db.writer("trades").unwrap().write(zz).unwrap_err();
@@ -312,7 +340,13 @@ fn deep_prefix_chains_get_a_clear_message() {
     let db = db(1);
     let e = db.query(&format!("SELECT {} true", "NOT ".repeat(60))).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::SqlSyntax);
-    assert!(e.message().contains("NOT (or signs) in a row") && !e.message().contains("after the end of the statement"), "{e}");
+    assert!(
+        e.message().contains("NOT (or signs) in a row") && !e.message().contains("after the end of the statement"),
+        "{e}"
+    );
     // Forty are fine (and mean what they say).
-    assert_eq!(sorted(&db.query(&format!("SELECT {} true AS b", "NOT ".repeat(40))).unwrap()), vec!["true".to_string()]);
+    assert_eq!(
+        sorted(&db.query(&format!("SELECT {} true AS b", "NOT ".repeat(40))).unwrap()),
+        vec!["true".to_string()]
+    );
 }

@@ -125,8 +125,7 @@ fn gen_case(seed: u64) -> Case {
     let mut aggs: Vec<usize> = (0..n_aggs).map(|_| r.random_range(0..AGGS.len())).collect();
     aggs.sort_unstable();
     aggs.dedup();
-    Case { seed, win, emit, lateness_ms, aggs, workers: r.random_range(1..3),
-        having: r.random_range(0..5) == 0 }
+    Case { seed, win, emit, lateness_ms, aggs, workers: r.random_range(1..3), having: r.random_range(0..5) == 0 }
 }
 
 fn iv(ms: i64) -> String {
@@ -221,7 +220,9 @@ fn run_case(c: &Case) -> Result<(), String> {
     }
     if std::env::var("LAMINAR_DIFF_DEBUG").is_ok_and(|d| d == c.seed.to_string()) {
         eprintln!("{sql}\nrows {rows:?}\nmetrics {:?}\nout:", db.metrics().unwrap().streams);
-        for b in &out { eprintln!("{}", laminar_core::arrow::util::pretty::pretty_format_batches(&[b.clone()]).unwrap()); }
+        for b in &out {
+            eprintln!("{}", laminar_core::arrow::util::pretty::pretty_format_batches(&[b.clone()]).unwrap());
+        }
     }
     let ncols = info.schema.fields().len() - usize::from(weighted);
     let key_cols = if windowed { 3 } else { 1 };
@@ -268,7 +269,13 @@ fn run_case(c: &Case) -> Result<(), String> {
     compare(got, expected, c)
 }
 
-fn oracle(c: &Case, rows: &[(i64, i64, Option<i64>, i64)], late: &HashSet<(i64, i64, i64)>, agg_sql: &[String], having: &str) -> Result<Vec<Vec<String>>, String> {
+fn oracle(
+    c: &Case,
+    rows: &[(i64, i64, Option<i64>, i64)],
+    late: &HashSet<(i64, i64, i64)>,
+    agg_sql: &[String],
+    having: &str,
+) -> Result<Vec<Vec<String>>, String> {
     let ctx = SessionContext::new();
     let late_rids: HashSet<i64> = late.iter().map(|p| p.0).collect();
     let (mut rid, mut k, mut v, mut ts, mut ws, mut we) = (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -305,14 +312,17 @@ fn oracle(c: &Case, rows: &[(i64, i64, Option<i64>, i64)], late: &HashSet<(i64, 
         Field::new("ws", DataType::Timestamp(laminar_core::arrow::datatypes::TimeUnit::Microsecond, None), false),
         Field::new("we", DataType::Timestamp(laminar_core::arrow::datatypes::TimeUnit::Microsecond, None), false),
     ]));
-    let b = RecordBatch::try_new(schema.clone(), vec![
-        Arc::new(Int64Array::from(rid)),
-        Arc::new(Int64Array::from(k)),
-        Arc::new(Int64Array::from(v)),
-        Arc::new(TimestampMicrosecondArray::from(ts)),
-        Arc::new(TimestampMicrosecondArray::from(ws)),
-        Arc::new(TimestampMicrosecondArray::from(we)),
-    ])
+    let b = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(rid)),
+            Arc::new(Int64Array::from(k)),
+            Arc::new(Int64Array::from(v)),
+            Arc::new(TimestampMicrosecondArray::from(ts)),
+            Arc::new(TimestampMicrosecondArray::from(ws)),
+            Arc::new(TimestampMicrosecondArray::from(we)),
+        ],
+    )
     .unwrap();
     ctx.register_batch("t", b).unwrap();
     let sql = match c.win {
@@ -321,13 +331,19 @@ fn oracle(c: &Case, rows: &[(i64, i64, Option<i64>, i64)], late: &HashSet<(i64, 
                OR ts - LAG(ts) OVER (PARTITION BY k ORDER BY ts, rid) >= {} THEN 1 ELSE 0 END AS brk FROM t), \
              n AS (SELECT *, SUM(brk) OVER (PARTITION BY k ORDER BY ts, rid ROWS UNBOUNDED PRECEDING) AS sid FROM m) \
              SELECT k, MIN(ts) AS window_start, MAX(ts) + {} AS window_end, {} FROM n GROUP BY k, sid{having}",
-            iv(gap), iv(gap), agg_sql.join(", ")
+            iv(gap),
+            iv(gap),
+            agg_sql.join(", ")
         ),
         Win::None => format!("SELECT k, {} FROM t GROUP BY k{having}", agg_sql.join(", ")),
-        _ => format!("SELECT k, ws AS window_start, we AS window_end, {} FROM t GROUP BY k, ws, we{having}", agg_sql.join(", ")),
+        _ => format!(
+            "SELECT k, ws AS window_start, we AS window_end, {} FROM t GROUP BY k, ws, we{having}",
+            agg_sql.join(", ")
+        ),
     };
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let batches = rt.block_on(async { ctx.sql(&sql).await?.collect().await }).map_err(|e| format!("oracle {sql}: {e}"))?;
+    let batches =
+        rt.block_on(async { ctx.sql(&sql).await?.collect().await }).map_err(|e| format!("oracle {sql}: {e}"))?;
     Ok(common::rows(&batches))
 }
 
@@ -345,15 +361,24 @@ fn compare(mut got: Vec<Vec<String>>, mut want: Vec<Vec<String>>, c: &Case) -> R
     let key = |r: &Vec<String>| r.join("|");
     got.sort_by_key(key);
     want.sort_by_key(key);
-    let ok = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same_value(a, b)));
+    let ok = got.len() == want.len()
+        && got.iter().zip(&want).all(|(g, w)| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same_value(a, b)));
     if ok {
         Ok(())
     } else {
         let show = |v: &Vec<Vec<String>>| v.iter().take(12).map(|r| r.join("|")).collect::<Vec<_>>().join("\n  ");
         Err(format!(
             "mismatch for {:?} emit {:?} lateness {}ms aggs {:?} workers {} having {}: got {} rows, want {}\n got:\n  {}\n want:\n  {}",
-            c.win, c.emit, c.lateness_ms, c.aggs.iter().map(|&a| AGGS[a].0).collect::<Vec<_>>(), c.workers, c.having,
-            got.len(), want.len(), show(&got), show(&want)
+            c.win,
+            c.emit,
+            c.lateness_ms,
+            c.aggs.iter().map(|&a| AGGS[a].0).collect::<Vec<_>>(),
+            c.workers,
+            c.having,
+            got.len(),
+            want.len(),
+            show(&got),
+            show(&want)
         ))
     }
 }
@@ -375,5 +400,11 @@ fn differential_random_cases() {
         }
     }
     eprintln!("{} differential cases over {} (window kind, emit) combinations", seeds.len(), kinds.len());
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), seeds.len(), failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.iter().take(5).cloned().collect::<Vec<_>>().join("\n\n")
+    );
 }

@@ -39,7 +39,10 @@ fn payments(i: u64) -> RecordBatch {
     RecordBatch::try_from_iter(vec![
         ("id", Arc::new(Int64Array::from_iter_values(ids.iter().copied())) as ArrayRef),
         ("paid", Arc::new(Int64Array::from_iter_values(ids.iter().map(|x| (x * 3) % 50)))),
-        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(ids.iter().map(|x| x * 20_000 + 300_000))) as ArrayRef),
+        (
+            "ts",
+            Arc::new(TimestampMicrosecondArray::from_iter_values(ids.iter().map(|x| x * 20_000 + 300_000))) as ArrayRef,
+        ),
     ])
     .unwrap()
 }
@@ -57,8 +60,14 @@ const DDL: &[&str] = &[
 
 /// The oracle's SQL for the two views, over tables `orders` and `payments`.
 const ORACLE: &[(&str, &str)] = &[
-    ("totals", "SELECT k, COUNT(*) AS n, SUM(amount) AS s, date_bin(INTERVAL '1' SECOND, ts, TIMESTAMP '1970-01-01') AS window_start FROM orders GROUP BY 1, 4"),
-    ("paid", "SELECT o.k, COUNT(*) AS n, SUM(p.paid) AS s, date_bin(INTERVAL '1' SECOND, o.ts, TIMESTAMP '1970-01-01') AS window_start FROM orders o JOIN payments p ON o.id = p.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND GROUP BY 1, 4"),
+    (
+        "totals",
+        "SELECT k, COUNT(*) AS n, SUM(amount) AS s, date_bin(INTERVAL '1' SECOND, ts, TIMESTAMP '1970-01-01') AS window_start FROM orders GROUP BY 1, 4",
+    ),
+    (
+        "paid",
+        "SELECT o.k, COUNT(*) AS n, SUM(p.paid) AS s, date_bin(INTERVAL '1' SECOND, o.ts, TIMESTAMP '1970-01-01') AS window_start FROM orders o JOIN payments p ON o.id = p.id AND p.ts BETWEEN o.ts AND o.ts + INTERVAL '1' SECOND GROUP BY 1, 4",
+    ),
 ];
 
 fn open(dir: &Path, level: &str, interval: &str) -> Database {
@@ -256,7 +265,12 @@ fn push(db: &Database, a: u64, b: u64) {
 }
 
 fn manifests(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints")).unwrap().flatten().map(|e| e.path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-")).collect();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST-"))
+        .collect();
     v.sort();
     v
 }
@@ -287,7 +301,13 @@ fn torn_or_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
             Damage::FlippedManifestByte => std::fs::write(&latest, text.replacen("seq ", "seq 1", 1)).unwrap(),
             Damage::CorruptBlob | Damage::MissingBlob => {
                 // A blob only the latest checkpoint uses: its `paid` view state changed.
-                let line = text.lines().find(|l| l.starts_with("object ") && l.contains(&"stream:paid".bytes().map(|b| format!("{b:02x}")).collect::<String>())).unwrap();
+                let line = text
+                    .lines()
+                    .find(|l| {
+                        l.starts_with("object ")
+                            && l.contains(&"stream:paid".bytes().map(|b| format!("{b:02x}")).collect::<String>())
+                    })
+                    .unwrap();
                 let blob = dir.join("checkpoints").join("blobs").join(line.split(' ').nth(2).unwrap());
                 if matches!(damage, Damage::MissingBlob) {
                     std::fs::remove_file(&blob).unwrap();
@@ -426,7 +446,8 @@ fn a_checkpoint_that_hits_a_full_disk_leaves_the_previous_one_usable() {
     let db = open(&dir, "wal", "0");
     assert_eq!(db.recovery().unwrap().epoch, Some(2));
     assert_eq!(progress(&db), (5, 5));
-    let resumed = db.subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).unwrap();
+    let resumed =
+        db.subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).unwrap();
     let got = sorted(&drain(&resumed));
     assert!(got == epoch2, "{}", difference(&got, &epoch2));
     db.close();
@@ -498,7 +519,11 @@ fn subscribers_resume_from_their_last_epoch_and_see_each_result_once() {
     push(&db, 8, 11);
     db.flush().unwrap();
     read(&sub, &mut seen);
-    assert!(seen.iter().any(|s| s.0 == 1) && seen.iter().any(|s| s.0 == 2) && seen.iter().any(|s| s.0 == 3), "{:?}", seen.iter().map(|s| s.0).collect::<Vec<_>>());
+    assert!(
+        seen.iter().any(|s| s.0 == 1) && seen.iter().any(|s| s.0 == 2) && seen.iter().any(|s| s.0 == 3),
+        "{:?}",
+        seen.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
     // The consumer committed its work up to epoch 1 only; then the process died.
     let committed: Vec<String> = seen.iter().filter(|s| s.0 <= 1).flat_map(|s| s.1.clone()).collect();
     drop(sub);
@@ -506,9 +531,13 @@ fn subscribers_resume_from_their_last_epoch_and_see_each_result_once() {
 
     let db = open(&dir, "wal", "0");
     // `paid` never had a subscriber: its results were not kept, and resuming it says so.
-    let e = db.subscribe_with("paid", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).err().unwrap();
+    let e = db
+        .subscribe_with("paid", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() })
+        .err()
+        .unwrap();
     assert!(e.message().contains("kept from epoch"), "{e}");
-    let sub = db.subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).unwrap();
+    let sub =
+        db.subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(1), ..Default::default() }).unwrap();
     push(&db, 11, 14);
     finish(&db);
     let mut all = committed;
@@ -522,7 +551,10 @@ fn subscribers_resume_from_their_last_epoch_and_see_each_result_once() {
     // Every window result exactly once: what was committed plus what was resumed.
     assert_eq!(all, oracle(14, 14)[0]);
     // An epoch that is gone, or one in the future, is refused with a reason.
-    let e = db.subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(99), ..Default::default() }).err().unwrap();
+    let e = db
+        .subscribe_with("totals", SubscribeOptions { resume_after_epoch: Some(99), ..Default::default() })
+        .err()
+        .unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
@@ -535,11 +567,26 @@ const CLICKS: &str = "CREATE SOURCE IF NOT EXISTS clicks (k BIGINT NOT NULL, v B
 /// SESSION views in every EMIT mode that keeps session state across batches, and an unrelated
 /// TUMBLE view over the same source.
 const CLICK_VIEWS: &[(&str, &str)] = &[
-    ("sessions", "SELECT k, COUNT(*) AS n, SUM(v) AS s, MAX(v) AS m, AVG(v) AS a, window_start, window_end FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND)"),
-    ("session_changes", "SELECT k, COUNT(*) AS n, COUNT(DISTINCT v) AS d, window_start, window_end FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND) EMIT CHANGES"),
-    ("session_late", "SELECT k, COUNT(*) AS n, SUM(v) AS s, window_start, window_end FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND) ALLOW LATENESS INTERVAL '5' SECOND"),
-    ("session_final", "SELECT k, COUNT(*) AS n, MIN(v) AS lo, window_start FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND) EMIT FINAL ALLOW LATENESS INTERVAL '5' SECOND"),
-    ("ticks", "SELECT k, COUNT(*) AS n, SUM(v) AS s, window_start FROM clicks GROUP BY k, TUMBLE(ts, INTERVAL '1' SECOND)"),
+    (
+        "sessions",
+        "SELECT k, COUNT(*) AS n, SUM(v) AS s, MAX(v) AS m, AVG(v) AS a, window_start, window_end FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND)",
+    ),
+    (
+        "session_changes",
+        "SELECT k, COUNT(*) AS n, COUNT(DISTINCT v) AS d, window_start, window_end FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND) EMIT CHANGES",
+    ),
+    (
+        "session_late",
+        "SELECT k, COUNT(*) AS n, SUM(v) AS s, window_start, window_end FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND) ALLOW LATENESS INTERVAL '5' SECOND",
+    ),
+    (
+        "session_final",
+        "SELECT k, COUNT(*) AS n, MIN(v) AS lo, window_start FROM clicks GROUP BY k, SESSION(ts, INTERVAL '1' SECOND) EMIT FINAL ALLOW LATENESS INTERVAL '5' SECOND",
+    ),
+    (
+        "ticks",
+        "SELECT k, COUNT(*) AS n, SUM(v) AS s, window_start FROM clicks GROUP BY k, TUMBLE(ts, INTERVAL '1' SECOND)",
+    ),
 ];
 
 /// Start of batch `i` of clicks in event time (ms): 3 s per batch and a 2 s pause before every
@@ -558,10 +605,12 @@ fn click_base(i: u64) -> i64 {
 ///   overlapping it two batches later is late for it, though not by its own event time.
 fn clicks(i: u64) -> RecordBatch {
     let b = click_base(i);
-    let mut rows: Vec<(i64, i64, i64)> = (0..20u64).map(|r| {
-        let id = i * 20 + r;
-        ((id % 4) as i64, (id * 7 % 10) as i64, b + r as i64 * 150)
-    }).collect();
+    let mut rows: Vec<(i64, i64, i64)> = (0..20u64)
+        .map(|r| {
+            let id = i * 20 + r;
+            ((id % 4) as i64, (id * 7 % 10) as i64, b + r as i64 * 150)
+        })
+        .collect();
     if i % 2 == 0 {
         rows.extend([(100, 1, b + 100), (100, 2, b + 1600), (300, 6, b + 2800)]);
         if i >= 2 {
@@ -622,8 +671,13 @@ fn click_reference(n: u64) -> Vec<Vec<String>> {
     db.writer("clicks").unwrap().finish().unwrap();
     db.flush().unwrap();
     // The cases the data is made for do happen.
-    let counts = |v: &str, k: i64| -> Vec<String> { sorted(&db.query(&format!("SELECT n FROM {v} WHERE k = {k}")).unwrap()) };
-    assert!(counts("sessions", 100).iter().all(|n| n == "3"), "key 100's sessions merge: {:?}", counts("sessions", 100));
+    let counts =
+        |v: &str, k: i64| -> Vec<String> { sorted(&db.query(&format!("SELECT n FROM {v} WHERE k = {k}")).unwrap()) };
+    assert!(
+        counts("sessions", 100).iter().all(|n| n == "3"),
+        "key 100's sessions merge: {:?}",
+        counts("sessions", 100)
+    );
     assert!(counts("session_late", 200).contains(&"2".to_string()), "key 200 takes rows within lateness");
     assert!(counts("sessions", 200).iter().all(|n| n == "1"), "key 200's later rows are late without lateness");
     assert!(counts("session_late", 300).contains(&"2".to_string()), "key 300 takes rows within lateness");
@@ -780,15 +834,17 @@ fn crash_rounds(state: &str, rounds: u64) {
     let t0 = Instant::now();
     let child_log = std::env::temp_dir().join(format!("laminar-crash-child-{state}-{}.log", std::process::id()));
     for round in 0..rounds {
-        let mut child = KillOnDrop(Command::new(&exe)
-            .args(["--exact", "crash_child", "--include-ignored", "--nocapture", "--test-threads", "1"])
-            .env("LAMINAR_CRASH_DIR", &dir)
-            .env("LAMINAR_CRASH_STATE", state)
-            .env("LAMINAR_CRASH_INTERVAL", format!("{}ms", 20 + rand(60)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&child_log).unwrap()))
-            .spawn()
-            .unwrap());
+        let mut child = KillOnDrop(
+            Command::new(&exe)
+                .args(["--exact", "crash_child", "--include-ignored", "--nocapture", "--test-threads", "1"])
+                .env("LAMINAR_CRASH_DIR", &dir)
+                .env("LAMINAR_CRASH_STATE", state)
+                .env("LAMINAR_CRASH_INTERVAL", format!("{}ms", 20 + rand(60)))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(std::fs::File::create(&child_log).unwrap()))
+                .spawn()
+                .unwrap(),
+        );
         let out = child.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
@@ -801,7 +857,10 @@ fn crash_rounds(state: &str, rounds: u64) {
         // Wait until it has recovered, then let it run a random while and kill it.
         let ready = loop {
             let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|e| {
-                panic!("round {round}: the child did not report READY ({e}); its stderr:\n{}", std::fs::read_to_string(&child_log).unwrap_or_default())
+                panic!(
+                    "round {round}: the child did not report READY ({e}); its stderr:\n{}",
+                    std::fs::read_to_string(&child_log).unwrap_or_default()
+                )
             });
             // The test harness may print "test crash_child ... " in front of it.
             if let Some(i) = line.find("READY ") {
@@ -811,8 +870,14 @@ fn crash_rounds(state: &str, rounds: u64) {
         let start: Vec<u64> = ready.split(' ').skip(1).map(|v| v.parse().unwrap()).collect();
         // Recovery kept every acknowledged push of the rounds before (and nothing more than one
         // unacknowledged push per source).
-        assert!(start[0] >= acked.0 && start[1] >= acked.1, "round {round}: recovered {start:?} < acknowledged {acked:?}");
-        assert!(start[0] <= acked.0 + 1 && start[1] <= acked.1 + 1, "round {round}: recovered {start:?} > acknowledged {acked:?} + 1");
+        assert!(
+            start[0] >= acked.0 && start[1] >= acked.1,
+            "round {round}: recovered {start:?} < acknowledged {acked:?}"
+        );
+        assert!(
+            start[0] <= acked.0 + 1 && start[1] <= acked.1 + 1,
+            "round {round}: recovered {start:?} > acknowledged {acked:?} + 1"
+        );
         acked = (start[0], start[1]);
         std::thread::sleep(Duration::from_millis(10 + rand(150)));
         drop(child); // SIGKILL, then wait
@@ -831,7 +896,10 @@ fn crash_rounds(state: &str, rounds: u64) {
     // from RocksDB's checkpointed files.
     assert!(state == "memory" || spilled > 0, "nothing spilled with a 2 KB cache");
     let (no, np) = progress(&db);
-    assert!(no >= acked.0 && np >= acked.1 && no <= acked.0 + 1 && np <= acked.1 + 1, "recovered ({no}, {np}) vs acknowledged {acked:?}");
+    assert!(
+        no >= acked.0 && np >= acked.1 && no <= acked.0 + 1 && np <= acked.1 + 1,
+        "recovered ({no}, {np}) vs acknowledged {acked:?}"
+    );
     assert_eq!(rows_in(&db, "orders"), no * ROWS, "rows counted once");
     finish(&db);
     let got = vec![view(&db, "totals"), view(&db, "paid")];
@@ -854,7 +922,6 @@ fn crash_rounds(state: &str, rounds: u64) {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&child_log);
 }
-
 
 #[test]
 fn both_io_backends_write_a_log_and_checkpoints_that_recover() {
@@ -991,7 +1058,12 @@ fn concurrent_pushers_share_the_group_commit_and_lose_nothing() {
     db.writer("orders").unwrap().finish().unwrap();
     db.flush().unwrap();
     let late = db.metrics().unwrap().streams.iter().find(|s| s.name == "totals").unwrap().rows_late;
-    let n: i64 = db.query("SELECT SUM(n) AS n FROM totals").unwrap()[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+    let n: i64 = db.query("SELECT SUM(n) AS n FROM totals").unwrap()[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
     assert_eq!(n as u64 + late, 120 * ROWS, "every acknowledged order counted once or reported late");
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
@@ -1068,11 +1140,21 @@ fn a_flipped_byte_in_the_middle_of_the_newest_segment_is_an_error_unless_salvage
     let info = db.recovery().unwrap();
     assert_eq!(info.warnings.len(), 1, "{info:?}");
     let w = &info.warnings[0];
-    assert!(w.contains(&seg_name) && w.contains(&format!("byte {at}")) && w.contains(&format!("{len} bytes")) && w.contains(" 1 record ("), "{w}");
+    assert!(
+        w.contains(&seg_name)
+            && w.contains(&format!("byte {at}"))
+            && w.contains(&format!("{len} bytes"))
+            && w.contains(" 1 record ("),
+        "{w}"
+    );
     assert_eq!(info.records_replayed as usize, recs.len() - 1, "{info:?}");
     // Record i is batch (i - 5) / 2 of orders (even) or payments (odd); everything else is back.
     let lost_batch = ((i - DDL.len()) / 2) as u64;
-    let (want_o, want_p) = if (i - DDL.len()) % 2 == 0 { (5 * ROWS, payments_rows(6)) } else { (6 * ROWS, payments_rows(6) - payments(lost_batch).num_rows() as u64) };
+    let (want_o, want_p) = if (i - DDL.len()) % 2 == 0 {
+        (5 * ROWS, payments_rows(6))
+    } else {
+        (6 * ROWS, payments_rows(6) - payments(lost_batch).num_rows() as u64)
+    };
     assert_eq!((rows_in(&db, "orders"), rows_in(&db, "payments")), (want_o, want_p));
     db.close_abruptly();
     // The salvaging open took a checkpoint: the damaged log is no longer needed.
@@ -1113,7 +1195,8 @@ fn a_segment_shorter_than_the_next_one_proves_is_an_error_unless_salvaged() {
         std::fs::write(seg, &bytes[..keep]).unwrap();
         let seg_name = seg.file_name().unwrap().to_string_lossy().to_string();
 
-        let e = Database::open(dir.to_str().unwrap(), Config::default()).err().expect("a truncated segment must not open");
+        let e =
+            Database::open(dir.to_str().unwrap(), Config::default()).err().expect("a truncated segment must not open");
         assert_eq!(e.kind(), ErrorKind::Io, "{cut}: {e}");
         assert!(e.message().contains(&seg_name) && e.message().contains(&format!("byte {keep}")), "{cut}: {e}");
         assert!(e.message().contains(&format!(" {lost} records (")) && e.message().contains("salvage"), "{cut}: {e}");
@@ -1121,7 +1204,10 @@ fn a_segment_shorter_than_the_next_one_proves_is_an_error_unless_salvaged() {
         let db = open_recovering(&dir, "salvage").unwrap();
         let info = db.recovery().unwrap();
         assert_eq!(info.warnings.len(), 1, "{cut}: {info:?}");
-        assert!(info.warnings[0].contains(&seg_name) && info.warnings[0].contains(&format!(" {lost} records (")), "{cut}: {info:?}");
+        assert!(
+            info.warnings[0].contains(&seg_name) && info.warnings[0].contains(&format!(" {lost} records (")),
+            "{cut}: {info:?}"
+        );
         let want = if cut == "empty" { (2, 2) } else { (4, 4) };
         assert_eq!(progress(&db), want, "{cut}");
         db.close();
@@ -1159,7 +1245,11 @@ fn a_torn_tail_of_the_newest_segment_is_dropped_with_a_truthful_warning() {
         let info = db.recovery().unwrap();
         assert_eq!(info.warnings.len(), 1, "{tail}: {info:?}");
         let w = &info.warnings[0];
-        assert!(w.contains(&seg.file_name().unwrap().to_string_lossy().to_string()) && w.contains(&format!("byte {torn_at}")), "{tail}: {w}");
+        assert!(
+            w.contains(&seg.file_name().unwrap().to_string_lossy().to_string())
+                && w.contains(&format!("byte {torn_at}")),
+            "{tail}: {w}"
+        );
         assert!(w.contains("never acknowledged") && !w.contains("the rest of this log segment"), "{tail}: {w}");
         assert_eq!(progress(&db), want, "{tail}");
         // The pipeline goes on (the dropped push is pushed again), and later opens find a clean log.
@@ -1200,7 +1290,11 @@ fn salvage_skips_the_records_that_depended_on_a_lost_one() {
     let info = db.recovery().unwrap();
     assert_eq!(info.warnings.len(), 2, "{info:?}");
     // totals, matched, paid and order_sessions (over orders), and orders batches 0 and 1.
-    assert!(info.warnings[1].contains("6 intact log records after the damage could not be replayed") && info.warnings[1].contains("orders"), "{info:?}");
+    assert!(
+        info.warnings[1].contains("6 intact log records after the damage could not be replayed")
+            && info.warnings[1].contains("orders"),
+        "{info:?}"
+    );
     assert_eq!(db.list(laminar_core::ObjectKind::Source).unwrap(), vec!["payments".to_string()]);
     assert_eq!(rows_in(&db, "payments"), payments_rows(2));
     db.close();

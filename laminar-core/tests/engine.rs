@@ -88,7 +88,10 @@ fn golden_emit_on_update() {
 fn golden_emit_changes() {
     let (db, sub) = setup("EMIT CHANGES");
     assert_eq!(step(&db, &sub, &[(1, 1, 1000)]), s(&[&format!("1|1|{T}00|1")]));
-    assert_eq!(step(&db, &sub, &[(1, 5, 3000), (2, 7, 3000)]), s(&[&format!("1|1|{T}00|-1"), &format!("1|6|{T}00|1"), &format!("2|7|{T}00|1")]));
+    assert_eq!(
+        step(&db, &sub, &[(1, 5, 3000), (2, 7, 3000)]),
+        s(&[&format!("1|1|{T}00|-1"), &format!("1|6|{T}00|1"), &format!("2|7|{T}00|1")])
+    );
     // Non-windowed GROUP BY is a changelog by default.
     db.execute("CREATE STREAM g AS SELECT k, COUNT(*) AS n FROM s GROUP BY k").unwrap();
     let g = db.subscribe("g").unwrap();
@@ -126,11 +129,10 @@ fn late_data_to_stream_receives_late_pairs() {
     w.write(kvt(&[(8, 8, 12000)])).unwrap(); // [5,15) closed, [10,20) open
     w.flush().unwrap();
     let got = sorted(&drain(&late));
-    assert_eq!(got, s(&[
-        &format!("7|7|{T}09|{T}00|{T}10"),
-        &format!("7|7|{T}09|{T}05|{T}15"),
-        &format!("8|8|{T}12|{T}05|{T}15"),
-    ]));
+    assert_eq!(
+        got,
+        s(&[&format!("7|7|{T}09|{T}00|{T}10"), &format!("7|7|{T}09|{T}05|{T}15"), &format!("8|8|{T}12|{T}05|{T}15"),])
+    );
     let m = db.metrics().unwrap();
     let c = m.streams.iter().find(|x| x.name == "c").unwrap();
     assert_eq!((c.rows_late, c.late_pairs), (1, 3), "row 7 late for every window, 3 pairs in all");
@@ -141,7 +143,16 @@ fn a_million_single_row_pushes_lose_nothing() {
     let db = db(1);
     db.execute("CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT)").unwrap();
     db.execute("CREATE STREAM t AS SELECT COUNT(*) AS n, SUM(v) AS sv FROM s").unwrap();
-    let sub = db.subscribe_with("t", laminar_core::SubscribeOptions { buffer_size: Some(16), on_full: Some(laminar_core::OnFull::Block), ..Default::default() }).unwrap();
+    let sub = db
+        .subscribe_with(
+            "t",
+            laminar_core::SubscribeOptions {
+                buffer_size: Some(16),
+                on_full: Some(laminar_core::OnFull::Block),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let reader = std::thread::spawn(move || {
         let mut last = (0i64, 0i64);
         while let Some(b) = sub.next().unwrap() {
@@ -204,7 +215,8 @@ fn catalog_statements_and_errors() {
     db.execute("CREATE MATERIALIZED VIEW mv AS SELECT k, SUM(v) AS sv FROM s GROUP BY k").unwrap();
     db.execute("CREATE STREAM f AS SELECT k FROM s").unwrap();
     db.execute("CREATE STREAM ff AS SELECT k FROM f WHERE k > 1").unwrap();
-    let names = |sql: &str| rows(&db.execute(sql).unwrap().batches).into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
+    let names =
+        |sql: &str| rows(&db.execute(sql).unwrap().batches).into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
     assert_eq!(names("SHOW SOURCES"), vec!["s"]);
     assert_eq!(names("SHOW STREAMS"), vec!["f", "ff"]);
     assert_eq!(names("SHOW MATERIALIZED VIEWS"), vec!["mv"]);
@@ -212,9 +224,18 @@ fn catalog_statements_and_errors() {
     assert_eq!(d[0][..3], ["k".to_string(), "Int64".into(), "NO".into()]);
     assert!(d[0][3].contains("changelog"));
     assert!(rows(&db.execute("SHOW CREATE mv").unwrap().batches)[0][1].starts_with("CREATE MATERIALIZED VIEW mv"));
-    let plan = rows(&db.execute("EXPLAIN CREATE STREAM x AS SELECT k, COUNT(*) FROM s GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)").unwrap().batches);
+    let plan = rows(
+        &db.execute("EXPLAIN CREATE STREAM x AS SELECT k, COUNT(*) FROM s GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)")
+            .unwrap()
+            .batches,
+    );
     let text: Vec<String> = plan.into_iter().map(|r| r[0].clone()).collect();
-    assert!(text[0].contains("append-only") && text.iter().any(|l| l.contains("WindowAggregate")) && text.iter().any(|l| l.contains("TUMBLE(1m)")), "{text:?}");
+    assert!(
+        text[0].contains("append-only")
+            && text.iter().any(|l| l.contains("WindowAggregate"))
+            && text.iter().any(|l| l.contains("TUMBLE(1m)")),
+        "{text:?}"
+    );
     // INSERT + ad-hoc SELECT over the MV and the source's retained rows.
     let r = db.execute("INSERT INTO s VALUES (1, 10, '2024-01-01T00:00:00'), (1, 5, '2024-01-01T00:00:01'), (2, 1, '2024-01-01T00:00:02')").unwrap();
     assert_eq!(r.rows_affected, 3);
@@ -243,7 +264,8 @@ fn subscription_cancel_timeout_and_lag() {
     let db = db(1);
     db.execute(KVT).unwrap();
     db.execute("CREATE STREAM p AS SELECT k FROM s").unwrap();
-    let sub = db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), ..Default::default() }).unwrap();
+    let sub =
+        db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), ..Default::default() }).unwrap();
     assert!(matches!(sub.next_timeout(Duration::from_millis(20)).unwrap(), Next::Empty));
     let c = sub.canceller();
     let t = std::thread::spawn(move || {
@@ -252,7 +274,8 @@ fn subscription_cancel_timeout_and_lag() {
     });
     assert!(sub.next().unwrap().is_none(), "cancel from another thread ends a blocked read");
     t.join().unwrap();
-    let slow = db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), ..Default::default() }).unwrap();
+    let slow =
+        db.subscribe_with("p", laminar_core::SubscribeOptions { buffer_size: Some(2), ..Default::default() }).unwrap();
     let mut w = db.writer("s").unwrap();
     for i in 0..5 {
         w.write(kvt(&[(i, 0, 0)])).unwrap();

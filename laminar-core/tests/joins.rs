@@ -23,25 +23,56 @@ use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone)]
 enum Shape {
-    Interval { lo: i64, hi: i64 },
-    Regular { residual: bool },
-    Window { size: i64 },
-    AggOverJoin { lo: i64, hi: i64 },
-    Three { lo: i64, hi: i64, lo2: i64, hi2: i64, regular2: bool },
+    Interval {
+        lo: i64,
+        hi: i64,
+    },
+    Regular {
+        residual: bool,
+    },
+    Window {
+        size: i64,
+    },
+    AggOverJoin {
+        lo: i64,
+        hi: i64,
+    },
+    Three {
+        lo: i64,
+        hi: i64,
+        lo2: i64,
+        hi2: i64,
+        regular2: bool,
+    },
     /// An aggregate over a regular outer join's changelog (retractions reach the aggregate).
     AggOverChangelog,
     /// Nexmark q4's shape: MAX per left row over an interval join, then COUNT/AVG/MIN/MAX of
     /// those maxima per key — the outer aggregate takes the inner one's retractions.
-    TwoLevel { lo: i64, hi: i64 },
+    TwoLevel {
+        lo: i64,
+        hi: i64,
+    },
     /// SELECT DISTINCT over a join (an append-only one for INNER, a changelog for outer joins).
     Distinct,
     /// Top-N per window (ROW_NUMBER), LAG and a ROWS frame per (window, key), over a TUMBLE of
     /// the left input.
-    TopN { size: i64, n: i64, single: Option<&'static str> },
+    TopN {
+        size: i64,
+        n: i64,
+        single: Option<&'static str>,
+    },
     /// SEMI / ANTI: [NOT] EXISTS (correlated on the key, optionally time-bounded) and IN.
-    Exists { not: bool, bounded: Option<(i64, i64)>, in_form: bool },
+    Exists {
+        not: bool,
+        bounded: Option<(i64, i64)>,
+        in_form: bool,
+    },
     /// OVER over an unbounded stream: ROW_NUMBER, LAG and a ROWS frame per key in event-time order.
-    StreamOver { lag: i64, rows: i64, lead: Option<i64> },
+    StreamOver {
+        lag: i64,
+        rows: i64,
+        lead: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +92,11 @@ fn gen_case(seed: u64) -> Case {
     let mut r = SmallRng::seed_from_u64(seed);
     let ms = |r: &mut SmallRng| [0, 500, 1000, 2000, 3000][r.random_range(0..5)];
     let shape = match r.random_range(0..11) {
-        10 => Shape::StreamOver { lag: r.random_range(1..4), rows: r.random_range(0..5), lead: if r.random_bool(0.5) { Some(r.random_range(1..4)) } else { None } },
+        10 => Shape::StreamOver {
+            lag: r.random_range(1..4),
+            rows: r.random_range(0..5),
+            lead: if r.random_bool(0.5) { Some(r.random_range(1..4)) } else { None },
+        },
         9 => Shape::Exists {
             not: r.random_bool(0.5),
             bounded: if r.random_bool(0.5) { Some((ms(&mut r), ms(&mut r))) } else { None },
@@ -79,16 +114,31 @@ fn gen_case(seed: u64) -> Case {
         1 => Shape::Regular { residual: r.random_bool(0.5) },
         2 => Shape::Window { size: [1000, 2000, 5000][r.random_range(0..3)] },
         3 => Shape::AggOverJoin { lo: ms(&mut r), hi: ms(&mut r) },
-        _ => Shape::Three { lo: ms(&mut r), hi: ms(&mut r), lo2: ms(&mut r), hi2: ms(&mut r), regular2: r.random_bool(0.3) },
+        _ => Shape::Three {
+            lo: ms(&mut r),
+            hi: ms(&mut r),
+            lo2: ms(&mut r),
+            hi2: ms(&mut r),
+            regular2: r.random_bool(0.3),
+        },
     };
     let jt = match shape {
-        Shape::AggOverJoin { .. } | Shape::TwoLevel { .. } | Shape::TopN { .. } | Shape::Exists { .. } | Shape::StreamOver { .. } => "INNER",
+        Shape::AggOverJoin { .. }
+        | Shape::TwoLevel { .. }
+        | Shape::TopN { .. }
+        | Shape::Exists { .. }
+        | Shape::StreamOver { .. } => "INNER",
         _ => JTS[r.random_range(0..4)],
     };
     let jt2 = JTS[r.random_range(0..4)];
     let filter = match shape {
-        Shape::Window { .. } | Shape::AggOverJoin { .. } | Shape::AggOverChangelog | Shape::TwoLevel { .. } | Shape::TopN { .. } | Shape::StreamOver { .. } => "",
-        Shape::Exists { .. } => [""," WHERE l.v > 20"][r.random_range(0..2)],
+        Shape::Window { .. }
+        | Shape::AggOverJoin { .. }
+        | Shape::AggOverChangelog
+        | Shape::TwoLevel { .. }
+        | Shape::TopN { .. }
+        | Shape::StreamOver { .. } => "",
+        Shape::Exists { .. } => ["", " WHERE l.v > 20"][r.random_range(0..2)],
         _ => FILTERS[r.random_range(0..3)],
     };
     Case { seed, shape, jt, jt2, filter, workers: r.random_range(1..3) }
@@ -127,7 +177,9 @@ fn sql_of(c: &Case) -> (String, String) {
                         iv(*size)
                     )
                 };
-                format!("SELECT k, window_start AS ws, window_end AS we, COUNT(*) AS n, MAX(v) AS mx FROM {from} GROUP BY k, window_start, window_end")
+                format!(
+                    "SELECT k, window_start AS ws, window_end AS we, COUNT(*) AS n, MAX(v) AS mx FROM {from} GROUP BY k, window_start, window_end"
+                )
             };
             let q = |tvf: bool| {
                 format!(
@@ -163,9 +215,14 @@ fn sql_of(c: &Case) -> (String, String) {
         }
         Shape::Exists { not, bounded, in_form } => {
             let q = if *in_form {
-                format!("SELECT l.id, l.k FROM l WHERE l.k IN (SELECT r.k FROM r WHERE r.v > 30){}", f.replace(" WHERE ", " AND "))
+                format!(
+                    "SELECT l.id, l.k FROM l WHERE l.k IN (SELECT r.k FROM r WHERE r.v > 30){}",
+                    f.replace(" WHERE ", " AND ")
+                )
             } else {
-                let time = bounded.map(|(lo, hi)| format!(" AND r.ts BETWEEN l.ts - {} AND l.ts + {}", iv(lo), iv(hi))).unwrap_or_default();
+                let time = bounded
+                    .map(|(lo, hi)| format!(" AND r.ts BETWEEN l.ts - {} AND l.ts + {}", iv(lo), iv(hi)))
+                    .unwrap_or_default();
                 format!(
                     "SELECT l.id, l.k, l.v FROM l WHERE {}EXISTS (SELECT 1 FROM r WHERE r.k = l.k{time}){}",
                     if *not { "NOT " } else { "" },
@@ -230,7 +287,11 @@ fn sql_of(c: &Case) -> (String, String) {
             (q.clone(), q)
         }
         Shape::Three { lo, hi, lo2, hi2, regular2 } => {
-            let second = if *regular2 { String::new() } else { format!(" AND m.ts BETWEEN r.ts - {} AND r.ts + {}", iv(*lo2), iv(*hi2)) };
+            let second = if *regular2 {
+                String::new()
+            } else {
+                format!(" AND m.ts BETWEEN r.ts - {} AND r.ts + {}", iv(*lo2), iv(*hi2))
+            };
             let q = format!(
                 "SELECT l.id AS lid, r.id AS rid, m.id AS mid, m.v AS mv FROM l {jt} JOIN r ON l.k = r.k AND r.ts BETWEEN l.ts - {} AND l.ts + {} {} JOIN m ON r.k = m.k{second}{f}",
                 iv(*lo),
@@ -280,7 +341,11 @@ fn run_case(c: &Case) -> Result<(), String> {
         for _ in 0..n {
             t += r.random_range(0..400);
             let ts = t - r.random_range(0..4000);
-            let k = if r.random_range(0..20) == 0 { None } else { Some(r.random_range(0..keys).min(r.random_range(0..keys)) as i64) };
+            let k = if r.random_range(0..20) == 0 {
+                None
+            } else {
+                Some(r.random_range(0..keys).min(r.random_range(0..keys)) as i64)
+            };
             let v = if r.random_range(0..10) == 0 { None } else { Some(r.random_range(0..100)) };
             rows.push((id * 3 + s as i64, k, v, ts));
             id += 1;
@@ -337,8 +402,13 @@ fn compare(got: Vec<Vec<String>>, want: Vec<Vec<String>>) -> Result<(), String> 
     if g == w {
         return Ok(());
     }
-    let mut extra: Vec<String> = g.iter().filter(|(k, n)| w.get(*k) != Some(n)).map(|(k, n)| format!("{k} ×{n} (want ×{})", w.get(k).unwrap_or(&0))).collect();
-    let mut missing: Vec<String> = w.iter().filter(|(k, _)| !g.contains_key(*k)).map(|(k, n)| format!("{k} ×{n}")).collect();
+    let mut extra: Vec<String> = g
+        .iter()
+        .filter(|(k, n)| w.get(*k) != Some(n))
+        .map(|(k, n)| format!("{k} ×{n} (want ×{})", w.get(k).unwrap_or(&0)))
+        .collect();
+    let mut missing: Vec<String> =
+        w.iter().filter(|(k, _)| !g.contains_key(*k)).map(|(k, n)| format!("{k} ×{n}")).collect();
     extra.sort();
     missing.sort();
     Err(format!(
@@ -370,7 +440,13 @@ fn join_differential_random_cases() {
     let mut k: Vec<_> = kinds.into_iter().collect();
     k.sort();
     eprintln!("{} join cases: {k:?}", seeds.len());
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), seeds.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n")
+    );
 }
 
 /// MIN and MAX over a retracting input recover the next value when the current extreme is
@@ -405,8 +481,14 @@ fn min_and_max_recover_after_their_extreme_is_retracted() {
 #[test]
 fn outer_join_retracts_padding_and_explain_shows_the_state_bound() {
     let db = common::db(1);
-    db.execute("CREATE SOURCE a (k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)").unwrap();
-    db.execute("CREATE SOURCE b (k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)").unwrap();
+    db.execute(
+        "CREATE SOURCE a (k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    )
+    .unwrap();
+    db.execute(
+        "CREATE SOURCE b (k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    )
+    .unwrap();
     db.execute("CREATE STREAM j AS SELECT a.k, a.v, b.v AS bv FROM a LEFT JOIN b ON a.k = b.k").unwrap();
     let sub = db.subscribe("j").unwrap();
     let (mut wa, mut wb) = (db.writer("a").unwrap(), db.writer("b").unwrap());
@@ -433,10 +515,21 @@ fn outer_join_retracts_padding_and_explain_shows_the_state_bound() {
     rest.sort();
     assert_eq!(rest, vec!["1|10|20|1", "1|10|21|1"]);
 
-    let plan = |sql: &str| common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches).into_iter().map(|r| r[0].clone()).collect::<Vec<_>>().join("\n");
-    let p = plan("SELECT a.k, b.v FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '2' SECOND AND a.ts + INTERVAL '3' SECOND");
+    let plan = |sql: &str| {
+        common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches)
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let p = plan(
+        "SELECT a.k, b.v FROM a JOIN b ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '2' SECOND AND a.ts + INTERVAL '3' SECOND",
+    );
     assert!(p.contains("HashJoin INNER") && p.contains("bounded by the watermark on both sides"), "{p}");
-    assert!(p.contains("a.ts + IntervalMonthDayNano") || p.contains("a.ts +"), "left rows are kept until a.ts + 3 s: {p}");
+    assert!(
+        p.contains("a.ts + IntervalMonthDayNano") || p.contains("a.ts +"),
+        "left rows are kept until a.ts + 3 s: {p}"
+    );
     let p = plan("SELECT a.k, b.v FROM a LEFT JOIN b ON a.k = b.k");
     assert!(p.contains("HashJoin LEFT") && p.contains("unbounded on both sides") && p.contains("changelog"), "{p}");
     let e = db.execute("CREATE STREAM y AS SELECT a.k FROM a JOIN b ON a.v < b.v").unwrap_err();
@@ -465,7 +558,8 @@ fn interval_join_state_stays_bounded() {
     let mut t = 0i64;
     let mut sent = 0;
     while sent < total {
-        let rows: Vec<(i64, i64, i64)> = (0..BATCH as i64).map(|i| ((i * 7919) % 1000, i, t + i - (i * 31) % jitter)).collect();
+        let rows: Vec<(i64, i64, i64)> =
+            (0..BATCH as i64).map(|i| ((i * 7919) % 1000, i, t + i - (i * 31) % jitter)).collect();
         t += BATCH as i64;
         wa.write(common::kvt(&rows)).unwrap();
         wb.write(common::kvt(&rows)).unwrap();
@@ -487,7 +581,9 @@ fn interval_join_state_stays_bounded() {
     let rows_held = |bound: i64| (delay + bound + jitter) as u64 + 2 * BATCH as u64;
     let limit = (rows_held(hi) + rows_held(lo)) * 100;
     let unbounded = total as u64 * 24;
-    eprintln!("interval join: {total} rows in, {out_rows} out, peak state {peak} bytes, bound {limit} bytes (all rows would be ≥ {unbounded})");
+    eprintln!(
+        "interval join: {total} rows in, {out_rows} out, peak state {peak} bytes, bound {limit} bytes (all rows would be ≥ {unbounded})"
+    );
     assert!(peak > 0, "state was measured");
     assert!(peak <= limit, "peak state {peak} bytes exceeds the bound {limit}");
     assert!(out_rows > 0);
@@ -499,14 +595,20 @@ fn interval_join_state_stays_bounded() {
 /// round, random tolerance, random interleaving, skewed and NULL keys, out-of-order input.
 #[test]
 fn asof_differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).map(|n: u64| n / 3).unwrap_or(300);
+    let cases: u64 =
+        std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).map(|n: u64| n / 3).unwrap_or(300);
     let mut failures = vec![];
     for seed in 0..cases {
         if let Err(e) = asof_case(0xA50F_0000 + seed) {
             failures.push(format!("seed {}: {e}", 0xA50F_0000 + seed));
         }
     }
-    assert!(failures.is_empty(), "{} of {cases} ASOF cases failed:\n{}", failures.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} ASOF cases failed:\n{}",
+        failures.len(),
+        failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n")
+    );
 }
 
 fn asof_case(seed: u64) -> Result<(), String> {
@@ -515,16 +617,24 @@ fn asof_case(seed: u64) -> Result<(), String> {
     let flip = r.random_bool(0.5);
     let cond = match (op, flip) {
         ("NEAREST", _) => "NEAREST(l.ts, r.ts)".to_string(),
-        (o, false) => format!("l.ts {} r.ts", [">=", ">", "<=", "<"][["GE", "GT", "LE", "LT"].iter().position(|x| *x == o).unwrap()]),
-        (o, true) => format!("r.ts {} l.ts", ["<=", "<", ">=", ">"][["GE", "GT", "LE", "LT"].iter().position(|x| *x == o).unwrap()]),
+        (o, false) => format!(
+            "l.ts {} r.ts",
+            [">=", ">", "<=", "<"][["GE", "GT", "LE", "LT"].iter().position(|x| *x == o).unwrap()]
+        ),
+        (o, true) => format!(
+            "r.ts {} l.ts",
+            ["<=", "<", ">=", ">"][["GE", "GT", "LE", "LT"].iter().position(|x| *x == o).unwrap()]
+        ),
     };
-    let tol: Option<i64> = if op != "NEAREST" && r.random_bool(0.4) { Some([0, 300, 1500][r.random_range(0..3)]) } else { None };
+    let tol: Option<i64> =
+        if op != "NEAREST" && r.random_bool(0.4) { Some([0, 300, 1500][r.random_range(0..3)]) } else { None };
     let tol_sql = match (tol, op) {
         (Some(t), "GE" | "GT") => format!(" AND l.ts - r.ts <= {}", iv(t)),
         (Some(t), _) => format!(" AND r.ts - l.ts <= {}", iv(t)),
         (None, _) => String::new(),
     };
-    let sql = format!("SELECT l.id AS lid, r.id AS rid FROM l ASOF JOIN r MATCH_CONDITION({cond}) ON l.k = r.k{tol_sql}");
+    let sql =
+        format!("SELECT l.id AS lid, r.id AS rid FROM l ASOF JOIN r MATCH_CONDITION({cond}) ON l.k = r.k{tol_sql}");
     let db = common::db(1);
     for n in ["l", "r"] {
         db.execute(&format!("CREATE SOURCE {n} (id BIGINT NOT NULL, k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")).map_err(|e| e.to_string())?;
@@ -540,7 +650,11 @@ fn asof_case(seed: u64) -> Result<(), String> {
             t += r.random_range(0..400);
             // Some equal times, to exercise the tie rules.
             let ts = if r.random_range(0..6) == 0 { t - t % 1000 } else { t - r.random_range(0..4000) };
-            let k = if r.random_range(0..15) == 0 { None } else { Some(r.random_range(0..keys).min(r.random_range(0..keys)) as i64) };
+            let k = if r.random_range(0..15) == 0 {
+                None
+            } else {
+                Some(r.random_range(0..keys).min(r.random_range(0..keys)) as i64)
+            };
             rows.push((id * 2 + s as i64, k, Some(r.random_range(0..100)), ts));
             id += 1;
         }
@@ -548,7 +662,13 @@ fn asof_case(seed: u64) -> Result<(), String> {
     let mut writers: Vec<_> = ["l", "r"].iter().map(|n| db.writer(n).unwrap()).collect();
     let mut pos = [0usize; 2];
     while pos[0] < data[0].len() || pos[1] < data[1].len() {
-        let s = if pos[0] >= data[0].len() { 1 } else if pos[1] >= data[1].len() { 0 } else { r.random_range(0..2) };
+        let s = if pos[0] >= data[0].len() {
+            1
+        } else if pos[1] >= data[1].len() {
+            0
+        } else {
+            r.random_range(0..2)
+        };
         let m = r.random_range(1..20).min(data[s].len() - pos[s]);
         writers[s].write(batch(&data[s][pos[s]..pos[s] + m])).map_err(|e| e.to_string())?;
         pos[s] += m;
@@ -564,7 +684,8 @@ fn asof_case(seed: u64) -> Result<(), String> {
     // The oracle. Push order within the right side is its index.
     let mut want = vec![];
     for lrow in &data[0] {
-        let cands: Vec<(usize, &Row)> = data[1].iter().enumerate().filter(|(_, x)| lrow.1.is_some() && x.1 == lrow.1).collect();
+        let cands: Vec<(usize, &Row)> =
+            data[1].iter().enumerate().filter(|(_, x)| lrow.1.is_some() && x.1 == lrow.1).collect();
         let lt = lrow.3;
         let best = |ok: &dyn Fn(i64) -> bool, dist: &dyn Fn(i64) -> i64| -> Option<(usize, &Row)> {
             // Closest first; among equal times the one pushed last.
@@ -579,7 +700,7 @@ fn asof_case(seed: u64) -> Result<(), String> {
             _ => {
                 let after = best(&|t| t >= lt, &|t| t - lt);
                 match (before, after) {
-                    (Some(b), Some(a)) => Some(if lt - b.1 .3 <= a.1 .3 - lt { b } else { a }),
+                    (Some(b), Some(a)) => Some(if lt - b.1.3 <= a.1.3 - lt { b } else { a }),
                     (b, a) => b.or(a),
                 }
             }
@@ -628,14 +749,20 @@ fn tables_upsert_delete_and_read() {
 /// and corrects earlier join output).
 #[test]
 fn table_differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).map(|n: u64| n / 5).unwrap_or(200);
+    let cases: u64 =
+        std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).map(|n: u64| n / 5).unwrap_or(200);
     let mut failures = vec![];
     for seed in 0..cases {
         if let Err(e) = table_case(0x7AB1E_000 + seed) {
             failures.push(format!("seed {}: {e}", 0x7AB1E_000 + seed));
         }
     }
-    assert!(failures.is_empty(), "{} of {cases} table cases failed:\n{}", failures.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} table cases failed:\n{}",
+        failures.len(),
+        failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n")
+    );
 }
 
 fn table_case(seed: u64) -> Result<(), String> {
@@ -661,7 +788,14 @@ fn table_case(seed: u64) -> Result<(), String> {
         match r.random_range(0..4) {
             0 | 1 => {
                 let rows: Vec<Row> = (0..r.random_range(1..10))
-                    .map(|i| (step * 100 + i, if r.random_range(0..15) == 0 { None } else { Some(r.random_range(0..keys)) }, Some(0), 0))
+                    .map(|i| {
+                        (
+                            step * 100 + i,
+                            if r.random_range(0..15) == 0 { None } else { Some(r.random_range(0..keys)) },
+                            Some(0),
+                            0,
+                        )
+                    })
                     .collect();
                 wl.write(batch(&rows)).map_err(e)?;
                 left.extend(rows);
@@ -669,7 +803,9 @@ fn table_case(seed: u64) -> Result<(), String> {
             2 => {
                 let n = r.random_range(1..6);
                 let kk: Vec<i64> = (0..n).map(|_| r.random_range(0..keys)).collect();
-                let ww: Vec<Option<i64>> = (0..n).map(|_| if r.random_range(0..8) == 0 { None } else { Some(r.random_range(0..50)) }).collect();
+                let ww: Vec<Option<i64>> = (0..n)
+                    .map(|_| if r.random_range(0..8) == 0 { None } else { Some(r.random_range(0..50)) })
+                    .collect();
                 let b = RecordBatch::try_from_iter(vec![
                     ("k", Arc::new(Int64Array::from(kk)) as ArrayRef),
                     ("w", Arc::new(Int64Array::from(ww)) as ArrayRef),
@@ -718,7 +854,9 @@ fn temporal_join_picks_the_version_valid_at_event_time() {
     for (jt, unknown) in [("JOIN", None), ("LEFT JOIN", Some("4|GBP|"))] {
         let db = common::db(1);
         rates_and_orders(&db);
-        let sql = format!("SELECT o.id, o.cur, r.rate FROM orders o {jt} rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.cur = r.cur");
+        let sql = format!(
+            "SELECT o.id, o.cur, r.rate FROM orders o {jt} rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.cur = r.cur"
+        );
         db.execute(&format!("CREATE MATERIALIZED VIEW conv AS {sql}")).unwrap();
         let plan = common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches);
         assert!(plan.iter().any(|r| r[0].contains("TemporalJoin")), "{plan:?}");
@@ -776,7 +914,9 @@ fn top_n_is_bounded_and_explained() {
     assert!(plan.iter().any(|r| r[0].contains("keeping the leading 3 per partition")), "{plan:?}");
     // Over an unbounded stream: bounded history only.
     db.execute("CREATE STREAM y AS SELECT k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM s").unwrap();
-    let e = db.execute("CREATE STREAM z AS SELECT k, DENSE_RANK() OVER (PARTITION BY k ORDER BY ts) AS d FROM s").unwrap_err();
+    let e = db
+        .execute("CREATE STREAM z AS SELECT k, DENSE_RANK() OVER (PARTITION BY k ORDER BY ts) AS d FROM s")
+        .unwrap_err();
     assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented, "{e}");
     let e = db.execute("CREATE STREAM z AS SELECT k, RANK() OVER (PARTITION BY k ORDER BY ts) AS r, LEAD(v) OVER (PARTITION BY k ORDER BY ts) AS nx FROM s").unwrap_err();
     assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented, "{e}");
@@ -789,14 +929,20 @@ fn top_n_is_bounded_and_explained() {
 /// pushed last); INNER drops rows without one, LEFT keeps them with NULLs.
 #[test]
 fn temporal_differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).map(|n: u64| n / 5).unwrap_or(200);
+    let cases: u64 =
+        std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).map(|n: u64| n / 5).unwrap_or(200);
     let mut failures = vec![];
     for seed in 0..cases {
         if let Err(e) = temporal_case(0x7E_0000 + seed) {
             failures.push(format!("seed {}: {e}", 0x7E_0000 + seed));
         }
     }
-    assert!(failures.is_empty(), "{} of {cases} temporal cases failed:\n{}", failures.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} temporal cases failed:\n{}",
+        failures.len(),
+        failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n")
+    );
 }
 
 fn temporal_case(seed: u64) -> Result<(), String> {
@@ -806,7 +952,10 @@ fn temporal_case(seed: u64) -> Result<(), String> {
     let e = |x: laminar_core::Error| x.to_string();
     db.execute("CREATE SOURCE l (id BIGINT NOT NULL, k BIGINT, v BIGINT, ts TIMESTAMP NOT NULL, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)").map_err(e)?;
     db.execute("CREATE TABLE t (k BIGINT, val BIGINT, ts TIMESTAMP NOT NULL, PRIMARY KEY (k), WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)").map_err(e)?;
-    let sql = format!("SELECT l.id, t.val FROM l {} t FOR SYSTEM_TIME AS OF l.ts ON l.k = t.k", if inner { "JOIN" } else { "LEFT JOIN" });
+    let sql = format!(
+        "SELECT l.id, t.val FROM l {} t FOR SYSTEM_TIME AS OF l.ts ON l.k = t.k",
+        if inner { "JOIN" } else { "LEFT JOIN" }
+    );
     db.execute(&format!("CREATE MATERIALIZED VIEW out AS {sql}")).map_err(|x| format!("{sql}: {x}"))?;
     let keys = r.random_range(1..6);
     let (mut tl, mut tt) = (1_000_000i64, 1_000_000i64);
@@ -819,7 +968,12 @@ fn temporal_case(seed: u64) -> Result<(), String> {
             let rows: Vec<Row> = (0..r.random_range(1..8))
                 .map(|i| {
                     tl += r.random_range(0..300);
-                    (step * 100 + i, if r.random_range(0..12) == 0 { None } else { Some(r.random_range(0..keys)) }, Some(0), tl - r.random_range(0..4000))
+                    (
+                        step * 100 + i,
+                        if r.random_range(0..12) == 0 { None } else { Some(r.random_range(0..keys)) },
+                        Some(0),
+                        tl - r.random_range(0..4000),
+                    )
                 })
                 .collect();
             wl.write(batch(&rows)).map_err(e)?;
@@ -856,7 +1010,11 @@ fn temporal_case(seed: u64) -> Result<(), String> {
     let got = common::rows(&db.query("SELECT * FROM out").map_err(e)?);
     let mut want = vec![];
     for (id, k, _, ts) in &left {
-        let best = versions.iter().enumerate().filter(|(_, (vk, _, vt))| Some(*vk) == *k && *vt <= *ts).max_by_key(|(i, (_, _, vt))| (*vt, *i));
+        let best = versions
+            .iter()
+            .enumerate()
+            .filter(|(_, (vk, _, vt))| Some(*vk) == *k && *vt <= *ts)
+            .max_by_key(|(i, (_, _, vt))| (*vt, *i));
         match best {
             Some((_, (_, val, _))) => want.push(vec![id.to_string(), val.to_string()]),
             None if !inner => want.push(vec![id.to_string(), String::new()]),
@@ -953,7 +1111,10 @@ fn join_snapshot_restore_continues_exactly() {
         let (rx, ry) = (common::sorted(&common::drain(&sx)), common::sorted(&common::drain(&sy)));
         assert!(!rx.is_empty(), "{sql}");
         assert_eq!(rx, ry, "{sql}");
-        assert!(rx.iter().any(|r| r.starts_with("1|1|10")), "a row restored from the snapshot matched a new one: {rx:?}");
+        assert!(
+            rx.iter().any(|r| r.starts_with("1|1|10")),
+            "a row restored from the snapshot matched a new one: {rx:?}"
+        );
     }
 }
 
@@ -1037,7 +1198,10 @@ fn over_snapshot_restore_continues_exactly() {
         };
         let x = make();
         // Watermark 5 s behind: rows up to 3 s are behind it after this batch.
-        x.writer("s").unwrap().write(common::kvt(&[(1, 5, 1000), (1, 7, 2000), (2, 1, 3000), (1, 6, 8000), (2, 9, 9000)])).unwrap();
+        x.writer("s")
+            .unwrap()
+            .write(common::kvt(&[(1, 5, 1000), (1, 7, 2000), (2, 1, 3000), (1, 6, 8000), (2, 9, 9000)]))
+            .unwrap();
         x.flush().unwrap();
         let y = make();
         y.restore_stream("o", x.snapshot_stream("o").unwrap()).unwrap();

@@ -77,7 +77,8 @@ fn a_nexmark_source_feeds_itself_and_ends() {
     // Errors: a kind that is not one, options that are not known, columns that do not match.
     let e = db.execute("CREATE SOURCE bids2 (auction BIGINT) FROM NEXMARK").unwrap_err();
     assert!(e.message().contains("kind 'bids2'"), "{e}");
-    let e = db.execute("CREATE SOURCE bid2 (auction BIGINT) FROM NEXMARK WITH (kind = 'bid', speed = '3')").unwrap_err();
+    let e =
+        db.execute("CREATE SOURCE bid2 (auction BIGINT) FROM NEXMARK WITH (kind = 'bid', speed = '3')").unwrap_err();
     assert!(e.message().contains("unknown source option 'speed'"), "{e}");
     let e = db.execute("CREATE SOURCE bid3 (auction VARCHAR) FROM NEXMARK WITH (kind = 'bid')").unwrap_err();
     assert!(e.message().contains("auction"), "{e}");
@@ -110,7 +111,15 @@ fn join_queries_match_a_batch_oracle_on_generated_events() {
     for (_, ddl) in SOURCES {
         db.execute(ddl).unwrap();
     }
-    let queries = [("q3", Q3), ("q4", Q4), ("q5", Q5), ("q7", Q7), ("q8", Q8), ("q5_rewrite", Q5_REWRITE), ("q7_rewrite", Q7_REWRITE)];
+    let queries = [
+        ("q3", Q3),
+        ("q4", Q4),
+        ("q5", Q5),
+        ("q7", Q7),
+        ("q8", Q8),
+        ("q5_rewrite", Q5_REWRITE),
+        ("q7_rewrite", Q7_REWRITE),
+    ];
     for (name, sql) in queries {
         db.execute(&format!("CREATE MATERIALIZED VIEW {name} AS {sql}")).unwrap();
     }
@@ -136,14 +145,32 @@ fn join_queries_match_a_batch_oracle_on_generated_events() {
     let oracle_sql = [
         ("q3", Q3.to_string()),
         ("q4", Q4.to_string()),
-        ("q5", Q5.replace("TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))", &windows_of("bid", 2, 10))),
+        (
+            "q5",
+            Q5.replace(
+                "TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))",
+                &windows_of("bid", 2, 10),
+            ),
+        ),
         ("q7", Q7.replace("TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))", &tumble("bid"))),
-        ("q5_rewrite", Q5_REWRITE.replace("TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))", &windows_of("bid", 2, 10))),
-        ("q7_rewrite", Q7_REWRITE.replace("TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))", &tumble("bid"))),
+        (
+            "q5_rewrite",
+            Q5_REWRITE.replace(
+                "TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))",
+                &windows_of("bid", 2, 10),
+            ),
+        ),
+        (
+            "q7_rewrite",
+            Q7_REWRITE.replace("TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))", &tumble("bid")),
+        ),
         (
             "q8",
             Q8.replace("TABLE(TUMBLE(TABLE person, DESCRIPTOR(date_time), INTERVAL '10' SECOND))", &tumble("person"))
-                .replace("TABLE(TUMBLE(TABLE auction, DESCRIPTOR(date_time), INTERVAL '10' SECOND))", &tumble("auction")),
+                .replace(
+                    "TABLE(TUMBLE(TABLE auction, DESCRIPTOR(date_time), INTERVAL '10' SECOND))",
+                    &tumble("auction"),
+                ),
         ),
     ];
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

@@ -115,7 +115,9 @@ fn oracle(n: i64) -> Vec<Option<Vec<String>>> {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     VIEWS
         .iter()
-        .map(|(_, _, q)| (!q.is_empty()).then(|| sorted(&rt.block_on(async { ctx.sql(q).await.unwrap().collect().await.unwrap() }))))
+        .map(|(_, _, q)| {
+            (!q.is_empty()).then(|| sorted(&rt.block_on(async { ctx.sql(q).await.unwrap().collect().await.unwrap() })))
+        })
         .collect()
 }
 
@@ -145,7 +147,9 @@ fn spilled_aggregates_equal_memory_and_the_batch_oracle() {
             bytes * 4 < mem_bytes,
             "{workers} workers: {bytes} bytes of state in memory with a 64 KB cache, {mem_bytes} without spilling"
         );
-        eprintln!("{workers} workers: peak state in memory {bytes} B (memory backend {mem_bytes} B), peak spilled groups {spilled}");
+        eprintln!(
+            "{workers} workers: peak state in memory {bytes} B (memory backend {mem_bytes} B), peak spilled groups {spilled}"
+        );
     }
 }
 
@@ -217,7 +221,10 @@ fn a_corrupt_state_file_falls_back_to_the_previous_checkpoint() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST") && std::fs::metadata(p).unwrap().nlink() == 1)
+        .find(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("MANIFEST")
+                && std::fs::metadata(p).unwrap().nlink() == 1
+        })
         .expect("a MANIFEST file of checkpoint 2 alone");
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[10] ^= 0x55;

@@ -103,11 +103,7 @@ fn iv(ms: i64) -> String {
 }
 
 fn wher(f: &str) -> String {
-    if f.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {f}")
-    }
+    if f.is_empty() { String::new() } else { format!(" WHERE {f}") }
 }
 
 /// Windows (start, end) in ms containing ts.
@@ -163,12 +159,23 @@ fn sql_of(c: &Case) -> Sql {
                 Win::Hop(sl, sz) => format!("HOP(ts, {}, {})", iv(*sl), iv(*sz)),
             };
             let b = (0..*n)
-                .map(|i| format!("SELECT k, window_start, window_end, COUNT(*) AS c, SUM({}) AS sv FROM {}{} GROUP BY k, {}", c.exprs[i], src(i), wher(c.filters[i]), group))
+                .map(|i| {
+                    format!(
+                        "SELECT k, window_start, window_end, COUNT(*) AS c, SUM({}) AS sv FROM {}{} GROUP BY k, {}",
+                        c.exprs[i],
+                        src(i),
+                        wher(c.filters[i]),
+                        group
+                    )
+                })
                 .collect::<Vec<_>>();
             let ob = (0..*n)
                 .map(|i| {
                     let f = if c.filters[i].is_empty() { String::new() } else { format!(" AND ({})", c.filters[i]) };
-                    format!("SELECT k, ws, we, COUNT(*) AS c, SUM({}) AS sv FROM t WHERE src = {i}{f} GROUP BY k, ws, we", c.exprs[i])
+                    format!(
+                        "SELECT k, ws, we, COUNT(*) AS c, SUM({}) AS sv FROM t WHERE src = {i}{f} GROUP BY k, ws, we",
+                        c.exprs[i]
+                    )
                 })
                 .collect::<Vec<_>>();
             let outer = "SUM(c) AS total, MAX(c) AS mx, COUNT(*) AS n, SUM(sv) AS s";
@@ -177,7 +184,10 @@ fn sql_of(c: &Case) -> Sql {
                     "CREATE MATERIALIZED VIEW out AS SELECT window_start, window_end, {outer} FROM ({}) u GROUP BY window_start, window_end LATE DATA TO late",
                     b.join(" UNION ALL ")
                 )],
-                oracle: format!("SELECT ws AS window_start, we AS window_end, {outer} FROM ({}) u GROUP BY ws, we", ob.join(" UNION ALL ")),
+                oracle: format!(
+                    "SELECT ws AS window_start, we AS window_end, {outer} FROM ({}) u GROUP BY ws, we",
+                    ob.join(" UNION ALL ")
+                ),
                 late: true,
             }
         }
@@ -185,7 +195,13 @@ fn sql_of(c: &Case) -> Sql {
             let aggs = "COUNT(*) AS c, COUNT(v) AS cv, SUM(v) AS s, MAX(v) AS mx, MIN(id) AS mi";
             let emit = if *changes { "EMIT CHANGES" } else { "EMIT ON WINDOW CLOSE" };
             let oracle_branches = (0..*n)
-                .map(|i| format!("SELECT id, k, {} AS v, ws, we FROM t WHERE src = {i}{}", c.exprs[i], if c.filters[i].is_empty() { String::new() } else { format!(" AND ({})", c.filters[i]) }))
+                .map(|i| {
+                    format!(
+                        "SELECT id, k, {} AS v, ws, we FROM t WHERE src = {i}{}",
+                        c.exprs[i],
+                        if c.filters[i].is_empty() { String::new() } else { format!(" AND ({})", c.filters[i]) }
+                    )
+                })
                 .collect::<Vec<_>>();
             let oracle = format!(
                 "SELECT k, ws AS window_start, we AS window_end, {aggs} FROM ({}) u GROUP BY k, ws, we",
@@ -209,7 +225,9 @@ fn sql_of(c: &Case) -> Sql {
                 let b = branches(c, *n, &src, ", ts");
                 vec![
                     format!("CREATE STREAM u AS {}", b.join(" UNION ALL ")),
-                    format!("CREATE MATERIALIZED VIEW out AS SELECT k, window_start, window_end, {aggs} FROM u GROUP BY k, {group} {emit} LATE DATA TO late"),
+                    format!(
+                        "CREATE MATERIALIZED VIEW out AS SELECT k, window_start, window_end, {aggs} FROM u GROUP BY k, {group} {emit} LATE DATA TO late"
+                    ),
                 ]
             };
             Sql { statements, oracle, late: true }
@@ -220,7 +238,11 @@ fn sql_of(c: &Case) -> Sql {
             } else {
                 format!("SELECT k AS g, COUNT(*) AS c, MAX(v) AS mx FROM a{} GROUP BY k", wher(c.filters[0]))
             };
-            let second = format!("SELECT k % 3 AS g, COUNT(v) AS c, MIN({}) AS mx FROM b{} GROUP BY k % 3", c.exprs[1], wher(c.filters[1]));
+            let second = format!(
+                "SELECT k % 3 AS g, COUNT(v) AS c, MIN({}) AS mx FROM b{} GROUP BY k % 3",
+                c.exprs[1],
+                wher(c.filters[1])
+            );
             let q = format!(
                 "SELECT g, COUNT(*) AS n, SUM(c) AS s, MIN(mx) AS mn, MAX(mx) AS mx, AVG(c) AS av FROM ({first} UNION ALL {second}) u GROUP BY g"
             );
@@ -228,8 +250,16 @@ fn sql_of(c: &Case) -> Sql {
         }
         Shape::JoinAbove { bounded, left } => {
             let u = branches(c, 2, &src, ", ts").join(" UNION ALL ");
-            let cond = if *bounded { format!(" AND m.ts BETWEEN u.ts - {} AND u.ts + {}", iv(1000), iv(2000)) } else { String::new() };
-            let from = if *left { format!("({u}) u JOIN c m ON u.k = m.k{cond}") } else { format!("c m JOIN ({u}) u ON m.k = u.k{cond}") };
+            let cond = if *bounded {
+                format!(" AND m.ts BETWEEN u.ts - {} AND u.ts + {}", iv(1000), iv(2000))
+            } else {
+                String::new()
+            };
+            let from = if *left {
+                format!("({u}) u JOIN c m ON u.k = m.k{cond}")
+            } else {
+                format!("c m JOIN ({u}) u ON m.k = u.k{cond}")
+            };
             let q = format!("SELECT u.id, u.k, u.v, m.id AS mid, m.v AS mv FROM {from}");
             Sql { statements: vec![format!("CREATE MATERIALIZED VIEW out AS {q}")], oracle: q, late: false }
         }
@@ -239,7 +269,11 @@ fn sql_of(c: &Case) -> Sql {
                 c.exprs[2],
                 wher(c.filters[2])
             );
-            let q = if *agg { format!("SELECT k, COUNT(*) AS n, SUM(v) AS s, MAX(id) AS mx FROM ({u}) x GROUP BY k") } else { u };
+            let q = if *agg {
+                format!("SELECT k, COUNT(*) AS n, SUM(v) AS s, MAX(id) AS mx FROM ({u}) x GROUP BY k")
+            } else {
+                u
+            };
             Sql { statements: vec![format!("CREATE MATERIALIZED VIEW out AS {q}")], oracle: q, late: false }
         }
     }
@@ -309,7 +343,8 @@ fn run_case(c: &Case) -> Result<(usize, usize), String> {
         let s = open[r.random_range(0..open.len())];
         let m = r.random_range(1..20).min(data[s].len() - pos[s]);
         let chunk = &data[s][pos[s]..pos[s] + m];
-        newest[s] = newest[s].max(chunk.iter().filter(|x| !behind.contains(&x.0)).map(|x| x.3 + 2500).max().unwrap_or(i64::MIN));
+        newest[s] = newest[s]
+            .max(chunk.iter().filter(|x| !behind.contains(&x.0)).map(|x| x.3 + 2500).max().unwrap_or(i64::MIN));
         writers[s].write(batch(chunk)).map_err(|e| e.to_string())?;
         pos[s] += m;
         // An explicit watermark that keeps every later on-time row of the source on time.
@@ -382,19 +417,24 @@ fn run_case(c: &Case) -> Result<(usize, usize), String> {
             Field::new("ws", ts.clone(), false),
             Field::new("we", ts, false),
         ]));
-        let t = RecordBatch::try_new(schema, vec![
-            Arc::new(Int64Array::from(src)),
-            Arc::new(Int64Array::from(idc)),
-            Arc::new(Int64Array::from(k)),
-            Arc::new(Int64Array::from(v)),
-            Arc::new(TimestampMicrosecondArray::from(ws)),
-            Arc::new(TimestampMicrosecondArray::from(we)),
-        ])
+        let t = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(src)),
+                Arc::new(Int64Array::from(idc)),
+                Arc::new(Int64Array::from(k)),
+                Arc::new(Int64Array::from(v)),
+                Arc::new(TimestampMicrosecondArray::from(ws)),
+                Arc::new(TimestampMicrosecondArray::from(we)),
+            ],
+        )
         .unwrap();
         ctx.register_batch("t", t).unwrap();
     }
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let want = rt.block_on(async { ctx.sql(&sql.oracle).await?.collect().await }).map_err(|e| format!("oracle {}: {e}", sql.oracle))?;
+    let want = rt
+        .block_on(async { ctx.sql(&sql.oracle).await?.collect().await })
+        .map_err(|e| format!("oracle {}: {e}", sql.oracle))?;
     let n = got.len();
     compare(got, common::rows(&want)).map_err(|e| format!("{}\n{e}", sql.statements.join(";\n")))?;
     Ok((n, late_pairs.len()))
@@ -414,7 +454,8 @@ fn compare(mut got: Vec<Vec<String>>, mut want: Vec<Vec<String>>) -> Result<(), 
     let key = |r: &Vec<String>| r.join("|");
     got.sort_by_key(key);
     want.sort_by_key(key);
-    let ok = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same_value(a, b)));
+    let ok = got.len() == want.len()
+        && got.iter().zip(&want).all(|(g, w)| g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same_value(a, b)));
     if ok {
         return Ok(());
     }
@@ -450,7 +491,13 @@ fn union_differential_random_cases() {
     if seeds.len() >= 50 {
         assert!(rows > 0 && late > 0, "the cases exercise results and late rows: {rows} rows, {late} late pairs");
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), seeds.len(), failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        seeds.len(),
+        failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n\n")
+    );
 }
 
 fn two_sources(db: &Database, extra: &str) {
@@ -460,7 +507,11 @@ fn two_sources(db: &Database, extra: &str) {
 }
 
 fn plan(db: &Database, sql: &str) -> String {
-    common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches).into_iter().map(|r| r[0].clone()).collect::<Vec<_>>().join("\n")
+    common::rows(&db.execute(&format!("EXPLAIN CREATE STREAM x AS {sql}")).unwrap().batches)
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A self-union passes each batch once per input, in input order: every row twice.
@@ -525,7 +576,10 @@ fn explain_shows_the_union_and_its_inputs() {
     for n in ["a", "b", "c"] {
         assert!(p.contains(&format!("Input: {n}")), "{p}");
     }
-    let p = plan(&db, "SELECT k, COUNT(*) AS n FROM (SELECT k, v FROM a UNION ALL SELECT k, MAX(v) FROM b GROUP BY k) u GROUP BY k");
+    let p = plan(
+        &db,
+        "SELECT k, COUNT(*) AS n FROM (SELECT k, v FROM a UNION ALL SELECT k, MAX(v) FROM b GROUP BY k) u GROUP BY k",
+    );
     assert!(p.contains("UnionAll: 2 inputs (append-only, changelog) → changelog"), "{p}");
     assert!(p.contains("RetractingAggregate"), "an aggregate over the union's changelog takes retractions: {p}");
     let lines: Vec<&str> = p.lines().collect();
@@ -540,7 +594,8 @@ fn explain_shows_the_union_and_its_inputs() {
 fn union_coerces_types_and_union_distinct_deduplicates() {
     let db = common::db(1);
     two_sources(&db, "");
-    db.execute("CREATE MATERIALIZED VIEW m AS SELECT k, CAST(v AS INT) AS x FROM a UNION ALL SELECT k, v AS y FROM b").unwrap();
+    db.execute("CREATE MATERIALIZED VIEW m AS SELECT k, CAST(v AS INT) AS x FROM a UNION ALL SELECT k, v AS y FROM b")
+        .unwrap();
     let info = db.object("m").unwrap();
     assert_eq!(info.schema.field(1).name(), "x");
     assert_eq!(info.schema.field(1).data_type(), &DataType::Int64);
@@ -628,8 +683,11 @@ const DURABLE_DDL: &[&str] = &[
 
 /// Batch `i` of source `s` (b runs 2 s behind a in event time; both in order, so nothing is late).
 fn durable_batch(s: usize, i: i64) -> RecordBatch {
-    let rows: Vec<(i64, i64, i64)> =
-        (0..10).map(|j| if s == 0 { (j % 5, i * 10 + j, i * 1000 + j * 100) } else { (j % 3, i + j, i * 1000 - 2000 + j * 90) }).collect();
+    let rows: Vec<(i64, i64, i64)> = (0..10)
+        .map(
+            |j| if s == 0 { (j % 5, i * 10 + j, i * 1000 + j * 100) } else { (j % 3, i + j, i * 1000 - 2000 + j * 90) },
+        )
+        .collect();
     common::kvt(&rows.iter().map(|r| (r.0, r.1, r.2.max(0))).collect::<Vec<_>>())
 }
 

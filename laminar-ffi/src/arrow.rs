@@ -5,11 +5,11 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::OnceLock;
 
 use parking_lot::Mutex;
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{CString, c_char, c_int, c_void};
 
 use arrow::array::{Array, StructArray};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
-use arrow::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
 use arrow::ffi_stream::{ArrowArrayStreamReader, FFI_ArrowArrayStream};
 use arrow::record_batch::RecordBatch;
 use laminar_core::{Error, ErrorKind, Result};
@@ -31,7 +31,8 @@ pub fn import_batch(schema: &FFI_ArrowSchema, array: FFI_ArrowArray) -> Result<R
     }
     // SAFETY: `array` was produced for `schema` per the C Data Interface (caller contract);
     // the data is validated below before anything reads it.
-    let data = unsafe { from_ffi(array, schema) }.map_err(|e| Error::invalid_argument(format!("cannot import the ArrowArray: {e}")))?;
+    let data = unsafe { from_ffi(array, schema) }
+        .map_err(|e| Error::invalid_argument(format!("cannot import the ArrowArray: {e}")))?;
     if let Err(e) = data.validate_full() {
         // Name the column when one child is at fault.
         if let DataType::Struct(fields) = data.data_type() {
@@ -116,14 +117,15 @@ impl Iterator for ValidatingReader {
     fn next(&mut self) -> Option<Result<RecordBatch>> {
         // arrow-rs builds the arrays of a batch before validating anything, and some of its
         // constructors assert on malformed buffers: such a batch is an error, not a panic.
-        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.next()))
-            .unwrap_or_else(|_| Some(Err(arrow::error::ArrowError::InvalidArgumentError("the producer's arrays are malformed".into()))))?;
+        let next =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reader.next())).unwrap_or_else(|_| {
+                Some(Err(arrow::error::ArrowError::InvalidArgumentError("the producer's arrays are malformed".into())))
+            })?;
         let i = self.index;
         self.index += 1;
-        Some(
-            next.map_err(|e| Error::invalid_data(format!("reading batch {i} of the input stream: {e}")))
-                .and_then(|b| validate_batch(&b).map(|()| b).map_err(|e| e.context(format!("batch {i} of the input stream")))),
-        )
+        Some(next.map_err(|e| Error::invalid_data(format!("reading batch {i} of the input stream: {e}"))).and_then(
+            |b| validate_batch(&b).map(|()| b).map_err(|e| e.context(format!("batch {i} of the input stream"))),
+        ))
     }
 }
 
@@ -134,9 +136,16 @@ impl Iterator for ValidatingReader {
 pub fn validate_batch(batch: &RecordBatch) -> Result<()> {
     for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
         if c.len() != batch.num_rows() {
-            return Err(Error::invalid_data(format!("malformed batch: column '{}' has {} rows, the batch {}", f.name(), c.len(), batch.num_rows())));
+            return Err(Error::invalid_data(format!(
+                "malformed batch: column '{}' has {} rows, the batch {}",
+                f.name(),
+                c.len(),
+                batch.num_rows()
+            )));
         }
-        c.to_data().validate_full().map_err(|e| Error::invalid_data(format!("malformed batch: column '{}': {e}", f.name())))?;
+        c.to_data()
+            .validate_full()
+            .map_err(|e| Error::invalid_data(format!("malformed batch: column '{}': {e}", f.name())))?;
     }
     Ok(())
 }
@@ -180,10 +189,10 @@ struct StreamPrivate {
 fn errno_of(e: &Error) -> c_int {
     match e.kind() {
         ErrorKind::InvalidArgument | ErrorKind::InvalidData | ErrorKind::SqlSyntax | ErrorKind::Plan => 22, // EINVAL
-        ErrorKind::ResourceExhausted => 12,                                                            // ENOMEM
-        ErrorKind::Cancelled => 125,                                                                   // ECANCELED
-        ErrorKind::Timeout => 110,                                                                     // ETIMEDOUT
-        _ => 5,                                                                                        // EIO
+        ErrorKind::ResourceExhausted => 12,                                                                 // ENOMEM
+        ErrorKind::Cancelled => 125,                                                                        // ECANCELED
+        ErrorKind::Timeout => 110,                                                                          // ETIMEDOUT
+        _ => 5,                                                                                             // EIO
     }
 }
 

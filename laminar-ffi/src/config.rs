@@ -2,13 +2,16 @@
 //! both for opening a database and as per-subscription options (`buffer_size`, `on_full`,
 //! `resume_after_epoch`).
 
-use std::ffi::{c_char, CString};
+use std::ffi::{CString, c_char};
 use std::sync::OnceLock;
 
-use laminar_core::config::{describe_key, CONFIG_KEYS};
+use laminar_core::config::{CONFIG_KEYS, describe_key};
 use laminar_core::{Error, OnFull, Result, SubscribeOptions};
 
-use crate::error::{cstr, guard, guard_void, handle, handle_mut, laminar_error, laminar_status, out_ptr, LAMINAR_INVALID_ARGUMENT, LAMINAR_OK};
+use crate::error::{
+    LAMINAR_INVALID_ARGUMENT, LAMINAR_OK, cstr, guard, guard_void, handle, handle_mut, laminar_error, laminar_status,
+    out_ptr,
+};
 
 /// Keys a subscription accepts as options.
 pub const SUBSCRIPTION_KEYS: &[&str] = &["buffer_size", "on_full", "resume_after_epoch"];
@@ -30,7 +33,9 @@ impl Config {
     /// Sets a key (`"workers"`, `"4"`); an unknown key or malformed value is INVALID_ARGUMENT.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         if key == "resume_after_epoch" {
-            let e = value.trim().parse::<u64>().map_err(|_| Error::invalid_argument(format!("config 'resume_after_epoch': expected an epoch number, got '{value}'")))?;
+            let e = value.trim().parse::<u64>().map_err(|_| {
+                Error::invalid_argument(format!("config 'resume_after_epoch': expected an epoch number, got '{value}'"))
+            })?;
             self.resume_after_epoch = Some(e);
         } else {
             self.checked.set(key, value)?;
@@ -53,7 +58,9 @@ impl Config {
     /// The engine configuration these settings give; a subscription-only key is refused.
     pub fn to_core(&self) -> Result<laminar_core::Config> {
         if self.resume_after_epoch.is_some() {
-            return Err(Error::invalid_argument("'resume_after_epoch' is a subscription option, not a database setting"));
+            return Err(Error::invalid_argument(
+                "'resume_after_epoch' is a subscription option, not a database setting",
+            ));
         }
         Ok(self.checked.clone())
     }
@@ -71,7 +78,7 @@ impl Config {
                     return Err(Error::invalid_argument(format!(
                         "'{k}' is not a subscription option (subscription options: {})",
                         SUBSCRIPTION_KEYS.join(", ")
-                    )))
+                    )));
                 }
             }
         }
@@ -112,7 +119,10 @@ fn key_docs() -> &'static [(CString, CString)] {
 ///
 /// Errors: `LAMINAR_INVALID_ARGUMENT` when `out` is NULL. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_config_create(out: *mut *mut laminar_config, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_config_create(
+    out: *mut *mut laminar_config,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or writable (caller contract).
         let out = unsafe { out_ptr(out, "out") }?;
@@ -193,8 +203,14 @@ pub extern "C" fn laminar_config_count() -> usize {
 /// Errors: `LAMINAR_INVALID_ARGUMENT` when `index >= laminar_config_count()`.
 /// Thread-safety: any thread. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_config_get_flag(index: usize, out_name: *mut *const c_char, out_description: *mut *const c_char) -> laminar_status {
-    let Ok(Some((name, desc))) = crate::error::catch(|| Ok(key_docs().get(index))) else { return LAMINAR_INVALID_ARGUMENT };
+pub unsafe extern "C" fn laminar_config_get_flag(
+    index: usize,
+    out_name: *mut *const c_char,
+    out_description: *mut *const c_char,
+) -> laminar_status {
+    let Ok(Some((name, desc))) = crate::error::catch(|| Ok(key_docs().get(index))) else {
+        return LAMINAR_INVALID_ARGUMENT;
+    };
     // SAFETY: each output is NULL or writable (caller contract).
     unsafe {
         if let Some(o) = out_name.as_mut() {
@@ -228,16 +244,25 @@ mod tests {
     fn set_validates_and_get_returns_what_was_set() {
         let mut cfg = std::ptr::null_mut();
         assert_eq!(unsafe { laminar_config_create(&mut cfg, std::ptr::null_mut()) }, LAMINAR_OK);
-        assert_eq!(unsafe { laminar_config_set(cfg, c"workers".as_ptr(), c"3".as_ptr(), std::ptr::null_mut()) }, LAMINAR_OK);
+        assert_eq!(
+            unsafe { laminar_config_set(cfg, c"workers".as_ptr(), c"3".as_ptr(), std::ptr::null_mut()) },
+            LAMINAR_OK
+        );
         let mut err = std::ptr::null_mut();
-        assert_eq!(unsafe { laminar_config_set(cfg, c"wrokers".as_ptr(), c"3".as_ptr(), &mut err) }, LAMINAR_INVALID_ARGUMENT);
+        assert_eq!(
+            unsafe { laminar_config_set(cfg, c"wrokers".as_ptr(), c"3".as_ptr(), &mut err) },
+            LAMINAR_INVALID_ARGUMENT
+        );
         let msg = unsafe { CStr::from_ptr(crate::error::laminar_error_message(err)) }.to_str().unwrap().to_string();
         assert!(msg.contains("did you mean 'workers'"), "{msg}");
         unsafe { crate::error::laminar_error_destroy(Some(Box::from_raw(err))) };
         let mut v = std::ptr::null();
         assert_eq!(unsafe { laminar_config_get(cfg, c"workers".as_ptr(), &mut v, std::ptr::null_mut()) }, LAMINAR_OK);
         assert_eq!(unsafe { CStr::from_ptr(v) }.to_str().unwrap(), "3");
-        assert_eq!(unsafe { laminar_config_get(cfg, c"buffer_size".as_ptr(), &mut v, std::ptr::null_mut()) }, LAMINAR_OK);
+        assert_eq!(
+            unsafe { laminar_config_get(cfg, c"buffer_size".as_ptr(), &mut v, std::ptr::null_mut()) },
+            LAMINAR_OK
+        );
         assert!(v.is_null());
         assert_eq!(unsafe { &*cfg }.cfg.to_core().unwrap().workers, 3);
         unsafe { laminar_config_destroy(Some(Box::from_raw(cfg))) };
@@ -251,7 +276,10 @@ mod tests {
             assert_eq!(unsafe { laminar_config_get_flag(i, &mut n, &mut d) }, LAMINAR_OK);
             assert!(!unsafe { CStr::from_ptr(d) }.to_bytes().is_empty());
         }
-        assert_eq!(unsafe { laminar_config_get_flag(CONFIG_KEYS.len(), std::ptr::null_mut(), std::ptr::null_mut()) }, LAMINAR_INVALID_ARGUMENT);
+        assert_eq!(
+            unsafe { laminar_config_get_flag(CONFIG_KEYS.len(), std::ptr::null_mut(), std::ptr::null_mut()) },
+            LAMINAR_INVALID_ARGUMENT
+        );
         let mut c = Config::new();
         c.set("on_full", "block").unwrap();
         assert_eq!(c.subscribe_options().unwrap().on_full, Some(OnFull::Block));

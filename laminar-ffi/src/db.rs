@@ -11,8 +11,8 @@ use arrow::ffi_stream::FFI_ArrowArrayStream;
 use laminar_core::sql::{ObjectKind, Statement};
 use laminar_core::{Database, Error, ExecuteResult, Result};
 
-use crate::arrow::{export_batch, export_stream, import_stream, write_schema, VecSource};
-use crate::config::{self, laminar_config, Config};
+use crate::arrow::{VecSource, export_batch, export_stream, import_stream, write_schema};
+use crate::config::{self, Config, laminar_config};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
 use crate::writer::Writer;
 
@@ -141,7 +141,9 @@ impl Db {
     pub fn catalog(&self) -> Result<RecordBatch> {
         self.check_process()?;
         let (mut names, mut kinds, mut stream_kinds, mut sqls, mut inputs) = (vec![], vec![], vec![], vec![], vec![]);
-        for kind in [ObjectKind::Source, ObjectKind::Stream, ObjectKind::MaterializedView, ObjectKind::Table, ObjectKind::Sink] {
+        for kind in
+            [ObjectKind::Source, ObjectKind::Stream, ObjectKind::MaterializedView, ObjectKind::Table, ObjectKind::Sink]
+        {
             for n in self.db.list(kind)? {
                 let info = self.db.object(&n)?;
                 names.push(n);
@@ -374,7 +376,11 @@ pub unsafe extern "C" fn laminar_db_schema(
     })
 }
 
-unsafe fn write_batch(batch: &RecordBatch, out_schema: *mut FFI_ArrowSchema, out_array: *mut FFI_ArrowArray) -> Result<()> {
+unsafe fn write_batch(
+    batch: &RecordBatch,
+    out_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+) -> Result<()> {
     if out_schema.is_null() || out_array.is_null() {
         return Err(Error::invalid_argument("out_schema or out_array is NULL"));
     }
@@ -461,7 +467,11 @@ pub unsafe extern "C" fn laminar_db_flush(db: *mut laminar_db, out_error: *mut *
 /// write failed, e.g. a full disk; the previous checkpoint stays usable), `LAMINAR_CLOSED`.
 /// Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_db_checkpoint(db: *mut laminar_db, out_epoch: *mut i64, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_db_checkpoint(
+    db: *mut laminar_db,
+    out_epoch: *mut i64,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let epoch = unsafe { handle(db, "db") }?.db.checkpoint()?;

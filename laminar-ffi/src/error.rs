@@ -1,7 +1,7 @@
 //! Status codes, the owned error object and the one guard every export runs in.
 
-use std::ffi::{c_char, CStr, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ffi::{CStr, CString, c_char};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use laminar_core::{Error, Result};
 
@@ -111,12 +111,17 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 /// Runs `f` and turns any panic into an INTERNAL error, so nothing unwinds into C. The panic is
 /// reported through the logger, not printed on stderr (`logging::install_panic_hook`).
 pub(crate) fn catch<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    crate::logging::guarded(|| catch_unwind(AssertUnwindSafe(f))).unwrap_or_else(|p| Err(Error::internal(panic_message(p))))
+    crate::logging::guarded(|| catch_unwind(AssertUnwindSafe(f)))
+        .unwrap_or_else(|p| Err(Error::internal(panic_message(p))))
 }
 
 /// The guard every fallible export runs in: catches panics, maps the error to its status and
 /// fills `out_error` (NULL on success) when the caller asked for it. `sql` locates SQL errors.
-pub(crate) fn guard(out_error: *mut *mut laminar_error, sql: Option<&str>, f: impl FnOnce() -> Result<()>) -> laminar_status {
+pub(crate) fn guard(
+    out_error: *mut *mut laminar_error,
+    sql: Option<&str>,
+    f: impl FnOnce() -> Result<()>,
+) -> laminar_status {
     let r = catch(f);
     let status = match &r {
         Ok(()) => LAMINAR_OK,

@@ -48,10 +48,11 @@ pub const LAMINAR_VERSION_NUMBER: u32 = 1000;
 /// Thread-safety: any thread. Since: 0.1.0
 #[unsafe(no_mangle)]
 pub extern "C" fn laminar_version() -> *const c_char {
-    const V: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
-        Ok(v) => v,
-        Err(_) => panic!("the crate version contains a NUL"), // evaluated at compile time
-    };
+    const V: &std::ffi::CStr =
+        match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("the crate version contains a NUL"), // evaluated at compile time
+        };
     V.as_ptr()
 }
 

@@ -9,7 +9,7 @@
 //! [`install_panic_hook`].
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{CString, c_char, c_void};
 use std::sync::{Arc, Once, OnceLock};
 
 use laminar_core::{Error, Result};
@@ -162,8 +162,14 @@ pub const LAMINAR_LOG_TRACE: laminar_log_level = 5;
 ///
 /// Since: 0.1.0
 #[allow(non_camel_case_types)]
-pub type laminar_log_cb =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, level: laminar_log_level, target: *const c_char, message: *const c_char)>;
+pub type laminar_log_cb = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        level: laminar_log_level,
+        target: *const c_char,
+        message: *const c_char,
+    ),
+>;
 
 struct SendPtr(*mut c_void);
 // SAFETY: the caller of laminar_set_log_callback promises its callback and user_data may be used
@@ -245,13 +251,21 @@ mod tests {
 
     static GOT: Mutex<Vec<(i32, String, String, usize)>> = Mutex::new(Vec::new());
 
-    unsafe extern "C" fn collect(user_data: *mut c_void, level: laminar_log_level, target: *const c_char, message: *const c_char) {
+    unsafe extern "C" fn collect(
+        user_data: *mut c_void,
+        level: laminar_log_level,
+        target: *const c_char,
+        message: *const c_char,
+    ) {
         let (t, m) = unsafe { (std::ffi::CStr::from_ptr(target), std::ffi::CStr::from_ptr(message)) };
         GOT.lock().push((level, t.to_str().unwrap().into(), m.to_str().unwrap().into(), user_data as usize));
         // Logging from inside the callback is dropped, and changing the callback is refused.
         log::warn!(target: "laminardb", "from inside");
         let mut err = std::ptr::null_mut();
-        assert_eq!(unsafe { laminar_set_log_callback(None, std::ptr::null_mut(), 0, &mut err) }, crate::error::LAMINAR_INVALID_STATE);
+        assert_eq!(
+            unsafe { laminar_set_log_callback(None, std::ptr::null_mut(), 0, &mut err) },
+            crate::error::LAMINAR_INVALID_STATE
+        );
         unsafe { crate::error::laminar_error_destroy(Some(Box::from_raw(err))) };
     }
 
@@ -259,7 +273,10 @@ mod tests {
     #[test]
     fn the_callback_gets_records_at_its_level_and_a_caught_panic() {
         let null = std::ptr::null_mut();
-        assert_eq!(unsafe { laminar_set_log_callback(Some(collect), 7 as *mut c_void, 9, null) }, crate::error::LAMINAR_INVALID_ARGUMENT);
+        assert_eq!(
+            unsafe { laminar_set_log_callback(Some(collect), 7 as *mut c_void, 9, null) },
+            crate::error::LAMINAR_INVALID_ARGUMENT
+        );
         assert_eq!(unsafe { laminar_set_log_callback(Some(collect), 7 as *mut c_void, LAMINAR_LOG_WARN, null) }, 0);
         log::info!(target: "laminardb", "not delivered");
         log::warn!(target: "laminardb", "a warning with a \0 NUL");
@@ -267,7 +284,9 @@ mod tests {
         assert_eq!(st, crate::error::LAMINAR_INTERNAL);
         // A panic the engine catches on its own thread (an operator's) is logged as well.
         std::thread::spawn(|| {
-            let r = laminar_core::panic_guard::caught(|| std::panic::catch_unwind(|| panic!("logging-test-boom on a thread")));
+            let r = laminar_core::panic_guard::caught(|| {
+                std::panic::catch_unwind(|| panic!("logging-test-boom on a thread"))
+            });
             assert!(r.is_err());
         })
         .join()
@@ -275,7 +294,12 @@ mod tests {
         assert_eq!(unsafe { laminar_set_log_callback(None, std::ptr::null_mut(), 0, null) }, 0);
         log::error!(target: "laminardb", "off: not delivered");
         // Other tests of this binary panic in guarded calls concurrently: only ours count.
-        let got: Vec<_> = GOT.lock().iter().filter(|r| !r.2.contains("panicked") || r.2.contains("logging-test-boom")).cloned().collect();
+        let got: Vec<_> = GOT
+            .lock()
+            .iter()
+            .filter(|r| !r.2.contains("panicked") || r.2.contains("logging-test-boom"))
+            .cloned()
+            .collect();
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[0], (LAMINAR_LOG_WARN, "laminardb".into(), "a warning with a \\0 NUL".into(), 7));
         assert_eq!((got[1].0, got[1].1.as_str()), (LAMINAR_LOG_ERROR, "laminardb"));

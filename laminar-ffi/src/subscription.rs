@@ -2,8 +2,8 @@
 //! an engine-owned thread with `request(n)` credits). STYLE B6 holds the rules.
 
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -12,9 +12,9 @@ use arrow::ffi_stream::FFI_ArrowArrayStream;
 use arrow::record_batch::RecordBatch;
 use laminar_core::{Error, Next, PushEvent, Result};
 
-use crate::arrow::{export_batch, export_schema, export_stream, write_schema, BatchSource};
-use crate::config::{self, laminar_config, Config};
-use crate::db::{laminar_db, Db};
+use crate::arrow::{BatchSource, export_batch, export_schema, export_stream, write_schema};
+use crate::config::{self, Config, laminar_config};
+use crate::db::{Db, laminar_db};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
 
 struct PullInner {
@@ -417,7 +417,9 @@ pub unsafe extern "C" fn laminar_db_subscribe_push(
 fn pull(sub: &laminar_subscription) -> Result<&Subscription> {
     match &sub.kind {
         SubKind::Pull(p) => Ok(p),
-        SubKind::Push(_) => Err(Error::invalid_argument("this is a push subscription; its batches arrive through its callbacks")),
+        SubKind::Push(_) => {
+            Err(Error::invalid_argument("this is a push subscription; its batches arrive through its callbacks"))
+        }
     }
 }
 
@@ -459,7 +461,9 @@ pub unsafe extern "C" fn laminar_subscription_next(
         let array = match next {
             Next::Batch(b) => export_batch(&b),
             Next::End => FFI_ArrowArray::empty(),
-            Next::Empty => return Err(Error::new(laminar_core::ErrorKind::Timeout, format!("no batch within {timeout_ms} ms"))),
+            Next::Empty => {
+                return Err(Error::new(laminar_core::ErrorKind::Timeout, format!("no batch within {timeout_ms} ms")));
+            }
         };
         // SAFETY: non-NULL and writable (caller contract).
         unsafe { out.write(array) };
@@ -511,7 +515,11 @@ pub unsafe extern "C" fn laminar_subscription_stream(
 ///
 /// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL `out_epoch`). Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_subscription_epoch(sub: *mut laminar_subscription, out_epoch: *mut u64, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_subscription_epoch(
+    sub: *mut laminar_subscription,
+    out_epoch: *mut u64,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let sub = unsafe { handle(sub, "sub") }?;
@@ -560,7 +568,11 @@ pub unsafe extern "C" fn laminar_subscription_schema(
 ///
 /// Errors: `LAMINAR_INVALID_ARGUMENT` (a pull subscription), `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_subscription_request(sub: *mut laminar_subscription, n: u64, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_subscription_request(
+    sub: *mut laminar_subscription,
+    n: u64,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let h = unsafe { handle(sub, "sub") }?;
@@ -570,7 +582,9 @@ pub unsafe extern "C" fn laminar_subscription_request(sub: *mut laminar_subscrip
                 p.request(n);
                 Ok(())
             }
-            SubKind::Pull(_) => Err(Error::invalid_argument("request() is for push subscriptions; a pull subscription reads at its own pace")),
+            SubKind::Pull(_) => Err(Error::invalid_argument(
+                "request() is for push subscriptions; a pull subscription reads at its own pace",
+            )),
         }
     })
 }
@@ -632,7 +646,10 @@ pub unsafe extern "C" fn laminar_subscription_destroy(sub: Option<Box<laminar_su
 /// Returns the error's status, `LAMINAR_OK` when there is none, or `LAMINAR_INVALID_ARGUMENT`
 /// when `stream` is NULL, released or not produced by LaminarDB. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_error_from_stream(stream: *mut FFI_ArrowArrayStream, out: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_error_from_stream(
+    stream: *mut FFI_ArrowArrayStream,
+    out: *mut *mut laminar_error,
+) -> laminar_status {
     let mut status = crate::error::LAMINAR_INVALID_ARGUMENT;
     guard_void(|| {
         // SAFETY: NULL or writable (caller contract).

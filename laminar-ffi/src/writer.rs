@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use laminar_core::{Error, Result, SourceWriter};
 
 use crate::arrow::{import_batch, import_stream, write_schema};
-use crate::db::{laminar_db, Db};
+use crate::db::{Db, laminar_db};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
 
 /// The value `laminar_writer_current_watermark` reports before a source has a watermark.
@@ -231,7 +231,11 @@ pub unsafe extern "C" fn laminar_writer_write_stream(
 ///
 /// Errors: `LAMINAR_CLOSED`, `LAMINAR_NOT_FOUND` (the source was dropped). Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_writer_watermark(writer: *mut laminar_writer, ms: i64, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_writer_watermark(
+    writer: *mut laminar_writer,
+    ms: i64,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         unsafe { handle(writer, "writer") }?.w.lock().watermark(ms)
@@ -245,7 +249,10 @@ pub unsafe extern "C" fn laminar_writer_watermark(writer: *mut laminar_writer, m
 ///
 /// Errors: `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_writer_finish(writer: *mut laminar_writer, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_writer_finish(
+    writer: *mut laminar_writer,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         unsafe { handle(writer, "writer") }?.w.lock().finish()
@@ -258,7 +265,10 @@ pub unsafe extern "C" fn laminar_writer_finish(writer: *mut laminar_writer, out_
 ///
 /// Errors: `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_writer_flush(writer: *mut laminar_writer, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_writer_flush(
+    writer: *mut laminar_writer,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         unsafe { handle(writer, "writer") }?.w.lock().flush()
@@ -272,7 +282,11 @@ pub unsafe extern "C" fn laminar_writer_flush(writer: *mut laminar_writer, out_e
 ///
 /// Errors: `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_writer_current_watermark(writer: *mut laminar_writer, out: *mut i64, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_writer_current_watermark(
+    writer: *mut laminar_writer,
+    out: *mut i64,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let w = unsafe { handle(writer, "writer") }?;
@@ -290,7 +304,11 @@ pub unsafe extern "C" fn laminar_writer_current_watermark(writer: *mut laminar_w
 ///
 /// Errors: `LAMINAR_CLOSED`. Since: 0.1.0
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn laminar_writer_schema(writer: *mut laminar_writer, out: *mut FFI_ArrowSchema, out_error: *mut *mut laminar_error) -> laminar_status {
+pub unsafe extern "C" fn laminar_writer_schema(
+    writer: *mut laminar_writer,
+    out: *mut FFI_ArrowSchema,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
     guard(out_error, None, || {
         // SAFETY: NULL or a live handle (caller contract).
         let w = unsafe { handle(writer, "writer") }?;
@@ -328,7 +346,8 @@ pub unsafe extern "C" fn laminar_writer_bench_rust_path(
             return Err(Error::invalid_argument("batches is NULL"));
         }
         // SAFETY: `batches` points to `count` arrays (caller contract); each is moved out.
-        let arrays: Vec<FFI_ArrowArray> = (0..count).map(|i| unsafe { FFI_ArrowArray::from_raw(batches.add(i)) }).collect();
+        let arrays: Vec<FFI_ArrowArray> =
+            (0..count).map(|i| unsafe { FFI_ArrowArray::from_raw(batches.add(i)) }).collect();
         // SAFETY: pointers are NULL or valid (caller contract).
         let (w, schema) = unsafe { (handle(writer, "writer")?, handle(schema, "schema")?) };
         let imported = arrays.into_iter().map(|a| import_batch(schema, a)).collect::<Result<Vec<_>>>()?;

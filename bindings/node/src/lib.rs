@@ -53,7 +53,8 @@ fn ipc_batches(bytes: Vec<u8>) -> laminar_core::Result<impl Iterator<Item = lami
         .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
     // arrow-rs validates IPC data as it decodes; the engine's own check is kept on top, the
     // same one every import boundary runs (a malformed column is INVALID_DATA naming it).
-    Ok(reader.map(|b| b.map_err(laminar_core::Error::from).and_then(|b| laminar::arrow::validate_batch(&b).map(|()| b))))
+    Ok(reader
+        .map(|b| b.map_err(laminar_core::Error::from).and_then(|b| laminar::arrow::validate_batch(&b).map(|()| b))))
 }
 
 fn config(pairs: Option<HashMap<String, String>>) -> laminar_core::Result<Config> {
@@ -206,13 +207,28 @@ impl NativeDb {
                 let msg = match ev {
                     laminar_core::PushEvent::Schema(_) => return,
                     laminar_core::PushEvent::Batch(b, epoch) => match ipc(&b.schema(), &[b]) {
-                        Ok(bytes) => PushMessage { kind: "batch".into(), data: Some(Buffer::from(bytes)), error: None, epoch: epoch as i64 },
-                        Err(e) => PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()), epoch: 0 },
+                        Ok(bytes) => PushMessage {
+                            kind: "batch".into(),
+                            data: Some(Buffer::from(bytes)),
+                            error: None,
+                            epoch: epoch as i64,
+                        },
+                        Err(e) => PushMessage {
+                            kind: "error".into(),
+                            data: None,
+                            error: Some(js_err(e).reason.clone()),
+                            epoch: 0,
+                        },
                     },
-                    laminar_core::PushEvent::Error(e) => {
-                        PushMessage { kind: "error".into(), data: None, error: Some(js_err(e).reason.clone()), epoch: 0 }
+                    laminar_core::PushEvent::Error(e) => PushMessage {
+                        kind: "error".into(),
+                        data: None,
+                        error: Some(js_err(e).reason.clone()),
+                        epoch: 0,
+                    },
+                    laminar_core::PushEvent::Closed => {
+                        PushMessage { kind: "closed".into(), data: None, error: None, epoch: 0 }
                     }
-                    laminar_core::PushEvent::Closed => PushMessage { kind: "closed".into(), data: None, error: None, epoch: 0 },
                 };
                 callback.call(msg, ThreadsafeFunctionCallMode::NonBlocking);
             })
@@ -245,7 +261,8 @@ pub struct PushMessage {
 
 /// The JavaScript callback of a push subscription: unref'd (Weak), so it never keeps the event
 /// loop alive on its own, and called without an error-first argument.
-pub type PushCallback = napi::threadsafe_function::ThreadsafeFunction<PushMessage, (), PushMessage, Status, false, true>;
+pub type PushCallback =
+    napi::threadsafe_function::ThreadsafeFunction<PushMessage, (), PushMessage, Status, false, true>;
 
 /// A push subscription (callback form in index.js).
 #[napi]
@@ -292,9 +309,7 @@ impl Task for WriterTask {
     type JsValue = ();
     fn compute(&mut self) -> Result<()> {
         let mut g = self.w.lock();
-        let w = g
-            .as_mut()
-            .ok_or_else(|| js_err(laminar_core::Error::invalid_state("the writer is closed")))?;
+        let w = g.as_mut().ok_or_else(|| js_err(laminar_core::Error::invalid_state("the writer is closed")))?;
         match std::mem::replace(&mut self.op, WriterOp::Flush) {
             WriterOp::Write(bytes) => ipc_batches(bytes).and_then(|b| w.write_all(b)).map(|_| ()).js(),
             WriterOp::Watermark(ms) => w.watermark(ms).js(),
@@ -440,7 +455,11 @@ pub fn set_log_handler(callback: LogCallback) -> bool {
         let sink: laminar::logging::Sink = Arc::new(|level, target, message| {
             let mut h = LOG_HANDLER.lock();
             let Some(cb) = h.as_ref() else { return };
-            let msg = LogMessage { level: if level == log::Level::Error { "error" } else { "warn" }.into(), target: target.into(), message: message.into() };
+            let msg = LogMessage {
+                level: if level == log::Level::Error { "error" } else { "warn" }.into(),
+                target: target.into(),
+                message: message.into(),
+            };
             // Closing: its environment (a worker, the process) is gone; the next load registers.
             if cb.call(msg, ThreadsafeFunctionCallMode::NonBlocking) == Status::Closing {
                 *h = None;
@@ -468,7 +487,8 @@ pub fn bench_w1_rust(events: u32) -> Result<f64> {
     use arrow::array::{Int64Array, TimestampMicrosecondArray};
     let events = events as i64;
     let db = Db::open(":memory:", &Config::new()).js()?;
-    db.execute("CREATE SOURCE events (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)").js()?;
+    db.execute("CREATE SOURCE events (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")
+        .js()?;
     db.execute("CREATE STREAM w1 AS SELECT k, COUNT(*) AS n, SUM(v) AS s, window_start FROM events GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)").js()?;
     let mut batches = vec![];
     let mut start = 0i64;
@@ -479,7 +499,11 @@ pub fn bench_w1_rust(events: u32) -> Result<f64> {
             RecordBatch::try_from_iter(vec![
                 ("k", Arc::new(Int64Array::from_iter_values(idx.clone().map(|i| (i * 2654435761) % 1000))) as _),
                 ("v", Arc::new(Int64Array::from_iter_values(idx.clone().map(|i| (i * 7919) % 1000))) as _),
-                ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(idx.map(|i| 1_700_000_000_000_000 + i * 1000))) as _),
+                (
+                    "ts",
+                    Arc::new(TimestampMicrosecondArray::from_iter_values(idx.map(|i| 1_700_000_000_000_000 + i * 1000)))
+                        as _,
+                ),
             ])
             .map_err(|e| js_err(e.into()))?,
         );
@@ -498,7 +522,12 @@ pub fn bench_w1_rust(events: u32) -> Result<f64> {
     while counted < events {
         match sub.next().js()? {
             Some(b) => {
-                let n = b.column(1).as_any().downcast_ref::<Int64Array>().map(|a| a.values().iter().sum::<i64>()).unwrap_or(0);
+                let n = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .map(|a| a.values().iter().sum::<i64>())
+                    .unwrap_or(0);
                 counted += n;
             }
             None => break,

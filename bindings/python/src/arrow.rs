@@ -2,13 +2,13 @@
 //! `__arrow_c_stream__`, `__arrow_c_schema__`): zero-copy, no pyarrow needed on the Rust side.
 
 use std::collections::VecDeque;
-use std::ffi::{c_void, CStr};
+use std::ffi::{CStr, c_void};
 
 use arrow::datatypes::SchemaRef;
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow::ffi_stream::FFI_ArrowArrayStream;
 use arrow::record_batch::RecordBatch;
-use laminar::arrow::{export_batch, export_schema, import_batch, VecSource};
+use laminar::arrow::{VecSource, export_batch, export_schema, import_batch};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
@@ -45,7 +45,12 @@ unsafe extern "C" fn drop_stream(capsule: *mut ffi::PyObject) {
     }
 }
 
-fn capsule<T>(py: Python<'_>, value: T, name: &'static CStr, dtor: unsafe extern "C" fn(*mut ffi::PyObject)) -> PyResult<Py<PyAny>> {
+fn capsule<T>(
+    py: Python<'_>,
+    value: T,
+    name: &'static CStr,
+    dtor: unsafe extern "C" fn(*mut ffi::PyObject),
+) -> PyResult<Py<PyAny>> {
     let p = Box::into_raw(Box::new(value));
     // SAFETY: a valid pointer, a static name, and a destructor that frees exactly this Box.
     let raw = unsafe { ffi::PyCapsule_New(p as *mut c_void, name.as_ptr(), Some(dtor)) };
@@ -101,7 +106,11 @@ pub struct ArrowBatch {
 #[pymethods]
 impl ArrowBatch {
     #[pyo3(signature = (requested_schema=None))]
-    fn __arrow_c_array__(&self, py: Python<'_>, requested_schema: Option<Py<PyAny>>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+    fn __arrow_c_array__(
+        &self,
+        py: Python<'_>,
+        requested_schema: Option<Py<PyAny>>,
+    ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
         let _ = requested_schema;
         batch_capsules(py, &self.batch)
     }
@@ -140,4 +149,3 @@ impl ArrowStream {
 pub(crate) fn schema_object(py: Python<'_>, schema: SchemaRef) -> PyResult<Py<PyAny>> {
     Ok(Py::new(py, ArrowStream { schema, batches: vec![] })?.into_any())
 }
-

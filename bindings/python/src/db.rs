@@ -1,13 +1,13 @@
 //! `Database`: the native handle behind `laminardb.Connection`.
 
-use laminar_core::sql::{ObjectKind, Statement};
 use laminar::{Config, Db};
+use laminar_core::sql::{ObjectKind, Statement};
 use pyo3::prelude::*;
 
-use crate::arrow::{batch_capsules, import_capsules, import_stream_capsule, schema_object, ArrowStream};
+use crate::IntoPy;
+use crate::arrow::{ArrowStream, batch_capsules, import_capsules, import_stream_capsule, schema_object};
 use crate::subscription::{PushSubscription, Subscription};
 use crate::writer::Writer;
-use crate::IntoPy;
 
 pub(crate) fn config_from(pairs: Vec<(String, String)>) -> PyResult<Config> {
     let mut c = Config::new();
@@ -23,7 +23,9 @@ fn classify(sql: &str) -> (String, Option<String>) {
     let Some(last) = stmts.last() else { return ("UNKNOWN".into(), None) };
     let kind = |k: ObjectKind| k.noun().to_uppercase();
     match &last.statement {
-        Statement::CreateSource(cs) => ((if cs.table { "CREATE TABLE" } else { "CREATE SOURCE" }).into(), Some(cs.name.clone())),
+        Statement::CreateSource(cs) => {
+            ((if cs.table { "CREATE TABLE" } else { "CREATE SOURCE" }).into(), Some(cs.name.clone()))
+        }
         Statement::CreateStream(cs) => {
             let what = if cs.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE STREAM" };
             (what.into(), Some(cs.name.clone()))
@@ -57,7 +59,11 @@ impl Database {
     }
 
     /// Returns (rows_affected, message, result stream or None, ddl_type, ddl_object).
-    fn execute(&self, py: Python<'_>, sql: &str) -> PyResult<(u64, String, Option<Py<ArrowStream>>, String, Option<String>)> {
+    fn execute(
+        &self,
+        py: Python<'_>,
+        sql: &str,
+    ) -> PyResult<(u64, String, Option<Py<ArrowStream>>, String, Option<String>)> {
         let db = self.db.clone();
         let text = sql.to_string();
         let r = py.detach(move || db.execute(&text)).py()?;
@@ -86,7 +92,13 @@ impl Database {
     }
 
     /// Pushes one batch given as `(schema capsule, array capsule)` and waits until processed.
-    fn insert_array(&self, py: Python<'_>, name: &str, schema: &Bound<'_, PyAny>, array: &Bound<'_, PyAny>) -> PyResult<u64> {
+    fn insert_array(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        schema: &Bound<'_, PyAny>,
+        array: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
         let batch = import_capsules(schema, array)?;
         let db = self.db.clone();
         let name = name.to_string();
@@ -147,7 +159,13 @@ impl Database {
 
     /// Calls `on_event(kind, value)` on an engine thread: ("schema", schema), ("batch", batch),
     /// ("error", exception), ("closed", None) — "closed" exactly once, last.
-    fn subscribe_push(&self, py: Python<'_>, name: &str, options: Vec<(String, String)>, on_event: Py<PyAny>) -> PyResult<PushSubscription> {
+    fn subscribe_push(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        options: Vec<(String, String)>,
+        on_event: Py<PyAny>,
+    ) -> PyResult<PushSubscription> {
         let (db, name, opts) = (self.db.clone(), name.to_string(), config_from(options)?);
         py.detach(move || PushSubscription::start(&db, &name, opts, on_event)).py()
     }

@@ -79,11 +79,22 @@ fn config_keys() -> Vec<(String, String)> {
 /// Nexmark events `[first, first + count)` (NEXMARK.md §2) as three batches: person, auction, bid.
 #[pyfunction]
 #[pyo3(signature = (first, count, seed=0, rate=10_000_000, base_time_ms=1_700_000_000_000))]
-fn nexmark(py: Python<'_>, first: u64, count: u64, seed: u64, rate: u64, base_time_ms: i64) -> PyResult<(arrow::ArrowBatch, arrow::ArrowBatch, arrow::ArrowBatch)> {
+fn nexmark(
+    py: Python<'_>,
+    first: u64,
+    count: u64,
+    seed: u64,
+    rate: u64,
+    base_time_ms: i64,
+) -> PyResult<(arrow::ArrowBatch, arrow::ArrowBatch, arrow::ArrowBatch)> {
     use laminar_core::nexmark::{NexmarkConfig, NexmarkGenerator};
     let g = NexmarkGenerator::new(NexmarkConfig { seed, first_event_rate: rate, base_time_ms, ..Default::default() });
     let b = py.detach(move || g.generate(first, count)).py()?;
-    Ok((arrow::ArrowBatch { batch: b.person }, arrow::ArrowBatch { batch: b.auction }, arrow::ArrowBatch { batch: b.bid }))
+    Ok((
+        arrow::ArrowBatch { batch: b.person },
+        arrow::ArrowBatch { batch: b.auction },
+        arrow::ArrowBatch { batch: b.bid },
+    ))
 }
 
 #[pymodule]

@@ -8,7 +8,7 @@
 //! At interpreter exit (an `atexit` hook, before finalization) the sink is removed and what is
 //! queued is delivered on the exiting thread; nothing calls into Python after that.
 
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -74,7 +74,9 @@ pub(crate) fn install(m: &Bound<'_, PyModule>) -> PyResult<()> {
             *DONE.0.lock() = true;
             DONE.1.notify_all();
         })
-        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the laminardb-log thread: {e}")))?;
+        .map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the laminardb-log thread: {e}"))
+        })?;
     let tx: SyncSender<Item> = tx;
     let sink: laminar::logging::Sink = Arc::new(move |level, target, message| {
         // Never blocks the engine: a full queue drops the record.

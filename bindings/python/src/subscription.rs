@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use laminar_core::{Next, PushEvent};
 use laminar::{Config, Db};
+use laminar_core::{Next, PushEvent};
 use pyo3::prelude::*;
 
-use crate::arrow::{schema_object, ArrowBatch};
-use crate::{to_pyerr, IntoPy};
+use crate::arrow::{ArrowBatch, schema_object};
+use crate::{IntoPy, to_pyerr};
 
 /// How often a blocking read wakes to check for signals (Ctrl-C).
 const SLICE: Duration = Duration::from_millis(100);
@@ -86,25 +86,29 @@ pub struct PushSubscription {
 
 impl PushSubscription {
     /// Runs without the GIL (it takes the engine lock); the callback takes the GIL itself.
-    pub(crate) fn start(db: &Db, name: &str, options: Config, on_event: Py<PyAny>) -> laminar_core::Result<PushSubscription> {
-        let push = db
-            .subscribe_push(name, &options, u64::MAX, move |ev| {
-                Python::attach(|py| {
-                    let r = match ev {
-                        PushEvent::Schema(s) => schema_object(py, s).and_then(|s| on_event.call1(py, ("schema", s))),
-                        PushEvent::Batch(batch, epoch) => {
-                            Py::new(py, ArrowBatch { batch }).and_then(|b| on_event.call1(py, ("batch", (b, epoch))))
-                        }
-                        PushEvent::Error(e) => on_event.call1(py, ("error", to_pyerr(e).into_value(py))),
-                        PushEvent::Closed => on_event.call1(py, ("closed", py.None())),
-                    };
-                    // The Python layer catches everything; anything left is a bug worth seeing, through
-                    // sys.unraisablehook (the host's choice where it goes), as for __del__ errors.
-                    if let Err(e) = r {
-                        e.write_unraisable(py, Some(on_event.bind(py)));
+    pub(crate) fn start(
+        db: &Db,
+        name: &str,
+        options: Config,
+        on_event: Py<PyAny>,
+    ) -> laminar_core::Result<PushSubscription> {
+        let push = db.subscribe_push(name, &options, u64::MAX, move |ev| {
+            Python::attach(|py| {
+                let r = match ev {
+                    PushEvent::Schema(s) => schema_object(py, s).and_then(|s| on_event.call1(py, ("schema", s))),
+                    PushEvent::Batch(batch, epoch) => {
+                        Py::new(py, ArrowBatch { batch }).and_then(|b| on_event.call1(py, ("batch", (b, epoch))))
                     }
-                })
-            })?;
+                    PushEvent::Error(e) => on_event.call1(py, ("error", to_pyerr(e).into_value(py))),
+                    PushEvent::Closed => on_event.call1(py, ("closed", py.None())),
+                };
+                // The Python layer catches everything; anything left is a bug worth seeing, through
+                // sys.unraisablehook (the host's choice where it goes), as for __del__ errors.
+                if let Err(e) = r {
+                    e.write_unraisable(py, Some(on_event.bind(py)));
+                }
+            })
+        })?;
         Ok(PushSubscription { push })
     }
 }

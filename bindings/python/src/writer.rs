@@ -3,8 +3,8 @@
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use crate::arrow::{import_capsules, import_stream_capsule, schema_object};
 use crate::IntoPy;
+use crate::arrow::{import_capsules, import_stream_capsule, schema_object};
 
 #[pyclass(module = "laminardb._laminardb", frozen)]
 pub struct Writer {
@@ -20,10 +20,19 @@ pub struct Writer {
 
 impl Writer {
     pub(crate) fn new(w: laminar::Writer) -> Writer {
-        Writer { schema: w.schema(), name: w.source_name().to_string(), w: Mutex::new(Some(w)), closed: Default::default() }
+        Writer {
+            schema: w.schema(),
+            name: w.source_name().to_string(),
+            w: Mutex::new(Some(w)),
+            closed: Default::default(),
+        }
     }
 
-    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut laminar::Writer) -> laminar_core::Result<T> + Send) -> PyResult<T> {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut laminar::Writer) -> laminar_core::Result<T> + Send,
+    ) -> PyResult<T> {
         py.detach(|| {
             let mut g = self.w.lock();
             match g.as_mut() {

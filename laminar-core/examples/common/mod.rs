@@ -1,7 +1,7 @@
 //! Shared by the benchmark programs (a folder under `examples/` is not an example itself).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 

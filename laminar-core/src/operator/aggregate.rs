@@ -29,16 +29,16 @@ use datafusion::arrow::compute::{concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
-use datafusion::common::hash_utils::{create_hashes, RandomState};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use hashbrown::HashTable;
 
-use super::{OpCtx, Operator, NO_WATERMARK};
+use super::{NO_WATERMARK, OpCtx, Operator};
 use crate::error::{Error, Result};
 use crate::sql::EmitMode;
-use crate::state_store::{window_prefix, StateStore, PREFIX_LEN};
+use crate::state_store::{PREFIX_LEN, StateStore, window_prefix};
 
 /// One aggregate call: the DataFusion aggregate, its argument expressions (ordering expressions
 /// appended, as DataFusion's own executor does) and its optional FILTER.
@@ -121,7 +121,13 @@ impl Spill {
     }
 
     /// Merges encoded states into `groups` of `table` and sets their last emitted values.
-    fn merge_into(&self, table: &mut GroupTable, groups: &[usize], values: &[&[u8]], agg_conv: &RowConverter) -> Result<()> {
+    fn merge_into(
+        &self,
+        table: &mut GroupTable,
+        groups: &[usize],
+        values: &[&[u8]],
+        agg_conv: &RowConverter,
+    ) -> Result<()> {
         let mut states = Vec::with_capacity(values.len());
         let parser = agg_conv.parser();
         for (&g, &v) in groups.iter().zip(values) {
@@ -143,7 +149,14 @@ impl Spill {
     }
 
     /// Writes every group of `table` to the store and empties it (keeping `fired`).
-    fn spill_table(&self, part: usize, window: (i64, i64), table: &mut GroupTable, key_conv: &RowConverter, aggs: &[AggSpec]) -> Result<()> {
+    fn spill_table(
+        &self,
+        part: usize,
+        window: (i64, i64),
+        table: &mut GroupTable,
+        key_conv: &RowConverter,
+        aggs: &[AggSpec],
+    ) -> Result<()> {
         let n = table.len();
         let prefix = window_prefix(self.id, part as u16, window);
         let mut states: Vec<ArrayRef> = vec![];
@@ -176,7 +189,14 @@ impl Spill {
 
     /// Moves the spilled state of groups `from..` of `table` (just created for rows of this
     /// batch) back into memory, before the batch updates them.
-    fn load_new_groups(&self, part: usize, window: (i64, i64), table: &mut GroupTable, from: usize, agg_conv: &RowConverter) -> Result<()> {
+    fn load_new_groups(
+        &self,
+        part: usize,
+        window: (i64, i64),
+        table: &mut GroupTable,
+        from: usize,
+        agg_conv: &RowConverter,
+    ) -> Result<()> {
         let n = table.len();
         if table.spilled == 0 || from >= n {
             return Ok(());
@@ -452,7 +472,13 @@ impl Aggregate {
 
     /// Streams the spilled groups of window `w` of partition `part` through `f`, a scratch table
     /// per chunk. With `write_back`, the groups' last emitted values are stored again afterwards.
-    fn drain_spilled(&self, part: usize, w: (i64, i64), write_back: bool, f: &mut dyn FnMut(&mut GroupTable) -> Result<()>) -> Result<()> {
+    fn drain_spilled(
+        &self,
+        part: usize,
+        w: (i64, i64),
+        write_back: bool,
+        f: &mut dyn FnMut(&mut GroupTable) -> Result<()>,
+    ) -> Result<()> {
         let Some(sp) = &self.spill else { return Ok(()) };
         let prefix = window_prefix(sp.id, part as u16, w);
         let parser = self.key_conv.parser();
@@ -499,11 +525,24 @@ impl Aggregate {
     /// every spilled group is read and written again under the partition its key goes to now.
     fn adopt_spilled(&mut self, b: &RecordBatch) -> Result<()> {
         let p = self.parts.len();
-        let col = |name: &str| b.column_by_name(name).ok_or_else(|| Error::invalid_data(format!("spill meta column '{name}' missing")));
-        let int = |name: &str| -> Result<Int64Array> { Ok(col(name)?.as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone()) };
-        let (id, nparts, part, end, start, spilled) = (int("__spill_id")?, int("__partitions")?, int("__part")?, int("__end")?, int("__start")?, int("__spilled")?);
+        let col = |name: &str| {
+            b.column_by_name(name).ok_or_else(|| Error::invalid_data(format!("spill meta column '{name}' missing")))
+        };
+        let int = |name: &str| -> Result<Int64Array> {
+            Ok(col(name)?.as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone())
+        };
+        let (id, nparts, part, end, start, spilled) = (
+            int("__spill_id")?,
+            int("__partitions")?,
+            int("__part")?,
+            int("__end")?,
+            int("__start")?,
+            int("__spilled")?,
+        );
         let fired = col("__fired")?.as_boolean().clone();
-        let same_hash = b.column_by_name("__hash_probe").is_some_and(|c| c.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) == self.hash_probe().unwrap_or(0));
+        let same_hash = b.column_by_name("__hash_probe").is_some_and(|c| {
+            c.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) == self.hash_probe().unwrap_or(0)
+        });
         let saved_id = id.value(0) as u32;
         let mut counts: BTreeMap<(usize, (i64, i64)), u64> = BTreeMap::new();
         let mut fired_windows = std::collections::HashSet::new();
@@ -529,7 +568,9 @@ impl Aggregate {
             sp.store.scan(&saved_id.to_be_bytes(), DRAIN_CHUNK, &mut |chunk| {
                 let windows = chunk
                     .iter()
-                    .map(|(k, _)| crate::state_store::key_window(k).ok_or_else(|| Error::invalid_data("a malformed spilled key")))
+                    .map(|(k, _)| {
+                        crate::state_store::key_window(k).ok_or_else(|| Error::invalid_data("a malformed spilled key"))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 let keys = self.key_conv.convert_rows(chunk.iter().map(|(k, _)| parser.parse(&k[PREFIX_LEN..])))?;
                 let mut hashes = vec![0u64; chunk.len()];
@@ -618,7 +659,10 @@ impl Aggregate {
         let mut filters = Vec::with_capacity(self.aggs.len());
         for a in &self.aggs {
             args.push(
-                a.args.iter().map(|e| e.evaluate(batch).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<Vec<_>>>()?,
+                a.args
+                    .iter()
+                    .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?,
             );
             filters.push(match &a.filter {
                 Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
@@ -815,7 +859,11 @@ impl Operator for Aggregate {
             if self.window_cols.is_some() { if keys.is_empty() { "window" } else { ", window" } } else { "" },
             aggs.join(", "),
             self.emit,
-            if self.lateness > 0 { format!(" lateness={}", crate::util::fmt_duration_us(self.lateness)) } else { String::new() },
+            if self.lateness > 0 {
+                format!(" lateness={}", crate::util::fmt_duration_us(self.lateness))
+            } else {
+                String::new()
+            },
             self.parts.len()
         )
     }
@@ -1000,7 +1048,16 @@ impl Operator for Aggregate {
             }
             if !parts.is_empty() {
                 let n = parts.len();
-                let fields = ["__spill_id", "__partitions", "__part", "__end", "__start", "__fired", "__spilled", "__hash_probe"];
+                let fields = [
+                    "__spill_id",
+                    "__partitions",
+                    "__part",
+                    "__end",
+                    "__start",
+                    "__fired",
+                    "__spilled",
+                    "__hash_probe",
+                ];
                 let probe = self.hash_probe()?;
                 let cols: Vec<ArrayRef> = vec![
                     Arc::new(Int64Array::from(vec![sp.id as i64; n])),
@@ -1012,7 +1069,13 @@ impl Operator for Aggregate {
                     Arc::new(Int64Array::from(spilled)),
                     Arc::new(Int64Array::from(vec![probe; n])),
                 ];
-                let schema = Schema::new(fields.iter().zip(&cols).map(|(f, c)| Field::new(*f, c.data_type().clone(), false)).collect::<Vec<_>>());
+                let schema = Schema::new(
+                    fields
+                        .iter()
+                        .zip(&cols)
+                        .map(|(f, c)| Field::new(*f, c.data_type().clone(), false))
+                        .collect::<Vec<_>>(),
+                );
                 out.push(RecordBatch::try_new(Arc::new(schema), cols)?);
             }
         }
@@ -1029,7 +1092,9 @@ impl Operator for Aggregate {
                     Arc::new(Int64Array::from(vec![w.0; n])),
                     Arc::new(Int64Array::from(vec![w.1; n])),
                     Arc::new(BooleanArray::from(vec![table.fired; n])),
-                    Arc::new(BinaryArray::from_iter(table.prev.iter().map(|p| p.as_ref().map(|r| r.as_ref().to_vec())))),
+                    Arc::new(BinaryArray::from_iter(
+                        table.prev.iter().map(|p| p.as_ref().map(|r| r.as_ref().to_vec())),
+                    )),
                 ];
                 if !self.key_exprs.is_empty() {
                     for (i, k) in self.key_conv.convert_rows(table.keys.iter())?.into_iter().enumerate() {
@@ -1097,14 +1162,22 @@ impl Operator for Aggregate {
                 // partition of the saving process, each of which may route to any partition here.
                 let table = match part.tables.entry((end, start)) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => e.insert(GroupTable::new(&self.key_conv, &self.aggs)?),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(GroupTable::new(&self.key_conv, &self.aggs)?)
+                    }
                 };
                 table.fired |= fired;
-                let groups: Vec<usize> = rows.iter().map(|&r| table.group_of(key_rows.as_ref(), hashes[r as usize], r as usize) as usize).collect();
+                let groups: Vec<usize> = rows
+                    .iter()
+                    .map(|&r| table.group_of(key_rows.as_ref(), hashes[r as usize], r as usize) as usize)
+                    .collect();
                 let idx = UInt32Array::from(rows.clone());
                 let mut off = 0;
                 for (acc, &width) in table.accs.iter_mut().zip(&widths) {
-                    let st = states[off..off + width].iter().map(|s| take(s, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+                    let st = states[off..off + width]
+                        .iter()
+                        .map(|s| take(s, &idx, None))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
                     off += width;
                     acc.merge_batch(&st, &groups, table.hashes.len())?;
                 }

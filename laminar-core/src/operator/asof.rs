@@ -23,8 +23,8 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashMap;
 
-use super::window::{event_times, TimeScale};
-use super::{OpCtx, Operator, NO_WATERMARK};
+use super::window::{TimeScale, event_times};
+use super::{NO_WATERMARK, OpCtx, Operator};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +100,9 @@ impl AsofJoin {
         filter: Option<Arc<dyn PhysicalExpr>>,
         joined_schema: SchemaRef,
     ) -> Result<AsofJoin> {
-        let conv = |s: &SchemaRef| RowConverter::new(s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect());
+        let conv = |s: &SchemaRef| {
+            RowConverter::new(s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
+        };
         Ok(AsofJoin {
             op,
             key_conv: RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?,
@@ -135,7 +137,10 @@ impl AsofJoin {
     fn times(&self, s: usize, b: &RecordBatch) -> Result<Vec<Option<i64>>> {
         let a = self.sides[s].time.evaluate(b)?.into_array(b.num_rows())?;
         let (t, nulls) = event_times(&a, self.sides[s].scale)?;
-        Ok(t.into_iter().enumerate().map(|(i, v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { Some(v) } else { None }).collect())
+        Ok(t.into_iter()
+            .enumerate()
+            .map(|(i, v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { Some(v) } else { None })
+            .collect())
     }
 
     /// The right row a left row at `lt` matches among `rows`, if any.
@@ -183,7 +188,10 @@ impl AsofJoin {
         let mut right_rows: Vec<OwnedRow> = vec![];
         let mut right_idx: Vec<Option<u32>> = vec![];
         for ((lt, _), key, _) in &ready {
-            let m = key.as_ref().and_then(|k| self.right.get(k)).and_then(|rows| Self::choose(self.op, rows, *lt).map(|c| rows[&c].clone()));
+            let m = key
+                .as_ref()
+                .and_then(|k| self.right.get(k))
+                .and_then(|rows| Self::choose(self.op, rows, *lt).map(|c| rows[&c].clone()));
             match m {
                 Some(r) => {
                     right_idx.push(Some(right_rows.len() as u32));
@@ -194,7 +202,12 @@ impl AsofJoin {
         }
         let left_cols = self.row_conv[0].convert_rows(ready.iter().map(|(_, _, r)| r.row()))?;
         let right_base: Vec<ArrayRef> = if right_rows.is_empty() {
-            self.sides[1].schema.fields().iter().map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1)).collect()
+            self.sides[1]
+                .schema
+                .fields()
+                .iter()
+                .map(|f| datafusion::arrow::array::new_null_array(f.data_type(), 1))
+                .collect()
         } else {
             self.row_conv[1].convert_rows(right_rows.iter().map(|r| r.row()))?
         };
@@ -204,7 +217,11 @@ impl AsofJoin {
             for c in &right_base {
                 cols.push(take(c.as_ref(), &ix, None)?);
             }
-            Ok(RecordBatch::try_new_with_options(self.joined_schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(idx.len())))?)
+            Ok(RecordBatch::try_new_with_options(
+                self.joined_schema.clone(),
+                cols,
+                &RecordBatchOptions::new().with_row_count(Some(idx.len())),
+            )?)
         };
         let mut out = build(&right_idx)?;
         let mut right_idx = right_idx;
@@ -375,7 +392,8 @@ impl Operator for AsofJoin {
                 self.row_conv[s].convert_rows(rows.iter().map(|(_, r)| r.row()))?
             };
             cols.push(Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(rows.iter().map(|(q, _)| *q))));
-            let mut fields: Vec<datafusion::arrow::datatypes::Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+                schema.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(datafusion::arrow::datatypes::Field::new("__seq", DataType::UInt64, false));
             out.push(RecordBatch::try_new(Arc::new(datafusion::arrow::datatypes::Schema::new(fields)), cols)?);
         }
@@ -392,9 +410,14 @@ impl Operator for AsofJoin {
         self.bytes = 0;
         for (s, b) in state.into_iter().enumerate() {
             let n = b.num_columns().checked_sub(1).ok_or_else(|| Error::invalid_argument("empty ASOF snapshot"))?;
-            let seqs = b.column(n).as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>().ok_or_else(|| Error::invalid_argument("the ASOF snapshot was taken from a different plan"))?.clone();
-            let data = RecordBatch::try_new(self.sides[s].schema.clone(), b.columns()[..n].to_vec())
-                .map_err(|e| Error::invalid_argument(format!("the ASOF snapshot was taken from a different plan: {e}")))?;
+            let seqs = b
+                .column(n)
+                .as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>()
+                .ok_or_else(|| Error::invalid_argument("the ASOF snapshot was taken from a different plan"))?
+                .clone();
+            let data = RecordBatch::try_new(self.sides[s].schema.clone(), b.columns()[..n].to_vec()).map_err(|e| {
+                Error::invalid_argument(format!("the ASOF snapshot was taken from a different plan: {e}"))
+            })?;
             let (keys, valid) = self.keys(s, &data)?;
             let times = self.times(s, &data)?;
             let rows = self.row_conv[s].convert_columns(data.columns())?;

@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, AsArray, Int64Array, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array, new_null_array};
 use datafusion::arrow::compute::{cast, filter_record_batch, interleave, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
@@ -27,7 +27,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use hashbrown::HashMap;
 
-use super::window::{event_times, TimeScale};
+use super::window::{TimeScale, event_times};
 use super::{OpCtx, Operator};
 use crate::error::{Error, Result};
 
@@ -45,7 +45,10 @@ pub(crate) enum JoinType {
 
 impl JoinType {
     fn outer(self, side: usize) -> bool {
-        matches!((self, side), (JoinType::Left | JoinType::Semi | JoinType::Anti, 0) | (JoinType::Right, 1) | (JoinType::Full, _))
+        matches!(
+            (self, side),
+            (JoinType::Left | JoinType::Semi | JoinType::Anti, 0) | (JoinType::Right, 1) | (JoinType::Full, _)
+        )
     }
 }
 
@@ -192,7 +195,8 @@ impl HashJoin {
     ) -> Result<HashJoin> {
         let weighted_out = Self::output_retracts(join_type, &left, &right, lookup);
         let output_schema = if weighted_out {
-            let mut fields: Vec<datafusion::arrow::datatypes::Field> = joined_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+                joined_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(datafusion::arrow::datatypes::Field::new(super::WEIGHT_COLUMN, DataType::Int64, false));
             Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
         } else {
@@ -201,7 +205,9 @@ impl HashJoin {
         let key_conv = RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?;
         let mk = |spec: SideSpec, i: usize| -> Result<Side> {
             let row_conv = if spec.weighted {
-                Some(RowConverter::new(spec.schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
+                Some(RowConverter::new(
+                    spec.schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect(),
+                )?)
             } else {
                 None
             };
@@ -257,7 +263,13 @@ impl HashJoin {
 
     /// Builds rows: each takes its left columns from `.0` and its right ones from `.1`. Without
     /// weights: candidate pairs (both sides); with: output rows (left only for SEMI/ANTI).
-    fn build(&self, delta_side: usize, delta: &RecordBatch, rows: &[(Src, Src)], weights: Option<Vec<i64>>) -> Result<RecordBatch> {
+    fn build(
+        &self,
+        delta_side: usize,
+        delta: &RecordBatch,
+        rows: &[(Src, Src)],
+        weights: Option<Vec<i64>>,
+    ) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.output_schema.fields().len());
         let sides = if weights.is_some() && self.semi_or_anti() { 1 } else { 2 };
         for s in 0..sides {
@@ -299,17 +311,25 @@ impl HashJoin {
                     arrays.push(delta.column(ci).clone());
                 }
                 for c in &chunk_ids {
-                    arrays.push(side.chunk(*c).ok_or_else(|| Error::internal("join row of a dropped chunk"))?.batch.column(ci).clone());
+                    arrays.push(
+                        side.chunk(*c)
+                            .ok_or_else(|| Error::internal("join row of a dropped chunk"))?
+                            .batch
+                            .column(ci)
+                            .clone(),
+                    );
                 }
                 if need_null {
                     arrays.push(new_null_array(f.data_type(), 1));
                 }
                 let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
-                cols.push(if refs.len() == 1 && idx.iter().enumerate().all(|(k, p)| p.1 == k) && idx.len() == refs[0].len() {
-                    arrays[0].clone()
-                } else {
-                    interleave(&refs, &idx)?
-                });
+                cols.push(
+                    if refs.len() == 1 && idx.iter().enumerate().all(|(k, p)| p.1 == k) && idx.len() == refs[0].len() {
+                        arrays[0].clone()
+                    } else {
+                        interleave(&refs, &idx)?
+                    },
+                );
             }
         }
         let opts = RecordBatchOptions::new().with_row_count(Some(rows.len()));
@@ -338,12 +358,30 @@ impl HashJoin {
         let a = e.evaluate(logical)?.into_array(n)?;
         let (t, nulls) = event_times(&a, scale)?;
         // A NULL bound makes the condition NULL: the row never matches; drop it first.
-        Ok(Some(t.iter().enumerate().map(|(i, &v)| if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v.saturating_add(add) } else { i64::MIN }).collect()))
+        Ok(Some(
+            t.iter()
+                .enumerate()
+                .map(
+                    |(i, &v)| {
+                        if nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) { v.saturating_add(add) } else { i64::MIN }
+                    },
+                )
+                .collect(),
+        ))
     }
 
     /// Stores `batch` as a new chunk of side `s`: row `k` has key `keys.row(pos[k])`.
     #[allow(clippy::too_many_arguments)]
-    fn push_chunk(&mut self, s: usize, batch: RecordBatch, keys: &Rows, pos: &[u32], rows: Option<Rows>, expiry_max: i64, matched: Vec<i64>) {
+    fn push_chunk(
+        &mut self,
+        s: usize,
+        batch: RecordBatch,
+        keys: &Rows,
+        pos: &[u32],
+        rows: Option<Rows>,
+        expiry_max: i64,
+        matched: Vec<i64>,
+    ) {
         let m = batch.num_rows();
         let bytes = batch.get_array_memory_size() + m * 24 + rows.as_ref().map(|r| r.size()).unwrap_or(0);
         let side = &mut self.sides[s];
@@ -378,7 +416,11 @@ impl HashJoin {
         if let Some((col, scale)) = self.sides[s].spec.late_col {
             if ctx.watermark != super::NO_WATERMARK {
                 let (t, nulls) = event_times(logical.column(col), scale)?;
-                let keep: Vec<bool> = t.iter().enumerate().map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && v >= ctx.watermark).collect();
+                let keep: Vec<bool> = t
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && v >= ctx.watermark)
+                    .collect();
                 let dropped = keep.iter().filter(|k| !**k).count();
                 if dropped > 0 {
                     ctx.late.rows += dropped as u64;
@@ -431,7 +473,9 @@ impl HashJoin {
                 }
                 None => {
                     // Retracts a row inserted earlier in this same batch?
-                    let j = (0..i).find(|&j| weights[j] > 0 && !new_rows_removed[j] && keys.row(j) == keys.row(i) && fr.row(j) == fr.row(i));
+                    let j = (0..i).find(|&j| {
+                        weights[j] > 0 && !new_rows_removed[j] && keys.row(j) == keys.row(i) && fr.row(j) == fr.row(i)
+                    });
                     match j {
                         Some(j) => new_rows_removed[j] = true,
                         // A row the TTL already forgot: its retraction has nothing to undo here.
@@ -440,7 +484,7 @@ impl HashJoin {
                             return Err(Error::internal(format!(
                                 "a retraction on the {} side of a join matches no row it has seen",
                                 if s == 0 { "left" } else { "right" }
-                            )))
+                            )));
                         }
                     }
                 }
@@ -470,14 +514,22 @@ impl HashJoin {
         if !pairs.is_empty() {
             let specs: Vec<(Src, Src)> = pairs
                 .iter()
-                .map(|(i, r)| if s == 0 { (Src::Delta(*i), Src::Stored(*r)) } else { (Src::Stored(*r), Src::Delta(*i)) })
+                .map(
+                    |(i, r)| if s == 0 { (Src::Delta(*i), Src::Stored(*r)) } else { (Src::Stored(*r), Src::Delta(*i)) },
+                )
                 .collect();
             // SEMI/ANTI without a residual condition need only the match counts, not the pairs.
-            let cand = if self.filter.is_none() && self.semi_or_anti() { None } else { Some(self.build(s, &logical, &specs, None)?) };
+            let cand = if self.filter.is_none() && self.semi_or_anti() {
+                None
+            } else {
+                Some(self.build(s, &logical, &specs, None)?)
+            };
             let mask = match (&self.filter, &cand) {
                 (Some(f), Some(cand)) => {
                     let v = f.evaluate(&cand)?.into_array(cand.num_rows())?;
-                    let m = v.as_boolean_opt().ok_or_else(|| Error::plan(format!("join condition is {}, not BOOLEAN", v.data_type())))?;
+                    let m = v
+                        .as_boolean_opt()
+                        .ok_or_else(|| Error::plan(format!("join condition is {}, not BOOLEAN", v.data_type())))?;
                     Some(crate::util::null_as_false(m))
                 }
                 _ => None,
@@ -578,8 +630,12 @@ impl HashJoin {
                 Some(_) => Some(self.sides[s].row_conv.as_ref().expect("weighted").convert_columns(batch.columns())?),
                 None => None,
             };
-            let expiry_max = expiry.as_ref().map(|e| insert.iter().map(|&i| e[i as usize]).max().unwrap_or(i64::MIN)).unwrap_or(i64::MAX);
-            let matched = if self.sides[s].outer { insert.iter().map(|&i| matched_delta[i as usize]).collect() } else { vec![] };
+            let expiry_max = expiry
+                .as_ref()
+                .map(|e| insert.iter().map(|&i| e[i as usize]).max().unwrap_or(i64::MIN))
+                .unwrap_or(i64::MAX);
+            let matched =
+                if self.sides[s].outer { insert.iter().map(|&i| matched_delta[i as usize]).collect() } else { vec![] };
             self.push_chunk(s, batch, &keys, &insert, rows, expiry_max, matched);
         }
         // Chunks emptied by retractions.
@@ -588,16 +644,16 @@ impl HashJoin {
         if outputs.is_empty() {
             return Ok(outputs);
         }
-        let out = if outputs.len() == 1 { outputs.pop().expect("one") } else { datafusion::arrow::compute::concat_batches(&self.output_schema_for_out(), &outputs)? };
+        let out = if outputs.len() == 1 {
+            outputs.pop().expect("one")
+        } else {
+            datafusion::arrow::compute::concat_batches(&self.output_schema_for_out(), &outputs)?
+        };
         Ok(vec![self.retractions_first(out)?])
     }
 
     fn output_schema_for_out(&self) -> SchemaRef {
-        if self.weighted_out {
-            self.output_schema.clone()
-        } else {
-            self.joined_schema.clone()
-        }
+        if self.weighted_out { self.output_schema.clone() } else { self.joined_schema.clone() }
     }
 
     /// Attaches weights (changelog output) or checks there are none to attach (append-only).
@@ -690,12 +746,16 @@ impl HashJoin {
         self.sides[s].maybe_compact();
         Ok(out)
     }
-
 }
 
 /// Join keys of `batch` in row format (cast to the key types), and per row whether no key is NULL
 /// (a NULL key matches nothing).
-pub(crate) fn encode_keys(conv: &RowConverter, exprs: &[Arc<dyn PhysicalExpr>], types: &[DataType], batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+pub(crate) fn encode_keys(
+    conv: &RowConverter,
+    exprs: &[Arc<dyn PhysicalExpr>],
+    types: &[DataType],
+    batch: &RecordBatch,
+) -> Result<(Rows, Vec<bool>)> {
     let n = batch.num_rows();
     let mut arrays = Vec::with_capacity(types.len());
     for (e, t) in exprs.iter().zip(types) {
@@ -715,7 +775,8 @@ pub(crate) fn encode_keys(conv: &RowConverter, exprs: &[Arc<dyn PhysicalExpr>], 
 
 /// A side's columns plus `__matched` (the weight of the other side's rows it matched).
 fn snapshot_schema(side: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<datafusion::arrow::datatypes::Field> = side.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+        side.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(datafusion::arrow::datatypes::Field::new("__matched", DataType::Int64, false));
     Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
 }
@@ -750,7 +811,6 @@ impl HashJoin {
             if self.weighted_out { " → changelog" } else { "" }
         )
     }
-
 }
 
 impl Operator for HashJoin {
@@ -786,7 +846,9 @@ impl Operator for HashJoin {
                 }
                 let b = take_batch(&c.batch, &UInt32Array::from(live.clone()))?;
                 let mut cols = b.columns().to_vec();
-                cols.push(Arc::new(Int64Array::from_iter_values(live.iter().map(|&i| c.matched.get(i as usize).copied().unwrap_or(0)))));
+                cols.push(Arc::new(Int64Array::from_iter_values(
+                    live.iter().map(|&i| c.matched.get(i as usize).copied().unwrap_or(0)),
+                )));
                 parts.push(RecordBatch::try_new(schema.clone(), cols)?);
             }
             out.push(datafusion::arrow::compute::concat_batches(&schema, &parts)?);
@@ -822,7 +884,8 @@ impl Operator for HashJoin {
             let logical = b.project(&(0..nlog).collect::<Vec<_>>())?;
             let logical = RecordBatch::try_new(self.sides[s].spec.schema.clone(), logical.columns().to_vec())?;
             let (keys, _) = self.key_rows(s, &logical)?;
-            let expiry_max = self.expiry_of(s, &logical)?.map(|e| e.into_iter().max().unwrap_or(i64::MIN)).unwrap_or(i64::MAX);
+            let expiry_max =
+                self.expiry_of(s, &logical)?.map(|e| e.into_iter().max().unwrap_or(i64::MIN)).unwrap_or(i64::MAX);
             let rows = match &self.sides[s].row_conv {
                 Some(conv) => Some(conv.convert_columns(logical.columns())?),
                 None => None,

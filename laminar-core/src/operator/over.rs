@@ -13,17 +13,17 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
 use datafusion::arrow::compute::SortOptions;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
-use datafusion::physical_expr::PhysicalExpr;
-use hashbrown::HashMap;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashMap;
 
-use super::window::{event_times, TimeScale};
+use super::window::{TimeScale, event_times};
 use super::{OpCtx, Operator};
 use crate::error::{Error, Result};
 
@@ -68,9 +68,24 @@ pub(crate) struct OverWindow {
 }
 
 impl OverWindow {
-    pub(crate) fn new(exprs: Vec<Expr>, input_schema: SchemaRef, output_schema: SchemaRef, end_col: usize) -> OverWindow {
+    pub(crate) fn new(
+        exprs: Vec<Expr>,
+        input_schema: SchemaRef,
+        output_schema: SchemaRef,
+        end_col: usize,
+    ) -> OverWindow {
         let text = exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
-        OverWindow { exprs, input_schema, output_schema, end_col, pending: vec![], bytes: 0, text, rank: None, top: None }
+        OverWindow {
+            exprs,
+            input_schema,
+            output_schema,
+            end_col,
+            pending: vec![],
+            bytes: 0,
+            text,
+            rank: None,
+            top: None,
+        }
     }
 
     pub(crate) fn with_rank(mut self, spec: RankSpec) -> OverWindow {
@@ -90,12 +105,20 @@ impl OverWindow {
         let parts = if spec.partition.is_empty() {
             top.part_conv.convert_columns(&[Arc::new(BooleanArray::from(vec![true; n_rows])) as ArrayRef])?
         } else {
-            top.part_conv.convert_columns(&spec.partition.iter().zip(&spec.partition_types).map(|(e, t)| eval(e, t)).collect::<Result<Vec<_>>>()?)?
+            top.part_conv.convert_columns(
+                &spec
+                    .partition
+                    .iter()
+                    .zip(&spec.partition_types)
+                    .map(|(e, t)| eval(e, t))
+                    .collect::<Result<Vec<_>>>()?,
+            )?
         };
         let orders = if spec.order.is_empty() {
             top.order_conv.convert_columns(&[Arc::new(BooleanArray::from(vec![true; n_rows])) as ArrayRef])?
         } else {
-            top.order_conv.convert_columns(&spec.order.iter().map(|(e, t, _)| eval(e, t)).collect::<Result<Vec<_>>>()?)?
+            top.order_conv
+                .convert_columns(&spec.order.iter().map(|(e, t, _)| eval(e, t)).collect::<Result<Vec<_>>>()?)?
         };
         let rows = top.row_conv.convert_columns(batch.columns())?;
         let (ends, _) = event_times(batch.column(self.end_col), TimeScale::Micros)?;
@@ -178,7 +201,13 @@ impl OverWindow {
                     .columns()
                     .iter()
                     .zip(self.output_schema.fields())
-                    .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { datafusion::arrow::compute::cast(c, f.data_type()) })
+                    .map(|(c, f)| {
+                        if c.data_type() == f.data_type() {
+                            Ok(c.clone())
+                        } else {
+                            datafusion::arrow::compute::cast(c, f.data_type())
+                        }
+                    })
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 Ok(RecordBatch::try_new(self.output_schema.clone(), cols)?)
             })
@@ -205,7 +234,9 @@ impl Operator for OverWindow {
             return false;
         }
         let spec = self.rank.as_ref().expect("checked");
-        let conv = |types: Vec<SortField>| RowConverter::new(if types.is_empty() { vec![SortField::new(DataType::Boolean)] } else { types });
+        let conv = |types: Vec<SortField>| {
+            RowConverter::new(if types.is_empty() { vec![SortField::new(DataType::Boolean)] } else { types })
+        };
         let (Ok(part_conv), Ok(order_conv), Ok(row_conv)) = (
             conv(spec.partition_types.iter().map(|t| SortField::new(t.clone())).collect()),
             conv(spec.order.iter().map(|(_, t, o)| SortField::new_with_options(t.clone(), *o)).collect()),
@@ -278,7 +309,8 @@ impl Operator for OverWindow {
     /// The rows held for windows not yet closed (for a top-N: its candidates, in arrival order).
     fn snapshot(&mut self) -> Result<Vec<RecordBatch>> {
         if let Some(top) = &self.top {
-            let mut rows: Vec<(u64, &OwnedRow)> = top.parts.values().flat_map(|(_, m)| m.iter().map(|(k, r)| (k.1, r))).collect();
+            let mut rows: Vec<(u64, &OwnedRow)> =
+                top.parts.values().flat_map(|(_, m)| m.iter().map(|(k, r)| (k.1, r))).collect();
             rows.sort_by_key(|(q, _)| *q);
             if rows.is_empty() {
                 return Ok(vec![]);
@@ -360,8 +392,10 @@ impl StreamOver {
         } else {
             partition_types.iter().cloned().map(SortField::new).collect()
         })?;
-        let row_conv = RowConverter::new(input_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
-        let mut fields: Vec<datafusion::arrow::datatypes::Field> = input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let row_conv =
+            RowConverter::new(input_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+        let mut fields: Vec<datafusion::arrow::datatypes::Field> =
+            input_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(datafusion::arrow::datatypes::Field::new("__laminar_new", DataType::Boolean, false));
         let marked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         Ok(StreamOver {
@@ -391,7 +425,11 @@ impl StreamOver {
         if self.partition.is_empty() {
             return Ok(self.part_conv.convert_columns(&[Arc::new(BooleanArray::from(vec![true; n])) as ArrayRef])?);
         }
-        let cols = self.partition.iter().map(|e| e.evaluate(b).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let cols = self
+            .partition
+            .iter()
+            .map(|e| e.evaluate(b).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let cols = cols
             .into_iter()
             .zip(self.partition_types.iter().cloned())
@@ -399,7 +437,6 @@ impl StreamOver {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(self.part_conv.convert_columns(&cols)?)
     }
-
 }
 
 impl Operator for StreamOver {
@@ -414,10 +451,18 @@ impl Operator for StreamOver {
         if batch.num_rows() == 0 {
             return Ok(vec![]);
         }
-        let batch = RecordBatch::try_new(self.input_schema.clone(), batch.columns().to_vec()).map_err(|e| Error::internal(format!("OVER input: {e}")))?;
+        let batch = RecordBatch::try_new(self.input_schema.clone(), batch.columns().to_vec())
+            .map_err(|e| Error::internal(format!("OVER input: {e}")))?;
         // Rows behind the watermark would be out of order: late.
         let (t, nulls) = event_times(batch.column(self.time_col), self.scale)?;
-        let keep: Vec<bool> = t.iter().enumerate().map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && (ctx.watermark == super::NO_WATERMARK || v >= ctx.watermark)).collect();
+        let keep: Vec<bool> = t
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                nulls.as_ref().is_none_or(|nb| nb.is_valid(i))
+                    && (ctx.watermark == super::NO_WATERMARK || v >= ctx.watermark)
+            })
+            .collect();
         let late = keep.iter().filter(|k| !**k).count();
         let batch = if late > 0 {
             ctx.late.rows += late as u64;
@@ -448,7 +493,13 @@ impl Operator for StreamOver {
         self.pending = keep;
         if !self.held.is_empty() {
             let held = std::mem::take(&mut self.held);
-            ready.insert(0, RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(held.iter().map(|r| r.row()))?)?);
+            ready.insert(
+                0,
+                RecordBatch::try_new(
+                    self.input_schema.clone(),
+                    self.row_conv.convert_rows(held.iter().map(|r| r.row()))?,
+                )?,
+            );
         }
         if ready.is_empty() {
             self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum();
@@ -475,7 +526,8 @@ impl Operator for StreamOver {
             RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(hist.iter().map(|r| r.row()))?)?
         };
         let all = concat_batches(&self.input_schema, &[hist_batch.clone(), new_rows.clone()])?;
-        let mark: ArrayRef = Arc::new(BooleanArray::from((0..all.num_rows()).map(|i| i >= hist_batch.num_rows()).collect::<Vec<_>>()));
+        let mark: ArrayRef =
+            Arc::new(BooleanArray::from((0..all.num_rows()).map(|i| i >= hist_batch.num_rows()).collect::<Vec<_>>()));
         let mut cols = all.columns().to_vec();
         cols.push(mark);
         let out = run_window(&self.exprs, RecordBatch::try_new(self.marked_schema.clone(), cols)?)?;
@@ -484,7 +536,12 @@ impl Operator for StreamOver {
         let out: Vec<RecordBatch> = out.into_iter().filter(|b| b.num_rows() > 0).collect();
         let out = if out.is_empty() { vec![] } else { vec![concat_batches(&out[0].schema(), &out)?] };
         for b in out {
-            let is_new = b.column(nin).as_any().downcast_ref::<BooleanArray>().ok_or_else(|| Error::internal("OVER marker"))?.clone();
+            let is_new = b
+                .column(nin)
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| Error::internal("OVER marker"))?
+                .clone();
             let b = filter_record_batch(&b, &is_new)?;
             if b.num_rows() == 0 {
                 continue;
@@ -526,15 +583,25 @@ impl Operator for StreamOver {
             let keys = self.part_keys(&input_part)?;
             for &c in &self.row_number_cols {
                 let rn = datafusion::arrow::compute::cast(&cols[c], &DataType::Int64)?;
-                let rn = rn.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().ok_or_else(|| Error::internal("ROW_NUMBER"))?;
-                let fixed: datafusion::arrow::array::Int64Array =
-                    (0..rn.len()).map(|i| rn.value(i) + offset.get(&keys.row(i).owned()).copied().unwrap_or(0)).collect();
+                let rn = rn
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .ok_or_else(|| Error::internal("ROW_NUMBER"))?;
+                let fixed: datafusion::arrow::array::Int64Array = (0..rn.len())
+                    .map(|i| rn.value(i) + offset.get(&keys.row(i).owned()).copied().unwrap_or(0))
+                    .collect();
                 cols[c] = datafusion::arrow::compute::cast(&fixed, self.output_schema.field(c).data_type())?;
             }
             let cols = cols
                 .into_iter()
                 .zip(self.output_schema.fields())
-                .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { datafusion::arrow::compute::cast(&c, f.data_type()) })
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c)
+                    } else {
+                        datafusion::arrow::compute::cast(&c, f.data_type())
+                    }
+                })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let outb = RecordBatch::try_new(self.output_schema.clone(), cols)?;
             // History: the new rows in output order (sorted by partition and ORDER BY).
@@ -551,7 +618,8 @@ impl Operator for StreamOver {
             }
             result.push(outb);
         }
-        self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + self.parts.len() * (64 + 48 * self.history);
+        self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>()
+            + self.parts.len() * (64 + 48 * self.history);
         Ok(result)
     }
 
@@ -566,26 +634,44 @@ impl Operator for StreamOver {
         let held = if self.held.is_empty() {
             RecordBatch::new_empty(self.input_schema.clone())
         } else {
-            RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(self.held.iter().map(|r| r.row()))?)?
+            RecordBatch::try_new(
+                self.input_schema.clone(),
+                self.row_conv.convert_rows(self.held.iter().map(|r| r.row()))?,
+            )?
         };
         // Partitions: key bytes and count; history rows tagged with their partition's index.
         let parts: Vec<(&OwnedRow, &(std::collections::VecDeque<OwnedRow>, u64))> = self.parts.iter().collect();
         let counts = RecordBatch::try_from_iter(vec![
-            ("key", Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(parts.iter().map(|(k, _)| k.as_ref().to_vec()))) as ArrayRef),
-            ("count", Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(parts.iter().map(|(_, (_, c))| *c))) as ArrayRef),
+            (
+                "key",
+                Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(
+                    parts.iter().map(|(k, _)| k.as_ref().to_vec()),
+                )) as ArrayRef,
+            ),
+            (
+                "count",
+                Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(parts.iter().map(|(_, (_, c))| *c)))
+                    as ArrayRef,
+            ),
         ])?;
         let hist_rows: Vec<&OwnedRow> = parts.iter().flat_map(|(_, (h, _))| h.iter()).collect();
         let history = if hist_rows.is_empty() {
             RecordBatch::new_empty(self.input_schema.clone())
         } else {
-            RecordBatch::try_new(self.input_schema.clone(), self.row_conv.convert_rows(hist_rows.iter().map(|r| r.row()))?)?
+            RecordBatch::try_new(
+                self.input_schema.clone(),
+                self.row_conv.convert_rows(hist_rows.iter().map(|r| r.row()))?,
+            )?
         };
         Ok(vec![pending, held, counts, history])
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        let [pending, held, counts, history] = <[RecordBatch; 4]>::try_from(state).map_err(|_| Error::invalid_argument("an OVER snapshot has four batches"))?;
-        let bad = |e: datafusion::arrow::error::ArrowError| Error::invalid_argument(format!("the OVER snapshot was taken from a different plan: {e}"));
+        let [pending, held, counts, history] = <[RecordBatch; 4]>::try_from(state)
+            .map_err(|_| Error::invalid_argument("an OVER snapshot has four batches"))?;
+        let bad = |e: datafusion::arrow::error::ArrowError| {
+            Error::invalid_argument(format!("the OVER snapshot was taken from a different plan: {e}"))
+        };
         let pending = RecordBatch::try_new(self.input_schema.clone(), pending.columns().to_vec()).map_err(bad)?;
         let held = RecordBatch::try_new(self.input_schema.clone(), held.columns().to_vec()).map_err(bad)?;
         let history = RecordBatch::try_new(self.input_schema.clone(), history.columns().to_vec()).map_err(bad)?;
@@ -593,8 +679,16 @@ impl Operator for StreamOver {
         let held_rows = self.row_conv.convert_columns(held.columns())?;
         self.held = (0..held.num_rows()).map(|i| held_rows.row(i).owned()).collect();
         self.parts.clear();
-        let keys = counts.column(0).as_binary_opt::<i32>().ok_or_else(|| Error::invalid_argument("OVER snapshot: partition keys"))?.clone();
-        let cnt = counts.column(1).as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>().ok_or_else(|| Error::invalid_argument("OVER snapshot: counts"))?.clone();
+        let keys = counts
+            .column(0)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| Error::invalid_argument("OVER snapshot: partition keys"))?
+            .clone();
+        let cnt = counts
+            .column(1)
+            .as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>()
+            .ok_or_else(|| Error::invalid_argument("OVER snapshot: counts"))?
+            .clone();
         let parser = self.part_conv.parser();
         for i in 0..counts.num_rows() {
             self.parts.insert(parser.parse(keys.value(i)).owned(), (std::collections::VecDeque::new(), cnt.value(i)));
@@ -607,7 +701,8 @@ impl Operator for StreamOver {
                 h.push_back(hr.row(i).owned());
             }
         }
-        self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + self.parts.len() * (64 + 48 * self.history);
+        self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>()
+            + self.parts.len() * (64 + 48 * self.history);
         Ok(())
     }
 }

@@ -76,7 +76,12 @@ pub(crate) struct RetractAggregate {
 }
 
 impl RetractAggregate {
-    pub(crate) fn try_new(keys: Vec<Arc<dyn PhysicalExpr>>, key_types: Vec<DataType>, aggs: Vec<RAgg>, output_schema: SchemaRef) -> Result<Self> {
+    pub(crate) fn try_new(
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        key_types: Vec<DataType>,
+        aggs: Vec<RAgg>,
+        output_schema: SchemaRef,
+    ) -> Result<Self> {
         // With no GROUP BY every row goes to one group, keyed by a constant.
         let conv_types = if key_types.is_empty() { vec![DataType::Boolean] } else { key_types };
         let key_conv = RowConverter::new(conv_types.iter().map(|t| SortField::new(t.clone())).collect())?;
@@ -87,7 +92,17 @@ impl RetractAggregate {
                 _ => Ok(None),
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(RetractAggregate { keys, key_conv, aggs, val_conv, groups: vec![], index: HashMap::new(), free: vec![], output_schema, bytes: 0 })
+        Ok(RetractAggregate {
+            keys,
+            key_conv,
+            aggs,
+            val_conv,
+            groups: vec![],
+            index: HashMap::new(),
+            free: vec![],
+            output_schema,
+            bytes: 0,
+        })
     }
 
     fn new_accs(&self) -> Vec<AccState> {
@@ -109,7 +124,8 @@ impl RetractAggregate {
                 if *n == 0 {
                     ScalarValue::try_from(&a.out_type)?
                 } else if a.integral() {
-                    let v = i64::try_from(*si).map_err(|_| Error::new(crate::error::ErrorKind::InvalidData, "SUM overflows BIGINT"))?;
+                    let v = i64::try_from(*si)
+                        .map_err(|_| Error::new(crate::error::ErrorKind::InvalidData, "SUM overflows BIGINT"))?;
                     ScalarValue::Int64(Some(v)).cast_to(&a.out_type)?
                 } else {
                     ScalarValue::Float64(Some(*sf)).cast_to(&a.out_type)?
@@ -143,7 +159,11 @@ impl RetractAggregate {
 impl Operator for RetractAggregate {
     fn explain(&self) -> String {
         let names: Vec<String> = self.aggs.iter().map(|a| format!("{:?}", a.fun).to_uppercase()).collect();
-        format!("RetractingAggregate: {} keys, [{}] (over a changelog; MIN/MAX keep every value) → changelog", self.keys.len(), names.join(", "))
+        format!(
+            "RetractingAggregate: {} keys, [{}] (over a changelog; MIN/MAX keep every value) → changelog",
+            self.keys.len(),
+            names.join(", ")
+        )
     }
 
     fn process_batch(&mut self, batch: RecordBatch, _ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
@@ -151,9 +171,14 @@ impl Operator for RetractAggregate {
         let ncols = batch.num_columns();
         let weights = batch.column(ncols - 1).as_primitive::<Int64Type>().clone();
         let logical = batch.project(&(0..ncols - 1).collect::<Vec<_>>())?;
-        let key_arrays = self.keys.iter().map(|e| e.evaluate(&logical).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<Vec<_>>>()?;
+        let key_arrays = self
+            .keys
+            .iter()
+            .map(|e| e.evaluate(&logical).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let key_rows = if key_arrays.is_empty() {
-            self.key_conv.convert_columns(&[Arc::new(datafusion::arrow::array::BooleanArray::from(vec![true; n])) as ArrayRef])?
+            self.key_conv
+                .convert_columns(&[Arc::new(datafusion::arrow::array::BooleanArray::from(vec![true; n])) as ArrayRef])?
         } else {
             self.key_conv.convert_columns(&key_arrays)?
         };
@@ -175,7 +200,9 @@ impl Operator for RetractAggregate {
             masks.push(match &a.filter {
                 Some(f) => {
                     let m = f.evaluate(&logical)?.into_array(n)?;
-                    Some(crate::util::null_as_false(m.as_boolean_opt().ok_or_else(|| Error::plan("FILTER is not BOOLEAN"))?))
+                    Some(crate::util::null_as_false(
+                        m.as_boolean_opt().ok_or_else(|| Error::plan("FILTER is not BOOLEAN"))?,
+                    ))
                 }
                 None => None,
             });
@@ -190,8 +217,12 @@ impl Operator for RetractAggregate {
                     if w < 0 {
                         return Err(Error::internal("a retraction reached an aggregate group that has no rows"));
                     }
-                    let key_vals = key_arrays.iter().map(|a| ScalarValue::try_from_array(a, r)).collect::<datafusion::error::Result<Vec<_>>>()?;
-                    let grp = Group { key: key_vals, key_row: key.owned(), rows: 0, accs: self.new_accs(), emitted: None };
+                    let key_vals = key_arrays
+                        .iter()
+                        .map(|a| ScalarValue::try_from_array(a, r))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    let grp =
+                        Group { key: key_vals, key_row: key.owned(), rows: 0, accs: self.new_accs(), emitted: None };
                     let g = match self.free.pop() {
                         Some(g) => {
                             self.groups[g] = grp;
@@ -332,7 +363,10 @@ impl Operator for RetractAggregate {
             })
             .collect();
         let batch = RecordBatch::try_from_iter(vec![
-            ("key", Arc::new(BinaryArray::from_iter_values(live.iter().map(|g| g.key_row.as_ref().to_vec()))) as ArrayRef),
+            (
+                "key",
+                Arc::new(BinaryArray::from_iter_values(live.iter().map(|g| g.key_row.as_ref().to_vec()))) as ArrayRef,
+            ),
             ("rows", Arc::new(Int64Array::from_iter_values(live.iter().map(|g| g.rows))) as ArrayRef),
             ("emitted", Arc::new(BinaryArray::from_iter(emitted)) as ArrayRef),
             ("accs", Arc::new(BinaryArray::from_iter_values(accs)) as ArrayRef),
@@ -341,7 +375,9 @@ impl Operator for RetractAggregate {
     }
 
     fn restore(&mut self, state: Vec<RecordBatch>) -> Result<()> {
-        let [b] = state.as_slice() else { return Err(Error::invalid_argument("a retracting aggregate's snapshot is one batch")) };
+        let [b] = state.as_slice() else {
+            return Err(Error::invalid_argument("a retracting aggregate's snapshot is one batch"));
+        };
         let bad = || Error::invalid_argument("the aggregate snapshot was taken from a different plan");
         let col = |name: &str| b.column_by_name(name).ok_or_else(bad);
         let keys = col("key")?.as_binary_opt::<i32>().ok_or_else(bad)?.clone();
@@ -361,13 +397,21 @@ impl Operator for RetractAggregate {
                 vec![]
             } else {
                 let arrays = self.key_conv.convert_rows([key_row.row()])?;
-                arrays.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect::<datafusion::error::Result<Vec<_>>>()?
+                arrays
+                    .iter()
+                    .map(|a| ScalarValue::try_from_array(a, 0))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?
             };
             let emitted = if emitted.is_null(i) {
                 None
             } else {
                 let arrays = out_conv.convert_rows([out_parser.parse(emitted.value(i))])?;
-                Some(arrays.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect::<datafusion::error::Result<Vec<_>>>()?)
+                Some(
+                    arrays
+                        .iter()
+                        .map(|a| ScalarValue::try_from_array(a, 0))
+                        .collect::<datafusion::error::Result<Vec<_>>>()?,
+                )
             };
             let mut buf = accs.value(i);
             let mut take = |n: usize| -> Result<&[u8]> {

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    new_empty_array, Array, ArrayRef, AsArray, BooleanArray, Int64Array, TimestampMicrosecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, TimestampMicrosecondArray, UInt32Array, new_empty_array,
 };
 use datafusion::arrow::compute::{concat_batches, filter, take};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
@@ -30,7 +30,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::aggregate::{AggSpec, GroupCol};
-use super::{OpCtx, Operator, NO_WATERMARK};
+use super::{NO_WATERMARK, OpCtx, Operator};
 use crate::error::{Error, Result};
 use crate::sql::EmitMode;
 
@@ -127,14 +127,20 @@ impl SessionAggregate {
         for gc in &self.layout {
             cols.push(match gc {
                 GroupCol::Key(i) => key_cols[*i].clone(),
-                GroupCol::WindowStart => Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1))),
+                GroupCol::WindowStart => {
+                    Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.1)))
+                }
                 GroupCol::WindowEnd => Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2))),
             });
         }
         for i in 0..self.aggs.len() {
             let field = self.output_schema.field(self.layout.len() + i);
             let arr = ScalarValue::iter_to_array(rows.iter().map(|r| r.3[i].clone()))?;
-            cols.push(if arr.data_type() == field.data_type() { arr } else { datafusion::arrow::compute::cast(&arr, field.data_type())? });
+            cols.push(if arr.data_type() == field.data_type() {
+                arr
+            } else {
+                datafusion::arrow::compute::cast(&arr, field.data_type())?
+            });
         }
         if self.changelog() {
             cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.4))));
@@ -204,12 +210,20 @@ impl Operator for SessionAggregate {
             return Ok(vec![]);
         }
         self.watermark = ctx.watermark;
-        let keys: Vec<ArrayRef> = self.key_exprs.iter().map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<_>>()?;
+        let keys: Vec<ArrayRef> = self
+            .key_exprs
+            .iter()
+            .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+            .collect::<datafusion::error::Result<_>>()?;
         let key_rows = if keys.is_empty() { None } else { Some(self.key_conv.convert_columns(&keys)?) };
         let ts = super::window::ts_values(batch.column(self.time_col)).to_vec();
         let mut args = vec![];
         for a in &self.aggs {
-            let mut vals = a.args.iter().map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n))).collect::<datafusion::error::Result<Vec<_>>>()?;
+            let mut vals = a
+                .args
+                .iter()
+                .map(|e| e.evaluate(&batch).and_then(|v| v.into_array(n)))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
             if let Some(f) = &a.filter {
                 // Rows failing FILTER are kept out of this aggregate only: null them out by
                 // filtering per run below; here we just remember the mask.
@@ -231,7 +245,9 @@ impl Operator for SessionAggregate {
             rows.sort_by_key(|&r| ts[r as usize]);
             let first_row = rows[0];
             let aggs = &self.aggs;
-            let new_accs = || -> Result<Vec<Box<dyn Accumulator>>> { aggs.iter().map(|a| Ok(a.expr.create_accumulator()?)).collect() };
+            let new_accs = || -> Result<Vec<Box<dyn Accumulator>>> {
+                aggs.iter().map(|a| Ok(a.expr.create_accumulator()?)).collect()
+            };
             let ks = self.keys.entry(k).or_insert_with(|| KeyState {
                 key: key_rows.as_ref().map(|kr| kr.row(first_row as usize).owned()),
                 ..Default::default()
@@ -290,7 +306,11 @@ impl Operator for SessionAggregate {
                         let mut base = merged.remove(0);
                         for mut other in merged {
                             for (acc, oacc) in base.accs.iter_mut().zip(other.accs.iter_mut()) {
-                                let st: Vec<ArrayRef> = oacc.state()?.into_iter().map(|s| s.to_array()).collect::<datafusion::error::Result<_>>()?;
+                                let st: Vec<ArrayRef> = oacc
+                                    .state()?
+                                    .into_iter()
+                                    .map(|s| s.to_array())
+                                    .collect::<datafusion::error::Result<_>>()?;
                                 acc.merge_batch(&st)?;
                             }
                             base.retract.append(&mut other.retract);
@@ -324,7 +344,8 @@ impl Operator for SessionAggregate {
             ctx.late.rows += late_rows.len() as u64;
             ctx.late.pairs += late_rows.len() as u64;
             let idx = UInt32Array::from(late_rows);
-            let cols = batch.columns().iter().map(|c| take(c, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
+            let cols =
+                batch.columns().iter().map(|c| take(c, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
             ctx.late.batches.push(RecordBatch::try_new(batch.schema(), cols)?);
         }
         let mut out = vec![];
@@ -420,14 +441,21 @@ impl Operator for SessionAggregate {
                     *acc = fresh;
                     for v in st {
                         let Some(column) = states.get_mut(col) else {
-                            return Err(Error::internal(format!("the accumulator of {} reports more state than its {} declared fields", spec.expr.name(), state_fields.len())));
+                            return Err(Error::internal(format!(
+                                "the accumulator of {} reports more state than its {} declared fields",
+                                spec.expr.name(),
+                                state_fields.len()
+                            )));
                         };
                         column.push(v);
                         col += 1;
                     }
                 }
                 if col != state_fields.len() {
-                    return Err(Error::internal(format!("the session accumulators report {col} state values, their aggregates declare {}", state_fields.len())));
+                    return Err(Error::internal(format!(
+                        "the session accumulators report {col} state values, their aggregates declare {}",
+                        state_fields.len()
+                    )));
                 }
                 let emitted = s.emitted.iter().map(|e| (false, e)).chain(s.retract.iter().map(|e| (true, e)));
                 for (retract, (a, b, vals)) in emitted {
@@ -451,18 +479,22 @@ impl Operator for SessionAggregate {
                 return Ok(vec![]);
             }
             let cols = self.key_conv.convert_rows(rows.iter().map(|r| r.row()))?;
-            Ok(cols.into_iter().enumerate().map(|(i, c)| (Field::new(format!("__key{i}"), c.data_type().clone(), true), c)).collect())
+            Ok(cols
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (Field::new(format!("__key{i}"), c.data_type().clone(), true), c))
+                .collect())
         };
         // Scalars of one column as an array; `empty`: its type when there are none.
         let array = |values: Vec<ScalarValue>, empty: &DataType| -> Result<ArrayRef> {
-            if values.is_empty() {
-                Ok(new_empty_array(empty))
-            } else {
-                Ok(ScalarValue::iter_to_array(values)?)
-            }
+            if values.is_empty() { Ok(new_empty_array(empty)) } else { Ok(ScalarValue::iter_to_array(values)?) }
         };
-        let int64 = |name: &str, v: Vec<i64>| (Field::new(name, DataType::Int64, false), Arc::new(Int64Array::from(v)) as ArrayRef);
-        let boolean = |name: &str, v: Vec<bool>| (Field::new(name, DataType::Boolean, false), Arc::new(BooleanArray::from(v)) as ArrayRef);
+        let int64 = |name: &str, v: Vec<i64>| {
+            (Field::new(name, DataType::Int64, false), Arc::new(Int64Array::from(v)) as ArrayRef)
+        };
+        let boolean = |name: &str, v: Vec<bool>| {
+            (Field::new(name, DataType::Boolean, false), Arc::new(BooleanArray::from(v)) as ArrayRef)
+        };
 
         let meta = batch(vec![int64("__watermark", vec![self.watermark])])?;
 
@@ -474,7 +506,12 @@ impl Operator for SessionAggregate {
         }
         let sessions = batch(cols)?;
 
-        let mut cols = vec![int64("__session", e_session), boolean("__retract", e_retract), int64("__start", e_start), int64("__end", e_end)];
+        let mut cols = vec![
+            int64("__session", e_session),
+            boolean("__retract", e_retract),
+            int64("__start", e_start),
+            int64("__end", e_end),
+        ];
         for (i, values) in e_values.into_iter().enumerate() {
             let a = array(values, self.output_schema.field(self.layout.len() + i).data_type())?;
             cols.push((Field::new(format!("__value{i}"), a.data_type().clone(), true), a));
@@ -493,8 +530,8 @@ impl Operator for SessionAggregate {
             self.watermark = NO_WATERMARK;
             return Ok(());
         }
-        let [meta, sessions, emitted, closed] =
-            <[RecordBatch; 4]>::try_from(state).map_err(|s| different_plan(&format!("{} batches, not the four of a SESSION window", s.len())))?;
+        let [meta, sessions, emitted, closed] = <[RecordBatch; 4]>::try_from(state)
+            .map_err(|s| different_plan(&format!("{} batches, not the four of a SESSION window", s.len())))?;
         let wm = int64s(&meta, "__watermark")?;
         if wm.len() != 1 {
             return Err(different_plan("the watermark is not one row"));
@@ -514,8 +551,11 @@ impl Operator for SessionAggregate {
 
         // Open sessions, in the order of batch 1.
         let (starts, ends) = (int64s(&sessions, "__start")?, int64s(&sessions, "__end")?);
-        let dirty = column(&sessions, "__dirty")?.as_boolean_opt().ok_or_else(|| different_plan("__dirty is not Boolean"))?;
-        let state_cols = (0..widths.iter().sum::<usize>()).map(|j| column(&sessions, &format!("__state{j}")).cloned()).collect::<Result<Vec<_>>>()?;
+        let dirty =
+            column(&sessions, "__dirty")?.as_boolean_opt().ok_or_else(|| different_plan("__dirty is not Boolean"))?;
+        let state_cols = (0..widths.iter().sum::<usize>())
+            .map(|j| column(&sessions, &format!("__state{j}")).cloned())
+            .collect::<Result<Vec<_>>>()?;
         let mut restored: Vec<(Vec<u8>, Option<OwnedRow>, Session)> = vec![];
         for (r, (map_key, key)) in keys_of(&sessions)?.into_iter().enumerate() {
             let mut accs = Vec::with_capacity(self.aggs.len());
@@ -527,22 +567,41 @@ impl Operator for SessionAggregate {
                 acc.merge_batch(&st).map_err(|e| different_plan(&format!("the state of {}: {e}", spec.expr.name())))?;
                 accs.push(acc);
             }
-            let session = Session { start: starts.value(r), end: ends.value(r), accs, emitted: None, retract: vec![], dirty: dirty.value(r) };
+            let session = Session {
+                start: starts.value(r),
+                end: ends.value(r),
+                accs,
+                emitted: None,
+                retract: vec![],
+                dirty: dirty.value(r),
+            };
             restored.push((map_key, key, session));
         }
 
         // Rows already emitted, back to their sessions.
         let index = int64s(&emitted, "__session")?;
-        let retract = column(&emitted, "__retract")?.as_boolean_opt().ok_or_else(|| different_plan("__retract is not Boolean"))?;
+        let retract = column(&emitted, "__retract")?
+            .as_boolean_opt()
+            .ok_or_else(|| different_plan("__retract is not Boolean"))?;
         let (e_start, e_end) = (int64s(&emitted, "__start")?, int64s(&emitted, "__end")?);
-        let values = (0..self.aggs.len()).map(|i| column(&emitted, &format!("__value{i}")).cloned()).collect::<Result<Vec<_>>>()?;
+        let values = (0..self.aggs.len())
+            .map(|i| column(&emitted, &format!("__value{i}")).cloned())
+            .collect::<Result<Vec<_>>>()?;
         for r in 0..emitted.num_rows() {
-            let s = usize::try_from(index.value(r))
-                .ok()
-                .and_then(|i| restored.get_mut(i))
-                .map(|(_, _, s)| s)
-                .ok_or_else(|| different_plan(&format!("an emitted row refers to session {}, of {}", index.value(r), sessions.num_rows())))?;
-            let vals = values.iter().map(|c| ScalarValue::try_from_array(c, r)).collect::<datafusion::error::Result<Vec<_>>>()?;
+            let s =
+                usize::try_from(index.value(r)).ok().and_then(|i| restored.get_mut(i)).map(|(_, _, s)| s).ok_or_else(
+                    || {
+                        different_plan(&format!(
+                            "an emitted row refers to session {}, of {}",
+                            index.value(r),
+                            sessions.num_rows()
+                        ))
+                    },
+                )?;
+            let vals = values
+                .iter()
+                .map(|c| ScalarValue::try_from_array(c, r))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
             let row = (e_start.value(r), e_end.value(r), vals);
             if retract.value(r) {
                 s.retract.push(row);
@@ -557,7 +616,10 @@ impl Operator for SessionAggregate {
         }
         let (c_start, c_end) = (int64s(&closed, "__start")?, int64s(&closed, "__end")?);
         for (r, (map_key, key)) in keys_of(&closed)?.into_iter().enumerate() {
-            keys.entry(map_key).or_insert_with(|| KeyState { key, ..Default::default() }).closed.push((c_start.value(r), c_end.value(r)));
+            keys.entry(map_key)
+                .or_insert_with(|| KeyState { key, ..Default::default() })
+                .closed
+                .push((c_start.value(r), c_end.value(r)));
         }
         for ks in keys.values_mut() {
             ks.sessions.sort_by_key(|s| s.start);

@@ -36,9 +36,9 @@ impl Stateless {
             batch = match step {
                 Step::Filter(pred) => {
                     let v = pred.evaluate(&batch)?.into_array(batch.num_rows())?;
-                    let mask = v.as_boolean_opt().ok_or_else(|| {
-                        Error::plan(format!("filter predicate is {}, not BOOLEAN", v.data_type()))
-                    })?;
+                    let mask = v
+                        .as_boolean_opt()
+                        .ok_or_else(|| Error::plan(format!("filter predicate is {}, not BOOLEAN", v.data_type())))?;
                     // NULL counts as false, as in SQL.
                     let mask = crate::util::null_as_false(mask);
                     filter_record_batch(&batch, &mask)?
@@ -83,10 +83,9 @@ impl Operator for Stateless {
             .iter()
             .map(|s| match s {
                 Step::Filter(p) => format!("Filter: {p}"),
-                Step::Project(e, _) => format!(
-                    "Project: {}",
-                    e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
-                ),
+                Step::Project(e, _) => {
+                    format!("Project: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))
+                }
             })
             .collect();
         parts.join(" → ")

@@ -67,7 +67,11 @@ impl Operator for UnionAll {
         if self.weighted {
             cols.push(if in_weighted { batch.column(n).clone() } else { Arc::new(Int64Array::from_value(1, rows)) });
         }
-        let out = RecordBatch::try_new_with_options(self.schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(rows)))?;
+        let out = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
         Ok(vec![out])
     }
 }

@@ -16,7 +16,7 @@ use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{LateRows, OpCtx, Operator, NO_WATERMARK};
+use super::{LateRows, NO_WATERMARK, OpCtx, Operator};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,7 +67,9 @@ impl WindowKind {
             if n <= MAX_WINDOWS_PER_ROW {
                 Ok(())
             } else {
-                Err(Error::plan(format!("{what} puts every row in {n} windows; at most {MAX_WINDOWS_PER_ROW} are allowed")))
+                Err(Error::plan(format!(
+                    "{what} puts every row in {n} windows; at most {MAX_WINDOWS_PER_ROW} are allowed"
+                )))
             }
         };
         match *self {
@@ -191,7 +193,10 @@ impl TimeScale {
 }
 
 /// The event times of a column in µs; `None` entries are NULL.
-pub(crate) fn event_times(col: &ArrayRef, scale: TimeScale) -> Result<(Vec<i64>, Option<datafusion::arrow::buffer::NullBuffer>)> {
+pub(crate) fn event_times(
+    col: &ArrayRef,
+    scale: TimeScale,
+) -> Result<(Vec<i64>, Option<datafusion::arrow::buffer::NullBuffer>)> {
     let data = col.to_data();
     // All supported types are 64-bit integers underneath.
     let ints = datafusion::arrow::array::PrimitiveArray::<Int64Type>::from(
@@ -304,7 +309,14 @@ impl WindowAssign {
         self.build(batch, &idx, starts, ends, identity && idx.len() == n)
     }
 
-    fn build(&self, batch: &RecordBatch, idx: &[u32], starts: Vec<i64>, ends: Vec<i64>, identity: bool) -> Result<RecordBatch> {
+    fn build(
+        &self,
+        batch: &RecordBatch,
+        idx: &[u32],
+        starts: Vec<i64>,
+        ends: Vec<i64>,
+        identity: bool,
+    ) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = if identity {
             batch.columns().to_vec()
         } else {
@@ -381,7 +393,10 @@ mod tests {
         assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 0 }, 25), vec![(20, 30)]);
         assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 0 }, -1), vec![(-10, 0)]);
         assert_eq!(windows(WindowKind::Tumble { size: 10, offset: 3 }, 2), vec![(-7, 3)]);
-        assert_eq!(windows(WindowKind::Hop { slide: 2, size: 10 }, 5), vec![(-4, 6), (-2, 8), (0, 10), (2, 12), (4, 14)]);
+        assert_eq!(
+            windows(WindowKind::Hop { slide: 2, size: 10 }, 5),
+            vec![(-4, 6), (-2, 8), (0, 10), (2, 12), (4, 14)]
+        );
         assert_eq!(windows(WindowKind::Hop { slide: 3, size: 5 }, 6), vec![(3, 8), (6, 11)]);
         assert_eq!(windows(WindowKind::Cumulate { step: 2, max_size: 6 }, 3), vec![(0, 4), (0, 6)]);
         assert_eq!(windows(WindowKind::Cumulate { step: 2, max_size: 6 }, 6), vec![(6, 8), (6, 10), (6, 12)]);

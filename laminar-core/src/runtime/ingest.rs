@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::error::{clip, Error, Result};
+use crate::error::{Error, Result, clip};
 
 /// The earliest event time a source accepts: 0001-01-01T00:00:00 UTC, in µs since the epoch.
 pub const MIN_TIMESTAMP_US: i64 = -62_135_596_800_000_000;
@@ -89,10 +89,7 @@ pub(crate) fn conform(source: &str, schema: &SchemaRef, batch: &RecordBatch) -> 
             let hint = crate::error::nearest_name(f.name(), schema.fields().iter().map(|f| f.name().as_str()))
                 .map(|n| format!("; did you mean '{n}'?"))
                 .unwrap_or_default();
-            return Err(Error::invalid_data(format!(
-                "source '{source}' has no column '{}'{hint}",
-                f.name()
-            )));
+            return Err(Error::invalid_data(format!("source '{source}' has no column '{}'{hint}", f.name())));
         }
     }
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -107,12 +104,8 @@ pub(crate) fn conform(source: &str, schema: &SchemaRef, batch: &RecordBatch) -> 
         let col = batch.column(idx);
         let from = col.data_type();
         let to = field.data_type();
-        let mismatch = || {
-            Error::invalid_data(format!(
-                "source '{source}': column '{}' expects {to}, got {from}",
-                field.name()
-            ))
-        };
+        let mismatch =
+            || Error::invalid_data(format!("source '{source}': column '{}' expects {to}, got {from}", field.name()));
         let converted = if from == to {
             col.clone()
         } else if lossless(from, to) {
@@ -131,7 +124,11 @@ pub(crate) fn conform(source: &str, schema: &SchemaRef, batch: &RecordBatch) -> 
                 return Err(Error::invalid_data(format!(
                     "source '{source}': column '{}' expects {to}, got {from} with sub-{} precision at row {i}",
                     field.name(),
-                    match tu { TimeUnit::Microsecond => "microsecond", TimeUnit::Millisecond => "millisecond", _ => "second" }
+                    match tu {
+                        TimeUnit::Microsecond => "microsecond",
+                        TimeUnit::Millisecond => "millisecond",
+                        _ => "second",
+                    }
                 )));
             }
             cast(col, to)?
@@ -149,7 +146,10 @@ pub(crate) fn conform(source: &str, schema: &SchemaRef, batch: &RecordBatch) -> 
             let ts = converted.as_primitive::<datafusion::arrow::datatypes::TimestampMicrosecondType>();
             let (min, max) = (datafusion::arrow::compute::min(ts), datafusion::arrow::compute::max(ts));
             if min.is_some_and(|v| v < MIN_TIMESTAMP_US) || max.is_some_and(|v| v > MAX_TIMESTAMP_US) {
-                let row = ts.iter().position(|v| v.is_some_and(|v| !(MIN_TIMESTAMP_US..=MAX_TIMESTAMP_US).contains(&v))).unwrap_or(0);
+                let row = ts
+                    .iter()
+                    .position(|v| v.is_some_and(|v| !(MIN_TIMESTAMP_US..=MAX_TIMESTAMP_US).contains(&v)))
+                    .unwrap_or(0);
                 return Err(Error::invalid_data(format!(
                     "source '{}': column '{}' at row {row}: timestamp {} µs since the epoch is outside the supported range, years 1 to 9999",
                     clip(source),
@@ -200,10 +200,7 @@ mod tests {
     use datafusion::arrow::datatypes::{Field, Schema};
 
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Float64, true),
-        ]))
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false), Field::new("v", DataType::Float64, true)]))
     }
 
     #[test]

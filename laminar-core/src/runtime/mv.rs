@@ -13,22 +13,46 @@ use crate::error::Result;
 use crate::operator::StreamKind;
 
 pub(crate) enum MvStore {
-    Append { batches: Vec<RecordBatch> },
-    Changelog { schema: SchemaRef, conv: RowConverter, rows: HashMap<OwnedRow, i64> },
-    Upsert { schema: SchemaRef, key_idx: Vec<usize>, key_conv: RowConverter, conv: RowConverter, rows: HashMap<OwnedRow, OwnedRow> },
+    Append {
+        batches: Vec<RecordBatch>,
+    },
+    Changelog {
+        schema: SchemaRef,
+        conv: RowConverter,
+        rows: HashMap<OwnedRow, i64>,
+    },
+    Upsert {
+        schema: SchemaRef,
+        key_idx: Vec<usize>,
+        key_conv: RowConverter,
+        conv: RowConverter,
+        rows: HashMap<OwnedRow, OwnedRow>,
+    },
 }
 
 impl MvStore {
     /// `schema` is the logical schema (no `__weight`).
     pub(crate) fn new(schema: SchemaRef, kind: &StreamKind) -> Result<Self> {
-        let fields = |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect::<Vec<_>>();
+        let fields =
+            |s: &SchemaRef| s.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect::<Vec<_>>();
         Ok(match kind {
             StreamKind::AppendOnly => MvStore::Append { batches: vec![] },
-            StreamKind::Changelog => MvStore::Changelog { conv: RowConverter::new(fields(&schema))?, schema, rows: HashMap::new() },
+            StreamKind::Changelog => {
+                MvStore::Changelog { conv: RowConverter::new(fields(&schema))?, schema, rows: HashMap::new() }
+            }
             StreamKind::Upsert { key } => {
-                let key_idx: Vec<usize> = key.iter().map(|k| schema.index_of(k)).collect::<std::result::Result<_, _>>()?;
-                let key_conv = RowConverter::new(key_idx.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect())?;
-                MvStore::Upsert { conv: RowConverter::new(fields(&schema))?, key_idx, key_conv, schema, rows: HashMap::new() }
+                let key_idx: Vec<usize> =
+                    key.iter().map(|k| schema.index_of(k)).collect::<std::result::Result<_, _>>()?;
+                let key_conv = RowConverter::new(
+                    key_idx.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect(),
+                )?;
+                MvStore::Upsert {
+                    conv: RowConverter::new(fields(&schema))?,
+                    key_idx,
+                    key_conv,
+                    schema,
+                    rows: HashMap::new(),
+                }
             }
         })
     }
@@ -95,10 +119,19 @@ impl MvStore {
                     return Ok(vec![]);
                 }
                 let mut cols = conv.convert_rows(rows.keys().map(|r| r.row()))?;
-                cols.push(std::sync::Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(rows.values().copied())));
+                cols.push(std::sync::Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(
+                    rows.values().copied(),
+                )));
                 let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
-                fields.push(std::sync::Arc::new(datafusion::arrow::datatypes::Field::new(crate::operator::WEIGHT_COLUMN, datafusion::arrow::datatypes::DataType::Int64, false)));
-                Ok(vec![RecordBatch::try_new(std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields)), cols)?])
+                fields.push(std::sync::Arc::new(datafusion::arrow::datatypes::Field::new(
+                    crate::operator::WEIGHT_COLUMN,
+                    datafusion::arrow::datatypes::DataType::Int64,
+                    false,
+                )));
+                Ok(vec![RecordBatch::try_new(
+                    std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+                    cols,
+                )?])
             }
             _ => self.snapshot(),
         }

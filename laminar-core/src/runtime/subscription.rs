@@ -4,8 +4,8 @@
 //! full buffer ends that subscription with "lagged: N batches unread" on its next read; with
 //! `on_full = block` the pipeline waits for the reader.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -170,7 +170,6 @@ pub struct SubscribeOptions {
     pub resume_after_epoch: Option<u64>,
 }
 
-
 /// What a non-blocking or timed read found.
 #[derive(Debug)]
 pub enum Next {
@@ -193,7 +192,12 @@ pub struct Subscription {
     stream: String,
 }
 
-pub(crate) fn new_pair(stream: &str, schema: SchemaRef, capacity: usize, on_full: OnFull) -> (SubscriberSlot, Subscription) {
+pub(crate) fn new_pair(
+    stream: &str,
+    schema: SchemaRef,
+    capacity: usize,
+    on_full: OnFull,
+) -> (SubscriberSlot, Subscription) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let (cancel_tx, cancel_rx) = crossbeam_channel::bounded(1);
     let shared = Arc::new(SubShared {
@@ -227,7 +231,10 @@ impl Subscription {
         if n > 0 {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,
-                format!("subscription to '{}' lagged: {n} batches unread; it was ended so the pipeline could go on (read faster, raise buffer_size, or subscribe with on_full = block)", self.stream),
+                format!(
+                    "subscription to '{}' lagged: {n} batches unread; it was ended so the pipeline could go on (read faster, raise buffer_size, or subscribe with on_full = block)",
+                    self.stream
+                ),
             ));
         }
         Ok(())
@@ -461,7 +468,9 @@ impl PushSubscription {
     /// wait for itself, so it is refused with INVALID_STATE there.
     pub fn close(&self) -> Result<()> {
         if std::thread::current().id() == self.thread_id {
-            return Err(Error::invalid_state("a push subscription cannot be closed from inside its own callback; call cancel()"));
+            return Err(Error::invalid_state(
+                "a push subscription cannot be closed from inside its own callback; call cancel()",
+            ));
         }
         self.cancel();
         if let Some(h) = self.thread.lock().take() {

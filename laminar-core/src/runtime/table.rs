@@ -24,11 +24,20 @@ pub(crate) struct TableState {
 
 impl TableState {
     pub(crate) fn try_new(schema: SchemaRef, key_idx: Vec<usize>) -> Result<TableState> {
-        let key_conv = RowConverter::new(key_idx.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect())?;
-        let row_conv = RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
+        let key_conv =
+            RowConverter::new(key_idx.iter().map(|&i| SortField::new(schema.field(i).data_type().clone())).collect())?;
+        let row_conv =
+            RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?;
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.push(Field::new(WEIGHT_COLUMN, DataType::Int64, false));
-        Ok(TableState { changelog_schema: Arc::new(Schema::new(fields)), schema, key_idx, key_conv, row_conv, rows: HashMap::new() })
+        Ok(TableState {
+            changelog_schema: Arc::new(Schema::new(fields)),
+            schema,
+            key_idx,
+            key_conv,
+            row_conv,
+            rows: HashMap::new(),
+        })
     }
 
     pub(crate) fn key_names(&self) -> Vec<String> {

@@ -59,7 +59,11 @@ pub const KVT: &str = "CREATE SOURCE s (k BIGINT NOT NULL, v BIGINT, ts TIMESTAM
 pub fn difference(got: &[String], want: &[String]) -> String {
     let only_got: Vec<&String> = got.iter().filter(|r| !want.contains(r)).take(5).collect();
     let only_want: Vec<&String> = want.iter().filter(|r| !got.contains(r)).take(5).collect();
-    format!("{} rows vs {} expected; unexpected (first 5): {only_got:?}; missing (first 5): {only_want:?}", got.len(), want.len())
+    format!(
+        "{} rows vs {} expected; unexpected (first 5): {only_got:?}; missing (first 5): {only_want:?}",
+        got.len(),
+        want.len()
+    )
 }
 
 /// A fresh (removed if it exists) directory path for a test database, unique per process.
