@@ -19,8 +19,13 @@ if [ -n "$LAMINAR_FEATURES" ]; then features=(--features "laminar-core/$LAMINAR_
 step "system packages check (test of system-deps.sh)" scripts/test-system-deps.sh
 step "system packages (libclang)" scripts/system-deps.sh
 # The Python and Node addons are built below by maturin and by the Node package's build script.
+# Formatting and lints fail the run (rustfmt.toml, the workspace's clippy lints, gofmt; ruff after
+# the Python environment exists).
+step "Rust format (cargo fmt --check)" cargo fmt --all --check
+step "Go format (gofmt -l)" bash -c 'out=$(gofmt -l bindings/go); [ -z "$out" ] || { echo "not gofmt-formatted: $out"; exit 1; }'
 step "build (tests and examples)" cargo build --workspace --exclude laminardb-python --exclude laminardb-node --tests --examples "${features[@]}"
 # Every test runner has a per-test (or per-binary) time limit that fails with a stack dump.
+step "Rust lints (cargo clippy --all-targets -D warnings)" cargo clippy -q --workspace --all-targets "${features[@]}" -- -D warnings
 step "cargo test (each test binary limited, stacks dumped on a hang)" scripts/cargo-test.sh --workspace --exclude laminardb-python --exclude laminardb-node "${features[@]}"
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
   cargo run -q -p laminar-core "${features[@]}" --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
@@ -40,6 +45,7 @@ step "Go (vet, -race, -tags debug, examples, benchmark smoke)" make --no-print-d
 # target dir), the pytest suite, and the W1 benchmark at a tiny size.
 py="${CARGO_TARGET_DIR:-$PWD/target}/venv/bin/python"
 step "Python package (venv + maturin develop)" scripts/python-env.sh
+step "Python lint (ruff check)" "$(dirname "$py")/ruff" check bindings/python
 step "Python tests (pytest; 300 s per test, stacks dumped on a hang)" "$py" -m pytest -q --timeout=300 --timeout-method=thread bindings/python/tests
 step "Python W1 benchmark smoke run" "$py" bindings/python/benches/w1_bench.py --events 100000
 step "Node (npm install, node --test, example, benchmark smoke)" scripts/node-test.sh

@@ -593,7 +593,7 @@ fn run() -> BoxResult<()> {
     // Summary.
     println!("\n==================== W1 summary ====================");
     println!("build {profile}; cores {cores}; {} events; batches of {BATCH_ROWS}", args.events);
-    println!("{:<38} {:>14}  {}", "measure", "value", "check");
+    println!("{:<38} {:>14}  check", "measure", "value");
     println!("{:-<38} {:->14}  {:-<8}", "", "", "");
     println!(
         "{:<38} {:>14}  {}",

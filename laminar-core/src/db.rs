@@ -437,11 +437,11 @@ impl Database {
             .map_err(|e| Error::internal(format!("cannot start the pipeline thread: {e}")))?;
         *inner.driver.lock() = Some(handle);
         let db = Database { inner };
-        if db.inner.durable.is_some() {
-            if let Err(e) = db.recover() {
-                db.close_without_checkpoint();
-                return Err(e.context(format!("recovering '{}'", dir.unwrap_or_default())));
-            }
+        if db.inner.durable.is_some()
+            && let Err(e) = db.recover()
+        {
+            db.close_without_checkpoint();
+            return Err(e.context(format!("recovering '{}'", dir.unwrap_or_default())));
         }
         Ok(db)
     }
@@ -689,10 +689,11 @@ impl Database {
     /// A durable database takes a last checkpoint first (so reopening replays nothing); if that
     /// fails, the log still holds every acknowledged change.
     pub fn close(&self) {
-        if self.inner.durable.is_some() && !self.is_closed() {
-            if let Err(e) = self.checkpoint() {
-                log::warn!(target: "laminardb", "the checkpoint at close failed ({e}); the next open replays the log instead");
-            }
+        if self.inner.durable.is_some()
+            && !self.is_closed()
+            && let Err(e) = self.checkpoint()
+        {
+            log::warn!(target: "laminardb", "the checkpoint at close failed ({e}); the next open replays the log instead");
         }
         self.close_without_checkpoint();
     }
@@ -710,10 +711,10 @@ impl Database {
             return;
         }
         let _ = self.inner.tx.send(Event::Shutdown);
-        if let Some(h) = self.inner.driver.lock().take() {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+        if let Some(h) = self.inner.driver.lock().take()
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
         }
         let mut eng = self.inner.engine.lock();
         for s in eng.streams.values_mut() {
@@ -1169,14 +1170,10 @@ impl Database {
                     .unwrap_or_default();
                 return Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")));
             };
-            if let Some(k) = kind {
-                if k != actual {
-                    return Err(Error::invalid_argument(format!(
-                        "'{name}' is a {}, not a {}",
-                        actual.noun(),
-                        k.noun()
-                    )));
-                }
+            if let Some(k) = kind
+                && k != actual
+            {
+                return Err(Error::invalid_argument(format!("'{name}' is a {}, not a {}", actual.noun(), k.noun())));
             }
             // Dependents, transitively.
             let mut doomed = vec![name.clone()];
@@ -2140,10 +2137,10 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
         s.emitted_this_epoch = false;
     }
     d.rotate.store(true, Ordering::Release);
-    if oldest_seq > 0 {
-        if let Err(e) = durable::truncate_log(&d.store.wal_dir(), oldest_seq) {
-            log::warn!(target: "laminardb", "removing old log segments: {e}");
-        }
+    if oldest_seq > 0
+        && let Err(e) = durable::truncate_log(&d.store.wal_dir(), oldest_seq)
+    {
+        log::warn!(target: "laminardb", "removing old log segments: {e}");
     }
     *d.last_checkpoint.lock() = Some(stats.clone());
     Ok(Some(stats))
@@ -2466,15 +2463,16 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
         let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
         run_ticks(&inner, &mut eng, now);
         check_idle(&inner, &mut eng, now);
-        if let (Some(due), Some(d)) = (eng.next_checkpoint_ms, &inner.durable) {
-            if now >= due && !inner.recovering.load(Ordering::Acquire) {
-                match take_checkpoint(&inner, &mut eng) {
-                    Ok(Some(_)) => eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i),
-                    Ok(None) => eng.next_checkpoint_ms = Some(now + 5),
-                    Err(e) => {
-                        log::warn!(target: "laminardb", "periodic checkpoint failed: {e}; the log keeps every change, retrying after the interval");
-                        eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i);
-                    }
+        if let (Some(due), Some(d)) = (eng.next_checkpoint_ms, &inner.durable)
+            && now >= due
+            && !inner.recovering.load(Ordering::Acquire)
+        {
+            match take_checkpoint(&inner, &mut eng) {
+                Ok(Some(_)) => eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i),
+                Ok(None) => eng.next_checkpoint_ms = Some(now + 5),
+                Err(e) => {
+                    log::warn!(target: "laminardb", "periodic checkpoint failed: {e}; the log keeps every change, retrying after the interval");
+                    eng.next_checkpoint_ms = d.interval_ms.map(|i| now + i);
                 }
             }
         }
@@ -2698,15 +2696,15 @@ fn after_run(
         }
         s.late_to.clone()
     };
-    if late.rows > 0 {
-        if let Some(src) = eng.sources.get_mut(source_of_input) {
-            src.rows_late += late.rows;
-        }
+    if late.rows > 0
+        && let Some(src) = eng.sources.get_mut(source_of_input)
+    {
+        src.rows_late += late.rows;
     }
-    if let Some(t) = late_target {
-        if !late.batches.is_empty() {
-            emit(inner, eng, &t, late.batches);
-        }
+    if let Some(t) = late_target
+        && !late.batches.is_empty()
+    {
+        emit(inner, eng, &t, late.batches);
     }
     emit(inner, eng, name, outputs);
 }
@@ -2734,11 +2732,11 @@ fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<RecordBatch>
         let Some(s) = streams.get_mut(name) else { return };
         s.rows_out += batch.num_rows() as u64;
         s.batches_out += 1;
-        if let Some(mv) = &mut s.mv {
-            if let Err(e) = mv.apply(&batch) {
-                fail_stream(s, name, e);
-                return;
-            }
+        if let Some(mv) = &mut s.mv
+            && let Err(e) = mv.apply(&batch)
+        {
+            fail_stream(s, name, e);
+            return;
         }
         if inner.durable.is_some() {
             s.emitted_this_epoch = true;

@@ -126,12 +126,12 @@ fn unknown_relation(name: &str, relations: &HashMap<String, RelationInfo>) -> Er
 /// Adds a "did you mean" to table-not-found errors.
 fn improve_not_found(e: Error, relations: &HashMap<String, RelationInfo>) -> Error {
     let msg = e.message().to_string();
-    if let Some(rest) = msg.split("table '").nth(1) {
-        if msg.contains("not found") {
-            let name = rest.split('\'').next().unwrap_or("");
-            let short = name.rsplit('.').next().unwrap_or(name);
-            return unknown_relation(short, relations);
-        }
+    if let Some(rest) = msg.split("table '").nth(1)
+        && msg.contains("not found")
+    {
+        let name = rest.split('\'').next().unwrap_or("");
+        let short = name.rsplit('.').next().unwrap_or(name);
+        return unknown_relation(short, relations);
     }
     e
 }
@@ -704,12 +704,11 @@ impl Lowerer<'_> {
                             Expr::Alias(a) => a.expr.as_ref(),
                             e => e,
                         };
-                        if let Expr::Column(c) = inner {
-                            if let Ok(idx) = input_schema.index_of_column(c) {
-                                if key.contains(input_schema.field(idx).name()) {
-                                    new_key.push(p.schema.field(i).name().clone());
-                                }
-                            }
+                        if let Expr::Column(c) = inner
+                            && let Ok(idx) = input_schema.index_of_column(c)
+                            && key.contains(input_schema.field(idx).name())
+                        {
+                            new_key.push(p.schema.field(i).name().clone());
                         }
                     }
                     let has_window = |k: &Vec<String>| k.iter().any(|n| n == "window_start" || n == "window_end");
@@ -1185,10 +1184,10 @@ fn expiry_candidates(
     let mut out = vec![];
     for (a, b) in on {
         let (m, t) = if side == 0 { (a, b) } else { (b, a) };
-        if let Some(adj) = time_ref(t, theirs, other_time) {
-            if only_refs(m, mine) {
-                out.push(shifted(m.clone(), adj));
-            }
+        if let Some(adj) = time_ref(t, theirs, other_time)
+            && only_refs(m, mine)
+        {
+            out.push(shifted(m.clone(), adj));
         }
     }
     let mut pairs: Vec<(Expr, Expr)> = vec![]; // (small, big): small <= big
@@ -1211,10 +1210,10 @@ fn expiry_candidates(
         }
     }
     for (small, big) in pairs {
-        if let Some(adj) = time_ref(&small, theirs, other_time) {
-            if only_refs(&big, mine) {
-                out.push(shifted(big, adj));
-            }
+        if let Some(adj) = time_ref(&small, theirs, other_time)
+            && only_refs(&big, mine)
+        {
+            out.push(shifted(big, adj));
         }
     }
     out

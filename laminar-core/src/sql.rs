@@ -632,7 +632,7 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<
     let what = if table { "table" } else { "source" };
     let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
     let name = c.ident(if table { "a table name" } else { "a source name" })?;
-    if !c.peek().is_some_and(|t| t.token == Token::LParen) {
+    if c.peek().is_none_or(|t| t.token != Token::LParen) {
         return Err(c.error_here("expected '(' and the column list of the source"));
     }
     let open = c.pos;
@@ -744,7 +744,7 @@ fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<
 
 /// `( key = 'value', … )`
 fn parse_options(c: &mut Cursor) -> Result<BTreeMap<String, String>> {
-    if !c.peek().is_some_and(|t| t.token == Token::LParen) {
+    if c.peek().is_none_or(|t| t.token != Token::LParen) {
         return Err(c.error_here("expected '(' after WITH"));
     }
     let close = c.matching_paren(c.pos)?;
@@ -961,7 +961,7 @@ pub fn interval_micros(iv: &ast::Interval) -> Result<i64> {
     } else {
         // '1 minute 30 seconds', '5 s'
         let parts: Vec<&str> = text.split_whitespace().collect();
-        if parts.len() % 2 != 0 {
+        if !parts.len().is_multiple_of(2) {
             return Err(Error::syntax(format!("cannot read interval '{text}'")));
         }
         let mut sum = 0.0;

@@ -212,16 +212,13 @@ fn run_case(c: &Case) -> Result<(), String> {
 
     // Engine final result.
     let mut out = vec![];
-    loop {
-        match sub.try_next().map_err(|e| e.to_string())? {
-            Next::Batch(b) => out.push(b),
-            _ => break,
-        }
+    while let Next::Batch(b) = sub.try_next().map_err(|e| e.to_string())? {
+        out.push(b);
     }
     if std::env::var("LAMINAR_DIFF_DEBUG").is_ok_and(|d| d == c.seed.to_string()) {
         eprintln!("{sql}\nrows {rows:?}\nmetrics {:?}\nout:", db.metrics().unwrap().streams);
         for b in &out {
-            eprintln!("{}", laminar_core::arrow::util::pretty::pretty_format_batches(&[b.clone()]).unwrap());
+            eprintln!("{}", laminar_core::arrow::util::pretty::pretty_format_batches(std::slice::from_ref(b)).unwrap());
         }
     }
     let ncols = info.schema.fields().len() - usize::from(weighted);

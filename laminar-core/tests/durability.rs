@@ -611,7 +611,7 @@ fn clicks(i: u64) -> RecordBatch {
             ((id % 4) as i64, (id * 7 % 10) as i64, b + r as i64 * 150)
         })
         .collect();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         rows.extend([(100, 1, b + 100), (100, 2, b + 1600), (300, 6, b + 2800)]);
         if i >= 2 {
             rows.push((300, 7, click_base(i - 2) + 3000));
@@ -902,7 +902,7 @@ fn crash_rounds(state: &str, rounds: u64) {
     );
     assert_eq!(rows_in(&db, "orders"), no * ROWS, "rows counted once");
     finish(&db);
-    let got = vec![view(&db, "totals"), view(&db, "paid")];
+    let got = [view(&db, "totals"), view(&db, "paid")];
     let want = oracle(no, np);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g == w, "view {}: after {rounds} SIGKILL rounds, {}", ORACLE[i].0, difference(g, w));
@@ -1150,7 +1150,7 @@ fn a_flipped_byte_in_the_middle_of_the_newest_segment_is_an_error_unless_salvage
     assert_eq!(info.records_replayed as usize, recs.len() - 1, "{info:?}");
     // Record i is batch (i - 5) / 2 of orders (even) or payments (odd); everything else is back.
     let lost_batch = ((i - DDL.len()) / 2) as u64;
-    let (want_o, want_p) = if (i - DDL.len()) % 2 == 0 {
+    let (want_o, want_p) = if (i - DDL.len()).is_multiple_of(2) {
         (5 * ROWS, payments_rows(6))
     } else {
         (6 * ROWS, payments_rows(6) - payments(lost_batch).num_rows() as u64)

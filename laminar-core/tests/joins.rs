@@ -564,7 +564,7 @@ fn interval_join_state_stays_bounded() {
         wa.write(common::kvt(&rows)).unwrap();
         wb.write(common::kvt(&rows)).unwrap();
         sent += 2 * BATCH;
-        if (sent / (2 * BATCH)) % 8 == 0 {
+        if (sent / (2 * BATCH)).is_multiple_of(8) {
             wb.flush().unwrap();
             let m = db.metrics().unwrap();
             peak = peak.max(m.streams.iter().find(|s| s.name == "j").unwrap().state_bytes);

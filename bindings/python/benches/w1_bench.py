@@ -14,10 +14,9 @@ import threading
 import time
 
 import duckdb
+import laminardb
 import pyarrow as pa
 import pyarrow.compute as pc
-
-import laminardb
 
 
 def make_table(n: int) -> pa.Table:

@@ -1,8 +1,7 @@
 import datetime
 
-import pytest
-
 import laminardb
+import pytest
 
 BASE = datetime.datetime(2024, 1, 1)
 

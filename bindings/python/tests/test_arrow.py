@@ -2,12 +2,11 @@
 bare object with only ``__arrow_c_stream__``."""
 
 import duckdb
+import laminardb
 import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pytest
-
-import laminardb
 from conftest import at, ms
 
 

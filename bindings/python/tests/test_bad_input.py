@@ -3,10 +3,9 @@ store a wrong value (the bad-input issue). Each test failed before its fix."""
 
 import ctypes
 
+import laminardb
 import pyarrow as pa
 import pytest
-
-import laminardb
 
 
 def _strings_then_corrupt(offsets, data):

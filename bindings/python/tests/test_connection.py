@@ -1,13 +1,11 @@
 """Module functions, configuration, SQL, catalog, metrics and the connection lifecycle."""
 
 import asyncio
-
-import pyarrow as pa
 import time
 
-import pytest
-
 import laminardb
+import pyarrow as pa
+import pytest
 from conftest import at, ms
 
 

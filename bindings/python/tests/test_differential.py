@@ -8,10 +8,9 @@ import math
 import random
 
 import duckdb
+import laminardb
 import pyarrow as pa
 import pytest
-
-import laminardb
 from conftest import ms
 
 WINDOW_S = 5

@@ -3,9 +3,8 @@ can produce it today."""
 
 import os
 
-import pytest
-
 import laminardb
+import pytest
 from laminardb import codes
 from laminardb._errors import STATUS_MAP, from_status
 

@@ -3,10 +3,9 @@ streaming output equals DuckDB running the same SQL over the same rows (NEXMARK.
 window table-valued functions spelt out for DuckDB."""
 
 import duckdb
+import laminardb
 import pyarrow as pa
 import pytest
-
-import laminardb
 from laminardb import nexmark as nx
 
 QUERIES = {

@@ -7,9 +7,8 @@ import signal
 import threading
 import time
 
-import pytest
-
 import laminardb
+import pytest
 from conftest import at
 
 
@@ -224,7 +223,7 @@ def test_many_callback_subscriptions_created_and_dropped(trades):
             with sub:
                 pass
     assert db.active_query_count == 0
-    for i in range(300):
+    for _ in range(300):
         s = db.subscribe_stream("vol")
         s.cancel()
     assert db.active_query_count == 0

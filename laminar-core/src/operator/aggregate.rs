@@ -619,7 +619,7 @@ impl Aggregate {
         if total <= sp.budget {
             return Ok(());
         }
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         for (size, pi, w) in candidates {
             if total <= sp.budget / 2 {
                 break;
@@ -955,24 +955,22 @@ impl Operator for Aggregate {
                                 self.drain_spilled(pi, *w, false, &mut finish)?;
                             }
                         }
-                        EmitMode::OnWindowClose => {
-                            if !table.fired {
-                                table.fired = true;
-                                table.take_dirty();
-                                let mut fire = |table: &mut GroupTable| -> Result<()> {
-                                    let all: Vec<u32> = (0..table.len() as u32).collect();
-                                    let vals = table.peek(&self.aggs, &all)?;
-                                    let rows = self.agg_rows(&vals, table.len())?;
-                                    for g in 0..table.len() {
-                                        table.set_prev(g, Some(rows.row(g).owned()));
-                                    }
-                                    out.push(self.output(table, *w, None, vals, Some(1))?);
-                                    Ok(())
-                                };
-                                fire(table)?;
-                                if table.spilled > 0 {
-                                    self.drain_spilled(pi, *w, true, &mut fire)?;
+                        EmitMode::OnWindowClose if !table.fired => {
+                            table.fired = true;
+                            table.take_dirty();
+                            let mut fire = |table: &mut GroupTable| -> Result<()> {
+                                let all: Vec<u32> = (0..table.len() as u32).collect();
+                                let vals = table.peek(&self.aggs, &all)?;
+                                let rows = self.agg_rows(&vals, table.len())?;
+                                for g in 0..table.len() {
+                                    table.set_prev(g, Some(rows.row(g).owned()));
                                 }
+                                out.push(self.output(table, *w, None, vals, Some(1))?);
+                                Ok(())
+                            };
+                            fire(table)?;
+                            if table.spilled > 0 {
+                                self.drain_spilled(pi, *w, true, &mut fire)?;
                             }
                         }
                         EmitMode::Every(_) if close => self.emit_changes(table, *w, &mut out)?,

@@ -224,7 +224,6 @@ impl AsofJoin {
             )?)
         };
         let mut out = build(&right_idx)?;
-        let mut right_idx = right_idx;
         if let Some(f) = &self.filter {
             let v = f.evaluate(&out)?.into_array(out.num_rows())?;
             let m = v.as_boolean_opt().ok_or_else(|| Error::plan("ASOF join condition is not BOOLEAN"))?;

@@ -413,21 +413,21 @@ impl HashJoin {
             (batch, vec![1; n])
         };
         // Late rows: their partners may already be gone.
-        if let Some((col, scale)) = self.sides[s].spec.late_col {
-            if ctx.watermark != super::NO_WATERMARK {
-                let (t, nulls) = event_times(logical.column(col), scale)?;
-                let keep: Vec<bool> = t
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && v >= ctx.watermark)
-                    .collect();
-                let dropped = keep.iter().filter(|k| !**k).count();
-                if dropped > 0 {
-                    ctx.late.rows += dropped as u64;
-                    let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
-                    logical = filter_record_batch(&logical, &mask)?;
-                    weights = weights.into_iter().zip(keep).filter(|(_, k)| *k).map(|(w, _)| w).collect();
-                }
+        if let Some((col, scale)) = self.sides[s].spec.late_col
+            && ctx.watermark != super::NO_WATERMARK
+        {
+            let (t, nulls) = event_times(logical.column(col), scale)?;
+            let keep: Vec<bool> = t
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| nulls.as_ref().is_none_or(|nb| nb.is_valid(i)) && v >= ctx.watermark)
+                .collect();
+            let dropped = keep.iter().filter(|k| !**k).count();
+            if dropped > 0 {
+                ctx.late.rows += dropped as u64;
+                let mask = datafusion::arrow::array::BooleanArray::from(keep.clone());
+                logical = filter_record_batch(&logical, &mask)?;
+                weights = weights.into_iter().zip(keep).filter(|(_, k)| *k).map(|(w, _)| w).collect();
             }
         }
         let n = logical.num_rows();
@@ -526,7 +526,7 @@ impl HashJoin {
             };
             let mask = match (&self.filter, &cand) {
                 (Some(f), Some(cand)) => {
-                    let v = f.evaluate(&cand)?.into_array(cand.num_rows())?;
+                    let v = f.evaluate(cand)?.into_array(cand.num_rows())?;
                     let m = v
                         .as_boolean_opt()
                         .ok_or_else(|| Error::plan(format!("join condition is {}, not BOOLEAN", v.data_type())))?;

@@ -513,11 +513,11 @@ impl Operator for StreamOver {
         let mut offset: HashMap<OwnedRow, i64> = HashMap::new();
         for i in 0..new_rows.num_rows() {
             let k = pk.row(i).owned();
-            if seen.insert(k.clone(), ()).is_none() {
-                if let Some((h, count)) = self.parts.get(&k) {
-                    hist.extend(h.iter().cloned());
-                    offset.insert(k, *count as i64 - h.len() as i64);
-                }
+            if seen.insert(k.clone(), ()).is_none()
+                && let Some((h, count)) = self.parts.get(&k)
+            {
+                hist.extend(h.iter().cloned());
+                offset.insert(k, *count as i64 - h.len() as i64);
             }
         }
         let hist_batch = if hist.is_empty() {

@@ -174,10 +174,8 @@ impl SessionAggregate {
                 s.emitted = Some((s.start, s.end, vals));
             }
         }
-        if changelog {
-            if let Some(b) = self.rows(retractions)? {
-                out.push(b);
-            }
+        if changelog && let Some(b) = self.rows(retractions)? {
+            out.push(b);
         }
         if let Some(b) = self.rows(inserts)? {
             out.push(b);

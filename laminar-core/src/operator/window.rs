@@ -256,14 +256,15 @@ impl WindowAssign {
         let (times, nulls) = event_times(batch.column(self.time_col), self.scale)?;
         // Fast path, the common case: TUMBLE, no NULL times, and even the earliest window of the
         // batch still open — every row keeps its place, no per-row branching or gathering.
-        if let WindowKind::Tumble { size, offset } = self.kind {
-            if n > 0 && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0) {
-                let starts: Vec<i64> = times.iter().map(|&ts| tumble_start(ts, size, offset)).collect();
-                let min_start = starts.iter().copied().min().expect("n > 0");
-                if !self.is_closed(watermark, min_start.saturating_add(size)) {
-                    let ends: Vec<i64> = starts.iter().map(|s| s.saturating_add(size)).collect();
-                    return self.build(batch, &[], starts, ends, true);
-                }
+        if let WindowKind::Tumble { size, offset } = self.kind
+            && n > 0
+            && nulls.as_ref().is_none_or(|nb| nb.null_count() == 0)
+        {
+            let starts: Vec<i64> = times.iter().map(|&ts| tumble_start(ts, size, offset)).collect();
+            let min_start = starts.iter().copied().min().expect("n > 0");
+            if !self.is_closed(watermark, min_start.saturating_add(size)) {
+                let ends: Vec<i64> = starts.iter().map(|s| s.saturating_add(size)).collect();
+                return self.build(batch, &[], starts, ends, true);
             }
         }
         let mut idx: Vec<u32> = Vec::with_capacity(n);

@@ -300,7 +300,7 @@ impl Subscription {
         if let Ok(m) = self.rx.try_recv() {
             return self.map(Ok(m));
         }
-        let timeout = deadline.map(|d| crossbeam_channel::at(d)).unwrap_or_else(crossbeam_channel::never);
+        let timeout = deadline.map(crossbeam_channel::at).unwrap_or_else(crossbeam_channel::never);
         crossbeam_channel::select! {
             recv(self.rx) -> m => self.map(m),
             recv(self.cancel_rx) -> _ => {
@@ -392,7 +392,9 @@ impl PushSubscription {
                 if !alive {
                     call(PushEvent::Error(Error::internal("the subscription callback panicked")));
                 }
-                // `alive`: loop only if the schema callback returned normally.
+                // `alive`: loop only if the schema callback returned normally (the loop ends by
+                // break or return, never by `alive` changing).
+                #[allow(clippy::while_immutable_condition)]
                 while alive {
                     let has_credit = {
                         let mut n = sh.credits.lock();
@@ -483,10 +485,10 @@ impl PushSubscription {
 impl Drop for PushSubscription {
     fn drop(&mut self) {
         self.cancel();
-        if std::thread::current().id() != self.thread_id {
-            if let Some(h) = self.thread.lock().take() {
-                let _ = h.join();
-            }
+        if std::thread::current().id() != self.thread_id
+            && let Some(h) = self.thread.lock().take()
+        {
+            let _ = h.join();
         }
     }
 }
