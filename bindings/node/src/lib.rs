@@ -239,7 +239,7 @@ pub struct PushMessage {
     pub kind: String,
     /// IPC bytes of the batch.
     pub data: Option<Buffer>,
-    /// `LAMINAR[STATUS] message` of the error.
+    /// `LAMINAR[STATUS] message` (or `LAMINAR[STATUS@HEX] message`, see `js_err`) of the error.
     pub error: Option<String>,
     /// The batch's epoch (0 for other events).
     pub epoch: i64,
