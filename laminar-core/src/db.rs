@@ -1191,9 +1191,11 @@ impl Database {
                 }
             }
         }
+        let functions = table_function_names(&q);
         let stmt = datafusion::sql::parser::Statement::Statement(Box::new(datafusion::sql::sqlparser::ast::Statement::Query(Box::new(q))));
         // The relations the query names (CTEs excluded), to explain a missing one structurally.
-        let refs = ctx.state().resolve_table_references(&stmt)?;
+        let mut refs = ctx.state().resolve_table_references(&stmt)?;
+        refs.retain(|r| !functions.iter().any(|f| f.eq_ignore_ascii_case(r.table())));
         let ctx2 = ctx.clone();
         let res = self.inner.runtime.block_on(async move {
             let plan = ctx.state().statement_to_plan(stmt).await?;
@@ -2369,6 +2371,28 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
         }
         after_run(inner, eng, &name, from, outputs, late);
     }
+}
+
+/// The names called as table functions in `q` (`FROM f(1)`): DataFusion lists them among the
+/// relations, but a missing one is a missing function, not a missing table.
+fn table_function_names(q: &datafusion::sql::sqlparser::ast::Query) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Names(Vec<String>);
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table { name, args: Some(_), .. } = t {
+                if let Some(id) = name.0.last().and_then(|p| p.as_ident()) {
+                    self.0.push(id.value.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(vec![]);
+    let _ = q.visit(&mut names);
+    names.0
 }
 
 /// Marks the stream failed: its subscribers get `e` (after what they have buffered), and every

@@ -366,6 +366,8 @@ fn datafusion_errors_are_kept_as_the_source() {
     assert!(!e.message().contains("keeps no queryable state"), "{e}");
     let e = db.query("WITH plain AS (SELECT 1 AS a) SELECT a FROM plain").unwrap();
     assert_eq!(e.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let e = db.query("SELECT * FROM plain(1)").unwrap_err();
+    assert!(!e.message().contains("keeps no queryable state"), "a table function is not the stream: {e}");
     let e = db.query("SELECT * FROM plain").unwrap_err();
     assert!(e.message().contains("keeps no queryable state"), "{e}");
 }
