@@ -582,6 +582,18 @@ LAMINAR_API const char *laminar_error_message(const struct laminar_error *error)
 // Thread-safety: any thread. Since: 0.1.0
 LAMINAR_API int64_t laminar_error_sql_offset(const struct laminar_error *error);
 
+// When the error reports the failure of a continuous query (a stream or materialized view that
+// failed, e.g. on a division by zero: its subscribers' error, and every later subscribe to it
+// or query of it), that stream's name; NULL otherwise (and for a NULL `error`). The status stays
+// the failure's own (`LAMINAR_INVALID_DATA` for a division by zero, …), so this is how a caller
+// tells "a stream failed" from "my call was wrong".
+//
+// - `error`: borrowed. The returned string is borrowed from `error` and lives until
+//   `laminar_error_destroy(error)`; do not free it.
+//
+// Thread-safety: any thread. Since: 0.1.0
+LAMINAR_API const char *laminar_error_stream(const struct laminar_error *error);
+
 // Destroys an error object. A no-op for NULL.
 //
 // - `error`: consumed.

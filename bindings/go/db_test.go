@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/apache/arrow-go/v18/arrow/array"
 )
@@ -161,5 +162,50 @@ func TestCloseIsIdempotentAndChildrenSayClosed(t *testing.T) {
 	db2 := openTest(t)
 	if _, err := db2.Exec(cancelled, "SHOW SOURCES"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: %v", err)
+	}
+}
+
+func TestAFailedStreamIsNamedOnItsErrors(t *testing.T) {
+	ctx := context.Background()
+	db := openTest(t)
+	mustExec(t, db, createEvents)
+	mustExec(t, db, "CREATE STREAM x AS SELECT k, 10 / v AS y FROM events")
+	mustExec(t, db, "CREATE MATERIALIZED VIEW mv AS SELECT k, 10 / v AS y FROM events")
+	sub, err := db.Subscribe(ctx, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	zero := record([]event{{1, 0, 1000}}) // division by zero fails both
+	defer zero.Release()
+	if err := db.Insert(ctx, "events", zero); err != nil {
+		t.Fatal(err)
+	}
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		rec, err := sub.Next(tctx)
+		if rec != nil {
+			rec.Release()
+			continue
+		}
+		var le *Error
+		if !errors.As(err, &le) || le.Stream != "x" || le.Status != StatusInvalidData || !errors.Is(err, ErrStreamFailed) {
+			t.Fatalf("subscription: %#v", err)
+		}
+		break
+	}
+	if _, err := db.Subscribe(ctx, "x"); !errors.Is(err, ErrStreamFailed) {
+		t.Fatalf("subscribe to a failed stream: %v", err)
+	}
+	var le *Error
+	if _, err := db.Query(ctx, "SELECT * FROM mv"); !errors.As(err, &le) || le.Stream != "mv" || !errors.Is(err, ErrSchemaMismatch) {
+		t.Fatalf("query of a failed view: %#v", err)
+	}
+	if _, err := db.Query(ctx, "SELECT * FROM nope"); err == nil || errors.Is(err, ErrStreamFailed) {
+		t.Fatalf("a plain error matched ErrStreamFailed: %v", err)
+	}
+	if errors.Is(ErrPlan, ErrStreamFailed) || errors.Is(ErrStreamFailed, ErrPlan) {
+		t.Fatal("sentinels must not match each other")
 	}
 }

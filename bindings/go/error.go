@@ -34,11 +34,16 @@ const (
 func (s Status) String() string { return C.GoString(C.laminar_status_str(C.laminar_status(s))) }
 
 // Error is an error from LaminarDB: a status, the engine's message and, for SQL errors, the byte
-// offset of the problem in the statement (-1 when there is none).
+// offset of the problem in the statement (-1 when there is none). Stream is the name of the
+// stream or materialized view whose failure the error reports (a subscription's error after the
+// stream failed, a later Subscribe to it or Query of it), "" otherwise; Status stays the
+// failure's own (StatusInvalidData for a division by zero, …). errors.Is(err, ErrStreamFailed)
+// tells such an error apart.
 type Error struct {
 	Status    Status
 	Message   string
 	SQLOffset int64
+	Stream    string
 }
 
 func (e *Error) Error() string {
@@ -48,10 +53,14 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("laminar: %s: %s", e.Status, e.Message)
 }
 
-// Is matches an *Error of the same status, so errors.Is(err, ErrNotFound) works.
+// Is matches an *Error of the same status, so errors.Is(err, ErrNotFound) works; ErrStreamFailed
+// matches every error that reports a failed stream, whatever its status.
 func (e *Error) Is(target error) bool {
+	if target == ErrStreamFailed {
+		return e.Stream != ""
+	}
 	t, ok := target.(*Error)
-	return ok && t.Status == e.Status
+	return ok && t != ErrStreamFailed && t.Status == e.Status
 }
 
 // Sentinels for errors.Is.
@@ -70,7 +79,17 @@ var (
 	ErrClosed            = &Error{Status: StatusClosed, SQLOffset: -1}
 	ErrSyntax            = &Error{Status: StatusSQLSyntax, SQLOffset: -1}
 	ErrPlan              = &Error{Status: StatusPlan, SQLOffset: -1}
+	// ErrStreamFailed matches an error whose Stream is set: a continuous query failed.
+	ErrStreamFailed = &Error{Status: StatusUnknown, SQLOffset: -1, Stream: "*"}
 )
+
+// streamOf is the failed stream an error object names, "" when none.
+func streamOf(cerr *C.laminar_error) string {
+	if s := C.laminar_error_stream(cerr); s != nil {
+		return C.GoString(s)
+	}
+	return ""
+}
 
 // toError turns a status and an owned error object (destroyed here) into an error.
 func toError(st C.laminar_status, cerr *C.laminar_error) error {
@@ -84,6 +103,7 @@ func toError(st C.laminar_status, cerr *C.laminar_error) error {
 	if cerr != nil {
 		e.Message = C.GoString(C.laminar_error_message(cerr))
 		e.SQLOffset = int64(C.laminar_error_sql_offset(cerr))
+		e.Stream = streamOf(cerr)
 		C.laminar_error_destroy(cerr)
 	}
 	return e

@@ -273,6 +273,7 @@ func laminarGoOnError(ud unsafe.Pointer, e *C.laminar_error) {
 		Status:    Status(C.laminar_error_status(e)),
 		Message:   C.GoString(C.laminar_error_message(e)),
 		SQLOffset: int64(C.laminar_error_sql_offset(e)),
+		Stream:    streamOf(e),
 	}})
 }
 

@@ -6,6 +6,9 @@ export declare class LaminarError extends Error {
     | 'UNKNOWN' | 'NOT_IMPLEMENTED' | 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT'
     | 'INVALID_STATE' | 'INVALID_DATA' | 'INTERNAL' | 'IO' | 'CANCELLED' | 'TIMEOUT'
     | 'RESOURCE_EXHAUSTED' | 'CLOSED' | 'SQL_SYNTAX' | 'PLAN';
+  /** The stream or materialized view whose failure this error reports (the code stays the
+   * failure's own, e.g. INVALID_DATA for a division by zero); null for any other error. */
+  stream: string | null;
 }
 
 /** Rows to push: an apache-arrow Table or RecordBatch, Arrow IPC stream bytes, or plain objects

@@ -21,18 +21,25 @@ native.setLogHandler((m) => {
   process.emitWarning(m.message, options);
 });
 
-/** An error from LaminarDB: `code` is the status name shared by every language (NOT_FOUND, …). */
+/**
+ * An error from LaminarDB: `code` is the status name shared by every language (NOT_FOUND, …).
+ * `stream` names the stream or materialized view whose failure the error reports (a
+ * subscription's error after its stream failed, a later subscribe to it or query of it), and is
+ * `null` otherwise; `code` stays the failure's own (INVALID_DATA for a division by zero, …).
+ */
 class LaminarError extends Error {
-  constructor(code, message) {
+  constructor(code, message, stream = null) {
     super(message);
     this.name = 'LaminarError';
     this.code = code;
+    this.stream = stream;
   }
 }
 
 function wrap(e) {
-  const m = e && typeof e.message === 'string' ? /^LAMINAR\[(\w+)\] ([\s\S]*)$/.exec(e.message) : null;
-  return m ? new LaminarError(m[1], m[2]) : e;
+  const m = e && typeof e.message === 'string' ? /^LAMINAR\[(\w+)(?:@([0-9a-f]*))?\] ([\s\S]*)$/.exec(e.message) : null;
+  if (!m) return e;
+  return new LaminarError(m[1], m[3], m[2] === undefined ? null : Buffer.from(m[2], 'hex').toString('utf8'));
 }
 async function call(promise) {
   try {

@@ -628,7 +628,7 @@ impl Database {
                 s.history_since = r.history_since;
                 if let Some((kind, msg)) = r.failed {
                     let kind = ErrorKind::from_name(&kind).unwrap_or(ErrorKind::Internal);
-                    s.failed = Some(Error::new(kind, msg));
+                    s.failed = Some(Error::new(kind, msg).with_failed_stream(r.name.clone()));
                 }
             }
         }
@@ -1361,43 +1361,54 @@ impl Database {
                 }
             }
         }
+        let functions = table_function_names(&q);
         let stmt = datafusion::sql::parser::Statement::Statement(Box::new(
             datafusion::sql::sqlparser::ast::Statement::Query(Box::new(q)),
         ));
-        let inner = self.inner.clone();
+        // The relations the query names (CTEs excluded), to explain a missing one structurally.
+        let mut refs = ctx.state().resolve_table_references(&stmt)?;
+        refs.retain(|r| !functions.iter().any(|f| f.eq_ignore_ascii_case(r.table())));
+        let ctx2 = ctx.clone();
         let res = self.inner.runtime.block_on(async move {
             let plan = ctx.state().statement_to_plan(stmt).await?;
             let df = ctx.execute_logical_plan(plan).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             Ok::<_, datafusion::error::DataFusionError>((schema, df.collect().await?))
         });
-        // Plain streams keep no state: say so instead of "table not found".
         res.map_err(|e| {
             let err: Error = e.into();
-            if err.message().contains("not found") {
-                let eng = inner.engine.lock();
-                for (n, s) in &eng.streams {
-                    let named = err.message().contains(&format!("'{n}'")) || err.message().contains(&format!(".{n}'"));
-                    if let (true, Some(e)) = (named, &s.failed) {
-                        return Error::new(e.kind(), format!("{} '{n}' has failed: {}", if s.mv.is_some() { "materialized view" } else { "stream" }, e.message()));
-                    }
-                    if s.mv.is_none() && named {
-                        return Error::invalid_argument(format!(
-                            "stream '{n}' keeps no queryable state; subscribe to it, or create it as a MATERIALIZED VIEW to query it"
-                        ));
-                    }
+            // Only a planning error about a relation that is not registered is explained: a
+            // failed view, a plain stream (keeps no state), or a misspelling. The kind and the
+            // DataFusion source stay the original error's.
+            let Some(missing) = refs.iter().find(|r| !ctx2.table_exist((*r).clone()).unwrap_or(true)) else {
+                return err;
+            };
+            let n = missing.table();
+            let eng = self.inner.engine.lock();
+            if let Some(s) = eng.streams.get(n) {
+                if let Some(f) = &s.failed {
+                    let what = if s.mv.is_some() { "materialized view" } else { "stream" };
+                    return f.clone().with_message(format!("{what} '{n}' has failed: {}", f.message()));
                 }
-                // "table 'datafusion.public.trade' not found": suggest a close name.
-                if let Some(rest) = err.message().split("table '").nth(1) {
-                    let missing = rest.split('\'').next().unwrap_or("").rsplit('.').next().unwrap_or("");
-                    let names: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
-                    drop(eng);
-                    if let Some(n) = nearest_name(missing, names.iter().map(String::as_str)) {
-                        return Error::new(err.kind(), format!("{}; did you mean '{n}'?", err.message()));
-                    }
+                if s.mv.is_none() {
+                    return Error::invalid_argument(format!(
+                        "stream '{n}' keeps no queryable state; subscribe to it, or create it as a MATERIALIZED VIEW to query it"
+                    ))
+                    .with_source(Arc::new(err));
                 }
             }
-            err
+            if eng.sources.contains_key(n) || eng.streams.contains_key(n) {
+                return err; // a qualified name (another catalog or schema)
+            }
+            let names: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+            drop(eng);
+            match nearest_name(n, names.iter().map(String::as_str)) {
+                Some(near) => {
+                    let msg = format!("{}; did you mean '{near}'?", err.message());
+                    err.with_message(msg)
+                }
+                None => err,
+            }
         })
     }
 
@@ -1574,7 +1585,7 @@ impl Database {
             Error::not_found(format!("no stream named '{name}'{hint}"))
         })?;
         if let Some(e) = &s.failed {
-            return Err(Error::new(e.kind(), format!("stream '{name}' has failed: {}", e.message())));
+            return Err(e.clone().with_message(format!("stream '{name}' has failed: {}", e.message())));
         }
         // From this subscription on, the stream's results are kept for resuming (durable
         // databases); the current epoch counts only if nothing of it was emitted before.
@@ -2660,8 +2671,32 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
     }
 }
 
+/// The names called as table functions in `q` (`FROM f(1)`): DataFusion lists them among the
+/// relations, but a missing one is a missing function, not a missing table.
+fn table_function_names(q: &datafusion::sql::sqlparser::ast::Query) -> Vec<String> {
+    use datafusion::sql::sqlparser::ast::{TableFactor, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Names(Vec<String>);
+    impl Visitor for Names {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
+            if let TableFactor::Table { name, args: Some(_), .. } = t {
+                if let Some(id) = name.0.last().and_then(|p| p.as_ident()) {
+                    self.0.push(id.value.clone());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut names = Names(vec![]);
+    let _ = q.visit(&mut names);
+    names.0
+}
+
+/// Marks the stream failed: its subscribers get `e` (after what they have buffered), and every
+/// later use of the stream fails with it. The error names the stream ([`Error::failed_stream`]).
 fn fail_stream(s: &mut StreamRt, name: &str, e: Error) {
-    let e = e.context(format!("stream '{name}' failed"));
+    let e = e.context(format!("stream '{name}' failed")).with_failed_stream(name);
     for sub in s.subscribers.drain(..) {
         sub.fail(e.clone()); // reported after the batches already buffered
     }

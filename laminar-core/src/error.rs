@@ -2,6 +2,7 @@
 //! C ABI exposes as `laminar_status`; the message carries the detail a person needs.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The coarse classification of an [`Error`]. The numeric values are the C ABI status codes and
 /// are append-only (see STYLE B4).
@@ -83,11 +84,18 @@ pub struct SqlPosition {
 }
 
 /// The engine's error: a kind, a message, and for SQL errors the position in the statement.
+///
+/// Two optional parts are kept for callers that need more than the text: the name of the
+/// continuous query (stream or materialized view) whose failure this error reports
+/// ([`Error::failed_stream`]), and the underlying DataFusion or Arrow error
+/// ([`std::error::Error::source`]; downcast it to `DataFusionError` or `ArrowError`).
 #[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
     position: Option<SqlPosition>,
+    failed_stream: Option<String>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -96,7 +104,29 @@ impl Error {
     /// A message longer than 1,000 characters has every quoted ('…') part over 200 characters
     /// clipped (a name or a value echoed back), and is cut at 4,000 characters in any case.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: clip_message(message.into()), position: None }
+        Error { kind, message: clip_message(message.into()), position: None, failed_stream: None, source: None }
+    }
+    /// The same error (kind, position, source, failed stream) with another message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = clip_message(message.into());
+        self
+    }
+    /// Marks the error as the failure of the continuous query `name` (see [`Error::failed_stream`]).
+    pub fn with_failed_stream(mut self, name: impl Into<String>) -> Self {
+        self.failed_stream = Some(name.into());
+        self
+    }
+    /// The name of the stream or materialized view whose failure this error reports: set on the
+    /// error a failed stream's subscribers receive, and on every later use of that stream
+    /// (subscribing, querying a failed view). The kind stays the original failure's
+    /// (`INVALID_DATA` for a division by zero, …); bindings raise their stream error for it.
+    pub fn failed_stream(&self) -> Option<&str> {
+        self.failed_stream.as_deref()
+    }
+    /// Keeps `source` as the cause ([`std::error::Error::source`]).
+    pub fn with_source(mut self, source: Arc<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
     }
     pub fn with_position(mut self, position: Option<SqlPosition>) -> Self {
         if self.position.is_none() {
@@ -181,44 +211,58 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
-
-impl From<datafusion::error::DataFusionError> for Error {
-    fn from(e: datafusion::error::DataFusionError) -> Self {
-        use datafusion::error::DataFusionError as D;
-        match e {
-            D::SQL(e, _) => Error::from_parser(&e),
-            D::Plan(m) => Error::plan(m),
-            D::SchemaError(e, _) => Error::plan(e.to_string()),
-            D::NotImplemented(m) => Error::not_implemented(m),
-            D::ArrowError(e, _) => Error::from(*e),
-            D::Context(c, inner) => Error::from(*inner).context(c),
-            D::Diagnostic(_, inner) => Error::from(*inner),
-            D::Collection(mut v) if !v.is_empty() => Error::from(v.swap_remove(0)),
-            D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
-                Ok(e) => Error::from(e),
-                Err(shared) => Error::new(ErrorKind::Unknown, shared.to_string()),
-            },
-            D::ResourcesExhausted(m) => Error::new(ErrorKind::ResourceExhausted, m),
-            D::Execution(m) => Error::new(ErrorKind::InvalidData, m),
-            D::IoError(e) => Error::new(ErrorKind::Io, e.to_string()),
-            D::Internal(m) => Error::internal(m),
-            other => Error::new(ErrorKind::Unknown, other.to_string()),
-        }
+impl std::error::Error for Error {
+    /// The DataFusion or Arrow error this one was made from, when there is one.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
+/// The kind and message of a DataFusion error (its source is attached by the `From` impl).
+fn from_datafusion(e: &datafusion::error::DataFusionError) -> Error {
+    use datafusion::error::DataFusionError as D;
+    match e {
+        D::SQL(e, _) => Error::from_parser(e),
+        D::Plan(m) => Error::plan(m.clone()),
+        D::SchemaError(e, _) => Error::plan(e.to_string()),
+        D::NotImplemented(m) => Error::not_implemented(m.clone()),
+        D::ArrowError(e, _) => from_arrow(e),
+        D::Context(c, inner) => from_datafusion(inner).context(c),
+        D::Diagnostic(_, inner) => from_datafusion(inner),
+        D::Collection(v) if !v.is_empty() => from_datafusion(&v[0]),
+        D::Shared(inner) => from_datafusion(inner),
+        D::ResourcesExhausted(m) => Error::new(ErrorKind::ResourceExhausted, m.clone()),
+        D::Execution(m) => Error::new(ErrorKind::InvalidData, m.clone()),
+        D::IoError(e) => Error::new(ErrorKind::Io, e.to_string()),
+        D::Internal(m) => Error::internal(m.clone()),
+        other => Error::new(ErrorKind::Unknown, other.to_string()),
+    }
+}
+
+/// The kind and message of an Arrow error.
+fn from_arrow(e: &datafusion::arrow::error::ArrowError) -> Error {
+    use datafusion::arrow::error::ArrowError as A;
+    match e {
+        A::CastError(m) | A::InvalidArgumentError(m) | A::ComputeError(m) => Error::invalid_data(m.clone()),
+        A::ArithmeticOverflow(m) => Error::invalid_data(format!("arithmetic overflow: {m}")),
+        A::DivideByZero => Error::invalid_data("division by zero"),
+        A::MemoryError(m) => Error::new(ErrorKind::ResourceExhausted, m.clone()),
+        A::IoError(m, _) => Error::new(ErrorKind::Io, m.clone()),
+        other => Error::internal(other.to_string()),
+    }
+}
+
+/// Classifies the DataFusion error and keeps it as the source.
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        from_datafusion(&e).with_source(Arc::new(e))
+    }
+}
+
+/// Classifies the Arrow error and keeps it as the source.
 impl From<datafusion::arrow::error::ArrowError> for Error {
     fn from(e: datafusion::arrow::error::ArrowError) -> Self {
-        use datafusion::arrow::error::ArrowError as A;
-        match e {
-            A::CastError(m) | A::InvalidArgumentError(m) | A::ComputeError(m) => Error::invalid_data(m),
-            A::ArithmeticOverflow(m) => Error::invalid_data(format!("arithmetic overflow: {m}")),
-            A::DivideByZero => Error::invalid_data("division by zero"),
-            A::MemoryError(m) => Error::new(ErrorKind::ResourceExhausted, m),
-            A::IoError(m, _) => Error::new(ErrorKind::Io, m),
-            other => Error::internal(other.to_string()),
-        }
+        from_arrow(&e).with_source(Arc::new(e))
     }
 }
 

@@ -42,6 +42,8 @@ pub use state_store::AVAILABLE as ROCKSDB_AVAILABLE;
 
 /// Re-exported so users build batches with the same Arrow the engine uses.
 pub use datafusion::arrow;
+/// The DataFusion error an [`Error`] keeps as its source (`std::error::Error::source`), for downcasting.
+pub use datafusion::error::DataFusionError;
 
 /// The library version, `MAJOR.MINOR.PATCH`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -350,3 +350,58 @@ fn deep_prefix_chains_get_a_clear_message() {
         vec!["true".to_string()]
     );
 }
+
+#[test]
+fn a_failed_stream_is_named_on_its_errors() {
+    let db = db(1);
+    db.execute(KVT).unwrap();
+    db.execute("CREATE STREAM x AS SELECT k, 10 / v AS y FROM s").unwrap();
+    db.execute("CREATE MATERIALIZED VIEW mv AS SELECT k, 10 / v AS y FROM s").unwrap();
+    let sub = db.subscribe("x").unwrap();
+    let mut w = db.writer("s").unwrap();
+    w.write(kvt(&[(1, 0, 1000)])).unwrap(); // division by zero fails both
+    w.flush().unwrap();
+    let e = loop {
+        match sub.next() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the subscription ended without the stream's error"),
+            Err(e) => break e,
+        }
+    };
+    // The kind stays the failure's; the error names the stream that failed.
+    assert_eq!((e.kind(), e.failed_stream()), (ErrorKind::InvalidData, Some("x")), "{e}");
+    let e = db.subscribe("x").err().unwrap();
+    assert_eq!(e.failed_stream(), Some("x"), "{e}");
+    let e = db.query("SELECT * FROM mv").unwrap_err();
+    assert_eq!((e.kind(), e.failed_stream()), (ErrorKind::InvalidData, Some("mv")), "{e}");
+    assert!(e.message().contains("materialized view 'mv' has failed"), "{e}");
+    // Errors that are not a stream's failure name none.
+    assert_eq!(db.query("SELECT * FROM nope").unwrap_err().failed_stream(), None);
+    assert_eq!(db.execute("INSERT INTO s VALUES ('x', 1, 1)").unwrap_err().failed_stream(), None);
+}
+
+#[test]
+fn datafusion_errors_are_kept_as_the_source() {
+    use laminar_core::DataFusionError;
+    use std::error::Error as _;
+    let db = db(1);
+    db.execute(KVT).unwrap();
+    db.execute("CREATE STREAM plain AS SELECT k FROM s").unwrap();
+    let e = db.query("SELECT no_such_column FROM s").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Plan, "{e}");
+    let df = e.source().and_then(|s| s.downcast_ref::<DataFusionError>()).expect("a DataFusion source");
+    assert!(matches!(df.find_root(), DataFusionError::SchemaError(..)), "{df:?}");
+    // A missing table: the kind and source stay DataFusion's, with a suggestion added.
+    let e = db.query("SELECT * FROM ss").unwrap_err();
+    assert!(e.message().contains("did you mean 's'"), "{e}");
+    assert!(e.source().and_then(|s| s.downcast_ref::<DataFusionError>()).is_some(), "{e:?}");
+    // The structural check is on the relation, not the text: a column named like a table.
+    let e = db.query("SELECT plain FROM s").unwrap_err();
+    assert!(!e.message().contains("keeps no queryable state"), "{e}");
+    let e = db.query("WITH plain AS (SELECT 1 AS a) SELECT a FROM plain").unwrap();
+    assert_eq!(e.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let e = db.query("SELECT * FROM plain(1)").unwrap_err();
+    assert!(!e.message().contains("keeps no queryable state"), "a table function is not the stream: {e}");
+    let e = db.query("SELECT * FROM plain").unwrap_err();
+    assert!(e.message().contains("keeps no queryable state"), "{e}");
+}

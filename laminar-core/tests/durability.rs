@@ -1000,6 +1000,7 @@ fn a_failed_stream_stays_failed_after_recovery() {
     assert_eq!(again, failed, "the failure is recovered with the stream");
     let e = db.subscribe("per_id").err().unwrap();
     assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+    assert_eq!(e.failed_stream(), Some("per_id"), "the recovered failure still names its stream");
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,6 +57,8 @@ pub struct laminar_error {
     pub(crate) status: laminar_status,
     pub(crate) message: CString,
     pub(crate) sql_offset: i64,
+    /// The failed stream or materialized view this error reports, if it reports one.
+    pub(crate) stream: Option<CString>,
 }
 
 impl laminar_error {
@@ -66,6 +68,7 @@ impl laminar_error {
             status: e.kind() as laminar_status,
             message: CString::new(text).unwrap_or_default(),
             sql_offset: sql.and_then(|s| e.sql_offset(s)).map(|o| o as i64).unwrap_or(-1),
+            stream: e.failed_stream().and_then(|n| CString::new(n.replace('\0', "\\0")).ok()),
         }
     }
 }
@@ -228,6 +231,25 @@ pub unsafe extern "C" fn laminar_error_sql_offset(error: *const laminar_error) -
     unsafe { error.as_ref() }.map(|e| e.sql_offset).unwrap_or(-1)
 }
 
+/// When the error reports the failure of a continuous query (a stream or materialized view that
+/// failed, e.g. on a division by zero: its subscribers' error, and every later subscribe to it
+/// or query of it), that stream's name; NULL otherwise (and for a NULL `error`). The status stays
+/// the failure's own (`LAMINAR_INVALID_DATA` for a division by zero, …), so this is how a caller
+/// tells "a stream failed" from "my call was wrong".
+///
+/// - `error`: borrowed. The returned string is borrowed from `error` and lives until
+///   `laminar_error_destroy(error)`; do not free it.
+///
+/// Thread-safety: any thread. Since: 0.1.0
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn laminar_error_stream(error: *const laminar_error) -> *const c_char {
+    // SAFETY: NULL or a live error object (caller contract).
+    match unsafe { error.as_ref() }.and_then(|e| e.stream.as_ref()) {
+        Some(s) => s.as_ptr(),
+        None => std::ptr::null(),
+    }
+}
+
 /// Destroys an error object. A no-op for NULL.
 ///
 /// - `error`: consumed.
@@ -276,6 +298,22 @@ mod tests {
             assert_eq!(s.to_str().unwrap(), k.name());
         }
         assert_eq!(unsafe { CStr::from_ptr(laminar_status_str(999)) }.to_str().unwrap(), "UNKNOWN_STATUS");
+    }
+
+    #[test]
+    fn a_failed_stream_is_named_by_laminar_error_stream() {
+        let mut err: *mut laminar_error = std::ptr::null_mut();
+        let st = guard(&mut err, None, || {
+            Err(Error::invalid_data("stream 'x' failed: division by zero").with_failed_stream("x"))
+        });
+        assert_eq!(st, LAMINAR_INVALID_DATA);
+        assert_eq!(unsafe { CStr::from_ptr(laminar_error_stream(err)) }.to_str().unwrap(), "x");
+        unsafe { laminar_error_destroy(Some(Box::from_raw(err))) };
+        let st = guard(&mut err, None, || Err(Error::invalid_data("not a stream's failure")));
+        assert_eq!(st, LAMINAR_INVALID_DATA);
+        assert!(unsafe { laminar_error_stream(err) }.is_null());
+        unsafe { laminar_error_destroy(Some(Box::from_raw(err))) };
+        assert!(unsafe { laminar_error_stream(std::ptr::null()) }.is_null());
     }
 
     #[test]

@@ -78,6 +78,26 @@ int main(void) {
     laminar_error_destroy(err);
     err = NULL;
   }
+  /* a failed stream: the status stays the failure's, laminar_error_stream names the stream */
+  CHECK(laminar_error_stream(NULL) == NULL);
+  CHECK_OK(laminar_db_execute(db, "CREATE SOURCE nums (k BIGINT, v BIGINT)", NULL, &err));
+  CHECK_OK(laminar_db_execute(db, "CREATE MATERIALIZED VIEW mv AS SELECT k, 10 / v AS y FROM nums", NULL, &err));
+  CHECK_OK(laminar_db_execute(db, "INSERT INTO nums VALUES (1, 0)", NULL, &err));
+  {
+    laminar_status st = LAMINAR_OK;
+    for (int i = 0; i < 500 && st == LAMINAR_OK; i++) { /* the pipeline applies the insert soon */
+      st = laminar_db_query(db, "SELECT * FROM mv", &stream, &err);
+      if (st == LAMINAR_OK) {
+        stream.release(&stream);
+        sleep_ms(10);
+      }
+    }
+    CHECK(st == LAMINAR_INVALID_DATA);
+    CHECK(laminar_error_stream(err) != NULL && strcmp(laminar_error_stream(err), "mv") == 0);
+    CHECK(strstr(laminar_error_message(err), "materialized view 'mv' has failed") != NULL);
+    laminar_error_destroy(err);
+    err = NULL;
+  }
   /* a misspelt name: NOT_FOUND with a suggestion, and the error object outlives the database */
   CHECK_OK(laminar_db_execute(db, "CREATE SOURCE trades (sym VARCHAR, px DOUBLE)", NULL, &err));
   CHECK(laminar_writer_create(db, "trade", &w, &err) == LAMINAR_NOT_FOUND);

@@ -225,3 +225,22 @@ test('a directory is durable; a subscriber resumes after its last epoch', async 
   await db.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test('a failed stream says so: LaminarError with stream set, code kept', async () => {
+  const db = await laminardb.open(':memory:', { workers: 2 });
+  await db.execute('CREATE SOURCE s (k BIGINT, v BIGINT)');
+  await db.execute('CREATE STREAM x AS SELECT k, 10 / v AS y FROM s');
+  await db.execute('CREATE MATERIALIZED VIEW mv AS SELECT k, 10 / v AS y FROM s');
+  const sub = db.subscribe('x');
+  await db.insert('s', [{ k: 1, v: 0 }]);
+  await assert.rejects(async () => { for (;;) if ((await sub.next()) === null) break; }, (e) => {
+    assert.ok(e instanceof laminardb.LaminarError, String(e));
+    assert.equal(e.stream, 'x');
+    assert.equal(e.code, 'INVALID_DATA');
+    return true;
+  });
+  assert.throws(() => db.subscribe('x'), (e) => e.stream === 'x');
+  await assert.rejects(db.query('SELECT * FROM mv'), (e) => e.stream === 'mv' && /materialized view 'mv' has failed/.test(e.message));
+  await assert.rejects(db.query('SELECT * FROM nope'), (e) => e instanceof laminardb.LaminarError && e.stream === null);
+  await db.close();
+});

@@ -20,10 +20,15 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use parking_lot::Mutex;
 
-/// Engine errors reach JavaScript as `LAMINAR[STATUS] message`; index.js turns them into
-/// `LaminarError` with `code` = STATUS.
+/// Engine errors reach JavaScript as `LAMINAR[STATUS] message`, or `LAMINAR[STATUS@HEX] message`
+/// when the error reports a failed stream (HEX: the stream name's UTF-8 bytes in hex, so any
+/// name survives); index.js turns them into `LaminarError` with `code` = STATUS and `stream` set.
 fn js_err(e: laminar_core::Error) -> Error {
-    Error::new(Status::GenericFailure, format!("LAMINAR[{}] {}", e.kind().name(), e))
+    let stream = e
+        .failed_stream()
+        .map(|n| format!("@{}", n.bytes().map(|b| format!("{b:02x}")).collect::<String>()))
+        .unwrap_or_default();
+    Error::new(Status::GenericFailure, format!("LAMINAR[{}{stream}] {}", e.kind().name(), e))
 }
 
 trait OrJs<T> {
@@ -253,7 +258,7 @@ pub struct PushMessage {
     pub kind: String,
     /// IPC bytes of the batch.
     pub data: Option<Buffer>,
-    /// `LAMINAR[STATUS] message` of the error.
+    /// `LAMINAR[STATUS] message` (or `LAMINAR[STATUS@HEX] message`, see `js_err`) of the error.
     pub error: Option<String>,
     /// The batch's epoch (0 for other events).
     pub epoch: i64,

@@ -11,7 +11,8 @@ mod writer;
 use pyo3::prelude::*;
 
 /// Turns an engine error into the Python exception the package maps its status to
-/// (`laminardb._errors.from_status`), keeping the engine's message.
+/// (`laminardb._errors.from_status`), keeping the engine's message, the failed stream it reports
+/// (a `StreamError`) and, as `__cause__`, the DataFusion or Arrow error it was made from.
 pub(crate) fn to_pyerr(e: laminar_core::Error) -> PyErr {
     Python::attach(|py| {
         let status = e.kind().name();
@@ -19,12 +20,69 @@ pub(crate) fn to_pyerr(e: laminar_core::Error) -> PyErr {
         match py
             .import("laminardb._errors")
             .and_then(|m| m.getattr("from_status"))
-            .and_then(|f| f.call1((status, message.clone())))
+            .and_then(|f| f.call1((status, message.clone(), e.failed_stream(), underlying(&e))))
         {
             Ok(exc) => PyErr::from_value(exc),
             Err(_) => pyo3::exceptions::PyRuntimeError::new_err(format!("{status}: {message}")),
         }
     })
+}
+
+/// `(library, kind, message)` of the DataFusion or Arrow error `e` was made from, if any.
+fn underlying(e: &laminar_core::Error) -> Option<(&'static str, &'static str, String)> {
+    use laminar_core::DataFusionError as D;
+    use laminar_core::arrow::error::ArrowError as A;
+    let src = std::error::Error::source(e)?;
+    if let Some(d) = src.downcast_ref::<D>() {
+        let root = d.find_root();
+        let kind = match root {
+            D::ArrowError(a, _) => return Some(("arrow", arrow_kind(a), a.to_string())),
+            D::SQL(..) => "SQL",
+            D::NotImplemented(_) => "NotImplemented",
+            D::Internal(_) => "Internal",
+            D::Plan(_) => "Plan",
+            D::Configuration(_) => "Configuration",
+            D::SchemaError(..) => "SchemaError",
+            D::Execution(_) => "Execution",
+            D::ExecutionJoin(_) => "ExecutionJoin",
+            D::ResourcesExhausted(_) => "ResourcesExhausted",
+            D::External(_) => "External",
+            D::Context(..) => "Context",
+            D::Substrait(_) => "Substrait",
+            D::Diagnostic(..) => "Diagnostic",
+            D::Collection(_) => "Collection",
+            D::Shared(_) => "Shared",
+            D::IoError(_) => "IoError",
+            _ => "Other",
+        };
+        return Some(("datafusion", kind, root.strip_backtrace()));
+    }
+    src.downcast_ref::<A>().map(|a| ("arrow", arrow_kind(a), a.to_string()))
+}
+
+fn arrow_kind(a: &laminar_core::arrow::error::ArrowError) -> &'static str {
+    use laminar_core::arrow::error::ArrowError as A;
+    match a {
+        A::NotYetImplemented(_) => "NotYetImplemented",
+        A::ExternalError(_) => "ExternalError",
+        A::CastError(_) => "CastError",
+        A::MemoryError(_) => "MemoryError",
+        A::ParseError(_) => "ParseError",
+        A::SchemaError(_) => "SchemaError",
+        A::ComputeError(_) => "ComputeError",
+        A::DivideByZero => "DivideByZero",
+        A::ArithmeticOverflow(_) => "ArithmeticOverflow",
+        A::CsvError(_) => "CsvError",
+        A::JsonError(_) => "JsonError",
+        A::IoError(..) => "IoError",
+        A::IpcError(_) => "IpcError",
+        A::InvalidArgumentError(_) => "InvalidArgumentError",
+        A::ParquetError(_) => "ParquetError",
+        A::CDataInterface(_) => "CDataInterface",
+        A::DictionaryKeyOverflowError => "DictionaryKeyOverflowError",
+        A::RunEndIndexOverflowError => "RunEndIndexOverflowError",
+        _ => "Other",
+    }
 }
 
 pub(crate) trait IntoPy<T> {

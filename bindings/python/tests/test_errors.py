@@ -78,3 +78,40 @@ def test_fork_child_gets_a_clear_error(db):
     assert os.WEXITSTATUS(status) == 0
     assert out.startswith("INVALID_STATE") and "fork" in out
     assert db.query("SELECT * FROM s").num_rows == 0  # the parent goes on
+
+
+def test_a_failed_stream_raises_stream_error(db):
+    """A stream that fails (division by zero) says so: StreamError naming it, the status kept."""
+    db.execute("CREATE SOURCE s (k BIGINT, v BIGINT)")
+    db.execute("CREATE STREAM x AS SELECT k, 10 / v AS y FROM s")
+    db.execute("CREATE MATERIALIZED VIEW mv AS SELECT k, 10 / v AS y FROM s")
+    sub = db.subscribe_stream("x")
+    db.insert("s", {"k": [1], "v": [0]})
+    with pytest.raises(laminardb.StreamError) as e:
+        for _ in range(1000):
+            sub.next_timeout(100)
+    assert e.value.stream == "x" and e.value.status == "INVALID_DATA", e.value
+    assert not isinstance(e.value, laminardb.BatchSchemaError)
+    with pytest.raises(laminardb.StreamError) as e:
+        db.subscribe_stream("x")
+    assert e.value.stream == "x"
+    with pytest.raises(laminardb.StreamError) as e:
+        db.query("SELECT * FROM mv")
+    assert e.value.stream == "mv" and "materialized view 'mv' has failed" in str(e.value)
+    # Bad data is still a BatchSchemaError naming no stream.
+    with pytest.raises(laminardb.BatchSchemaError) as e:
+        db.insert("s", {"k": ["not a number"], "v": [1]})
+    assert e.value.stream is None
+
+
+def test_engine_errors_keep_their_cause(db):
+    db.execute("CREATE SOURCE s (k BIGINT, v BIGINT)")
+    with pytest.raises(laminardb.QueryError) as e:
+        db.query("SELECT no_such_column FROM s")
+    cause = e.value.__cause__
+    assert isinstance(cause, laminardb.EngineCause), cause
+    assert (cause.library, cause.kind) == ("datafusion", "SchemaError") and "no_such_column" in cause.message
+    # An error made by LaminarDB itself has no underlying cause.
+    with pytest.raises(laminardb.SchemaError) as e:
+        db.schema("nope")
+    assert e.value.__cause__ is None

@@ -18,9 +18,14 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::catalog::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::MemTable;
+use datafusion::datasource::source::DataSource as _;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use hashbrown::HashMap;
 
 use super::window::{TimeScale, event_times};
@@ -54,8 +59,8 @@ struct TopState {
 }
 
 pub(crate) struct OverWindow {
-    /// Window expressions with unqualified column references.
-    exprs: Vec<Expr>,
+    /// Window expressions with unqualified column references, planned once.
+    plan: WindowPlan,
     input_schema: SchemaRef,
     output_schema: SchemaRef,
     /// Index of `window_end` in the input.
@@ -76,7 +81,7 @@ impl OverWindow {
     ) -> OverWindow {
         let text = exprs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
         OverWindow {
-            exprs,
+            plan: WindowPlan::new(exprs),
             input_schema,
             output_schema,
             end_col,
@@ -192,8 +197,9 @@ impl OverWindow {
         Ok(Some(RecordBatch::try_new(self.input_schema.clone(), cols)?))
     }
 
-    fn evaluate(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        run_window(&self.exprs, batch)?
+    fn evaluate(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.plan
+            .run(batch)?
             .into_iter()
             .filter(|b| b.num_rows() > 0)
             .map(|b| {
@@ -215,13 +221,81 @@ impl OverWindow {
     }
 }
 
-/// Evaluates window expressions over one batch with DataFusion (planned per call: once per
-/// closed window, or per watermark step for OVER over a stream).
-fn run_window(exprs: &[Expr], batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-    let ctx = crate::plan::session_context();
-    let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
-    let df = ctx.read_table(Arc::new(table))?.window(exprs.to_vec())?;
-    Ok(futures::executor::block_on(df.collect())?)
+/// Window expressions evaluated by DataFusion, planned once (DESIGN §2): the first evaluation
+/// plans `exprs` over a one-batch memory table into a physical plan; every later one (each closed
+/// window, or each watermark step of OVER over a stream) swaps that plan's input for its batch
+/// and runs the same plan, without a new session, SQL-to-plan step or optimizer pass.
+pub(crate) struct WindowPlan {
+    exprs: Vec<Expr>,
+    /// The physical plan, the schema it was made for and the context it runs in.
+    planned: Option<(Arc<dyn ExecutionPlan>, SchemaRef, Arc<TaskContext>)>,
+    /// How many times a plan was built (1 in steady state; more only if the input's schema
+    /// changed or the plan had no memory input to swap).
+    #[cfg_attr(not(test), allow(dead_code))]
+    plans_built: u64,
+}
+
+impl WindowPlan {
+    pub(crate) fn new(exprs: Vec<Expr>) -> WindowPlan {
+        WindowPlan { exprs, planned: None, plans_built: 0 }
+    }
+
+    /// The window expressions' output over `batch`: its columns followed by one per expression.
+    fn run(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let reuse = self.planned.as_ref().is_some_and(|(_, schema, _)| schema == &batch.schema());
+        if reuse {
+            let (plan, schema, task) = self.planned.as_ref().expect("checked");
+            if let Some(plan) = with_input(plan, schema, &batch)? {
+                return Ok(futures::executor::block_on(collect(plan, task.clone()))?);
+            }
+        }
+        let ctx = crate::plan::session_context();
+        let schema = batch.schema();
+        let table = MemTable::try_new(schema.clone(), vec![vec![batch]])?;
+        let df = ctx.read_table(Arc::new(table))?.window(self.exprs.clone())?;
+        let plan = futures::executor::block_on(df.create_physical_plan())?;
+        self.plans_built += 1;
+        let task = ctx.task_ctx();
+        let out = futures::executor::block_on(collect(plan.clone(), task.clone()))?;
+        self.planned = Some((plan, schema, task));
+        Ok(out)
+    }
+}
+
+/// `plan` with its one in-memory input replaced by `batch`; `None` when the plan does not have
+/// exactly one (the caller plans afresh then).
+fn with_input(
+    plan: &Arc<dyn ExecutionPlan>,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let mut swapped = 0;
+    let mut failed = None;
+    let out = plan
+        .clone()
+        .transform_up(|node| {
+            let Some(mem) = node
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|d| d.data_source().downcast_ref::<MemorySourceConfig>())
+            else {
+                return Ok(Transformed::no(node));
+            };
+            swapped += 1;
+            match MemorySourceConfig::try_new(&[vec![batch.clone()]], schema.clone(), mem.projection().clone()) {
+                Ok(src) => Ok(Transformed::yes(
+                    DataSourceExec::from_data_source(src.with_limit(mem.fetch())) as Arc<dyn ExecutionPlan>
+                )),
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(Transformed::no(node))
+                }
+            }
+        })?
+        .data;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok((swapped == 1).then_some(out))
 }
 
 impl Operator for OverWindow {
@@ -348,7 +422,8 @@ impl Operator for OverWindow {
 /// so the state is `history` rows per partition plus the rows not yet passed by the watermark;
 /// `ROW_NUMBER` continues across emissions from a per-partition count.
 pub(crate) struct StreamOver {
-    exprs: Vec<Expr>,
+    /// The window expressions, planned once.
+    plan: WindowPlan,
     input_schema: SchemaRef,
     output_schema: SchemaRef,
     time_col: usize,
@@ -400,7 +475,7 @@ impl StreamOver {
         let marked_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
         Ok(StreamOver {
             marked_schema,
-            exprs,
+            plan: WindowPlan::new(exprs),
             input_schema,
             output_schema,
             time_col,
@@ -530,7 +605,7 @@ impl Operator for StreamOver {
             Arc::new(BooleanArray::from((0..all.num_rows()).map(|i| i >= hist_batch.num_rows()).collect::<Vec<_>>()));
         let mut cols = all.columns().to_vec();
         cols.push(mark);
-        let out = run_window(&self.exprs, RecordBatch::try_new(self.marked_schema.clone(), cols)?)?;
+        let out = self.plan.run(RecordBatch::try_new(self.marked_schema.clone(), cols)?)?;
         let nin = self.input_schema.fields().len();
         let mut result = vec![];
         let out: Vec<RecordBatch> = out.into_iter().filter(|b| b.num_rows() > 0).collect();
@@ -704,5 +779,71 @@ impl Operator for StreamOver {
         self.bytes = self.pending.iter().map(|b| b.get_array_memory_size()).sum::<usize>()
             + self.parts.len() * (64 + 48 * self.history);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::functions_window::expr_fn::{lag, row_number};
+    use datafusion::logical_expr::{ExprFunctionExt, col};
+
+    fn batch(w: &[i64], v: &[i64]) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![
+            ("w", Arc::new(Int64Array::from(w.to_vec())) as ArrayRef),
+            ("v", Arc::new(Int64Array::from(v.to_vec())) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn exprs() -> Vec<Expr> {
+        let part = || vec![col("w")];
+        let order = || vec![col("v").sort(true, false)];
+        vec![
+            row_number().partition_by(part()).order_by(order()).build().unwrap().alias("rn"),
+            lag(col("v"), Some(1), None).partition_by(part()).order_by(order()).build().unwrap().alias("prev"),
+        ]
+    }
+
+    fn text(out: &[RecordBatch]) -> Vec<String> {
+        let mut rows = vec![];
+        for b in out {
+            for i in 0..b.num_rows() {
+                rows.push(
+                    b.columns()
+                        .iter()
+                        .map(|c| datafusion::arrow::util::display::array_value_to_string(c, i).unwrap())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                );
+            }
+        }
+        rows.sort();
+        rows
+    }
+
+    /// Each window is evaluated by the plan built for the first: one plan, the same answers as a
+    /// plan made afresh for each window.
+    #[test]
+    fn window_expressions_are_planned_once() {
+        let mut once = WindowPlan::new(exprs());
+        let windows = [
+            batch(&[1, 1, 1], &[3, 1, 2]),
+            batch(&[2, 2], &[5, 4]),
+            batch(&[3, 4, 3, 4, 3], &[9, 8, 7, 6, 5]),
+            batch(&[5], &[1]),
+        ];
+        for w in &windows {
+            let got = once.run(w.clone()).unwrap();
+            let fresh = WindowPlan::new(exprs()).run(w.clone()).unwrap();
+            assert_eq!(text(&got), text(&fresh));
+            assert_eq!(got.iter().map(|b| b.num_rows()).sum::<usize>(), w.num_rows());
+        }
+        assert_eq!(
+            text(&once.run(windows[0].clone()).unwrap()),
+            vec!["1|1|1|".to_string(), "1|2|2|1".to_string(), "1|3|3|2".to_string()]
+        );
+        assert_eq!(once.plans_built, 1);
     }
 }

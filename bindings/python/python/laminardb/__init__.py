@@ -26,6 +26,7 @@ from ._errors import (
     CheckpointError,
     ConnectionError,
     ConnectorError,
+    EngineCause,
     IngestionError,
     LaminarError,
     QueryError,
@@ -91,5 +92,5 @@ __all__ = [
     "QueryResult", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
     "PipelineMetrics", "SourceMetrics", "StreamMetrics", "LaminarError", "ConnectionError",
     "QueryError", "IngestionError", "SchemaError", "BatchSchemaError", "SubscriptionError",
-    "StreamError", "CheckpointError", "ConnectorError", "codes", "STATUS", "__version__",
+    "StreamError", "CheckpointError", "ConnectorError", "EngineCause", "codes", "STATUS", "__version__",
 ]

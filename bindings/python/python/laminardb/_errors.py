@@ -15,15 +15,21 @@ class LaminarError(Exception):
         code: the numeric code of :mod:`laminardb.codes`.
         status: the ABI status name (``"NOT_FOUND"``, ``"SQL_SYNTAX"``, …).
         message: the engine's message.
+        stream: the stream or materialized view whose failure this error reports (set on every
+            :class:`StreamError`), else ``None``.
+
+    When the engine's error was made from a DataFusion or Arrow error, ``__cause__`` is an
+    :class:`EngineCause` naming it.
     """
 
     default_code = codes.INTERNAL_ERROR
 
-    def __init__(self, message: str = "", code: Optional[int] = None, status: str = "UNKNOWN"):
+    def __init__(self, message: str = "", code: Optional[int] = None, status: str = "UNKNOWN", stream: Optional[str] = None):
         super().__init__(message)
         self.message = message
         self.code = self.default_code if code is None else code
         self.status = status
+        self.stream = stream
 
     def __str__(self) -> str:
         return self.message
@@ -67,9 +73,30 @@ class SubscriptionError(LaminarError):
 
 
 class StreamError(LaminarError):
-    """A continuous query failed."""
+    """A continuous query (stream or materialized view) failed, for example on a division by zero.
+
+    Raised by a subscription to it once its buffered batches are read, and by every later
+    subscribe to it or query of it. ``stream`` names it; ``status`` stays the failure's own kind
+    (``"INVALID_DATA"`` for a division by zero, …)."""
 
     default_code = codes.QUERY_FAILED
+
+
+class EngineCause(Exception):
+    """The DataFusion or Arrow error an engine error was made from, set as its ``__cause__``.
+
+    Attributes:
+        library: ``"datafusion"`` or ``"arrow"``.
+        kind: the error's variant there (``"Plan"``, ``"SchemaError"``, ``"DivideByZero"``, …; the
+            innermost DataFusion error of a chain).
+        message: its text.
+    """
+
+    def __init__(self, library: str, kind: str, message: str):
+        super().__init__(f"{library} {kind}: {message}")
+        self.library = library
+        self.kind = kind
+        self.message = message
 
 
 class CheckpointError(LaminarError):
@@ -104,14 +131,24 @@ STATUS_MAP = {
 }
 
 
-def from_status(status: str, message: str) -> LaminarError:
-    """The exception for an engine error (called by the native module)."""
-    cls, code = STATUS_MAP.get(status, (LaminarError, codes.INTERNAL_ERROR))
-    return cls(message, code, status)
+def from_status(status: str, message: str, stream: Optional[str] = None, cause: Optional[tuple] = None) -> LaminarError:
+    """The exception for an engine error (called by the native module).
+
+    ``stream`` is the failed stream the error reports (a :class:`StreamError` whatever the
+    status); ``cause`` is ``(library, kind, message)`` of the underlying DataFusion or Arrow
+    error, set as ``__cause__``."""
+    if stream is not None:
+        err: LaminarError = StreamError(message, StreamError.default_code, status, stream)
+    else:
+        cls, code = STATUS_MAP.get(status, (LaminarError, codes.INTERNAL_ERROR))
+        err = cls(message, code, status)
+    if cause is not None:
+        err.__cause__ = EngineCause(*cause)
+    return err
 
 
 def rewrap(err: LaminarError, cls: type, code: Optional[int] = None) -> LaminarError:
     """The same error as another class (for context: a failed checkpoint is a CheckpointError)."""
-    new = cls(err.message, err.code if code is None else code, err.status)
+    new = cls(err.message, err.code if code is None else code, err.status, err.stream)
     new.__cause__ = err
     return new

@@ -139,7 +139,8 @@ class Connection:
 
     def query(self, sql: str) -> QueryResult:
         """Runs an ad-hoc SELECT (over sources' retained rows and materialized views), SHOW,
-        DESCRIBE or EXPLAIN and returns its rows."""
+        DESCRIBE or EXPLAIN and returns its rows. A materialized view that has failed raises
+        :class:`~laminardb.StreamError` instead of answering stale rows."""
         self._check()
         return QueryResult._from_native(self._db.query(sql))
 

@@ -15,7 +15,9 @@ from .result import QueryResult
 class Subscription:
     """A pull subscription. Items are :class:`QueryResult`\\ s, one per batch the stream emitted
     (changelog streams carry their ``__weight`` column). Blocking calls release the GIL and honour
-    Ctrl-C. Usable with ``with`` / ``async with`` (cancel on exit) and ``for`` / ``async for``."""
+    Ctrl-C. Usable with ``with`` / ``async with`` (cancel on exit) and ``for`` / ``async for``.
+    When the stream fails (for example on a division by zero), reading raises
+    :class:`~laminardb.StreamError` after the batches already buffered."""
 
     def __init__(self, native, name: str, on_cancel: Optional[Callable[[], None]] = None, query_id: int = 0):
         self._sub = native
