@@ -2680,10 +2680,10 @@ fn table_function_names(q: &datafusion::sql::sqlparser::ast::Query) -> Vec<Strin
     impl Visitor for Names {
         type Break = ();
         fn pre_visit_table_factor(&mut self, t: &TableFactor) -> ControlFlow<()> {
-            if let TableFactor::Table { name, args: Some(_), .. } = t {
-                if let Some(id) = name.0.last().and_then(|p| p.as_ident()) {
-                    self.0.push(id.value.clone());
-                }
+            if let TableFactor::Table { name, args: Some(_), .. } = t
+                && let Some(id) = name.0.last().and_then(|p| p.as_ident())
+            {
+                self.0.push(id.value.clone());
             }
             ControlFlow::Continue(())
         }
