@@ -124,3 +124,12 @@ def test_ragged_columns_are_a_schema_error():
         with pytest.raises(laminardb.BatchSchemaError) as e:
             db.insert("s", {"a": [1, 2, 3], "b": [1]})
         assert "different lengths" in str(e.value)
+
+
+def test_a_value_an_ad_hoc_query_cannot_compute_is_a_query_error():
+    with laminardb.open() as db:
+        for sql in ["SELECT CAST('abc' AS BIGINT) AS x", "SELECT INTERVAL '1' DAY * 9223372036854775807 AS x"]:
+            with pytest.raises(laminardb.LaminarError) as e:
+                db.query(sql)
+            assert isinstance(e.value, laminardb.QueryError), (sql, type(e.value), e.value)
+            assert not isinstance(e.value, laminardb.BatchSchemaError), (sql, e.value)

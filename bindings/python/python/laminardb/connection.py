@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from . import _laminardb, codes
 from ._arrow import csv_to_table, insert_into, json_to_table
-from ._errors import CheckpointError, ConnectionError, LaminarError, QueryError, SchemaError, rewrap
+from ._errors import BatchSchemaError, CheckpointError, ConnectionError, LaminarError, QueryError, SchemaError, rewrap
 from .config import LaminarConfig, to_pairs
 from .result import ExecuteResult, QueryResult
 from .subscription import CallbackSubscription, Subscription
@@ -140,9 +140,14 @@ class Connection:
     def query(self, sql: str) -> QueryResult:
         """Runs an ad-hoc SELECT (over sources' retained rows and materialized views), SHOW,
         DESCRIBE or EXPLAIN and returns its rows. A materialized view that has failed raises
-        :class:`~laminardb.StreamError` instead of answering stale rows."""
+        :class:`~laminardb.StreamError` instead of answering stale rows. A value the query itself
+        cannot compute (an overflow, a bad cast) is a :class:`QueryError` with status
+        ``INVALID_DATA``, not a :class:`BatchSchemaError`: nothing was pushed."""
         self._check()
-        return QueryResult._from_native(self._db.query(sql))
+        try:
+            return QueryResult._from_native(self._db.query(sql))
+        except BatchSchemaError as e:
+            raise rewrap(e, QueryError, codes.QUERY_FAILED) from e.__cause__
 
     sql = query
 
