@@ -133,3 +133,11 @@ def test_a_value_an_ad_hoc_query_cannot_compute_is_a_query_error():
                 db.query(sql)
             assert isinstance(e.value, laminardb.QueryError), (sql, type(e.value), e.value)
             assert not isinstance(e.value, laminardb.BatchSchemaError), (sql, e.value)
+
+
+def test_an_io_error_of_the_engine_is_not_a_connector_error():
+    from laminardb._errors import from_status
+
+    e = from_status("IO", "write-ahead log: No space left on device")
+    assert isinstance(e, laminardb.IngestionError) and not isinstance(e, laminardb.ConnectorError)
+    assert e.status == "IO"

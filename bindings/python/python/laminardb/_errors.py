@@ -123,7 +123,9 @@ STATUS_MAP = {
     "TIMEOUT": (SubscriptionError, codes.SUBSCRIPTION_TIMEOUT),
     "RESOURCE_EXHAUSTED": (SubscriptionError, codes.SUBSCRIPTION_FAILED),
     "CLOSED": (ConnectionError, codes.CONNECTION_CLOSED),
-    "IO": (ConnectorError, codes.INGESTION_FAILED),
+    # The engine's own files (the write-ahead log when a push is logged): no connector is involved.
+    # Opening and checkpoints rewrap theirs as ConnectionError and CheckpointError.
+    "IO": (IngestionError, codes.INGESTION_FAILED),
     "INVALID_STATE": (LaminarError, codes.INTERNAL_ERROR),
     "NOT_IMPLEMENTED": (LaminarError, codes.INTERNAL_ERROR),
     "INTERNAL": (LaminarError, codes.INTERNAL_ERROR),
