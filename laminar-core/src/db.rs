@@ -210,6 +210,8 @@ struct StreamRt {
     rows_late: u64,
     late_pairs: u64,
     failed: Option<Error>,
+    /// A failed stream's plan fingerprint, kept when its operators (and their state) are freed.
+    frozen_fingerprint: Option<String>,
     tick: Option<(i64, i64)>, // period ms, next due ms
     /// A LATE DATA TO target: has no operators, receives late rows.
     is_late_sink: bool,
@@ -614,8 +616,12 @@ impl Database {
                     }
                     let mut lists = l.objects.remove(&format!("stream:{}", r.name)).unwrap_or_default();
                     let mv_state = lists.pop().ok_or_else(|| bad(format!("no state for '{}'", r.name)))?;
-                    s.restore_ops(lists)
-                        .map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
+                    // A failed stream's operators are not restored: it never runs again (and
+                    // its checkpoint may hold no operator state, freed when it failed).
+                    if r.failed.is_none() {
+                        s.restore_ops(lists)
+                            .map_err(|e| e.context(format!("checkpoint {epoch}: restoring '{}'", r.name)))?;
+                    }
                     if let Some(mv) = &mut s.mv {
                         mv.restore(mv_state)?;
                     }
@@ -1132,6 +1138,7 @@ impl Database {
                 rows_late: 0,
                 late_pairs: 0,
                 failed: None,
+                frozen_fingerprint: None,
                 tick,
                 is_late_sink: false,
                 history: vec![],
@@ -1836,6 +1843,7 @@ impl StreamRt {
             rows_late: 0,
             late_pairs: 0,
             failed: None,
+            frozen_fingerprint: None,
             tick: None,
             is_late_sink: true,
             history: vec![],
@@ -2168,6 +2176,9 @@ fn same_plan(a: &str, b: &str) -> bool {
 /// What must match for a stream's saved operator state to load into its plan: the operators,
 /// as EXPLAIN describes them.
 fn fingerprint(s: &StreamRt) -> String {
+    if let Some(f) = &s.frozen_fingerprint {
+        return f.clone();
+    }
     let mut lines = vec![];
     s.root.explain(0, &mut lines);
     lines.join("\n")
@@ -2701,6 +2712,13 @@ fn fail_stream(s: &mut StreamRt, name: &str, e: Error) {
         sub.fail(e.clone()); // reported after the batches already buffered
     }
     s.failed = Some(e);
+    // A failed stream never runs again: free its operators' state now, not at DROP. Its plan's
+    // fingerprint is kept for checkpoints; state spilled to RocksDB stays until DROP, which finds
+    // it through the operators.
+    if s.root.operators().iter().all(|o| o.spilled_groups() == 0) {
+        s.frozen_fingerprint = Some(fingerprint(s));
+        s.root = Node::leaf(String::new());
+    }
 }
 
 /// Delivers a stream's output, accounts late rows, checks the memory limit, feeds dependents.

@@ -405,3 +405,40 @@ fn datafusion_errors_are_kept_as_the_source() {
     let e = db.query("SELECT * FROM plain").unwrap_err();
     assert!(e.message().contains("keeps no queryable state"), "{e}");
 }
+
+#[test]
+fn a_failed_stream_frees_its_state_and_stays_failed_across_a_checkpoint() {
+    let dir = tmpdir("failed-frees");
+    let open = || {
+        let mut c = laminar_core::Config::default();
+        c.set("workers", "1").unwrap();
+        Database::open(dir.to_str().unwrap(), c).unwrap()
+    };
+    let db = open();
+    db.execute(KVT).unwrap();
+    db.execute("CREATE STREAM agg AS SELECT k, SUM(10 / v) AS x FROM s GROUP BY k").unwrap();
+    db.execute("CREATE STREAM fine AS SELECT k, COUNT(*) AS n FROM s GROUP BY k").unwrap();
+    let state =
+        |db: &Database, n: &str| db.metrics().unwrap().streams.iter().find(|s| s.name == n).unwrap().state_bytes;
+    let rows: Vec<(i64, i64, i64)> = (0..20_000).map(|i| (i, 1, i)).collect();
+    let mut w = db.writer("s").unwrap();
+    w.write(kvt(&rows)).unwrap();
+    w.flush().unwrap();
+    let before = state(&db, "agg");
+    assert!(before > 100_000, "{before}");
+    w.write(kvt(&[(1, 0, 30_000)])).unwrap(); // 10 / 0 fails the stream
+    w.flush().unwrap();
+    let m = db.metrics().unwrap();
+    assert!(m.streams.iter().find(|s| s.name == "agg").unwrap().failed.is_some());
+    assert_eq!(state(&db, "agg"), 0, "the failed stream's state is freed");
+    assert!(state(&db, "fine") > 100_000, "other streams keep theirs");
+    // A checkpoint and a reopen keep it failed, and the healthy stream's state.
+    db.checkpoint().unwrap();
+    db.close();
+    let db = open();
+    let m = db.metrics().unwrap();
+    assert!(m.streams.iter().find(|s| s.name == "agg").unwrap().failed.is_some());
+    assert!(state(&db, "fine") > 100_000);
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
