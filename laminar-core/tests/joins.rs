@@ -303,17 +303,7 @@ fn sql_of(c: &Case) -> (String, String) {
     }
 }
 
-type Row = (i64, Option<i64>, Option<i64>, i64); // id, k, v, ts (ms)
-
-fn batch(rows: &[Row]) -> RecordBatch {
-    RecordBatch::try_from_iter(vec![
-        ("id", Arc::new(Int64Array::from_iter_values(rows.iter().map(|x| x.0))) as ArrayRef),
-        ("k", Arc::new(Int64Array::from_iter(rows.iter().map(|x| x.1))) as ArrayRef),
-        ("v", Arc::new(Int64Array::from_iter(rows.iter().map(|x| x.2))) as ArrayRef),
-        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|x| x.3 * 1000))) as ArrayRef),
-    ])
-    .unwrap()
-}
+use common::{IdKvtRow as Row, id_kvt_batch as batch};
 
 fn run_case(c: &Case) -> Result<(), String> {
     let mut r = SmallRng::seed_from_u64(c.seed ^ 0x5bd1_e995);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use laminar_core::arrow::array::{ArrayRef, AsArray, Int64Array, TimestampMicrosecondArray};
+use laminar_core::arrow::array::{AsArray, Int64Array, TimestampMicrosecondArray};
 use laminar_core::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit, TimestampMicrosecondType};
 use laminar_core::arrow::record_batch::RecordBatch;
 use laminar_core::{Config, Database, ErrorKind, Next};
@@ -279,17 +279,7 @@ fn sql_of(c: &Case) -> Sql {
     }
 }
 
-type Row = (i64, Option<i64>, Option<i64>, i64); // id, k, v, ts (ms)
-
-fn batch(rows: &[Row]) -> RecordBatch {
-    RecordBatch::try_from_iter(vec![
-        ("id", Arc::new(Int64Array::from_iter_values(rows.iter().map(|x| x.0))) as ArrayRef),
-        ("k", Arc::new(Int64Array::from_iter(rows.iter().map(|x| x.1))) as ArrayRef),
-        ("v", Arc::new(Int64Array::from_iter(rows.iter().map(|x| x.2))) as ArrayRef),
-        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|x| x.3 * 1000))) as ArrayRef),
-    ])
-    .unwrap()
-}
+use common::{IdKvtRow as Row, id_kvt_batch as batch};
 
 /// Runs one case; returns the rows of the view and the late pairs reported.
 fn run_case(c: &Case) -> Result<(usize, usize), String> {

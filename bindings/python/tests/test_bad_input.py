@@ -141,3 +141,16 @@ def test_an_io_error_of_the_engine_is_not_a_connector_error():
     e = from_status("IO", "write-ahead log: No space left on device")
     assert isinstance(e, laminardb.IngestionError) and not isinstance(e, laminardb.ConnectorError)
     assert e.status == "IO"
+
+
+def test_a_failed_stream_shows_in_streams_and_metrics():
+    with laminardb.open() as db:
+        db.execute("CREATE SOURCE s (v BIGINT)")
+        db.execute("CREATE MATERIALIZED VIEW mv AS SELECT 10 / v AS x FROM s")
+        db.insert("s", {"v": [2]})
+        assert [r["failed"] for r in db.streams()] == [False]
+        db.insert("s", {"v": [0]})
+        assert [(r["name"], r["failed"]) for r in db.streams()] == [("mv", True)]
+        assert db.stream_metrics("mv").failed == 1
+        with pytest.raises(laminardb.StreamError):
+            db.query("SELECT x FROM mv")

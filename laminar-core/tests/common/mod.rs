@@ -18,6 +18,20 @@ pub fn kvt(rows: &[(i64, i64, i64)]) -> RecordBatch {
     .unwrap()
 }
 
+/// A row of (id, k, v, ts) with nullable k and v; ts in milliseconds.
+pub type IdKvtRow = (i64, Option<i64>, Option<i64>, i64);
+
+/// A batch of (id BIGINT, k BIGINT, v BIGINT, ts TIMESTAMP) rows.
+pub fn id_kvt_batch(rows: &[IdKvtRow]) -> RecordBatch {
+    RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(Int64Array::from_iter_values(rows.iter().map(|x| x.0))) as ArrayRef),
+        ("k", Arc::new(Int64Array::from_iter(rows.iter().map(|x| x.1))) as ArrayRef),
+        ("v", Arc::new(Int64Array::from_iter(rows.iter().map(|x| x.2))) as ArrayRef),
+        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|x| x.3 * 1000))) as ArrayRef),
+    ])
+    .unwrap()
+}
+
 /// Every row of the batches rendered as strings, one Vec per row.
 pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let mut out = vec![];

@@ -241,11 +241,13 @@ class Connection:
         """Every source and table (what data is pushed into): name, sql."""
         return [{"name": r["name"], "sql": r["sql"]} for r in self._catalog() if r["kind"] in _PUSHED]
 
-    def streams(self) -> List[Dict[str, str]]:
-        """Every stream and materialized view: name, kind, stream_kind, sql, inputs."""
+    def streams(self) -> List[Dict[str, Any]]:
+        """Every stream and materialized view: name, kind, stream_kind, sql, inputs, and failed
+        (True once it has failed: reads and subscriptions of it raise :class:`StreamError`)."""
+        failed = {r["name"] for r in self._metric_rows() if r["kind"] == "stream" and r["metric"] == "failed" and r["value"]}
         return [
             {"name": r["name"], "kind": r["kind"], "stream_kind": r["stream_kind"], "sql": r["sql"],
-             "inputs": [i for i in r["inputs"].split(",") if i]}
+             "inputs": [i for i in r["inputs"].split(",") if i], "failed": r["name"] in failed}
             for r in self._catalog() if r["kind"] in _QUERIES
         ]
 
