@@ -56,6 +56,7 @@ const DDL: &[&str] = &[
     // Blocks of 300 orders (6 s, one and a half batches) take turns over 7 keys: each block is
     // one session, open across batch boundaries (and checkpoints), closed 3 s after it ends.
     "CREATE MATERIALIZED VIEW IF NOT EXISTS order_sessions AS SELECT id / 300 % 7 AS g, COUNT(*) AS n, SUM(amount) AS s, window_start, window_end FROM orders GROUP BY id / 300 % 7, SESSION(ts, INTERVAL '1' SECOND) EMIT CHANGES",
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS order_hops AS SELECT k, COUNT(*) AS n, SUM(amount) AS s, window_start FROM orders GROUP BY k, HOP(ts, INTERVAL '500' MILLISECOND, INTERVAL '2' SECOND)",
 ];
 
 /// The oracle's SQL for the two views, over tables `orders` and `payments`.
@@ -132,9 +133,9 @@ fn reference(n_orders: u64, n_payments: u64) -> Vec<Vec<String>> {
     vec![view(&db, "totals"), view(&db, "paid")]
 }
 
-/// The `order_sessions` view of a fresh in-memory database fed orders batches 0..n (it reads
-/// only orders).
-fn session_reference(n_orders: u64) -> Vec<String> {
+/// The `order_sessions` and `order_hops` views of a fresh in-memory database fed orders batches
+/// 0..n (they read only orders).
+fn orders_reference(n_orders: u64) -> (Vec<String>, Vec<String>) {
     let db = Database::open_in_memory().unwrap();
     create(&db);
     let mut o = db.writer("orders").unwrap();
@@ -142,7 +143,7 @@ fn session_reference(n_orders: u64) -> Vec<String> {
         o.write(orders(i)).unwrap();
     }
     finish(&db);
-    view(&db, "order_sessions")
+    (view(&db, "order_sessions"), view(&db, "order_hops"))
 }
 
 /// DataFusion over the same rows: the batch oracle.
@@ -907,7 +908,10 @@ fn crash_rounds(state: &str, rounds: u64) {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g == w, "view {}: after {rounds} SIGKILL rounds, {}", ORACLE[i].0, difference(g, w));
     }
-    let (g, sessions) = (view(&db, "order_sessions"), session_reference(no));
+    let (sessions, hops) = orders_reference(no);
+    let h = view(&db, "order_hops");
+    assert!(!hops.is_empty() && h == hops, "view order_hops: after {rounds} SIGKILL rounds, {}", difference(&h, &hops));
+    let g = view(&db, "order_sessions");
     assert!(g == sessions, "view order_sessions: after {rounds} SIGKILL rounds, {}", difference(&g, &sessions));
     eprintln!(
         "sigkill crash rounds ({state} state): {rounds} rounds in {:.1}s, {} + {} batches of {ROWS} rows acknowledged, {spilled} groups spilled at the last reopen, views equal the oracle ({} + {} rows), sessions an in-memory run ({} rows)",
@@ -1290,9 +1294,9 @@ fn salvage_skips_the_records_that_depended_on_a_lost_one() {
     let db = open_recovering(&dir, "salvage").unwrap();
     let info = db.recovery().unwrap();
     assert_eq!(info.warnings.len(), 2, "{info:?}");
-    // totals, matched, paid and order_sessions (over orders), and orders batches 0 and 1.
+    // totals, matched, paid, order_sessions and order_hops (over orders), and orders batches 0 and 1.
     assert!(
-        info.warnings[1].contains("6 intact log records after the damage could not be replayed")
+        info.warnings[1].contains("7 intact log records after the damage could not be replayed")
             && info.warnings[1].contains("orders"),
         "{info:?}"
     );
