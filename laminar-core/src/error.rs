@@ -387,13 +387,12 @@ mod tests {
 
     #[test]
     fn nearest_name_is_bounded_for_huge_names() {
+        // Unbounded, the first call is 4·10^10 edit steps (minutes: the test binary's time limit
+        // fails it); bounded, it is a length check.
         let huge = "x".repeat(200_000);
         let near = format!("{huge}y");
-        let t = std::time::Instant::now();
         assert_eq!(nearest_name(&near, [huge.as_str(), "trades"].into_iter()), None);
         assert_eq!(nearest_name("trade", [huge.as_str(), "trades"].into_iter()), Some("trades"));
-        // Unbounded, this is 4·10^10 steps (minutes); bounded, it is a length check.
-        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -618,6 +618,7 @@ impl Lowerer<'_> {
                         output_schema: op_schema,
                         unused,
                         input_schema,
+                        rows_per_piece: WindowAssign::rows_per_piece(b.kind),
                     };
                     let mut node = Node::leaf(b.input.clone());
                     node.ops.push(Box::new(op));

@@ -74,7 +74,8 @@ fn a_typo_of_a_huge_name_answers_at_once() {
     db.execute(&format!("CREATE SOURCE \"{huge}\" (a BIGINT)")).unwrap();
     db.execute("CREATE SOURCE other (a BIGINT)").unwrap();
     let near = format!("{huge}x");
-    let t = std::time::Instant::now();
+    // Unbounded, the suggestion alone is 4·10^10 steps under the engine lock: the test binary's
+    // time limit fails it.
     let e = db.writer(&near).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     // The name is echoed clipped, not 200,000 characters long.
@@ -82,8 +83,6 @@ fn a_typo_of_a_huge_name_answers_at_once() {
     let e = db.execute(&format!("INSERT INTO \"{near}\" VALUES (1)")).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.message().len() < 600, "{}", e.message().len());
-    // Unbounded, the edit distance alone is 4·10^10 steps under the engine lock.
-    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
     let e = db.writer("othr").err().unwrap();
     assert!(e.message().contains("did you mean 'other'"), "{e}");
 }

@@ -382,11 +382,7 @@ fn compare(mut got: Vec<Vec<String>>, mut want: Vec<Vec<String>>, c: &Case) -> R
 
 #[test]
 fn differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_DIFF_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let seeds: Vec<u64> = match std::env::var("LAMINAR_DIFF_SEED") {
-        Ok(s) => vec![s.parse().expect("seed")],
-        Err(_) => (0..cases).map(|i| 0xA5A5_0000 + i).collect(),
-    };
+    let seeds = common::case_seeds("LAMINAR_DIFF_SEED", "LAMINAR_DIFF_CASES", 1000, 0xA5A5_0000);
     let mut failures = vec![];
     let mut kinds: HashMap<String, usize> = HashMap::new();
     for seed in &seeds {

@@ -412,11 +412,7 @@ fn compare(got: Vec<Vec<String>>, want: Vec<Vec<String>>) -> Result<(), String> 
 
 #[test]
 fn join_differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_JOIN_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let seeds: Vec<u64> = match std::env::var("LAMINAR_JOIN_SEED") {
-        Ok(s) => vec![s.parse().expect("seed")],
-        Err(_) => (0..cases).map(|i| 0x70_1000 + i).collect(),
-    };
+    let seeds = common::case_seeds("LAMINAR_JOIN_SEED", "LAMINAR_JOIN_CASES", 1000, 0x70_1000);
     let mut failures = vec![];
     let mut kinds: HashMap<String, usize> = HashMap::new();
     for seed in &seeds {

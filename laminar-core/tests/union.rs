@@ -455,11 +455,7 @@ fn compare(mut got: Vec<Vec<String>>, mut want: Vec<Vec<String>>) -> Result<(), 
 
 #[test]
 fn union_differential_random_cases() {
-    let cases: u64 = std::env::var("LAMINAR_UNION_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
-    let seeds: Vec<u64> = match std::env::var("LAMINAR_UNION_SEED") {
-        Ok(s) => vec![s.parse().expect("seed")],
-        Err(_) => (0..cases).map(|i| 0x0A11_0000 + i).collect(),
-    };
+    let seeds = common::case_seeds("LAMINAR_UNION_SEED", "LAMINAR_UNION_CASES", 200, 0x0A11_0000);
     let mut failures = vec![];
     let mut kinds: HashMap<String, usize> = HashMap::new();
     let (mut rows, mut late) = (0, 0);

@@ -244,9 +244,19 @@ pub(crate) struct WindowAssign {
     pub unused: Vec<usize>,
     /// The input's schema with the unused columns nullable (computed once, at plan time).
     pub input_schema: SchemaRef,
+    /// Rows per output piece, so that a piece holds at most [`CHUNK_PAIRS`] (row, window) pairs
+    /// (see [`WindowAssign::rows_per_piece`]).
+    pub rows_per_piece: usize,
 }
 
 impl WindowAssign {
+    /// Rows per output piece for `kind` (plan time): a batch that multiplies past
+    /// [`CHUNK_PAIRS`] (row, window) pairs goes out in pieces, so the copies of its rows are never
+    /// all in memory at once and the memory limit is checked as the aggregate above takes each.
+    pub fn rows_per_piece(kind: WindowKind) -> usize {
+        (CHUNK_PAIRS / kind.windows_per_row().max(1) as usize).max(1)
+    }
+
     fn is_closed(&self, watermark: i64, end: i64) -> bool {
         watermark != NO_WATERMARK && watermark >= end.saturating_add(self.lateness)
     }
@@ -350,25 +360,18 @@ impl Operator for WindowAssign {
             }
             RecordBatch::try_new(self.input_schema.clone(), cols)?
         };
-        // A batch that multiplies past CHUNK_PAIRS (row, window) pairs goes out in pieces, so the
-        // copies of its rows are never all in memory at once and the memory limit is checked as
-        // the aggregate above takes each piece.
-        let per_row = self.kind.windows_per_row().max(1) as usize;
-        let rows_per_chunk = (CHUNK_PAIRS / per_row).max(1);
-        let mut outs = vec![];
         let n = batch.num_rows();
-        let mut start = 0;
-        while start < n || (n == 0 && start == 0) {
-            let len = rows_per_chunk.min(n - start);
-            let piece = if start == 0 && len == n { batch.clone() } else { batch.slice(start, len) };
+        if n <= self.rows_per_piece {
+            let out = self.assign(&batch, ctx.watermark, ctx.late)?;
+            return Ok(if out.num_rows() == 0 { vec![] } else { vec![out] });
+        }
+        let mut outs = vec![];
+        for start in (0..n).step_by(self.rows_per_piece) {
+            let piece = batch.slice(start, self.rows_per_piece.min(n - start));
             let out = self.assign(&piece, ctx.watermark, ctx.late)?;
             if out.num_rows() > 0 {
                 outs.push(out);
             }
-            if n == 0 {
-                break;
-            }
-            start += len;
         }
         Ok(outs)
     }

@@ -101,3 +101,15 @@ pub fn wait_until_finished(db: &Database, source: &str, secs: u64) -> u64 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The seeds of a randomized suite: the one in `seed_var` (a replay), else `default_cases` of them
+/// (or the count in `cases_var`) from `base` on.
+pub fn case_seeds(seed_var: &str, cases_var: &str, default_cases: u64, base: u64) -> Vec<u64> {
+    match std::env::var(seed_var) {
+        Ok(s) => vec![s.parse().expect("a seed is a number")],
+        Err(_) => {
+            let cases = std::env::var(cases_var).ok().and_then(|s| s.parse().ok()).unwrap_or(default_cases);
+            (0..cases).map(|i| base + i).collect()
+        }
+    }
+}
