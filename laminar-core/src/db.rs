@@ -25,6 +25,7 @@ use datafusion::datasource::MemTable;
 use parking_lot::Mutex;
 
 use crate::config::{Config, Durability, QueueFullPolicy};
+use crate::connector::{self, Position, Positions, Sink, SourceReader};
 use crate::durable::{self, CheckpointStats, LogWriter, Record, Store};
 use crate::error::{Error, ErrorKind, Result, nearest_name};
 use crate::operator::window::{TimeScale, event_times};
@@ -118,9 +119,22 @@ pub struct StreamMetrics {
 pub struct Metrics {
     pub sources: Vec<SourceMetrics>,
     pub streams: Vec<StreamMetrics>,
+    pub sinks: Vec<SinkMetrics>,
     pub rows_in: u64,
     pub rows_out: u64,
     pub events_processed: u64,
+}
+
+/// Metrics of one sink.
+#[derive(Debug, Clone)]
+pub struct SinkMetrics {
+    pub name: String,
+    /// Rows and batches written to the sink (on a database with checkpoints, published once
+    /// their epoch's checkpoint is durable).
+    pub rows_out: u64,
+    pub batches_out: u64,
+    /// Why the sink stopped, once it has failed (checkpoints fail until it is dropped).
+    pub failed: Option<String>,
 }
 
 /// Description of a catalog object.
@@ -143,7 +157,12 @@ enum Event {
         q: Arc<SourceQueue>,
         batch: RecordBatch,
         seq: u64,
-        position: Option<u64>,
+        position: Option<Position>,
+    },
+    /// A connector's reader gave up: the streams reading its source fail with the error.
+    SourceFailed {
+        q: Arc<SourceQueue>,
+        error: Error,
     },
     Watermark {
         q: Arc<SourceQueue>,
@@ -186,9 +205,31 @@ struct SourceRt {
     last_active_ms: i64,
     /// No data for `idle_timeout`: the source no longer holds back the watermark of what reads it.
     idle: bool,
-    /// Position after the last applied batch that carried one (the NEXMARK generator's event
-    /// number; a connector's offset).
-    position: Option<u64>,
+    /// A connector source's recorded positions (partition → offset) after the last applied
+    /// batches: checkpointed, and where its reader resumes after a restart.
+    positions: Positions,
+    /// Per-partition watermarks of the partitions still being read (a connector source's
+    /// watermark is the minimum over them; finished partitions drop out).
+    partition_wm: HashMap<String, i64>,
+    /// The highest watermark of a finished partition: the source's watermark once none is left.
+    finished_wm: i64,
+}
+
+/// A sink: writes the output of its input (a stream, view, source or table) through a connector,
+/// committed with the checkpoints.
+struct SinkRt {
+    sql: String,
+    input: String,
+    sink: Box<dyn Sink>,
+    /// `FILES '/out' (parquet)`.
+    describe: String,
+    rows_out: u64,
+    batches_out: u64,
+    /// A write, prepare or commit failed: nothing more is written, and checkpoints fail (they
+    /// could not include this sink's results) until the sink is dropped.
+    failed: Option<Error>,
+    /// In-memory databases (no checkpoints): each write is its own epoch, committed at once.
+    writes: u64,
 }
 
 struct StreamRt {
@@ -228,6 +269,7 @@ struct StreamRt {
 struct Engine {
     sources: HashMap<String, SourceRt>,
     streams: HashMap<String, StreamRt>,
+    sinks: std::collections::BTreeMap<String, SinkRt>,
     /// Streams in creation order (a stream only reads what existed before it).
     order: Vec<String>,
     events: u64,
@@ -254,7 +296,12 @@ pub(crate) struct DbInner {
     durable: Option<Durable>,
     /// Set while recovery replays the log: connectors wait to start until it is done.
     recovering: AtomicBool,
-    deferred_feeds: Mutex<Vec<(String, NexmarkFeed, Vec<usize>)>>,
+    /// Connector sources created while recovering, started once recovery is done (at the
+    /// positions it restored).
+    deferred_readers: Mutex<Vec<(Arc<SourceQueue>, Box<dyn SourceReader>)>>,
+    /// Committables of the sinks in the checkpoint being restored, by sink name: the sink's
+    /// CREATE publishes them (see `connector::Sink::recover`).
+    restored_sinks: Mutex<HashMap<String, Vec<u8>>>,
     /// The RocksDB state backend (`state_backend = 'rocksdb'`).
     state: Option<Arc<crate::state_store::StateStore>>,
 }
@@ -413,6 +460,7 @@ impl Database {
             engine: Mutex::new(Engine {
                 sources: HashMap::new(),
                 streams: HashMap::new(),
+                sinks: Default::default(),
                 order: vec![],
                 events: 0,
                 pending: vec![],
@@ -427,7 +475,8 @@ impl Database {
             runtime,
             durable,
             recovering: AtomicBool::new(false),
-            deferred_feeds: Mutex::new(vec![]),
+            deferred_readers: Mutex::new(vec![]),
+            restored_sinks: Mutex::new(HashMap::new()),
             state,
         });
         let weak = Arc::downgrade(&inner);
@@ -542,11 +591,7 @@ impl Database {
                 ));
             }
         }
-        for (name, feed, cols) in std::mem::take(&mut *self.inner.deferred_feeds.lock()) {
-            let Ok(writer) = self.writer(&name) else { continue }; // dropped later in the log
-            let from = self.inner.engine.lock().sources.get(&name).and_then(|s| s.position).unwrap_or(0);
-            feed.start(writer, cols, from)?;
-        }
+        self.start_deferred_readers()?;
         info.records_replayed = replayed;
         info.millis = t0.elapsed().as_secs_f64() * 1000.0;
         for w in &info.warnings {
@@ -567,6 +612,18 @@ impl Database {
             .and_then(|c| c.into_iter().next())
             .ok_or_else(|| bad("no catalog".into()))?;
         let rows = catalog::read(&catalog).map_err(|e| bad(e.to_string()))?;
+        // The sinks' committables, published by their CREATE below, before any result flows.
+        let mut committables = HashMap::new();
+        for key in l.objects.keys().filter(|k| k.starts_with("sink:")).cloned().collect::<Vec<_>>() {
+            let lists = l.objects.remove(&key).unwrap_or_default();
+            let c = lists
+                .first()
+                .and_then(|l| l.first())
+                .and_then(|b| b.column(0).as_binary_opt::<i32>().filter(|a| a.len() == 1).map(|a| a.value(0).to_vec()))
+                .ok_or_else(|| bad(format!("malformed committable of {key}")))?;
+            committables.insert(key["sink:".len()..].to_string(), c);
+        }
+        *self.inner.restored_sinks.lock() = committables;
         for r in &rows {
             if r.kind != "late" {
                 for st in sql::parse_sql(&r.sql)? {
@@ -597,7 +654,12 @@ impl Database {
                 s.rows_in = r.rows_in;
                 s.batches_in = r.batches_in;
                 s.rows_late = r.rows_late;
-                s.position = r.position;
+                s.positions = r.positions;
+            } else if r.kind == "sink" {
+                if let Some(k) = eng.sinks.get_mut(&r.name) {
+                    k.rows_out = r.rows_out;
+                    k.batches_out = r.batches_out;
+                }
             } else {
                 let s = eng
                     .streams
@@ -640,6 +702,7 @@ impl Database {
         }
         eng.epoch = l.epoch;
         eng.applied_seq = l.seq;
+        self.inner.restored_sinks.lock().clear();
         Ok(())
     }
 
@@ -742,6 +805,14 @@ impl Database {
         if stmts.is_empty() {
             return Err(Error::syntax("empty SQL statement"));
         }
+        let res = self.execute_statements(stmts);
+        let started = self.start_deferred_readers();
+        let last = res?;
+        started?;
+        Ok(last)
+    }
+
+    fn execute_statements(&self, stmts: Vec<sql::ParsedStatement>) -> Result<ExecuteResult> {
         let mut last = ExecuteResult::default();
         for s in stmts {
             last = match &self.inner.durable {
@@ -750,6 +821,7 @@ impl Database {
                         s.statement,
                         Statement::CreateSource(_)
                             | Statement::CreateStream(_)
+                            | Statement::CreateSink(_)
                             | Statement::Drop { .. }
                             | Statement::Delete { .. }
                     ) =>
@@ -798,6 +870,7 @@ impl Database {
         match stmt {
             Statement::CreateSource(cs) => self.create_source(cs, text),
             Statement::CreateStream(cs) => self.create_stream(cs, text),
+            Statement::CreateSink(cs) => self.create_sink(cs, text),
             Statement::Drop { kind, names, if_exists, cascade } => self.drop_objects(kind, names, if_exists, cascade),
             Statement::Show(kind) => self.show(kind),
             Statement::Describe(name) => self.describe(&name),
@@ -842,6 +915,8 @@ impl Database {
             Some("source")
         } else if let Some(s) = eng.streams.get(name) {
             Some(if s.materialized { "materialized view" } else { "stream" })
+        } else if eng.sinks.contains_key(name) {
+            Some("sink")
         } else {
             None
         }
@@ -849,24 +924,13 @@ impl Database {
 
     fn create_source(&self, cs: CreateSource, text: &str) -> Result<ExecuteResult> {
         check_name(if cs.table { "table" } else { "source" }, &cs.name)?;
-        let nexmark = match cs.connector.as_deref() {
-            None => None,
-            Some(c) if c.eq_ignore_ascii_case("nexmark") => Some(NexmarkFeed::from_options(&cs.name, &cs.options)?),
-            Some(c) => {
-                return Err(Error::not_implemented(format!(
-                    "connector '{c}' is not available in this build (built in: NEXMARK)"
-                )));
-            }
-        };
-        for k in cs.options.keys() {
-            if k != "idle_timeout" && !(nexmark.is_some() && NexmarkFeed::OPTIONS.contains(&k.as_str())) {
-                let known = if nexmark.is_some() {
-                    format!("idle_timeout, {}", NexmarkFeed::OPTIONS.join(", "))
-                } else {
-                    "idle_timeout".into()
-                };
-                return Err(Error::invalid_argument(format!("unknown source option '{k}' (known: {known})")));
-            }
+        if cs.connector.is_none()
+            && let Some(k) = cs.options.keys().find(|k| *k != "idle_timeout")
+        {
+            return Err(Error::invalid_argument(format!(
+                "unknown source option '{}' (known: idle_timeout; a connector's options go with FROM <connector> WITH (…))",
+                crate::error::clip(k)
+            )));
         }
         let idle_timeout = match cs.options.get("idle_timeout") {
             Some(v) => Some(
@@ -920,12 +984,10 @@ impl Database {
         } else {
             (schema, None)
         };
-        let nexmark = match nexmark {
-            Some(feed) => {
-                let cols = feed.projection(&schema)?;
-                Some((feed, cols))
-            }
+        // The connector checks its options (and the columns it can fill) now, before anything exists.
+        let reader = match cs.connector.as_deref() {
             None => None,
+            Some(kind) => Some(connector::source_for(kind, &cs.name, &schema, &cs.options, &["idle_timeout"])?),
         };
         let time = match &cs.watermark {
             None => None,
@@ -992,7 +1054,7 @@ impl Database {
         eng.sources.insert(
             cs.name.clone(),
             SourceRt {
-                queue,
+                queue: queue.clone(),
                 sql: text.to_string(),
                 time,
                 watermark: NO_WATERMARK,
@@ -1005,22 +1067,104 @@ impl Database {
                 idle_timeout_ms: idle_timeout.map(|d| d.as_millis().max(1) as i64),
                 last_active_ms: self.inner.clock.now_ms(),
                 idle: false,
-                position: None,
+                positions: Positions::new(),
+                partition_wm: HashMap::new(),
+                finished_wm: NO_WATERMARK,
             },
         );
         drop(eng);
-        if let Some((feed, cols)) = nexmark {
-            if self.inner.recovering.load(Ordering::Acquire) {
-                // Started once recovery knows how far it had got.
-                self.inner.deferred_feeds.lock().push((cs.name.clone(), feed, cols));
-            } else {
-                feed.start(self.writer(&cs.name)?, cols, 0)?;
-            }
+        if let Some(reader) = reader {
+            // Started at the end of the `execute` call (or of recovery, which knows how far the
+            // source had got).
+            self.inner.deferred_readers.lock().push((queue, reader));
         }
         Ok(ExecuteResult {
             message: format!("created {} '{}'", if cs.table { "table" } else { "source" }, cs.name),
             ..Default::default()
         })
+    }
+
+    /// Starts the readers of the connector sources created since the last call, at the positions
+    /// their sources hold (restored by recovery, empty for a new source). Called once recovery is
+    /// done and at the end of each `execute`, so a script that creates a source and the streams
+    /// and sinks over it sees every row the source reads.
+    fn start_deferred_readers(&self) -> Result<()> {
+        let mut first_err = None;
+        for (queue, reader) in std::mem::take(&mut *self.inner.deferred_readers.lock()) {
+            if queue.dropped.load(Ordering::Acquire) {
+                continue; // dropped or replaced since
+            }
+            let positions = self.inner.engine.lock().sources.get(&queue.name).map(|s| s.positions.clone());
+            if let Err(e) = self.start_reader(queue, reader, positions.unwrap_or_default()) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Starts a connector source's reader thread at `positions`. It holds the database weakly:
+    /// dropping the last handle (or closing, or dropping the source) stops it.
+    fn start_reader(&self, queue: Arc<SourceQueue>, reader: Box<dyn SourceReader>, positions: Positions) -> Result<()> {
+        let name = queue.name.clone();
+        let out = ConnectorOutput { db: Arc::downgrade(&self.inner), queue };
+        connector::run_source(&name, reader, positions, Box::new(out), connector::RETRY_TIMEOUT)
+    }
+
+    /// `CREATE SINK name FROM input INTO <connector> WITH (…)`.
+    fn create_sink(&self, cs: sql::CreateSink, text: &str) -> Result<ExecuteResult> {
+        check_name("sink", &cs.name)?;
+        let mut eng = self.inner.engine.lock();
+        if let Some(what) = Self::name_taken(&eng, &cs.name) {
+            if cs.if_not_exists {
+                self.check_same_definition(&eng, &cs.name, text)?;
+                return Ok(ExecuteResult {
+                    message: format!("{what} '{}' already exists", cs.name),
+                    ..Default::default()
+                });
+            }
+            if !(cs.or_replace && what == "sink") {
+                return Err(Error::already_exists(format!("a {what} named '{}' already exists", cs.name)));
+            }
+        }
+        let schema = if let Some(s) = eng.sources.get(&cs.input) {
+            s.queue.schema.clone()
+        } else if let Some(s) = eng.streams.get(&cs.input) {
+            s.output_schema.clone()
+        } else {
+            let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+            let hint = nearest_name(&cs.input, all.iter().map(String::as_str))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
+            let what = if eng.sinks.contains_key(&cs.input) { " (a sink has no output to write)" } else { "" };
+            return Err(Error::not_found(format!(
+                "sink '{}': no stream, view, source or table named '{}'{what}{hint}",
+                cs.name,
+                crate::error::clip(&cs.input)
+            )));
+        };
+        let mut sink = connector::sink_for(&cs.connector, &cs.name, &schema, &cs.options)?;
+        if let Some(old) = eng.sinks.remove(&cs.name) {
+            drop_sink(&cs.name, old);
+        }
+        // A sink recreated from a checkpoint publishes that checkpoint's results (if a crash came
+        // between the checkpoint and its commit); any other discards what an earlier run staged.
+        let restored = self.inner.restored_sinks.lock().remove(&cs.name);
+        sink.recover(restored.as_deref()).map_err(|e| e.context(format!("sink '{}'", cs.name)))?;
+        let describe = sink.describe();
+        eng.sinks.insert(
+            cs.name.clone(),
+            SinkRt {
+                sql: text.to_string(),
+                input: cs.input.clone(),
+                sink,
+                describe,
+                rows_out: 0,
+                batches_out: 0,
+                failed: None,
+                writes: 0,
+            },
+        );
+        Ok(ExecuteResult { message: format!("created sink '{}'", cs.name), ..Default::default() })
     }
 
     /// `CREATE … IF NOT EXISTS x` on a durable database where `x` exists with another
@@ -1036,6 +1180,7 @@ impl Database {
             .get(name)
             .map(|s| s.sql.clone())
             .or_else(|| eng.streams.get(name).map(|s| s.sql.clone()))
+            .or_else(|| eng.sinks.get(name).map(|s| s.sql.clone()))
             .unwrap_or_default();
         if definition_key(&old) == definition_key(text) {
             return Ok(());
@@ -1162,6 +1307,8 @@ impl Database {
         for name in names {
             let actual = if let Some(s) = eng.sources.get(&name) {
                 Some(if s.table.is_some() { ObjectKind::Table } else { ObjectKind::Source })
+            } else if eng.sinks.contains_key(&name) {
+                Some(ObjectKind::Sink)
             } else {
                 eng.streams
                     .get(&name)
@@ -1171,11 +1318,12 @@ impl Database {
                 if if_exists {
                     continue;
                 }
-                let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+                let all: Vec<String> =
+                    eng.sources.keys().chain(eng.streams.keys()).chain(eng.sinks.keys()).cloned().collect();
                 let hint = nearest_name(&name, all.iter().map(String::as_str))
                     .map(|n| format!("; did you mean '{n}'?"))
                     .unwrap_or_default();
-                return Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")));
+                return Err(Error::not_found(format!("no source, stream, table, view or sink named '{name}'{hint}")));
             };
             if let Some(k) = kind
                 && k != actual
@@ -1194,16 +1342,23 @@ impl Database {
                 }
                 i += 1;
             }
+            // The sinks writing what is dropped go with it.
+            let sinks: Vec<String> =
+                eng.sinks.iter().filter(|(_, k)| doomed.contains(&k.input)).map(|(n, _)| n.clone()).collect();
+            doomed.extend(sinks);
             if doomed.len() > 1 && !cascade {
                 return Err(Error::invalid_state(format!(
                     "cannot drop '{name}': {} depend on it ({}); use DROP … CASCADE",
                     doomed.len() - 1,
-                    doomed[1..].join(", ")
+                    doomed[1..].iter().map(|d| format!("'{d}'")).collect::<Vec<_>>().join(", ")
                 )));
             }
             for d in doomed {
                 if let Some(s) = eng.sources.remove(&d) {
                     s.queue.dropped.store(true, Ordering::Release);
+                }
+                if let Some(k) = eng.sinks.remove(&d) {
+                    drop_sink(&d, k);
                 }
                 eng.streams.remove(&d);
                 eng.order.retain(|n| n != &d);
@@ -1231,13 +1386,33 @@ impl Database {
             ObjectKind::MaterializedView => {
                 eng.streams.iter().filter(|(_, s)| s.materialized).map(|(n, _)| n.clone()).collect()
             }
-            ObjectKind::Sink => vec![],
+            ObjectKind::Sink => eng.sinks.keys().cloned().collect(),
         };
         v.sort();
         Ok(v)
     }
 
     fn show(&self, kind: ObjectKind) -> Result<ExecuteResult> {
+        if kind == ObjectKind::Sink {
+            self.check_open()?;
+            let eng = self.inner.engine.lock();
+            let col = |f: &dyn Fn(&SinkRt) -> String| {
+                Arc::new(StringArray::from_iter_values(eng.sinks.values().map(f))) as ArrayRef
+            };
+            let b = RecordBatch::try_from_iter(vec![
+                ("name", Arc::new(StringArray::from_iter_values(eng.sinks.keys())) as ArrayRef),
+                ("input", col(&|k| k.input.clone())),
+                ("connector", col(&|k| k.describe.clone())),
+                ("rows_out", Arc::new(Int64Array::from_iter_values(eng.sinks.values().map(|k| k.rows_out as i64)))),
+                (
+                    "failed",
+                    Arc::new(StringArray::from_iter(
+                        eng.sinks.values().map(|k| k.failed.as_ref().map(|e| e.to_string())),
+                    )),
+                ),
+            ])?;
+            return Ok(ExecuteResult { batches: vec![b], ..Default::default() });
+        }
         let names = self.list(kind)?;
         let b = RecordBatch::try_from_iter(vec![("name", Arc::new(StringArray::from(names)) as ArrayRef)])?;
         Ok(ExecuteResult { batches: vec![b], ..Default::default() })
@@ -1271,11 +1446,33 @@ impl Database {
                 inputs: s.inputs.clone(),
             });
         }
-        let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
+        if let Some(k) = eng.sinks.get(name) {
+            // What the sink writes: its input's output.
+            let (schema, stream_kind) = if let Some(s) = eng.streams.get(&k.input) {
+                (s.output_schema.clone(), s.kind.clone())
+            } else if let Some(s) = eng.sources.get(&k.input) {
+                let kind = match &s.table {
+                    Some(t) => StreamKind::Upsert { key: t.key_names() },
+                    None => StreamKind::AppendOnly,
+                };
+                (s.queue.schema.clone(), kind)
+            } else {
+                (Arc::new(Schema::empty()), StreamKind::AppendOnly)
+            };
+            return Ok(ObjectInfo {
+                name: name.into(),
+                kind: ObjectKind::Sink,
+                schema,
+                stream_kind,
+                sql: k.sql.clone(),
+                inputs: vec![k.input.clone()],
+            });
+        }
+        let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).chain(eng.sinks.keys()).cloned().collect();
         let hint = nearest_name(name, all.iter().map(String::as_str))
             .map(|n| format!("; did you mean '{n}'?"))
             .unwrap_or_default();
-        Err(Error::not_found(format!("no source, stream, table or view named '{name}'{hint}")))
+        Err(Error::not_found(format!("no source, stream, table, view or sink named '{name}'{hint}")))
     }
 
     fn describe(&self, name: &str) -> Result<ExecuteResult> {
@@ -1567,7 +1764,12 @@ impl Database {
                 .unwrap_or_default();
             return Err(Error::not_found(format!("no source named '{}'{hint}", crate::error::clip(source))));
         };
-        Ok(SourceWriter { db: self.clone(), queue: s.queue.clone(), interrupts: Arc::new(AtomicU64::new(0)) })
+        Ok(SourceWriter {
+            db: self.clone(),
+            queue: s.queue.clone(),
+            interrupts: Arc::new(AtomicU64::new(0)),
+            connector: false,
+        })
     }
 
     /// Subscribes to a stream or materialized view: every result emitted after this returns.
@@ -1720,12 +1922,23 @@ impl Database {
             })
             .collect();
         streams.sort_by(|a, b| a.name.cmp(&b.name));
+        let sinks = eng
+            .sinks
+            .iter()
+            .map(|(n, k)| SinkMetrics {
+                name: n.clone(),
+                rows_out: k.rows_out,
+                batches_out: k.batches_out,
+                failed: k.failed.as_ref().map(|e| e.to_string()),
+            })
+            .collect();
         Ok(Metrics {
             rows_in: sources.iter().map(|s| s.rows_in).sum(),
             rows_out: streams.iter().map(|s| s.rows_out).sum(),
             events_processed: eng.events,
             sources,
             streams,
+            sinks,
         })
     }
 
@@ -1754,6 +1967,11 @@ impl Database {
             push("stream", &s.name, "watermark_ms", s.watermark_ms);
             push("stream", &s.name, "subscribers", Some(s.subscribers as i64));
             push("stream", &s.name, "failed", Some(i64::from(s.failed.is_some())));
+        }
+        for k in &m.sinks {
+            push("sink", &k.name, "rows_out", Some(k.rows_out as i64));
+            push("sink", &k.name, "batches_out", Some(k.batches_out as i64));
+            push("sink", &k.name, "failed", Some(i64::from(k.failed.is_some())));
         }
         push("pipeline", "", "rows_in", Some(m.rows_in as i64));
         push("pipeline", "", "rows_out", Some(m.rows_out as i64));
@@ -1859,6 +2077,8 @@ pub struct SourceWriter {
     db: Database,
     queue: Arc<SourceQueue>,
     interrupts: Arc<AtomicU64>,
+    /// A connector's reader (see [`ConnectorOutput`]), not a user's writer.
+    connector: bool,
 }
 
 /// Interrupts a write of one [`SourceWriter`] that is waiting for room in a full source queue;
@@ -1898,7 +2118,9 @@ impl SourceWriter {
         if self.queue.dropped.load(Ordering::Acquire) {
             return Err(Error::not_found(format!("source '{}' was dropped", self.queue.name)));
         }
-        match self.db.inner.config.queue_full {
+        // A connector's reader always waits for room: a full queue pauses reading.
+        let policy = if self.connector { QueueFullPolicy::Block } else { self.db.inner.config.queue_full };
+        match policy {
             QueueFullPolicy::Fail => self.queue.permits_tx.try_send(()).map_err(|_| {
                 Error::new(
                     ErrorKind::ResourceExhausted,
@@ -1942,22 +2164,24 @@ impl SourceWriter {
         self.write_at(batch, None)
     }
 
-    /// A connector's write: `position` is the source's position after this batch, recorded with
-    /// it (in checkpoints and the log) so recovery resumes the connector there.
-    fn write_at(&mut self, batch: RecordBatch, position: Option<u64>) -> Result<()> {
+    /// A connector's write: `position` is its partition's position after this batch, recorded
+    /// with it (in checkpoints and the log) so recovery resumes the connector there. A batch of
+    /// no rows with a position moves the position only (a partition finished, rows skipped).
+    fn write_at(&mut self, batch: RecordBatch, position: Option<Position>) -> Result<()> {
         self.db.check_open()?;
         let batch = conform(&self.queue.name, &self.queue.schema, &batch)?;
-        if batch.num_rows() == 0 {
+        if batch.num_rows() == 0 && position.is_none() {
             return Ok(());
         }
         self.push(batch, position)
     }
 
-    fn push(&self, batch: RecordBatch, position: Option<u64>) -> Result<()> {
+    fn push(&self, batch: RecordBatch, position: Option<Position>) -> Result<()> {
         let q = self.queue.clone();
         let logged = batch.clone();
+        let logged_position = position.clone();
         self.enqueue(
-            || Record::Batch { source: self.queue.name.clone(), position, batch: logged },
+            || Record::Batch { source: self.queue.name.clone(), position: logged_position, batch: logged },
             move |seq| Event::Batch { q, batch, seq, position },
         )
     }
@@ -1992,6 +2216,47 @@ impl SourceWriter {
     /// Waits until everything pushed so far has been processed.
     pub fn flush(&mut self) -> Result<()> {
         self.db.flush()
+    }
+}
+
+/// Where a connector's reader puts its batches: the source's queue, like a user's writer, but
+/// always waiting for room and holding the database weakly (the reader thread does not keep a
+/// dropped database alive).
+struct ConnectorOutput {
+    db: std::sync::Weak<DbInner>,
+    queue: Arc<SourceQueue>,
+}
+
+impl ConnectorOutput {
+    fn writer(&self) -> Result<SourceWriter> {
+        let inner = self.db.upgrade().ok_or_else(Error::closed)?;
+        Ok(SourceWriter {
+            db: Database { inner },
+            queue: self.queue.clone(),
+            interrupts: Arc::new(AtomicU64::new(0)),
+            connector: true,
+        })
+    }
+}
+
+impl connector::SourceOutput for ConnectorOutput {
+    fn write(&mut self, batch: RecordBatch, position: Position) -> Result<()> {
+        self.writer()?.write_at(batch, Some(position))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.writer()?.finish()
+    }
+
+    fn stopped(&self) -> bool {
+        self.queue.dropped.load(Ordering::Acquire)
+            || self.db.upgrade().is_none_or(|inner| inner.closed.load(Ordering::Acquire))
+    }
+
+    fn fail(&mut self, error: Error) {
+        if let Some(inner) = self.db.upgrade() {
+            let _ = inner.tx.send(Event::SourceFailed { q: self.queue.clone(), error });
+        }
     }
 }
 
@@ -2148,9 +2413,41 @@ fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoin
             objects.push((format!("outputs:{n}"), durable::encode_lists(std::slice::from_ref(&s.history))?));
         }
     }
+    // Phase one of the sinks' commit: what each wrote this epoch, made durable, named in the
+    // checkpoint. A failed sink fails the checkpoint: it could not include that sink's results.
+    let mut commits = vec![];
+    for (n, k) in eng.sinks.iter_mut() {
+        if let Some(e) = &k.failed {
+            return Err(Error::invalid_state(format!(
+                "{e}; checkpoints cannot include its results until it is dropped (DROP SINK {n}), and reopening the database resumes it from the last checkpoint"
+            )));
+        }
+        let c = match k.sink.prepare_commit(epoch) {
+            Ok(c) => c,
+            Err(e) => {
+                fail_sink(n, k, e);
+                return Err(k.failed.clone().expect("failed"));
+            }
+        };
+        let b = RecordBatch::try_from_iter(vec![(
+            "committable",
+            Arc::new(datafusion::arrow::array::BinaryArray::from_vec(vec![&c])) as ArrayRef,
+        )])?;
+        objects.push((format!("sink:{n}"), durable::encode_lists(&[vec![b]])?));
+        commits.push((n.clone(), c));
+    }
     let (stats, oldest_seq) =
         durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, inner.state.as_deref(), d.retain)?;
     eng.epoch = epoch;
+    // Phase two, now that the checkpoint is durable: publish. A failure here loses nothing (a
+    // restart publishes the checkpoint's committables again), but the sink stops.
+    for (n, c) in commits {
+        if let Some(k) = eng.sinks.get_mut(&n)
+            && let Err(e) = k.sink.commit(epoch, &c)
+        {
+            fail_sink(&n, k, e);
+        }
+    }
     for s in eng.streams.values_mut() {
         s.history.clear();
         s.emitted_this_epoch = false;
@@ -2221,7 +2518,7 @@ mod catalog {
         pub rows_out: u64,
         pub batches_out: u64,
         pub late_pairs: u64,
-        pub position: Option<u64>,
+        pub positions: Positions,
         pub history_since: Option<u64>,
         /// A failed stream's error: it stays failed after recovery (its state stopped there).
         pub failed: Option<(String, String)>,
@@ -2237,7 +2534,7 @@ mod catalog {
             col("fingerprint")?.as_string::<i32>(),
         );
         let int = |n: &str| -> Result<Vec<Option<i64>>> { Ok(col(n)?.as_primitive::<Int64Type>().iter().collect()) };
-        let (wm, ri, bi, rl, ro, bo, lp, pos) = (
+        let (wm, ri, bi, rl, ro, bo, lp) = (
             int("watermark")?,
             int("rows_in")?,
             int("batches_in")?,
@@ -2245,8 +2542,24 @@ mod catalog {
             int("rows_out")?,
             int("batches_out")?,
             int("late_pairs")?,
-            int("position")?,
         );
+        // Connector positions: `positions` (partition → offset); a catalog of an older version
+        // has the NEXMARK generator's event number in `position` (one partition, "0").
+        let mut positions = vec![Positions::new(); b.num_rows()];
+        if let Some(c) = b.column_by_name("positions") {
+            let c = c.as_string::<i32>();
+            for (i, p) in positions.iter_mut().enumerate() {
+                if !c.is_null(i) {
+                    *p = connector::decode_positions(c.value(i))?;
+                }
+            }
+        } else if b.column_by_name("position").is_some() {
+            for (i, p) in int("position")?.into_iter().enumerate() {
+                if let Some(p) = p {
+                    positions[i].insert("0".into(), p.to_string());
+                }
+            }
+        }
         let hs = int("history_since")?;
         let (fk, fm) = (col("failed_kind")?.as_string::<i32>(), col("failed")?.as_string::<i32>());
         let u = |v: Option<i64>| v.unwrap_or(0) as u64;
@@ -2263,7 +2576,7 @@ mod catalog {
                 rows_out: u(ro[i]),
                 batches_out: u(bo[i]),
                 late_pairs: u(lp[i]),
-                position: pos[i].map(|p| p as u64),
+                positions: std::mem::take(&mut positions[i]),
                 history_since: hs[i].map(|p| p as u64),
                 failed: (!fm.is_null(i)).then(|| (fk.value(i).to_string(), fm.value(i).to_string())),
             })
@@ -2288,7 +2601,7 @@ mod catalog {
                 rows_out: 0,
                 batches_out: 0,
                 late_pairs: 0,
-                position: s.position,
+                positions: s.positions.clone(),
                 history_since: None,
                 failed: None,
             });
@@ -2314,9 +2627,28 @@ mod catalog {
                 rows_out: s.rows_out,
                 batches_out: s.batches_out,
                 late_pairs: s.late_pairs,
-                position: None,
+                positions: Positions::new(),
                 history_since: s.history_since,
                 failed: s.failed.as_ref().map(|e| (e.kind().name().to_string(), e.message().to_string())),
+            });
+        }
+        // Sinks last: each reads a stream or source above it.
+        for (n, k) in &eng.sinks {
+            rows.push(Row {
+                kind: "sink".into(),
+                name: n.clone(),
+                sql: k.sql.clone(),
+                fingerprint: String::new(),
+                watermark: NO_WATERMARK,
+                rows_in: 0,
+                batches_in: 0,
+                rows_late: 0,
+                rows_out: k.rows_out,
+                batches_out: k.batches_out,
+                late_pairs: 0,
+                positions: Positions::new(),
+                history_since: None,
+                failed: None,
             });
         }
         let strs = |f: &dyn Fn(&Row) -> String| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
@@ -2333,7 +2665,7 @@ mod catalog {
             ("rows_out", ints(&|r| Some(r.rows_out as i64))),
             ("batches_out", ints(&|r| Some(r.batches_out as i64))),
             ("late_pairs", ints(&|r| Some(r.late_pairs as i64))),
-            ("position", ints(&|r| r.position.map(|p| p as i64))),
+            ("positions", strs(&|r| connector::encode_positions(&r.positions))),
             ("history_since", ints(&|r| r.history_since.map(|p| p as i64))),
             (
                 "failed_kind",
@@ -2447,12 +2779,15 @@ fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, start_ms: i64)
                     eng.events += 1;
                     let now = if inner.clock.is_manual() { manual_now } else { inner.clock.now_ms() };
                     mark_active(&mut eng, &q.name, now);
-                    if let (Some(p), Some(s)) = (position, eng.sources.get_mut(&q.name)) {
-                        s.position = Some(p);
-                    }
-                    guarded(&inner, &mut eng, &q.name, |inner, eng| on_source_batch(inner, eng, &q.name, batch));
+                    guarded(&inner, &mut eng, &q.name, |inner, eng| {
+                        on_source_batch(inner, eng, &q.name, batch, position)
+                    });
                 }
             }
+            Some(Event::SourceFailed { q, error }) if !q.dropped.load(Ordering::Acquire) => {
+                fail_readers(&mut eng, &q.name, error);
+            }
+            Some(Event::SourceFailed { .. }) => {}
             Some(Event::Checkpoint(reply)) => match take_checkpoint(&inner, &mut eng) {
                 Ok(Some(stats)) => {
                     let _ = reply.send(Ok(stats));
@@ -2607,13 +2942,12 @@ fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbIn
     }
 }
 
-fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: RecordBatch) {
+/// Applies one batch of a source (`position`: a connector's, of the batch's partition).
+fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: RecordBatch, position: Option<Position>) {
     let retention = inner.config.source_retention;
     let Some(s) = eng.sources.get_mut(source) else { return };
-    s.rows_in += batch.num_rows() as u64;
-    s.batches_in += 1;
-    // The watermark this batch implies; applied after the batch is processed.
-    let new_wm = s.time.and_then(|(col, scale, delay)| {
+    // The highest event time of the batch, less the delay.
+    let batch_wm = s.time.and_then(|(col, scale, delay)| {
         let (times, nulls) = event_times(batch.column(col), scale).ok()?;
         let max = times
             .iter()
@@ -2623,24 +2957,45 @@ fn on_source_batch(inner: &DbInner, eng: &mut Engine, source: &str, batch: Recor
             .max()?;
         Some(max.saturating_sub(delay))
     });
-    if let Some(t) = &mut s.table {
-        // A table turns upserts into its changelog: −old (when the key had a row), +new.
-        match t.upsert(&batch) {
-            Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
-            Ok(None) => {}
-            Err(e) => fail_readers(eng, source, e),
+    // The watermark this batch implies; applied after the batch is processed. A connector's
+    // source holds per-partition watermarks: the source's is the minimum over the partitions
+    // still being read (the highest of the finished ones once none is left).
+    let new_wm = match position {
+        None => batch_wm,
+        Some(p) => {
+            if let Some(w) = batch_wm {
+                let e = s.partition_wm.entry(p.partition.clone()).or_insert(NO_WATERMARK);
+                *e = (*e).max(w);
+            }
+            if p.finished
+                && let Some(w) = s.partition_wm.remove(&p.partition)
+            {
+                s.finished_wm = s.finished_wm.max(w);
+            }
+            s.positions.insert(p.partition.clone(), p.recorded().to_string());
+            let wm = s.partition_wm.values().copied().min().unwrap_or(s.finished_wm);
+            (s.time.is_some() && wm != NO_WATERMARK).then_some(wm)
         }
-        if let Some(wm) = new_wm {
-            advance_source_watermark(inner, eng, source, wm);
+    };
+    if batch.num_rows() > 0 {
+        s.rows_in += batch.num_rows() as u64;
+        s.batches_in += 1;
+        if let Some(t) = &mut s.table {
+            // A table turns upserts into its changelog: −old (when the key had a row), +new.
+            match t.upsert(&batch) {
+                Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
+                Ok(None) => {}
+                Err(e) => fail_readers(eng, source, e),
+            }
+        } else {
+            if retention > 0 {
+                s.retained_rows += batch.num_rows();
+                s.retained.push_back(batch.clone());
+                trim_retained(&mut s.retained, &mut s.retained_rows, retention);
+            }
+            feed(inner, eng, source, &[batch]);
         }
-        return;
     }
-    if retention > 0 {
-        s.retained_rows += batch.num_rows();
-        s.retained.push_back(batch.clone());
-        trim_retained(&mut s.retained, &mut s.retained_rows, retention);
-    }
-    feed(inner, eng, source, &[batch]);
     if let Some(wm) = new_wm {
         advance_source_watermark(inner, eng, source, wm);
     }
@@ -2651,6 +3006,7 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
     if batches.is_empty() {
         return;
     }
+    write_sinks(inner, eng, from, batches);
     let readers: Vec<String> =
         eng.order.iter().filter(|n| eng.streams[*n].inputs.iter().any(|i| i == from)).cloned().collect();
     for name in readers {
@@ -2679,6 +3035,45 @@ fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) 
             }
         }
         after_run(inner, eng, &name, from, outputs, late);
+    }
+}
+
+/// Writes `batches` (output of `from`) into every sink of `from`. On a database with checkpoints
+/// they belong to the open epoch and are published once its checkpoint is durable; without
+/// checkpoints each write is committed at once.
+fn write_sinks(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[RecordBatch]) {
+    let epoch = eng.epoch + 1;
+    for (name, k) in eng.sinks.iter_mut().filter(|(_, k)| k.input == from && k.failed.is_none()) {
+        for b in batches.iter().filter(|b| b.num_rows() > 0) {
+            let res = if inner.durable.is_some() {
+                k.sink.write(epoch, b)
+            } else {
+                k.writes += 1;
+                let e = k.writes;
+                k.sink.write(e, b).and_then(|_| k.sink.prepare_commit(e)).and_then(|c| k.sink.commit(e, &c))
+            };
+            if let Err(e) = res {
+                fail_sink(name, k, e);
+                break;
+            }
+            k.rows_out += b.num_rows() as u64;
+            k.batches_out += 1;
+        }
+    }
+}
+
+/// A sink failed: it writes nothing more and every checkpoint fails until it is dropped, so the
+/// results it did not write are not lost (a restart from the last checkpoint produces them again).
+fn fail_sink(name: &str, k: &mut SinkRt, e: Error) {
+    let e = e.context(format!("sink '{name}' ({}) failed", k.describe));
+    log::warn!(target: "laminardb", "{e}");
+    k.failed = Some(e);
+}
+
+/// DROP SINK (or the drop of its input): discards what it staged and did not commit.
+fn drop_sink(name: &str, mut k: SinkRt) {
+    if let Err(e) = k.sink.abort() {
+        log::warn!(target: "laminardb", "dropping sink '{name}': {e}");
     }
 }
 
@@ -2881,94 +3276,5 @@ impl Drop for DbInner {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Release);
         let _ = self.tx.send(Event::Shutdown);
-    }
-}
-
-/// A source fed by the built-in Nexmark generator (`CREATE SOURCE … FROM NEXMARK WITH (…)`): a
-/// thread pushes the events of one kind at full speed (event time follows `rate`), then marks
-/// the end of input. It stops early when the source is dropped or the database closed.
-struct NexmarkFeed {
-    kind: crate::nexmark::EventKind,
-    events: u64,
-    batch: u64,
-    config: crate::nexmark::NexmarkConfig,
-}
-
-impl NexmarkFeed {
-    const OPTIONS: &[&str] = &["kind", "events", "rate", "seed", "batch", "base_time_ms"];
-
-    fn from_options(name: &str, o: &std::collections::BTreeMap<String, String>) -> Result<NexmarkFeed> {
-        use crate::nexmark::EventKind;
-        let num = |k: &str, default: u64| -> Result<u64> {
-            match o.get(k) {
-                None => Ok(default),
-                Some(v) => v.trim().parse::<u64>().map_err(|_| {
-                    Error::invalid_argument(format!("NEXMARK option {k}: expected a non-negative integer, got '{v}'"))
-                }),
-            }
-        };
-        let kind_name = o.get("kind").cloned().unwrap_or_else(|| name.to_ascii_lowercase());
-        let kind = match kind_name.as_str() {
-            "person" => EventKind::Person,
-            "auction" => EventKind::Auction,
-            "bid" => EventKind::Bid,
-            k => {
-                return Err(Error::invalid_argument(format!(
-                    "NEXMARK source '{name}': kind '{k}' is not person, auction or bid (set WITH (kind = 'bid') or name the source after its kind)"
-                )));
-            }
-        };
-        let rate = num("rate", 10_000_000)?;
-        let batch = num("batch", 8192)?;
-        if rate == 0 || batch == 0 {
-            return Err(Error::invalid_argument("NEXMARK options rate and batch must be positive"));
-        }
-        let mut config =
-            crate::nexmark::NexmarkConfig { first_event_rate: rate, seed: num("seed", 0)?, ..Default::default() };
-        if let Some(b) = o.get("base_time_ms") {
-            config.base_time_ms = b.trim().parse().map_err(|_| {
-                Error::invalid_argument(format!("NEXMARK option base_time_ms: expected epoch milliseconds, got '{b}'"))
-            })?;
-        }
-        Ok(NexmarkFeed { kind, events: num("events", 1_000_000)?, batch, config })
-    }
-
-    /// The generator's columns, in the order the source declares them; the declared columns must
-    /// accept the generator's (checked on an empty batch, once, at CREATE SOURCE).
-    fn projection(&self, schema: &SchemaRef) -> Result<Vec<usize>> {
-        let generated = crate::nexmark::schema_of(self.kind);
-        let cols: Vec<usize> = schema.fields().iter().filter_map(|f| generated.index_of(f.name()).ok()).collect();
-        let sample = RecordBatch::new_empty(generated.clone()).project(&cols)?;
-        conform("nexmark", schema, &sample).map_err(|e| {
-            Error::plan(format!(
-                "the columns of a NEXMARK source must match the generator's ({}): {generated}",
-                e.message()
-            ))
-        })?;
-        Ok(cols)
-    }
-
-    /// Starts generating at event number `first` (0, or where a recovered database had got to).
-    fn start(self, mut writer: SourceWriter, cols: Vec<usize>, first: u64) -> Result<()> {
-        let name = writer.source_name().to_string();
-        std::thread::Builder::new()
-            .name(format!("laminar-nexmark-{name}"))
-            .spawn(move || {
-                let g = crate::nexmark::NexmarkGenerator::new(self.config.clone());
-                let mut first = first;
-                while first < self.events {
-                    let n = self.batch.min(self.events - first);
-                    let Ok(b) = g.generate_only(first, n, Some(self.kind)) else { return };
-                    let Ok(batch) = b.take(self.kind).project(&cols) else { return };
-                    first += n;
-                    // The source's position is the next event number: recovery resumes there.
-                    if writer.write_at(batch, Some(first)).is_err() {
-                        return; // dropped or closed
-                    }
-                }
-                let _ = writer.push_watermark(i64::MAX);
-            })
-            .map_err(|e| Error::internal(format!("cannot start the NEXMARK generator thread: {e}")))?;
-        Ok(())
     }
 }

@@ -398,8 +398,8 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 /// One logged change, in the order the pipeline applied it.
 #[derive(Debug, Clone)]
 pub(crate) enum Record {
-    /// A pushed batch; `position` is the source's position after it (a connector's offset).
-    Batch { source: String, position: Option<u64>, batch: RecordBatch },
+    /// A pushed batch; `position` is the position of its partition after it (a connector's).
+    Batch { source: String, position: Option<crate::connector::Position>, batch: RecordBatch },
     /// A pushed watermark, in the engine's microseconds.
     Watermark { source: String, us: i64 },
     /// A catalog statement (CREATE, DROP) as the user wrote it.
@@ -418,10 +418,18 @@ pub(crate) struct Prepared {
 pub(crate) fn prepare(rec: &Record) -> Result<Prepared> {
     let mut body = Vec::new();
     match rec {
-        Record::Batch { source, position, batch } => {
+        Record::Batch { source, position: None, batch } => {
             body.push(1);
             put_str(&mut body, source);
-            body.extend_from_slice(&position.map(|p| p + 1).unwrap_or(0).to_le_bytes());
+            body.extend_from_slice(&0u64.to_le_bytes());
+            body.extend_from_slice(&encode_batch(batch)?);
+        }
+        Record::Batch { source, position: Some(p), batch } => {
+            body.push(5);
+            put_str(&mut body, source);
+            put_str(&mut body, &p.partition);
+            put_str(&mut body, &p.offset);
+            body.push(p.finished as u8);
             body.extend_from_slice(&encode_batch(batch)?);
         }
         Record::Watermark { source, us } => {
@@ -467,8 +475,21 @@ fn decode_record(body: &[u8]) -> Result<(u64, Record)> {
     let rec = match r.u8()? {
         1 => {
             let source = r.str()?;
-            let p = r.u64()?;
-            Record::Batch { source, position: p.checked_sub(1), batch: decode_batch(r.rest())? }
+            // Written by an older version with a connector position: the NEXMARK generator's
+            // event number (partition "0").
+            let position = r.u64()?.checked_sub(1).map(|p| crate::connector::Position {
+                partition: "0".into(),
+                offset: p.to_string(),
+                finished: false,
+            });
+            Record::Batch { source, position, batch: decode_batch(r.rest())? }
+        }
+        5 => {
+            let source = r.str()?;
+            let (partition, offset) = (r.str()?, r.str()?);
+            let finished = r.u8()? != 0;
+            let position = Some(crate::connector::Position { partition, offset, finished });
+            Record::Batch { source, position, batch: decode_batch(r.rest())? }
         }
         2 => {
             let source = r.str()?;
@@ -1366,7 +1387,20 @@ mod tests {
         .unwrap();
         let mut buf = vec![];
         encode_record(&mut buf, 1, &Record::Ddl { sql: "CREATE SOURCE s (a BIGINT)".into() }).unwrap();
-        encode_record(&mut buf, 2, &Record::Batch { source: "s".into(), position: Some(4), batch: batch(4) }).unwrap();
+        encode_record(
+            &mut buf,
+            2,
+            &Record::Batch {
+                source: "s".into(),
+                position: Some(crate::connector::Position {
+                    partition: "f".into(),
+                    offset: "4".into(),
+                    finished: true,
+                }),
+                batch: batch(4),
+            },
+        )
+        .unwrap();
         w.append(1, &buf, false).unwrap();
         let intact = buf.len() as u64;
         let mut buf = vec![];

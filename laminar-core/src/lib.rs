@@ -12,6 +12,7 @@
 //! ```
 
 pub mod config;
+mod connector;
 mod db;
 mod df_fixes;
 mod durable;
@@ -28,8 +29,8 @@ mod util;
 
 pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend, WalRecovery};
 pub use db::{
-    Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SourceMetrics, SourceWriter,
-    StreamMetrics, WriterInterrupt,
+    Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SinkMetrics, SourceMetrics,
+    SourceWriter, StreamMetrics, WriterInterrupt,
 };
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};

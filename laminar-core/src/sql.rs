@@ -70,6 +70,18 @@ pub struct CreateSource {
     pub table: bool,
 }
 
+/// `CREATE [OR REPLACE] SINK [IF NOT EXISTS] name FROM input INTO <KIND> [WITH (…)]`.
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    pub name: String,
+    pub or_replace: bool,
+    pub if_not_exists: bool,
+    /// The stream, materialized view, table or source whose output the sink writes.
+    pub input: String,
+    pub connector: String,
+    pub options: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct CreateStream {
     pub name: String,
@@ -111,6 +123,7 @@ impl ObjectKind {
 pub enum Statement {
     CreateSource(CreateSource),
     CreateStream(CreateStream),
+    CreateSink(CreateSink),
     Drop {
         kind: Option<ObjectKind>,
         names: Vec<String>,
@@ -493,11 +506,10 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         if c.eat_kw("TABLE") {
             return parse_create_source(&mut c, or_replace, true).map(Statement::CreateSource);
         }
-        if c.peek_kw("SINK") {
-            return Err(Error::not_implemented("CREATE SINK: connectors are not available in this build")
-                .with_position(c.peek().and_then(pos_of)));
+        if c.eat_kw("SINK") {
+            return parse_create_sink(&mut c, or_replace).map(Statement::CreateSink);
         }
-        return Err(c.error_here("expected SOURCE, TABLE, STREAM or MATERIALIZED VIEW after CREATE"));
+        return Err(c.error_here("expected SOURCE, TABLE, STREAM, MATERIALIZED VIEW or SINK after CREATE"));
     }
     if c.eat_kw("DROP") {
         let kind = parse_object_kind(&mut c);
@@ -628,6 +640,27 @@ fn parse_object_kind(c: &mut Cursor) -> Option<ObjectKind> {
     }
 }
 
+fn parse_create_sink(c: &mut Cursor, or_replace: bool) -> Result<CreateSink> {
+    let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
+    let name = c.ident("a sink name")?;
+    if !c.eat_kw("FROM") {
+        return Err(c.error_here("expected FROM <stream, materialized view or table> after the sink name"));
+    }
+    let input = c.ident("the name of the stream, materialized view or table the sink writes")?;
+    if !c.eat_kw("INTO") {
+        return Err(c.error_here("expected INTO <connector> (e.g. INTO FILES) after the sink's input"));
+    }
+    let connector = c.ident("a connector name")?;
+    let mut options = BTreeMap::new();
+    if c.eat_kw("WITH") {
+        options = parse_options(c)?;
+    }
+    if !c.at_end() {
+        return Err(c.error_here("unexpected text after the sink definition"));
+    }
+    Ok(CreateSink { name, or_replace, if_not_exists, input, connector, options })
+}
+
 fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool) -> Result<CreateSource> {
     let what = if table { "table" } else { "source" };
     let if_not_exists = c.eat_kws(&["IF", "NOT", "EXISTS"]);
@@ -751,7 +784,18 @@ fn parse_options(c: &mut Cursor) -> Result<BTreeMap<String, String>> {
     c.pos += 1;
     let mut out = BTreeMap::new();
     while c.pos < close {
-        let key = c.ident("an option name")?;
+        // `'scan.startup.mode' = …` (Flink's quoting), `path = …`, or dotted words.
+        let mut key = match c.peek().map(|t| t.token.clone()) {
+            Some(Token::SingleQuotedString(s)) => {
+                c.pos += 1;
+                s
+            }
+            _ => c.ident("an option name")?,
+        };
+        while c.peek().is_some_and(|t| t.token == Token::Period) {
+            c.pos += 1;
+            key = format!("{key}.{}", c.ident("an option name after '.'")?);
+        }
         if c.peek().is_some_and(|t| t.token == Token::Eq) {
             c.pos += 1;
         } else {

@@ -417,12 +417,13 @@ pub unsafe extern "C" fn laminar_db_catalog(
     })
 }
 
-/// Metrics as one batch with columns `kind` (`source`, `stream`, `pipeline`), `name`, `metric`
-/// (`rows_in`, `rows_out`, `rows_late`, `late_pairs`, `state_bytes`, `spilled_groups`,
-/// `watermark_ms`, `queue_depth`, `subscribers`, `failed`, `events_processed`;
+/// Metrics as one batch with columns `kind` (`source`, `stream`, `sink`, `pipeline`), `name`,
+/// `metric` (`rows_in`, `rows_out`, `batches_out`, `rows_late`, `late_pairs`, `state_bytes`,
+/// `spilled_groups`, `watermark_ms`, `queue_depth`, `subscribers`, `failed`, `events_processed`;
 /// `spilled_groups`: groups held by the RocksDB state backend; `subscribers`: a stream's
-/// subscriptions not cancelled or dropped; `failed`: 1 once a stream has failed) and `value`
-/// (int64, NULL for a watermark not yet set).
+/// subscriptions not cancelled or dropped; `failed`: 1 once a stream or sink has failed; a
+/// sink's `rows_out`, `batches_out`: what it wrote) and `value` (int64, NULL for a watermark
+/// not yet set).
 ///
 /// - `db`: borrowed. `out_schema`, `out_array`: as `laminar_db_catalog`.
 ///

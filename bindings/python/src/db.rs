@@ -30,6 +30,7 @@ fn classify(sql: &str) -> (String, Option<String>) {
             let what = if cs.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE STREAM" };
             (what.into(), Some(cs.name.clone()))
         }
+        Statement::CreateSink(cs) => ("CREATE SINK".into(), Some(cs.name.clone())),
         Statement::Drop { kind: k, names, .. } => {
             (format!("DROP {}", k.map(kind).unwrap_or_else(|| "OBJECT".into())), names.first().cloned())
         }

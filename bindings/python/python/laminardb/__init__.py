@@ -35,7 +35,7 @@ from ._errors import (
     SubscriptionError,
 )
 from .config import Config, LaminarConfig
-from .connection import Connection, PipelineMetrics, SourceMetrics, StreamMetrics
+from .connection import Connection, PipelineMetrics, SinkMetrics, SourceMetrics, StreamMetrics
 from .result import ExecuteResult, QueryResult
 from .subscription import AsyncSubscription, CallbackSubscription, Subscription
 from .writer import Writer
@@ -90,7 +90,7 @@ def execute(statement: str) -> ExecuteResult:
 __all__ = [
     "open", "connect", "sql", "execute", "Connection", "Config", "LaminarConfig", "ExecuteResult",
     "QueryResult", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
-    "PipelineMetrics", "SourceMetrics", "StreamMetrics", "LaminarError", "ConnectionError",
+    "PipelineMetrics", "SinkMetrics", "SourceMetrics", "StreamMetrics", "LaminarError", "ConnectionError",
     "QueryError", "IngestionError", "SchemaError", "BatchSchemaError", "SubscriptionError",
     "StreamError", "CheckpointError", "ConnectorError", "EngineCause", "codes", "STATUS", "__version__",
 ]

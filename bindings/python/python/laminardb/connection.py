@@ -58,12 +58,23 @@ class StreamMetrics:
 
 
 @dataclass
+class SinkMetrics:
+    name: str
+    # Rows and batches written (with checkpoints: published once their checkpoint is durable).
+    rows_out: int = 0
+    batches_out: int = 0
+    # 1 once the sink has failed: it writes nothing more and checkpoints fail until DROP SINK.
+    failed: int = 0
+
+
+@dataclass
 class PipelineMetrics:
     rows_in: int = 0
     rows_out: int = 0
     events_processed: int = 0
     sources: List[SourceMetrics] = field(default_factory=list)
     streams: List[StreamMetrics] = field(default_factory=list)
+    sinks: List[SinkMetrics] = field(default_factory=list)
 
 
 #: Catalog kinds data is pushed into, and kinds of continuous queries.
@@ -233,9 +244,8 @@ class Connection:
         return [r["name"] for r in self._catalog() if r["kind"] in _QUERIES]
 
     def list_sinks(self) -> List[str]:
-        """Names of the sinks (none until connectors exist)."""
-        self._check()
-        return []
+        """Names of the sinks (``CREATE SINK … INTO …``)."""
+        return [r["name"] for r in self._catalog() if r["kind"] == "sink"]
 
     def sources(self) -> List[Dict[str, str]]:
         """Every source and table (what data is pushed into): name, sql."""
@@ -251,10 +261,14 @@ class Connection:
             for r in self._catalog() if r["kind"] in _QUERIES
         ]
 
-    def sinks(self) -> List[Dict[str, str]]:
-        """Every sink (none until connectors exist)."""
-        self._check()
-        return []
+    def sinks(self) -> List[Dict[str, Any]]:
+        """Every sink: name, sql, input (the stream or source it writes), and failed (True once
+        it has failed: it writes nothing more and checkpoints fail until it is dropped)."""
+        failed = {r["name"] for r in self._metric_rows() if r["kind"] == "sink" and r["metric"] == "failed" and r["value"]}
+        return [
+            {"name": r["name"], "sql": r["sql"], "input": r["inputs"], "failed": r["name"] in failed}
+            for r in self._catalog() if r["kind"] == "sink"
+        ]
 
     def topology(self) -> Dict[str, list]:
         """The pipeline graph: ``{"nodes": [{"name", "kind"}], "edges": [{"from", "to"}]}``."""
@@ -398,16 +412,20 @@ class Connection:
         rows = self._metric_rows()
         sources: Dict[str, SourceMetrics] = {}
         streams: Dict[str, StreamMetrics] = {}
+        sinks: Dict[str, SinkMetrics] = {}
         m = PipelineMetrics()
         for r in rows:
             if r["kind"] == "source":
                 setattr(sources.setdefault(r["name"], SourceMetrics(r["name"])), r["metric"], r["value"])
             elif r["kind"] == "stream":
                 setattr(streams.setdefault(r["name"], StreamMetrics(r["name"])), r["metric"], r["value"])
+            elif r["kind"] == "sink":
+                setattr(sinks.setdefault(r["name"], SinkMetrics(r["name"])), r["metric"], r["value"])
             else:
                 setattr(m, r["metric"], r["value"])
         m.sources = [s for n, s in sorted(sources.items()) if not n.startswith(_HIDDEN)]
         m.streams = [s for n, s in sorted(streams.items()) if not n.startswith(_HIDDEN)]
+        m.sinks = [s for _, s in sorted(sinks.items())]
         return m
 
     def all_source_metrics(self) -> List[SourceMetrics]:
@@ -439,7 +457,8 @@ class Connection:
 
     @property
     def sink_count(self) -> int:
-        return 0
+        """How many sinks."""
+        return len(self.list_sinks())
 
     @property
     def pipeline_state(self) -> str:

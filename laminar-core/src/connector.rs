@@ -1,0 +1,443 @@
+//! The engine side of connectors: one source interface, one sink interface, and what every kind
+//! shares (typed options with the unknown-key check, the reader thread with its retry policy).
+//! Each kind lives in its own folder (`connector/files/`, `connector/nexmark.rs`).
+//!
+//! **Sources** are split into partitions (a file, a Kafka partition, a generator). A
+//! [`SourceReader`] returns batches each tagged with the [`Position`] of its partition after it.
+//! The engine records positions when it applies a batch, writes them into every checkpoint (and,
+//! at durability `wal`, into the log record of the batch), and hands them back to
+//! [`SourceReader::open`] after a restart, so a replayable source resumes exactly where the
+//! restored state stops: each row once. The source's watermark is the minimum over its partitions
+//! still being read (see `db::driver`).
+//!
+//! **Sinks** commit in two phases bound to the checkpoint epoch ([`Sink`]): results are written as
+//! they come, invisibly; at a checkpoint the sink prepares what it wrote (a committable, stored
+//! in the checkpoint); only once the checkpoint is durable is the committable published. After a
+//! crash, the restored checkpoint's committable is published again (idempotently) and anything
+//! staged after it is discarded: its results are produced again by the replay.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::error::{Error, ErrorKind, Result, clip, nearest_name};
+
+#[cfg(feature = "files")]
+pub(crate) mod files;
+pub(crate) mod nexmark;
+
+/// The kinds of source this build has, for messages.
+pub(crate) fn source_kinds() -> &'static str {
+    if cfg!(feature = "files") { "FILES, NEXMARK" } else { "NEXMARK" }
+}
+
+/// The kinds of sink this build has, for messages.
+pub(crate) fn sink_kinds() -> &'static str {
+    if cfg!(feature = "files") { "FILES" } else { "none (built without the `files` feature)" }
+}
+
+// ------------------------------------------------------------------------------------- options
+
+/// A connector's `WITH (…)` options, parsed once at CREATE into the kind's typed settings. Every
+/// key read is known; [`Options::finish`] refuses the rest, naming the nearest known key.
+pub(crate) struct Options {
+    /// `"FILES source 'x'"`, for messages.
+    what: String,
+    map: BTreeMap<String, String>,
+    known: Vec<&'static str>,
+}
+
+impl Options {
+    pub(crate) fn new(what: impl Into<String>, map: &BTreeMap<String, String>) -> Options {
+        Options { what: what.into(), map: map.clone(), known: vec![] }
+    }
+
+    /// Marks `key` known and returns its value, if set.
+    pub(crate) fn get(&mut self, key: &'static str) -> Option<String> {
+        self.known.push(key);
+        self.map.remove(key)
+    }
+
+    pub(crate) fn required(&mut self, key: &'static str) -> Result<String> {
+        self.get(key).ok_or_else(|| Error::invalid_argument(format!("{}: option '{key}' is required", self.what)))
+    }
+
+    /// One of `choices` (case-insensitive), or `default`.
+    pub(crate) fn choice(
+        &mut self,
+        key: &'static str,
+        choices: &[&'static str],
+        default: &'static str,
+    ) -> Result<&'static str> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => choices.iter().find(|c| c.eq_ignore_ascii_case(v.trim())).copied().ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "{}: option '{key}' is '{}'; expected one of: {}",
+                    self.what,
+                    clip(&v),
+                    choices.join(", ")
+                ))
+            }),
+        }
+    }
+
+    pub(crate) fn bool(&mut self, key: &'static str, default: bool) -> Result<bool> {
+        Ok(self.choice(key, &["true", "false"], if default { "true" } else { "false" })? == "true")
+    }
+
+    /// A duration with a unit (`'500ms'`, `'10s'`).
+    pub(crate) fn duration(&mut self, key: &'static str, default: Duration) -> Result<Duration> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => crate::config::parse_duration(&v)
+                .map_err(|m| Error::invalid_argument(format!("{}: option '{key}': {m}", self.what))),
+        }
+    }
+
+    /// A single character (a CSV delimiter).
+    pub(crate) fn byte(&mut self, key: &'static str, default: u8) -> Result<u8> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => {
+                let v = if v == "\\t" { "\t".to_string() } else { v };
+                match v.as_bytes() {
+                    [b] if b.is_ascii() => Ok(*b),
+                    _ => Err(Error::invalid_argument(format!(
+                        "{}: option '{key}' must be one ASCII character, got '{}'",
+                        self.what,
+                        clip(&v)
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Refuses every option not read, naming the nearest known one.
+    pub(crate) fn finish(self) -> Result<()> {
+        if let Some(k) = self.map.keys().next() {
+            let hint = nearest_name(k, self.known.iter().copied())
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
+            let mut known = self.known.clone();
+            known.sort_unstable();
+            known.dedup();
+            return Err(Error::invalid_argument(format!(
+                "{}: unknown option '{}'{hint} (known: {})",
+                self.what,
+                clip(k),
+                known.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a source does with a record (a file, a message) it cannot decode: `'on_error'`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnError {
+    /// The source fails, naming the record's position and the decode error (the default).
+    Fail,
+    /// The record is skipped, counted and logged.
+    Skip,
+}
+
+impl OnError {
+    pub(crate) fn from_options(o: &mut Options) -> Result<OnError> {
+        match o.choice("on_error", &["fail", "skip", "dead_letter"], "fail")? {
+            "fail" => Ok(OnError::Fail),
+            "skip" => Ok(OnError::Skip),
+            _ => Err(Error::not_implemented(format!(
+                "{}: on_error = 'dead_letter' is not available for this kind yet; use 'fail' or 'skip'",
+                o.what
+            ))),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------- sources
+
+/// Where one partition of a source has got to, after the batch it comes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The partition: a file name, a Kafka partition number, `"0"` for a single stream.
+    pub partition: String,
+    /// The kind's own encoding of the position (an offset, a row count, an LSN).
+    pub offset: String,
+    /// The partition has nothing more to read (a file read to its end): it no longer holds back
+    /// the source's watermark.
+    pub finished: bool,
+}
+
+/// The recorded positions of a source: partition → offset. Finished partitions are recorded with
+/// [`FINISHED`] so they are never read again.
+pub(crate) type Positions = BTreeMap<String, String>;
+
+/// The offset recorded for a finished partition.
+pub(crate) const FINISHED: &str = "finished";
+
+impl Position {
+    /// The offset as recorded (a finished partition as [`FINISHED`]).
+    pub(crate) fn recorded(&self) -> &str {
+        if self.finished { FINISHED } else { &self.offset }
+    }
+}
+
+/// Encodes positions for a checkpoint's catalog: `len:partition len:offset …`, so any character
+/// may appear in a partition name.
+pub(crate) fn encode_positions(p: &Positions) -> String {
+    let mut s = String::new();
+    for (k, v) in p {
+        s.push_str(&format!("{}:{k}{}:{v}", k.len(), v.len()));
+    }
+    s
+}
+
+pub(crate) fn decode_positions(s: &str) -> Result<Positions> {
+    let bad = || Error::invalid_data(format!("malformed source positions in a checkpoint: '{}'", clip(s)));
+    let mut out = Positions::new();
+    let mut rest = s;
+    let take = |rest: &mut &str| -> Result<String> {
+        let colon = rest.find(':').ok_or_else(bad)?;
+        let n: usize = rest[..colon].parse().map_err(|_| bad())?;
+        let body = rest.get(colon + 1..colon + 1 + n).ok_or_else(bad)?.to_string();
+        *rest = &rest[colon + 1 + n..];
+        Ok(body)
+    };
+    while !rest.is_empty() {
+        let k = take(&mut rest)?;
+        let v = take(&mut rest)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// What [`SourceReader::poll`] found.
+pub(crate) enum Poll {
+    /// Rows, with their partition's position after them.
+    Data(RecordBatch, Position),
+    /// Nothing new now; poll again after [`SourceReader::poll_interval`].
+    Pending,
+    /// A bounded source has read everything: the end of input (its watermark goes to the end).
+    End,
+}
+
+/// One source connector instance. Built at CREATE SOURCE from its options (which are checked
+/// then); [`open`](SourceReader::open)ed and polled on a reader thread of its own once the
+/// database has recovered.
+pub(crate) trait SourceReader: Send + 'static {
+    /// `"FILES '/data/in'"`: the kind and what it reads, for messages.
+    fn describe(&self) -> String;
+    /// Seeks every partition to its recorded position (empty: a fresh start).
+    fn open(&mut self, positions: &Positions) -> Result<()>;
+    /// Reads the next batch. Errors of kind `IO` are retried with backoff (see [`run_source`]);
+    /// any other error fails the source.
+    fn poll(&mut self) -> Result<Poll>;
+    /// How long to wait after [`Poll::Pending`].
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+}
+
+/// Where a reader's batches go: the source's writer (bounded: a full queue blocks the reader, so
+/// a slow pipeline pauses reading).
+pub(crate) trait SourceOutput: Send + 'static {
+    fn write(&mut self, batch: RecordBatch, position: Position) -> Result<()>;
+    /// The end of input.
+    fn finish(&mut self) -> Result<()>;
+    /// The source was dropped or the database closed: the reader stops.
+    fn stopped(&self) -> bool;
+    /// The reader gave up: the streams reading the source fail with `e`.
+    fn fail(&mut self, e: Error);
+}
+
+/// How long a reader retries a failing `IO` operation (a server down, a file system that went
+/// away) before the source fails.
+pub(crate) const RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts `reader` on a thread of its own: opens it at `positions`, then moves its batches into
+/// `out` until the end of input, the source is dropped, or the database closes. `IO` errors are
+/// retried with exponential backoff (100 ms doubling to 5 s) for up to `retry_timeout`; then, or
+/// on any other error, the source fails with the error, naming the source.
+pub(crate) fn run_source(
+    name: &str,
+    mut reader: Box<dyn SourceReader>,
+    positions: Positions,
+    mut out: Box<dyn SourceOutput>,
+    retry_timeout: Duration,
+) -> Result<()> {
+    let source = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("laminar-source-{}", clip(name)))
+        .spawn(move || {
+            let what = format!("source '{source}' ({})", reader.describe());
+            let mut failing_since: Option<Instant> = None;
+            let mut backoff = Duration::from_millis(100);
+            let mut opened = false;
+            loop {
+                if out.stopped() {
+                    return;
+                }
+                let step = if opened { reader.poll() } else { reader.open(&positions).map(|_| Poll::Pending) };
+                match step {
+                    Ok(p) => {
+                        if !opened {
+                            opened = true;
+                            failing_since = None;
+                            backoff = Duration::from_millis(100);
+                            continue;
+                        }
+                        failing_since = None;
+                        backoff = Duration::from_millis(100);
+                        match p {
+                            Poll::Data(batch, pos) => {
+                                if let Err(e) = out.write(batch, pos) {
+                                    if !out.stopped() {
+                                        out.fail(e.context(&what));
+                                    }
+                                    return;
+                                }
+                            }
+                            Poll::Pending => sleep_unless_stopped(&*out, reader.poll_interval()),
+                            Poll::End => {
+                                let _ = out.finish();
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Io => {
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= retry_timeout {
+                            out.fail(e.context(format!("{what}: gave up after retrying for {retry_timeout:?}")));
+                            return;
+                        }
+                        log::warn!(target: "laminardb", "{what}: {e}; retrying in {backoff:?}");
+                        sleep_unless_stopped(&*out, backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        out.fail(e.context(&what));
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::internal(format!("cannot start the reader thread of source '{name}': {e}")))?;
+    Ok(())
+}
+
+fn sleep_unless_stopped(out: &dyn SourceOutput, d: Duration) {
+    let until = Instant::now() + d;
+    while !out.stopped() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
+// --------------------------------------------------------------------------------------- sinks
+
+/// One sink connector instance: a writer and a committer bound to checkpoint epochs. Its calls
+/// come from the pipeline thread, in order. On a database without checkpoints (durability
+/// `memory`) the engine prepares and commits after every write, so results appear at once
+/// (at-least-once: nothing survives a crash anyway).
+pub(crate) trait Sink: Send + 'static {
+    /// `"FILES '/data/out' (parquet)"`, for messages and SHOW SINKS.
+    fn describe(&self) -> String;
+    /// Writes results of `epoch` (the one after the last completed checkpoint), invisibly until
+    /// committed.
+    fn write(&mut self, epoch: u64, batch: &RecordBatch) -> Result<()>;
+    /// Phase one, at the checkpoint of `epoch`: makes everything written and not yet committed
+    /// durable and returns its committable, which the checkpoint stores.
+    fn prepare_commit(&mut self, epoch: u64) -> Result<Vec<u8>>;
+    /// Phase two, once that checkpoint is durable: publishes the committable. Idempotent.
+    fn commit(&mut self, epoch: u64, committable: &[u8]) -> Result<()>;
+    /// After a restart (or at CREATE, with None): publishes the restored checkpoint's committable
+    /// (perhaps published already) and discards anything staged after it.
+    fn recover(&mut self, restored: Option<&[u8]>) -> Result<()>;
+    /// DROP SINK: discards what is staged and not committed.
+    fn abort(&mut self) -> Result<()>;
+}
+
+/// Builds the sink of kind `kind` (CREATE SINK … INTO kind WITH (options)) for results of
+/// `schema`; its options are checked here.
+pub(crate) fn sink_for(
+    kind: &str,
+    sink: &str,
+    schema: &SchemaRef,
+    options: &BTreeMap<String, String>,
+) -> Result<Box<dyn Sink>> {
+    #[cfg(feature = "files")]
+    if kind.eq_ignore_ascii_case("files") {
+        let o = Options::new(format!("FILES sink '{sink}'"), options);
+        return Ok(Box::new(files::FilesSink::new(sink, schema.clone(), o)?));
+    }
+    let _ = (sink, schema, options);
+    Err(Error::not_implemented(format!(
+        "sink connector '{}' is not available in this build (built in: {})",
+        clip(kind),
+        sink_kinds()
+    )))
+}
+
+/// Builds the source reader of kind `kind` for source `source` of `schema`; its options are checked
+/// here (`general` are the options every source has, such as `idle_timeout`, left to the caller).
+pub(crate) fn source_for(
+    kind: &str,
+    source: &str,
+    schema: &SchemaRef,
+    options: &BTreeMap<String, String>,
+    general: &[&'static str],
+) -> Result<Box<dyn SourceReader>> {
+    let mut map = options.clone();
+    for g in general {
+        map.remove(*g);
+    }
+    let mut o = Options::new(format!("{} source '{source}'", kind.to_ascii_uppercase()), &map);
+    for g in general {
+        o.known.push(g);
+    }
+    #[cfg(feature = "files")]
+    if kind.eq_ignore_ascii_case("files") {
+        return Ok(Box::new(files::FilesSource::new(source, schema.clone(), o)?));
+    }
+    if kind.eq_ignore_ascii_case("nexmark") {
+        return Ok(Box::new(nexmark::NexmarkSource::new(source, schema, o)?));
+    }
+    Err(Error::not_implemented(format!(
+        "connector '{}' is not available in this build (built in: {})",
+        clip(kind),
+        source_kinds()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_any_characters() {
+        let mut p = Positions::new();
+        p.insert("a:b 3:x".into(), "12".into());
+        p.insert("".into(), FINISHED.into());
+        p.insert("ünï/cödé\n".into(), "7:8".into());
+        assert_eq!(decode_positions(&encode_positions(&p)).unwrap(), p);
+        assert!(decode_positions("5:ab").is_err());
+        assert!(decode_positions("x:ab").is_err());
+    }
+
+    #[test]
+    fn unknown_option_names_the_nearest() {
+        let mut m = BTreeMap::new();
+        m.insert("pathh".to_string(), "x".to_string());
+        let mut o = Options::new("FILES source 's'", &m);
+        assert_eq!(o.get("path"), None);
+        let e = o.finish().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().contains("unknown option 'pathh'; did you mean 'path'?"), "{e}");
+    }
+}
