@@ -79,7 +79,7 @@ fn a_nexmark_source_feeds_itself_and_ends() {
     assert!(e.message().contains("kind 'bids2'"), "{e}");
     let e =
         db.execute("CREATE SOURCE bid2 (auction BIGINT) FROM NEXMARK WITH (kind = 'bid', speed = '3')").unwrap_err();
-    assert!(e.message().contains("unknown source option 'speed'"), "{e}");
+    assert!(e.message().contains("unknown option 'speed'"), "{e}");
     let e = db.execute("CREATE SOURCE bid3 (auction VARCHAR) FROM NEXMARK WITH (kind = 'bid')").unwrap_err();
     assert!(e.message().contains("auction"), "{e}");
     assert!(db.object("bid3").is_err(), "a refused source is not left behind");

@@ -62,7 +62,7 @@ def test_execute_result_and_queries(trades):
     assert "explain" not in " ".join(db.list_streams())
 
 
-def test_catalog_and_schema(trades):
+def test_catalog_and_schema(trades, tmp_path):
     db = trades
     db.execute("CREATE MATERIALIZED VIEW tot AS SELECT sym, SUM(qty) AS q FROM trades GROUP BY sym")
     db.execute("CREATE TABLE prices (sym VARCHAR PRIMARY KEY, px DOUBLE)")
@@ -79,6 +79,14 @@ def test_catalog_and_schema(trades):
     assert s.names == ["sym", "qty", "ts"] and s.field("ts").type == pa.timestamp("us")
     assert "__weight" in db.schema("tot").names
     assert db.source_count == 2 and db.sink_count == 0  # trades and the table prices
+    db.execute(f"CREATE SINK vol_out FROM vol INTO FILES WITH (path = '{tmp_path}', format = 'json')")
+    assert db.list_sinks() == ["vol_out"] and db.sink_count == 1
+    (k,) = db.sinks()
+    assert k["input"] == "vol" and k["failed"] is False and "INTO FILES" in k["sql"]
+    assert {"from": "vol", "to": "vol_out"} in db.topology()["edges"]
+    assert [s.name for s in db.metrics().sinks] == ["vol_out"]
+    db.execute("DROP SINK vol_out")
+    assert db.list_sinks() == []
     r = db.create_table("events", pa.schema([("id", pa.int64()), ("name", pa.string()), ("at", pa.timestamp("us"))]))
     assert r.ddl_type == "CREATE SOURCE" and db.schema("events").names == ["id", "name", "at"]
     db.create_table("other", {"x": "DOUBLE"})
