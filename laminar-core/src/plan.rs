@@ -17,7 +17,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::MemTable;
-use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::execution_props::ExecutionProps;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
@@ -27,6 +26,9 @@ use datafusion::sql::sqlparser::ast::{
     SetExpr, TableAlias, TableFactor,
 };
 
+use crate::df_session::block_on;
+/// Re-exported for the callers that reach the session through the planner (db.rs).
+pub(crate) use crate::df_session::session_context;
 use crate::error::{Error, Result, nearest_name};
 use crate::operator::aggregate::{AggSpec, Aggregate, GroupCol, check_emit};
 use crate::operator::join::{HashJoin, JoinType, SideSpec};
@@ -77,21 +79,6 @@ pub(crate) struct PlanOptions {
     pub partitions: usize,
     /// The RocksDB state backend and the bytes an aggregate keeps in memory before spilling.
     pub state: Option<(std::sync::Arc<crate::state_store::StateStore>, usize)>,
-}
-
-pub(crate) fn session_context() -> SessionContext {
-    let mut cfg = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
-    cfg.options_mut().sql_parser.map_string_types_to_utf8view = false;
-    cfg.options_mut().execution.time_zone = None;
-    let ctx = SessionContext::new_with_config(cfg);
-    for f in crate::df_fixes::min_max_udafs() {
-        ctx.register_udaf((*f).clone());
-    }
-    ctx
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    futures::executor::block_on(f)
 }
 
 /// Plans `query` into a DataFusion logical plan over the given relations (analyzed, not optimized).
