@@ -15,6 +15,7 @@ pub mod config;
 mod connector;
 mod db;
 mod df_fixes;
+mod df_session;
 mod durable;
 pub mod error;
 pub mod nexmark;

@@ -1,7 +1,15 @@
 //! Incremental operators over Arrow batches.
 //!
-//! Every operator implements [`Operator`]. A query is a chain of operators; the runtime feeds the
-//! first one batches and watermarks and passes each operator's output to the next.
+//! Every operator implements [`Operator`]. The planner arranges a query's operators in a tree of
+//! nodes (`pipeline`): a node's input is a relation, a join of two child nodes or a union of
+//! several, and on top of it sits a chain of single-input operators (window assignment, stateless
+//! steps, aggregates, OVER). Join and union operators take each input's batches through
+//! `process_side`. `pipeline` feeds batches and watermarks in at the leaves and passes each
+//! operator's output to the next, up to the root.
+//!
+//! This file holds the trait, the context an operator runs with ([`OpCtx`], [`LateRows`]), the
+//! kinds of stream ([`StreamKind`]), the weight column and the no-watermark sentinel; each operator
+//! has its own module.
 //!
 //! Contract of the trait (read before writing an operator):
 //! - `process_batch` sees each input batch exactly once, in arrival order, and returns the rows
@@ -12,7 +20,7 @@
 //!   WARNING: an operator must never emit a row for a window *after* closing it, and must decide
 //!   lateness with the watermark as it stood *before* the current batch (`OpCtx::watermark`).
 //! - `on_tick` is called on processing-time deadlines the operator asked for with `tick_interval`.
-//! - Errors are returned, never panicked; the runtime fails the query and tells its subscribers.
+//! - Errors are returned, never panicked; the engine fails the query and tells its subscribers.
 //! - `snapshot` / `restore` move all of the operator's state in and out as Arrow batches, the one
 //!   state interface checkpoints are built on.
 //!

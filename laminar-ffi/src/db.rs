@@ -1,4 +1,8 @@
 //! The database handle: open/close, SQL, ad-hoc queries, inserts, catalog, metrics, checkpoints.
+//!
+//! [`Db`] and its `laminar_db_*` C exports. The other handles extend `Db` in their own modules:
+//! `writer` adds `Db::writer` and `Db::insert`, `subscription` adds `Db::subscribe` and
+//! `Db::subscribe_push`; this module imports neither.
 
 use std::collections::VecDeque;
 use std::ffi::c_char;
@@ -14,7 +18,6 @@ use laminar_core::{Database, Error, ExecuteResult, Result};
 use crate::arrow::{VecSource, export_batch, export_stream, import_stream, write_schema};
 use crate::config::{self, Config, laminar_config};
 use crate::error::{cstr, guard, guard_void, handle, laminar_error, laminar_status, out_ptr};
-use crate::writer::Writer;
 
 /// An open database, shared by every handle made from it. Cheap to clone; thread-safe.
 #[derive(Clone)]
@@ -111,21 +114,6 @@ impl Db {
                 "this statement returns no rows; run it with execute (query takes SELECT, SHOW, DESCRIBE, SHOW CREATE or EXPLAIN)",
             )),
         }
-    }
-
-    /// A writer for `source`.
-    pub fn writer(&self, source: &str) -> Result<Writer> {
-        self.check_process()?;
-        Ok(Writer::new(self.clone(), self.db.writer(source)?))
-    }
-
-    /// Pushes every batch of `batches` into `source` and waits until they are processed; the
-    /// number of rows. Stops at the first error (earlier batches stay applied).
-    pub fn insert(&self, source: &str, batches: impl IntoIterator<Item = Result<RecordBatch>>) -> Result<u64> {
-        let mut w = self.writer(source)?;
-        let rows = w.write_all(batches)?;
-        w.flush()?;
-        Ok(rows)
     }
 
     /// The schema of a source, stream or view (with `__weight` for changelog streams).

@@ -1,4 +1,7 @@
 //! Writers: push Arrow batches and watermarks into one source.
+//!
+//! [`Writer`], the `Db` methods that make one (`Db::writer`) or use one (`Db::insert`), and the
+//! `laminar_writer_*` C exports.
 
 use std::ffi::c_char;
 
@@ -21,8 +24,25 @@ pub struct Writer {
     w: SourceWriter,
 }
 
+impl Db {
+    /// A writer for `source`.
+    pub fn writer(&self, source: &str) -> Result<Writer> {
+        self.check_process()?;
+        Ok(Writer::new(self.clone(), self.database().writer(source)?))
+    }
+
+    /// Pushes every batch of `batches` into `source` and waits until they are processed; the
+    /// number of rows. Stops at the first error (earlier batches stay applied).
+    pub fn insert(&self, source: &str, batches: impl IntoIterator<Item = Result<RecordBatch>>) -> Result<u64> {
+        let mut w = self.writer(source)?;
+        let rows = w.write_all(batches)?;
+        w.flush()?;
+        Ok(rows)
+    }
+}
+
 impl Writer {
-    pub(crate) fn new(db: Db, w: SourceWriter) -> Writer {
+    fn new(db: Db, w: SourceWriter) -> Writer {
         Writer { db, w }
     }
 

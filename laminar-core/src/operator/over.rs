@@ -249,7 +249,7 @@ impl WindowPlan {
                 return Ok(futures::executor::block_on(collect(plan, task.clone()))?);
             }
         }
-        let ctx = crate::plan::session_context();
+        let ctx = crate::df_session::session_context();
         let schema = batch.schema();
         let table = MemTable::try_new(schema.clone(), vec![vec![batch]])?;
         let df = ctx.read_table(Arc::new(table))?.window(self.exprs.clone())?;
