@@ -325,8 +325,19 @@ impl Database {
         // A sink recreated from a checkpoint publishes that checkpoint's results (if a crash came
         // between the checkpoint and its commit); any other discards what an earlier run staged.
         let restored = self.inner.restored_sinks.lock().remove(&cs.name);
-        sink.recover(restored.as_deref()).map_err(|e| e.context(format!("sink '{}'", cs.name)))?;
         let describe = sink.describe();
+        let mut failed = None;
+        if let Err(e) = sink.recover(restored.as_deref()) {
+            let e = e.context(format!("sink '{}' ({describe})", cs.name));
+            if !self.inner.recovering.load(Ordering::Acquire) {
+                return Err(e);
+            }
+            // Reopening with the sink's server down: the database opens, the sink is failed
+            // (checkpoints fail, so its restored results stay in the last checkpoint) until the
+            // database is reopened with the server up, or the sink is dropped.
+            log::warn!(target: "laminardb", "{e}");
+            failed = Some(e);
+        }
         eng.sinks.insert(
             cs.name.clone(),
             SinkRt {
@@ -336,7 +347,7 @@ impl Database {
                 describe,
                 rows_out: 0,
                 batches_out: 0,
-                failed: None,
+                failed,
                 writes: 0,
             },
         );
