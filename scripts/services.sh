@@ -82,9 +82,9 @@ if want:
 print(bind(0))
 EOF
   else
-    local p i
+    local p
     if [ -n "$want" ] && ! port_open "$want"; then echo "$want"; return; fi
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
       p=$((20000 + RANDOM % 30000))
       port_open "$p" || { echo "$p"; return; }
     done
@@ -103,16 +103,16 @@ pid_alive() {
 
 # stop_pid NAME PID SIGNAL: sends SIGNAL, waits up to 30 s for the exit, then SIGKILL.
 stop_pid() {
-  local name="$1" pid="$2" sig="$3" t0 i
+  local name="$1" pid="$2" sig="$3" t0 _
   t0="$(now)"
   kill -s "$sig" "$pid" 2>/dev/null || true
-  for i in $(seq 1 300); do
+  for _ in $(seq 1 300); do
     kill -0 "$pid" 2>/dev/null || { echo "$name: stopped in $(since "$t0")"; return 0; }
     sleep 0.1
   done
   echo "$name: still running 30s after SIG$sig; sending SIGKILL" >&2
   kill -9 "$pid" 2>/dev/null || true
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || { echo "$name: killed"; return 0; }
     sleep 0.1
   done
@@ -142,6 +142,14 @@ password_of() {
 
 read_file() { if [ -r "$1" ]; then head -n1 "$1"; fi; }
 
+# show_log FILE [LINES]: the file's last lines, on stderr.
+show_log() {
+  if [ -s "$1" ]; then
+    echo "--- last lines of $1:" >&2
+    tail -n "${2:-40}" "$1" >&2
+  fi
+}
+
 # wait_for DESCRIPTION PID PATTERN LOGFILE COMMAND...: runs COMMAND every half second until it
 # succeeds; fails (printing the log's tail) when the process dies or TIMEOUT passes.
 wait_for() {
@@ -149,13 +157,13 @@ wait_for() {
   local deadline=$((SECONDS + TIMEOUT))
   until "$@" >/dev/null 2>&1; do
     if ! pid_alive "$pid" "$pat"; then
-      echo "services.sh: $what: the server exited while starting; last lines of $log:" >&2
-      tail -n 40 "$log" >&2 2>/dev/null || true
+      echo "services.sh: $what: the server exited while starting" >&2
+      show_log "$log"
       return 1
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-      echo "services.sh: $what: not ready after ${TIMEOUT}s; last lines of $log:" >&2
-      tail -n 40 "$log" >&2 2>/dev/null || true
+      echo "services.sh: $what: not ready after ${TIMEOUT}s (LAMINAR_SERVICES_TIMEOUT)" >&2
+      show_log "$log"
       return 1
     fi
     sleep 0.5
@@ -360,11 +368,12 @@ EOF
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -Dkafka.logs.dir="$KAFKA_DIR/logs" \
     -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    >>"$KAFKA_DIR/logs/kafka.out" 2>&1 </dev/null &
+    >"$KAFKA_DIR/logs/kafka.out" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$KAFKA_DIR/kafka.pid"
   if ! wait_for "kafka" "$pid" "$KAFKA_PAT" "$KAFKA_DIR/logs/server.log" kafka_ready "$port"; then
-    tail -n 20 "$KAFKA_DIR/logs/kafka.out" >&2 2>/dev/null || true
+    show_log "$KAFKA_DIR/logs/kafka.out" 20
+    show_log "$KAFKA_DIR/logs/ready.log" 20
     kafka_stop >&2 || true
     die "kafka: did not start (logs: $KAFKA_DIR/logs)"
   fi
@@ -428,6 +437,8 @@ pg_user() {
   echo laminar-svc
 }
 
+# Where the data lives when the server's user cannot reach the services folder: one per folder.
+pg_alt_dir() { echo "/var/tmp/laminar-services-$(echo "$SVC" | cksum | cut -d' ' -f1)"; }
 pg_pid() { read_file "$PG_DIR/data/postmaster.pid"; }
 pg_port() { read_file "$PG_DIR/port"; }
 pg_running() { local p; p="$(pg_port)"; pid_alive "$(pg_pid)" "$PG_PAT" && [ -n "$p" ] && port_open "$p"; }
@@ -441,30 +452,32 @@ pg_start() {
   fi
   pid_alive "$(pg_pid)" "$PG_PAT" && { echo "postgres: pid $(pg_pid) does not answer; restarting it"; pg_stop; }
   pg_install
-  local user t0 data="$PG_DIR/data" port
+  local user t0 run="$PG_DIR" data port
   user="$(pg_user)"
   mkdir -p "$PG_DIR"
   if [ "$user" != "$(id -un)" ] && ! as_user "$user" test -x "$PG_DIR"; then
-    # The server's user cannot reach the services folder (say, a checkout under /root): keep its
-    # data where it can, linked from here.
-    local alt
-    alt="/var/tmp/laminar-services-$(echo "$SVC" | cksum | cut -d' ' -f1)/postgres-data"
-    mkdir -p "$alt"; chmod 755 "$(dirname "$alt")"
-    [ -L "$data" ] || { rm -rf "$data"; ln -s "$alt" "$data"; }
+    # The server's user cannot reach the services folder (say, a checkout under /root): its data
+    # and log live where it can, linked from here.
+    run="$(pg_alt_dir)/postgres"
+    mkdir -p "$run"; chmod 755 "$(dirname "$run")" "$run"
+    [ -L "$PG_DIR/data" ] || { rm -rf "$PG_DIR/data"; ln -s "$run/data" "$PG_DIR/data"; }
+    [ -L "$PG_DIR/log" ] || { rm -rf "$PG_DIR/log"; ln -s "$run/log" "$PG_DIR/log"; }
   fi
+  data="$run/data"
   if [ ! -f "$data/PG_VERSION" ]; then
     t0="$(now)"
-    if [ -L "$data" ]; then find "$data/" -mindepth 1 -delete; else rm -rf "$data"; mkdir -p "$data"; fi
-    chown "$user" "$data"/ ; chmod 700 "$data"/
-    local pw; pw="$(password_of "$PG_DIR")"
-    (umask 077; printf '%s\n' "$pw" >"$PG_DIR/pwfile.tmp"); chown "$user" "$PG_DIR/pwfile.tmp"
-    if ! (cd / && as_user "$user" "$PG_BIN/initdb" -D "$data" -U laminar --pwfile="$PG_DIR/pwfile.tmp" \
+    rm -rf "$data"; mkdir -p "$data"
+    chown "$user" "$data"; chmod 700 "$data"
+    local pw pwfile="$run/pwfile.tmp"
+    pw="$(password_of "$PG_DIR")"
+    (umask 077; printf '%s\n' "$pw" >"$pwfile"); chown "$user" "$pwfile"
+    if ! (cd / && as_user "$user" "$PG_BIN/initdb" -D "$data" -U laminar --pwfile="$pwfile" \
         --auth=scram-sha-256 -E UTF8 --no-locale) >"$PG_DIR/initdb.log" 2>&1; then
       cat "$PG_DIR/initdb.log" >&2
-      rm -f "$PG_DIR/pwfile.tmp"
+      rm -f "$pwfile"
       die "postgres: initdb failed (log: $PG_DIR/initdb.log)"
     fi
-    rm -f "$PG_DIR/pwfile.tmp"
+    rm -f "$pwfile"
     local sock="''"
     [ "${#data}" -lt 90 ] && sock="'$data'"
     cat >>"$data/postgresql.conf" <<EOF
@@ -482,11 +495,11 @@ EOF
   fi
   port="$(free_port "$(pg_port)")"
   echo "$port" >"$PG_DIR/port"
-  mkdir -p "$PG_DIR/log"; chown "$user" "$PG_DIR/log"
+  mkdir -p "$run/log"; chown "$user" "$run/log"
   t0="$(now)"
-  if ! (cd / && as_user "$user" "$PG_BIN/pg_ctl" -D "$data" -l "$PG_DIR/log/postgres.log" -w -t "$TIMEOUT" \
+  if ! (cd / && as_user "$user" "$PG_BIN/pg_ctl" -D "$data" -l "$run/log/postgres.log" -w -t "$TIMEOUT" \
       -o "-p $port" start) >"$PG_DIR/pg_ctl.log" 2>&1; then
-    cat "$PG_DIR/pg_ctl.log" >&2; tail -n 40 "$PG_DIR/log/postgres.log" >&2 2>/dev/null || true
+    show_log "$PG_DIR/pg_ctl.log"; show_log "$PG_DIR/log/postgres.log"
     pg_stop >&2 || true
     die "postgres: did not start (log: $PG_DIR/log/postgres.log)"
   fi
@@ -515,7 +528,7 @@ pg_status() {
 
 pg_clean() {
   pg_stop
-  if [ -L "$PG_DIR/data" ]; then rm -rf "$(readlink -f "$PG_DIR/data")"; fi
+  rm -rf "$(pg_alt_dir)"
   rm -rf "$PG_DIR"
 }
 
@@ -608,12 +621,12 @@ EOF
   echo "$port" >"$MARIA_DIR/port"
   t0="$(now)"
   rm -f "$MARIA_DIR/mariadbd.pid"
-  setsid "$MARIA_D" --defaults-file="$MARIA_DIR/my.cnf" >>"$MARIA_DIR/mariadbd.out" 2>&1 </dev/null &
+  setsid "$MARIA_D" --defaults-file="$MARIA_DIR/my.cnf" >"$MARIA_DIR/mariadbd.out" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$MARIA_DIR/mariadbd.pid"
   if ! wait_for mariadb "$pid" "$MARIA_PAT" "$MARIA_DIR/mariadbd.err" \
       bash -c "timeout 2 bash -c 'exec 3<>/dev/tcp/$HOST/$port' && [ -S '$sock' ]"; then
-    tail -n 10 "$MARIA_DIR/mariadbd.out" >&2 2>/dev/null || true
+    show_log "$MARIA_DIR/mariadbd.out" 10
     maria_stop >&2 || true
     die "mariadb: did not start (log: $MARIA_DIR/mariadbd.err)"
   fi
@@ -652,10 +665,17 @@ maria_clean() { maria_stop; rm -rf "$MARIA_DIR"; }
 
 # ---------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; exit 2; }
+# usage [full]: the commands (all of the header comment with "full").
+usage() {
+  if [ "${1:-}" = full ]; then sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0; fi
+  sed -n 's/^#   \(scripts\/services.sh [a-z-]* .*\)/  \1/p' "$0" >&2
+  echo "  (scripts/services.sh help: the whole description)" >&2
+  exit 2
+}
 
 cmd="${1:-}"
 [ -n "$cmd" ] || usage
+case "$cmd" in help|-h|--help) usage full ;; esac
 if [ "$cmd" = kafka-tool ]; then
   shift
   [ $# -ge 1 ] || die "kafka-tool: give a main class, e.g. org.apache.kafka.tools.TopicCommand"
