@@ -26,16 +26,33 @@ use crate::error::{Error, ErrorKind, Result, clip, nearest_name};
 
 #[cfg(feature = "files")]
 pub(crate) mod files;
+#[cfg(feature = "kafka")]
+pub(crate) mod kafka;
 pub(crate) mod nexmark;
 
 /// The kinds of source this build has, for messages.
-pub(crate) fn source_kinds() -> &'static str {
-    if cfg!(feature = "files") { "FILES, NEXMARK" } else { "NEXMARK" }
+pub(crate) fn source_kinds() -> String {
+    let mut k = vec![];
+    if cfg!(feature = "files") {
+        k.push("FILES");
+    }
+    if cfg!(feature = "kafka") {
+        k.push("KAFKA");
+    }
+    k.push("NEXMARK");
+    k.join(", ")
 }
 
 /// The kinds of sink this build has, for messages.
-pub(crate) fn sink_kinds() -> &'static str {
-    if cfg!(feature = "files") { "FILES" } else { "none (built without the `files` feature)" }
+pub(crate) fn sink_kinds() -> String {
+    let mut k = vec![];
+    if cfg!(feature = "files") {
+        k.push("FILES");
+    }
+    if cfg!(feature = "kafka") {
+        k.push("KAFKA");
+    }
+    if k.is_empty() { "none (built without the `files` and `kafka` features)".into() } else { k.join(", ") }
 }
 
 // ------------------------------------------------------------------------------------- options
@@ -113,6 +130,14 @@ impl Options {
                 }
             }
         }
+    }
+
+    /// Every option whose key starts with `prefix`, with the prefix cut off (`properties.group.id`
+    /// → `group.id`), for a client library's own settings.
+    pub(crate) fn prefixed(&mut self, prefix: &'static str) -> Vec<(String, String)> {
+        self.known.push(prefix);
+        let keys: Vec<String> = self.map.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.into_iter().map(|k| (k[prefix.len()..].to_string(), self.map.remove(&k).expect("listed"))).collect()
     }
 
     /// Refuses every option not read, naming the nearest known one.
@@ -376,6 +401,11 @@ pub(crate) fn sink_for(
         let o = Options::new(format!("FILES sink '{sink}'"), options);
         return Ok(Box::new(files::FilesSink::new(sink, schema.clone(), o)?));
     }
+    #[cfg(feature = "kafka")]
+    if kind.eq_ignore_ascii_case("kafka") {
+        let o = Options::new(format!("KAFKA sink '{sink}'"), options);
+        return Ok(Box::new(kafka::KafkaSink::new(sink, schema.clone(), o)?));
+    }
     let _ = (sink, schema, options);
     Err(Error::not_implemented(format!(
         "sink connector '{}' is not available in this build (built in: {})",
@@ -404,6 +434,10 @@ pub(crate) fn source_for(
     #[cfg(feature = "files")]
     if kind.eq_ignore_ascii_case("files") {
         return Ok(Box::new(files::FilesSource::new(source, schema.clone(), o)?));
+    }
+    #[cfg(feature = "kafka")]
+    if kind.eq_ignore_ascii_case("kafka") {
+        return Ok(Box::new(kafka::KafkaSource::new(source, schema.clone(), o)?));
     }
     if kind.eq_ignore_ascii_case("nexmark") {
         return Ok(Box::new(nexmark::NexmarkSource::new(source, schema, o)?));

@@ -1,0 +1,348 @@
+//! The KAFKA connector against a real broker (`scripts/services.sh start kafka`; its address is
+//! read from `$LAMINAR_KAFKA` or `<target dir>/services.env`). Events are produced and results
+//! read back by plain rdkafka clients outside the engine (a non-transactional producer, a
+//! `read_committed` consumer), and compared with DataFusion over the same events.
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{difference, sorted};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
+use laminar_core::arrow::record_batch::RecordBatch;
+use laminar_core::{Config, Database, ErrorKind};
+use rand::{Rng, SeedableRng};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+/// The broker of `scripts/services.sh start kafka`.
+fn broker() -> String {
+    if let Ok(b) = std::env::var("LAMINAR_KAFKA") {
+        return b;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or(root.join("target"));
+    let env = std::fs::read_to_string(target.join("services.env")).unwrap_or_default();
+    env.lines().find_map(|l| l.strip_prefix("LAMINAR_KAFKA=")).map(str::to_string).unwrap_or_else(|| {
+        panic!(
+            "no Kafka broker: run `scripts/services.sh start kafka` (it writes LAMINAR_KAFKA to {}/services.env)",
+            target.display()
+        )
+    })
+}
+
+fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}-{}-{n}", std::process::id())
+}
+
+fn create_topic(b: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", b).create().unwrap();
+    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let res = futures::executor::block_on(admin.create_topics(&[t], &AdminOptions::new())).unwrap();
+    for r in res {
+        r.unwrap();
+    }
+}
+
+fn producer(b: &str) -> BaseProducer {
+    ClientConfig::new().set("bootstrap.servers", b).set("linger.ms", "5").create().unwrap()
+}
+
+fn send(p: &BaseProducer, topic: &str, partition: i32, value: &str) {
+    let mut rec = BaseRecord::<(), str>::to(topic).partition(partition).payload(value);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Every committed record of `topic` (all partitions), read by a `read_committed` consumer up to
+/// the partitions' ends.
+fn read_committed(b: &str, topic: &str) -> Vec<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = vec![];
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+        ends.push(c.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap().1);
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = vec![];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            out.push(String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap());
+        }
+        let pos = c.position().unwrap();
+        let done = parts.iter().zip(&ends).all(|(p, end)| match pos.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o >= *end,
+            _ => *end == 0,
+        });
+        if done {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "reading '{topic}' back did not reach the partitions' ends in 60 s");
+    }
+}
+
+fn iso(ms: i64) -> String {
+    let a = TimestampMicrosecondArray::from_iter_values([ms * 1000]);
+    laminar_core::arrow::util::display::array_value_to_string(&a, 0).unwrap()
+}
+
+type Row = (i64, i64, i64); // k, v, ts (ms)
+
+fn oracle(rows: &[Row]) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        let b = RecordBatch::try_from_iter(vec![
+            ("k", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef),
+            ("v", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef),
+            ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2 * 1000))) as ArrayRef),
+        ])
+        .unwrap();
+        ctx.register_table("t", Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap())).unwrap();
+        let df = ctx
+            .sql(
+                "SELECT k, date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
+                 SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY 1, 2",
+            )
+            .await
+            .unwrap();
+        sorted(&df.collect().await.unwrap())
+    })
+}
+
+fn rows_in(db: &Database) -> u64 {
+    db.metrics().unwrap().sources.iter().map(|s| s.rows_in).sum()
+}
+
+fn wait_rows(db: &Database, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rows_in(db) < n {
+        assert!(Instant::now() < deadline, "read {} of {n} rows in 120 s", rows_in(db));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    db.flush().unwrap();
+}
+
+const PARTITIONS: i32 = 4;
+
+/// Events over 4 partitions, out of order within each partition by less than the watermark's
+/// 1 s delay (none is late).
+fn events(rng: &mut rand::rngs::SmallRng, n: usize, t0: i64) -> Vec<(i32, Row)> {
+    (0..n)
+        .map(|i| {
+            let ts = t0 + i as i64 * 3 + rng.random_range(0..500);
+            (rng.random_range(0..PARTITIONS), (rng.random_range(0..5), rng.random_range(-100..100), ts))
+        })
+        .collect()
+}
+
+fn json(r: &Row) -> String {
+    format!("{{\"k\": {}, \"v\": {}, \"ts\": \"{}\"}}", r.0, r.1, iso(r.2))
+}
+
+#[test]
+fn kafka_to_windowed_aggregate_to_kafka_exactly_once_across_a_crash_and_a_restart() {
+    let b = broker();
+    let (input, output) = (unique("in"), unique("out"));
+    create_topic(&b, &input, PARTITIONS);
+    create_topic(&b, &output, 1);
+    let dir = common_tmp("kafka-e2e");
+    let sql = format!(
+        "CREATE SOURCE s (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             FROM KAFKA WITH (topic = '{input}', 'properties.bootstrap.servers' = '{b}', format = 'json');
+         CREATE STREAM agg AS SELECT k, window_start AS ws, SUM(v) AS s, COUNT(*) AS n
+             FROM s GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND);
+         CREATE SINK out FROM agg INTO KAFKA WITH (topic = '{output}', 'properties.bootstrap.servers' = '{b}', key = 'k')"
+    );
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", "0").unwrap();
+    let p = producer(&b);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(5);
+    let mut all: Vec<Row> = vec![];
+    let mut db = Database::open(&dir, cfg.clone()).unwrap();
+    db.execute(&sql).unwrap();
+    for round in 0..5 {
+        let evs = events(&mut rng, 3000, 1_000_000 + round * 20_000);
+        for (part, r) in &evs {
+            send(&p, &input, *part, &json(r));
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        all.extend(evs.iter().map(|e| e.1));
+        match round {
+            2 => {
+                // A crash: what was read since the checkpoint is read again, and the sink's open
+                // transaction is aborted by the next incarnation.
+                wait_rows(&db, all.len() as u64);
+                db.close_abruptly();
+                db = Database::open(&dir, cfg.clone()).unwrap();
+            }
+            3 => {
+                wait_rows(&db, all.len() as u64);
+                db.close();
+                db = Database::open(&dir, cfg.clone()).unwrap();
+            }
+            _ => {}
+        }
+        wait_rows(&db, all.len() as u64);
+        db.checkpoint().unwrap();
+    }
+    assert_eq!(rows_in(&db), all.len() as u64, "each record read once");
+    // A record far in the future on every partition closes every window.
+    for part in 0..PARTITIONS {
+        send(&p, &input, part, &json(&(-1, 0, 4_000_000_000_000)));
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    wait_rows(&db, all.len() as u64 + PARTITIONS as u64);
+    db.checkpoint().unwrap();
+    let m = db.metrics().unwrap();
+    assert_eq!(m.sources[0].rows_late, 0);
+    db.close();
+
+    let got: Vec<String> = {
+        let mut v: Vec<String> = read_committed(&b, &output)
+            .iter()
+            .map(|line| {
+                let j: serde_like::Obj = serde_like::parse(line);
+                format!("{}|{}|{}|{}", j.get("k"), j.get("ws").trim_matches('"'), j.get("s"), j.get("n"))
+            })
+            .filter(|r| !r.starts_with("-1|"))
+            .collect();
+        v.sort();
+        v
+    };
+    let want = oracle(&all);
+    assert_eq!(got, want, "{}", difference(&got, &want));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_topic_bad_records_and_options_give_clear_errors() {
+    let b = broker();
+    let db = Database::open_in_memory().unwrap();
+    // A sink's topic is checked at CREATE SINK.
+    db.execute("CREATE SOURCE src (k BIGINT, v BIGINT)").unwrap();
+    let e = db
+        .execute(&format!(
+            "CREATE SINK o FROM src INTO KAFKA WITH (topic = 'no-such-topic-{}', 'properties.bootstrap.servers' = '{b}')",
+            std::process::id()
+        ))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert!(e.message().contains("does not exist on brokers"), "{e}");
+    // Options.
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE x (a BIGINT) FROM KAFKA WITH (topic = 't', 'properties.bootstrap.servers' = '{b}', 'scan.startup.mod' = 'earliest-offset')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("did you mean 'scan.startup.mode'"), "{e}");
+    let e = db.execute("CREATE SOURCE x (a BIGINT) FROM KAFKA WITH (topic = 't')").unwrap_err();
+    assert!(e.message().contains("'properties.bootstrap.servers' is required"), "{e}");
+
+    // A missing source topic fails the streams reading the source, naming the topic.
+    let missing = unique("missing");
+    db.execute(&format!(
+        "CREATE SOURCE m (a BIGINT) FROM KAFKA WITH (topic = '{missing}', 'properties.bootstrap.servers' = '{b}');
+         CREATE STREAM ms AS SELECT a FROM m"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = db.metrics().unwrap();
+        if let Some(f) = m.streams.iter().find(|s| s.name == "ms").and_then(|s| s.failed.clone()) {
+            assert!(f.contains(&missing) && f.contains("does not exist"), "{f}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stream over a missing topic did not fail");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Malformed records: `skip` drops them (and reads the rest, with the metadata columns);
+    // `fail` stops with the partition and offset.
+    let topic = unique("bad");
+    create_topic(&b, &topic, 1);
+    let p = producer(&b);
+    for i in 0..10 {
+        let v = if i == 4 { "{not json".to_string() } else { format!("{{\"a\": {i}}}") };
+        send(&p, &topic, 0, &v);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    db.execute(&format!(
+        "CREATE SOURCE ok (a BIGINT, _partition INT, _offset BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', on_error = 'skip');
+         CREATE MATERIALIZED VIEW okv AS SELECT a, _partition, _offset FROM ok;
+         CREATE SOURCE bad (a BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}');
+         CREATE STREAM bads AS SELECT a FROM bad"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        db.flush().unwrap();
+        let m = db.metrics().unwrap();
+        let ok_rows = m.sources.iter().find(|s| s.name == "ok").unwrap().rows_in;
+        let failed = m.streams.iter().find(|s| s.name == "bads").and_then(|s| s.failed.clone());
+        if let (9, Some(f)) = (ok_rows, &failed) {
+            assert!(f.contains("partition 0 offset 4"), "{f}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "ok read {ok_rows} rows; bads failed: {failed:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows = sorted(&db.query("SELECT a, _partition, _offset FROM okv").unwrap());
+    let want: Vec<String> = (0..10).filter(|i| *i != 4).map(|i| format!("{i}|0|{i}")).collect();
+    let mut want = want;
+    want.sort();
+    assert_eq!(rows, want);
+}
+
+fn common_tmp(name: &str) -> String {
+    common::tmpdir(name).display().to_string()
+}
+
+/// A tiny reader of the flat JSON objects the sink writes (numbers and strings only), so the
+/// test does not read them with the engine's own decoder.
+mod serde_like {
+    use std::collections::HashMap;
+    pub struct Obj(HashMap<String, String>);
+    impl Obj {
+        pub fn get(&self, k: &str) -> &str {
+            self.0.get(k).map(String::as_str).unwrap_or_else(|| panic!("no '{k}' in {:?}", self.0))
+        }
+    }
+    pub fn parse(s: &str) -> Obj {
+        let inner = s.trim().trim_start_matches('{').trim_end_matches('}');
+        let mut m = HashMap::new();
+        for part in inner.split(',') {
+            let (k, v) = part.split_once(':').unwrap_or_else(|| panic!("not a flat object: {s}"));
+            m.insert(k.trim().trim_matches('"').to_string(), v.trim().to_string());
+        }
+        Obj(m)
+    }
+}
