@@ -11,11 +11,18 @@ step() {
   echo "<== $name: $((SECONDS - t0))s"
 }
 total0=$SECONDS
-# One feature set for every build below: the RocksDB state backend is on (it needs libclang, which
-# system-deps.sh installs when missing). LAMINAR_FEATURES= (empty) tests a build without it.
-export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb}"
+# One feature set for every build below: the RocksDB state backend (it needs libclang, which
+# system-deps.sh installs when missing) and the KAFKA connector (librdkafka built from source).
+# LAMINAR_FEATURES= (empty) tests a build without them.
+export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka}"
 features=()
-if [ -n "$LAMINAR_FEATURES" ]; then features=(--features "laminar-core/$LAMINAR_FEATURES"); fi
+core_features="$(for f in ${LAMINAR_FEATURES//,/ }; do printf 'laminar-core/%s ' "$f"; done)"
+if [ -n "$core_features" ]; then features=(--features "$core_features"); fi
+# Real servers for the connector tests (scripts/services.sh), stopped at the end if this run
+# started them.
+started_kafka=""
+stop_services() { if [ -n "$started_kafka" ]; then scripts/services.sh stop kafka || true; fi; }
+trap stop_services EXIT
 step "system packages check (test of system-deps.sh)" scripts/test-system-deps.sh
 step "system packages (libclang)" scripts/system-deps.sh
 # The Python and Node addons are built below by maturin and by the Node package's build script.
@@ -26,6 +33,10 @@ step "Go format (gofmt -l)" bash -c 'out=$(gofmt -l bindings/go); [ -z "$out" ] 
 step "build (tests and examples)" cargo build --workspace --exclude laminardb-python --exclude laminardb-node --tests --examples "${features[@]}"
 # Every test runner has a per-test (or per-binary) time limit that fails with a stack dump.
 step "Rust lints (cargo clippy --all-targets -D warnings)" cargo clippy -q --workspace --all-targets "${features[@]}" -- -D warnings
+if [[ " ${LAMINAR_FEATURES//,/ } " == *" kafka "* ]]; then
+  if ! scripts/services.sh status kafka >/dev/null 2>&1; then started_kafka=1; fi
+  step "Kafka broker for the connector tests (scripts/services.sh start kafka)" scripts/services.sh start kafka
+fi
 step "cargo test (each test binary limited, stacks dumped on a hang)" scripts/cargo-test.sh --workspace --exclude laminardb-python --exclude laminardb-node "${features[@]}"
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
   cargo run -q -p laminar-core "${features[@]}" --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
@@ -34,6 +45,7 @@ step "join benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${feat
 step "durability benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example durability_bench -- --batches 20 --batch-rows 1024 --keys 20000 --state-cache 256KB
 # The C ABI: header up to date and strict C99/C++17 clean, tests under ASan+UBSan, the example
 # built with pkg-config from an installed prefix and run under valgrind, the benchmark smoke run.
+step "services script test (Kafka, PostgreSQL, MariaDB started, used, stopped)" scripts/test-services.sh
 step "C header is current (cbindgen)" scripts/gen-header.sh --check
 step "C tests (ASan + UBSan)" make --no-print-directory test-c PROFILE=dev
 step "C example (make install + pkg-config + valgrind)" make --no-print-directory example-c PROFILE=dev
