@@ -251,8 +251,8 @@ fn a_missing_topic_bad_records_and_options_give_clear_errors() {
     db.execute("CREATE SOURCE src (k BIGINT, v BIGINT)").unwrap();
     let e = db
         .execute(&format!(
-            "CREATE SINK o FROM src INTO KAFKA WITH (topic = 'no-such-topic-{}', 'properties.bootstrap.servers' = '{b}')",
-            std::process::id()
+            "CREATE SINK o FROM src INTO KAFKA WITH (topic = '{}', 'properties.bootstrap.servers' = '{b}')",
+            unique("no-such-topic")
         ))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");

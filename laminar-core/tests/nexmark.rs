@@ -83,8 +83,9 @@ fn a_nexmark_source_feeds_itself_and_ends() {
     let e = db.execute("CREATE SOURCE bid3 (auction VARCHAR) FROM NEXMARK WITH (kind = 'bid')").unwrap_err();
     assert!(e.message().contains("auction"), "{e}");
     assert!(db.object("bid3").is_err(), "a refused source is not left behind");
-    let e = db.execute("CREATE SOURCE k (a BIGINT) FROM KAFKA").unwrap_err();
+    let e = db.execute("CREATE SOURCE k (a BIGINT) FROM KINESIS").unwrap_err();
     assert_eq!(e.kind(), laminar_core::ErrorKind::NotImplemented);
+    assert!(e.message().contains("connector 'kinesis' is not available"), "{e}");
 }
 
 /// The oracle's spelling of a TUMBLE / HOP window over `table` (DataFusion has no window TVFs):

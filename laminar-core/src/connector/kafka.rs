@@ -573,6 +573,10 @@ impl KafkaSink {
 
     fn connect(&mut self) -> Result<()> {
         let mut c = self.config.clone();
+        if c.get("allow.auto.create.topics").is_none() {
+            // A producer's default is to let a broker that allows it create a missing topic.
+            c.set("allow.auto.create.topics", "false");
+        }
         if self.exactly_once {
             c.set("transactional.id", &self.txn_id);
             if c.get("transaction.timeout.ms").is_none() {
@@ -792,5 +796,98 @@ impl Sink for KafkaSink {
             self.producer().abort_transaction(CALL_TIMEOUT).map_err(|e| self.err("cannot abort the transaction", e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exactly-once sink's recovery against the broker of `scripts/services.sh start kafka`:
+    //! a crash after the checkpoint is durable and before the transaction commits.
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+
+    fn broker() -> String {
+        if let Ok(b) = std::env::var("LAMINAR_KAFKA") {
+            return b;
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or(root.join("target"));
+        let env = std::fs::read_to_string(target.join("services.env")).unwrap_or_default();
+        env.lines()
+            .find_map(|l| l.strip_prefix("LAMINAR_KAFKA="))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no Kafka broker: run `scripts/services.sh start kafka`"))
+    }
+
+    fn sink(b: &str, topic: &str) -> KafkaSink {
+        let mut m = BTreeMap::new();
+        m.insert("topic".to_string(), topic.to_string());
+        m.insert("properties.bootstrap.servers".to_string(), b.to_string());
+        let schema = Arc::new(Schema::new(vec![datafusion::arrow::datatypes::Field::new("x", DataType::Int64, false)]));
+        KafkaSink::new("s", schema, Options::new("KAFKA sink 's'", &m)).unwrap()
+    }
+
+    fn batch(xs: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_from_iter(vec![("x", Arc::new(Int64Array::from_iter_values(xs)) as ArrayRef)]).unwrap()
+    }
+
+    fn committed_values(b: &str, topic: &str) -> Vec<String> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", b)
+            .set("group.id", format!("check-{topic}"))
+            .set("isolation.level", "read_committed")
+            .create()
+            .unwrap();
+        let end = c.fetch_watermarks(topic, 0, CALL_TIMEOUT).unwrap().1;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = vec![];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(m) = c.poll(Duration::from_millis(100)) {
+                out.push(String::from_utf8(m.unwrap().payload().unwrap().to_vec()).unwrap());
+            }
+            let pos = c.position().unwrap().elements()[0].offset();
+            if matches!(pos, Offset::Offset(o) if o >= end) || end == 0 {
+                return out;
+            }
+            assert!(std::time::Instant::now() < deadline, "did not reach offset {end}");
+        }
+    }
+
+    #[test]
+    fn a_crash_between_the_checkpoint_and_the_commit_writes_the_epoch_again_once() {
+        let b = broker();
+        let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let topic = format!("sink-recover-{}-{n}", std::process::id());
+        let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+        let t = NewTopic::new(&topic, 1, TopicReplication::Fixed(1));
+        for r in futures::executor::block_on(admin.create_topics(&[t], &AdminOptions::new())).unwrap() {
+            r.unwrap();
+        }
+        // Epoch 1 committed normally; epoch 2 prepared (its checkpoint durable), then a crash.
+        let mut a = sink(&b, &topic);
+        a.recover(None).unwrap();
+        a.write(1, &batch(0..3)).unwrap();
+        let c1 = a.prepare_commit(1).unwrap();
+        a.commit(1, &c1).unwrap();
+        a.write(2, &batch(3..6)).unwrap();
+        let c2 = a.prepare_commit(2).unwrap();
+        a.write(3, &batch(100..103)).unwrap(); // the next epoch's results, never checkpointed
+        a.flush().unwrap();
+        std::mem::forget(a); // no destructor: as if the process died
+        assert_eq!(committed_values(&b, &topic).len(), 3, "only epoch 1 is visible before recovery");
+        // The next incarnation restores checkpoint 2: fences the old producer, writes epoch 2.
+        let mut b2 = sink(&b, &topic);
+        b2.recover(Some(&c2)).unwrap();
+        let want: Vec<String> = (0..6).map(|x| format!("{{\"x\":{x}}}")).collect();
+        assert_eq!(committed_values(&b, &topic), want);
+        // A second restart from the same checkpoint finds epoch 2 committed: nothing twice.
+        drop(b2);
+        let mut b3 = sink(&b, &topic);
+        b3.recover(Some(&c2)).unwrap();
+        assert_eq!(committed_values(&b, &topic), want);
     }
 }
