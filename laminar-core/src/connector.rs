@@ -189,7 +189,9 @@ impl OnError {
 pub(crate) struct Position {
     /// The partition: a file name, a Kafka partition number, `"0"` for a single stream.
     pub partition: String,
-    /// The kind's own encoding of the position (an offset, a row count, an LSN).
+    /// The kind's own encoding of the position (an offset, a row count, an LSN). Empty: not a
+    /// position to record, only the partition's name (a reader announcing its partitions, with
+    /// an empty batch, so that each holds the source's watermark back until it has data).
     pub offset: String,
     /// The partition has nothing more to read (a file read to its end): it no longer holds back
     /// the source's watermark.

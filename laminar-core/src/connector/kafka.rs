@@ -436,6 +436,14 @@ impl SourceReader for KafkaSource {
         }
         consumer.assign(&tpl).map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
         self.consumer = Some(consumer);
+        // Every partition holds the watermark back until it has data (the watermark is the
+        // minimum over the partitions): announced with an empty batch and no offset to record.
+        self.ready.clear();
+        for p in 0..parts {
+            let empty = RecordBatch::new_empty(self.schema.clone());
+            self.ready
+                .push_back((empty, Position { partition: p.to_string(), offset: String::new(), finished: false }));
+        }
         Ok(())
     }
 

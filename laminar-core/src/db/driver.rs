@@ -258,16 +258,20 @@ pub(super) fn on_source_batch(
     let new_wm = match position {
         None => batch_wm,
         Some(p) => {
-            if let Some(w) = batch_wm {
+            // A partition holds the watermark back from the first time it is named (a reader
+            // names its partitions when it opens, before any has data), until it finishes.
+            if !p.finished || batch_wm.is_some() {
                 let e = s.partition_wm.entry(p.partition.clone()).or_insert(NO_WATERMARK);
-                *e = (*e).max(w);
+                *e = (*e).max(batch_wm.unwrap_or(NO_WATERMARK));
             }
             if p.finished
                 && let Some(w) = s.partition_wm.remove(&p.partition)
             {
                 s.finished_wm = s.finished_wm.max(w);
             }
-            s.positions.insert(p.partition.clone(), p.recorded().to_string());
+            if !p.offset.is_empty() || p.finished {
+                s.positions.insert(p.partition.clone(), p.recorded().to_string());
+            }
             let wm = s.partition_wm.values().copied().min().unwrap_or(s.finished_wm);
             (s.time.is_some() && wm != NO_WATERMARK).then_some(wm)
         }

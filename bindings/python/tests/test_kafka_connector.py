@@ -1,0 +1,148 @@
+"""The KAFKA connector end to end, from Python, against the broker of `scripts/services.sh start
+kafka`: a producer of another client stack (confluent-kafka) keeps writing JSON events over 4
+partitions while a child process running Kafka -> 10-second TUMBLE aggregate -> exactly-once
+Kafka sink at durability 'checkpoint' is SIGKILLed at random moments, 10 rounds. At the end a
+`read_committed` consumer reads the results back: every window once, equal to DuckDB's aggregate
+over the events produced."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import laminardb
+import pytest
+
+ck = pytest.importorskip("confluent_kafka")
+duckdb = pytest.importorskip("duckdb")
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+PARTITIONS = 4
+SENTINEL_K = -1
+
+
+def broker() -> str:
+    if os.environ.get("LAMINAR_KAFKA"):
+        return os.environ["LAMINAR_KAFKA"]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[3] / "target"))
+    env = target / "services.env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            if line.startswith("LAMINAR_KAFKA="):
+                return line.split("=", 1)[1]
+    msg = f"no Kafka broker: run scripts/services.sh start kafka (it writes LAMINAR_KAFKA to {env})"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+SQL = """
+CREATE SOURCE IF NOT EXISTS ev (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+    FROM KAFKA WITH (topic = '{inp}', 'properties.bootstrap.servers' = '{b}', format = 'json');
+CREATE STREAM IF NOT EXISTS agg AS SELECT k, window_start AS ws, SUM(v) AS s, COUNT(*) AS n
+    FROM ev GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND);
+CREATE SINK IF NOT EXISTS out FROM agg INTO KAFKA WITH (topic = '{out}', 'properties.bootstrap.servers' = '{b}', key = 'k');
+"""
+
+CHILD = r"""
+import sys, time, laminardb
+conn = laminardb.open(sys.argv[1], config={"durability": "checkpoint", "checkpoint_interval": "200ms"})
+conn.execute(sys.argv[2])
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def iso(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def read_committed(b: str, topic: str):
+    c = ck.Consumer({"bootstrap.servers": b, "group.id": f"check-{uuid.uuid4()}",
+                     "isolation.level": "read_committed", "enable.auto.commit": False})
+    parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    ends = {p: c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=10)[1] for p in parts}
+    c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
+    out = []
+    deadline = time.monotonic() + 60
+    while True:
+        m = c.poll(0.2)
+        if m is not None and m.error() is None:
+            out.append(json.loads(m.value()))
+        pos = {tp.partition: tp.offset for tp in c.position([ck.TopicPartition(topic, p) for p in parts])}
+        if all(ends[p] == 0 or pos[p] >= ends[p] for p in parts):
+            c.close()
+            return out
+        assert time.monotonic() < deadline, f"reading {topic} did not reach {ends} (at {pos})"
+
+
+def rows_in(conn) -> int:
+    return sum(s.rows_in for s in conn.metrics().sources)
+
+
+@pytest.mark.timeout(290)
+def test_kafka_to_kafka_exactly_once_under_sigkill(tmp_path):
+    b = broker()
+    rng = random.Random(int(os.environ.get("LAMINAR_TEST_SEED", "7")))
+    suffix = uuid.uuid4().hex[:10]
+    inp, out = f"ev-{suffix}", f"agg-{suffix}"
+    admin = AdminClient({"bootstrap.servers": b})
+    for f in admin.create_topics([NewTopic(inp, PARTITIONS, 1), NewTopic(out, 1, 1)]).values():
+        f.result(timeout=30)
+    producer = ck.Producer({"bootstrap.servers": b, "linger.ms": 5})
+    db = str(tmp_path / "db")
+    sql = SQL.format(inp=inp, out=out, b=b)
+    events = []
+    t0 = 1_700_000_000_000
+
+    def produce(n):
+        for _ in range(n):
+            i = len(events)
+            ev = (rng.randrange(5), rng.randrange(-100, 100), t0 + i * 3 + rng.randrange(500))
+            events.append(ev)
+            k, v, ts = ev
+            producer.produce(inp, json.dumps({"k": k, "v": v, "ts": iso(ts)}).encode(), partition=rng.randrange(PARTITIONS))
+            producer.poll(0)
+        producer.flush(30)
+
+    for _round in range(10):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, db, sql], stdout=subprocess.PIPE)
+        assert child.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + rng.uniform(0.3, 1.5)
+        while time.monotonic() < deadline:
+            produce(rng.randrange(50, 400))
+            time.sleep(rng.uniform(0, 0.1))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+    conn = laminardb.open(db, config={"durability": "checkpoint", "checkpoint_interval": "200ms"})
+    conn.execute(sql)
+    for p in range(PARTITIONS):  # a record far in the future on every partition closes every window
+        producer.produce(inp, json.dumps({"k": SENTINEL_K, "v": 0, "ts": iso(4_000_000_000_000)}).encode(), partition=p)
+    producer.flush(30)
+    total = len(events) + PARTITIONS
+    deadline = time.monotonic() + 120
+    while rows_in(conn) < total:
+        assert time.monotonic() < deadline, f"read {rows_in(conn)} of {total} records"
+        time.sleep(0.05)
+    assert rows_in(conn) == total, "a record was read twice"
+    conn.checkpoint()
+    assert conn.metrics().sources[0].rows_late == 0
+    conn.close()
+
+    got = sorted((r["k"], r["ws"], r["s"], r["n"]) for r in read_committed(b, out) if r["k"] != SENTINEL_K)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE e (k BIGINT, v BIGINT, ts BIGINT)")
+    con.executemany("INSERT INTO e VALUES (?, ?, ?)", events)
+    want = con.execute("""
+        SELECT k, strftime(time_bucket(INTERVAL '10 seconds', make_timestamp(ts * 1000)), '%Y-%m-%dT%H:%M:%S') AS ws,
+               SUM(v), COUNT(*) FROM e GROUP BY 1, 2 ORDER BY 1, 2
+    """).fetchall()
+    assert sum(r[3] for r in want) == len(events)
+    assert got == [tuple(r) for r in want], f"{len(got)} results vs {len(want)} expected"
