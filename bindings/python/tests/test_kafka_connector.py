@@ -146,3 +146,66 @@ def test_kafka_to_kafka_exactly_once_under_sigkill(tmp_path):
     """).fetchall()
     assert sum(r[3] for r in want) == len(events)
     assert got == [tuple(r) for r in want], f"{len(got)} results vs {len(want)} expected"
+
+
+@pytest.mark.timeout(290)
+def test_a_broker_stopped_for_10_s_loses_and_repeats_nothing(tmp_path):
+    """The broker (scripts/services.sh) is stopped for 10 s mid-stream and started again: the
+    source reconnects and the sink's transaction completes, nothing lost or written twice."""
+    b = broker()
+    root = Path(__file__).resolve().parents[3]
+    rng = random.Random(11)
+    suffix = uuid.uuid4().hex[:10]
+    inp, out = f"ev-{suffix}", f"agg-{suffix}"
+    admin = AdminClient({"bootstrap.servers": b})
+    for f in admin.create_topics([NewTopic(inp, PARTITIONS, 1), NewTopic(out, 1, 1)]).values():
+        f.result(timeout=30)
+    events = []
+    t0 = 1_700_000_000_000
+
+    def produce(n):
+        producer = ck.Producer({"bootstrap.servers": b, "linger.ms": 5})
+        for _ in range(n):
+            i = len(events)
+            ev = (rng.randrange(5), rng.randrange(-100, 100), t0 + i * 3 + rng.randrange(500))
+            events.append(ev)
+            producer.produce(inp, json.dumps({"k": ev[0], "v": ev[1], "ts": iso(ev[2])}).encode(),
+                             partition=rng.randrange(PARTITIONS))
+            producer.poll(0)
+        assert producer.flush(60) == 0
+
+    conn = laminardb.open(str(tmp_path / "db"), config={"durability": "checkpoint", "checkpoint_interval": "200ms"})
+    conn.execute(SQL.format(inp=inp, out=out, b=b))
+    produce(3000)
+    deadline = time.monotonic() + 60
+    while rows_in(conn) < len(events):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    subprocess.run([str(root / "scripts" / "services.sh"), "stop", "kafka"], check=True, timeout=60)
+    time.sleep(10)
+    subprocess.run([str(root / "scripts" / "services.sh"), "start", "kafka"], check=True, timeout=120)
+    assert broker() == b, "the broker came back on another address"
+    produce(3000)
+    producer = ck.Producer({"bootstrap.servers": b})
+    for p in range(PARTITIONS):
+        producer.produce(inp, json.dumps({"k": SENTINEL_K, "v": 0, "ts": iso(4_000_000_000_000)}).encode(), partition=p)
+    producer.flush(30)
+    total = len(events) + PARTITIONS
+    deadline = time.monotonic() + 120
+    while rows_in(conn) < total:
+        assert time.monotonic() < deadline, f"read {rows_in(conn)} of {total} records"
+        time.sleep(0.05)
+    assert rows_in(conn) == total
+    conn.checkpoint()
+    sinks = conn.sinks()
+    assert not sinks[0]["failed"], sinks
+    conn.close()
+    got = sorted((r["k"], r["ws"], r["s"], r["n"]) for r in read_committed(b, out) if r["k"] != SENTINEL_K)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE e (k BIGINT, v BIGINT, ts BIGINT)")
+    con.executemany("INSERT INTO e VALUES (?, ?, ?)", events)
+    want = con.execute("""
+        SELECT k, strftime(time_bucket(INTERVAL '10 seconds', make_timestamp(ts * 1000)), '%Y-%m-%dT%H:%M:%S') AS ws,
+               SUM(v), COUNT(*) FROM e GROUP BY 1, 2 ORDER BY 1, 2
+    """).fetchall()
+    assert got == [tuple(r) for r in want], f"{len(got)} results vs {len(want)} expected"
