@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{difference, sorted, tmpdir};
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
-use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
+use common::{difference, iso, kvt, rows_in, sorted, tmpdir, tumble_10s_oracle as oracle, wait_rows};
+use laminar_core::arrow::array::{Int64Array, TimestampMicrosecondArray};
 use laminar_core::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use laminar_core::arrow::record_batch::RecordBatch;
 use laminar_core::{Config, Database, ErrorKind};
@@ -25,21 +23,6 @@ type Row = (i64, i64, i64); // k, v, ts (ms)
 /// The sentinel key: one row per source far in the future closes every real window.
 const SENTINEL: i64 = -1;
 const FUTURE_MS: i64 = 4_000_000_000_000;
-
-fn batch(rows: &[Row]) -> RecordBatch {
-    RecordBatch::try_from_iter(vec![
-        ("k", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef),
-        ("v", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef),
-        ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2 * 1000))) as ArrayRef),
-    ])
-    .unwrap()
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmm` for epoch milliseconds (UTC), via Arrow's own formatting.
-fn iso(ms: i64) -> String {
-    let a = TimestampMicrosecondArray::from_iter_values([ms * 1000]);
-    laminar_core::arrow::util::display::array_value_to_string(&a, 0).unwrap()
-}
 
 /// Writes `rows` as one file of `format` into `dir`, under a hidden name first, then renamed
 /// into place (as a producer of such a directory should).
@@ -62,7 +45,7 @@ fn write_file(dir: &Path, name: &str, format: &str, rows: &[Row]) {
             fs::write(&tmp, s).unwrap();
         }
         "parquet" => {
-            let b = batch(rows);
+            let b = kvt(rows);
             let f = fs::File::create(&tmp).unwrap();
             let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), None).unwrap();
             w.write(&b).unwrap();
@@ -92,24 +75,6 @@ fn read_parquet_dir(dir: &Path) -> (Vec<RecordBatch>, Vec<PathBuf>) {
         }
     }
     (out, files)
-}
-
-/// DataFusion over the same rows: the 10-second tumbling windows' SUM and COUNT per key.
-fn oracle(rows: &[Row]) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        let b = batch(rows);
-        ctx.register_table("t", Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap())).unwrap();
-        let df = ctx
-            .sql(
-                "SELECT k, date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
-                 SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY 1, 2",
-            )
-            .await
-            .unwrap();
-        sorted(&df.collect().await.unwrap())
-    })
 }
 
 const SQL: &str = "
@@ -147,19 +112,6 @@ impl Dirs {
             .replace("{C}", &self.input("c").display().to_string())
             .replace("{OUT}", &self.out().display().to_string())
     }
-}
-
-fn rows_in(db: &Database) -> u64 {
-    db.metrics().unwrap().sources.iter().map(|s| s.rows_in).sum()
-}
-
-fn wait_rows(db: &Database, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while rows_in(db) < n {
-        assert!(Instant::now() < deadline, "read {} of {n} rows in 120 s", rows_in(db));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    db.flush().unwrap();
 }
 
 fn random_rows(rng: &mut rand::rngs::SmallRng, n: usize, t0: i64) -> Vec<Row> {
@@ -259,14 +211,14 @@ fn a_crash_leaves_no_partial_or_uncommitted_file_visible() {
     .unwrap();
     let mut w = db.writer("s").unwrap();
     let first = random_rows(&mut rng, 100, 0);
-    w.write(batch(&first)).unwrap();
+    w.write(kvt(&first)).unwrap();
     db.checkpoint().unwrap();
     let committed: BTreeSet<_> = fs::read_dir(d.out()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(committed.iter().filter(|n| n.to_str().unwrap().ends_with(".csv")).count(), 1);
     // Written after the checkpoint: staged, not visible; the crash discards the staged file and
     // the log replays the rows into a new one, committed by the next checkpoint.
     let second = random_rows(&mut rng, 50, 10_000);
-    w.write(batch(&second)).unwrap();
+    w.write(kvt(&second)).unwrap();
     db.flush().unwrap();
     let visible: BTreeSet<_> = fs::read_dir(d.out()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(visible, committed, "an uncommitted file is visible");

@@ -6,14 +6,9 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{difference, sorted};
-use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
-use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};
-use laminar_core::arrow::record_batch::RecordBatch;
+use common::{difference, iso, rows_in, sorted, tumble_10s_oracle as oracle, wait_rows};
 use laminar_core::{Config, Database, ErrorKind};
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
@@ -108,47 +103,7 @@ fn read_committed(b: &str, topic: &str) -> Vec<String> {
     }
 }
 
-fn iso(ms: i64) -> String {
-    let a = TimestampMicrosecondArray::from_iter_values([ms * 1000]);
-    laminar_core::arrow::util::display::array_value_to_string(&a, 0).unwrap()
-}
-
 type Row = (i64, i64, i64); // k, v, ts (ms)
-
-fn oracle(rows: &[Row]) -> Vec<String> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    rt.block_on(async {
-        let ctx = SessionContext::new();
-        let b = RecordBatch::try_from_iter(vec![
-            ("k", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef),
-            ("v", Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))) as ArrayRef),
-            ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2 * 1000))) as ArrayRef),
-        ])
-        .unwrap();
-        ctx.register_table("t", Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap())).unwrap();
-        let df = ctx
-            .sql(
-                "SELECT k, date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
-                 SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY 1, 2",
-            )
-            .await
-            .unwrap();
-        sorted(&df.collect().await.unwrap())
-    })
-}
-
-fn rows_in(db: &Database) -> u64 {
-    db.metrics().unwrap().sources.iter().map(|s| s.rows_in).sum()
-}
-
-fn wait_rows(db: &Database, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while rows_in(db) < n {
-        assert!(Instant::now() < deadline, "read {} of {n} rows in 120 s", rows_in(db));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    db.flush().unwrap();
-}
 
 const PARTITIONS: i32 = 4;
 

@@ -113,3 +113,45 @@ pub fn case_seeds(seed_var: &str, cases_var: &str, default_cases: u64, base: u64
         }
     }
 }
+
+/// `YYYY-MM-DDTHH:MM:SS.mmm` for epoch milliseconds (UTC), via Arrow's own formatting.
+pub fn iso(ms: i64) -> String {
+    let a = TimestampMicrosecondArray::from_iter_values([ms * 1000]);
+    array_value_to_string(&a, 0).unwrap()
+}
+
+/// Rows read by every source of `db`.
+pub fn rows_in(db: &Database) -> u64 {
+    db.metrics().unwrap().sources.iter().map(|s| s.rows_in).sum()
+}
+
+/// Waits (up to 120 s) until the sources of `db` have read `n` rows, then until they are applied.
+pub fn wait_rows(db: &Database, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while rows_in(db) < n {
+        assert!(std::time::Instant::now() < deadline, "read {} of {n} rows in 120 s", rows_in(db));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    db.flush().unwrap();
+}
+
+/// DataFusion over (k, v, ts ms) rows: each key's 10-second tumbling windows' SUM(v) and COUNT,
+/// as `k|window start|sum|count`.
+pub fn tumble_10s_oracle(rows: &[(i64, i64, i64)]) -> Vec<String> {
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let ctx = SessionContext::new();
+        let b = kvt(rows);
+        ctx.register_table("t", Arc::new(MemTable::try_new(b.schema(), vec![vec![b]]).unwrap())).unwrap();
+        let df = ctx
+            .sql(
+                "SELECT k, date_bin(INTERVAL '10 seconds', ts, TIMESTAMP '1970-01-01 00:00:00') AS ws, \
+                 SUM(v) AS s, COUNT(*) AS n FROM t GROUP BY 1, 2",
+            )
+            .await
+            .unwrap();
+        sorted(&df.collect().await.unwrap())
+    })
+}
