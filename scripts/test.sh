@@ -45,6 +45,9 @@ step "join benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${feat
 step "durability benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example durability_bench -- --batches 20 --batch-rows 1024 --keys 20000 --state-cache 256KB
 # The C ABI: header up to date and strict C99/C++17 clean, tests under ASan+UBSan, the example
 # built with pkg-config from an installed prefix and run under valgrind, the benchmark smoke run.
+if [[ " ${LAMINAR_FEATURES//,/ } " == *" kafka "* ]]; then
+  step "Kafka benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example kafka_bench -- --records 20000
+fi
 step "services script test (Kafka, PostgreSQL, MariaDB started, used, stopped)" scripts/test-services.sh
 step "C header is current (cbindgen)" scripts/gen-header.sh --check
 step "C tests (ASan + UBSan)" make --no-print-directory test-c PROFILE=dev
