@@ -519,9 +519,11 @@ laminar_status laminar_db_catalog(struct laminar_db *db,
                                   struct ArrowArray *out_array,
                                   struct laminar_error **out_error);
 
-// Metrics as one batch with columns `kind` (`source`, `stream`, `sink`, `pipeline`), `name`,
-// `metric` (`rows_in`, `rows_out`, `batches_out`, `rows_late`, `late_pairs`, `state_bytes`,
-// `spilled_groups`, `watermark_ms`, `queue_depth`, `subscribers`, `failed`, `events_processed`;
+// Metrics as one batch with columns `kind` (`source`, `partition`, `stream`, `sink`,
+// `pipeline`), `name` (a partition's: `source/partition`), `metric` (`rows_in`, `rows_out`,
+// `batches_out`, `rows_late`, `late_pairs`, `state_bytes`, `spilled_groups`, `watermark_ms`,
+// `queue_depth`, `subscribers`, `failed`, `events_processed`; a connector source's partitions:
+// `position`, `lag`, `records`, `bytes`, `malformed`;
 // `spilled_groups`: groups held by the RocksDB state backend; `subscribers`: a stream's
 // subscriptions not cancelled or dropped; `failed`: 1 once a stream or sink has failed; a
 // sink's `rows_out`, `batches_out`: what it wrote) and `value` (int64, NULL for a watermark

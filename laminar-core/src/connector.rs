@@ -241,6 +241,24 @@ pub(crate) fn decode_positions(s: &str) -> Result<Positions> {
     Ok(out)
 }
 
+/// What a source reader counts per partition, read by the database's metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// The next offset to read (a Kafka offset), once known.
+    pub position: Option<i64>,
+    /// Records behind the end of the partition (its high watermark − `position`), as of the
+    /// last time the reader asked the server (every few seconds).
+    pub lag: Option<i64>,
+    /// Records and value bytes read.
+    pub records: u64,
+    pub bytes: u64,
+    /// Records that did not decode (`on_error = 'skip'`: skipped).
+    pub malformed: u64,
+}
+
+/// A reader's per-partition counters, shared with the database (partition → stats).
+pub(crate) type SourceStats = std::sync::Arc<parking_lot::Mutex<BTreeMap<String, PartitionStats>>>;
+
 /// What [`SourceReader::poll`] found.
 pub(crate) enum Poll {
     /// Rows, with their partition's position after them.
@@ -265,6 +283,10 @@ pub(crate) trait SourceReader: Send + 'static {
     /// How long to wait after [`Poll::Pending`].
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(200)
+    }
+    /// Per-partition counters the reader keeps, if it keeps any.
+    fn stats(&self) -> Option<SourceStats> {
+        None
     }
 }
 

@@ -29,6 +29,7 @@ mod state_store;
 mod util;
 
 pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend, WalRecovery};
+pub use connector::PartitionStats;
 pub use db::{
     Clock, Database, ExecuteResult, ManualClock, Metrics, ObjectInfo, RecoveryInfo, SinkMetrics, SourceMetrics,
     SourceWriter, StreamMetrics, WriterInterrupt,

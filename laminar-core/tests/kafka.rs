@@ -270,6 +270,11 @@ fn a_missing_topic_bad_records_and_options_give_clear_errors() {
         assert!(Instant::now() < deadline, "ok read {ok_rows} rows; bads failed: {failed:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The reader's counters: every record read, one malformed, the next offset 10.
+    let m = db.metrics().unwrap();
+    let ok = m.sources.iter().find(|s| s.name == "ok").unwrap();
+    let (p, st) = &ok.partitions[0];
+    assert_eq!((p.as_str(), st.records, st.malformed, st.position), ("0", 10, 1, Some(10)), "{st:?}");
     let rows = sorted(&db.query("SELECT a, _partition, _offset FROM okv").unwrap());
     let want: Vec<String> = (0..10).filter(|i| *i != 4).map(|i| format!("{i}|0|{i}")).collect();
     let mut want = want;

@@ -193,9 +193,18 @@ def test_a_broker_stopped_for_10_s_loses_and_repeats_nothing(tmp_path):
     total = len(events) + PARTITIONS
     deadline = time.monotonic() + 120
     while rows_in(conn) < total:
-        assert time.monotonic() < deadline, f"read {rows_in(conn)} of {total} records"
+        if time.monotonic() > deadline:
+            try:
+                conn.subscribe("agg")
+                why = "not failed"
+            except laminardb.LaminarError as e:
+                why = str(e)
+            pytest.fail(f"read {rows_in(conn)} of {total} records: {why}")
         time.sleep(0.05)
     assert rows_in(conn) == total
+    parts = conn.metrics().sources[0].partitions
+    assert sorted(parts) == [str(p) for p in range(PARTITIONS)], parts
+    assert sum(p["records"] for p in parts.values()) == total and all(p["malformed"] == 0 for p in parts.values())
     conn.checkpoint()
     sinks = conn.sinks()
     assert not sinks[0]["failed"], sinks

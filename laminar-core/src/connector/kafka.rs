@@ -151,7 +151,9 @@ pub(crate) struct KafkaSource {
     columns: Vec<Result<usize, Meta>>,
     consumer: Option<BaseConsumer>,
     ready: VecDeque<(RecordBatch, Position)>,
-    skipped: u64,
+    stats: super::SourceStats,
+    /// When the partitions' high watermarks (for the lag) were last asked for.
+    lag_checked: Option<std::time::Instant>,
 }
 
 impl KafkaSource {
@@ -241,7 +243,8 @@ impl KafkaSource {
             columns,
             consumer: None,
             ready: VecDeque::new(),
-            skipped: 0,
+            stats: Default::default(),
+            lag_checked: None,
         })
     }
 
@@ -271,7 +274,7 @@ impl KafkaSource {
                             )));
                         }
                         OnError::Skip => {
-                            self.skipped += 1;
+                            self.stats.lock().entry(r.partition.to_string()).or_default().malformed += 1;
                             log::warn!(target: "laminardb", "source '{}': skipped the record at {at}: {}", self.source, e.message());
                         }
                     }
@@ -353,6 +356,28 @@ impl KafkaSource {
                 }
                 Ok(b)
             }
+        }
+    }
+
+    /// Every few seconds: each partition's lag, from its high watermark (one request each).
+    fn update_lag(&mut self) {
+        if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        self.lag_checked = Some(std::time::Instant::now());
+        let Some(c) = self.consumer.as_ref() else { return };
+        let Ok(assigned) = c.assignment() else { return };
+        for e in assigned.elements() {
+            let Ok((_, high)) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500)) else {
+                continue;
+            };
+            let consumed = c.position().ok().and_then(|p| match p.find_partition(e.topic(), e.partition())?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            let mut st = self.stats.lock();
+            let s = st.entry(e.partition().to_string()).or_default();
+            s.lag = s.position.or(consumed).map(|p| (high - p).max(0));
         }
     }
 
@@ -455,14 +480,25 @@ impl SourceReader for KafkaSource {
         let mut by_part: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
         let mut n = 0;
         let mut wait = Duration::from_millis(100);
-        while n < self.max_batch {
+        // librdkafka queues an error event per failed connection attempt and reconnects on its
+        // own: every queued error is taken now (not one per retry, which would keep stale errors
+        // of an outage long over), and the poll fails only when errors came and no record did.
+        let mut error = None;
+        let mut errors = 0;
+        while n < self.max_batch && errors < 10_000 {
             match consumer.poll(wait) {
                 None => break,
                 Some(Err(e)) => {
-                    if n > 0 {
-                        break;
+                    if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownTopicOrPartition)) {
+                        return Err(Error::not_found(format!(
+                            "topic '{}' (brokers '{}'): {e}",
+                            clip(&self.topic),
+                            clip(&self.servers)
+                        )));
                     }
-                    return Err(kafka_error(&format!("reading topic '{}'", clip(&self.topic)), &self.servers, e));
+                    error = Some(e);
+                    errors += 1;
+                    wait = Duration::ZERO;
                 }
                 Some(Ok(m)) => {
                     by_part.entry(m.partition()).or_default().push(Rec {
@@ -477,13 +513,26 @@ impl SourceReader for KafkaSource {
                 }
             }
         }
+        if let Some(e) = error
+            && n == 0
+        {
+            return Err(kafka_error(&format!("reading topic '{}'", clip(&self.topic)), &self.servers, e));
+        }
         for (p, mut recs) in by_part {
             let next = recs.last().map(|r| r.offset + 1).expect("not empty");
+            {
+                let mut st = self.stats.lock();
+                let e = st.entry(p.to_string()).or_default();
+                e.records += recs.len() as u64;
+                e.bytes += recs.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) as u64).sum::<u64>();
+                e.position = Some(next);
+            }
             let values = self.decode(&mut recs)?;
             let batch = self.assemble(values, &recs)?;
             let pos = Position { partition: p.to_string(), offset: next.to_string(), finished: false };
             self.ready.push_back((batch, pos));
         }
+        self.update_lag();
         Ok(match self.ready.pop_front() {
             Some((b, p)) => Poll::Data(b, p),
             None => Poll::Pending,
@@ -492,6 +541,10 @@ impl SourceReader for KafkaSource {
 
     fn poll_interval(&self) -> Duration {
         Duration::ZERO
+    }
+
+    fn stats(&self) -> Option<super::SourceStats> {
+        Some(self.stats.clone())
     }
 }
 

@@ -241,6 +241,7 @@ impl Database {
                 positions: Positions::new(),
                 partition_wm: HashMap::new(),
                 finished_wm: NO_WATERMARK,
+                stats: reader.as_ref().and_then(|r| r.stats()),
             },
         );
         drop(eng);

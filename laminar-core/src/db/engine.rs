@@ -85,6 +85,8 @@ pub(super) struct SourceRt {
     pub(super) partition_wm: HashMap<String, i64>,
     /// The highest watermark of a finished partition: the source's watermark once none is left.
     pub(super) finished_wm: i64,
+    /// A connector reader's per-partition counters.
+    pub(super) stats: Option<crate::connector::SourceStats>,
 }
 
 /// A sink: writes the output of its input (a stream, view, source or table) through a connector,

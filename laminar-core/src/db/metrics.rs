@@ -9,6 +9,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::error::Result;
 use crate::operator::NO_WATERMARK;
 
+use crate::connector::PartitionStats;
+
 use super::*;
 
 /// Metrics of one source.
@@ -23,6 +25,8 @@ pub struct SourceMetrics {
     pub watermark_ms: Option<i64>,
     /// Events (batches, watermarks) waiting in the source queue.
     pub queue_depth: u64,
+    /// A connector source's partitions (a Kafka partition number → its counters).
+    pub partitions: Vec<(String, PartitionStats)>,
 }
 
 /// Metrics of one stream or materialized view.
@@ -81,6 +85,7 @@ impl Database {
                 rows_late: s.rows_late,
                 watermark_ms: ms(s.watermark),
                 queue_depth: s.queue.permits_tx.len() as u64,
+                partitions: s.stats.as_ref().map(|st| st.lock().clone().into_iter().collect()).unwrap_or_default(),
             })
             .collect();
         sources.sort_by(|a, b| a.name.cmp(&b.name));
@@ -136,6 +141,14 @@ impl Database {
             push("source", &s.name, "rows_late", Some(s.rows_late as i64));
             push("source", &s.name, "watermark_ms", s.watermark_ms);
             push("source", &s.name, "queue_depth", Some(s.queue_depth as i64));
+            for (p, st) in &s.partitions {
+                let n = format!("{}/{p}", s.name);
+                push("partition", &n, "position", st.position);
+                push("partition", &n, "lag", st.lag);
+                push("partition", &n, "records", Some(st.records as i64));
+                push("partition", &n, "bytes", Some(st.bytes as i64));
+                push("partition", &n, "malformed", Some(st.malformed as i64));
+            }
         }
         for s in &m.streams {
             push("stream", &s.name, "rows_out", Some(s.rows_out as i64));

@@ -39,6 +39,8 @@ class SourceMetrics:
     rows_late: int = 0
     watermark_ms: Optional[int] = None
     queue_depth: int = 0
+    # A connector source's partitions: {"0": {"position", "lag", "records", "bytes", "malformed"}}.
+    partitions: Dict[str, Dict[str, Optional[int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -421,6 +423,11 @@ class Connection:
                 setattr(streams.setdefault(r["name"], StreamMetrics(r["name"])), r["metric"], r["value"])
             elif r["kind"] == "sink":
                 setattr(sinks.setdefault(r["name"], SinkMetrics(r["name"])), r["metric"], r["value"])
+            elif r["kind"] == "partition":
+                src, part = r["name"].rsplit("/", 1)
+                sources.setdefault(src, SourceMetrics(src)).partitions.setdefault(part, {})[r["metric"]] = r["value"]
+            elif r["kind"] != "pipeline":
+                continue  # a kind this version does not know
             else:
                 setattr(m, r["metric"], r["value"])
         m.sources = [s for n, s in sorted(sources.items()) if not n.startswith(_HIDDEN)]
