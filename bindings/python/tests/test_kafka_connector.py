@@ -70,11 +70,11 @@ def read_committed(b: str, topic: str):
     ends = {p: c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=10)[1] for p in parts}
     c.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
     out = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
-        m = c.poll(0.2)
-        if m is not None and m.error() is None:
-            out.append(json.loads(m.value()))
+        for m in c.consume(num_messages=10_000, timeout=0.2):
+            if m.error() is None:
+                out.append(json.loads(m.value()))
         pos = {tp.partition: tp.offset for tp in c.position([ck.TopicPartition(topic, p) for p in parts])}
         if all(ends[p] == 0 or pos[p] >= ends[p] for p in parts):
             c.close()
@@ -218,3 +218,91 @@ def test_a_broker_stopped_for_10_s_loses_and_repeats_nothing(tmp_path):
                SUM(v), COUNT(*) FROM e GROUP BY 1, 2 ORDER BY 1, 2
     """).fetchall()
     assert got == [tuple(r) for r in want], f"{len(got)} results vs {len(want)} expected"
+
+
+@pytest.mark.timeout(295)
+def test_a_million_events_through_a_join_and_an_aggregate_round_trip(tmp_path):
+    """1,000,000 JSON events over two 8-partition topics (orders, and a payment per order within
+    a second of it, produced out of order within each partition) through an interval join and a
+    TUMBLE aggregate into two exactly-once Kafka sinks; the `read_committed` outputs equal
+    DuckDB's join and aggregate over the same events."""
+    import pyarrow as pa
+
+    b = broker()
+    n = int(os.environ.get("LAMINAR_KAFKA_EVENTS", "1000000")) // 2
+    rng = random.Random(3)
+    suffix = uuid.uuid4().hex[:10]
+    orders, payments, joined, agg = (f"{t}-{suffix}" for t in ("orders", "payments", "joined", "agg"))
+    admin = AdminClient({"bootstrap.servers": b})
+    topics = [NewTopic(orders, 8, 1), NewTopic(payments, 8, 1), NewTopic(joined, 1, 1), NewTopic(agg, 1, 1)]
+    for f in admin.create_topics(topics).values():
+        f.result(timeout=30)
+    t0 = 1_700_000_000_000
+    o_ts = [t0 + i * 2 + rng.randrange(400) for i in range(n)]
+    o_k = [rng.randrange(100) for _ in range(n)]
+    o_v = [rng.randrange(1000) for _ in range(n)]
+    p_ts = [t + rng.randrange(-1000, 1001) for t in o_ts]
+    p_amt = [rng.randrange(10_000) for _ in range(n)]
+    producer = ck.Producer({"bootstrap.servers": b, "linger.ms": 20, "queue.buffering.max.messages": 1_000_000})
+    t = time.monotonic()
+    for i in range(n):
+        producer.produce(orders, f'{{"id": {i}, "k": {o_k[i]}, "v": {o_v[i]}, "ts": "{iso(o_ts[i])}"}}'.encode(),
+                         partition=i % 8)
+        producer.produce(payments, f'{{"id": {i}, "amount": {p_amt[i]}, "ts": "{iso(p_ts[i])}"}}'.encode(),
+                         partition=(i * 7) % 8)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0
+    produced_s = time.monotonic() - t
+
+    conn = laminardb.open(str(tmp_path / "db"), config={"durability": "checkpoint", "checkpoint_interval": "1s"})
+    conn.execute(f"""
+        CREATE SOURCE orders (id BIGINT, k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '3' SECOND)
+            FROM KAFKA WITH (topic = '{orders}', 'properties.bootstrap.servers' = '{b}');
+        CREATE SOURCE payments (id BIGINT, amount BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '3' SECOND)
+            FROM KAFKA WITH (topic = '{payments}', 'properties.bootstrap.servers' = '{b}');
+        CREATE STREAM paid AS SELECT o.id, o.k, p.amount FROM orders o JOIN payments p
+            ON o.id = p.id AND p.ts BETWEEN o.ts - INTERVAL '1' SECOND AND o.ts + INTERVAL '1' SECOND;
+        CREATE STREAM per_key AS SELECT k, window_start AS ws, SUM(v) AS s, COUNT(*) AS c
+            FROM orders GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND);
+        CREATE SINK paid_out FROM paid INTO KAFKA WITH (topic = '{joined}', 'properties.bootstrap.servers' = '{b}');
+        CREATE SINK agg_out FROM per_key INTO KAFKA WITH (topic = '{agg}', 'properties.bootstrap.servers' = '{b}');
+    """)
+    t = time.monotonic()
+    deadline = t + 200
+    while rows_in(conn) < 2 * n:
+        assert time.monotonic() < deadline, f"read {rows_in(conn)} of {2 * n} events"
+        time.sleep(0.1)
+    read_s = time.monotonic() - t
+    for topic in (orders, payments):  # far-future records close every window and interval
+        for p in range(8):
+            producer.produce(topic, json.dumps({"id": -1, "k": -1, "v": 0, "amount": 0, "ts": iso(4_000_000_000_000)}).encode(),
+                             partition=p)
+    producer.flush(30)
+    while rows_in(conn) < 2 * n + 16:
+        assert time.monotonic() < deadline, f"read {rows_in(conn)} of {2 * n + 16} events"
+        time.sleep(0.05)
+    conn.checkpoint()
+    late = sum(s.rows_late for s in conn.metrics().sources)
+    conn.close()
+    print(f"\n{2 * n} events: produced in {produced_s:.1f} s, read and processed in {read_s:.1f} s "
+          f"({2 * n / read_s:.0f} events/s, debug build)")
+    assert late == 0
+
+    got_join = sorted((r["id"], r["k"], r["amount"]) for r in read_committed(b, joined) if r["id"] >= 0)
+    got_agg = sorted((r["k"], r["ws"], r["s"], r["c"]) for r in read_committed(b, agg) if r["k"] >= 0)
+    con = duckdb.connect()
+    o = pa.table({"id": pa.array(range(n), pa.int64()), "k": pa.array(o_k, pa.int64()), "v": pa.array(o_v, pa.int64()),
+                  "ts": pa.array(o_ts, pa.int64())})
+    p = pa.table({"id": pa.array(range(n), pa.int64()), "amount": pa.array(p_amt, pa.int64()), "ts": pa.array(p_ts, pa.int64())})
+    con.register("o", o)
+    con.register("p", p)
+    want_join = con.execute("""
+        SELECT o.id, o.k, p.amount FROM o JOIN p ON o.id = p.id AND p.ts BETWEEN o.ts - 1000 AND o.ts + 1000
+        ORDER BY 1, 2, 3""").fetchall()
+    want_agg = con.execute("""
+        SELECT k, strftime(time_bucket(INTERVAL '10 seconds', make_timestamp(ts * 1000)), '%Y-%m-%dT%H:%M:%S') AS ws,
+               SUM(v), COUNT(*) FROM o GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    assert len(want_join) == n
+    assert got_join == [tuple(r) for r in want_join], f"{len(got_join)} joined rows vs {len(want_join)}"
+    assert got_agg == [tuple(r) for r in want_agg], f"{len(got_agg)} aggregate rows vs {len(want_agg)}"
