@@ -1,0 +1,459 @@
+//! The KAFKA source: every partition of a topic assigned, JSON/CSV/raw values decoded into the
+//! declared columns with the metadata columns, offsets as positions, per-partition counters.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BinaryArray, Int64Array, StringArray, TimestampMillisecondArray, new_null_array,
+};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{OnError, Options, Poll, Position, Positions, SourceReader};
+use crate::error::{Error, Result, clip};
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Startup {
+    Earliest,
+    Latest,
+    Group,
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Meta {
+    Key,
+    Partition,
+    Offset,
+    Timestamp,
+}
+
+/// One record, copied out of librdkafka's buffer.
+struct Rec {
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+pub(crate) struct KafkaSource {
+    source: String,
+    topic: String,
+    servers: String,
+    config: ClientConfig,
+    format: Format,
+    startup: Startup,
+    on_error: OnError,
+    max_batch: usize,
+    /// The declared schema, the part decoded from the value, and where each column comes from.
+    schema: SchemaRef,
+    value_schema: SchemaRef,
+    columns: Vec<Result<usize, Meta>>,
+    consumer: Option<BaseConsumer>,
+    ready: VecDeque<(RecordBatch, Position)>,
+    stats: crate::connector::SourceStats,
+    /// When the partitions' high watermarks (for the lag) were last asked for.
+    lag_checked: Option<std::time::Instant>,
+}
+
+impl KafkaSource {
+    pub(crate) fn new(source: &str, schema: SchemaRef, mut o: Options) -> Result<KafkaSource> {
+        let topic = o.required("topic")?;
+        let (servers, mut config) = client_config(&mut o)?;
+        let format = format_option(&mut o, false)?;
+        let startup = match o.choice(
+            "scan.startup.mode",
+            &["earliest-offset", "latest-offset", "group-offsets", "timestamp"],
+            "earliest-offset",
+        )? {
+            "latest-offset" => Startup::Latest,
+            "group-offsets" => Startup::Group,
+            "timestamp" => {
+                let ms = o.required("scan.startup.timestamp-millis")?;
+                Startup::Timestamp(ms.trim().parse().map_err(|_| {
+                    Error::invalid_argument(format!(
+                        "KAFKA source '{source}': option 'scan.startup.timestamp-millis' must be an integer, got '{}'",
+                        clip(&ms)
+                    ))
+                })?)
+            }
+            _ => Startup::Earliest,
+        };
+        if !matches!(startup, Startup::Timestamp(_)) && o.get("scan.startup.timestamp-millis").is_some() {
+            return Err(Error::invalid_argument(format!(
+                "KAFKA source '{source}': 'scan.startup.timestamp-millis' needs scan.startup.mode = 'timestamp'"
+            )));
+        }
+        let max_batch = match o.get("scan.max-batch-records") {
+            None => 10_000,
+            Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "KAFKA source '{source}': option 'scan.max-batch-records' must be a positive integer, got '{}'",
+                    clip(&v)
+                ))
+            })?,
+        };
+        let on_error = OnError::from_options(&mut o)?;
+        o.finish()?;
+        if config.get("group.id").is_none() {
+            config.set("group.id", format!("laminardb-{source}"));
+        }
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", if startup == Startup::Latest { "latest" } else { "earliest" });
+        let mut columns = vec![];
+        let mut value_fields = vec![];
+        for f in schema.fields() {
+            let meta = match f.name().as_str() {
+                "_key" => Some(Meta::Key),
+                "_partition" => Some(Meta::Partition),
+                "_offset" => Some(Meta::Offset),
+                "_timestamp" => Some(Meta::Timestamp),
+                _ => None,
+            };
+            match meta {
+                Some(m) => columns.push(Err(m)),
+                None => {
+                    columns.push(Ok(value_fields.len()));
+                    value_fields.push(f.clone());
+                }
+            }
+        }
+        if format == Format::Raw
+            && (value_fields.len() != 1 || !matches!(value_fields[0].data_type(), DataType::Utf8 | DataType::Binary))
+        {
+            return Err(Error::invalid_argument(format!(
+                "KAFKA source '{source}': format 'raw' needs exactly one VARCHAR or BYTES column besides the metadata columns"
+            )));
+        }
+        let value_schema = Arc::new(Schema::new(value_fields));
+        Ok(KafkaSource {
+            source: source.to_string(),
+            topic,
+            servers,
+            config,
+            format,
+            startup,
+            on_error,
+            max_batch,
+            schema,
+            value_schema,
+            columns,
+            consumer: None,
+            ready: VecDeque::new(),
+            stats: Default::default(),
+            lag_checked: None,
+        })
+    }
+
+    /// Decodes the values of `recs` (one partition's, in offset order) into rows of the value
+    /// schema, one row per record; the records that fail with `on_error = 'skip'` are dropped
+    /// from `recs`.
+    fn decode(&mut self, recs: &mut Vec<Rec>) -> Result<RecordBatch> {
+        if let Ok(b) = self.decode_all(recs.iter()) {
+            return Ok(b);
+        }
+        // Find the bad records one by one.
+        let mut good = Vec::with_capacity(recs.len());
+        let mut batches = vec![];
+        for r in recs.drain(..) {
+            match self.decode_all(std::iter::once(&r)) {
+                Ok(b) => {
+                    batches.push(b);
+                    good.push(r);
+                }
+                Err(e) => {
+                    let at = format!("topic '{}' partition {} offset {}", clip(&self.topic), r.partition, r.offset);
+                    match self.on_error {
+                        OnError::Fail => {
+                            return Err(Error::invalid_data(format!(
+                                "cannot decode the record at {at}: {}",
+                                e.message()
+                            )));
+                        }
+                        OnError::Skip => {
+                            self.stats.lock().entry(r.partition.to_string()).or_default().malformed += 1;
+                            log::warn!(target: "laminardb", "source '{}': skipped the record at {at}: {}", self.source, e.message());
+                        }
+                    }
+                }
+            }
+        }
+        *recs = good;
+        Ok(datafusion::arrow::compute::concat_batches(&self.value_schema, &batches)?)
+    }
+
+    fn decode_all<'a>(&self, recs: impl Iterator<Item = &'a Rec> + Clone) -> Result<RecordBatch> {
+        let n = recs.clone().count();
+        let schema = self.value_schema.clone();
+        let bad = |m: String| Error::invalid_data(m);
+        match self.format {
+            Format::Raw => {
+                let col: ArrayRef = if schema.field(0).data_type() == &DataType::Utf8 {
+                    let mut v = Vec::with_capacity(n);
+                    for r in recs {
+                        v.push(match &r.value {
+                            None => None,
+                            Some(b) => Some(std::str::from_utf8(b).map_err(|_| bad("the value is not UTF-8".into()))?),
+                        });
+                    }
+                    Arc::new(StringArray::from(v))
+                } else {
+                    Arc::new(BinaryArray::from_iter(recs.map(|r| r.value.as_deref())))
+                };
+                Ok(RecordBatch::try_new(schema, vec![col])?)
+            }
+            Format::Json => {
+                let mut d = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(n.max(1))
+                    .build_decoder()?;
+                for r in recs {
+                    let v = r.value.as_deref().ok_or_else(|| bad("the record has no value".into()))?;
+                    let before = d.len();
+                    let mut rest = v;
+                    while !rest.is_empty() {
+                        let used = d.decode(rest)?;
+                        if used == 0 {
+                            break;
+                        }
+                        rest = &rest[used..];
+                    }
+                    d.decode(b"\n")?;
+                    if d.len() != before + 1 || d.has_partial_record() {
+                        return Err(bad(format!("the value holds {} JSON objects, not one", d.len() - before)));
+                    }
+                }
+                let b = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+                Ok(b)
+            }
+            Format::Csv => {
+                let mut d = datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
+                    .with_header(false)
+                    .with_batch_size(n.max(1))
+                    .build_decoder();
+                let mut buf = Vec::new();
+                for r in recs {
+                    let v = r.value.as_deref().ok_or_else(|| bad("the record has no value".into()))?;
+                    if v.contains(&b'\n') {
+                        return Err(bad("a CSV record holds more than one line".into()));
+                    }
+                    buf.extend_from_slice(v);
+                    buf.push(b'\n');
+                }
+                let mut rest = &buf[..];
+                while !rest.is_empty() {
+                    let used = d.decode(rest)?;
+                    if used == 0 {
+                        break;
+                    }
+                    rest = &rest[used..];
+                }
+                let b = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+                if b.num_rows() != n {
+                    return Err(bad(format!("{} records gave {} CSV rows", n, b.num_rows())));
+                }
+                Ok(b)
+            }
+        }
+    }
+
+    /// Every few seconds: each partition's lag, from its high watermark (one request each).
+    fn update_lag(&mut self) {
+        if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        self.lag_checked = Some(std::time::Instant::now());
+        let Some(c) = self.consumer.as_ref() else { return };
+        let Ok(assigned) = c.assignment() else { return };
+        for e in assigned.elements() {
+            let Ok((_, high)) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500)) else {
+                continue;
+            };
+            let consumed = c.position().ok().and_then(|p| match p.find_partition(e.topic(), e.partition())?.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+            let mut st = self.stats.lock();
+            let s = st.entry(e.partition().to_string()).or_default();
+            s.lag = s.position.or(consumed).map(|p| (high - p).max(0));
+        }
+    }
+
+    /// The declared columns: decoded values and metadata, in the source's order.
+    fn assemble(&self, values: RecordBatch, recs: &[Rec]) -> Result<RecordBatch> {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (f, c) in self.schema.fields().iter().zip(&self.columns) {
+            let a: ArrayRef = match c {
+                Ok(i) => values.column(*i).clone(),
+                Err(Meta::Key) => Arc::new(BinaryArray::from_iter(recs.iter().map(|r| r.key.as_deref()))),
+                Err(Meta::Partition) => Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.partition as i64))),
+                Err(Meta::Offset) => Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.offset))),
+                Err(Meta::Timestamp) => {
+                    Arc::new(TimestampMillisecondArray::from_iter(recs.iter().map(|r| r.timestamp)))
+                }
+            };
+            let a = if a.data_type() == f.data_type() {
+                a
+            } else if a.is_empty() {
+                new_null_array(f.data_type(), 0)
+            } else {
+                datafusion::arrow::compute::cast(&a, f.data_type()).map_err(|e| {
+                    Error::invalid_argument(format!("column '{}' of KAFKA source '{}': {e}", f.name(), self.source))
+                })?
+            };
+            cols.push(a);
+        }
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
+}
+
+impl SourceReader for KafkaSource {
+    fn describe(&self) -> String {
+        format!("KAFKA topic '{}' on '{}'", clip(&self.topic), clip(&self.servers))
+    }
+
+    fn open(&mut self, positions: &Positions) -> Result<()> {
+        let consumer: BaseConsumer = self
+            .config
+            .create()
+            .map_err(|e| Error::invalid_argument(format!("KAFKA source '{}': {e}", self.source)))?;
+        let parts = topic_must_exist(consumer.client(), &self.topic, &self.servers)?;
+        let mut tpl = TopicPartitionList::new();
+        let mut by_time = TopicPartitionList::new();
+        for p in 0..parts {
+            let offset = match positions.get(&p.to_string()) {
+                Some(o) => Offset::Offset(o.parse().map_err(|_| {
+                    Error::invalid_data(format!(
+                        "KAFKA source '{}': recorded offset '{}' is not a number",
+                        self.source,
+                        clip(o)
+                    ))
+                })?),
+                None => match self.startup {
+                    Startup::Earliest => Offset::Beginning,
+                    Startup::Latest => Offset::End,
+                    Startup::Group => Offset::Stored,
+                    Startup::Timestamp(ms) => {
+                        by_time
+                            .add_partition_offset(&self.topic, p, Offset::Offset(ms))
+                            .map_err(|e| kafka_error("cannot look up offsets by time", &self.servers, e))?;
+                        continue;
+                    }
+                },
+            };
+            tpl.add_partition_offset(&self.topic, p, offset)
+                .map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
+        }
+        if by_time.count() > 0 {
+            let found = consumer
+                .offsets_for_times(by_time, CALL_TIMEOUT)
+                .map_err(|e| kafka_error("cannot look up offsets by time", &self.servers, e))?;
+            for e in found.elements() {
+                let o = match e.offset() {
+                    Offset::Offset(n) => Offset::Offset(n),
+                    _ => Offset::End,
+                };
+                tpl.add_partition_offset(&self.topic, e.partition(), o)
+                    .map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
+            }
+        }
+        consumer.assign(&tpl).map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
+        self.consumer = Some(consumer);
+        // Every partition holds the watermark back until it has data (the watermark is the
+        // minimum over the partitions): announced with an empty batch and no offset to record.
+        self.ready.clear();
+        for p in 0..parts {
+            let empty = RecordBatch::new_empty(self.schema.clone());
+            self.ready
+                .push_back((empty, Position { partition: p.to_string(), offset: String::new(), finished: false }));
+        }
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<Poll> {
+        if let Some((b, p)) = self.ready.pop_front() {
+            return Ok(Poll::Data(b, p));
+        }
+        let consumer = self.consumer.as_ref().expect("opened");
+        let mut by_part: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+        let mut n = 0;
+        let mut wait = Duration::from_millis(100);
+        // librdkafka queues an error event per failed connection attempt and reconnects on its
+        // own: every queued error is taken now (not one per retry, which would keep stale errors
+        // of an outage long over), and the poll fails only when errors came and no record did.
+        let mut error = None;
+        let mut errors = 0;
+        while n < self.max_batch && errors < 10_000 {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::UnknownTopicOrPartition)) {
+                        return Err(Error::not_found(format!(
+                            "topic '{}' (brokers '{}'): {e}",
+                            clip(&self.topic),
+                            clip(&self.servers)
+                        )));
+                    }
+                    error = Some(e);
+                    errors += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Ok(m)) => {
+                    by_part.entry(m.partition()).or_default().push(Rec {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                    });
+                    n += 1;
+                    wait = Duration::ZERO;
+                }
+            }
+        }
+        if let Some(e) = error
+            && n == 0
+        {
+            return Err(kafka_error(&format!("reading topic '{}'", clip(&self.topic)), &self.servers, e));
+        }
+        for (p, mut recs) in by_part {
+            let next = recs.last().map(|r| r.offset + 1).expect("not empty");
+            {
+                let mut st = self.stats.lock();
+                let e = st.entry(p.to_string()).or_default();
+                e.records += recs.len() as u64;
+                e.bytes += recs.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) as u64).sum::<u64>();
+                e.position = Some(next);
+            }
+            let values = self.decode(&mut recs)?;
+            let batch = self.assemble(values, &recs)?;
+            let pos = Position { partition: p.to_string(), offset: next.to_string(), finished: false };
+            self.ready.push_back((batch, pos));
+        }
+        self.update_lag();
+        Ok(match self.ready.pop_front() {
+            Some((b, p)) => Poll::Data(b, p),
+            None => Poll::Pending,
+        })
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn stats(&self) -> Option<crate::connector::SourceStats> {
+        Some(self.stats.clone())
+    }
+}
