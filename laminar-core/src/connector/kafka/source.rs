@@ -271,7 +271,7 @@ impl KafkaSource {
 
     /// Every few seconds: each partition's lag, from its high watermark (one request each).
     fn update_lag(&mut self) {
-        if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+        if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
             return;
         }
         self.lag_checked = Some(std::time::Instant::now());
