@@ -523,7 +523,8 @@ laminar_status laminar_db_catalog(struct laminar_db *db,
 // `pipeline`), `name` (a partition's: `source/partition`), `metric` (`rows_in`, `rows_out`,
 // `batches_out`, `rows_late`, `late_pairs`, `state_bytes`, `spilled_groups`, `watermark_ms`,
 // `queue_depth`, `subscribers`, `failed`, `events_processed`; a connector source's partitions:
-// `position`, `lag`, `records`, `bytes`, `malformed`;
+// `position`, `lag`, `records`, `bytes`, `malformed`; an exactly-once KAFKA sink's
+// `transactions_committed`, `transactions_aborted`;
 // `spilled_groups`: groups held by the RocksDB state backend; `subscribers`: a stream's
 // subscriptions not cancelled or dropped; `failed`: 1 once a stream or sink has failed; a
 // sink's `rows_out`, `batches_out`: what it wrote) and `value` (int64, NULL for a watermark

@@ -410,6 +410,11 @@ pub(crate) trait Sink: Send + 'static {
     fn recover(&mut self, restored: Option<&[u8]>) -> Result<()>;
     /// DROP SINK: discards what is staged and not committed.
     fn abort(&mut self) -> Result<()>;
+    /// The kind's own counters (a Kafka sink's transactions committed and aborted), for the
+    /// metrics.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![]
+    }
 }
 
 /// Builds the sink of kind `kind` (CREATE SINK … INTO kind WITH (options)) for results of

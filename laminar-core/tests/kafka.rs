@@ -179,6 +179,8 @@ fn kafka_to_windowed_aggregate_to_kafka_exactly_once_across_a_crash_and_a_restar
     db.checkpoint().unwrap();
     let m = db.metrics().unwrap();
     assert_eq!(m.sources[0].rows_late, 0);
+    let committed = m.sinks[0].counters.iter().find(|c| c.0 == "transactions_committed").map(|c| c.1);
+    assert!(committed.is_some_and(|n| n >= 1), "{:?}", m.sinks[0]);
     db.close();
 
     let got: Vec<String> = {

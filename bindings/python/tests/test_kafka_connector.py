@@ -208,6 +208,7 @@ def test_a_broker_stopped_for_10_s_loses_and_repeats_nothing(tmp_path):
     conn.checkpoint()
     sinks = conn.sinks()
     assert not sinks[0]["failed"], sinks
+    assert conn.metrics().sinks[0].transactions_committed >= 1
     conn.close()
     got = sorted((r["k"], r["ws"], r["s"], r["n"]) for r in read_committed(b, out) if r["k"] != SENTINEL_K)
     con = duckdb.connect()

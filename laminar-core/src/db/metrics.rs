@@ -67,6 +67,8 @@ pub struct SinkMetrics {
     pub batches_out: u64,
     /// Why the sink stopped, once it has failed (checkpoints fail until it is dropped).
     pub failed: Option<String>,
+    /// The connector's own counters (KAFKA: `transactions_committed`, `transactions_aborted`).
+    pub counters: Vec<(&'static str, u64)>,
 }
 
 impl Database {
@@ -114,6 +116,7 @@ impl Database {
                 rows_out: k.rows_out,
                 batches_out: k.batches_out,
                 failed: k.failed.as_ref().map(|e| e.to_string()),
+                counters: k.sink.counters(),
             })
             .collect();
         Ok(Metrics {
@@ -164,6 +167,9 @@ impl Database {
             push("sink", &k.name, "rows_out", Some(k.rows_out as i64));
             push("sink", &k.name, "batches_out", Some(k.batches_out as i64));
             push("sink", &k.name, "failed", Some(i64::from(k.failed.is_some())));
+            for (c, v) in &k.counters {
+                push("sink", &k.name, c, Some(*v as i64));
+            }
         }
         push("pipeline", "", "rows_in", Some(m.rows_in as i64));
         push("pipeline", "", "rows_out", Some(m.rows_out as i64));

@@ -67,6 +67,9 @@ class SinkMetrics:
     batches_out: int = 0
     # 1 once the sink has failed: it writes nothing more and checkpoints fail until DROP SINK.
     failed: int = 0
+    # A KAFKA sink with exactly-once delivery: its transactions (one per epoch with results).
+    transactions_committed: Optional[int] = None
+    transactions_aborted: Optional[int] = None
 
 
 @dataclass

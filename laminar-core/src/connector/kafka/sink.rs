@@ -49,6 +49,8 @@ pub(crate) struct KafkaSink {
     /// The marker's consumer handle (its group is the transactional id).
     marker: Option<BaseConsumer>,
     in_txn: bool,
+    committed: u64,
+    aborted: u64,
     /// The open epoch's results (exactly-once): stored in the checkpoint, written again after a
     /// crash if their transaction did not commit.
     epoch_batches: Vec<RecordBatch>,
@@ -89,6 +91,8 @@ impl KafkaSink {
             producer: None,
             marker: None,
             in_txn: false,
+            committed: 0,
+            aborted: 0,
             epoch_batches: vec![],
         })
     }
@@ -241,6 +245,7 @@ impl KafkaSink {
         p.send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT).map_err(|e| self.err("cannot record the epoch", e))?;
         p.commit_transaction(CALL_TIMEOUT).map_err(|e| self.err("cannot commit the transaction", e))?;
         self.in_txn = false;
+        self.committed += 1;
         Ok(())
     }
 }
@@ -323,9 +328,18 @@ impl Sink for KafkaSink {
         self.epoch_batches.clear();
         if self.in_txn {
             self.in_txn = false;
+            self.aborted += 1;
             self.producer().abort_transaction(CALL_TIMEOUT).map_err(|e| self.err("cannot abort the transaction", e))?;
         }
         Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        if self.exactly_once {
+            vec![("transactions_committed", self.committed), ("transactions_aborted", self.aborted)]
+        } else {
+            vec![]
+        }
     }
 }
 
