@@ -308,3 +308,89 @@ mod serde_like {
         Obj(m)
     }
 }
+
+fn send_at(p: &BaseProducer, topic: &str, partition: i32, ts_ms: i64, value: &str) {
+    let rec = BaseRecord::<(), str>::to(topic).partition(partition).timestamp(ts_ms).payload(value);
+    p.send(rec).map_err(|(e, _)| e).unwrap();
+}
+
+fn mv_rows(db: &Database, sql: &str, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = sorted(&db.query(sql).unwrap());
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "{} of {n} rows: {rows:?}", rows.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn topic_pattern_the_topic_column_and_startup_modes() {
+    let b = broker();
+    let u = unique("pat");
+    let (ta, tb) = (format!("{u}-a"), format!("{u}-b"));
+    create_topic(&b, &ta, 2);
+    create_topic(&b, &tb, 1);
+    let p = producer(&b);
+    for i in 0..4 {
+        send_at(&p, &ta, 0, 1000 + i, &format!("{{\"x\": {i}}}"));
+    }
+    send_at(&p, &ta, 1, 1000, "{\"x\": 4}");
+    for i in 10..13 {
+        send_at(&p, &tb, 0, 5000 + i, &format!("{{\"x\": {i}}}"));
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let db = Database::open_in_memory().unwrap();
+    // Both topics, with the topic, partition and offset of each record.
+    db.execute(&format!(
+        "CREATE SOURCE both (x BIGINT, _topic VARCHAR, _partition INT, _offset BIGINT)
+             FROM KAFKA WITH ('topic-pattern' = '{u}-[ab]', 'properties.bootstrap.servers' = '{b}');
+         CREATE MATERIALIZED VIEW both_v AS SELECT x, _topic, _partition, _offset FROM both"
+    ))
+    .unwrap();
+    let rows = mv_rows(&db, "SELECT x, _topic, _partition, _offset FROM both_v", 8);
+    let mut want: Vec<String> = (0..4).map(|i| format!("{i}|{ta}|0|{i}")).collect();
+    want.push(format!("4|{ta}|1|0"));
+    want.extend((10..13).map(|i| format!("{i}|{tb}|0|{}", i - 10)));
+    want.sort();
+    assert_eq!(rows, want);
+    let m = db.metrics().unwrap();
+    let parts: Vec<&str> = m.sources[0].partitions.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(parts, vec![format!("{ta}/0"), format!("{ta}/1"), format!("{tb}/0")]);
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE bad (x BIGINT) FROM KAFKA WITH (topic = 't', 'topic-pattern' = 'u', 'properties.bootstrap.servers' = '{b}')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("'topic' or 'topic-pattern', not both"), "{e}");
+
+    // From a time: the records of `ta` at or after 1002 ms.
+    db.execute(&format!(
+        "CREATE SOURCE since (x BIGINT) FROM KAFKA WITH (topic = '{ta}', 'properties.bootstrap.servers' = '{b}',
+             'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '1002');
+         CREATE MATERIALIZED VIEW since_v AS SELECT x FROM since"
+    ))
+    .unwrap();
+    assert_eq!(mv_rows(&db, "SELECT x FROM since_v", 2), vec!["2", "3"]);
+
+    // From the end: nothing already in the topic, then what is written while it runs.
+    db.execute(&format!(
+        "CREATE SOURCE latest (x BIGINT) FROM KAFKA WITH (topic = '{tb}', 'properties.bootstrap.servers' = '{b}',
+             'scan.startup.mode' = 'latest-offset');
+         CREATE MATERIALIZED VIEW latest_v AS SELECT x FROM latest"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut x = 100;
+    while sorted(&db.query("SELECT x FROM latest_v").unwrap()).is_empty() {
+        assert!(Instant::now() < deadline, "the latest-offset source read nothing written after it started");
+        send_at(&p, &tb, 0, 9000, &format!("{{\"x\": {x}}}"));
+        p.flush(Duration::from_secs(10)).unwrap();
+        x += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rows = sorted(&db.query("SELECT x FROM latest_v").unwrap());
+    assert!(rows.iter().all(|r| r.parse::<i64>().unwrap() >= 100), "{rows:?}");
+}

@@ -6,6 +6,7 @@
 //! | option | as | meaning |
 //! |---|---|---|
 //! | `topic` | both | the topic (it must exist: nothing is created) |
+//! | `topic-pattern` | source | instead of `topic`: a regular expression over whole topic names, resolved when the reader opens |
 //! | `properties.bootstrap.servers` | both | the brokers, `host:port,…` |
 //! | `properties.<name>` | both | passed to librdkafka as `<name>` (`properties.group.id`, `properties.security.protocol`, …) |
 //! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column) |
@@ -18,7 +19,7 @@
 //! | `sink.transactional-id` | sink | the transactional id (default `laminardb-<sink>-<topic>`); one writer per id |
 //!
 //! Source metadata columns, filled when declared: `_key` (`VARCHAR` or `BYTES`), `_partition`
-//! (`INT`/`BIGINT`), `_offset` (`BIGINT`), `_timestamp` (`TIMESTAMP`).
+//! (`INT`/`BIGINT`), `_offset` (`BIGINT`), `_timestamp` (`TIMESTAMP`), `_topic` (`VARCHAR`).
 //!
 //! The exactly-once sink keeps the results of the open epoch, writes them into a transaction as
 //! they come, and at the checkpoint flushes the transaction and stores the epoch's results in

@@ -35,10 +35,13 @@ enum Meta {
     Partition,
     Offset,
     Timestamp,
+    Topic,
 }
 
 /// One record, copied out of librdkafka's buffer.
 struct Rec {
+    /// Index into the assigned topics.
+    topic: usize,
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
@@ -48,7 +51,11 @@ struct Rec {
 
 pub(crate) struct KafkaSource {
     source: String,
+    /// The topic, or the text of `topic-pattern`.
     topic: String,
+    pattern: Option<regex::Regex>,
+    /// The topics read (one, or those the pattern matched when the reader opened).
+    topics: Vec<String>,
     servers: String,
     config: ClientConfig,
     format: Format,
@@ -68,7 +75,27 @@ pub(crate) struct KafkaSource {
 
 impl KafkaSource {
     pub(crate) fn new(source: &str, schema: SchemaRef, mut o: Options) -> Result<KafkaSource> {
-        let topic = o.required("topic")?;
+        let (topic, pattern) = match (o.get("topic"), o.get("topic-pattern")) {
+            (Some(t), None) => (t, None),
+            (None, Some(p)) => {
+                let re = regex::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    Error::invalid_argument(format!(
+                        "KAFKA source '{source}': option 'topic-pattern' is not a regular expression: {e}"
+                    ))
+                })?;
+                (p, Some(re))
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_argument(format!(
+                    "KAFKA source '{source}': give 'topic' or 'topic-pattern', not both"
+                )));
+            }
+            (None, None) => {
+                return Err(Error::invalid_argument(format!(
+                    "KAFKA source '{source}': option 'topic' (or 'topic-pattern') is required"
+                )));
+            }
+        };
         let (servers, mut config) = client_config(&mut o)?;
         let format = format_option(&mut o, false)?;
         let startup = match o.choice(
@@ -121,6 +148,7 @@ impl KafkaSource {
                 "_partition" => Some(Meta::Partition),
                 "_offset" => Some(Meta::Offset),
                 "_timestamp" => Some(Meta::Timestamp),
+                "_topic" => Some(Meta::Topic),
                 _ => None,
             };
             match meta {
@@ -142,6 +170,8 @@ impl KafkaSource {
         Ok(KafkaSource {
             source: source.to_string(),
             topic,
+            pattern,
+            topics: vec![],
             servers,
             config,
             format,
@@ -175,7 +205,12 @@ impl KafkaSource {
                     good.push(r);
                 }
                 Err(e) => {
-                    let at = format!("topic '{}' partition {} offset {}", clip(&self.topic), r.partition, r.offset);
+                    let at = format!(
+                        "topic '{}' partition {} offset {}",
+                        clip(&self.topics[r.topic]),
+                        r.partition,
+                        r.offset
+                    );
                     match self.on_error {
                         OnError::Fail => {
                             return Err(Error::invalid_data(format!(
@@ -184,7 +219,8 @@ impl KafkaSource {
                             )));
                         }
                         OnError::Skip => {
-                            self.stats.lock().entry(r.partition.to_string()).or_default().malformed += 1;
+                            let key = self.key(r.topic, r.partition);
+                            self.stats.lock().entry(key).or_default().malformed += 1;
                             log::warn!(target: "laminardb", "source '{}': skipped the record at {at}: {}", self.source, e.message());
                         }
                     }
@@ -269,6 +305,12 @@ impl KafkaSource {
         }
     }
 
+    /// The name of a partition in positions and metrics: its number, or with `topic-pattern`
+    /// `topic/number`.
+    fn key(&self, topic: usize, partition: i32) -> String {
+        if self.pattern.is_some() { format!("{}/{partition}", self.topics[topic]) } else { partition.to_string() }
+    }
+
     /// Every few seconds: each partition's lag, from its high watermark (one request each).
     fn update_lag(&mut self) {
         if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
@@ -286,7 +328,11 @@ impl KafkaSource {
                 _ => None,
             });
             let mut st = self.stats.lock();
-            let s = st.entry(e.partition().to_string()).or_default();
+            let key = match self.topics.iter().position(|t| t == e.topic()) {
+                Some(t) => self.key(t, e.partition()),
+                None => continue,
+            };
+            let s = st.entry(key).or_default();
             s.lag = s.position.or(consumed).map(|p| (high - p).max(0));
         }
     }
@@ -302,6 +348,9 @@ impl KafkaSource {
                 Err(Meta::Offset) => Arc::new(Int64Array::from_iter_values(recs.iter().map(|r| r.offset))),
                 Err(Meta::Timestamp) => {
                     Arc::new(TimestampMillisecondArray::from_iter(recs.iter().map(|r| r.timestamp)))
+                }
+                Err(Meta::Topic) => {
+                    Arc::new(StringArray::from_iter_values(recs.iter().map(|r| self.topics[r.topic].as_str())))
                 }
             };
             let a = if a.data_type() == f.data_type() {
@@ -321,7 +370,8 @@ impl KafkaSource {
 
 impl SourceReader for KafkaSource {
     fn describe(&self) -> String {
-        format!("KAFKA topic '{}' on '{}'", clip(&self.topic), clip(&self.servers))
+        let what = if self.pattern.is_some() { "topics matching" } else { "topic" };
+        format!("KAFKA {what} '{}' on '{}'", clip(&self.topic), clip(&self.servers))
     }
 
     fn open(&mut self, positions: &Positions) -> Result<()> {
@@ -329,32 +379,57 @@ impl SourceReader for KafkaSource {
             .config
             .create()
             .map_err(|e| Error::invalid_argument(format!("KAFKA source '{}': {e}", self.source)))?;
-        let parts = topic_must_exist(consumer.client(), &self.topic, &self.servers)?;
+        let topics: Vec<(String, i32)> = match &self.pattern {
+            None => vec![(self.topic.clone(), topic_must_exist(consumer.client(), &self.topic, &self.servers)?)],
+            Some(re) => {
+                let md = consumer
+                    .fetch_metadata(None, CALL_TIMEOUT)
+                    .map_err(|e| kafka_error("cannot list the topics", &self.servers, e))?;
+                let mut found: Vec<(String, i32)> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| !t.name().starts_with("__") && re.is_match(t.name()) && t.error().is_none())
+                    .map(|t| (t.name().to_string(), t.partitions().len() as i32))
+                    .collect();
+                found.sort();
+                if found.is_empty() {
+                    return Err(Error::not_found(format!(
+                        "no topic on brokers '{}' matches topic-pattern '{}'",
+                        clip(&self.servers),
+                        clip(&self.topic)
+                    )));
+                }
+                found
+            }
+        };
+        self.topics = topics.iter().map(|t| t.0.clone()).collect();
         let mut tpl = TopicPartitionList::new();
         let mut by_time = TopicPartitionList::new();
-        for p in 0..parts {
-            let offset = match positions.get(&p.to_string()) {
-                Some(o) => Offset::Offset(o.parse().map_err(|_| {
-                    Error::invalid_data(format!(
-                        "KAFKA source '{}': recorded offset '{}' is not a number",
-                        self.source,
-                        clip(o)
-                    ))
-                })?),
-                None => match self.startup {
-                    Startup::Earliest => Offset::Beginning,
-                    Startup::Latest => Offset::End,
-                    Startup::Group => Offset::Stored,
-                    Startup::Timestamp(ms) => {
-                        by_time
-                            .add_partition_offset(&self.topic, p, Offset::Offset(ms))
-                            .map_err(|e| kafka_error("cannot look up offsets by time", &self.servers, e))?;
-                        continue;
-                    }
-                },
-            };
-            tpl.add_partition_offset(&self.topic, p, offset)
-                .map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
+        for (ti, (topic, parts)) in topics.iter().enumerate() {
+            for p in 0..*parts {
+                let offset = match positions.get(&self.key(ti, p)) {
+                    Some(o) => Offset::Offset(o.parse().map_err(|_| {
+                        Error::invalid_data(format!(
+                            "KAFKA source '{}': recorded offset '{}' is not a number",
+                            self.source,
+                            clip(o)
+                        ))
+                    })?),
+                    None => match self.startup {
+                        Startup::Earliest => Offset::Beginning,
+                        Startup::Latest => Offset::End,
+                        Startup::Group => Offset::Stored,
+                        Startup::Timestamp(ms) => {
+                            by_time
+                                .add_partition_offset(topic, p, Offset::Offset(ms))
+                                .map_err(|e| kafka_error("cannot look up offsets by time", &self.servers, e))?;
+                            continue;
+                        }
+                    },
+                };
+                tpl.add_partition_offset(topic, p, offset)
+                    .map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
+            }
         }
         if by_time.count() > 0 {
             let found = consumer
@@ -365,7 +440,7 @@ impl SourceReader for KafkaSource {
                     Offset::Offset(n) => Offset::Offset(n),
                     _ => Offset::End,
                 };
-                tpl.add_partition_offset(&self.topic, e.partition(), o)
+                tpl.add_partition_offset(e.topic(), e.partition(), o)
                     .map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
             }
         }
@@ -374,10 +449,12 @@ impl SourceReader for KafkaSource {
         // Every partition holds the watermark back until it has data (the watermark is the
         // minimum over the partitions): announced with an empty batch and no offset to record.
         self.ready.clear();
-        for p in 0..parts {
-            let empty = RecordBatch::new_empty(self.schema.clone());
-            self.ready
-                .push_back((empty, Position { partition: p.to_string(), offset: String::new(), finished: false }));
+        for (ti, (_, parts)) in topics.iter().enumerate() {
+            for p in 0..*parts {
+                let empty = RecordBatch::new_empty(self.schema.clone());
+                let partition = self.key(ti, p);
+                self.ready.push_back((empty, Position { partition, offset: String::new(), finished: false }));
+            }
         }
         Ok(())
     }
@@ -387,7 +464,7 @@ impl SourceReader for KafkaSource {
             return Ok(Poll::Data(b, p));
         }
         let consumer = self.consumer.as_ref().expect("opened");
-        let mut by_part: BTreeMap<i32, Vec<Rec>> = BTreeMap::new();
+        let mut by_part: BTreeMap<(usize, i32), Vec<Rec>> = BTreeMap::new();
         let mut n = 0;
         let mut wait = Duration::from_millis(100);
         // librdkafka queues an error event per failed connection attempt and reconnects on its
@@ -411,7 +488,13 @@ impl SourceReader for KafkaSource {
                     wait = Duration::ZERO;
                 }
                 Some(Ok(m)) => {
-                    by_part.entry(m.partition()).or_default().push(Rec {
+                    let topic = if self.topics.len() == 1 {
+                        0
+                    } else {
+                        self.topics.iter().position(|t| t == m.topic()).unwrap_or(0)
+                    };
+                    by_part.entry((topic, m.partition())).or_default().push(Rec {
+                        topic,
                         partition: m.partition(),
                         offset: m.offset(),
                         timestamp: m.timestamp().to_millis(),
@@ -428,18 +511,19 @@ impl SourceReader for KafkaSource {
         {
             return Err(kafka_error(&format!("reading topic '{}'", clip(&self.topic)), &self.servers, e));
         }
-        for (p, mut recs) in by_part {
+        for ((t, p), mut recs) in by_part {
+            let key = self.key(t, p);
             let next = recs.last().map(|r| r.offset + 1).expect("not empty");
             {
                 let mut st = self.stats.lock();
-                let e = st.entry(p.to_string()).or_default();
+                let e = st.entry(key.clone()).or_default();
                 e.records += recs.len() as u64;
                 e.bytes += recs.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) as u64).sum::<u64>();
                 e.position = Some(next);
             }
             let values = self.decode(&mut recs)?;
             let batch = self.assemble(values, &recs)?;
-            let pos = Position { partition: p.to_string(), offset: next.to_string(), finished: false };
+            let pos = Position { partition: key, offset: next.to_string(), finished: false };
             self.ready.push_back((batch, pos));
         }
         self.update_lag();
