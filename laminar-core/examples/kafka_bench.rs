@@ -144,9 +144,11 @@ fn main() -> BoxResult<()> {
 
     // (b) LaminarDB: FROM KAFKA (JSON) through the W1 aggregate.
     let db = Database::open_in_memory()?;
+    // LAMINAR_KAFKA_BENCH_OPTIONS: more source options to try (`, 'scan.max-batch-records' = '50000'`).
+    let extra = std::env::var("LAMINAR_KAFKA_BENCH_OPTIONS").unwrap_or_default();
     db.execute(&format!(
         "CREATE SOURCE w1 (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)
-             FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'json');
+             FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'json'{extra});
          CREATE STREAM agg AS SELECT k, COUNT(*) AS c, SUM(v) AS s, AVG(v) AS a, window_start, window_end
              FROM w1 GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE"
     ))?;

@@ -12,7 +12,7 @@
 //! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column) |
 //! | `scan.startup.mode` | source | where partitions without a recorded offset start: `earliest-offset` (default), `latest-offset`, `group-offsets` (the group's committed offsets, else earliest), `timestamp` |
 //! | `scan.startup.timestamp-millis` | source | for `timestamp`: the first record at or after this time (ms since the epoch) |
-//! | `scan.max-batch-records` | source | records per batch at most (default 10000) |
+//! | `scan.max-batch-records` | source | records per poll at most, over all partitions (default 100000) |
 //! | `on_error` | source | a record that cannot be decoded: `fail` (default; the error names partition and offset) or `skip` (counted, logged) |
 //! | `key` | sink | columns written as the record key (a JSON object, or a CSV line); none by default |
 //! | `sink.delivery-guarantee` | sink | `exactly-once` (default) or `at-least-once` |

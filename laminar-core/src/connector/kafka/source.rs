@@ -122,7 +122,7 @@ impl KafkaSource {
             )));
         }
         let max_batch = match o.get("scan.max-batch-records") {
-            None => 10_000,
+            None => 100_000,
             Some(v) => v.trim().parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
                 Error::invalid_argument(format!(
                     "KAFKA source '{source}': option 'scan.max-batch-records' must be a positive integer, got '{}'",
