@@ -167,19 +167,78 @@ pub(crate) enum OnError {
     Fail,
     /// The record is skipped, counted and logged.
     Skip,
+    /// The record goes to the dead-letter source named by the option `dead_letter` (its payload,
+    /// key, position and the error), and is counted.
+    DeadLetter,
 }
 
 impl OnError {
-    pub(crate) fn from_options(o: &mut Options) -> Result<OnError> {
-        match o.choice("on_error", &["fail", "skip", "dead_letter"], "fail")? {
-            "fail" => Ok(OnError::Fail),
-            "skip" => Ok(OnError::Skip),
-            _ => Err(Error::not_implemented(format!(
-                "{}: on_error = 'dead_letter' is not available for this kind yet; use 'fail' or 'skip'",
+    /// `on_error` (and `dead_letter`, the name of the source receiving the records, which the
+    /// database creates). `dead_letters`: whether this kind can give records to one.
+    pub(crate) fn from_options(o: &mut Options, dead_letters: bool) -> Result<OnError> {
+        let named = o.get("dead_letter");
+        let e = match o.choice("on_error", &["fail", "skip", "dead_letter"], "fail")? {
+            "fail" => OnError::Fail,
+            "skip" => OnError::Skip,
+            _ if !dead_letters => {
+                return Err(Error::not_implemented(format!(
+                    "{}: on_error = 'dead_letter' is not available for this kind; use 'fail' or 'skip'",
+                    o.what
+                )));
+            }
+            _ => OnError::DeadLetter,
+        };
+        match (e, named) {
+            (OnError::DeadLetter, None) => Err(Error::invalid_argument(format!(
+                "{}: on_error = 'dead_letter' needs the option 'dead_letter' naming the source that receives the records",
                 o.what
             ))),
+            (OnError::DeadLetter, Some(_)) | (_, None) => Ok(e),
+            (_, Some(_)) => {
+                Err(Error::invalid_argument(format!("{}: option 'dead_letter' needs on_error = 'dead_letter'", o.what)))
+            }
         }
     }
+}
+
+/// The columns of a dead-letter source: which source and partition the record came from, its
+/// position there (a Kafka offset), its key and payload as read, and why it did not decode.
+pub(crate) const DEAD_LETTER_COLUMNS: &str = "source_name VARCHAR NOT NULL, partition_name VARCHAR NOT NULL, record_position VARCHAR NOT NULL, record_key BYTEA, payload BYTEA, error VARCHAR NOT NULL";
+
+/// The dead-letter source's schema (of [`DEAD_LETTER_COLUMNS`]).
+pub(crate) fn dead_letter_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("source_name", DataType::Utf8, false),
+        Field::new("partition_name", DataType::Utf8, false),
+        Field::new("record_position", DataType::Utf8, false),
+        Field::new("record_key", DataType::Binary, true),
+        Field::new("payload", DataType::Binary, true),
+        Field::new("error", DataType::Utf8, false),
+    ]))
+}
+
+/// One record that did not decode, for the dead-letter source.
+pub(crate) struct DeadLetter {
+    pub position: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+}
+
+/// Rows of [`dead_letter_schema`] for `letters` of one partition.
+pub(crate) fn dead_letter_batch(source: &str, partition: &str, letters: &[DeadLetter]) -> Result<RecordBatch> {
+    use datafusion::arrow::array::{ArrayRef, BinaryArray, StringArray};
+    let n = letters.len();
+    let cols: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(StringArray::from_iter_values(std::iter::repeat_n(source, n))),
+        std::sync::Arc::new(StringArray::from_iter_values(std::iter::repeat_n(partition, n))),
+        std::sync::Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.position.as_str()))),
+        std::sync::Arc::new(BinaryArray::from_iter(letters.iter().map(|l| l.key.as_deref()))),
+        std::sync::Arc::new(BinaryArray::from_iter(letters.iter().map(|l| l.payload.as_deref()))),
+        std::sync::Arc::new(StringArray::from_iter_values(letters.iter().map(|l| l.error.as_str()))),
+    ];
+    Ok(RecordBatch::try_new(dead_letter_schema(), cols)?)
 }
 
 // ------------------------------------------------------------------------------------- sources
@@ -263,6 +322,10 @@ pub(crate) type SourceStats = std::sync::Arc<parking_lot::Mutex<BTreeMap<String,
 pub(crate) enum Poll {
     /// Rows, with their partition's position after them.
     Data(RecordBatch, Position),
+    /// Records of a partition that did not decode (rows of [`dead_letter_schema`]), for the
+    /// dead-letter source; the position is the partition's after the last of them. Comes before
+    /// the `Data` of the same records' partition.
+    DeadLetters(RecordBatch, Position),
     /// Nothing new now; poll again after [`SourceReader::poll_interval`].
     Pending,
     /// A bounded source has read everything: the end of input (its watermark goes to the end).
@@ -288,6 +351,9 @@ pub(crate) trait SourceReader: Send + 'static {
     fn stats(&self) -> Option<SourceStats> {
         None
     }
+    /// A checkpoint holding `positions` (this source's) is durable. Best effort, for monitoring
+    /// tools (Kafka commits them as the consumer group's offsets); recovery never reads them.
+    fn checkpointed(&mut self, _positions: &Positions) {}
 }
 
 /// Where a reader's batches go: the source's writer (bounded: a full queue blocks the reader, so
@@ -300,6 +366,13 @@ pub(crate) trait SourceOutput: Send + 'static {
     fn stopped(&self) -> bool;
     /// The reader gave up: the streams reading the source fail with `e`.
     fn fail(&mut self, e: Error);
+    /// Records that did not decode, for the source's dead-letter source (see [`Poll::DeadLetters`]).
+    fn dead_letters(&mut self, batch: RecordBatch, position: Position) -> Result<()>;
+    /// The positions of the latest durable checkpoint, once each (see
+    /// [`SourceReader::checkpointed`]).
+    fn take_checkpointed(&self) -> Option<Positions> {
+        None
+    }
 }
 
 /// How long a reader retries a failing `IO` operation (a server down, a file system that went
@@ -340,9 +413,17 @@ pub(crate) fn run_source(
                         }
                         failing_since = None;
                         backoff = Duration::from_millis(100);
+                        if let Some(p) = out.take_checkpointed() {
+                            reader.checkpointed(&p);
+                        }
                         match p {
-                            Poll::Data(batch, pos) => {
-                                if let Err(e) = out.write(batch, pos) {
+                            Poll::Data(..) | Poll::DeadLetters(..) => {
+                                let res = match p {
+                                    Poll::Data(batch, pos) => out.write(batch, pos),
+                                    Poll::DeadLetters(batch, pos) => out.dead_letters(batch, pos),
+                                    _ => unreachable!(),
+                                };
+                                if let Err(e) = res {
                                     if !out.stopped() {
                                         out.fail(e.context(&what));
                                     }

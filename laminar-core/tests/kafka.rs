@@ -394,3 +394,120 @@ fn topic_pattern_the_topic_column_and_startup_modes() {
     let rows = sorted(&db.query("SELECT x FROM latest_v").unwrap());
     assert!(rows.iter().all(|r| r.parse::<i64>().unwrap() >= 100), "{rows:?}");
 }
+
+/// 1 % of the records malformed: `skip` counts them, `dead_letter` gives each (payload, key,
+/// partition, offset, error) to a source of its own; the totals add up to the input, a restart
+/// from the checkpoint gives none twice, and each checkpoint's offsets become the consumer
+/// group's committed offsets.
+#[test]
+fn one_percent_malformed_skip_and_dead_letter_add_up_and_group_offsets_follow_checkpoints() {
+    let b = broker();
+    let topic = unique("dlq");
+    create_topic(&b, &topic, 2);
+    let p = producer(&b);
+    // Record i goes to partition i % 2; every 100th is not JSON.
+    let value = |i: usize| if i % 100 == 7 { format!("{{broken {i}") } else { format!("{{\"a\": {i}}}") };
+    let write = |from: usize, to: usize| {
+        for i in from..to {
+            let v = value(i);
+            let rec = BaseRecord::<str, str>::to(&topic).partition((i % 2) as i32).key("k").payload(&v);
+            p.send(rec).map_err(|(e, _)| e).unwrap();
+            if i % 500 == 0 {
+                p.poll(Duration::ZERO);
+            }
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+    };
+    write(0, 2000);
+    let dir = common_tmp("kafka-dlq");
+    let open = || {
+        let mut cfg = Config::default();
+        cfg.set("durability", "checkpoint").unwrap();
+        cfg.set("checkpoint_interval", "1h").unwrap();
+        Database::open(&dir, cfg).unwrap()
+    };
+    let group = unique("group");
+    let db = open();
+    db.execute(&format!(
+        "CREATE SOURCE s (a BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}',
+             'properties.group.id' = '{group}', on_error = 'dead_letter', dead_letter = 's_bad');
+         CREATE MATERIALIZED VIEW good AS SELECT a FROM s;
+         CREATE MATERIALIZED VIEW bad AS SELECT source_name, partition_name, record_position,
+             CAST(record_key AS VARCHAR) AS k, CAST(payload AS VARCHAR) AS payload, error FROM s_bad;
+         CREATE SOURCE sk (a BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', on_error = 'skip');
+         CREATE MATERIALIZED VIEW skipped AS SELECT a FROM sk"
+    ))
+    .unwrap();
+    // `since`: where this run's reader started (its counters count from there).
+    let check = |db: &Database, n: usize, since: usize| {
+        let bad_want: Vec<usize> = (0..n).filter(|i| i % 100 == 7).collect();
+        let good = mv_rows(db, "SELECT a FROM good", n - bad_want.len());
+        let bad =
+            mv_rows(db, "SELECT record_position, partition_name, k, payload, source_name FROM bad", bad_want.len());
+        assert_eq!(good.len() + bad.len(), n, "good {} + dead letters {} != {n}", good.len(), bad.len());
+        let mut want_good: Vec<String> = (0..n).filter(|i| i % 100 != 7).map(|i| i.to_string()).collect();
+        want_good.sort();
+        assert_eq!(good, want_good);
+        // Partition p holds records p, p+2, …: record i is at offset i / 2.
+        let mut want_bad: Vec<String> =
+            bad_want.iter().map(|i| format!("{}|{}|k|{}|s", i / 2, i % 2, value(*i))).collect();
+        want_bad.sort();
+        assert_eq!(bad, want_bad);
+        let errors = sorted(&db.query("SELECT error FROM bad").unwrap());
+        assert!(errors.iter().all(|e| !e.is_empty()), "{errors:?}");
+        let m = db.metrics().unwrap();
+        let s = m.sources.iter().find(|s| s.name == "s").unwrap();
+        let malformed: u64 = s.partitions.iter().map(|(_, st)| st.malformed).sum();
+        assert_eq!(malformed as usize, bad_want.iter().filter(|i| **i >= since).count());
+    };
+    check(&db, 2000, 0);
+    // `skip` over the same records: counted, not read.
+    let skipped = mv_rows(&db, "SELECT a FROM skipped", 1980);
+    assert_eq!(skipped.len(), 1980);
+    let m = db.metrics().unwrap();
+    let sk = m.sources.iter().find(|s| s.name == "sk").unwrap();
+    assert_eq!(sk.partitions.iter().map(|(_, st)| st.malformed).sum::<u64>(), 20);
+
+    // A checkpoint: its offsets (1000 per partition) become the group's committed offsets.
+    db.checkpoint().unwrap();
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).set("group.id", &group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&topic, 0);
+    tpl.add_partition(&topic, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = c.committed_offsets(tpl.clone(), Duration::from_secs(10)).unwrap();
+        let offs: Vec<Offset> = got.elements().iter().map(|e| e.offset()).collect();
+        if offs == vec![Offset::Offset(1000), Offset::Offset(1000)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group's committed offsets are {offs:?}, not 1000 and 1000");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // More records, some read before the crash (not checkpointed); after the restart the
+    // replay from the checkpoint gives every dead letter once.
+    write(2000, 2300);
+    check(&db, 2300, 0);
+    db.close_abruptly();
+    write(2300, 2400);
+    // Reopened: the reader starts at the checkpoint's offsets (1000 and 1000), so it reads
+    // records 2000.. again, and their dead letters are not repeated.
+    let db = open();
+    check(&db, 2400, 2000);
+    // A second dead-letter option naming something that is not a dead-letter source.
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE s2 (a BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', on_error = 'dead_letter', dead_letter = 'good')"
+        ))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE s3 (a BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', on_error = 'dead_letter')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("needs the option 'dead_letter'"), "{e}");
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}

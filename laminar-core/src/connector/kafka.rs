@@ -13,7 +13,9 @@
 //! | `scan.startup.mode` | source | where partitions without a recorded offset start: `earliest-offset` (default), `latest-offset`, `group-offsets` (the group's committed offsets, else earliest), `timestamp` |
 //! | `scan.startup.timestamp-millis` | source | for `timestamp`: the first record at or after this time (ms since the epoch) |
 //! | `scan.max-batch-records` | source | records per poll at most, over all partitions (default 100000) |
-//! | `on_error` | source | a record that cannot be decoded: `fail` (default; the error names partition and offset) or `skip` (counted, logged) |
+//! | `on_error` | source | a record that cannot be decoded: `fail` (default; the error names partition and offset), `skip` (counted, logged) or `dead_letter` (counted, written to the source named by `dead_letter`) |
+//! | `dead_letter` | source | the source receiving the records that do not decode (created with the dead-letter columns unless it exists) |
+//! | `properties.group.id` | source | the consumer group (default `laminardb-<source>`); each checkpoint's offsets are committed as its offsets, for monitoring (recovery never reads them) |
 //! | `key` | sink | columns written as the record key (a JSON object, or a CSV line); none by default |
 //! | `sink.delivery-guarantee` | sink | `exactly-once` (default) or `at-least-once` |
 //! | `sink.transactional-id` | sink | the transactional id (default `laminardb-<sink>-<topic>`); one writer per id |

@@ -76,6 +76,11 @@ pub(super) fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Optio
     let (stats, oldest_seq) =
         durable::write_checkpoint(&d.store, epoch, eng.applied_seq, objects, inner.state.as_deref(), d.retain)?;
     eng.epoch = epoch;
+    for s in eng.sources.values() {
+        if !s.positions.is_empty() {
+            *s.queue.checkpointed.lock() = Some(s.positions.clone());
+        }
+    }
     // Phase two, now that the checkpoint is durable: publish. A failure here loses nothing (a
     // restart publishes the checkpoint's committables again), but the sink stops.
     for (n, c) in commits {

@@ -160,6 +160,15 @@ impl Database {
             None => None,
             Some(kind) => Some(connector::source_for(kind, &cs.name, &schema, &cs.options, &["idle_timeout"])?),
         };
+        // `on_error = 'dead_letter'`: the source receiving the records that do not decode, created
+        // now unless it exists (with the dead-letter columns: several sources may share one).
+        let dead_letter = match (&reader, cs.options.get("dead_letter")) {
+            (Some(_), Some(n)) => Some(n.clone()),
+            _ => None,
+        };
+        if let Some(n) = &dead_letter {
+            self.ensure_dead_letter_source(&cs.name, n)?;
+        }
         let time = match &cs.watermark {
             None => None,
             Some(w) => {
@@ -221,6 +230,7 @@ impl Database {
             permits_tx,
             permits_rx,
             dropped: AtomicBool::new(false),
+            checkpointed: parking_lot::Mutex::new(None),
         });
         eng.sources.insert(
             cs.name.clone(),
@@ -242,6 +252,7 @@ impl Database {
                 partition_wm: HashMap::new(),
                 finished_wm: NO_WATERMARK,
                 stats: reader.as_ref().and_then(|r| r.stats()),
+                dead_letter,
             },
         );
         drop(eng);
@@ -254,6 +265,52 @@ impl Database {
             message: format!("created {} '{}'", if cs.table { "table" } else { "source" }, cs.name),
             ..Default::default()
         })
+    }
+
+    /// Creates the dead-letter source `name` of source `of`, or checks that the existing one has
+    /// the dead-letter columns.
+    fn ensure_dead_letter_source(&self, of: &str, name: &str) -> Result<()> {
+        check_name("source", name)?;
+        if name == of {
+            return Err(Error::invalid_argument(format!(
+                "source '{of}': option 'dead_letter' names the source itself; name another source"
+            )));
+        }
+        let want = connector::dead_letter_schema();
+        {
+            let eng = self.inner.engine.lock();
+            if let Some(s) = eng.sources.get(name) {
+                let same = s.table.is_none()
+                    && s.queue.schema.fields().len() == want.fields().len()
+                    && s.queue
+                        .schema
+                        .fields()
+                        .iter()
+                        .zip(want.fields())
+                        .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+                if same {
+                    return Ok(());
+                }
+                return Err(Error::invalid_argument(format!(
+                    "source '{of}': dead_letter '{name}' is a source whose columns are not the dead-letter columns ({})",
+                    connector::DEAD_LETTER_COLUMNS
+                )));
+            }
+            if let Some(what) = Self::name_taken(&eng, name) {
+                return Err(Error::already_exists(format!(
+                    "source '{of}': dead_letter '{name}' is a {what}; name a source, or a name not in use"
+                )));
+            }
+        }
+        let text = format!(
+            "CREATE SOURCE IF NOT EXISTS \"{}\" ({})",
+            name.replace('"', "\"\""),
+            connector::DEAD_LETTER_COLUMNS
+        );
+        for st in sql::parse_sql(&text)? {
+            self.execute_statement(st.statement, &st.text)?;
+        }
+        Ok(())
     }
 
     /// Starts the readers of the connector sources created since the last call, at the positions
@@ -283,7 +340,17 @@ impl Database {
         positions: Positions,
     ) -> Result<()> {
         let name = queue.name.clone();
-        let out = ConnectorOutput { db: Arc::downgrade(&self.inner), queue };
+        // The dead-letter source, and how far each partition's records already went to it (a
+        // replay after recovery gives them again; those are not written twice).
+        let dead_letter = {
+            let eng = self.inner.engine.lock();
+            eng.sources
+                .get(&name)
+                .and_then(|s| s.dead_letter.as_ref())
+                .and_then(|d| eng.sources.get(d))
+                .map(|d| (d.queue.clone(), d.positions.clone()))
+        };
+        let out = ConnectorOutput { db: Arc::downgrade(&self.inner), queue, dead_letter };
         connector::run_source(&name, reader, positions, Box::new(out), connector::RETRY_TIMEOUT)
     }
 

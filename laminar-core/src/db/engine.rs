@@ -58,6 +58,8 @@ pub(crate) struct SourceQueue {
     pub(super) permits_tx: Sender<()>,
     pub(super) permits_rx: Receiver<()>,
     pub(super) dropped: AtomicBool,
+    /// The source's positions in the latest durable checkpoint, until its reader takes them.
+    pub(super) checkpointed: parking_lot::Mutex<Option<Positions>>,
 }
 
 pub(super) struct SourceRt {
@@ -80,6 +82,8 @@ pub(super) struct SourceRt {
     /// A connector source's recorded positions (partition → offset) after the last applied
     /// batches: checkpointed, and where its reader resumes after a restart.
     pub(super) positions: Positions,
+    /// `on_error = 'dead_letter'`: the source receiving the records that do not decode.
+    pub(super) dead_letter: Option<String>,
     /// Per-partition watermarks of the partitions still being read (a connector source's
     /// watermark is the minimum over them; finished partitions drop out).
     pub(super) partition_wm: HashMap<String, i64>,

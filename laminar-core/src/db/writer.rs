@@ -171,6 +171,9 @@ impl SourceWriter {
 pub(super) struct ConnectorOutput {
     pub(super) db: std::sync::Weak<DbInner>,
     pub(super) queue: Arc<SourceQueue>,
+    /// The dead-letter source and its positions when the reader started (partition `source/p` →
+    /// the position after the last record given to it).
+    pub(super) dead_letter: Option<(Arc<SourceQueue>, Positions)>,
 }
 
 impl ConnectorOutput {
@@ -203,5 +206,39 @@ impl connector::SourceOutput for ConnectorOutput {
         if let Some(inner) = self.db.upgrade() {
             let _ = inner.tx.send(Event::SourceFailed { q: self.queue.clone(), error });
         }
+    }
+
+    /// Writes the records into the dead-letter source with the partition's position (`source/p`),
+    /// less those it holds already: a record before its recorded position there went to it
+    /// before a restart (positions compared as numbers, as Kafka offsets are).
+    fn dead_letters(&mut self, batch: RecordBatch, position: Position) -> Result<()> {
+        let Some((q, floor)) = &self.dead_letter else {
+            return Err(Error::internal(format!("source '{}' has no dead-letter source", self.queue.name)));
+        };
+        let partition = format!("{}/{}", self.queue.name, position.partition);
+        let batch = match floor.get(&partition).and_then(|f| f.parse::<i64>().ok()) {
+            None => batch,
+            Some(f) => {
+                use datafusion::arrow::array::{AsArray, BooleanArray};
+                let at = batch.column(2).as_string::<i32>();
+                let keep = BooleanArray::from_iter(
+                    at.iter().map(|p| Some(p.and_then(|p| p.parse::<i64>().ok()).is_none_or(|p| p >= f))),
+                );
+                datafusion::arrow::compute::filter_record_batch(&batch, &keep)?
+            }
+        };
+        let inner = self.db.upgrade().ok_or_else(Error::closed)?;
+        let w = SourceWriter {
+            db: Database { inner },
+            queue: q.clone(),
+            interrupts: Arc::new(AtomicU64::new(0)),
+            connector: true,
+        };
+        let batch = conform(&q.name, &q.schema, &batch)?;
+        w.push(batch, Some(Position { partition, offset: position.offset, finished: false }))
+    }
+
+    fn take_checkpointed(&self) -> Option<Positions> {
+        self.queue.checkpointed.lock().take()
     }
 }

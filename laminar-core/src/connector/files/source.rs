@@ -55,7 +55,7 @@ impl FilesSource {
         let path = o.required("path")?;
         let format = Format::from_options(&mut o)?;
         let monitor = o.duration("source.monitor-interval", MONITOR_INTERVAL)?;
-        let on_error = OnError::from_options(&mut o)?;
+        let on_error = OnError::from_options(&mut o, false)?;
         o.finish()?;
         let (dir, pattern) = split_path(&path);
         Ok(FilesSource {
@@ -113,7 +113,7 @@ impl FilesSource {
         let e = if e.kind() == ErrorKind::Io { e } else { Error::invalid_data(e.message().to_string()) };
         match self.on_error {
             OnError::Fail => Err(e.context(format!("file '{}'", clip(&name)))),
-            OnError::Skip => {
+            OnError::Skip | OnError::DeadLetter => {
                 self.files_skipped += 1;
                 log::warn!(target: "laminardb", "FILES source '{}': skipped file '{}' (on_error = 'skip'): {e}", self.source, clip(&name));
                 self.current = None;

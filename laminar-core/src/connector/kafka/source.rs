@@ -67,7 +67,7 @@ pub(crate) struct KafkaSource {
     value_schema: SchemaRef,
     columns: Vec<Result<usize, Meta>>,
     consumer: Option<BaseConsumer>,
-    ready: VecDeque<(RecordBatch, Position)>,
+    ready: VecDeque<Poll>,
     stats: crate::connector::SourceStats,
     /// When the partitions' high watermarks (for the lag) were last asked for.
     lag_checked: Option<std::time::Instant>,
@@ -130,7 +130,7 @@ impl KafkaSource {
                 ))
             })?,
         };
-        let on_error = OnError::from_options(&mut o)?;
+        let on_error = OnError::from_options(&mut o, true)?;
         o.finish()?;
         if config.get("group.id").is_none() {
             config.set("group.id", format!("laminardb-{source}"));
@@ -189,9 +189,9 @@ impl KafkaSource {
     }
 
     /// Decodes the values of `recs` (one partition's, in offset order) into rows of the value
-    /// schema, one row per record; the records that fail with `on_error = 'skip'` are dropped
-    /// from `recs`.
-    fn decode(&mut self, recs: &mut Vec<Rec>) -> Result<RecordBatch> {
+    /// schema, one row per record; the records that fail with `on_error = 'skip'` or
+    /// `'dead_letter'` are dropped from `recs` (the latter into `letters`).
+    fn decode(&mut self, recs: &mut Vec<Rec>, letters: &mut Vec<crate::connector::DeadLetter>) -> Result<RecordBatch> {
         if let Ok(b) = self.decode_all(recs.iter()) {
             return Ok(b);
         }
@@ -222,6 +222,16 @@ impl KafkaSource {
                             let key = self.key(r.topic, r.partition);
                             self.stats.lock().entry(key).or_default().malformed += 1;
                             log::warn!(target: "laminardb", "source '{}': skipped the record at {at}: {}", self.source, e.message());
+                        }
+                        OnError::DeadLetter => {
+                            let key = self.key(r.topic, r.partition);
+                            self.stats.lock().entry(key).or_default().malformed += 1;
+                            letters.push(crate::connector::DeadLetter {
+                                position: r.offset.to_string(),
+                                key: r.key,
+                                payload: r.value,
+                                error: e.message().to_string(),
+                            });
                         }
                     }
                 }
@@ -453,15 +463,15 @@ impl SourceReader for KafkaSource {
             for p in 0..*parts {
                 let empty = RecordBatch::new_empty(self.schema.clone());
                 let partition = self.key(ti, p);
-                self.ready.push_back((empty, Position { partition, offset: String::new(), finished: false }));
+                self.ready.push_back(Poll::Data(empty, Position { partition, offset: String::new(), finished: false }));
             }
         }
         Ok(())
     }
 
     fn poll(&mut self) -> Result<Poll> {
-        if let Some((b, p)) = self.ready.pop_front() {
-            return Ok(Poll::Data(b, p));
+        if let Some(p) = self.ready.pop_front() {
+            return Ok(p);
         }
         let consumer = self.consumer.as_ref().expect("opened");
         let mut by_part: BTreeMap<(usize, i32), Vec<Rec>> = BTreeMap::new();
@@ -521,16 +531,18 @@ impl SourceReader for KafkaSource {
                 e.bytes += recs.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) as u64).sum::<u64>();
                 e.position = Some(next);
             }
-            let values = self.decode(&mut recs)?;
+            let mut letters = vec![];
+            let values = self.decode(&mut recs, &mut letters)?;
             let batch = self.assemble(values, &recs)?;
             let pos = Position { partition: key, offset: next.to_string(), finished: false };
-            self.ready.push_back((batch, pos));
+            if !letters.is_empty() {
+                let rows = crate::connector::dead_letter_batch(&self.source, &pos.partition, &letters)?;
+                self.ready.push_back(Poll::DeadLetters(rows, pos.clone()));
+            }
+            self.ready.push_back(Poll::Data(batch, pos));
         }
         self.update_lag();
-        Ok(match self.ready.pop_front() {
-            Some((b, p)) => Poll::Data(b, p),
-            None => Poll::Pending,
-        })
+        Ok(self.ready.pop_front().unwrap_or(Poll::Pending))
     }
 
     fn poll_interval(&self) -> Duration {
@@ -539,5 +551,27 @@ impl SourceReader for KafkaSource {
 
     fn stats(&self) -> Option<crate::connector::SourceStats> {
         Some(self.stats.clone())
+    }
+
+    /// Commits the checkpoint's offsets as the consumer group's (asynchronously: a failure is
+    /// logged, and the next checkpoint commits again). Monitoring tools read the group's lag from
+    /// them; recovery seeks to the checkpoint's own offsets, never to these.
+    fn checkpointed(&mut self, positions: &Positions) {
+        let Some(c) = self.consumer.as_ref() else { return };
+        let mut tpl = TopicPartitionList::new();
+        for (key, offset) in positions {
+            let Ok(o) = offset.parse::<i64>() else { continue };
+            let (topic, partition) = match key.rsplit_once('/') {
+                Some((t, p)) if self.pattern.is_some() => (t, p),
+                _ => (self.topics.first().map_or("", String::as_str), key.as_str()),
+            };
+            let Ok(p) = partition.parse::<i32>() else { continue };
+            let _ = tpl.add_partition_offset(topic, p, Offset::Offset(o));
+        }
+        if tpl.count() > 0
+            && let Err(e) = c.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+        {
+            log::warn!(target: "laminardb", "source '{}': committing the group's offsets: {e}", self.source);
+        }
     }
 }
