@@ -68,6 +68,11 @@ fn send(p: &BaseProducer, topic: &str, partition: i32, value: &str) {
 /// Every committed record of `topic` (all partitions), read by a `read_committed` consumer up to
 /// the partitions' ends.
 fn read_committed(b: &str, topic: &str) -> Vec<String> {
+    read_records(b, topic).into_iter().map(|(_, v)| v.unwrap_or_default()).collect()
+}
+
+/// Every committed record of `topic` as (key, value), `None` for a missing key or a tombstone.
+fn read_records(b: &str, topic: &str) -> Vec<(Option<String>, Option<String>)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b)
         .set("group.id", unique("reader"))
@@ -89,7 +94,8 @@ fn read_committed(b: &str, topic: &str) -> Vec<String> {
     loop {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            out.push(String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap());
+            let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
+            out.push((text(m.key()), text(m.payload())));
         }
         let pos = c.position().unwrap();
         let done = parts.iter().zip(&ends).all(|(p, end)| match pos.find_partition(topic, *p).map(|e| e.offset()) {
@@ -510,4 +516,91 @@ fn one_percent_malformed_skip_and_dead_letter_add_up_and_group_offsets_follow_ch
     assert!(e.message().contains("needs the option 'dead_letter'"), "{e}");
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A changelog stream (a table's rows: inserts, an update, a delete) into two sinks keyed by
+/// `k`: `json` upserts (the update one record, the delete a tombstone) and `debezium-json`
+/// envelopes (c, u, d), read back by an independent consumer.
+#[test]
+fn a_changelog_stream_as_upserts_with_tombstones_and_as_debezium_envelopes() {
+    let b = broker();
+    let (up, dbz, plain) = (unique("upsert"), unique("debezium"), unique("weights"));
+    for t in [&up, &dbz, &plain] {
+        create_topic(&b, t, 1);
+    }
+    let db = Database::open_in_memory().unwrap();
+    db.execute(&format!(
+        "CREATE TABLE t (k BIGINT, v BIGINT, PRIMARY KEY (k));
+         CREATE STREAM tv AS SELECT k, v FROM t;
+         CREATE SINK up FROM tv INTO KAFKA WITH (topic = '{up}', 'properties.bootstrap.servers' = '{b}', key = 'k');
+         CREATE SINK dbz FROM tv INTO KAFKA WITH (topic = '{dbz}', 'properties.bootstrap.servers' = '{b}', key = 'k', format = 'debezium-json');
+         CREATE SINK plain FROM tv INTO KAFKA WITH (topic = '{plain}', 'properties.bootstrap.servers' = '{b}')"
+    ))
+    .unwrap();
+    for stmt in [
+        "INSERT INTO t VALUES (1, 10), (2, 20), (3, 30)",
+        "INSERT INTO t VALUES (2, 21)",
+        "DELETE FROM t WHERE k = 3",
+        "INSERT INTO t VALUES (4, 40)",
+    ] {
+        db.execute(stmt).unwrap();
+        db.flush().unwrap();
+    }
+    let key = |k: i64| Some(format!("{{\"k\":{k}}}"));
+    let row = |k: i64, v: i64| format!("{{\"k\":{k},\"v\":{v}}}");
+    // Upserts: one record per change of a key; the delete a tombstone.
+    let got = read_records(&b, &up);
+    let mut by_key: std::collections::BTreeMap<String, Vec<Option<String>>> = Default::default();
+    for (k, v) in got {
+        by_key.entry(k.expect("every record has a key")).or_default().push(v);
+    }
+    let want: std::collections::BTreeMap<String, Vec<Option<String>>> = [
+        (key(1).unwrap(), vec![Some(row(1, 10))]),
+        (key(2).unwrap(), vec![Some(row(2, 20)), Some(row(2, 21))]),
+        (key(3).unwrap(), vec![Some(row(3, 30)), None]),
+        (key(4).unwrap(), vec![Some(row(4, 40))]),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(by_key, want);
+    // Debezium: c, u (before and after), d (before).
+    let got: Vec<(Option<String>, Option<String>)> = read_records(&b, &dbz);
+    let env = |before: Option<String>, after: Option<String>, op: &str| {
+        Some(format!(
+            "{{\"before\":{},\"after\":{},\"op\":\"{op}\"}}",
+            before.unwrap_or("null".into()),
+            after.unwrap_or("null".into())
+        ))
+    };
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want = vec![
+        (key(1), env(None, Some(row(1, 10)), "c")),
+        (key(2), env(None, Some(row(2, 20)), "c")),
+        (key(3), env(None, Some(row(3, 30)), "c")),
+        (key(2), env(Some(row(2, 20)), Some(row(2, 21)), "u")),
+        (key(3), env(Some(row(3, 30)), None, "d")),
+        (key(4), env(None, Some(row(4, 40)), "c")),
+    ];
+    // Per key, in order.
+    for k in 1..=4 {
+        let g: Vec<_> = got.iter().filter(|(kk, _)| *kk == key(k)).collect();
+        let w: Vec<_> = want.iter().filter(|(kk, _)| *kk == key(k)).collect();
+        assert_eq!(g, w, "key {k}");
+    }
+    want.sort();
+    assert_eq!(got_sorted, want);
+    // No key: each row with its weight.
+    let got = read_committed(&b, &plain);
+    let mut got = got;
+    got.sort();
+    let mut want: Vec<String> = ["1,10,1", "2,20,1", "3,30,1", "2,20,-1", "2,21,1", "3,30,-1", "4,40,1"]
+        .iter()
+        .map(|r| {
+            let p: Vec<&str> = r.split(',').collect();
+            format!("{{\"k\":{},\"v\":{},\"__weight\":{}}}", p[0], p[1], p[2])
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
 }

@@ -9,14 +9,14 @@
 //! | `topic-pattern` | source | instead of `topic`: a regular expression over whole topic names, resolved when the reader opens |
 //! | `properties.bootstrap.servers` | both | the brokers, `host:port,…` |
 //! | `properties.<name>` | both | passed to librdkafka as `<name>` (`properties.group.id`, `properties.security.protocol`, …) |
-//! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column) |
+//! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column), `debezium-json` (sink: change envelopes) |
 //! | `scan.startup.mode` | source | where partitions without a recorded offset start: `earliest-offset` (default), `latest-offset`, `group-offsets` (the group's committed offsets, else earliest), `timestamp` |
 //! | `scan.startup.timestamp-millis` | source | for `timestamp`: the first record at or after this time (ms since the epoch) |
 //! | `scan.max-batch-records` | source | records per poll at most, over all partitions (default 100000) |
 //! | `on_error` | source | a record that cannot be decoded: `fail` (default; the error names partition and offset), `skip` (counted, logged) or `dead_letter` (counted, written to the source named by `dead_letter`) |
 //! | `dead_letter` | source | the source receiving the records that do not decode (created with the dead-letter columns unless it exists) |
 //! | `properties.group.id` | source | the consumer group (default `laminardb-<source>`); each checkpoint's offsets are committed as its offsets, for monitoring (recovery never reads them) |
-//! | `key` | sink | columns written as the record key (a JSON object, or a CSV line); none by default |
+//! | `key` | sink | columns written as the record key (a JSON object, or a CSV line); none by default. A changelog input with a key is written as upserts with tombstones |
 //! | `sink.delivery-guarantee` | sink | `exactly-once` (default) or `at-least-once` |
 //! | `sink.transactional-id` | sink | the transactional id (default `laminardb-<sink>-<topic>`); one writer per id |
 //!
@@ -61,12 +61,15 @@ enum Format {
     Json,
     Csv,
     Raw,
+    /// Sink only: Debezium change envelopes (`before`, `after`, `op`).
+    DebeziumJson,
 }
 
 fn format_option(o: &mut Options, sink: bool) -> Result<Format> {
-    let choices: &[&'static str] = if sink { &["json", "csv"] } else { &["json", "csv", "raw"] };
+    let choices: &[&'static str] = if sink { &["json", "csv", "debezium-json"] } else { &["json", "csv", "raw"] };
     Ok(match o.choice("format", choices, "json")? {
         "csv" => Format::Csv,
+        "debezium-json" => Format::DebeziumJson,
         "raw" => Format::Raw,
         _ => Format::Json,
     })

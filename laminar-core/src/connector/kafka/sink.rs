@@ -153,8 +153,16 @@ impl KafkaSink {
         }))
     }
 
-    fn serialize(&self, batch: &RecordBatch) -> Result<(Vec<Vec<u8>>, Option<Vec<Vec<u8>>>)> {
-        let values = self.lines(batch)?;
+    /// The records of `batch`: (key, value), a `None` value a tombstone.
+    ///
+    /// An append-only input: one record per row. A changelog input (its last column
+    /// `__weight`): with `key` columns, upserts — per key, the batch's last row written as the
+    /// value, or a tombstone if that row is a retraction (for one key the `-1` comes before the
+    /// `+1`, so an update is one record); without, each row with its `__weight`. `debezium-json`:
+    /// envelopes, a retraction and an insert of one key in the batch paired as an update.
+    fn serialize(&self, batch: &RecordBatch) -> Result<Vec<Rec>> {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::Int64Type;
         let keys = if self.key.is_empty() {
             None
         } else {
@@ -162,7 +170,61 @@ impl KafkaSink {
                 self.key.iter().map(|k| batch.schema().index_of(k)).collect::<std::result::Result<_, _>>()?;
             Some(self.lines(&batch.project(&idx)?)?)
         };
-        Ok((values, keys))
+        let key_of = |i: usize| keys.as_ref().map(|k| k[i].clone());
+        let changelog = batch.schema().fields().last().is_some_and(|f| f.name() == "__weight");
+        if !changelog {
+            let values = if self.format == Format::DebeziumJson {
+                self.lines(batch)?.into_iter().map(|v| envelope(None, Some(&v), "c")).collect()
+            } else {
+                self.lines(batch)?
+            };
+            return Ok(values.into_iter().enumerate().map(|(i, v)| (key_of(i), Some(v))).collect());
+        }
+        if keys.is_none() && self.format != Format::DebeziumJson {
+            return Ok(self.lines(batch)?.into_iter().map(|v| (None, Some(v))).collect());
+        }
+        let w = batch.column(batch.num_columns() - 1).as_primitive::<Int64Type>().clone();
+        let rows = self.lines(&batch.project(&(0..batch.num_columns() - 1).collect::<Vec<_>>())?)?;
+        let mut out = vec![];
+        match &keys {
+            Some(k) => {
+                // Rows of one key, in order.
+                let mut order: Vec<&Vec<u8>> = vec![];
+                let mut by_key: std::collections::HashMap<&Vec<u8>, Vec<usize>> = Default::default();
+                for (i, key) in k.iter().enumerate() {
+                    by_key.entry(key).or_insert_with(|| {
+                        order.push(key);
+                        vec![]
+                    });
+                    by_key.get_mut(key).expect("inserted").push(i);
+                }
+                for key in order {
+                    let idx = &by_key[key];
+                    let last = *idx.last().expect("not empty");
+                    let inserted = w.value(last) > 0;
+                    let value = match self.format {
+                        Format::DebeziumJson => {
+                            let before = idx.iter().find(|i| w.value(**i) < 0).map(|i| &rows[*i][..]);
+                            match (before, inserted) {
+                                (Some(b), true) => Some(envelope(Some(b), Some(&rows[last]), "u")),
+                                (None, true) => Some(envelope(None, Some(&rows[last]), "c")),
+                                (Some(b), false) => Some(envelope(Some(b), None, "d")),
+                                (None, false) => Some(envelope(Some(&rows[last]), None, "d")),
+                            }
+                        }
+                        _ => inserted.then(|| rows[last].clone()),
+                    };
+                    out.push((Some(key.clone()), value));
+                }
+            }
+            None => {
+                for (i, v) in rows.iter().enumerate() {
+                    let e = if w.value(i) > 0 { envelope(None, Some(v), "c") } else { envelope(Some(v), None, "d") };
+                    out.push((None, Some(e)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// One line per row, in the sink's format.
@@ -199,12 +261,15 @@ impl KafkaSink {
             self.producer().begin_transaction().map_err(|e| self.err("cannot begin a transaction", e))?;
             self.in_txn = true;
         }
-        let (values, keys) = self.serialize(batch)?;
+        let recs = self.serialize(batch)?;
         let p = self.producer();
-        for (i, v) in values.iter().enumerate() {
-            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(&v[..]);
-            if let Some(k) = &keys {
-                rec = rec.key(&k[i][..]);
+        for (k, v) in &recs {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic);
+            if let Some(v) = v {
+                rec = rec.payload(&v[..]);
+            }
+            if let Some(k) = k {
+                rec = rec.key(&k[..]);
             }
             loop {
                 match p.send(rec) {
@@ -248,6 +313,20 @@ impl KafkaSink {
         self.committed += 1;
         Ok(())
     }
+}
+
+/// A record: its key and its value (`None`: a tombstone).
+type Rec = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A Debezium change envelope around JSON rows.
+fn envelope(before: Option<&[u8]>, after: Option<&[u8]>, op: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(before.map_or(4, <[u8]>::len) + after.map_or(4, <[u8]>::len) + 40);
+    v.extend_from_slice(b"{\"before\":");
+    v.extend_from_slice(before.unwrap_or(b"null"));
+    v.extend_from_slice(b",\"after\":");
+    v.extend_from_slice(after.unwrap_or(b"null"));
+    v.extend_from_slice(format!(",\"op\":\"{op}\"}}").as_bytes());
+    v
 }
 
 fn encode_committable(epoch: u64, batches: &[RecordBatch]) -> Result<Vec<u8>> {
