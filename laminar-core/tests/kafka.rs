@@ -604,3 +604,95 @@ fn a_changelog_stream_as_upserts_with_tombstones_and_as_debezium_envelopes() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// Debezium change envelopes (c, r, u, d, and the tombstones after deletes) from two partitions
+/// into a table: its rows, and an aggregate over it, equal to the changes applied in order by a
+/// map in the test.
+#[test]
+fn debezium_json_into_a_table_upserts_and_deletes() {
+    let b = broker();
+    let topic = unique("dbz-in");
+    create_topic(&b, &topic, 2);
+    let p = producer(&b);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(17);
+    let mut model: std::collections::BTreeMap<i64, (String, i64)> = Default::default();
+    let row = |id: i64, name: &str, amount: i64| format!("{{\"id\":{id},\"name\":\"{name}\",\"amount\":{amount}}}");
+    for step in 0..3000 {
+        let id: i64 = rng.random_range(0..200);
+        let key = format!("{{\"id\":{id}}}");
+        let part = (id % 2) as i32;
+        let amount: i64 = rng.random_range(-1000..1000);
+        let name = format!("n{step}");
+        let (value, tombstone) = match (model.get(&id).cloned(), rng.random_range(0..10)) {
+            (None, 0) => {
+                (format!("{{\"before\":null,\"after\":{},\"op\":\"r\",\"ts_ms\":1}}", row(id, &name, amount)), false)
+            }
+            (None, _) => (format!("{{\"before\":null,\"after\":{},\"op\":\"c\"}}", row(id, &name, amount)), false),
+            (Some((n, a)), 0..=2) => (format!("{{\"before\":{},\"after\":null,\"op\":\"d\"}}", row(id, &n, a)), true),
+            (Some((n, a)), _) => {
+                (format!("{{\"before\":{},\"after\":{},\"op\":\"u\"}}", row(id, &n, a), row(id, &name, amount)), false)
+            }
+        };
+        if tombstone {
+            model.remove(&id);
+        } else {
+            model.insert(id, (name, amount));
+        }
+        let rec = BaseRecord::<str, str>::to(&topic).partition(part).key(&key).payload(&value);
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+        if tombstone {
+            p.send(BaseRecord::<str, str>::to(&topic).partition(part).key(&key)).map_err(|(e, _)| e).unwrap();
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    // At durability `wal`: each batch, with its deletes, in the log, which a reopen replays.
+    let dir = common_tmp("kafka-dbz");
+    let open = || {
+        let mut cfg = Config::default();
+        cfg.set("durability", "wal").unwrap();
+        Database::open(&dir, cfg).unwrap()
+    };
+    let db = open();
+    // Not into an append-only source.
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE x (id BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'debezium-json')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("CREATE TABLE"), "{e}");
+    db.execute(&format!(
+        "CREATE TABLE t (id BIGINT, name VARCHAR, amount BIGINT, PRIMARY KEY (id))
+             FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'debezium-json');
+         CREATE MATERIALIZED VIEW totals AS SELECT COUNT(*) AS n, SUM(amount) AS s FROM t"
+    ))
+    .unwrap();
+    let want_rows: Vec<String> = model.iter().map(|(id, (n, a))| format!("{id}|{n}|{a}")).collect();
+    let mut want_rows = want_rows;
+    want_rows.sort();
+    let want_totals = vec![format!("{}|{}", model.len(), model.values().map(|v| v.1).sum::<i64>())];
+    let check = |db: &Database| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            db.flush().unwrap();
+            let rows = sorted(&db.query("SELECT id, name, amount FROM t").unwrap());
+            let totals = sorted(&db.query("SELECT n, s FROM totals").unwrap());
+            if rows == want_rows && totals == want_totals {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "table has {} rows (want {}), totals {totals:?} (want {want_totals:?})",
+                rows.len(),
+                want_rows.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    check(&db);
+    db.close_abruptly();
+    let db = open();
+    check(&db);
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -61,12 +61,14 @@ enum Format {
     Json,
     Csv,
     Raw,
-    /// Sink only: Debezium change envelopes (`before`, `after`, `op`).
+    /// Debezium change envelopes (`before`, `after`, `op`): a source into a table applies them
+    /// as upserts and deletes; a sink writes a changelog as them.
     DebeziumJson,
 }
 
 fn format_option(o: &mut Options, sink: bool) -> Result<Format> {
-    let choices: &[&'static str] = if sink { &["json", "csv", "debezium-json"] } else { &["json", "csv", "raw"] };
+    let choices: &[&'static str] =
+        if sink { &["json", "csv", "debezium-json"] } else { &["json", "csv", "raw", "debezium-json"] };
     Ok(match o.choice("format", choices, "json")? {
         "csv" => Format::Csv,
         "debezium-json" => Format::DebeziumJson,

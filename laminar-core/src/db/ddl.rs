@@ -160,6 +160,12 @@ impl Database {
             None => None,
             Some(kind) => Some(connector::source_for(kind, &cs.name, &schema, &cs.options, &["idle_timeout"])?),
         };
+        if !cs.table && cs.options.get("format").is_some_and(|f| f.trim().eq_ignore_ascii_case("debezium-json")) {
+            return Err(Error::invalid_argument(format!(
+                "source '{}': format 'debezium-json' reads changes: declare it as CREATE TABLE … PRIMARY KEY (…) FROM …, whose rows the changes upsert and delete",
+                cs.name
+            )));
+        }
         // `on_error = 'dead_letter'`: the source receiving the records that do not decode, created
         // now unless it exists (with the dead-letter columns: several sources may share one).
         let dead_letter = match (&reader, cs.options.get("dead_letter")) {

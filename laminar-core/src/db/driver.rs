@@ -232,6 +232,9 @@ pub(super) fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl F
 }
 
 /// Applies one batch of a source (`position`: a connector's, of the batch's partition).
+/// The column a connector appends to a batch for a table to mark rows that delete their key.
+pub(crate) const DELETED: &str = "__deleted";
+
 pub(super) fn on_source_batch(
     inner: &DbInner,
     eng: &mut Engine,
@@ -241,6 +244,22 @@ pub(super) fn on_source_batch(
 ) {
     let retention = inner.config.source_retention;
     let Some(s) = eng.sources.get_mut(source) else { return };
+    // A change-data-capture batch into a table: its last column `__deleted` marks deletes.
+    let (batch, deleted) = match batch.schema().fields().last() {
+        Some(f) if f.name() == DELETED && batch.num_columns() == s.queue.schema.fields().len() + 1 => {
+            use datafusion::arrow::array::AsArray;
+            let n = batch.num_columns() - 1;
+            let flags = batch.column(n).as_boolean_opt().cloned();
+            match batch.project(&(0..n).collect::<Vec<_>>()) {
+                Ok(b) => (b, flags),
+                Err(e) => {
+                    fail_readers(eng, source, e.into());
+                    return;
+                }
+            }
+        }
+        _ => (batch, None),
+    };
     // The highest event time of the batch, less the delay.
     let batch_wm = s.time.and_then(|(col, scale, delay)| {
         let (times, nulls) = event_times(batch.column(col), scale).ok()?;
@@ -281,7 +300,11 @@ pub(super) fn on_source_batch(
         s.batches_in += 1;
         if let Some(t) = &mut s.table {
             // A table turns upserts into its changelog: −old (when the key had a row), +new.
-            match t.upsert(&batch) {
+            let changes = match &deleted {
+                Some(d) => t.apply(&batch, d),
+                None => t.upsert(&batch),
+            };
+            match changes {
                 Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
                 Ok(None) => {}
                 Err(e) => fail_readers(eng, source, e),

@@ -190,7 +190,21 @@ impl ConnectorOutput {
 
 impl connector::SourceOutput for ConnectorOutput {
     fn write(&mut self, batch: RecordBatch, position: Position) -> Result<()> {
-        self.writer()?.write_at(batch, Some(position))
+        let w = self.writer()?;
+        // A change-data-capture batch: the rows conformed, the `__deleted` flags kept after them.
+        if batch.schema().fields().last().is_some_and(|f| f.name() == super::driver::DELETED) {
+            use datafusion::arrow::datatypes::{DataType, Field, Schema};
+            let n = batch.num_columns() - 1;
+            let flags = batch.column(n).clone();
+            let rows = conform(&self.queue.name, &self.queue.schema, &batch.project(&(0..n).collect::<Vec<_>>())?)?;
+            let mut fields: Vec<_> = rows.schema().fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new(super::driver::DELETED, DataType::Boolean, true)));
+            let mut cols = rows.columns().to_vec();
+            cols.push(flags);
+            return w.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?, Some(position));
+        }
+        let mut w = w;
+        w.write_at(batch, Some(position))
     }
 
     fn finish(&mut self) -> Result<()> {

@@ -73,6 +73,39 @@ impl TableState {
         self.changes(out)
     }
 
+    /// Applies a batch of changes in order: where `deleted` is true the row with that key is
+    /// removed (a change-data-capture delete: only the key columns matter), elsewhere the row
+    /// is upserted.
+    pub(crate) fn apply(
+        &mut self,
+        batch: &RecordBatch,
+        deleted: &datafusion::arrow::array::BooleanArray,
+    ) -> Result<Option<RecordBatch>> {
+        let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
+        let krows = self.key_conv.convert_columns(&keys)?;
+        let rows = self.row_conv.convert_columns(batch.columns())?;
+        let mut out = vec![];
+        for i in 0..batch.num_rows() {
+            let key = krows.row(i).owned();
+            if datafusion::arrow::array::Array::is_valid(deleted, i) && deleted.value(i) {
+                if let Some(old) = self.rows.remove(&key) {
+                    out.push((old, -1));
+                }
+                continue;
+            }
+            let new = rows.row(i).owned();
+            match self.rows.insert(key, new.clone()) {
+                Some(old) if old == new => {}
+                Some(old) => {
+                    out.push((old, -1));
+                    out.push((new, 1));
+                }
+                None => out.push((new, 1)),
+            }
+        }
+        self.changes(out)
+    }
+
     /// Removes the rows whose keys appear in `rows` (full rows of this table's schema).
     pub(crate) fn delete_rows(&mut self, batches: &[RecordBatch]) -> Result<Option<RecordBatch>> {
         let mut out = vec![];

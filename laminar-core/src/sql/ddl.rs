@@ -135,9 +135,6 @@ pub(super) fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool)
     if !c.at_end() {
         return Err(c.error_here(format!("unexpected text after the {what} definition")));
     }
-    if table && connector.is_some() {
-        return Err(Error::not_implemented("a table fed by a connector (CDC) is not available in this build"));
-    }
     Ok(CreateSource {
         primary_key,
         table,

@@ -65,6 +65,10 @@ pub(crate) struct KafkaSource {
     /// The declared schema, the part decoded from the value, and where each column comes from.
     schema: SchemaRef,
     value_schema: SchemaRef,
+    /// What `decode` gives: the value schema, with `debezium-json` a `__deleted` column after it.
+    decoded_schema: SchemaRef,
+    /// What the reader writes: the declared schema, with `debezium-json` and `__deleted`.
+    out_schema: SchemaRef,
     columns: Vec<Result<usize, Meta>>,
     consumer: Option<BaseConsumer>,
     ready: VecDeque<Poll>,
@@ -167,7 +171,18 @@ impl KafkaSource {
             )));
         }
         let value_schema = Arc::new(Schema::new(value_fields));
+        let with_deleted = |s: &Schema| -> SchemaRef {
+            let mut f: Vec<_> = s.fields().iter().cloned().collect();
+            if format == Format::DebeziumJson {
+                f.push(Arc::new(datafusion::arrow::datatypes::Field::new("__deleted", DataType::Boolean, false)));
+            }
+            Arc::new(Schema::new(f))
+        };
+        let decoded_schema = with_deleted(&value_schema);
+        let out_schema = with_deleted(&schema);
         Ok(KafkaSource {
+            decoded_schema,
+            out_schema,
             source: source.to_string(),
             topic,
             pattern,
@@ -238,7 +253,7 @@ impl KafkaSource {
             }
         }
         *recs = good;
-        Ok(datafusion::arrow::compute::concat_batches(&self.value_schema, &batches)?)
+        Ok(datafusion::arrow::compute::concat_batches(&self.decoded_schema, &batches)?)
     }
 
     fn decode_all<'a>(&self, recs: impl Iterator<Item = &'a Rec> + Clone) -> Result<RecordBatch> {
@@ -284,7 +299,7 @@ impl KafkaSource {
                 let b = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
                 Ok(b)
             }
-            Format::DebeziumJson => Err(Error::internal("a KAFKA source does not read debezium-json yet")),
+            Format::DebeziumJson => self.decode_debezium(recs, n),
             Format::Csv => {
                 let mut d = datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
                     .with_header(false)
@@ -314,6 +329,69 @@ impl KafkaSource {
                 Ok(b)
             }
         }
+    }
+
+    /// Debezium envelopes (`{"before": {…}, "after": {…}, "op": "c"|"r"|"u"|"d", …}`, other
+    /// fields ignored): the row after the change, or for `d` the row before it with the
+    /// `__deleted` flag.
+    fn decode_debezium<'a>(&self, recs: impl Iterator<Item = &'a Rec>, n: usize) -> Result<RecordBatch> {
+        use datafusion::arrow::array::{AsArray, BooleanArray, StructArray};
+        use datafusion::arrow::datatypes::Field;
+        let bad = |m: String| Error::invalid_data(m);
+        let row_fields: Vec<Arc<Field>> =
+            self.value_schema.fields().iter().map(|f| Arc::new(f.as_ref().clone().with_nullable(true))).collect();
+        let row_type = DataType::Struct(row_fields.into());
+        let envelope = Arc::new(Schema::new(vec![
+            Field::new("before", row_type.clone(), true),
+            Field::new("after", row_type, true),
+            Field::new("op", DataType::Utf8, true),
+        ]));
+        let mut d =
+            datafusion::arrow::json::ReaderBuilder::new(envelope.clone()).with_batch_size(n.max(1)).build_decoder()?;
+        for r in recs {
+            let v = r.value.as_deref().ok_or_else(|| bad("the record has no value".into()))?;
+            let before = d.len();
+            let mut rest = v;
+            while !rest.is_empty() {
+                let used = d.decode(rest)?;
+                if used == 0 {
+                    break;
+                }
+                rest = &rest[used..];
+            }
+            d.decode(b"\n")?;
+            if d.len() != before + 1 || d.has_partial_record() {
+                return Err(bad(format!("the value holds {} JSON objects, not one", d.len() - before)));
+            }
+        }
+        let b = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(envelope));
+        let (before, after) = (b.column(0).as_struct(), b.column(1).as_struct());
+        let op = b.column(2).as_string::<i32>();
+        let mut deleted = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let del = match op.is_valid(i).then(|| op.value(i)) {
+                Some("d") => true,
+                Some("c" | "r" | "u") => false,
+                Some(o) => return Err(bad(format!("the Debezium op '{}' is not c, r, u or d", clip(o)))),
+                None => return Err(bad("the Debezium envelope has no 'op'".into())),
+            };
+            let side: &StructArray = if del { before } else { after };
+            if side.is_null(i) {
+                return Err(bad(format!(
+                    "the Debezium envelope of op '{}' has no '{}'",
+                    op.value(i),
+                    if del { "before" } else { "after" }
+                )));
+            }
+            deleted.push(del);
+        }
+        let mask = BooleanArray::from(deleted);
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.value_schema.fields().len() + 1);
+        for j in 0..self.value_schema.fields().len() {
+            cols.push(datafusion::arrow::compute::kernels::zip::zip(&mask, before.column(j), after.column(j))?);
+        }
+        cols.push(Arc::new(mask));
+        Ok(RecordBatch::try_new(self.decoded_schema.clone(), cols)?)
     }
 
     /// The name of a partition in positions and metrics: its number, or with `topic-pattern`
@@ -375,7 +453,10 @@ impl KafkaSource {
             };
             cols.push(a);
         }
-        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+        if self.format == Format::DebeziumJson {
+            cols.push(values.column(values.num_columns() - 1).clone());
+        }
+        Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
     }
 }
 
@@ -531,6 +612,10 @@ impl SourceReader for KafkaSource {
                 e.records += recs.len() as u64;
                 e.bytes += recs.iter().map(|r| r.value.as_ref().map_or(0, Vec::len) as u64).sum::<u64>();
                 e.position = Some(next);
+            }
+            if self.format == Format::DebeziumJson {
+                // Tombstones follow Debezium's deletes for log compaction: nothing to apply.
+                recs.retain(|r| r.value.is_some());
             }
             let mut letters = vec![];
             let values = self.decode(&mut recs, &mut letters)?;
