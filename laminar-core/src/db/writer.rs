@@ -192,7 +192,9 @@ impl connector::SourceOutput for ConnectorOutput {
     fn write(&mut self, batch: RecordBatch, position: Position) -> Result<()> {
         let w = self.writer()?;
         // A change-data-capture batch: the rows conformed, the `__deleted` flags kept after them.
-        if batch.schema().fields().last().is_some_and(|f| f.name() == super::driver::DELETED) {
+        if batch.num_columns() == self.queue.schema.fields().len() + 1
+            && batch.schema().fields().last().is_some_and(|f| f.name() == super::driver::DELETED)
+        {
             use datafusion::arrow::datatypes::{DataType, Field, Schema};
             let n = batch.num_columns() - 1;
             let flags = batch.column(n).clone();
