@@ -696,3 +696,163 @@ fn debezium_json_into_a_table_upserts_and_deletes() {
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stand-in for a Confluent schema registry: `GET /schemas/ids/{id}` answers
+/// `{"schema": "<the schema's JSON text>"}` for the ids given, 404 for others (the documented
+/// REST subset a reader uses). Returns its URL.
+fn stand_in_registry(schemas: Vec<(u32, String)>) -> String {
+    stand_in_registry_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), schemas)
+}
+
+fn stand_in_registry_on(l: std::net::TcpListener, schemas: Vec<(u32, String)>) -> String {
+    use std::io::{Read, Write};
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            // The request line and headers, up to the blank line.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            let found = path
+                .strip_prefix("/schemas/ids/")
+                .and_then(|id| id.parse::<u32>().ok())
+                .and_then(|id| schemas.iter().find(|(i, _)| *i == id));
+            let resp = match found {
+                Some((_, schema)) => {
+                    let body = format!("{{\"schema\":{}}}", json_string(schema));
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                None => {
+                    let body = "{\"error_code\":40403,\"message\":\"Schema not found\"}";
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    url
+}
+
+fn json_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Avro's binary encoding, by hand (not the engine's decoder's own crate): zig-zag varints.
+fn avro_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn avro_string(out: &mut Vec<u8>, s: &str) {
+    avro_long(out, s.len() as i64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Confluent framing: magic 0, the schema id big-endian, the body.
+fn confluent(id: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&id.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Avro values in Confluent framing under two writer schemas (the second adds a field), read
+/// through the stand-in registry into the declared columns; a value without the framing and one
+/// of an id the registry lacks are counted as malformed with `skip`.
+#[test]
+fn avro_confluent_through_a_stand_in_registry() {
+    let b = broker();
+    let topic = unique("avro");
+    create_topic(&b, &topic, 1);
+    let v1 = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"},{"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}}]}"#;
+    let v2 = r#"{"type":"record","name":"Order","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"},{"name":"ts","type":{"type":"long","logicalType":"timestamp-millis"}},{"name":"note","type":"string","default":""}]}"#;
+    let url = stand_in_registry(vec![(7, v1.to_string()), (8, v2.to_string())]);
+    // A second registry, down until the reader has tried it.
+    let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let late_addr = late.local_addr().unwrap();
+    drop(late);
+    let p = producer(&b);
+    let mut want = vec![];
+    for i in 0..100i64 {
+        let mut body = vec![];
+        avro_long(&mut body, i);
+        avro_string(&mut body, &format!("order-{i}"));
+        avro_long(&mut body, 1_700_000_000_000 + i * 1000);
+        let id = if i < 50 { 7 } else { 8 };
+        if id == 8 {
+            avro_string(&mut body, "v2");
+        }
+        let v = confluent(id, &body);
+        p.send(BaseRecord::<(), [u8]>::to(&topic).partition(0).payload(&v[..])).map_err(|(e, _)| e).unwrap();
+        want.push(format!("{i}|order-{i}|{}", iso(1_700_000_000_000 + i * 1000)));
+        if i == 20 {
+            p.send(BaseRecord::<(), [u8]>::to(&topic).partition(0).payload(&b"{\"id\": 1}"[..]))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        if i == 70 {
+            let v = confluent(99, &body);
+            p.send(BaseRecord::<(), [u8]>::to(&topic).partition(0).payload(&v[..])).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    want.sort();
+    let db = Database::open_in_memory().unwrap();
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE x (id BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'avro-confluent')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("'avro-confluent.url'"), "{e}");
+    db.execute(&format!(
+        "CREATE SOURCE orders (id BIGINT, name VARCHAR, ts TIMESTAMP) FROM KAFKA WITH (topic = '{topic}',
+             'properties.bootstrap.servers' = '{b}', format = 'avro-confluent', 'avro-confluent.url' = '{url}', on_error = 'skip');
+         CREATE MATERIALIZED VIEW ov AS SELECT id, name, ts FROM orders"
+    ))
+    .unwrap();
+    let rows = mv_rows(&db, "SELECT id, name, ts FROM ov", 100);
+    assert_eq!(rows, want);
+    let m = db.metrics().unwrap();
+    let s = m.sources.iter().find(|s| s.name == "orders").unwrap();
+    let (_, st) = &s.partitions[0];
+    assert_eq!((st.records, st.malformed), (102, 2), "{st:?}");
+
+    // The registry unreachable: the reader retries (IO), keeping the records it has read, and
+    // once the registry is up every row arrives.
+    db.execute(&format!(
+        "CREATE SOURCE orders2 (id BIGINT, name VARCHAR, ts TIMESTAMP) FROM KAFKA WITH (topic = '{topic}',
+             'properties.bootstrap.servers' = '{b}', format = 'avro-confluent', 'avro-confluent.url' = 'http://{late_addr}', on_error = 'skip');
+         CREATE MATERIALIZED VIEW ov2 AS SELECT id, name, ts FROM orders2"
+    ))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(sorted(&db.query("SELECT id FROM ov2").unwrap()).is_empty());
+    stand_in_registry_on(
+        std::net::TcpListener::bind(late_addr).unwrap(),
+        vec![(7, v1.to_string()), (8, v2.to_string())],
+    );
+    let rows = mv_rows(&db, "SELECT id, name, ts FROM ov2", 100);
+    assert_eq!(rows, want);
+}

@@ -9,7 +9,8 @@
 //! | `topic-pattern` | source | instead of `topic`: a regular expression over whole topic names, resolved when the reader opens |
 //! | `properties.bootstrap.servers` | both | the brokers, `host:port,…` |
 //! | `properties.<name>` | both | passed to librdkafka as `<name>` (`properties.group.id`, `properties.security.protocol`, …) |
-//! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column), `debezium-json` (sink: change envelopes) |
+//! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column), `debezium-json` (change envelopes: a source into a table, a sink from a changelog), `avro-confluent` (source: Confluent-framed Avro) |
+//! | `avro-confluent.url` | source | the schema registry (`http://…`) the writer schemas are fetched from, by id |
 //! | `scan.startup.mode` | source | where partitions without a recorded offset start: `earliest-offset` (default), `latest-offset`, `group-offsets` (the group's committed offsets, else earliest), `timestamp` |
 //! | `scan.startup.timestamp-millis` | source | for `timestamp`: the first record at or after this time (ms since the epoch) |
 //! | `scan.max-batch-records` | source | records per poll at most, over all partitions (default 100000) |
@@ -61,17 +62,24 @@ enum Format {
     Json,
     Csv,
     Raw,
+    /// Source only: Avro in Confluent's framing (magic byte 0, a 4-byte schema id, the body),
+    /// the writer schemas fetched from the registry at `avro-confluent.url`.
+    AvroConfluent,
     /// Debezium change envelopes (`before`, `after`, `op`): a source into a table applies them
     /// as upserts and deletes; a sink writes a changelog as them.
     DebeziumJson,
 }
 
 fn format_option(o: &mut Options, sink: bool) -> Result<Format> {
-    let choices: &[&'static str] =
-        if sink { &["json", "csv", "debezium-json"] } else { &["json", "csv", "raw", "debezium-json"] };
+    let choices: &[&'static str] = if sink {
+        &["json", "csv", "debezium-json"]
+    } else {
+        &["json", "csv", "raw", "debezium-json", "avro-confluent"]
+    };
     Ok(match o.choice("format", choices, "json")? {
         "csv" => Format::Csv,
         "debezium-json" => Format::DebeziumJson,
+        "avro-confluent" => Format::AvroConfluent,
         "raw" => Format::Raw,
         _ => Format::Json,
     })

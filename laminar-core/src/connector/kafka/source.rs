@@ -72,6 +72,12 @@ pub(crate) struct KafkaSource {
     columns: Vec<Result<usize, Meta>>,
     consumer: Option<BaseConsumer>,
     ready: VecDeque<Poll>,
+    /// Records read but not yet decoded: a schema registry that could not be reached leaves
+    /// them here for the next poll (librdkafka has moved past them).
+    pending: BTreeMap<(usize, i32), Vec<Rec>>,
+    /// `avro-confluent`: the registry's URL and a decoder per writer schema id.
+    registry: Option<String>,
+    avro: parking_lot::Mutex<std::collections::HashMap<u32, arrow_avro::reader::Decoder>>,
     stats: crate::connector::SourceStats,
     /// When the partitions' high watermarks (for the lag) were last asked for.
     lag_checked: Option<std::time::Instant>,
@@ -134,6 +140,27 @@ impl KafkaSource {
                 ))
             })?,
         };
+        let registry = o.get("avro-confluent.url");
+        match (format, &registry) {
+            (Format::AvroConfluent, None) => {
+                return Err(Error::invalid_argument(format!(
+                    "KAFKA source '{source}': format 'avro-confluent' needs the option 'avro-confluent.url' (the schema registry, http://host:port)"
+                )));
+            }
+            (Format::AvroConfluent, Some(u)) if !u.trim().starts_with("http://") => {
+                return Err(Error::invalid_argument(format!(
+                    "KAFKA source '{source}': 'avro-confluent.url' must be an http:// URL (https is not built in), got '{}'",
+                    clip(u)
+                )));
+            }
+            (Format::AvroConfluent, _) => {}
+            (_, Some(_)) => {
+                return Err(Error::invalid_argument(format!(
+                    "KAFKA source '{source}': option 'avro-confluent.url' needs format = 'avro-confluent'"
+                )));
+            }
+            _ => {}
+        }
         let on_error = OnError::from_options(&mut o, true)?;
         o.finish()?;
         if config.get("group.id").is_none() {
@@ -198,6 +225,9 @@ impl KafkaSource {
             columns,
             consumer: None,
             ready: VecDeque::new(),
+            pending: BTreeMap::new(),
+            registry: registry.map(|u| u.trim().trim_end_matches('/').to_string()),
+            avro: Default::default(),
             stats: Default::default(),
             lag_checked: None,
         })
@@ -300,6 +330,7 @@ impl KafkaSource {
                 Ok(b)
             }
             Format::DebeziumJson => self.decode_debezium(recs, n),
+            Format::AvroConfluent => self.decode_avro(recs),
             Format::Csv => {
                 let mut d = datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
                     .with_header(false)
@@ -392,6 +423,121 @@ impl KafkaSource {
         }
         cols.push(Arc::new(mask));
         Ok(RecordBatch::try_new(self.decoded_schema.clone(), cols)?)
+    }
+
+    /// Confluent-framed Avro: each run of records of one writer schema through that schema's
+    /// decoder (fetched before, see [`KafkaSource::fetch_schemas`]), its fields matched by name to
+    /// the declared columns.
+    fn decode_avro<'a>(&self, recs: impl Iterator<Item = &'a Rec>) -> Result<RecordBatch> {
+        let mut batches = vec![];
+        let mut run: Option<(u32, Vec<&[u8]>)> = None;
+        let mut cache = self.avro.lock();
+        let mut flush = |id: u32, values: Vec<&[u8]>, cache: &mut std::collections::HashMap<u32, _>| -> Result<()> {
+            let d: &mut arrow_avro::reader::Decoder = cache
+                .get_mut(&id)
+                .ok_or_else(|| Error::invalid_data(format!("the registry has no writer schema of id {id}")))?;
+            let res = (|| -> Result<Option<RecordBatch>> {
+                for v in &values {
+                    let used =
+                        d.decode(v).map_err(|e| Error::invalid_data(format!("the Avro value does not decode: {e}")))?;
+                    if used != v.len() {
+                        return Err(Error::invalid_data(format!(
+                            "the Avro value has {} bytes after its record",
+                            v.len() - used
+                        )));
+                    }
+                }
+                d.flush().map_err(|e| Error::invalid_data(format!("the Avro value does not decode: {e}")))
+            })();
+            let b = match res {
+                Ok(b) => b,
+                Err(e) => {
+                    // A decoder stopped mid-record is not reused.
+                    let fresh = avro_decoder(id, &self.avro_schema_of(id)?)?;
+                    cache.insert(id, fresh);
+                    return Err(e);
+                }
+            };
+            if let Some(b) = b {
+                if b.num_rows() != values.len() {
+                    return Err(Error::invalid_data(format!(
+                        "{} Avro values gave {} rows",
+                        values.len(),
+                        b.num_rows()
+                    )));
+                }
+                batches.push(self.by_name(&b)?);
+            }
+            Ok(())
+        };
+        for r in recs {
+            let v = r.value.as_deref().ok_or_else(|| Error::invalid_data("the record has no value"))?;
+            let id = confluent_id(v)?;
+            match &mut run {
+                Some((rid, vals)) if *rid == id => vals.push(v),
+                _ => {
+                    if let Some((rid, vals)) = run.take() {
+                        flush(rid, vals, &mut cache)?;
+                    }
+                    run = Some((id, vec![v]));
+                }
+            }
+        }
+        if let Some((rid, vals)) = run.take() {
+            flush(rid, vals, &mut cache)?;
+        }
+        Ok(datafusion::arrow::compute::concat_batches(&self.value_schema, &batches)?)
+    }
+
+    /// The value schema's columns from a decoded batch, by name, cast to the declared types.
+    fn by_name(&self, b: &RecordBatch) -> Result<RecordBatch> {
+        let mut cols = vec![];
+        for f in self.value_schema.fields() {
+            let c = b
+                .column_by_name(f.name())
+                .ok_or_else(|| Error::invalid_data(format!("the Avro record has no field '{}'", f.name())))?;
+            cols.push(if c.data_type() == f.data_type() {
+                c.clone()
+            } else {
+                datafusion::arrow::compute::cast(c, f.data_type()).map_err(|e| {
+                    Error::invalid_data(format!(
+                        "the Avro field '{}' does not convert to {}: {e}",
+                        f.name(),
+                        f.data_type()
+                    ))
+                })?
+            });
+        }
+        Ok(RecordBatch::try_new(self.value_schema.clone(), cols)?)
+    }
+
+    /// The writer schema of `id` as the registry gave it (cached in the decoders' map by id).
+    fn avro_schema_of(&self, id: u32) -> Result<String> {
+        let url = self.registry.as_deref().unwrap_or_default();
+        fetch_registry_schema(url, id)
+    }
+
+    /// Fetches the writer schema of every schema id in `recs` not seen before. Fails with `IO`
+    /// when the registry cannot be reached (the reader retries; the records wait in `pending`).
+    fn fetch_schemas(&mut self, recs: &BTreeMap<(usize, i32), Vec<Rec>>) -> Result<()> {
+        let mut ids: Vec<u32> =
+            recs.values().flatten().filter_map(|r| r.value.as_deref().and_then(|v| confluent_id(v).ok())).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            if self.avro.lock().contains_key(&id) {
+                continue;
+            }
+            // An id the registry does not have fails its records (on_error), not the source.
+            match self.avro_schema_of(id).and_then(|schema| avro_decoder(id, &schema)) {
+                Ok(d) => {
+                    self.avro.lock().insert(id, d);
+                }
+                Err(e) if e.kind() == crate::error::ErrorKind::Io => return Err(e),
+                Err(e) => log::warn!(target: "laminardb", "source '{}': {e}", self.source),
+            }
+        }
+        Ok(())
     }
 
     /// The name of a partition in positions and metrics: its number, or with `topic-pattern`
@@ -556,7 +702,7 @@ impl SourceReader for KafkaSource {
             return Ok(p);
         }
         let consumer = self.consumer.as_ref().expect("opened");
-        let mut by_part: BTreeMap<(usize, i32), Vec<Rec>> = BTreeMap::new();
+        let mut by_part: BTreeMap<(usize, i32), Vec<Rec>> = std::mem::take(&mut self.pending);
         let mut n = 0;
         let mut wait = Duration::from_millis(100);
         // librdkafka queues an error event per failed connection attempt and reconnects on its
@@ -602,6 +748,12 @@ impl SourceReader for KafkaSource {
             && n == 0
         {
             return Err(kafka_error(&format!("reading topic '{}'", clip(&self.topic)), &self.servers, e));
+        }
+        if self.format == Format::AvroConfluent
+            && let Err(e) = self.fetch_schemas(&by_part)
+        {
+            self.pending = by_part;
+            return Err(e);
         }
         for ((t, p), mut recs) in by_part {
             let key = self.key(t, p);
@@ -660,4 +812,73 @@ impl SourceReader for KafkaSource {
             log::warn!(target: "laminardb", "source '{}': committing the group's offsets: {e}", self.source);
         }
     }
+}
+
+/// The schema id of a Confluent-framed value (magic byte 0, 4-byte big-endian id).
+fn confluent_id(v: &[u8]) -> Result<u32> {
+    match v {
+        [0, a, b, c, d, ..] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => Err(Error::invalid_data(
+            "the value is not in Confluent's Avro framing (magic byte 0 and a 4-byte schema id)",
+        )),
+    }
+}
+
+/// A decoder of Confluent-framed values written with schema `id`.
+fn avro_decoder(id: u32, schema: &str) -> Result<arrow_avro::reader::Decoder> {
+    use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store
+        .set(Fingerprint::Id(id), AvroSchema::new(schema.to_string()))
+        .map_err(|e| Error::invalid_data(format!("Avro schema id {id}: {e}")))?;
+    arrow_avro::reader::ReaderBuilder::new()
+        .with_writer_schema_store(store)
+        .with_batch_size(1 << 20)
+        .build_decoder()
+        .map_err(|e| Error::invalid_data(format!("Avro schema id {id} from the registry: {e}")))
+}
+
+/// `GET <url>/schemas/ids/<id>` of a Confluent schema registry (plain HTTP/1.0): the schema's
+/// JSON text. An unreachable registry is `IO`; an answer without the schema is `INVALID_DATA`.
+fn fetch_registry_schema(url: &str, id: u32) -> Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, base) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let io =
+        |e: std::io::Error| Error::new(crate::error::ErrorKind::Io, format!("schema registry '{}': {e}", clip(url)));
+    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&addr).map_err(io)?.collect();
+    let a = addrs.first().ok_or_else(|| io(std::io::Error::other("no address")))?;
+    let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5)).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let req = format!(
+        "GET {base}/schemas/ids/{id} HTTP/1.0\r\nHost: {host}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(io)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(io)?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        let e = Error::invalid_data(format!(
+            "schema registry '{}' has no schema id {id}: {} {}",
+            clip(url),
+            clip(status),
+            clip(body)
+        ));
+        return Err(if status.split_whitespace().nth(1).is_some_and(|c| c.starts_with('5')) {
+            Error::new(crate::error::ErrorKind::Io, e.message().to_string())
+        } else {
+            e
+        });
+    }
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| Error::invalid_data(format!("schema registry '{}': the answer is not JSON: {e}", clip(url))))?;
+    v.get("schema").and_then(|s| s.as_str()).map(str::to_string).ok_or_else(|| {
+        Error::invalid_data(format!("schema registry '{}': the answer for id {id} has no 'schema'", clip(url)))
+    })
 }
