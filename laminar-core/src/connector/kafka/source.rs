@@ -306,29 +306,7 @@ impl KafkaSource {
                 };
                 Ok(RecordBatch::try_new(schema, vec![col])?)
             }
-            Format::Json => {
-                let mut d = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
-                    .with_batch_size(n.max(1))
-                    .build_decoder()?;
-                for r in recs {
-                    let v = r.value.as_deref().ok_or_else(|| bad("the record has no value".into()))?;
-                    let before = d.len();
-                    let mut rest = v;
-                    while !rest.is_empty() {
-                        let used = d.decode(rest)?;
-                        if used == 0 {
-                            break;
-                        }
-                        rest = &rest[used..];
-                    }
-                    d.decode(b"\n")?;
-                    if d.len() != before + 1 || d.has_partial_record() {
-                        return Err(bad(format!("the value holds {} JSON objects, not one", d.len() - before)));
-                    }
-                }
-                let b = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
-                Ok(b)
-            }
+            Format::Json => json_objects(schema, recs, n),
             Format::DebeziumJson => self.decode_debezium(recs, n),
             Format::AvroConfluent => self.decode_avro(recs),
             Format::Csv => {
@@ -377,25 +355,7 @@ impl KafkaSource {
             Field::new("after", row_type, true),
             Field::new("op", DataType::Utf8, true),
         ]));
-        let mut d =
-            datafusion::arrow::json::ReaderBuilder::new(envelope.clone()).with_batch_size(n.max(1)).build_decoder()?;
-        for r in recs {
-            let v = r.value.as_deref().ok_or_else(|| bad("the record has no value".into()))?;
-            let before = d.len();
-            let mut rest = v;
-            while !rest.is_empty() {
-                let used = d.decode(rest)?;
-                if used == 0 {
-                    break;
-                }
-                rest = &rest[used..];
-            }
-            d.decode(b"\n")?;
-            if d.len() != before + 1 || d.has_partial_record() {
-                return Err(bad(format!("the value holds {} JSON objects, not one", d.len() - before)));
-            }
-        }
-        let b = d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(envelope));
+        let b = json_objects(envelope, recs, n)?;
         let (before, after) = (b.column(0).as_struct(), b.column(1).as_struct());
         let op = b.column(2).as_string::<i32>();
         let mut deleted = Vec::with_capacity(b.num_rows());
@@ -881,4 +841,29 @@ fn fetch_registry_schema(url: &str, id: u32) -> Result<String> {
     v.get("schema").and_then(|s| s.as_str()).map(str::to_string).ok_or_else(|| {
         Error::invalid_data(format!("schema registry '{}': the answer for id {id} has no 'schema'", clip(url)))
     })
+}
+
+/// The values of `n` records, each one JSON object, as rows of `schema` (an error names a value
+/// that is missing or holds other than one object).
+fn json_objects<'a>(schema: SchemaRef, recs: impl Iterator<Item = &'a Rec>, n: usize) -> Result<RecordBatch> {
+    let bad = |m: String| Error::invalid_data(m);
+    let mut d =
+        datafusion::arrow::json::ReaderBuilder::new(schema.clone()).with_batch_size(n.max(1)).build_decoder()?;
+    for r in recs {
+        let v = r.value.as_deref().ok_or_else(|| bad("the record has no value".into()))?;
+        let before = d.len();
+        let mut rest = v;
+        while !rest.is_empty() {
+            let used = d.decode(rest)?;
+            if used == 0 {
+                break;
+            }
+            rest = &rest[used..];
+        }
+        d.decode(b"\n")?;
+        if d.len() != before + 1 || d.has_partial_record() {
+            return Err(bad(format!("the value holds {} JSON objects, not one", d.len() - before)));
+        }
+    }
+    Ok(d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema)))
 }
