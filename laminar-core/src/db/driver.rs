@@ -231,10 +231,10 @@ pub(super) fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl F
     }
 }
 
-/// Applies one batch of a source (`position`: a connector's, of the batch's partition).
 /// The column a connector appends to a batch for a table to mark rows that delete their key.
 pub(crate) const DELETED: &str = "__deleted";
 
+/// Applies one batch of a source (`position`: a connector's, of the batch's partition).
 pub(super) fn on_source_batch(
     inner: &DbInner,
     eng: &mut Engine,
@@ -300,11 +300,7 @@ pub(super) fn on_source_batch(
         s.batches_in += 1;
         if let Some(t) = &mut s.table {
             // A table turns upserts into its changelog: −old (when the key had a row), +new.
-            let changes = match &deleted {
-                Some(d) => t.apply(&batch, d),
-                None => t.upsert(&batch),
-            };
-            match changes {
+            match t.apply(&batch, deleted.as_ref()) {
                 Ok(Some(changes)) => feed(inner, eng, source, &[changes]),
                 Ok(None) => {}
                 Err(e) => fail_readers(eng, source, e),

@@ -178,10 +178,15 @@ pub(super) struct ConnectorOutput {
 
 impl ConnectorOutput {
     pub(super) fn writer(&self) -> Result<SourceWriter> {
+        self.writer_for(&self.queue)
+    }
+
+    /// A connector's writer into `queue` (the source's, or its dead-letter source's).
+    fn writer_for(&self, queue: &Arc<SourceQueue>) -> Result<SourceWriter> {
         let inner = self.db.upgrade().ok_or_else(Error::closed)?;
         Ok(SourceWriter {
             db: Database { inner },
-            queue: self.queue.clone(),
+            queue: queue.clone(),
             interrupts: Arc::new(AtomicU64::new(0)),
             connector: true,
         })
@@ -190,7 +195,7 @@ impl ConnectorOutput {
 
 impl connector::SourceOutput for ConnectorOutput {
     fn write(&mut self, batch: RecordBatch, position: Position) -> Result<()> {
-        let w = self.writer()?;
+        let mut w = self.writer()?;
         // A change-data-capture batch: the rows conformed, the `__deleted` flags kept after them.
         if batch.num_columns() == self.queue.schema.fields().len() + 1
             && batch.schema().fields().last().is_some_and(|f| f.name() == super::driver::DELETED)
@@ -205,7 +210,6 @@ impl connector::SourceOutput for ConnectorOutput {
             cols.push(flags);
             return w.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?, Some(position));
         }
-        let mut w = w;
         w.write_at(batch, Some(position))
     }
 
@@ -243,15 +247,8 @@ impl connector::SourceOutput for ConnectorOutput {
                 datafusion::arrow::compute::filter_record_batch(&batch, &keep)?
             }
         };
-        let inner = self.db.upgrade().ok_or_else(Error::closed)?;
-        let w = SourceWriter {
-            db: Database { inner },
-            queue: q.clone(),
-            interrupts: Arc::new(AtomicU64::new(0)),
-            connector: true,
-        };
         let batch = conform(&q.name, &q.schema, &batch)?;
-        w.push(batch, Some(Position { partition, offset: position.offset, finished: false }))
+        self.writer_for(q)?.push(batch, Some(Position { partition, offset: position.offset, finished: false }))
     }
 
     fn take_checkpointed(&self) -> Option<Positions> {

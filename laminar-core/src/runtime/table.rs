@@ -55,31 +55,16 @@ impl TableState {
 
     /// Applies a batch of rows in order (a later row of a key replaces an earlier one).
     pub(crate) fn upsert(&mut self, batch: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
-        let krows = self.key_conv.convert_columns(&keys)?;
-        let rows = self.row_conv.convert_columns(batch.columns())?;
-        let mut out = vec![];
-        for i in 0..batch.num_rows() {
-            let new = rows.row(i).owned();
-            match self.rows.insert(krows.row(i).owned(), new.clone()) {
-                Some(old) if old == new => {}
-                Some(old) => {
-                    out.push((old, -1));
-                    out.push((new, 1));
-                }
-                None => out.push((new, 1)),
-            }
-        }
-        self.changes(out)
+        self.apply(batch, None)
     }
 
     /// Applies a batch of changes in order: where `deleted` is true the row with that key is
     /// removed (a change-data-capture delete: only the key columns matter), elsewhere the row
-    /// is upserted.
+    /// is upserted (a later row of a key replaces an earlier one).
     pub(crate) fn apply(
         &mut self,
         batch: &RecordBatch,
-        deleted: &datafusion::arrow::array::BooleanArray,
+        deleted: Option<&datafusion::arrow::array::BooleanArray>,
     ) -> Result<Option<RecordBatch>> {
         let keys: Vec<ArrayRef> = self.key_idx.iter().map(|&i| batch.column(i).clone()).collect();
         let krows = self.key_conv.convert_columns(&keys)?;
@@ -87,7 +72,7 @@ impl TableState {
         let mut out = vec![];
         for i in 0..batch.num_rows() {
             let key = krows.row(i).owned();
-            if datafusion::arrow::array::Array::is_valid(deleted, i) && deleted.value(i) {
+            if deleted.is_some_and(|d| datafusion::arrow::array::Array::is_valid(d, i) && d.value(i)) {
                 if let Some(old) = self.rows.remove(&key) {
                     out.push((old, -1));
                 }

@@ -77,7 +77,8 @@ pub(crate) struct KafkaSource {
     pending: BTreeMap<(usize, i32), Vec<Rec>>,
     /// `avro-confluent`: the registry's URL and a decoder per writer schema id.
     registry: Option<String>,
-    avro: parking_lot::Mutex<std::collections::HashMap<u32, arrow_avro::reader::Decoder>>,
+    /// Per writer schema id: its text (to rebuild the decoder after a bad value) and decoder.
+    avro: parking_lot::Mutex<std::collections::HashMap<u32, (String, arrow_avro::reader::Decoder)>>,
     stats: crate::connector::SourceStats,
     /// When the partitions' high watermarks (for the lag) were last asked for.
     lag_checked: Option<std::time::Instant>,
@@ -392,8 +393,11 @@ impl KafkaSource {
         let mut batches = vec![];
         let mut run: Option<(u32, Vec<&[u8]>)> = None;
         let mut cache = self.avro.lock();
-        let mut flush = |id: u32, values: Vec<&[u8]>, cache: &mut std::collections::HashMap<u32, _>| -> Result<()> {
-            let d: &mut arrow_avro::reader::Decoder = cache
+        let mut flush = |id: u32,
+                         values: Vec<&[u8]>,
+                         cache: &mut std::collections::HashMap<u32, (String, arrow_avro::reader::Decoder)>|
+         -> Result<()> {
+            let (schema, d) = cache
                 .get_mut(&id)
                 .ok_or_else(|| Error::invalid_data(format!("the registry has no writer schema of id {id}")))?;
             let res = (|| -> Result<Option<RecordBatch>> {
@@ -413,8 +417,7 @@ impl KafkaSource {
                 Ok(b) => b,
                 Err(e) => {
                     // A decoder stopped mid-record is not reused.
-                    let fresh = avro_decoder(id, &self.avro_schema_of(id)?)?;
-                    cache.insert(id, fresh);
+                    *d = avro_decoder(id, schema)?;
                     return Err(e);
                 }
             };
@@ -489,9 +492,9 @@ impl KafkaSource {
                 continue;
             }
             // An id the registry does not have fails its records (on_error), not the source.
-            match self.avro_schema_of(id).and_then(|schema| avro_decoder(id, &schema)) {
-                Ok(d) => {
-                    self.avro.lock().insert(id, d);
+            match self.avro_schema_of(id).and_then(|schema| Ok((avro_decoder(id, &schema)?, schema))) {
+                Ok((d, schema)) => {
+                    self.avro.lock().insert(id, (schema, d));
                 }
                 Err(e) if e.kind() == crate::error::ErrorKind::Io => return Err(e),
                 Err(e) => log::warn!(target: "laminardb", "source '{}': {e}", self.source),
