@@ -352,8 +352,12 @@ EOF
     t0="$(now)"
     rm -rf "$data"
     local cid
-    # A cluster id is a base64url UUID (22 characters); made here to spare a JVM start.
-    cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    # A cluster id is a base64url UUID (22 characters); made here to spare a JVM start. One
+    # that starts with '-' would read as an option (1 in 64 runs failed so), so it is redrawn.
+    cid=-
+    while [ "${cid#-}" != "$cid" ]; do
+      cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    done
     if ! kafka_tool kafka.tools.StorageTool format -t "$cid" -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/format.log" 2>&1; then
       cat "$KAFKA_DIR/logs/format.log" >&2
       die "kafka: formatting the storage in $data failed"
