@@ -73,6 +73,12 @@ fn read_committed(b: &str, topic: &str) -> Vec<String> {
 
 /// Every committed record of `topic` as (key, value), `None` for a missing key or a tombstone.
 fn read_records(b: &str, topic: &str) -> Vec<(Option<String>, Option<String>)> {
+    let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8(b).unwrap());
+    read_bytes(b, topic).into_iter().map(|(k, v)| (text(k), text(v))).collect()
+}
+
+/// Every committed record of `topic` as (key, value) bytes.
+fn read_bytes(b: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", b)
         .set("group.id", unique("reader"))
@@ -94,8 +100,7 @@ fn read_records(b: &str, topic: &str) -> Vec<(Option<String>, Option<String>)> {
     loop {
         if let Some(m) = c.poll(Duration::from_millis(200)) {
             let m = m.unwrap();
-            let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8(b.to_vec()).unwrap());
-            out.push((text(m.key()), text(m.payload())));
+            out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
         }
         let pos = c.position().unwrap();
         let done = parts.iter().zip(&ends).all(|(p, end)| match pos.find_partition(topic, *p).map(|e| e.offset()) {
@@ -697,50 +702,105 @@ fn debezium_json_into_a_table_upserts_and_deletes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A stand-in for a Confluent schema registry: `GET /schemas/ids/{id}` answers
-/// `{"schema": "<the schema's JSON text>"}` for the ids given, 404 for others (the documented
-/// REST subset a reader uses). Returns its URL.
+/// A stand-in for a Confluent schema registry, the documented REST subset that readers and
+/// writers use: `GET /schemas/ids/{id}` answers `{"schema": "<the schema's JSON text>"}` for a
+/// known id, 404 for others; `POST /subjects/{subject}/versions` with `{"schema": "…"}`
+/// registers the schema (the same text again gets the same id) and answers `{"id": N}`.
+/// Returns its URL.
 fn stand_in_registry(schemas: Vec<(u32, String)>) -> String {
     stand_in_registry_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), schemas)
 }
 
+type Registered = std::sync::Arc<std::sync::Mutex<Vec<(u32, String, String)>>>;
+
 fn stand_in_registry_on(l: std::net::TcpListener, schemas: Vec<(u32, String)>) -> String {
+    let reg: Registered =
+        std::sync::Arc::new(std::sync::Mutex::new(schemas.into_iter().map(|(i, s)| (i, String::new(), s)).collect()));
+    stand_in_registry_shared(l, reg)
+}
+
+/// The stand-in registry over `reg`: (id, subject, schema) of every schema it holds.
+fn stand_in_registry_shared(l: std::net::TcpListener, reg: Registered) -> String {
     use std::io::{Read, Write};
     let url = format!("http://{}", l.local_addr().unwrap());
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            // The request line and headers, up to the blank line.
+            // The request line and headers, up to the blank line, then Content-Length bytes.
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let head_end = loop {
+                if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break None,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&req[..head_end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while req.len() < head_end + len {
                 match s.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
             }
-            let req = String::from_utf8_lossy(&req).to_string();
-            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
-            let found = path
-                .strip_prefix("/schemas/ids/")
-                .and_then(|id| id.parse::<u32>().ok())
-                .and_then(|id| schemas.iter().find(|(i, _)| *i == id));
-            let resp = match found {
-                Some((_, schema)) => {
-                    let body = format!("{{\"schema\":{}}}", json_string(schema));
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
+            let body = String::from_utf8_lossy(&req[head_end..]).to_string();
+            let mut words = head.split_whitespace();
+            let (method, path) = (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
+            let ok = |body: String| {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let not_found = || {
+                let body = "{\"error_code\":40403,\"message\":\"Schema not found\"}";
+                format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            };
+            let mut reg = reg.lock().unwrap();
+            let resp = if method == "GET" {
+                let found = path
+                    .strip_prefix("/schemas/ids/")
+                    .and_then(|id| id.parse::<u32>().ok())
+                    .and_then(|id| reg.iter().find(|(i, _, _)| *i == id));
+                match found {
+                    Some((_, _, schema)) => ok(format!("{{\"schema\":{}}}", json_string(schema))),
+                    None => not_found(),
                 }
-                None => {
-                    let body = "{\"error_code\":40403,\"message\":\"Schema not found\"}";
-                    format!(
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
+            } else {
+                let subject = path.strip_prefix("/subjects/").and_then(|p| p.strip_suffix("/versions"));
+                let schema = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("schema").and_then(|s| s.as_str()).map(str::to_string));
+                match (subject, schema) {
+                    (Some(subject), Some(schema)) => {
+                        let id = match reg.iter().find(|(_, _, s)| *s == schema) {
+                            Some((id, _, _)) => *id,
+                            None => {
+                                let id = reg.iter().map(|(i, _, _)| *i).max().unwrap_or(0) + 1;
+                                reg.push((id, subject.to_string(), schema));
+                                id
+                            }
+                        };
+                        ok(format!("{{\"id\":{id}}}"))
+                    }
+                    _ => {
+                        let body = "{\"error_code\":42201,\"message\":\"Invalid schema\"}";
+                        format!(
+                            "HTTP/1.1 422 Unprocessable Entity\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
                 }
             };
+            drop(reg);
             let _ = s.write_all(resp.as_bytes());
         }
     });
@@ -855,4 +915,156 @@ fn avro_confluent_through_a_stand_in_registry() {
     );
     let rows = mv_rows(&db, "SELECT id, name, ts FROM ov2", 100);
     assert_eq!(rows, want);
+}
+
+/// Reads a zig-zag varint (Avro `int`/`long`) at `*at`.
+fn read_avro_long(b: &[u8], at: &mut usize) -> i64 {
+    let (mut z, mut shift) = (0u64, 0);
+    loop {
+        let byte = b[*at];
+        *at += 1;
+        z |= u64::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return (z >> 1) as i64 ^ -((z & 1) as i64);
+        }
+    }
+}
+
+/// A datum of the record (`id` nullable long, `name` nullable string), decoded by hand: each
+/// field a union branch (0 null, 1 the value) and the value.
+fn read_id_name(b: &[u8]) -> String {
+    let mut at = 0;
+    let id = match read_avro_long(b, &mut at) {
+        0 => "null".to_string(),
+        _ => read_avro_long(b, &mut at).to_string(),
+    };
+    let name = match read_avro_long(b, &mut at) {
+        0 => "null".to_string(),
+        _ => {
+            let n = read_avro_long(b, &mut at) as usize;
+            at += n;
+            String::from_utf8(b[at - n..at].to_vec()).unwrap()
+        }
+    };
+    assert_eq!(at, b.len(), "bytes after the datum");
+    format!("{id}|{name}")
+}
+
+/// Avro sinks: `avro-confluent` registers the schema derived from the input under
+/// `<topic>-value` and frames each datum with its id; plain `avro` writes bare datums; both
+/// decoded here by hand, and read back by the engine's own `avro-confluent` and `avro` sources.
+/// A plain `avro` source with an explicit `avro.schema` reads hand-encoded datums; a
+/// truncated one is malformed.
+#[test]
+fn avro_sinks_register_the_schema_and_plain_avro_reads_back() {
+    let b = broker();
+    let (conf, plain, hand) = (unique("avro-conf"), unique("avro-plain"), unique("avro-hand"));
+    for t in [&conf, &plain, &hand] {
+        create_topic(&b, t, 1);
+    }
+    let reg: Registered = Default::default();
+    let url = stand_in_registry_shared(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), reg.clone());
+    // Durability `checkpoint`: the exactly-once sinks commit each epoch after its checkpoint.
+    let dir = common_tmp("avro-sinks");
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", "1h").unwrap();
+    let db = Database::open(&dir, cfg).unwrap();
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE y (a BIGINT) FROM KAFKA WITH (topic = '{plain}', 'properties.bootstrap.servers' = '{b}', format = 'json', 'avro.schema' = '{{}}')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("'avro.schema' needs format = 'avro'"), "{e}");
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE y (a BIGINT) FROM KAFKA WITH (topic = '{plain}', 'properties.bootstrap.servers' = '{b}', format = 'avro', 'avro.schema' = 'not json')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("'avro.schema'"), "{e}");
+    db.execute(&format!(
+        "CREATE SOURCE ev (id BIGINT, name VARCHAR);
+         CREATE SINK c FROM ev INTO KAFKA WITH (topic = '{conf}', 'properties.bootstrap.servers' = '{b}', format = 'avro-confluent', 'avro-confluent.url' = '{url}');
+         CREATE SINK p FROM ev INTO KAFKA WITH (topic = '{plain}', 'properties.bootstrap.servers' = '{b}', format = 'avro')"
+    ))
+    .unwrap();
+    // Registered at CREATE SINK, under the topic's value subject.
+    {
+        let r = reg.lock().unwrap();
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].1, format!("{conf}-value"));
+        let schema: serde_json::Value = serde_json::from_str(&r[0].2).unwrap();
+        let names: Vec<&str> =
+            schema["fields"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["id", "name"]);
+    }
+    let id = reg.lock().unwrap()[0].0;
+    db.execute("INSERT INTO ev VALUES (1, 'one'), (2, NULL), (NULL, 'three'), (4, 'héllo')").unwrap();
+    db.flush().unwrap();
+    db.checkpoint().unwrap();
+    let mut want = vec!["1|one", "2|null", "null|three", "4|héllo"];
+    want.sort();
+    let framed = read_bytes(&b, &conf);
+    let mut got: Vec<String> = framed
+        .iter()
+        .map(|(_, v)| {
+            let v = v.as_deref().unwrap();
+            assert_eq!(v[0], 0, "magic byte");
+            assert_eq!(u32::from_be_bytes(v[1..5].try_into().unwrap()), id, "schema id");
+            read_id_name(&v[5..])
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want);
+    let mut got: Vec<String> =
+        read_bytes(&b, &plain).iter().map(|(_, v)| read_id_name(v.as_deref().unwrap())).collect();
+    got.sort();
+    assert_eq!(got, want);
+    // Read back by the engine's sources (the derived schema; the registry by id).
+    db.execute(&format!(
+        "CREATE SOURCE rc (id BIGINT, name VARCHAR) FROM KAFKA WITH (topic = '{conf}', 'properties.bootstrap.servers' = '{b}', format = 'avro-confluent', 'avro-confluent.url' = '{url}');
+         CREATE SOURCE rp (id BIGINT, name VARCHAR) FROM KAFKA WITH (topic = '{plain}', 'properties.bootstrap.servers' = '{b}', format = 'avro');
+         CREATE MATERIALIZED VIEW vc AS SELECT id, name FROM rc;
+         CREATE MATERIALIZED VIEW vp AS SELECT id, name FROM rp"
+    ))
+    .unwrap();
+    let want_rows = ["1|one", "2|", "4|héllo", "|three"];
+    let mut w: Vec<String> = want_rows.iter().map(|s| s.to_string()).collect();
+    w.sort();
+    let norm = |rows: Vec<String>| {
+        let mut r: Vec<String> = rows.into_iter().map(|r| r.replace("NULL", "")).collect();
+        r.sort();
+        r
+    };
+    assert_eq!(norm(mv_rows(&db, "SELECT id, name FROM vc", 4)), w);
+    assert_eq!(norm(mv_rows(&db, "SELECT id, name FROM vp", 4)), w);
+
+    // Plain avro with an explicit writer schema (not nullable, another field order, a field
+    // the source does not declare), hand-encoded; one datum cut short.
+    let schema = r#"{"type":"record","name":"R","fields":[{"name":"name","type":"string"},{"name":"extra","type":"long"},{"name":"id","type":"long"}]}"#;
+    let p = producer(&b);
+    for i in 0..10i64 {
+        let mut body = vec![];
+        avro_string(&mut body, &format!("n{i}"));
+        avro_long(&mut body, 99);
+        avro_long(&mut body, i);
+        if i == 5 {
+            body.truncate(2);
+        }
+        p.send(BaseRecord::<(), [u8]>::to(&hand).partition(0).payload(&body[..])).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    db.execute(&format!(
+        "CREATE SOURCE h (id BIGINT, name VARCHAR) FROM KAFKA WITH (topic = '{hand}', 'properties.bootstrap.servers' = '{b}',
+             format = 'avro', 'avro.schema' = '{schema}', on_error = 'skip');
+         CREATE MATERIALIZED VIEW vh AS SELECT id, name FROM h"
+    ))
+    .unwrap();
+    let mut w: Vec<String> = (0..10).filter(|i| *i != 5).map(|i| format!("{i}|n{i}")).collect();
+    w.sort();
+    assert_eq!(mv_rows(&db, "SELECT id, name FROM vh", 9), w);
+    let m = db.metrics().unwrap();
+    let st = &m.sources.iter().find(|s| s.name == "h").unwrap().partitions[0].1;
+    assert_eq!((st.records, st.malformed), (10, 1), "{st:?}");
 }

@@ -9,8 +9,10 @@
 //! | `topic-pattern` | source | instead of `topic`: a regular expression over whole topic names, resolved when the reader opens |
 //! | `properties.bootstrap.servers` | both | the brokers, `host:port,…` |
 //! | `properties.<name>` | both | passed to librdkafka as `<name>` (`properties.group.id`, `properties.security.protocol`, …) |
-//! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column), `debezium-json` (change envelopes: a source into a table, a sink from a changelog), `avro-confluent` (source: Confluent-framed Avro) |
-//! | `avro-confluent.url` | source | the schema registry (`http://…`) the writer schemas are fetched from, by id |
+//! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column), `debezium-json` (change envelopes: a source into a table, a sink from a changelog), `avro` (one Avro binary datum per record, no framing), `avro-confluent` (Avro in Confluent's framing: magic byte 0, the schema id, the datum) |
+//! | `avro.schema` | source | with `avro`: the writer schema (Avro JSON); default the schema derived from the declared columns (below) |
+//! | `avro-confluent.url` | both | the schema registry (`http://…`): a source fetches writer schemas by id (`GET /schemas/ids/<id>`); a sink registers the derived schema (`POST /subjects/<subject>/versions`) and writes with its id |
+//! | `avro-confluent.subject` | sink | the subject registered under (default `<topic>-value`) |
 //! | `scan.startup.mode` | source | where partitions without a recorded offset start: `earliest-offset` (default), `latest-offset`, `group-offsets` (the group's committed offsets, else earliest), `timestamp` |
 //! | `scan.startup.timestamp-millis` | source | for `timestamp`: the first record at or after this time (ms since the epoch) |
 //! | `scan.max-batch-records` | source | records per poll at most, over all partitions (default 100000) |
@@ -20,6 +22,11 @@
 //! | `key` | sink | columns written as the record key (a JSON object, or a CSV line); none by default. A changelog input with a key is written as upserts with tombstones |
 //! | `sink.delivery-guarantee` | sink | `exactly-once` (default) or `at-least-once` |
 //! | `sink.transactional-id` | sink | the transactional id (default `laminardb-<sink>-<topic>`); one writer per id |
+//!
+//! The derived Avro schema is arrow-avro's: a record named `topLevelRecord` with one field per
+//! column, a nullable column as a union with `null` first, `BIGINT` as `long`, `DOUBLE` as
+//! `double`, `VARCHAR` as `string`, `TIMESTAMP` as `long` with a timestamp logical type. A sink
+//! writes record keys as JSON with the Avro formats.
 //!
 //! Source metadata columns, filled when declared: `_key` (`VARCHAR` or `BYTES`), `_partition`
 //! (`INT`/`BIGINT`), `_offset` (`BIGINT`), `_timestamp` (`TIMESTAMP`), `_topic` (`VARCHAR`).
@@ -62,9 +69,13 @@ enum Format {
     Json,
     Csv,
     Raw,
-    /// Source only: Avro in Confluent's framing (magic byte 0, a 4-byte schema id, the body),
-    /// the writer schemas fetched from the registry at `avro-confluent.url`.
+    /// Avro in Confluent's framing (magic byte 0, a 4-byte schema id, the body): a source
+    /// fetches the writer schemas from the registry at `avro-confluent.url` by id; a sink
+    /// registers the schema derived from its input there and writes with its id.
     AvroConfluent,
+    /// One Avro binary datum per value, no framing: the writer schema is `avro.schema` (source)
+    /// or the one derived from the columns.
+    Avro,
     /// Debezium change envelopes (`before`, `after`, `op`): a source into a table applies them
     /// as upserts and deletes; a sink writes a changelog as them.
     DebeziumJson,
@@ -72,17 +83,113 @@ enum Format {
 
 fn format_option(o: &mut Options, sink: bool) -> Result<Format> {
     let choices: &[&'static str] = if sink {
-        &["json", "csv", "debezium-json"]
+        &["json", "csv", "debezium-json", "avro", "avro-confluent"]
     } else {
-        &["json", "csv", "raw", "debezium-json", "avro-confluent"]
+        &["json", "csv", "raw", "debezium-json", "avro", "avro-confluent"]
     };
     Ok(match o.choice("format", choices, "json")? {
         "csv" => Format::Csv,
         "debezium-json" => Format::DebeziumJson,
         "avro-confluent" => Format::AvroConfluent,
+        "avro" => Format::Avro,
         "raw" => Format::Raw,
         _ => Format::Json,
     })
+}
+
+/// `avro-confluent.url`: required with `avro-confluent`, refused with any other format.
+fn registry_option(o: &mut Options, format: Format, what: &str) -> Result<Option<String>> {
+    let registry = o.get("avro-confluent.url");
+    match (format, &registry) {
+        (Format::AvroConfluent, None) => Err(Error::invalid_argument(format!(
+            "{what}: format 'avro-confluent' needs the option 'avro-confluent.url' (the schema registry, http://host:port)"
+        ))),
+        (Format::AvroConfluent, Some(u)) if !u.trim().starts_with("http://") => Err(Error::invalid_argument(format!(
+            "{what}: 'avro-confluent.url' must be an http:// URL (https is not built in), got '{}'",
+            clip(u)
+        ))),
+        (Format::AvroConfluent, Some(u)) => Ok(Some(u.trim().trim_end_matches('/').to_string())),
+        (_, Some(_)) => {
+            Err(Error::invalid_argument(format!("{what}: option 'avro-confluent.url' needs format = 'avro-confluent'")))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// One request to a Confluent schema registry (plain HTTP/1.0, `Connection: close`): the JSON
+/// answer of a 200. An unreachable registry or a 5xx answer is `IO` (retried by a source's
+/// reader); another answer is `INVALID_DATA` with the registry's message.
+fn registry_call(url: &str, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, base) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("schema registry '{}': {e}", clip(url)));
+    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&addr).map_err(io)?.collect();
+    let a = addrs.first().ok_or_else(|| io(std::io::Error::other("no address")))?;
+    let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5)).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let mut req = format!(
+        "{method} {base}{path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\n"
+    );
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).map_err(io)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(io)?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("");
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    if code != "200" {
+        let m = format!("schema registry '{}': {method} {path}: {} {}", clip(url), clip(status), clip(body));
+        return Err(if code.starts_with('5') || code.is_empty() {
+            Error::new(ErrorKind::Io, m)
+        } else {
+            Error::invalid_data(m)
+        });
+    }
+    serde_json::from_str(body)
+        .map_err(|e| Error::invalid_data(format!("schema registry '{}': the answer is not JSON: {e}", clip(url))))
+}
+
+/// `GET /schemas/ids/<id>`: the writer schema's JSON text.
+fn registry_schema(url: &str, id: u32) -> Result<String> {
+    let v = registry_call(url, "GET", &format!("/schemas/ids/{id}"), None)?;
+    v.get("schema").and_then(|s| s.as_str()).map(str::to_string).ok_or_else(|| {
+        Error::invalid_data(format!("schema registry '{}': the answer for id {id} has no 'schema'", clip(url)))
+    })
+}
+
+/// `POST /subjects/<subject>/versions`: registers `schema` (or finds it registered) and gives
+/// its id.
+fn registry_register(url: &str, subject: &str, schema: &str) -> Result<u32> {
+    let body = serde_json::json!({ "schema": schema }).to_string();
+    let v = registry_call(url, "POST", &format!("/subjects/{subject}/versions"), Some(&body))?;
+    v.get("id").and_then(serde_json::Value::as_u64).and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+        Error::invalid_data(format!(
+            "schema registry '{}': the answer to registering under '{}' has no 'id'",
+            clip(url),
+            clip(subject)
+        ))
+    })
+}
+
+/// The Avro schema (JSON text) that arrow-avro derives from `schema`: a record of its columns,
+/// a nullable column as a union with `null` first.
+fn derived_avro_schema(schema: &datafusion::arrow::datatypes::Schema, what: &str) -> Result<String> {
+    arrow_avro::schema::AvroSchema::try_from(schema)
+        .map(|s| s.json_string)
+        .map_err(|e| Error::invalid_argument(format!("{what}: no Avro schema for these columns: {e}")))
 }
 
 /// `properties.bootstrap.servers` (required) and every other `properties.*` option.

@@ -42,6 +42,12 @@ pub(crate) struct KafkaSink {
     servers: String,
     config: ClientConfig,
     format: Format,
+    /// `avro-confluent`: the registry, the subject, and the id of each schema registered.
+    registry: Option<String>,
+    subject: String,
+    avro_ids: std::collections::HashMap<String, u32>,
+    /// The input's columns.
+    schema: SchemaRef,
     key: Vec<String>,
     exactly_once: bool,
     txn_id: String,
@@ -61,6 +67,14 @@ impl KafkaSink {
         let topic = o.required("topic")?;
         let (servers, config) = client_config(&mut o)?;
         let format = format_option(&mut o, true)?;
+        let registry = registry_option(&mut o, format, &format!("KAFKA sink '{sink}'"))?;
+        let subject = o.get("avro-confluent.subject");
+        if registry.is_none() && subject.is_some() {
+            return Err(Error::invalid_argument(format!(
+                "KAFKA sink '{sink}': option 'avro-confluent.subject' needs format = 'avro-confluent'"
+            )));
+        }
+        let subject = subject.unwrap_or_else(|| format!("{topic}-value"));
         let key: Vec<String> = match o.get("key") {
             None => vec![],
             Some(k) => k.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
@@ -85,6 +99,10 @@ impl KafkaSink {
             servers,
             config,
             format,
+            registry,
+            subject,
+            avro_ids: Default::default(),
+            schema,
             key,
             exactly_once,
             txn_id,
@@ -134,6 +152,16 @@ impl KafkaSink {
             self.marker = Some(marker);
         }
         self.producer = Some(p);
+        if self.registry.is_some() {
+            // The value schema registered now, so that an unreachable registry fails here and
+            // not inside an epoch's transaction.
+            let mut cols: Vec<usize> = (0..self.schema.fields().len()).collect();
+            if !self.key.is_empty() && self.schema.fields().last().is_some_and(|f| f.name() == "__weight") {
+                cols.pop();
+            }
+            let values = RecordBatch::new_empty(self.schema.clone()).project(&cols)?;
+            self.avro_rows(&values)?;
+        }
         Ok(())
     }
 
@@ -160,7 +188,7 @@ impl KafkaSink {
     /// value, or a tombstone if that row is a retraction (for one key the `-1` comes before the
     /// `+1`, so an update is one record); without, each row with its `__weight`. `debezium-json`:
     /// envelopes, a retraction and an insert of one key in the batch paired as an update.
-    fn serialize(&self, batch: &RecordBatch) -> Result<Vec<Rec>> {
+    fn serialize(&mut self, batch: &RecordBatch) -> Result<Vec<Rec>> {
         use datafusion::arrow::array::AsArray;
         use datafusion::arrow::datatypes::Int64Type;
         let keys = if self.key.is_empty() {
@@ -168,23 +196,23 @@ impl KafkaSink {
         } else {
             let idx: Vec<usize> =
                 self.key.iter().map(|k| batch.schema().index_of(k)).collect::<std::result::Result<_, _>>()?;
-            Some(self.lines(&batch.project(&idx)?)?)
+            Some(self.lines(&batch.project(&idx)?, true)?)
         };
         let key_of = |i: usize| keys.as_ref().map(|k| k[i].clone());
         let changelog = batch.schema().fields().last().is_some_and(|f| f.name() == "__weight");
         if !changelog {
             let values = if self.format == Format::DebeziumJson {
-                self.lines(batch)?.into_iter().map(|v| envelope(None, Some(&v), "c")).collect()
+                self.lines(batch, false)?.into_iter().map(|v| envelope(None, Some(&v), "c")).collect()
             } else {
-                self.lines(batch)?
+                self.lines(batch, false)?
             };
             return Ok(values.into_iter().enumerate().map(|(i, v)| (key_of(i), Some(v))).collect());
         }
         if keys.is_none() && self.format != Format::DebeziumJson {
-            return Ok(self.lines(batch)?.into_iter().map(|v| (None, Some(v))).collect());
+            return Ok(self.lines(batch, false)?.into_iter().map(|v| (None, Some(v))).collect());
         }
         let w = batch.column(batch.num_columns() - 1).as_primitive::<Int64Type>().clone();
-        let rows = self.lines(&batch.project(&(0..batch.num_columns() - 1).collect::<Vec<_>>())?)?;
+        let rows = self.lines(&batch.project(&(0..batch.num_columns() - 1).collect::<Vec<_>>())?, false)?;
         let mut out = vec![];
         match &keys {
             Some(k) => {
@@ -227,8 +255,11 @@ impl KafkaSink {
         Ok(out)
     }
 
-    /// One line per row, in the sink's format.
-    fn lines(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    /// One value per row in the sink's format (a key: JSON with the Avro formats).
+    fn lines(&mut self, batch: &RecordBatch, key: bool) -> Result<Vec<Vec<u8>>> {
+        if !key && matches!(self.format, Format::Avro | Format::AvroConfluent) {
+            return self.avro_rows(batch);
+        }
         let mut buf = Vec::new();
         match self.format {
             Format::Csv => {
@@ -254,6 +285,41 @@ impl KafkaSink {
             )));
         }
         Ok(out)
+    }
+
+    /// One Avro datum per row, with the schema arrow-avro derives from the batch's columns;
+    /// `avro-confluent`: in Confluent's framing with the id the registry gave that schema
+    /// (registered under `avro-confluent.subject` the first time it is used).
+    fn avro_rows(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        use arrow_avro::schema::FingerprintStrategy;
+        use arrow_avro::writer::WriterBuilder;
+        use arrow_avro::writer::format::{AvroBinaryFormat, AvroSoeFormat};
+        let what = format!("KAFKA sink '{}'", self.sink);
+        let schema = batch.schema();
+        let text = derived_avro_schema(&schema, &what)?;
+        let builder = WriterBuilder::new(schema.as_ref().clone());
+        let avro = |e: arrow_avro::errors::AvroError| Error::invalid_argument(format!("{what}: Avro: {e}"));
+        let mut enc = match &self.registry {
+            None => builder.build_encoder::<AvroBinaryFormat>().map_err(avro)?,
+            Some(url) => {
+                let id = match self.avro_ids.get(&text) {
+                    Some(id) => *id,
+                    None => {
+                        let id = registry_register(url, &self.subject, &text)
+                            .map_err(|e| Error::new(e.kind(), format!("{what}: {}", e.message())))?;
+                        self.avro_ids.insert(text, id);
+                        id
+                    }
+                };
+                builder
+                    .with_fingerprint_strategy(FingerprintStrategy::Id(id))
+                    .build_encoder::<AvroSoeFormat>()
+                    .map_err(avro)?
+            }
+        };
+        enc.encode(batch).map_err(avro)?;
+        let rows = enc.flush();
+        Ok(rows.iter().map(|b| b.to_vec()).collect())
     }
 
     fn produce(&mut self, batch: &RecordBatch) -> Result<()> {

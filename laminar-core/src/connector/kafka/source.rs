@@ -141,26 +141,12 @@ impl KafkaSource {
                 ))
             })?,
         };
-        let registry = o.get("avro-confluent.url");
-        match (format, &registry) {
-            (Format::AvroConfluent, None) => {
-                return Err(Error::invalid_argument(format!(
-                    "KAFKA source '{source}': format 'avro-confluent' needs the option 'avro-confluent.url' (the schema registry, http://host:port)"
-                )));
-            }
-            (Format::AvroConfluent, Some(u)) if !u.trim().starts_with("http://") => {
-                return Err(Error::invalid_argument(format!(
-                    "KAFKA source '{source}': 'avro-confluent.url' must be an http:// URL (https is not built in), got '{}'",
-                    clip(u)
-                )));
-            }
-            (Format::AvroConfluent, _) => {}
-            (_, Some(_)) => {
-                return Err(Error::invalid_argument(format!(
-                    "KAFKA source '{source}': option 'avro-confluent.url' needs format = 'avro-confluent'"
-                )));
-            }
-            _ => {}
+        let registry = registry_option(&mut o, format, &format!("KAFKA source '{source}'"))?;
+        let avro_schema = o.get("avro.schema");
+        if avro_schema.is_some() && format != Format::Avro {
+            return Err(Error::invalid_argument(format!(
+                "KAFKA source '{source}': option 'avro.schema' needs format = 'avro'"
+            )));
         }
         let on_error = OnError::from_options(&mut o, true)?;
         o.finish()?;
@@ -208,6 +194,18 @@ impl KafkaSource {
         };
         let decoded_schema = with_deleted(&value_schema);
         let out_schema = with_deleted(&schema);
+        // Plain `avro`: the one writer schema, kept as if its id were 0.
+        let mut avro = std::collections::HashMap::new();
+        if format == Format::Avro {
+            let text = match avro_schema {
+                Some(t) => t,
+                None => derived_avro_schema(&value_schema, &format!("KAFKA source '{source}'"))?,
+            };
+            let d = avro_decoder(0, &text).map_err(|e| {
+                Error::invalid_argument(format!("KAFKA source '{source}': option 'avro.schema': {}", e.message()))
+            })?;
+            avro.insert(0, (text, d));
+        }
         Ok(KafkaSource {
             decoded_schema,
             out_schema,
@@ -227,8 +225,8 @@ impl KafkaSource {
             consumer: None,
             ready: VecDeque::new(),
             pending: BTreeMap::new(),
-            registry: registry.map(|u| u.trim().trim_end_matches('/').to_string()),
-            avro: Default::default(),
+            registry,
+            avro: parking_lot::Mutex::new(avro),
             stats: Default::default(),
             lag_checked: None,
         })
@@ -309,7 +307,7 @@ impl KafkaSource {
             }
             Format::Json => json_objects(schema, recs, n),
             Format::DebeziumJson => self.decode_debezium(recs, n),
-            Format::AvroConfluent => self.decode_avro(recs),
+            Format::AvroConfluent | Format::Avro => self.decode_avro(recs),
             Format::Csv => {
                 let mut d = datafusion::arrow::csv::ReaderBuilder::new(schema.clone())
                     .with_header(false)
@@ -386,11 +384,13 @@ impl KafkaSource {
         Ok(RecordBatch::try_new(self.decoded_schema.clone(), cols)?)
     }
 
-    /// Confluent-framed Avro: each run of records of one writer schema through that schema's
-    /// decoder (fetched before, see [`KafkaSource::fetch_schemas`]), its fields matched by name to
-    /// the declared columns.
+    /// Avro: each run of records of one writer schema through that schema's decoder (for
+    /// Confluent framing fetched before, see [`KafkaSource::fetch_schemas`]; for plain `avro`
+    /// the one of id 0, each datum given the framing's 5 bytes first), its fields matched by
+    /// name to the declared columns.
     fn decode_avro<'a>(&self, recs: impl Iterator<Item = &'a Rec>) -> Result<RecordBatch> {
         let mut batches = vec![];
+        let plain = self.format == Format::Avro;
         let mut run: Option<(u32, Vec<&[u8]>)> = None;
         let mut cache = self.avro.lock();
         let mut flush = |id: u32,
@@ -402,6 +402,12 @@ impl KafkaSource {
                 .ok_or_else(|| Error::invalid_data(format!("the registry has no writer schema of id {id}")))?;
             let res = (|| -> Result<Option<RecordBatch>> {
                 for v in &values {
+                    if plain {
+                        d.decode(&[0; 5]).map_err(|e| Error::internal(format!("the Avro framing: {e}")))?;
+                        if v.is_empty() {
+                            return Err(Error::invalid_data("the Avro value is empty"));
+                        }
+                    }
                     let used =
                         d.decode(v).map_err(|e| Error::invalid_data(format!("the Avro value does not decode: {e}")))?;
                     if used != v.len() {
@@ -435,7 +441,7 @@ impl KafkaSource {
         };
         for r in recs {
             let v = r.value.as_deref().ok_or_else(|| Error::invalid_data("the record has no value"))?;
-            let id = confluent_id(v)?;
+            let id = if plain { 0 } else { confluent_id(v)? };
             match &mut run {
                 Some((rid, vals)) if *rid == id => vals.push(v),
                 _ => {
@@ -476,8 +482,7 @@ impl KafkaSource {
 
     /// The writer schema of `id` as the registry gave it (cached in the decoders' map by id).
     fn avro_schema_of(&self, id: u32) -> Result<String> {
-        let url = self.registry.as_deref().unwrap_or_default();
-        fetch_registry_schema(url, id)
+        registry_schema(self.registry.as_deref().unwrap_or_default(), id)
     }
 
     /// Fetches the writer schema of every schema id in `recs` not seen before. Fails with `IO`
@@ -799,51 +804,6 @@ fn avro_decoder(id: u32, schema: &str) -> Result<arrow_avro::reader::Decoder> {
         .with_batch_size(1 << 20)
         .build_decoder()
         .map_err(|e| Error::invalid_data(format!("Avro schema id {id} from the registry: {e}")))
-}
-
-/// `GET <url>/schemas/ids/<id>` of a Confluent schema registry (plain HTTP/1.0): the schema's
-/// JSON text. An unreachable registry is `IO`; an answer without the schema is `INVALID_DATA`.
-fn fetch_registry_schema(url: &str, id: u32) -> Result<String> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    let (host, base) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let io =
-        |e: std::io::Error| Error::new(crate::error::ErrorKind::Io, format!("schema registry '{}': {e}", clip(url)));
-    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
-    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&addr).map_err(io)?.collect();
-    let a = addrs.first().ok_or_else(|| io(std::io::Error::other("no address")))?;
-    let mut s = std::net::TcpStream::connect_timeout(a, Duration::from_secs(5)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
-    let req = format!(
-        "GET {base}/schemas/ids/{id} HTTP/1.0\r\nHost: {host}\r\nAccept: application/vnd.schemaregistry.v1+json, application/json\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).map_err(io)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).map_err(io)?;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
-        let e = Error::invalid_data(format!(
-            "schema registry '{}' has no schema id {id}: {} {}",
-            clip(url),
-            clip(status),
-            clip(body)
-        ));
-        return Err(if status.split_whitespace().nth(1).is_some_and(|c| c.starts_with('5')) {
-            Error::new(crate::error::ErrorKind::Io, e.message().to_string())
-        } else {
-            e
-        });
-    }
-    let v: serde_json::Value = serde_json::from_str(body)
-        .map_err(|e| Error::invalid_data(format!("schema registry '{}': the answer is not JSON: {e}", clip(url))))?;
-    v.get("schema").and_then(|s| s.as_str()).map(str::to_string).ok_or_else(|| {
-        Error::invalid_data(format!("schema registry '{}': the answer for id {id} has no 'schema'", clip(url)))
-    })
 }
 
 /// The values of `n` records, each one JSON object, as rows of `schema` (an error names a value
