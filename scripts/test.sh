@@ -14,14 +14,14 @@ total0=$SECONDS
 # One feature set for every build below: the RocksDB state backend (it needs libclang, which
 # system-deps.sh installs when missing) and the KAFKA connector (librdkafka built from source).
 # LAMINAR_FEATURES= (empty) tests a build without them.
-export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka}"
+export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka postgres}"
 features=()
 core_features="$(for f in ${LAMINAR_FEATURES//,/ }; do printf 'laminar-core/%s ' "$f"; done)"
 if [ -n "$core_features" ]; then features=(--features "$core_features"); fi
 # Real servers for the connector tests (scripts/services.sh), stopped at the end if this run
 # started them.
-started_kafka=""
-stop_services() { if [ -n "$started_kafka" ]; then scripts/services.sh stop kafka || true; fi; }
+started=()
+stop_services() { for s in "${started[@]}"; do scripts/services.sh stop "$s" || true; done; }
 trap stop_services EXIT
 step "system packages check (test of system-deps.sh)" scripts/test-system-deps.sh
 step "system packages (libclang)" scripts/system-deps.sh
@@ -34,8 +34,12 @@ step "build (tests and examples)" cargo build --workspace --exclude laminardb-py
 # Every test runner has a per-test (or per-binary) time limit that fails with a stack dump.
 step "Rust lints (cargo clippy --all-targets -D warnings)" cargo clippy -q --workspace --all-targets "${features[@]}" -- -D warnings
 if [[ " ${LAMINAR_FEATURES//,/ } " == *" kafka "* ]]; then
-  if ! scripts/services.sh status kafka >/dev/null 2>&1; then started_kafka=1; fi
+  if ! scripts/services.sh status kafka >/dev/null 2>&1; then started+=(kafka); fi
   step "Kafka broker for the connector tests (scripts/services.sh start kafka)" scripts/services.sh start kafka
+fi
+if [[ " ${LAMINAR_FEATURES//,/ } " == *" postgres "* ]]; then
+  if ! scripts/services.sh status postgres >/dev/null 2>&1; then started+=(postgres); fi
+  step "PostgreSQL for the CDC tests (scripts/services.sh start postgres)" scripts/services.sh start postgres
 fi
 step "cargo test (each test binary limited, stacks dumped on a hang)" scripts/cargo-test.sh --workspace --exclude laminardb-python --exclude laminardb-node "${features[@]}"
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \

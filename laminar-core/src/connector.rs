@@ -29,6 +29,8 @@ pub(crate) mod files;
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
 pub(crate) mod nexmark;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 
 /// The kinds of source this build has, for messages.
 pub(crate) fn source_kinds() -> String {
@@ -40,6 +42,9 @@ pub(crate) fn source_kinds() -> String {
         k.push("KAFKA");
     }
     k.push("NEXMARK");
+    if cfg!(feature = "postgres") {
+        k.push("POSTGRES_CDC");
+    }
     k.join(", ")
 }
 
@@ -354,6 +359,12 @@ pub(crate) trait SourceReader: Send + 'static {
     /// A checkpoint holding `positions` (this source's) is durable. Best effort, for monitoring
     /// tools (Kafka commits them as the consumer group's offsets); recovery never reads them.
     fn checkpointed(&mut self, _positions: &Positions) {}
+    /// Called once when a statement creates the source (not when recovery recreates it): checks
+    /// now what can only be checked against the server (the address, the credentials, the
+    /// captured table's columns), so a mistake fails the CREATE instead of the streams later.
+    fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a reader's batches go: the source's writer (bounded: a full queue blocks the reader, so
@@ -548,6 +559,10 @@ pub(crate) fn source_for(
     #[cfg(feature = "kafka")]
     if kind.eq_ignore_ascii_case("kafka") {
         return Ok(Box::new(kafka::KafkaSource::new(source, schema.clone(), o)?));
+    }
+    #[cfg(feature = "postgres")]
+    if kind.eq_ignore_ascii_case("postgres_cdc") {
+        return Ok(Box::new(postgres::PgCdcSource::new(source, schema.clone(), o)?));
     }
     if kind.eq_ignore_ascii_case("nexmark") {
         return Ok(Box::new(nexmark::NexmarkSource::new(source, schema, o)?));

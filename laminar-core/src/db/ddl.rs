@@ -156,15 +156,24 @@ impl Database {
             (schema, None)
         };
         // The connector checks its options (and the columns it can fill) now, before anything exists.
-        let reader = match cs.connector.as_deref() {
+        let mut reader = match cs.connector.as_deref() {
             None => None,
             Some(kind) => Some(connector::source_for(kind, &cs.name, &schema, &cs.options, &["idle_timeout"])?),
         };
+        if !cs.table && cs.connector.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("postgres_cdc")) {
+            return Err(Error::invalid_argument(format!(
+                "source '{}': POSTGRES_CDC reads a table's changes: declare it as CREATE TABLE … (…, PRIMARY KEY (…)) FROM POSTGRES_CDC WITH (…), with the captured table's primary key",
+                cs.name
+            )));
+        }
         if !cs.table && cs.options.get("format").is_some_and(|f| f.trim().eq_ignore_ascii_case("debezium-json")) {
             return Err(Error::invalid_argument(format!(
                 "source '{}': format 'debezium-json' reads changes: declare it as CREATE TABLE … PRIMARY KEY (…) FROM …, whose rows the changes upsert and delete",
                 cs.name
             )));
+        }
+        if let Some(r) = reader.as_mut().filter(|_| !self.inner.recovering.load(Ordering::Acquire)) {
+            r.check().map_err(|e| e.context(format!("source '{}' ({})", cs.name, r.describe())))?;
         }
         // `on_error = 'dead_letter'`: the source receiving the records that do not decode, created
         // now unless it exists (with the dead-letter columns: several sources may share one).

@@ -59,8 +59,9 @@ impl TableState {
     }
 
     /// Applies a batch of changes in order: where `deleted` is true the row with that key is
-    /// removed (a change-data-capture delete: only the key columns matter), elsewhere the row
-    /// is upserted (a later row of a key replaces an earlier one).
+    /// removed (a change-data-capture delete: only the key columns matter), where it is NULL
+    /// every row is removed (a TRUNCATE: the row's values do not matter), elsewhere the row is
+    /// upserted (a later row of a key replaces an earlier one).
     pub(crate) fn apply(
         &mut self,
         batch: &RecordBatch,
@@ -71,6 +72,10 @@ impl TableState {
         let rows = self.row_conv.convert_columns(batch.columns())?;
         let mut out = vec![];
         for i in 0..batch.num_rows() {
+            if deleted.is_some_and(|d| datafusion::arrow::array::Array::is_null(d, i)) {
+                out.extend(self.rows.drain().map(|(_, old)| (old, -1)));
+                continue;
+            }
             let key = krows.row(i).owned();
             if deleted.is_some_and(|d| datafusion::arrow::array::Array::is_valid(d, i) && d.value(i)) {
                 if let Some(old) = self.rows.remove(&key) {

@@ -1,0 +1,407 @@
+//! The POSTGRES_CDC connector against a real server (`scripts/services.sh start postgres`; its
+//! URL is read from `$LAMINAR_POSTGRES` or `<target dir>/services.env`). An independent writer
+//! (`psql`, outside the engine) changes the captured table in random transactions while
+//! LaminarDB streams; the LaminarDB table and an aggregate over it are compared with the
+//! server's own `SELECT` over the same table, the batch oracle.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{difference, sorted};
+use laminar_core::{Config, Database};
+use rand::{Rng, SeedableRng};
+
+/// The server of `scripts/services.sh start postgres`, as a URL
+/// `postgres://user:password@host:port/db`.
+fn server_url() -> String {
+    if let Ok(u) = std::env::var("LAMINAR_POSTGRES") {
+        return u;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or(root.join("target"));
+    let env = std::fs::read_to_string(target.join("services.env")).unwrap_or_default();
+    env.lines().find_map(|l| l.strip_prefix("LAMINAR_POSTGRES=")).map(str::to_string).unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL: run `scripts/services.sh start postgres` (it writes LAMINAR_POSTGRES to {}/services.env)",
+            target.display()
+        )
+    })
+}
+
+struct Server {
+    url: String,
+    user: String,
+    password: String,
+    host: String,
+    port: String,
+    db: String,
+}
+
+fn server() -> Server {
+    let url = server_url();
+    let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
+    let (cred, rest) = rest.split_once('@').unwrap();
+    let (user, password) = cred.split_once(':').unwrap();
+    let (hostport, db) = rest.split_once('/').unwrap();
+    let (host, port) = hostport.split_once(':').unwrap();
+    Server {
+        url: url.clone(),
+        user: user.into(),
+        password: password.into(),
+        host: host.into(),
+        port: port.into(),
+        db: db.into(),
+    }
+}
+
+impl Server {
+    /// Runs an SQL script with `psql` (stops at the first error); its output, unaligned,
+    /// tuples only, fields separated by `|`.
+    fn psql(&self, script: &str) -> String {
+        let mut child = Command::new("psql")
+            .args([self.url.as_str(), "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-F", "|", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql (installed with PostgreSQL by scripts/services.sh)");
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql failed: {}\nscript (first 500 bytes): {}",
+            String::from_utf8_lossy(&out.stderr),
+            &script[..script.len().min(500)]
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The rows of a query as sorted `a|b|c` lines.
+    fn rows(&self, query: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.psql(query).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+        v.sort();
+        v
+    }
+
+    fn with(&self, table: &str, slot: &str) -> String {
+        format!(
+            "hostname = '{}', port = '{}', username = '{}', password = '{}', 'database-name' = '{}', 'table-name' = '{table}', 'slot.name' = '{slot}', 'publication.name' = '{slot}'",
+            self.host, self.port, self.user, self.password, self.db
+        )
+    }
+
+    fn drop_slot(&self, slot: &str) {
+        self.psql(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';
+             DROP PUBLICATION IF EXISTS {slot};"
+        ));
+    }
+}
+
+fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
+    format!("{name}_{}_{n}", std::process::id())
+}
+
+/// Text of `len` characters from [a-z0-9] (no compression to speak of, so PostgreSQL keeps a
+/// long one out of line, TOASTed).
+fn text(rng: &mut impl Rng, len: usize) -> String {
+    const C: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len).map(|_| C[rng.random_range(0..C.len())] as char).collect()
+}
+
+/// Random transactions over `table` (id INT PRIMARY KEY, name TEXT, v BIGINT, big TEXT) as one
+/// script; `ids` tracks the keys present. Inserts (a third with a long `big`), updates of `v` and
+/// `name` only (a TOASTed `big` then travels as "unchanged"), updates of `big`, primary-key
+/// changes, deletes, now and then a multi-row update.
+fn transactions(rng: &mut impl Rng, table: &str, ids: &mut BTreeSet<i32>, n: usize, next_id: &mut i32) -> String {
+    let mut s = String::new();
+    for _ in 0..n {
+        s.push_str("BEGIN;\n");
+        for _ in 0..rng.random_range(1..5) {
+            let pick = |rng: &mut dyn rand::RngCore, ids: &BTreeSet<i32>| -> Option<i32> {
+                if ids.is_empty() {
+                    return None;
+                }
+                ids.iter().nth(rng.random_range(0..ids.len())).copied()
+            };
+            match rng.random_range(0..100) {
+                0..35 => {
+                    let id = *next_id;
+                    *next_id += 1;
+                    let len = if rng.random_range(0..3) == 0 { 3000 + rng.random_range(0..3000) } else { 8 };
+                    let big = text(rng, len);
+                    s.push_str(&format!(
+                        "INSERT INTO {table} VALUES ({id}, 'n{id}', {}, '{big}');\n",
+                        rng.random_range(-1000..1000)
+                    ));
+                    ids.insert(id);
+                }
+                35..60 => {
+                    if let Some(id) = pick(rng, ids) {
+                        s.push_str(&format!(
+                            "UPDATE {table} SET v = v + {}, name = 'u{}' WHERE id = {id};\n",
+                            rng.random_range(1..100),
+                            rng.random_range(0..1000)
+                        ));
+                    }
+                }
+                60..68 => {
+                    if let Some(id) = pick(rng, ids) {
+                        let len = 2500 + rng.random_range(0..2000);
+                        let big = text(rng, len);
+                        s.push_str(&format!("UPDATE {table} SET big = '{big}' WHERE id = {id};\n"));
+                    }
+                }
+                68..78 => {
+                    if let Some(id) = pick(rng, ids) {
+                        let new = *next_id;
+                        *next_id += 1;
+                        s.push_str(&format!("UPDATE {table} SET id = {new}, v = v - 1 WHERE id = {id};\n"));
+                        ids.remove(&id);
+                        ids.insert(new);
+                    }
+                }
+                78..95 => {
+                    if let Some(id) = pick(rng, ids) {
+                        s.push_str(&format!("DELETE FROM {table} WHERE id = {id};\n"));
+                        ids.remove(&id);
+                    }
+                }
+                _ => {
+                    let m = rng.random_range(2..7);
+                    s.push_str(&format!("UPDATE {table} SET v = v * 2 WHERE id % {m} = 0 AND abs(v) < 100000;\n"));
+                }
+            }
+        }
+        // A rolled-back transaction leaves `ids` ahead of the server; a statement on a key that
+        // is not there changes nothing, and each round rereads the keys.
+        s.push_str(if rng.random_range(0..20) == 0 { "ROLLBACK;\n" } else { "COMMIT;\n" });
+    }
+    s
+}
+
+const COLUMNS: &str = "id, name, v, big";
+
+/// Waits (up to 60 s) until LaminarDB's table `t` and the view `g` equal the server's table and
+/// the same aggregate over it.
+fn converge(db: &Database, srv: &Server, table: &str) {
+    let want = srv.rows(&format!("SELECT {COLUMNS} FROM {table}"));
+    let want_g = srv.rows(&format!("SELECT v % 7, COUNT(*), SUM(v), MAX(length(big)) FROM {table} GROUP BY v % 7"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        db.flush().unwrap();
+        let got = sorted(&db.query(&format!("SELECT {COLUMNS} FROM t")).unwrap());
+        let got_g = sorted(&db.query("SELECT b, n, s, l FROM g").unwrap());
+        if got == want && got_g == want_g {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s the table differs from the server: {}; aggregate {:?} vs {:?}",
+            difference(&got, &want),
+            got_g,
+            want_g
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn keys(srv: &Server, table: &str) -> BTreeSet<i32> {
+    srv.psql(&format!("SELECT id FROM {table}")).lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect()
+}
+
+/// The snapshot, then random transactions (key changes, deletes, TOASTed values left unchanged
+/// by an update, rolled-back transactions), a TRUNCATE, a crash after a checkpoint (the changes
+/// since it are read again and applied once) and a clean reopen: after each, the table and a
+/// GROUP BY over it equal the server's.
+#[test]
+fn snapshot_then_changes_truncate_and_crashes_match_the_server() {
+    let srv = server();
+    let table = unique("cdc");
+    let slot = unique("laminardb_test");
+    srv.psql(&format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, name TEXT, v BIGINT, big TEXT);
+         ALTER TABLE {table} ALTER COLUMN big SET STORAGE EXTERNAL;"
+    ));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(18);
+    let mut ids = BTreeSet::new();
+    let mut next_id = 1;
+    // Rows before the slot exists: the snapshot.
+    srv.psql(&transactions(&mut rng, &table, &mut ids, 100, &mut next_id));
+    let dir = common::tmpdir("pg-cdc");
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", "1h").unwrap();
+    let open = || Database::open(dir.to_str().unwrap(), cfg.clone()).unwrap();
+    let mut db = open();
+    db.execute(&format!(
+        "CREATE TABLE t (id INT, name VARCHAR, v BIGINT, big VARCHAR, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({});
+         CREATE MATERIALIZED VIEW g AS SELECT v % 7 AS b, COUNT(*) AS n, SUM(v) AS s, MAX(length(big)) AS l FROM t GROUP BY v % 7",
+        srv.with(&table, &slot)
+    ))
+    .unwrap();
+    converge(&db, &srv, &table);
+    let confirmed = || {
+        srv.psql(&format!(
+            "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .trim()
+        .parse::<f64>()
+        .unwrap()
+    };
+    let initial = confirmed();
+    let walsender = srv.psql(&format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"));
+
+    for round in 0..6 {
+        ids = keys(&srv, &table);
+        let mut script = transactions(&mut rng, &table, &mut ids, 150, &mut next_id);
+        if round == 0 {
+            // The replication connection lost mid-stream (its walsender terminated between two
+            // transactions of the writer): the reader reconnects and resumes.
+            script.push_str(&format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}';\n"
+            ));
+            script.push_str(&transactions(&mut rng, &table, &mut ids, 150, &mut next_id));
+        }
+        if round == 2 {
+            script.push_str(&format!(
+                "BEGIN; TRUNCATE {table}; INSERT INTO {table} VALUES (-1, 'after', 5, 'x'); COMMIT;\n"
+            ));
+        }
+        srv.psql(&script);
+        converge(&db, &srv, &table);
+        match round {
+            0 => {
+                let pid = srv.psql(&format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"));
+                assert!(
+                    !pid.trim().is_empty() && pid != walsender,
+                    "no new replication connection: {pid:?} (was {walsender:?})"
+                );
+            }
+            1 => {
+                // The slot's confirmed position stays where the last durable checkpoint was
+                // (none yet: the slot's start, behind the changes applied) and moves up to the
+                // applied changes with a checkpoint. Past the reader's status interval (10 s):
+                // a reader that reported what it read instead of what a checkpoint covers would
+                // have done so by now.
+                std::thread::sleep(Duration::from_secs(11));
+                let before = confirmed();
+                assert_eq!(before, initial, "the slot's confirmed position moved before any checkpoint");
+                db.checkpoint().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while confirmed() <= before {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the slot's confirmed_flush_lsn did not advance after a checkpoint"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            3 => {
+                // A crash: the changes since round 1's checkpoint come again from the slot (after
+                // the reader's status interval, so that a too-early confirmation would be sent).
+                std::thread::sleep(Duration::from_secs(11));
+                db.close_abruptly();
+                db = open();
+                converge(&db, &srv, &table);
+            }
+            4 => {
+                db.checkpoint().unwrap();
+                db.close();
+                // Changes while LaminarDB is closed: the slot keeps them.
+                ids = keys(&srv, &table);
+                srv.psql(&transactions(&mut rng, &table, &mut ids, 50, &mut next_id));
+                db = open();
+            }
+            _ => {}
+        }
+    }
+    converge(&db, &srv, &table);
+    let m = db.metrics().unwrap();
+    assert!(m.sources.iter().any(|s| s.name == "t" && s.rows_in > 0), "{:?}", m.sources);
+    db.close();
+    srv.drop_slot(&slot);
+    srv.psql(&format!("DROP TABLE {table}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Clear errors: a declared column the server's table lacks; a table without the declared
+/// key's columns; a slot dropped while LaminarDB was closed (the changes after the checkpoint
+/// are gone: the message says to take a new snapshot); a wrong password.
+#[test]
+fn clear_errors_for_missing_columns_a_dropped_slot_and_a_wrong_password() {
+    let srv = server();
+    let table = unique("cdc_err");
+    let slot = unique("laminardb_err");
+    srv.psql(&format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, v BIGINT); INSERT INTO {table} VALUES (1, 10), (2, 20);"
+    ));
+    let dir = common::tmpdir("pg-cdc-err");
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", "1h").unwrap();
+
+    let db = Database::open(dir.to_str().unwrap(), cfg.clone()).unwrap();
+    let e = db
+        .execute(&format!(
+            "CREATE TABLE bad (id INT, nope BIGINT, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({})",
+            srv.with(&table, &slot)
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("nope") && e.message().contains(&table), "{e}");
+    let e = db
+        .execute(&format!(
+            "CREATE SOURCE plain (id INT, v BIGINT) FROM POSTGRES_CDC WITH ({})",
+            srv.with(&table, &slot)
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("CREATE TABLE"), "{e}");
+    let wrong = srv.with(&table, &slot).replace(&format!("password = '{}'", srv.password), "password = 'wrong'");
+    let e = db
+        .execute(&format!("CREATE TABLE w (id INT, v BIGINT, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({wrong})"))
+        .unwrap_err();
+    assert!(e.message().contains("password") || e.message().contains("authentication"), "{e}");
+
+    db.execute(&format!(
+        "CREATE TABLE t (id INT, v BIGINT, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({});
+         CREATE MATERIALIZED VIEW c AS SELECT COUNT(*) AS n FROM t",
+        srv.with(&table, &slot)
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        db.flush().unwrap();
+        if sorted(&db.query("SELECT id, v FROM t").unwrap()) == ["1|10", "2|20"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the snapshot did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    db.checkpoint().unwrap();
+    db.close();
+    srv.drop_slot(&slot);
+    srv.psql(&format!("INSERT INTO {table} VALUES (3, 30)"));
+    // Reopened: the checkpoint's position cannot be resumed without the slot; the view over
+    // the table fails with a message that says what to do.
+    let db = Database::open(dir.to_str().unwrap(), cfg.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let msg = loop {
+        let m = db.metrics().unwrap();
+        if let Some(f) = m.streams.iter().find(|s| s.name == "c").and_then(|s| s.failed.clone()) {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "no error for a dropped slot");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    db.close();
+    assert!(msg.contains(&slot) && msg.contains("scan.startup.mode"), "{msg}");
+    srv.drop_slot(&slot);
+    srv.psql(&format!("DROP TABLE {table}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
