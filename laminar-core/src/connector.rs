@@ -359,6 +359,11 @@ pub(crate) trait SourceReader: Send + 'static {
     /// A checkpoint holding `positions` (this source's) is durable. Best effort, for monitoring
     /// tools (Kafka commits them as the consumer group's offsets); recovery never reads them.
     fn checkpointed(&mut self, _positions: &Positions) {}
+    /// How many checkpoints the database keeps (`checkpoints_retained`): recovery falls back to
+    /// an older one when newer ones are damaged, so a source whose server releases data once
+    /// told (a replication slot) tells it only what the oldest kept checkpoint covers. Called
+    /// once, before `open`.
+    fn checkpoints_retained(&mut self, _n: usize) {}
     /// Called once when a statement creates the source (not when recovery recreates it): checks
     /// now what can only be checked against the server (the address, the credentials, the
     /// captured table's columns), so a mistake fails the CREATE instead of the streams later.

@@ -405,3 +405,44 @@ fn clear_errors_for_missing_columns_a_dropped_slot_and_a_wrong_password() {
     srv.psql(&format!("DROP TABLE {table}"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A partitioned table: its snapshot and its partitions' changes (published under the table's
+/// name) reach the LaminarDB table, a row moving between partitions included.
+#[test]
+fn a_partitioned_table_is_captured_with_its_partitions_changes() {
+    let srv = server();
+    let table = unique("cdc_part");
+    let slot = unique("laminardb_part");
+    srv.psql(&format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, v BIGINT) PARTITION BY RANGE (id);
+         CREATE TABLE {table}_a PARTITION OF {table} FOR VALUES FROM (MINVALUE) TO (100);
+         CREATE TABLE {table}_b PARTITION OF {table} FOR VALUES FROM (100) TO (MAXVALUE);
+         INSERT INTO {table} SELECT g, g * 10 FROM generate_series(1, 200, 7) g;"
+    ));
+    let db = Database::open_in_memory().unwrap();
+    db.execute(&format!(
+        "CREATE TABLE t (id INT, v BIGINT, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({})",
+        srv.with(&table, &slot)
+    ))
+    .unwrap();
+    srv.psql(&format!(
+        "INSERT INTO {table} VALUES (2, 5), (150, 6);
+         UPDATE {table} SET v = v + 1 WHERE id % 3 = 0;
+         UPDATE {table} SET id = 121 WHERE id = 8;
+         DELETE FROM {table} WHERE id = 197;"
+    ));
+    let want = srv.rows(&format!("SELECT id, v FROM {table}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        db.flush().unwrap();
+        let got = sorted(&db.query("SELECT id, v FROM t").unwrap());
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the table differs from the server: {}", difference(&got, &want));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    db.close();
+    srv.drop_slot(&slot);
+    srv.psql(&format!("DROP TABLE {table}"));
+}

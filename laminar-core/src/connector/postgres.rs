@@ -23,9 +23,10 @@
 //! reads the table in a `REPEATABLE READ` transaction on that exported snapshot, hands the rows
 //! over as one batch that first clears the LaminarDB table, and streams from the slot's
 //! consistent point. Each committed transaction's changes reach the table together, at the
-//! position (LSN) after its commit record; that LSN goes into the checkpoint, and only a durable
-//! checkpoint's LSN is reported to the server as flushed, so the slot keeps every change a
-//! restart may need. A restart streams from the checkpoint's LSN, skipping transactions that
+//! position (LSN) after its commit record; that LSN goes into the checkpoint, and only the LSN
+//! of the oldest checkpoint the database keeps (`checkpoints_retained`, which recovery may fall
+//! back to) is reported to the server as flushed, so the slot keeps every change a restart may
+//! need. A restart streams from the checkpoint's LSN, skipping transactions that
 //! ended at or before it. An update that changes the key deletes the old key's row; a TRUNCATE
 //! empties the table; a TOASTed value an update did not touch is taken from the old row when the
 //! change carries it (`REPLICA IDENTITY FULL`), else read from the server's current row (a later

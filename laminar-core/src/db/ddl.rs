@@ -160,6 +160,9 @@ impl Database {
             None => None,
             Some(kind) => Some(connector::source_for(kind, &cs.name, &schema, &cs.options, &["idle_timeout"])?),
         };
+        if let Some(r) = reader.as_mut() {
+            r.checkpoints_retained(self.inner.config.checkpoints_retained.max(1));
+        }
         if !cs.table && cs.connector.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("postgres_cdc")) {
             return Err(Error::invalid_argument(format!(
                 "source '{}': POSTGRES_CDC reads a table's changes: declare it as CREATE TABLE … (…, PRIMARY KEY (…)) FROM POSTGRES_CDC WITH (…), with the captured table's primary key",

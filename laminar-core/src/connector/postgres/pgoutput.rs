@@ -197,7 +197,7 @@ pub(crate) fn decode(b: &[u8]) -> Result<Change> {
         b'T' => {
             let n = c.u32()? as usize;
             let _options = c.u8()?;
-            let mut rels = Vec::with_capacity(n);
+            let mut rels = Vec::with_capacity(n.min(b.len() / 4));
             for _ in 0..n {
                 rels.push(c.u32()?);
             }

@@ -71,8 +71,12 @@ pub(crate) struct PgCdcSource {
     /// When an idle stream last handed over the server's position (an empty batch, so that a
     /// checkpoint lets the slot release WAL written by other tables).
     last_idle_advance: Instant,
-    /// What the latest durable checkpoint covers: the slot may release WAL up to here.
+    /// What the oldest kept checkpoint covers: the slot may release WAL up to here.
     confirmed: u64,
+    /// The positions of the durable checkpoints recovery may fall back to, oldest first (the
+    /// restored one, then those taken since), at most `retained`.
+    kept: VecDeque<u64>,
+    retained: usize,
     last_status: Instant,
     stats: crate::connector::SourceStats,
 }
@@ -139,6 +143,8 @@ impl PgCdcSource {
             handed_lsn: 0,
             last_idle_advance: Instant::now(),
             confirmed: 0,
+            kept: VecDeque::new(),
+            retained: 1,
             last_status: Instant::now(),
             stats: Default::default(),
         })
@@ -195,7 +201,12 @@ impl PgCdcSource {
     fn ensure_publication(&mut self) -> Result<()> {
         let q = format!("SELECT 1 FROM pg_publication WHERE pubname = {}", literal(&self.publication));
         if self.sql()?.query(&q)?.is_empty() {
-            let c = format!("CREATE PUBLICATION {} FOR TABLE {}", ident(&self.publication), self.qualified());
+            // Changes of a partitioned table's partitions published under the table's name.
+            let c = format!(
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                ident(&self.publication),
+                self.qualified()
+            );
             self.sql()?.query(&c)?;
         }
         Ok(())
@@ -614,8 +625,10 @@ impl SourceReader for PgCdcSource {
         self.ensure_publication()?;
         let recorded = positions.get("0").and_then(|p| parse_lsn(p));
         self.repl = Some(Conn::connect(&self.cfg, true, CONNECT_TIMEOUT)?);
+        self.kept.clear();
         if let Some(lsn) = recorded {
             self.confirmed = lsn;
+            self.kept.push_back(lsn);
             let q = format!(
                 "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = {}",
                 literal(&self.slot)
@@ -700,12 +713,79 @@ impl SourceReader for PgCdcSource {
         self.check_table()
     }
 
+    fn checkpoints_retained(&mut self, n: usize) {
+        self.retained = n.max(1);
+    }
+
     fn checkpointed(&mut self, positions: &Positions) {
-        if let Some(l) = positions.get("0").and_then(|p| parse_lsn(p))
-            && l > self.confirmed
+        let Some(l) = positions.get("0").and_then(|p| parse_lsn(p)) else { return };
+        if self.kept.back().is_none_or(|b| l > *b) {
+            self.kept.push_back(l);
+        }
+        while self.kept.len() > self.retained {
+            self.kept.pop_front();
+        }
+        if let Some(&oldest) = self.kept.front()
+            && oldest > self.confirmed
         {
-            self.confirmed = l;
+            self.confirmed = oldest;
             let _ = self.send_status(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> PgCdcSource {
+        let o: std::collections::BTreeMap<String, String> =
+            [("username", "u"), ("database-name", "d"), ("table-name", "t")]
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        PgCdcSource::new("t", schema, Options::new("test", &o)).unwrap()
+    }
+
+    fn at(l: u64) -> Positions {
+        [("0".to_string(), lsn_text(l))].into_iter().collect()
+    }
+
+    /// The slot is told the oldest kept checkpoint's position: with three kept, the position
+    /// restored at open, then each new checkpoint's once two newer ones exist.
+    #[test]
+    fn the_slot_is_told_the_oldest_kept_checkpoint() {
+        let mut s = source();
+        s.checkpoints_retained(3);
+        s.confirmed = 100;
+        s.kept.push_back(100);
+        s.checkpointed(&at(200));
+        s.checkpointed(&at(300));
+        assert_eq!(s.confirmed, 100, "{:?}", s.kept);
+        s.checkpointed(&at(300));
+        assert_eq!(s.confirmed, 100, "a repeated position is kept once: {:?}", s.kept);
+        s.checkpointed(&at(400));
+        assert_eq!(s.confirmed, 200);
+        s.checkpointed(&at(500));
+        assert_eq!(s.confirmed, 300);
+        let mut s = source();
+        s.checkpoints_retained(1);
+        s.checkpointed(&at(200));
+        assert_eq!(s.confirmed, 200);
+    }
+
+    #[test]
+    fn text_forms_convert_to_the_declared_types() {
+        let ts = DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Microsecond, None);
+        let a = text_column(&[Some("2024-01-05 10:00:00+00"), Some("2024-01-05 10:00:00"), None], &ts).unwrap();
+        assert_eq!(a.null_count(), 1);
+        let a = text_column(&[Some("2024-01-05")], &DataType::Date32).unwrap();
+        let d = a.as_any().downcast_ref::<datafusion::arrow::array::Date32Array>().unwrap();
+        assert_eq!(d.value(0), 19727);
+        let a = text_column(&[Some("\\x0aff")], &DataType::Binary).unwrap();
+        assert_eq!(a.as_any().downcast_ref::<BinaryArray>().unwrap().value(0), [10u8, 255]);
+        assert!(text_column(&[Some("\\x0af")], &DataType::Binary).is_err());
+        assert!(text_column(&[Some("x")], &DataType::Boolean).is_err());
     }
 }
