@@ -308,12 +308,15 @@ pub(crate) fn decode_positions(s: &str) -> Result<Positions> {
 /// What a source reader counts per partition, read by the database's metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionStats {
-    /// The next offset to read (a Kafka offset), once known.
+    /// The next offset to read (a Kafka offset), once known; POSTGRES_CDC: the LSN (as a
+    /// number) after the last transaction handed over.
     pub position: Option<i64>,
     /// Records behind the end of the partition (its high watermark − `position`), as of the
-    /// last time the reader asked the server (every few seconds).
+    /// last time the reader asked the server (every few seconds); POSTGRES_CDC: WAL bytes from
+    /// `position` to the server's end of WAL as it last reported it (in every message and
+    /// keepalive).
     pub lag: Option<i64>,
-    /// Records and value bytes read.
+    /// Records and value bytes read (POSTGRES_CDC: changes, and pgoutput message bytes).
     pub records: u64,
     pub bytes: u64,
     /// Records that did not decode (`on_error = 'skip'`: skipped).

@@ -324,7 +324,15 @@ fn snapshot_then_changes_truncate_and_crashes_match_the_server() {
     }
     converge(&db, &srv, &table);
     let m = db.metrics().unwrap();
-    assert!(m.sources.iter().any(|s| s.name == "t" && s.rows_in > 0), "{:?}", m.sources);
+    let src = m.sources.iter().find(|s| s.name == "t").unwrap();
+    assert!(src.rows_in > 0, "{:?}", m.sources);
+    // The position metric is the LSN handed over: at most the server's WAL position, and the
+    // lag the WAL bytes between them.
+    let wal: i64 = srv.psql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").trim().parse().unwrap();
+    let p = &src.partitions.iter().find(|(p, _)| p == "0").unwrap().1;
+    let (pos, lag) = (p.position.unwrap(), p.lag.unwrap());
+    assert!(pos > 0 && pos <= wal && lag >= 0 && pos + lag <= wal, "position {pos}, lag {lag}, WAL at {wal}");
+    assert!(p.records >= 50 && p.bytes > 0, "{p:?}");
     db.close();
     srv.drop_slot(&slot);
     srv.psql(&format!("DROP TABLE {table}"));

@@ -64,8 +64,8 @@ pub(crate) enum Change {
 /// One message of the copy-both stream.
 #[derive(Debug)]
 pub(crate) enum Frame<'a> {
-    /// WAL data: the pgoutput message.
-    XLogData { data: &'a [u8] },
+    /// WAL data: the server's WAL end and the pgoutput message.
+    XLogData { wal_end: u64, data: &'a [u8] },
     /// The server's WAL end, and whether it wants a status update now.
     Keepalive { wal_end: u64, reply: bool },
 }
@@ -127,9 +127,9 @@ pub(crate) fn frame(b: &[u8]) -> Result<Frame<'_>> {
     match c.u8()? {
         b'w' => {
             let _start = c.u64()?;
-            let _end = c.u64()?;
+            let wal_end = c.u64()?;
             let _clock = c.u64()?;
-            Ok(Frame::XLogData { data: &b[c.at..] })
+            Ok(Frame::XLogData { wal_end, data: &b[c.at..] })
         }
         b'k' => {
             let wal_end = c.u64()?;

@@ -78,6 +78,8 @@ pub(crate) struct PgCdcSource {
     kept: VecDeque<u64>,
     retained: usize,
     last_status: Instant,
+    /// The server's end of WAL as last reported (for the lag metric).
+    server_end: u64,
     stats: crate::connector::SourceStats,
 }
 
@@ -146,6 +148,7 @@ impl PgCdcSource {
             kept: VecDeque::new(),
             retained: 1,
             last_status: Instant::now(),
+            server_end: 0,
             stats: Default::default(),
         })
     }
@@ -447,7 +450,7 @@ impl PgCdcSource {
         {
             let mut st = self.stats.lock();
             let e = st.entry("0".to_string()).or_default();
-            e.records += rows.len() as u64;
+            e.records += rows.iter().filter(|r| !matches!(r, Row::Truncate)).count() as u64;
         }
         self.pending.push_back(Poll::Data(
             b,
@@ -455,7 +458,19 @@ impl PgCdcSource {
         ));
         self.handed_lsn = self.handed_lsn.max(self.ready_lsn);
         self.ready_lsn = 0;
+        self.update_lag();
         Ok(())
+    }
+
+    /// The position metric (the LSN handed over, as a number) and the lag (WAL bytes from it
+    /// to the server's end of WAL as last reported).
+    fn update_lag(&mut self) {
+        let mut st = self.stats.lock();
+        let e = st.entry("0".to_string()).or_default();
+        e.position = Some(self.handed_lsn as i64);
+        if self.server_end > 0 {
+            e.lag = Some(self.server_end.saturating_sub(self.handed_lsn) as i64);
+        }
     }
 
     /// Forgets both connections and everything read but not handed over; the next poll
@@ -487,11 +502,15 @@ impl PgCdcSource {
             let Some(m) = m else { break };
             match m.tag {
                 b'd' => match pgoutput::frame(&m.body)? {
-                    Frame::XLogData { data } => {
+                    Frame::XLogData { wal_end, data } => {
+                        self.server_end = self.server_end.max(wal_end);
+                        self.stats.lock().entry("0".to_string()).or_default().bytes += data.len() as u64;
                         let c = pgoutput::decode(data)?;
                         self.on_change(c)?;
                     }
                     Frame::Keepalive { wal_end, reply } => {
+                        self.server_end = self.server_end.max(wal_end);
+                        self.update_lag();
                         // Idle between transactions, with nothing waiting: the server's
                         // position can be handed over (every transaction of the table that
                         // ended before it has been read), now and then.
