@@ -42,6 +42,13 @@ struct Server {
     db: String,
 }
 
+/// The tests share one server; the one that restarts it runs alone.
+static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    SERVER.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn server() -> Server {
     let url = server_url();
     let rest = url.strip_prefix("postgres://").expect("a postgres:// URL");
@@ -96,6 +103,17 @@ impl Server {
     }
 
     fn drop_slot(&self, slot: &str) {
+        // A reader closed a moment ago may still hold the slot (its server process ends when
+        // it sees the connection closed).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .psql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"))
+            .trim()
+            != "0"
+        {
+            assert!(Instant::now() < deadline, "slot {slot} still active 30 s after its reader closed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
         self.psql(&format!(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';
              DROP PUBLICATION IF EXISTS {slot};"
@@ -222,6 +240,7 @@ fn keys(srv: &Server, table: &str) -> BTreeSet<i32> {
 /// GROUP BY over it equal the server's.
 #[test]
 fn snapshot_then_changes_truncate_and_crashes_match_the_server() {
+    let _shared = shared();
     let srv = server();
     let table = unique("cdc");
     let slot = unique("laminardb_test");
@@ -344,6 +363,7 @@ fn snapshot_then_changes_truncate_and_crashes_match_the_server() {
 /// are gone: the message says to take a new snapshot); a wrong password.
 #[test]
 fn clear_errors_for_missing_columns_a_dropped_slot_and_a_wrong_password() {
+    let _shared = shared();
     let srv = server();
     let table = unique("cdc_err");
     let slot = unique("laminardb_err");
@@ -418,6 +438,7 @@ fn clear_errors_for_missing_columns_a_dropped_slot_and_a_wrong_password() {
 /// name) reach the LaminarDB table, a row moving between partitions included.
 #[test]
 fn a_partitioned_table_is_captured_with_its_partitions_changes() {
+    let _shared = shared();
     let srv = server();
     let table = unique("cdc_part");
     let slot = unique("laminardb_part");
@@ -449,6 +470,45 @@ fn a_partitioned_table_is_captured_with_its_partitions_changes() {
         }
         assert!(Instant::now() < deadline, "the table differs from the server: {}", difference(&got, &want));
         std::thread::sleep(Duration::from_millis(100));
+    }
+    db.close();
+    srv.drop_slot(&slot);
+    srv.psql(&format!("DROP TABLE {table}"));
+}
+
+/// The server restarted (stopped, started again by `scripts/services.sh`) while LaminarDB
+/// streams, with transactions before and after: the reader reconnects and the table and the
+/// aggregate equal the server's again.
+#[test]
+fn a_server_restart_mid_stream_is_resumed() {
+    let _alone = SERVER.write().unwrap_or_else(|e| e.into_inner());
+    let srv = server();
+    let table = unique("cdc_restart");
+    let slot = unique("laminardb_restart");
+    srv.psql(&format!("CREATE TABLE {table} (id INT PRIMARY KEY, name TEXT, v BIGINT, big TEXT)"));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let (mut ids, mut next_id) = (BTreeSet::new(), 1);
+    srv.psql(&transactions(&mut rng, &table, &mut ids, 50, &mut next_id));
+    let db = Database::open_in_memory().unwrap();
+    db.execute(&format!(
+        "CREATE TABLE t (id INT, name VARCHAR, v BIGINT, big VARCHAR, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({});
+         CREATE MATERIALIZED VIEW g AS SELECT v % 7 AS b, COUNT(*) AS n, SUM(v) AS s, MAX(length(big)) AS l FROM t GROUP BY v % 7",
+        srv.with(&table, &slot)
+    ))
+    .unwrap();
+    converge(&db, &srv, &table);
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+    for round in 0..2 {
+        ids = keys(&srv, &table);
+        srv.psql(&transactions(&mut rng, &table, &mut ids, 100, &mut next_id));
+        for cmd in ["stop", "start"] {
+            let out = Command::new(&services).args([cmd, "postgres"]).output().unwrap();
+            assert!(out.status.success(), "services.sh {cmd} postgres: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert_eq!(server_url(), srv.url, "the server came back on another address (round {round})");
+        ids = keys(&srv, &table);
+        srv.psql(&transactions(&mut rng, &table, &mut ids, 100, &mut next_id));
+        converge(&db, &srv, &table);
     }
     db.close();
     srv.drop_slot(&slot);

@@ -208,12 +208,13 @@ pub(crate) fn decode(b: &[u8]) -> Result<Change> {
     })
 }
 
-/// A standby status update: `lsn` written, flushed and applied (what the slot may release).
-pub(crate) fn status_update(lsn: u64, reply: bool) -> Vec<u8> {
+/// A standby status update: `write` received, `flush` flushed and applied (what the slot may
+/// release; 0 leaves the slot's position as it is).
+pub(crate) fn status_update(write: u64, flush: u64, reply: bool) -> Vec<u8> {
     let mut v = Vec::with_capacity(34);
     v.push(b'r');
-    for _ in 0..3 {
-        v.extend_from_slice(&lsn.to_be_bytes());
+    for l in [write, flush, flush] {
+        v.extend_from_slice(&l.to_be_bytes());
     }
     // Microseconds since 2000-01-01.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

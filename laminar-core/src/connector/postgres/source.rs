@@ -489,7 +489,7 @@ impl PgCdcSource {
         self.repl = Some(Conn::connect(&self.cfg, true, CONNECT_TIMEOUT)?);
         self.start_stream(self.handed_lsn)?;
         // The server resumes from what was confirmed; the checkpoint's position stays that.
-        self.send_status(false)
+        self.send_status(true)
     }
 
     fn poll_stream(&mut self) -> Result<Poll> {
@@ -552,8 +552,14 @@ impl PgCdcSource {
         Ok(self.pending.pop_front().unwrap_or(Poll::Pending))
     }
 
-    fn send_status(&mut self, reply: bool) -> Result<()> {
-        let msg = pgoutput::status_update(self.confirmed, reply);
+    /// Tells the server what was received (`write`) and, with `flush`, what the oldest kept
+    /// checkpoint covers, which lets the slot release WAL. Without `flush` the flush position
+    /// is left invalid (0): the server then keeps the slot's position and takes `write` as
+    /// replicated, so a shutdown of the server is not held up waiting for a flush position that
+    /// only the next checkpoint gives.
+    fn send_status(&mut self, flush: bool) -> Result<()> {
+        let write = self.server_end.max(self.handed_lsn);
+        let msg = pgoutput::status_update(write, if flush { self.confirmed } else { 0 }, false);
         if let Some(r) = self.repl.as_mut() {
             r.send_copy_data(&msg)?;
         }
@@ -748,7 +754,7 @@ impl SourceReader for PgCdcSource {
             && oldest > self.confirmed
         {
             self.confirmed = oldest;
-            let _ = self.send_status(false);
+            let _ = self.send_status(true);
         }
     }
 }
