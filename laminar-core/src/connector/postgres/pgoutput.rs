@@ -33,7 +33,10 @@ pub(crate) struct Relation {
 
 #[derive(Debug)]
 pub(crate) enum Change {
-    Begin,
+    /// A transaction starts; its id.
+    Begin {
+        xid: u32,
+    },
     /// The end LSN of the commit record: the position after the transaction.
     Commit {
         end_lsn: u64,
@@ -144,7 +147,11 @@ pub(crate) fn frame(b: &[u8]) -> Result<Frame<'_>> {
 pub(crate) fn decode(b: &[u8]) -> Result<Change> {
     let mut c = Cursor { b, at: 0 };
     Ok(match c.u8()? {
-        b'B' => Change::Begin,
+        b'B' => {
+            let _final_lsn = c.u64()?;
+            let _commit_time = c.u64()?;
+            Change::Begin { xid: c.u32()? }
+        }
         b'C' => {
             let _flags = c.u8()?;
             let _commit_lsn = c.u64()?;

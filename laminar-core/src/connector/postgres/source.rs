@@ -59,6 +59,10 @@ pub(crate) struct PgCdcSource {
     /// The transaction being read, and whether one is open (between BEGIN and COMMIT).
     txn: Vec<Row>,
     in_txn: bool,
+    /// The open transaction's id, and whether new snapshots on the server see it yet (a
+    /// transaction's commit reaches the stream a moment before other sessions see its rows).
+    txn_xid: u32,
+    txn_visible: bool,
     /// Whole transactions read, waiting to be handed over, and the LSN after the last.
     ready: Vec<Row>,
     ready_lsn: u64,
@@ -138,6 +142,8 @@ impl PgCdcSource {
             rel: None,
             txn: vec![],
             in_txn: false,
+            txn_xid: 0,
+            txn_visible: false,
             ready: vec![],
             ready_lsn: 0,
             pending: VecDeque::new(),
@@ -319,6 +325,10 @@ impl PgCdcSource {
                 })
                 .collect();
             if !cond.is_empty() {
+                if !self.txn_visible {
+                    self.wait_visible()?;
+                    self.txn_visible = true;
+                }
                 let q = format!("SELECT {} FROM {} WHERE {}", names.join(", "), self.qualified(), cond.join(" AND "));
                 if let Some(row) = self.sql()?.query(&q)?.into_iter().next() {
                     for (j, v) in missing.iter().zip(row) {
@@ -328,6 +338,27 @@ impl PgCdcSource {
             }
         }
         Ok(out)
+    }
+
+    /// Waits (up to 10 s) until new snapshots on the server see the transaction being read:
+    /// its commit record is in the stream a moment before the server makes its rows visible to
+    /// other sessions, and a TOASTed value read from the current row in that moment would be
+    /// missed.
+    fn wait_visible(&mut self) -> Result<()> {
+        let xid = self.txn_xid;
+        // The 32-bit id widened with the epoch of the snapshot's xmax (the previous epoch when
+        // the id is above xmax's low half).
+        let q = format!(
+            "SELECT pg_visible_in_snapshot(((((m >> 32) - CASE WHEN {xid} > (m & 4294967295) THEN 1 ELSE 0 END) << 32) | {xid})::text::xid8, s) FROM (SELECT pg_current_snapshot() AS s) q, LATERAL (SELECT pg_snapshot_xmax(q.s)::text::bigint AS m) r"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = self.sql()?.query(&q)?;
+            if rows.first().and_then(|r| r[0].as_deref()) == Some("t") || Instant::now() > deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn on_relation(&mut self, r: Relation) -> Result<()> {
@@ -359,9 +390,11 @@ impl PgCdcSource {
 
     fn on_change(&mut self, c: Change) -> Result<()> {
         match c {
-            Change::Begin => {
+            Change::Begin { xid } => {
                 self.txn.clear();
                 self.in_txn = true;
+                self.txn_xid = xid;
+                self.txn_visible = false;
             }
             Change::Commit { end_lsn } => {
                 self.in_txn = false;
