@@ -7,6 +7,14 @@
 //!      (decoded, converted to Arrow, applied per transaction) until the table's `SUM(v)` equals
 //!      the server's: changes/s, and the ratio (b) / (a) (target ≥ 0.5).
 //!
+//! And the POSTGRES sink, in the same run, over `--sink-rows` rows (id, k, v, s, ts):
+//!
+//!  (c) `psql \copy` of the rows from a CSV file into a table: rows/s;
+//!  (d) LaminarDB pushing the same rows (8,192-row batches) through a `POSTGRES` sink in
+//!      `append` mode at durability `checkpoint`, a checkpoint (one Postgres transaction, binary
+//!      COPY) every 131,072 rows, timed until the last checkpoint's commit returned: rows/s, and
+//!      the ratio (d) / (c) (target ≥ 0.8).
+//!
 //! The updates are written while both readers are stopped (`UPDATE … SET v = v + 1` over
 //! `--rows` rows, 10,000 rows per transaction), so each reader's time is its own. The initial
 //! snapshot's rows/s is printed too.
@@ -73,12 +81,14 @@ fn pg_recvlogical() -> BoxResult<String> {
 fn main() -> BoxResult<()> {
     let mut updates: u64 = 1_000_000;
     let mut rows: u64 = 100_000;
+    let mut sink_rows: u64 = 1_000_000;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--updates" => updates = args.next().ok_or("--updates N")?.parse()?,
             "--rows" => rows = args.next().ok_or("--rows N")?.parse()?,
-            other => return Err(format!("unknown argument {other} (use --updates N, --rows N)").into()),
+            "--sink-rows" => sink_rows = args.next().ok_or("--sink-rows N")?.parse()?,
+            other => return Err(format!("unknown argument {other} (use --updates N, --rows N, --sink-rows N)").into()),
         }
     }
     let rows = rows.clamp(1, updates.max(1));
@@ -233,6 +243,99 @@ fn main() -> BoxResult<()> {
     println!("ratio (b) / (a): {:.2} (target >= 0.5)", lam_rate / raw_rate);
     db.close();
     cleanup(&url);
+    let _ = std::fs::remove_dir_all(&dir);
+    sink_bench(&url, sink_rows)
+}
+
+/// (c) and (d): `psql \copy` beside the POSTGRES sink, the same rows.
+fn sink_bench(url: &str, n: u64) -> BoxResult<()> {
+    use laminar_core::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use laminar_core::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+    let id = std::process::id();
+    let (copied, sunk) = (format!("bench_copy_{id}"), format!("bench_sink_{id}"));
+    let cols =
+        "id bigint NOT NULL, k bigint NOT NULL, v double precision NOT NULL, s text NOT NULL, ts timestamp NOT NULL";
+    psql(url, &format!("CREATE TABLE {copied} ({cols}); CREATE TABLE {sunk} ({cols});"))?;
+    let row = |i: u64| {
+        (
+            i as i64,
+            ((i * 2_654_435_761) % 1000) as i64,
+            (i % 997) as f64 * 0.5,
+            format!("item-{}", i % 10_000),
+            1_700_000_000_000_000i64 + i as i64 * 1000,
+        )
+    };
+    let batches: Vec<RecordBatch> = (0..n)
+        .step_by(8192)
+        .map(|lo| {
+            let r: Vec<_> = (lo..(lo + 8192).min(n)).map(row).collect();
+            RecordBatch::try_from_iter(vec![
+                ("id", Arc::new(Int64Array::from_iter_values(r.iter().map(|x| x.0))) as ArrayRef),
+                ("k", Arc::new(Int64Array::from_iter_values(r.iter().map(|x| x.1))) as ArrayRef),
+                ("v", Arc::new(Float64Array::from_iter_values(r.iter().map(|x| x.2))) as ArrayRef),
+                ("s", Arc::new(StringArray::from_iter_values(r.iter().map(|x| x.3.as_str()))) as ArrayRef),
+                ("ts", Arc::new(TimestampMicrosecondArray::from_iter_values(r.iter().map(|x| x.4))) as ArrayRef),
+            ])
+            .unwrap()
+        })
+        .collect();
+    // (c) psql \copy from a CSV file of the same rows, written beforehand (Arrow's CSV writer).
+    let csv = std::env::temp_dir().join(format!("laminar-pg-sink-bench-{id}.csv"));
+    {
+        let mut wr = laminar_core::arrow::csv::WriterBuilder::new()
+            .with_header(false)
+            .build(std::io::BufWriter::new(std::fs::File::create(&csv)?));
+        for b in &batches {
+            wr.write(b)?;
+        }
+    }
+    let t0 = Instant::now();
+    psql(url, &format!("\\copy {copied} (id, k, v, s, ts) FROM '{}' CSV", csv.display()))?;
+    let copy_s = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&csv);
+    let copy_rate = n as f64 / copy_s;
+    println!("(c) psql \\copy of {n} rows (CSV): {copy_s:.2} s, {copy_rate:.0} rows/s");
+    // (d) the POSTGRES sink.
+    let dir = std::env::temp_dir().join(format!("laminar-pg-sink-bench-{id}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint")?;
+    cfg.set("checkpoint_interval", "1h")?;
+    let db = Database::open(&dir.display().to_string(), cfg)?;
+    db.execute(&format!(
+        "CREATE SOURCE src (id BIGINT NOT NULL, k BIGINT NOT NULL, v DOUBLE NOT NULL, s VARCHAR NOT NULL, ts TIMESTAMP NOT NULL);
+         CREATE SINK out FROM src INTO POSTGRES WITH (url = '{url}', 'table-name' = '{sunk}', 'sink.mode' = 'append')"
+    ))?;
+    let mut w = db.writer("src")?;
+    let t0 = Instant::now();
+    for (i, b) in batches.into_iter().enumerate() {
+        w.write(b)?;
+        if (i + 1) % 16 == 0 {
+            db.flush()?;
+            db.checkpoint()?;
+        }
+    }
+    db.flush()?;
+    db.checkpoint()?;
+    let sink_s = t0.elapsed().as_secs_f64();
+    db.close();
+    let got: u64 = psql(url, &format!("SELECT count(*) FROM {sunk}"))?.parse()?;
+    let same = psql(url, &format!("SELECT count(*) FROM (SELECT * FROM {copied} EXCEPT ALL SELECT * FROM {sunk}) d"))?;
+    if got != n || same != "0" {
+        return Err(format!("the sink's table has {got} rows ({same} differ from the \\copy's); expected {n}").into());
+    }
+    let sink_rate = n as f64 / sink_s;
+    println!(
+        "(d) LaminarDB POSTGRES sink (append, exactly-once, binary COPY, a checkpoint per 131,072 rows): {sink_s:.2} s, {sink_rate:.0} rows/s; the table equals the \\copy's"
+    );
+    println!("ratio (d) / (c): {:.2} (target >= 0.8)", sink_rate / copy_rate);
+    let _ = psql(
+        url,
+        &format!(
+            "DROP TABLE {copied}; DROP TABLE {sunk}; DELETE FROM laminardb_sink_offsets WHERE sink_id = 'out:public.{sunk}'"
+        ),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -57,7 +57,10 @@ pub(crate) fn sink_kinds() -> String {
     if cfg!(feature = "kafka") {
         k.push("KAFKA");
     }
-    if k.is_empty() { "none (built without the `files` and `kafka` features)".into() } else { k.join(", ") }
+    if cfg!(feature = "postgres") {
+        k.push("POSTGRES");
+    }
+    if k.is_empty() { "none (built without the `files`, `kafka` and `postgres` features)".into() } else { k.join(", ") }
 }
 
 // ------------------------------------------------------------------------------------- options
@@ -517,12 +520,34 @@ pub(crate) trait Sink: Send + 'static {
     }
 }
 
+/// A committable holding an epoch's results (a sink that writes them only at commit, or writes
+/// them again after a crash): the epoch, then the batches.
+#[allow(dead_code)]
+pub(crate) fn encode_epoch_batches(epoch: u64, batches: &[RecordBatch]) -> Result<Vec<u8>> {
+    let mut out = epoch.to_le_bytes().to_vec();
+    out.extend(crate::durable::encode_lists(&[batches.to_vec()])?);
+    Ok(out)
+}
+
+/// The epoch and batches of [`encode_epoch_batches`]; `kind` names the sink kind in errors.
+#[allow(dead_code)]
+pub(crate) fn decode_epoch_batches(kind: &str, c: &[u8]) -> Result<(u64, Vec<RecordBatch>)> {
+    if c.len() < 8 {
+        return Err(Error::invalid_data(format!("a {kind} sink's committable in the checkpoint is truncated")));
+    }
+    let epoch = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+    let mut lists = crate::durable::decode_lists(&c[8..])?;
+    Ok((epoch, lists.pop().unwrap_or_default()))
+}
+
 /// Builds the sink of kind `kind` (CREATE SINK … INTO kind WITH (options)) for results of
-/// `schema`; its options are checked here.
+/// `schema`; its options are checked here. `key`: the input's key, when it is an upsert stream
+/// or a table.
 pub(crate) fn sink_for(
     kind: &str,
     sink: &str,
     schema: &SchemaRef,
+    key: Option<&[String]>,
     options: &BTreeMap<String, String>,
 ) -> Result<Box<dyn Sink>> {
     #[cfg(feature = "files")]
@@ -535,7 +560,12 @@ pub(crate) fn sink_for(
         let o = Options::new(format!("KAFKA sink '{sink}'"), options);
         return Ok(Box::new(kafka::KafkaSink::new(sink, schema.clone(), o)?));
     }
-    let _ = (sink, schema, options);
+    #[cfg(feature = "postgres")]
+    if kind.eq_ignore_ascii_case("postgres") {
+        let o = Options::new(format!("POSTGRES sink '{sink}'"), options);
+        return Ok(Box::new(postgres::PgSink::new(sink, schema.clone(), key, o)?));
+    }
+    let _ = (sink, schema, key, options);
     Err(Error::not_implemented(format!(
         "sink connector '{}' is not available in this build (built in: {})",
         clip(kind),

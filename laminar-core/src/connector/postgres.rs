@@ -47,7 +47,9 @@
 //! (which fails the table with a message saying to create it again) is not detected.
 
 mod pgoutput;
+mod sink;
 mod source;
 mod wire;
 
+pub(crate) use sink::PgSink;
 pub(crate) use source::PgCdcSource;

@@ -388,10 +388,14 @@ impl Database {
                 return Err(Error::already_exists(format!("a {what} named '{}' already exists", cs.name)));
             }
         }
-        let schema = if let Some(s) = eng.sources.get(&cs.input) {
-            s.queue.schema.clone()
+        let (schema, key) = if let Some(s) = eng.sources.get(&cs.input) {
+            (s.queue.schema.clone(), s.table.as_ref().map(|t| t.key_names()))
         } else if let Some(s) = eng.streams.get(&cs.input) {
-            s.output_schema.clone()
+            let key = match &s.kind {
+                StreamKind::Upsert { key } => Some(key.clone()),
+                _ => None,
+            };
+            (s.output_schema.clone(), key)
         } else {
             let all: Vec<String> = eng.sources.keys().chain(eng.streams.keys()).cloned().collect();
             let hint = nearest_name(&cs.input, all.iter().map(String::as_str))
@@ -404,7 +408,7 @@ impl Database {
                 crate::error::clip(&cs.input)
             )));
         };
-        let mut sink = connector::sink_for(&cs.connector, &cs.name, &schema, &cs.options)?;
+        let mut sink = connector::sink_for(&cs.connector, &cs.name, &schema, key.as_deref(), &cs.options)?;
         if let Some(old) = eng.sinks.remove(&cs.name) {
             drop_sink(&cs.name, old);
         }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::sync::Arc;
 
 use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray};

@@ -395,21 +395,6 @@ fn envelope(before: Option<&[u8]>, after: Option<&[u8]>, op: &str) -> Vec<u8> {
     v
 }
 
-fn encode_committable(epoch: u64, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let mut out = epoch.to_le_bytes().to_vec();
-    out.extend(crate::durable::encode_lists(&[batches.to_vec()])?);
-    Ok(out)
-}
-
-fn decode_committable(c: &[u8]) -> Result<(u64, Vec<RecordBatch>)> {
-    if c.len() < 8 {
-        return Err(Error::invalid_data("a KAFKA sink's committable in the checkpoint is truncated"));
-    }
-    let epoch = u64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
-    let mut lists = crate::durable::decode_lists(&c[8..])?;
-    Ok((epoch, lists.pop().unwrap_or_default()))
-}
-
 impl Sink for KafkaSink {
     fn describe(&self) -> String {
         format!(
@@ -436,7 +421,7 @@ impl Sink for KafkaSink {
         if !self.exactly_once || !self.in_txn {
             return Ok(vec![]);
         }
-        encode_committable(epoch, &self.epoch_batches)
+        crate::connector::encode_epoch_batches(epoch, &self.epoch_batches)
     }
 
     fn commit(&mut self, epoch: u64, committable: &[u8]) -> Result<()> {
@@ -453,7 +438,7 @@ impl Sink for KafkaSink {
         self.epoch_batches.clear();
         self.connect()?;
         let Some(c) = restored.filter(|c| !c.is_empty() && self.exactly_once) else { return Ok(()) };
-        let (epoch, batches) = decode_committable(c)?;
+        let (epoch, batches) = crate::connector::decode_epoch_batches("KAFKA", c)?;
         if self.committed_epoch()?.is_some_and(|m| m >= epoch) {
             return Ok(());
         }

@@ -281,6 +281,54 @@ impl Conn {
         }
     }
 
+    /// `COPY … FROM STDIN` with `data` as the copy's bytes (sent in `CopyData` messages of at
+    /// most 1 MiB); returns the rows the server reports copied. A server error is returned after
+    /// the server is ready again.
+    pub(crate) fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<u64> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.send(&out)?;
+        let mut err = None;
+        loop {
+            let m = self.read()?;
+            match m.tag {
+                b'G' => break,
+                b'E' => err = Some(self.server_error(&m)),
+                b'Z' => return Err(err.unwrap_or_else(|| self.protocol("COPY did not start"))),
+                _ => {}
+            }
+        }
+        for chunk in data.chunks(1 << 20) {
+            let mut head = [0u8; 5];
+            head[0] = b'd';
+            head[1..].copy_from_slice(&((chunk.len() + 4) as u32).to_be_bytes());
+            self.send(&head)?;
+            self.send(chunk)?;
+        }
+        let mut out = BytesMut::new();
+        frontend::copy_done(&mut out);
+        self.send(&out)?;
+        let mut copied = 0;
+        loop {
+            let m = self.read()?;
+            match m.tag {
+                b'C' => {
+                    // "COPY <n>\0"
+                    let t = String::from_utf8_lossy(&m.body);
+                    copied = t.trim_end_matches('\0').rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                }
+                b'E' => err = Some(self.server_error(&m)),
+                b'Z' => {
+                    return match err {
+                        Some(e) => Err(e),
+                        None => Ok(copied),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Sends a query that starts a copy-both stream (`START_REPLICATION`); returns once the
     /// server answered with `CopyBothResponse`.
     pub(crate) fn start_copy_both(&mut self, sql: &str) -> Result<()> {
