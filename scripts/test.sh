@@ -53,7 +53,7 @@ if [[ " ${LAMINAR_FEATURES//,/ } " == *" kafka "* ]]; then
   step "Kafka benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example kafka_bench -- --records 20000
 fi
 if [[ " ${LAMINAR_FEATURES//,/ } " == *" postgres "* ]]; then
-  step "PostgreSQL CDC benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example pg_cdc_bench -- --updates 20000 --rows 5000
+  step "PostgreSQL CDC and sink benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example pg_cdc_bench -- --updates 20000 --rows 5000 --sink-rows 50000
 fi
 step "services script test (Kafka, PostgreSQL, MariaDB started, used, stopped)" scripts/test-services.sh
 step "C header is current (cbindgen)" scripts/gen-header.sh --check

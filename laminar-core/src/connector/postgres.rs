@@ -1,4 +1,6 @@
-//! The `POSTGRES_CDC` connector (cargo feature `postgres`): a PostgreSQL table captured into a
+//! The PostgreSQL connectors (cargo feature `postgres`): the `POSTGRES` sink (`sink.rs`: a
+//! stream's results into a table, exactly once through an offsets table; options in the README)
+//! and `POSTGRES_CDC`, a PostgreSQL table captured into a
 //! LaminarDB table — its snapshot, then every change from a logical replication slot with the
 //! built-in `pgoutput` plugin, applied one source transaction at a time.
 //!
