@@ -167,7 +167,9 @@ pub fn default_workers() -> usize {
 /// `laminar_config_get_flag`.
 pub fn describe_key(key: &str) -> Option<&'static str> {
     Some(match key {
-        "storage_dir" => "directory for checkpoints and the write-ahead log (default: none)",
+        "storage_dir" => {
+            "directory for checkpoints and the write-ahead log of a database opened as ':memory:'; a relative path opened with it names a database inside it (default: none)"
+        }
         "durability" => {
             "memory | checkpoint | wal (default: memory for ':memory:', wal for a path); checkpoint: pushes since the last checkpoint are lost in a crash; wal: every push is durable before it returns"
         }

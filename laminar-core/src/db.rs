@@ -98,9 +98,14 @@ impl Database {
                 "the path is empty: open ':memory:' for an in-memory database, or a directory",
             ));
         }
+        // With `storage_dir`, a relative path names the database inside it (the established
+        // meaning of `open("name", storage_dir=…)`); an absolute path stands alone.
         let dir = match (path, &config.storage_dir) {
             (":memory:", None) => None,
             (":memory:", Some(d)) => Some(d.clone()),
+            (p, Some(d)) if std::path::Path::new(p).is_relative() => {
+                Some(std::path::Path::new(d).join(p).to_string_lossy().into_owned())
+            }
             (p, _) => Some(p.to_string()),
         };
         let level = config.durability.unwrap_or(if dir.is_some() { Durability::Wal } else { Durability::Memory });

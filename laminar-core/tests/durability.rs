@@ -1309,3 +1309,32 @@ fn salvage_skips_the_records_that_depended_on_a_lost_one() {
     db.close();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `storage_dir` with a relative path: the database is that path inside the directory (the
+/// established Python package's `open("name", storage_dir=…)`), so two names are two databases
+/// and a reopen by name recovers; an absolute path ignores `storage_dir`.
+#[test]
+fn a_relative_path_with_storage_dir_names_a_database_inside_it() {
+    let root = tmpdir("storage-dir-names");
+    let mut c = Config::default();
+    c.set("storage_dir", root.to_str().unwrap()).unwrap();
+    let a = Database::open("first", c.clone()).unwrap();
+    a.execute("CREATE SOURCE s (x BIGINT)").unwrap();
+    a.execute("INSERT INTO s VALUES (1), (2)").unwrap();
+    a.close();
+    assert!(root.join("first").is_dir(), "the database lives in storage_dir/first");
+    assert!(!std::path::Path::new("first").exists(), "nothing in the working directory");
+    // Another name is another database; the first reopens with its rows.
+    let b = Database::open("second", c.clone()).unwrap();
+    assert!(b.execute("SELECT * FROM s").is_err(), "'second' has no source s");
+    b.close();
+    let a = Database::open("first", c.clone()).unwrap();
+    assert_eq!(sorted(&a.query("SELECT x FROM s").unwrap()), vec!["1", "2"]);
+    a.close();
+    // An absolute path stands alone.
+    let abs = root.join("elsewhere");
+    let d = Database::open(abs.to_str().unwrap(), c).unwrap();
+    d.close();
+    assert!(abs.is_dir());
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -385,3 +385,42 @@ fn golden_emit_every_non_windowed() {
     let b = sorted(&drain(&sub));
     assert_eq!((a, b), (vec!["1|10".to_string(), "2|20".to_string()], vec!["1|30".to_string(), "3|5".to_string()]));
 }
+
+/// Column types may be written the way pyarrow prints them (the established Python package's
+/// spelling), in SQL as in the Python dict form: each becomes its SQL type.
+#[test]
+fn arrow_type_names_declare_columns() {
+    use laminar_core::arrow::datatypes::{DataType, TimeUnit};
+    let db = Database::open_in_memory().unwrap();
+    db.execute(
+        "CREATE SOURCE e (a int16, b INT32, c int64, d uint8, f float32, g float64, h string, i large_string, j bool, k timestamp[ms], l timestamp[us, tz=UTC], m date32, n decimal128(10, 2), o BIGINT NOT NULL, ts timestamp[ms], WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)",
+    )
+    .unwrap();
+    let s = db.object("e").unwrap().schema;
+    let got: Vec<(String, DataType)> = s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect();
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let want = vec![
+        ("a", DataType::Int16),
+        ("b", DataType::Int32),
+        ("c", DataType::Int64),
+        ("d", DataType::UInt8),
+        ("f", DataType::Float32),
+        ("g", DataType::Float64),
+        ("h", DataType::Utf8),
+        ("i", DataType::Utf8),
+        ("j", DataType::Boolean),
+        ("k", ts.clone()),
+        ("l", got[10].1.clone()),
+        ("m", DataType::Date32),
+        ("n", DataType::Decimal128(10, 2)),
+        ("o", DataType::Int64),
+        ("ts", ts),
+    ];
+    let want: Vec<(String, DataType)> = want.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    assert_eq!(got, want);
+    assert!(matches!(got[10].1, DataType::Timestamp(..)), "{:?}", got[10].1);
+    assert!(!s.field(13).is_nullable(), "NOT NULL after an Arrow name is kept");
+    // A name that is no type is still an error naming it.
+    let e = db.execute("CREATE SOURCE bad (a int65)").unwrap_err();
+    assert!(e.message().to_lowercase().contains("int65"), "{e}");
+}

@@ -82,7 +82,7 @@ def test_results_out_to_every_library(src):
     assert pl.from_arrow(pa.table(q)).height == 2
     con = duckdb.connect()
     assert con.sql("SELECT SUM(x) AS sx FROM q").fetchall() == [(3.0,)]  # DuckDB reads it by name
-    assert q.to_dicts() == [{"k": 1, "x": 1.0}, {"k": 2, "x": 2.0}]
+    assert q.to_pylist() == [{"k": 1, "x": 1.0}, {"k": 2, "x": 2.0}]
 
 
 def test_writer(src):
@@ -107,4 +107,4 @@ def test_thousands_of_small_inserts_never_hang(src):
     db = src
     for i in range(5000):
         assert db.insert("s", {"k": i, "name": "x", "x": 1.0, "ts": at(i)}) == 1
-    assert db.query("SELECT COUNT(*) AS c FROM s").to_dicts() == [{"c": 5000}]
+    assert db.query("SELECT COUNT(*) AS c FROM s").to_pylist() == [{"c": 5000}]

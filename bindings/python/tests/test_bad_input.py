@@ -46,7 +46,7 @@ def test_malformed_arrow_is_refused_naming_the_column(offsets, data, kind):
         assert "'k'" in str(e.value)
         # Nothing of it arrived; the database still works.
         db.insert("s", {"k": ["ok"], "n": [1]})
-        assert db.query("SELECT uk, len FROM u").to_dicts() == [{"uk": "OK", "len": 2}]
+        assert db.query("SELECT uk, len FROM u").to_pylist() == [{"uk": "OK", "len": 2}]
 
 
 def test_create_table_quotes_names_and_checks_types():
@@ -83,7 +83,7 @@ def test_query_stream_quotes_the_name():
             b = sub.try_next()
             if b is None:
                 break
-            got += b.to_dicts()
+            got += b.to_pylist()
         assert sorted(r["a"] for r in got) == [2, 3]
         sub.cancel()
 
@@ -96,7 +96,7 @@ def test_sql_insert_casts_are_strict():
                 db.execute(f"INSERT INTO s VALUES {values}")
             assert e.value.status == "INVALID_DATA", (values, e.value)
         db.execute("INSERT INTO s VALUES (2.0, '2024-01-01 00:00:00', 'ok')")
-        assert db.query("SELECT n, v FROM s").to_dicts() == [{"n": 2, "v": "ok"}]
+        assert db.query("SELECT n, v FROM s").to_pylist() == [{"n": 2, "v": "ok"}]
 
 
 def test_long_names_are_clipped_in_messages():

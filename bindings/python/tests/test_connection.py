@@ -14,7 +14,7 @@ def test_module_level_api_and_version():
     assert laminardb.STATUS["NOT_FOUND"] == 3 and laminardb.STATUS["CLOSED"] == 20
     r = laminardb.execute("CREATE SOURCE IF NOT EXISTS mod_src (a BIGINT)")
     assert r.ddl_type == "CREATE SOURCE"
-    assert laminardb.sql("SELECT COUNT(*) AS c FROM mod_src").to_dicts() == [{"c": 0}]
+    assert laminardb.sql("SELECT COUNT(*) AS c FROM mod_src").to_pylist() == [{"c": 0}]
     assert laminardb.codes.SQL_PARSE_ERROR == 401 and laminardb.codes.SHUTDOWN == 901
 
 
@@ -24,7 +24,9 @@ def test_open_connect_and_config():
     assert laminardb.Config is laminardb.LaminarConfig
     with laminardb.open(config=cfg) as db:
         assert not db.is_closed and db.pipeline_state == "running"
-    assert db.is_closed and db.pipeline_state == "closed"
+    assert db.is_closed and repr(db) == "Connection(closed)"
+    with pytest.raises(laminardb.ConnectionError, match="closed"):
+        _ = db.pipeline_state
     with laminardb.connect("laminar://:memory:") as db2:
         db2.start()
         assert db2.list_tables() == []
@@ -46,13 +48,14 @@ def test_execute_result_and_queries(trades):
     assert (r.result_type, r.ddl_type, r.ddl_object) == ("ddl", "CREATE MATERIALIZED VIEW", "tot")
     assert r.to_query_result().num_rows == 0
     r = db.execute("SHOW SOURCES")
-    assert r.result_type == "query" and r.to_query_result().to_dicts() == [{"name": "trades"}]
+    assert r.result_type == "query" and r.to_query_result().to_pylist() == [{"name": "trades"}]
     q = db.query("SELECT sym, qty FROM trades ORDER BY sym")
     assert q.columns == ["sym", "qty"] and q.num_rows == 2 and q.num_columns == 2 and len(q) == 2
     assert q.fetchone() == ("A", 5) and q.fetchmany(5) == [("B", 7)] and q.fetchone() is None
     assert q.fetchall() == []
     assert db.sql("SELECT sym FROM trades ORDER BY sym").fetchall() == [("A",), ("B",)]
-    assert [r["sym"] for r in db.query("SELECT sym FROM trades ORDER BY sym")] == ["A", "B"]
+    assert [r[0] for r in db.query("SELECT sym FROM trades ORDER BY sym")] == ["A", "B"]  # rows as tuples
+    assert db.query("SELECT sym FROM trades ORDER BY sym").to_dicts() == {"sym": ["A", "B"]}  # columns
     assert sum(b.num_rows for b in db.stream("SELECT * FROM trades")) == 2
     assert isinstance(q.schema, pa.Schema) and q.to_arrow().num_rows == 2 and q.arrow() is q.to_arrow()
     assert "<table>" in q._repr_html_() and "sym" in repr(q)
@@ -74,7 +77,8 @@ def test_catalog_and_schema(trades, tmp_path):
     streams = {s["name"]: s for s in db.streams()}
     assert streams["vol"]["inputs"] == ["trades"] and streams["tot"]["stream_kind"] == "changelog"
     topo = db.topology()
-    assert {"from": "trades", "to": "vol"} in topo["edges"] and len(topo["nodes"]) == 4
+    assert ("trades", "vol") in [(e.from_node, e.to_node) for e in topo.edges] and len(topo.nodes) == 4
+    assert {n.name: n.node_type for n in topo.nodes}["trades"] == "source" and "PipelineTopology" in repr(topo)
     s = db.schema("trades")
     assert s.names == ["sym", "qty", "ts"] and s.field("ts").type == pa.timestamp("us")
     assert "__weight" in db.schema("tot").names
@@ -83,7 +87,7 @@ def test_catalog_and_schema(trades, tmp_path):
     assert db.list_sinks() == ["vol_out"] and db.sink_count == 1
     (k,) = db.sinks()
     assert k["input"] == "vol" and k["failed"] is False and "INTO FILES" in k["sql"]
-    assert {"from": "vol", "to": "vol_out"} in db.topology()["edges"]
+    assert ("vol", "vol_out") in [(e.from_node, e.to_node) for e in db.topology().edges]
     assert [s.name for s in db.metrics().sinks] == ["vol_out"]
     db.execute("DROP SINK vol_out")
     assert db.list_sinks() == []
@@ -109,10 +113,8 @@ def test_metrics_and_properties(trades):
     assert [s.name for s in db.all_source_metrics()] == ["trades"]
     assert [s.name for s in db.all_stream_metrics()] == ["vol"]
     assert db.total_events_processed == m.events_processed
-    with pytest.raises(laminardb.SchemaError):
-        db.source_metrics("nope")
-    with pytest.raises(laminardb.SchemaError):
-        db.stream_metrics("nope")
+    assert db.source_metrics("nope") is None and db.stream_metrics("nope") is None
+    assert m.total_events_ingested == m.rows_in and m.source_count == 1 and m.stream_count == 1
 
 
 def test_checkpoint_and_close(trades):
@@ -160,7 +162,7 @@ def test_a_directory_is_durable_and_recovered(tmp_path):
         assert e.value.status == "INVALID_STATE"
         for d in ddl:  # the same program again: the same definitions are fine
             db.execute(d)
-        rows = sorted((r["sym"], r["q"]) for r in db.query("SELECT sym, q FROM vol").to_dicts())
+        rows = sorted((r["sym"], r["q"]) for r in db.query("SELECT sym, q FROM vol").to_pylist())
         assert rows == [("A", 4), ("B", 2)]
         with pytest.raises(laminardb.LaminarError) as e:
             db.execute("CREATE MATERIALIZED VIEW IF NOT EXISTS vol AS SELECT sym, MAX(qty) AS q, window_start FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)")
@@ -178,17 +180,17 @@ def test_a_subscriber_resumes_after_its_last_epoch(tmp_path):
     def results(sub):
         out = []
         while True:
-            r = sub.next_timeout(200)
+            r = sub.poll(200)  # None on a timeout (next_timeout raises)
             if r is None:
                 return out
-            out.extend((sub.epoch, d["sym"], d["q"]) for d in r.to_dicts())
+            out.extend((sub.epoch, d["sym"], d["q"]) for d in r.to_pylist())
 
     with laminardb.open(path, config={"checkpoint_interval": "0"}) as db:
         db.execute(src)
         db.execute(view)
         sub = db.subscribe_stream("s")
         seen = []
-        cb = db.subscribe_stream_callback("s", lambda r: seen.extend((cb.epoch, d["sym"]) for d in r.to_dicts()))
+        cb = db.subscribe_stream_callback("s", lambda r: seen.extend((cb.epoch, d["sym"]) for d in r.to_pylist()))
         db.insert("t", {"sym": ["A", "B"], "qty": [1, 2], "ts": [at(0), at(11)]})  # closes [0,10)
         assert db.checkpoint() == 1
         db.insert("t", {"sym": ["A"], "qty": [5], "ts": [at(21)]})  # closes [10,20): epoch 2

@@ -52,10 +52,10 @@ def run_case(seed: int, n: int = 3000, keys: int = 7):
             w.flush()
         got = []
         while (r := out.try_next()) is not None:
-            got.extend(r.to_dicts())
+            got.extend(r.to_pylist())
         late_ids = set()
         while (r := late.try_next()) is not None:
-            late_ids.update(d["id"] for d in r.to_dicts())
+            late_ids.update(d["id"] for d in r.to_pylist())
     finally:
         db.close()
 

@@ -22,22 +22,27 @@ def test_pull_next_timeout_try_next_and_cancel(trades):
     assert sub.schema.names == ["sym", "total", "n", "window_start"]  # before any batch
     assert sub.is_active
     t0 = time.monotonic()
-    assert sub.next_timeout(50) is None  # a timeout is None, not an exception
+    assert sub.poll(50) is None  # poll: a timeout is None
     assert time.monotonic() - t0 >= 0.04
+    with pytest.raises(laminardb.SubscriptionError, match="timeout") as e:
+        sub.next_timeout(50)  # next_timeout: a timeout raises (the established API)
+    assert e.value.code == laminardb.codes.SUBSCRIPTION_TIMEOUT and sub.is_active
     assert sub.try_next() is None
     push(db, ("A", 1, 0), ("A", 2, 3), ("B", 5, 4), ("A", 9, 12))
     r = sub.next()
     assert sorted(r.fetchall()) == [("A", 3, 2, at(0)), ("B", 5, 1, at(0))]
     threading.Timer(0.1, sub.cancel).start()
     assert sub.next() is None  # a blocked next ends on cancel from another thread
-    assert not sub.is_active
-    assert list(sub) == []
+    assert not sub.is_active and "cancelled" in repr(sub)
+    assert list(sub) == [] and sub.next_timeout(10) is None  # ended: None, not a timeout
+    with pytest.raises(RuntimeError, match="cancelled"):
+        _ = sub.schema
 
 
 def test_subscribe_to_a_query_and_query_stream(trades):
     db = trades
     sub = db.subscribe("SELECT sym, qty FROM trades WHERE qty > 1")
-    hidden = [q for q in db.queries() if q["id"] == sub.id]
+    hidden = [q for q in db.queries() if q.id == sub.id and q["sql"].startswith("SELECT")]
     assert hidden and db.active_query_count == 1
     assert all(not n.startswith("__") for n in db.list_streams())
     filt = db.query_stream("vol", "total > 3")
@@ -46,7 +51,9 @@ def test_subscribe_to_a_query_and_query_stream(trades):
     assert sorted(got.fetchall()) == [("B", 5), ("C", 7)]
     win = filt.next_timeout(2000)
     assert win.fetchall() == [("B", 5, 1, at(0))]
-    assert db.cancel_query(sub.id) is True and db.cancel_query(sub.id) is False
+    assert db.cancel_query(sub.id) is True
+    with pytest.raises(laminardb.SchemaError, match="not found"):
+        db.cancel_query(sub.id)
     assert not sub.is_active
     filt.cancel()
     assert db.active_query_count == 0
@@ -59,7 +66,7 @@ def test_iteration_and_with(trades):
         push(db, ("A", 1, 0), ("A", 1, 11), ("A", 1, 22))
         seen = []
         for r in sub:
-            seen.extend(r.to_dicts())
+            seen.extend(r.to_pylist())
             if len(seen) == 2:
                 break
     assert [d["window_start"] for d in seen] == [at(0), at(10)]
@@ -68,7 +75,7 @@ def test_iteration_and_with(trades):
 
 async def test_asyncio_subscription(trades):
     db = trades
-    sub = db.subscribe_stream_async("vol")
+    sub = await db.subscribe_stream_async("vol")
     push(db, ("A", 4, 0), ("A", 1, 15))
     async with sub:
         got = []
@@ -76,7 +83,7 @@ async def test_asyncio_subscription(trades):
             got.extend(r.fetchall())
             break
     assert got == [("A", 4, 1, at(0))]
-    sub2 = db.subscribe_async("SELECT sym FROM trades")
+    sub2 = await db.subscribe_async("SELECT sym FROM trades")
 
     async def consume():
         return [r.fetchall() async for r in sub2]
@@ -102,7 +109,8 @@ def test_callbacks_wait_cancel_and_errors(trades):
     sub.cancel()
     assert sub.wait(1) and not sub.is_active and errors == []
 
-    # an exception in on_data without on_error ends the subscription; wait() re-raises it as is
+    # an exception in on_data without on_error ends the subscription (logged); wait() returns
+    # and the exception is sub.error
     class Boom(Exception):
         pass
 
@@ -110,9 +118,10 @@ def test_callbacks_wait_cancel_and_errors(trades):
         raise Boom("from the callback")
 
     sub = db.subscribe_callback("SELECT sym FROM trades", bad)
+    assert "query='SELECT sym FROM trades'" in repr(sub) and "active" in repr(sub)
     push(db, ("B", 1, 30))
-    with pytest.raises(Boom, match="from the callback"):
-        sub.wait(5)
+    assert sub.wait(5) and not sub.is_active and "finished" in repr(sub)
+    assert isinstance(sub.error, Boom) and str(sub.error) == "from the callback"
     sub.cancel()
 
     # with on_error, the exception goes there and the subscription goes on
@@ -123,7 +132,8 @@ def test_callbacks_wait_cancel_and_errors(trades):
     deadline = time.monotonic() + 5
     while len(caught) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert [type(e) for e in caught] == [Boom, Boom] and sub.is_active
+    # on_error gets the message (a str), with the exception as .exception
+    assert caught == ["from the callback"] * 2 and [type(e.exception) for e in caught] == [Boom, Boom] and sub.is_active
     sub.cancel()
 
 
@@ -246,12 +256,14 @@ def test_changelog_stream_items_carry_their_weight_column(trades):
     assert rows == [("A", 1, 1), ("A", 1, -1), ("A", 3, 1)]
 
 
-def test_break_out_of_iteration_cancels_and_drops_the_hidden_stream(trades):
+def test_leaving_a_with_block_cancels_and_drops_the_hidden_stream(trades):
     db = trades
     sub = db.subscribe("SELECT sym FROM trades")
     push(db, ("A", 1, 0))
-    for _ in sub:
-        break
+    assert iter(sub) is sub
+    with sub:  # leaving the block cancels, also on a break
+        for _ in sub:
+            break
     assert not sub.is_active and db.active_query_count == 0
     assert db.list_streams() == ["vol"]
     with pytest.raises(laminardb.QueryError):

@@ -51,8 +51,9 @@ pub(super) fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool)
     let mut depth = 0;
     for t in &c.toks[open + 1..close] {
         match t.token {
-            Token::LParen => depth += 1,
-            Token::RParen => depth -= 1,
+            // Brackets too: `timestamp[us, tz=UTC]` is one type.
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth -= 1,
             Token::Comma if depth == 0 => {
                 elems.push(vec![]);
                 continue;
@@ -109,7 +110,9 @@ pub(super) fn parse_create_source(c: &mut Cursor, or_replace: bool, table: bool)
         } else if e.is_empty() {
             return Err(Error::syntax("empty element in the column list").with_position(pos_of(&c.toks[open])));
         } else {
-            column_tokens.push(e.iter().map(|t| token_sql(&t.token)).collect::<Vec<_>>().join(" "));
+            let parts: Vec<String> =
+                e.iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).map(|t| token_sql(&t.token)).collect();
+            column_tokens.push(arrow_type_names(parts).join(" "));
         }
     }
     if column_tokens.is_empty() {
@@ -322,4 +325,51 @@ pub(super) fn parse_create_stream(c: &mut Cursor, or_replace: bool, materialized
         late_data_to,
         state_ttl,
     })
+}
+
+/// A column definition (`name type …`, as SQL tokens) with an Arrow type name in place of the
+/// type (`int64`, `float64`, `string`, `bool`, `timestamp[ms]`, `timestamp[us, tz=UTC]`,
+/// `decimal128(10, 2)` — the names pyarrow prints, which the established Python package takes)
+/// rewritten to its SQL type; any other definition as it was. `int8` keeps its SQL meaning
+/// (BIGINT, as in PostgreSQL), which SQL already gives it.
+pub(crate) fn arrow_type_names(parts: Vec<String>) -> Vec<String> {
+    if parts.len() < 2 {
+        return parts;
+    }
+    let ty = parts[1].to_ascii_lowercase();
+    let simple = match ty.as_str() {
+        "int16" => Some("SMALLINT"),
+        "int32" => Some("INT"),
+        "int64" => Some("BIGINT"),
+        "uint8" => Some("TINYINT UNSIGNED"),
+        "uint16" => Some("SMALLINT UNSIGNED"),
+        "uint32" => Some("INT UNSIGNED"),
+        "uint64" => Some("BIGINT UNSIGNED"),
+        "float16" | "float32" | "halffloat" => Some("REAL"),
+        "float64" => Some("DOUBLE"),
+        "string" | "utf8" | "large_string" | "large_utf8" | "str" => Some("VARCHAR"),
+        "bool" => Some("BOOLEAN"),
+        "large_binary" => Some("BYTEA"),
+        "date32" | "date64" => Some("DATE"),
+        _ => None,
+    };
+    let mut out = vec![parts[0].clone()];
+    let rest_at;
+    if let Some(t) = simple {
+        out.push(t.to_string());
+        rest_at = 2;
+    } else if ty == "timestamp" && parts.get(2).map(String::as_str) == Some("[") {
+        let Some(close) = parts.iter().position(|p| p == "]") else { return parts };
+        let inner = parts[3..close].join("").to_ascii_lowercase();
+        out.push(if inner.contains("tz=") { "TIMESTAMP WITH TIME ZONE" } else { "TIMESTAMP" }.to_string());
+        rest_at = close + 1;
+    } else if ty == "decimal128" && parts.get(2).map(String::as_str) == Some("(") {
+        let Some(close) = parts.iter().position(|p| p == ")") else { return parts };
+        out.push(format!("DECIMAL({})", parts[3..close].join(" ")));
+        rest_at = close + 1;
+    } else {
+        return parts;
+    }
+    out.extend(parts[rest_at..].iter().cloned());
+    out
 }

@@ -35,10 +35,28 @@ from ._errors import (
     SubscriptionError,
 )
 from .config import Config, LaminarConfig
-from .connection import Connection, PipelineMetrics, SinkMetrics, SourceMetrics, StreamMetrics
+from .connection import (
+    CheckpointResult,
+    Connection,
+    PipelineEdge,
+    PipelineMetrics,
+    PipelineNode,
+    PipelineTopology,
+    QueryInfo,
+    SinkInfo,
+    SinkMetrics,
+    SourceInfo,
+    SourceMetrics,
+    StreamInfo,
+    StreamMetrics,
+)
 from .result import ExecuteResult, QueryResult
-from .subscription import AsyncSubscription, CallbackSubscription, Subscription
+from .subscription import AsyncSubscription, CallbackSubscription, QueryStream, Subscription
+from .types import ChangeEvent, ChangeRow, Column, MaterializedView, Metrics, Schema
 from .writer import Writer
+
+#: The established package's name for :class:`Writer`.
+BatchWriter = Writer
 
 __version__ = _laminardb.version()
 
@@ -87,10 +105,22 @@ def execute(statement: str) -> ExecuteResult:
     return _default_connection().execute(statement)
 
 
+def mv(conn: Connection, name: str, sql_def: Optional[str] = None) -> MaterializedView:
+    """A :class:`MaterializedView` handle on ``name``; with ``sql_def`` (a ``SELECT``), the view
+    is created first unless it exists."""
+    if sql_def is not None and name not in conn.list_streams():
+        from .connection import quote_ident
+
+        conn.execute(f"CREATE MATERIALIZED VIEW {quote_ident(name)} AS {sql_def}")
+    return MaterializedView(conn, name, sql_def)
+
+
 __all__ = [
-    "open", "connect", "sql", "execute", "Connection", "Config", "LaminarConfig", "ExecuteResult",
-    "QueryResult", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
-    "PipelineMetrics", "SinkMetrics", "SourceMetrics", "StreamMetrics", "LaminarError", "ConnectionError",
+    "open", "connect", "sql", "execute", "mv", "CheckpointResult", "Connection", "Config", "LaminarConfig", "ExecuteResult",
+    "QueryResult", "QueryStream", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
+    "BatchWriter", "PipelineMetrics", "SinkMetrics", "SourceMetrics", "StreamMetrics", "SourceInfo",
+    "SinkInfo", "StreamInfo", "QueryInfo", "PipelineNode", "PipelineEdge", "PipelineTopology",
+    "MaterializedView", "Schema", "Column", "ChangeEvent", "ChangeRow", "Metrics", "LaminarError", "ConnectionError",
     "QueryError", "IngestionError", "SchemaError", "BatchSchemaError", "SubscriptionError",
     "StreamError", "CheckpointError", "ConnectorError", "EngineCause", "codes", "STATUS", "__version__",
 ]

@@ -82,6 +82,8 @@ def to_arrow(data: Any, schema: pa.Schema) -> Tuple[str, Any]:
             return "stream", columns_to_table(data, schema)
         return "stream", rows_to_table([data], schema)
     if isinstance(data, (list, tuple)):
+        if not data:
+            raise TypeError("insert got an empty list: nothing to insert (pass at least one row)")
         return "stream", rows_to_table(list(data), schema)
     raise TypeError(
         "insert takes a dict, a dict of lists, a list of dicts, a pyarrow RecordBatch/Table, a pandas or "

@@ -17,7 +17,9 @@ class LaminarConfig:
     bytes or strings (``"512MB"``).
     """
 
-    buffer_size: Optional[int] = None
+    # 65536 (the established package's default) leaves the engine's own default (1024
+    # batches a subscription buffers); any other value is passed on.
+    buffer_size: Optional[int] = 65536
     storage_dir: Optional[str] = None
     checkpoint_interval_ms: Optional[int] = None
     checkpoint_interval: Optional[Union[str, float]] = None
@@ -45,7 +47,7 @@ class LaminarConfig:
             "source_retention",
         ):
             v = getattr(self, name)
-            if v is None:
+            if v is None or (name == "buffer_size" and v == 65536):
                 continue
             if name in ("checkpoint_interval", "idle_timeout") and isinstance(v, (int, float)):
                 v = f"{int(v * 1000)}ms"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pyarrow as pa
 
@@ -15,7 +17,7 @@ from ._arrow import csv_to_table, insert_into, json_to_table
 from ._errors import BatchSchemaError, CheckpointError, ConnectionError, LaminarError, QueryError, SchemaError, rewrap
 from .config import LaminarConfig, to_pairs
 from .result import ExecuteResult, QueryResult
-from .subscription import CallbackSubscription, Subscription
+from .subscription import CallbackSubscription, QueryStream, Subscription, _Bounded
 from .writer import Writer
 
 _IDENT = re.compile(r'^(?:[A-Za-z_][A-Za-z0-9_]*|"(?:[^"]|"")+")$')
@@ -41,6 +43,30 @@ class SourceMetrics:
     queue_depth: int = 0
     # A connector source's partitions: {"0": {"position", "lag", "records", "bytes", "malformed"}}.
     partitions: Dict[str, Dict[str, Optional[int]]] = field(default_factory=dict)
+    # The source's queue capacity in events (the `queue_capacity` setting).
+    capacity: int = 64
+
+    # The established package's names for the same figures.
+    @property
+    def total_events(self) -> int:
+        return self.rows_in
+
+    @property
+    def pending(self) -> int:
+        return self.queue_depth
+
+    @property
+    def watermark(self) -> int:
+        """The watermark in epoch ms (0 before the first)."""
+        return self.watermark_ms if self.watermark_ms is not None else 0
+
+    @property
+    def utilization(self) -> float:
+        return self.queue_depth / self.capacity if self.capacity else 0.0
+
+    @property
+    def is_backpressured(self) -> bool:
+        return self.capacity > 0 and self.queue_depth >= self.capacity
 
 
 @dataclass
@@ -80,6 +106,166 @@ class PipelineMetrics:
     sources: List[SourceMetrics] = field(default_factory=list)
     streams: List[StreamMetrics] = field(default_factory=list)
     sinks: List[SinkMetrics] = field(default_factory=list)
+    # Seconds since the connection opened, and "running" (metrics of a closed connection raise).
+    uptime_secs: float = 0.0
+    state: str = "running"
+
+    # The established package's names for the same figures.
+    @property
+    def total_events_ingested(self) -> int:
+        return self.rows_in
+
+    @property
+    def total_events_emitted(self) -> int:
+        return self.rows_out
+
+    @property
+    def total_events_dropped(self) -> int:
+        """Rows dropped as late (counted per source)."""
+        return sum(s.rows_late for s in self.sources)
+
+    @property
+    def total_cycles(self) -> int:
+        return self.events_processed
+
+    @property
+    def total_batches(self) -> int:
+        return self.events_processed
+
+    @property
+    def source_count(self) -> int:
+        return len(self.sources)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self.streams)
+
+    @property
+    def sink_count(self) -> int:
+        return len(self.sinks)
+
+    @property
+    def pipeline_watermark(self) -> int:
+        """The lowest watermark over the sources that have one (epoch ms), 0 when none has."""
+        wms = [s.watermark_ms for s in self.sources if s.watermark_ms is not None]
+        return min(wms) if wms else 0
+
+
+class CheckpointResult(int):
+    """A checkpoint taken: its epoch (the ``int`` value, also ``checkpoint_id``); true, since a
+    failed checkpoint raises instead."""
+
+    @property
+    def checkpoint_id(self) -> int:
+        return int(self)
+
+    @property
+    def success(self) -> bool:
+        return True
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"CheckpointResult(checkpoint_id={int(self)})"
+
+
+class _Info:
+    """A catalog entry: attributes, and item access by the same names (``info["name"]``)."""
+
+    _fields: tuple = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self._fields else default
+
+    def keys(self) -> List[str]:
+        return list(self._fields)
+
+    def __eq__(self, other: Any) -> bool:
+        if isinstance(other, dict):
+            return {k: getattr(self, k) for k in self._fields} == other
+        return type(other) is type(self) and all(getattr(self, k) == getattr(other, k) for k in self._fields)
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._fields if k != "schema")
+        return f"{type(self).__name__}({body})"
+
+
+class SourceInfo(_Info):
+    """A source or table: name, schema, watermark_column, sql, and kind (``"source"`` or
+    ``"table"``)."""
+
+    _fields = ("name", "sql", "kind", "schema", "watermark_column")
+
+    def __init__(self, name: str, sql: str, kind: str, schema: pa.Schema, watermark_column: Optional[str]):
+        self.name, self.sql, self.kind, self.schema, self.watermark_column = name, sql, kind, schema, watermark_column
+
+
+class StreamInfo(_Info):
+    """A stream or materialized view: name, kind, stream_kind, sql, inputs, failed."""
+
+    _fields = ("name", "kind", "stream_kind", "sql", "inputs", "failed")
+
+    def __init__(self, name: str, kind: str, stream_kind: str, sql: str, inputs: List[str], failed: bool):
+        self.name, self.kind, self.stream_kind, self.sql, self.inputs, self.failed = name, kind, stream_kind, sql, inputs, failed
+
+
+class SinkInfo(_Info):
+    """A sink: name, sql, input (the stream or source it writes), failed."""
+
+    _fields = ("name", "sql", "input", "failed")
+
+    def __init__(self, name: str, sql: str, input: str, failed: bool):  # noqa: A002
+        self.name, self.sql, self.input, self.failed = name, sql, input, failed
+
+
+class QueryInfo(_Info):
+    """An active subscription: id, stream, kind (``"pull"`` or ``"callback"``), and sql (the
+    query or stream name it was made with)."""
+
+    _fields = ("id", "stream", "kind", "sql")
+
+    def __init__(self, id: int, stream: str, kind: str, sql: str):  # noqa: A002
+        self.id, self.stream, self.kind, self.sql = id, stream, kind, sql
+
+
+class PipelineNode(_Info):
+    """A node of :class:`PipelineTopology`: name, node_type (``"source"``, ``"table"``,
+    ``"stream"``, ``"materialized view"``, ``"sink"``) and sql."""
+
+    _fields = ("name", "node_type", "sql")
+
+    def __init__(self, name: str, node_type: str, sql: Optional[str]):
+        self.name, self.node_type, self.sql = name, node_type, sql
+
+    @property
+    def kind(self) -> str:
+        return self.node_type
+
+
+class PipelineEdge(_Info):
+    """An edge of :class:`PipelineTopology`: data flows from ``from_node`` to ``to_node``."""
+
+    _fields = ("from_node", "to_node")
+
+    def __init__(self, from_node: str, to_node: str):
+        self.from_node, self.to_node = from_node, to_node
+
+
+class PipelineTopology:
+    """The pipeline graph: ``nodes`` and ``edges``."""
+
+    def __init__(self, nodes: List[PipelineNode], edges: List[PipelineEdge]):
+        self.nodes = nodes
+        self.edges = edges
+
+    def __repr__(self) -> str:
+        return f"PipelineTopology(nodes={[n.name for n in self.nodes]}, edges={[(e.from_node, e.to_node) for e in self.edges]})"
 
 
 #: Catalog kinds data is pushed into, and kinds of continuous queries.
@@ -92,12 +278,18 @@ class Connection:
     close it. Create with :func:`laminardb.open`."""
 
     def __init__(self, path: str = ":memory:", config: Union[LaminarConfig, Dict[str, Any], None] = None):
+        pairs = to_pairs(config)
         try:
-            self._db = _laminardb.Database(path, to_pairs(config))
+            self._db = _laminardb.Database(path, pairs)
         except LaminarError as e:
+            if "open in another process" in e.message:
+                raise rewrap(e, ConnectionError, codes.CONNECTION_IN_USE) from None
             if e.status in ("NOT_IMPLEMENTED", "INVALID_ARGUMENT", "IO"):
                 raise rewrap(e, ConnectionError, codes.CONNECTION_FAILED) from None
             raise
+        settings = dict(pairs)
+        self._durable = (path != ":memory:" or "storage_dir" in settings) and settings.get("durability") != "memory"
+        self._opened = time.monotonic()
         self._path = path
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -120,7 +312,18 @@ class Connection:
                 pass
         self._db.close()
 
-    shutdown = close
+    def shutdown(self) -> None:
+        """Closes the connection; unlike :meth:`close`, raises ConnectionError when it is
+        closed already."""
+        self._check()
+        self.close()
+
+    @property
+    def is_checkpoint_enabled(self) -> bool:
+        """Whether :meth:`checkpoint` can take checkpoints: a durable database (opened on a
+        directory, or with ``storage_dir``)."""
+        self._check()
+        return self._durable
 
     @property
     def is_closed(self) -> bool:
@@ -167,19 +370,27 @@ class Connection:
 
     sql = query
 
-    def stream(self, sql: str) -> Iterator[QueryResult]:
-        """The rows of an ad-hoc query, one :class:`QueryResult` per batch."""
-        table = self.query(sql).to_arrow()
-        for b in table.to_batches():
-            yield QueryResult(pa.Table.from_batches([b]))
+    def stream(self, sql: str) -> "QueryStream":
+        """The rows of an ad-hoc query as a :class:`QueryStream` of QueryResult objects, one
+        per batch (iterate it, or ``try_next``; ``cancel`` drops what is left)."""
+        return QueryStream(sql, self.query(sql).to_arrow().to_batches())
 
     def explain(self, sql: str) -> str:
-        """The streaming plan of a ``SELECT`` (as it would run in a stream) or of a
-        ``CREATE STREAM``/``CREATE MATERIALIZED VIEW`` statement, as text. Nothing is created."""
+        """The plan of a ``SELECT`` as text: the streaming plan (as it would run in a stream)
+        when the query can run continuously, else the batch plan an ad-hoc query runs (a query
+        over ``VALUES``, say); or the plan of a ``CREATE STREAM``/``CREATE MATERIALIZED VIEW``
+        statement. Nothing is created."""
         text = sql.strip().rstrip(";")
         if re.match(r"(?is)^\s*(select|with)\b", text):
-            text = f"CREATE STREAM {_HIDDEN}explain AS {text}"
-        rows = self.query(f"EXPLAIN {text}").to_arrow()
+            try:
+                rows = self.query(f"EXPLAIN CREATE STREAM {_HIDDEN}explain AS {text}").to_arrow()
+            except QueryError as e:
+                if "continuous query cannot" not in e.message and "no streaming input" not in e.message:
+                    raise
+                rows = self.query(f"EXPLAIN {text}").to_arrow()
+                return "\n".join(str(v) for col in rows.columns for v in col.to_pylist())
+        else:
+            rows = self.query(f"EXPLAIN {text}").to_arrow()
         return "\n".join(rows.column(0).to_pylist())
 
     # ------------------------------------------------------------------ ingestion
@@ -218,12 +429,15 @@ class Connection:
 
     def create_table(self, name: str, schema: Union[pa.Schema, Dict[str, str]]) -> ExecuteResult:
         """Creates a source (an append-only table you push rows into) with this schema.
-        ``schema``: a pyarrow schema, or a dict of column name to SQL type. Keyed tables with a
-        PRIMARY KEY arrive with the tables work (issue 9)."""
+        ``schema``: a pyarrow schema, or a dict of column name to type: an Arrow type name as
+        pyarrow writes it (``"int64"``, ``"float64"``, ``"string"``, ``"bool"``,
+        ``"timestamp[ms]"``, ``"decimal128(10, 2)"`` — Arrow's meaning, so ``"int8"`` is 8 bits)
+        or a SQL type (``"BIGINT"``, ``"VARCHAR"``, ``"DECIMAL(10, 2)"``). For a keyed table use
+        ``CREATE TABLE … PRIMARY KEY (…)`` with ``execute``."""
         if isinstance(schema, pa.Schema):
             cols = ", ".join(f"{quote_ident(f.name)} {_sql_type(f.type)}" for f in schema)
         else:
-            cols = ", ".join(f"{quote_ident(n)} {_check_type(n, t)}" for n, t in schema.items())
+            cols = ", ".join(f"{quote_ident(n)} {_column_type(n, t)}" for n, t in schema.items())
         return self.execute(f"CREATE SOURCE {quote_ident(name)} ({cols})")
 
     # ------------------------------------------------------------------ catalog
@@ -252,35 +466,60 @@ class Connection:
         """Names of the sinks (``CREATE SINK … INTO …``)."""
         return [r["name"] for r in self._catalog() if r["kind"] == "sink"]
 
-    def sources(self) -> List[Dict[str, str]]:
-        """Every source and table (what data is pushed into): name, sql."""
-        return [{"name": r["name"], "sql": r["sql"]} for r in self._catalog() if r["kind"] in _PUSHED]
+    def materialized_views(self) -> List[str]:
+        """Names of the streams and materialized views (as :meth:`list_streams`)."""
+        return self.list_streams()
 
-    def streams(self) -> List[Dict[str, Any]]:
-        """Every stream and materialized view: name, kind, stream_kind, sql, inputs, and failed
-        (True once it has failed: reads and subscriptions of it raise :class:`StreamError`)."""
+    def sources(self) -> List[SourceInfo]:
+        """Every source and table (what data is pushed into), as :class:`SourceInfo`: name,
+        schema, watermark_column, sql, kind."""
+        out = []
+        for r in self._catalog():
+            if r["kind"] not in _PUSHED:
+                continue
+            m = re.search(r"(?is)\bWATERMARK\s+FOR\s+(\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_]*)", r["sql"] or "")
+            wm = None
+            if m:
+                wm = m.group(1)
+                wm = wm[1:-1].replace('""', '"') if wm.startswith('"') else wm.lower()
+            out.append(SourceInfo(r["name"], r["sql"], r["kind"], self._arrow_schema(r["name"]), wm))
+        return out
+
+    def stats(self, name: str) -> Dict[str, Any]:
+        """Figures of one source, stream or sink as a dict: name, kind, and its metrics
+        (``rows_in``… for a source, ``rows_out``… for a stream or sink)."""
+        for kind, items in (("source", self.all_source_metrics()), ("stream", self.all_stream_metrics()), ("sink", self.metrics().sinks)):
+            for m in items:
+                if m.name == name:
+                    d = {k: v for k, v in m.__dict__.items() if not k.startswith("_")}
+                    d["kind"] = kind
+                    return d
+        raise SchemaError(f"no source, stream or sink named '{name}'", codes.TABLE_NOT_FOUND, "NOT_FOUND")
+
+    def streams(self) -> List[StreamInfo]:
+        """Every stream and materialized view, as :class:`StreamInfo`: name, kind, stream_kind,
+        sql, inputs, and failed (True once it has failed: reads and subscriptions of it raise
+        :class:`StreamError`). Entries also answer ``info["name"]``."""
         failed = {r["name"] for r in self._metric_rows() if r["kind"] == "stream" and r["metric"] == "failed" and r["value"]}
         return [
-            {"name": r["name"], "kind": r["kind"], "stream_kind": r["stream_kind"], "sql": r["sql"],
-             "inputs": [i for i in r["inputs"].split(",") if i], "failed": r["name"] in failed}
+            StreamInfo(r["name"], r["kind"], r["stream_kind"], r["sql"], [i for i in r["inputs"].split(",") if i], r["name"] in failed)
             for r in self._catalog() if r["kind"] in _QUERIES
         ]
 
-    def sinks(self) -> List[Dict[str, Any]]:
-        """Every sink: name, sql, input (the stream or source it writes), and failed (True once
-        it has failed: it writes nothing more and checkpoints fail until it is dropped)."""
+    def sinks(self) -> List[SinkInfo]:
+        """Every sink, as :class:`SinkInfo`: name, sql, input (the stream or source it writes),
+        and failed (True once it has failed: it writes nothing more and checkpoints fail until it
+        is dropped)."""
         failed = {r["name"] for r in self._metric_rows() if r["kind"] == "sink" and r["metric"] == "failed" and r["value"]}
-        return [
-            {"name": r["name"], "sql": r["sql"], "input": r["inputs"], "failed": r["name"] in failed}
-            for r in self._catalog() if r["kind"] == "sink"
-        ]
+        return [SinkInfo(r["name"], r["sql"], r["inputs"], r["name"] in failed) for r in self._catalog() if r["kind"] == "sink"]
 
-    def topology(self) -> Dict[str, list]:
-        """The pipeline graph: ``{"nodes": [{"name", "kind"}], "edges": [{"from", "to"}]}``."""
+    def topology(self) -> PipelineTopology:
+        """The pipeline graph: PipelineNode objects (name, node_type, sql) and
+        PipelineEdge objects (from_node → to_node)."""
         cat = self._catalog()
-        nodes = [{"name": r["name"], "kind": r["kind"]} for r in cat]
-        edges = [{"from": i, "to": r["name"]} for r in cat for i in r["inputs"].split(",") if i]
-        return {"nodes": nodes, "edges": edges}
+        nodes = [PipelineNode(r["name"], r["kind"], r["sql"]) for r in cat]
+        edges = [PipelineEdge(i, r["name"]) for r in cat for i in r["inputs"].split(",") if i]
+        return PipelineTopology(nodes, edges)
 
     # ------------------------------------------------------------------ subscriptions
     def _register(self, q) -> None:
@@ -308,17 +547,27 @@ class Connection:
             raise QueryError("subscribe takes one SELECT statement (no ';' between statements)", codes.QUERY_FAILED, "INVALID_ARGUMENT")
         qid = next(self._ids)
         hidden = f"{_HIDDEN}{qid}"
-        self.execute(f"CREATE STREAM {hidden} AS {text}")
+        try:
+            self.execute(f"CREATE STREAM {hidden} AS {text}")
+        except QueryError as e:
+            if "continuous query cannot" not in e.message and "no streaming input" not in e.message:
+                raise
+            # A bounded query (over VALUES, say): its rows, then the end.
+            return _Bounded(self.query(text).to_arrow()), None
         return hidden, hidden
 
-    def _subscribe(self, name: str, hidden: Optional[str], options: Dict[str, Any]) -> Subscription:
+    def _subscribe(self, name, hidden: Optional[str], options: Dict[str, Any], sql: Optional[str] = None) -> Subscription:
         qid = next(self._ids)
+        if isinstance(name, _Bounded):
+            sub = Subscription(name, "query", self._release(qid, None), qid, sql=sql)
+            self._register(sub)
+            return sub
         try:
             native = self._db.subscribe(name, [(k, str(v)) for k, v in options.items()])
         except LaminarError:
             self._release(qid, hidden)()
             raise
-        sub = Subscription(native, name, self._release(qid, hidden), qid)
+        sub = Subscription(native, name, self._release(qid, hidden), qid, sql=sql if hidden else None)
         self._register(sub)
         return sub
 
@@ -329,16 +578,21 @@ class Connection:
         every kept result of the epochs after this one; see :attr:`Subscription.epoch`)."""
         self._check()
         name, hidden = self._target(sql)
-        return self._subscribe(name, hidden, options)
+        return self._subscribe(name, hidden, options, sql=sql)
 
-    subscribe_async = subscribe
+    async def subscribe_async(self, sql: str, **options) -> Subscription:
+        """:meth:`subscribe`, awaited (``sub = await conn.subscribe_async(…)``); iterate the
+        subscription with ``async for``."""
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.subscribe(sql, **options))
 
     def subscribe_stream(self, name: str, **options) -> Subscription:
         """Subscribes to a stream or materialized view by name."""
         self._check()
         return self._subscribe(name, None, options)
 
-    subscribe_stream_async = subscribe_stream
+    async def subscribe_stream_async(self, name: str, **options) -> Subscription:
+        """:meth:`subscribe_stream`, awaited."""
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.subscribe_stream(name, **options))
 
     def query_stream(self, name: str, filter: Optional[str] = None, **options) -> Subscription:
         """Subscribes to a stream, keeping only rows that satisfy the SQL condition ``filter``."""
@@ -347,12 +601,17 @@ class Connection:
             return self.subscribe_stream(name, **options)
         return self.subscribe(f"SELECT * FROM {quote_ident(name)} WHERE {filter}", **options)
 
-    def _callback(self, name: str, hidden, on_data, on_error, options) -> CallbackSubscription:
+    def _callback(self, name, hidden, on_data, on_error, options, sql: Optional[str] = None) -> CallbackSubscription:
         qid = next(self._ids)
+        if isinstance(name, _Bounded):
+            raise QueryError(
+                "a query without a streaming source is bounded: read it with query() or subscribe(), not a callback",
+                codes.QUERY_FAILED, "INVALID_ARGUMENT",
+            )
         try:
             sub = CallbackSubscription(
                 self._db, name, on_data, on_error, [(k, str(v)) for k, v in options.items()],
-                self._release(qid, hidden), qid,
+                self._release(qid, hidden), qid, sql=sql,
             )
         except LaminarError:
             self._release(qid, hidden)()
@@ -365,44 +624,50 @@ class Connection:
         thread. ``wait()`` blocks until it ends; ``cancel()`` ends it."""
         self._check()
         name, hidden = self._target(sql)
-        return self._callback(name, hidden, on_data, on_error, options)
+        return self._callback(name, hidden, on_data, on_error, options, sql=sql)
 
     def subscribe_stream_callback(self, name: str, on_data, on_error=None, **options) -> CallbackSubscription:
         """As :meth:`subscribe_callback`, for a stream named ``name``."""
         self._check()
         return self._callback(name, None, on_data, on_error, options)
 
-    def queries(self) -> List[Dict[str, Any]]:
-        """Active subscriptions: id, stream, kind (pull or callback)."""
+    def queries(self) -> List[QueryInfo]:
+        """Active subscriptions, as :class:`QueryInfo`: id, stream, kind (pull or callback),
+        sql."""
+        self._check()
         with self._lock:
             items = list(self._queries.items())
         return [
-            {"id": i, "stream": q._name, "kind": "callback" if isinstance(q, CallbackSubscription) else "pull"}
+            QueryInfo(i, q._name, "callback" if isinstance(q, CallbackSubscription) else "pull", getattr(q, "_sql", None) or q._name)
             for i, q in items
         ]
 
     def cancel_query(self, query_id: int) -> bool:
-        """Cancels an active subscription by id; False when there is none."""
+        """Cancels an active subscription by id (True); SchemaError (TABLE_NOT_FOUND) when no
+        active subscription has that id."""
+        self._check()
         with self._lock:
             q = self._queries.get(query_id)
         if q is None:
-            return False
+            raise SchemaError(f"query {query_id} not found (no active subscription has that id)", codes.TABLE_NOT_FOUND, "NOT_FOUND")
         q.cancel()
         return True
 
     @property
     def active_query_count(self) -> int:
+        self._check()
         with self._lock:
             return len(self._queries)
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self) -> int:
-        """Takes a checkpoint of everything pushed before the call and returns its epoch.
-        Raises CheckpointError ("checkpointing is not enabled") on an in-memory database, and
-        on a failed write (the previous checkpoint stays usable)."""
+    def checkpoint(self) -> "CheckpointResult":
+        """Takes a checkpoint of everything pushed before the call and returns it as a
+        :class:`CheckpointResult` (an ``int``: its epoch, also ``.checkpoint_id``). Raises
+        CheckpointError ("checkpointing is not enabled") on an in-memory database, and on a
+        failed write (the previous checkpoint stays usable)."""
         self._check()
         try:
-            return self._db.checkpoint()
+            return CheckpointResult(self._db.checkpoint())
         except LaminarError as e:
             raise rewrap(e, CheckpointError) from None
 
@@ -433,6 +698,7 @@ class Connection:
                 continue  # a kind this version does not know
             else:
                 setattr(m, r["metric"], r["value"])
+        m.uptime_secs = time.monotonic() - self._opened
         m.sources = [s for n, s in sorted(sources.items()) if not n.startswith(_HIDDEN)]
         m.streams = [s for n, s in sorted(streams.items()) if not n.startswith(_HIDDEN)]
         m.sinks = [s for _, s in sorted(sinks.items())]
@@ -444,17 +710,20 @@ class Connection:
     def all_stream_metrics(self) -> List[StreamMetrics]:
         return self.metrics().streams
 
-    def source_metrics(self, name: str) -> SourceMetrics:
+    def source_metrics(self, name: str) -> Optional[SourceMetrics]:
+        """The figures of one source, or None when there is no source of that name."""
         for s in self.all_source_metrics():
             if s.name == name:
                 return s
-        raise SchemaError(f"no source named '{name}'", codes.TABLE_NOT_FOUND, "NOT_FOUND")
+        return None
 
-    def stream_metrics(self, name: str) -> StreamMetrics:
+    def stream_metrics(self, name: str) -> Optional[StreamMetrics]:
+        """The figures of one stream or materialized view, or None when there is none of that
+        name."""
         for s in self.all_stream_metrics():
             if s.name == name:
                 return s
-        raise SchemaError(f"no stream named '{name}'", codes.TABLE_NOT_FOUND, "NOT_FOUND")
+        return None
 
     @property
     def total_events_processed(self) -> int:
@@ -472,17 +741,17 @@ class Connection:
 
     @property
     def pipeline_state(self) -> str:
-        """``"running"`` or ``"closed"``."""
-        return "closed" if self.is_closed else "running"
+        """``"running"`` (ConnectionError once closed)."""
+        self._check()
+        return "running"
 
     @property
-    def pipeline_watermark(self) -> Optional[int]:
-        """The lowest watermark over the sources that have one (epoch ms), or None."""
-        wms = [s.watermark_ms for s in self.all_source_metrics() if s.watermark_ms is not None]
-        return min(wms) if wms else None
+    def pipeline_watermark(self) -> int:
+        """The lowest watermark over the sources that have one (epoch ms), 0 when none has."""
+        return self.metrics().pipeline_watermark
 
     def __repr__(self) -> str:
-        return f"<laminardb.Connection {self._path!r} {self.pipeline_state}>"
+        return "Connection(closed)" if self.is_closed else "Connection(open)"
 
 
 def quote_ident(name: str) -> str:
@@ -520,23 +789,59 @@ def _check_type(column: str, t: str) -> str:
     return t
 
 
+def _column_type(column: str, t: str) -> str:
+    """A dict-form column type: an Arrow type name (pyarrow's spelling) mapped to its SQL type,
+    else checked as a SQL type name."""
+    if isinstance(t, str):
+        arrow = _arrow_type_named(t.strip())
+        if arrow is not None:
+            return _sql_type(arrow)
+    return _check_type(column, t)
+
+
+def _arrow_type_named(name: str) -> Optional[pa.DataType]:
+    """The Arrow type pyarrow names ``name`` (``int64``, ``timestamp[ms, tz=UTC]``,
+    ``decimal128(10, 2)``), or None."""
+
+    try:
+        return pa.type_for_alias(name)
+    except (ValueError, KeyError):
+        pass
+    m = re.fullmatch(r"timestamp\[(s|ms|us|ns)(?:,\s*tz=([^\]]+))?\]", name)
+    if m:
+        return pa.timestamp(m.group(1), tz=m.group(2))
+    m = re.fullmatch(r"decimal(?:128)?\((\d+),\s*(\d+)\)", name)
+    if m:
+        return pa.decimal128(int(m.group(1)), int(m.group(2)))
+    return None
+
 def _sql_type(t: pa.DataType) -> str:
     if pa.types.is_boolean(t):
         return "BOOLEAN"
-    if pa.types.is_int8(t) or pa.types.is_int16(t):
+    if pa.types.is_int8(t):
+        return "TINYINT"
+    if pa.types.is_int16(t):
         return "SMALLINT"
     if pa.types.is_int32(t):
         return "INT"
+    if pa.types.is_uint8(t):
+        return "TINYINT UNSIGNED"
+    if pa.types.is_uint16(t):
+        return "SMALLINT UNSIGNED"
+    if pa.types.is_uint32(t):
+        return "INT UNSIGNED"
+    if pa.types.is_uint64(t):
+        return "BIGINT UNSIGNED"
     if pa.types.is_integer(t):
         return "BIGINT"
-    if pa.types.is_float32(t):
+    if pa.types.is_float16(t) or pa.types.is_float32(t):
         return "REAL"
     if pa.types.is_floating(t):
         return "DOUBLE"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "VARCHAR"
     if pa.types.is_timestamp(t):
-        return "TIMESTAMP"
+        return "TIMESTAMP WITH TIME ZONE" if t.tz else "TIMESTAMP"
     if pa.types.is_date(t):
         return "DATE"
     if pa.types.is_decimal(t):

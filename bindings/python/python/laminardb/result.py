@@ -11,7 +11,7 @@ import pyarrow as pa
 class QueryResult:
     """Rows of a query or of one subscription batch, held as a ``pyarrow.Table`` (zero-copy from
     the engine). Exposes ``__arrow_c_stream__``, so pyarrow, polars, pandas and DuckDB read it
-    directly. Iterating yields rows as dicts; ``fetch*`` return tuples (DB-API style)."""
+    directly. Iterating yields rows as tuples, as ``fetch*`` return them (DB-API style)."""
 
     def __init__(self, table: pa.Table):
         self._table = table
@@ -36,14 +36,36 @@ class QueryResult:
 
     df = to_pandas
 
-    def to_polars(self):
+    def to_polars(self, lazy: bool = False):
+        """A polars DataFrame (``lazy=True``: a LazyFrame over it)."""
         import polars as pl
 
-        return pl.from_arrow(self._table)
+        df = pl.from_arrow(self._table)
+        return df.lazy() if lazy else df
 
     pl = to_polars
 
-    def to_dicts(self) -> List[Dict[str, Any]]:
+    def to_df(self):
+        """A dataframe of whichever library is installed: pandas, else polars, else the
+        ``pyarrow.Table``."""
+        try:
+            import pandas  # noqa: F401
+
+            return self.to_pandas()
+        except ImportError:
+            pass
+        try:
+            return self.to_polars()
+        except ImportError:
+            return self._table
+
+    def to_dicts(self) -> Dict[str, List[Any]]:
+        """The columns as a dict of lists (``{"ts": [1, 2], …}``), as the established
+        ``laminardb`` package returns them; :meth:`to_pylist` gives a list of row dicts."""
+        return self._table.to_pydict()
+
+    def to_pylist(self) -> List[Dict[str, Any]]:
+        """The rows as a list of dicts (``[{"ts": 1, …}, …]``)."""
         return self._table.to_pylist()
 
     def __arrow_c_stream__(self, requested_schema=None):
@@ -85,14 +107,20 @@ class QueryResult:
         return list(self._table.column_names)
 
     @property
+    def num_batches(self) -> int:
+        """The record batches the rows arrived in."""
+        return len(self._table.to_batches())
+
+    @property
     def schema(self) -> pa.Schema:
         return self._table.schema
 
     def __len__(self) -> int:
         return self._table.num_rows
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
-        return iter(self._table.to_pylist())
+    def __iter__(self) -> Iterator[Tuple]:
+        """The rows as tuples (as ``fetchall`` returns them)."""
+        return iter(self._rows(0, self._table.num_rows))
 
     def show(self, max_rows: int = 20) -> None:
         """Prints the first ``max_rows`` rows as a table."""
@@ -111,7 +139,7 @@ class QueryResult:
         return "\n".join(out)
 
     def __repr__(self) -> str:
-        return f"QueryResult({self.num_rows} rows × {self.num_columns} columns)\n{self._format(10)}"
+        return f"QueryResult(rows={self.num_rows}, columns={self.num_columns})\n{self._format(10)}"
 
     def _repr_html_(self) -> str:
         rows = self._table.slice(0, 50).to_pylist()

@@ -8,8 +8,11 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 
-from ._errors import LaminarError
+from . import codes
+from ._errors import LaminarError, SubscriptionError
 from .result import QueryResult
+
+_log = __import__("logging").getLogger("laminardb")
 
 
 class Subscription:
@@ -19,11 +22,13 @@ class Subscription:
     When the stream fails (for example on a division by zero), reading raises
     :class:`~laminardb.StreamError` after the batches already buffered."""
 
-    def __init__(self, native, name: str, on_cancel: Optional[Callable[[], None]] = None, query_id: int = 0):
+    def __init__(self, native, name: str, on_cancel: Optional[Callable[[], None]] = None, query_id: int = 0, sql: Optional[str] = None):
         self._sub = native
         self._name = name
         self._on_cancel = on_cancel
         self._ended = False
+        self._cancelled = False
+        self._sql = sql
         self.id = query_id
 
     @property
@@ -32,7 +37,10 @@ class Subscription:
 
     @property
     def schema(self) -> pa.Schema:
-        """The schema of every batch, known before the first one arrives."""
+        """The schema of every batch, known before the first one arrives (RuntimeError once
+        cancelled)."""
+        if self._cancelled:
+            raise RuntimeError(f"subscription to '{self._name}' was cancelled")
         return pa.schema(self._sub.schema())
 
     @property
@@ -69,8 +77,19 @@ class Subscription:
         return self._read(self._sub.next, None)
 
     def next_timeout(self, timeout_ms: int) -> Optional[QueryResult]:
-        """The next batch, or None when nothing arrived within ``timeout_ms`` (or at the end:
-        check :attr:`is_active`). Never raises on a timeout."""
+        """The next batch; None once the subscription has ended (or was cancelled). Raises
+        :class:`SubscriptionError` (code ``SUBSCRIPTION_TIMEOUT``) when nothing arrived within
+        ``timeout_ms`` — :meth:`poll` returns None instead."""
+        r = self.poll(timeout_ms)
+        if r is None and not self._ended:
+            raise SubscriptionError(
+                f"timeout: no batch from '{self._name}' within {int(timeout_ms)} ms", codes.SUBSCRIPTION_TIMEOUT, "TIMEOUT"
+            )
+        return r
+
+    def poll(self, timeout_ms: int) -> Optional[QueryResult]:
+        """The next batch, or None when nothing arrived within ``timeout_ms`` or at the end
+        (check :attr:`is_active`). Never raises on a timeout."""
         return self._read(self._sub.next, int(timeout_ms))
 
     def try_next(self) -> Optional[QueryResult]:
@@ -79,6 +98,7 @@ class Subscription:
 
     def cancel(self) -> None:
         """Ends the subscription; a blocked ``next`` returns None. Idempotent, any thread."""
+        self._cancelled = self._cancelled or not self._ended
         self._sub.cancel()
         self._finish()
 
@@ -91,13 +111,10 @@ class Subscription:
                 cb, self._on_cancel = self._on_cancel, None
                 cb()
 
-    def __iter__(self):
-        """Yields batches until the end; leaving the loop early (``break``) cancels."""
-        try:
-            while (r := self.next()) is not None:
-                yield r
-        finally:
-            self.cancel()
+    def __iter__(self) -> "Subscription":
+        """The subscription itself: ``for batch in sub`` reads batches until the end (use
+        ``with sub:`` to cancel it when a loop is left early)."""
+        return self
 
     def __next__(self) -> QueryResult:
         r = self.next()
@@ -140,7 +157,13 @@ class Subscription:
         self.cancel()
 
     def __repr__(self) -> str:
-        return f"Subscription({self._name!r}, active={self.is_active})"
+        if self.is_active:
+            state = "active"
+        elif self._cancelled:
+            state = "cancelled, finished"
+        else:
+            state = "finished"
+        return f"Subscription({self._name!r}, {state})"
 
 
 AsyncSubscription = Subscription
@@ -151,13 +174,14 @@ class CallbackSubscription:
     (holding the GIL only while in Python). An exception raised by ``on_data`` goes to
     ``on_error`` if given; otherwise it ends the subscription and :meth:`wait` re-raises it."""
 
-    def __init__(self, conn_native, name: str, on_data, on_error, options, on_cancel=None, query_id: int = 0):
+    def __init__(self, conn_native, name: str, on_data, on_error, options, on_cancel=None, query_id: int = 0, sql: Optional[str] = None):
         self._on_data = on_data
         self._on_error = on_error
         self._done = threading.Event()
         self._error: Optional[BaseException] = None
         self._on_cancel = on_cancel
         self._name = name
+        self._sql = sql
         self.id = query_id
         self._epoch = 0
         self._push = conn_native.subscribe_push(name, options, self._event)
@@ -170,13 +194,14 @@ class CallbackSubscription:
                     self._on_data(QueryResult._from_batch(batch))
                 except BaseException as e:  # noqa: BLE001 - handed to the user unchanged
                     if self._on_error is not None:
-                        self._on_error(e)
+                        self._on_error(ErrorMessage.of(e))
                     else:
                         self._error = e
+                        _log.error("subscription to '%s': on_data raised %r; the subscription ends", self._name, e)
                         self._push.cancel()
             elif kind == "error":
                 if self._on_error is not None:
-                    self._on_error(value)
+                    self._on_error(ErrorMessage.of(value))
                 elif self._error is None:
                     self._error = value
             elif kind == "closed":
@@ -200,14 +225,17 @@ class CallbackSubscription:
     def schema(self) -> pa.Schema:
         return pa.schema(self._push.schema())
 
+    @property
+    def error(self) -> Optional[BaseException]:
+        """The exception that ended the subscription (raised by ``on_data`` with no
+        ``on_error`` to go to, or the stream's failure), else None."""
+        return self._error
+
     def wait(self, timeout: Optional[float] = None) -> bool:
-        """Waits until the subscription has ended (True) or ``timeout`` seconds passed (False);
-        re-raises an exception of ``on_data`` that had no ``on_error`` to go to."""
-        done = self._done.wait(timeout)
-        if done and self._error is not None:
-            err, self._error = self._error, None
-            raise err
-        return done
+        """Waits until the subscription has ended (True) or ``timeout`` seconds passed (False).
+        It does not raise: an exception that ended it is :attr:`error` (and was logged on the
+        ``"laminardb"`` logger)."""
+        return self._done.wait(timeout)
 
     def _release(self) -> None:
         if self._on_cancel is not None:
@@ -227,8 +255,90 @@ class CallbackSubscription:
 
     close = cancel
 
+    def __repr__(self) -> str:
+        what = f"query={self._sql!r}" if self._sql else f"stream={self._name!r}"
+        return f"CallbackSubscription({what}, {'active' if self.is_active else 'finished'})"
+
     def __enter__(self) -> "CallbackSubscription":
         return self
 
     def __exit__(self, *exc) -> None:
         self.cancel()
+
+
+class ErrorMessage(str):
+    """What ``on_error`` receives: the error's text (a ``str``), with the exception itself as
+    :attr:`exception`."""
+
+    exception: Optional[BaseException] = None
+
+    @classmethod
+    def of(cls, e) -> "ErrorMessage":
+        m = cls(str(e))
+        m.exception = e if isinstance(e, BaseException) else None
+        return m
+
+
+class QueryStream:
+    """The batches of an ad-hoc query (:meth:`Connection.stream`), one :class:`QueryResult`
+    each: iterate it, or ``try_next``/``next``; ``cancel`` drops what is left."""
+
+    def __init__(self, sql: str, batches):
+        self._sql = sql
+        self._batches = list(batches)
+        self._active = True
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def try_next(self) -> Optional[QueryResult]:
+        """The next batch, or None at the end (never waits: the rows are computed)."""
+        if not self._active:
+            return None
+        if not self._batches:
+            self._active = False
+            return None
+        return QueryResult(pa.Table.from_batches([self._batches.pop(0)]))
+
+    next = try_next
+
+    def cancel(self) -> None:
+        self._active = False
+        self._batches.clear()
+
+    def __iter__(self) -> "QueryStream":
+        return self
+
+    def __next__(self) -> QueryResult:
+        r = self.try_next()
+        if r is None:
+            raise StopIteration
+        return r
+
+    def __repr__(self) -> str:
+        return f"QueryStream({'active' if self._active else 'finished'}, batches_left={len(self._batches)})"
+
+
+class _Bounded:
+    """The rows of a bounded query (over VALUES, no stream) behind the interface of a native
+    subscription: its batches, then the end."""
+
+    def __init__(self, table: pa.Table):
+        self._schema = table.schema
+        self._batches = table.to_batches()
+        self.is_cancelled = False
+        self.epoch = 0
+
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def next(self, _timeout_ms=None):
+        if self.is_cancelled or not self._batches:
+            return None, True
+        return self._batches.pop(0), False
+
+    try_next = next
+
+    def cancel(self) -> None:
+        self.is_cancelled = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import pyarrow as pa
+
 from . import codes
 from ._arrow import write_into
 from ._errors import IngestionError
@@ -17,10 +19,26 @@ class Writer:
     def __init__(self, native, conn):
         self._w = native
         self._conn = conn
+        self._watermark: Optional[int] = None
 
     def _check(self):
         if self._w.is_closed:
             raise IngestionError(f"the writer for '{self._w.source}' is closed", codes.WRITER_CLOSED, "INVALID_STATE")
+
+    @property
+    def name(self) -> str:
+        """The source this writer pushes into (IngestionError once closed)."""
+        self._check()
+        return self._w.source
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The source's schema (IngestionError once closed)."""
+        self._check()
+        return self._conn._arrow_schema(self._w.source)
+
+    def __repr__(self) -> str:
+        return f"Writer({self._w.source!r}, {'closed' if self._w.is_closed else 'open'})"
 
     def insert(self, data: Any) -> int:
         """Pushes rows (any form :meth:`Connection.insert` takes); returns the row count. Blocks
@@ -32,6 +50,8 @@ class Writer:
         """Advances the source's watermark to ``ts_ms`` (epoch milliseconds); never backwards."""
         self._check()
         self._w.watermark(int(ts_ms))
+        if self._watermark is None or int(ts_ms) > self._watermark:
+            self._watermark = int(ts_ms)
 
     def finish(self) -> None:
         """Marks the end of input: every window of the source closes."""
@@ -40,9 +60,12 @@ class Writer:
 
     @property
     def current_watermark(self) -> Optional[int]:
-        """The source watermark in epoch milliseconds after what has been processed, or None."""
+        """The source watermark in epoch milliseconds: the highest of what has been processed
+        and what this writer set with :meth:`watermark` (which the source reaches once it is
+        processed), or None."""
         self._check()
-        return self._w.current_watermark()
+        seen = [w for w in (self._w.current_watermark(), self._watermark) if w is not None]
+        return max(seen) if seen else None
 
     def flush(self) -> None:
         """Waits until everything pushed so far has been processed."""
