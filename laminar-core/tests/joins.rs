@@ -60,6 +60,9 @@ enum Shape {
         size: i64,
         n: i64,
         single: Option<&'static str>,
+        /// Over a windowed aggregate (SUM(v) per key and window) instead of the window's rows;
+        /// `true`: it projects window_start only (the window's end is start + size).
+        over_agg: Option<bool>,
     },
     /// SEMI / ANTI: [NOT] EXISTS (correlated on the key, optionally time-bounded) and IN.
     Exists {
@@ -106,6 +109,7 @@ fn gen_case(seed: u64) -> Case {
             size: [1000, 2000, 5000][r.random_range(0..3)],
             n: r.random_range(1..4),
             single: [None, Some("ROW_NUMBER"), Some("RANK"), Some("DENSE_RANK")][r.random_range(0..4)],
+            over_agg: [None, None, Some(false), Some(true)][r.random_range(0..4)],
         },
         7 => Shape::Distinct,
         5 => Shape::AggOverChangelog,
@@ -231,7 +235,22 @@ fn sql_of(c: &Case) -> (String, String) {
             };
             (q.clone(), q)
         }
-        Shape::TopN { size, n, single } => {
+        Shape::TopN { size, n, single, over_agg: Some(start_only) } => {
+            // Ranks of per-(window, key) sums; the batch form bins with date_bin.
+            let f = single.unwrap_or("ROW_NUMBER");
+            let order = if f == "ROW_NUMBER" { "total DESC NULLS LAST, k" } else { "total DESC NULLS LAST" };
+            let end = if *start_only { "" } else { ", window_end" };
+            let stream = format!(
+                "SELECT k, total, ws, r FROM (SELECT k, total, window_start AS ws, {f}() OVER (PARTITION BY window_start ORDER BY {order}) AS r FROM (SELECT k, SUM(v) AS total, window_start{end} FROM l GROUP BY k, TUMBLE(ts, {}))) t WHERE r <= {n}",
+                iv(*size)
+            );
+            let batch = format!(
+                "SELECT k, total, ws, r FROM (SELECT k, total, window_start AS ws, {f}() OVER (PARTITION BY window_start ORDER BY {order}) AS r FROM (SELECT k, SUM(v) AS total, date_bin({0}, ts, TIMESTAMP '1970-01-01 00:00:00') AS window_start FROM l GROUP BY k, date_bin({0}, ts, TIMESTAMP '1970-01-01 00:00:00'))) t WHERE r <= {n}",
+                iv(*size)
+            );
+            (stream, batch)
+        }
+        Shape::TopN { size, n, single, over_agg: None } => {
             let from = |src: &str, tvf: bool| {
                 if tvf {
                     format!("TUMBLE({src}, ts, {})", iv(*size))

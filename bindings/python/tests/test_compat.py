@@ -143,3 +143,15 @@ def test_value_types():
         assert MaterializedView(db, "x", "SELECT 1").sql == "SELECT 1"
     assert laminardb.BatchWriter is laminardb.Writer and laminardb.LaminarConfig().buffer_size == 65536
     assert ("buffer_size", "65536") not in laminardb.LaminarConfig().to_pairs()  # the engine's default
+
+
+def test_the_readme_quickstart_runs_as_written(capsys):
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("## Python (`laminardb`)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md (Python quickstart)", "exec"), {})
+    out = capsys.readouterr().out
+    assert "sym" in out and "total" in out and " A " in out and "5" in out

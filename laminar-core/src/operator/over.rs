@@ -65,6 +65,9 @@ pub(crate) struct OverWindow {
     output_schema: SchemaRef,
     /// Index of `window_end` in the input.
     end_col: usize,
+    /// Added to `end_col` to get the window's end (µs): 0 when it is window_end, the size
+    /// when it is window_start of a fixed-size window.
+    end_offset: i64,
     pending: Vec<RecordBatch>,
     bytes: usize,
     text: String,
@@ -85,12 +88,20 @@ impl OverWindow {
             input_schema,
             output_schema,
             end_col,
+            end_offset: 0,
             pending: vec![],
             bytes: 0,
             text,
             rank: None,
             top: None,
         }
+    }
+
+    /// The window's end is `end_col + offset` (µs): `end_col` is window_start of a window of
+    /// that size.
+    pub(crate) fn with_end_offset(mut self, offset: i64) -> OverWindow {
+        self.end_offset = offset;
+        self
     }
 
     pub(crate) fn with_rank(mut self, spec: RankSpec) -> OverWindow {
@@ -126,7 +137,7 @@ impl OverWindow {
                 .convert_columns(&spec.order.iter().map(|(e, t, _)| eval(e, t)).collect::<Result<Vec<_>>>()?)?
         };
         let rows = top.row_conv.convert_columns(batch.columns())?;
-        let (ends, _) = event_times(batch.column(self.end_col), TimeScale::Micros)?;
+        let ends = window_ends(batch, self.end_col, self.end_offset)?;
         for i in 0..n_rows {
             top.seq += 1;
             let entry = top.parts.entry(parts.row(i).owned()).or_insert_with(|| (ends[i], BTreeMap::new()));
@@ -354,7 +365,7 @@ impl Operator for OverWindow {
         let mut ready = vec![];
         let mut keep = vec![];
         for b in std::mem::take(&mut self.pending) {
-            let (ends, _) = event_times(b.column(self.end_col), TimeScale::Micros)?;
+            let ends = window_ends(&b, self.end_col, self.end_offset)?;
             let done: Vec<bool> = ends.iter().map(|&e| e <= wm).collect();
             let n_done = done.iter().filter(|d| **d).count();
             if n_done == b.num_rows() {
@@ -780,6 +791,17 @@ impl Operator for StreamOver {
             + self.parts.len() * (64 + 48 * self.history);
         Ok(())
     }
+}
+
+/// The window ends of `batch`'s rows (µs): column `col` plus `offset`.
+fn window_ends(batch: &RecordBatch, col: usize, offset: i64) -> Result<Vec<i64>> {
+    let (mut ends, _) = event_times(batch.column(col), TimeScale::Micros)?;
+    if offset != 0 {
+        for e in ends.iter_mut() {
+            *e = e.saturating_add(offset);
+        }
+    }
+    Ok(ends)
 }
 
 #[cfg(test)]

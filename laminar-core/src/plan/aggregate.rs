@@ -88,6 +88,7 @@ impl Lowerer<'_> {
         l.kind = StreamKind::Changelog;
         l.aggregated = true;
         l.window = None;
+        l.start_only = None;
         l.time = None;
         Ok(l)
     }
@@ -200,6 +201,12 @@ impl Lowerer<'_> {
         // their window_end past the watermark they were emitted before.
         l.time = if kind == StreamKind::AppendOnly { we } else { None };
         l.kind = kind;
+        l.start_only = match (ws, we, l.window) {
+            (Some(a), None, Some((_, _, WindowKind::Tumble { size, .. } | WindowKind::Hop { size, .. }))) => {
+                Some((a, size))
+            }
+            _ => None,
+        };
         l.window = match (ws, we, l.window) {
             (Some(a), Some(b), Some((_, _, k))) => Some((a, b, k)),
             _ => None,

@@ -29,6 +29,9 @@ pub(super) struct Lowered {
     pub(super) kind: StreamKind,
     /// Indices of window_start/window_end in the output, with the window assigned below.
     pub(super) window: Option<(usize, usize, WindowKind)>,
+    /// When only window_start of a fixed-size window (TUMBLE, HOP) is in the output: its index
+    /// and the window size (µs), so that its end is known (`window_start + size`).
+    pub(super) start_only: Option<(usize, i64)>,
     pub(super) late_schema: Option<SchemaRef>,
     pub(super) aggregated: bool,
     /// See [`RelationInfo::time_col`].
@@ -114,6 +117,7 @@ impl Lowerer<'_> {
                         node,
                         kind: StreamKind::AppendOnly,
                         window: Some((n, n + 1, b.kind)),
+                        start_only: None,
                         late_schema: Some(out),
                         aggregated: false,
                         time: info.time_col,
@@ -126,6 +130,7 @@ impl Lowerer<'_> {
                     node: Node::leaf(name),
                     kind: info.kind.clone(),
                     window: None,
+                    start_only: None,
                     late_schema: None,
                     aggregated: false,
                     time,
@@ -161,6 +166,21 @@ impl Lowerer<'_> {
                     p.expr.iter().map(|e| phys(e, p.input.schema(), &self.props)).collect::<Result<Vec<_>>>()?;
                 let out = with_weight(p.schema.as_arrow(), weighted);
                 // Follow window_start/window_end through plain column references.
+                let start_only = l.start_only.take();
+                if let (None, Some((ws, size))) = (l.window, start_only) {
+                    let input_schema = p.input.schema();
+                    l.start_only = p
+                        .expr
+                        .iter()
+                        .position(|e| {
+                            let e = match e {
+                                Expr::Alias(a) => a.expr.as_ref(),
+                                e => e,
+                            };
+                            matches!(e, Expr::Column(c) if input_schema.index_of_column(c).ok() == Some(ws))
+                        })
+                        .map(|a| (a, size));
+                }
                 if let Some((ws, we, k)) = l.window {
                     let input_schema = p.input.schema();
                     let find = |idx: usize| {
@@ -171,6 +191,12 @@ impl Lowerer<'_> {
                             };
                             matches!(e, Expr::Column(c) if input_schema.index_of_column(c).ok() == Some(idx))
                         })
+                    };
+                    l.start_only = match (find(ws), find(we), k) {
+                        (Some(a), None, WindowKind::Tumble { size, .. } | WindowKind::Hop { size, .. }) => {
+                            Some((a, size))
+                        }
+                        _ => None,
                     };
                     l.window = match (find(ws), find(we)) {
                         (Some(a), Some(b)) => Some((a, b, k)),
@@ -340,6 +366,7 @@ impl Lowerer<'_> {
             },
             kind,
             window,
+            start_only: None,
             late_schema,
             aggregated,
             time,

@@ -155,6 +155,7 @@ impl Lowerer<'_> {
         )?;
         l.node.ops.push(Box::new(op));
         l.window = None;
+        l.start_only = None;
         Ok(l)
     }
 
@@ -167,6 +168,16 @@ impl Lowerer<'_> {
         let in_schema = w.input.schema();
         // Per window when every function partitions by the window: window_end identifies one,
         // window_start does when the size is fixed. Otherwise OVER runs over the stream.
+        let partitions_by = |col: usize| {
+            w.window_expr.iter().all(|e| match e.clone().unalias() {
+                Expr::WindowFunction(f) => f
+                    .params
+                    .partition_by
+                    .iter()
+                    .any(|p| matches!(p, Expr::Column(c) if in_schema.index_of_column(c).is_ok_and(|i| i == col))),
+                _ => false,
+            })
+        };
         let per_window = match l.window {
             None => false,
             Some((ws, we, kind)) => w.window_expr.iter().all(|e| match e.clone().unalias() {
@@ -177,11 +188,20 @@ impl Lowerer<'_> {
                 _ => false,
             }),
         };
-        if !per_window {
+        // Only window_start of a fixed-size window is in the input: its end is start + size.
+        let start_only = match (per_window, l.window, l.start_only) {
+            (false, None, Some((ws, size))) if partitions_by(ws) => Some((ws, size)),
+            _ => None,
+        };
+        if !per_window && start_only.is_none() {
             return self.lower_stream_over(w, l);
         }
-        let Some((_, we, kind)) = l.window else { unreachable!("per_window needs a window") };
-        if matches!(kind, WindowKind::Session { .. }) && !l.aggregated {
+        let (we, end_offset, kind) = match (l.window, start_only) {
+            (Some((_, we, kind)), _) if per_window => (we, 0, Some(kind)),
+            (_, Some((ws, size))) => (ws, size, None),
+            _ => unreachable!("per window, or by window_start with a known size"),
+        };
+        if matches!(kind, Some(WindowKind::Session { .. })) && !l.aggregated {
             return Err(Error::plan(
                 "session window bounds are known only after aggregation; rank sessions over a SESSION aggregate",
             ));
@@ -192,7 +212,8 @@ impl Lowerer<'_> {
             Arc::new(in_schema.as_arrow().clone()),
             Arc::new(w.schema.as_arrow().clone()),
             we,
-        );
+        )
+        .with_end_offset(end_offset);
         if let [Expr::WindowFunction(f)] =
             w.window_expr.iter().map(|e| e.clone().unalias()).collect::<Vec<_>>().as_slice()
         {

@@ -277,6 +277,79 @@ impl Rewriter<'_> {
         left_join_with_marker(j, &marker)
     }
 
+    /// Windows the input of the subquery `q` on its column `time_col` (a window function in the
+    /// GROUP BY of a query over `q`): `q` must be one SELECT without joins or aggregation that
+    /// passes `time_col` through as a plain column; its input (a relation, or a subquery of the
+    /// same kind) is windowed, and `window_start`, `window_end` are added to its output.
+    fn push_window(&mut self, q: &mut ast::Query, time_col: &str, kind: WindowKind) -> Result<()> {
+        use datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
+        let msg = |why: String| {
+            Error::plan(format!(
+                "GROUP BY with a window function over a subquery: {why}; or window its input inside the subquery (GROUP BY … TUMBLE there)"
+            ))
+        };
+        if q.with.is_some() {
+            return Err(msg("the subquery has a WITH clause".into()));
+        }
+        let SetExpr::Select(sel) = q.body.as_mut() else {
+            return Err(msg("the subquery must be one SELECT (no UNION or VALUES)".into()));
+        };
+        if sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
+            return Err(msg("the subquery must read one relation, without joins".into()));
+        }
+        let grouped = match &sel.group_by {
+            GroupByExpr::Expressions(e, _) => !e.is_empty(),
+            _ => true,
+        };
+        if grouped || sel.having.is_some() || sel.distinct.is_some() {
+            return Err(msg("the subquery must not aggregate (GROUP BY, HAVING, DISTINCT)".into()));
+        }
+        let mut inner = None;
+        let mut wildcard = false;
+        for item in &sel.projection {
+            match item {
+                SelectItem::UnnamedExpr(e) => {
+                    if ident_of(e, "").is_ok_and(|n| n == time_col) {
+                        inner = Some(time_col.to_string());
+                    }
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    if normalize_ident(&alias.value, alias.quote_style.is_some()) == time_col {
+                        inner = Some(ident_of(expr, "").map_err(|_| {
+                            msg(format!(
+                                "'{time_col}' must be a column of the subquery's input, passed through unchanged"
+                            ))
+                        })?);
+                    }
+                }
+                _ => wildcard = true,
+            }
+        }
+        let inner = match (inner, wildcard) {
+            (Some(n), _) => n,
+            (None, true) => time_col.to_string(),
+            (None, false) => return Err(msg(format!("it has no column '{time_col}'"))),
+        };
+        if !wildcard {
+            for c in ["window_start", "window_end"] {
+                sel.projection.push(SelectItem::UnnamedExpr(SqlExpr::Identifier(Ident::new(c))));
+            }
+        }
+        match &mut sel.from[0].relation {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let input = object_name_str(name);
+                let pseudo = self.bind(input.clone(), inner, kind)?;
+                *name = ObjectName::from(vec![Ident::new(pseudo)]);
+                if alias.is_none() {
+                    *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
+                }
+                Ok(())
+            }
+            TableFactor::Derived { subquery, .. } => self.push_window(subquery, &inner, kind),
+            _ => Err(msg("its FROM must be a source, a stream or another subquery".into())),
+        }
+    }
+
     fn select(&mut self, sel: &mut ast::Select) -> Result<()> {
         for twj in &mut sel.from {
             self.factor(&mut twj.relation)?;
@@ -305,16 +378,23 @@ impl Rewriter<'_> {
         if sel.from.len() != 1 || !sel.from[0].joins.is_empty() {
             return Err(Error::plan("GROUP BY with a window function needs exactly one input relation in FROM"));
         }
-        let TableFactor::Table { name, alias, args: None, .. } = &mut sel.from[0].relation else {
-            return Err(Error::plan(
-                "GROUP BY with a window function needs a source or stream name in FROM; use the table-valued form TUMBLE(t, ts, size) for subqueries",
-            ));
-        };
-        let input = object_name_str(name);
-        let pseudo = self.bind(input.clone(), time_col, kind)?;
-        *name = ObjectName::from(vec![Ident::new(pseudo)]);
-        if alias.is_none() {
-            *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
+        match &mut sel.from[0].relation {
+            TableFactor::Table { name, alias, args: None, .. } => {
+                let input = object_name_str(name);
+                let pseudo = self.bind(input.clone(), time_col, kind)?;
+                *name = ObjectName::from(vec![Ident::new(pseudo)]);
+                if alias.is_none() {
+                    *alias = Some(TableAlias { explicit: true, name: Ident::new(input), columns: vec![], at: None });
+                }
+            }
+            // A subquery that passes the event-time column through: the window is assigned to
+            // its input, and window_start/window_end pass through it too.
+            TableFactor::Derived { subquery, .. } => self.push_window(subquery, &time_col, kind)?,
+            _ => {
+                return Err(Error::plan(
+                    "GROUP BY with a window function needs a source, a stream or a subquery in FROM",
+                ));
+            }
         }
         let call = exprs[pos].to_string();
         exprs.splice(
