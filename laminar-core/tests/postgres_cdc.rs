@@ -437,3 +437,115 @@ fn a_server_restart_mid_stream_is_resumed() {
     srv.drop_slot(&slot);
     srv.psql(&format!("DROP TABLE {table}"));
 }
+
+/// The child of `sigkill_rounds_while_the_writer_goes_on`: opens the database (creating the CDC
+/// table and a GROUP BY over it when new), reports READY and streams until it is killed.
+#[test]
+#[ignore = "run by sigkill_rounds_while_the_writer_goes_on as a child process"]
+fn pg_cdc_crash_child() {
+    let Ok(dir) = std::env::var("LAMINAR_CRASH_DIR") else { return };
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", &std::env::var("LAMINAR_CRASH_INTERVAL").unwrap()).unwrap();
+    let db = Database::open(&dir, cfg).unwrap();
+    if db.object("t").is_err() {
+        db.execute(&format!(
+            "CREATE TABLE t (id INT, name VARCHAR, v BIGINT, big VARCHAR, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({});
+             CREATE MATERIALIZED VIEW g AS SELECT v % 7 AS b, COUNT(*) AS n, SUM(v) AS s, MAX(length(big)) AS l FROM t GROUP BY v % 7",
+            std::env::var("LAMINAR_CRASH_WITH").unwrap()
+        ))
+        .unwrap();
+    }
+    println!("READY");
+    // Bounded even if the parent dies without killing it.
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// Ten SIGKILLs of a process streaming a captured table (checkpoints every 50–300 ms) while an
+/// independent writer keeps changing the table: after the last reopen the table and a GROUP BY
+/// over it equal the server's — nothing lost, nothing applied twice.
+#[test]
+fn sigkill_rounds_while_the_writer_goes_on() {
+    use std::io::BufRead;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _shared = shared();
+    let srv = server();
+    let table = unique("cdc_kill");
+    let slot = unique("laminardb_kill");
+    srv.psql(&format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, name TEXT, v BIGINT, big TEXT);
+         ALTER TABLE {table} ALTER COLUMN big SET STORAGE EXTERNAL;"
+    ));
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(std::process::id() as u64);
+    let mut ids = BTreeSet::new();
+    let mut next_id = 1;
+    srv.psql(&transactions(&mut rng, &table, &mut ids, 100, &mut next_id));
+    // The writer: batches of 40 random transactions until told to stop.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, srv, table) = (stop.clone(), server(), table.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+            let mut txns = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut ids = keys(&srv, &table);
+                srv.psql(&transactions(&mut rng, &table, &mut ids, 40, &mut next_id));
+                txns += 40;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            txns
+        })
+    };
+    let dir = common::tmpdir("pg-cdc-kill");
+    let exe = std::env::current_exe().unwrap();
+    let log = std::env::temp_dir().join(format!("laminar-pg-cdc-child-{}.log", std::process::id()));
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let rounds: usize = std::env::var("LAMINAR_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    for round in 0..rounds {
+        let mut child = KillOnDrop(
+            Command::new(&exe)
+                .args(["--exact", "pg_cdc_crash_child", "--include-ignored", "--nocapture", "--test-threads", "1"])
+                .env("LAMINAR_CRASH_DIR", &dir)
+                .env("LAMINAR_CRASH_WITH", srv.with(&table, &slot))
+                .env("LAMINAR_CRASH_INTERVAL", format!("{}ms", rng.random_range(50..300)))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::from(std::fs::File::create(&log).unwrap()))
+                .spawn()
+                .unwrap(),
+        );
+        let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = out.read_line(&mut line).unwrap();
+            assert!(
+                n > 0,
+                "round {round}: the child ended before READY; its stderr:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            if line.contains("READY") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2000)));
+        drop(child); // SIGKILL
+    }
+    stop.store(true, Ordering::Relaxed);
+    let txns = writer.join().unwrap();
+    assert!(txns >= 200, "the writer wrote only {txns} transactions during the rounds");
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", "1h").unwrap();
+    let db = Database::open(dir.to_str().unwrap(), cfg).unwrap();
+    converge(&db, &srv, &table);
+    db.close();
+    srv.drop_slot(&slot);
+    srv.psql(&format!("DROP TABLE {table}"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
