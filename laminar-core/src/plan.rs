@@ -81,6 +81,8 @@ pub(crate) struct PlannedQuery {
     /// Output schema, with `__weight` last for changelogs.
     pub output_schema: SchemaRef,
     pub kind: StreamKind,
+    /// A changelog's key columns (of a GROUP BY, followed through projections), when known.
+    pub changelog_key: Option<Vec<String>>,
     /// Schema of late rows, when the query windows its input.
     pub late_schema: Option<SchemaRef>,
 }
@@ -192,5 +194,14 @@ pub(crate) fn plan_continuous(
             inputs.push(i);
         }
     }
-    Ok(PlannedQuery { inputs, root: l.node, time_col: l.time, output_schema, kind: l.kind, late_schema: l.late_schema })
+    let changelog_key = if l.kind == StreamKind::Changelog { l.changelog_key } else { None };
+    Ok(PlannedQuery {
+        inputs,
+        root: l.node,
+        time_col: l.time,
+        output_schema,
+        kind: l.kind,
+        changelog_key,
+        late_schema: l.late_schema,
+    })
 }

@@ -130,7 +130,7 @@ fn append_and_upsert_sinks_equal_the_oracle_across_crashes() {
              GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND) ALLOW LATENESS INTERVAL '30' SECOND;
          CREATE STREAM t AS SELECT k, COUNT(*) AS n, SUM(v) AS total FROM s GROUP BY k;
          CREATE SINK to_plain FROM s INTO POSTGRES WITH (url = '{url}', 'table-name' = '{plain}', 'sink.mode' = 'append');
-         CREATE SINK to_windows FROM w INTO POSTGRES WITH (url = '{url}', 'table-name' = '{windows}', key = 'k, ws');
+         CREATE SINK to_windows FROM w INTO POSTGRES WITH (url = '{url}', 'table-name' = '{windows}');
          CREATE SINK to_totals FROM t INTO POSTGRES WITH (url = '{url}', 'table-name' = '{totals}', key = 'k')"
     );
     let mut cfg = Config::default();
@@ -227,12 +227,15 @@ fn mistakes_are_refused_at_create_with_what_to_do() {
     let table = unique("existing");
     srv.psql(&format!("CREATE TABLE {table} (k bigint, n integer, extra text)"));
     let db = Database::open_in_memory().unwrap();
-    db.execute("CREATE SOURCE s (k BIGINT, v BIGINT); CREATE STREAM t AS SELECT k, COUNT(*) AS n FROM s GROUP BY k")
-        .unwrap();
+    db.execute(
+        "CREATE SOURCE s (k BIGINT, v BIGINT); CREATE STREAM t AS SELECT k, COUNT(*) AS n FROM s GROUP BY k;
+         CREATE STREAM unkeyed AS SELECT COUNT(*) AS n FROM s GROUP BY k",
+    )
+    .unwrap();
     let url = &srv.url;
     let err = |sql: String| db.execute(&sql).unwrap_err();
-    // A changelog in upsert mode needs its key.
-    let e = err(format!("CREATE SINK x FROM t INTO POSTGRES WITH (url = '{url}', 'table-name' = '{table}')"));
+    // A changelog in upsert mode needs its key: a GROUP BY's columns, unless the query left one out.
+    let e = err(format!("CREATE SINK x FROM unkeyed INTO POSTGRES WITH (url = '{url}', 'table-name' = '{table}')"));
     assert!(e.message().contains("needs the key"), "{e}");
     // The table's column has another type.
     let e =
@@ -301,8 +304,8 @@ fn crash_ddl(url: &str, tables: &str) -> String {
              GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND) ALLOW LATENESS INTERVAL '30' SECOND;
          CREATE MATERIALIZED VIEW t AS SELECT k, COUNT(*) AS n, SUM(v) AS total FROM s GROUP BY k;
          CREATE SINK to_plain FROM s INTO POSTGRES WITH (url = '{url}', 'table-name' = '{tables}_plain', 'sink.mode' = 'append');
-         CREATE SINK to_windows FROM w INTO POSTGRES WITH (url = '{url}', 'table-name' = '{tables}_windows', key = 'k, ws');
-         CREATE SINK to_totals FROM t INTO POSTGRES WITH (url = '{url}', 'table-name' = '{tables}_totals', key = 'k')"
+         CREATE SINK to_windows FROM w INTO POSTGRES WITH (url = '{url}', 'table-name' = '{tables}_windows');
+         CREATE SINK to_totals FROM t INTO POSTGRES WITH (url = '{url}', 'table-name' = '{tables}_totals')"
     )
 }
 

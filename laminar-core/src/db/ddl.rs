@@ -393,7 +393,8 @@ impl Database {
         } else if let Some(s) = eng.streams.get(&cs.input) {
             let key = match &s.kind {
                 StreamKind::Upsert { key } => Some(key.clone()),
-                _ => None,
+                StreamKind::Changelog => s.changelog_key.clone(),
+                StreamKind::AppendOnly => None,
             };
             (s.output_schema.clone(), key)
         } else {
@@ -549,6 +550,7 @@ impl Database {
                 root: planned.root,
                 time_col: planned.time_col,
                 kind: planned.kind,
+                changelog_key: planned.changelog_key,
                 output_schema: planned.output_schema,
                 logical_schema,
                 late_to: cs.late_data_to.clone(),

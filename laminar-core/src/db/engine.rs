@@ -118,6 +118,9 @@ pub(super) struct StreamRt {
     /// Column of the output known to be at or past the watermark for on-time rows.
     pub(super) time_col: Option<usize>,
     pub(super) kind: StreamKind,
+    /// A changelog's key (a GROUP BY's columns, as the output names them), when known: what a
+    /// sink upserts by when it is not told.
+    pub(super) changelog_key: Option<Vec<String>>,
     pub(super) output_schema: SchemaRef,
     pub(super) logical_schema: SchemaRef,
     pub(super) late_to: Option<String>,
@@ -214,6 +217,7 @@ impl StreamRt {
             root: Node::leaf(String::new()),
             time_col: None,
             kind: StreamKind::AppendOnly,
+            changelog_key: None,
             output_schema: schema.clone(),
             logical_schema: schema,
             late_to: None,

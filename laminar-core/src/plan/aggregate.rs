@@ -86,6 +86,7 @@ impl Lowerer<'_> {
             output_schema,
         )?));
         l.kind = StreamKind::Changelog;
+        l.changelog_key = Some((0..agg.group_expr.len()).map(|i| agg.schema.field(i).name().clone()).collect());
         l.aggregated = true;
         l.window = None;
         l.start_only = None;
@@ -142,6 +143,7 @@ impl Lowerer<'_> {
             )));
         }
         let lateness = self.opts.lateness_us;
+        let group_key = group_names.clone();
         let kind = match emit {
             EmitMode::OnWindowClose if lateness == 0 => StreamKind::AppendOnly,
             EmitMode::OnWindowClose | EmitMode::Changes => StreamKind::Changelog,
@@ -200,6 +202,7 @@ impl Lowerer<'_> {
         // A window is emitted once the watermark passes its end: append-only output rows have
         // their window_end past the watermark they were emitted before.
         l.time = if kind == StreamKind::AppendOnly { we } else { None };
+        l.changelog_key = (kind == StreamKind::Changelog).then(|| group_key.clone());
         l.kind = kind;
         l.start_only = match (ws, we, l.window) {
             (Some(a), None, Some((_, _, WindowKind::Tumble { size, .. } | WindowKind::Hop { size, .. }))) => {

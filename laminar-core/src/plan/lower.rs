@@ -32,6 +32,9 @@ pub(super) struct Lowered {
     /// When only window_start of a fixed-size window (TUMBLE, HOP) is in the output: its index
     /// and the window size (µs), so that its end is known (`window_start + size`).
     pub(super) start_only: Option<(usize, i64)>,
+    /// A changelog's key (the GROUP BY columns of the aggregate below, by output name), while
+    /// every one of them is still in the output.
+    pub(super) changelog_key: Option<Vec<String>>,
     pub(super) late_schema: Option<SchemaRef>,
     pub(super) aggregated: bool,
     /// See [`RelationInfo::time_col`].
@@ -118,6 +121,7 @@ impl Lowerer<'_> {
                         kind: StreamKind::AppendOnly,
                         window: Some((n, n + 1, b.kind)),
                         start_only: None,
+                        changelog_key: None,
                         late_schema: Some(out),
                         aggregated: false,
                         time: info.time_col,
@@ -131,6 +135,7 @@ impl Lowerer<'_> {
                     kind: info.kind.clone(),
                     window: None,
                     start_only: None,
+                    changelog_key: None,
                     late_schema: None,
                     aggregated: false,
                     time,
@@ -208,6 +213,39 @@ impl Lowerer<'_> {
                         }
                         _ => None,
                     };
+                }
+                if let Some(key) = l.changelog_key.take() {
+                    // A changelog's key follows its columns through the projection (renamed or
+                    // not); a window is identified by either of its bounds. A key column left out
+                    // leaves the changelog without a known key.
+                    let input_schema = p.input.schema();
+                    let mut new_key = vec![];
+                    let mut kept = 0;
+                    for k in &key {
+                        let at = p.expr.iter().position(|e| {
+                            let inner = match e {
+                                Expr::Alias(a) => a.expr.as_ref(),
+                                e => e,
+                            };
+                            matches!(inner, Expr::Column(c) if input_schema.index_of_column(c).is_ok_and(|idx| input_schema.field(idx).name() == k))
+                        });
+                        if let Some(i) = at {
+                            new_key.push(p.schema.field(i).name().clone());
+                            kept += 1;
+                        } else if k == "window_start" || k == "window_end" {
+                            kept += 1; // the other bound identifies the window
+                        }
+                    }
+                    let window_kept = !key.iter().any(|k| k == "window_start" || k == "window_end")
+                        || new_key.iter().any(|n| {
+                            p.expr.iter().zip(p.schema.fields()).any(|(e, f)| {
+                                f.name() == n
+                                    && matches!(match e { Expr::Alias(a) => a.expr.as_ref(), e => e }, Expr::Column(c) if c.name == "window_start" || c.name == "window_end")
+                            })
+                        });
+                    if kept == key.len() && window_kept {
+                        l.changelog_key = Some(new_key);
+                    }
                 }
                 if let StreamKind::Upsert { key } = &l.kind {
                     // The key follows its columns through the projection (renamed or not); a
@@ -367,6 +405,7 @@ impl Lowerer<'_> {
             kind,
             window,
             start_only: None,
+            changelog_key: None,
             late_schema,
             aggregated,
             time,

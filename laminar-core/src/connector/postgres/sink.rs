@@ -299,7 +299,7 @@ impl PgSink {
         }
         if upsert && key_idx.is_empty() {
             return Err(Error::invalid_argument(format!(
-                "{what}: sink.mode = 'upsert' needs the key its rows replace: name the columns with 'key' = 'a, b' (for an aggregate, its GROUP BY columns, window_start included), or use sink.mode = 'append'"
+                "{what}: sink.mode = 'upsert' needs the key its rows replace, and the input has none the engine knows (a GROUP BY whose query leaves a grouping column out, or a join): name the columns with 'key' = 'a, b', or use sink.mode = 'append'"
             )));
         }
         if !upsert && !key_names.is_empty() {
