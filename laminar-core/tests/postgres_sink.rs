@@ -96,6 +96,40 @@ fn every_mapped_type_arrives_as_postgresql_prints_it() {
     srv.psql(&format!("DROP TABLE {table}"));
 }
 
+/// The three sinks' tables against an oracle over `all` (key -1 left out): the append table holds
+/// every row once, the windowed one COUNT/SUM per (key, 10 s window), the totals one COUNT/SUM
+/// per key. Returns the totals table's rows.
+fn tables_match_the_oracle(
+    srv: &common::pg::Server,
+    plain: &str,
+    windows: &str,
+    totals: &str,
+    all: &[Row],
+    what: &str,
+) -> Vec<String> {
+    let got = srv.rows(&format!("SELECT count(*), count(DISTINCT id), sum(v) FROM {plain} WHERE k >= 0"));
+    assert_eq!(got, vec![format!("{}|{}|{}", all.len(), all.len(), all.iter().map(|r| r.2).sum::<i64>())], "{what}");
+    let mut win: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
+    let mut tot: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for r in all {
+        let e = win.entry((r.1, r.3.div_euclid(10_000) * 10)).or_default();
+        e.0 += 1;
+        e.1 += r.2;
+        let e = tot.entry(r.1).or_default();
+        e.0 += 1;
+        e.1 += r.2;
+    }
+    let mut want: Vec<String> = win.iter().map(|((k, ws), (c, s))| format!("{k}|{ws}|{c}|{s}")).collect();
+    want.sort();
+    let got = srv.rows(&format!("SELECT k, extract(epoch FROM ws)::bigint, n, total FROM {windows} WHERE k >= 0"));
+    assert_eq!(got, want, "windows {what}: {}", difference(&got, &want));
+    let mut want: Vec<String> = tot.iter().map(|(k, (c, s))| format!("{k}|{c}|{s}")).collect();
+    want.sort();
+    let got = srv.rows(&format!("SELECT k, n, total FROM {totals} WHERE k >= 0"));
+    assert_eq!(got, want, "totals {what}: {}", difference(&got, &want));
+    got
+}
+
 /// (id, k, v, ts ms)
 type Row = (i64, i64, i64, i64);
 
@@ -181,39 +215,7 @@ fn append_and_upsert_sinks_equal_the_oracle_across_crashes() {
     }
     db.close();
 
-    // Append: every row once.
-    let got = srv.rows(&format!("SELECT count(*), count(DISTINCT id), sum(v) FROM {plain} WHERE k >= 0"));
-    let want = vec![format!("{}|{}|{}", all.len(), all.len(), all.iter().map(|r| r.2).sum::<i64>())];
-    assert_eq!(got, want);
-    // Upsert of the windowed aggregate (corrections applied) and of the running totals.
-    let mut win: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
-    let mut tot: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-    for r in &all {
-        let e = win.entry((r.1, r.3.div_euclid(10_000) * 10_000)).or_default();
-        e.0 += 1;
-        e.1 += r.2;
-        let e = tot.entry(r.1).or_default();
-        e.0 += 1;
-        e.1 += r.2;
-    }
-    let want: Vec<String> = win
-        .iter()
-        .map(|((k, ws), (n, s))| format!("{k}|{}|{n}|{s}", (ws / 1000)))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let got = srv.rows(&format!("SELECT k, extract(epoch FROM ws)::bigint, n, total FROM {windows} WHERE k >= 0"));
-    let mut got_sorted = got.clone();
-    got_sorted.sort();
-    assert_eq!(got_sorted, want, "{}", difference(&got_sorted, &want));
-    let got = srv.rows(&format!("SELECT k, n, total FROM {totals} WHERE k >= 0"));
-    let want: Vec<String> = tot
-        .iter()
-        .map(|(k, (n, s))| format!("{k}|{n}|{s}"))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    assert_eq!(got, want, "{}", difference(&got, &want));
+    tables_match_the_oracle(&srv, &plain, &windows, &totals, &all, "after two crashes");
     srv.psql(&format!(
         "DROP TABLE {plain}; DROP TABLE {windows}; DROP TABLE {totals}; DELETE FROM laminardb_sink_offsets WHERE sink_id LIKE '%{plain}' OR sink_id LIKE '%{windows}' OR sink_id LIKE '%{totals}'"
     ));
@@ -423,27 +425,15 @@ fn sigkill_rounds_lose_and_duplicate_nothing() {
     let view = common::sorted(&db.query("SELECT k, n, total FROM t WHERE k >= 0").unwrap());
     db.close();
     let all: Vec<Row> = (0..n).flat_map(crash_batch).collect();
-    let got = srv.rows(&format!("SELECT count(*), count(DISTINCT id), sum(v) FROM {tables}_plain WHERE k >= 0"));
-    assert_eq!(got, vec![format!("{}|{}|{}", all.len(), all.len(), all.iter().map(|r| r.2).sum::<i64>())]);
-    let mut win: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
-    let mut tot: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-    for r in &all {
-        let e = win.entry((r.1, r.3.div_euclid(10_000) * 10)).or_default();
-        e.0 += 1;
-        e.1 += r.2;
-        let e = tot.entry(r.1).or_default();
-        e.0 += 1;
-        e.1 += r.2;
-    }
-    let mut want: Vec<String> = win.iter().map(|((k, ws), (c, s))| format!("{k}|{ws}|{c}|{s}")).collect();
-    want.sort();
-    let got =
-        srv.rows(&format!("SELECT k, extract(epoch FROM ws)::bigint, n, total FROM {tables}_windows WHERE k >= 0"));
-    assert_eq!(got, want, "windows after {rounds} SIGKILL rounds: {}", difference(&got, &want));
-    let mut want: Vec<String> = tot.iter().map(|(k, (c, s))| format!("{k}|{c}|{s}")).collect();
-    want.sort();
-    let got = srv.rows(&format!("SELECT k, n, total FROM {tables}_totals WHERE k >= 0"));
-    assert_eq!(got, want, "totals after {rounds} SIGKILL rounds: {}", difference(&got, &want));
+    let what = format!("after {rounds} SIGKILL rounds");
+    let got = tables_match_the_oracle(
+        &srv,
+        &format!("{tables}_plain"),
+        &format!("{tables}_windows"),
+        &format!("{tables}_totals"),
+        &all,
+        &what,
+    );
     assert_eq!(got, view, "the sink's table and the view: {}", difference(&got, &view));
     srv.psql(&format!(
         "DROP TABLE {tables}_plain; DROP TABLE {tables}_windows; DROP TABLE {tables}_totals; DELETE FROM laminardb_sink_offsets WHERE sink_id LIKE '%{tables}%'"
