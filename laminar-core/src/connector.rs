@@ -575,13 +575,16 @@ pub(crate) fn sink_for(
 
 /// Builds the source reader of kind `kind` for source `source` of `schema`; its options are checked
 /// here (`general` are the options every source has, such as `idle_timeout`, left to the caller).
+/// `table_key`: the primary key when the source feeds a table.
 pub(crate) fn source_for(
     kind: &str,
     source: &str,
     schema: &SchemaRef,
+    table_key: Option<&[String]>,
     options: &BTreeMap<String, String>,
     general: &[&'static str],
 ) -> Result<Box<dyn SourceReader>> {
+    let _ = table_key;
     let mut map = options.clone();
     for g in general {
         map.remove(*g);
@@ -596,7 +599,7 @@ pub(crate) fn source_for(
     }
     #[cfg(feature = "kafka")]
     if kind.eq_ignore_ascii_case("kafka") {
-        return Ok(Box::new(kafka::KafkaSource::new(source, schema.clone(), o)?));
+        return Ok(Box::new(kafka::KafkaSource::new(source, schema.clone(), table_key, o)?));
     }
     #[cfg(feature = "postgres")]
     if kind.eq_ignore_ascii_case("postgres_cdc") {

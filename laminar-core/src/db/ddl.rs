@@ -158,7 +158,14 @@ impl Database {
         // The connector checks its options (and the columns it can fill) now, before anything exists.
         let mut reader = match cs.connector.as_deref() {
             None => None,
-            Some(kind) => Some(connector::source_for(kind, &cs.name, &schema, &cs.options, &["idle_timeout"])?),
+            Some(kind) => Some(connector::source_for(
+                kind,
+                &cs.name,
+                &schema,
+                cs.table.then_some(cs.primary_key.as_slice()),
+                &cs.options,
+                &["idle_timeout"],
+            )?),
         };
         if let Some(r) = reader.as_mut() {
             r.checkpoints_retained(self.inner.config.checkpoints_retained.max(1));

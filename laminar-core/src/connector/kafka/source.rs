@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BinaryArray, Int64Array, StringArray, TimestampMillisecondArray, new_null_array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray, new_null_array,
 };
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -47,6 +47,9 @@ struct Rec {
     timestamp: Option<i64>,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
+    /// A tombstone (no value) into a `json` table: `value` holds the key's columns, and the
+    /// row is a delete.
+    deleted: bool,
 }
 
 pub(crate) struct KafkaSource {
@@ -69,6 +72,8 @@ pub(crate) struct KafkaSource {
     decoded_schema: SchemaRef,
     /// What the reader writes: the declared schema, with `debezium-json` and `__deleted`.
     out_schema: SchemaRef,
+    /// A `json` table: its key columns (a tombstone deletes the key its record's key names).
+    tombstone_key: Option<Vec<String>>,
     columns: Vec<Result<usize, Meta>>,
     consumer: Option<BaseConsumer>,
     ready: VecDeque<Poll>,
@@ -85,7 +90,13 @@ pub(crate) struct KafkaSource {
 }
 
 impl KafkaSource {
-    pub(crate) fn new(source: &str, schema: SchemaRef, mut o: Options) -> Result<KafkaSource> {
+    /// `table_key`: the primary key when the source feeds a table (`CREATE TABLE … FROM KAFKA`).
+    pub(crate) fn new(
+        source: &str,
+        schema: SchemaRef,
+        table_key: Option<&[String]>,
+        mut o: Options,
+    ) -> Result<KafkaSource> {
         let (topic, pattern) = match (o.get("topic"), o.get("topic-pattern")) {
             (Some(t), None) => (t, None),
             (None, Some(p)) => {
@@ -185,9 +196,12 @@ impl KafkaSource {
             )));
         }
         let value_schema = Arc::new(Schema::new(value_fields));
+        // A `json` table takes a tombstone (a record without a value) as the delete of the key
+        // the record's key names.
+        let tombstone_key = if format == Format::Json { table_key.map(<[String]>::to_vec) } else { None };
         let with_deleted = |s: &Schema| -> SchemaRef {
             let mut f: Vec<_> = s.fields().iter().cloned().collect();
-            if format == Format::DebeziumJson {
+            if format == Format::DebeziumJson || tombstone_key.is_some() {
                 f.push(Arc::new(datafusion::arrow::datatypes::Field::new("__deleted", DataType::Boolean, false)));
             }
             Arc::new(Schema::new(f))
@@ -207,6 +221,7 @@ impl KafkaSource {
             avro.insert(0, (text, d));
         }
         Ok(KafkaSource {
+            tombstone_key,
             decoded_schema,
             out_schema,
             source: source.to_string(),
@@ -304,6 +319,13 @@ impl KafkaSource {
                     Arc::new(BinaryArray::from_iter(recs.map(|r| r.value.as_deref())))
                 };
                 Ok(RecordBatch::try_new(schema, vec![col])?)
+            }
+            Format::Json if self.tombstone_key.is_some() => {
+                let deleted = BooleanArray::from_iter(recs.clone().map(|r| Some(r.deleted)));
+                let values = json_objects(schema, recs, n)?;
+                let mut cols = values.columns().to_vec();
+                cols.push(Arc::new(deleted));
+                Ok(RecordBatch::try_new(self.decoded_schema.clone(), cols)?)
             }
             Format::Json => json_objects(schema, recs, n),
             Format::DebeziumJson => self.decode_debezium(recs, n),
@@ -567,7 +589,7 @@ impl KafkaSource {
             };
             cols.push(a);
         }
-        if self.format == Format::DebeziumJson {
+        if self.format == Format::DebeziumJson || self.tombstone_key.is_some() {
             cols.push(values.column(values.num_columns() - 1).clone());
         }
         Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
@@ -706,6 +728,7 @@ impl SourceReader for KafkaSource {
                         timestamp: m.timestamp().to_millis(),
                         key: m.key().map(<[u8]>::to_vec),
                         value: m.payload().map(<[u8]>::to_vec),
+                        deleted: false,
                     });
                     n += 1;
                     wait = Duration::ZERO;
@@ -736,6 +759,12 @@ impl SourceReader for KafkaSource {
             if self.format == Format::DebeziumJson {
                 // Tombstones follow Debezium's deletes for log compaction: nothing to apply.
                 recs.retain(|r| r.value.is_some());
+            }
+            if let Some(cols) = &self.tombstone_key {
+                for r in recs.iter_mut().filter(|r| r.value.is_none()) {
+                    r.value = r.key.as_deref().and_then(|k| key_object(k, cols));
+                    r.deleted = true;
+                }
             }
             let mut letters = vec![];
             let values = self.decode(&mut recs, &mut letters)?;
@@ -829,4 +858,22 @@ fn json_objects<'a>(schema: SchemaRef, recs: impl Iterator<Item = &'a Rec>, n: u
         }
     }
     Ok(d.flush()?.unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+/// A tombstone's key as the JSON object of the table's key columns: a JSON object as it is (the
+/// KAFKA sink writes keys so), or, for a one-column key, a JSON scalar or plain text as that
+/// column's value. None: a key this cannot read (the record is then malformed).
+fn key_object(key: &[u8], cols: &[String]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(key).ok()?.trim();
+    if text.starts_with('{') {
+        return Some(text.as_bytes().to_vec());
+    }
+    let [col] = cols else { return None };
+    let value = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if !v.is_object() && !v.is_array() => v,
+        _ => serde_json::Value::String(text.to_string()),
+    };
+    let mut m = serde_json::Map::new();
+    m.insert(col.clone(), value);
+    serde_json::to_vec(&serde_json::Value::Object(m)).ok()
 }
