@@ -354,6 +354,13 @@ LAMINAR_API const char *laminar_version(void);
 // Thread-safety: any thread. Since: 0.1.0
 LAMINAR_API uint32_t laminar_version_number(void);
 
+// Releases memory the library handed to the caller as raw memory (the text of
+// `laminar_db_metrics_text`). NULL is a no-op. Handles have their own destroy functions; do
+// not pass them here, nor memory from another allocator.
+//
+// Thread-safety: any thread. Since: 0.1.0
+LAMINAR_API void laminar_free(void *ptr);
+
 // Creates an empty configuration (every key at its default).
 //
 // - `out`: caller-owned output; receives the new handle, or NULL on failure.
@@ -538,6 +545,20 @@ laminar_status laminar_db_metrics(struct laminar_db *db,
                                   struct ArrowSchema *out_schema,
                                   struct ArrowArray *out_array,
                                   struct laminar_error **out_error);
+
+// Every metric in the Prometheus text exposition format (version 0.0.4): families named
+// `laminardb_…` in base units (`_seconds`, `_bytes`, counters `_total`), labelled by `source`,
+// `stream`, `sink`, `partition`, `operator`; checkpoint duration and size as histograms. The
+// text the `metrics_addr` endpoint serves at `GET /metrics`. The README lists the families.
+//
+// - `db`: borrowed. `out_text`: receives a NUL-terminated UTF-8 string owned by the caller,
+//   released with `laminar_free`; NULL on failure.
+//
+// Errors: `LAMINAR_CLOSED`, `LAMINAR_INVALID_ARGUMENT` (`db` or `out_text` NULL). Since: 0.1.0
+LAMINAR_API
+laminar_status laminar_db_metrics_text(struct laminar_db *db,
+                                       char **out_text,
+                                       struct laminar_error **out_error);
 
 // Waits until every batch and watermark pushed before this call has been processed and its
 // results emitted.

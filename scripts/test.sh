@@ -25,6 +25,7 @@ stop_services() { for s in "${started[@]}"; do scripts/services.sh stop "$s" || 
 trap stop_services EXIT
 step "system packages check (test of system-deps.sh)" scripts/test-system-deps.sh
 step "system packages (libclang)" scripts/system-deps.sh
+step "test tools (prometheus, promtool)" scripts/test-deps.sh
 # The Python and Node addons are built below by maturin and by the Node package's build script.
 # Formatting and lints fail the run (rustfmt.toml, the workspace's clippy lints, gofmt; ruff after
 # the Python environment exists).
@@ -43,7 +44,7 @@ if [[ " ${LAMINAR_FEATURES//,/ } " == *" postgres "* ]]; then
 fi
 step "cargo test (each test binary limited, stacks dumped on a hang)" scripts/cargo-test.sh --workspace --exclude laminardb-python --exclude laminardb-node "${features[@]}"
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \
-  cargo run -q -p laminar-core "${features[@]}" --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2
+  cargo run -q -p laminar-core "${features[@]}" --example w1_bench -- --events 100000 --latency-events 20000 --workers-list 1,2 --metrics-runs 1
 step "Nexmark runner smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example nexmark -- --events 100000
 step "join benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example join_bench -- --rows 20000
 step "durability benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example durability_bench -- --batches 20 --batch-rows 1024 --keys 20000 --state-cache 256KB

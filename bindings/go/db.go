@@ -267,6 +267,20 @@ func (db *DB) Metrics() (arrow.RecordBatch, error) {
 	})
 }
 
+// MetricsText returns every metric in the Prometheus text exposition format (0.0.4): families
+// named laminardb_… in base units, counters ending in _total, checkpoint duration and size as
+// histograms. It is what the metrics_addr endpoint serves at GET /metrics.
+func (db *DB) MetricsText() (string, error) {
+	var text *C.char
+	if err := db.call(nil, func(h *C.laminar_db, e **C.laminar_error) C.laminar_status {
+		return C.laminar_db_metrics_text(h, &text, e)
+	}); err != nil {
+		return "", err
+	}
+	defer C.laminar_free(unsafe.Pointer(text))
+	return C.GoString(text), nil
+}
+
 // Checkpoint takes a checkpoint of everything pushed before the call and returns its epoch. An
 // in-memory database answers ErrInvalidState ("checkpointing is not enabled").
 func (db *DB) Checkpoint(ctx context.Context) (int64, error) {

@@ -68,6 +68,15 @@ func TestExecQuerySchemaCatalogMetrics(t *testing.T) {
 	if m.NumCols() != 4 || m.NumRows() == 0 {
 		t.Fatalf("metrics %v", m)
 	}
+	text, err := db.MetricsText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two rows inserted by INSERT, two by Insert.
+	if !strings.Contains(text, "laminardb_source_records_total{source=\"events\"} 4\n") ||
+		!strings.Contains(text, "# TYPE laminardb_checkpoint_duration_seconds histogram\n") {
+		t.Fatalf("metrics text:\n%s", text)
+	}
 	if _, err := db.Checkpoint(ctx); !errors.Is(err, ErrInvalidState) || !strings.Contains(err.Error(), "checkpointing is not enabled") {
 		t.Fatalf("checkpoint: %v", err)
 	}

@@ -103,6 +103,8 @@ export declare class Connection {
   streams(): Promise<string[]>;
   /** Metrics as a Table of (kind, name, metric, value). */
   metrics(): Promise<Table>;
+  /** Every metric in the Prometheus text exposition format (what `metrics_addr` serves at GET /metrics). */
+  metricsText(): Promise<string>;
   /** Takes a checkpoint of everything pushed before the call (INVALID_STATE on an in-memory database). */
   checkpoint(): Promise<void>;
   /** Closes the database; subscriptions end. Idempotent. */

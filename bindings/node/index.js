@@ -342,6 +342,10 @@ class Connection {
   async metrics() {
     return arrow.tableFromIPC(await call(this._live().metrics()));
   }
+  /** Every metric in the Prometheus text exposition format (what `metrics_addr` serves at GET /metrics). */
+  async metricsText() {
+    return (await call(this._live().metricsText())).toString('utf8');
+  }
   /** Takes a checkpoint (rejects with INVALID_STATE on an in-memory database). */
   async checkpoint() {
     await call(this._live().checkpoint());

@@ -18,6 +18,9 @@
 //!      from pushing the row whose watermark closes it to its output batch reaching a subscriber
 //!      reading on another thread. p50 / p99 in µs.
 //!  (e) W1 events/s with 1, 2 and 4 workers, with the number of cores.
+//!  (f) The cost of metrics: W1 with the `metrics_addr` endpoint scraped every 100 ms by a
+//!      thread of this program vs without, alternating runs, best of each; the ratio (target
+//!      >= 0.97).
 //!
 //! Figures from a debug build (our crate unoptimised) are only a smoke test, not a measurement.
 
@@ -148,6 +151,10 @@ struct W1Run {
     rows_out: u64,
     count_sum: i64,
     value_sum: i64,
+    /// Scrapes of the metrics endpoint completed during the run (0 without one).
+    scrapes: u64,
+    /// Time those scrapes took, request to last byte.
+    scrape_time: Duration,
 }
 
 impl W1Run {
@@ -180,12 +187,50 @@ fn take(d: &mut Drained, b: RecordBatch) -> Result<(), String> {
 /// One W1 run on a fresh in-memory database: push all batches, finish, drain until the last
 /// window. `workers`: None keeps the default (cores - 1, at least 1).
 fn run_w1(batches: &[RecordBatch], workers: Option<usize>) -> BoxResult<W1Run> {
+    run_w1_scraped(batches, workers, false)
+}
+
+/// GETs `/metrics` from `addr` every 100 ms until `done`; the number of complete responses and
+/// the time they took in all.
+fn scrape_every_100ms(
+    addr: std::net::SocketAddr,
+    done: Arc<AtomicBool>,
+) -> thread::JoinHandle<Result<(u64, Duration), String>> {
+    use std::io::{Read, Write};
+    thread::spawn(move || {
+        let (mut n, mut spent) = (0u64, Duration::ZERO);
+        while !done.load(Ordering::Acquire) {
+            let t = Instant::now();
+            let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("scrape: {e}"))?;
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                .map_err(|e| format!("scrape: {e}"))?;
+            let mut body = Vec::new();
+            c.read_to_end(&mut body).map_err(|e| format!("scrape: {e}"))?;
+            if !body.starts_with(b"HTTP/1.1 200") || !body.windows(30).any(|w| w == b"laminardb_source_records_total") {
+                return Err(format!("scrape {n}: not a 200 with the exposition"));
+            }
+            n += 1;
+            spent += t.elapsed();
+            thread::sleep(Duration::from_millis(100).saturating_sub(t.elapsed()));
+        }
+        Ok((n, spent))
+    })
+}
+
+/// As `run_w1`; with `scrape`, the database serves `metrics_addr` and a thread scrapes it every
+/// 100 ms during the run (`W1Run::scrapes`).
+fn run_w1_scraped(batches: &[RecordBatch], workers: Option<usize>, scrape: bool) -> BoxResult<W1Run> {
     let mut cfg = Config::default();
     if let Some(w) = workers {
         cfg.set("workers", &w.to_string())?;
     }
+    if scrape {
+        cfg.set("metrics_addr", "127.0.0.1:0")?;
+    }
     let workers = cfg.workers;
     let db = Database::open(":memory:", cfg)?;
+    let scraping = Arc::new(AtomicBool::new(false));
+    let scraper = db.metrics_endpoint().map(|a| scrape_every_100ms(a, scraping.clone()));
     db.execute(SOURCE_SQL)?;
     db.execute(STREAM_SQL)?;
     let sub = db.subscribe("agg")?;
@@ -208,6 +253,11 @@ fn run_w1(batches: &[RecordBatch], workers: Option<usize>) -> BoxResult<W1Run> {
     // Stop the drain thread whether or not the pushes succeeded.
     done.store(true, Ordering::Release);
     let drained = common::join_drain(drainer);
+    scraping.store(true, Ordering::Release);
+    let (scrapes, scrape_time) = match scraper {
+        Some(h) => h.join().map_err(|_| "the scrape thread panicked")??,
+        None => (0, Duration::ZERO),
+    };
     db.close();
     let (push, flushed) = pushed?;
     let drained = drained?;
@@ -219,6 +269,8 @@ fn run_w1(batches: &[RecordBatch], workers: Option<usize>) -> BoxResult<W1Run> {
         rows_out: drained.rows,
         count_sum: drained.count_sum,
         value_sum: drained.value_sum,
+        scrapes,
+        scrape_time,
     })
 }
 
@@ -402,13 +454,14 @@ struct Args {
     events: u64,
     latency_events: u64,
     workers_list: Vec<usize>,
+    metrics_runs: usize,
 }
 
-const USAGE: &str = "usage: w1_bench [--events N] [--latency-events N] [--workers-list 1,2,4]\n\
-     defaults: --events 10000000 --latency-events 300000 --workers-list 1,2,4";
+const USAGE: &str = "usage: w1_bench [--events N] [--latency-events N] [--workers-list 1,2,4] [--metrics-runs N]\n\
+     defaults: --events 10000000 --latency-events 300000 --workers-list 1,2,4 --metrics-runs 3";
 
 fn parse_args() -> BoxResult<Args> {
-    let mut a = Args { events: 10_000_000, latency_events: 300_000, workers_list: vec![1, 2, 4] };
+    let mut a = Args { events: 10_000_000, latency_events: 300_000, workers_list: vec![1, 2, 4], metrics_runs: 3 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
@@ -417,6 +470,7 @@ fn parse_args() -> BoxResult<Args> {
         match flag.as_str() {
             "--events" => a.events = count(value()?)?,
             "--latency-events" => a.latency_events = count(value()?)?,
+            "--metrics-runs" => a.metrics_runs = count(value()?)? as usize,
             "--workers-list" => {
                 a.workers_list = value()?
                     .split(',')
@@ -590,6 +644,36 @@ fn run() -> BoxResult<()> {
         cores.saturating_sub(1)
     );
 
+    // (f) the cost of metrics: W1 with the endpoint scraped every 100 ms vs without, the two
+    // kinds of run alternating (off, on, off, on, …) so drift on a shared machine hits both;
+    // the best run of each kind is compared.
+    let mut metrics_cost = None;
+    if args.metrics_runs > 0 {
+        println!(
+            "\n(f) W1 with metrics_addr scraped every 100 ms vs without, {} runs each, alternating ...",
+            args.metrics_runs
+        );
+        let (mut off, mut on) = (vec![], vec![]);
+        for _ in 0..args.metrics_runs {
+            off.push(run_w1_scraped(&batches, None, false)?);
+            on.push(run_w1_scraped(&batches, None, true)?);
+        }
+        let best = |runs: &[W1Run]| runs.iter().map(|r| r.events_per_s(args.events)).fold(0.0, f64::max);
+        let (off_rate, on_rate) = (best(&off), best(&on));
+        let scrapes: u64 = on.iter().map(|r| r.scrapes).sum();
+        let scrape_time: Duration = on.iter().map(|r| r.scrape_time).sum();
+        let f_ok = off.iter().chain(&on).all(|r| r.ok(args.events, &exp));
+        println!("    without endpoint: {} events/s (best of {})", rate(off_rate), off.len());
+        println!(
+            "    scraped:          {} events/s (best of {}; {scrapes} scrapes, {:.2} ms each on average)",
+            rate(on_rate),
+            on.len(),
+            scrape_time.as_secs_f64() * 1e3 / scrapes.max(1) as f64
+        );
+        println!("    ratio scraped / without: {:.3} (target >= 0.97), {}", on_rate / off_rate, ok(f_ok));
+        metrics_cost = Some((on_rate / off_rate, scrapes, f_ok));
+    }
+
     // Summary.
     println!("\n==================== W1 summary ====================");
     println!("build {profile}; cores {cores}; {} events; batches of {BATCH_ROWS}", args.events);
@@ -621,7 +705,11 @@ fn run() -> BoxResult<()> {
             if *judged { "(judged)" } else { "(printed only: cores < workers + 1)" }
         );
     }
-    let all_ok = a.ok(args.events, &exp)
+    if let Some((ratio, scrapes, _)) = metrics_cost {
+        println!("{:<38} {:>14}  {scrapes} scrapes", "(f) scraped every 100 ms / without", format!("{ratio:.3}"));
+    }
+    let all_ok = metrics_cost.is_none_or(|(_, _, ok)| ok)
+        && a.ok(args.events, &exp)
         && b_ok
         && scaling.iter().all(|(r, _)| r.ok(args.events, &exp))
         && d.as_ref().is_none_or(|d| d.early == 0);

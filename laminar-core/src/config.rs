@@ -111,6 +111,9 @@ pub struct Config {
     pub on_full: OnFull,
     /// Rows of recent input each source keeps for ad-hoc `SELECT … FROM source`. Default 65,536.
     pub source_retention: usize,
+    /// Where to serve the Prometheus text exposition over HTTP (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`. None (the default): no endpoint; `metrics_text()` still works.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for Config {
@@ -132,6 +135,7 @@ impl Default for Config {
             queue_full: QueueFullPolicy::Block,
             on_full: OnFull::Lag,
             source_retention: 65_536,
+            metrics_addr: None,
         }
     }
 }
@@ -155,6 +159,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "queue_full",
     "on_full",
     "source_retention",
+    "metrics_addr",
 ];
 
 /// The default worker count: one per core, minus the core the pipeline thread itself occupies
@@ -206,6 +211,9 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
             "lag | block: what a full subscription buffer does (default lag: the subscription ends with an error)"
         }
         "source_retention" => "rows of recent input each source keeps for ad-hoc SELECT (default 65536)",
+        "metrics_addr" => {
+            "host:port to serve Prometheus metrics on (GET /metrics); empty or unset: no endpoint (default)"
+        }
         _ => return None,
     })
 }
@@ -281,6 +289,16 @@ impl Config {
             "source_retention" => {
                 self.source_retention = value.trim().parse().map_err(|_| bad("expected a row count"))?
             }
+            "metrics_addr" => {
+                let v = value.trim();
+                if v.is_empty() {
+                    self.metrics_addr = None;
+                } else {
+                    use std::net::ToSocketAddrs;
+                    v.to_socket_addrs().map_err(|e| bad(&format!("expected host:port ({e})")))?;
+                    self.metrics_addr = Some(v.to_string());
+                }
+            }
             _ => {
                 let hint = crate::error::nearest_name(key, CONFIG_KEYS.iter().copied())
                     .map(|k| format!("; did you mean '{k}'?"))
@@ -327,6 +345,7 @@ impl Config {
             .to_string(),
             "state_cache_size" => self.state_cache_size.to_string(),
             "memory_limit" => self.memory_limit?.to_string(),
+            "metrics_addr" => self.metrics_addr.clone()?,
             "buffer_size" => self.buffer_size.to_string(),
             "idle_timeout" => d(self.idle_timeout)?,
             "queue_capacity" => self.queue_capacity.to_string(),

@@ -324,6 +324,8 @@ pub struct PartitionStats {
     pub bytes: u64,
     /// Records that did not decode (`on_error = 'skip'`: skipped).
     pub malformed: u64,
+    /// `lag` counts bytes of write-ahead log (POSTGRES_CDC), not records.
+    pub lag_in_bytes: bool,
 }
 
 /// A reader's per-partition counters, shared with the database (partition → stats).

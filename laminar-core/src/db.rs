@@ -24,6 +24,7 @@ mod engine;
 mod metrics;
 mod query;
 mod recovery;
+mod telemetry;
 mod wal;
 mod writer;
 
@@ -51,8 +52,9 @@ pub use clock::{Clock, ManualClock};
 pub use ddl::ObjectInfo;
 use driver::*;
 use engine::*;
-pub use metrics::{Metrics, SinkMetrics, SourceMetrics, StreamMetrics};
+pub use metrics::{Metrics, OperatorMetrics, SinkMetrics, SourceMetrics, StreamMetrics};
 pub use recovery::RecoveryInfo;
+pub use telemetry::{CheckpointMetrics, Histogram};
 use wal::*;
 use writer::*;
 pub use writer::{SourceWriter, WriterInterrupt};
@@ -199,6 +201,7 @@ impl Database {
             deferred_readers: Mutex::new(vec![]),
             restored_sinks: Mutex::new(HashMap::new()),
             state,
+            telemetry: telemetry::Telemetry::new(),
         });
         let weak = Arc::downgrade(&inner);
         // Read on this thread: the driver may start after the caller has already moved the clock.
@@ -214,6 +217,10 @@ impl Database {
         {
             db.close_without_checkpoint();
             return Err(e.context(format!("recovering '{}'", dir.unwrap_or_default())));
+        }
+        if let Err(e) = db.start_metrics_server() {
+            db.close();
+            return Err(e);
         }
         Ok(db)
     }
@@ -286,6 +293,7 @@ impl Database {
             return;
         }
         let _ = self.inner.tx.send(Event::Shutdown);
+        self.stop_metrics_server();
         if let Some(h) = self.inner.driver.lock().take()
             && h.thread().id() != std::thread::current().id()
         {
@@ -389,6 +397,7 @@ impl Database {
                 Ok(ExecuteResult { batches: vec![b], ..Default::default() })
             }
             Statement::Explain(inner) => self.explain(*inner),
+            Statement::ExplainAnalyze(name) => self.explain_analyze(&name),
             Statement::Insert { table, columns, source } => self.insert_values(&table, &columns, *source),
             Statement::Delete { table, selection } => self.delete_where(&table, selection).map(|r| r.0),
             Statement::Query(q) => {

@@ -31,20 +31,61 @@ pub(crate) enum NodeInput {
 pub(crate) struct Node {
     pub input: NodeInput,
     pub ops: Vec<Box<dyn Operator>>,
+    /// What each operator of this node did (EXPLAIN ANALYZE, metrics).
+    pub stats: NodeStats,
+}
+
+/// Counters of one operator: rows in and out, and time spent in it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct OpStats {
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub busy_ns: u64,
+}
+
+/// Counters of a node: one per operator of its chain (grown as needed), and one for its join
+/// or union.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeStats {
+    pub ops: Vec<OpStats>,
+    pub input: OpStats,
+}
+
+fn stat(stats: &mut Vec<OpStats>, i: usize) -> &mut OpStats {
+    if stats.len() <= i {
+        stats.resize(i + 1, OpStats::default());
+    }
+    &mut stats[i]
+}
+
+fn rows(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+/// Runs `f` (an operator's work), counting its time and the rows it produced into `st`.
+fn timed(st: &mut OpStats, rows_in: u64, f: impl FnOnce() -> Result<Vec<RecordBatch>>) -> Result<Vec<RecordBatch>> {
+    let t = std::time::Instant::now();
+    let out = f()?;
+    st.busy_ns += t.elapsed().as_nanos() as u64;
+    st.rows_in += rows_in;
+    st.rows_out += rows(&out);
+    Ok(out)
 }
 
 /// Runs `batch` through `ops[from..]`.
 pub(crate) fn run_chain(
     ops: &mut [Box<dyn Operator>],
+    stats: &mut Vec<OpStats>,
     from: usize,
     batch: RecordBatch,
     ctx: &mut OpCtx<'_>,
 ) -> Result<Vec<RecordBatch>> {
     let mut cur = vec![batch];
-    for op in ops[from..].iter_mut() {
+    for (i, op) in ops.iter_mut().enumerate().skip(from) {
         let mut next = vec![];
         for b in cur {
-            next.extend(op.process_batch(b, ctx)?);
+            let n = b.num_rows() as u64;
+            next.extend(timed(stat(stats, i), n, || op.process_batch(b, ctx))?);
             if let Some(limit) = ctx.memory_limit {
                 let used = op.state_size();
                 if used > limit {
@@ -63,10 +104,15 @@ pub(crate) fn run_chain(
     Ok(cur)
 }
 
-fn run_all(ops: &mut [Box<dyn Operator>], batches: Vec<RecordBatch>, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
+fn run_all(
+    ops: &mut [Box<dyn Operator>],
+    stats: &mut Vec<OpStats>,
+    batches: Vec<RecordBatch>,
+    ctx: &mut OpCtx<'_>,
+) -> Result<Vec<RecordBatch>> {
     let mut out = vec![];
     for b in batches {
-        out.extend(run_chain(ops, 0, b, ctx)?);
+        out.extend(run_chain(ops, stats, 0, b, ctx)?);
     }
     Ok(out)
 }
@@ -75,14 +121,15 @@ fn run_all(ops: &mut [Box<dyn Operator>], batches: Vec<RecordBatch>, ctx: &mut O
 /// rest of the chain.
 fn react(
     ops: &mut [Box<dyn Operator>],
+    stats: &mut Vec<OpStats>,
     ctx: &mut OpCtx<'_>,
     f: &mut dyn FnMut(&mut dyn Operator, &mut OpCtx<'_>) -> Result<Vec<RecordBatch>>,
 ) -> Result<Vec<RecordBatch>> {
     let mut out = vec![];
     for i in 0..ops.len() {
-        let produced = f(ops[i].as_mut(), ctx)?;
+        let produced = timed(stat(stats, i), 0, || f(ops[i].as_mut(), ctx))?;
         for b in produced {
-            out.extend(run_chain(ops, i + 1, b, ctx)?);
+            out.extend(run_chain(ops, stats, i + 1, b, ctx)?);
         }
     }
     Ok(out)
@@ -90,7 +137,7 @@ fn react(
 
 impl Node {
     pub(crate) fn leaf(name: String) -> Node {
-        Node { input: NodeInput::Relation(name), ops: vec![] }
+        Node { input: NodeInput::Relation(name), ops: vec![], stats: NodeStats::default() }
     }
 
     /// The relations read, left to right (a relation read twice appears twice).
@@ -116,28 +163,33 @@ impl Node {
                 vec![batch.clone()]
             }
             NodeInput::Join { join, left, right } => {
+                let st = &mut self.stats.input;
                 let l = left.process(from, batch, ctx)?;
                 let mut out = vec![];
                 for b in l {
-                    out.extend(join.process_side(0, b, ctx)?);
+                    let n = b.num_rows() as u64;
+                    out.extend(timed(st, n, || join.process_side(0, b, ctx))?);
                 }
                 let r = right.process(from, batch, ctx)?;
                 for b in r {
-                    out.extend(join.process_side(1, b, ctx)?);
+                    let n = b.num_rows() as u64;
+                    out.extend(timed(st, n, || join.process_side(1, b, ctx))?);
                 }
                 out
             }
             NodeInput::Union { union, inputs } => {
+                let st = &mut self.stats.input;
                 let mut out = vec![];
                 for (i, n) in inputs.iter_mut().enumerate() {
                     for b in n.process(from, batch, ctx)? {
-                        out.extend(union.process_side(i, b, ctx)?);
+                        let rows = b.num_rows() as u64;
+                        out.extend(timed(st, rows, || union.process_side(i, b, ctx))?);
                     }
                 }
                 out
             }
         };
-        run_all(&mut self.ops, produced, ctx)
+        run_all(&mut self.ops, &mut self.stats.ops, produced, ctx)
     }
 
     pub(crate) fn on_watermark(&mut self, wm: i64, ctx: &mut OpCtx<'_>) -> Result<Vec<RecordBatch>> {
@@ -158,28 +210,33 @@ impl Node {
         let mut out = match &mut self.input {
             NodeInput::Relation(_) => vec![],
             NodeInput::Join { join, left, right } => {
+                let st = &mut self.stats.input;
                 let mut rows = vec![];
                 for b in left.react(ctx, f)? {
-                    rows.extend(join.process_side(0, b, ctx)?);
+                    let n = b.num_rows() as u64;
+                    rows.extend(timed(st, n, || join.process_side(0, b, ctx))?);
                 }
                 for b in right.react(ctx, f)? {
-                    rows.extend(join.process_side(1, b, ctx)?);
+                    let n = b.num_rows() as u64;
+                    rows.extend(timed(st, n, || join.process_side(1, b, ctx))?);
                 }
-                rows.extend(f(join.as_mut(), ctx)?);
-                run_all(&mut self.ops, rows, ctx)?
+                rows.extend(timed(st, 0, || f(join.as_mut(), ctx))?);
+                run_all(&mut self.ops, &mut self.stats.ops, rows, ctx)?
             }
             NodeInput::Union { union, inputs } => {
+                let st = &mut self.stats.input;
                 let mut rows = vec![];
                 for (i, n) in inputs.iter_mut().enumerate() {
                     for b in n.react(ctx, f)? {
-                        rows.extend(union.process_side(i, b, ctx)?);
+                        let r = b.num_rows() as u64;
+                        rows.extend(timed(st, r, || union.process_side(i, b, ctx))?);
                     }
                 }
-                rows.extend(f(union.as_mut(), ctx)?);
-                run_all(&mut self.ops, rows, ctx)?
+                rows.extend(timed(st, 0, || f(union.as_mut(), ctx))?);
+                run_all(&mut self.ops, &mut self.stats.ops, rows, ctx)?
             }
         };
-        out.extend(react(&mut self.ops, ctx, f)?);
+        out.extend(react(&mut self.ops, &mut self.stats.ops, ctx, f)?);
         Ok(out)
     }
 
@@ -206,7 +263,7 @@ impl Node {
 
     pub(crate) fn operators_mut(&mut self) -> Vec<&mut dyn Operator> {
         let mut v: Vec<&mut dyn Operator> = vec![];
-        let Node { input, ops } = self;
+        let Node { input, ops, .. } = self;
         match input {
             NodeInput::Relation(_) => {}
             NodeInput::Join { join, left, right } => {
@@ -223,6 +280,57 @@ impl Node {
         }
         v.extend(ops.iter_mut().map(|o| o.as_mut() as &mut dyn Operator));
         v
+    }
+
+    /// Every operator with its counters, in the order of [`Node::operators`].
+    pub(crate) fn operator_stats(&self) -> Vec<(&dyn Operator, OpStats)> {
+        let mut v: Vec<(&dyn Operator, OpStats)> = vec![];
+        match &self.input {
+            NodeInput::Relation(_) => {}
+            NodeInput::Join { join, left, right } => {
+                v.extend(left.operator_stats());
+                v.extend(right.operator_stats());
+                v.push((join.as_ref(), self.stats.input));
+            }
+            NodeInput::Union { union, inputs } => {
+                for n in inputs {
+                    v.extend(n.operator_stats());
+                }
+                v.push((union.as_ref(), self.stats.input));
+            }
+        }
+        for (i, o) in self.ops.iter().enumerate() {
+            v.push((o.as_ref(), self.stats.ops.get(i).copied().unwrap_or_default()));
+        }
+        v
+    }
+
+    /// EXPLAIN ANALYZE: like [`Node::explain`], each line with its operator's counters
+    /// (`f(operator, stats)` writes them), and each input with the rows it received.
+    pub(crate) fn explain_analyzed<'a>(
+        &'a self,
+        depth: usize,
+        lines: &mut Vec<(usize, String, Option<(&'a dyn Operator, OpStats)>)>,
+    ) {
+        let mut d = depth;
+        for (i, op) in self.ops.iter().enumerate().rev() {
+            lines.push((d, op.explain(), Some((op.as_ref(), self.stats.ops.get(i).copied().unwrap_or_default()))));
+            d += 1;
+        }
+        match &self.input {
+            NodeInput::Relation(n) => lines.push((d, format!("Input: {n}"), None)),
+            NodeInput::Join { join, left, right } => {
+                lines.push((d, join.explain(), Some((join.as_ref(), self.stats.input))));
+                left.explain_analyzed(d + 1, lines);
+                right.explain_analyzed(d + 1, lines);
+            }
+            NodeInput::Union { union, inputs } => {
+                lines.push((d, union.explain(), Some((union.as_ref(), self.stats.input))));
+                for n in inputs {
+                    n.explain_analyzed(d + 1, lines);
+                }
+            }
+        }
     }
 
     /// EXPLAIN lines, the root first, children indented below their parent.

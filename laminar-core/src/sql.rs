@@ -148,6 +148,8 @@ pub enum Statement {
     Describe(String),
     ShowCreate(String),
     Explain(Box<Statement>),
+    /// `EXPLAIN ANALYZE name`: a running stream's operators with their counters.
+    ExplainAnalyze(String),
     Insert {
         table: String,
         columns: Vec<String>,
@@ -304,6 +306,13 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         return Ok(Statement::Describe(name));
     }
     if c.eat_kw("EXPLAIN") {
+        if c.eat_kw("ANALYZE") {
+            let name = c.ident("the name of a stream or materialized view")?;
+            if !c.at_end() {
+                return Err(c.error_here("unexpected text after EXPLAIN ANALYZE <stream>"));
+            }
+            return Ok(Statement::ExplainAnalyze(name));
+        }
         let inner = parse_statement(c.rest())?;
         return match inner {
             Statement::CreateStream(_) | Statement::Query(_) => Ok(Statement::Explain(Box::new(inner))),

@@ -105,7 +105,11 @@ impl Db {
                 let (schema, batches) = self.db.query_with_schema(sql)?;
                 Ok(QueryStream { schema, batches: batches.into() })
             }
-            Statement::Show(_) | Statement::Describe(_) | Statement::ShowCreate(_) | Statement::Explain(_) => {
+            Statement::Show(_)
+            | Statement::Describe(_)
+            | Statement::ShowCreate(_)
+            | Statement::Explain(_)
+            | Statement::ExplainAnalyze(_) => {
                 let r = self.db.execute(sql)?;
                 let schema = r.schema.clone().unwrap_or_else(|| Arc::new(Schema::empty()));
                 Ok(QueryStream { schema, batches: r.batches.into() })
@@ -162,6 +166,18 @@ impl Db {
     pub fn metrics(&self) -> Result<RecordBatch> {
         self.check_process()?;
         self.db.metrics_batch()
+    }
+
+    /// Every metric in the Prometheus text exposition format (0.0.4).
+    pub fn metrics_text(&self) -> Result<String> {
+        self.check_process()?;
+        self.db.metrics_text()
+    }
+
+    /// The address the metrics endpoint listens on (`metrics_addr`; with port 0, the port the
+    /// system chose); None without an endpoint.
+    pub fn metrics_endpoint(&self) -> Option<std::net::SocketAddr> {
+        self.db.metrics_endpoint()
     }
 
     /// Waits until everything pushed before the call has been processed and emitted.
@@ -432,6 +448,36 @@ pub unsafe extern "C" fn laminar_db_metrics(
         let b = db.db.metrics()?;
         // SAFETY: outputs checked inside.
         unsafe { write_batch(&b, out_schema, out_array) }
+    })
+}
+
+/// Every metric in the Prometheus text exposition format (version 0.0.4): families named
+/// `laminardb_…` in base units (`_seconds`, `_bytes`, counters `_total`), labelled by `source`,
+/// `stream`, `sink`, `partition`, `operator`; checkpoint duration and size as histograms. The
+/// text the `metrics_addr` endpoint serves at `GET /metrics`. The README lists the families.
+///
+/// - `db`: borrowed. `out_text`: receives a NUL-terminated UTF-8 string owned by the caller,
+///   released with `laminar_free`; NULL on failure.
+///
+/// Errors: `LAMINAR_CLOSED`, `LAMINAR_INVALID_ARGUMENT` (`db` or `out_text` NULL). Since: 0.1.0
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn laminar_db_metrics_text(
+    db: *mut laminar_db,
+    out_text: *mut *mut c_char,
+    out_error: *mut *mut laminar_error,
+) -> laminar_status {
+    guard(out_error, None, || {
+        if out_text.is_null() {
+            return Err(Error::invalid_argument("out_text is NULL"));
+        }
+        // SAFETY: checked non-NULL; the caller passes a writable `char**`.
+        unsafe { out_text.write(std::ptr::null_mut()) };
+        // SAFETY: NULL or a live handle (caller contract).
+        let db = unsafe { handle(db, "db") }?;
+        let text = db.db.metrics_text()?;
+        // SAFETY: as above.
+        unsafe { out_text.write(crate::alloc_c_string(&text)) };
+        Ok(())
     })
 }
 

@@ -69,6 +69,47 @@ pub extern "C" fn laminar_version_number() -> u32 {
     LAMINAR_VERSION_NUMBER
 }
 
+/// Bytes in front of each block `laminar_free` releases: the block's total size.
+const HEADER: usize = 16;
+
+/// Copies `s` into a NUL-terminated block that the caller releases with [`laminar_free`].
+pub(crate) fn alloc_c_string(s: &str) -> *mut c_char {
+    let total = HEADER + s.len() + 1;
+    let layout = std::alloc::Layout::from_size_align(total, HEADER).expect("a valid layout");
+    // SAFETY: `layout` has a non-zero size.
+    let base = unsafe { std::alloc::alloc(layout) };
+    if base.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `base` points to `total` writable bytes: the size, the text, a NUL; an interior
+    // NUL in `s` would only end the C string early.
+    unsafe {
+        (base as *mut usize).write(total);
+        std::ptr::copy_nonoverlapping(s.as_ptr(), base.add(HEADER), s.len());
+        base.add(HEADER + s.len()).write(0);
+        base.add(HEADER) as *mut c_char
+    }
+}
+
+/// Releases memory the library handed to the caller as raw memory (the text of
+/// `laminar_db_metrics_text`). NULL is a no-op. Handles have their own destroy functions; do
+/// not pass them here, nor memory from another allocator.
+///
+/// Thread-safety: any thread. Since: 0.1.0
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn laminar_free(ptr: *mut std::ffi::c_void) {
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: `ptr` came from `alloc_c_string` (caller contract): HEADER bytes before it hold
+    // the block's size, and the block was allocated with that size and HEADER alignment.
+    unsafe {
+        let base = (ptr as *mut u8).sub(HEADER);
+        let total = (base as *const usize).read();
+        std::alloc::dealloc(base, std::alloc::Layout::from_size_align_unchecked(total, HEADER));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

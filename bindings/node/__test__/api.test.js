@@ -43,6 +43,10 @@ test('execute, query, insert forms, schema, catalog, metrics, checkpoint, close'
   assert.deepEqual(cat.find((e) => e.name === 'vol').inputs, ['trades']);
   const m = await db.metrics();
   assert.deepEqual(m.schema.fields.map((f) => f.name), ['kind', 'name', 'metric', 'value']);
+  // Prometheus text: two rows inserted as objects, then the same one-row table three ways.
+  const text = await db.metricsText();
+  assert.match(text, /^laminardb_source_records_total\{source="trades"\} 5$/m);
+  assert.match(text, /^# TYPE laminardb_checkpoint_size_bytes histogram$/m);
   await assert.rejects(db.checkpoint(), (e) => e instanceof laminardb.LaminarError && e.code === 'INVALID_STATE');
   await db.close();
   await db.close();

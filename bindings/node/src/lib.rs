@@ -165,6 +165,12 @@ impl NativeDb {
         }))
     }
 
+    /// The Prometheus text exposition, as UTF-8 bytes.
+    #[napi(ts_return_type = "Promise<Buffer | null>")]
+    pub fn metrics_text(&self) -> AsyncTask<DbTask<Job>> {
+        self.task(Box::new(|db| Ok(Some(db.metrics_text()?.into_bytes()))))
+    }
+
     #[napi(ts_return_type = "Promise<Buffer | null>")]
     pub fn checkpoint(&self) -> AsyncTask<DbTask<Job>> {
         self.task(Box::new(|db| db.checkpoint().map(|_| None)))

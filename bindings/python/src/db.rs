@@ -38,6 +38,7 @@ fn classify(sql: &str) -> (String, Option<String>) {
         Statement::Describe(n) => ("DESCRIBE".into(), Some(n.clone())),
         Statement::ShowCreate(n) => ("SHOW CREATE".into(), Some(n.clone())),
         Statement::Explain(_) => ("EXPLAIN".into(), None),
+        Statement::ExplainAnalyze(n) => ("EXPLAIN ANALYZE".into(), Some(n.clone())),
         Statement::Insert { table, .. } => ("INSERT".into(), Some(table.clone())),
         Statement::Delete { table, .. } => ("DELETE".into(), Some(table.clone())),
         Statement::Query(_) => ("SELECT".into(), None),
@@ -131,6 +132,15 @@ impl Database {
         let db = self.db.clone();
         let b = py.detach(move || db.metrics()).py()?;
         batch_capsules(py, &b)
+    }
+
+    fn metrics_text(&self, py: Python<'_>) -> PyResult<String> {
+        let db = self.db.clone();
+        py.detach(move || db.metrics_text()).py()
+    }
+
+    fn metrics_endpoint(&self) -> Option<String> {
+        self.db.metrics_endpoint().map(|a| a.to_string())
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {

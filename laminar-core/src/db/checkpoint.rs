@@ -16,6 +16,18 @@ use super::*;
 /// table rows, retained rows, watermark and position, every stream's operator state, stored view
 /// and this epoch's results. `Ok(None)`: a catalog statement is in progress, try again.
 pub(super) fn take_checkpoint(inner: &DbInner, eng: &mut Engine) -> Result<Option<CheckpointStats>> {
+    let t = Instant::now();
+    let r = checkpoint_now(inner, eng);
+    match &r {
+        Ok(Some(s)) => inner.telemetry.checkpoint_done(t.elapsed(), Some(s.bytes_written)),
+        Ok(None) => {}
+        Err(_) if inner.durable.is_some() => inner.telemetry.checkpoint_done(t.elapsed(), None),
+        Err(_) => {}
+    }
+    r
+}
+
+fn checkpoint_now(inner: &DbInner, eng: &mut Engine) -> Result<Option<CheckpointStats>> {
     let Some(d) = &inner.durable else {
         return Err(Error::invalid_state("checkpointing is not enabled: this database has durability 'memory'"));
     };

@@ -256,6 +256,7 @@ impl Database {
             permits_rx,
             dropped: AtomicBool::new(false),
             checkpointed: parking_lot::Mutex::new(None),
+            blocked_ns: Default::default(),
         });
         eng.sources.insert(
             cs.name.clone(),
@@ -268,6 +269,7 @@ impl Database {
                 retained_rows: 0,
                 rows_in: 0,
                 batches_in: 0,
+                bytes_in: 0,
                 rows_late: 0,
                 table,
                 idle_timeout_ms: idle_timeout.map(|d| d.as_millis().max(1) as i64),
@@ -445,6 +447,7 @@ impl Database {
                 describe,
                 rows_out: 0,
                 batches_out: 0,
+                bytes_out: 0,
                 failed,
                 writes: 0,
             },
@@ -566,6 +569,7 @@ impl Database {
                 watermark,
                 rows_out: 0,
                 batches_out: 0,
+                bytes_out: 0,
                 rows_late: 0,
                 late_pairs: 0,
                 failed: None,
@@ -779,6 +783,122 @@ impl Database {
             ),
         ])?;
         Ok(ExecuteResult { batches: vec![b], ..Default::default() })
+    }
+
+    /// `EXPLAIN ANALYZE name`: the running stream's operator tree (root first, as EXPLAIN
+    /// shows it), one row per line, with each operator's rows in and out, time spent, state
+    /// bytes, and the stream's watermark (a query has one watermark, which every operator of it
+    /// sees). The same table as text in `message`.
+    pub(super) fn explain_analyze(&self, name: &str) -> Result<ExecuteResult> {
+        use datafusion::arrow::array::Int64Array;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let eng = self.inner.engine.lock();
+        let Some(s) = eng.streams.get(name) else {
+            let what = if eng.sources.contains_key(name) { "a source, which has no operators" } else { "not a stream" };
+            let names: Vec<&String> = eng.streams.keys().collect();
+            let hint = nearest_name(name, names.iter().map(|n| n.as_str()))
+                .map(|n| format!("; did you mean '{n}'?"))
+                .unwrap_or_default();
+            let kind = if what.starts_with('a') {
+                crate::error::ErrorKind::InvalidArgument
+            } else {
+                crate::error::ErrorKind::NotFound
+            };
+            return Err(Error::new(
+                kind,
+                format!(
+                    "EXPLAIN ANALYZE takes a running stream or materialized view; '{}' is {what}{hint}",
+                    crate::error::clip(name)
+                ),
+            ));
+        };
+        // Epoch milliseconds; i64::MAX once every input has ended (as in `metrics()`).
+        let wm = (s.watermark != NO_WATERMARK).then_some(if s.watermark == i64::MAX {
+            i64::MAX
+        } else {
+            s.watermark.div_euclid(1000)
+        });
+        let mut lines = vec![];
+        s.root.explain_analyzed(1, &mut lines);
+        let (mut text, mut rin, mut rout, mut busy, mut state, mut wms) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        text.push(format!("Stream {name} [{}]", s.kind));
+        rin.push(None);
+        rout.push(Some(s.rows_out as i64));
+        busy.push(None);
+        state.push(Some(s.root.operators().iter().map(|o| o.state_size() as i64).sum::<i64>()));
+        wms.push(wm);
+        for (depth, line, op) in lines {
+            text.push(format!("{}{line}", "  ".repeat(depth)));
+            match op {
+                Some((o, st)) => {
+                    rin.push(Some(st.rows_in as i64));
+                    rout.push(Some(st.rows_out as i64));
+                    busy.push(Some(st.busy_ns as i64));
+                    state.push(Some(o.state_size() as i64));
+                    wms.push(wm);
+                }
+                None => {
+                    // An input: what entered this stream from it is what its first operator
+                    // received; shown on that operator's line.
+                    rin.push(None);
+                    rout.push(None);
+                    busy.push(None);
+                    state.push(None);
+                    wms.push(None);
+                }
+            }
+        }
+        let mut message = String::new();
+        for i in 0..text.len() {
+            let mut extra = vec![];
+            if let Some(v) = rin[i] {
+                extra.push(format!("rows_in={v}"));
+            }
+            if let Some(v) = rout[i] {
+                extra.push(format!("rows_out={v}"));
+            }
+            if let Some(v) = busy[i] {
+                extra.push(format!("time={:.3}ms", v as f64 / 1e6));
+            }
+            if let Some(v) = state[i] {
+                extra.push(format!("state_bytes={v}"));
+            }
+            if i == 0
+                && let Some(w) = wm
+            {
+                extra.push(if w == i64::MAX {
+                    "watermark=end of input".to_string()
+                } else {
+                    format!("watermark_ms={w}")
+                });
+            }
+            message.push_str(&text[i]);
+            if !extra.is_empty() {
+                message.push_str(&format!("  [{}]", extra.join(" ")));
+            }
+            message.push('\n');
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan", DataType::Utf8, false),
+            Field::new("rows_in", DataType::Int64, true),
+            Field::new("rows_out", DataType::Int64, true),
+            Field::new("busy_ns", DataType::Int64, true),
+            Field::new("state_bytes", DataType::Int64, true),
+            Field::new("watermark_ms", DataType::Int64, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(text)),
+                Arc::new(Int64Array::from(rin)),
+                Arc::new(Int64Array::from(rout)),
+                Arc::new(Int64Array::from(busy)),
+                Arc::new(Int64Array::from(state)),
+                Arc::new(Int64Array::from(wms)),
+            ],
+        )?;
+        Ok(ExecuteResult { batches: vec![b], schema: Some(schema), message, ..Default::default() })
     }
 
     pub(super) fn explain(&self, inner: Statement) -> Result<ExecuteResult> {

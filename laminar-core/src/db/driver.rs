@@ -4,7 +4,7 @@
 //! between events.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -169,7 +169,7 @@ pub(super) fn driver_loop(db: std::sync::Weak<DbInner>, rx: Receiver<Event>, sta
                 }
             }
         }
-        release_and_send_pending(eng, &inner.closed);
+        release_and_send_pending(eng, &inner);
     }
 }
 
@@ -198,11 +198,13 @@ pub(super) fn trim_retained(retained: &mut VecDeque<RecordBatch>, rows: &mut usi
 
 /// Releases the engine lock, then waits for slow `on_full = block` subscribers, so they (and
 /// everyone else) can still call into the database meanwhile.
-pub(super) fn release_and_send_pending(mut eng: parking_lot::MutexGuard<'_, Engine>, closed: &AtomicBool) {
+pub(super) fn release_and_send_pending(mut eng: parking_lot::MutexGuard<'_, Engine>, inner: &DbInner) {
     let pending = std::mem::take(&mut eng.pending);
     drop(eng);
     if !pending.is_empty() {
-        send_pending(pending, closed);
+        let t = Instant::now();
+        send_pending(pending, &inner.closed);
+        inner.telemetry.pipeline_blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
@@ -298,6 +300,7 @@ pub(super) fn on_source_batch(
     if batch.num_rows() > 0 {
         s.rows_in += batch.num_rows() as u64;
         s.batches_in += 1;
+        s.bytes_in += batch.get_array_memory_size() as u64;
         if let Some(t) = &mut s.table {
             // A table turns upserts into its changelog: −old (when the key had a row), +new.
             match t.apply(&batch, deleted.as_ref()) {
@@ -376,6 +379,7 @@ pub(super) fn write_sinks(inner: &DbInner, eng: &mut Engine, from: &str, batches
             }
             k.rows_out += b.num_rows() as u64;
             k.batches_out += 1;
+            k.bytes_out += b.get_array_memory_size() as u64;
         }
     }
 }
@@ -476,6 +480,7 @@ pub(super) fn emit(inner: &DbInner, eng: &mut Engine, name: &str, outputs: Vec<R
         let Some(s) = streams.get_mut(name) else { return };
         s.rows_out += batch.num_rows() as u64;
         s.batches_out += 1;
+        s.bytes_out += batch.get_array_memory_size() as u64;
         if let Some(mv) = &mut s.mv
             && let Err(e) = mv.apply(&batch)
         {

@@ -60,6 +60,8 @@ pub(crate) struct SourceQueue {
     pub(super) dropped: AtomicBool,
     /// The source's positions in the latest durable checkpoint, until its reader takes them.
     pub(super) checkpointed: parking_lot::Mutex<Option<Positions>>,
+    /// Nanoseconds writers waited for room in this queue (back-pressure).
+    pub(super) blocked_ns: std::sync::atomic::AtomicU64,
 }
 
 pub(super) struct SourceRt {
@@ -71,6 +73,8 @@ pub(super) struct SourceRt {
     pub(super) retained_rows: usize,
     pub(super) rows_in: u64,
     pub(super) batches_in: u64,
+    /// Arrow bytes of the batches applied.
+    pub(super) bytes_in: u64,
     pub(super) rows_late: u64,
     /// `CREATE TABLE`: the current rows by key.
     pub(super) table: Option<crate::runtime::table::TableState>,
@@ -103,6 +107,7 @@ pub(super) struct SinkRt {
     pub(super) describe: String,
     pub(super) rows_out: u64,
     pub(super) batches_out: u64,
+    pub(super) bytes_out: u64,
     /// A write, prepare or commit failed: nothing more is written, and checkpoints fail (they
     /// could not include this sink's results) until the sink is dropped.
     pub(super) failed: Option<Error>,
@@ -129,6 +134,7 @@ pub(super) struct StreamRt {
     pub(super) watermark: i64,
     pub(super) rows_out: u64,
     pub(super) batches_out: u64,
+    pub(super) bytes_out: u64,
     pub(super) rows_late: u64,
     pub(super) late_pairs: u64,
     pub(super) failed: Option<Error>,
@@ -185,6 +191,8 @@ pub(crate) struct DbInner {
     pub(super) restored_sinks: Mutex<HashMap<String, Vec<u8>>>,
     /// The RocksDB state backend (`state_backend = 'rocksdb'`).
     pub(super) state: Option<Arc<crate::state_store::StateStore>>,
+    /// Checkpoint and back-pressure counters, and the metrics endpoint.
+    pub(super) telemetry: super::telemetry::Telemetry,
 }
 
 impl StreamRt {
@@ -226,6 +234,7 @@ impl StreamRt {
             watermark: NO_WATERMARK,
             rows_out: 0,
             batches_out: 0,
+            bytes_out: 0,
             rows_late: 0,
             late_pairs: 0,
             failed: None,

@@ -256,7 +256,7 @@ impl Database {
                 Err(e) => result = Err(e),
             }
         });
-        release_and_send_pending(eng, &self.inner.closed);
+        release_and_send_pending(eng, &self.inner);
         result?;
         Ok(removed)
     }

@@ -76,8 +76,12 @@ impl SourceWriter {
                     ),
                 )
             })?,
+            QueueFullPolicy::Block if self.queue.permits_tx.try_send(()).is_ok() => {}
             QueueFullPolicy::Block => loop {
-                match self.queue.permits_tx.send_timeout((), Duration::from_millis(20)) {
+                let t = std::time::Instant::now();
+                let sent = self.queue.permits_tx.send_timeout((), Duration::from_millis(20));
+                self.queue.blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                match sent {
                     Ok(()) => break,
                     Err(_) => {
                         self.db.check_open()?;

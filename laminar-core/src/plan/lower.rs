@@ -401,6 +401,7 @@ impl Lowerer<'_> {
                     inputs: ins.into_iter().map(|l| l.node).collect(),
                 },
                 ops: vec![],
+                stats: Default::default(),
             },
             kind,
             window,

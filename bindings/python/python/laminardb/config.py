@@ -36,6 +36,9 @@ class LaminarConfig:
     queue_full: Optional[str] = None
     on_full: Optional[str] = None
     source_retention: Optional[int] = None
+    # "127.0.0.1:9464": serve the Prometheus text exposition at GET /metrics while the
+    # connection is open. None: no endpoint (metrics_text() still works).
+    metrics_addr: Optional[str] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
     def to_pairs(self) -> list:
@@ -44,7 +47,7 @@ class LaminarConfig:
             "storage_dir", "durability", "checkpoint_interval", "checkpoint_interval_ms", "checkpoints_retained", "io_backend", "wal_recovery",
             "state_backend", "state_cache_size", "workers",
             "memory_limit", "buffer_size", "idle_timeout", "queue_capacity", "queue_full", "on_full",
-            "source_retention",
+            "source_retention", "metrics_addr",
         ):
             v = getattr(self, name)
             if v is None or (name == "buffer_size" and v == 65536):

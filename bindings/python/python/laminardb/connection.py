@@ -677,6 +677,19 @@ class Connection:
         s, a = self._db.metrics()
         return pa.Table.from_batches([pa.record_batch(_Capsules(s, a))]).to_pylist()
 
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text exposition format (0.0.4): ``laminardb_``
+        families in base units, ``_total`` counters, checkpoint histograms. What the
+        ``metrics_addr`` endpoint serves at ``GET /metrics``."""
+        self._check()
+        return self._db.metrics_text()
+
+    def metrics_endpoint(self) -> Optional[str]:
+        """``host:port`` the ``metrics_addr`` endpoint listens on (with port 0 in the config, the
+        port the system chose); None when no endpoint was configured."""
+        self._check()
+        return self._db.metrics_endpoint()
+
     def metrics(self) -> PipelineMetrics:
         """Totals and per-source, per-stream figures."""
         rows = self._metric_rows()

@@ -503,6 +503,7 @@ impl PgCdcSource {
         e.position = Some(self.handed_lsn as i64);
         if self.server_end > 0 {
             e.lag = Some(self.server_end.saturating_sub(self.handed_lsn) as i64);
+            e.lag_in_bytes = true;
         }
     }
 
