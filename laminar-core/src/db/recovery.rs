@@ -54,17 +54,35 @@ impl Database {
             after = l.seq;
             self.restore_checkpoint(l)?;
         }
-        let mut replayed = 0u64;
-        let log = durable::replay_log(
+        // Progress: an INFO line (target "laminardb") at most once a second while the log
+        // replays, and one when it is done.
+        let replayed = std::cell::Cell::new(0u64);
+        let mut next_report = Instant::now() + std::time::Duration::from_secs(1);
+        let mut bytes = (0u64, 0u64);
+        let log = durable::replay_log_with_progress(
             &d.store.wal_dir(),
             after,
             self.inner.config.wal_recovery,
             &mut info.warnings,
             |seq, rec| {
-                replayed += 1;
+                replayed.set(replayed.get() + 1);
                 self.replay(seq, rec)
             },
+            |done, total| {
+                bytes = (done, total);
+                if Instant::now() >= next_report {
+                    next_report = Instant::now() + std::time::Duration::from_secs(1);
+                    log::info!(
+                        target: "laminardb",
+                        "recovery: replaying the write-ahead log: {done} of {total} bytes ({:.0}%), {} records, {:.1} s",
+                        done as f64 * 100.0 / total.max(1) as f64,
+                        replayed.get(),
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            },
         )?;
+        let replayed = replayed.get();
         let last = log.last;
         self.flush()?;
         {
@@ -98,6 +116,13 @@ impl Database {
         self.start_deferred_readers()?;
         info.records_replayed = replayed;
         info.millis = t0.elapsed().as_secs_f64() * 1000.0;
+        log::info!(
+            target: "laminardb",
+            "recovery: {}, replayed {replayed} write-ahead log records ({} bytes) in {:.0} ms",
+            info.epoch.map_or("no checkpoint".to_string(), |e| format!("restored checkpoint {e}")),
+            bytes.0,
+            info.millis
+        );
         for w in &info.warnings {
             log::warn!(target: "laminardb", "{w}");
         }

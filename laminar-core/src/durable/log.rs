@@ -390,14 +390,35 @@ impl Loss<'_> {
 /// skipped with a warning counting them (`'salvage'`; records whose replay then fails, such as
 /// pushes into a source whose CREATE was lost, are skipped and counted too). A cut at a record
 /// boundary of the newest segment is not detectable: nothing after it says more was written.
+#[cfg(test)]
 pub(crate) fn replay_log(
     dir: &Path,
     after: u64,
     rule: crate::config::WalRecovery,
     warnings: &mut Vec<String>,
+    f: impl FnMut(u64, Record) -> Result<()>,
+) -> Result<Replayed> {
+    replay_log_with_progress(dir, after, rule, warnings, f, |_, _| {})
+}
+
+/// As `replay_log` (above), calling `progress(bytes_read, bytes_total)` after each record replayed:
+/// the bytes of the segments holding records past `after` (the total is known before the first
+/// record; the number of records is not).
+pub(crate) fn replay_log_with_progress(
+    dir: &Path,
+    after: u64,
+    rule: crate::config::WalRecovery,
+    warnings: &mut Vec<String>,
     mut f: impl FnMut(u64, Record) -> Result<()>,
+    mut progress: impl FnMut(u64, u64),
 ) -> Result<Replayed> {
     let segs = segments(dir)?;
+    // Every record of a segment is numbered below the next segment's first: a segment is read
+    // unless the next one starts at or below `after + 1`.
+    let covered = |i: usize| segs.get(i + 1).is_some_and(|n| n.first.saturating_sub(1) <= after);
+    let total: u64 =
+        (0..segs.len()).filter(|i| !covered(*i)).map(|i| std::fs::metadata(&segs[i].path).map_or(0, |m| m.len())).sum();
+    let mut read_before = 0u64;
     let mut out = Replayed { last: after, lost: false };
     let mut failed: (u64, Option<Error>) = (0, None);
     let mut warn = vec![];
@@ -415,8 +436,7 @@ pub(crate) fn replay_log(
     }
     for (i, seg) in segs.iter().enumerate() {
         let next = segs.get(i + 1);
-        // Every record of a segment is numbered below the next segment's first.
-        if next.is_some_and(|n| n.first.saturating_sub(1) <= after) {
+        if covered(i) {
             continue;
         }
         let path = &seg.path;
@@ -424,6 +444,8 @@ pub(crate) fn replay_log(
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| io_err(format!("reading {}", path.display()), e))?;
+        let seg_base = read_before;
+        read_before += data.len() as u64;
         // The number of the last intact record (before the first: the one before the segment's).
         let mut prev = seg.first.saturating_sub(1);
         let mut pos = 0usize;
@@ -447,6 +469,7 @@ pub(crate) fn replay_log(
                         failed.0 += 1;
                         failed.1.get_or_insert(e);
                     }
+                    progress(seg_base + pos as u64, total.max(read_before));
                     continue;
                 }
                 Err(bad) => bad,
