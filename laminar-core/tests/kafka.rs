@@ -1087,3 +1087,75 @@ fn avro_sinks_register_the_schema_and_plain_avro_reads_back() {
     let st = &m.sources.iter().find(|s| s.name == "h").unwrap().partitions[0].1;
     assert_eq!((st.records, st.malformed), (10, 1), "{st:?}");
 }
+
+/// Records logged with target "laminardb" at INFO, for the catch-up test (the only test of this
+/// binary that installs a logger).
+static INFO_LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct InfoCapture;
+
+impl log::Log for InfoCapture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target() == "laminardb" && m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            INFO_LINES.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn a_source_that_starts_far_behind_logs_its_catch_up() {
+    log::set_logger(&InfoCapture).unwrap();
+    log::set_max_level(log::LevelFilter::Info);
+    let b = broker();
+    let topic = unique("catchup");
+    create_topic(&b, &topic, 2);
+    let p = producer(&b);
+    let n = 60_000;
+    for i in 0..n {
+        send(&p, &topic, (i % 2) as i32, &format!("{{\"x\": {i}}}"));
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let db = Database::open_in_memory().unwrap();
+    // 1,000 records per read: the backlog takes many reads, and the first lag is known after
+    // the first of them.
+    db.execute(&format!(
+        "CREATE SOURCE cu (x BIGINT) FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', \
+         'scan.startup.mode' = 'earliest-offset', 'scan.max-batch-records' = '1000')"
+    ))
+    .unwrap();
+    wait_rows(&db, n as u64);
+    let mine = |l: &String| l.starts_with("KAFKA source 'cu'");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lines: Vec<String> = INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).cloned().collect();
+        if lines.iter().any(|l| l.contains("caught up")) {
+            // The first line: how far behind the source was after its first read, between the
+            // minimum logged (10,000) and the records produced.
+            let first = &lines[0];
+            let behind: i64 = first
+                .split(", ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no count in {first:?}"));
+            assert!(first.contains("catching up") && (10_000..n).contains(&behind), "{lines:?}");
+            assert!(lines.last().unwrap().contains("caught up"), "{lines:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 'caught up' line 30 s after the last record was read: {lines:?}; partitions {:?}",
+            db.metrics().unwrap().sources[0].partitions
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A caught-up source logs nothing more.
+    let before = INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count(), before);
+    db.close();
+}

@@ -87,6 +87,45 @@ pub(crate) struct KafkaSource {
     stats: crate::connector::SourceStats,
     /// When the partitions' high watermarks (for the lag) were last asked for.
     lag_checked: Option<std::time::Instant>,
+    /// Catching up (logged at INFO).
+    catch_up: CatchUp,
+}
+
+/// The high watermark of a partition as librdkafka last saw it in a fetch response
+/// (`rd_kafka_get_watermark_offsets`: no request to the broker); None before the first.
+fn cached_high_watermark(c: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is live while `c` is borrowed; topic is NUL-terminated and
+    // outlives the call; low and high are valid for writes.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            c.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
+/// The records a source must be behind at its first lag check to log its catch-up.
+const CATCH_UP_LOG_MIN: i64 = 10_000;
+
+/// Progress of a catch-up: at the first lag check after the reader opens, a lag of at least
+/// [`CATCH_UP_LOG_MIN`] records starts one; each later check (every 5 s) logs the lag and the
+/// rate, until the lag falls below 1% of where it started (or below the minimum).
+#[derive(Debug, Default)]
+enum CatchUp {
+    #[default]
+    Unchecked,
+    /// Since when, and the lag then.
+    Running {
+        since: std::time::Instant,
+        from: i64,
+    },
+    Done,
 }
 
 impl KafkaSource {
@@ -244,6 +283,7 @@ impl KafkaSource {
             avro: parking_lot::Mutex::new(avro),
             stats: Default::default(),
             lag_checked: None,
+            catch_up: CatchUp::Unchecked,
         })
     }
 
@@ -538,14 +578,25 @@ impl KafkaSource {
 
     /// Every few seconds: each partition's lag, from its high watermark (one request each).
     fn update_lag(&mut self) {
-        if self.lag_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+        // Until a lag is known (the consumer has a position), every 100 ms: the first known lag
+        // decides whether a catch-up is logged.
+        let every = if matches!(self.catch_up, CatchUp::Unchecked) {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.lag_checked.is_some_and(|t| t.elapsed() < every) {
             return;
         }
         self.lag_checked = Some(std::time::Instant::now());
         let Some(c) = self.consumer.as_ref() else { return };
         let Ok(assigned) = c.assignment() else { return };
         for e in assigned.elements() {
-            let Ok((_, high)) = c.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500)) else {
+            // The high watermark the last fetch response carried (no request), else one asked
+            // of the broker: a query can time out while the consumer is busy fetching.
+            let Some(high) = cached_high_watermark(c, e.topic(), e.partition())
+                .or_else(|| c.fetch_watermarks(e.topic(), e.partition(), Duration::from_millis(500)).ok().map(|w| w.1))
+            else {
                 continue;
             };
             let consumed = c.position().ok().and_then(|p| match p.find_partition(e.topic(), e.partition())?.offset() {
@@ -560,6 +611,39 @@ impl KafkaSource {
             let s = st.entry(key).or_default();
             s.lag = s.position.or(consumed).map(|p| (high - p).max(0));
         }
+        let (lag, known) = {
+            let st = self.stats.lock();
+            (st.values().filter_map(|s| s.lag).sum::<i64>(), st.values().any(|s| s.lag.is_some()))
+        };
+        self.catch_up = match std::mem::take(&mut self.catch_up) {
+            CatchUp::Unchecked if !known => CatchUp::Unchecked,
+            CatchUp::Unchecked if lag >= CATCH_UP_LOG_MIN => {
+                log::info!(target: "laminardb", "KAFKA source '{}': catching up, {lag} records behind the end of its partitions", self.source);
+                CatchUp::Running { since: std::time::Instant::now(), from: lag }
+            }
+            CatchUp::Unchecked => CatchUp::Done,
+            CatchUp::Running { since, from } if lag < (from / 100).max(CATCH_UP_LOG_MIN) => {
+                log::info!(
+                    target: "laminardb",
+                    "KAFKA source '{}': caught up ({lag} records behind) after {:.1} s",
+                    self.source,
+                    since.elapsed().as_secs_f64()
+                );
+                CatchUp::Done
+            }
+            CatchUp::Running { since, from } => {
+                let read = (from - lag).max(0);
+                log::info!(
+                    target: "laminardb",
+                    "KAFKA source '{}': catching up, {lag} records behind ({:.0}% of {from} done, {:.0} records/s)",
+                    self.source,
+                    read as f64 * 100.0 / from as f64,
+                    read as f64 / since.elapsed().as_secs_f64().max(1e-3)
+                );
+                CatchUp::Running { since, from }
+            }
+            CatchUp::Done => CatchUp::Done,
+        };
     }
 
     /// The declared columns: decoded values and metadata, in the source's order.

@@ -736,9 +736,18 @@ impl SourceReader for PgCdcSource {
         let snapshot_name = row.get(2).cloned().flatten().unwrap_or_default();
         let mut rows = vec![Row::Truncate];
         if self.startup == Startup::Initial {
+            let t = std::time::Instant::now();
+            log::info!(target: "laminardb", "{}: reading the initial snapshot of {}", self.what(), self.qualified());
             for r in self.snapshot(&snapshot_name)? {
                 rows.push(Row::Upsert(r));
             }
+            log::info!(
+                target: "laminardb",
+                "{}: initial snapshot read, {} rows in {:.1} s",
+                self.what(),
+                rows.len() - 1,
+                t.elapsed().as_secs_f64()
+            );
         }
         // The snapshot replaces whatever the table held, as one batch at the slot's start.
         self.ready = rows;
