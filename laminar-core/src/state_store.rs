@@ -140,6 +140,9 @@ impl StateStore {
     pub(crate) fn checkpoint(&self, _dest: &Path) -> Result<()> {
         Err(unavailable())
     }
+    pub(crate) fn bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(feature = "rocksdb")]
@@ -215,6 +218,16 @@ impl StateStore {
             },
             "allocating an operator id",
         )
+    }
+
+    /// Bytes the store holds: its SST files plus its memtables (RocksDB's own figures); None
+    /// while it is not open.
+    pub(crate) fn bytes(&self) -> Option<u64> {
+        let g = self.db.read();
+        let db = g.as_ref()?;
+        let sst = db.property_int_value("rocksdb.total-sst-files-size").ok().flatten()?;
+        let mem = db.property_int_value("rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);
+        Some(sst + mem)
     }
 
     pub(crate) fn put(&self, items: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {

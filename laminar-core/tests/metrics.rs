@@ -150,6 +150,9 @@ fn the_text_exposition_counts_what_was_pushed_and_passes_promtool() {
     // Checkpoints: two completed, the histograms saw both, buckets are cumulative.
     assert_eq!(get(&s, "laminardb_checkpoints_completed_total"), 2.0);
     assert_eq!(get(&s, "laminardb_checkpoints_failed_total"), 0.0);
+    // No RocksDB state backend: its family is declared, with no sample.
+    assert!(text.contains("# TYPE laminardb_state_backend_bytes gauge"));
+    assert!(!s.contains_key("laminardb_state_backend_bytes"));
     for h in ["laminardb_checkpoint_duration_seconds", "laminardb_checkpoint_size_bytes"] {
         assert_eq!(get(&s, &format!("{h}_count")), 2.0, "{h}");
         assert_eq!(get(&s, &format!("{h}_bucket{{le=\"+Inf\"}}")), 2.0, "{h}");

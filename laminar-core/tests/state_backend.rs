@@ -176,6 +176,12 @@ fn spilled_state_is_checkpointed_and_recovered() {
     db.checkpoint().unwrap();
     let st = db.last_checkpoint().unwrap();
     assert!(st.bytes_total > 0);
+    // What RocksDB holds shows in the metrics: at least a key of 8 bytes per spilled group.
+    let spilled = metric(&db, |s| s.spilled_groups);
+    let held = db.metrics().unwrap().state_backend_bytes.expect("a figure with state_backend = 'rocksdb'");
+    assert!(held >= spilled * 8, "{held} bytes for {spilled} spilled groups");
+    let text = db.metrics_text().unwrap();
+    assert!(text.lines().any(|l| l.starts_with("laminardb_state_backend_bytes ")), "{text}");
     push(&db, 10, 20);
     // A crash: the spills since the checkpoint are in the live RocksDB instance only, which the
     // next open throws away (the log replays batches 10..20 over the checkpoint's copy).

@@ -86,6 +86,9 @@ pub struct Metrics {
     pub checkpoints: CheckpointMetrics,
     /// Nanoseconds the pipeline waited for `on_full = block` subscribers.
     pub pipeline_blocked_ns: u64,
+    /// Bytes the RocksDB state backend holds (SST files and memtables: the groups spilled out of
+    /// memory); None with `state_backend = 'memory'`.
+    pub state_backend_bytes: Option<u64>,
 }
 
 /// Metrics of one sink.
@@ -193,6 +196,7 @@ impl Database {
                 epoch: eng.epoch,
             },
             pipeline_blocked_ns: t.pipeline_blocked_ns.load(Relaxed),
+            state_backend_bytes: self.inner.state.as_ref().and_then(|s| s.bytes()),
             sources,
             streams,
             sinks,
@@ -251,6 +255,7 @@ impl Database {
         push("pipeline", "", "rows_out", Some(m.rows_out as i64));
         push("pipeline", "", "events_processed", Some(m.events_processed as i64));
         push("pipeline", "", "blocked_ns", Some(m.pipeline_blocked_ns as i64));
+        push("pipeline", "", "state_backend_bytes", m.state_backend_bytes.map(|b| b as i64));
         let c = &m.checkpoints;
         push("checkpoint", "", "completed", Some(c.completed as i64));
         push("checkpoint", "", "failed", Some(c.failed as i64));

@@ -449,6 +449,13 @@ pub(super) fn render(m: &Metrics, now_ms: i64) -> String {
         &[m],
         |m| Some((vec![], m.pipeline_blocked_ns as f64 / 1e9)),
     );
+    t.each(
+        "laminardb_state_backend_bytes",
+        "gauge",
+        "Bytes the RocksDB state backend holds (SST files and memtables); absent with state_backend = 'memory'.",
+        &[m],
+        |m| m.state_backend_bytes.map(|b| (vec![], b as f64)),
+    );
     t.out
 }
 

@@ -103,6 +103,10 @@ class PipelineMetrics:
     rows_in: int = 0
     rows_out: int = 0
     events_processed: int = 0
+    # Nanoseconds the pipeline waited for subscribers with on_full = "block"; bytes the RocksDB
+    # state backend holds (None with state_backend = "memory").
+    blocked_ns: int = 0
+    state_backend_bytes: Optional[int] = None
     sources: List[SourceMetrics] = field(default_factory=list)
     streams: List[StreamMetrics] = field(default_factory=list)
     sinks: List[SinkMetrics] = field(default_factory=list)
