@@ -1088,28 +1088,9 @@ fn avro_sinks_register_the_schema_and_plain_avro_reads_back() {
     assert_eq!((st.records, st.malformed), (10, 1), "{st:?}");
 }
 
-/// Records logged with target "laminardb" at INFO, for the catch-up test (the only test of this
-/// binary that installs a logger).
-static INFO_LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-struct InfoCapture;
-
-impl log::Log for InfoCapture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.target() == "laminardb" && m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            INFO_LINES.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
 #[test]
 fn a_source_that_starts_far_behind_logs_its_catch_up() {
-    log::set_logger(&InfoCapture).unwrap();
-    log::set_max_level(log::LevelFilter::Info);
+    common::capture_info_logs();
     let b = broker();
     let topic = unique("catchup");
     create_topic(&b, &topic, 2);
@@ -1131,7 +1112,7 @@ fn a_source_that_starts_far_behind_logs_its_catch_up() {
     let mine = |l: &String| l.starts_with("KAFKA source 'cu'");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let lines: Vec<String> = INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).cloned().collect();
+        let lines: Vec<String> = common::INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).cloned().collect();
         if lines.iter().any(|l| l.contains("caught up")) {
             // The first line: how far behind the source was after its first read, between the
             // minimum logged (10,000) and the records produced.
@@ -1154,8 +1135,8 @@ fn a_source_that_starts_far_behind_logs_its_catch_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // A caught-up source logs nothing more.
-    let before = INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count();
+    let before = common::INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count();
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count(), before);
+    assert_eq!(common::INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count(), before);
     db.close();
 }

@@ -372,8 +372,7 @@ fn a_partitioned_table_is_captured_with_its_partitions_changes() {
          INSERT INTO {table} SELECT g, g * 10 FROM generate_series(1, 200, 7) g;"
     ));
     let in_snapshot = srv.rows(&format!("SELECT id FROM {table}")).len();
-    log::set_logger(&InfoCapture).unwrap();
-    log::set_max_level(log::LevelFilter::Info);
+    common::capture_info_logs();
     let db = Database::open_in_memory().unwrap();
     db.execute(&format!(
         "CREATE TABLE t (id INT, v BIGINT, PRIMARY KEY (id)) FROM POSTGRES_CDC WITH ({})",
@@ -398,32 +397,19 @@ fn a_partitioned_table_is_captured_with_its_partitions_changes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The snapshot's progress was logged: a line when it started, one with its row count.
-    let lines: Vec<String> =
-        INFO_LINES.lock().unwrap().iter().filter(|l| l.starts_with("POSTGRES_CDC source 't'")).cloned().collect();
+    let lines: Vec<String> = common::INFO_LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("POSTGRES_CDC source 't'"))
+        .cloned()
+        .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].contains("reading the initial snapshot of"), "{lines:?}");
     assert!(lines[1].contains(&format!("initial snapshot read, {in_snapshot} rows in")), "{lines:?}");
     db.close();
     srv.drop_slot(&slot);
     srv.psql(&format!("DROP TABLE {table}"));
-}
-
-/// Records logged with target "laminardb" at INFO (the partitioned-table test, the only test of
-/// this binary that installs a logger, checks the snapshot's progress lines).
-static INFO_LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-struct InfoCapture;
-
-impl log::Log for InfoCapture {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.target() == "laminardb" && m.level() <= log::Level::Info
-    }
-    fn log(&self, r: &log::Record) {
-        if self.enabled(r.metadata()) {
-            INFO_LINES.lock().unwrap().push(r.args().to_string());
-        }
-    }
-    fn flush(&self) {}
 }
 
 /// The server restarted (stopped, started again by `scripts/services.sh`) while LaminarDB

@@ -157,3 +157,29 @@ pub fn tumble_10s_oracle(rows: &[(i64, i64, i64)]) -> Vec<String> {
         sorted(&df.collect().await.unwrap())
     })
 }
+
+/// Lines logged with target "laminardb" at INFO or above, once [`capture_info_logs`] installed
+/// the capturing logger.
+pub static INFO_LINES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct InfoCapture;
+
+impl log::Log for InfoCapture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target() == "laminardb" && m.level() <= log::Level::Info
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            INFO_LINES.lock().unwrap().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the logger that fills [`INFO_LINES`] (a process has one logger: the first call
+/// installs it, later calls keep it).
+pub fn capture_info_logs() {
+    if log::set_logger(&InfoCapture).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
