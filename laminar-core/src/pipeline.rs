@@ -242,23 +242,7 @@ impl Node {
 
     /// Every operator, children before parents (a stable order for snapshots).
     pub(crate) fn operators(&self) -> Vec<&dyn Operator> {
-        let mut v: Vec<&dyn Operator> = vec![];
-        match &self.input {
-            NodeInput::Relation(_) => {}
-            NodeInput::Join { join, left, right } => {
-                v.extend(left.operators());
-                v.extend(right.operators());
-                v.push(join.as_ref());
-            }
-            NodeInput::Union { union, inputs } => {
-                for n in inputs {
-                    v.extend(n.operators());
-                }
-                v.push(union.as_ref());
-            }
-        }
-        v.extend(self.ops.iter().map(|o| o.as_ref()));
-        v
+        self.operator_stats().into_iter().map(|(o, _)| o).collect()
     }
 
     pub(crate) fn operators_mut(&mut self) -> Vec<&mut dyn Operator> {
@@ -305,8 +289,8 @@ impl Node {
         v
     }
 
-    /// EXPLAIN ANALYZE: like [`Node::explain`], each line with its operator's counters
-    /// (`f(operator, stats)` writes them), and each input with the rows it received.
+    /// EXPLAIN lines, the root first, children indented below their parent: (depth, text, the
+    /// operator and its counters; None for an input relation).
     pub(crate) fn explain_analyzed<'a>(
         &'a self,
         depth: usize,
@@ -335,24 +319,8 @@ impl Node {
 
     /// EXPLAIN lines, the root first, children indented below their parent.
     pub(crate) fn explain(&self, depth: usize, lines: &mut Vec<String>) {
-        let mut d = depth;
-        for op in self.ops.iter().rev() {
-            lines.push(format!("{}{}", "  ".repeat(d), op.explain()));
-            d += 1;
-        }
-        match &self.input {
-            NodeInput::Relation(n) => lines.push(format!("{}Input: {n}", "  ".repeat(d))),
-            NodeInput::Join { join, left, right } => {
-                lines.push(format!("{}{}", "  ".repeat(d), join.explain()));
-                left.explain(d + 1, lines);
-                right.explain(d + 1, lines);
-            }
-            NodeInput::Union { union, inputs } => {
-                lines.push(format!("{}{}", "  ".repeat(d), union.explain()));
-                for n in inputs {
-                    n.explain(d + 1, lines);
-                }
-            }
-        }
+        let mut v = vec![];
+        self.explain_analyzed(depth, &mut v);
+        lines.extend(v.into_iter().map(|(d, line, _)| format!("{}{line}", "  ".repeat(d))));
     }
 }

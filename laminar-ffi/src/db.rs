@@ -475,8 +475,9 @@ pub unsafe extern "C" fn laminar_db_metrics_text(
         // SAFETY: NULL or a live handle (caller contract).
         let db = unsafe { handle(db, "db") }?;
         let text = db.db.metrics_text()?;
+        let block = crate::alloc_c_string(&text)?;
         // SAFETY: as above.
-        unsafe { out_text.write(crate::alloc_c_string(&text)) };
+        unsafe { out_text.write(block) };
         Ok(())
     })
 }

@@ -73,9 +73,10 @@ pub extern "C" fn laminar_version_number() -> u32 {
 const HEADER: usize = 16;
 
 /// Copies `s` into a NUL-terminated block that the caller releases with [`laminar_free`].
-pub(crate) fn alloc_c_string(s: &str) -> *mut c_char {
+pub(crate) fn alloc_c_string(s: &str) -> laminar_core::Result<*mut c_char> {
     let total = HEADER + s.len() + 1;
-    let layout = std::alloc::Layout::from_size_align(total, HEADER).expect("a valid layout");
+    let layout = std::alloc::Layout::from_size_align(total, HEADER)
+        .map_err(|e| laminar_core::Error::internal(format!("cannot allocate {total} bytes of text: {e}")))?;
     // SAFETY: `layout` has a non-zero size.
     let base = unsafe { std::alloc::alloc(layout) };
     if base.is_null() {
@@ -87,7 +88,7 @@ pub(crate) fn alloc_c_string(s: &str) -> *mut c_char {
         (base as *mut usize).write(total);
         std::ptr::copy_nonoverlapping(s.as_ptr(), base.add(HEADER), s.len());
         base.add(HEADER + s.len()).write(0);
-        base.add(HEADER) as *mut c_char
+        Ok(base.add(HEADER) as *mut c_char)
     }
 }
 

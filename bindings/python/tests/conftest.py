@@ -1,4 +1,6 @@
 import datetime
+import os
+from pathlib import Path
 
 import laminardb
 import pytest
@@ -38,3 +40,21 @@ EPOCH = datetime.datetime(1970, 1, 1)
 def ms(dt: datetime.datetime) -> int:
     """Epoch milliseconds of a naive UTC datetime (independent of the machine's time zone)."""
     return (dt - EPOCH) // datetime.timedelta(milliseconds=1)
+
+
+def kafka_address():
+    """The broker of ``scripts/services.sh start kafka``: ``$LAMINAR_KAFKA``, else the
+    ``LAMINAR_KAFKA=`` line of ``<target dir>/services.env``; None when neither exists."""
+    if os.environ.get("LAMINAR_KAFKA"):
+        return os.environ["LAMINAR_KAFKA"]
+    env = services_env()
+    if env.exists():
+        for line in env.read_text().splitlines():
+            if line.startswith("LAMINAR_KAFKA="):
+                return line.split("=", 1)[1]
+    return None
+
+
+def services_env() -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[3] / "target"))
+    return target / "services.env"

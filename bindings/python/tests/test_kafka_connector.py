@@ -17,6 +17,7 @@ from pathlib import Path
 
 import laminardb
 import pytest
+from conftest import kafka_address, services_env
 
 ck = pytest.importorskip("confluent_kafka")
 duckdb = pytest.importorskip("duckdb")
@@ -27,15 +28,10 @@ SENTINEL_K = -1
 
 
 def broker() -> str:
-    if os.environ.get("LAMINAR_KAFKA"):
-        return os.environ["LAMINAR_KAFKA"]
-    target = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[3] / "target"))
-    env = target / "services.env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            if line.startswith("LAMINAR_KAFKA="):
-                return line.split("=", 1)[1]
-    msg = f"no Kafka broker: run scripts/services.sh start kafka (it writes LAMINAR_KAFKA to {env})"
+    address = kafka_address()
+    if address:
+        return address
+    msg = f"no Kafka broker: run scripts/services.sh start kafka (it writes LAMINAR_KAFKA to {services_env()})"
     if os.environ.get("CI"):
         pytest.fail(msg)
     pytest.skip(msg)

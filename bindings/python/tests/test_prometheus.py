@@ -17,6 +17,7 @@ from pathlib import Path
 import laminardb
 import pyarrow as pa
 import pytest
+from conftest import kafka_address, services_env
 
 
 def prometheus_binary() -> str:
@@ -30,17 +31,11 @@ def prometheus_binary() -> str:
 
 
 def kafka_broker():
-    if os.environ.get("LAMINAR_KAFKA"):
-        return os.environ["LAMINAR_KAFKA"]
-    target = Path(os.environ.get("CARGO_TARGET_DIR", Path(__file__).resolve().parents[3] / "target"))
-    env = target / "services.env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            if line.startswith("LAMINAR_KAFKA="):
-                return line.split("=", 1)[1]
-    if os.environ.get("CI"):
-        pytest.fail(f"no Kafka broker: run scripts/services.sh start kafka (it writes LAMINAR_KAFKA to {env})")
-    return None
+    """The broker, or None outside CI when there is none (the Kafka part is then skipped)."""
+    address = kafka_address()
+    if address is None and os.environ.get("CI"):
+        pytest.fail(f"no Kafka broker: run scripts/services.sh start kafka (it writes LAMINAR_KAFKA to {services_env()})")
+    return address
 
 
 def free_port() -> int:

@@ -152,20 +152,23 @@ impl Database {
         let mut streams: Vec<StreamMetrics> = eng
             .streams
             .iter()
-            .map(|(n, s)| StreamMetrics {
-                name: n.clone(),
-                rows_out: s.rows_out,
-                batches_out: s.batches_out,
-                bytes_out: s.bytes_out,
-                rows_late: s.rows_late,
-                late_pairs: s.late_pairs,
-                state_bytes: s.root.operators().iter().map(|o| o.state_size() as u64).sum(),
-                spilled_groups: s.root.operators().iter().map(|o| o.spilled_groups()).sum(),
-                watermark_ms: ms(s.watermark),
-                failed: s.failed.as_ref().map(|e| e.to_string()),
-                subscribers: s.subscribers.len() as u64,
-                subscription_buffered: s.subscribers.iter().map(|x| x.tx.len() as u64).sum(),
-                operators: operator_metrics(&s.root),
+            .map(|(n, s)| {
+                let operators = operator_metrics(&s.root);
+                StreamMetrics {
+                    name: n.clone(),
+                    rows_out: s.rows_out,
+                    batches_out: s.batches_out,
+                    bytes_out: s.bytes_out,
+                    rows_late: s.rows_late,
+                    late_pairs: s.late_pairs,
+                    state_bytes: operators.iter().map(|o| o.state_bytes).sum(),
+                    spilled_groups: s.root.operators().iter().map(|o| o.spilled_groups()).sum(),
+                    watermark_ms: ms(s.watermark),
+                    failed: s.failed.as_ref().map(|e| e.to_string()),
+                    subscribers: s.subscribers.len() as u64,
+                    subscription_buffered: s.subscribers.iter().map(|x| x.tx.len() as u64).sum(),
+                    operators,
+                }
             })
             .collect();
         streams.sort_by(|a, b| a.name.cmp(&b.name));

@@ -116,16 +116,22 @@ const CATCH_UP_LOG_MIN: i64 = 10_000;
 /// Progress of a catch-up: at the first lag check after the reader opens, a lag of at least
 /// [`CATCH_UP_LOG_MIN`] records starts one; each later check (every 5 s) logs the lag and the
 /// rate, until the lag falls below 1% of where it started (or below the minimum).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 enum CatchUp {
-    #[default]
-    Unchecked,
+    /// No lag known yet, after this many checks (100 ms apart; after 50, it is not logged).
+    Unchecked(u32),
     /// Since when, and the lag then.
     Running {
         since: std::time::Instant,
         from: i64,
     },
     Done,
+}
+
+impl Default for CatchUp {
+    fn default() -> CatchUp {
+        CatchUp::Unchecked(0)
+    }
 }
 
 impl KafkaSource {
@@ -283,7 +289,7 @@ impl KafkaSource {
             avro: parking_lot::Mutex::new(avro),
             stats: Default::default(),
             lag_checked: None,
-            catch_up: CatchUp::Unchecked,
+            catch_up: CatchUp::default(),
         })
     }
 
@@ -576,11 +582,12 @@ impl KafkaSource {
         if self.pattern.is_some() { format!("{}/{partition}", self.topics[topic]) } else { partition.to_string() }
     }
 
-    /// Every few seconds: each partition's lag, from its high watermark (one request each).
+    /// Every few seconds: each partition's lag, from its high watermark (as the last fetch
+    /// response carried it, else asked of the broker).
     fn update_lag(&mut self) {
-        // Until a lag is known (the consumer has a position), every 100 ms: the first known lag
-        // decides whether a catch-up is logged.
-        let every = if matches!(self.catch_up, CatchUp::Unchecked) {
+        // Until a lag is known (the consumer has a position), every 100 ms for up to 5 s: the
+        // first known lag decides whether a catch-up is logged.
+        let every = if matches!(self.catch_up, CatchUp::Unchecked(_)) {
             Duration::from_millis(100)
         } else {
             Duration::from_secs(5)
@@ -616,12 +623,12 @@ impl KafkaSource {
             (st.values().filter_map(|s| s.lag).sum::<i64>(), st.values().any(|s| s.lag.is_some()))
         };
         self.catch_up = match std::mem::take(&mut self.catch_up) {
-            CatchUp::Unchecked if !known => CatchUp::Unchecked,
-            CatchUp::Unchecked if lag >= CATCH_UP_LOG_MIN => {
+            CatchUp::Unchecked(n) if !known && n < 50 => CatchUp::Unchecked(n + 1),
+            CatchUp::Unchecked(_) if known && lag >= CATCH_UP_LOG_MIN => {
                 log::info!(target: "laminardb", "KAFKA source '{}': catching up, {lag} records behind the end of its partitions", self.source);
                 CatchUp::Running { since: std::time::Instant::now(), from: lag }
             }
-            CatchUp::Unchecked => CatchUp::Done,
+            CatchUp::Unchecked(_) => CatchUp::Done,
             CatchUp::Running { since, from } if lag < (from / 100).max(CATCH_UP_LOG_MIN) => {
                 log::info!(
                     target: "laminardb",
