@@ -223,7 +223,7 @@ pub(super) fn write_atomic(io: &mut Io, faults: &Faults, path: &Path, data: &[u8
 pub(crate) struct Store {
     pub root: PathBuf,
     pub faults: Arc<Faults>,
-    pub(super) lock: parking_lot::Mutex<Option<File>>,
+    pub(super) lock: parking_lot::Mutex<Option<DirLock>>,
     /// Checkpoint file I/O (the log has its own).
     pub(super) io: parking_lot::Mutex<Io>,
     /// Blobs known intact: written by this process or verified when a checkpoint was loaded. A
@@ -246,21 +246,7 @@ impl Store {
         ] {
             fs::create_dir_all(&d).map_err(|e| io_err(format!("creating {}", d.display()), e))?;
         }
-        let lock_path = root.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc_flock(std::os::fd::AsRawFd::as_raw_fd(&lock)) };
-        if rc != 0 {
-            return Err(Error::invalid_state(format!(
-                "database '{}' is open in another process (or another Database in this one); close it first",
-                root.display()
-            )));
-        }
+        let lock = DirLock::take(root)?;
         Ok(Store {
             root: root.to_path_buf(),
             faults: Arc::new(Faults::default()),
@@ -297,6 +283,69 @@ impl Store {
     /// The RocksDB state backend's live instance (replaced from a checkpoint at every open).
     pub(crate) fn live_state_dir(&self) -> PathBuf {
         self.root.join("state")
+    }
+}
+
+/// The directories this process holds open (canonical paths): a second `open` of one of them
+/// in this process is refused at once, without asking the kernel.
+static OPEN_HERE: parking_lot::Mutex<Option<HashSet<PathBuf>>> = parking_lot::Mutex::new(None);
+
+/// The exclusive lock on a database directory: an entry in [`OPEN_HERE`] and a `flock` on its
+/// `LOCK` file, both let go on drop.
+pub(crate) struct DirLock {
+    _file: File,
+    _claim: Claim,
+}
+
+impl DirLock {
+    fn take(root: &Path) -> Result<DirLock> {
+        let key = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        if !OPEN_HERE.lock().get_or_insert_with(HashSet::new).insert(key.clone()) {
+            return Err(Error::invalid_state(format!(
+                "database '{}' is already open in this process; close it first",
+                root.display()
+            )));
+        }
+        // From here on, an early return drops `claim`, which takes the entry out again; the
+        // fields of DirLock drop in order, so the flock goes before the entry does.
+        let claim = Claim(key);
+        let lock_path = root.join("LOCK");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
+        // A child the host process forks (any thread, any library) shares the lock's open file
+        // description until its exec closes it, so a lock let go a moment ago can still look
+        // held: ask again for up to a second before saying another process has it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            let rc = unsafe { libc_flock(std::os::fd::AsRawFd::as_raw_fd(&file)) };
+            if rc == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::invalid_state(format!(
+                    "database '{}' is open in another process; close it first",
+                    root.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(DirLock { _file: file, _claim: claim })
+    }
+}
+
+/// An entry of [`OPEN_HERE`], taken out again when dropped.
+struct Claim(PathBuf);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(set) = OPEN_HERE.lock().as_mut() {
+            set.remove(&self.0);
+        }
     }
 }
 

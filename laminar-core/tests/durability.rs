@@ -231,13 +231,48 @@ fn reopen_recovers_catalog_state_views_and_log() {
 }
 
 #[test]
+fn a_directory_locked_by_another_process_is_refused_and_free_once_it_ends() {
+    let dir = tmpdir("lock-process");
+    open(&dir, "wal", "0").close();
+    // util-linux's flock(1) holds the directory's LOCK file the way a second LaminarDB would.
+    let mut child = Command::new("flock")
+        .arg("--no-fork") // the lock stays with the process we kill
+        .arg(dir.join("LOCK"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) from util-linux");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let e = loop {
+        match Database::open(dir.to_str().unwrap(), Config::default()) {
+            Err(e) => break e,
+            // flock(1) has not taken it yet.
+            Ok(db) => db.close(),
+        }
+        assert!(Instant::now() < deadline, "flock(1) never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
+    assert!(e.message().contains("open in another process"), "{e}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Database::open(dir.to_str().unwrap(), Config::default()).unwrap().close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tmpdir("lock");
     let db = open(&dir, "wal", "0");
     let e = Database::open(dir.to_str().unwrap(), Config::default()).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::InvalidState, "{e}");
-    assert!(e.message().contains("open in another process"), "{e}");
+    assert!(e.message().contains("already open in this process"), "{e}");
+    // The same directory under another spelling is the same database.
+    let other = format!("{}/../{}", dir.display(), dir.file_name().unwrap().to_str().unwrap());
+    let e = Database::open(&other, Config::default()).err().unwrap();
+    assert!(e.message().contains("already open in this process"), "{e}");
     db.close();
+    // A refused open takes nothing: after close, both spellings open.
+    Database::open(&other, Config::default()).unwrap().close();
     Database::open(dir.to_str().unwrap(), Config::default()).unwrap().close();
     let _ = std::fs::remove_dir_all(&dir);
 }

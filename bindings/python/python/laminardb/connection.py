@@ -286,7 +286,7 @@ class Connection:
         try:
             self._db = _laminardb.Database(path, pairs)
         except LaminarError as e:
-            if "open in another process" in e.message:
+            if "open in another process" in e.message or "already open in this process" in e.message:
                 raise rewrap(e, ConnectionError, codes.CONNECTION_IN_USE) from None
             if e.status in ("NOT_IMPLEMENTED", "INVALID_ARGUMENT", "IO"):
                 raise rewrap(e, ConnectionError, codes.CONNECTION_FAILED) from None
