@@ -11,7 +11,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q "maturin>=1.7,<2" pytest pytest-asyncio pytest-timeout "ruff==0.17.6" pyarrow pandas polars duckdb confluent-kafka
+"$venv/bin/python" -m pip install -q "maturin>=1.7,<2" pytest pytest-asyncio pytest-timeout "ruff==0.17.6" pyarrow pandas polars duckdb confluent-kafka deltalake
 features=()
 if [ -n "${LAMINAR_FEATURES:-}" ]; then features=(--features "$LAMINAR_FEATURES"); fi
 (cd bindings/python && VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" "$venv/bin/maturin" develop -q "${features[@]}")

@@ -14,7 +14,7 @@ total0=$SECONDS
 # One feature set for every build below: the RocksDB state backend (it needs libclang, which
 # system-deps.sh installs when missing) and the KAFKA connector (librdkafka built from source).
 # LAMINAR_FEATURES= (empty) tests a build without them.
-export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka postgres}"
+export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka postgres delta}"
 features=()
 core_features="$(for f in ${LAMINAR_FEATURES//,/ }; do printf 'laminar-core/%s ' "$f"; done)"
 if [ -n "$core_features" ]; then features=(--features "$core_features"); fi
@@ -52,6 +52,9 @@ step "durability benchmark smoke run (tiny size)" cargo run -q -p laminar-core "
 # built with pkg-config from an installed prefix and run under valgrind, the benchmark smoke run.
 if [[ " ${LAMINAR_FEATURES//,/ } " == *" kafka "* ]]; then
   step "Kafka benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example kafka_bench -- --records 20000
+fi
+if [[ " ${LAMINAR_FEATURES//,/ } " == *" delta "* ]]; then
+  step "Delta sink benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example delta_bench -- --rows 100000
 fi
 if [[ " ${LAMINAR_FEATURES//,/ } " == *" postgres "* ]]; then
   step "PostgreSQL CDC and sink benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example pg_cdc_bench -- --updates 20000 --rows 5000 --sink-rows 50000

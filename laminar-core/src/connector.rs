@@ -24,6 +24,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, ErrorKind, Result, clip, nearest_name};
 
+#[cfg(feature = "delta")]
+pub(crate) mod delta;
 #[cfg(feature = "files")]
 pub(crate) mod files;
 #[cfg(feature = "kafka")]
@@ -35,6 +37,9 @@ pub(crate) mod postgres;
 /// The kinds of source this build has, for messages.
 pub(crate) fn source_kinds() -> String {
     let mut k = vec![];
+    if cfg!(feature = "delta") {
+        k.push("DELTA");
+    }
     if cfg!(feature = "files") {
         k.push("FILES");
     }
@@ -51,6 +56,9 @@ pub(crate) fn source_kinds() -> String {
 /// The kinds of sink this build has, for messages.
 pub(crate) fn sink_kinds() -> String {
     let mut k = vec![];
+    if cfg!(feature = "delta") {
+        k.push("DELTA");
+    }
     if cfg!(feature = "files") {
         k.push("FILES");
     }
@@ -60,7 +68,11 @@ pub(crate) fn sink_kinds() -> String {
     if cfg!(feature = "postgres") {
         k.push("POSTGRES");
     }
-    if k.is_empty() { "none (built without the `files`, `kafka` and `postgres` features)".into() } else { k.join(", ") }
+    if k.is_empty() {
+        "none (built without the `delta`, `files`, `kafka` and `postgres` features)".into()
+    } else {
+        k.join(", ")
+    }
 }
 
 // ------------------------------------------------------------------------------------- options
@@ -86,7 +98,13 @@ impl Options {
     }
 
     pub(crate) fn required(&mut self, key: &'static str) -> Result<String> {
-        self.get(key).ok_or_else(|| Error::invalid_argument(format!("{}: option '{key}' is required", self.what)))
+        self.get(key).ok_or_else(|| {
+            // A misspelt key is the likeliest cause: name it.
+            let hint = nearest_name(key, self.map.keys().map(String::as_str))
+                .map(|k| format!(" ('{}' is not an option; did you mean '{key}'?)", clip(k)))
+                .unwrap_or_default();
+            Error::invalid_argument(format!("{}: option '{key}' is required{hint}", self.what))
+        })
     }
 
     /// One of `choices` (case-insensitive), or `default`.
@@ -552,6 +570,11 @@ pub(crate) fn sink_for(
     key: Option<&[String]>,
     options: &BTreeMap<String, String>,
 ) -> Result<Box<dyn Sink>> {
+    #[cfg(feature = "delta")]
+    if kind.eq_ignore_ascii_case("delta") {
+        let o = Options::new(format!("DELTA sink '{sink}'"), options);
+        return Ok(Box::new(delta::DeltaSink::new(sink, schema.clone(), o)?));
+    }
     #[cfg(feature = "files")]
     if kind.eq_ignore_ascii_case("files") {
         let o = Options::new(format!("FILES sink '{sink}'"), options);
@@ -594,6 +617,10 @@ pub(crate) fn source_for(
     let mut o = Options::new(format!("{} source '{source}'", kind.to_ascii_uppercase()), &map);
     for g in general {
         o.known.push(g);
+    }
+    #[cfg(feature = "delta")]
+    if kind.eq_ignore_ascii_case("delta") {
+        return Ok(Box::new(delta::DeltaSource::new(source, schema.clone(), o)?));
     }
     #[cfg(feature = "files")]
     if kind.eq_ignore_ascii_case("files") {
