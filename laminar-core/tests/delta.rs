@@ -20,7 +20,7 @@ const PIPELINE: &str = "
     CREATE STREAM agg AS SELECT k, window_start AS ws, SUM(v) AS s, COUNT(*) AS n
         FROM ev GROUP BY k, TUMBLE(ts, INTERVAL '10' SECOND);
     CREATE STREAM raw AS SELECT k, v, ts FROM ev;
-    CREATE SINK agg_out FROM agg INTO DELTA WITH ('path' = '{AGG}');
+    CREATE SINK agg_out FROM agg INTO DELTA WITH ('path' = '{AGG}', 'sink.compact-every' = '2');
     CREATE SINK raw_out FROM raw INTO DELTA WITH ('path' = 'file://{RAW}', 'partition-by' = 'k',
         'sink.rolling-policy.file-size' = '1KB');";
 
@@ -45,14 +45,41 @@ fn commits(table: &Path) -> BTreeMap<u64, Vec<serde_json::Value>> {
 
 /// Checks the log: versions 0..=n with no gap, version 0 creates the table, every later one is
 /// one epoch of `app_id` (a txn, epochs strictly increasing) adding files that exist and that no
-/// other commit adds. Returns the number of epoch commits.
+/// other commit adds, or a compaction (OPTIMIZE: no txn, files removed and one added, all with
+/// dataChange = false). Returns the number of epoch commits.
 fn check_log(table: &Path, app_id: &str) -> usize {
+    check_log_and_compactions(table, app_id).0
+}
+
+fn check_log_and_compactions(table: &Path, app_id: &str) -> (usize, usize) {
     let log = commits(table);
     assert_eq!(log.keys().copied().collect::<Vec<_>>(), (0..log.len() as u64).collect::<Vec<_>>(), "gaps");
     assert!(log[&0].iter().any(|a| a.get("metaData").is_some()) && log[&0].iter().any(|a| a.get("protocol").is_some()));
     let mut last_epoch = 0;
     let mut seen = std::collections::HashSet::new();
+    let mut live = std::collections::HashSet::new();
+    let mut compactions = 0;
     for (v, actions) in log.range(1..) {
+        let op = actions.iter().find_map(|a| a.pointer("/commitInfo/operation")).and_then(|o| o.as_str());
+        if op == Some("OPTIMIZE") {
+            compactions += 1;
+            assert!(actions.iter().all(|a| a.get("txn").is_none()), "version {v}");
+            let removed: Vec<String> = actions
+                .iter()
+                .filter_map(|a| a.get("remove"))
+                .map(|r| uri_decode(r["path"].as_str().unwrap()))
+                .collect();
+            let added: Vec<&serde_json::Value> = actions.iter().filter_map(|a| a.get("add")).collect();
+            assert!(removed.len() >= 2 && added.len() == 1, "version {v}: {actions:?}");
+            for r in &removed {
+                assert!(live.remove(r), "version {v} removes '{r}', which is not live");
+            }
+            assert!(actions.iter().filter_map(|a| a.get("remove").or(a.get("add"))).all(|a| a["dataChange"] == false));
+            let p = uri_decode(added[0]["path"].as_str().unwrap());
+            assert!(table.join(&p).is_file() && seen.insert(p.clone()));
+            live.insert(p);
+            continue;
+        }
         let txns: Vec<&serde_json::Value> = actions.iter().filter_map(|a| a.get("txn")).collect();
         assert_eq!(txns.len(), 1, "version {v}: {actions:?}");
         assert_eq!(txns[0]["appId"], app_id);
@@ -65,10 +92,11 @@ fn check_log(table: &Path, app_id: &str) -> usize {
             let p = uri_decode(a["path"].as_str().unwrap());
             assert!(table.join(&p).is_file(), "version {v} adds '{p}', which is not there");
             assert!(seen.insert(p.clone()), "'{p}' added twice");
+            live.insert(p.clone());
             assert_eq!(std::fs::metadata(table.join(&p)).unwrap().len(), a["size"].as_u64().unwrap());
         }
     }
-    log.len() - 1
+    (log.len() - 1 - compactions, compactions)
 }
 
 /// A log path (a URI) as a file path.
@@ -142,7 +170,9 @@ fn a_windowed_aggregate_and_a_plain_stream_round_trip_through_delta_tables() {
     db.checkpoint().unwrap();
     db.close();
 
-    let agg_commits = check_log(&agg, "laminardb:agg_out");
+    // The aggregate's small files were compacted every 2 epochs.
+    let (agg_commits, compactions) = check_log_and_compactions(&agg, "laminardb:agg_out");
+    assert!(compactions >= 2, "{compactions} compactions");
     let raw_commits = check_log(&raw, "laminardb:raw_out");
     assert!(agg_commits >= 4, "{agg_commits} commits");
     assert_eq!(raw_commits, 4, "one commit per checkpoint that had rows");
@@ -192,14 +222,15 @@ fn an_existing_table_must_fit_and_object_stores_are_refused() {
     let e = db.execute("CREATE SINK six FROM s INTO DELTA WITH ('pth' = '/tmp/x')").unwrap_err();
     assert!(e.message().contains("'pth' is not an option; did you mean 'path'?"), "{e}");
     // The source of a table that is not there: a bounded read says so.
+    // (One statement list: the reader starts once the view reading it exists.)
     db.execute(&format!(
-        "CREATE SOURCE gone (a BIGINT) FROM DELTA WITH ('path' = '{}', 'source.monitor-interval' = '0')",
+        "CREATE SOURCE gone (a BIGINT) FROM DELTA WITH ('path' = '{}', 'source.monitor-interval' = '0');
+         CREATE MATERIALIZED VIEW g AS SELECT * FROM gone",
         root.join("nothing").display()
     ))
     .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        db.execute("CREATE MATERIALIZED VIEW IF NOT EXISTS g AS SELECT * FROM gone").unwrap();
         match db.query("SELECT * FROM g") {
             Err(e) => {
                 assert!(e.message().contains("no Delta table at"), "{e}");

@@ -379,6 +379,13 @@ fn a_partitioned_table_is_captured_with_its_partitions_changes() {
         srv.with(&table, &slot)
     ))
     .unwrap();
+    // The snapshot first (its logged row count is then the table's, not a race with the changes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.query("SELECT id FROM t").unwrap().iter().map(|b| b.num_rows()).sum::<usize>() < in_snapshot {
+        assert!(Instant::now() < deadline, "the snapshot was not read in 60 s");
+        db.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
     srv.psql(&format!(
         "INSERT INTO {table} VALUES (2, 5), (150, 6);
          UPDATE {table} SET v = v + 1 WHERE id % 3 = 0;

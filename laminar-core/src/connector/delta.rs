@@ -16,6 +16,7 @@
 //! | `partition-by` | sink | comma-separated partition columns when the sink creates the table (an existing table keeps its own) |
 //! | `sink.rolling-policy.file-size` | sink | a data file is finished once it reaches this size (default `128MB`); an epoch's files are finished at its checkpoint anyway |
 //! | `sink.id` | sink | the `txn` application id (default `laminardb:<sink name>`); unique per writer of a table |
+//! | `sink.compact-every` | sink | every N epochs, rewrite small files into one per partition directory (`OPTIMIZE`, `dataChange = false`; default `0`: never) |
 //! | `sink.mode` | sink | `append` (the only mode: a changelog's rows are appended with their `__weight` column) |
 //! | `source.monitor-interval` | source | how often to look for new versions (default `1s`); `0` reads the current snapshot and ends the input |
 

@@ -26,6 +26,7 @@ pub(super) struct AddFile {
     pub data_change: bool,
     /// The file has a deletion vector (rows of it are deleted).
     pub deletion_vector: bool,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -137,6 +138,7 @@ fn parse_action(v: &Value) -> std::result::Result<Option<Action>, String> {
             partition_values,
             data_change: a.get("dataChange").and_then(Value::as_bool).unwrap_or(true),
             deletion_vector: a.get("deletionVector").is_some_and(|d| !d.is_null()),
+            size: a.get("size").and_then(Value::as_u64).unwrap_or(0),
         })));
     }
     if let Some(r) = v.get("remove") {

@@ -20,7 +20,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Value, json};
 
-use super::log::{self, Action, Metadata, Snapshot};
+use super::log::{self, Action, AddFile, Metadata, Snapshot};
 use super::table_dir;
 use crate::connector::{Options, Sink};
 use crate::error::{Error, ErrorKind, Result, clip};
@@ -54,6 +54,13 @@ pub(crate) struct DeltaSink {
     txn: Option<i64>,
     committed: u64,
     rows: u64,
+    /// `sink.compact-every`: epochs between compactions of small files (0: never).
+    compact_every: u64,
+    since_compact: u64,
+    compactions: u64,
+    /// The table's live data files (path → file), kept up to date with every commit read or
+    /// written, for compaction.
+    live: BTreeMap<String, AddFile>,
 }
 
 struct OpenFile {
@@ -86,6 +93,15 @@ impl DeltaSink {
                 .map_err(|m| Error::invalid_argument(format!("{what}: option 'sink.rolling-policy.file-size': {m}")))?,
         };
         let app_id = o.get("sink.id").unwrap_or_else(|| format!("laminardb:{sink}"));
+        let compact_every = match o.get("sink.compact-every") {
+            None => 0,
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                Error::invalid_argument(format!(
+                    "{what}: option 'sink.compact-every' is '{}'; expected a number of epochs (0: never)",
+                    clip(&v)
+                ))
+            })?,
+        };
         o.choice("sink.mode", &["append"], "append").map_err(|e| {
             Error::not_implemented(format!(
                 "{}; an upsert (MERGE) into Delta is not available yet: a changelog is appended with its __weight column",
@@ -127,6 +143,10 @@ impl DeltaSink {
             txn: None,
             committed: 0,
             rows: 0,
+            compact_every,
+            since_compact: 0,
+            compactions: 0,
+            live: BTreeMap::new(),
         };
         s.set_partitions(partition_by)?;
         Ok(s)
@@ -215,6 +235,7 @@ impl DeltaSink {
                 self.check_table(&snap.metadata)?;
                 self.version = snap.version;
                 self.txn = snap.txns.get(&self.app_id).copied();
+                self.live = snap.files;
                 return Ok(());
             }
             std::fs::create_dir_all(&self.dir).map_err(|e| io("cannot create the table directory", &self.dir, e))?;
@@ -303,6 +324,12 @@ impl DeltaSink {
                             )));
                         }
                         self.txn = Some(version);
+                    }
+                    Action::Add(f) => {
+                        self.live.insert(f.path.clone(), f);
+                    }
+                    Action::Remove { path, .. } => {
+                        self.live.remove(&path);
                     }
                     Action::Metadata(m) => self.check_table(&m)?,
                     Action::Protocol(p) => {
@@ -447,8 +474,159 @@ impl DeltaSink {
         if self.commit_log(epoch as i64, actions, recovering)? {
             self.committed += 1;
             self.rows += files.iter().map(|f| f.rows).sum::<u64>();
+            for f in files {
+                let values = self.partition_by.iter().cloned().zip(f.values.iter().cloned()).collect();
+                let add = AddFile {
+                    path: f.rel.clone(),
+                    partition_values: values,
+                    data_change: true,
+                    deletion_vector: false,
+                    size: f.size,
+                };
+                self.live.insert(f.rel.clone(), add);
+            }
+            self.since_compact += 1;
+            if self.compact_every > 0 && self.since_compact >= self.compact_every {
+                self.since_compact = 0;
+                // The epoch is committed whatever happens here: a failed compaction leaves
+                // the small files as they are (and at most an orphan file no commit names).
+                if let Err(e) = self.compact() {
+                    ::log::warn!(target: "laminardb", "{}: compaction skipped: {e}", self.what);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Rewrites the table's small files (under half the rolling size), per partition directory,
+    /// into files of up to the rolling size: one commit removing them and adding the new file,
+    /// both with `dataChange = false` (readers of changes, the DELTA source among them, skip it).
+    /// Files whose columns differ from what this sink writes are left alone.
+    fn compact(&mut self) -> Result<()> {
+        let small = (self.roll_bytes as u64 / 2).max(1);
+        let mut groups: BTreeMap<String, Vec<AddFile>> = BTreeMap::new();
+        for f in self.live.values().filter(|f| f.size < small && !f.deletion_vector) {
+            let dir = f.path.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default();
+            groups.entry(dir).or_default().push(f.clone());
+        }
+        for (dir, files) in groups {
+            let (mut pick, mut total) = (vec![], 0);
+            for f in files {
+                if total + f.size > self.roll_bytes as u64 && pick.len() >= 2 {
+                    break;
+                }
+                total += f.size;
+                pick.push(f);
+            }
+            if pick.len() >= 2 {
+                self.compact_group(&dir, pick)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compact_group(&mut self, dir: &str, pick: Vec<AddFile>) -> Result<()> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        self.files += 1;
+        let name = format!("part-compact-{}-{:05}.snappy.parquet", self.run, self.files);
+        std::fs::create_dir_all(&self.staging).map_err(|e| io("cannot create", &self.staging, e))?;
+        let staged = self.staging.join(&name);
+        let file = File::create(&staged).map_err(|e| io("cannot create", &staged, e))?;
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .build();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, self.file_schema.clone(), Some(props))
+            .map_err(|e| Error::internal(format!("parquet writer: {e}")))?;
+        let mut rows = 0u64;
+        let same = |a: &Schema, b: &Schema| {
+            a.fields().len() == b.fields().len()
+                && a.fields()
+                    .iter()
+                    .zip(b.fields())
+                    .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+        };
+        for f in &pick {
+            let path = self.dir.join(&f.path);
+            let bad = |e: String| Error::invalid_data(format!("compacting '{}': {e}", path.display()));
+            let r =
+                ParquetRecordBatchReaderBuilder::try_new(File::open(&path).map_err(|e| io("cannot open", &path, e))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            if !same(r.schema(), &self.file_schema) {
+                drop(writer);
+                let _ = std::fs::remove_file(&staged);
+                return Ok(());
+            }
+            for b in r.build().map_err(|e| bad(e.to_string()))? {
+                let b = b.map_err(|e| bad(e.to_string()))?;
+                rows += b.num_rows() as u64;
+                writer.write(&b).map_err(|e| Error::new(ErrorKind::Io, format!("{}: {e}", self.what)))?;
+            }
+        }
+        let mut file = writer
+            .into_inner()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("{}: writing '{}': {e}", self.what, staged.display())))?;
+        let size = file
+            .flush()
+            .and_then(|_| file.sync_all())
+            .and_then(|_| file.metadata())
+            .map_err(|e| io("cannot write", &staged, e))?
+            .len();
+        let rel = if dir.is_empty() { name.clone() } else { format!("{dir}/{name}") };
+        let values = pick[0].partition_values.clone();
+        self.publish(&StagedFile { name, rel: rel.clone(), values: vec![], size, rows })?;
+        log::sync_dir(self.dir.join(&rel).parent().unwrap_or(&self.dir))?;
+        let now = log::now_ms();
+        let pv: serde_json::Map<String, Value> =
+            values.iter().map(|(k, v)| (k.clone(), v.clone().map(Value::String).unwrap_or(Value::Null))).collect();
+        let mut actions = vec![json!({"commitInfo": {
+            "timestamp": now,
+            "operation": "OPTIMIZE",
+            "operationParameters": {"targetSize": self.roll_bytes.to_string()},
+            "engineInfo": concat!("LaminarDB/", env!("CARGO_PKG_VERSION")),
+            "isBlindAppend": false,
+        }})];
+        for f in &pick {
+            actions.push(json!({"remove": {
+                "path": log::percent_encode(&f.path),
+                "deletionTimestamp": now,
+                "dataChange": false,
+                "extendedFileMetadata": true,
+                "partitionValues": pv,
+                "size": f.size,
+            }}));
+        }
+        actions.push(json!({"add": {
+            "path": log::percent_encode(&rel),
+            "partitionValues": pv,
+            "size": size,
+            "modificationTime": now,
+            "dataChange": false,
+            "stats": json!({"numRecords": rows}).to_string(),
+        }}));
+        loop {
+            self.catch_up(false)?;
+            // Another writer removed one of the files meanwhile: its rows are elsewhere now.
+            if pick.iter().any(|f| !self.live.contains_key(&f.path)) {
+                let _ = std::fs::remove_file(self.dir.join(&rel));
+                return Ok(());
+            }
+            if log::try_commit(&self.dir, self.version + 1, &actions)? {
+                self.version += 1;
+                for f in &pick {
+                    self.live.remove(&f.path);
+                }
+                let add = AddFile {
+                    path: rel.clone(),
+                    partition_values: values,
+                    data_change: false,
+                    deletion_vector: false,
+                    size,
+                };
+                self.live.insert(rel, add);
+                self.compactions += 1;
+                return Ok(());
+            }
+        }
     }
 
     fn clear_staging(&mut self) -> Result<()> {
@@ -621,6 +799,11 @@ impl Sink for DeltaSink {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![("epochs_committed", self.committed), ("rows_written", self.rows), ("table_version", self.version)]
+        vec![
+            ("epochs_committed", self.committed),
+            ("rows_written", self.rows),
+            ("table_version", self.version),
+            ("compactions", self.compactions),
+        ]
     }
 }
