@@ -605,6 +605,8 @@ server_id=1
 expire_logs_days=1
 max_connections=50
 innodb_buffer_pool_size=64M
+# A test server: commits flushed once a second, not fsynced each (the tests crash LaminarDB, not it).
+innodb_flush_log_at_trx_commit=2
 innodb_log_file_size=48M
 performance_schema=OFF
 
@@ -643,6 +645,7 @@ ALTER USER 'laminar'@'%' IDENTIFIED BY '$pw';
 ALTER USER 'laminar'@'localhost' IDENTIFIED BY '$pw';
 GRANT ALL PRIVILEGES ON laminar.* TO 'laminar'@'%', 'laminar'@'localhost';
 GRANT SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO 'laminar'@'%', 'laminar'@'localhost';
+GRANT BINLOG ADMIN ON *.* TO 'laminar'@'%', 'laminar'@'localhost';
 FLUSH PRIVILEGES;
 EOF
   then

@@ -14,7 +14,7 @@ total0=$SECONDS
 # One feature set for every build below: the RocksDB state backend (it needs libclang, which
 # system-deps.sh installs when missing) and the KAFKA connector (librdkafka built from source).
 # LAMINAR_FEATURES= (empty) tests a build without them.
-export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka postgres delta}"
+export LAMINAR_FEATURES="${LAMINAR_FEATURES-rocksdb kafka postgres delta mysql}"
 features=()
 core_features="$(for f in ${LAMINAR_FEATURES//,/ }; do printf 'laminar-core/%s ' "$f"; done)"
 if [ -n "$core_features" ]; then features=(--features "$core_features"); fi
@@ -41,6 +41,10 @@ fi
 if [[ " ${LAMINAR_FEATURES//,/ } " == *" postgres "* ]]; then
   if ! scripts/services.sh status postgres >/dev/null 2>&1; then started+=(postgres); fi
   step "PostgreSQL for the CDC tests (scripts/services.sh start postgres)" scripts/services.sh start postgres
+fi
+if [[ " ${LAMINAR_FEATURES//,/ } " == *" mysql "* ]]; then
+  if ! scripts/services.sh status mariadb >/dev/null 2>&1; then started+=(mariadb); fi
+  step "MariaDB for the CDC tests (scripts/services.sh start mariadb)" scripts/services.sh start mariadb
 fi
 step "cargo test (each test binary limited, stacks dumped on a hang)" scripts/cargo-test.sh --workspace --exclude laminardb-python --exclude laminardb-node "${features[@]}"
 step "benchmark smoke run (tiny sizes; figures meaningless in the debug profile)" \

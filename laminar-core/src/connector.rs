@@ -30,6 +30,8 @@ pub(crate) mod delta;
 pub(crate) mod files;
 #[cfg(feature = "kafka")]
 pub(crate) mod kafka;
+#[cfg(feature = "mysql")]
+pub(crate) mod mysql;
 pub(crate) mod nexmark;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -45,6 +47,9 @@ pub(crate) fn source_kinds() -> String {
     }
     if cfg!(feature = "kafka") {
         k.push("KAFKA");
+    }
+    if cfg!(feature = "mysql") {
+        k.push("MYSQL_CDC");
     }
     k.push("NEXMARK");
     if cfg!(feature = "postgres") {
@@ -629,6 +634,10 @@ pub(crate) fn source_for(
     #[cfg(feature = "kafka")]
     if kind.eq_ignore_ascii_case("kafka") {
         return Ok(Box::new(kafka::KafkaSource::new(source, schema.clone(), table_key, o)?));
+    }
+    #[cfg(feature = "mysql")]
+    if kind.eq_ignore_ascii_case("mysql_cdc") {
+        return Ok(Box::new(mysql::MySqlCdcSource::new(source, schema.clone(), o)?));
     }
     #[cfg(feature = "postgres")]
     if kind.eq_ignore_ascii_case("postgres_cdc") {
