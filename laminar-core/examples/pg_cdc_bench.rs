@@ -100,14 +100,26 @@ fn main() -> BoxResult<()> {
     let (host, port) = hostport.split_once(':').ok_or("host:port")?;
     let id = std::process::id();
     let (table, slot, raw) = (format!("bench_cdc_{id}"), format!("bench_lam_{id}"), format!("bench_raw_{id}"));
+    // A closed reader's walsender can hold its slot a moment longer: end it, drop, check, for up
+    // to 10 s (a slot left behind counts against the server's max_replication_slots for good).
     let cleanup = |url: &str| {
-        let _ = psql(
-            url,
-            &format!(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('{slot}', '{raw}');
-                 DROP PUBLICATION IF EXISTS {slot}; DROP TABLE IF EXISTS {table};"
-            ),
-        );
+        let names = format!("('{slot}', '{raw}')");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = psql(
+                url,
+                &format!(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name IN {names} AND active_pid IS NOT NULL;
+                     SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN {names} AND NOT active;"
+                ),
+            );
+            let left = psql(url, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name IN {names}"));
+            if left.map(|l| l.trim() == "0").unwrap_or(false) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = psql(url, &format!("DROP PUBLICATION IF EXISTS {slot}; DROP TABLE IF EXISTS {table};"));
     };
     println!("POSTGRES_CDC benchmark: {updates} row updates over {rows} rows, server {host}:{port}");
     psql(

@@ -637,7 +637,7 @@ pub(crate) fn source_for(
     }
     #[cfg(feature = "mysql")]
     if kind.eq_ignore_ascii_case("mysql_cdc") {
-        return Ok(Box::new(mysql::MySqlCdcSource::new(source, schema.clone(), o)?));
+        return Ok(Box::new(mysql::MySqlCdcSource::new(source, schema.clone(), table_key, o)?));
     }
     #[cfg(feature = "postgres")]
     if kind.eq_ignore_ascii_case("postgres_cdc") {

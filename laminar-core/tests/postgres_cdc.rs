@@ -753,3 +753,90 @@ fn two_tables_under_a_long_random_writer_with_joins_match_the_server() {
     srv.psql(&format!("DROP TABLE {c}; DROP TABLE {a};"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A temporal join (`FOR SYSTEM_TIME AS OF o.ts`) of pushed orders against a captured table of
+/// rates, each update of a rate a new version at its `ts`: every order takes the version valid
+/// at its event time, as a hand-written oracle over the versions written computes.
+#[test]
+fn a_temporal_join_over_the_captured_versions_matches_an_oracle() {
+    use laminar_core::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+    let _shared = shared();
+    let srv = server();
+    let r = unique("cdc_rates");
+    let slot = unique("laminardb_rates");
+    srv.psql(&format!("CREATE TABLE {r} (cur TEXT PRIMARY KEY, rate BIGINT NOT NULL, ts TIMESTAMP(3) NOT NULL)"));
+    let db = Database::open_in_memory().unwrap();
+    db.execute(&format!(
+        "CREATE TABLE rates (cur VARCHAR, rate BIGINT, ts TIMESTAMP NOT NULL, PRIMARY KEY (cur),
+            WATERMARK FOR ts AS ts - INTERVAL '5' SECOND) FROM POSTGRES_CDC WITH ({});
+         CREATE SOURCE orders (id BIGINT NOT NULL, cur VARCHAR, ts TIMESTAMP NOT NULL,
+            WATERMARK FOR ts AS ts - INTERVAL '5' SECOND);
+         CREATE MATERIALIZED VIEW conv AS SELECT o.id, r.rate FROM orders o
+            JOIN rates FOR SYSTEM_TIME AS OF o.ts AS r ON o.cur = r.cur",
+        srv.with(&r, &slot)
+    ))
+    .unwrap();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(99);
+    const CURS: [&str; 5] = ["EUR", "USD", "GBP", "JPY", "CHF"];
+    let base = 1_767_225_600_000i64; // 2026-01-01 00:00:00 UTC, in ms
+    let mut history: std::collections::HashMap<&str, Vec<(i64, i64)>> = Default::default();
+    let mut script = String::new();
+    let versions = 600;
+    for i in 0..versions {
+        let cur = CURS[rng.random_range(0..CURS.len())];
+        let ts = base + i * 1000 + rng.random_range(0..1000);
+        let rate = rng.random_range(1..1_000_000i64);
+        script.push_str(&format!(
+            "INSERT INTO {r} VALUES ('{cur}', {rate}, to_timestamp({ts} / 1000.0) AT TIME ZONE 'UTC')
+             ON CONFLICT (cur) DO UPDATE SET rate = EXCLUDED.rate, ts = EXCLUDED.ts;\n"
+        ));
+        history.entry(cur).or_default().push((ts, rate));
+    }
+    srv.psql(&script);
+    // Every version applied: the table holds the server's last ones.
+    let last = srv.rows(&format!("SELECT cur, rate FROM {r}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        db.flush().unwrap();
+        if sorted(&db.query("SELECT cur, rate FROM rates").unwrap()) == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the versions did not all arrive");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Orders at random times within the versions' span (the rates' watermark is past them all).
+    let orders: Vec<(i64, &str, i64)> = (0..1000)
+        .map(|id| (id, CURS[rng.random_range(0..CURS.len())], base + rng.random_range(0..(versions - 10) * 1000)))
+        .collect();
+    let batch = laminar_core::arrow::record_batch::RecordBatch::try_from_iter(vec![
+        ("id", std::sync::Arc::new(Int64Array::from_iter_values(orders.iter().map(|o| o.0))) as ArrayRef),
+        ("cur", std::sync::Arc::new(StringArray::from_iter_values(orders.iter().map(|o| o.1)))),
+        ("ts", std::sync::Arc::new(TimestampMicrosecondArray::from_iter_values(orders.iter().map(|o| o.2 * 1000)))),
+    ])
+    .unwrap();
+    let mut w = db.writer("orders").unwrap();
+    w.write(batch).unwrap();
+    w.finish().unwrap();
+    let mut want: Vec<String> = orders
+        .iter()
+        .filter_map(|(id, cur, ts)| {
+            let v = history.get(cur)?.iter().filter(|(t, _)| t <= ts).max_by_key(|(t, _)| *t)?;
+            Some(format!("{id}|{}", v.1))
+        })
+        .collect();
+    want.sort();
+    assert!(want.len() > 900, "{} orders have a version", want.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        db.flush().unwrap();
+        let got = sorted(&db.query("SELECT id, rate FROM conv").unwrap());
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "temporal join: {}", difference(&got, &want));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    db.close();
+    srv.drop_slot(&slot);
+    srv.psql(&format!("DROP TABLE {r}"));
+}

@@ -95,6 +95,8 @@ pub(crate) struct MySqlCdcSource {
     /// The server's columns in order, and for each declared column its index there.
     columns: Vec<Column>,
     map: Vec<usize>,
+    /// The declared columns of the table's key.
+    key_idx: Vec<usize>,
     conn: Option<Conn>,
     parser: Parser,
     mariadb: bool,
@@ -118,7 +120,14 @@ pub(crate) struct MySqlCdcSource {
 }
 
 impl MySqlCdcSource {
-    pub(crate) fn new(source: &str, schema: SchemaRef, mut o: Options) -> Result<MySqlCdcSource> {
+    /// `key`: the LaminarDB table's primary key (an update that keeps it is one upsert; one
+    /// that changes it deletes the old row too).
+    pub(crate) fn new(
+        source: &str,
+        schema: SchemaRef,
+        key: Option<&[String]>,
+        mut o: Options,
+    ) -> Result<MySqlCdcSource> {
         let what = format!("MYSQL_CDC source '{source}'");
         let host = o.get("hostname").unwrap_or_else(|| "127.0.0.1".to_string());
         let port = match o.get("port") {
@@ -158,9 +167,14 @@ impl MySqlCdcSource {
                 )));
             }
         }
+        let key_idx: Vec<usize> = match key {
+            Some(k) => k.iter().filter_map(|n| schema.index_of(n).ok()).collect(),
+            None => (0..schema.fields().len()).collect(),
+        };
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(DELETED, DataType::Boolean, true)));
         Ok(MySqlCdcSource {
+            key_idx,
             source: source.to_string(),
             cfg: MyConfig { host, port, user, password, database },
             table,
@@ -587,8 +601,11 @@ impl MySqlCdcSource {
                         RowChange::Delete(v) => self.txn.push(Row::Delete(self.values(&v))),
                         RowChange::Update(before, after) => {
                             let (b, a) = (self.values(&before), self.values(&after));
-                            // A changed key: the old row goes.
-                            self.txn.push(Row::Delete(b));
+                            // A changed key: the old row goes. (Otherwise one upsert: the old
+                            // row stays a version of its key until the new one's time.)
+                            if self.key_idx.iter().any(|&k| b[k] != a[k]) {
+                                self.txn.push(Row::Delete(b));
+                            }
                             self.txn.push(Row::Upsert(a));
                         }
                     }

@@ -170,6 +170,17 @@ impl Conn {
         let e = parse_error(&m.body);
         // 55006: the slot is in use (an earlier connection of ours the server has not noticed
         // closing yet); retried like a connection failure.
+        // 53400: a configured limit reached (all replication slots in use): waiting will not
+        // free one, so it is not retried.
+        if e.code == "53400" {
+            return Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{}: {} (SQLSTATE 53400; drop unused replication slots — SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active — or raise max_replication_slots)",
+                    self.what, e.message
+                ),
+            );
+        }
         let kind = if ["08", "53", "57"].iter().any(|c| e.code.starts_with(c)) || e.code == "55006" {
             ErrorKind::Io
         } else if e.code == "42P01" || e.code == "42704" {
