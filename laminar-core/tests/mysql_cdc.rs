@@ -266,6 +266,19 @@ fn snapshot_then_changes_and_a_reopen_from_the_gtid_match_the_server() {
     converge(&db, &srv, &table);
     srv.sql(&transactions(&mut rng, &table, &other, &mut ids, 200, &mut next));
     converge(&db, &srv, &table);
+    // The lag metric: binlog bytes behind the server's end, and the offset reached.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = db.metrics().unwrap();
+        let p = &m.sources.iter().find(|s| s.name == "t").unwrap().partitions[0].1;
+        if p.lag.is_some() {
+            assert!(p.lag_in_bytes && p.position.is_some_and(|x| x > 4), "{p:?}");
+            assert!(db.metrics_text().unwrap().contains("laminardb_source_lag_bytes"), "exposed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lag metric: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     srv.sql(&format!("TRUNCATE TABLE {table}"));
     ids.clear();
     srv.sql(&transactions(&mut rng, &table, &other, &mut ids, 100, &mut next));

@@ -299,7 +299,7 @@ pub(super) fn render(m: &Metrics, now_ms: i64) -> String {
     t.each(
         "laminardb_source_lag_bytes",
         "gauge",
-        "Bytes of write-ahead log behind the server's end (PostgreSQL CDC: server LSN minus applied).",
+        "Bytes of log behind the server's end (PostgreSQL CDC: server LSN minus applied; MySQL CDC: binlog end minus applied).",
         &parts,
         |(s, p, st)| st.lag.filter(|_| st.lag_in_bytes).map(|l| (vec![("source", *s), ("partition", *p)], l as f64)),
     );

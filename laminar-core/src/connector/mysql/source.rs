@@ -29,6 +29,8 @@ const SNAPSHOT_ROWS: usize = 8192;
 const MAX_ROWS: usize = 100_000;
 /// An idle stream hands over its position this often (so checkpoints record it).
 const IDLE_ADVANCE: Duration = Duration::from_secs(1);
+/// How often the lag metric asks the server where its binlog ends.
+const LAG_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Startup {
@@ -117,6 +119,9 @@ pub(crate) struct MySqlCdcSource {
     ids: std::collections::HashSet<u64>,
     pending: VecDeque<Poll>,
     stats: crate::connector::SourceStats,
+    /// A connection for `SHOW MASTER STATUS` (the lag metric), and when it last asked.
+    status: Option<Conn>,
+    last_status: Instant,
 }
 
 impl MySqlCdcSource {
@@ -199,6 +204,8 @@ impl MySqlCdcSource {
             ids: Default::default(),
             pending: VecDeque::new(),
             stats: Default::default(),
+            status: None,
+            last_status: Instant::now() - LAG_EVERY,
         })
     }
 
@@ -636,6 +643,35 @@ impl MySqlCdcSource {
         Ok(())
     }
 
+    /// The metrics: the offset handed over and, every [`LAG_EVERY`], the binlog bytes between it
+    /// and the server's end (when both are in the same file; a file behind counts its rest).
+    fn update_lag(&mut self) {
+        let Some(h) = self.handed.clone() else { return };
+        let mut lag = None;
+        if self.last_status.elapsed() >= LAG_EVERY {
+            self.last_status = Instant::now();
+            if self.status.is_none() {
+                self.status = self.connect().ok();
+            }
+            match self.status.as_mut().map(master_status) {
+                Some(Ok(end)) if end.file == h.file => lag = Some(end.offset.saturating_sub(h.offset) as i64),
+                Some(Ok(end)) => {
+                    // Files are numbered: the end is in a later one. Count what it holds so far.
+                    lag = Some(end.offset as i64);
+                }
+                Some(Err(_)) => self.status = None,
+                None => {}
+            }
+        }
+        let mut st = self.stats.lock();
+        let e = st.entry("0".to_string()).or_default();
+        e.position = Some(h.offset as i64);
+        if let Some(l) = lag {
+            e.lag = Some(l);
+            e.lag_in_bytes = true;
+        }
+    }
+
     fn read_stream(&mut self) -> Result<()> {
         let started = Instant::now();
         loop {
@@ -669,7 +705,9 @@ impl MySqlCdcSource {
                 break;
             }
         }
-        self.hand_over()
+        self.hand_over()?;
+        self.update_lag();
+        Ok(())
     }
 }
 
