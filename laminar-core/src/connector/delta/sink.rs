@@ -403,7 +403,11 @@ impl DeltaSink {
             values.iter().map(|a| a.as_any().downcast_ref::<StringArray>().expect("cast to Utf8")).collect();
         let mut groups: BTreeMap<PartKey, Vec<u32>> = BTreeMap::new();
         for r in 0..batch.num_rows() {
-            let key: PartKey = values.iter().map(|v| v.is_valid(r).then(|| v.value(r).to_string())).collect();
+            // An empty string is null in Delta's partition values (PROTOCOL.md).
+            let key: PartKey = values
+                .iter()
+                .map(|v| (v.is_valid(r) && !v.value(r).is_empty()).then(|| v.value(r).to_string()))
+                .collect();
             groups.entry(key).or_default().push(r as u32);
         }
         groups.into_iter().map(|(k, rows)| Ok((k, data(Some(&UInt32Array::from(rows)))?))).collect()
@@ -442,10 +446,22 @@ impl DeltaSink {
         if files.is_empty() {
             return Ok(());
         }
+        // Every directory a file went into, and its parents up to the table's (a partition
+        // directory created now must itself be durable in its parent before the commit).
         let mut dirs = std::collections::BTreeSet::new();
         for f in files {
             self.publish(f)?;
-            dirs.insert(self.dir.join(&f.rel).parent().map(PathBuf::from).unwrap_or_else(|| self.dir.clone()));
+            let mut d = self.dir.join(&f.rel).parent().map(PathBuf::from).unwrap_or_else(|| self.dir.clone());
+            loop {
+                dirs.insert(d.clone());
+                if d == self.dir || !d.starts_with(&self.dir) {
+                    break;
+                }
+                match d.parent() {
+                    Some(p) => d = p.to_path_buf(),
+                    None => break,
+                }
+            }
         }
         for d in &dirs {
             log::sync_dir(d)?;
@@ -780,6 +796,12 @@ impl Sink for DeltaSink {
             Some([]) => {}
             Some(c) => {
                 let (epoch, files) = decode(c)?;
+                // Committed before the crash: nothing to move (its files may since have been
+                // compacted away and vacuumed).
+                self.catch_up(true)?;
+                if self.txn.is_some_and(|t| t >= epoch as i64) {
+                    return self.clear_staging();
+                }
                 for f in &files {
                     self.publish(f).map_err(|e| {
                         Error::new(

@@ -195,7 +195,8 @@ impl DeltaSource {
             plan.push(if file_schema.index_of(fd.name()).is_ok() {
                 Col::File(fd.name().clone())
             } else if self.partition_columns.contains(fd.name()) {
-                Col::Partition(f.partition_values.get(fd.name()).cloned().flatten())
+                // An empty partition value is null (PROTOCOL.md).
+                Col::Partition(f.partition_values.get(fd.name()).cloned().flatten().filter(|v| !v.is_empty()))
             } else if fd.is_nullable() {
                 Col::Null
             } else {

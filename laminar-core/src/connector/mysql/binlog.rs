@@ -107,7 +107,9 @@ pub(super) enum Event {
         rows: Vec<RowChange>,
     },
     Xid,
+    /// A statement, with the default database it ran in.
     Query {
+        schema: String,
         query: String,
     },
     /// MariaDB's GTID (domain-server-seq); `standalone`: a statement that commits by itself (DDL).
@@ -132,6 +134,9 @@ pub(super) enum Event {
 pub(super) struct Parser {
     checksum: bool,
     maps: HashMap<u64, TableMap>,
+    /// The table ids whose rows are decoded; other tables' ROWS events are skipped (their
+    /// columns may be of types this decoder refuses).
+    captured: std::collections::HashSet<u64>,
 }
 
 fn u16le(b: &[u8], at: usize) -> Option<u16> {
@@ -151,11 +156,21 @@ impl Parser {
     /// `checksum`: whether the server was asked for checksummed events (`@master_binlog_checksum`);
     /// the FORMAT_DESCRIPTION event says so again for the events after it.
     pub(super) fn new(checksum: bool) -> Parser {
-        Parser { checksum, maps: HashMap::new() }
+        Parser { checksum, maps: HashMap::new(), captured: Default::default() }
     }
 
     pub(super) fn table(&self, id: u64) -> Option<&TableMap> {
         self.maps.get(&id)
+    }
+
+    /// Whether the rows of table `id` are decoded (set when its TABLE_MAP names the captured
+    /// table, cleared when the id comes to name another).
+    pub(super) fn capture(&mut self, id: u64, yes: bool) {
+        if yes {
+            self.captured.insert(id);
+        } else {
+            self.captured.remove(&id);
+        }
     }
 
     /// Decodes one event (the dump's packet without its leading 0x00).
@@ -193,8 +208,10 @@ impl Parser {
             QUERY => {
                 let schema_len = *body.get(8).ok_or("short QUERY")? as usize;
                 let vars_len = u16le(body, 11).ok_or("short QUERY")? as usize;
-                let q = 13 + vars_len + schema_len + 1;
-                Event::Query { query: String::from_utf8_lossy(body.get(q..).ok_or("short QUERY")?).to_string() }
+                let at = 13 + vars_len;
+                let schema = String::from_utf8_lossy(body.get(at..at + schema_len).ok_or("short QUERY")?).to_string();
+                let q = at + schema_len + 1;
+                Event::Query { schema, query: String::from_utf8_lossy(body.get(q..).ok_or("short QUERY")?).to_string() }
             }
             TABLE_MAP => {
                 let (id, m) = parse_table_map(body)?;
@@ -215,6 +232,13 @@ impl Parser {
                 Event::MysqlGtid { uuid, gno: body.get(17..25).map(uint_le).ok_or("short GTID")? }
             }
             HEARTBEAT => Event::Heartbeat,
+            // MySQL's TRANSACTION_PAYLOAD (binlog_transaction_compression) and MariaDB's
+            // compressed QUERY/ROWS events (log_bin_compress): skipping them would lose changes.
+            40 | 165..=171 => {
+                return Err(format!(
+                    "a compressed binlog event (type {kind}); turn binlog compression off on the server (MySQL: binlog_transaction_compression = OFF; MariaDB: log_bin_compress = OFF)"
+                ));
+            }
             _ => Event::Other,
         };
         Ok((header, event))
@@ -222,6 +246,9 @@ impl Parser {
 
     fn parse_rows(&self, kind: u8, b: &[u8]) -> Result<Event, String> {
         let table_id = b.get(..6).map(uint_le).ok_or("short ROWS")?;
+        if !self.captured.contains(&table_id) {
+            return Ok(Event::Rows { table_id, rows: vec![] });
+        }
         let mut at = 8;
         if matches!(kind, WRITE_V2 | UPDATE_V2 | DELETE_V2) {
             let extra = u16le(b, at).ok_or("short ROWS")? as usize;
@@ -345,7 +372,8 @@ fn read_value(b: &[u8], at: &mut usize, t: u8, (m0, m1): (u8, u8)) -> Result<Val
         T_INT24 => int(b, at, 3)?,
         T_LONG => int(b, at, 4)?,
         T_LONGLONG => int(b, at, 8)?,
-        T_FLOAT => Value::Float(f32::from_le_bytes(take(b, at, 4)?.try_into().expect("4")) as f64),
+        // A FLOAT's shortest text as an f32 ("1.1", as the server prints it, not the f64 widening).
+        T_FLOAT => Value::Text(f32::from_le_bytes(take(b, at, 4)?.try_into().expect("4")).to_string()),
         T_DOUBLE => Value::Float(f64::from_le_bytes(take(b, at, 8)?.try_into().expect("8"))),
         T_YEAR => {
             let y = take(b, at, 1)?[0] as i64;
@@ -409,13 +437,44 @@ fn read_value(b: &[u8], at: &mut usize, t: u8, (m0, m1): (u8, u8)) -> Result<Val
         T_TIMESTAMP2 => {
             let secs = uint_be(take(b, at, 4)?) as i64;
             let frac = fraction(b, at, m0)?;
+            // 0 is the zero TIMESTAMP (NULL once read, as in the snapshot), not the epoch.
+            if secs == 0 {
+                return Ok(Value::Text("0000-00-00 00:00:00".into()));
+            }
             Value::Text(format!("{}{frac}", civil(secs)))
         }
         T_TIME2 => {
-            let v = uint_be(take(b, at, 3)?) as i64 - 0x80_0000;
-            let frac = fraction(b, at, m0)?;
-            let (sign, v) = if v < 0 { ("-", -v) } else { ("", v) };
-            Value::Text(format!("{sign}{:02}:{:02}:{:02}{frac}", (v >> 12) & 0x3ff, (v >> 6) & 63, v & 63))
+            // The server's my_time_packed_from_binary: integer and fraction are one signed value.
+            let int = uint_be(take(b, at, 3)?) as i64 - 0x80_0000;
+            let packed: i64 = match m0 {
+                1 | 2 => {
+                    let mut frac = take(b, at, 1)?[0] as i64;
+                    let mut i = int;
+                    if i < 0 && frac != 0 {
+                        i += 1;
+                        frac -= 0x100;
+                    }
+                    (i << 24) + frac * 10_000
+                }
+                3 | 4 => {
+                    let mut frac = uint_be(take(b, at, 2)?) as i64;
+                    let mut i = int;
+                    if i < 0 && frac != 0 {
+                        i += 1;
+                        frac -= 0x10000;
+                    }
+                    (i << 24) + frac * 100
+                }
+                5 | 6 => {
+                    let low = uint_be(take(b, at, 3)?) as i64;
+                    (((int + 0x80_0000) << 24) | low) - 0x8000_0000_0000
+                }
+                _ => int << 24,
+            };
+            let (sign, p) = if packed < 0 { ("-", -packed) } else { ("", packed) };
+            let (hms, micros) = (p >> 24, p & 0xff_ffff);
+            let frac = if m0 > 0 { format!(".{micros:06}") } else { String::new() };
+            Value::Text(format!("{sign}{:02}:{:02}:{:02}{frac}", (hms >> 12) & 0x3ff, (hms >> 6) & 63, hms & 63))
         }
         T_DATETIME => {
             let v = uint_le(take(b, at, 8)?);
@@ -561,6 +620,30 @@ mod tests {
     }
 
     #[test]
+    fn times_with_fractions_keep_their_sign() {
+        // The packed forms the server's my_time_packed_to_binary writes, for fsp 2 and 6.
+        let enc = |packed: i64, fsp: u8| -> Vec<u8> {
+            if fsp <= 2 {
+                // C's arithmetic shift and truncating remainder: -1.5 s is int -2, fraction -50.
+                let (i, f) = (packed >> 24, (packed % (1 << 24)) / 10_000);
+                let v = (i + 0x80_0000) as u32;
+                vec![(v >> 16) as u8, (v >> 8) as u8, v as u8, f as u8]
+            } else {
+                ((packed + 0x8000_0000_0000) as u64).to_be_bytes()[2..].to_vec()
+            }
+        };
+        let packed = |neg: bool, h: i64, m: i64, s: i64, us: i64| {
+            let p = (((h << 12) | (m << 6) | s) << 24) + us;
+            if neg { -p } else { p }
+        };
+        let time = |bytes: Vec<u8>, fsp: u8| read_value(&bytes, &mut 0, T_TIME2, (fsp, 0)).unwrap();
+        assert_eq!(time(enc(packed(true, 0, 0, 1, 500_000), 2), 2), Value::Text("-00:00:01.500000".into()));
+        assert_eq!(time(enc(packed(false, 838, 59, 59, 0), 2), 2), Value::Text("838:59:59.000000".into()));
+        assert_eq!(time(enc(packed(true, 0, 0, 1, 1), 6), 6), Value::Text("-00:00:01.000001".into()));
+        assert_eq!(time(0x80_0000u32.to_be_bytes()[1..].to_vec(), 0), Value::Text("00:00:00".into()));
+    }
+
+    #[test]
     fn integers_keep_sign_and_width() {
         assert_eq!(read_value(&[0xff], &mut 0, T_TINY, (0, 0)).unwrap(), Value::Int { v: -1, bytes: 1 });
         assert_eq!(
@@ -604,6 +687,12 @@ mod tests {
         rows.extend_from_slice(&v.to_be_bytes()[3..]);
         let mut p = Parser::new(true);
         let (_, e) = p.parse(&event(TABLE_MAP, &tm, true)).unwrap();
+        // Not captured: the rows are skipped undecoded.
+        match p.parse(&event(WRITE_V2, &rows, true)).unwrap().1 {
+            Event::Rows { table_id: 42, rows } => assert!(rows.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        p.capture(42, true);
         assert!(matches!(e, Event::TableMap { table_id: 42 }), "{e:?}");
         assert_eq!(p.table(42).unwrap().table, "t");
         let (h, e) = p.parse(&event(WRITE_V2, &rows, true)).unwrap();

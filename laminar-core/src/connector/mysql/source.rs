@@ -488,7 +488,7 @@ impl MySqlCdcSource {
                     Value::Int { v, bytes } => Some(
                         if col.unsigned && *bytes < 8 {
                             ((*v as u64) & ((1u64 << (8 * *bytes as u32)) - 1)).to_string()
-                        } else if col.unsigned {
+                        } else if col.unsigned || col.bit {
                             (*v as u64).to_string()
                         } else {
                             v.to_string()
@@ -529,21 +529,17 @@ impl MySqlCdcSource {
         self.ready_pos = Some(self.cur.clone());
     }
 
-    /// Whether a statement changes the captured table's definition (or empties it).
-    fn ddl_on_table(&self, query: &str) -> Option<bool> {
-        let q = query.to_ascii_lowercase();
-        let t = self.table.to_ascii_lowercase();
-        let names = [format!("`{t}`"), format!(" {t} "), format!(" {t}\n"), format!(".{t}"), format!(" {t};")];
-        let q_padded = format!("{q} ");
-        let mentions = names.iter().any(|n| q_padded.contains(n.as_str())) || q_padded.ends_with(&format!(" {t} "));
-        if !mentions {
-            return None;
-        }
-        let head = q.trim_start();
-        if head.starts_with("truncate") {
-            return Some(true);
-        }
-        ["alter", "drop", "rename", "create or replace"].iter().any(|k| head.starts_with(k)).then_some(false)
+    /// Whether a statement run in database `schema` changes the captured table's definition
+    /// (Some(false)) or empties it (Some(true)).
+    fn ddl_on_table(&self, schema: &str, query: &str) -> Option<bool> {
+        let (truncate, names) = ddl_tables(query)?;
+        names
+            .iter()
+            .any(|(db, t)| {
+                db.as_deref().unwrap_or(schema).eq_ignore_ascii_case(&self.cfg.database)
+                    && t.eq_ignore_ascii_case(&self.table)
+            })
+            .then_some(truncate)
     }
 
     fn on_event(&mut self, ev: &[u8]) -> Result<()> {
@@ -559,14 +555,20 @@ impl MySqlCdcSource {
                 self.txn_gtid = Some((domain, h.server_id, seq));
                 self.in_txn = !standalone;
             }
-            Event::Query { query } => {
+            Event::Query { schema, query } => {
                 let q = query.trim();
                 if q.eq_ignore_ascii_case("BEGIN") {
                     self.in_txn = true;
                 } else if q.eq_ignore_ascii_case("COMMIT") {
                     self.commit(h.log_pos);
+                } else if q.eq_ignore_ascii_case("ROLLBACK") {
+                    // (A transaction that also touched a non-transactional table is logged and
+                    // then rolled back: its rows of transactional tables never happened.)
+                    self.txn.clear();
+                    self.txn_gtid = None;
+                    self.in_txn = false;
                 } else {
-                    match self.ddl_on_table(q) {
+                    match self.ddl_on_table(&schema, q) {
                         Some(true) => self.txn.push(Row::Truncate),
                         Some(false) => {
                             return Err(Error::invalid_data(format!(
@@ -586,7 +588,11 @@ impl MySqlCdcSource {
             }
             Event::TableMap { table_id } => {
                 let m = self.parser.table(table_id).expect("just parsed");
-                if m.schema.eq_ignore_ascii_case(&self.cfg.database) && m.table.eq_ignore_ascii_case(&self.table) {
+                let ours =
+                    m.schema.eq_ignore_ascii_case(&self.cfg.database) && m.table.eq_ignore_ascii_case(&self.table);
+                self.parser.capture(table_id, ours);
+                let m = self.parser.table(table_id).expect("just parsed");
+                if ours {
                     if m.types.len() != self.columns.len() {
                         return Err(Error::invalid_data(format!(
                             "{}: the binlog has {} columns for the table and the server's definition {} (the table was altered); drop the LaminarDB table and create it again",
@@ -715,6 +721,141 @@ fn is_temporal(t: &DataType) -> bool {
     matches!(t, DataType::Date32 | DataType::Date64 | DataType::Timestamp(..))
 }
 
+/// The tables a DDL statement changes, as (database if named, table): (true, …) for TRUNCATE
+/// (the table emptied), (false, …) for ALTER, DROP, RENAME and CREATE OR REPLACE; None for any
+/// other statement. Comments and string literals are skipped; names may be quoted.
+fn ddl_tables(query: &str) -> Option<(bool, Vec<(Option<String>, String)>)> {
+    #[derive(PartialEq)]
+    enum T {
+        Word(String),
+        Name(String),
+        Dot,
+        Comma,
+        Other,
+    }
+    let mut toks = vec![];
+    let b: Vec<char> = query.chars().collect();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '/' && b.get(i + 1) == Some(&'*') {
+            i += 2;
+            while i < b.len() && !(b[i] == '*' && b.get(i + 1) == Some(&'/')) {
+                i += 1;
+            }
+            i += 2;
+        } else if c == '#' || (c == '-' && b.get(i + 1) == Some(&'-')) {
+            while i < b.len() && b[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '`' {
+            let mut name = String::new();
+            i += 1;
+            while i < b.len() {
+                if b[i] == '`' && b.get(i + 1) == Some(&'`') {
+                    name.push('`');
+                    i += 2;
+                } else if b[i] == '`' {
+                    i += 1;
+                    break;
+                } else {
+                    name.push(b[i]);
+                    i += 1;
+                }
+            }
+            toks.push(T::Name(name));
+        } else if c == '\'' || c == '"' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                i += if b[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            toks.push(T::Other);
+        } else if c.is_alphanumeric() || c == '_' || c == '$' {
+            let start = i;
+            while i < b.len() && (b[i].is_alphanumeric() || b[i] == '_' || b[i] == '$') {
+                i += 1;
+            }
+            toks.push(T::Word(b[start..i].iter().collect()));
+        } else {
+            toks.push(match c {
+                '.' => T::Dot,
+                ',' => T::Comma,
+                _ => T::Other,
+            });
+            i += 1;
+        }
+    }
+    let kw = |k: usize, w: &str| matches!(toks.get(k), Some(T::Word(x)) if x.eq_ignore_ascii_case(w));
+    // A possibly qualified name at `k`: (db, table) and the index after it.
+    let name = |k: usize| -> Option<((Option<String>, String), usize)> {
+        let part = |k: usize| match toks.get(k) {
+            Some(T::Word(w)) | Some(T::Name(w)) => Some(w.clone()),
+            _ => None,
+        };
+        let first = part(k)?;
+        if toks.get(k + 1) == Some(&T::Dot) {
+            Some(((Some(first), part(k + 2)?), k + 3))
+        } else {
+            Some(((None, first), k + 1))
+        }
+    };
+    let mut k = 0;
+    let skip = |k: &mut usize, words: &[&str]| {
+        while words.iter().any(|w| kw(*k, w)) {
+            *k += 1;
+        }
+    };
+    if kw(k, "truncate") {
+        k += 1;
+        skip(&mut k, &["table"]);
+        return Some((true, vec![name(k)?.0]));
+    }
+    let mut names = vec![];
+    if kw(k, "alter") {
+        k += 1;
+        skip(&mut k, &["online", "ignore"]);
+        if !kw(k, "table") {
+            return None;
+        }
+        k += 1;
+        skip(&mut k, &["if", "exists"]);
+        names.push(name(k)?.0);
+    } else if kw(k, "drop") || (kw(k, "create") && kw(k + 1, "or") && kw(k + 2, "replace")) {
+        k += if kw(k, "drop") { 1 } else { 3 };
+        skip(&mut k, &["temporary"]);
+        if !kw(k, "table") {
+            return None;
+        }
+        k += 1;
+        skip(&mut k, &["if", "not", "exists"]);
+        loop {
+            let (n, next) = name(k)?;
+            names.push(n);
+            if toks.get(next) != Some(&T::Comma) || kw(k, "create") {
+                break;
+            }
+            k = next + 1;
+        }
+    } else if kw(k, "rename") && kw(k + 1, "table") {
+        k += 2;
+        while let Some((n, next)) = name(k) {
+            names.push(n);
+            k = next;
+            if kw(k, "to") || toks.get(k) == Some(&T::Comma) {
+                k += 1;
+            } else {
+                break;
+            }
+        }
+    } else {
+        return None;
+    }
+    Some((false, names))
+}
+
 /// ENUM/SET labels of a COLUMN_TYPE such as `enum('a','b''c')`.
 fn labels(column_type: &str) -> Vec<String> {
     let Some(inner) = column_type.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(l, _)| l) else {
@@ -751,9 +892,13 @@ fn parse_gtid(s: &str) -> BTreeMap<u32, (u32, u64)> {
     Pos::parse(&format!("x:0|{}", s.trim())).map(|p| p.gtid).unwrap_or_default()
 }
 
-/// `SHOW MASTER STATUS`: the current binlog file and offset.
+/// `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` from MySQL 8.4): the current binlog file and
+/// offset.
 fn master_status(c: &mut Conn) -> Result<Pos> {
-    let (_, rows) = c.query("SHOW MASTER STATUS")?;
+    let (_, rows) = match c.query("SHOW MASTER STATUS") {
+        Ok(r) => r,
+        Err(e) => c.query("SHOW BINARY LOG STATUS").map_err(|_| e)?,
+    };
     let r = rows.first().ok_or_else(|| {
         Error::invalid_argument(format!("{}: SHOW MASTER STATUS is empty: the binary log is off (log-bin)", c.what()))
     })?;
@@ -834,6 +979,26 @@ mod tests {
         let empty = Pos { file: "mysql-bin.000001".into(), offset: 4, gtid: BTreeMap::new() };
         assert_eq!(Pos::parse(&empty.text()), Some(empty));
         assert_eq!(Pos::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn ddl_statements_name_their_tables() {
+        let one = |db: Option<&str>, t: &str| (db.map(str::to_string), t.to_string());
+        assert_eq!(ddl_tables("TRUNCATE TABLE `t`"), Some((true, vec![one(None, "t")])));
+        assert_eq!(ddl_tables("truncate other.t"), Some((true, vec![one(Some("other"), "t")])));
+        assert_eq!(ddl_tables("ALTER TABLE x ADD COLUMN t INT"), Some((false, vec![one(None, "x")])));
+        assert_eq!(
+            ddl_tables("/* c */ DROP TABLE IF EXISTS a, `d b`.t_archive"),
+            Some((false, vec![one(None, "a"), one(Some("d b"), "t_archive")]))
+        );
+        assert_eq!(
+            ddl_tables("RENAME TABLE t TO t_old, t_new TO t"),
+            Some((false, vec![one(None, "t"), one(None, "t_old"), one(None, "t_new"), one(None, "t")]))
+        );
+        assert_eq!(ddl_tables("CREATE OR REPLACE TABLE t (a INT)"), Some((false, vec![one(None, "t")])));
+        assert_eq!(ddl_tables("CREATE TABLE t (a INT)"), None);
+        assert_eq!(ddl_tables("INSERT INTO t VALUES ('ALTER TABLE t')"), None);
+        assert_eq!(ddl_tables("ALTER USER x"), None);
     }
 
     #[test]

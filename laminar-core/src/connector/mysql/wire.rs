@@ -95,7 +95,13 @@ impl Conn {
         if !cfg.database.is_empty() {
             caps |= CLIENT_CONNECT_WITH_DB;
         }
-        let plugin = if h.plugin.is_empty() { "mysql_native_password".to_string() } else { h.plugin.clone() };
+        // The handshake names the server's default plugin (MySQL 8: caching_sha2_password), not
+        // the user's: answer as mysql_native_password and follow the switch the server asks
+        // for if the user has another.
+        let plugin = match h.plugin.as_str() {
+            "mysql_clear_password" => h.plugin.clone(),
+            _ => "mysql_native_password".to_string(),
+        };
         let auth = auth_response(&plugin, &cfg.password, &h.scramble, &what)?;
         let mut p = Vec::with_capacity(128);
         p.extend_from_slice(&caps.to_le_bytes());
