@@ -502,64 +502,6 @@ fn a_server_restart_mid_stream_is_resumed() {
     srv.sql(&format!("DROP TABLE {table}; DROP TABLE {other}"));
 }
 
-/// Random transactions over two tables, `{c}` (id INT PRIMARY KEY, tier INT, big TEXT) and
-/// `{a}` (id INT PRIMARY KEY, cust INT, balance BIGINT), some touching both: inserts, key
-/// changes, accounts moved between customers, deletes, multi-row updates, 1 in 20 rolled back.
-/// A duplicate key fails its statement only (the client runs with --force).
-fn two_table_transactions(rng: &mut impl Rng, c: &str, a: &str, n: usize, next: &mut i32) -> String {
-    const C: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut s = String::with_capacity(n * 120);
-    let pick = |rng: &mut dyn rand::RngCore, hi: i32| rng.random_range(1..hi.max(2));
-    for _ in 0..n {
-        s.push_str("BEGIN;\n");
-        for _ in 0..rng.random_range(1..4) {
-            let hi = *next;
-            match rng.random_range(0..100) {
-                0..20 => {
-                    *next += 1;
-                    let len = if rng.random_range(0..10) == 0 { 3000 } else { 6 };
-                    let big: String = (0..len).map(|_| C[rng.random_range(0..C.len())] as char).collect();
-                    s.push_str(&format!("INSERT INTO {c} VALUES ({}, {}, '{big}');\n", *next, rng.random_range(0..5)));
-                }
-                20..45 => {
-                    *next += 1;
-                    s.push_str(&format!(
-                        "INSERT INTO {a} VALUES ({}, {}, {});\n",
-                        *next,
-                        pick(rng, hi),
-                        rng.random_range(-500..5000)
-                    ));
-                }
-                45..60 => s.push_str(&format!(
-                    "UPDATE {a} SET balance = balance + {} WHERE id = {};\n",
-                    rng.random_range(-100..100),
-                    pick(rng, hi)
-                )),
-                60..68 => {
-                    s.push_str(&format!("UPDATE {a} SET cust = {} WHERE id = {};\n", pick(rng, hi), pick(rng, hi)))
-                }
-                68..76 => s.push_str(&format!(
-                    "UPDATE {c} SET tier = {} WHERE id = {};\n",
-                    rng.random_range(0..5),
-                    pick(rng, hi)
-                )),
-                76..80 => {
-                    *next += 1;
-                    s.push_str(&format!("UPDATE {c} SET id = {} WHERE id = {};\n", *next, pick(rng, hi)));
-                }
-                80..88 => s.push_str(&format!("DELETE FROM {a} WHERE id = {};\n", pick(rng, hi))),
-                88..93 => s.push_str(&format!("DELETE FROM {c} WHERE id = {};\n", pick(rng, hi))),
-                _ => s.push_str(&format!(
-                    "UPDATE {a} SET balance = balance * 2 WHERE cust = {} AND abs(balance) < 100000;\n",
-                    pick(rng, hi)
-                )),
-            }
-        }
-        s.push_str(if rng.random_range(0..20) == 0 { "ROLLBACK;\n" } else { "COMMIT;\n" });
-    }
-    s
-}
-
 /// An independent writer runs random transactions (100,000 by default,
 /// `LAMINAR_CDC_TRANSACTIONS`) on two captured tables while LaminarDB streams them, with a
 /// checkpoint and a crash on the way; then each table, a GROUP BY over each, a join of the two

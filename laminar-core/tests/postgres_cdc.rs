@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pg::{SERVER, Server, server, server_url, shared};
-use common::{difference, sorted};
+use common::{difference, sorted, two_table_transactions};
 use laminar_core::{Config, Database};
 use rand::{Rng, SeedableRng};
 
@@ -570,64 +570,6 @@ fn sigkill_rounds_while_the_writer_goes_on() {
     srv.drop_slot(&slot);
     srv.psql(&format!("DROP TABLE {table}"));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Random transactions over two tables, `{c}` (id INT PRIMARY KEY, tier INT, big TEXT) and
-/// `{a}` (id INT PRIMARY KEY, cust INT, balance BIGINT), some touching both: inserts (a customer
-/// now and then with a TOASTed `big`), updates leaving `big` unchanged, key changes, accounts
-/// moved between customers, deletes, 1 in 20 rolled back.
-fn two_table_transactions(rng: &mut impl Rng, c: &str, a: &str, n: usize, next: &mut i32) -> String {
-    let mut s = String::with_capacity(n * 120);
-    let pick = |rng: &mut dyn rand::RngCore, hi: i32| rng.random_range(1..hi.max(2));
-    for _ in 0..n {
-        s.push_str("BEGIN;\n");
-        for _ in 0..rng.random_range(1..4) {
-            let hi = *next;
-            match rng.random_range(0..100) {
-                0..20 => {
-                    *next += 1;
-                    let big = if rng.random_range(0..10) == 0 { text(rng, 3000) } else { text(rng, 6) };
-                    s.push_str(&format!("INSERT INTO {c} VALUES ({}, {}, '{big}');\n", *next, rng.random_range(0..5)));
-                }
-                20..45 => {
-                    *next += 1;
-                    s.push_str(&format!(
-                        "INSERT INTO {a} VALUES ({}, {}, {});\n",
-                        *next,
-                        pick(rng, hi),
-                        rng.random_range(-500..5000)
-                    ));
-                }
-                45..60 => s.push_str(&format!(
-                    "UPDATE {a} SET balance = balance + {} WHERE id = {};\n",
-                    rng.random_range(-100..100),
-                    pick(rng, hi)
-                )),
-                60..68 => {
-                    s.push_str(&format!("UPDATE {a} SET cust = {} WHERE id = {};\n", pick(rng, hi), pick(rng, hi)))
-                }
-                68..76 => s.push_str(&format!(
-                    "UPDATE {c} SET tier = {} WHERE id = {};\n",
-                    rng.random_range(0..5),
-                    pick(rng, hi)
-                )),
-                76..80 => {
-                    *next += 1;
-                    s.push_str(&format!("UPDATE {c} SET id = {} WHERE id = {};\n", *next, pick(rng, hi)));
-                }
-                80..88 => s.push_str(&format!("DELETE FROM {a} WHERE id = {};\n", pick(rng, hi))),
-                88..93 => s.push_str(&format!("DELETE FROM {c} WHERE id = {};\n", pick(rng, hi))),
-                _ => s.push_str(&format!(
-                    "UPDATE {a} SET balance = balance * 2 WHERE cust = {} AND abs(balance) < 100000;\n",
-                    pick(rng, hi)
-                )),
-            }
-        }
-        // A statement on a key that is not there changes nothing; a duplicate key ends the
-        // transaction with an error, which psql reports and goes on from (ON_ERROR_STOP off).
-        s.push_str(if rng.random_range(0..20) == 0 { "ROLLBACK;\n" } else { "COMMIT;\n" });
-    }
-    s
 }
 
 /// An independent writer runs random transactions (100,000 by default,

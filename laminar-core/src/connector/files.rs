@@ -101,6 +101,36 @@ fn wildcard(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// A sink's staging directory inside `dir`: `.laminar-staging/<sink>` (letters, digits, `-`
+/// and `_` of the name kept, the rest hex-escaped), hidden from readers that skip dot names.
+pub(crate) fn staging_dir(dir: &Path, sink: &str) -> PathBuf {
+    let name: String = sink
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect();
+    dir.join(".laminar-staging").join(name)
+}
+
+/// Removes every file in a sink's staging directory (a missing directory is empty).
+pub(crate) fn clear_staging(staging: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(staging) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("cannot list", staging, e)),
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        std::fs::remove_file(&p).map_err(|e| io_error("cannot remove the staged file", &p, e))?;
+    }
+    Ok(())
+}
+
 /// An I/O error naming the file.
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(crate::error::ErrorKind::Io, format!("{what} '{}': {e}", path.display()))

@@ -118,7 +118,7 @@ impl DeltaSink {
                 )));
             }
         }
-        let staging = dir.join(".laminar-staging").join(escape(sink));
+        let staging = crate::connector::files::staging_dir(&dir, sink);
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let run = format!("{:012x}", (nanos as u64 ^ ((std::process::id() as u64) << 40)) & 0xffff_ffff_ffff);
@@ -648,34 +648,12 @@ impl DeltaSink {
     fn clear_staging(&mut self) -> Result<()> {
         self.open.clear();
         self.prepared.clear();
-        let entries = match std::fs::read_dir(&self.staging) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io("cannot list", &self.staging, e)),
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            std::fs::remove_file(&p).map_err(|e| io("cannot remove the staged file", &p, e))?;
-        }
-        Ok(())
+        crate::connector::files::clear_staging(&self.staging)
     }
 }
 
 fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Io, format!("{what} '{}': {e}", path.display()))
-}
-
-/// A sink name as a directory name: letters, digits, `-` and `_` kept, the rest hex-escaped.
-fn escape(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02x}")
-            }
-        })
-        .collect()
 }
 
 fn encode(epoch: u64, files: &[StagedFile]) -> Vec<u8> {

@@ -44,7 +44,7 @@ impl FilesSink {
                 clip(&path)
             )));
         }
-        let staging = dir.join(".laminar-staging").join(escape(sink));
+        let staging = super::staging_dir(&dir, sink);
         std::fs::create_dir_all(&staging).map_err(|e| io_error("cannot create the directory", &staging, e))?;
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -69,19 +69,6 @@ impl FilesSink {
             Err(e) => Err(io_error("cannot move the finished file", &from, e)),
         }
     }
-}
-
-/// A sink name as a directory name: letters, digits, `-` and `_` kept, the rest hex-escaped.
-fn escape(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02x}")
-            }
-        })
-        .collect()
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -152,15 +139,6 @@ impl Sink for FilesSink {
     fn abort(&mut self) -> Result<()> {
         self.current = None;
         self.prepared.clear();
-        let entries = match std::fs::read_dir(&self.staging) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("cannot list", &self.staging, e)),
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            std::fs::remove_file(&p).map_err(|e| io_error("cannot remove the staged file", &p, e))?;
-        }
-        Ok(())
+        super::clear_staging(&self.staging)
     }
 }
