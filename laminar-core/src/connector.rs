@@ -232,6 +232,26 @@ impl OnError {
     }
 }
 
+/// The last columns of a change-data-capture batch into a table: a declared NOT NULL column's
+/// nulls (of TRUNCATE rows and deleted rows' non-key columns, whose values do not matter) filled
+/// with the type's default, then the `__deleted` flags (None: a TRUNCATE).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn cdc_columns(
+    mut cols: Vec<datafusion::arrow::array::ArrayRef>,
+    schema: &SchemaRef,
+    deleted: Vec<Option<bool>>,
+) -> Result<Vec<datafusion::arrow::array::ArrayRef>> {
+    use datafusion::arrow::compute::{is_not_null, kernels::zip::zip};
+    for (col, f) in cols.iter_mut().zip(schema.fields()) {
+        if !f.is_nullable() && col.null_count() > 0 {
+            let fill = datafusion::scalar::ScalarValue::new_default(f.data_type())?.to_array_of_size(col.len())?;
+            *col = zip(&is_not_null(col.as_ref())?, col, &fill)?;
+        }
+    }
+    cols.push(std::sync::Arc::new(datafusion::arrow::array::BooleanArray::from(deleted)));
+    Ok(cols)
+}
+
 /// The columns of a dead-letter source: which source and partition the record came from, its
 /// position there (a Kafka offset), its key and payload as read, and why it did not decode.
 pub(crate) const DEAD_LETTER_COLUMNS: &str = "source_name VARCHAR NOT NULL, partition_name VARCHAR NOT NULL, record_position VARCHAR NOT NULL, record_key BYTEA, payload BYTEA, error VARCHAR NOT NULL";

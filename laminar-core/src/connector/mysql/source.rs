@@ -452,28 +452,17 @@ impl MySqlCdcSource {
                 cast_with_options(&s, f.data_type(), &opts)
                     .map_err(|e| Error::invalid_data(format!("{}: column '{}': {e}", self.what(), f.name())))?
             };
-            let col = if !f.is_nullable() && col.null_count() > 0 {
-                // A TRUNCATE row or a deleted row's non-key column: any value will do.
-                let fill = datafusion::scalar::ScalarValue::new_default(f.data_type())?.to_array_of_size(col.len())?;
-                datafusion::arrow::compute::kernels::zip::zip(
-                    &datafusion::arrow::compute::is_not_null(&col)?,
-                    &col,
-                    &fill,
-                )?
-            } else {
-                col
-            };
             cols.push(col);
         }
-        cols.push(Arc::new(BooleanArray::from(
-            rows.iter()
-                .map(|r| match r {
-                    Row::Upsert(_) => Some(false),
-                    Row::Delete(_) => Some(true),
-                    Row::Truncate => None,
-                })
-                .collect::<Vec<_>>(),
-        )));
+        let deleted = rows
+            .iter()
+            .map(|r| match r {
+                Row::Upsert(_) => Some(false),
+                Row::Delete(_) => Some(true),
+                Row::Truncate => None,
+            })
+            .collect();
+        let cols = crate::connector::cdc_columns(cols, &self.schema, deleted)?;
         Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
     }
 

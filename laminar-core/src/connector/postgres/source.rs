@@ -449,28 +449,19 @@ impl PgCdcSource {
                     Row::Truncate => None,
                 })
                 .collect();
-            let mut col = text_column(&texts, f.data_type())
+            let col = text_column(&texts, f.data_type())
                 .map_err(|e| Error::invalid_data(format!("{}: column '{}': {}", self.what(), f.name(), e.message())))?;
-            if !f.is_nullable() && col.null_count() > 0 {
-                // A TRUNCATE row or a deleted row's non-key column: any value will do.
-                let fill = datafusion::scalar::ScalarValue::new_default(f.data_type())?.to_array_of_size(col.len())?;
-                col = datafusion::arrow::compute::kernels::zip::zip(
-                    &datafusion::arrow::compute::is_not_null(&col)?,
-                    &col,
-                    &fill,
-                )?;
-            }
             cols.push(col);
         }
-        cols.push(Arc::new(BooleanArray::from(
-            rows.iter()
-                .map(|r| match r {
-                    Row::Upsert(_) => Some(false),
-                    Row::Delete(_) => Some(true),
-                    Row::Truncate => None,
-                })
-                .collect::<Vec<_>>(),
-        )));
+        let deleted = rows
+            .iter()
+            .map(|r| match r {
+                Row::Upsert(_) => Some(false),
+                Row::Delete(_) => Some(true),
+                Row::Truncate => None,
+            })
+            .collect();
+        let cols = crate::connector::cdc_columns(cols, &self.schema, deleted)?;
         Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
     }
 
