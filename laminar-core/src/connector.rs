@@ -232,6 +232,22 @@ impl OnError {
     }
 }
 
+/// A TCP connection to a database server for a client of ours (`what` names the server in
+/// errors): the first address of `host`, within `timeout`, no Nagle delay, reads and writes
+/// bounded by `timeout`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn connect_tcp(host: &str, port: u16, timeout: Duration, what: &str) -> Result<std::net::TcpStream> {
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("{what}: {e}"));
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map_err(io)?.collect();
+    let a = addrs.first().ok_or_else(|| io(std::io::Error::other("no address")))?;
+    let s = std::net::TcpStream::connect_timeout(a, timeout).map_err(io)?;
+    s.set_nodelay(true).map_err(io)?;
+    s.set_read_timeout(Some(timeout)).map_err(io)?;
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    Ok(s)
+}
+
 /// The last columns of a change-data-capture batch into a table: a declared NOT NULL column's
 /// nulls (of TRUNCATE rows and deleted rows' non-key columns, whose values do not matter) filled
 /// with the type's default, then the `__deleted` flags (None: a TRUNCATE).

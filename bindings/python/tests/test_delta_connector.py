@@ -104,7 +104,6 @@ def test_delta_sinks_survive_sigkill_and_read_back_by_deltalake_and_polars(tmp_p
     t0 = 1_700_000_000_000
     all_rows = []
     n_files = 0
-    kills = 0
     for _round in range(10):
         child = subprocess.Popen([sys.executable, "-c", CHILD, db, sql, json.dumps(CONFIG)], stdout=subprocess.PIPE)
         assert child.stdout.readline().strip() == b"ready"
@@ -118,8 +117,6 @@ def test_delta_sinks_survive_sigkill_and_read_back_by_deltalake_and_polars(tmp_p
             time.sleep(rng.uniform(0, 0.08))
         child.send_signal(signal.SIGKILL)
         child.wait()
-        kills += 1
-    assert kills == 10
 
     conn = laminardb.open(db, config=CONFIG)
     conn.execute(sql)

@@ -273,23 +273,7 @@ impl Snapshot {
 
     /// Refuses a table this reader cannot read correctly (`what` names the source).
     pub(super) fn check_readable(&self, table: &Path, what: &str) -> Result<()> {
-        const KNOWN: &[&str] =
-            &["timestampNtz", "deletionVectors", "v2Checkpoint", "vacuumProtocolCheck", "typeWidening-preview"];
-        let p = &self.protocol;
-        if p.min_reader > 3 || p.min_reader == 2 {
-            return Err(Error::not_implemented(format!(
-                "{what}: Delta table '{}' needs reader version {} (column mapping); LaminarDB reads versions 1 and 3",
-                table.display(),
-                p.min_reader
-            )));
-        }
-        if let Some(f) = p.reader_features.iter().find(|f| !KNOWN.contains(&f.as_str())) {
-            return Err(Error::not_implemented(format!(
-                "{what}: Delta table '{}' uses the reader feature '{}', which LaminarDB does not read",
-                table.display(),
-                clip(f)
-            )));
-        }
+        self.protocol.check_readable(table, what)?;
         if let Some(f) = self.files.values().find(|f| f.deletion_vector) {
             return Err(Error::not_implemented(format!(
                 "{what}: Delta table '{}': file '{}' has a deletion vector (rows deleted in place), which LaminarDB does not read",
@@ -303,6 +287,37 @@ impl Snapshot {
     /// Refuses a table this writer cannot append to correctly.
     pub(super) fn check_writable(&self, table: &Path, what: &str) -> Result<()> {
         self.check_readable(table, what)?;
+        self.protocol.check_writable(table, what)?;
+        self.metadata.check_writable(table, what)
+    }
+}
+
+impl Protocol {
+    /// Refuses reader versions and features this reader does not implement.
+    pub(super) fn check_readable(&self, table: &Path, what: &str) -> Result<()> {
+        const KNOWN: &[&str] =
+            &["timestampNtz", "deletionVectors", "v2Checkpoint", "vacuumProtocolCheck", "typeWidening-preview"];
+        if self.min_reader > 3 || self.min_reader == 2 {
+            return Err(Error::not_implemented(format!(
+                "{what}: Delta table '{}' needs reader version {} (column mapping); LaminarDB reads versions 1 and 3",
+                table.display(),
+                self.min_reader
+            )));
+        }
+        if let Some(f) = self.reader_features.iter().find(|f| !KNOWN.contains(&f.as_str())) {
+            return Err(Error::not_implemented(format!(
+                "{what}: Delta table '{}' uses the reader feature '{}', which LaminarDB does not read",
+                table.display(),
+                clip(f)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses writer versions and features this writer does not honour (and what a reader
+    /// refuses).
+    pub(super) fn check_writable(&self, table: &Path, what: &str) -> Result<()> {
+        self.check_readable(table, what)?;
         const KNOWN: &[&str] = &[
             "appendOnly",
             "invariants",
@@ -314,29 +329,36 @@ impl Snapshot {
             "checkConstraints",
             "domainMetadata",
         ];
-        let p = &self.protocol;
         let refuse = |m: String| Err(Error::not_implemented(format!("{what}: Delta table '{}' {m}", table.display())));
-        if (3..7).contains(&p.min_writer) || p.min_writer > 7 {
+        if (3..7).contains(&self.min_writer) || self.min_writer > 7 {
             return refuse(format!(
                 "needs writer version {} (constraints, generated or identity columns, column mapping); LaminarDB writes versions 1, 2 and 7",
-                p.min_writer
+                self.min_writer
             ));
         }
-        if let Some(f) = p.writer_features.iter().find(|f| !KNOWN.contains(&f.as_str())) {
+        if let Some(f) = self.writer_features.iter().find(|f| !KNOWN.contains(&f.as_str())) {
             return refuse(format!("uses the writer feature '{}', which LaminarDB does not write", clip(f)));
         }
-        if let Some(k) = self.metadata.configuration.keys().find(|k| k.starts_with("delta.constraints.")) {
+        Ok(())
+    }
+}
+
+impl Metadata {
+    /// Refuses constraints and invariants, which this writer does not enforce.
+    pub(super) fn check_writable(&self, table: &Path, what: &str) -> Result<()> {
+        let refuse = |m: String| Err(Error::not_implemented(format!("{what}: Delta table '{}' {m}", table.display())));
+        if let Some(k) = self.configuration.keys().find(|k| k.starts_with("delta.constraints.")) {
             return refuse(format!("has the CHECK constraint '{}', which LaminarDB does not enforce", clip(k)));
         }
-        if let Some(f) = self.metadata.fields.iter().find(|f| f.metadata.get("delta.invariants").is_some()) {
+        if let Some(f) = self.fields.iter().find(|f| f.metadata.get("delta.invariants").is_some()) {
             return refuse(format!("has an invariant on column '{}', which LaminarDB does not enforce", clip(&f.name)));
         }
         Ok(())
     }
 }
 
-/// The latest version in the log after `known` (or from the start): the commits that follow
-/// it, read one by one. Returns the new commits' actions, in order.
+/// The commits after version `known`, read one by one until the first missing version, with
+/// their actions, in order.
 pub(super) fn commits_after(table: &Path, known: u64) -> Result<Vec<(u64, Vec<Action>)>> {
     let mut out = vec![];
     let mut v = known + 1;

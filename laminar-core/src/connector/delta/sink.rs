@@ -331,21 +331,11 @@ impl DeltaSink {
                     Action::Remove { path, .. } => {
                         self.live.remove(&path);
                     }
-                    Action::Metadata(m) => self.check_table(&m)?,
-                    Action::Protocol(p) => {
-                        let snap = Snapshot {
-                            version: v,
-                            protocol: p,
-                            metadata: Metadata {
-                                fields: vec![],
-                                partition_columns: vec![],
-                                configuration: BTreeMap::new(),
-                            },
-                            files: BTreeMap::new(),
-                            txns: HashMap::new(),
-                        };
-                        snap.check_writable(&self.dir, &self.what)?;
+                    Action::Metadata(m) => {
+                        m.check_writable(&self.dir, &self.what)?;
+                        self.check_table(&m)?;
                     }
+                    Action::Protocol(p) => p.check_writable(&self.dir, &self.what)?,
                     _ => {}
                 }
             }
@@ -765,7 +755,7 @@ impl Sink for DeltaSink {
             // Created now, or after the last checkpoint: its epochs start afresh, so an earlier
             // sink's txn for this id (higher epochs) must not make a commit look done.
             None => {
-                self.catch_up(true)?;
+                // (open_table just read the log to its end: self.txn is the latest.)
                 if self.txn.is_some_and(|t| t > 0) {
                     let info = self.commit_info("SET TRANSACTION", json!({"appId": self.app_id, "version": "0"}));
                     self.commit_log(0, vec![info], false)?;

@@ -138,20 +138,7 @@ impl DeltaSource {
                         )));
                     }
                     Action::Metadata(m) => self.partition_columns = m.partition_columns,
-                    Action::Protocol(p) => {
-                        let snap = Snapshot {
-                            version: v,
-                            protocol: p,
-                            metadata: log::Metadata {
-                                fields: vec![],
-                                partition_columns: vec![],
-                                configuration: Default::default(),
-                            },
-                            files: Default::default(),
-                            txns: Default::default(),
-                        };
-                        snap.check_readable(&self.dir, &self.what)?;
-                    }
+                    Action::Protocol(p) => p.check_readable(&self.dir, &self.what)?,
                     _ => {}
                 }
             }

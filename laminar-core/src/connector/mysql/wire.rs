@@ -62,14 +62,7 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn connect(cfg: &MyConfig, timeout: Duration) -> Result<Conn> {
         let what = format!("MySQL '{}'", cfg.describe());
-        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("{what}: {e}"));
-        let addrs: Vec<std::net::SocketAddr> =
-            std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port)).map_err(io)?.collect();
-        let a = addrs.first().ok_or_else(|| io(std::io::Error::other("no address")))?;
-        let s = TcpStream::connect_timeout(a, timeout).map_err(io)?;
-        s.set_nodelay(true).map_err(io)?;
-        s.set_read_timeout(Some(timeout)).map_err(io)?;
-        s.set_write_timeout(Some(timeout)).map_err(io)?;
+        let s = crate::connector::connect_tcp(&cfg.host, cfg.port, timeout, &what)?;
         let mut c = Conn {
             s,
             buf: Vec::with_capacity(1 << 16),

@@ -56,13 +56,8 @@ impl Conn {
     /// replication (`replication=database`), which takes replication commands and simple SQL.
     pub(crate) fn connect(cfg: &PgConfig, replication: bool, timeout: Duration) -> Result<Conn> {
         let what = format!("PostgreSQL '{}'", cfg.describe());
+        let s = crate::connector::connect_tcp(&cfg.host, cfg.port, timeout, &what)?;
         let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("PostgreSQL '{}': {e}", cfg.describe()));
-        let addrs: Vec<std::net::SocketAddr> =
-            std::net::ToSocketAddrs::to_socket_addrs(&(cfg.host.as_str(), cfg.port)).map_err(io)?.collect();
-        let a = addrs.first().ok_or_else(|| io(std::io::Error::other("no address")))?;
-        let s = TcpStream::connect_timeout(a, timeout).map_err(io)?;
-        s.set_nodelay(true).map_err(io)?;
-        s.set_read_timeout(Some(timeout)).map_err(io)?;
         let mut c = Conn { s, buf: Vec::with_capacity(1 << 16), at: 0, what };
         let mut params: Vec<(&str, &str)> = vec![
             ("user", &cfg.user),
