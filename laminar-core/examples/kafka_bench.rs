@@ -7,7 +7,9 @@
 //!      ratio (b) / (a) (target ≥ 0.7), and records per CPU-second of the whole process;
 //!  (c) the KAFKA sink writing the same number of JSON rows, pushed through a writer, with
 //!      `exactly-once` (transactions per epoch, checkpoints every second) beside `at-least-once`:
-//!      rows/s of each and the ratio (target ≥ 0.8).
+//!      rows/s of each and the ratio (target ≥ 0.8); the modes alternate `--sink-runs` times
+//!      (default 2) and the best run of each is compared; each run prints its checkpoints' count,
+//!      time and bytes.
 //!
 //! ```text
 //! scripts/services.sh start kafka
@@ -72,11 +74,13 @@ fn ts_text(ms: u64) -> String {
 
 fn main() -> BoxResult<()> {
     let mut records: u64 = 1_000_000;
+    let mut sink_runs: u32 = 2;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--records" => records = args.next().ok_or("--records N")?.parse()?,
-            other => return Err(format!("unknown argument {other} (use --records N)").into()),
+            "--sink-runs" => sink_runs = args.next().ok_or("--sink-runs N")?.parse()?,
+            other => return Err(format!("unknown argument {other} (use --records N, --sink-runs N)").into()),
         }
     }
     let b = broker()?;
@@ -187,33 +191,49 @@ fn main() -> BoxResult<()> {
             .unwrap()
         })
         .collect();
-    let mut rates = vec![];
-    for mode in ["exactly-once", "at-least-once"] {
-        let out = format!("bench-out-{mode}-{run}");
-        create_topic(&b, &out, PARTITIONS)?;
-        let dir = std::env::temp_dir().join(format!("laminar-kafka-bench-{mode}-{run}"));
-        let mut cfg = Config::default();
-        cfg.set("durability", "checkpoint")?;
-        cfg.set("checkpoint_interval", "1s")?;
-        let db = Database::open(&dir.display().to_string(), cfg)?;
-        db.execute(&format!(
-            "CREATE SOURCE s (k BIGINT, v BIGINT, ts TIMESTAMP);
-             CREATE SINK o FROM s INTO KAFKA WITH (topic = '{out}', 'properties.bootstrap.servers' = '{b}',
-                 'sink.delivery-guarantee' = '{mode}', 'properties.linger.ms' = '20')"
-        ))?;
-        let mut w = db.writer("s")?;
-        let t = Instant::now();
-        for batch in &batches {
-            w.write(batch.clone())?;
+    // The two modes alternate, `--sink-runs` times each (default 2), and the best run of each
+    // counts: the broker shares this machine, and a mode run first would pay its warm-up.
+    let modes = ["exactly-once", "at-least-once"];
+    let mut best = [0f64; 2];
+    for round in 0..sink_runs.max(1) {
+        for (mi, mode) in modes.iter().enumerate() {
+            let out = format!("bench-out-{mode}-{run}-{round}");
+            create_topic(&b, &out, PARTITIONS)?;
+            let dir = std::env::temp_dir().join(format!("laminar-kafka-bench-{mode}-{run}-{round}"));
+            let mut cfg = Config::default();
+            cfg.set("durability", "checkpoint")?;
+            cfg.set("checkpoint_interval", "1s")?;
+            let db = Database::open(&dir.display().to_string(), cfg)?;
+            db.execute(&format!(
+                "CREATE SOURCE s (k BIGINT, v BIGINT, ts TIMESTAMP);
+                 CREATE SINK o FROM s INTO KAFKA WITH (topic = '{out}', 'properties.bootstrap.servers' = '{b}',
+                     'sink.delivery-guarantee' = '{mode}', 'properties.linger.ms' = '20')"
+            ))?;
+            let mut w = db.writer("s")?;
+            let t = Instant::now();
+            for batch in &batches {
+                w.write(batch.clone())?;
+            }
+            w.flush()?;
+            db.checkpoint()?; // the last epoch committed
+            let secs = t.elapsed().as_secs_f64();
+            let rate = records as f64 / secs;
+            let c = db.metrics()?.checkpoints;
+            println!(
+                "  (c) KAFKA sink, {mode:<13}:     {rate:>12.0} rows/s ({secs:.2} s; {} checkpoints taking {:.2} s, {:.1} MB written)",
+                c.completed,
+                c.duration_seconds.sum,
+                c.size_bytes.sum / 1e6
+            );
+            best[mi] = best[mi].max(rate);
+            db.close();
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        w.flush()?;
-        db.checkpoint()?; // the last epoch committed
-        let rate = records as f64 / t.elapsed().as_secs_f64();
-        println!("  (c) KAFKA sink, {mode:<13}:     {rate:>12.0} rows/s");
-        rates.push(rate);
-        db.close();
-        let _ = std::fs::remove_dir_all(&dir);
     }
-    println!("      exactly-once / at-least-once: {:.2} (target >= 0.8)", rates[0] / rates[1]);
+    println!(
+        "      exactly-once / at-least-once (best of {} each): {:.2} (target >= 0.8)",
+        sink_runs.max(1),
+        best[0] / best[1]
+    );
     Ok(())
 }

@@ -406,6 +406,95 @@ fn topic_pattern_the_topic_column_and_startup_modes() {
     assert!(rows.iter().all(|r| r.parse::<i64>().unwrap() >= 100), "{rows:?}");
 }
 
+/// Partition discovery: topics created after the reader opened that match `topic-pattern`, and
+/// partitions added to a topic being read, are found while it runs and read from their
+/// beginning although the source starts at the latest offset; a partition found with nothing
+/// read yet is read from its beginning after a restart too; nothing twice.
+#[test]
+fn new_topics_and_partitions_are_found_while_the_source_runs() {
+    let b = broker();
+    let u = unique("disc");
+    let (ta, tb, tc) = (format!("{u}-a"), format!("{u}-b"), format!("{u}-c"));
+    create_topic(&b, &ta, 1);
+    let p = producer(&b);
+    for i in 0..4 {
+        send(&p, &ta, 0, &format!("{{\"x\": {i}}}"));
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let dir = common_tmp("kafka-discovery");
+    let mut cfg = Config::default();
+    cfg.set("durability", "checkpoint").unwrap();
+    cfg.set("checkpoint_interval", "0").unwrap();
+    let db = Database::open(&dir, cfg.clone()).unwrap();
+    db.execute(&format!(
+        "CREATE SOURCE s (x BIGINT, _topic VARCHAR, _partition INT) FROM KAFKA WITH (
+             'topic-pattern' = '{u}-.*', 'properties.bootstrap.servers' = '{b}',
+             'scan.startup.mode' = 'latest-offset', 'scan.topic-partition-discovery.interval' = '200ms');
+         CREATE MATERIALIZED VIEW v AS SELECT x, _topic, _partition FROM s"
+    ))
+    .unwrap();
+    let partitions = |db: &Database| -> Vec<String> {
+        db.metrics().unwrap().sources[0].partitions.iter().map(|(k, _)| k.clone()).collect()
+    };
+    // The reader has opened (and resolved the pattern) once its partition has counters.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !partitions(&db).contains(&format!("{ta}/0")) {
+        assert!(Instant::now() < deadline, "the reader did not open: {:?}", partitions(&db));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A new topic of two partitions, and two partitions added to the one being read.
+    create_topic(&b, &tb, 2);
+    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &b).create().unwrap();
+    let more = rdkafka::admin::NewPartitions::new(&ta, 3);
+    for r in futures::executor::block_on(admin.create_partitions(&[more], &AdminOptions::new())).unwrap() {
+        r.unwrap();
+    }
+    let p = producer(&b); // one that knows the new partitions
+    send(&p, &tb, 0, "{\"x\": 20}");
+    send(&p, &tb, 1, "{\"x\": 21}");
+    send(&p, &ta, 1, "{\"x\": 30}");
+    send(&p, &ta, 2, "{\"x\": 31}");
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut want = vec![
+        format!("20|{tb}|0"),
+        format!("21|{tb}|1"),
+        format!("30|{ta}|1"),
+        format!("31|{ta}|2"),
+    ];
+    want.sort();
+    assert_eq!(mv_rows(&db, "SELECT x, _topic, _partition FROM v", 4), want, "the records already in {ta}/0 are not read (latest-offset)");
+    let mut parts = partitions(&db);
+    parts.sort();
+    let mut want_parts = vec![format!("{ta}/0"), format!("{ta}/1"), format!("{ta}/2"), format!("{tb}/0"), format!("{tb}/1")];
+    want_parts.sort();
+    assert_eq!(parts, want_parts);
+
+    // A topic found while the source runs, with nothing in it before a restart.
+    create_topic(&b, &tc, 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !partitions(&db).contains(&format!("{tc}/0")) {
+        assert!(Instant::now() < deadline, "{tc} was not found: {:?}", partitions(&db));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A record read after the new partition was named: once it is in, so is the name.
+    send(&p, &ta, 0, "{\"x\": 49}");
+    p.flush(Duration::from_secs(30)).unwrap();
+    mv_rows(&db, "SELECT x FROM v", 5);
+    db.checkpoint().unwrap();
+    db.close();
+    send(&p, &tc, 0, "{\"x\": 50}");
+    p.flush(Duration::from_secs(30)).unwrap();
+    let db = Database::open(&dir, cfg).unwrap();
+    want.push(format!("49|{ta}|0"));
+    want.push(format!("50|{tc}|0"));
+    want.sort();
+    assert_eq!(mv_rows(&db, "SELECT x, _topic, _partition FROM v", 6), want);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sorted(&db.query("SELECT x, _topic, _partition FROM v").unwrap()), want, "nothing read twice");
+    db.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// 1 % of the records malformed: `skip` counts them, `dead_letter` gives each (payload, key,
 /// partition, offset, error) to a source of its own; the totals add up to the input, a restart
 /// from the checkpoint gives none twice, and each checkpoint's offsets become the consumer

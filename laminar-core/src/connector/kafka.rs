@@ -6,7 +6,8 @@
 //! | option | as | meaning |
 //! |---|---|---|
 //! | `topic` | both | the topic (it must exist: nothing is created) |
-//! | `topic-pattern` | source | instead of `topic`: a regular expression over whole topic names, resolved when the reader opens |
+//! | `topic-pattern` | source | instead of `topic`: a regular expression over whole topic names, resolved when the reader opens and again at each partition discovery |
+//! | `scan.topic-partition-discovery.interval` | source | how often new partitions (and, with `topic-pattern`, new matching topics) are looked for (default `10s`, `0` off); one found is read from its beginning |
 //! | `properties.bootstrap.servers` | both | the brokers, `host:port,…` |
 //! | `properties.<name>` | both | passed to librdkafka as `<name>` (`properties.group.id`, `properties.security.protocol`, …) |
 //! | `format` | both | `json` (one object per record), `csv` (one line per record, columns by position), `raw` (source: the value as the one `VARCHAR`/`BYTES` column), `debezium-json` (change envelopes: a source into a table, a sink from a changelog), `avro` (one Avro binary datum per record, no framing), `avro-confluent` (Avro in Confluent's framing: magic byte 0, the schema id, the datum) |

@@ -89,6 +89,13 @@ pub(crate) struct KafkaSource {
     lag_checked: Option<std::time::Instant>,
     /// Catching up (logged at INFO).
     catch_up: CatchUp,
+    /// `scan.topic-partition-discovery.interval` (None: 0, off): how often the brokers are asked
+    /// for new partitions of the topic (and, with `topic-pattern`, new matching topics).
+    discovery: Option<Duration>,
+    /// When partitions were last looked for.
+    discovered_at: Option<std::time::Instant>,
+    /// Partitions assigned per topic of `topics` (0..n each).
+    partitions: Vec<i32>,
 }
 
 /// The high watermark of a partition as librdkafka last saw it in a fetch response
@@ -109,6 +116,14 @@ fn cached_high_watermark(c: &BaseConsumer, topic: &str, partition: i32) -> Optio
     };
     (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
+
+/// The default of `scan.topic-partition-discovery.interval`.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The position recorded for a partition found after the reader opened, before any of its
+/// records is read: its beginning (librdkafka's `RD_KAFKA_OFFSET_BEGINNING`), so that a restart
+/// reads it from there whatever `scan.startup.mode` says.
+const FROM_BEGINNING: &str = "-2";
 
 /// The records a source must be behind at its first lag check to log its catch-up.
 const CATCH_UP_LOG_MIN: i64 = 10_000;
@@ -205,6 +220,7 @@ impl KafkaSource {
             )));
         }
         let on_error = OnError::from_options(&mut o, true)?;
+        let discovery = o.duration("scan.topic-partition-discovery.interval", DISCOVERY_INTERVAL)?;
         o.finish()?;
         if config.get("group.id").is_none() {
             config.set("group.id", format!("laminardb-{source}"));
@@ -290,6 +306,9 @@ impl KafkaSource {
             stats: Default::default(),
             lag_checked: None,
             catch_up: CatchUp::default(),
+            discovery: (!discovery.is_zero()).then_some(discovery),
+            discovered_at: None,
+            partitions: vec![],
         })
     }
 
@@ -653,6 +672,70 @@ impl KafkaSource {
         };
     }
 
+    /// Every `scan.topic-partition-discovery.interval`: asks the brokers for partitions added to
+    /// the topic (and topics created that match `topic-pattern`) since the reader opened, and
+    /// reads each from its beginning, as Flink does. The new partition is named at once with
+    /// [`FROM_BEGINNING`] as its position, so it holds the watermark back like every other
+    /// partition until it has data, and a restart reads it from the beginning. A request that
+    /// fails is asked again at the next interval (the source's reads report the outage).
+    fn discover(&mut self) {
+        let Some(every) = self.discovery else { return };
+        if self.discovered_at.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.discovered_at = Some(std::time::Instant::now());
+        let Some(consumer) = self.consumer.as_ref() else { return };
+        let asked = if self.pattern.is_some() { None } else { Some(self.topic.as_str()) };
+        let md = match consumer.fetch_metadata(asked, Duration::from_secs(2)) {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!(target: "laminardb", "KAFKA source '{}': looking for new partitions: {e}", self.source);
+                return;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        let mut found = vec![];
+        for t in md.topics() {
+            let wanted = match &self.pattern {
+                None => t.name() == self.topic,
+                Some(re) => !t.name().starts_with("__") && re.is_match(t.name()),
+            };
+            if !wanted || t.error().is_some() || t.partitions().is_empty() {
+                continue;
+            }
+            let ti = match self.topics.iter().position(|x| x == t.name()) {
+                Some(i) => i,
+                None => {
+                    self.topics.push(t.name().to_string());
+                    self.partitions.push(0);
+                    self.topics.len() - 1
+                }
+            };
+            let n = t.partitions().len() as i32;
+            for p in self.partitions[ti]..n {
+                if tpl.add_partition_offset(t.name(), p, Offset::Beginning).is_ok() {
+                    found.push((ti, p));
+                }
+            }
+        }
+        if found.is_empty() {
+            return;
+        }
+        if let Err(e) = consumer.incremental_assign(&tpl) {
+            log::warn!(target: "laminardb", "KAFKA source '{}': cannot read the new partitions: {e}", self.source);
+            return;
+        }
+        let names: Vec<String> = found.iter().map(|(t, p)| format!("{}/{p}", self.topics[*t])).collect();
+        log::info!(target: "laminardb", "KAFKA source '{}': reading new partitions {}", self.source, clip(&names.join(", ")));
+        for (ti, p) in found {
+            self.partitions[ti] = self.partitions[ti].max(p + 1);
+            self.stats.lock().entry(self.key(ti, p)).or_default();
+            let empty = RecordBatch::new_empty(self.schema.clone());
+            let partition = self.key(ti, p);
+            self.ready.push_back(Poll::Data(empty, Position { partition, offset: FROM_BEGINNING.into(), finished: false }));
+        }
+    }
+
     /// The declared columns: decoded values and metadata, in the source's order.
     fn assemble(&self, values: RecordBatch, recs: &[Rec]) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
@@ -727,13 +810,17 @@ impl SourceReader for KafkaSource {
         for (ti, (topic, parts)) in topics.iter().enumerate() {
             for p in 0..*parts {
                 let offset = match positions.get(&self.key(ti, p)) {
-                    Some(o) => Offset::Offset(o.parse().map_err(|_| {
-                        Error::invalid_data(format!(
-                            "KAFKA source '{}': recorded offset '{}' is not a number",
-                            self.source,
-                            clip(o)
-                        ))
-                    })?),
+                    Some(o) => match o.parse::<i64>() {
+                        Ok(n) if n >= 0 => Offset::Offset(n),
+                        Ok(_) => Offset::Beginning,
+                        Err(_) => {
+                            return Err(Error::invalid_data(format!(
+                                "KAFKA source '{}': recorded offset '{}' is not a number",
+                                self.source,
+                                clip(o)
+                            )));
+                        }
+                    },
                     None => match self.startup {
                         Startup::Earliest => Offset::Beginning,
                         Startup::Latest => Offset::End,
@@ -765,6 +852,8 @@ impl SourceReader for KafkaSource {
         }
         consumer.assign(&tpl).map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
         self.consumer = Some(consumer);
+        self.partitions = topics.iter().map(|t| t.1).collect();
+        self.discovered_at = Some(std::time::Instant::now());
         // Every partition holds the watermark back until it has data (the watermark is the
         // minimum over the partitions): announced with an empty batch and no offset to record.
         self.ready.clear();
@@ -779,6 +868,10 @@ impl SourceReader for KafkaSource {
     }
 
     fn poll(&mut self) -> Result<Poll> {
+        if let Some(p) = self.ready.pop_front() {
+            return Ok(p);
+        }
+        self.discover();
         if let Some(p) = self.ready.pop_front() {
             return Ok(p);
         }
@@ -887,6 +980,9 @@ impl SourceReader for KafkaSource {
         let mut tpl = TopicPartitionList::new();
         for (key, offset) in positions {
             let Ok(o) = offset.parse::<i64>() else { continue };
+            if o < 0 {
+                continue; // a partition found later, none of it read yet
+            }
             let (topic, partition) = match key.rsplit_once('/') {
                 Some((t, p)) if self.pattern.is_some() => (t, p),
                 _ => (self.topics.first().map_or("", String::as_str), key.as_str()),
