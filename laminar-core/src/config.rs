@@ -199,7 +199,7 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
             "with state_backend rocksdb: state an aggregate keeps in memory before spilling, e.g. '64MB' (default 256MiB)"
         }
         "memory_limit" => {
-            "operator state allowed before a query fails with RESOURCE_EXHAUSTED, e.g. '512MB' (default: no limit)"
+            "operator state allowed before a query fails with RESOURCE_EXHAUSTED, and the unread bytes an on_full = lag subscription may hold, e.g. '512MB' (default: no limit)"
         }
         "buffer_size" => "batches a subscription buffers before on_full applies (default 1024)",
         "idle_timeout" => {

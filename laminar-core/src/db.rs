@@ -536,9 +536,10 @@ impl Database {
         }
         let cap = opts.buffer_size.unwrap_or(self.inner.config.buffer_size);
         let on_full = opts.on_full.unwrap_or(self.inner.config.on_full);
-        let (slot, sub) = new_pair(name, s.output_schema.clone(), cap + backlog.len(), on_full);
+        let limit = self.inner.config.memory_limit.map(|l| l as u64);
+        let (slot, sub) = new_pair(name, s.output_schema.clone(), cap + backlog.len(), on_full, limit);
         for m in backlog {
-            let _ = slot.tx.try_send(m);
+            slot.preload(m);
         }
         s.subscribers.push(slot);
         prune_subscribers(&mut eng);

@@ -455,17 +455,17 @@ fn new_topics_and_partitions_are_found_while_the_source_runs() {
     send(&p, &ta, 1, "{\"x\": 30}");
     send(&p, &ta, 2, "{\"x\": 31}");
     p.flush(Duration::from_secs(30)).unwrap();
-    let mut want = vec![
-        format!("20|{tb}|0"),
-        format!("21|{tb}|1"),
-        format!("30|{ta}|1"),
-        format!("31|{ta}|2"),
-    ];
+    let mut want = vec![format!("20|{tb}|0"), format!("21|{tb}|1"), format!("30|{ta}|1"), format!("31|{ta}|2")];
     want.sort();
-    assert_eq!(mv_rows(&db, "SELECT x, _topic, _partition FROM v", 4), want, "the records already in {ta}/0 are not read (latest-offset)");
+    assert_eq!(
+        mv_rows(&db, "SELECT x, _topic, _partition FROM v", 4),
+        want,
+        "the records already in {ta}/0 are not read (latest-offset)"
+    );
     let mut parts = partitions(&db);
     parts.sort();
-    let mut want_parts = vec![format!("{ta}/0"), format!("{ta}/1"), format!("{ta}/2"), format!("{tb}/0"), format!("{tb}/1")];
+    let mut want_parts =
+        vec![format!("{ta}/0"), format!("{ta}/1"), format!("{ta}/2"), format!("{tb}/0"), format!("{tb}/1")];
     want_parts.sort();
     assert_eq!(parts, want_parts);
 

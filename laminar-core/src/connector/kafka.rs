@@ -33,8 +33,10 @@
 //! (`INT`/`BIGINT`), `_offset` (`BIGINT`), `_timestamp` (`TIMESTAMP`), `_topic` (`VARCHAR`).
 //!
 //! The exactly-once sink keeps the results of the open epoch, writes them into a transaction as
-//! they come, and at the checkpoint flushes the transaction and stores the epoch's results in
-//! the checkpoint; once the checkpoint is durable it commits the transaction together with a
+//! they come, and at the checkpoint stores the epoch's results in the checkpoint (without
+//! waiting for the records still in flight: a record that fails fails the commit, and a restart
+//! writes the stored results again); once the checkpoint is durable it commits the transaction
+//! (which waits for every record's delivery) together with a
 //! marker (the offset of the consumer group named by the transactional id, on partition 0 of
 //! the topic, set to the epoch). After a crash, the new producer's `init_transactions` fences
 //! the old one and aborts its open transaction; if the restored checkpoint's epoch is above the

@@ -44,13 +44,13 @@ pub(super) struct Manifest {
     pub(super) state: Option<(String, Vec<(String, u64, Option<u32>)>)>,
 }
 
-/// A blob's name: its CRC-32 and 64-bit FNV-1a together (96 bits) and its length.
+/// A blob's name: its CRC-32, the first 128 bits of its BLAKE3 hash, and its length. An
+/// identical object of a later checkpoint is found by this name and not written again, so the
+/// name must not collide for different contents (BLAKE3 hashes over 1 GB/s on one core, where
+/// the byte-at-a-time FNV-1a used before was several times slower on a large object).
 pub(super) fn blob_name(data: &[u8], crc: u32) -> String {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for &b in data {
-        h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-    }
-    format!("{crc:08x}{h:016x}-{}", data.len())
+    let h = blake3::hash(data);
+    format!("{crc:08x}{}-{}", &h.to_hex()[..32], data.len())
 }
 
 pub(super) fn hex(s: &str) -> String {

@@ -1,8 +1,10 @@
 //! Subscriptions to a stream: a bounded buffer per subscriber, filled by the pipeline, read by
 //! pull (`next`, `next_timeout`, `try_next`) or by a push callback on an engine-owned thread with
 //! `request(n)` credits. The slow-subscriber rule (DESIGN §2): with `on_full = lag` (default) a
-//! full buffer ends that subscription with "lagged: N batches unread" on its next read; with
-//! `on_full = block` the pipeline waits for the reader.
+//! full buffer ends that subscription with "lagged: N batches unread" on its next read, and so
+//! does a buffer whose batches would hold more than `memory_limit` bytes; with `on_full = block`
+//! the pipeline waits for the reader (the buffer then holds at most `buffer_size` batches,
+//! whatever their bytes).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +24,12 @@ pub(crate) type Msg = (u64, RecordBatch);
 
 pub(crate) struct SubShared {
     pub lagged: AtomicU64,
+    /// Bytes of the batches in the buffer (`on_full = lag`).
+    bytes: AtomicU64,
+    /// The database's `memory_limit`: a lagging buffer may hold that many bytes.
+    byte_limit: Option<u64>,
+    /// The bytes the buffer would have held when it was ended for passing `byte_limit`.
+    lagged_bytes: AtomicU64,
     pub cancelled: AtomicBool,
     /// The pipeline's end is gone (database closed, stream dropped or failed, subscriber lagged):
     /// nothing more will arrive after what is buffered.
@@ -85,16 +93,23 @@ impl SubscriberSlot {
             return Delivered::Drop;
         }
         match self.on_full {
-            OnFull::Lag => match self.tx.try_send(msg) {
-                Ok(()) => Delivered::Ok,
-                Err(TrySendError::Full(_)) => {
-                    self.shared.lagged.store(self.tx.len() as u64 + 1, Ordering::Release);
-                    // Wake a reader blocked on the cancel channel too.
-                    self.shared.cancel_tx.lock().take();
-                    Delivered::Drop
+            OnFull::Lag => {
+                let size = msg.1.get_array_memory_size() as u64;
+                let held = self.shared.bytes.fetch_add(size, Ordering::AcqRel);
+                // One batch is taken whatever its size when the buffer is empty.
+                if let Some(limit) = self.shared.byte_limit
+                    && held > 0
+                    && held + size > limit
+                {
+                    self.shared.lagged_bytes.store(held + size, Ordering::Release);
+                    return self.lagged();
                 }
-                Err(TrySendError::Disconnected(_)) => Delivered::Drop,
-            },
+                match self.tx.try_send(msg) {
+                    Ok(()) => Delivered::Ok,
+                    Err(TrySendError::Full(_)) => self.lagged(),
+                    Err(TrySendError::Disconnected(_)) => Delivered::Drop,
+                }
+            }
             OnFull::Block => {
                 if self.shared.backlogged.load(Ordering::Acquire) {
                     pending.push(Pending { tx: self.tx.clone(), shared: self.shared.clone(), msg });
@@ -110,6 +125,22 @@ impl SubscriberSlot {
                     Err(TrySendError::Disconnected(_)) => Delivered::Drop,
                 }
             }
+        }
+    }
+
+    /// Ends a lagging subscription: the reader gets RESOURCE_EXHAUSTED after what is buffered.
+    fn lagged(&self) -> Delivered {
+        self.shared.lagged.store(self.tx.len() as u64 + 1, Ordering::Release);
+        // Wake a reader blocked on the cancel channel too.
+        self.shared.cancel_tx.lock().take();
+        Delivered::Drop
+    }
+
+    /// Puts `msg` in the buffer of a new subscription (its backlog of retained results).
+    pub(crate) fn preload(&self, msg: Msg) {
+        let size = msg.1.get_array_memory_size() as u64;
+        if self.tx.try_send(msg).is_ok() {
+            self.shared.bytes.fetch_add(size, Ordering::AcqRel);
         }
     }
 
@@ -197,11 +228,15 @@ pub(crate) fn new_pair(
     schema: SchemaRef,
     capacity: usize,
     on_full: OnFull,
+    byte_limit: Option<u64>,
 ) -> (SubscriberSlot, Subscription) {
     let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
     let (cancel_tx, cancel_rx) = crossbeam_channel::bounded(1);
     let shared = Arc::new(SubShared {
         lagged: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        byte_limit,
+        lagged_bytes: AtomicU64::new(0),
         cancelled: AtomicBool::new(false),
         ended: AtomicBool::new(false),
         dead: AtomicBool::new(false),
@@ -228,6 +263,17 @@ impl Subscription {
 
     fn check_lagged(&self) -> Result<()> {
         let n = self.shared.lagged.load(Ordering::Acquire);
+        let bytes = self.shared.lagged_bytes.load(Ordering::Acquire);
+        if n > 0 && bytes > 0 {
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                format!(
+                    "subscription to '{}' lagged: {n} batches ({bytes} bytes) unread would pass memory_limit {}; it was ended so the pipeline could go on (read faster, or subscribe with on_full = block)",
+                    self.stream,
+                    self.shared.byte_limit.unwrap_or_default()
+                ),
+            ));
+        }
         if n > 0 {
             return Err(Error::new(
                 ErrorKind::ResourceExhausted,
@@ -252,6 +298,11 @@ impl Subscription {
     fn map(&self, m: std::result::Result<Msg, crossbeam_channel::RecvError>) -> Result<Next> {
         match m {
             Ok((e, b)) => {
+                let size = b.get_array_memory_size() as u64;
+                let _ = self
+                    .shared
+                    .bytes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(size)));
                 self.epoch.store(e, Ordering::Release);
                 Ok(Next::Batch(b))
             }

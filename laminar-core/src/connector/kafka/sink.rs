@@ -353,6 +353,11 @@ impl KafkaSink {
 
     fn flush(&self) -> Result<()> {
         self.producer().flush(CALL_TIMEOUT).map_err(|e| self.err("cannot flush", e))?;
+        self.delivery_failed()
+    }
+
+    /// The first record librdkafka reported undelivered since the last check, as an `IO` error.
+    fn delivery_failed(&self) -> Result<()> {
         if let Some(e) = self.producer().context().failed.lock().take() {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -374,7 +379,9 @@ impl KafkaSink {
             .ok_or_else(|| Error::internal("KAFKA sink: no consumer group metadata"))?;
         let p = self.producer();
         p.send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT).map_err(|e| self.err("cannot record the epoch", e))?;
+        // Delivers what is still in flight first; a record that fails fails the commit.
         p.commit_transaction(CALL_TIMEOUT).map_err(|e| self.err("cannot commit the transaction", e))?;
+        self.delivery_failed()?;
         self.in_txn = false;
         self.committed += 1;
         Ok(())
@@ -416,11 +423,19 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
+    /// At-least-once: every record delivered. Exactly-once: the epoch's results, for the
+    /// checkpoint to store; their delivery is not awaited here — the commit waits for it (a
+    /// record that fails then fails the commit, and a restart writes the stored results again),
+    /// so the records still in flight are delivered while the checkpoint is written.
     fn prepare_commit(&mut self, epoch: u64) -> Result<Vec<u8>> {
-        self.flush()?;
-        if !self.exactly_once || !self.in_txn {
+        if !self.exactly_once {
+            self.flush()?;
             return Ok(vec![]);
         }
+        if !self.in_txn {
+            return Ok(vec![]);
+        }
+        self.delivery_failed()?;
         crate::connector::encode_epoch_batches(epoch, &self.epoch_batches)
     }
 

@@ -732,7 +732,8 @@ impl KafkaSource {
             self.stats.lock().entry(self.key(ti, p)).or_default();
             let empty = RecordBatch::new_empty(self.schema.clone());
             let partition = self.key(ti, p);
-            self.ready.push_back(Poll::Data(empty, Position { partition, offset: FROM_BEGINNING.into(), finished: false }));
+            self.ready
+                .push_back(Poll::Data(empty, Position { partition, offset: FROM_BEGINNING.into(), finished: false }));
         }
     }
 
