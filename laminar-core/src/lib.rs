@@ -18,6 +18,7 @@ mod df_fixes;
 mod df_session;
 mod durable;
 pub mod error;
+mod ipc;
 pub mod nexmark;
 pub mod operator;
 pub mod panic_guard;
@@ -36,6 +37,7 @@ pub use db::{
 };
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};
+pub use ipc::check_ipc_stream;
 pub use operator::{NO_WATERMARK, StreamKind, WEIGHT_COLUMN};
 pub use runtime::ingest::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};

@@ -54,6 +54,10 @@ fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> laminar_core::Result<Vec<
 
 /// The batches of Arrow IPC stream bytes.
 fn ipc_batches(bytes: Vec<u8>) -> laminar_core::Result<impl Iterator<Item = laminar_core::Result<RecordBatch>>> {
+    // Lengths past the end of the bytes would make arrow-rs allocate them (and abort the
+    // process); refused first.
+    laminar_core::check_ipc_stream(&bytes)
+        .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {}", e.message())))?;
     let reader = StreamReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
     // arrow-rs validates IPC data as it decodes; the engine's own check is kept on top, the
