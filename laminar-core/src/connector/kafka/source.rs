@@ -504,7 +504,14 @@ impl KafkaSource {
                         )));
                     }
                 }
-                d.flush().map_err(|e| Error::invalid_data(format!("the Avro value does not decode: {e}")))
+                let b = d.flush().map_err(|e| Error::invalid_data(format!("the Avro value does not decode: {e}")))?;
+                // Each value one whole record: a value that holds less (a Confluent prefix with no
+                // datum, say) gives fewer rows, and leaves the decoder mid-record.
+                let rows = b.as_ref().map_or(0, RecordBatch::num_rows);
+                if rows != values.len() {
+                    return Err(Error::invalid_data(format!("{} Avro values gave {rows} rows", values.len())));
+                }
+                Ok(b)
             })();
             let b = match res {
                 Ok(b) => b,
@@ -515,13 +522,6 @@ impl KafkaSource {
                 }
             };
             if let Some(b) = b {
-                if b.num_rows() != values.len() {
-                    return Err(Error::invalid_data(format!(
-                        "{} Avro values gave {} rows",
-                        values.len(),
-                        b.num_rows()
-                    )));
-                }
                 batches.push(self.by_name(&b)?);
             }
             Ok(())
@@ -1064,4 +1064,108 @@ fn key_object(key: &[u8], cols: &[String]) -> Option<Vec<u8>> {
     let mut m = serde_json::Map::new();
     m.insert(col.clone(), value);
     serde_json::to_vec(&serde_json::Value::Object(m)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Damaged record values through every format's decoder: each is a malformed record (here
+    //! skipped), never a panic.
+    use datafusion::arrow::datatypes::{Field, TimeUnit};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("f", DataType::Float64, true),
+        ]))
+    }
+
+    fn source(format: &str) -> KafkaSource {
+        let mut m = BTreeMap::new();
+        for (k, v) in
+            [("topic", "t"), ("properties.bootstrap.servers", "127.0.0.1:1"), ("format", format), ("on_error", "skip")]
+        {
+            m.insert(k.to_string(), v.to_string());
+        }
+        if format == "avro-confluent" {
+            m.insert("avro-confluent.url".into(), "http://127.0.0.1:1".into());
+        }
+        let mut s = KafkaSource::new("src", schema(), None, Options::new("KAFKA source 'src'", &m)).unwrap();
+        s.topics = vec!["t".into()];
+        if format == "avro-confluent" {
+            let text = derived_avro_schema(&s.value_schema, "test").unwrap();
+            s.avro.lock().insert(7, (text.clone(), avro_decoder(7, &text).unwrap()));
+        }
+        s
+    }
+
+    /// Avro datums of two rows, by arrow-avro's writer (the KAFKA sink's encoder).
+    fn avro_rows() -> Vec<Vec<u8>> {
+        use arrow_avro::writer::WriterBuilder;
+        use arrow_avro::writer::format::AvroBinaryFormat;
+        let b = RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+                Arc::new(StringArray::from(vec![Some("héllo"), Some("")])),
+                Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(vec![
+                    Some(1_700_000_000_000_000),
+                    None,
+                ])),
+                Arc::new(datafusion::arrow::array::Float64Array::from(vec![Some(1.5), Some(-0.0)])),
+            ],
+        )
+        .unwrap();
+        let mut enc = WriterBuilder::new(schema().as_ref().clone()).build_encoder::<AvroBinaryFormat>().unwrap();
+        enc.encode(&b).unwrap();
+        enc.flush().iter().map(|r| r.to_vec()).collect()
+    }
+
+    fn rec(value: &[u8]) -> Rec {
+        Rec {
+            topic: 0,
+            partition: 0,
+            offset: 0,
+            timestamp: None,
+            key: None,
+            value: Some(value.to_vec()),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn damaged_values_are_malformed_records_not_panics() {
+        let json = br#"{"k": 1, "s": "a\u00e9", "ts": "2024-01-01T00:00:00.5", "f": 1.5}"#.to_vec();
+        let avro = avro_rows();
+        let confluent: Vec<Vec<u8>> = avro.iter().map(|r| [&[0, 0, 0, 0, 7][..], r].concat()).collect();
+        let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            ("json", vec![json.clone(), b"{}".to_vec()]),
+            ("csv", vec![b"1,a,2024-01-01T00:00:00,1.5".to_vec(), b",,,".to_vec()]),
+            (
+                "debezium-json",
+                vec![
+                    [&br#"{"before": null, "after": "#[..], &json, br#", "op": "c"}"#].concat(),
+                    [&br#"{"before": "#[..], &json, br#", "after": null, "op": "d"}"#].concat(),
+                ],
+            ),
+            ("avro", avro.clone()),
+            ("avro-confluent", confluent),
+        ];
+        for (format, seeds) in cases {
+            let good = seeds[0].clone();
+            // The seeds decode before they are damaged.
+            let mut recs = vec![rec(&good)];
+            assert_eq!(source(format).decode(&mut recs, &mut vec![]).unwrap().num_rows(), 1, "{format}");
+            crate::util::decode_damaged(&format!("KAFKA {format} values"), &seeds, 1500, |v| {
+                let mut s = source(format);
+                let mut recs = vec![rec(&good), rec(v), rec(&good)];
+                if let Ok(b) = s.decode(&mut recs, &mut vec![]) {
+                    assert_eq!(b.num_rows(), recs.len(), "one row per record kept");
+                }
+            });
+        }
+    }
 }

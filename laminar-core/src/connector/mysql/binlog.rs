@@ -502,6 +502,9 @@ fn read_value(b: &[u8], at: &mut usize, t: u8, (m0, m1): (u8, u8)) -> Result<Val
 
 /// The fractional seconds of a temporal value of `fsp` digits, as `.ffffff` (empty for 0).
 fn fraction(b: &[u8], at: &mut usize, fsp: u8) -> Result<String, String> {
+    if fsp > 6 {
+        return Err(format!("a fractional seconds precision of {fsp} (the table map says; at most 6)"));
+    }
     let n = (fsp as usize).div_ceil(2);
     if n == 0 {
         return Ok(String::new());
@@ -736,5 +739,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Damaged events (no checksum, so the damage reaches the decoder) are errors, never panics.
+    #[test]
+    fn damaged_events_are_errors_not_panics() {
+        let mut tm = vec![42, 0, 0, 0, 0, 0, 1, 0];
+        tm.extend_from_slice(&[2, b'd', b'b', 0, 1, b't', 0]);
+        let types = [T_LONG, T_VARCHAR, T_DATETIME2, T_NEWDECIMAL, T_TIME2, T_BLOB, T_DATE, T_LONGLONG];
+        tm.push(types.len() as u8);
+        tm.extend_from_slice(&types);
+        tm.extend_from_slice(&[8, 40, 0, 0, 10, 4, 3, 2]); // metadata
+        tm.push(0xfe); // nullable
+        tm.extend_from_slice(&[1, 1, 0]);
+        let mut rows = vec![42, 0, 0, 0, 0, 0, 1, 0, 2, 0, 8, 0xff];
+        rows.push(0b0000_0010);
+        rows.extend_from_slice(&(-5i32).to_le_bytes());
+        rows.extend_from_slice(&[0x80, 0x00, 0x01, 0x23, 0x45, 0x00, 0x01, 0x02, 0x03]);
+        rows.extend_from_slice(&[0x80, 0x04, 0xd2, 0x16, 0x2e]);
+        rows.extend_from_slice(&[0x80, 0x00, 0x00]);
+        rows.extend_from_slice(&[3, 0, b'a', b'b', b'c']);
+        rows.extend_from_slice(&(2024u32 << 9 | 2 << 5 | 29).to_le_bytes()[..3]);
+        rows.extend_from_slice(&7i64.to_le_bytes());
+        let mut update = rows.clone();
+        update.extend_from_slice(&rows[12..]);
+        let seeds = vec![
+            event(TABLE_MAP, &tm, false),
+            event(WRITE_V2, &rows, false),
+            event(UPDATE_V2, &update, false),
+            event(DELETE_V1, &[&rows[..8], &rows[10..]].concat(), false),
+            event(QUERY, &[1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, b'd', b'b', 0, b'X'], false),
+        ];
+        crate::util::decode_damaged("binlog events", &seeds, 5000, |ev| {
+            let mut p = Parser::new(false);
+            let _ = p.parse(&seeds[0]);
+            p.capture(42, true);
+            let _ = p.parse(ev);
+            let _ = p.parse(&seeds[1]);
+        });
     }
 }

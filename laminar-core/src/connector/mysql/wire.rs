@@ -346,7 +346,14 @@ impl Handshake {
         if p.first() != Some(&10) {
             return Err(format!("protocol version {:?}, not 10", p.first()));
         }
-        let nul = |from: usize| p[from..].iter().position(|&b| b == 0).map(|i| from + i).ok_or("unterminated string");
+        let nul = |from: usize| {
+            p.get(from..)
+                .unwrap_or_default()
+                .iter()
+                .position(|&b| b == 0)
+                .map(|i| from + i)
+                .ok_or("unterminated string")
+        };
         let v_end = nul(1)?;
         let version = String::from_utf8_lossy(&p[1..v_end]).to_string();
         let mut at = v_end + 1 + 4; // connection id
@@ -473,8 +480,8 @@ pub(crate) fn lenenc_int(p: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 fn lenenc_bytes<'a>(p: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let n = lenenc_int(p, at)? as usize;
-    let s = p.get(*at..*at + n)?;
+    let n = usize::try_from(lenenc_int(p, at)?).ok()?;
+    let s = p.get(*at..at.checked_add(n)?)?;
     *at += n;
     Some(s)
 }
@@ -533,5 +540,32 @@ mod tests {
             assert_eq!(at, len);
         }
         assert_eq!(lenenc_int(&[0xfc, 1], &mut 0), None);
+    }
+
+    /// Damaged server packets (handshake, error, length-encoded values) are errors or partial
+    /// values, never panics.
+    #[test]
+    fn damaged_server_packets_do_not_panic() {
+        let mut hs = vec![10u8];
+        hs.extend_from_slice(b"5.5.5-10.11.6-MariaDB\0");
+        hs.extend_from_slice(&7u32.to_le_bytes());
+        hs.extend_from_slice(b"abcdefgh\0");
+        hs.extend_from_slice(&0xf7feu16.to_le_bytes());
+        hs.push(45);
+        hs.extend_from_slice(&2u16.to_le_bytes());
+        hs.extend_from_slice(&0x81bfu16.to_le_bytes());
+        hs.push(21);
+        hs.extend_from_slice(&[0; 10]);
+        hs.extend_from_slice(b"ijklmnopqrst\0");
+        hs.extend_from_slice(b"mysql_native_password\0");
+        assert_eq!(Handshake::parse(&hs).unwrap().plugin, "mysql_native_password");
+        let err = [&[0xffu8, 0x28, 0x04, b'#'][..], b"42000", b"You have an error"].concat();
+        let row = [&[3u8][..], b"abc", &[0xfb], &[0xfc, 2, 0], b"xy"].concat();
+        crate::util::decode_damaged("MySQL packets", &[hs, err, row], 5000, |p| {
+            let _ = Handshake::parse(p);
+            let _ = parse_error(p);
+            let mut at = 0;
+            while lenenc_bytes(p, &mut at).is_some() {}
+        });
     }
 }

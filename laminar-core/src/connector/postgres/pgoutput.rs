@@ -306,5 +306,27 @@ mod tests {
         }
         assert!(decode(&u[..u.len() - 2]).is_err());
         assert!(decode(b"Z").is_err());
+        // Damaged messages are errors, never panics.
+        let mut i = vec![b'I'];
+        i.extend_from_slice(&16385u32.to_be_bytes());
+        i.push(b'N');
+        i.extend(tuple(&[Some("3"), None, Some("~")]));
+        let mut d = vec![b'D'];
+        d.extend_from_slice(&16385u32.to_be_bytes());
+        d.push(b'K');
+        d.extend(tuple(&[Some("3")]));
+        let mut w = vec![b'w'];
+        w.extend_from_slice(&1u64.to_be_bytes());
+        w.extend_from_slice(&2u64.to_be_bytes());
+        w.extend_from_slice(&3u64.to_be_bytes());
+        w.extend_from_slice(&c);
+        crate::util::decode_damaged("pgoutput messages", &[r, u, t, c.clone(), i, d], 5000, |b| {
+            let _ = decode(b);
+        });
+        crate::util::decode_damaged("replication frames", &[w], 2000, |b| {
+            if let Ok(Frame::XLogData { data, .. }) = frame(b) {
+                let _ = decode(data);
+            }
+        });
     }
 }

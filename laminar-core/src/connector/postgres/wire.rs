@@ -423,3 +423,30 @@ pub(crate) fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
     Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Damaged `DataRow` and `ErrorResponse` bodies are `None` or partial, never panics.
+    #[test]
+    fn damaged_server_messages_do_not_panic() {
+        let mut row = 3u16.to_be_bytes().to_vec();
+        for v in [Some("42"), None, Some("héllo")] {
+            match v {
+                Some(t) => {
+                    row.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                    row.extend_from_slice(t.as_bytes());
+                }
+                None => row.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        assert_eq!(data_row(&row).unwrap(), vec![Some("42".into()), None, Some("héllo".into())]);
+        let err = b"SERROR\0C42P01\0Mrelation does not exist\0\0".to_vec();
+        assert_eq!(parse_error(&err).code, "42P01");
+        crate::util::decode_damaged("PostgreSQL messages", &[row, err], 5000, |b| {
+            let _ = data_row(b);
+            let _ = parse_error(b);
+        });
+    }
+}
