@@ -114,6 +114,9 @@ pub struct Config {
     /// Where to serve the Prometheus text exposition over HTTP (`GET /metrics`), e.g.
     /// `127.0.0.1:9464`. None (the default): no endpoint; `metrics_text()` still works.
     pub metrics_addr: Option<String>,
+    /// User-defined functions the database's SQL can call ([`Config::register_scalar_function`]);
+    /// registered here, they are there while a durable database replays its catalog.
+    pub functions: crate::functions::Functions,
 }
 
 impl Default for Config {
@@ -136,6 +139,7 @@ impl Default for Config {
             on_full: OnFull::Lag,
             source_retention: 65_536,
             metrics_addr: None,
+            functions: Default::default(),
         }
     }
 }
@@ -219,6 +223,18 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
 }
 
 impl Config {
+    /// Registers a scalar function (DataFusion's `ScalarUDF`) for every database opened with this
+    /// config, called in SQL by its lowercase `name()`. A name of a built-in function is refused.
+    pub fn register_scalar_function(&mut self, f: datafusion::logical_expr::ScalarUDF) -> Result<()> {
+        self.functions.add_scalar(f)
+    }
+
+    /// Registers an aggregate function (DataFusion's `AggregateUDF`), as
+    /// [`Config::register_scalar_function`] does a scalar one.
+    pub fn register_aggregate_function(&mut self, f: datafusion::logical_expr::AggregateUDF) -> Result<()> {
+        self.functions.add_aggregate(f)
+    }
+
     /// Sets one key from its string form (`"5s"`, `"512MB"`, `"4"`, `"wal"`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let bad = |what: &str| Error::invalid_argument(format!("config '{key}': {what}, got '{value}'"));

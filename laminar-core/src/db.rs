@@ -178,6 +178,7 @@ impl Database {
             .map_err(|e| Error::internal(format!("cannot start the I/O runtime: {e}")))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let inner = Arc::new(DbInner {
+            functions: parking_lot::RwLock::new(config.functions.clone()),
             config,
             closed: AtomicBool::new(false),
             engine: Mutex::new(Engine {
@@ -387,6 +388,18 @@ impl Database {
             Statement::CreateSink(cs) => self.create_sink(cs, text),
             Statement::Drop { kind, names, if_exists, cascade } => self.drop_objects(kind, names, if_exists, cascade),
             Statement::Show(kind) => self.show(kind),
+            Statement::ShowFunctions => {
+                let list = self.inner.functions.read().list();
+                let b = RecordBatch::try_from_iter(vec![
+                    ("name", Arc::new(StringArray::from_iter_values(list.iter().map(|f| f.0.as_str()))) as ArrayRef),
+                    ("kind", Arc::new(StringArray::from_iter_values(list.iter().map(|f| f.1))) as ArrayRef),
+                    (
+                        "signature",
+                        Arc::new(StringArray::from_iter_values(list.iter().map(|f| f.2.as_str()))) as ArrayRef,
+                    ),
+                ])?;
+                Ok(ExecuteResult { batches: vec![b], ..Default::default() })
+            }
             Statement::Describe(name) => self.describe(&name),
             Statement::ShowCreate(name) => {
                 let info = self.object(&name)?;
@@ -422,6 +435,25 @@ impl Database {
             Statement::Query(q) => self.run_query(*q),
             _ => Err(Error::invalid_argument("query() takes a SELECT; use execute() for other statements")),
         }
+    }
+
+    /// Registers a scalar function (DataFusion's `ScalarUDF`) that statements from now on can call
+    /// by its lowercase `name()`: continuous queries and ad-hoc SQL alike. Streams already
+    /// created keep the function they were planned with. A durable database replays its
+    /// streams' statements when it reopens, before this can be called: register their
+    /// functions in the [`Config`] ([`Config::register_scalar_function`]); a stream whose
+    /// function is missing then fails the open with `PLAN` naming it.
+    pub fn register_scalar_function(&self, f: datafusion::logical_expr::ScalarUDF) -> Result<()> {
+        self.check_open()?;
+        self.inner.functions.write().add_scalar(f)
+    }
+
+    /// Registers an aggregate function (DataFusion's `AggregateUDF`), as
+    /// [`Database::register_scalar_function`] does a scalar one. In windows it is evaluated per
+    /// window; a changelog input needs its accumulator to retract (`retract_batch`).
+    pub fn register_aggregate_function(&self, f: datafusion::logical_expr::AggregateUDF) -> Result<()> {
+        self.check_open()?;
+        self.inner.functions.write().add_aggregate(f)
     }
 
     /// Takes a checkpoint of everything pushed before this call and returns its epoch. An

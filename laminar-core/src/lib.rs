@@ -18,6 +18,7 @@ mod df_fixes;
 mod df_session;
 mod durable;
 pub mod error;
+mod functions;
 mod ipc;
 pub mod nexmark;
 pub mod operator;
@@ -37,6 +38,7 @@ pub use db::{
 };
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};
+pub use functions::Functions;
 pub use ipc::check_ipc_stream;
 pub use operator::{NO_WATERMARK, StreamKind, WEIGHT_COLUMN};
 pub use runtime::ingest::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};

@@ -96,6 +96,8 @@ pub(crate) struct PlanOptions {
     pub partitions: usize,
     /// The RocksDB state backend and the bytes an aggregate keeps in memory before spilling.
     pub state: Option<(std::sync::Arc<crate::state_store::StateStore>, usize)>,
+    /// The database's user-defined functions.
+    pub functions: crate::functions::Functions,
 }
 
 /// Plans `query` into a DataFusion logical plan over the given relations (analyzed, not optimized).
@@ -103,8 +105,10 @@ pub(crate) fn logical_plan(
     query: Query,
     relations: &HashMap<String, RelationInfo>,
     extra: &[(String, SchemaRef)],
+    functions: &crate::functions::Functions,
 ) -> Result<LogicalPlan> {
     let ctx = session_context();
+    functions.register(&ctx);
     ctx.register_udf(asof_marker_udf());
     for (name, info) in relations {
         ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(info.schema.clone(), vec![vec![]])?))?;
@@ -153,7 +157,7 @@ pub(crate) fn plan_continuous(
         .iter()
         .map(|b| Ok((b.pseudo.clone(), windowed_schema(&relations[&b.input].schema)?)))
         .collect::<Result<_>>()?;
-    let plan = logical_plan(query, relations, &extra)?;
+    let plan = logical_plan(query, relations, &extra, &opts.functions)?;
     let has_join = plan.exists(|p| {
         Ok(matches!(p, LogicalPlan::Join(_))
             || p.expressions()

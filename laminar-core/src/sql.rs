@@ -145,6 +145,8 @@ pub enum Statement {
         cascade: bool,
     },
     Show(ObjectKind),
+    /// `SHOW FUNCTIONS`: the user-defined functions.
+    ShowFunctions,
     Describe(String),
     ShowCreate(String),
     Explain(Box<Statement>),
@@ -277,6 +279,12 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
             let name = c.ident("a name")?;
             return Ok(Statement::ShowCreate(name));
         }
+        if c.eat_kw("FUNCTIONS") {
+            if !c.at_end() {
+                return Err(c.error_here("unexpected text after SHOW FUNCTIONS"));
+            }
+            return Ok(Statement::ShowFunctions);
+        }
         let kind = if c.eat_kw("SOURCES") {
             ObjectKind::Source
         } else if c.eat_kw("STREAMS") {
@@ -288,9 +296,9 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
         } else if c.eat_kw("SINKS") {
             ObjectKind::Sink
         } else {
-            return Err(
-                c.error_here("expected SOURCES, STREAMS, MATERIALIZED VIEWS, TABLES, SINKS or CREATE after SHOW")
-            );
+            return Err(c.error_here(
+                "expected SOURCES, STREAMS, MATERIALIZED VIEWS, TABLES, SINKS, FUNCTIONS or CREATE after SHOW",
+            ));
         };
         if !c.at_end() {
             return Err(c.error_here("unexpected text after SHOW"));

@@ -106,6 +106,7 @@ impl Db {
                 Ok(QueryStream { schema, batches: batches.into() })
             }
             Statement::Show(_)
+            | Statement::ShowFunctions
             | Statement::Describe(_)
             | Statement::ShowCreate(_)
             | Statement::Explain(_)

@@ -488,6 +488,7 @@ impl Database {
             keep_all_columns: cs.late_data_to.is_some(),
             partitions: self.inner.config.workers,
             state: self.inner.state.clone().map(|s| (s, self.inner.config.state_cache_size)),
+            functions: self.inner.functions.read().clone(),
         };
         plan_continuous((*cs.query).clone(), &self.relations(eng), &opts)
     }
@@ -911,7 +912,8 @@ impl Database {
                 lines
             }
             Statement::Query(q) => {
-                let plan = crate::plan::logical_plan(*q, &self.relations(&eng), &[])?;
+                let functions = self.inner.functions.read().clone();
+                let plan = crate::plan::logical_plan(*q, &self.relations(&eng), &[], &functions)?;
                 vec!["Ad-hoc query (DataFusion over snapshots)".to_string(), plan.display_indent().to_string()]
             }
             _ => unreachable!("parser admits only these"),

@@ -233,6 +233,24 @@ pub(super) fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl F
     }
 }
 
+/// Runs one stream's operators (`f`), turning a panic into that stream's error: a user-defined
+/// function that panics (or a bug) fails the stream it runs in, not every stream of the source.
+fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match crate::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(Error::internal(format!(
+                "a panic while running the query (in a user-defined function, or a bug in LaminarDB): {msg}"
+            )))
+        }
+    }
+}
+
 /// The column a connector appends to a batch for a table to mark rows that delete their key.
 pub(crate) const DELETED: &str = "__deleted";
 
@@ -344,12 +362,12 @@ pub(super) fn feed(inner: &DbInner, eng: &mut Engine, from: &str, batches: &[Rec
                 pool: inner.pool.as_ref(),
                 memory_limit: inner.config.memory_limit,
             };
-            let res = (|| -> Result<()> {
+            let res = contained(|| -> Result<()> {
                 for b in batches {
                     outputs.extend(s.root.process(from, b, &mut ctx)?);
                 }
                 Ok(())
-            })();
+            });
             if let Err(e) = res {
                 fail_stream(s, &name, e);
                 continue;
@@ -528,7 +546,7 @@ pub(super) fn propagate_watermark(inner: &DbInner, eng: &mut Engine, from: &str)
                 pool: inner.pool.as_ref(),
                 memory_limit: inner.config.memory_limit,
             };
-            let res = s.root.on_watermark(wm, &mut ctx).map(|o| outputs.extend(o));
+            let res = contained(|| s.root.on_watermark(wm, &mut ctx)).map(|o| outputs.extend(o));
             s.watermark = wm;
             if let Err(e) = res {
                 fail_stream(s, &name, e);
@@ -562,7 +580,7 @@ pub(super) fn run_ticks(inner: &DbInner, eng: &mut Engine, now: i64) {
                 pool: inner.pool.as_ref(),
                 memory_limit: inner.config.memory_limit,
             };
-            let res = s.root.on_tick(&mut ctx).map(|o| outputs.extend(o));
+            let res = contained(|| s.root.on_tick(&mut ctx)).map(|o| outputs.extend(o));
             if let Err(e) = res {
                 fail_stream(s, &name, e);
                 continue;

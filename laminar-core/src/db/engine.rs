@@ -173,6 +173,8 @@ pub(super) struct Engine {
 
 pub(crate) struct DbInner {
     pub(super) config: Config,
+    /// The user-defined functions: the config's, and those registered since.
+    pub(super) functions: parking_lot::RwLock<crate::functions::Functions>,
     pub(super) closed: AtomicBool,
     pub(super) engine: Mutex<Engine>,
     pub(super) tx: Sender<Event>,

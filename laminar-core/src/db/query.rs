@@ -62,6 +62,7 @@ impl Database {
     pub(super) fn run_query(&self, q: datafusion::sql::sqlparser::ast::Query) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         self.check_open()?;
         let ctx = crate::plan::session_context();
+        self.inner.functions.read().register(&ctx);
         {
             let eng = self.inner.engine.lock();
             for (n, s) in &eng.sources {
