@@ -46,6 +46,14 @@ impl Db {
         Ok(Db { db: Database::open(path, config.to_core()?)?, pid: std::process::id() })
     }
 
+    /// Like [`Db::open`], with user-defined functions in the config (a durable database's
+    /// streams that call them are replayed when it opens).
+    pub fn open_with_functions(path: &str, config: &Config, functions: laminar_core::Functions) -> Result<Db> {
+        let mut core = config.to_core()?;
+        core.functions = functions;
+        Ok(Db { db: Database::open(path, core)?, pid: std::process::id() })
+    }
+
     /// The engine database (for bindings that need the full Rust API).
     pub fn database(&self) -> &Database {
         &self.db

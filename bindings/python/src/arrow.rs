@@ -90,6 +90,31 @@ pub(crate) fn import_capsules(schema: &Bound<'_, PyAny>, array: &Bound<'_, PyAny
     import_batch(unsafe { &*s }, array).py()
 }
 
+/// The schema inside a schema capsule (borrowed while the capsule lives).
+pub(crate) fn schema_pointer(capsule: &Bound<'_, PyAny>) -> PyResult<*const FFI_ArrowSchema> {
+    Ok(pointer(capsule, SCHEMA)? as *const FFI_ArrowSchema)
+}
+
+/// Imports one array from `(schema capsule, array capsule)` (moved out), validated in full as
+/// every import is (offsets, UTF-8, null bitmaps, children).
+pub(crate) fn import_array_capsules(
+    schema: &Bound<'_, PyAny>,
+    array: &Bound<'_, PyAny>,
+) -> laminar_core::Result<arrow::array::ArrayRef> {
+    let bad = |e: PyErr| laminar_core::Error::invalid_data(e.to_string());
+    let s = pointer(schema, SCHEMA).map_err(bad)? as *const FFI_ArrowSchema;
+    let a = pointer(array, ARRAY).map_err(bad)? as *mut FFI_ArrowArray;
+    // SAFETY: capsules of the right names; the array is moved out (its capsule's destructor
+    // then does nothing); the schema is borrowed for the call.
+    let data = unsafe { arrow::ffi::from_ffi(FFI_ArrowArray::from_raw(a), &*s) }
+        .map_err(|e| laminar_core::Error::invalid_data(format!("the returned array: {e}")))?;
+    let array = arrow::array::make_array(data);
+    let field = arrow::datatypes::Field::new("result", array.data_type().clone(), true);
+    let batch = RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field])), vec![array.clone()])?;
+    laminar::arrow::validate_batch(&batch)?;
+    Ok(array)
+}
+
 /// Imports a stream from its capsule (moved out).
 pub(crate) fn import_stream_capsule(stream: &Bound<'_, PyAny>) -> PyResult<laminar::arrow::BatchIter> {
     let p = pointer(stream, STREAM)? as *mut FFI_ArrowArrayStream;

@@ -34,7 +34,7 @@ fn classify(sql: &str) -> (String, Option<String>) {
         Statement::Drop { kind: k, names, .. } => {
             (format!("DROP {}", k.map(kind).unwrap_or_else(|| "OBJECT".into())), names.first().cloned())
         }
-        Statement::Show(_) => ("SHOW".into(), None),
+        Statement::Show(_) | Statement::ShowFunctions => ("SHOW".into(), None),
         Statement::Describe(n) => ("DESCRIBE".into(), Some(n.clone())),
         Statement::ShowCreate(n) => ("SHOW CREATE".into(), Some(n.clone())),
         Statement::Explain(_) => ("EXPLAIN".into(), None),
@@ -46,6 +46,9 @@ fn classify(sql: &str) -> (String, Option<String>) {
     }
 }
 
+/// A scalar function to register: (name, function, argument types, return type, volatility).
+type FunctionSpec<'py> = (String, Py<PyAny>, Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>, String);
+
 #[pyclass(module = "laminardb._laminardb", frozen)]
 pub struct Database {
     db: Db,
@@ -53,11 +56,42 @@ pub struct Database {
 
 #[pymethods]
 impl Database {
+    /// `functions`: (name, function, argument types, return type, volatility) of the scalar
+    /// functions to register before the database opens.
     #[new]
-    fn new(py: Python<'_>, path: &str, config: Vec<(String, String)>) -> PyResult<Database> {
+    #[pyo3(signature = (path, config, functions=None))]
+    fn new(
+        py: Python<'_>,
+        path: &str,
+        config: Vec<(String, String)>,
+        functions: Option<Vec<FunctionSpec<'_>>>,
+    ) -> PyResult<Database> {
         let cfg = config_from(config)?;
+        let mut fs = laminar_core::Functions::default();
+        for (name, func, args, ret, volatility) in functions.unwrap_or_default() {
+            fs.add_scalar(crate::udf::scalar_function(&name, func, &args, &ret, &volatility)?).py()?;
+        }
         let path = path.to_string();
-        Ok(Database { db: py.detach(move || Db::open(&path, &cfg)).py()? })
+        Ok(Database { db: py.detach(move || Db::open_with_functions(&path, &cfg, fs)).py()? })
+    }
+
+    /// Registers a scalar function for the statements from now on.
+    fn register_scalar_function(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        func: Py<PyAny>,
+        arg_types: Vec<Bound<'_, PyAny>>,
+        return_type: Bound<'_, PyAny>,
+        volatility: &str,
+    ) -> PyResult<()> {
+        let f = crate::udf::scalar_function(name, func, &arg_types, &return_type, volatility)?;
+        let db = self.db.clone();
+        py.detach(move || {
+            db.check_open()?;
+            db.database().register_scalar_function(f)
+        })
+        .py()
     }
 
     /// Returns (rows_affected, message, result stream or None, ddl_type, ddl_object).

@@ -6,6 +6,7 @@ mod arrow;
 mod db;
 mod logging;
 mod subscription;
+mod udf;
 mod writer;
 
 use pyo3::prelude::*;

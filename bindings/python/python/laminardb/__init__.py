@@ -18,7 +18,7 @@ the engine logs them.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 from . import _laminardb, codes
 from ._errors import (
@@ -50,6 +50,7 @@ from .connection import (
     StreamInfo,
     StreamMetrics,
 )
+from .functions import ScalarFunction
 from .result import ExecuteResult, QueryResult
 from .subscription import AsyncSubscription, CallbackSubscription, QueryStream, Subscription
 from .types import ChangeEvent, ChangeRow, Column, MaterializedView, Metrics, Schema
@@ -64,12 +65,18 @@ __version__ = _laminardb.version()
 STATUS = dict(_laminardb.status_codes())
 
 
-def open(path: str = ":memory:", *, config: Union[LaminarConfig, Dict[str, Any], None] = None) -> Connection:  # noqa: A001
+def open(  # noqa: A001
+    path: str = ":memory:",
+    *,
+    config: Union[LaminarConfig, Dict[str, Any], None] = None,
+    functions: Optional[Sequence[ScalarFunction]] = None,
+) -> Connection:
     """Opens a database. ``path``: ``":memory:"``, or a directory for a durable database
     (durability ``"wal"`` by default, ``"checkpoint"`` if the config says so); opening a directory
     that holds a database recovers it. ``config``: a :class:`LaminarConfig` or a dict of engine
-    keys."""
-    return Connection(path, config)
+    keys. ``functions``: :class:`ScalarFunction` objects registered before the database opens (a
+    durable database's streams that call them are replayed as it opens)."""
+    return Connection(path, config, functions)
 
 
 def connect(uri: str = ":memory:") -> Connection:
@@ -116,6 +123,7 @@ def mv(conn: Connection, name: str, sql_def: Optional[str] = None) -> Materializ
 
 
 __all__ = [
+    "ScalarFunction",
     "open", "connect", "sql", "execute", "mv", "CheckpointResult", "Connection", "Config", "LaminarConfig", "ExecuteResult",
     "QueryResult", "QueryStream", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
     "BatchWriter", "PipelineMetrics", "SinkMetrics", "SourceMetrics", "StreamMetrics", "SourceInfo",

@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import pyarrow as pa
 
@@ -16,6 +16,7 @@ from . import _laminardb, codes
 from ._arrow import csv_to_table, insert_into, json_to_table
 from ._errors import BatchSchemaError, CheckpointError, ConnectionError, LaminarError, QueryError, SchemaError, rewrap
 from .config import LaminarConfig, to_pairs
+from .functions import ScalarFunction
 from .result import ExecuteResult, QueryResult
 from .subscription import CallbackSubscription, QueryStream, Subscription, _Bounded
 from .writer import Writer
@@ -281,10 +282,16 @@ class Connection:
     """An open LaminarDB database (in memory today). Thread-safe. ``with`` / ``async with``
     close it. Create with :func:`laminardb.open`."""
 
-    def __init__(self, path: str = ":memory:", config: Union[LaminarConfig, Dict[str, Any], None] = None):
+    def __init__(
+        self,
+        path: str = ":memory:",
+        config: Union[LaminarConfig, Dict[str, Any], None] = None,
+        functions: Optional[Sequence[ScalarFunction]] = None,
+    ):
         pairs = to_pairs(config)
+        specs = [f._spec() for f in functions or ()]
         try:
-            self._db = _laminardb.Database(path, pairs)
+            self._db = _laminardb.Database(path, pairs, specs)
         except LaminarError as e:
             if "open in another process" in e.message or "already open in this process" in e.message:
                 raise rewrap(e, ConnectionError, codes.CONNECTION_IN_USE) from None
@@ -299,6 +306,34 @@ class Connection:
         self._ids = itertools.count(1)
         self._queries: Dict[int, Any] = {}
         self._schemas: Dict[str, pa.Schema] = {}
+
+    # ------------------------------------------------------------------ functions
+    def register_function(
+        self,
+        name: str,
+        fn: Optional[Callable[..., Any]] = None,
+        arg_types: Sequence[pa.DataType] = (),
+        return_type: Optional[pa.DataType] = None,
+        volatility: str = "immutable",
+    ) -> Any:
+        """Registers a Python scalar function (see :mod:`laminardb.functions`) that the
+        statements from now on — continuous queries and ad-hoc SQL — call as ``name(...)``.
+        ``fn`` takes one ``pyarrow.Array`` per argument and returns a ``pyarrow.Array``. Without
+        ``fn``, returns a decorator. A durable database replays its streams' statements when it
+        opens: pass their functions to :func:`laminardb.open` (``functions=``) instead."""
+        if return_type is None:
+            raise TypeError("register_function needs return_type (a pyarrow.DataType)")
+        if fn is None:
+
+            def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+                self.register_function(name, f, arg_types, return_type, volatility)
+                return f
+
+            return decorate
+        spec = ScalarFunction(name, fn, tuple(arg_types), return_type, volatility)
+        self._check()
+        self._db.register_scalar_function(*spec._spec())
+        return fn
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
