@@ -4,6 +4,8 @@ W1 (DESIGN §8): event i has key (i * 2654435761) % 1000, value (i * 7919) % 100
 a 1-minute TUMBLE COUNT/SUM/AVG per key, EMIT ON WINDOW CLOSE, pushed as pyarrow batches of 8,192.
 Prints LaminarDB end-to-end rows/s (insert through the last window received), DuckDB's rows/s for
 the same aggregate over the same table, and the ratio; exits 1 when the two results differ.
+Then (issue 25) W1 with SUM(x2p1(v)) — x2p1 a Python scalar function, v * 2 + 1 over
+pyarrow.compute — beside SUM(v * 2 + 1) with the built-in expression, and their ratio.
 
     python bindings/python/benches/w1_bench.py --events 10000000
 """
@@ -30,11 +32,16 @@ def make_table(n: int) -> pa.Table:
     })
 
 
-def run_laminar(table: pa.Table, batch: int, workers: int):
+def x2p1(v: pa.Array) -> pa.Array:
+    return pc.add(pc.multiply(v, 2.0), 1.0)
+
+
+def run_laminar(table: pa.Table, batch: int, workers: int, value: str = "v"):
     db = laminardb.open(config={"workers": str(workers)} if workers else None)
+    db.register_function("x2p1", x2p1, [pa.float64()], pa.float64())
     db.execute("CREATE SOURCE w1 (k BIGINT, v DOUBLE, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)")
     db.execute(
-        "CREATE STREAM agg AS SELECT k, COUNT(*) AS n, SUM(v) AS s, AVG(v) AS a, window_start "
+        f"CREATE STREAM agg AS SELECT k, COUNT(*) AS n, SUM({value}) AS s, AVG(v) AS a, window_start "
         "FROM w1 GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE"
     )
     results = []
@@ -100,6 +107,20 @@ def main() -> int:
         print(f"MISMATCH: laminardb {a} vs duckdb {b}")
         return 1
     print(f"  results agree: {a[0]} windows, {a[1]:,} rows counted")
+    # A Python scalar function in the query beside the built-in expression (alternating, best of 2).
+    best = {"builtin": None, "udf": None}
+    outs = {}
+    for _ in range(2):
+        for name, expr in (("builtin", "v * 2 + 1"), ("udf", "x2p1(v)")):
+            s, out = run_laminar(table, args.batch, args.workers, expr)
+            best[name] = s if best[name] is None else min(best[name], s)
+            outs[name] = summary(out)
+    print(f"  SUM(v * 2 + 1), built-in:        {args.events / best['builtin']:14,.0f} rows/s ({best['builtin']:.3f} s)")
+    print(f"  SUM(x2p1(v)), Python function:   {args.events / best['udf']:14,.0f} rows/s ({best['udf']:.3f} s)")
+    print(f"  ratio Python function / built-in: {best['builtin'] / best['udf']:.3f} (target >= 0.5)")
+    if outs["builtin"] != outs["udf"]:
+        print(f"MISMATCH: built-in {outs['builtin']} vs Python function {outs['udf']}")
+        return 1
     return 0
 
 
