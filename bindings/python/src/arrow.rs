@@ -110,7 +110,8 @@ pub(crate) fn import_array_capsules(
         .map_err(|e| laminar_core::Error::invalid_data(format!("the returned array: {e}")))?;
     let array = arrow::array::make_array(data);
     let field = arrow::datatypes::Field::new("result", array.data_type().clone(), true);
-    let batch = RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field])), vec![array.clone()])?;
+    let batch =
+        RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(vec![field])), vec![array.clone()])?;
     laminar::arrow::validate_batch(&batch)?;
     Ok(array)
 }

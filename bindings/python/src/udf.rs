@@ -60,7 +60,8 @@ impl ScalarUDFImpl for PyScalarFunction {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
         let n = args.number_rows;
-        let arrays: Vec<ArrayRef> = args.args.iter().map(|a| a.to_array(n)).collect::<datafusion::error::Result<_>>()?;
+        let arrays: Vec<ArrayRef> =
+            args.args.iter().map(|a| a.to_array(n)).collect::<datafusion::error::Result<_>>()?;
         let fields: Vec<Field> =
             arrays.iter().enumerate().map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true)).collect();
         let batch = RecordBatch::try_new_with_options(
