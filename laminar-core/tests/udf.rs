@@ -85,8 +85,13 @@ impl Accumulator for SumSq {
 }
 
 fn sum_sq() -> AggregateUDF {
+    sum_sq_named("sum_sq")
+}
+
+/// The sum-of-squares aggregate under another name.
+fn sum_sq_named(name: &str) -> AggregateUDF {
     create_udaf(
-        "sum_sq",
+        name,
         vec![DataType::Int64],
         Arc::new(DataType::Int64),
         Volatility::Immutable,
@@ -214,14 +219,7 @@ fn names_that_sql_cannot_call_or_that_are_built_in_are_refused() {
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
     assert!(e.message().contains("built-in"), "{e}");
     c.register_scalar_function(twice_plus_one()).unwrap();
-    let clash = create_udaf(
-        "twice_plus_one",
-        vec![DataType::Int64],
-        Arc::new(DataType::Int64),
-        Volatility::Immutable,
-        Arc::new(|_| Ok(Box::new(SumSq::default()))),
-        Arc::new(vec![DataType::Int64]),
-    );
+    let clash = sum_sq_named("twice_plus_one");
     assert_eq!(c.register_aggregate_function(clash).unwrap_err().kind(), ErrorKind::AlreadyExists);
 }
 
