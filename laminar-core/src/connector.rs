@@ -248,15 +248,44 @@ pub(crate) fn connect_tcp(host: &str, port: u16, timeout: Duration, what: &str) 
     Ok(s)
 }
 
-/// The last columns of a change-data-capture batch into a table: a declared NOT NULL column's
-/// nulls (of TRUNCATE rows and deleted rows' non-key columns, whose values do not matter) filled
-/// with the type's default, then the `__deleted` flags (None: a TRUNCATE).
+/// One change a change-data-capture source captured: the declared columns' values (`V`: text,
+/// or bytes), in order.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn cdc_columns(
+pub(crate) enum CdcRow<V> {
+    Upsert(Vec<V>),
+    Delete(Vec<V>),
+    /// TRUNCATE: every row of the table goes.
+    Truncate,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl<V> CdcRow<V> {
+    /// Column `j`'s value (None for a TRUNCATE).
+    pub(crate) fn value(&self, j: usize) -> Option<&V> {
+        match self {
+            CdcRow::Upsert(v) | CdcRow::Delete(v) => Some(&v[j]),
+            CdcRow::Truncate => None,
+        }
+    }
+}
+
+/// The last columns of a change-data-capture batch of `rows` into a table: a declared NOT NULL
+/// column's nulls (of TRUNCATE rows and deleted rows' non-key columns, whose values do not
+/// matter) filled with the type's default, then the `__deleted` flags (None: a TRUNCATE).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn cdc_columns<V>(
     mut cols: Vec<datafusion::arrow::array::ArrayRef>,
     schema: &SchemaRef,
-    deleted: Vec<Option<bool>>,
+    rows: &[CdcRow<V>],
 ) -> Result<Vec<datafusion::arrow::array::ArrayRef>> {
+    let deleted: Vec<Option<bool>> = rows
+        .iter()
+        .map(|r| match r {
+            CdcRow::Upsert(_) => Some(false),
+            CdcRow::Delete(_) => Some(true),
+            CdcRow::Truncate => None,
+        })
+        .collect();
     use datafusion::arrow::compute::{is_not_null, kernels::zip::zip};
     for (col, f) in cols.iter_mut().zip(schema.fields()) {
         if !f.is_nullable() && col.null_count() > 0 {

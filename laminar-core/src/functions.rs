@@ -22,9 +22,13 @@ pub struct Functions {
     aggregates: BTreeMap<String, AggregateUDF>,
 }
 
-/// Refuses a name SQL cannot call as written, or one of a built-in function (DataFusion would
-/// let the user's replace it for every query of the database).
-fn check_name(name: &str, kind: &str) -> Result<()> {
+/// Refuses a name SQL cannot call as written, one of a built-in function (DataFusion would let
+/// the user's replace it for every query of the database), or one the database has as a
+/// function of the other kind (`taken`: "a scalar", "an aggregate").
+fn check_name(name: &str, kind: &str, taken: Option<&str>) -> Result<()> {
+    if let Some(other) = taken {
+        return Err(Error::already_exists(format!("'{}' is {other} function of this database", clip(name))));
+    }
     let ok = !name.is_empty()
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
@@ -46,20 +50,14 @@ fn check_name(name: &str, kind: &str) -> Result<()> {
 impl Functions {
     /// Adds (or replaces) a scalar function, called by its `name()`.
     pub fn add_scalar(&mut self, f: ScalarUDF) -> Result<()> {
-        check_name(f.name(), "scalar")?;
-        if self.aggregates.contains_key(f.name()) {
-            return Err(Error::already_exists(format!("'{}' is an aggregate function of this database", f.name())));
-        }
+        check_name(f.name(), "scalar", self.aggregates.contains_key(f.name()).then_some("an aggregate"))?;
         self.scalars.insert(f.name().to_string(), f);
         Ok(())
     }
 
     /// Adds (or replaces) an aggregate function, called by its `name()`.
     pub fn add_aggregate(&mut self, f: AggregateUDF) -> Result<()> {
-        check_name(f.name(), "aggregate")?;
-        if self.scalars.contains_key(f.name()) {
-            return Err(Error::already_exists(format!("'{}' is a scalar function of this database", f.name())));
-        }
+        check_name(f.name(), "aggregate", self.scalars.contains_key(f.name()).then_some("a scalar"))?;
         self.aggregates.insert(f.name().to_string(), f);
         Ok(())
     }
@@ -78,10 +76,6 @@ impl Functions {
             .collect();
         out.sort();
         out
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.scalars.is_empty() && self.aggregates.is_empty()
     }
 
     /// Makes the functions callable in `ctx`.

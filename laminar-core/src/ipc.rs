@@ -1,15 +1,33 @@
-//! A check of Arrow IPC stream framing before arrow-rs reads it. arrow-rs allocates each
-//! message's metadata and body at the lengths the bytes claim (`MutableBuffer::from_len_zeroed`
-//! of the flatbuffer's `bodyLength`), so a damaged length asks for petabytes and aborts the
-//! process — for an embedded library, its host. The durable codec (WAL records, checkpoint
-//! blobs) and the Node package (IPC bytes from JavaScript) check the bytes here first.
+//! Reading Arrow IPC stream bytes that may be damaged. arrow-rs allocates each message's
+//! metadata and body at the lengths the bytes claim (`MutableBuffer::from_len_zeroed` of the
+//! flatbuffer's `bodyLength`), so a damaged length asks for petabytes and aborts the process —
+//! for an embedded library, its host; and its reader slices buffers at the offsets the bytes
+//! claim before it validates them, which panics. [`read_ipc_stream`] checks the framing first
+//! and catches those panics. The durable codec (WAL records, checkpoint blobs) and the Node
+//! package (IPC bytes from JavaScript) read IPC through it.
+
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
+
+/// The batches of the IPC stream `data`. Damaged bytes are an `INVALID_DATA` error, never an
+/// allocation of what a damaged length claims or a panic.
+pub fn read_ipc_stream(data: &[u8]) -> Result<Vec<RecordBatch>> {
+    check_ipc_stream(data)?;
+    let read = || -> Result<Vec<RecordBatch>> {
+        Ok(StreamReader::try_new(std::io::Cursor::new(data), None)?.collect::<std::result::Result<_, _>>()?)
+    };
+    match crate::panic_guard::caught(|| std::panic::catch_unwind(read)) {
+        Ok(r) => r,
+        Err(p) => Err(Error::invalid_data(format!("a damaged Arrow IPC stream: {}", crate::panic_guard::message(&*p)))),
+    }
+}
 
 /// Checks that every message of the IPC stream `data` (continuation marker or not, then the
 /// metadata length, the `Message` flatbuffer, the body) lies within `data`, so that reading it
 /// allocates no more than `data` holds. The content is left to arrow-rs, which validates it.
-pub fn check_ipc_stream(data: &[u8]) -> Result<()> {
+pub(crate) fn check_ipc_stream(data: &[u8]) -> Result<()> {
     let bad = |at: usize, what: String| Error::invalid_data(format!("Arrow IPC stream, byte {at}: {what}"));
     let mut pos = 0usize;
     while pos < data.len() {

@@ -39,7 +39,7 @@ pub use db::{
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, Result, SqlPosition};
 pub use functions::Functions;
-pub use ipc::check_ipc_stream;
+pub use ipc::read_ipc_stream;
 pub use operator::{NO_WATERMARK, StreamKind, WEIGHT_COLUMN};
 pub use runtime::ingest::{MAX_TIMESTAMP_US, MIN_TIMESTAMP_US};
 pub use runtime::subscription::{Canceller, Next, PushEvent, PushSubscription, SubscribeOptions, Subscription};

@@ -27,3 +27,12 @@ pub fn caught<R>(f: impl FnOnce() -> R) -> R {
 pub fn is_caught() -> bool {
     DEPTH.with(|d| d.get() > 0)
 }
+
+/// The text of a caught panic's payload (`panic!` with a literal or a formatted message).
+pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into())
+}

@@ -30,7 +30,7 @@ pub fn null_as_false(mask: &datafusion::arrow::array::BooleanArray) -> datafusio
 /// values, or cut at a random length, or extended with random bytes — for the tests that feed
 /// every decoder of untrusted bytes damaged input (issue 27).
 #[cfg(test)]
-pub(crate) fn damaged_bytes(data: &[u8], rng: &mut impl rand::Rng) -> Vec<u8> {
+fn damaged_bytes(data: &[u8], rng: &mut impl rand::Rng) -> Vec<u8> {
     let mut d = data.to_vec();
     if d.is_empty() {
         return (0..rng.random_range(1..16)).map(|_| rng.random::<u8>()).collect();
@@ -70,8 +70,7 @@ pub(crate) fn decode_damaged(what: &str, seeds: &[Vec<u8>], cases: u64, decode: 
         let seed = &seeds[rng.random_range(0..seeds.len())];
         let input = damaged_bytes(seed, &mut rng);
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&input))) {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            failures.push(format!("case {case}: panicked: {}", msg.unwrap_or_default()));
+            failures.push(format!("case {case}: panicked: {}", crate::panic_guard::message(&*p)));
         }
     }
     assert!(

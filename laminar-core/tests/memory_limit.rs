@@ -42,10 +42,6 @@ fn push_until(
         }
         if i % 16 == 15 {
             w.flush().unwrap();
-            if std::env::var("LAMINAR_MEMORY_TRACE").is_ok() {
-                let st: u64 = db.metrics().unwrap().streams.iter().map(|s| s.state_bytes).sum();
-                println!("TRACE batch {i} rss_kb={} state={st}", status_kb("VmRSS:"));
-            }
             if ended() {
                 return i + 1;
             }

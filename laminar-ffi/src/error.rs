@@ -103,12 +103,7 @@ pub fn status_name(status: laminar_status) -> &'static str {
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    let what = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".into());
-    format!("LaminarDB panicked (a bug; please report it): {what}")
+    format!("LaminarDB panicked (a bug; please report it): {}", laminar_core::panic_guard::message(&*p))
 }
 
 /// Runs `f` and turns any panic into an INTERNAL error, so nothing unwinds into C. The panic is

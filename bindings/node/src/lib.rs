@@ -6,12 +6,10 @@
 //! stream bytes, decoded by apache-arrow in the JavaScript layer (`index.js`).
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use laminar::{Config, Db};
@@ -52,18 +50,13 @@ fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> laminar_core::Result<Vec<
     Ok(out)
 }
 
-/// The batches of Arrow IPC stream bytes.
+/// The batches of Arrow IPC stream bytes: damaged bytes are an error, never an abort or a panic
+/// (`read_ipc_stream`); the engine's own check is kept on top, the same one every import
+/// boundary runs (a malformed column is INVALID_DATA naming it).
 fn ipc_batches(bytes: Vec<u8>) -> laminar_core::Result<impl Iterator<Item = laminar_core::Result<RecordBatch>>> {
-    // Lengths past the end of the bytes would make arrow-rs allocate them (and abort the
-    // process); refused first.
-    laminar_core::check_ipc_stream(&bytes)
+    let batches = laminar_core::read_ipc_stream(&bytes)
         .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {}", e.message())))?;
-    let reader = StreamReader::try_new(Cursor::new(bytes), None)
-        .map_err(|e| laminar_core::Error::invalid_argument(format!("not an Arrow IPC stream: {e}")))?;
-    // arrow-rs validates IPC data as it decodes; the engine's own check is kept on top, the
-    // same one every import boundary runs (a malformed column is INVALID_DATA naming it).
-    Ok(reader
-        .map(|b| b.map_err(laminar_core::Error::from).and_then(|b| laminar::arrow::validate_batch(&b).map(|()| b))))
+    Ok(batches.into_iter().map(|b| laminar::arrow::validate_batch(&b).map(|()| b)))
 }
 
 fn config(pairs: Option<HashMap<String, String>>) -> laminar_core::Result<Config> {

@@ -132,7 +132,7 @@ pub(crate) fn clear_staging(staging: &Path) -> Result<()> {
 }
 
 /// An I/O error naming the file.
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+pub(crate) fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
     Error::new(crate::error::ErrorKind::Io, format!("{what} '{}': {e}", path.display()))
 }
 

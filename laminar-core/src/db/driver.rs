@@ -224,11 +224,7 @@ pub(super) fn fail_readers(eng: &mut Engine, source: &str, e: Error) {
 pub(super) fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl FnOnce(&DbInner, &mut Engine)) {
     let r = crate::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(inner, eng))));
     if let Err(p) = r {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let msg = crate::panic_guard::message(&*p);
         fail_readers(eng, source, Error::internal(format!("internal error (a bug in LaminarDB): {msg}")));
     }
 }
@@ -238,16 +234,10 @@ pub(super) fn guarded(inner: &DbInner, eng: &mut Engine, source: &str, f: impl F
 fn contained<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     match crate::panic_guard::caught(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))) {
         Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(Error::internal(format!(
-                "a panic while running the query (in a user-defined function, or a bug in LaminarDB): {msg}"
-            )))
-        }
+        Err(p) => Err(Error::internal(format!(
+            "a panic while running the query (in a user-defined function, or a bug in LaminarDB): {}",
+            crate::panic_guard::message(&*p)
+        ))),
     }
 }
 

@@ -1,7 +1,6 @@
 //! Batches as bytes: lists of record batches in Arrow IPC, and the little cursor the log and
 //! manifest decoders read with.
 
-use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -48,25 +47,13 @@ pub(crate) fn encode_batch(b: &RecordBatch) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// One batch of an IPC stream. Damaged bytes are an `INVALID_DATA` error: lengths past the end
-/// are refused before arrow-rs allocates them, and a panic of arrow-rs's reader (it slices
-/// buffers at the offsets the bytes claim before validating them) is caught here.
+/// One batch of an IPC stream; damaged bytes are an `INVALID_DATA` error (see
+/// [`crate::read_ipc_stream`]).
 pub(crate) fn decode_batch(data: &[u8]) -> Result<RecordBatch> {
-    crate::ipc::check_ipc_stream(data)?;
-    let read = || -> Result<RecordBatch> {
-        let mut r = StreamReader::try_new(std::io::Cursor::new(data), None)?;
-        match r.next() {
-            Some(b) => Ok(b?),
-            None => Err(Error::invalid_data("an encoded batch holds no rows block")),
-        }
-    };
-    match crate::panic_guard::caught(|| std::panic::catch_unwind(read)) {
-        Ok(r) => r,
-        Err(p) => {
-            let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(Error::invalid_data(format!("a damaged Arrow IPC batch: {}", why.unwrap_or_default())))
-        }
-    }
+    crate::ipc::read_ipc_stream(data)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::invalid_data("an encoded batch holds no rows block"))
 }
 
 pub(super) struct Cursor<'a> {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use serde_json::{Value, json};
 
-use crate::error::{Error, ErrorKind, Result, clip};
+use crate::error::{Error, Result, clip};
 
 /// A data file of the table, as an `add` action lists it.
 #[derive(Debug, Clone)]
@@ -91,9 +91,7 @@ fn commit_path(table: &Path, version: u64) -> PathBuf {
     log_dir(table).join(format!("{version:020}.json"))
 }
 
-fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("{what} '{}': {e}", path.display()))
-}
+use crate::connector::files::io_error as io;
 
 fn bad(table: &Path, version: u64, m: impl std::fmt::Display) -> Error {
     Error::invalid_data(format!("Delta table '{}', version {version}: {m}", table.display()))

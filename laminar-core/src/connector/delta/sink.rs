@@ -642,9 +642,7 @@ impl DeltaSink {
     }
 }
 
-fn io(what: &str, path: &std::path::Path, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("{what} '{}': {e}", path.display()))
-}
+use crate::connector::files::io_error as io;
 
 fn encode(epoch: u64, files: &[StagedFile]) -> Vec<u8> {
     let files: Vec<Value> = files

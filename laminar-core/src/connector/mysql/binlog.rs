@@ -447,23 +447,17 @@ fn read_value(b: &[u8], at: &mut usize, t: u8, (m0, m1): (u8, u8)) -> Result<Val
             // The server's my_time_packed_from_binary: integer and fraction are one signed value.
             let int = uint_be(take(b, at, 3)?) as i64 - 0x80_0000;
             let packed: i64 = match m0 {
-                1 | 2 => {
-                    let mut frac = take(b, at, 1)?[0] as i64;
+                1..=4 => {
+                    // The fraction in 1 byte (hundredths) or 2 (ten-thousandths), borrowed from
+                    // the integer part of a negative value.
+                    let (n, scale) = if m0 <= 2 { (1, 10_000) } else { (2, 100) };
+                    let mut frac = uint_be(take(b, at, n)?) as i64;
                     let mut i = int;
                     if i < 0 && frac != 0 {
                         i += 1;
-                        frac -= 0x100;
+                        frac -= 1 << (8 * n);
                     }
-                    (i << 24) + frac * 10_000
-                }
-                3 | 4 => {
-                    let mut frac = uint_be(take(b, at, 2)?) as i64;
-                    let mut i = int;
-                    if i < 0 && frac != 0 {
-                        i += 1;
-                        frac -= 0x10000;
-                    }
-                    (i << 24) + frac * 100
+                    (i << 24) + frac * scale
                 }
                 5 | 6 => {
                     let low = uint_be(take(b, at, 3)?) as i64;
@@ -643,6 +637,14 @@ mod tests {
         assert_eq!(time(enc(packed(true, 0, 0, 1, 500_000), 2), 2), Value::Text("-00:00:01.500000".into()));
         assert_eq!(time(enc(packed(false, 838, 59, 59, 0), 2), 2), Value::Text("838:59:59.000000".into()));
         assert_eq!(time(enc(packed(true, 0, 0, 1, 1), 6), 6), Value::Text("-00:00:01.000001".into()));
+        // fsp 4: the fraction in two bytes, in ten-thousandths (-1.25 s is int -2, fraction -2500).
+        let fsp4 = |i: i64, f: i64| {
+            let v = (i + 0x80_0000) as u32;
+            let f = f as u16;
+            vec![(v >> 16) as u8, (v >> 8) as u8, v as u8, (f >> 8) as u8, f as u8]
+        };
+        assert_eq!(time(fsp4(-2, -2500), 4), Value::Text("-00:00:01.250000".into()));
+        assert_eq!(time(fsp4(3, 1234), 4), Value::Text("00:00:03.123400".into()));
         assert_eq!(time(0x80_0000u32.to_be_bytes()[1..].to_vec(), 0), Value::Text("00:00:00".into()));
     }
 

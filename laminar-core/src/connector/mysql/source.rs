@@ -39,11 +39,7 @@ enum Startup {
 }
 
 /// One change: the declared columns' values as bytes (text, or raw for BYTEA columns).
-enum Row {
-    Upsert(Vec<Option<Vec<u8>>>),
-    Delete(Vec<Option<Vec<u8>>>),
-    Truncate,
-}
+type Row = crate::connector::CdcRow<Option<Vec<u8>>>;
 
 /// A column of the captured table on the server.
 struct Column {
@@ -429,13 +425,7 @@ impl MySqlCdcSource {
     fn batch(&self, rows: &[Row]) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len() + 1);
         for (j, f) in self.schema.fields().iter().enumerate() {
-            let vals: Vec<Option<&[u8]>> = rows
-                .iter()
-                .map(|r| match r {
-                    Row::Upsert(v) | Row::Delete(v) => v[j].as_deref(),
-                    Row::Truncate => None,
-                })
-                .collect();
+            let vals: Vec<Option<&[u8]>> = rows.iter().map(|r| r.value(j).and_then(|v| v.as_deref())).collect();
             let col: ArrayRef = if matches!(f.data_type(), DataType::Binary | DataType::LargeBinary) {
                 cast_with_options(&BinaryArray::from(vals), f.data_type(), &CastOptions::default())?
             } else {
@@ -454,15 +444,7 @@ impl MySqlCdcSource {
             };
             cols.push(col);
         }
-        let deleted = rows
-            .iter()
-            .map(|r| match r {
-                Row::Upsert(_) => Some(false),
-                Row::Delete(_) => Some(true),
-                Row::Truncate => None,
-            })
-            .collect();
-        let cols = crate::connector::cdc_columns(cols, &self.schema, deleted)?;
+        let cols = crate::connector::cdc_columns(cols, &self.schema, rows)?;
         Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
     }
 

@@ -34,12 +34,7 @@ enum Startup {
 }
 
 /// One change as text values of the declared columns, in order.
-enum Row {
-    Upsert(Vec<Option<String>>),
-    Delete(Vec<Option<String>>),
-    /// TRUNCATE: every row of the table goes.
-    Truncate,
-}
+type Row = crate::connector::CdcRow<Option<String>>;
 
 pub(crate) struct PgCdcSource {
     source: String,
@@ -442,26 +437,12 @@ impl PgCdcSource {
     fn batch(&self, rows: &[Row]) -> Result<RecordBatch> {
         let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len() + 1);
         for (j, f) in self.schema.fields().iter().enumerate() {
-            let texts: Vec<Option<&str>> = rows
-                .iter()
-                .map(|r| match r {
-                    Row::Upsert(v) | Row::Delete(v) => v[j].as_deref(),
-                    Row::Truncate => None,
-                })
-                .collect();
+            let texts: Vec<Option<&str>> = rows.iter().map(|r| r.value(j).and_then(|v| v.as_deref())).collect();
             let col = text_column(&texts, f.data_type())
                 .map_err(|e| Error::invalid_data(format!("{}: column '{}': {}", self.what(), f.name(), e.message())))?;
             cols.push(col);
         }
-        let deleted = rows
-            .iter()
-            .map(|r| match r {
-                Row::Upsert(_) => Some(false),
-                Row::Delete(_) => Some(true),
-                Row::Truncate => None,
-            })
-            .collect();
-        let cols = crate::connector::cdc_columns(cols, &self.schema, deleted)?;
+        let cols = crate::connector::cdc_columns(cols, &self.schema, rows)?;
         Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
     }
 
