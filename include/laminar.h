@@ -175,6 +175,77 @@ typedef struct laminar_writer laminar_writer;
 // Since: 0.1.0
 typedef int32_t laminar_status;
 
+// How a function's result depends on its arguments (the planner may fold calls of an
+// immutable function over constants once).
+//
+// Since: 0.1.0
+typedef int32_t laminar_volatility;
+
+// Computes a scalar function over one batch of rows.
+//
+// - `args`, `args_schema`: the arguments, as a struct array (one child per argument, in order,
+//   of the declared types) of `args->length` rows, with its schema. Handed over: the callback
+//   may move them (copy the struct and set `release = NULL`) or leave them, in which case
+//   LaminarDB releases them after the callback returns.
+// - `out`, `out_schema`: caller-allocated, released on entry; on success the callback moves its
+//   result into them: an array of `args->length` rows of the declared return type, and its
+//   schema. LaminarDB owns and releases them afterwards (also on failure, when they were set).
+// - `error`, `error_size`: on failure, the callback may write a NUL-terminated message of at
+//   most `error_size` bytes (1024) into `error`; it becomes the stream's error text.
+//
+// Returns 0 on success, anything else on failure: the ad-hoc statement or the stream that called
+// the function fails with `LAMINAR_INVALID_DATA` and "function '<name>' failed: <message>"
+// (other streams and the database go on). A result of the wrong length or type, or an array
+// that is not valid Arrow, fails it the same way.
+//
+// It runs on threads owned by LaminarDB (or the thread of an ad-hoc query), possibly on several
+// at once, and must return normally (no `longjmp`, no C++ exception).
+//
+// Since: 0.1.0
+typedef int (*laminar_scalar_fn)(void *user_data,
+                                 struct ArrowArray *args,
+                                 struct ArrowSchema *args_schema,
+                                 struct ArrowArray *out,
+                                 struct ArrowSchema *out_schema,
+                                 char *error,
+                                 size_t error_size);
+
+// Frees `user_data`; called exactly once, after `on_close`.
+//
+// Since: 0.1.0
+typedef void (*laminar_free_cb)(void *user_data);
+
+// A scalar function to register (`laminar_config_add_scalar_function`,
+// `laminar_db_register_scalar_function`). Fill every field, zero the rest, and set
+// `struct_size = sizeof(laminar_scalar_function)`; LaminarDB copies what it needs during the
+// call.
+//
+// Since: 0.1.0
+typedef struct laminar_scalar_function {
+  // `sizeof(laminar_scalar_function)` as the caller compiled it; lets the struct grow.
+  uint32_t struct_size;
+  // The name SQL calls it by: lowercase letters, digits and `_`, starting with a letter or
+  // `_` (SQL folds unquoted names to lowercase). A built-in function's name is
+  // `LAMINAR_ALREADY_EXISTS`. Borrowed.
+  const char *name;
+  // The argument types: a struct schema (format `"+s"`) with one child per argument, in
+  // order (the children's names do not matter). Borrowed.
+  const struct ArrowSchema *arg_types;
+  // The result type: a schema of one field (any name). Borrowed.
+  const struct ArrowSchema *return_type;
+  // A `LAMINAR_VOLATILITY_*` value.
+  laminar_volatility volatility;
+  // The function. Required.
+  laminar_scalar_fn call;
+  // Passed as the first argument of `call`; opaque to LaminarDB.
+  void *user_data;
+  // May be NULL. Frees `user_data`, once, when LaminarDB no longer holds the function: after
+  // the configuration it was added to is destroyed and every database opened with it (or the
+  // database it was registered on) is closed and its streams are gone. It may run on any
+  // thread. When registration fails it is not called: `user_data` stays the caller's.
+  laminar_free_cb user_data_free;
+} laminar_scalar_function;
+
 // A log level (`LAMINAR_LOG_*`): the severity of a message, and in
 // `laminar_set_log_callback` the least severe level delivered.
 //
@@ -226,11 +297,6 @@ typedef void (*laminar_error_cb)(void *user_data, const struct laminar_error *er
 //
 // Since: 0.1.0
 typedef void (*laminar_close_cb)(void *user_data);
-
-// Frees `user_data`; called exactly once, after `on_close`.
-//
-// Since: 0.1.0
-typedef void (*laminar_free_cb)(void *user_data);
 
 // The callbacks of a push subscription. Fill every field you use, zero the rest, and set
 // `struct_size = sizeof(laminar_subscriber)`; LaminarDB copies the struct during
@@ -322,6 +388,15 @@ typedef struct laminar_subscriber {
 
 // The SQL parses but cannot be planned (unknown column, type error, unsupported construct).
 #define LAMINAR_PLAN 22
+
+// The same arguments always give the same result.
+#define LAMINAR_VOLATILITY_IMMUTABLE 0
+
+// The same arguments give the same result within one statement.
+#define LAMINAR_VOLATILITY_STABLE 1
+
+// The result may differ from call to call (a random number, a lookup that changes).
+#define LAMINAR_VOLATILITY_VOLATILE 2
 
 // An error: something failed and was not (or not fully) handled, such as a panic caught at
 // the C ABI boundary.
@@ -631,6 +706,37 @@ LAMINAR_API void laminar_error_destroy(struct laminar_error *error);
 //
 // Thread-safety: any thread. Since: 0.1.0
 LAMINAR_API const char *laminar_status_str(laminar_status status);
+
+// Adds a scalar function to a configuration: every database opened with it has the function
+// from the start, so a durable database whose streams call it finds it while it reopens (a
+// stream calling a function the database does not have fails the open with `LAMINAR_PLAN`
+// naming it). A function of the same name replaces the earlier one.
+//
+// - `config`: borrowed, serialized. `function`: borrowed; copied (only its first `struct_size`
+//   bytes).
+//
+// Errors: `LAMINAR_INVALID_ARGUMENT` (NULL pointers, a `struct_size` smaller than this version's,
+// a malformed name or schema, an unknown volatility), `LAMINAR_ALREADY_EXISTS` (a built-in
+// function's name). On failure `user_data` stays the caller's. Since: 0.1.0
+LAMINAR_API
+laminar_status laminar_config_add_scalar_function(struct laminar_config *config,
+                                                  const struct laminar_scalar_function *function,
+                                                  struct laminar_error **out_error);
+
+// Registers a scalar function on an open database, for the statements that follow: continuous
+// queries and ad-hoc SQL alike. A stream keeps the function it was planned with; registering
+// another of the same name later changes what new statements get. A durable database that
+// reopens does not remember it: add it to the configuration (`laminar_config_add_scalar_function`)
+// instead, when streams call it.
+//
+// - `db`: borrowed. `function`: as `laminar_config_add_scalar_function`.
+//
+// Errors: as `laminar_config_add_scalar_function`, plus `LAMINAR_CLOSED`. Thread-safety: any
+// thread. Since: 0.1.0
+LAMINAR_API
+laminar_status laminar_db_register_scalar_function(struct laminar_db *db,
+                                                   const struct laminar_scalar_function *function,
+                                                   struct laminar_error **out_error);
 
 // Sends LaminarDB's log messages to `callback` instead of nowhere. By default the library
 // prints nothing — not to stderr, not anywhere: warnings (a torn or corrupt checkpoint skipped

@@ -66,7 +66,7 @@ struct RawSchema {
 }
 
 /// A released schema or one without a format is INVALID_ARGUMENT (arrow-rs would read NULL).
-fn check_schema(schema: &FFI_ArrowSchema) -> Result<()> {
+pub(crate) fn check_schema(schema: &FFI_ArrowSchema) -> Result<()> {
     // SAFETY: FFI_ArrowSchema is #[repr(C)] with exactly this layout (the C Data Interface).
     let raw = unsafe { &*(schema as *const FFI_ArrowSchema as *const RawSchema) };
     if raw.release.is_none() {

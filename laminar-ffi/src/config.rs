@@ -45,6 +45,11 @@ impl Config {
         Ok(())
     }
 
+    /// Adds a scalar function for every database opened with this configuration.
+    pub fn add_scalar_function(&mut self, f: datafusion::logical_expr::ScalarUDF) -> Result<()> {
+        self.checked.register_scalar_function(f)
+    }
+
     /// The value set for `key`, as given.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())

@@ -24,6 +24,7 @@ pub mod arrow;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod function;
 pub mod logging;
 pub mod subscription;
 pub mod writer;
