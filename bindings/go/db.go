@@ -25,7 +25,10 @@ type DB struct {
 	ptr *C.laminar_db
 }
 
-type options struct{ pairs [][2]string }
+type options struct {
+	pairs [][2]string
+	funcs []ScalarFunction
+}
 
 // Option sets a configuration key of Open.
 type Option func(*options)
@@ -48,9 +51,9 @@ func cstr(s string) (*C.char, func()) {
 	return c, func() { C.free(unsafe.Pointer(c)) }
 }
 
-// newConfig builds a laminar_config from key/values (nil for none).
-func newConfig(pairs [][2]string) (*C.laminar_config, error) {
-	if len(pairs) == 0 {
+// newConfig builds a laminar_config from key/values and functions (nil for none).
+func newConfig(pairs [][2]string, funcs ...ScalarFunction) (*C.laminar_config, error) {
+	if len(pairs) == 0 && len(funcs) == 0 {
 		return nil, nil
 	}
 	var cfg *C.laminar_config
@@ -69,6 +72,12 @@ func newConfig(pairs [][2]string) (*C.laminar_config, error) {
 			return nil, err
 		}
 	}
+	for _, f := range funcs {
+		if err := registerFunction(cfg, nil, f); err != nil {
+			C.laminar_config_destroy(cfg)
+			return nil, err
+		}
+	}
 	return cfg, nil
 }
 
@@ -79,7 +88,7 @@ func Open(path string, opts ...Option) (*DB, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	cfg, err := newConfig(o.pairs)
+	cfg, err := newConfig(o.pairs, o.funcs...)
 	if err != nil {
 		return nil, err
 	}

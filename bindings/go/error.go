@@ -65,11 +65,14 @@ func (e *Error) Is(target error) bool {
 
 // Sentinels for errors.Is.
 var (
-	ErrNotFound          = &Error{Status: StatusNotFound, SQLOffset: -1}
-	ErrAlreadyExists     = &Error{Status: StatusAlreadyExists, SQLOffset: -1}
-	ErrInvalidArgument   = &Error{Status: StatusInvalidArgument, SQLOffset: -1}
-	ErrInvalidState      = &Error{Status: StatusInvalidState, SQLOffset: -1}
-	ErrSchemaMismatch    = &Error{Status: StatusInvalidData, SQLOffset: -1}
+	ErrNotFound        = &Error{Status: StatusNotFound, SQLOffset: -1}
+	ErrAlreadyExists   = &Error{Status: StatusAlreadyExists, SQLOffset: -1}
+	ErrInvalidArgument = &Error{Status: StatusInvalidArgument, SQLOffset: -1}
+	ErrInvalidState    = &Error{Status: StatusInvalidState, SQLOffset: -1}
+	ErrSchemaMismatch  = &Error{Status: StatusInvalidData, SQLOffset: -1}
+	// ErrInvalidData matches the same status as ErrSchemaMismatch: data that cannot be used (a
+	// division by zero, a function's failure or malformed result).
+	ErrInvalidData       = &Error{Status: StatusInvalidData, SQLOffset: -1}
 	ErrInternal          = &Error{Status: StatusInternal, SQLOffset: -1}
 	ErrNotImplemented    = &Error{Status: StatusNotImplemented, SQLOffset: -1}
 	ErrIO                = &Error{Status: StatusIO, SQLOffset: -1}

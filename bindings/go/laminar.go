@@ -9,6 +9,8 @@
 // Records cross through arrow-go's cdata package without copies. Subscription.Next and
 // Writer.Write honour their context while they wait (a cancelled context interrupts a write
 // blocked on a full queue); Exec, Query, Flush and Checkpoint check it before they start.
+// Scalar functions written in Go (ScalarFunction, DB.RegisterFunction, WithFunction) run inside
+// the engine over whole arrow.Arrays, in continuous queries and ad-hoc SQL alike.
 // Errors are *Error values matchable with errors.Is against the sentinels (ErrNotFound,
 // ErrSchemaMismatch, ErrClosed, …).
 //
