@@ -1,4 +1,4 @@
-import type { Table, RecordBatch, Schema } from 'apache-arrow';
+import type { Table, RecordBatch, Schema, Vector, DataType } from 'apache-arrow';
 
 /** An error from LaminarDB. `code` is the status name shared by C, Python, Go and Node. */
 export declare class LaminarError extends Error {
@@ -80,6 +80,22 @@ export interface CatalogEntry {
   inputs: string[];
 }
 
+/**
+ * A scalar function: one apache-arrow Vector per argument (a batch of rows) in; a Vector of the
+ * return type, a typed array, or an array of that many values out.
+ */
+export type ScalarFn = (...args: Vector[]) => Vector | ArrayLike<unknown> | Iterable<unknown>;
+
+/** A scalar function to register when a database opens (`open(path, config, { functions })`). */
+export interface FunctionDefinition {
+  /** Lowercase letters, digits and `_` (SQL folds unquoted names to lowercase). */
+  name: string;
+  fn: ScalarFn;
+  argTypes: DataType[];
+  returnType: DataType;
+  volatility?: 'immutable' | 'stable' | 'volatile';
+}
+
 /** An open database. */
 export declare class Connection {
   /** Runs one or more `;`-separated statements; resolves to the rows the last one returned. */
@@ -94,6 +110,18 @@ export declare class Connection {
   subscribe(stream: string, options?: SubscribeOptions): Subscription;
   /** Subscribes with a callback run for every batch (it does not keep the process alive). */
   subscribe(stream: string, onBatch: (batch: Table) => void | Promise<void>, options?: SubscribeOptions): CallbackSubscription;
+  /**
+   * Registers a scalar function for the statements that follow. It runs on this (the JavaScript)
+   * thread; a throw, or a result of the wrong length or type, fails the statement or stream that
+   * called it with INVALID_DATA.
+   */
+  registerFunction(
+    name: string,
+    fn: ScalarFn,
+    argTypes: DataType[],
+    returnType: DataType,
+    options?: { volatility?: 'immutable' | 'stable' | 'volatile' },
+  ): void;
   /** The schema of a source, stream or view. */
   schema(name: string): Promise<Schema>;
   catalog(): Promise<CatalogEntry[]>;
@@ -113,8 +141,16 @@ export declare class Connection {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Opens a database: ":memory:" (the default). `config` holds engine keys ({ workers: 2 }). */
-export declare function open(path?: string, config?: Record<string, string | number>): Promise<Connection>;
+/**
+ * Opens a database: ":memory:" (the default) or a directory. `config` holds engine keys
+ * ({ workers: 2 }); `options.functions` are registered before it opens (a durable database whose
+ * streams call them needs them to reopen).
+ */
+export declare function open(
+  path?: string,
+  config?: Record<string, string | number>,
+  options?: { functions?: FunctionDefinition[] },
+): Promise<Connection>;
 
 /** The library version. */
 export declare const version: string;

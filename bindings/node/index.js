@@ -91,6 +91,70 @@ function toIPC(data, schema) {
   throw new TypeError('insert takes an apache-arrow Table or RecordBatch, Arrow IPC stream bytes, or an array of plain objects');
 }
 
+// ------------------------------------------------------------------ functions
+// JavaScript scalar functions. The engine calls them from its threads, a batch of rows at a time;
+// each call is handed to this (the JavaScript) thread, which runs the function and hands the
+// result back, so a function costs a thread hop and an IPC round trip per batch, and runs only
+// while this thread is free (or inside the package's own calls that wait for the engine).
+const functions = new Map(); // dispatcher id -> { name, fn, returnType }
+let nextFunctionId = 1;
+let udfHost = null;
+
+/** Called by the engine (through the native host) with [id, IPC bytes of the arguments]: never
+ * throws; answers IPC bytes of the result column, or a message. */
+function dispatch([id, args]) {
+  const f = functions.get(id);
+  try {
+    const t = arrow.tableFromIPC(args);
+    const cols = t.schema.fields.map((_, i) => t.getChildAt(i));
+    let out = f.fn(...cols);
+    if (!(out instanceof arrow.Vector)) out = toVector(out, f.returnType);
+    return Buffer.from(arrow.tableToIPC(new arrow.Table({ result: out }), 'stream'));
+  } catch (e) {
+    const name = e && typeof e.name === 'string' ? e.name : 'Error';
+    const message = e && e.message !== undefined ? e.message : String(e);
+    return `${name}: ${message}`;
+  }
+}
+
+/** A function's result that is not a Vector: a typed array, or values of the declared type. */
+function toVector(out, type) {
+  if (ArrayBuffer.isView(out) && !(out instanceof DataView)) return arrow.makeVector(out);
+  try {
+    let values = Array.from(out);
+    if (arrow.DataType.isInt(type) && type.bitWidth === 64) {
+      values = values.map((v) => (v === null || v === undefined ? null : BigInt(v)));
+    }
+    return arrow.vectorFromArray(values, type);
+  } catch (e) {
+    throw new TypeError(`its result does not convert to ${type}: ${e.message}`);
+  }
+}
+
+function host() {
+  if (!udfHost) udfHost = new native.NativeUdfHost(dispatch, () => udfHost.serve());
+  return udfHost;
+}
+
+const VOLATILITIES = ['immutable', 'stable', 'volatile'];
+
+/** The native description of a function; validates the arguments. */
+function functionSpec(name, fn, argTypes, returnType, volatility = 'immutable') {
+  if (typeof name !== 'string') throw new TypeError('a function name must be a string');
+  if (typeof fn !== 'function') throw new TypeError(`the function of '${name}' is not callable`);
+  if (!Array.isArray(argTypes) || !argTypes.every((t) => t instanceof arrow.DataType)) {
+    throw new TypeError(`argTypes of '${name}' must be an array of apache-arrow DataTypes`);
+  }
+  if (!(returnType instanceof arrow.DataType)) throw new TypeError(`returnType of '${name}' must be an apache-arrow DataType`);
+  if (!VOLATILITIES.includes(volatility)) throw new TypeError(`volatility must be one of ${VOLATILITIES.join(', ')}, not '${volatility}'`);
+  const fields = argTypes.map((t, i) => new arrow.Field(`a${i}`, t, true));
+  fields.push(new arrow.Field('result', returnType, true));
+  const types = Buffer.from(arrow.tableToIPC(new arrow.Table(new arrow.Schema(fields)), 'stream'));
+  const id = nextFunctionId++;
+  functions.set(id, { name, fn, returnType });
+  return { name, id, types, volatility };
+}
+
 /** A writer into one source; `close()` is idempotent. */
 class Writer {
   constructor(native, conn, source) {
@@ -319,6 +383,19 @@ class Connection {
     if (!sub._done) this._subs.add(sub);
     return sub;
   }
+  /**
+   * Registers a scalar function for the statements that follow (continuous queries and ad-hoc
+   * SQL). `fn` gets one apache-arrow Vector per argument (a batch of rows) and returns a Vector of
+   * `returnType`, a typed array, or an array of values of that length. A throw fails the statement
+   * or stream that called it (`INVALID_DATA`, "TypeError: …"); so does a result of the wrong length
+   * or type. `name`: lowercase letters, digits and `_`. `options.volatility`: 'immutable'
+   * (default), 'stable' or 'volatile'. A durable database does not remember it: pass it to
+   * `open(path, config, { functions })` when streams call it.
+   */
+  registerFunction(name, fn, argTypes, returnType, options = {}) {
+    const spec = functionSpec(name, fn, argTypes, returnType, options.volatility);
+    callSync(() => this._live().registerFunction(host(), spec));
+  }
   /** The schema of a source, stream or view (apache-arrow Schema). */
   async schema(name) {
     return arrow.tableFromIPC(await call(this._live().schema(name))).schema;
@@ -363,9 +440,17 @@ class Connection {
   }
 }
 
-/** Opens a database (`":memory:"`); `config` holds engine keys ({ workers: 2, buffer_size: 1024 }). */
-async function open(path = ':memory:', config = undefined) {
-  return new Connection(callSync(() => new native.NativeDb(path, stringMap(config))));
+/**
+ * Opens a database (`":memory:"` or a directory); `config` holds engine keys ({ workers: 2,
+ * buffer_size: 1024 }); `options.functions`: scalar functions registered before the database
+ * opens, each `{ name, fn, argTypes, returnType, volatility }` (see `registerFunction`), so that a
+ * durable database whose streams call them finds them while it reopens.
+ */
+async function open(path = ':memory:', config = undefined, options = {}) {
+  const fns = options.functions || [];
+  if (fns.length === 0) return new Connection(callSync(() => new native.NativeDb(path, stringMap(config))));
+  const specs = fns.map((f) => functionSpec(f.name, f.fn, f.argTypes, f.returnType, f.volatility));
+  return new Connection(callSync(() => native.NativeDb.openWithFunctions(path, stringMap(config), host(), specs)));
 }
 
 module.exports = { open, Connection, Writer, Subscription, CallbackSubscription, LaminarError, version: native.version() };

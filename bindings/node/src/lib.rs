@@ -18,6 +18,8 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use parking_lot::Mutex;
 
+mod udf;
+
 /// Engine errors reach JavaScript as `LAMINAR[STATUS] message`, or `LAMINAR[STATUS@HEX] message`
 /// when the error reports a failed stream (HEX: the stream name's UTF-8 bytes in hex, so any
 /// name survives); index.js turns them into `LaminarError` with `code` = STATUS and `stream` set.
@@ -73,6 +75,8 @@ fn config(pairs: Option<HashMap<String, String>>) -> laminar_core::Result<Config
 #[napi]
 pub struct NativeDb {
     db: Db,
+    /// Where the database's JavaScript functions are called, once it has any.
+    host: Mutex<Option<Arc<udf::Shared>>>,
 }
 
 pub struct DbTask<F: FnMut(&Db) -> laminar_core::Result<Option<Vec<u8>>> + Send> {
@@ -105,7 +109,44 @@ impl NativeDb {
     #[napi(constructor)]
     pub fn new(path: String, config_pairs: Option<HashMap<String, String>>) -> Result<Self> {
         let cfg = config(config_pairs).js()?;
-        Ok(NativeDb { db: Db::open(&path, &cfg).js()? })
+        Ok(NativeDb { db: Db::open(&path, &cfg).js()?, host: Mutex::new(None) })
+    }
+
+    /// Opens a database with JavaScript functions registered first (a durable database replays
+    /// streams that call them while it opens; this thread serves those calls meanwhile).
+    #[napi(factory)]
+    pub fn open_with_functions(
+        env: Env,
+        path: String,
+        config_pairs: Option<HashMap<String, String>>,
+        host: &udf::NativeUdfHost,
+        functions: Vec<udf::FunctionSpec>,
+    ) -> Result<Self> {
+        let mut cfg = config(config_pairs).js()?;
+        for f in &functions {
+            cfg.add_scalar_function(udf::scalar_function(&host.shared, f).js()?).js()?;
+        }
+        let shared = host.shared.clone();
+        let db = udf::pumped(&env, Some(&shared), || Db::open(&path, &cfg)).js()?;
+        Ok(NativeDb { db, host: Mutex::new(Some(shared)) })
+    }
+
+    /// Registers a JavaScript function for the statements that follow.
+    #[napi]
+    pub fn register_function(&self, host: &udf::NativeUdfHost, function: udf::FunctionSpec) -> Result<()> {
+        let f = udf::scalar_function(&host.shared, &function).js()?;
+        self.db.database().register_scalar_function(f).js()?;
+        let mut h = self.host.lock();
+        if h.is_none() {
+            *h = Some(host.shared.clone());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` here, or on a helper thread while this thread serves JavaScript functions.
+    fn pumped<T: Send>(&self, env: &Env, f: impl FnOnce() -> T + Send) -> T {
+        let host = self.host.lock().clone();
+        udf::pumped(env, host.as_ref(), f)
     }
 
     /// Runs statements; resolves to IPC bytes of the rows the last one returned, or null.
@@ -180,8 +221,8 @@ impl NativeDb {
 
     /// Closes the database (idempotent). Subscriptions end.
     #[napi]
-    pub fn close(&self) {
-        self.db.close()
+    pub fn close(&self, env: Env) {
+        self.pumped(&env, || self.db.close())
     }
 
     #[napi(getter)]
@@ -190,8 +231,8 @@ impl NativeDb {
     }
 
     #[napi]
-    pub fn writer(&self, source: String) -> Result<NativeWriter> {
-        let w = self.db.writer(&source).js()?;
+    pub fn writer(&self, env: Env, source: String) -> Result<NativeWriter> {
+        let w = self.pumped(&env, || self.db.writer(&source)).js()?;
         let interrupt = w.interrupter();
         Ok(NativeWriter { w: Arc::new(Mutex::new(Some(w))), interrupt })
     }
@@ -202,6 +243,7 @@ impl NativeDb {
     #[napi]
     pub fn subscribe_push(
         &self,
+        env: Env,
         name: String,
         options: Option<HashMap<String, String>>,
         initial_credits: u32,
@@ -210,35 +252,36 @@ impl NativeDb {
         use napi::threadsafe_function::ThreadsafeFunctionCallMode;
         let opts = config(options).js()?;
         let push = self
-            .db
-            .subscribe_push(&name, &opts, initial_credits as u64, move |ev| {
-                let msg = match ev {
-                    laminar_core::PushEvent::Schema(_) => return,
-                    laminar_core::PushEvent::Batch(b, epoch) => match ipc(&b.schema(), &[b]) {
-                        Ok(bytes) => PushMessage {
-                            kind: "batch".into(),
-                            data: Some(Buffer::from(bytes)),
-                            error: None,
-                            epoch: epoch as i64,
+            .pumped(&env, || {
+                self.db.subscribe_push(&name, &opts, initial_credits as u64, move |ev| {
+                    let msg = match ev {
+                        laminar_core::PushEvent::Schema(_) => return,
+                        laminar_core::PushEvent::Batch(b, epoch) => match ipc(&b.schema(), &[b]) {
+                            Ok(bytes) => PushMessage {
+                                kind: "batch".into(),
+                                data: Some(Buffer::from(bytes)),
+                                error: None,
+                                epoch: epoch as i64,
+                            },
+                            Err(e) => PushMessage {
+                                kind: "error".into(),
+                                data: None,
+                                error: Some(js_err(e).reason.clone()),
+                                epoch: 0,
+                            },
                         },
-                        Err(e) => PushMessage {
+                        laminar_core::PushEvent::Error(e) => PushMessage {
                             kind: "error".into(),
                             data: None,
                             error: Some(js_err(e).reason.clone()),
                             epoch: 0,
                         },
-                    },
-                    laminar_core::PushEvent::Error(e) => PushMessage {
-                        kind: "error".into(),
-                        data: None,
-                        error: Some(js_err(e).reason.clone()),
-                        epoch: 0,
-                    },
-                    laminar_core::PushEvent::Closed => {
-                        PushMessage { kind: "closed".into(), data: None, error: None, epoch: 0 }
-                    }
-                };
-                callback.call(msg, ThreadsafeFunctionCallMode::NonBlocking);
+                        laminar_core::PushEvent::Closed => {
+                            PushMessage { kind: "closed".into(), data: None, error: None, epoch: 0 }
+                        }
+                    };
+                    callback.call(msg, ThreadsafeFunctionCallMode::NonBlocking);
+                })
             })
             .js()?;
         Ok(NativePushSubscription { push })
@@ -246,9 +289,14 @@ impl NativeDb {
 
     /// A pull subscription; options: buffer_size, on_full, resume_after_epoch.
     #[napi]
-    pub fn subscribe(&self, name: String, options: Option<HashMap<String, String>>) -> Result<NativeSubscription> {
+    pub fn subscribe(
+        &self,
+        env: Env,
+        name: String,
+        options: Option<HashMap<String, String>>,
+    ) -> Result<NativeSubscription> {
         let opts = config(options).js()?;
-        let sub = self.db.subscribe(&name, &opts).js()?;
+        let sub = self.pumped(&env, || self.db.subscribe(&name, &opts)).js()?;
         let schema = ipc(&sub.schema(), &[]).js()?;
         Ok(NativeSubscription { sub, schema })
     }
