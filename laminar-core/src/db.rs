@@ -450,7 +450,8 @@ impl Database {
 
     /// Registers an aggregate function (DataFusion's `AggregateUDF`), as
     /// [`Database::register_scalar_function`] does a scalar one. In windows it is evaluated per
-    /// window; a changelog input needs its accumulator to retract (`retract_batch`).
+    /// window; over a changelog input (an aggregate that updates, a join that retracts) it is
+    /// refused when the statement is planned (only COUNT, SUM, AVG, MIN and MAX take retractions).
     pub fn register_aggregate_function(&self, f: datafusion::logical_expr::AggregateUDF) -> Result<()> {
         self.check_open()?;
         self.inner.functions.write().add_aggregate(f)

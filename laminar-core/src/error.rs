@@ -218,6 +218,43 @@ impl std::error::Error for Error {
     }
 }
 
+/// The failure of a user-defined function written in a host language, carried through DataFusion
+/// as `DataFusionError::External`: the message the statement or stream fails with
+/// (`INVALID_DATA`), and the host's own error object (a Python exception) for a binding to hand
+/// back to its user (found through [`std::error::Error::source`]).
+pub struct FunctionError {
+    pub message: String,
+    pub cause: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for FunctionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionError").field("message", &self.message).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for FunctionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for FunctionError {}
+
+impl FunctionError {
+    /// The user function's failure in `e`, the DataFusion error a statement or stream failed with.
+    pub fn find(e: &datafusion::error::DataFusionError) -> Option<&FunctionError> {
+        use datafusion::error::DataFusionError as D;
+        match e {
+            D::External(x) => x.downcast_ref::<FunctionError>(),
+            D::Context(_, inner) | D::Diagnostic(_, inner) => FunctionError::find(inner),
+            D::Shared(inner) => FunctionError::find(inner),
+            D::Collection(v) => v.first().and_then(FunctionError::find),
+            _ => None,
+        }
+    }
+}
+
 /// The kind and message of a DataFusion error (its source is attached by the `From` impl).
 fn from_datafusion(e: &datafusion::error::DataFusionError) -> Error {
     use datafusion::error::DataFusionError as D;
@@ -235,6 +272,7 @@ fn from_datafusion(e: &datafusion::error::DataFusionError) -> Error {
         D::Execution(m) => Error::new(ErrorKind::InvalidData, m.clone()),
         D::IoError(e) => Error::new(ErrorKind::Io, e.to_string()),
         D::Internal(m) => Error::internal(m.clone()),
+        D::External(x) if x.is::<FunctionError>() => Error::invalid_data(x.to_string()),
         other => Error::new(ErrorKind::Unknown, other.to_string()),
     }
 }

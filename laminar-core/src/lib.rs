@@ -37,7 +37,7 @@ pub use db::{
     RecoveryInfo, SinkMetrics, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt,
 };
 pub use durable::CheckpointStats;
-pub use error::{Error, ErrorKind, Result, SqlPosition};
+pub use error::{Error, ErrorKind, FunctionError, Result, SqlPosition};
 pub use functions::Functions;
 pub use ipc::read_ipc_stream;
 pub use operator::{NO_WATERMARK, StreamKind, WEIGHT_COLUMN};

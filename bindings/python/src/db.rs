@@ -48,6 +48,10 @@ fn classify(sql: &str) -> (String, Option<String>) {
 
 /// A scalar function to register: (name, function, argument types, return type, volatility).
 type FunctionSpec<'py> = (String, Py<PyAny>, Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>, String);
+/// An aggregate function to register: (name, accumulator class or factory, input types, return
+/// type, state types, volatility).
+type AggregateSpec<'py> =
+    (String, Py<PyAny>, Vec<Bound<'py, PyAny>>, Bound<'py, PyAny>, Vec<Bound<'py, PyAny>>, String);
 
 #[pyclass(module = "laminardb._laminardb", frozen)]
 pub struct Database {
@@ -59,17 +63,22 @@ impl Database {
     /// `functions`: (name, function, argument types, return type, volatility) of the scalar
     /// functions to register before the database opens.
     #[new]
-    #[pyo3(signature = (path, config, functions=None))]
+    #[pyo3(signature = (path, config, functions=None, aggregates=None))]
     fn new(
         py: Python<'_>,
         path: &str,
         config: Vec<(String, String)>,
         functions: Option<Vec<FunctionSpec<'_>>>,
+        aggregates: Option<Vec<AggregateSpec<'_>>>,
     ) -> PyResult<Database> {
         let cfg = config_from(config)?;
         let mut fs = laminar_core::Functions::default();
         for (name, func, args, ret, volatility) in functions.unwrap_or_default() {
             fs.add_scalar(crate::udf::scalar_function(&name, func, &args, &ret, &volatility)?).py()?;
+        }
+        for (name, acc, inputs, ret, states, volatility) in aggregates.unwrap_or_default() {
+            fs.add_aggregate(crate::udf::aggregate_function(py, &name, acc, &inputs, &ret, &states, &volatility)?)
+                .py()?;
         }
         let path = path.to_string();
         Ok(Database { db: py.detach(move || Db::open_with_functions(&path, &cfg, fs)).py()? })
@@ -90,6 +99,35 @@ impl Database {
         py.detach(move || {
             db.check_open()?;
             db.database().register_scalar_function(f)
+        })
+        .py()
+    }
+
+    /// Registers an aggregate function for the statements from now on.
+    #[allow(clippy::too_many_arguments)]
+    fn register_aggregate_function(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        accumulator: Py<PyAny>,
+        input_types: Vec<Bound<'_, PyAny>>,
+        return_type: Bound<'_, PyAny>,
+        state_types: Vec<Bound<'_, PyAny>>,
+        volatility: &str,
+    ) -> PyResult<()> {
+        let f = crate::udf::aggregate_function(
+            py,
+            name,
+            accumulator,
+            &input_types,
+            &return_type,
+            &state_types,
+            volatility,
+        )?;
+        let db = self.db.clone();
+        py.detach(move || {
+            db.check_open()?;
+            db.database().register_aggregate_function(f)
         })
         .py()
     }

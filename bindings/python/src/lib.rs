@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 
 /// Turns an engine error into the Python exception the package maps its status to
 /// (`laminardb._errors.from_status`), keeping the engine's message, the failed stream it reports
-/// (a `StreamError`) and, as `__cause__`, the DataFusion or Arrow error it was made from.
+/// (a `StreamError`) and, as `__cause__`, the exception a Python function raised, or else the
+/// DataFusion or Arrow error it was made from.
 pub(crate) fn to_pyerr(e: laminar_core::Error) -> PyErr {
     Python::attach(|py| {
         let status = e.kind().name();
@@ -23,10 +24,22 @@ pub(crate) fn to_pyerr(e: laminar_core::Error) -> PyErr {
             .and_then(|m| m.getattr("from_status"))
             .and_then(|f| f.call1((status, message.clone(), e.failed_stream(), underlying(&e))))
         {
-            Ok(exc) => PyErr::from_value(exc),
+            Ok(exc) => {
+                if let Some(raised) = raised_by_function(py, &e) {
+                    let _ = exc.setattr("__cause__", raised);
+                }
+                PyErr::from_value(exc)
+            }
             Err(_) => pyo3::exceptions::PyRuntimeError::new_err(format!("{status}: {message}")),
         }
     })
+}
+
+/// The exception a Python function raised, when `e` reports that failure.
+fn raised_by_function<'py>(py: Python<'py>, e: &laminar_core::Error) -> Option<Bound<'py, PyAny>> {
+    let d = std::error::Error::source(e)?.downcast_ref::<laminar_core::DataFusionError>()?;
+    let f = laminar_core::FunctionError::find(d)?;
+    f.cause.downcast_ref::<Py<PyAny>>().map(|o| o.bind(py).clone())
 }
 
 /// `(library, kind, message)` of the DataFusion or Arrow error `e` was made from, if any.

@@ -118,3 +118,96 @@ def test_a_durable_database_reopens_with_the_functions_passed_to_open(tmp_path):
     assert "twice_plus_one" in str(e.value)
     with laminardb.open(path, functions=[f]) as db:
         assert db.query("SELECT k, x FROM m").to_pylist() == [{"k": 1, "x": 5}]
+
+
+class SumSq:
+    """Sum of squares of a BIGINT column: one BIGINT of state."""
+
+    def __init__(self):
+        self.total = 0
+
+    def update(self, x):
+        self.total += pc.sum(pc.multiply(x, x)).as_py() or 0
+
+    def merge(self, states):
+        self.total += pc.sum(states[0]).as_py() or 0
+
+    def state(self):
+        return [self.total]
+
+    def evaluate(self):
+        return self.total
+
+
+def test_an_aggregate_function_in_a_tumble_window_equals_python(tmp_path):
+    f = laminardb.AggregateFunction("sum_sq", SumSq, [pa.int64()], pa.int64(), [pa.int64()])
+    path = str(tmp_path / "db")
+    data = rows()
+    want = {}
+    for sym, qty, ts in data:
+        ws = ts.replace(second=ts.second // 10 * 10, microsecond=0)
+        want[(sym, ws)] = want.get((sym, ws), 0) + qty * qty
+    with laminardb.open(path, config={"workers": "2"}, functions=[f]) as db:
+        db.execute(
+            "CREATE SOURCE t (sym VARCHAR, qty BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)"
+        )
+        db.execute(
+            "CREATE MATERIALIZED VIEW w AS SELECT sym, window_start AS ws, sum_sq(qty) AS s "
+            "FROM t GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)"
+        )
+        half = len(data) // 2
+        db.insert("t", {"sym": [r[0] for r in data[:half]], "qty": [r[1] for r in data[:half]], "ts": [r[2] for r in data[:half]]})
+        # A checkpoint in the middle of open windows stores the accumulators' state() ...
+        db.checkpoint()
+    # ... which a reopen merges back.
+    with laminardb.open(path, config={"workers": "2"}, functions=[f]) as db:
+        db.insert("t", {"sym": [r[0] for r in data[half:]], "qty": [r[1] for r in data[half:]], "ts": [r[2] for r in data[half:]]})
+        db.insert("t", {"sym": ["Z"], "qty": [0], "ts": [BASE + datetime.timedelta(days=1)]})
+        got = {(r["sym"], r["ws"]): r["s"] for r in db.query("SELECT sym, ws, s FROM w").to_pylist()}
+        assert got == want
+        # Ad hoc, grouped, over the source's rows.
+        adhoc = {r["sym"]: r["s"] for r in db.query("SELECT sym, sum_sq(qty) AS s FROM t GROUP BY sym").to_pylist()}
+        assert adhoc == {**{s: sum(q * q for x, q, _ in data if x == s) for s in {r[0] for r in data}}, "Z": 0}
+        names = {(r["name"], r["kind"]) for r in db.query("SHOW FUNCTIONS").to_pylist()}
+        assert ("sum_sq", "aggregate") in names
+
+
+def test_an_aggregate_function_over_a_changelog_is_refused_when_planned():
+    with laminardb.open() as db:
+        db.register_aggregate_function("sum_sq", SumSq, [pa.int64()], pa.int64(), [pa.int64()])
+        db.execute("CREATE SOURCE s (k BIGINT, v BIGINT)")
+        db.execute("CREATE MATERIALIZED VIEW latest AS SELECT k, MAX(v) AS v FROM s GROUP BY k")
+        with pytest.raises(laminardb.LaminarError) as e:
+            db.execute("CREATE MATERIALIZED VIEW total AS SELECT sum_sq(v) AS s FROM latest")
+        assert "SUM_SQ over a changelog input is not available" in str(e.value)
+        db.insert("s", {"k": [1], "v": [3]})
+        assert db.query("SELECT sum_sq(v) AS s FROM latest").to_pylist() == [{"s": 9}]
+
+
+def test_a_functions_exception_is_the_errors_cause():
+    class ModelNotLoaded(Exception):
+        pass
+
+    def raises(x):
+        raise ModelNotLoaded("the model is not loaded")
+
+    class Failing(SumSq):
+        def update(self, x):
+            raise KeyError("no such bucket")
+
+    with laminardb.open() as db:
+        db.register_function("raises", raises, [pa.int64()], pa.int64())
+        db.register_aggregate_function("failing", Failing, [pa.int64()], pa.int64(), [pa.int64()])
+        with pytest.raises(laminardb.LaminarError) as e:
+            db.query("SELECT raises(1) AS x")
+        assert isinstance(e.value.__cause__, ModelNotLoaded)
+        assert "ModelNotLoaded: the model is not loaded" in str(e.value)
+        db.execute("CREATE SOURCE s (k BIGINT, v BIGINT)")
+        db.execute("CREATE MATERIALIZED VIEW m AS SELECT k, raises(v) AS x FROM s")
+        db.execute("CREATE MATERIALIZED VIEW a AS SELECT k, failing(v) AS x FROM s GROUP BY k")
+        db.insert("s", {"k": [1], "v": [2]})
+        for view, cls in [("m", ModelNotLoaded), ("a", KeyError)]:
+            with pytest.raises(laminardb.StreamError) as e:
+                db.query(f"SELECT * FROM {view}")
+            assert isinstance(e.value.__cause__, cls), (view, repr(e.value.__cause__))
+        assert db.query("SELECT 1 AS one").to_pylist() == [{"one": 1}]

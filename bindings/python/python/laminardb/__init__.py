@@ -50,7 +50,7 @@ from .connection import (
     StreamInfo,
     StreamMetrics,
 )
-from .functions import ScalarFunction
+from .functions import AggregateFunction, ScalarFunction
 from .result import ExecuteResult, QueryResult
 from .subscription import AsyncSubscription, CallbackSubscription, QueryStream, Subscription
 from .types import ChangeEvent, ChangeRow, Column, MaterializedView, Metrics, Schema
@@ -69,13 +69,14 @@ def open(  # noqa: A001
     path: str = ":memory:",
     *,
     config: Union[LaminarConfig, Dict[str, Any], None] = None,
-    functions: Optional[Sequence[ScalarFunction]] = None,
+    functions: Optional[Sequence[Union[ScalarFunction, AggregateFunction]]] = None,
 ) -> Connection:
     """Opens a database. ``path``: ``":memory:"``, or a directory for a durable database
     (durability ``"wal"`` by default, ``"checkpoint"`` if the config says so); opening a directory
     that holds a database recovers it. ``config``: a :class:`LaminarConfig` or a dict of engine
-    keys. ``functions``: :class:`ScalarFunction` objects registered before the database opens (a
-    durable database's streams that call them are replayed as it opens)."""
+    keys. ``functions``: :class:`ScalarFunction` and :class:`AggregateFunction` objects registered
+    before the database opens (a durable database's streams that call them are replayed as it
+    opens)."""
     return Connection(path, config, functions)
 
 
@@ -124,6 +125,7 @@ def mv(conn: Connection, name: str, sql_def: Optional[str] = None) -> Materializ
 
 __all__ = [
     "ScalarFunction",
+    "AggregateFunction",
     "open", "connect", "sql", "execute", "mv", "CheckpointResult", "Connection", "Config", "LaminarConfig", "ExecuteResult",
     "QueryResult", "QueryStream", "Subscription", "AsyncSubscription", "CallbackSubscription", "Writer",
     "BatchWriter", "PipelineMetrics", "SinkMetrics", "SourceMetrics", "StreamMetrics", "SourceInfo",

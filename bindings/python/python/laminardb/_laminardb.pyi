@@ -43,10 +43,23 @@ class PushSubscription:
 
 class Database:
     def __init__(
-        self, path: str, config: List[Tuple[str, str]], functions: Optional[List[Tuple[Any, ...]]] = None
+        self,
+        path: str,
+        config: List[Tuple[str, str]],
+        functions: Optional[List[Tuple[Any, ...]]] = None,
+        aggregates: Optional[List[Tuple[Any, ...]]] = None,
     ) -> None: ...
     def register_scalar_function(
         self, name: str, func: Callable[..., Any], arg_types: List[Any], return_type: Any, volatility: str
+    ) -> None: ...
+    def register_aggregate_function(
+        self,
+        name: str,
+        accumulator: Callable[[], Any],
+        input_types: List[Any],
+        return_type: Any,
+        state_types: List[Any],
+        volatility: str,
     ) -> None: ...
     @property
     def is_closed(self) -> bool: ...

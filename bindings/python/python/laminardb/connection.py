@@ -16,7 +16,7 @@ from . import _laminardb, codes
 from ._arrow import csv_to_table, insert_into, json_to_table
 from ._errors import BatchSchemaError, CheckpointError, ConnectionError, LaminarError, QueryError, SchemaError, rewrap
 from .config import LaminarConfig, to_pairs
-from .functions import ScalarFunction
+from .functions import AggregateFunction, ScalarFunction
 from .result import ExecuteResult, QueryResult
 from .subscription import CallbackSubscription, QueryStream, Subscription, _Bounded
 from .writer import Writer
@@ -286,12 +286,16 @@ class Connection:
         self,
         path: str = ":memory:",
         config: Union[LaminarConfig, Dict[str, Any], None] = None,
-        functions: Optional[Sequence[ScalarFunction]] = None,
+        functions: Optional[Sequence[Union[ScalarFunction, AggregateFunction]]] = None,
     ):
         pairs = to_pairs(config)
-        specs = [f._spec() for f in functions or ()]
+        for f in functions or ():
+            if not isinstance(f, (ScalarFunction, AggregateFunction)):
+                raise TypeError(f"functions must be ScalarFunction or AggregateFunction objects, not {type(f).__name__}")
+        specs = [f._spec() for f in functions or () if isinstance(f, ScalarFunction)]
+        aggregates = [f._spec() for f in functions or () if isinstance(f, AggregateFunction)]
         try:
-            self._db = _laminardb.Database(path, pairs, specs)
+            self._db = _laminardb.Database(path, pairs, specs, aggregates)
         except LaminarError as e:
             if "open in another process" in e.message or "already open in this process" in e.message:
                 raise rewrap(e, ConnectionError, codes.CONNECTION_IN_USE) from None
@@ -334,6 +338,24 @@ class Connection:
         self._check()
         self._db.register_scalar_function(*spec._spec())
         return fn
+
+    def register_aggregate_function(
+        self,
+        name: str,
+        accumulator: Callable[[], Any],
+        input_types: Sequence[pa.DataType],
+        return_type: pa.DataType,
+        state_types: Sequence[pa.DataType],
+        volatility: str = "immutable",
+    ) -> None:
+        """Registers a Python aggregate function (see :mod:`laminardb.functions`) for the
+        statements from now on: ``accumulator()`` makes the state of one group (or window), an
+        object with ``update(*arrays)``, ``merge(states)``, ``state()`` and ``evaluate()``;
+        over a changelog input it is refused. For a durable database whose streams call it, pass
+        it to :func:`laminardb.open` (``functions=``) instead."""
+        spec = AggregateFunction(name, accumulator, tuple(input_types), return_type, tuple(state_types), volatility)
+        self._check()
+        self._db.register_aggregate_function(*spec._spec())
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
