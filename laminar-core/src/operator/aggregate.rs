@@ -22,6 +22,7 @@
 //! `group_table`, the RocksDB spill of groups in `spill`, and the checkpoint format of the state
 //! (snapshot and restore) in `state`.
 
+mod distinct;
 mod group_table;
 mod spill;
 mod state;
@@ -38,7 +39,6 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use datafusion::logical_expr::GroupsAccumulator;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 
@@ -59,13 +59,29 @@ pub(crate) struct AggSpec {
 }
 
 impl AggSpec {
-    fn new_acc(&self) -> Result<Box<dyn GroupsAccumulator>> {
-        if self.expr.groups_accumulator_supported() {
-            Ok(self.expr.create_groups_accumulator()?)
+    fn new_acc(&self) -> Result<group_table::Acc> {
+        if let Some(t) = self.distinct_count_type()? {
+            return Ok(group_table::Acc::Distinct(distinct::DistinctCount::new(t)?));
+        }
+        Ok(group_table::Acc::Df(if self.expr.groups_accumulator_supported() {
+            self.expr.create_groups_accumulator()?
         } else {
             let e = self.expr.clone();
-            Ok(Box::new(GroupsAccumulatorAdapter::new(move || e.create_accumulator())))
+            Box::new(GroupsAccumulatorAdapter::new(move || e.create_accumulator()))
+        }))
+    }
+
+    /// The value type of a `COUNT(DISTINCT x)` (its state: a list of those values), which the
+    /// engine counts itself (`distinct::DistinctCount`); None for every other aggregate.
+    fn distinct_count_type(&self) -> Result<Option<DataType>> {
+        if !self.expr.is_distinct() || self.expr.fun().name() != "count" || self.args.len() != 1 {
+            return Ok(None);
         }
+        let fields = self.expr.state_fields()?;
+        Ok(match fields.first().map(|f| f.data_type()) {
+            Some(DataType::List(item)) if fields.len() == 1 => Some(item.data_type().clone()),
+            _ => None,
+        })
     }
 }
 

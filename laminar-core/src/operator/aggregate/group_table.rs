@@ -15,6 +15,32 @@ use hashbrown::HashTable;
 use super::AggSpec;
 use crate::error::Result;
 
+/// One aggregate call's accumulator over a table's groups: DataFusion's, or the engine's own
+/// `COUNT(DISTINCT)`, whose current values can be read without consuming its state.
+pub(crate) enum Acc {
+    Df(Box<dyn GroupsAccumulator>),
+    Distinct(super::distinct::DistinctCount),
+}
+
+impl std::ops::Deref for Acc {
+    type Target = dyn GroupsAccumulator;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Acc::Df(a) => a.as_ref(),
+            Acc::Distinct(a) => a,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Acc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Acc::Df(a) => a.as_mut(),
+            Acc::Distinct(a) => a,
+        }
+    }
+}
+
 /// Bytes counted for a group with no emitted values yet.
 const PREV_NONE: usize = 8;
 
@@ -22,7 +48,7 @@ pub(super) struct GroupTable {
     pub(super) keys: Rows,
     pub(super) hashes: Vec<u64>,
     map: HashTable<u32>,
-    pub(super) accs: Vec<Box<dyn GroupsAccumulator>>,
+    pub(super) accs: Vec<Acc>,
     pub(super) dirty: Vec<u32>,
     is_dirty: Vec<bool>,
     /// Last emitted aggregate values per group (row format), for change detection.
@@ -116,8 +142,9 @@ impl GroupTable {
         d
     }
 
-    /// Current values of `groups` without consuming state: the accumulator state is drained,
-    /// merged back, and the selected groups are evaluated on a scratch accumulator.
+    /// Current values of `groups` without consuming state. The engine's COUNT(DISTINCT) reads
+    /// them; for DataFusion's accumulators the state of every group is drained, merged back, and
+    /// the selected groups are evaluated on a scratch accumulator.
     pub(super) fn peek(&mut self, aggs: &[AggSpec], groups: &[u32]) -> Result<Vec<ArrayRef>> {
         let n = self.len();
         let all: Vec<usize> = (0..n).collect();
@@ -125,6 +152,10 @@ impl GroupTable {
         let idx = UInt32Array::from(groups.to_vec());
         let mut out = Vec::with_capacity(aggs.len());
         for (acc, spec) in self.accs.iter_mut().zip(aggs) {
+            if let Acc::Distinct(d) = acc {
+                out.push(d.peek(groups));
+                continue;
+            }
             let state = acc.state(EmitTo::All)?;
             acc.merge_batch(&state, &all, n)?;
             let sub = state.iter().map(|s| take(s, &idx, None)).collect::<std::result::Result<Vec<_>, _>>()?;
