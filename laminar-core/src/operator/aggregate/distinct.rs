@@ -243,7 +243,7 @@ mod tests {
         let s: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some("b"), None, Some("a")]));
         a.update_batch(&[s], &[0, 0, 0, 1], None, 2).unwrap();
         let d: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::from_iter([Some("b"), Some("c"), Some("c")]));
-        a.update_batch(&[d.clone()], &[0, 0, 1], None, 2).unwrap();
+        a.update_batch(std::slice::from_ref(&d), &[0, 0, 1], None, 2).unwrap();
         let counts = a.peek(&[0, 1]);
         assert_eq!(counts.as_primitive::<datafusion::arrow::datatypes::Int64Type>().values(), &[3, 2]);
         // a row's own state: its value, or nothing for a filtered row
