@@ -44,6 +44,11 @@ pub(crate) use checkpoint::*;
 pub(crate) use codec::*;
 pub(crate) use log::*;
 
+/// Decodes `b` as a log record body (the fuzz entry point); whether it decoded.
+pub(crate) fn decode_log_record(b: &[u8]) -> bool {
+    log::decode_record(b).is_ok()
+}
+
 pub(super) const MANIFEST_HEADER: &str = "LAMINARDB CHECKPOINT 1";
 /// A log segment is closed and a new one started past this size.
 pub(super) const SEGMENT_BYTES: u64 = 64 << 20;

@@ -19,6 +19,8 @@ mod df_session;
 mod durable;
 pub mod error;
 mod functions;
+#[doc(hidden)]
+pub mod fuzz;
 mod ipc;
 pub mod nexmark;
 pub mod operator;

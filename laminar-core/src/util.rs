@@ -52,6 +52,21 @@ fn damaged_bytes(data: &[u8], rng: &mut impl rand::Rng) -> Vec<u8> {
     d
 }
 
+/// Test support: with `LAMINAR_FUZZ_SEEDS_DIR` set, writes `seeds` (each after `prefix`) as seed
+/// inputs of the fuzz target `target` (`<dir>/<target>/seed-<blake3>`): how `fuzz/corpus` was
+/// made from the same valid inputs the damaged-input tests start from.
+#[cfg(test)]
+pub(crate) fn write_fuzz_seeds(target: &str, prefix: &[u8], seeds: &[Vec<u8>]) {
+    let Ok(dir) = std::env::var("LAMINAR_FUZZ_SEEDS_DIR") else { return };
+    let dir = std::path::Path::new(&dir).join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    for s in seeds {
+        let bytes = [prefix, s].concat();
+        let name = format!("seed-{}", &blake3::hash(&bytes).to_hex()[..16]);
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
 /// Test support: runs `decode` on `cases` damaged copies of the seeds (seeded by case number,
 /// `LAMINAR_DECODE_SEED` replays one case, `LAMINAR_DECODE_CASES` sets the count) and fails
 /// with every case that panicked.

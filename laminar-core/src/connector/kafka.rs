@@ -57,6 +57,7 @@ use crate::error::{Error, ErrorKind, Result, clip};
 
 pub(crate) use sink::KafkaSink;
 pub(crate) use source::KafkaSource;
+pub(crate) use source::decode_values;
 
 /// How long a metadata request, a flush or a transaction call may take before it is an `IO`
 /// error (the source's reader then retries; a sink fails).

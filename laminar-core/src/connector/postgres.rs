@@ -55,3 +55,13 @@ mod wire;
 
 pub(crate) use sink::PgSink;
 pub(crate) use source::PgCdcSource;
+
+/// Decodes `b` as a replication frame and, for XLogData, its pgoutput message; else as a bare
+/// pgoutput message (the fuzz entry point). Whether it decoded.
+pub(crate) fn decode_replication(b: &[u8]) -> bool {
+    match pgoutput::frame(b) {
+        Ok(pgoutput::Frame::XLogData { data, .. }) => pgoutput::decode(data).is_ok(),
+        Ok(_) => true,
+        Err(_) => pgoutput::decode(b).is_ok(),
+    }
+}

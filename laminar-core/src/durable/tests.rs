@@ -297,6 +297,8 @@ fn damaged_state_and_log_bodies_decode_to_errors_not_panics() {
         encode_record(&mut out, 9, &rec).unwrap();
         records.push(out[8..].to_vec()); // the body after length and checksum
     }
+    crate::util::write_fuzz_seeds("durable", &[0], &records);
+    crate::util::write_fuzz_seeds("durable", &[1], std::slice::from_ref(&lists));
     crate::util::decode_damaged("state blobs", &[lists], 3000, |b| {
         let _ = decode_lists(b);
     });

@@ -1066,40 +1066,70 @@ fn key_object(key: &[u8], cols: &[String]) -> Option<Vec<u8>> {
     serde_json::to_vec(&serde_json::Value::Object(m)).ok()
 }
 
+/// The schema of [`decoding_source`]: (k BIGINT, s VARCHAR, ts TIMESTAMP, f DOUBLE).
+pub(crate) fn decoding_schema() -> SchemaRef {
+    use datafusion::arrow::datatypes::{Field, TimeUnit};
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new("f", DataType::Float64, true),
+    ]))
+}
+
+/// A source that is never started, for its value decoder alone (the tests and the fuzz entry
+/// points): `format` as the `format` option, malformed records skipped; for `avro-confluent`,
+/// the schema of id 7 is the one derived from the columns.
+pub(crate) fn decoding_source(format: &str) -> Result<KafkaSource> {
+    let mut m = BTreeMap::new();
+    for (k, v) in
+        [("topic", "t"), ("properties.bootstrap.servers", "127.0.0.1:1"), ("format", format), ("on_error", "skip")]
+    {
+        m.insert(k.to_string(), v.to_string());
+    }
+    if format == "avro-confluent" {
+        m.insert("avro-confluent.url".into(), "http://127.0.0.1:1".into());
+    }
+    let mut s = KafkaSource::new("src", decoding_schema(), None, Options::new("KAFKA source 'src'", &m))?;
+    s.topics = vec!["t".into()];
+    if format == "avro-confluent" {
+        let text = derived_avro_schema(&s.value_schema, "test")?;
+        s.avro.lock().insert(7, (text.clone(), avro_decoder(7, &text)?));
+    }
+    Ok(s)
+}
+
+/// Decodes `values` as the records of one poll of a `format` source (the fuzz entry point).
+pub(crate) fn decode_values(format: &str, values: &[&[u8]]) -> Result<RecordBatch> {
+    let mut s = decoding_source(format)?;
+    let mut recs: Vec<Rec> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Rec {
+            topic: 0,
+            partition: 0,
+            offset: i as i64,
+            timestamp: None,
+            key: None,
+            value: Some(v.to_vec()),
+            deleted: false,
+        })
+        .collect();
+    s.decode(&mut recs, &mut vec![])
+}
+
 #[cfg(test)]
 mod tests {
     //! Damaged record values through every format's decoder: each is a malformed record (here
     //! skipped), never a panic.
-    use datafusion::arrow::datatypes::{Field, TimeUnit};
-
     use super::*;
 
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, true),
-            Field::new("s", DataType::Utf8, true),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
-            Field::new("f", DataType::Float64, true),
-        ]))
+        super::decoding_schema()
     }
 
     fn source(format: &str) -> KafkaSource {
-        let mut m = BTreeMap::new();
-        for (k, v) in
-            [("topic", "t"), ("properties.bootstrap.servers", "127.0.0.1:1"), ("format", format), ("on_error", "skip")]
-        {
-            m.insert(k.to_string(), v.to_string());
-        }
-        if format == "avro-confluent" {
-            m.insert("avro-confluent.url".into(), "http://127.0.0.1:1".into());
-        }
-        let mut s = KafkaSource::new("src", schema(), None, Options::new("KAFKA source 'src'", &m)).unwrap();
-        s.topics = vec!["t".into()];
-        if format == "avro-confluent" {
-            let text = derived_avro_schema(&s.value_schema, "test").unwrap();
-            s.avro.lock().insert(7, (text.clone(), avro_decoder(7, &text).unwrap()));
-        }
-        s
+        super::decoding_source(format).unwrap()
     }
 
     /// Avro datums of two rows, by arrow-avro's writer (the KAFKA sink's encoder).
@@ -1155,6 +1185,9 @@ mod tests {
             ("avro-confluent", confluent),
         ];
         for (format, seeds) in cases {
+            let which = ["json", "csv", "debezium-json", "avro", "avro-confluent"].iter().position(|f| *f == format);
+            let joined: Vec<u8> = seeds.join(&0xffu8);
+            crate::util::write_fuzz_seeds("kafka_values", &[which.unwrap() as u8], &[joined]);
             let good = seeds[0].clone();
             // The seeds decode before they are damaged.
             let mut recs = vec![rec(&good)];

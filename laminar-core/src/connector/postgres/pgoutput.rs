@@ -320,6 +320,11 @@ mod tests {
         w.extend_from_slice(&2u64.to_be_bytes());
         w.extend_from_slice(&3u64.to_be_bytes());
         w.extend_from_slice(&c);
+        crate::util::write_fuzz_seeds(
+            "pgoutput",
+            &[],
+            &[r.clone(), u.clone(), t.clone(), c.clone(), i.clone(), d.clone(), w.clone()],
+        );
         crate::util::decode_damaged("pgoutput messages", &[r, u, t, c.clone(), i, d], 5000, |b| {
             let _ = decode(b);
         });
