@@ -8,8 +8,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, StructArray, make_array};
-use arrow::datatypes::{DataType, Field, Fields};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use laminar_core::{Error, Result};
@@ -135,42 +136,68 @@ impl Drop for Callback {
     }
 }
 
-/// A C scalar function as a DataFusion scalar function.
-struct CScalarFunction {
+/// How a host language's function computes one batch: the arguments as the columns (`a0`, `a1`,
+/// …) of a record batch of the batch's rows; the result column, or the error the calling
+/// statement or stream fails with.
+pub type HostCall = dyn Fn(RecordBatch) -> datafusion::error::Result<ArrayRef> + Send + Sync;
+
+/// A scalar function whose body is in a host language (C, Go through C, Python, JavaScript):
+/// what every binding shares — the arguments as one record batch, the result checked (valid
+/// Arrow, one value per row, the declared type) before the engine uses it.
+pub struct HostScalar {
     name: String,
+    /// "function", "Python function", "JavaScript function": how messages name it.
+    kind: &'static str,
     signature: Signature,
     ret: DataType,
-    cb: Arc<Callback>,
+    call: Arc<HostCall>,
 }
 
-impl std::fmt::Debug for CScalarFunction {
+impl std::fmt::Debug for HostScalar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CScalarFunction({})", self.name)
+        write!(f, "HostScalar({} '{}')", self.kind, self.name)
     }
 }
 
-impl PartialEq for CScalarFunction {
+impl PartialEq for HostScalar {
     fn eq(&self, o: &Self) -> bool {
-        self.name == o.name && Arc::ptr_eq(&self.cb, &o.cb)
+        self.name == o.name && Arc::ptr_eq(&self.call, &o.call)
     }
 }
-impl Eq for CScalarFunction {}
-impl Hash for CScalarFunction {
+impl Eq for HostScalar {}
+impl Hash for HostScalar {
     fn hash<H: Hasher>(&self, h: &mut H) {
         self.name.hash(h);
-        (Arc::as_ptr(&self.cb) as usize).hash(h);
+        (Arc::as_ptr(&self.call) as *const () as usize).hash(h);
     }
 }
 
-const ERROR_SIZE: usize = 1024;
+impl HostScalar {
+    /// The scalar function `name` of argument types `args`, calling `call` a batch at a time.
+    pub fn udf(
+        name: &str,
+        kind: &'static str,
+        args: Vec<DataType>,
+        ret: DataType,
+        volatility: Volatility,
+        call: Arc<HostCall>,
+    ) -> ScalarUDF {
+        ScalarUDF::new_from_impl(HostScalar {
+            name: name.to_string(),
+            kind,
+            signature: Signature::exact(args, volatility),
+            ret,
+            call,
+        })
+    }
 
-impl CScalarFunction {
-    fn fail(&self, m: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::Execution(format!("function '{}' failed: {m}", self.name))
+    /// The error of a failed call: "<kind> '<name>' failed: <m>".
+    pub fn failure(kind: &str, name: &str, m: impl std::fmt::Display) -> DataFusionError {
+        DataFusionError::Execution(format!("{kind} '{name}' failed: {m}"))
     }
 }
 
-impl ScalarUDFImpl for CScalarFunction {
+impl ScalarUDFImpl for HostScalar {
     fn name(&self) -> &str {
         &self.name
     }
@@ -184,50 +211,57 @@ impl ScalarUDFImpl for CScalarFunction {
         let n = args.number_rows;
         let arrays: Vec<ArrayRef> =
             args.args.iter().map(|a| a.to_array(n)).collect::<datafusion::error::Result<_>>()?;
-        let fields: Fields =
+        let fields: Vec<Field> =
             arrays.iter().enumerate().map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true)).collect();
-        let st = StructArray::try_new_with_length(fields.clone(), arrays, None, n)?;
-        let mut a = FFI_ArrowArray::new(&st.into_data());
-        let mut s = FFI_ArrowSchema::try_from(DataType::Struct(fields))?;
-        let mut out = FFI_ArrowArray::empty();
-        let mut out_schema = FFI_ArrowSchema::empty();
-        let mut msg = [0u8; ERROR_SIZE];
-        // SAFETY: every pointer is valid for the call; the callback's contract is the caller's
-        // (laminar_scalar_fn). `a` and `s` are released by their Drop unless the callee moved them.
-        let rc = unsafe {
-            (self.cb.call)(
-                self.cb.user_data,
-                &mut a,
-                &mut s,
-                &mut out,
-                &mut out_schema,
-                msg.as_mut_ptr() as *mut c_char,
-                ERROR_SIZE,
-            )
-        };
-        if rc != 0 {
-            let end = msg.iter().position(|&b| b == 0).unwrap_or(ERROR_SIZE);
-            let text = String::from_utf8_lossy(&msg[..end]);
-            let text = if text.is_empty() { format!("it returned {rc}") } else { text.into_owned() };
-            return Err(self.fail(text));
-        }
-        if out.is_released() {
-            return Err(self.fail("it returned success without a result (out->release == NULL)"));
-        }
-        crate::arrow::check_schema(&out_schema).map_err(|e| self.fail(format!("its result: {}", e.message())))?;
-        // SAFETY: the callee moved a C Data Interface array and its schema into `out`/`out_schema`
-        // (contract); from_ffi checks the buffer counts, and validate_full the contents.
-        let data = unsafe { from_ffi(out, &out_schema) }.map_err(|e| self.fail(format!("its result: {e}")))?;
-        data.validate_full().map_err(|e| self.fail(format!("its result is not valid Arrow: {e}")))?;
-        let out = make_array(data);
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?;
+        let out = (self.call)(batch)?;
+        let fail = |m: String| HostScalar::failure(self.kind, &self.name, m);
+        out.to_data().validate_full().map_err(|e| fail(format!("its result is not valid Arrow: {e}")))?;
         if out.len() != n {
-            return Err(self.fail(format!("it returned {} values for {n} rows", out.len())));
+            return Err(fail(format!("it returned {} values for {n} rows", out.len())));
         }
         if out.data_type() != &self.ret {
-            return Err(self.fail(format!("it returned {} where {} was declared", out.data_type(), self.ret)));
+            return Err(fail(format!("it returned {} where {} was declared", out.data_type(), self.ret)));
         }
         Ok(ColumnarValue::Array(out))
     }
+}
+
+const ERROR_SIZE: usize = 1024;
+
+/// Calls a C function with one batch.
+fn call_c(cb: &Callback, name: &str, batch: RecordBatch) -> datafusion::error::Result<ArrayRef> {
+    let fail = |m: String| HostScalar::failure("function", name, m);
+    let st = StructArray::from(batch);
+    let mut s = FFI_ArrowSchema::try_from(st.data_type())?;
+    let mut a = FFI_ArrowArray::new(&st.into_data());
+    let mut out = FFI_ArrowArray::empty();
+    let mut out_schema = FFI_ArrowSchema::empty();
+    let mut msg = [0u8; ERROR_SIZE];
+    // SAFETY: every pointer is valid for the call; the callback's contract is the caller's
+    // (laminar_scalar_fn). `a` and `s` are released by their Drop unless the callee moved them.
+    let rc = unsafe {
+        (cb.call)(cb.user_data, &mut a, &mut s, &mut out, &mut out_schema, msg.as_mut_ptr() as *mut c_char, ERROR_SIZE)
+    };
+    if rc != 0 {
+        let end = msg.iter().position(|&b| b == 0).unwrap_or(ERROR_SIZE);
+        let text = String::from_utf8_lossy(&msg[..end]);
+        return Err(fail(if text.is_empty() { format!("it returned {rc}") } else { text.into_owned() }));
+    }
+    if out.is_released() {
+        return Err(fail("it returned success without a result (out->release == NULL)".into()));
+    }
+    crate::arrow::check_schema(&out_schema).map_err(|e| fail(format!("its result: {}", e.message())))?;
+    // SAFETY: the callee moved a C Data Interface array and its schema into `out`/`out_schema`
+    // (contract); from_ffi checks the buffer counts, and the contents are validated before a typed
+    // array is made of them.
+    let data = unsafe { from_ffi(out, &out_schema) }.map_err(|e| fail(format!("its result: {e}")))?;
+    data.validate_full().map_err(|e| fail(format!("its result is not valid Arrow: {e}")))?;
+    Ok(make_array(data))
 }
 
 fn data_type(s: *const FFI_ArrowSchema, what: &str) -> Result<DataType> {
@@ -287,12 +321,8 @@ unsafe fn build(f: *const laminar_scalar_function) -> Result<(ScalarUDF, Arc<Cal
         free: f.user_data_free,
         armed: std::sync::atomic::AtomicBool::new(false),
     });
-    let udf = ScalarUDF::new_from_impl(CScalarFunction {
-        name,
-        signature: Signature::exact(args, volatility),
-        ret,
-        cb: cb.clone(),
-    });
+    let (c, n) = (cb.clone(), name.clone());
+    let udf = HostScalar::udf(&name, "function", args, ret, volatility, Arc::new(move |b| call_c(&c, &n, b)));
     Ok((udf, cb))
 }
 

@@ -12,16 +12,14 @@
 //! - when the JavaScript environment goes away (worker or process exit) the waiting calls fail.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::ArrayRef;
+use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
-use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{ScalarUDF, Volatility};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -144,108 +142,48 @@ pub struct FunctionSpec {
     pub volatility: String,
 }
 
-struct JsScalarFunction {
-    name: String,
-    id: u32,
-    signature: Signature,
-    ret: DataType,
-    host: Arc<Shared>,
-}
-
-impl std::fmt::Debug for JsScalarFunction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JsScalarFunction({})", self.name)
+/// Hands the arguments to the JavaScript thread and waits for its answer.
+fn call_js(h: &Shared, id: u32, args: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    if h.gone.load(Ordering::Acquire) {
+        return Err("the JavaScript environment of the function has exited".into());
     }
-}
-impl PartialEq for JsScalarFunction {
-    fn eq(&self, o: &Self) -> bool {
-        self.name == o.name && self.id == o.id && Arc::ptr_eq(&self.host, &o.host)
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    h.queue.lock().push_back(Request { id, args, reply: tx });
+    h.queued.notify_all();
+    let st = h.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+    if st != Status::Ok {
+        h.fail_queued(&format!("the JavaScript thread cannot be reached ({st})"));
     }
-}
-impl Eq for JsScalarFunction {}
-impl Hash for JsScalarFunction {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.name.hash(h);
-        self.id.hash(h);
-    }
-}
-
-impl JsScalarFunction {
-    fn fail(&self, m: impl std::fmt::Display) -> DataFusionError {
-        DataFusionError::Execution(format!("JavaScript function '{}' failed: {m}", self.name))
-    }
-
-    /// Hands the arguments to the JavaScript thread and waits for its answer.
-    fn call_js(&self, args: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
-        let h = &self.host;
-        if h.gone.load(Ordering::Acquire) {
-            return Err("the JavaScript environment of the function has exited".into());
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        h.queue.lock().push_back(Request { id: self.id, args, reply: tx });
-        h.queued.notify_all();
-        let st = h.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
-        if st != Status::Ok {
-            h.fail_queued(&format!("the JavaScript thread cannot be reached ({st})"));
-        }
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(r) => return r,
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err("the JavaScript thread dropped the call".into());
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if h.gone.load(Ordering::Acquire) {
-                        h.fail_queued("the JavaScript environment of the function has exited");
-                    }
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(r) => return r,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the JavaScript thread dropped the call".into());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if h.gone.load(Ordering::Acquire) {
+                    h.fail_queued("the JavaScript environment of the function has exited");
                 }
             }
         }
     }
 }
 
-impl ScalarUDFImpl for JsScalarFunction {
-    fn name(&self) -> &str {
-        &self.name
+/// One batch through the JavaScript function `id`: IPC bytes there and back.
+fn call(h: &Shared, name: &str, id: u32, ret: &DataType, batch: RecordBatch) -> datafusion::error::Result<ArrayRef> {
+    let fail = |m: String| laminar::function::HostScalar::failure("JavaScript function", name, m);
+    let bytes = crate::ipc(&batch.schema(), &[batch]).map_err(|e| fail(e.to_string()))?;
+    let out = call_js(h, id, bytes).map_err(fail)?;
+    let batches = laminar_core::read_ipc_stream(&out).map_err(|e| fail(format!("its result: {e}")))?;
+    if batches.iter().any(|b| b.num_columns() != 1) {
+        return Err(fail("its result is not one column".into()));
     }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(self.ret.clone())
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let n = args.number_rows;
-        let arrays: Vec<ArrayRef> =
-            args.args.iter().map(|a| a.to_array(n)).collect::<datafusion::error::Result<_>>()?;
-        let fields: Vec<Field> =
-            arrays.iter().enumerate().map(|(i, a)| Field::new(format!("a{i}"), a.data_type().clone(), true)).collect();
-        let batch = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(fields)),
-            arrays,
-            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
-        )?;
-        let bytes = crate::ipc(&batch.schema(), &[batch]).map_err(|e| self.fail(e))?;
-        let out = self.call_js(bytes).map_err(|e| self.fail(e))?;
-        let batches = laminar_core::read_ipc_stream(&out).map_err(|e| self.fail(format!("its result: {e}")))?;
-        let cols: Vec<ArrayRef> = batches.iter().map(|b| b.column(0).clone()).collect();
-        if batches.iter().any(|b| b.num_columns() != 1) {
-            return Err(self.fail("its result is not one column"));
-        }
-        let out: ArrayRef = match cols.len() {
-            0 => arrow::array::new_empty_array(&self.ret),
-            1 => cols[0].clone(),
-            _ => arrow::compute::concat(&cols.iter().map(|c| c.as_ref()).collect::<Vec<_>>())?,
-        };
-        out.to_data().validate_full().map_err(|e| self.fail(format!("its result is not valid Arrow: {e}")))?;
-        if out.len() != n {
-            return Err(self.fail(format!("it returned {} values for {n} rows", out.len())));
-        }
-        if out.data_type() != &self.ret {
-            return Err(self.fail(format!("it returned {} where {} was declared", out.data_type(), self.ret)));
-        }
-        Ok(ColumnarValue::Array(out))
-    }
+    let cols: Vec<&dyn arrow::array::Array> = batches.iter().map(|b| b.column(0).as_ref()).collect();
+    Ok(match cols.len() {
+        0 => arrow::array::new_empty_array(ret),
+        1 => batches[0].column(0).clone(),
+        _ => arrow::compute::concat(&cols)?,
+    })
 }
 
 /// Builds the scalar function of `spec`, called through `host`.
@@ -271,11 +209,13 @@ pub(crate) fn scalar_function(host: &Arc<Shared>, spec: &FunctionSpec) -> lamina
             )));
         }
     };
-    Ok(ScalarUDF::new_from_impl(JsScalarFunction {
-        name: spec.name.clone(),
-        id: spec.id,
-        signature: Signature::exact(ts, volatility),
+    let (host, name, id, r) = (host.clone(), spec.name.clone(), spec.id, ret.clone());
+    Ok(laminar::function::HostScalar::udf(
+        &spec.name,
+        "JavaScript function",
+        ts,
         ret,
-        host: host.clone(),
-    }))
+        volatility,
+        Arc::new(move |b| call(&host, &name, id, &r, b)),
+    ))
 }

@@ -58,6 +58,22 @@ pub struct Database {
     db: Db,
 }
 
+impl Database {
+    /// Runs `f` on the engine database without the GIL, once it is known to be open.
+    fn on_open_database(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&laminar_core::Database) -> laminar_core::Result<()> + Send,
+    ) -> PyResult<()> {
+        let db = self.db.clone();
+        py.detach(move || {
+            db.check_open()?;
+            f(db.database())
+        })
+        .py()
+    }
+}
+
 #[pymethods]
 impl Database {
     /// `functions`: (name, function, argument types, return type, volatility) of the scalar
@@ -95,12 +111,7 @@ impl Database {
         volatility: &str,
     ) -> PyResult<()> {
         let f = crate::udf::scalar_function(name, func, &arg_types, &return_type, volatility)?;
-        let db = self.db.clone();
-        py.detach(move || {
-            db.check_open()?;
-            db.database().register_scalar_function(f)
-        })
-        .py()
+        self.on_open_database(py, move |db| db.register_scalar_function(f))
     }
 
     /// Registers an aggregate function for the statements from now on.
@@ -124,12 +135,7 @@ impl Database {
             &state_types,
             volatility,
         )?;
-        let db = self.db.clone();
-        py.detach(move || {
-            db.check_open()?;
-            db.database().register_aggregate_function(f)
-        })
-        .py()
+        self.on_open_database(py, move |db| db.register_aggregate_function(f))
     }
 
     /// Returns (rows_affected, message, result stream or None, ddl_type, ddl_object).

@@ -5,47 +5,17 @@
 //! returns its result as an Arrow array; that result is checked (length, type, validity) before
 //! the engine uses it. An exception is the stream's error, with the exception's type and text.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{Accumulator, AggregateUDF, ScalarUDF, Volatility};
 use datafusion::scalar::ScalarValue;
 use pyo3::prelude::*;
 
 use crate::arrow::ArrowBatch;
-
-pub(crate) struct PyScalarFunction {
-    name: String,
-    signature: Signature,
-    ret: DataType,
-    /// The user's function, as the bridge calls it.
-    func: Py<PyAny>,
-}
-
-impl std::fmt::Debug for PyScalarFunction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PyScalarFunction({})", self.name)
-    }
-}
-
-impl PartialEq for PyScalarFunction {
-    fn eq(&self, o: &Self) -> bool {
-        self.name == o.name && self.func.as_ptr() == o.func.as_ptr()
-    }
-}
-impl Eq for PyScalarFunction {}
-impl Hash for PyScalarFunction {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.name.hash(h);
-        (self.func.as_ptr() as usize).hash(h);
-    }
-}
 
 fn external(m: String) -> DataFusionError {
     DataFusionError::Execution(m)
@@ -88,48 +58,6 @@ fn array_of(res: &Bound<'_, PyAny>) -> Result<ArrayRef, String> {
     crate::arrow::import_array_capsules(&schema, &array).map_err(|e| e.to_string())
 }
 
-impl ScalarUDFImpl for PyScalarFunction {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(self.ret.clone())
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        let n = args.number_rows;
-        let arrays: Vec<ArrayRef> =
-            args.args.iter().map(|a| a.to_array(n)).collect::<datafusion::error::Result<_>>()?;
-        let batch = args_batch(arrays, n)?;
-        let what = format!("Python function '{}'", self.name);
-        let out = Python::attach(|py| -> datafusion::error::Result<ArrayRef> {
-            let fail = |m: String| external(format!("{what} failed: {m}"));
-            let call = bridge(py, "_call").map_err(fail)?;
-            let arg = Py::new(py, ArrowBatch { batch }).map_err(|e| fail(e.to_string()))?;
-            let res = call.call1((self.func.clone_ref(py), arg, n)).map_err(|e| raised(py, &what, e))?;
-            array_of(&res).map_err(fail)
-        })?;
-        if out.len() != n {
-            return Err(external(format!(
-                "Python function '{}' returned {} values for {n} rows",
-                self.name,
-                out.len()
-            )));
-        }
-        if out.data_type() != &self.ret {
-            return Err(external(format!(
-                "Python function '{}' returned {} where {} was declared",
-                self.name,
-                out.data_type(),
-                self.ret
-            )));
-        }
-        Ok(ColumnarValue::Array(out))
-    }
-}
-
 /// An Arrow data type from an object with `__arrow_c_schema__` (a `pyarrow.DataType`).
 fn data_type(obj: &Bound<'_, PyAny>) -> PyResult<DataType> {
     let capsule = obj.call_method0("__arrow_c_schema__")?;
@@ -149,12 +77,19 @@ pub(crate) fn scalar_function(
     let args = arg_types.iter().map(data_type).collect::<PyResult<Vec<_>>>()?;
     let ret = data_type(return_type)?;
     let volatility = volatility_of(volatility)?;
-    Ok(ScalarUDF::new_from_impl(PyScalarFunction {
-        name: name.to_string(),
-        signature: Signature::exact(args, volatility),
-        ret,
-        func,
-    }))
+    let fname = name.to_string();
+    let call = move |batch: RecordBatch| -> datafusion::error::Result<ArrayRef> {
+        let n = batch.num_rows();
+        let what = format!("Python function '{fname}'");
+        Python::attach(|py| {
+            let fail = |m: String| external(format!("{what} failed: {m}"));
+            let bridge = bridge(py, "_call").map_err(fail)?;
+            let arg = Py::new(py, ArrowBatch { batch }).map_err(|e| fail(e.to_string()))?;
+            let res = bridge.call1((func.clone_ref(py), arg, n)).map_err(|e| raised(py, &what, e))?;
+            array_of(&res).map_err(fail)
+        })
+    };
+    Ok(laminar::function::HostScalar::udf(name, "Python function", args, ret, volatility, Arc::new(call)))
 }
 
 fn volatility_of(v: &str) -> PyResult<Volatility> {
