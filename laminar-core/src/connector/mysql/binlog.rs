@@ -145,6 +145,10 @@ fn u16le(b: &[u8], at: usize) -> Option<u16> {
 fn u32le(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
+/// `n` bytes of `b` from `at`, `None` past its end (lengths come from the wire: no overflow).
+fn span(b: &[u8], at: usize, n: usize) -> Option<&[u8]> {
+    b.get(at..at.checked_add(n)?)
+}
 fn uint_le(b: &[u8]) -> u64 {
     b.iter().rev().fold(0u64, |a, &x| (a << 8) | x as u64)
 }
@@ -193,6 +197,9 @@ impl Parser {
             return Ok((header, Event::FormatDescription));
         }
         let end = if self.checksum {
+            if ev.len() < HEADER + 4 {
+                return Err(format!("an event of {} bytes, too short for its header and checksum", ev.len()));
+            }
             check_crc(ev)?;
             ev.len() - 4
         } else {
@@ -274,7 +281,13 @@ impl Parser {
         };
         let mut rows = vec![];
         while at < b.len() {
+            let start = at;
             let before = read_image(b, &mut at, map, &present1)?;
+            if at == start {
+                // No column present: an image of no bytes, which no server writes (and would
+                // repeat without end over the rest of the event).
+                return Err("a ROWS event whose column bitmap names no column".into());
+            }
             rows.push(match kind {
                 WRITE_V1 | WRITE_V2 => RowChange::Insert(before),
                 DELETE_V1 | DELETE_V2 => RowChange::Delete(before),
@@ -309,10 +322,10 @@ fn parse_table_map(b: &[u8]) -> Result<(u64, TableMap), String> {
     let schema = name(&mut at)?;
     let table = name(&mut at)?;
     let n = super::wire::lenenc_int(b, &mut at).ok_or("short TABLE_MAP")? as usize;
-    let types = b.get(at..at + n).ok_or("short TABLE_MAP")?.to_vec();
+    let types = span(b, at, n).ok_or("short TABLE_MAP")?.to_vec();
     at += n;
     let meta_len = super::wire::lenenc_int(b, &mut at).ok_or("short TABLE_MAP")? as usize;
-    let mb = b.get(at..at + meta_len).ok_or("short TABLE_MAP")?;
+    let mb = span(b, at, meta_len).ok_or("short TABLE_MAP")?;
     let mut mi = 0;
     let mut meta = Vec::with_capacity(n);
     for &t in &types {
@@ -354,7 +367,7 @@ fn read_image(b: &[u8], at: &mut usize, map: &TableMap, present: &[u8]) -> Resul
 }
 
 fn take<'a>(b: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], String> {
-    let s = b.get(*at..*at + n).ok_or("a value past the event's end")?;
+    let s = span(b, *at, n).ok_or("a value past the event's end")?;
     *at += n;
     Ok(s)
 }
@@ -741,6 +754,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Found by the binlog fuzzer: a ROWS event whose column bitmap names no column has row
+    /// images of no bytes, and the decoder appended empty rows until the memory ran out; a
+    /// TABLE_MAP whose column count is a length-encoded 2^64 - 1 overflowed `at + n`; with
+    /// checksums on, an event shorter than its header and checksum was sliced past its end.
+    #[test]
+    fn fuzz_findings_are_errors() {
+        let mut tm = vec![42, 0, 0, 0, 0, 0, 1, 0];
+        tm.extend_from_slice(&[2, b'd', b'b', 0, 1, b't', 0, 1, T_LONG, 0, 0]);
+        let mut p = Parser::new(false);
+        p.parse(&event(TABLE_MAP, &tm, false)).unwrap();
+        p.capture(42, true);
+        // table id, flags, extra-data length 2, one column, bitmap 0, then bytes to loop over.
+        let rows = [42, 0, 0, 0, 0, 0, 1, 0, 2, 0, 1, 0b0, 7, 7, 7];
+        let err = p.parse(&event(WRITE_V2, &rows, false)).unwrap_err();
+        assert!(err.contains("names no column"), "{err}");
+        let mut huge = vec![43, 0, 0, 0, 0, 0, 1, 0];
+        huge.extend_from_slice(&[2, b'd', b'b', 0, 1, b't', 0, 0xfe]);
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        huge.extend_from_slice(&[T_LONG, 0, 0]);
+        let err = p.parse(&event(TABLE_MAP, &huge, false)).unwrap_err();
+        assert!(err.contains("short TABLE_MAP"), "{err}");
+        // With checksums on, an event of a header and less than a checksum (the second finding).
+        let mut fd = vec![0u8; 57];
+        fd.push(1); // CRC32
+        p.parse(&event(FORMAT_DESCRIPTION, &fd, true)).unwrap();
+        let err = p.parse(&event(XID, &[0], false)).unwrap_err();
+        assert!(err.contains("too short"), "{err}");
     }
 
     /// Damaged events (no checksum, so the damage reaches the decoder) are errors, never panics.
