@@ -16,7 +16,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(feature = "rocksdb")]
+use crate::error::ErrorKind;
+use crate::error::{Error, Result};
 
 /// Length of a [`window_prefix`]; the group key follows it.
 pub(crate) const PREFIX_LEN: usize = 22;
@@ -38,6 +40,7 @@ pub(crate) fn key_window(k: &[u8]) -> Option<(i64, i64)> {
 }
 
 /// The smallest key after every key that starts with `prefix`.
+#[cfg(feature = "rocksdb")]
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
@@ -49,10 +52,12 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+#[cfg(feature = "rocksdb")]
 fn rocks_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorKind::Io, format!("RocksDB state backend: {what}: {e}"))
 }
 
+#[cfg(feature = "rocksdb")]
 const NEXT_ID_KEY: &[u8] = b"\xff\xff\xff\xffnext_operator_id";
 
 pub(crate) struct StateStore {
@@ -61,6 +66,7 @@ pub(crate) struct StateStore {
     temporary: bool,
     #[cfg(feature = "rocksdb")]
     db: parking_lot::RwLock<Option<rocksdb::DB>>,
+    #[cfg(feature = "rocksdb")]
     ids: parking_lot::Mutex<()>,
 }
 
@@ -84,6 +90,7 @@ impl StateStore {
             temporary,
             #[cfg(feature = "rocksdb")]
             db: parking_lot::RwLock::new(None),
+            #[cfg(feature = "rocksdb")]
             ids: parking_lot::Mutex::new(()),
         })
     }
