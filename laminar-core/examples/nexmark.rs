@@ -6,7 +6,10 @@
 //!
 //! Options: --events N (10,000,000), --workers W (engine default), --batch B (8,192 events per
 //! generated chunk), --rate R (events per second of event time, 10,000,000 as published),
-//! --queries q0,q1,… (all; q5r and q7r are the window-function rewrites of q5 and q7).
+//! --queries q0,q1,… (all; q5r and q7r are the window-function rewrites of q5 and q7),
+//! --duckdb PYTHON (also run every query as DuckDB batch SQL over the same events, one thread,
+//! by `benches/peers/duckdb_nexmark.py` under that Python interpreter, which needs `duckdb` and
+//! `pyarrow`; its events per CPU-second and ours ÷ its are printed beside ours).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 mod common;
@@ -79,10 +82,12 @@ struct Args {
     batch: u64,
     rate: u64,
     queries: Vec<String>,
+    duckdb: Option<String>,
 }
 
 fn parse_args() -> BoxResult<Args> {
-    let mut a = Args { events: 10_000_000, workers: None, batch: 8192, rate: 10_000_000, queries: vec![] };
+    let mut a =
+        Args { events: 10_000_000, workers: None, batch: 8192, rate: 10_000_000, queries: vec![], duckdb: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -91,6 +96,7 @@ fn parse_args() -> BoxResult<Args> {
             "--workers" => a.workers = Some(value()?.parse()?),
             "--batch" => a.batch = value()?.parse()?,
             "--rate" => a.rate = value()?.parse()?,
+            "--duckdb" => a.duckdb = Some(value()?),
             "--queries" => {
                 a.queries = value()?.split(',').map(|s| s.trim().to_string()).collect();
                 if let Some(q) = a.queries.iter().find(|q| !QUERIES.iter().any(|(n, ..)| n == q)) {
@@ -99,9 +105,10 @@ fn parse_args() -> BoxResult<Args> {
                 }
             }
             _ => {
-                return Err(
-                    format!("unknown option {flag}; options: --events --workers --batch --rate --queries").into()
-                );
+                return Err(format!(
+                    "unknown option {flag}; options: --events --workers --batch --rate --queries --duckdb"
+                )
+                .into());
             }
         }
     }
@@ -161,6 +168,45 @@ fn run_query(sql: &str, chunks: &[NexmarkBatches], workers: Option<usize>) -> Bo
     Ok(Run { wall, cpu: cpu1 - cpu0, rows_out })
 }
 
+/// DuckDB over the same events (`benches/peers/duckdb_nexmark.py`): per query, (rows, CPU-s).
+fn run_duckdb(
+    python: &str,
+    chunks: &[NexmarkBatches],
+    queries: &[String],
+) -> BoxResult<std::collections::HashMap<String, (u64, f64)>> {
+    use laminar_core::arrow::ipc::writer::FileWriter;
+    let dir = std::env::temp_dir().join(format!("laminar-nexmark-duckdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let kinds: [(&str, fn(&NexmarkBatches) -> &laminar_core::arrow::record_batch::RecordBatch); 3] =
+        [("person", |c| &c.person), ("auction", |c| &c.auction), ("bid", |c| &c.bid)];
+    for (name, get) in kinds {
+        let file = std::fs::File::create(dir.join(format!("{name}.arrow")))?;
+        let mut w = FileWriter::try_new(std::io::BufWriter::new(file), &get(&chunks[0]).schema())?;
+        for c in chunks {
+            if get(c).num_rows() > 0 {
+                w.write(get(c))?;
+            }
+        }
+        w.finish()?;
+    }
+    let texts: Vec<(&str, &str)> = QUERIES.iter().map(|(n, sql, ..)| (*n, *sql)).collect();
+    std::fs::write(dir.join("queries.json"), serde_json::to_string(&texts)?)?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/peers/duckdb_nexmark.py");
+    let out = std::process::Command::new(python).arg(&script).arg(&dir).arg(queries.join(",")).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.map_err(|e| format!("running {python} {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let mut res = std::collections::HashMap::new();
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let name = v["query"].as_str().ok_or("no query name")?.to_string();
+        res.insert(name, (v["rows"].as_u64().unwrap_or(0), v["cpu"].as_f64().unwrap_or(f64::NAN)));
+    }
+    Ok(res)
+}
+
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -186,6 +232,10 @@ fn real_main() -> BoxResult<()> {
     let gen_wall = g0.elapsed();
     let (gcpu1, _) = usage::now();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let duck = match &args.duckdb {
+        Some(py) => Some(run_duckdb(py, &chunks, &args.queries)?),
+        None => None,
+    };
     println!(
         "Nexmark: {} events, chunks of {}, event-time rate {} ev/s, workers {}, cores {cores}, build {}",
         args.events,
@@ -200,7 +250,7 @@ fn real_main() -> BoxResult<()> {
         gcpu1 - gcpu0,
         args.events as f64 / gen_wall.as_secs_f64() / 1e3
     );
-    println!(
+    print!(
         "\n{:<5} {:>12} {:>10} {:>14} {:>9} {:>16} {:>10} {:>15} {:>10}",
         "query",
         "rows out",
@@ -212,6 +262,10 @@ fn real_main() -> BoxResult<()> {
         "best published",
         "target"
     );
+    if duck.is_some() {
+        print!(" {:>12} {:>24} {:>14}", "DuckDB rows", "DuckDB K ev/s per CPU-s", "ours ÷ DuckDB");
+    }
+    println!();
     for (name, sql, published, target) in QUERIES {
         if !args.queries.is_empty() && !args.queries.iter().any(|q| q == name) {
             continue;
@@ -220,7 +274,7 @@ fn real_main() -> BoxResult<()> {
         let (_, peak) = usage::now();
         let rate = args.events as f64 / r.wall.as_secs_f64() / 1e3;
         let per_cpu = if r.cpu > 0.0 { args.events as f64 / r.cpu / 1e3 } else { f64::NAN };
-        println!(
+        print!(
             "{name:<5} {:>12} {:>10.2} {:>14.0} {:>9.2} {:>16.0} {:>10.0} {:>15} {:>10}",
             r.rows_out,
             r.wall.as_secs_f64(),
@@ -231,9 +285,24 @@ fn real_main() -> BoxResult<()> {
             published,
             format!("≥ {target}")
         );
+        if let Some(d) = &duck {
+            match d.get(name) {
+                Some((rows, cpu)) => {
+                    let theirs = args.events as f64 / cpu / 1e3;
+                    print!(" {rows:>12} {theirs:>24.0} {:>14.2}", per_cpu / theirs);
+                }
+                None => print!(" {:>12}", "-"),
+            }
+        }
+        println!();
     }
     println!(
         "\nper CPU-s = events ÷ CPU seconds the process used during the query (getrusage), as Flink's Throughput/Cores; peak MiB is the process's peak RSS so far (getrusage never lowers it: a query's own peak only when it exceeds the earlier ones), generator included."
     );
+    if duck.is_some() {
+        println!(
+            "DuckDB: the same events as Arrow tables in memory, each query as batch SQL (window table functions spelt out as a row per window), one thread, its result fetched as Arrow; CPU-s of its process during the query (rows differ where LaminarDB emits changes: q4's updates, for instance)."
+        );
+    }
     Ok(())
 }
