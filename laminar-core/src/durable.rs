@@ -49,6 +49,58 @@ pub(crate) fn decode_log_record(b: &[u8]) -> bool {
     log::decode_record(b).is_ok()
 }
 
+/// Parses `body` as a checkpoint manifest with its end line (the checksum) made to hold (the
+/// fuzz entry point); whether it parsed.
+pub(crate) fn parse_manifest_body(body: &str) -> bool {
+    let text = format!("{body}end {:08x}\n", crc32fast::hash(body.as_bytes()));
+    checkpoint::parse_manifest(&text).is_ok()
+}
+
+/// Writes `segments` as the segments of a log directory (each named by the sequence number its
+/// first record claims, kept increasing) and replays them strictly, then with salvage, as opening
+/// a database does (the fuzz entry point). Whether the strict replay succeeded.
+pub(crate) fn replay_segments(segments: &[Vec<u8>]) -> bool {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "laminar-fuzz-log-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    if fs::create_dir_all(&dir).is_err() {
+        return false;
+    }
+    let mut prev = 0u64;
+    for seg in segments {
+        let claimed = seg.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")));
+        let first = claimed.clamp(prev + 1, prev + (1 << 40));
+        prev = first;
+        if fs::write(log::segment_path(&dir, first, true), seg).is_err() {
+            let _ = fs::remove_dir_all(&dir);
+            return false;
+        }
+    }
+    let mut warnings = vec![];
+    let strict = log::replay_log_with_progress(
+        &dir,
+        0,
+        crate::config::WalRecovery::Strict,
+        &mut warnings,
+        |_, _| Ok(()),
+        |_, _| {},
+    )
+    .is_ok();
+    let _ = log::replay_log_with_progress(
+        &dir,
+        0,
+        crate::config::WalRecovery::Salvage,
+        &mut warnings,
+        |_, _| Ok(()),
+        |_, _| {},
+    );
+    let _ = fs::remove_dir_all(&dir);
+    strict
+}
+
 pub(super) const MANIFEST_HEADER: &str = "LAMINARDB CHECKPOINT 1";
 /// A log segment is closed and a new one started past this size.
 pub(super) const SEGMENT_BYTES: u64 = 64 << 20;

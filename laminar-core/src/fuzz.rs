@@ -308,6 +308,66 @@ pub fn durable(data: &[u8]) {
     }
 }
 
+/// Whole files LaminarDB reads back (the first byte picks how the rest is read):
+/// - a checkpoint manifest's text, its end line (the checksum) made to hold;
+/// - log segments (the rest split at the bytes `0xFE 0xFE`) as they are, replayed from a
+///   directory strictly and with salvage;
+/// - the same with each record's checksum computed here, so that replay reaches the records:
+///   each segment read as records of `[len u32][seq u64][len - 8 bytes]` (the checksum added
+///   after the length), bytes that do not make a record left as a torn tail.
+pub fn wal(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    match which % 3 {
+        0 => {
+            let _ = crate::durable::parse_manifest_body(&String::from_utf8_lossy(rest));
+        }
+        1 => {
+            let segs: Vec<Vec<u8>> = split_at_marker(rest).into_iter().take(4).map(<[u8]>::to_vec).collect();
+            let _ = crate::durable::replay_segments(&segs);
+        }
+        _ => {
+            let segs: Vec<Vec<u8>> = split_at_marker(rest).into_iter().take(4).map(checksummed).collect();
+            let _ = crate::durable::replay_segments(&segs);
+        }
+    }
+}
+
+/// `data` split at each `0xFE 0xFE`.
+fn split_at_marker(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = vec![];
+    let mut start = 0;
+    let mut i = 0;
+    while i + 1 < data.len() {
+        if data[i] == 0xfe && data[i + 1] == 0xfe {
+            out.push(&data[start..i]);
+            i += 2;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    out.push(&data[start..]);
+    out
+}
+
+/// Log records of `[len u32][seq u64][len - 8 bytes]` framed with their checksums.
+fn checksummed(mut b: &[u8]) -> Vec<u8> {
+    let mut out = vec![];
+    while b.len() >= 12 {
+        let len = u32::from_le_bytes(b[..4].try_into().expect("4")) as usize;
+        if len < 9 || b.len() - 4 < len {
+            break;
+        }
+        let rec = &b[4..4 + len];
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(rec).to_le_bytes());
+        out.extend_from_slice(rec);
+        b = &b[4 + len..];
+    }
+    out.extend_from_slice(b);
+    out
+}
+
 /// KAFKA record values in one of the value formats (the first byte picks it); the rest is split
 /// at 0xFF bytes into the values of one poll.
 #[cfg(feature = "kafka")]

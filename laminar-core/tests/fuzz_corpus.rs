@@ -73,6 +73,11 @@ fn durable() {
     replay("durable", laminar_core::fuzz::durable, 7);
 }
 
+#[test]
+fn wal() {
+    replay("wal", laminar_core::fuzz::wal, 3);
+}
+
 #[cfg(feature = "kafka")]
 #[test]
 fn kafka_values() {

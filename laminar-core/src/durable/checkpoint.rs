@@ -58,7 +58,9 @@ pub(super) fn hex(s: &str) -> String {
 }
 
 pub(super) fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) {
+    // Damaged text may hold characters of several bytes: slicing it by byte pairs would cut one
+    // (a panic the wal fuzz target found).
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect();
