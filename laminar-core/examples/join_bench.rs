@@ -17,6 +17,9 @@
 //!     per second; every left row comes out once (checked).
 //! (e) the ratio (d) / (b) (DataFusion has no ASOF join; its hash join of the same rows is the
 //!     yardstick). Best of 3 runs each, alternating.
+//! (f) with `--duckdb <python>`: DuckDB's `ASOF LEFT JOIN` of the same rows (every left row once,
+//!     as LaminarDB's), best of 3 on one thread, by `benches/peers/duckdb_query.py` over the
+//!     batches written as Arrow IPC; input rows per second and the ratio (d) / (f).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 mod common;
@@ -102,15 +105,44 @@ fn datafusion(a: &[RecordBatch], b: &[RecordBatch], rt: &tokio::runtime::Runtime
     Ok((t0.elapsed(), out.iter().map(|b| b.num_rows() as u64).sum()))
 }
 
+/// DuckDB's ASOF LEFT JOIN of the same rows: (best wall time, rows out).
+fn duckdb_asof(python: &str, a: &[RecordBatch], b: &[RecordBatch]) -> BoxResult<(Duration, u64)> {
+    use laminar_core::arrow::ipc::writer::FileWriter;
+    let dir = std::env::temp_dir().join(format!("laminar-join-duckdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for (name, batches) in [("a", a), ("b", b)] {
+        let f = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{name}.arrow")))?);
+        let mut w = FileWriter::try_new(f, &batches[0].schema())?;
+        for x in batches {
+            w.write(x)?;
+        }
+        w.finish()?;
+    }
+    let sql = "SELECT a.k, a.v, b.v AS bv, a.ts FROM a ASOF LEFT JOIN b ON a.k = b.k AND a.ts >= b.ts";
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/peers/duckdb_query.py");
+    let out = std::process::Command::new(python).arg(&script).arg(&dir).arg(sql).arg("3").output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.map_err(|e| format!("running {python} {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok((Duration::from_secs_f64(v["wall"].as_f64().ok_or("no wall")?), v["rows"].as_u64().ok_or("no rows")?))
+}
+
 fn main() -> BoxResult<()> {
     let mut rows = 1_000_000usize;
     let mut keys = i64::MAX;
+    let mut duckdb: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--rows" => rows = args.next().ok_or("--rows N")?.parse()?,
             "--keys" => keys = args.next().ok_or("--keys N")?.parse()?,
-            other => return Err(format!("unknown option {other}; options: --rows N, --keys N").into()),
+            "--duckdb" => duckdb = Some(args.next().ok_or("--duckdb PYTHON")?),
+            other => {
+                return Err(format!("unknown option {other}; options: --rows N, --keys N, --duckdb PYTHON").into());
+            }
         }
     }
     let (a, b) = (batches(rows, keys, 17), batches(rows, keys, 91));
@@ -148,6 +180,16 @@ fn main() -> BoxResult<()> {
         if out_x == rows as u64 { "OK" } else { "MISMATCH" }
     );
     println!("(e) ratio (d)/(b):                 {:>8.2}", rx / rd);
+    if let Some(py) = &duckdb {
+        let (t, n) = duckdb_asof(py, &a, &b)?;
+        let rf = total / t.as_secs_f64();
+        println!(
+            "(f) DuckDB ASOF LEFT JOIN, 1 thread: {:>6.2} M input rows/s ({n} rows out) {}",
+            rf / 1e6,
+            if n == rows as u64 { "OK" } else { "MISMATCH" }
+        );
+        println!("    ratio (d)/(f):                 {:>8.2}", rx / rf);
+    }
     if out_e != out_d {
         return Err("the streaming join's output differs from DataFusion's".into());
     }
