@@ -33,17 +33,16 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use laminar_core::arrow::array::{Array, StringArray, TimestampMicrosecondArray};
+use laminar_core::arrow::array::{Array, StringArray};
 use laminar_core::{Config, Database, Next};
 use rand::{Rng, SeedableRng};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -51,28 +50,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
+#[path = "../../laminar-core/examples/common/kafka.rs"]
+mod kafka;
+use kafka::{broker, create_topic, ts_text};
+
 const PARTITIONS: u64 = 4;
 const KEYS: u64 = 1000;
 /// Event time of record 0, in epoch milliseconds.
 const T0: u64 = 1_700_000_000_000;
-
-fn broker() -> BoxResult<String> {
-    if let Ok(b) = std::env::var("LAMINAR_KAFKA") {
-        return Ok(b);
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(root.join("target"));
-    let env = std::fs::read_to_string(target.join("services.env")).unwrap_or_default();
-    env.lines()
-        .find_map(|l| l.strip_prefix("LAMINAR_KAFKA="))
-        .map(str::to_string)
-        .ok_or_else(|| "no Kafka broker: run scripts/services.sh start kafka".into())
-}
-
-fn ts_text(ms: u64) -> String {
-    let a = TimestampMicrosecondArray::from_iter_values([(ms * 1000) as i64]);
-    laminar_core::arrow::util::display::array_value_to_string(&a, 0).unwrap()
-}
 
 /// Record `i` of `orders`: (key, v).
 fn order(i: u64) -> (u64, u64) {
@@ -232,15 +217,6 @@ fn worker(a: WorkerArgs) -> BoxResult<()> {
 
 // ---------------------------------------------------------------------------------------------
 // The driver.
-
-fn create_topic(b: &str, name: &str, partitions: i32) -> BoxResult<()> {
-    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", b).create()?;
-    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for r in futures::executor::block_on(admin.create_topics(&[t], &AdminOptions::new()))? {
-        r.map_err(|(t, e)| format!("creating topic {t}: {e}"))?;
-    }
-    Ok(())
-}
 
 /// Every committed value of `topic`, read by a `read_committed` consumer up to the partitions'
 /// ends.

@@ -25,29 +25,19 @@ use laminar_core::arrow::array::{ArrayRef, Int64Array, TimestampMicrosecondArray
 use laminar_core::arrow::record_batch::RecordBatch;
 use laminar_core::{Config, Database};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-type BoxResult<T> = Result<T, Box<dyn Error>>;
+type BoxResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+#[path = "common/kafka.rs"]
+mod kafka;
+use kafka::{broker, create_topic, ts_text};
 
 const PARTITIONS: i32 = 8;
 const KEYS: u64 = 1000;
-
-fn broker() -> BoxResult<String> {
-    if let Ok(b) = std::env::var("LAMINAR_KAFKA") {
-        return Ok(b);
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or(root.join("target"));
-    let env = std::fs::read_to_string(target.join("services.env")).unwrap_or_default();
-    env.lines()
-        .find_map(|l| l.strip_prefix("LAMINAR_KAFKA="))
-        .map(str::to_string)
-        .ok_or_else(|| "no Kafka broker: run scripts/services.sh start kafka".into())
-}
 
 /// CPU time (user + system) of this process, in seconds.
 fn cpu_seconds() -> f64 {
@@ -56,20 +46,6 @@ fn cpu_seconds() -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields after the command: state is 0, utime 11, stime 12 (proc(5)); 100 ticks a second.
     (ticks(11) + ticks(12)) / 100.0
-}
-
-fn create_topic(b: &str, name: &str, partitions: i32) -> BoxResult<()> {
-    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", b).create()?;
-    let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    for r in futures::executor::block_on(admin.create_topics(&[t], &AdminOptions::new()))? {
-        r.map_err(|(t, e)| format!("creating topic {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn ts_text(ms: u64) -> String {
-    let a = TimestampMicrosecondArray::from_iter_values([(ms * 1000) as i64]);
-    laminar_core::arrow::util::display::array_value_to_string(&a, 0).unwrap()
 }
 
 fn main() -> BoxResult<()> {
