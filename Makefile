@@ -17,6 +17,8 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 LIBDIR     := $(TARGET_DIR)/$(if $(filter dev test,$(PROFILE)),debug,$(PROFILE))
 BUILD_C    := $(TARGET_DIR)/c-$(PROFILE)
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+# The SONAME laminar-ffi/build.rs gives liblaminar.so: major.minor while the major is 0, else major.
+ABI        := $(shell echo $(VERSION) | awk -F. '{ print ($$1 == 0) ? $$1 "." $$2 : $$1 }')
 STRICT     := -Wall -Wextra -Werror -pedantic
 SANITIZE   := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 C_TESTS    := $(sort $(basename $(notdir $(wildcard tests/c/test_*.c))))
@@ -25,11 +27,14 @@ C_TESTS    := $(sort $(basename $(notdir $(wildcard tests/c/test_*.c))))
 
 lib:
 	$(CARGO) build -p laminar-ffi --profile $(PROFILE) $(if $(strip $(FEATURES)),--features "$(FEATURES)")
+	ln -sf liblaminar.so $(LIBDIR)/liblaminar.so.$(ABI)
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
 	install -m 644 include/laminar.h $(DESTDIR)$(PREFIX)/include/laminar.h
-	install -m 755 $(LIBDIR)/liblaminar.so $(DESTDIR)$(PREFIX)/lib/liblaminar.so
+	install -m 755 $(LIBDIR)/liblaminar.so $(DESTDIR)$(PREFIX)/lib/liblaminar.so.$(VERSION)
+	ln -sf liblaminar.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/liblaminar.so.$(ABI)
+	ln -sf liblaminar.so.$(ABI) $(DESTDIR)$(PREFIX)/lib/liblaminar.so
 	install -m 644 $(LIBDIR)/liblaminar.a $(DESTDIR)$(PREFIX)/lib/liblaminar.a
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' laminar.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/laminar.pc
 

@@ -82,4 +82,11 @@ step "Python lint (ruff check)" "$(dirname "$py")/ruff" check bindings/python
 step "Python tests (pytest; 300 s per test, stacks dumped on a hang)" "$py" -m pytest -q --timeout=300 --timeout-method=thread bindings/python/tests
 step "Python W1 benchmark smoke run" "$py" bindings/python/benches/w1_bench.py --events 100000
 step "Node (npm install, node --test, example, benchmark smoke)" scripts/node-test.sh
+# The packages users install (issue 21), built in this run's profile from what is compiled above,
+# then installed and used each in a clean place with no cargo on PATH (scripts/test-dist.sh).
+if [ "$LAMINAR_FEATURES" = "rocksdb kafka postgres delta mysql" ]; then
+  dist="${CARGO_TARGET_DIR:-$PWD/target}/dist"
+  step "packages (scripts/dist.sh --profile dev: wheel, sdist, npm, C SDK, Go module)" scripts/dist.sh --profile dev --out "$dist"
+  step "packages as users install them (scripts/test-dist.sh)" scripts/test-dist.sh --profile dev "$dist"
+fi
 echo "all steps: $((SECONDS - total0))s"

@@ -2,9 +2,11 @@
 // push Arrow records into, continuous SQL queries with event-time windows, and results delivered
 // as they happen — inside your process.
 //
-// It wraps the C ABI (include/laminar.h) through cgo and links liblaminar.a statically: build the
-// library once with `make go-lib` from the repository root (no CGO_LDFLAGS needed afterwards), or
-// build with `-tags laminar_dynamic` to link liblaminar.so found by the system linker.
+// It wraps the C ABI (include/laminar.h) through cgo and links lib/<os>-<arch>/liblaminar.a
+// statically, with no CGO_LDFLAGS: the module scripts/dist.sh builds carries the prebuilt library
+// and the header (include/) inside it; in a checkout, `make go-lib` from the repository root puts
+// the library there. Build with `-tags laminar_dynamic` to link liblaminar.so found by the system
+// linker instead.
 //
 // Records cross through arrow-go's cdata package without copies. Subscription.Next and
 // Writer.Write honour their context while they wait (a cancelled context interrupts a write
@@ -22,7 +24,7 @@
 package laminar
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include
+#cgo CFLAGS: -I${SRCDIR}/include -I${SRCDIR}/../../include
 #include <stdlib.h>
 #include <laminar.h>
 */

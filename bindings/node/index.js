@@ -13,7 +13,45 @@
  * unless started with `--no-warnings`.
  */
 const arrow = require('apache-arrow');
-const native = require('./laminardb.node');
+const native = loadNative();
+
+/**
+ * The native addon: `laminardb.node` beside this file when built from source (`npm run build` in a
+ * checkout), else the prebuilt one of this platform's package (`laminardb-<platform>-<arch>[-<abi>]`,
+ * an optional dependency npm installs only on its platform).
+ */
+function loadNative() {
+  const fs = require('node:fs');
+  const path = require('node:path');
+  const local = path.join(__dirname, 'laminardb.node');
+  if (fs.existsSync(local)) return require(local);
+  const triple = platformTriple();
+  const pkg = `laminardb-${triple}`;
+  try {
+    return require(pkg);
+  } catch (e) {
+    if (e && e.code === 'MODULE_NOT_FOUND' && String(e.message).includes(pkg)) {
+      const supported = ['linux-x64-gnu'];
+      const hint = supported.includes(triple)
+        ? `its package ${pkg} is not installed (was the install run with --omit=optional or --no-optional?)`
+        : `there is no prebuilt binary for ${triple} (prebuilt: ${supported.join(', ')})`;
+      throw new Error(`laminardb: no native addon for this platform: ${hint}; ` +
+        'to build it from source, run `npm run build` in bindings/node of a checkout (needs Rust)');
+    }
+    throw e;
+  }
+}
+
+function platformTriple() {
+  const { platform, arch } = process;
+  if (platform === 'linux') {
+    const report = typeof process.report?.getReport === 'function' ? process.report.getReport() : null;
+    const glibc = report && report.header && report.header.glibcVersionRuntime;
+    return `linux-${arch}-${glibc ? 'gnu' : 'musl'}`;
+  }
+  if (platform === 'win32') return `win32-${arch}-msvc`;
+  return `${platform}-${arch}`;
+}
 
 native.setLogHandler((m) => {
   const options = { type: 'LaminarDBWarning', code: m.level === 'error' ? 'LAMINARDB_ERROR' : 'LAMINARDB_WARN' };
