@@ -75,14 +75,14 @@ start = section.index("```python\n") + len("```python\n")
 print(section[start:section.index("```", start)])
 EOF
   (cd "$work" && user "$work/venv-wheel/bin/python" readme_quickstart.py)
-  (cd "$work" && user "$work/venv-wheel/bin/python" "$root/tests/dist/smoke.py")
+  (cd "$work" && user "$work/venv-wheel/bin/python" "$root/tests/dist/smoke.py" "$version")
 }
 python_sdist() {
   python3 -m venv "$work/venv-sdist"
   # This one builds from source: cargo stays on PATH, and the build shares the target dir and the
   # profile of the other builds.
   (cd "$work" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" MATURIN_PEP517_ARGS="--profile $profile" "$work/venv-sdist/bin/pip" install -q "$dist/laminardb-$version.tar.gz[pandas,polars]")
-  (cd "$work" && user "$work/venv-sdist/bin/python" "$root/tests/dist/smoke.py")
+  (cd "$work" && user "$work/venv-sdist/bin/python" "$root/tests/dist/smoke.py" "$version")
 }
 
 # --- npm ---------------------------------------------------------------------------------------

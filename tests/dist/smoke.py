@@ -11,6 +11,8 @@ import laminardb
 
 assert "site-packages" in laminardb.__file__, f"laminardb imported from {laminardb.__file__}, not the installed package"
 print("laminardb", laminardb.__version__, "from", laminardb.__file__)
+if len(sys.argv) > 1:
+    assert laminardb.__version__ == sys.argv[1], f"the library says {laminardb.__version__}, the package {sys.argv[1]}"
 
 with laminardb.open() as db:
     db.execute(
