@@ -45,13 +45,7 @@ case "$profile" in dev | test) libdir="$target/debug" ;; *) libdir="$target/$pro
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
-abi="$(echo "$version" | awk -F. '{ print ($1 == 0) ? $1 "." $2 : $1 }')"
-case "$(uname -s)-$(uname -m)" in
-  Linux-x86_64) npm_triple=linux-x64-gnu; go_platform=linux-amd64; c_platform=linux-x86_64 ;;
-  Linux-aarch64) npm_triple=linux-arm64-gnu; go_platform=linux-arm64; c_platform=linux-aarch64 ;;
-  *) echo "dist.sh: no packaging for $(uname -s)-$(uname -m) yet (Linux x86_64 and aarch64 only)" >&2; exit 1 ;;
-esac
+. scripts/dist-env.sh
 
 # One version everywhere: the header's macros, the npm packages.
 check_version() { # file, version found

@@ -28,13 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 dist="$(cd "$dist" && pwd)"
-version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
-abi="$(echo "$version" | awk -F. '{ print ($1 == 0) ? $1 "." $2 : $1 }')"
-case "$(uname -s)-$(uname -m)" in
-  Linux-x86_64) npm_triple=linux-x64-gnu; c_platform=linux-x86_64 ;;
-  Linux-aarch64) npm_triple=linux-arm64-gnu; c_platform=linux-aarch64 ;;
-  *) echo "test-dist.sh: no packaging for $(uname -s)-$(uname -m)" >&2; exit 1 ;;
-esac
+. scripts/dist-env.sh
 work="$(mktemp -d "${TMPDIR:-/tmp}/laminar-dist.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 step() {
@@ -162,7 +156,8 @@ replace example.invalid/laminardb/bindings/go => $dist/go/laminardb
 EOF
   (cd "$g" && user go mod tidy && user go build -o try . && user ./try > out.txt)
   cat "$g/out.txt"
-  grep -qx "A 12" "$g/out.txt" && grep -qx "B 2" "$g/out.txt" && grep -qx "laminar $version" "$g/out.txt" \
+  grep -qx "A 12" "$g/out.txt" && grep -qx "B 2" "$g/out.txt" && grep -qx "names 2" "$g/out.txt" \
+    && grep -qx "laminar $version" "$g/out.txt" \
     || fail "the Go program printed something else"
 }
 

@@ -1,6 +1,8 @@
 // A program of a user's own module that requires the Go package of LaminarDB, built by
 // scripts/test-dist.sh against the module scripts/dist.sh made (go.mod replaces the module path
-// with that directory), with no cargo on PATH and no CGO_LDFLAGS. It prints the windows.
+// with that directory), with no cargo on PATH and no CGO_LDFLAGS. Rows go in by SQL, the end of
+// input by a writer; it prints the windows a subscription delivers, an ad-hoc query's count and
+// the library's version.
 package main
 
 import (
@@ -10,9 +12,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
-	"github.com/apache/arrow-go/v18/arrow/memory"
 
 	laminar "example.invalid/laminardb/bindings/go"
 )
@@ -26,27 +26,17 @@ func main() {
 	               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)`)
 	exec(ctx, db, `CREATE STREAM volume AS SELECT sym, SUM(qty) AS total
 	               FROM trades GROUP BY sym, TUMBLE(ts, INTERVAL '10' SECOND)`)
+	exec(ctx, db, `CREATE TABLE names (sym VARCHAR PRIMARY KEY, name VARCHAR)`)
+	exec(ctx, db, `INSERT INTO names VALUES ('A', 'Alpha'), ('B', 'Beta')`)
 	sub, err := db.Subscribe(ctx, "volume")
 	check(err)
 	defer sub.Close()
-
-	schema := arrow.NewSchema([]arrow.Field{
-		{Name: "sym", Type: arrow.BinaryTypes.String},
-		{Name: "qty", Type: arrow.PrimitiveTypes.Int64},
-		{Name: "ts", Type: &arrow.TimestampType{Unit: arrow.Microsecond}},
-	}, nil)
-	b := array.NewRecordBuilder(memory.DefaultAllocator, schema)
-	defer b.Release()
-	b.Field(0).(*array.StringBuilder).AppendValues([]string{"A", "A", "B"}, nil)
-	b.Field(1).(*array.Int64Builder).AppendValues([]int64{5, 7, 2}, nil)
-	b.Field(2).(*array.TimestampBuilder).AppendValues([]arrow.Timestamp{1_000_000, 2_000_000, 3_000_000}, nil)
-	rec := b.NewRecordBatch()
-	defer rec.Release()
+	exec(ctx, db, `INSERT INTO trades VALUES ('A', 5, TIMESTAMP '2024-01-01 00:00:01'),
+	               ('A', 7, TIMESTAMP '2024-01-01 00:00:02'), ('B', 2, TIMESTAMP '2024-01-01 00:00:03')`)
 	w, err := db.Writer("trades")
 	check(err)
 	defer w.Close()
-	check(w.Write(ctx, rec))
-	check(w.Finish())
+	check(w.Finish()) // end of input: the window closes
 
 	totals := map[string]int64{}
 	for len(totals) < 2 {
@@ -65,6 +55,14 @@ func main() {
 	for _, k := range keys {
 		fmt.Printf("%s %d\n", k, totals[k])
 	}
+
+	rr, err := db.Query(ctx, "SELECT COUNT(*) AS n FROM names")
+	check(err)
+	defer rr.Release()
+	for rr.Next() {
+		fmt.Printf("names %d\n", rr.RecordBatch().Column(0).(*array.Int64).Value(0))
+	}
+	check(rr.Err())
 	fmt.Println("laminar", laminar.Version())
 }
 
