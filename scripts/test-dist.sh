@@ -50,7 +50,9 @@ done
 if PATH="$nocargo" command -v cargo >/dev/null 2>&1 || PATH="$nocargo" command -v rustc >/dev/null 2>&1; then
   fail "could not take cargo and rustc off PATH"
 fi
-user() { env -u CARGO_TARGET_DIR -u CGO_LDFLAGS -u CGO_CFLAGS PATH="$nocargo" "$@"; }
+# Each command a user would type, with cargo off PATH, under a time limit that fails with the
+# stacks of its threads (scripts/with-timeout.sh): a hang must not eat CI's time.
+user() { "$root/scripts/with-timeout.sh" 600 env -u CARGO_TARGET_DIR -u CGO_LDFLAGS -u CGO_CFLAGS PATH="$nocargo" "$@"; }
 
 # --- Python ------------------------------------------------------------------------------------
 python_wheel() {
@@ -75,7 +77,7 @@ python_sdist() {
   python3 -m venv "$work/venv-sdist"
   # This one builds from source: cargo stays on PATH, and the build shares the target dir and the
   # profile of the other builds.
-  (cd "$work" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" MATURIN_PEP517_ARGS="--profile $profile" "$work/venv-sdist/bin/pip" install -q "$dist/laminardb-$version.tar.gz[pandas,polars]")
+  (cd "$work" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" MATURIN_PEP517_ARGS="--profile $profile" "$root/scripts/with-timeout.sh" 1800 "$work/venv-sdist/bin/pip" install -q "$dist/laminardb-$version.tar.gz[pandas,polars]")
   (cd "$work" && user "$work/venv-sdist/bin/python" "$root/tests/dist/smoke.py" "$version")
 }
 
