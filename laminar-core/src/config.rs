@@ -114,6 +114,10 @@ pub struct Config {
     /// Where to serve the Prometheus text exposition over HTTP (`GET /metrics`), e.g.
     /// `127.0.0.1:9464`. None (the default): no endpoint; `metrics_text()` still works.
     pub metrics_addr: Option<String>,
+    /// Group mode (scale-out over processes): a directory every member of the consumer group
+    /// reaches (a shared file system), where each partition's state and checkpoints live. None
+    /// (the default): a stand-alone database.
+    pub shared_dir: Option<String>,
     /// User-defined functions the database's SQL can call ([`Config::register_scalar_function`]);
     /// registered here, they are there while a durable database replays its catalog.
     pub functions: crate::functions::Functions,
@@ -139,6 +143,7 @@ impl Default for Config {
             on_full: OnFull::Lag,
             source_retention: 65_536,
             metrics_addr: None,
+            shared_dir: None,
             functions: Default::default(),
         }
     }
@@ -164,6 +169,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "on_full",
     "source_retention",
     "metrics_addr",
+    "shared_dir",
 ];
 
 /// The default worker count: one per core, minus the core the pipeline thread itself occupies
@@ -215,6 +221,9 @@ pub fn describe_key(key: &str) -> Option<&'static str> {
             "lag | block: what a full subscription buffer does (default lag: the subscription ends with an error)"
         }
         "source_retention" => "rows of recent input each source keeps for ad-hoc SELECT (default 65536)",
+        "shared_dir" => {
+            "group mode: a directory every member of the KAFKA sources' consumer group reaches, holding each partition's state and checkpoints; the member runs the pipeline for the partitions Kafka assigns it (default: none, a stand-alone database)"
+        }
         "metrics_addr" => {
             "host:port to serve Prometheus metrics on (GET /metrics); empty or unset: no endpoint (default)"
         }
@@ -305,6 +314,10 @@ impl Config {
             "source_retention" => {
                 self.source_retention = value.trim().parse().map_err(|_| bad("expected a row count"))?
             }
+            "shared_dir" => {
+                let v = value.trim();
+                self.shared_dir = (!v.is_empty()).then(|| v.to_string());
+            }
             "metrics_addr" => {
                 let v = value.trim();
                 if v.is_empty() {
@@ -362,6 +375,7 @@ impl Config {
             "state_cache_size" => self.state_cache_size.to_string(),
             "memory_limit" => self.memory_limit?.to_string(),
             "metrics_addr" => self.metrics_addr.clone()?,
+            "shared_dir" => self.shared_dir.clone()?,
             "buffer_size" => self.buffer_size.to_string(),
             "idle_timeout" => d(self.idle_timeout)?,
             "queue_capacity" => self.queue_capacity.to_string(),

@@ -21,6 +21,7 @@ mod clock;
 mod ddl;
 mod driver;
 mod engine;
+mod group;
 mod metrics;
 mod query;
 mod recovery;
@@ -52,6 +53,7 @@ pub use clock::{Clock, ManualClock};
 pub use ddl::ObjectInfo;
 use driver::*;
 use engine::*;
+pub use group::GroupPartition;
 pub use metrics::{Metrics, OperatorMetrics, SinkMetrics, SourceMetrics, StreamMetrics};
 pub use recovery::RecoveryInfo;
 pub use telemetry::{CheckpointMetrics, Histogram};
@@ -95,6 +97,21 @@ impl Database {
 
     /// Opens a database whose processing-time clock is `clock` (tests use [`ManualClock`]).
     pub fn open_with_clock(path: &str, config: Config, clock: Arc<dyn Clock>) -> Result<Database> {
+        if config.shared_dir.is_some() {
+            return group::open_member(path, config, clock);
+        }
+        Self::open_impl(path, config, clock, None, None)
+    }
+
+    /// Opens a database; `group`: the member a group-mode database is (its engine holds the
+    /// catalog only); `task`: the partition a member's task owns.
+    pub(super) fn open_impl(
+        path: &str,
+        config: Config,
+        clock: Arc<dyn Clock>,
+        group: Option<Arc<group::Group>>,
+        task: Option<i32>,
+    ) -> Result<Database> {
         if path.is_empty() {
             return Err(Error::invalid_argument(
                 "the path is empty: open ':memory:' for an in-memory database, or a directory",
@@ -203,6 +220,8 @@ impl Database {
             restored_sinks: Mutex::new(HashMap::new()),
             state,
             telemetry: telemetry::Telemetry::new(),
+            group,
+            task,
         });
         let weak = Arc::downgrade(&inner);
         // Read on this thread: the driver may start after the caller has already moved the clock.
@@ -260,6 +279,16 @@ impl Database {
         &self.inner.config
     }
 
+    /// Group mode: the rows are in the tasks of the partitions this member owns, which move.
+    fn not_in_group(&self, what: &str) -> Result<()> {
+        if self.inner.group.is_some() {
+            return Err(Error::invalid_state(format!(
+                "group mode (shared_dir): {what} is not supported on a group member; its rows live in the tasks of the partitions it owns, which move between members (read results from the sinks' topics)"
+            )));
+        }
+        Ok(())
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) { Err(Error::closed()) } else { Ok(()) }
     }
@@ -272,6 +301,11 @@ impl Database {
     /// A durable database takes a last checkpoint first (so reopening replays nothing); if that
     /// fails, the log still holds every acknowledged change.
     pub fn close(&self) {
+        if let Some(g) = &self.inner.group
+            && !self.is_closed()
+        {
+            g.shutdown(false);
+        }
         if self.inner.durable.is_some()
             && !self.is_closed()
             && let Err(e) = self.checkpoint()
@@ -286,6 +320,11 @@ impl Database {
     /// this process.
     #[doc(hidden)]
     pub fn close_abruptly(&self) {
+        if let Some(g) = &self.inner.group
+            && !self.is_closed()
+        {
+            g.shutdown(true);
+        }
         self.close_without_checkpoint();
     }
 
@@ -319,6 +358,9 @@ impl Database {
         let stmts = sql::parse_sql(sql_text)?;
         if stmts.is_empty() {
             return Err(Error::syntax("empty SQL statement"));
+        }
+        if let Some(g) = &self.inner.group {
+            return g.execute(self, stmts);
         }
         let res = self.execute_statements(stmts);
         let started = self.start_deferred_readers();
@@ -388,6 +430,9 @@ impl Database {
             Statement::CreateSink(cs) => self.create_sink(cs, text),
             Statement::Drop { kind, names, if_exists, cascade } => self.drop_objects(kind, names, if_exists, cascade),
             Statement::Show(kind) => self.show(kind),
+            Statement::ShowPartitions => Err(Error::invalid_state(
+                "SHOW PARTITIONS lists the partitions a consumer group's member owns; this database was opened without 'shared_dir' (group mode)",
+            )),
             Statement::ShowFunctions => {
                 let list = self.inner.functions.read().list();
                 let b = RecordBatch::try_from_iter(vec![
@@ -431,6 +476,7 @@ impl Database {
     /// Like [`Database::query`], with the result's schema (known even when no row matched).
     pub fn query_with_schema(&self, sql_text: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         self.check_open()?;
+        self.not_in_group("SELECT")?;
         match sql::parse_one(sql_text)?.statement {
             Statement::Query(q) => self.run_query(*q),
             _ => Err(Error::invalid_argument("query() takes a SELECT; use execute() for other statements")),
@@ -466,6 +512,11 @@ impl Database {
     /// Like [`Database::checkpoint`], with what the checkpoint wrote.
     pub fn checkpoint_stats(&self) -> Result<CheckpointStats> {
         self.check_open()?;
+        if self.inner.group.is_some() {
+            return Err(Error::invalid_state(
+                "a group member checkpoints each partition it owns in its own directory under shared_dir: run the statement CHECKPOINT",
+            ));
+        }
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.tx.send(Event::Checkpoint(tx)).map_err(|_| Error::closed())?;
         rx.recv().map_err(|_| Error::closed())?
@@ -474,6 +525,7 @@ impl Database {
     /// A writer that pushes batches into `source`. A writer belongs to one thread at a time.
     pub fn writer(&self, source: &str) -> Result<SourceWriter> {
         self.check_open()?;
+        self.not_in_group("pushing rows")?;
         let eng = self.inner.engine.lock();
         let Some(s) = eng.sources.get(source) else {
             // The message is made after the lock is released: nobody waits on a typo.
@@ -506,6 +558,7 @@ impl Database {
 
     pub fn subscribe_with(&self, name: &str, opts: SubscribeOptions) -> Result<Subscription> {
         self.check_open()?;
+        self.not_in_group("a subscription")?;
         let mut eng = self.inner.engine.lock();
         if eng.sources.contains_key(name) {
             return Err(Error::invalid_argument(format!(

@@ -35,8 +35,8 @@ mod util;
 pub use config::{Config, Durability, IoBackend, OnFull, QueueFullPolicy, StateBackend, WalRecovery};
 pub use connector::PartitionStats;
 pub use db::{
-    CheckpointMetrics, Clock, Database, ExecuteResult, Histogram, ManualClock, Metrics, ObjectInfo, OperatorMetrics,
-    RecoveryInfo, SinkMetrics, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt,
+    CheckpointMetrics, Clock, Database, ExecuteResult, GroupPartition, Histogram, ManualClock, Metrics, ObjectInfo,
+    OperatorMetrics, RecoveryInfo, SinkMetrics, SourceMetrics, SourceWriter, StreamMetrics, WriterInterrupt,
 };
 pub use durable::CheckpointStats;
 pub use error::{Error, ErrorKind, FunctionError, Result, SqlPosition};

@@ -98,6 +98,9 @@ pub(crate) struct PlanOptions {
     pub state: Option<(std::sync::Arc<crate::state_store::StateStore>, usize)>,
     /// The database's user-defined functions.
     pub functions: crate::functions::Functions,
+    /// Group mode: the column every keyed operator must be keyed by (`_key`, the message key:
+    /// a key lives in one partition, so a partition's task holds all of a key's state).
+    pub partition_key: Option<&'static str>,
 }
 
 /// Plans `query` into a DataFusion logical plan over the given relations (analyzed, not optimized).
@@ -144,6 +147,52 @@ fn improve_not_found(e: Error, relations: &HashMap<String, RelationInfo>) -> Err
     e
 }
 
+/// Group mode: every operator that keeps state per key is keyed by the column `key` (the
+/// message key), named as it is: an aggregate groups by it, a join matches it on both sides, an
+/// OVER window partitions by it. Each partition of the group runs in its own task, which holds
+/// only its partition's rows; a query keyed otherwise would split a key's state between tasks.
+fn check_keyed_by(plan: &LogicalPlan, key: &str) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let is_key = |e: &Expr| {
+        let mut e = e;
+        while let Expr::Alias(a) = e {
+            e = &a.expr;
+        }
+        matches!(e, Expr::Column(c) if c.name == key)
+    };
+    let hint = format!(
+        "in group mode (shared_dir) each partition is processed by the member that owns it, so state must be keyed by the message key: declare the source's '{key}' column and group, join or partition by it (produce the records keyed by the column you mean to group by)"
+    );
+    let mut err = None;
+    plan.apply_with_subqueries(|node| {
+        let bad = match node {
+            LogicalPlan::Aggregate(a) if !a.group_expr.iter().any(is_key) => Some("its GROUP BY does not include"),
+            LogicalPlan::Join(j) if !j.on.iter().any(|(l, r)| is_key(l) && is_key(r)) => {
+                Some("its join does not match")
+            }
+            LogicalPlan::Window(w)
+                if !w.window_expr.iter().all(|e| match e {
+                    Expr::WindowFunction(f) => f.params.partition_by.iter().any(is_key),
+                    Expr::Alias(a) => match a.expr.as_ref() {
+                        Expr::WindowFunction(f) => f.params.partition_by.iter().any(is_key),
+                        _ => false,
+                    },
+                    _ => false,
+                }) =>
+            {
+                Some("its OVER window does not partition by")
+            }
+            _ => None,
+        };
+        if let Some(what) = bad {
+            err = Some(Error::plan(format!("this query is not keyed by the message key: {what} '{key}'; {hint}")));
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    err.map_or(Ok(()), Err)
+}
+
 /// Plans a continuous query over `relations`.
 pub(crate) fn plan_continuous(
     mut query: Query,
@@ -165,6 +214,9 @@ pub(crate) fn plan_continuous(
                 .any(|e| e.exists(|x| Ok(matches!(x, Expr::Exists(_) | Expr::InSubquery(_)))).unwrap_or(false)))
     })?;
     let plan = if has_join { join::optimize_joins(plan)? } else { plan };
+    if let Some(key) = opts.partition_key {
+        check_keyed_by(&plan, key)?;
+    }
     let used = if opts.keep_all_columns {
         None
     } else {

@@ -147,6 +147,8 @@ pub enum Statement {
     Show(ObjectKind),
     /// `SHOW FUNCTIONS`: the user-defined functions.
     ShowFunctions,
+    /// `SHOW PARTITIONS`: the partitions a consumer group's member owns (group mode).
+    ShowPartitions,
     Describe(String),
     ShowCreate(String),
     Explain(Box<Statement>),
@@ -285,6 +287,12 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
             }
             return Ok(Statement::ShowFunctions);
         }
+        if c.eat_kw("PARTITIONS") {
+            if !c.at_end() {
+                return Err(c.error_here("unexpected text after SHOW PARTITIONS"));
+            }
+            return Ok(Statement::ShowPartitions);
+        }
         let kind = if c.eat_kw("SOURCES") {
             ObjectKind::Source
         } else if c.eat_kw("STREAMS") {
@@ -297,7 +305,7 @@ fn parse_statement(toks: Vec<TokenWithSpan>) -> Result<Statement> {
             ObjectKind::Sink
         } else {
             return Err(c.error_here(
-                "expected SOURCES, STREAMS, MATERIALIZED VIEWS, TABLES, SINKS, FUNCTIONS or CREATE after SHOW",
+                "expected SOURCES, STREAMS, MATERIALIZED VIEWS, TABLES, SINKS, FUNCTIONS, PARTITIONS or CREATE after SHOW",
             ));
         };
         if !c.at_end() {

@@ -1229,3 +1229,381 @@ fn a_source_that_starts_far_behind_logs_its_catch_up() {
     assert_eq!(common::INFO_LINES.lock().unwrap().iter().filter(|l| mine(l)).count(), before);
     db.close();
 }
+
+// ------------------------------------------------------------------------------ group mode
+//
+// Several processes (this test binary run again as `member_process`) share one pipeline as a
+// consumer group; each partition's state lives in its task's directory under `shared_dir`.
+
+fn send_keyed(p: &BaseProducer, topic: &str, partition: i32, key: &str, value: &str) {
+    let mut rec = BaseRecord::<str, str>::to(topic).partition(partition).key(key).payload(value);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                rec = r;
+                p.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+const GROUP_PARTITIONS: i32 = 12;
+
+/// A member of a group, run as a child process: opens its own directory with `shared_dir`, runs
+/// the pipeline, writes the partitions it owns with their positions to `<dir>/status` every
+/// 100 ms, and leaves the group cleanly when `<dir>/stop` appears.
+#[test]
+#[ignore = "a child process of the group-mode tests"]
+fn member_process() {
+    let Ok(dir) = std::env::var("LAMINAR_MEMBER_DIR") else { return };
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target() == "laminardb" && m.level() <= log::Level::Info
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                eprintln!("{} {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let _ = log::set_logger(&Stderr);
+    log::set_max_level(log::LevelFilter::Info);
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    let mut cfg = Config::default();
+    cfg.set("shared_dir", &var("LAMINAR_MEMBER_SHARED")).unwrap();
+    cfg.set("checkpoint_interval", "1s").unwrap();
+    let db = Database::open(&dir, cfg).unwrap();
+    db.execute(&var("LAMINAR_MEMBER_SQL")).unwrap();
+    let dir = std::path::PathBuf::from(dir);
+    loop {
+        let stop = dir.join("stop").exists();
+        if stop {
+            db.close();
+        }
+        let r = if stop { None } else { db.execute("SHOW PARTITIONS").ok() };
+        let mut text = String::new();
+        for b in r.iter().flat_map(|r| r.batches.iter()) {
+            let p = b.column(1).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+            let pos = b.column(3).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+            for i in 0..b.num_rows() {
+                text.push_str(&format!(
+                    "{} {}\n",
+                    p.value(i),
+                    if datafusion::arrow::array::Array::is_null(pos, i) { -1 } else { pos.value(i) }
+                ));
+            }
+        }
+        std::fs::write(dir.join("status.tmp"), text).unwrap();
+        std::fs::rename(dir.join("status.tmp"), dir.join("status")).unwrap();
+        if stop {
+            std::fs::write(dir.join("closed"), "").unwrap();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Member {
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Member {
+    fn start(root: &std::path::Path, name: &str, shared: &str, sql: &str) -> Member {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["member_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("LAMINAR_MEMBER_DIR", &dir)
+            .env("LAMINAR_MEMBER_SHARED", shared)
+            .env("LAMINAR_MEMBER_SQL", sql)
+            .env("RUST_LOG", "laminardb=info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Member { dir, child }
+    }
+
+    /// Partition → the position its task has read to, as the member last wrote them.
+    fn status(&self) -> Vec<(i32, i64)> {
+        let text = std::fs::read_to_string(self.dir.join("status")).unwrap_or_default();
+        text.lines().filter_map(|l| l.split_once(' ')).map(|(p, o)| (p.parse().unwrap(), o.parse().unwrap())).collect()
+    }
+
+    fn leave(mut self) {
+        std::fs::write(self.dir.join("stop"), "").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "member {} did not leave in 60 s", self.dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(self.dir.join("closed").exists(), "member {} exited without closing", self.dir.display());
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the members' tasks have read every partition of `topic` to `ends`, each
+/// partition owned by exactly one of them.
+fn wait_caught_up(members: &[&Member], ends: &[i64], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut pos = vec![vec![]; ends.len()];
+        for m in members {
+            for (p, o) in m.status() {
+                pos[p as usize].push(o);
+            }
+        }
+        if pos.iter().zip(ends).all(|(o, end)| o.len() == 1 && o[0] >= *end) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: partitions not read to their ends in 120 s: {pos:?} of {ends:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Rows with keys 0..40, each key's records in partition key % 12, times rising by ~3 ms per
+/// row with up to 500 ms of disorder (under the watermark's 1 s delay: none is late).
+fn group_events(rng: &mut rand::rngs::SmallRng, n: usize, t0: i64) -> Vec<Row> {
+    (0..n)
+        .map(|i| (rng.random_range(0..40), rng.random_range(-100..100), t0 + i as i64 * 3 + rng.random_range(0..500)))
+        .collect()
+}
+
+fn produce_group_events(p: &BaseProducer, topic: &str, rows: &[Row], ends: &mut [i64]) {
+    for r in rows {
+        let part = (r.0 % GROUP_PARTITIONS as i64) as i32;
+        send_keyed(p, topic, part, &r.0.to_string(), &format!("{{\"v\": {}, \"ts\": \"{}\"}}", r.1, iso(r.2)));
+        ends[part as usize] += 1;
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// The window results in `topic` (JSON with k, ws, s, n), the closing records' left out.
+fn window_results(b: &str, topic: &str) -> Vec<String> {
+    let mut v: Vec<String> = read_committed(b, topic)
+        .iter()
+        .map(|line| {
+            let j: serde_like::Obj = serde_like::parse(line);
+            format!("{}|{}|{}|{}", j.get("k").trim_matches('"'), j.get("ws").trim_matches('"'), j.get("s"), j.get("n"))
+        })
+        .filter(|r| !r.starts_with("closing|"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_group_of_processes_shares_a_windowed_aggregate_exactly_once_through_a_kill_a_join_and_a_leave() {
+    let b = broker();
+    let (input, output, group) = (unique("gin"), unique("gout"), unique("grp"));
+    create_topic(&b, &input, GROUP_PARTITIONS);
+    create_topic(&b, &output, 1);
+    let root = common::tmpdir("kafka-group");
+    let shared = root.join("shared").display().to_string();
+    let sql = format!(
+        "CREATE SOURCE s (_key VARCHAR, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             FROM KAFKA WITH (topic = '{input}', 'properties.bootstrap.servers' = '{b}', format = 'json',
+                 'properties.group.id' = '{group}', 'scan.startup.mode' = 'group-offsets',
+                 'properties.session.timeout.ms' = '6000', 'properties.heartbeat.interval.ms' = '500');
+         CREATE STREAM agg AS SELECT _key AS k, window_start AS ws, SUM(v) AS s, COUNT(*) AS n
+             FROM s GROUP BY _key, TUMBLE(ts, INTERVAL '10' SECOND);
+         CREATE SINK out FROM agg INTO KAFKA WITH (topic = '{output}', 'properties.bootstrap.servers' = '{b}', key = 'k')"
+    );
+    let p = producer(&b);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(24);
+    let mut ends = vec![0i64; GROUP_PARTITIONS as usize];
+    let mut all: Vec<Row> = vec![];
+    let m1 = Member::start(&root, "m1", &shared, &sql);
+    let m2 = Member::start(&root, "m2", &shared, &sql);
+    let m3 = Member::start(&root, "m3", &shared, &sql);
+
+    let rows = group_events(&mut rng, 4000, 1_000_000);
+    produce_group_events(&p, &input, &rows, &mut ends);
+    all.extend(&rows);
+    wait_caught_up(&[&m1, &m2, &m3], &ends, "three members");
+    let owned: Vec<usize> = [&m1, &m2, &m3].iter().map(|m| m.status().len()).collect();
+    assert_eq!(owned.iter().sum::<usize>(), GROUP_PARTITIONS as usize, "{owned:?}");
+    assert!(owned.iter().all(|n| *n > 0), "every member owns partitions: {owned:?}");
+
+    // Mid-stream: more rows, then m1 is killed (no checkpoint, no goodbye) and m4 joins.
+    let rows = group_events(&mut rng, 4000, 1_020_000);
+    produce_group_events(&p, &input, &rows, &mut ends);
+    all.extend(&rows);
+    std::thread::sleep(Duration::from_millis(700));
+    drop(m1); // SIGKILL
+    let m4 = Member::start(&root, "m4", &shared, &sql);
+    let rows = group_events(&mut rng, 4000, 1_040_000);
+    produce_group_events(&p, &input, &rows, &mut ends);
+    all.extend(&rows);
+    wait_caught_up(&[&m2, &m3, &m4], &ends, "after the kill and the join");
+    assert!(!m4.status().is_empty(), "the new member owns partitions");
+
+    // m2 leaves cleanly: its partitions move with their checkpoints.
+    m2.leave();
+    let rows = group_events(&mut rng, 4000, 1_060_000);
+    produce_group_events(&p, &input, &rows, &mut ends);
+    all.extend(&rows);
+    // A record far in the future on every partition closes every window.
+    for part in 0..GROUP_PARTITIONS {
+        send_keyed(&p, &input, part, "closing", &format!("{{\"v\": 0, \"ts\": \"{}\"}}", iso(4_000_000_000_000)));
+        ends[part as usize] += 1;
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    wait_caught_up(&[&m3, &m4], &ends, "after the leave");
+
+    let want = oracle(&all);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut got = window_results(&b, &output);
+    while got.len() < want.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        got = window_results(&b, &output);
+    }
+    // Whatever a replay or a zombie could add would come with the next commits.
+    std::thread::sleep(Duration::from_secs(3));
+    got = window_results(&b, &output);
+    assert_eq!(got, want, "{}", difference(&got, &want));
+    m3.leave();
+    m4.leave();
+    // The partitions that moved took their state along: a task restored a checkpoint's epoch.
+    let logs: String = ["m2", "m3", "m4"]
+        .iter()
+        .map(|m| std::fs::read_to_string(root.join(format!("{m}.log"))).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.lines().any(|l| l.contains("running (restored epoch") && !l.contains("restored epoch 0,")),
+        "no task restored a checkpoint:\n{logs}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
+    let b = broker();
+    let (ta, tb, tc, output, group) = (unique("ga"), unique("gb"), unique("gc"), unique("gjout"), unique("grpj"));
+    create_topic(&b, &ta, 4);
+    create_topic(&b, &tb, 4);
+    create_topic(&b, &tc, 3);
+    create_topic(&b, &output, 1);
+    let root = common::tmpdir("kafka-group-join");
+    let src = |name: &str, col: &str, topic: &str| {
+        format!(
+            "CREATE SOURCE {name} (_key VARCHAR, {col} BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+                 FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'json',
+                     'properties.group.id' = '{group}', 'properties.session.timeout.ms' = '6000')"
+        )
+    };
+    let sql = format!(
+        "{}; {};
+         CREATE STREAM j AS SELECT a._key AS k, a.v, c.w FROM a JOIN c ON a._key = c._key
+             AND c.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '1' SECOND;
+         CREATE SINK out FROM j INTO KAFKA WITH (topic = '{output}', 'properties.bootstrap.servers' = '{b}')",
+        src("a", "v", &ta),
+        src("c", "w", &tb)
+    );
+    let open = |name: &str| {
+        let mut cfg = Config::default();
+        cfg.set("shared_dir", &root.join("shared").display().to_string()).unwrap();
+        cfg.set("checkpoint_interval", "1s").unwrap();
+        Database::open(&root.join(name).display().to_string(), cfg).unwrap()
+    };
+    let m1 = open("m1");
+    m1.execute(&sql).unwrap();
+
+    // What a group cannot run is refused, saying why.
+    let e = m1.execute(&src("x", "v", &tc)).unwrap_err();
+    assert!(e.message().contains("not co-partitioned") && e.message().contains("3 partitions"), "{e}");
+    let e = m1.execute("CREATE STREAM byv AS SELECT v, COUNT(*) AS n FROM a GROUP BY v").unwrap_err();
+    assert!(e.message().contains("not keyed by the message key") && e.message().contains("GROUP BY"), "{e}");
+    let e = m1.execute("CREATE STREAM jv AS SELECT a.v FROM a JOIN c ON a.v = c.w").unwrap_err();
+    assert!(e.message().contains("not keyed by the message key") && e.message().contains("join"), "{e}");
+    let e = m1.execute("CREATE SOURCE pushed (k BIGINT)").unwrap_err();
+    assert!(e.message().contains("KAFKA"), "{e}");
+    assert!(m1.subscribe("j").err().unwrap().message().contains("group mode"));
+    assert!(m1.execute("SELECT * FROM a").unwrap_err().message().contains("group mode"));
+    let e = m1
+        .execute(&format!(
+            "CREATE SOURCE y (v BIGINT) FROM KAFKA WITH (topic = '{ta}', 'properties.bootstrap.servers' = '{b}', '__laminar.task-partition' = '1', 'properties.group.id' = '{group}')"
+        ))
+        .unwrap_err();
+    assert!(e.message().contains("reserved"), "{e}");
+    let plain = Database::open_in_memory().unwrap();
+    assert!(plain.execute("SHOW PARTITIONS").unwrap_err().message().contains("shared_dir"));
+
+    let m2 = open("m2");
+    m2.execute(&sql).unwrap();
+    // Both members own partitions (each says which) before the rows come.
+    let shown =
+        |db: &Database| db.execute("SHOW PARTITIONS").unwrap().batches.iter().map(|b| b.num_rows()).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (n1, n2) = (shown(&m1), shown(&m2));
+        if n1 + n2 == 4 && n1 > 0 && n2 > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the partitions were not shared out in 60 s: {n1} + {n2}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = producer(&b);
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    let (mut left, mut right) = (vec![], vec![]);
+    for i in 0..3000i64 {
+        let k = rng.random_range(0..20i64);
+        let part = (k % 4) as i32;
+        let (v, ts) = (rng.random_range(0..1000i64), 2_000_000 + i * 5);
+        if rng.random_bool(0.5) {
+            send_keyed(&p, &ta, part, &k.to_string(), &format!("{{\"v\": {v}, \"ts\": \"{}\"}}", iso(ts)));
+            left.push((k, v, ts));
+        } else {
+            send_keyed(&p, &tb, part, &k.to_string(), &format!("{{\"w\": {v}, \"ts\": \"{}\"}}", iso(ts)));
+            right.push((k, v, ts));
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+    let mut want: Vec<String> = vec![];
+    for l in &left {
+        for r in right.iter().filter(|r| r.0 == l.0 && (r.2 - l.2).abs() <= 1000) {
+            want.push(format!("{}|{}|{}", l.0, l.1, r.1));
+        }
+    }
+    want.sort();
+    let results = || -> Vec<String> {
+        let mut v: Vec<String> = read_committed(&b, &output)
+            .iter()
+            .map(|line| {
+                let j: serde_like::Obj = serde_like::parse(line);
+                format!("{}|{}|{}", j.get("k").trim_matches('"'), j.get("v"), j.get("w"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut got = results();
+    while got.len() < want.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        got = results();
+    }
+    assert_eq!(got, want, "{}", difference(&got, &want));
+    // Both members still own partitions, and their metrics list them.
+    let (n1, n2) = (shown(&m1), shown(&m2));
+    assert_eq!(n1 + n2, 4, "{n1} + {n2}");
+    assert!(n1 > 0 && n2 > 0, "{n1} + {n2}");
+    let m = m1.metrics().unwrap();
+    assert_eq!(m.partitions.len(), n1);
+    assert!(m.partitions.iter().all(|p| p.state == "running" && p.lag.is_none_or(|l| l >= 0)), "{:?}", m.partitions);
+    assert!(m.sources.iter().find(|s| s.name == "a").unwrap().rows_in > 0);
+    m1.close();
+    m2.close();
+    let _ = std::fs::remove_dir_all(&root);
+}

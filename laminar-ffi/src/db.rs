@@ -115,6 +115,7 @@ impl Db {
             }
             Statement::Show(_)
             | Statement::ShowFunctions
+            | Statement::ShowPartitions
             | Statement::Describe(_)
             | Statement::ShowCreate(_)
             | Statement::Explain(_)

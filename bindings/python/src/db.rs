@@ -34,7 +34,7 @@ fn classify(sql: &str) -> (String, Option<String>) {
         Statement::Drop { kind: k, names, .. } => {
             (format!("DROP {}", k.map(kind).unwrap_or_else(|| "OBJECT".into())), names.first().cloned())
         }
-        Statement::Show(_) | Statement::ShowFunctions => ("SHOW".into(), None),
+        Statement::Show(_) | Statement::ShowFunctions | Statement::ShowPartitions => ("SHOW".into(), None),
         Statement::Describe(n) => ("DESCRIBE".into(), Some(n.clone())),
         Statement::ShowCreate(n) => ("SHOW CREATE".into(), Some(n.clone())),
         Statement::Explain(_) => ("EXPLAIN".into(), None),

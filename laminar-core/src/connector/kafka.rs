@@ -59,6 +59,16 @@ pub(crate) use sink::KafkaSink;
 pub(crate) use source::KafkaSource;
 pub(crate) use source::decode_values;
 
+/// The option the engine sets on the KAFKA sources and sinks of a consumer group's task (see
+/// `db::group`): the partition the task owns.
+pub(crate) const TASK_OPTION: &str = "__laminar.task-partition";
+
+/// Offsets of the group tasks' last checkpoints, by (group, topic, partition): the member's
+/// coordinator commits them as the group's offsets (a task's reader is not the group's member,
+/// and Kafka takes commits only from members).
+pub(crate) static TASK_OFFSETS: parking_lot::Mutex<std::collections::BTreeMap<(String, String, i32), i64>> =
+    parking_lot::Mutex::new(std::collections::BTreeMap::new());
+
 /// How long a metadata request, a flush or a transaction call may take before it is an `IO`
 /// error (the source's reader then retries; a sink fails).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -205,6 +215,15 @@ fn client_config(o: &mut Options) -> Result<(String, ClientConfig)> {
         c.set(k, v);
     }
     Ok((servers, c))
+}
+
+/// The number of partitions of `topic` (NOT_FOUND when it does not exist).
+pub(crate) fn partition_count<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    servers: &str,
+) -> Result<i32> {
+    topic_must_exist(client, topic, servers)
 }
 
 fn topic_must_exist<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, servers: &str) -> Result<i32> {

@@ -155,6 +155,8 @@ impl Database {
         } else {
             (schema, None)
         };
+        let mut cs = cs;
+        self.task_options("source", &cs.name, cs.connector.as_deref(), &mut cs.options)?;
         // The connector checks its options (and the columns it can fill) now, before anything exists.
         let mut reader = match cs.connector.as_deref() {
             None => None,
@@ -340,11 +342,40 @@ impl Database {
         Ok(())
     }
 
+    /// Refuses the options only the engine sets (`__laminar.…`), and sets them in a group
+    /// member's task: its KAFKA sources read its partition, its KAFKA sinks write under a
+    /// transactional id of the partition's.
+    fn task_options(
+        &self,
+        what: &str,
+        name: &str,
+        connector: Option<&str>,
+        options: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        if let Some(k) = options.keys().find(|k| k.starts_with("__laminar.")) {
+            return Err(Error::invalid_argument(format!(
+                "{what} '{name}': option '{}' is reserved for the engine",
+                crate::error::clip(k)
+            )));
+        }
+        if let (Some(p), Some(c)) = (self.inner.task, connector)
+            && c.eq_ignore_ascii_case("kafka")
+        {
+            options.insert("__laminar.task-partition".into(), p.to_string());
+        }
+        Ok(())
+    }
+
     /// Starts the readers of the connector sources created since the last call, at the positions
     /// their sources hold (restored by recovery, empty for a new source). Called once recovery is
     /// done and at the end of each `execute`, so a script that creates a source and the streams
     /// and sinks over it sees every row the source reads.
     pub(super) fn start_deferred_readers(&self) -> Result<()> {
+        if self.inner.group.is_some() {
+            // A group member's catalog reads nothing: its tasks do.
+            self.inner.deferred_readers.lock().clear();
+            return Ok(());
+        }
         let mut first_err = None;
         for (queue, reader) in std::mem::take(&mut *self.inner.deferred_readers.lock()) {
             if queue.dropped.load(Ordering::Acquire) {
@@ -418,6 +449,8 @@ impl Database {
                 crate::error::clip(&cs.input)
             )));
         };
+        let mut cs = cs;
+        self.task_options("sink", &cs.name, Some(&cs.connector), &mut cs.options)?;
         let mut sink = connector::sink_for(&cs.connector, &cs.name, &schema, key.as_deref(), &cs.options)?;
         if let Some(old) = eng.sinks.remove(&cs.name) {
             drop_sink(&cs.name, old);
@@ -427,7 +460,9 @@ impl Database {
         let restored = self.inner.restored_sinks.lock().remove(&cs.name);
         let describe = sink.describe();
         let mut failed = None;
-        if let Err(e) = sink.recover(restored.as_deref()) {
+        // A group member's catalog never writes: only its tasks' sinks connect.
+        let recovered = if self.inner.group.is_some() { Ok(()) } else { sink.recover(restored.as_deref()) };
+        if let Err(e) = recovered {
             let e = e.context(format!("sink '{}' ({describe})", cs.name));
             if !self.inner.recovering.load(Ordering::Acquire) {
                 return Err(e);
@@ -489,6 +524,7 @@ impl Database {
             partitions: self.inner.config.workers,
             state: self.inner.state.clone().map(|s| (s, self.inner.config.state_cache_size)),
             functions: self.inner.functions.read().clone(),
+            partition_key: (self.inner.group.is_some() || self.inner.task.is_some()).then_some("_key"),
         };
         plan_continuous((*cs.query).clone(), &self.relations(eng), &opts)
     }

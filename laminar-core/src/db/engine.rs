@@ -195,6 +195,12 @@ pub(crate) struct DbInner {
     pub(super) state: Option<Arc<crate::state_store::StateStore>>,
     /// Checkpoint and back-pressure counters, and the metrics endpoint.
     pub(super) telemetry: super::telemetry::Telemetry,
+    /// Group mode (`shared_dir`): this database is a member of a consumer group; its own engine
+    /// holds the catalog only, and each partition it owns runs in a task (see `group.rs`).
+    pub(super) group: Option<Arc<super::group::Group>>,
+    /// A task of a group member: the partition it owns (its KAFKA sources read that partition of
+    /// each topic; its KAFKA sinks write under a transactional id of the partition's).
+    pub(super) task: Option<i32>,
 }
 
 impl StreamRt {

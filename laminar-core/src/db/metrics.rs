@@ -89,6 +89,8 @@ pub struct Metrics {
     /// Bytes the RocksDB state backend holds (SST files and memtables: the groups spilled out of
     /// memory); None with `state_backend = 'memory'`.
     pub state_backend_bytes: Option<u64>,
+    /// Group mode (`shared_dir`): the partitions this member owns (empty otherwise).
+    pub partitions: Vec<super::GroupPartition>,
 }
 
 /// Metrics of one sink.
@@ -186,7 +188,7 @@ impl Database {
             .collect();
         use std::sync::atomic::Ordering::Relaxed;
         let t = &self.inner.telemetry;
-        Ok(Metrics {
+        let mut m = Metrics {
             rows_in: sources.iter().map(|s| s.rows_in).sum(),
             rows_out: streams.iter().map(|s| s.rows_out).sum(),
             events_processed: eng.events,
@@ -203,7 +205,13 @@ impl Database {
             sources,
             streams,
             sinks,
-        })
+            partitions: vec![],
+        };
+        drop(eng);
+        if let Some(g) = &self.inner.group {
+            g.merge_metrics(&mut m);
+        }
+        Ok(m)
     }
 
     /// Metrics as one Arrow batch: `(kind, name, metric, value)` rows.

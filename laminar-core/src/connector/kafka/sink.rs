@@ -92,6 +92,12 @@ impl KafkaSink {
         let exactly_once =
             o.choice("sink.delivery-guarantee", &["exactly-once", "at-least-once"], "exactly-once")? == "exactly-once";
         let txn_id = o.get("sink.transactional-id").unwrap_or_else(|| format!("laminardb-{sink}-{topic}"));
+        // The task of partition p of a consumer group (set by the engine): a transactional id of
+        // its own, so that the next owner of the partition fences this one.
+        let txn_id = match o.get(super::TASK_OPTION) {
+            Some(p) => format!("{txn_id}-p{p}"),
+            None => txn_id,
+        };
         o.finish()?;
         Ok(KafkaSink {
             sink: sink.to_string(),

@@ -96,6 +96,9 @@ pub(crate) struct KafkaSource {
     discovered_at: Option<std::time::Instant>,
     /// Partitions assigned per topic of `topics` (0..n each).
     partitions: Vec<i32>,
+    /// In a consumer group's task (see `db::group`): the one partition read of each topic, and
+    /// the group whose member commits the checkpoints' offsets (this reader commits none).
+    task: Option<(i32, String)>,
 }
 
 /// The high watermark of a partition as librdkafka last saw it in a fetch response
@@ -221,9 +224,18 @@ impl KafkaSource {
         }
         let on_error = OnError::from_options(&mut o, true)?;
         let discovery = o.duration("scan.topic-partition-discovery.interval", DISCOVERY_INTERVAL)?;
+        // Set by the engine (never by a user: `CREATE SOURCE` refuses `__laminar.` options) in
+        // the task of one partition of a consumer group.
+        let task_partition = o.get(TASK_OPTION).and_then(|p| p.parse::<i32>().ok());
         o.finish()?;
         if config.get("group.id").is_none() {
             config.set("group.id", format!("laminardb-{source}"));
+        }
+        let task = task_partition.map(|p| (p, config.get("group.id").unwrap_or_default().to_string()));
+        if task.is_some() {
+            // The member's coordinator is the group's member; a task's reader only fetches.
+            config.remove("group.instance.id");
+            config.remove("partition.assignment.strategy");
         }
         config
             .set("enable.auto.commit", "false")
@@ -306,9 +318,10 @@ impl KafkaSource {
             stats: Default::default(),
             lag_checked: None,
             catch_up: CatchUp::default(),
-            discovery: (!discovery.is_zero()).then_some(discovery),
+            discovery: if task_partition.is_some() || discovery.is_zero() { None } else { Some(discovery) },
             discovered_at: None,
             partitions: vec![],
+            task,
         })
     }
 
@@ -808,8 +821,23 @@ impl SourceReader for KafkaSource {
         self.topics = topics.iter().map(|t| t.0.clone()).collect();
         let mut tpl = TopicPartitionList::new();
         let mut by_time = TopicPartitionList::new();
+        if let Some((p, _)) = &self.task
+            && let Some((t, n)) = topics.iter().find(|(_, n)| *p >= *n)
+        {
+            return Err(Error::invalid_argument(format!(
+                "KAFKA source '{}': topic '{}' has {n} partitions, so it has no partition {p} for this member's task (every topic of a group must have as many partitions as the others)",
+                self.source,
+                clip(t)
+            )));
+        }
+        let read = |parts: i32| -> std::ops::Range<i32> {
+            match &self.task {
+                Some((p, _)) => *p..*p + 1,
+                None => 0..parts,
+            }
+        };
         for (ti, (topic, parts)) in topics.iter().enumerate() {
-            for p in 0..*parts {
+            for p in read(*parts) {
                 let offset = match positions.get(&self.key(ti, p)) {
                     Some(o) => match o.parse::<i64>() {
                         Ok(n) if n >= 0 => Offset::Offset(n),
@@ -859,7 +887,7 @@ impl SourceReader for KafkaSource {
         // minimum over the partitions): announced with an empty batch and no offset to record.
         self.ready.clear();
         for (ti, (_, parts)) in topics.iter().enumerate() {
-            for p in 0..*parts {
+            for p in read(*parts) {
                 let empty = RecordBatch::new_empty(self.schema.clone());
                 let partition = self.key(ti, p);
                 self.ready.push_back(Poll::Data(empty, Position { partition, offset: String::new(), finished: false }));
@@ -977,6 +1005,21 @@ impl SourceReader for KafkaSource {
     /// logged, and the next checkpoint commits again). Monitoring tools read the group's lag from
     /// them; recovery seeks to the checkpoint's own offsets, never to these.
     fn checkpointed(&mut self, positions: &Positions) {
+        if let Some((p, group)) = &self.task {
+            // The member's coordinator commits them, as the group's member.
+            let mut done = super::TASK_OFFSETS.lock();
+            for (key, offset) in positions {
+                let Ok(o) = offset.parse::<i64>() else { continue };
+                let topic = match key.rsplit_once('/') {
+                    Some((t, _)) if self.pattern.is_some() => t,
+                    _ => self.topics.first().map_or("", String::as_str),
+                };
+                if o >= 0 {
+                    done.insert((group.clone(), topic.to_string(), *p), o);
+                }
+            }
+            return;
+        }
         let Some(c) = self.consumer.as_ref() else { return };
         let mut tpl = TopicPartitionList::new();
         for (key, offset) in positions {

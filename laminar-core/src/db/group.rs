@@ -1,0 +1,711 @@
+//! Group mode (DESIGN §7): several processes run one pipeline as one Kafka consumer group, the
+//! way Kafka Streams does, with no cluster protocol of LaminarDB's own.
+//!
+//! A database opened with `shared_dir` is a **member**. Its own engine holds the catalog only:
+//! statements are checked there (plans, options, the key rule below) and recorded in order (the
+//! *script*). The member's **coordinator** joins the group named by the sources'
+//! `properties.group.id` (cooperative-sticky assignment; static membership with
+//! `properties.group.instance.id`), subscribed to the first source's topic, the *lead* topic; it
+//! fetches nothing itself (its partitions are paused). For each partition `p` of the lead topic
+//! Kafka assigns it, the member opens a **task**: a database at `<shared_dir>/<group>/p<p>`
+//! (durability `checkpoint`, one worker) that replays the script, whose KAFKA sources read
+//! partition `p` of their topics (every topic of a group has as many partitions: co-partitioned)
+//! and whose KAFKA sinks write under the transactional id `<id>-p<p>`. Opening the directory
+//! recovers the partition's latest checkpoint (state, offsets, the sink's open epoch) wherever it
+//! was written; a partition never checkpointed starts at the group's committed offsets
+//! (`scan.startup.mode = 'group-offsets'`) or as the source's startup mode says.
+//!
+//! On revocation (a cooperative rebalance, or the member leaving) the task takes a checkpoint,
+//! commits it (its sink's transaction) and closes before the partition is handed on; after a
+//! member dies, the next owner's sink fences the dead one's producer by the transactional id and
+//! the checkpoint decides whether the open epoch is written again. The coordinator commits the
+//! tasks' checkpointed offsets as the group's offsets (a task's reader is not the group's member),
+//! so the group's lag is what monitoring tools show.
+//!
+//! The key rule: every operator keeping state per key is keyed by the message key `_key` (each
+//! task sees one partition, and a key lives in one partition). A query keyed otherwise is refused
+//! with an error that says so; no repartitioning topic is made.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+use datafusion::arrow::record_batch::RecordBatch;
+use parking_lot::Mutex;
+
+use super::{Clock, Database, ExecuteResult};
+use crate::config::{Config, Durability};
+use crate::error::{Error, ErrorKind, Result, clip};
+use crate::sql::{ParsedStatement, Statement};
+
+/// A partition a member owns, as `SHOW PARTITIONS` and [`super::Metrics::partitions`] give it.
+#[derive(Debug, Clone)]
+pub struct GroupPartition {
+    /// The lead topic (the first source's); the task reads this partition of every source's topic.
+    pub topic: String,
+    pub partition: i32,
+    /// `running`, `opening`, or `failed: <why>`.
+    pub state: String,
+    /// The next offset the task reads of the lead topic, once known.
+    pub position: Option<i64>,
+    /// Records of the lead topic's partition not read yet, as of the task's last lag check.
+    pub lag: Option<i64>,
+    /// Milliseconds since this member was assigned the partition.
+    pub owned_ms: u64,
+    /// The task's last completed checkpoint's epoch (0: none yet).
+    pub epoch: u64,
+}
+
+/// One partition's task.
+struct Task {
+    db: Option<Database>,
+    since: Instant,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// The statements that build the pipeline, in order, as the user wrote them.
+    script: Vec<String>,
+    /// The group id (`properties.group.id` of the sources).
+    group_id: Option<String>,
+    /// The sources, with their topics: the first is the lead topic.
+    sources: Vec<(String, String)>,
+    /// The client settings of the first source (`bootstrap.servers` and the `properties.*`).
+    client: Vec<(String, String)>,
+    /// Partitions owned, by number.
+    tasks: BTreeMap<i32, Task>,
+    /// Offsets last committed for the group, by (topic, partition).
+    committed: BTreeMap<(String, i32), i64>,
+}
+
+/// A member of a consumer group: the state the member database shares with its coordinator.
+pub(crate) struct Group {
+    shared_dir: PathBuf,
+    /// The member's configuration, from which each task's is made.
+    config: Config,
+    clock: Arc<dyn Clock>,
+    state: Mutex<GroupState>,
+    stop: AtomicBool,
+    /// Close the tasks as a crash would (tests).
+    abrupt: AtomicBool,
+    coordinator: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// `Database::open` with `shared_dir`: the member database, its engine the catalog only.
+pub(super) fn open_member(path: &str, config: Config, clock: Arc<dyn Clock>) -> Result<Database> {
+    if !cfg!(feature = "kafka") {
+        return Err(Error::invalid_argument(
+            "config 'shared_dir' (group mode) needs the KAFKA connector, and this build has no `kafka` feature",
+        ));
+    }
+    let shared = config.shared_dir.clone().unwrap_or_default();
+    if config.durability == Some(Durability::Memory) {
+        return Err(Error::invalid_argument(
+            "group mode (shared_dir) keeps each partition's state in checkpoints under shared_dir: durability 'memory' cannot be used with it",
+        ));
+    }
+    let shared_dir = PathBuf::from(&shared);
+    std::fs::create_dir_all(&shared_dir)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("shared_dir '{}': {e}", clip(&shared))))?;
+    // The member's own directory holds nothing of the pipeline's (its state is per partition, in
+    // shared_dir); it is made so that the path means the same as for any database.
+    if path != ":memory:" {
+        std::fs::create_dir_all(path).map_err(|e| Error::new(ErrorKind::Io, format!("'{}': {e}", clip(path))))?;
+    }
+    let group = Arc::new(Group {
+        shared_dir,
+        config: config.clone(),
+        clock: clock.clone(),
+        state: Mutex::new(GroupState::default()),
+        stop: AtomicBool::new(false),
+        abrupt: AtomicBool::new(false),
+        coordinator: Mutex::new(None),
+    });
+    let mut catalog = config;
+    catalog.shared_dir = None;
+    catalog.storage_dir = None;
+    catalog.durability = None;
+    catalog.workers = 1;
+    Database::open_impl(":memory:", catalog, clock, Some(group), None)
+}
+
+fn group_error(what: impl std::fmt::Display) -> Error {
+    Error::invalid_argument(format!("group mode (shared_dir): {what}"))
+}
+
+impl Group {
+    /// Runs statements on a member: the catalog checks and records them, the tasks apply them.
+    pub(super) fn execute(self: &Arc<Self>, db: &Database, stmts: Vec<ParsedStatement>) -> Result<ExecuteResult> {
+        let mut last = ExecuteResult::default();
+        for s in stmts {
+            let text = s.text;
+            last = match s.statement {
+                Statement::CreateSource(cs) => {
+                    let (group_id, topic, client) = self.check_source(&cs)?;
+                    let name = cs.name.clone();
+                    let r = db.execute_statement(Statement::CreateSource(cs), &text)?;
+                    {
+                        let mut st = self.state.lock();
+                        if st.group_id.is_none() {
+                            st.group_id = Some(group_id);
+                            st.client = client;
+                        }
+                        st.sources.retain(|(n, _)| *n != name);
+                        st.sources.push((name.clone(), topic));
+                    }
+                    if let Err(e) = self.check_co_partitioned() {
+                        let _ = db.execute_statement(
+                            Statement::Drop {
+                                kind: Some(crate::sql::ObjectKind::Source),
+                                names: vec![name.clone()],
+                                if_exists: true,
+                                cascade: false,
+                            },
+                            "",
+                        );
+                        self.state.lock().sources.retain(|(n, _)| *n != name);
+                        return Err(e);
+                    }
+                    self.apply(&text)?;
+                    r
+                }
+                Statement::CreateSink(cs) => {
+                    if !cs.connector.eq_ignore_ascii_case("kafka") {
+                        return Err(group_error(format!(
+                            "sink '{}': a group writes its results through KAFKA sinks (a transactional id per partition fences a member that was replaced); {} sinks are not supported here",
+                            cs.name, cs.connector
+                        )));
+                    }
+                    let r = db.execute_statement(Statement::CreateSink(cs), &text)?;
+                    self.apply(&text)?;
+                    r
+                }
+                st @ (Statement::CreateStream(_) | Statement::Drop { .. }) => {
+                    let r = db.execute_statement(st, &text)?;
+                    self.apply(&text)?;
+                    r
+                }
+                Statement::ShowPartitions => self.show_partitions()?,
+                Statement::Checkpoint => {
+                    let n = self.checkpoint_tasks()?;
+                    ExecuteResult { message: format!("checkpoint taken in {n} partitions"), ..Default::default() }
+                }
+                Statement::Insert { .. } | Statement::Delete { .. } | Statement::Query(_) => {
+                    return Err(group_error(
+                        "a member's rows live in the tasks of the partitions it owns, which move between members: INSERT, DELETE and SELECT are not supported; read the results from the sinks' topics",
+                    ));
+                }
+                other => db.execute_statement(other, &text)?,
+            };
+        }
+        self.start_coordinator();
+        Ok(last)
+    }
+
+    /// A source of a group: KAFKA, one topic, the group's `properties.group.id`.
+    fn check_source(&self, cs: &crate::sql::CreateSource) -> Result<(String, String, Vec<(String, String)>)> {
+        let what = if cs.table { "table" } else { "source" };
+        if cs.table {
+            return Err(group_error(format!(
+                "table '{}': tables are not partitioned by a group; declare a source (CREATE SOURCE … FROM KAFKA)",
+                cs.name
+            )));
+        }
+        if !cs.connector.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("kafka")) {
+            return Err(group_error(format!(
+                "{what} '{}': every source of a group reads a KAFKA topic with the group's 'properties.group.id' (a pushed source has no partitions to share out)",
+                cs.name
+            )));
+        }
+        let Some(topic) = cs.options.get("topic") else {
+            return Err(group_error(format!(
+                "source '{}': give 'topic' (a group reads one topic per source; 'topic-pattern' is not supported)",
+                cs.name
+            )));
+        };
+        let Some(group_id) = cs.options.get("properties.group.id") else {
+            return Err(group_error(format!(
+                "source '{}': option 'properties.group.id' is required (the consumer group the members share)",
+                cs.name
+            )));
+        };
+        if let Some(g) = &self.state.lock().group_id
+            && g != group_id
+        {
+            return Err(group_error(format!(
+                "source '{}': its group '{}' is not the member's group '{}' (a member belongs to one group)",
+                cs.name,
+                clip(group_id),
+                clip(g)
+            )));
+        }
+        let mut client = vec![];
+        for (k, v) in &cs.options {
+            if let Some(p) = k.strip_prefix("properties.") {
+                client.push((p.to_string(), v.clone()));
+            }
+        }
+        Ok((group_id.clone(), topic.clone(), client))
+    }
+
+    /// Every topic of the group has as many partitions as the lead topic.
+    fn check_co_partitioned(&self) -> Result<()> {
+        let (sources, client) = {
+            let st = self.state.lock();
+            (st.sources.clone(), st.client.clone())
+        };
+        if sources.len() < 2 {
+            return Ok(());
+        }
+        let counts = coordinator::partition_counts(&client, sources.iter().map(|s| s.1.as_str()))?;
+        let (lead, n) = (&sources[0], counts[0]);
+        for ((name, topic), m) in sources.iter().zip(&counts).skip(1) {
+            if *m != n {
+                return Err(group_error(format!(
+                    "source '{name}' is not co-partitioned with source '{}': topic '{}' has {m} partitions and topic '{}' has {n}; the members share partitions by number, so every topic of a group needs as many partitions, keyed alike",
+                    lead.0,
+                    clip(topic),
+                    clip(&lead.1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a catalog statement and runs it in every task.
+    fn apply(&self, text: &str) -> Result<()> {
+        let mut st = self.state.lock();
+        st.script.push(text.to_string());
+        let mut first = None;
+        for (p, t) in st.tasks.iter_mut() {
+            let Some(db) = &t.db else { continue };
+            if let Err(e) = db.execute(text) {
+                let e = e.context(format!("the task of partition {p}"));
+                log::warn!(target: "laminardb", "group mode: {e}");
+                t.error = Some(e.message().to_string());
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn task_dir(&self, group_id: &str, p: i32) -> PathBuf {
+        let safe: String =
+            group_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        self.shared_dir.join(safe).join(format!("p{p}"))
+    }
+
+    /// Opens partition `p`'s task: recovers its directory, then replays the script (what
+    /// recovery already made is kept).
+    fn open_task(&self, p: i32) -> Result<Database> {
+        let (dir, script) = {
+            let st = self.state.lock();
+            (self.task_dir(st.group_id.as_deref().unwrap_or("group"), p), st.script.clone())
+        };
+        let mut cfg = self.config.clone();
+        cfg.shared_dir = None;
+        cfg.storage_dir = None;
+        cfg.metrics_addr = None;
+        cfg.workers = 1;
+        if cfg.durability != Some(Durability::Wal) {
+            cfg.durability = Some(Durability::Checkpoint);
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("creating '{}': {e}", dir.display())))?;
+        let path = dir.to_string_lossy().into_owned();
+        // The partition's last owner may still be letting go of the directory (its revocation
+        // checkpoint), or a replaced member's process may still be exiting.
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let db = loop {
+            match Database::open_impl(&path, cfg.clone(), self.clock.clone(), None, Some(p)) {
+                Ok(db) => break db,
+                Err(e)
+                    if e.kind() == ErrorKind::InvalidState
+                        && e.message().contains("open in another process")
+                        && Instant::now() < deadline
+                        && !self.stop.load(Ordering::Acquire) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        for text in &script {
+            match db.execute(text) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {} // recovered from the checkpoint
+                Err(e) => {
+                    db.close();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(db)
+    }
+
+    /// Checkpoints every task; the number of tasks.
+    fn checkpoint_tasks(&self) -> Result<usize> {
+        let dbs: Vec<Database> = self.state.lock().tasks.values().filter_map(|t| t.db.clone()).collect();
+        for db in &dbs {
+            db.checkpoint()?;
+        }
+        Ok(dbs.len())
+    }
+
+    /// Closes partition `p`'s task: a checkpoint (whose sink transaction commits) and close.
+    fn close_task(&self, p: i32) {
+        let t = self.state.lock().tasks.remove(&p);
+        if let Some(Task { db: Some(db), .. }) = t {
+            if self.abrupt.load(Ordering::Acquire) {
+                db.close_abruptly();
+            } else {
+                db.close();
+            }
+        }
+    }
+
+    fn partitions(&self) -> Vec<GroupPartition> {
+        let (lead, tasks): (String, Vec<(i32, Option<Database>, Instant, Option<String>)>) = {
+            let st = self.state.lock();
+            (
+                st.sources.first().map(|s| s.1.clone()).unwrap_or_default(),
+                st.tasks.iter().map(|(p, t)| (*p, t.db.clone(), t.since, t.error.clone())).collect(),
+            )
+        };
+        let lead_source = self.state.lock().sources.first().map(|s| s.0.clone()).unwrap_or_default();
+        tasks
+            .into_iter()
+            .map(|(p, db, since, error)| {
+                let stats = db.as_ref().and_then(|d| d.metrics().ok()).and_then(|m| {
+                    m.sources
+                        .into_iter()
+                        .find(|s| s.name == lead_source)
+                        .and_then(|s| s.partitions.into_iter().find(|(k, _)| *k == p.to_string()).map(|x| x.1))
+                });
+                GroupPartition {
+                    topic: lead.clone(),
+                    partition: p,
+                    state: match (&db, error) {
+                        (_, Some(e)) => format!("failed: {e}"),
+                        (Some(_), None) => "running".into(),
+                        (None, None) => "opening".into(),
+                    },
+                    position: stats.as_ref().and_then(|s| s.position),
+                    lag: stats.as_ref().and_then(|s| s.lag),
+                    owned_ms: since.elapsed().as_millis() as u64,
+                    epoch: db.as_ref().map_or(0, Database::epoch),
+                }
+            })
+            .collect()
+    }
+
+    fn show_partitions(&self) -> Result<ExecuteResult> {
+        let ps = self.partitions();
+        let opt = |v: Vec<Option<i64>>| Arc::new(Int64Array::from(v)) as ArrayRef;
+        let b = RecordBatch::try_from_iter(vec![
+            ("topic", Arc::new(StringArray::from_iter_values(ps.iter().map(|p| p.topic.as_str()))) as ArrayRef),
+            ("partition", Arc::new(Int64Array::from_iter_values(ps.iter().map(|p| p.partition as i64))) as ArrayRef),
+            ("state", Arc::new(StringArray::from_iter_values(ps.iter().map(|p| p.state.as_str()))) as ArrayRef),
+            ("position", opt(ps.iter().map(|p| p.position).collect())),
+            ("lag", opt(ps.iter().map(|p| p.lag).collect())),
+            ("owned_ms", Arc::new(Int64Array::from_iter_values(ps.iter().map(|p| p.owned_ms as i64))) as ArrayRef),
+            ("epoch", Arc::new(Int64Array::from_iter_values(ps.iter().map(|p| p.epoch as i64))) as ArrayRef),
+        ])?;
+        Ok(ExecuteResult { schema: Some(b.schema()), batches: vec![b], ..Default::default() })
+    }
+
+    /// A member's metrics: its tasks' counters added up (each task's partitions listed under its
+    /// sources), and the partitions it owns.
+    pub(super) fn merge_metrics(&self, m: &mut super::Metrics) {
+        let dbs: Vec<Database> = self.state.lock().tasks.values().filter_map(|t| t.db.clone()).collect();
+        let min_wm = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, None) | (None, x) => x,
+        };
+        for db in dbs {
+            let Ok(t) = db.metrics() else { continue };
+            for s in t.sources {
+                if let Some(x) = m.sources.iter_mut().find(|x| x.name == s.name) {
+                    x.rows_in += s.rows_in;
+                    x.batches_in += s.batches_in;
+                    x.bytes_in += s.bytes_in;
+                    x.rows_late += s.rows_late;
+                    x.queue_depth += s.queue_depth;
+                    x.blocked_ns += s.blocked_ns;
+                    x.watermark_ms = min_wm(x.watermark_ms, s.watermark_ms);
+                    x.partitions.extend(s.partitions);
+                }
+            }
+            for s in t.streams {
+                if let Some(x) = m.streams.iter_mut().find(|x| x.name == s.name) {
+                    x.rows_out += s.rows_out;
+                    x.batches_out += s.batches_out;
+                    x.bytes_out += s.bytes_out;
+                    x.rows_late += s.rows_late;
+                    x.late_pairs += s.late_pairs;
+                    x.state_bytes += s.state_bytes;
+                    x.watermark_ms = min_wm(x.watermark_ms, s.watermark_ms);
+                    if x.failed.is_none() {
+                        x.failed = s.failed;
+                    }
+                }
+            }
+            for s in t.sinks {
+                if let Some(x) = m.sinks.iter_mut().find(|x| x.name == s.name) {
+                    x.rows_out += s.rows_out;
+                    x.batches_out += s.batches_out;
+                    x.bytes_out += s.bytes_out;
+                    if x.failed.is_none() {
+                        x.failed = s.failed;
+                    }
+                    for (k, v) in s.counters {
+                        match x.counters.iter_mut().find(|c| c.0 == k) {
+                            Some(c) => c.1 += v,
+                            None => x.counters.push((k, v)),
+                        }
+                    }
+                }
+            }
+            m.events_processed += t.events_processed;
+        }
+        for s in &mut m.sources {
+            s.partitions.sort_by_key(|(k, _)| k.parse::<i64>().unwrap_or(i64::MAX));
+        }
+        m.rows_in = m.sources.iter().map(|s| s.rows_in).sum();
+        m.rows_out = m.streams.iter().map(|s| s.rows_out).sum();
+        m.partitions = self.partitions();
+    }
+
+    /// Starts the coordinator once the group has a source.
+    fn start_coordinator(self: &Arc<Self>) {
+        if self.state.lock().sources.is_empty() {
+            return;
+        }
+        let mut c = self.coordinator.lock();
+        if c.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        match std::thread::Builder::new().name("laminar-group".into()).spawn(move || coordinator::run(weak)) {
+            Ok(h) => *c = Some(h),
+            Err(e) => log::warn!(target: "laminardb", "group mode: cannot start the coordinator thread: {e}"),
+        }
+    }
+
+    /// Leaves the group: every task checkpoints and closes (`abrupt`: closes as a crash would),
+    /// the tasks' offsets are committed, the coordinator leaves.
+    pub(super) fn shutdown(&self, abrupt: bool) {
+        self.abrupt.store(abrupt, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.coordinator.lock().take() {
+            let _ = h.join();
+        }
+        let owned: Vec<i32> = self.state.lock().tasks.keys().copied().collect();
+        for p in owned {
+            self.close_task(p);
+        }
+    }
+}
+
+#[cfg(feature = "kafka")]
+mod coordinator {
+    use std::sync::Weak;
+    use std::time::Duration;
+
+    use rdkafka::ClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    use super::*;
+
+    /// The partition counts of `topics`, in order.
+    pub(super) fn partition_counts<'a>(
+        client: &[(String, String)],
+        topics: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<i32>> {
+        let mut cfg = ClientConfig::new();
+        for (k, v) in client {
+            cfg.set(k, v);
+        }
+        cfg.remove("group.instance.id");
+        let c: BaseConsumer = cfg.create().map_err(|e| group_error(format!("the sources' client settings: {e}")))?;
+        let servers = client.iter().find(|c| c.0 == "bootstrap.servers").map_or("", |c| c.1.as_str());
+        topics.map(|t| crate::connector::kafka::partition_count(c.client(), t, servers)).collect::<Result<Vec<i32>>>()
+    }
+
+    struct Ctx {
+        group: Weak<Group>,
+    }
+
+    impl ClientContext for Ctx {}
+
+    impl ConsumerContext for Ctx {
+        fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+            let (Some(g), Rebalance::Revoke(tpl)) = (self.group.upgrade(), r) else { return };
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            if parts.is_empty() {
+                return;
+            }
+            log::info!(target: "laminardb", "group mode: partitions {parts:?} revoked; checkpointing and closing their tasks");
+            for p in &parts {
+                g.close_task(*p);
+            }
+            commit(&g, c, Some(&parts), CommitMode::Sync);
+        }
+
+        fn post_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+            let (Some(g), Rebalance::Assign(tpl)) = (self.group.upgrade(), r) else { return };
+            if tpl.count() == 0 {
+                return;
+            }
+            // The member fetches nothing itself: its tasks read their partitions.
+            if let Err(e) = c.pause(tpl) {
+                log::warn!(target: "laminardb", "group mode: pausing the assigned partitions: {e}");
+            }
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            log::info!(target: "laminardb", "group mode: partitions {parts:?} assigned");
+            let now = Instant::now();
+            let mut st = g.state.lock();
+            for p in parts {
+                st.tasks.entry(p).or_insert(Task { db: None, since: now, error: None });
+            }
+        }
+    }
+
+    /// Commits the tasks' checkpointed offsets (of `only` these partitions, or all owned) as the
+    /// group's, where they moved.
+    fn commit(g: &Group, c: &BaseConsumer<Ctx>, only: Option<&[i32]>, mode: CommitMode) {
+        let (group_id, topics, owned) = {
+            let st = g.state.lock();
+            let owned: Vec<i32> = st.tasks.keys().copied().collect();
+            (st.group_id.clone().unwrap_or_default(), st.sources.iter().map(|s| s.1.clone()).collect::<Vec<_>>(), owned)
+        };
+        let parts: Vec<i32> = only.map_or(owned, <[i32]>::to_vec);
+        let done = crate::connector::kafka::TASK_OFFSETS.lock().clone();
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = vec![];
+        {
+            let st = g.state.lock();
+            for t in &topics {
+                for p in &parts {
+                    if let Some(o) = done.get(&(group_id.clone(), t.clone(), *p))
+                        && st.committed.get(&(t.clone(), *p)) != Some(o)
+                    {
+                        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+                        moved.push(((t.clone(), *p), *o));
+                    }
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match c.commit(&tpl, mode) {
+            Ok(()) => g.state.lock().committed.extend(moved),
+            Err(e) => log::debug!(target: "laminardb", "group mode: committing the group's offsets: {e}"),
+        }
+    }
+
+    pub(super) fn run(group: Weak<Group>) {
+        let Some(g) = group.upgrade() else { return };
+        let (group_id, lead, client) = {
+            let st = g.state.lock();
+            (st.group_id.clone().unwrap_or_default(), st.sources[0].1.clone(), st.client.clone())
+        };
+        let mut cfg = ClientConfig::new();
+        for (k, v) in &client {
+            cfg.set(k, v);
+        }
+        cfg.set("group.id", &group_id).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        if cfg.get("partition.assignment.strategy").is_none() {
+            cfg.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        let consumer: BaseConsumer<Ctx> = match cfg.create_with_context(Ctx { group: group.clone() }) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!(target: "laminardb", "group mode: cannot create the group's consumer: {e}");
+                return;
+            }
+        };
+        if let Err(e) = consumer.subscribe(&[lead.as_str()]) {
+            log::warn!(target: "laminardb", "group mode: cannot join group '{group_id}': {e}");
+            return;
+        }
+        log::info!(target: "laminardb", "group mode: joining group '{group_id}' on topic '{lead}'");
+        drop(g);
+        let mut last_commit = Instant::now();
+        loop {
+            let Some(g) = group.upgrade() else { break };
+            if g.stop.load(Ordering::Acquire) {
+                // Leaving: the tasks let go first (a checkpoint each), their offsets are
+                // committed, then the member leaves the group (its partitions go to the others).
+                let owned: Vec<i32> = g.state.lock().tasks.keys().copied().collect();
+                for p in &owned {
+                    g.close_task(*p);
+                }
+                if !g.abrupt.load(Ordering::Acquire) {
+                    commit(&g, &consumer, Some(&owned), CommitMode::Sync);
+                }
+                consumer.unsubscribe();
+                let _ = consumer.poll(Duration::from_millis(100));
+                break;
+            }
+            // Its partitions are paused: a poll serves the group's callbacks, and fetches nothing.
+            if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                log::debug!(target: "laminardb", "group mode: {e}");
+            }
+            // Open the tasks of the partitions assigned (retrying those that failed to open).
+            let pending: Vec<i32> = g
+                .state
+                .lock()
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.db.is_none() && t.error.is_none())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in pending {
+                let t0 = Instant::now();
+                let opened = g.open_task(p);
+                let mut st = g.state.lock();
+                match (opened, st.tasks.get_mut(&p)) {
+                    (Ok(db), Some(t)) => {
+                        log::info!(target: "laminardb", "group mode: partition {p} running (restored epoch {}, {} ms)", db.epoch(), t0.elapsed().as_millis());
+                        t.db = Some(db);
+                    }
+                    (Ok(db), None) => {
+                        drop(st);
+                        db.close(); // revoked meanwhile
+                    }
+                    (Err(e), Some(t)) => {
+                        log::warn!(target: "laminardb", "group mode: the task of partition {p} cannot start: {e}");
+                        t.error = Some(e.message().to_string());
+                    }
+                    (Err(_), None) => {}
+                }
+            }
+            if last_commit.elapsed() >= Duration::from_secs(1) {
+                commit(&g, &consumer, None, CommitMode::Async);
+                last_commit = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "kafka"))]
+mod coordinator {
+    use super::*;
+
+    pub(super) fn partition_counts<'a>(
+        _client: &[(String, String)],
+        _topics: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<i32>> {
+        Err(group_error("this build has no KAFKA connector"))
+    }
+
+    pub(super) fn run(_group: std::sync::Weak<Group>) {}
+}
