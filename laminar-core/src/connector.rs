@@ -612,6 +612,10 @@ pub(crate) trait Sink: Send + 'static {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![]
     }
+    /// In a consumer group's task (see `db::group`), before phase two of the checkpoint: the
+    /// offsets (topic, partition, next offset) the epoch's results were computed from, which an
+    /// exactly-once KAFKA sink commits as `group`'s offsets in the epoch's transaction.
+    fn epoch_inputs(&mut self, _group: &str, _offsets: &[(String, i32, i64)]) {}
 }
 
 /// A committable holding an epoch's results (a sink that writes them only at commit, or writes

@@ -110,7 +110,7 @@ impl Database {
         config: Config,
         clock: Arc<dyn Clock>,
         group: Option<Arc<group::Group>>,
-        task: Option<i32>,
+        task: Option<group::TaskScope>,
     ) -> Result<Database> {
         if path.is_empty() {
             return Err(Error::invalid_argument(

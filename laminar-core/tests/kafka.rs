@@ -18,6 +18,11 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+/// The group-mode tests run several members (processes, with a dozen Kafka clients each): they
+/// run alone, the other tests side by side, so that none waits on a broker busy with another's
+/// rebalances.
+static HEAVY: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// The broker of `scripts/services.sh start kafka`.
 fn broker() -> String {
     if let Ok(b) = std::env::var("LAMINAR_KAFKA") {
@@ -135,6 +140,7 @@ fn json(r: &Row) -> String {
 
 #[test]
 fn kafka_to_windowed_aggregate_to_kafka_exactly_once_across_a_crash_and_a_restart() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let (input, output) = (unique("in"), unique("out"));
     create_topic(&b, &input, PARTITIONS);
@@ -213,6 +219,7 @@ fn kafka_to_windowed_aggregate_to_kafka_exactly_once_across_a_crash_and_a_restar
 
 #[test]
 fn a_missing_topic_bad_records_and_options_give_clear_errors() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let db = Database::open_in_memory().unwrap();
     // A sink's topic is checked at CREATE SINK.
@@ -339,6 +346,7 @@ fn mv_rows(db: &Database, sql: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn topic_pattern_the_topic_column_and_startup_modes() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let u = unique("pat");
     let (ta, tb) = (format!("{u}-a"), format!("{u}-b"));
@@ -412,6 +420,7 @@ fn topic_pattern_the_topic_column_and_startup_modes() {
 /// read yet is read from its beginning after a restart too; nothing twice.
 #[test]
 fn new_topics_and_partitions_are_found_while_the_source_runs() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let u = unique("disc");
     let (ta, tb, tc) = (format!("{u}-a"), format!("{u}-b"), format!("{u}-c"));
@@ -501,6 +510,7 @@ fn new_topics_and_partitions_are_found_while_the_source_runs() {
 /// group's committed offsets.
 #[test]
 fn one_percent_malformed_skip_and_dead_letter_add_up_and_group_offsets_follow_checkpoints() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let topic = unique("dlq");
     create_topic(&b, &topic, 2);
@@ -617,6 +627,7 @@ fn one_percent_malformed_skip_and_dead_letter_add_up_and_group_offsets_follow_ch
 /// envelopes (c, u, d), read back by an independent consumer.
 #[test]
 fn a_changelog_stream_as_upserts_with_tombstones_and_as_debezium_envelopes() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let (up, dbz, plain) = (unique("upsert"), unique("debezium"), unique("weights"));
     for t in [&up, &dbz, &plain] {
@@ -723,6 +734,7 @@ fn a_changelog_stream_as_upserts_with_tombstones_and_as_debezium_envelopes() {
 /// map in the test.
 #[test]
 fn debezium_json_into_a_table_upserts_and_deletes() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let topic = unique("dbz-in");
     create_topic(&b, &topic, 2);
@@ -951,6 +963,7 @@ fn confluent(id: u32, body: &[u8]) -> Vec<u8> {
 /// of an id the registry lacks are counted as malformed with `skip`.
 #[test]
 fn avro_confluent_through_a_stand_in_registry() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let topic = unique("avro");
     create_topic(&b, &topic, 1);
@@ -1066,6 +1079,7 @@ fn read_id_name(b: &[u8]) -> String {
 /// truncated one is malformed.
 #[test]
 fn avro_sinks_register_the_schema_and_plain_avro_reads_back() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let (conf, plain, hand) = (unique("avro-conf"), unique("avro-plain"), unique("avro-hand"));
     for t in [&conf, &plain, &hand] {
@@ -1179,6 +1193,7 @@ fn avro_sinks_register_the_schema_and_plain_avro_reads_back() {
 
 #[test]
 fn a_source_that_starts_far_behind_logs_its_catch_up() {
+    let _shared = HEAVY.read().unwrap_or_else(|e| e.into_inner());
     common::capture_info_logs();
     let b = broker();
     let topic = unique("catchup");
@@ -1405,6 +1420,7 @@ fn window_results(b: &str, topic: &str) -> Vec<String> {
 
 #[test]
 fn a_group_of_processes_shares_a_windowed_aggregate_exactly_once_through_a_kill_a_join_and_a_leave() {
+    let _alone = HEAVY.write().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let (input, output, group) = (unique("gin"), unique("gout"), unique("grp"));
     create_topic(&b, &input, GROUP_PARTITIONS);
@@ -1475,6 +1491,24 @@ fn a_group_of_processes_shares_a_windowed_aggregate_exactly_once_through_a_kill_
     assert_eq!(got, want, "{}", difference(&got, &want));
     m3.leave();
     m4.leave();
+    // The group's committed offsets went with the results, in the same transactions: every
+    // partition's is its end.
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).set("group.id", &group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for part in 0..GROUP_PARTITIONS {
+        tpl.add_partition(&input, part);
+    }
+    let committed: Vec<i64> = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => -1,
+        })
+        .collect();
+    assert_eq!(committed, ends, "the group's committed offsets");
     // The partitions that moved took their state along: a task restored a checkpoint's epoch.
     let logs: String = ["m2", "m3", "m4"]
         .iter()
@@ -1489,6 +1523,7 @@ fn a_group_of_processes_shares_a_windowed_aggregate_exactly_once_through_a_kill_
 
 #[test]
 fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
+    let _alone = HEAVY.write().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let (ta, tb, tc, output, group) = (unique("ga"), unique("gb"), unique("gc"), unique("gjout"), unique("grpj"));
     create_topic(&b, &ta, 4);

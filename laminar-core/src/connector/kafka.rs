@@ -63,12 +63,6 @@ pub(crate) use source::decode_values;
 /// `db::group`): the partition the task owns.
 pub(crate) const TASK_OPTION: &str = "__laminar.task-partition";
 
-/// Offsets of the group tasks' last checkpoints, by (group, topic, partition): the member's
-/// coordinator commits them as the group's offsets (a task's reader is not the group's member,
-/// and Kafka takes commits only from members).
-pub(crate) static TASK_OFFSETS: parking_lot::Mutex<std::collections::BTreeMap<(String, String, i32), i64>> =
-    parking_lot::Mutex::new(std::collections::BTreeMap::new());
-
 /// How long a metadata request, a flush or a transaction call may take before it is an `IO`
 /// error (the source's reader then retries; a sink fails).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -93,6 +93,14 @@ fn checkpoint_now(inner: &DbInner, eng: &mut Engine) -> Result<Option<Checkpoint
             *s.queue.checkpointed.lock() = Some(s.positions.clone());
         }
     }
+    // A group's task: the input offsets of this epoch go into the sinks' transactions as the
+    // group's committed offsets (see `group.rs`).
+    if let Some(t) = &inner.task {
+        let offsets = t.offsets(eng);
+        for k in eng.sinks.values_mut() {
+            k.sink.epoch_inputs(&t.group, &offsets);
+        }
+    }
     // Phase two, now that the checkpoint is durable: publish. A failure here loses nothing (a
     // restart publishes the checkpoint's committables again), but the sink stops.
     for (n, c) in commits {

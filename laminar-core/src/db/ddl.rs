@@ -358,7 +358,7 @@ impl Database {
                 crate::error::clip(k)
             )));
         }
-        if let (Some(p), Some(c)) = (self.inner.task, connector)
+        if let (Some(p), Some(c)) = (self.inner.task.as_ref().map(|t| t.partition), connector)
             && c.eq_ignore_ascii_case("kafka")
         {
             options.insert("__laminar.task-partition".into(), p.to_string());

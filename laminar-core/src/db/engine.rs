@@ -200,7 +200,7 @@ pub(crate) struct DbInner {
     pub(super) group: Option<Arc<super::group::Group>>,
     /// A task of a group member: the partition it owns (its KAFKA sources read that partition of
     /// each topic; its KAFKA sinks write under a transactional id of the partition's).
-    pub(super) task: Option<i32>,
+    pub(super) task: Option<super::group::TaskScope>,
 }
 
 impl StreamRt {

@@ -15,12 +15,14 @@
 //! was written; a partition never checkpointed starts at the group's committed offsets
 //! (`scan.startup.mode = 'group-offsets'`) or as the source's startup mode says.
 //!
-//! On revocation (a cooperative rebalance, or the member leaving) the task takes a checkpoint,
-//! commits it (its sink's transaction) and closes before the partition is handed on; after a
-//! member dies, the next owner's sink fences the dead one's producer by the transactional id and
-//! the checkpoint decides whether the open epoch is written again. The coordinator commits the
-//! tasks' checkpointed offsets as the group's offsets (a task's reader is not the group's member),
-//! so the group's lag is what monitoring tools show.
+//! Each epoch's transaction of a task's sink carries the epoch's results and the input offsets
+//! they were computed from, committed as the group's offsets (`send_offsets_to_transaction`), so
+//! the group's committed offsets always match the results a `read_committed` consumer sees, and
+//! the group's lag is what monitoring tools show. On revocation (a cooperative rebalance, or the
+//! member leaving) the task takes a checkpoint, commits it and closes before the partition is
+//! handed on; after a member dies, the next owner's sink fences the dead one's producer by the
+//! transactional id (its open transaction is aborted) and the restored checkpoint decides
+//! whether that epoch's results are written again.
 //!
 //! The key rule: every operator keeping state per key is keyed by the message key `_key` (each
 //! task sees one partition, and a key lives in one partition). A query keyed otherwise is refused
@@ -59,6 +61,33 @@ pub struct GroupPartition {
     pub epoch: u64,
 }
 
+/// What a task database knows of its group: the partition it owns, the group, and its sources'
+/// topics.
+#[derive(Clone)]
+pub(crate) struct TaskScope {
+    pub(crate) partition: i32,
+    pub(crate) group: String,
+    /// (source, topic) of the group's sources (shared with the member: a source created later
+    /// is one too).
+    pub(crate) inputs: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl TaskScope {
+    /// The next offset of the task's partition of each source's topic, as of the engine's
+    /// current positions (at a checkpoint: the epoch's).
+    pub(super) fn offsets(&self, eng: &super::engine::Engine) -> Vec<(String, i32, i64)> {
+        let key = self.partition.to_string();
+        self.inputs
+            .lock()
+            .iter()
+            .filter_map(|(source, topic)| {
+                let o = eng.sources.get(source)?.positions.get(&key)?.parse::<i64>().ok()?;
+                (o >= 0).then(|| (topic.clone(), self.partition, o))
+            })
+            .collect()
+    }
+}
+
 /// One partition's task.
 struct Task {
     db: Option<Database>,
@@ -78,8 +107,6 @@ struct GroupState {
     client: Vec<(String, String)>,
     /// Partitions owned, by number.
     tasks: BTreeMap<i32, Task>,
-    /// Offsets last committed for the group, by (topic, partition).
-    committed: BTreeMap<(String, i32), i64>,
 }
 
 /// A member of a consumer group: the state the member database shares with its coordinator.
@@ -89,6 +116,8 @@ pub(crate) struct Group {
     config: Config,
     clock: Arc<dyn Clock>,
     state: Mutex<GroupState>,
+    /// The sources and their topics, as the tasks see them (see [`TaskScope`]).
+    inputs: Arc<Mutex<Vec<(String, String)>>>,
     stop: AtomicBool,
     /// Close the tasks as a crash would (tests).
     abrupt: AtomicBool,
@@ -121,6 +150,7 @@ pub(super) fn open_member(path: &str, config: Config, clock: Arc<dyn Clock>) -> 
         config: config.clone(),
         clock: clock.clone(),
         state: Mutex::new(GroupState::default()),
+        inputs: Default::default(),
         stop: AtomicBool::new(false),
         abrupt: AtomicBool::new(false),
         coordinator: Mutex::new(None),
@@ -156,6 +186,7 @@ impl Group {
                         }
                         st.sources.retain(|(n, _)| *n != name);
                         st.sources.push((name.clone(), topic));
+                        *self.inputs.lock() = st.sources.clone();
                     }
                     if let Err(e) = self.check_co_partitioned() {
                         let _ = db.execute_statement(
@@ -167,7 +198,9 @@ impl Group {
                             },
                             "",
                         );
-                        self.state.lock().sources.retain(|(n, _)| *n != name);
+                        let mut st = self.state.lock();
+                        st.sources.retain(|(n, _)| *n != name);
+                        *self.inputs.lock() = st.sources.clone();
                         return Err(e);
                     }
                     self.apply(&text)?;
@@ -178,6 +211,16 @@ impl Group {
                         return Err(group_error(format!(
                             "sink '{}': a group writes its results through KAFKA sinks (a transactional id per partition fences a member that was replaced); {} sinks are not supported here",
                             cs.name, cs.connector
+                        )));
+                    }
+                    if cs
+                        .options
+                        .get("sink.delivery-guarantee")
+                        .is_some_and(|g| !g.trim().eq_ignore_ascii_case("exactly-once"))
+                    {
+                        return Err(group_error(format!(
+                            "sink '{}': a group's sinks are exactly-once (each epoch's transaction also commits the group's offsets); 'sink.delivery-guarantee' cannot be changed",
+                            cs.name
                         )));
                     }
                     let r = db.execute_statement(Statement::CreateSink(cs), &text)?;
@@ -302,9 +345,11 @@ impl Group {
     /// Opens partition `p`'s task: recovers its directory, then replays the script (what
     /// recovery already made is kept).
     fn open_task(&self, p: i32) -> Result<Database> {
-        let (dir, script) = {
+        let (dir, script, scope) = {
             let st = self.state.lock();
-            (self.task_dir(st.group_id.as_deref().unwrap_or("group"), p), st.script.clone())
+            let group = st.group_id.clone().unwrap_or_default();
+            let scope = TaskScope { partition: p, group: group.clone(), inputs: self.inputs.clone() };
+            (self.task_dir(&group, p), st.script.clone(), scope)
         };
         let mut cfg = self.config.clone();
         cfg.shared_dir = None;
@@ -321,7 +366,7 @@ impl Group {
         // checkpoint), or a replaced member's process may still be exiting.
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let db = loop {
-            match Database::open_impl(&path, cfg.clone(), self.clock.clone(), None, Some(p)) {
+            match Database::open_impl(&path, cfg.clone(), self.clock.clone(), None, Some(scope.clone())) {
                 Ok(db) => break db,
                 Err(e)
                     if e.kind() == ErrorKind::InvalidState
@@ -518,8 +563,7 @@ mod coordinator {
 
     use rdkafka::ClientContext;
     use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
     use super::*;
 
@@ -555,7 +599,7 @@ mod coordinator {
             for p in &parts {
                 g.close_task(*p);
             }
-            commit(&g, c, Some(&parts), CommitMode::Sync);
+            let _ = c;
         }
 
         fn post_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -574,40 +618,6 @@ mod coordinator {
             for p in parts {
                 st.tasks.entry(p).or_insert(Task { db: None, since: now, error: None });
             }
-        }
-    }
-
-    /// Commits the tasks' checkpointed offsets (of `only` these partitions, or all owned) as the
-    /// group's, where they moved.
-    fn commit(g: &Group, c: &BaseConsumer<Ctx>, only: Option<&[i32]>, mode: CommitMode) {
-        let (group_id, topics, owned) = {
-            let st = g.state.lock();
-            let owned: Vec<i32> = st.tasks.keys().copied().collect();
-            (st.group_id.clone().unwrap_or_default(), st.sources.iter().map(|s| s.1.clone()).collect::<Vec<_>>(), owned)
-        };
-        let parts: Vec<i32> = only.map_or(owned, <[i32]>::to_vec);
-        let done = crate::connector::kafka::TASK_OFFSETS.lock().clone();
-        let mut tpl = TopicPartitionList::new();
-        let mut moved = vec![];
-        {
-            let st = g.state.lock();
-            for t in &topics {
-                for p in &parts {
-                    if let Some(o) = done.get(&(group_id.clone(), t.clone(), *p))
-                        && st.committed.get(&(t.clone(), *p)) != Some(o)
-                    {
-                        let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
-                        moved.push(((t.clone(), *p), *o));
-                    }
-                }
-            }
-        }
-        if tpl.count() == 0 {
-            return;
-        }
-        match c.commit(&tpl, mode) {
-            Ok(()) => g.state.lock().committed.extend(moved),
-            Err(e) => log::debug!(target: "laminardb", "group mode: committing the group's offsets: {e}"),
         }
     }
 
@@ -638,7 +648,6 @@ mod coordinator {
         }
         log::info!(target: "laminardb", "group mode: joining group '{group_id}' on topic '{lead}'");
         drop(g);
-        let mut last_commit = Instant::now();
         loop {
             let Some(g) = group.upgrade() else { break };
             if g.stop.load(Ordering::Acquire) {
@@ -647,9 +656,6 @@ mod coordinator {
                 let owned: Vec<i32> = g.state.lock().tasks.keys().copied().collect();
                 for p in &owned {
                     g.close_task(*p);
-                }
-                if !g.abrupt.load(Ordering::Acquire) {
-                    commit(&g, &consumer, Some(&owned), CommitMode::Sync);
                 }
                 consumer.unsubscribe();
                 let _ = consumer.poll(Duration::from_millis(100));
@@ -687,10 +693,6 @@ mod coordinator {
                     }
                     (Err(_), None) => {}
                 }
-            }
-            if last_commit.elapsed() >= Duration::from_secs(1) {
-                commit(&g, &consumer, None, CommitMode::Async);
-                last_commit = Instant::now();
             }
         }
     }

@@ -57,6 +57,12 @@ pub(crate) struct KafkaSink {
     in_txn: bool,
     committed: u64,
     aborted: u64,
+    /// A consumer group's task (see `db::group`): the group, the input offsets of the epoch being
+    /// committed, those last committed, and a handle whose group metadata is the group's (not a
+    /// member: Kafka takes a transaction's offsets for a group from any producer).
+    group_inputs: Option<(String, Vec<(String, i32, i64)>)>,
+    inputs_committed: Vec<(String, i32, i64)>,
+    input_group: Option<BaseConsumer>,
     /// The open epoch's results (exactly-once): stored in the checkpoint, written again after a
     /// crash if their transaction did not commit.
     epoch_batches: Vec<RecordBatch>,
@@ -117,6 +123,9 @@ impl KafkaSink {
             in_txn: false,
             committed: 0,
             aborted: 0,
+            group_inputs: None,
+            inputs_committed: vec![],
+            input_group: None,
             epoch_batches: vec![],
         })
     }
@@ -385,11 +394,39 @@ impl KafkaSink {
             .ok_or_else(|| Error::internal("KAFKA sink: no consumer group metadata"))?;
         let p = self.producer();
         p.send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT).map_err(|e| self.err("cannot record the epoch", e))?;
+        let inputs = self.group_inputs.as_ref().filter(|(_, o)| !o.is_empty()).cloned();
+        if let Some((group, offsets)) = &inputs {
+            if self.input_group.is_none() {
+                let mut c = self.config.clone();
+                c.remove("group.instance.id");
+                c.set("group.id", group).set("enable.auto.commit", "false");
+                self.input_group =
+                    Some(c.create().map_err(|e| Error::invalid_argument(format!("KAFKA sink '{}': {e}", self.sink)))?);
+            }
+            let cgm = self
+                .input_group
+                .as_ref()
+                .expect("made")
+                .group_metadata()
+                .ok_or_else(|| Error::internal("KAFKA sink: no consumer group metadata for the input group"))?;
+            let mut tpl = Tpl::new();
+            for (topic, partition, offset) in offsets {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .map_err(|e| self.err("cannot record the input offsets", e))?;
+            }
+            self.producer()
+                .send_offsets_to_transaction(&tpl, &cgm, CALL_TIMEOUT)
+                .map_err(|e| self.err(&format!("cannot commit the offsets of group '{}'", clip(group)), e))?;
+        }
+        let p = self.producer();
         // Delivers what is still in flight first; a record that fails fails the commit.
         p.commit_transaction(CALL_TIMEOUT).map_err(|e| self.err("cannot commit the transaction", e))?;
         self.delivery_failed()?;
         self.in_txn = false;
         self.committed += 1;
+        if let Some((_, offsets)) = inputs {
+            self.inputs_committed = offsets;
+        }
         Ok(())
     }
 }
@@ -446,11 +483,22 @@ impl Sink for KafkaSink {
     }
 
     fn commit(&mut self, epoch: u64, committable: &[u8]) -> Result<()> {
-        if self.exactly_once && self.in_txn && !committable.is_empty() {
+        // A group's task commits the group's offsets each epoch they moved, results or not.
+        let inputs_moved =
+            self.group_inputs.as_ref().is_some_and(|(_, o)| !o.is_empty() && *o != self.inputs_committed);
+        if self.exactly_once && ((self.in_txn && !committable.is_empty()) || inputs_moved) {
+            if !self.in_txn {
+                self.producer().begin_transaction().map_err(|e| self.err("cannot begin a transaction", e))?;
+                self.in_txn = true;
+            }
             self.commit_marked(epoch)?;
         }
         self.epoch_batches.clear();
         Ok(())
+    }
+
+    fn epoch_inputs(&mut self, group: &str, offsets: &[(String, i32, i64)]) {
+        self.group_inputs = Some((group.to_string(), offsets.to_vec()));
     }
 
     fn recover(&mut self, restored: Option<&[u8]>) -> Result<()> {

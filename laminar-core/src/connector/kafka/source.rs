@@ -96,9 +96,9 @@ pub(crate) struct KafkaSource {
     discovered_at: Option<std::time::Instant>,
     /// Partitions assigned per topic of `topics` (0..n each).
     partitions: Vec<i32>,
-    /// In a consumer group's task (see `db::group`): the one partition read of each topic, and
-    /// the group whose member commits the checkpoints' offsets (this reader commits none).
-    task: Option<(i32, String)>,
+    /// In a consumer group's task (see `db::group`): the one partition read of each topic (the
+    /// sinks' transactions commit the group's offsets; this reader commits none).
+    task: Option<i32>,
 }
 
 /// The high watermark of a partition as librdkafka last saw it in a fetch response
@@ -231,7 +231,7 @@ impl KafkaSource {
         if config.get("group.id").is_none() {
             config.set("group.id", format!("laminardb-{source}"));
         }
-        let task = task_partition.map(|p| (p, config.get("group.id").unwrap_or_default().to_string()));
+        let task = task_partition;
         if task.is_some() {
             // The member's coordinator is the group's member; a task's reader only fetches.
             config.remove("group.instance.id");
@@ -821,7 +821,7 @@ impl SourceReader for KafkaSource {
         self.topics = topics.iter().map(|t| t.0.clone()).collect();
         let mut tpl = TopicPartitionList::new();
         let mut by_time = TopicPartitionList::new();
-        if let Some((p, _)) = &self.task
+        if let Some(p) = &self.task
             && let Some((t, n)) = topics.iter().find(|(_, n)| *p >= *n)
         {
             return Err(Error::invalid_argument(format!(
@@ -832,7 +832,7 @@ impl SourceReader for KafkaSource {
         }
         let read = |parts: i32| -> std::ops::Range<i32> {
             match &self.task {
-                Some((p, _)) => *p..*p + 1,
+                Some(p) => *p..*p + 1,
                 None => 0..parts,
             }
         };
@@ -862,6 +862,10 @@ impl SourceReader for KafkaSource {
                         }
                     },
                 };
+                if let Offset::Offset(n) = offset {
+                    // Known before any record is read: a restored partition at its end says so.
+                    self.stats.lock().entry(self.key(ti, p)).or_default().position = Some(n);
+                }
                 tpl.add_partition_offset(topic, p, offset)
                     .map_err(|e| kafka_error("cannot assign partitions", &self.servers, e))?;
             }
@@ -1005,19 +1009,8 @@ impl SourceReader for KafkaSource {
     /// logged, and the next checkpoint commits again). Monitoring tools read the group's lag from
     /// them; recovery seeks to the checkpoint's own offsets, never to these.
     fn checkpointed(&mut self, positions: &Positions) {
-        if let Some((p, group)) = &self.task {
-            // The member's coordinator commits them, as the group's member.
-            let mut done = super::TASK_OFFSETS.lock();
-            for (key, offset) in positions {
-                let Ok(o) = offset.parse::<i64>() else { continue };
-                let topic = match key.rsplit_once('/') {
-                    Some((t, _)) if self.pattern.is_some() => t,
-                    _ => self.topics.first().map_or("", String::as_str),
-                };
-                if o >= 0 {
-                    done.insert((group.clone(), topic.to_string(), *p), o);
-                }
-            }
+        if self.task.is_some() {
+            // A group's task: its sinks commit the offsets in their transactions.
             return;
         }
         let Some(c) = self.consumer.as_ref() else { return };
