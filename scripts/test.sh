@@ -56,6 +56,8 @@ step "durability benchmark smoke run (tiny size)" cargo run -q -p laminar-core "
 # built with pkg-config from an installed prefix and run under valgrind, the benchmark smoke run.
 if [[ " ${LAMINAR_FEATURES//,/ } " == *" kafka "* ]]; then
   step "Kafka benchmark smoke run (tiny size)" cargo run -q -p laminar-core "${features[@]}" --example kafka_bench -- --records 20000
+  step "group mode benchmark smoke run (1-3 member processes, a SIGKILL; tiny size)" \
+    scripts/with-timeout.sh 600 cargo run -q -p laminar-core "${features[@]}" --example kafka_group_bench -- --records 20000
   # The soak benchmark (benches/soak) for 2 minutes: Kafka in and out, an interval join, a
   # reconnecting subscriber, random DDL, two SIGKILLs; the outputs checked against the oracle.
   step "soak smoke run (2 minutes, two SIGKILLs, outputs against the oracle)" cargo run -q -p laminar-core "${features[@]}" --example soak -- --seconds 120 --kill-every 40 --rate 3000 --report-every 20

@@ -674,9 +674,21 @@ mod coordinator {
                 .filter(|(_, t)| t.db.is_none() && t.error.is_none())
                 .map(|(p, _)| *p)
                 .collect();
-            for p in pending {
-                let t0 = Instant::now();
-                let opened = g.open_task(p);
+            // Opened side by side: each waits on its sink's transactional set-up and its recovery.
+            let opened: Vec<(i32, Result<Database>, Instant)> = std::thread::scope(|s| {
+                let handles: Vec<_> = pending
+                    .iter()
+                    .map(|p| {
+                        let g = &g;
+                        s.spawn(move || {
+                            let t0 = Instant::now();
+                            (*p, g.open_task(*p), t0)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            for (p, opened, t0) in opened {
                 let mut st = g.state.lock();
                 match (opened, st.tasks.get_mut(&p)) {
                     (Ok(db), Some(t)) => {
