@@ -602,11 +602,13 @@ laminar_status laminar_db_catalog(struct laminar_db *db,
                                   struct laminar_error **out_error);
 
 // Metrics as one batch with columns `kind` (`source`, `partition`, `stream`, `sink`,
-// `pipeline`), `name` (a partition's: `source/partition`), `metric` (`rows_in`, `rows_out`,
+// `group_partition`, `pipeline`), `name` (a partition's: `source/partition`; a group member's
+// owned partition's: `topic/partition`), `metric` (`rows_in`, `rows_out`,
 // `batches_out`, `rows_late`, `late_pairs`, `state_bytes`, `spilled_groups`, `watermark_ms`,
 // `queue_depth`, `subscribers`, `failed`, `events_processed`; a connector source's partitions:
 // `position`, `lag`, `records`, `bytes`, `malformed`; an exactly-once KAFKA sink's
-// `transactions_committed`, `transactions_aborted`;
+// `transactions_committed`, `transactions_aborted`; a partition a group member owns (config
+// `shared_dir`): `position`, `lag`, `epoch`, `owned_ms`, `running`;
 // `spilled_groups`: groups held by the RocksDB state backend; `subscribers`: a stream's
 // subscriptions not cancelled or dropped; `failed`: 1 once a stream or sink has failed; a
 // sink's `rows_out`, `batches_out`: what it wrote) and `value` (int64, NULL for a watermark

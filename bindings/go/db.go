@@ -267,8 +267,9 @@ func (db *DB) Streams() ([]string, error) { return db.names("stream", "materiali
 // spilled_groups (RocksDB state backend), watermark_ms, subscribers (not cancelled), failed
 // (1 once the stream has failed); per sink rows_out, batches_out, failed; per partition of a
 // connector source (kind "partition", name "source/partition") position, lag, records, bytes,
-// malformed; per exactly-once KAFKA sink transactions_committed, transactions_aborted; pipeline
-// totals.
+// malformed; per exactly-once KAFKA sink transactions_committed, transactions_aborted; on a
+// group member (config shared_dir), per partition it owns (kind "group_partition", name
+// "topic/partition") position, lag, epoch, owned_ms, running; pipeline totals.
 // Release it when done.
 func (db *DB) Metrics() (arrow.RecordBatch, error) {
 	return db.batch(func(h *C.laminar_db, sc *C.struct_ArrowSchema, arr *C.struct_ArrowArray, e **C.laminar_error) C.laminar_status {

@@ -78,8 +78,9 @@ fn main() -> BoxResult<()> {
         let sql_file = root.join(format!("a{members}.sql"));
         std::fs::write(&sql_file, &sql)?;
         let t0 = Instant::now();
-        let mut ms: Vec<Member> =
-            (0..members).map(|m| Member::start(&dir, &format!("m{m}"), &dir.join("shared"), &sql_file)).collect::<BoxResult<_>>()?;
+        let mut ms: Vec<Member> = (0..members)
+            .map(|m| Member::start(&dir, &format!("m{m}"), &dir.join("shared"), &sql_file))
+            .collect::<BoxResult<_>>()?;
         let (first, last) = wait_committed(&b, &group, &input, &ends, t0, Duration::from_secs(600))?;
         let cpu: f64 = ms.iter().map(Member::cpu_seconds).sum();
         for m in ms.iter_mut() {
@@ -100,7 +101,9 @@ fn main() -> BoxResult<()> {
         );
     }
     if cores < 5 {
-        println!("  ({cores} cores for up to 3 members and the broker: these figures show what more members cost, not a speed-up)");
+        println!(
+            "  ({cores} cores for up to 3 members and the broker: these figures show what more members cost, not a speed-up)"
+        );
     }
 
     // (b) the rebalance pause: a steady feed, 3 members, one killed.
@@ -112,8 +115,9 @@ fn main() -> BoxResult<()> {
     let dir = root.join("b");
     let sql_file = root.join("b.sql");
     std::fs::write(&sql_file, &sql)?;
-    let mut ms: Vec<Member> =
-        (0..3).map(|m| Member::start(&dir, &format!("m{m}"), &dir.join("shared"), &sql_file)).collect::<BoxResult<_>>()?;
+    let mut ms: Vec<Member> = (0..3)
+        .map(|m| Member::start(&dir, &format!("m{m}"), &dir.join("shared"), &sql_file))
+        .collect::<BoxResult<_>>()?;
     let stop_feed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let feeder = {
         let (b, input, stop) = (b.clone(), input.clone(), stop_feed.clone());

@@ -19,7 +19,7 @@
 //! | `scan.max-batch-records` | source | records per poll at most, over all partitions (default 100000) |
 //! | `on_error` | source | a record that cannot be decoded: `fail` (default; the error names partition and offset), `skip` (counted, logged) or `dead_letter` (counted, written to the source named by `dead_letter`) |
 //! | `dead_letter` | source | the source receiving the records that do not decode (created with the dead-letter columns unless it exists) |
-//! | `properties.group.id` | source | the consumer group (default `laminardb-<source>`); each checkpoint's offsets are committed as its offsets, for monitoring (recovery never reads them) |
+//! | `properties.group.id` | source | the consumer group (default `laminardb-<source>`); each checkpoint's offsets are committed as its offsets, for monitoring (recovery never reads them); with the config key `shared_dir`, the group whose members share the partitions (`db/group.rs`) |
 //! | `key` | sink | columns written as the record key (a JSON object, or a CSV line); none by default. A changelog input with a key is written as upserts with tombstones |
 //! | `sink.delivery-guarantee` | sink | `exactly-once` (default) or `at-least-once` |
 //! | `sink.transactional-id` | sink | the transactional id (default `laminardb-<sink>-<topic>`); one writer per id |

@@ -93,7 +93,12 @@ struct Task {
     db: Option<Database>,
     since: Instant,
     error: Option<String>,
+    /// A task that failed to open is tried again from then on.
+    retry_at: Option<Instant>,
 }
+
+/// How long after a failed open a task's partition is tried again.
+const RETRY_OPEN: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 struct GroupState {
@@ -344,7 +349,8 @@ impl Group {
 
     /// Opens partition `p`'s task: recovers its directory, then replays the script (what
     /// recovery already made is kept).
-    fn open_task(&self, p: i32) -> Result<Database> {
+    /// Opens partition `p`'s task; the number of script statements it ran.
+    fn open_task(&self, p: i32) -> Result<(Database, usize)> {
         let (dir, script, scope) = {
             let st = self.state.lock();
             let group = st.group_id.clone().unwrap_or_default();
@@ -389,7 +395,7 @@ impl Group {
                 }
             }
         }
-        Ok(db)
+        Ok((db, script.len()))
     }
 
     /// Checkpoints every task; the number of tasks.
@@ -616,7 +622,7 @@ mod coordinator {
             let now = Instant::now();
             let mut st = g.state.lock();
             for p in parts {
-                st.tasks.entry(p).or_insert(Task { db: None, since: now, error: None });
+                st.tasks.entry(p).or_insert(Task { db: None, since: now, error: None, retry_at: None });
             }
         }
     }
@@ -671,11 +677,11 @@ mod coordinator {
                 .lock()
                 .tasks
                 .iter()
-                .filter(|(_, t)| t.db.is_none() && t.error.is_none())
+                .filter(|(_, t)| t.db.is_none() && t.retry_at.is_none_or(|r| Instant::now() >= r))
                 .map(|(p, _)| *p)
                 .collect();
             // Opened side by side: each waits on its sink's transactional set-up and its recovery.
-            let opened: Vec<(i32, Result<Database>, Instant)> = std::thread::scope(|s| {
+            let opened: Vec<(i32, Result<(Database, usize)>, Instant)> = std::thread::scope(|s| {
                 let handles: Vec<_> = pending
                     .iter()
                     .map(|p| {
@@ -690,18 +696,31 @@ mod coordinator {
             });
             for (p, opened, t0) in opened {
                 let mut st = g.state.lock();
+                // Statements the member ran while the task opened (under this lock, no more come).
+                let later: Vec<String> = match &opened {
+                    Ok((_, n)) => st.script.iter().skip(*n).cloned().collect(),
+                    Err(_) => vec![],
+                };
                 match (opened, st.tasks.get_mut(&p)) {
-                    (Ok(db), Some(t)) => {
+                    (Ok((db, _)), Some(t)) => {
                         log::info!(target: "laminardb", "group mode: partition {p} running (restored epoch {}, {} ms)", db.epoch(), t0.elapsed().as_millis());
+                        t.error = None;
+                        t.retry_at = None;
+                        for text in later {
+                            if let Err(e) = db.execute(&text) {
+                                t.error = Some(e.message().to_string());
+                            }
+                        }
                         t.db = Some(db);
                     }
-                    (Ok(db), None) => {
+                    (Ok((db, _)), None) => {
                         drop(st);
                         db.close(); // revoked meanwhile
                     }
                     (Err(e), Some(t)) => {
-                        log::warn!(target: "laminardb", "group mode: the task of partition {p} cannot start: {e}");
+                        log::warn!(target: "laminardb", "group mode: the task of partition {p} cannot start (tried again in {} s): {e}", RETRY_OPEN.as_secs());
                         t.error = Some(e.message().to_string());
+                        t.retry_at = Some(Instant::now() + RETRY_OPEN);
                     }
                     (Err(_), None) => {}
                 }

@@ -262,6 +262,15 @@ impl Database {
                 push("sink", &k.name, c, Some(*v as i64));
             }
         }
+        // Group mode: the partitions this member owns (`topic/partition`).
+        for g in &m.partitions {
+            let n = format!("{}/{}", g.topic, g.partition);
+            push("group_partition", &n, "position", g.position);
+            push("group_partition", &n, "lag", g.lag);
+            push("group_partition", &n, "epoch", Some(g.epoch as i64));
+            push("group_partition", &n, "owned_ms", Some(g.owned_ms as i64));
+            push("group_partition", &n, "running", Some(i64::from(g.state == "running")));
+        }
         push("pipeline", "", "rows_in", Some(m.rows_in as i64));
         push("pipeline", "", "rows_out", Some(m.rows_out as i64));
         push("pipeline", "", "events_processed", Some(m.events_processed as i64));
