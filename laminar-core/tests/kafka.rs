@@ -1642,3 +1642,79 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
     m2.close();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_static_member_gets_its_partitions_back_without_a_rebalance() {
+    let _alone = HEAVY.write().unwrap_or_else(|e| e.into_inner());
+    let b = broker();
+    let (topic, output, group) = (unique("gs"), unique("gsout"), unique("grps"));
+    create_topic(&b, &topic, 4);
+    create_topic(&b, &output, 1);
+    let root = common::tmpdir("kafka-group-static");
+    let sql = |instance: &str| {
+        format!(
+            "CREATE SOURCE s (_key VARCHAR, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+                 FROM KAFKA WITH (topic = '{topic}', 'properties.bootstrap.servers' = '{b}', format = 'json',
+                     'properties.group.id' = '{group}', 'properties.group.instance.id' = '{instance}',
+                     'properties.session.timeout.ms' = '30000');
+             CREATE STREAM agg AS SELECT _key AS k, window_start AS ws, COUNT(*) AS n FROM s GROUP BY _key, TUMBLE(ts, INTERVAL '10' SECOND);
+             CREATE SINK out FROM agg INTO KAFKA WITH (topic = '{output}', 'properties.bootstrap.servers' = '{b}')"
+        )
+    };
+    let open = |name: &str| {
+        let mut cfg = Config::default();
+        cfg.set("shared_dir", &root.join("shared").display().to_string()).unwrap();
+        cfg.set("checkpoint_interval", "1s").unwrap();
+        let db = Database::open(&root.join(name).display().to_string(), cfg).unwrap();
+        db.execute(&sql(name)).unwrap();
+        db
+    };
+    // (partition, owned_ms) of what a member owns.
+    let owned = |db: &Database| -> Vec<(i64, i64)> {
+        let r = db.execute("SHOW PARTITIONS").unwrap();
+        let mut v = vec![];
+        for b in &r.batches {
+            let p = b.column(1).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+            let ms = b.column(5).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+            for i in 0..b.num_rows() {
+                v.push((p.value(i), ms.value(i)));
+            }
+        }
+        v.sort();
+        v
+    };
+    let settled = |m1: &Database, m2: &Database, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (a, b) = (owned(m1), owned(m2));
+            if a.len() + b.len() == 4 && !a.is_empty() && !b.is_empty() {
+                return (a, b);
+            }
+            assert!(Instant::now() < deadline, "{what}: not settled in 60 s: {a:?} {b:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let m1 = open("i1");
+    let m2 = open("i2");
+    let (before1, before2) = settled(&m1, &m2, "two static members");
+    m1.close();
+    // A static member that closes does not leave: no rebalance gives its partitions to i2 (a
+    // dynamic member's leave would, within a second).
+    std::thread::sleep(Duration::from_secs(3));
+    let parts = |v: &[(i64, i64)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+    assert_eq!(parts(&owned(&m2)), parts(&before2), "i2 took partitions of the closed static member");
+    // Within the session timeout, the restarted member gets the same partitions back, and the
+    // other member keeps its own all along (their owned time never restarts).
+    let t = Instant::now();
+    let m1 = open("i1");
+    let (after1, after2) = settled(&m1, &m2, "after the restart");
+    assert!(t.elapsed() < Duration::from_secs(25), "took {:?}", t.elapsed());
+    assert_eq!(parts(&after1), parts(&before1));
+    assert_eq!(parts(&after2), parts(&before2));
+    for ((_, was), (_, now)) in before2.iter().zip(&after2) {
+        assert!(now > was, "member i2 lost a partition meanwhile: {before2:?} then {after2:?}");
+    }
+    m1.close();
+    m2.close();
+    let _ = std::fs::remove_dir_all(&root);
+}

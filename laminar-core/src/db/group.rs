@@ -168,6 +168,42 @@ pub(super) fn open_member(path: &str, config: Config, clock: Arc<dyn Clock>) -> 
     Database::open_impl(":memory:", catalog, clock, Some(group), None)
 }
 
+/// Runs one of the member's statements in a task, where the task's checkpoint may already have
+/// made its object: an object defined the same (static membership's `group.instance.id` aside)
+/// is kept with its state, even under `OR REPLACE`; a DROP of what is gone is done.
+fn replay(db: &Database, text: &str) -> Result<()> {
+    let key = |sql: &str| -> String {
+        match crate::sql::parse_one(sql).map(|p| p.statement) {
+            Ok(Statement::CreateSource(mut c)) => {
+                c.options.remove("properties.group.instance.id");
+                c.if_not_exists = false;
+                c.or_replace = false;
+                c.columns_sql = c.columns_sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                format!("{c:?}")
+            }
+            _ => super::ddl::definition_key(sql),
+        }
+    };
+    let name = match crate::sql::parse_one(text).map(|p| p.statement) {
+        Ok(Statement::CreateSource(c)) => Some(c.name),
+        Ok(Statement::CreateStream(c)) => Some(c.name),
+        Ok(Statement::CreateSink(c)) => Some(c.name),
+        _ => None,
+    };
+    if let Some(info) = name.and_then(|n| db.object(&n).ok())
+        && key(&info.sql) == key(text)
+    {
+        return Ok(());
+    }
+    match db.execute(text) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound && text.trim_start().to_ascii_uppercase().starts_with("DROP") => {
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn group_error(what: impl std::fmt::Display) -> Error {
     Error::invalid_argument(format!("group mode (shared_dir): {what}"))
 }
@@ -386,13 +422,9 @@ impl Group {
             }
         };
         for text in &script {
-            match db.execute(text) {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {} // recovered from the checkpoint
-                Err(e) => {
-                    db.close();
-                    return Err(e);
-                }
+            if let Err(e) = replay(&db, text) {
+                db.close();
+                return Err(e.context(format!("replaying the member's statements in the task of partition {p}")));
             }
         }
         Ok((db, script.len()))
@@ -638,6 +670,7 @@ mod coordinator {
             cfg.set(k, v);
         }
         cfg.set("group.id", &group_id).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false");
+        let is_static = cfg.get("group.instance.id").is_some_and(|v| !v.is_empty());
         if cfg.get("partition.assignment.strategy").is_none() {
             cfg.set("partition.assignment.strategy", "cooperative-sticky");
         }
@@ -663,8 +696,13 @@ mod coordinator {
                 for p in &owned {
                     g.close_task(*p);
                 }
-                consumer.unsubscribe();
-                let _ = consumer.poll(Duration::from_millis(100));
+                // A static member (group.instance.id) does not leave: Kafka keeps its partitions
+                // for it until `session.timeout.ms`, so a restart gets them back without a
+                // rebalance. Any other member leaves now, and its partitions move at once.
+                if !is_static {
+                    consumer.unsubscribe();
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
                 break;
             }
             // Its partitions are paused: a poll serves the group's callbacks, and fetches nothing.
