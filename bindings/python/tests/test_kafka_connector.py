@@ -303,3 +303,82 @@ def test_a_million_events_through_a_join_and_an_aggregate_round_trip(tmp_path):
     assert len(want_join) == n
     assert got_join == [tuple(r) for r in want_join], f"{len(got_join)} joined rows vs {len(want_join)}"
     assert got_agg == [tuple(r) for r in want_agg], f"{len(got_agg)} aggregate rows vs {len(want_agg)}"
+
+
+GROUP_SQL = """
+CREATE SOURCE ev (_key VARCHAR, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+    FROM KAFKA WITH (topic = '{inp}', 'properties.bootstrap.servers' = '{b}', format = 'json',
+                     'properties.group.id' = '{group}', 'scan.startup.mode' = 'group-offsets',
+                     'properties.session.timeout.ms' = '6000');
+CREATE STREAM agg AS SELECT _key AS k, window_start AS ws, SUM(v) AS s, COUNT(*) AS n
+    FROM ev GROUP BY _key, TUMBLE(ts, INTERVAL '10' SECOND);
+CREATE SINK out FROM agg INTO KAFKA WITH (topic = '{out}', 'properties.bootstrap.servers' = '{b}', key = 'k');
+"""
+
+
+@pytest.mark.timeout(200)
+def test_two_group_members_share_the_partitions_and_publish_each_window_once(tmp_path):
+    """Group mode from Python: two connections opened with the same `shared_dir` share the
+    partitions of a topic as one consumer group; each window result is published once, equal to
+    DuckDB's aggregate; SHOW PARTITIONS says who owns what; what a member cannot run is refused."""
+    b = broker()
+    rng = random.Random(24)
+    suffix = uuid.uuid4().hex[:10]
+    inp, out, group = f"gev-{suffix}", f"gagg-{suffix}", f"grp-{suffix}"
+    admin = AdminClient({"bootstrap.servers": b})
+    for f in admin.create_topics([NewTopic(inp, PARTITIONS, 1), NewTopic(out, 1, 1)]).values():
+        f.result(timeout=30)
+    sql = GROUP_SQL.format(inp=inp, out=out, b=b, group=group)
+    config = {"shared_dir": str(tmp_path / "shared"), "checkpoint_interval": "200ms"}
+    m1 = laminardb.open(str(tmp_path / "m1"), config=config)
+    m1.execute(sql)
+    m2 = laminardb.open(str(tmp_path / "m2"), config=config)
+    m2.execute(sql)
+    deadline = time.monotonic() + 60
+    while True:
+        owned = [sorted(r["partition"] for r in m.query("SHOW PARTITIONS").to_pylist()) for m in (m1, m2)]
+        if sorted(owned[0] + owned[1]) == list(range(PARTITIONS)) and owned[0] and owned[1]:
+            break
+        assert time.monotonic() < deadline, f"the partitions were not shared out: {owned}"
+        time.sleep(0.1)
+
+    with pytest.raises(laminardb.LaminarError) as e:
+        m1.execute("CREATE SOURCE pushed (k BIGINT)")
+    assert "KAFKA" in str(e.value)
+    with pytest.raises(laminardb.LaminarError) as e:
+        m1.execute("CREATE STREAM byv AS SELECT v, COUNT(*) AS n FROM ev GROUP BY v")
+    assert "not keyed by the message key" in str(e.value)
+
+    producer = ck.Producer({"bootstrap.servers": b, "linger.ms": 5})
+    events = []
+    t0 = 1_700_000_000_000
+    for i in range(4000):
+        k = rng.randrange(12)
+        ev = (k, rng.randrange(-100, 100), t0 + i * 3 + rng.randrange(500))
+        events.append(ev)
+        producer.produce(inp, json.dumps({"v": ev[1], "ts": iso(ev[2])}).encode(), key=str(k).encode(),
+                         partition=k % PARTITIONS)
+        producer.poll(0)
+    for p in range(PARTITIONS):  # a record far in the future on every partition closes every window
+        producer.produce(inp, json.dumps({"v": 0, "ts": iso(4_000_000_000_000)}).encode(), key=b"closing", partition=p)
+    assert producer.flush(30) == 0
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE e (k BIGINT, v BIGINT, ts BIGINT)")
+    con.executemany("INSERT INTO e VALUES (?, ?, ?)", events)
+    want = con.execute("""
+        SELECT CAST(k AS VARCHAR), strftime(time_bucket(INTERVAL '10 seconds', make_timestamp(ts * 1000)), '%Y-%m-%dT%H:%M:%S') AS ws,
+               SUM(v), COUNT(*) FROM e GROUP BY 1, 2 ORDER BY 1, 2
+    """).fetchall()
+    want = [tuple(r) for r in want]
+    deadline = time.monotonic() + 90
+    while True:
+        got = sorted((r["k"], r["ws"], r["s"], r["n"]) for r in read_committed(b, out) if r["k"] != "closing")
+        if len(got) >= len(want) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == want, f"{len(got)} results vs {len(want)} expected"
+    m = m1.metrics()
+    assert sum(s.rows_in for s in m.sources) > 0
+    m1.close()
+    m2.close()

@@ -39,6 +39,9 @@ class LaminarConfig:
     # "127.0.0.1:9464": serve the Prometheus text exposition at GET /metrics while the
     # connection is open. None: no endpoint (metrics_text() still works).
     metrics_addr: Optional[str] = None
+    # Group mode: a directory every member of the KAFKA sources' consumer group reaches, where
+    # each partition's state lives; the connection runs the partitions Kafka assigns it.
+    shared_dir: Optional[str] = None
     extra: Dict[str, str] = field(default_factory=dict)
 
     def to_pairs(self) -> list:
@@ -47,7 +50,7 @@ class LaminarConfig:
             "storage_dir", "durability", "checkpoint_interval", "checkpoint_interval_ms", "checkpoints_retained", "io_backend", "wal_recovery",
             "state_backend", "state_cache_size", "workers",
             "memory_limit", "buffer_size", "idle_timeout", "queue_capacity", "queue_full", "on_full",
-            "source_retention", "metrics_addr",
+            "source_retention", "metrics_addr", "shared_dir",
         ):
             v = getattr(self, name)
             if v is None or (name == "buffer_size" and v == 65536):
