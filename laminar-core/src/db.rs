@@ -369,6 +369,13 @@ impl Database {
         Ok(last)
     }
 
+    /// Runs statements like [`Database::execute`], without starting the readers of the sources
+    /// they create (a group's task starts them once its whole pipeline is there).
+    pub(super) fn execute_deferred(&self, sql_text: &str) -> Result<ExecuteResult> {
+        self.check_open()?;
+        self.execute_statements(sql::parse_sql(sql_text)?)
+    }
+
     fn execute_statements(&self, stmts: Vec<sql::ParsedStatement>) -> Result<ExecuteResult> {
         let mut last = ExecuteResult::default();
         for s in stmts {

@@ -166,6 +166,19 @@ fn check_keyed_by(plan: &LogicalPlan, key: &str) -> Result<()> {
     let mut err = None;
     plan.apply_with_subqueries(|node| {
         let bad = match node {
+            LogicalPlan::Projection(p)
+                if p.expr.iter().any(|e| matches!(e, Expr::Alias(a) if a.name == key && !is_key(&a.expr))) =>
+            {
+                Some("it names another expression")
+            }
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(_))
+                if !node.schema().fields().iter().any(|f| f.name() == key) =>
+            {
+                Some("its DISTINCT does not include")
+            }
+            LogicalPlan::Distinct(datafusion::logical_expr::Distinct::On(d)) if !d.on_expr.iter().any(is_key) => {
+                Some("its DISTINCT ON does not include")
+            }
             LogicalPlan::Aggregate(a) if !a.group_expr.iter().any(is_key) => Some("its GROUP BY does not include"),
             LogicalPlan::Join(j) if !j.on.iter().any(|(l, r)| is_key(l) && is_key(r)) => {
                 Some("its join does not match")

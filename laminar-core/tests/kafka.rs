@@ -51,6 +51,19 @@ fn create_topic(b: &str, name: &str, partitions: i32) {
     for r in res {
         r.unwrap();
     }
+    // The broker answers before every metadata request sees the topic: wait until one does, so
+    // that a reader opening next finds all of it.
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", b).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let md = c.fetch_metadata(Some(name), Duration::from_secs(5)).unwrap();
+        let t = md.topics().iter().find(|t| t.name() == name);
+        if t.is_some_and(|t| t.error().is_none() && t.partitions().len() == partitions as usize) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {name} not in the metadata 30 s after its creation");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn producer(b: &str) -> BaseProducer {
@@ -1443,6 +1456,16 @@ fn a_group_of_processes_shares_a_windowed_aggregate_exactly_once_through_a_kill_
     let m1 = Member::start(&root, "m1", &shared, &sql);
     let m2 = Member::start(&root, "m2", &shared, &sql);
     let m3 = Member::start(&root, "m3", &shared, &sql);
+    // The group settles: every member owns partitions, each partition one owner.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let owned: Vec<usize> = [&m1, &m2, &m3].iter().map(|m| m.status().len()).collect();
+        if owned.iter().sum::<usize>() == GROUP_PARTITIONS as usize && owned.iter().all(|n| *n > 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group did not settle in 60 s: {owned:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let rows = group_events(&mut rng, 4000, 1_000_000);
     produce_group_events(&p, &input, &rows, &mut ends);
@@ -1526,9 +1549,9 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
     let _alone = HEAVY.write().unwrap_or_else(|e| e.into_inner());
     let b = broker();
     let (ta, tb, tc, output, group) = (unique("ga"), unique("gb"), unique("gc"), unique("gjout"), unique("grpj"));
-    create_topic(&b, &ta, 4);
-    create_topic(&b, &tb, 4);
-    create_topic(&b, &tc, 3);
+    create_topic(&b, &ta, GROUP_PARTITIONS);
+    create_topic(&b, &tb, GROUP_PARTITIONS);
+    create_topic(&b, &tc, 6);
     create_topic(&b, &output, 1);
     let root = common::tmpdir("kafka-group-join");
     let src = |name: &str, col: &str, topic: &str| {
@@ -1557,11 +1580,15 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
 
     // What a group cannot run is refused, saying why.
     let e = m1.execute(&src("x", "v", &tc)).unwrap_err();
-    assert!(e.message().contains("not co-partitioned") && e.message().contains("3 partitions"), "{e}");
+    assert!(e.message().contains("not co-partitioned") && e.message().contains("6 partitions"), "{e}");
     let e = m1.execute("CREATE STREAM byv AS SELECT v, COUNT(*) AS n FROM a GROUP BY v").unwrap_err();
     assert!(e.message().contains("not keyed by the message key") && e.message().contains("GROUP BY"), "{e}");
     let e = m1.execute("CREATE STREAM jv AS SELECT a.v FROM a JOIN c ON a.v = c.w").unwrap_err();
     assert!(e.message().contains("not keyed by the message key") && e.message().contains("join"), "{e}");
+    let e = m1.execute("CREATE STREAM dv AS SELECT DISTINCT v FROM a").unwrap_err();
+    assert!(e.message().contains("not keyed by the message key") && e.message().contains("DISTINCT"), "{e}");
+    let e = m1.execute("CREATE STREAM rk AS SELECT _key, n FROM (SELECT CAST(v AS VARCHAR) AS _key, COUNT(*) AS n FROM a GROUP BY _key, v)").unwrap_err();
+    assert!(e.message().contains("not keyed by the message key"), "{e}");
     let e = m1.execute("CREATE SOURCE pushed (k BIGINT)").unwrap_err();
     assert!(e.message().contains("KAFKA"), "{e}");
     assert!(m1.subscribe("j").err().unwrap().message().contains("group mode"));
@@ -1583,7 +1610,7 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (n1, n2) = (shown(&m1), shown(&m2));
-        if n1 + n2 == 4 && n1 > 0 && n2 > 0 {
+        if n1 + n2 == GROUP_PARTITIONS as usize && n1 > 0 && n2 > 0 {
             break;
         }
         assert!(Instant::now() < deadline, "the partitions were not shared out in 60 s: {n1} + {n2}");
@@ -1593,8 +1620,8 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
     let (mut left, mut right) = (vec![], vec![]);
     for i in 0..3000i64 {
-        let k = rng.random_range(0..20i64);
-        let part = (k % 4) as i32;
+        let k = rng.random_range(0..40i64);
+        let part = (k % GROUP_PARTITIONS as i64) as i32;
         let (v, ts) = (rng.random_range(0..1000i64), 2_000_000 + i * 5);
         if rng.random_bool(0.5) {
             send_keyed(&p, &ta, part, &k.to_string(), &format!("{{\"v\": {v}, \"ts\": \"{}\"}}", iso(ts)));
@@ -1632,7 +1659,7 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
     assert_eq!(got, want, "{}", difference(&got, &want));
     // Both members still own partitions, and their metrics list them.
     let (n1, n2) = (shown(&m1), shown(&m2));
-    assert_eq!(n1 + n2, 4, "{n1} + {n2}");
+    assert_eq!(n1 + n2, GROUP_PARTITIONS as usize, "{n1} + {n2}");
     assert!(n1 > 0 && n2 > 0, "{n1} + {n2}");
     let m = m1.metrics().unwrap();
     assert_eq!(m.partitions.len(), n1);

@@ -358,10 +358,13 @@ impl Database {
                 crate::error::clip(k)
             )));
         }
-        if let (Some(p), Some(c)) = (self.inner.task.as_ref().map(|t| t.partition), connector)
+        if let (Some(t), Some(c)) = (self.inner.task.as_ref(), connector)
             && c.eq_ignore_ascii_case("kafka")
         {
-            options.insert("__laminar.task-partition".into(), p.to_string());
+            options.insert("__laminar.task-partition".into(), t.partition.to_string());
+            if what == "sink" {
+                options.insert("__laminar.task-group".into(), t.group.clone());
+            }
         }
         Ok(())
     }

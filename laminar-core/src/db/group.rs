@@ -2,15 +2,16 @@
 //! way Kafka Streams does, with no cluster protocol of LaminarDB's own.
 //!
 //! A database opened with `shared_dir` is a **member**. Its own engine holds the catalog only:
-//! statements are checked there (plans, options, the key rule below) and recorded in order (the
-//! *script*). The member's **coordinator** joins the group named by the sources'
+//! statements are checked and run there (plans, options, the key rule below); its objects'
+//! definitions in creation order are the *script* every task follows. The member's **coordinator** joins the group named by the sources'
 //! `properties.group.id` (cooperative-sticky assignment; static membership with
 //! `properties.group.instance.id`), subscribed to the first source's topic, the *lead* topic; it
 //! fetches nothing itself (its partitions are paused). For each partition `p` of the lead topic
 //! Kafka assigns it, the member opens a **task**: a database at `<shared_dir>/<group>/p<p>`
-//! (durability `checkpoint`, one worker) that replays the script, whose KAFKA sources read
+//! (durability `checkpoint`, one worker) brought to the script (`reconcile`), whose KAFKA sources read
 //! partition `p` of their topics (every topic of a group has as many partitions: co-partitioned)
-//! and whose KAFKA sinks write under the transactional id `<id>-p<p>`. Opening the directory
+//! and whose KAFKA sinks write under a transactional id of the partition's (with the group's
+//! name in it by default). Opening the directory
 //! recovers the partition's latest checkpoint (state, offsets, the sink's open epoch) wherever it
 //! was written; a partition never checkpointed starts at the group's committed offsets
 //! (`scan.startup.mode = 'group-offsets'`) or as the source's startup mode says.
@@ -102,8 +103,10 @@ const RETRY_OPEN: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Default)]
 struct GroupState {
-    /// The statements that build the pipeline, in order, as the user wrote them.
-    script: Vec<String>,
+    /// The member's catalog as (name, definition), in creation order: what every task runs.
+    script: Vec<(String, String)>,
+    /// Counts the changes of `script`.
+    version: u64,
     /// The group id (`properties.group.id` of the sources).
     group_id: Option<String>,
     /// The sources, with their topics: the first is the lead topic.
@@ -168,40 +171,60 @@ pub(super) fn open_member(path: &str, config: Config, clock: Arc<dyn Clock>) -> 
     Database::open_impl(":memory:", catalog, clock, Some(group), None)
 }
 
-/// Runs one of the member's statements in a task, where the task's checkpoint may already have
-/// made its object: an object defined the same (static membership's `group.instance.id` aside)
-/// is kept with its state, even under `OR REPLACE`; a DROP of what is gone is done.
-fn replay(db: &Database, text: &str) -> Result<()> {
-    let key = |sql: &str| -> String {
-        match crate::sql::parse_one(sql).map(|p| p.statement) {
-            Ok(Statement::CreateSource(mut c)) => {
-                c.options.remove("properties.group.instance.id");
-                c.if_not_exists = false;
-                c.or_replace = false;
-                c.columns_sql = c.columns_sql.split_whitespace().collect::<Vec<_>>().join(" ");
-                format!("{c:?}")
+/// A database's objects as (name, definition), in an order they can be created in: sources
+/// (by name), streams and views in creation order, sinks.
+fn catalog_defs(db: &Database) -> Vec<(String, String)> {
+    let eng = db.inner.engine.lock();
+    let mut names: Vec<&String> = eng.sources.keys().collect();
+    names.sort();
+    let mut v: Vec<(String, String)> = names.into_iter().map(|n| (n.clone(), eng.sources[n].sql.clone())).collect();
+    for n in &eng.order {
+        let s = &eng.streams[n];
+        if !s.is_late_sink {
+            v.push((n.clone(), s.sql.clone()));
+        }
+    }
+    v.extend(eng.sinks.iter().map(|(n, k)| (n.clone(), k.sql.clone())));
+    v
+}
+
+/// What tells two definitions apart: the statement without IF NOT EXISTS / OR REPLACE and, for
+/// a source, without static membership's `group.instance.id` (one per member).
+fn definition(sql: &str) -> String {
+    match crate::sql::parse_one(sql).map(|p| p.statement) {
+        Ok(Statement::CreateSource(mut c)) => {
+            c.options.remove("properties.group.instance.id");
+            c.if_not_exists = false;
+            c.or_replace = false;
+            c.columns_sql = c.columns_sql.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("{c:?}")
+        }
+        _ => super::ddl::definition_key(sql),
+    }
+}
+
+/// Brings a task (its catalog as its checkpoint restored it) to the member's definitions: an
+/// object defined the same is kept with its state; one defined otherwise is dropped (with what
+/// depends on it) and made anew; one the member no longer has is dropped. New sources do not
+/// start reading here (the caller starts them once the whole pipeline is there).
+fn reconcile(task: &Database, defs: &[(String, String)]) -> Result<()> {
+    let gone: Vec<String> =
+        catalog_defs(task).into_iter().map(|d| d.0).filter(|n| !defs.iter().any(|d| d.0 == *n)).collect();
+    if !gone.is_empty() {
+        task.drop_objects(None, gone, true, true)?;
+    }
+    for (name, sql) in defs {
+        let current = catalog_defs(task).into_iter().find(|d| d.0 == *name);
+        match current {
+            Some((_, have)) if definition(&have) == definition(sql) => continue,
+            Some(_) => {
+                task.drop_objects(None, vec![name.clone()], true, true)?;
             }
-            _ => super::ddl::definition_key(sql),
+            None => {}
         }
-    };
-    let name = match crate::sql::parse_one(text).map(|p| p.statement) {
-        Ok(Statement::CreateSource(c)) => Some(c.name),
-        Ok(Statement::CreateStream(c)) => Some(c.name),
-        Ok(Statement::CreateSink(c)) => Some(c.name),
-        _ => None,
-    };
-    if let Some(info) = name.and_then(|n| db.object(&n).ok())
-        && key(&info.sql) == key(text)
-    {
-        return Ok(());
+        task.execute_deferred(sql)?;
     }
-    match db.execute(text) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound && text.trim_start().to_ascii_uppercase().starts_with("DROP") => {
-            Ok(())
-        }
-        Err(e) => Err(e),
-    }
+    Ok(())
 }
 
 fn group_error(what: impl std::fmt::Display) -> Error {
@@ -209,85 +232,113 @@ fn group_error(what: impl std::fmt::Display) -> Error {
 }
 
 impl Group {
-    /// Runs statements on a member: the catalog checks and records them, the tasks apply them.
+    /// Runs statements on a member: the catalog checks and runs them, then every task is brought
+    /// to the catalog's definitions (and only then do new sources start reading, so a script
+    /// that creates a source and what reads it sees every row).
     pub(super) fn execute(self: &Arc<Self>, db: &Database, stmts: Vec<ParsedStatement>) -> Result<ExecuteResult> {
         let mut last = ExecuteResult::default();
-        for s in stmts {
-            let text = s.text;
-            last = match s.statement {
-                Statement::CreateSource(cs) => {
-                    let (group_id, topic, client) = self.check_source(&cs)?;
-                    let name = cs.name.clone();
-                    let r = db.execute_statement(Statement::CreateSource(cs), &text)?;
-                    {
+        let mut changed = false;
+        let run = || -> Result<()> {
+            for s in stmts {
+                let text = s.text;
+                last = match s.statement {
+                    Statement::CreateSource(cs) => {
+                        let (group_id, topic, client) = self.check_source(&cs)?;
+                        let name = cs.name.clone();
+                        self.check_co_partitioned(&name, &topic, &client)?;
+                        let r = db.execute_statement(Statement::CreateSource(cs), &text)?;
                         let mut st = self.state.lock();
                         if st.group_id.is_none() {
                             st.group_id = Some(group_id);
                             st.client = client;
                         }
-                        st.sources.retain(|(n, _)| *n != name);
-                        st.sources.push((name.clone(), topic));
+                        match st.sources.iter_mut().find(|(n, _)| *n == name) {
+                            Some(s) => s.1 = topic,
+                            None => st.sources.push((name, topic)),
+                        }
                         *self.inputs.lock() = st.sources.clone();
+                        changed = true;
+                        r
                     }
-                    if let Err(e) = self.check_co_partitioned() {
-                        let _ = db.execute_statement(
-                            Statement::Drop {
-                                kind: Some(crate::sql::ObjectKind::Source),
-                                names: vec![name.clone()],
-                                if_exists: true,
-                                cascade: false,
-                            },
-                            "",
-                        );
+                    Statement::CreateSink(cs) => {
+                        if !cs.connector.eq_ignore_ascii_case("kafka") {
+                            return Err(group_error(format!(
+                                "sink '{}': a group writes its results through KAFKA sinks (a transactional id per partition fences a member that was replaced); {} sinks are not supported here",
+                                cs.name, cs.connector
+                            )));
+                        }
+                        if cs
+                            .options
+                            .get("sink.delivery-guarantee")
+                            .is_some_and(|g| !g.trim().eq_ignore_ascii_case("exactly-once"))
+                        {
+                            return Err(group_error(format!(
+                                "sink '{}': a group's sinks are exactly-once (each epoch's transaction also commits the group's offsets); 'sink.delivery-guarantee' cannot be changed",
+                                cs.name
+                            )));
+                        }
+                        changed = true;
+                        db.execute_statement(Statement::CreateSink(cs), &text)?
+                    }
+                    st @ (Statement::CreateStream(_) | Statement::Drop { .. }) => {
+                        changed = true;
+                        let r = db.execute_statement(st, &text)?;
+                        // A dropped source is no longer one of the group's inputs (the lead
+                        // topic, the one the group is subscribed to, stays).
+                        let present: Vec<String> = db.inner.engine.lock().sources.keys().cloned().collect();
                         let mut st = self.state.lock();
-                        st.sources.retain(|(n, _)| *n != name);
+                        let lead = st.sources.first().cloned();
+                        st.sources.retain(|(n, _)| present.contains(n) || Some(n) == lead.as_ref().map(|l| &l.0));
                         *self.inputs.lock() = st.sources.clone();
-                        return Err(e);
+                        r
                     }
-                    self.apply(&text)?;
-                    r
-                }
-                Statement::CreateSink(cs) => {
-                    if !cs.connector.eq_ignore_ascii_case("kafka") {
-                        return Err(group_error(format!(
-                            "sink '{}': a group writes its results through KAFKA sinks (a transactional id per partition fences a member that was replaced); {} sinks are not supported here",
-                            cs.name, cs.connector
-                        )));
+                    Statement::ShowPartitions => self.show_partitions()?,
+                    Statement::Checkpoint => {
+                        let n = self.checkpoint_tasks()?;
+                        ExecuteResult { message: format!("checkpoint taken in {n} partitions"), ..Default::default() }
                     }
-                    if cs
-                        .options
-                        .get("sink.delivery-guarantee")
-                        .is_some_and(|g| !g.trim().eq_ignore_ascii_case("exactly-once"))
-                    {
-                        return Err(group_error(format!(
-                            "sink '{}': a group's sinks are exactly-once (each epoch's transaction also commits the group's offsets); 'sink.delivery-guarantee' cannot be changed",
-                            cs.name
-                        )));
+                    Statement::Insert { .. } | Statement::Delete { .. } | Statement::Query(_) => {
+                        return Err(group_error(
+                            "a member's rows live in the tasks of the partitions it owns, which move between members: INSERT, DELETE and SELECT are not supported; read the results from the sinks' topics",
+                        ));
                     }
-                    let r = db.execute_statement(Statement::CreateSink(cs), &text)?;
-                    self.apply(&text)?;
-                    r
-                }
-                st @ (Statement::CreateStream(_) | Statement::Drop { .. }) => {
-                    let r = db.execute_statement(st, &text)?;
-                    self.apply(&text)?;
-                    r
-                }
-                Statement::ShowPartitions => self.show_partitions()?,
-                Statement::Checkpoint => {
-                    let n = self.checkpoint_tasks()?;
-                    ExecuteResult { message: format!("checkpoint taken in {n} partitions"), ..Default::default() }
-                }
-                Statement::Insert { .. } | Statement::Delete { .. } | Statement::Query(_) => {
-                    return Err(group_error(
-                        "a member's rows live in the tasks of the partitions it owns, which move between members: INSERT, DELETE and SELECT are not supported; read the results from the sinks' topics",
-                    ));
-                }
-                other => db.execute_statement(other, &text)?,
-            };
-        }
+                    other => db.execute_statement(other, &text)?,
+                };
+            }
+            Ok(())
+        };
+        let res = run();
+        // What ran before a failed statement stays, as on any database: the tasks follow it.
+        let synced = if changed { self.sync_tasks(db) } else { Ok(()) };
         self.start_coordinator();
+        res?;
+        synced?;
         Ok(last)
+    }
+
+    /// Brings every running task to the member's catalog. A task that cannot follow is closed
+    /// as a crash would leave it (its last checkpoint stays good) and opened again later.
+    fn sync_tasks(&self, db: &Database) -> Result<()> {
+        let defs = catalog_defs(db);
+        let mut st = self.state.lock();
+        st.script = defs.clone();
+        st.version += 1;
+        let mut first = None;
+        for (p, t) in st.tasks.iter_mut() {
+            let Some(task) = &t.db else { continue };
+            let r = reconcile(task, &defs).and_then(|_| task.start_deferred_readers());
+            if let Err(e) = r {
+                let e = e.context(format!("the task of partition {p}"));
+                log::warn!(target: "laminardb", "group mode: {e}; the task is opened again in {} s", RETRY_OPEN.as_secs());
+                t.error = Some(e.message().to_string());
+                t.retry_at = Some(Instant::now() + RETRY_OPEN);
+                if let Some(task) = t.db.take() {
+                    task.close_abruptly();
+                }
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// A source of a group: KAFKA, one topic, the group's `properties.group.id`.
@@ -336,45 +387,32 @@ impl Group {
         Ok((group_id.clone(), topic.clone(), client))
     }
 
-    /// Every topic of the group has as many partitions as the lead topic.
-    fn check_co_partitioned(&self) -> Result<()> {
-        let (sources, client) = {
+    /// Every topic of the group has as many partitions as the lead topic, `topic` (of source
+    /// `name`, about to be created) included.
+    fn check_co_partitioned(&self, name: &str, topic: &str, client: &[(String, String)]) -> Result<()> {
+        let (mut sources, known) = {
             let st = self.state.lock();
             (st.sources.clone(), st.client.clone())
         };
+        sources.retain(|(n, _)| n != name);
+        sources.push((name.to_string(), topic.to_string()));
         if sources.len() < 2 {
             return Ok(());
         }
+        let client = if known.is_empty() { client.to_vec() } else { known };
         let counts = coordinator::partition_counts(&client, sources.iter().map(|s| s.1.as_str()))?;
         let (lead, n) = (&sources[0], counts[0]);
-        for ((name, topic), m) in sources.iter().zip(&counts).skip(1) {
+        for ((source, t), m) in sources.iter().zip(&counts).skip(1) {
             if *m != n {
                 return Err(group_error(format!(
-                    "source '{name}' is not co-partitioned with source '{}': topic '{}' has {m} partitions and topic '{}' has {n}; the members share partitions by number, so every topic of a group needs as many partitions, keyed alike",
+                    "source '{source}' is not co-partitioned with source '{}': topic '{}' has {m} partitions and topic '{}' has {n}; the members share partitions by number, so every topic of a group needs as many partitions, keyed alike",
                     lead.0,
-                    clip(topic),
+                    clip(t),
                     clip(&lead.1)
                 )));
             }
         }
         Ok(())
-    }
-
-    /// Records a catalog statement and runs it in every task.
-    fn apply(&self, text: &str) -> Result<()> {
-        let mut st = self.state.lock();
-        st.script.push(text.to_string());
-        let mut first = None;
-        for (p, t) in st.tasks.iter_mut() {
-            let Some(db) = &t.db else { continue };
-            if let Err(e) = db.execute(text) {
-                let e = e.context(format!("the task of partition {p}"));
-                log::warn!(target: "laminardb", "group mode: {e}");
-                t.error = Some(e.message().to_string());
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
     }
 
     fn task_dir(&self, group_id: &str, p: i32) -> PathBuf {
@@ -383,24 +421,22 @@ impl Group {
         self.shared_dir.join(safe).join(format!("p{p}"))
     }
 
-    /// Opens partition `p`'s task: recovers its directory, then replays the script (what
-    /// recovery already made is kept).
-    /// Opens partition `p`'s task; the number of script statements it ran.
-    fn open_task(&self, p: i32) -> Result<(Database, usize)> {
-        let (dir, script, scope) = {
+    /// Opens partition `p`'s task: recovers its directory, then brings it to the member's
+    /// catalog; the version of the catalog it followed.
+    fn open_task(&self, p: i32) -> Result<(Database, u64)> {
+        let (dir, script, version, scope) = {
             let st = self.state.lock();
             let group = st.group_id.clone().unwrap_or_default();
             let scope = TaskScope { partition: p, group: group.clone(), inputs: self.inputs.clone() };
-            (self.task_dir(&group, p), st.script.clone(), scope)
+            (self.task_dir(&group, p), st.script.clone(), st.version, scope)
         };
         let mut cfg = self.config.clone();
         cfg.shared_dir = None;
         cfg.storage_dir = None;
         cfg.metrics_addr = None;
         cfg.workers = 1;
-        if cfg.durability != Some(Durability::Wal) {
-            cfg.durability = Some(Durability::Checkpoint);
-        }
+        // Kafka sources are replayed from the checkpoint's offsets: no log is needed.
+        cfg.durability = Some(Durability::Checkpoint);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::new(ErrorKind::Io, format!("creating '{}': {e}", dir.display())))?;
         let path = dir.to_string_lossy().into_owned();
@@ -421,13 +457,12 @@ impl Group {
                 Err(e) => return Err(e),
             }
         };
-        for text in &script {
-            if let Err(e) = replay(&db, text) {
-                db.close();
-                return Err(e.context(format!("replaying the member's statements in the task of partition {p}")));
-            }
+        if let Err(e) = reconcile(&db, &script).and_then(|_| db.start_deferred_readers()) {
+            // Its last checkpoint stays as it was: nothing half-built is checkpointed.
+            db.close_abruptly();
+            return Err(e.context(format!("bringing the task of partition {p} to the member's pipeline")));
         }
-        Ok((db, script.len()))
+        Ok((db, version))
     }
 
     /// Checkpoints every task; the number of tasks.
@@ -565,7 +600,7 @@ impl Group {
 
     /// Starts the coordinator once the group has a source.
     fn start_coordinator(self: &Arc<Self>) {
-        if self.state.lock().sources.is_empty() {
+        if self.stop.load(Ordering::Acquire) || self.state.lock().sources.is_empty() {
             return;
         }
         let mut c = self.coordinator.lock();
@@ -617,7 +652,20 @@ mod coordinator {
         cfg.remove("group.instance.id");
         let c: BaseConsumer = cfg.create().map_err(|e| group_error(format!("the sources' client settings: {e}")))?;
         let servers = client.iter().find(|c| c.0 == "bootstrap.servers").map_or("", |c| c.1.as_str());
-        topics.map(|t| crate::connector::kafka::partition_count(c.client(), t, servers)).collect::<Result<Vec<i32>>>()
+        topics
+            .map(|t| {
+                // A topic created a moment ago may not be in every broker's metadata yet.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    match crate::connector::kafka::partition_count(c.client(), t, servers) {
+                        Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        r => return r,
+                    }
+                }
+            })
+            .collect::<Result<Vec<i32>>>()
     }
 
     struct Ctx {
@@ -663,7 +711,10 @@ mod coordinator {
         let Some(g) = group.upgrade() else { return };
         let (group_id, lead, client) = {
             let st = g.state.lock();
-            (st.group_id.clone().unwrap_or_default(), st.sources[0].1.clone(), st.client.clone())
+            match st.sources.first() {
+                Some(lead) => (st.group_id.clone().unwrap_or_default(), lead.1.clone(), st.client.clone()),
+                None => return,
+            }
         };
         let mut cfg = ClientConfig::new();
         for (k, v) in &client {
@@ -707,6 +758,16 @@ mod coordinator {
             }
             // Its partitions are paused: a poll serves the group's callbacks, and fetches nothing.
             if let Some(Err(e)) = consumer.poll(Duration::from_millis(100)) {
+                if matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::Fatal)) {
+                    // A fatal error (a static member fenced by another with its instance id):
+                    // this member stops processing its partitions; the other has them.
+                    log::warn!(target: "laminardb", "group mode: the group's consumer failed: {e}; closing the tasks");
+                    let owned: Vec<i32> = g.state.lock().tasks.keys().copied().collect();
+                    for p in owned {
+                        g.close_task(p);
+                    }
+                    break;
+                }
                 log::debug!(target: "laminardb", "group mode: {e}");
             }
             // Open the tasks of the partitions assigned (retrying those that failed to open).
@@ -719,7 +780,7 @@ mod coordinator {
                 .map(|(p, _)| *p)
                 .collect();
             // Opened side by side: each waits on its sink's transactional set-up and its recovery.
-            let opened: Vec<(i32, Result<(Database, usize)>, Instant)> = std::thread::scope(|s| {
+            let opened: Vec<(i32, Result<(Database, u64)>, Instant)> = std::thread::scope(|s| {
                 let handles: Vec<_> = pending
                     .iter()
                     .map(|p| {
@@ -734,24 +795,28 @@ mod coordinator {
             });
             for (p, opened, t0) in opened {
                 let mut st = g.state.lock();
-                // Statements the member ran while the task opened (under this lock, no more come).
-                let later: Vec<String> = match &opened {
-                    Ok((_, n)) => st.script.iter().skip(*n).cloned().collect(),
-                    Err(_) => vec![],
-                };
+                // The member's catalog changed while the task opened (under this lock it cannot).
+                let (script, version) = (st.script.clone(), st.version);
+                let opened = opened.and_then(|(db, v)| {
+                    if v == version {
+                        return Ok(db);
+                    }
+                    match reconcile(&db, &script).and_then(|_| db.start_deferred_readers()) {
+                        Ok(()) => Ok(db),
+                        Err(e) => {
+                            db.close_abruptly();
+                            Err(e)
+                        }
+                    }
+                });
                 match (opened, st.tasks.get_mut(&p)) {
-                    (Ok((db, _)), Some(t)) => {
+                    (Ok(db), Some(t)) => {
                         log::info!(target: "laminardb", "group mode: partition {p} running (restored epoch {}, {} ms)", db.epoch(), t0.elapsed().as_millis());
                         t.error = None;
                         t.retry_at = None;
-                        for text in later {
-                            if let Err(e) = db.execute(&text) {
-                                t.error = Some(e.message().to_string());
-                            }
-                        }
                         t.db = Some(db);
                     }
-                    (Ok((db, _)), None) => {
+                    (Ok(db), None) => {
                         drop(st);
                         db.close(); // revoked meanwhile
                     }

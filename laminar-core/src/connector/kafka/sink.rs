@@ -97,12 +97,16 @@ impl KafkaSink {
         }
         let exactly_once =
             o.choice("sink.delivery-guarantee", &["exactly-once", "at-least-once"], "exactly-once")? == "exactly-once";
-        let txn_id = o.get("sink.transactional-id").unwrap_or_else(|| format!("laminardb-{sink}-{topic}"));
+        let given = o.get("sink.transactional-id");
         // The task of partition p of a consumer group (set by the engine): a transactional id of
-        // its own, so that the next owner of the partition fences this one.
-        let txn_id = match o.get(super::TASK_OPTION) {
-            Some(p) => format!("{txn_id}-p{p}"),
-            None => txn_id,
+        // its own, so that the next owner of the partition fences this one; by default with the
+        // group's name in it, so that two groups never share one.
+        let task = (o.get(super::TASK_OPTION), o.get("__laminar.task-group"));
+        let txn_id = match (given, task) {
+            (Some(id), (Some(p), _)) => format!("{id}-p{p}"),
+            (None, (Some(p), g)) => format!("laminardb-{}-{sink}-{topic}-p{p}", g.unwrap_or_default()),
+            (Some(id), _) => id,
+            (None, _) => format!("laminardb-{sink}-{topic}"),
         };
         o.finish()?;
         Ok(KafkaSink {
