@@ -330,7 +330,11 @@ fn member(dir: &Path, shared: &str, sql: &str) -> BoxResult<()> {
     cfg.set("checkpoint_interval", "1s")?;
     let db = Database::open(&dir.display().to_string(), cfg)?;
     db.execute(sql)?;
+    let parent = std::os::unix::process::parent_id();
     loop {
+        if std::os::unix::process::parent_id() != parent {
+            return Ok(()); // the benchmark is gone: so is this member
+        }
         if dir.join("stop").exists() {
             db.close();
             return Ok(());

@@ -36,6 +36,12 @@ pub(crate) mod nexmark;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 
+/// The options the engine sets on the KAFKA sources and sinks of a consumer group's task (see
+/// `db::group`; a user's `__laminar.` option is refused): the partition the task owns, and (on
+/// sinks) the group.
+pub(crate) const TASK_PARTITION_OPTION: &str = "__laminar.task-partition";
+pub(crate) const TASK_GROUP_OPTION: &str = "__laminar.task-group";
+
 /// The kinds of source this build has, for messages.
 pub(crate) fn source_kinds() -> String {
     let mut k = vec![];

@@ -519,10 +519,9 @@ impl Database {
     /// Like [`Database::checkpoint`], with what the checkpoint wrote.
     pub fn checkpoint_stats(&self) -> Result<CheckpointStats> {
         self.check_open()?;
-        if self.inner.group.is_some() {
-            return Err(Error::invalid_state(
-                "a group member checkpoints each partition it owns in its own directory under shared_dir: run the statement CHECKPOINT",
-            ));
+        if let Some(g) = &self.inner.group {
+            // Each partition it owns, in its own directory under shared_dir.
+            return g.checkpoint_tasks();
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.inner.tx.send(Event::Checkpoint(tx)).map_err(|_| Error::closed())?;

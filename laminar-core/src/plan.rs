@@ -153,13 +153,13 @@ fn improve_not_found(e: Error, relations: &HashMap<String, RelationInfo>) -> Err
 /// only its partition's rows; a query keyed otherwise would split a key's state between tasks.
 fn check_keyed_by(plan: &LogicalPlan, key: &str) -> Result<()> {
     use datafusion::common::tree_node::TreeNodeRecursion;
-    let is_key = |e: &Expr| {
-        let mut e = e;
+    fn unalias(mut e: &Expr) -> &Expr {
         while let Expr::Alias(a) = e {
             e = &a.expr;
         }
-        matches!(e, Expr::Column(c) if c.name == key)
-    };
+        e
+    }
+    let is_key = |e: &Expr| matches!(unalias(e), Expr::Column(c) if c.name == key);
     let hint = format!(
         "in group mode (shared_dir) each partition is processed by the member that owns it, so state must be keyed by the message key: declare the source's '{key}' column and group, join or partition by it (produce the records keyed by the column you mean to group by)"
     );
@@ -169,7 +169,7 @@ fn check_keyed_by(plan: &LogicalPlan, key: &str) -> Result<()> {
             LogicalPlan::Projection(p)
                 if p.expr.iter().any(|e| matches!(e, Expr::Alias(a) if a.name == key && !is_key(&a.expr))) =>
             {
-                Some("it names another expression")
+                Some("another expression is named")
             }
             LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(_))
                 if !node.schema().fields().iter().any(|f| f.name() == key) =>
@@ -184,12 +184,8 @@ fn check_keyed_by(plan: &LogicalPlan, key: &str) -> Result<()> {
                 Some("its join does not match")
             }
             LogicalPlan::Window(w)
-                if !w.window_expr.iter().all(|e| match e {
+                if !w.window_expr.iter().all(|e| match unalias(e) {
                     Expr::WindowFunction(f) => f.params.partition_by.iter().any(is_key),
-                    Expr::Alias(a) => match a.expr.as_ref() {
-                        Expr::WindowFunction(f) => f.params.partition_by.iter().any(is_key),
-                        _ => false,
-                    },
                     _ => false,
                 }) =>
             {

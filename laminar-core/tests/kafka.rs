@@ -1306,7 +1306,11 @@ fn member_process() {
     let db = Database::open(&dir, cfg).unwrap();
     db.execute(&var("LAMINAR_MEMBER_SQL")).unwrap();
     let dir = std::path::PathBuf::from(dir);
+    let parent = std::os::unix::process::parent_id();
     loop {
+        if std::os::unix::process::parent_id() != parent {
+            return; // the test that started it is gone (killed by its time limit): so is this member
+        }
         let stop = dir.join("stop").exists();
         if stop {
             db.close();
@@ -1665,6 +1669,14 @@ fn a_group_joins_co_partitioned_topics_and_refuses_what_it_cannot_partition() {
     assert_eq!(m.partitions.len(), n1);
     assert!(m.partitions.iter().all(|p| p.state == "running" && p.lag.is_none_or(|l| l >= 0)), "{:?}", m.partitions);
     assert!(m.sources.iter().find(|s| s.name == "a").unwrap().rows_in > 0);
+    // A member's checkpoint is one in each task it runs.
+    let before: Vec<(i32, u64)> = m.partitions.iter().map(|p| (p.partition, p.epoch)).collect();
+    let top = m1.checkpoint().unwrap() as u64;
+    let after: Vec<(i32, u64)> = m1.metrics().unwrap().partitions.iter().map(|p| (p.partition, p.epoch)).collect();
+    assert_eq!(after.iter().map(|a| a.1).max(), Some(top));
+    for ((p, was), (q, now)) in before.iter().zip(&after) {
+        assert!(p == q && now > was, "partition {p}: epoch {was} then {now}");
+    }
     m1.close();
     m2.close();
     let _ = std::fs::remove_dir_all(&root);

@@ -59,10 +59,6 @@ pub(crate) use sink::KafkaSink;
 pub(crate) use source::KafkaSource;
 pub(crate) use source::decode_values;
 
-/// The option the engine sets on the KAFKA sources and sinks of a consumer group's task (see
-/// `db::group`): the partition the task owns.
-pub(crate) const TASK_OPTION: &str = "__laminar.task-partition";
-
 /// How long a metadata request, a flush or a transaction call may take before it is an `IO`
 /// error (the source's reader then retries; a sink fails).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -211,16 +207,12 @@ fn client_config(o: &mut Options) -> Result<(String, ClientConfig)> {
     Ok((servers, c))
 }
 
-/// The number of partitions of `topic` (NOT_FOUND when it does not exist).
-pub(crate) fn partition_count<C: ClientContext>(
+/// The number of partitions of `topic`; NOT_FOUND when it does not exist.
+pub(crate) fn topic_must_exist<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     servers: &str,
 ) -> Result<i32> {
-    topic_must_exist(client, topic, servers)
-}
-
-fn topic_must_exist<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, servers: &str) -> Result<i32> {
     let md = client
         .fetch_metadata(Some(topic), CALL_TIMEOUT)
         .map_err(|e| kafka_error(&format!("cannot read the metadata of topic '{}'", clip(topic)), servers, e))?;

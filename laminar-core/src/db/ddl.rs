@@ -361,9 +361,9 @@ impl Database {
         if let (Some(t), Some(c)) = (self.inner.task.as_ref(), connector)
             && c.eq_ignore_ascii_case("kafka")
         {
-            options.insert("__laminar.task-partition".into(), t.partition.to_string());
+            options.insert(connector::TASK_PARTITION_OPTION.into(), t.partition.to_string());
             if what == "sink" {
-                options.insert("__laminar.task-group".into(), t.group.clone());
+                options.insert(connector::TASK_GROUP_OPTION.into(), t.group.clone());
             }
         }
         Ok(())

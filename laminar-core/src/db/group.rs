@@ -3,23 +3,24 @@
 //!
 //! A database opened with `shared_dir` is a **member**. Its own engine holds the catalog only:
 //! statements are checked and run there (plans, options, the key rule below); its objects'
-//! definitions in creation order are the *script* every task follows. The member's **coordinator** joins the group named by the sources'
-//! `properties.group.id` (cooperative-sticky assignment; static membership with
-//! `properties.group.instance.id`), subscribed to the first source's topic, the *lead* topic; it
-//! fetches nothing itself (its partitions are paused). For each partition `p` of the lead topic
-//! Kafka assigns it, the member opens a **task**: a database at `<shared_dir>/<group>/p<p>`
-//! (durability `checkpoint`, one worker) brought to the script (`reconcile`), whose KAFKA sources read
-//! partition `p` of their topics (every topic of a group has as many partitions: co-partitioned)
-//! and whose KAFKA sinks write under a transactional id of the partition's (with the group's
-//! name in it by default). Opening the directory
-//! recovers the partition's latest checkpoint (state, offsets, the sink's open epoch) wherever it
-//! was written; a partition never checkpointed starts at the group's committed offsets
-//! (`scan.startup.mode = 'group-offsets'`) or as the source's startup mode says.
+//! definitions in creation order are the *script* every task follows. The member's
+//! **coordinator** joins the group named by the sources' `properties.group.id`
+//! (cooperative-sticky assignment; static membership with `properties.group.instance.id`),
+//! subscribed to the first source's topic, the *lead* topic; it fetches nothing itself (its
+//! partitions are paused). For each partition `p` of the lead topic Kafka assigns it, the member
+//! opens a **task**: a database at `<shared_dir>/<group>/p<p>` (durability `checkpoint`, one
+//! worker) brought to the script (`reconcile`), whose KAFKA sources read partition `p` of their
+//! topics (every topic of a group has as many partitions: co-partitioned) and whose KAFKA sinks
+//! write under a transactional id of the partition's (with the group's name in it by default).
+//! Opening the directory recovers the partition's latest checkpoint (state, offsets, the sink's
+//! open epoch) wherever it was written; a partition never checkpointed starts at the group's
+//! committed offsets (`scan.startup.mode = 'group-offsets'`) or as the source's startup mode says.
 //!
 //! Each epoch's transaction of a task's sink carries the epoch's results and the input offsets
-//! they were computed from, committed as the group's offsets (`send_offsets_to_transaction`), so
-//! the group's committed offsets always match the results a `read_committed` consumer sees, and
-//! the group's lag is what monitoring tools show. On revocation (a cooperative rebalance, or the
+//! they were computed from, committed as the group's offsets (`send_offsets_to_transaction`):
+//! with one sink, the group's committed offsets are what a `read_committed` consumer has seen the
+//! results of (with several, each sink commits them in its own transaction), and the group's lag
+//! is what monitoring tools show. Recovery goes by the partition's checkpoint, never by them. On revocation (a cooperative rebalance, or the
 //! member leaving) the task takes a checkpoint, commits it and closes before the partition is
 //! handed on; after a member dies, the next owner's sink fences the dead one's producer by the
 //! transactional id (its open transaction is aborted) and the restored checkpoint decides
@@ -62,28 +63,30 @@ pub struct GroupPartition {
     pub epoch: u64,
 }
 
-/// What a task database knows of its group: the partition it owns, the group, and its sources'
-/// topics.
+/// What a task database knows of its group: the partition it owns and the group.
 #[derive(Clone)]
 pub(crate) struct TaskScope {
     pub(crate) partition: i32,
     pub(crate) group: String,
-    /// (source, topic) of the group's sources (shared with the member: a source created later
-    /// is one too).
-    pub(crate) inputs: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl TaskScope {
-    /// The next offset of the task's partition of each source's topic, as of the engine's
-    /// current positions (at a checkpoint: the epoch's).
+    /// The next offset of the task's partition of each KAFKA source's topic, as of the engine's
+    /// current positions (at a checkpoint: the epoch's). Once a checkpoint: the topics come from
+    /// the sources' definitions.
     pub(super) fn offsets(&self, eng: &super::engine::Engine) -> Vec<(String, i32, i64)> {
         let key = self.partition.to_string();
-        self.inputs
-            .lock()
-            .iter()
-            .filter_map(|(source, topic)| {
-                let o = eng.sources.get(source)?.positions.get(&key)?.parse::<i64>().ok()?;
-                (o >= 0).then(|| (topic.clone(), self.partition, o))
+        eng.sources
+            .values()
+            .filter_map(|s| {
+                let o = s.positions.get(&key)?.parse::<i64>().ok().filter(|o| *o >= 0)?;
+                let Ok(Statement::CreateSource(c)) = crate::sql::parse_one(&s.sql).map(|p| p.statement) else {
+                    return None;
+                };
+                if !c.connector.is_some_and(|k| k.eq_ignore_ascii_case("kafka")) {
+                    return None;
+                }
+                Some((c.options.get("topic")?.clone(), self.partition, o))
             })
             .collect()
     }
@@ -124,8 +127,6 @@ pub(crate) struct Group {
     config: Config,
     clock: Arc<dyn Clock>,
     state: Mutex<GroupState>,
-    /// The sources and their topics, as the tasks see them (see [`TaskScope`]).
-    inputs: Arc<Mutex<Vec<(String, String)>>>,
     stop: AtomicBool,
     /// Close the tasks as a crash would (tests).
     abrupt: AtomicBool,
@@ -158,7 +159,6 @@ pub(super) fn open_member(path: &str, config: Config, clock: Arc<dyn Clock>) -> 
         config: config.clone(),
         clock: clock.clone(),
         state: Mutex::new(GroupState::default()),
-        inputs: Default::default(),
         stop: AtomicBool::new(false),
         abrupt: AtomicBool::new(false),
         coordinator: Mutex::new(None),
@@ -256,7 +256,6 @@ impl Group {
                             Some(s) => s.1 = topic,
                             None => st.sources.push((name, topic)),
                         }
-                        *self.inputs.lock() = st.sources.clone();
                         changed = true;
                         r
                     }
@@ -289,14 +288,9 @@ impl Group {
                         let mut st = self.state.lock();
                         let lead = st.sources.first().cloned();
                         st.sources.retain(|(n, _)| present.contains(n) || Some(n) == lead.as_ref().map(|l| &l.0));
-                        *self.inputs.lock() = st.sources.clone();
                         r
                     }
                     Statement::ShowPartitions => self.show_partitions()?,
-                    Statement::Checkpoint => {
-                        let n = self.checkpoint_tasks()?;
-                        ExecuteResult { message: format!("checkpoint taken in {n} partitions"), ..Default::default() }
-                    }
                     Statement::Insert { .. } | Statement::Delete { .. } | Statement::Query(_) => {
                         return Err(group_error(
                             "a member's rows live in the tasks of the partitions it owns, which move between members: INSERT, DELETE and SELECT are not supported; read the results from the sinks' topics",
@@ -343,7 +337,6 @@ impl Group {
 
     /// A source of a group: KAFKA, one topic, the group's `properties.group.id`.
     fn check_source(&self, cs: &crate::sql::CreateSource) -> Result<(String, String, Vec<(String, String)>)> {
-        let what = if cs.table { "table" } else { "source" };
         if cs.table {
             return Err(group_error(format!(
                 "table '{}': tables are not partitioned by a group; declare a source (CREATE SOURCE … FROM KAFKA)",
@@ -352,7 +345,7 @@ impl Group {
         }
         if !cs.connector.as_deref().is_some_and(|k| k.eq_ignore_ascii_case("kafka")) {
             return Err(group_error(format!(
-                "{what} '{}': every source of a group reads a KAFKA topic with the group's 'properties.group.id' (a pushed source has no partitions to share out)",
+                "source '{}': every source of a group reads a KAFKA topic with the group's 'properties.group.id' (a pushed source has no partitions to share out)",
                 cs.name
             )));
         }
@@ -427,7 +420,7 @@ impl Group {
         let (dir, script, version, scope) = {
             let st = self.state.lock();
             let group = st.group_id.clone().unwrap_or_default();
-            let scope = TaskScope { partition: p, group: group.clone(), inputs: self.inputs.clone() };
+            let scope = TaskScope { partition: p, group: group.clone() };
             (self.task_dir(&group, p), st.script.clone(), st.version, scope)
         };
         let mut cfg = self.config.clone();
@@ -465,13 +458,19 @@ impl Group {
         Ok((db, version))
     }
 
-    /// Checkpoints every task; the number of tasks.
-    fn checkpoint_tasks(&self) -> Result<usize> {
+    /// Checkpoints every running task: what they wrote added up, the highest epoch.
+    pub(super) fn checkpoint_tasks(&self) -> Result<crate::durable::CheckpointStats> {
         let dbs: Vec<Database> = self.state.lock().tasks.values().filter_map(|t| t.db.clone()).collect();
+        let mut all = crate::durable::CheckpointStats::default();
         for db in &dbs {
-            db.checkpoint()?;
+            let s = db.checkpoint_stats()?;
+            all.epoch = all.epoch.max(s.epoch);
+            all.bytes_total += s.bytes_total;
+            all.bytes_written += s.bytes_written;
+            all.objects += s.objects;
+            all.objects_reused += s.objects_reused;
         }
-        Ok(dbs.len())
+        Ok(all)
     }
 
     /// Closes partition `p`'s task: a checkpoint (whose sink transaction commits) and close.
@@ -487,14 +486,13 @@ impl Group {
     }
 
     fn partitions(&self) -> Vec<GroupPartition> {
-        let (lead, tasks): (String, Vec<(i32, Option<Database>, Instant, Option<String>)>) = {
+        let ((lead_source, lead), tasks): ((String, String), Vec<(i32, Option<Database>, Instant, Option<String>)>) = {
             let st = self.state.lock();
             (
-                st.sources.first().map(|s| s.1.clone()).unwrap_or_default(),
+                st.sources.first().cloned().unwrap_or_default(),
                 st.tasks.iter().map(|(p, t)| (*p, t.db.clone(), t.since, t.error.clone())).collect(),
             )
         };
-        let lead_source = self.state.lock().sources.first().map(|s| s.0.clone()).unwrap_or_default();
         tasks
             .into_iter()
             .map(|(p, db, since, error)| {
@@ -614,8 +612,9 @@ impl Group {
         }
     }
 
-    /// Leaves the group: every task checkpoints and closes (`abrupt`: closes as a crash would),
-    /// the tasks' offsets are committed, the coordinator leaves.
+    /// Leaves the group: every task checkpoints and closes, its sinks' last transactions
+    /// committing the group's offsets (`abrupt`: closes as a crash would); then the coordinator
+    /// leaves (a static member stays in the group until its session times out).
     pub(super) fn shutdown(&self, abrupt: bool) {
         self.abrupt.store(abrupt, Ordering::Release);
         self.stop.store(true, Ordering::Release);
@@ -657,7 +656,7 @@ mod coordinator {
                 // A topic created a moment ago may not be in every broker's metadata yet.
                 let deadline = Instant::now() + Duration::from_secs(5);
                 loop {
-                    match crate::connector::kafka::partition_count(c.client(), t, servers) {
+                    match crate::connector::kafka::topic_must_exist(c.client(), t, servers) {
                         Err(e) if e.kind() == ErrorKind::NotFound && Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(100));
                         }
@@ -675,7 +674,7 @@ mod coordinator {
     impl ClientContext for Ctx {}
 
     impl ConsumerContext for Ctx {
-        fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
             let (Some(g), Rebalance::Revoke(tpl)) = (self.group.upgrade(), r) else { return };
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             if parts.is_empty() {
@@ -685,7 +684,6 @@ mod coordinator {
             for p in &parts {
                 g.close_task(*p);
             }
-            let _ = c;
         }
 
         fn post_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
@@ -741,8 +739,8 @@ mod coordinator {
         loop {
             let Some(g) = group.upgrade() else { break };
             if g.stop.load(Ordering::Acquire) {
-                // Leaving: the tasks let go first (a checkpoint each), their offsets are
-                // committed, then the member leaves the group (its partitions go to the others).
+                // Leaving: the tasks let go first (a checkpoint each, whose transactions commit
+                // the group's offsets), then the member leaves the group.
                 let owned: Vec<i32> = g.state.lock().tasks.keys().copied().collect();
                 for p in &owned {
                     g.close_task(*p);

@@ -101,7 +101,7 @@ impl KafkaSink {
         // The task of partition p of a consumer group (set by the engine): a transactional id of
         // its own, so that the next owner of the partition fences this one; by default with the
         // group's name in it, so that two groups never share one.
-        let task = (o.get(super::TASK_OPTION), o.get("__laminar.task-group"));
+        let task = (o.get(crate::connector::TASK_PARTITION_OPTION), o.get(crate::connector::TASK_GROUP_OPTION));
         let txn_id = match (given, task) {
             (Some(id), (Some(p), _)) => format!("{id}-p{p}"),
             (None, (Some(p), g)) => format!("laminardb-{}-{sink}-{topic}-p{p}", g.unwrap_or_default()),

@@ -226,12 +226,11 @@ impl KafkaSource {
         let discovery = o.duration("scan.topic-partition-discovery.interval", DISCOVERY_INTERVAL)?;
         // Set by the engine (never by a user: `CREATE SOURCE` refuses `__laminar.` options) in
         // the task of one partition of a consumer group.
-        let task_partition = o.get(TASK_OPTION).and_then(|p| p.parse::<i32>().ok());
+        let task = o.get(crate::connector::TASK_PARTITION_OPTION).and_then(|p| p.parse::<i32>().ok());
         o.finish()?;
         if config.get("group.id").is_none() {
             config.set("group.id", format!("laminardb-{source}"));
         }
-        let task = task_partition;
         if task.is_some() {
             // The member's coordinator is the group's member; a task's reader only fetches.
             config.remove("group.instance.id");
@@ -318,7 +317,7 @@ impl KafkaSource {
             stats: Default::default(),
             lag_checked: None,
             catch_up: CatchUp::default(),
-            discovery: if task_partition.is_some() || discovery.is_zero() { None } else { Some(discovery) },
+            discovery: if task.is_some() || discovery.is_zero() { None } else { Some(discovery) },
             discovered_at: None,
             partitions: vec![],
             task,
