@@ -9,7 +9,10 @@
 //! --queries q0,q1,… (all; q5r and q7r are the window-function rewrites of q5 and q7),
 //! --duckdb PYTHON (also run every query as DuckDB batch SQL over the same events, one thread,
 //! by `benches/peers/duckdb_nexmark.py` under that Python interpreter, which needs `duckdb` and
-//! `pyarrow`; its events per CPU-second and ours ÷ its are printed beside ours).
+//! `pyarrow`; its events per CPU-second and ours ÷ its are printed beside ours),
+//! --flink PYTHON (also run every query in Apache Flink SQL over the same events, PyFlink's local
+//! mini-cluster at parallelism 1 and 2, by `benches/peers/flink_nexmark.py` under that Python,
+//! which `scripts/peers-env.sh` makes; its events per CPU-second, JVM included, and ours ÷ its).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 mod common;
@@ -83,11 +86,12 @@ struct Args {
     rate: u64,
     queries: Vec<String>,
     duckdb: Option<String>,
+    flink: Option<String>,
 }
 
 fn parse_args() -> BoxResult<Args> {
     let mut a =
-        Args { events: 10_000_000, workers: None, batch: 8192, rate: 10_000_000, queries: vec![], duckdb: None };
+        Args { events: 10_000_000, workers: None, batch: 8192, rate: 10_000_000, queries: vec![], duckdb: None, flink: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -97,6 +101,7 @@ fn parse_args() -> BoxResult<Args> {
             "--batch" => a.batch = value()?.parse()?,
             "--rate" => a.rate = value()?.parse()?,
             "--duckdb" => a.duckdb = Some(value()?),
+            "--flink" => a.flink = Some(value()?),
             "--queries" => {
                 a.queries = value()?.split(',').map(|s| s.trim().to_string()).collect();
                 if let Some(q) = a.queries.iter().find(|q| !QUERIES.iter().any(|(n, ..)| n == q)) {
@@ -106,7 +111,7 @@ fn parse_args() -> BoxResult<Args> {
             }
             _ => {
                 return Err(format!(
-                    "unknown option {flag}; options: --events --workers --batch --rate --queries --duckdb"
+                    "unknown option {flag}; options: --events --workers --batch --rate --queries --duckdb --flink"
                 )
                 .into());
             }
@@ -168,14 +173,15 @@ fn run_query(sql: &str, chunks: &[NexmarkBatches], workers: Option<usize>) -> Bo
     Ok(Run { wall, cpu: cpu1 - cpu0, rows_out })
 }
 
-/// DuckDB over the same events (`benches/peers/duckdb_nexmark.py`): per query, (rows, CPU-s).
-fn run_duckdb(
-    python: &str,
-    chunks: &[NexmarkBatches],
-    queries: &[String],
-) -> BoxResult<std::collections::HashMap<String, (u64, f64)>> {
+/// Per query: (rows when the peer counts them, CPU-s), or the peer's error. A peer that reports a
+/// fixed cost per job (`"(fixed)"`: Flink's submission and mini-cluster) has it taken off here.
+type PeerResults = std::collections::HashMap<String, Result<(Option<u64>, f64), String>>;
+
+/// Writes the generated events as Arrow IPC files (person.arrow, auction.arrow, bid.arrow) and the
+/// queries as LaminarDB runs them (queries.json) into a fresh directory, for the peers' scripts.
+fn write_peer_input(chunks: &[NexmarkBatches]) -> BoxResult<std::path::PathBuf> {
     use laminar_core::arrow::ipc::writer::FileWriter;
-    let dir = std::env::temp_dir().join(format!("laminar-nexmark-duckdb-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("laminar-nexmark-peers-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let kinds: [(&str, fn(&NexmarkBatches) -> &laminar_core::arrow::record_batch::RecordBatch); 3] =
         [("person", |c| &c.person), ("auction", |c| &c.auction), ("bid", |c| &c.bid)];
@@ -191,18 +197,40 @@ fn run_duckdb(
     }
     let texts: Vec<(&str, &str)> = QUERIES.iter().map(|(n, sql, ..)| (*n, *sql)).collect();
     std::fs::write(dir.join("queries.json"), serde_json::to_string(&texts)?)?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/peers/duckdb_nexmark.py");
-    let out = std::process::Command::new(python).arg(&script).arg(&dir).arg(queries.join(",")).output();
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = out.map_err(|e| format!("running {python} {}: {e}", script.display()))?;
+    Ok(dir)
+}
+
+/// Runs a peer's script (`benches/peers/<script>`) over the directory of [`write_peer_input`] and
+/// reads the JSON line it prints per query.
+fn run_peer(python: &str, script: &str, dir: &std::path::Path, extra: &[String]) -> BoxResult<PeerResults> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/peers").join(script);
+    eprintln!("running {} {}", script.display(), extra.join(" "));
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .args(extra)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {python} {}: {e}", script.display()))?;
     if !out.status.success() {
-        return Err(format!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr)).into());
+        return Err(format!("{} failed ({})", script.display(), out.status).into());
     }
-    let mut res = std::collections::HashMap::new();
+    let mut res = PeerResults::new();
+    let mut fixed = 0.0;
     for line in String::from_utf8(out.stdout)?.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let name = v["query"].as_str().ok_or("no query name")?.to_string();
-        res.insert(name, (v["rows"].as_u64().unwrap_or(0), v["cpu"].as_f64().unwrap_or(f64::NAN)));
+        let cpu = v["cpu"].as_f64().unwrap_or(f64::NAN);
+        if name == "(fixed)" {
+            fixed = cpu;
+            eprintln!("{}: a job's fixed cost {cpu:.2} CPU-s, taken off each query's", script.display());
+            continue;
+        }
+        let r = match v["error"].as_str() {
+            Some(e) => Err(e.to_string()),
+            None => Ok((v["rows"].as_u64(), cpu - fixed)),
+        };
+        res.insert(name, r);
     }
     Ok(res)
 }
@@ -232,10 +260,24 @@ fn real_main() -> BoxResult<()> {
     let gen_wall = g0.elapsed();
     let (gcpu1, _) = usage::now();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let duck = match &args.duckdb {
-        Some(py) => Some(run_duckdb(py, &chunks, &args.queries)?),
-        None => None,
-    };
+    let mut peers: Vec<(String, PeerResults)> = vec![];
+    if args.duckdb.is_some() || args.flink.is_some() {
+        let dir = write_peer_input(&chunks)?;
+        let run = (|| -> BoxResult<()> {
+            if let Some(py) = &args.duckdb {
+                peers.push(("DuckDB".into(), run_peer(py, "duckdb_nexmark.py", &dir, &[args.queries.join(",")])?));
+            }
+            if let Some(py) = &args.flink {
+                for p in [1, 2] {
+                    let extra = [args.queries.join(","), p.to_string()];
+                    peers.push((format!("Flink p{p}"), run_peer(py, "flink_nexmark.py", &dir, &extra)?));
+                }
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        run?;
+    }
     println!(
         "Nexmark: {} events, chunks of {}, event-time rate {} ev/s, workers {}, cores {cores}, build {}",
         args.events,
@@ -262,8 +304,8 @@ fn real_main() -> BoxResult<()> {
         "best published",
         "target"
     );
-    if duck.is_some() {
-        print!(" {:>12} {:>24} {:>14}", "DuckDB rows", "DuckDB K ev/s per CPU-s", "ours ÷ DuckDB");
+    for (peer, _) in &peers {
+        print!(" {:>12} {:>24} {:>14}", format!("{peer} rows"), format!("{peer} K ev/s per CPU-s"), format!("ours ÷ {peer}"));
     }
     println!();
     for (name, sql, published, target) in QUERIES {
@@ -285,23 +327,37 @@ fn real_main() -> BoxResult<()> {
             published,
             format!("≥ {target}")
         );
-        if let Some(d) = &duck {
-            match d.get(name) {
-                Some((rows, cpu)) => {
+        let mut errors = vec![];
+        for (peer, res) in &peers {
+            match res.get(name) {
+                Some(Ok((rows, cpu))) => {
                     let theirs = args.events as f64 / cpu / 1e3;
+                    let rows = rows.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
                     print!(" {rows:>12} {theirs:>24.0} {:>14.2}", per_cpu / theirs);
                 }
-                None => print!(" {:>12}", "-"),
+                Some(Err(e)) => {
+                    print!(" {:>12} {:>24} {:>14}", "failed", "-", "-");
+                    errors.push(format!("{peer}: {e}"));
+                }
+                None => print!(" {:>12} {:>24} {:>14}", "-", "-", "-"),
             }
         }
         println!();
+        for e in errors {
+            println!("      {e}");
+        }
     }
     println!(
         "\nper CPU-s = events ÷ CPU seconds the process used during the query (getrusage), as Flink's Throughput/Cores; peak MiB is the process's peak RSS so far (getrusage never lowers it: a query's own peak only when it exceeds the earlier ones), generator included."
     );
-    if duck.is_some() {
+    if peers.iter().any(|(p, _)| p == "DuckDB") {
         println!(
             "DuckDB: the same events as Arrow tables in memory, each query as batch SQL (window table functions spelt out as a row per window), one thread, its result fetched as Arrow; CPU-s of its process during the query (rows differ where LaminarDB emits changes: q4's updates, for instance)."
+        );
+    }
+    if args.flink.is_some() {
+        println!(
+            "Flink p1/p2: Flink SQL in PyFlink's local mini-cluster at parallelism 1 and 2, streaming mode, the same events from CSV files (written before the clock starts), the query text as LaminarDB runs it, into a blackhole sink (rows not counted); CPU-s of the Python process and its JVM during the job, less a job's fixed cost (the least of three jobs over an empty file: submission, planning, the mini-cluster's start and stop)."
         );
     }
     Ok(())
