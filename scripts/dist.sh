@@ -200,7 +200,7 @@ report "laminardb-$version.tgz" "$out/laminardb-$version.tgz" 0 no
 echo "dist ($profile, version $version) in $out, $((SECONDS - t_all))s:"
 printf '  %s\n' "${summary[@]}"
 if [ ${#oversize[@]} -gt 0 ]; then
-  # Not a failure yet: the release libraries are about 129 MB stripped today (README, Install).
+  # Not a failure yet: the release libraries are about 80 MB stripped today (README, Install).
   echo "dist.sh: over $limit_mb MB: ${oversize[*]} (LAMINAR_DIST_STRICT_SIZE=1 makes this fail)" >&2
   if [ "${LAMINAR_DIST_STRICT_SIZE:-0}" = 1 ]; then exit 1; fi
 fi
