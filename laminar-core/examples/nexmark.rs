@@ -90,8 +90,15 @@ struct Args {
 }
 
 fn parse_args() -> BoxResult<Args> {
-    let mut a =
-        Args { events: 10_000_000, workers: None, batch: 8192, rate: 10_000_000, queries: vec![], duckdb: None, flink: None };
+    let mut a = Args {
+        events: 10_000_000,
+        workers: None,
+        batch: 8192,
+        rate: 10_000_000,
+        queries: vec![],
+        duckdb: None,
+        flink: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -305,7 +312,12 @@ fn real_main() -> BoxResult<()> {
         "target"
     );
     for (peer, _) in &peers {
-        print!(" {:>12} {:>24} {:>14}", format!("{peer} rows"), format!("{peer} K ev/s per CPU-s"), format!("ours ÷ {peer}"));
+        print!(
+            " {:>12} {:>24} {:>14}",
+            format!("{peer} rows"),
+            format!("{peer} K ev/s per CPU-s"),
+            format!("ours ÷ {peer}")
+        );
     }
     println!();
     for (name, sql, published, target) in QUERIES {
