@@ -101,11 +101,7 @@ def main() -> None:
         if not os.path.exists(f"{path}/{name}.csv"):
             os.makedirs(path, exist_ok=True)
             write_csv(table, f"{path}/{name}.csv")
-        cols = ", ".join(f"{fld.name} {flink_type(fld.type)}" for fld in table.schema)
-        ddl[name] = (
-            f"CREATE TABLE {name} ({cols}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) "
-            f"WITH ('connector' = 'filesystem', 'path' = 'file://{os.path.abspath(path)}', 'format' = 'csv')"
-        )
+        ddl[name] = (", ".join(f"{fld.name} {flink_type(fld.type)}" for fld in table.schema), path)
     with open(f"{d}/queries.json") as f:
         queries = json.load(f)
 
@@ -122,8 +118,14 @@ def main() -> None:
         "state.backend.type": "hashmap",
     }.items():
         conf.set(key, value)
-    for text in ddl.values():
-        t_env.execute_sql(text)
+    def create(name: str, cols: str, path: str) -> None:
+        t_env.execute_sql(
+            f"CREATE TABLE {name} ({cols}, WATERMARK FOR date_time AS date_time - INTERVAL '4' SECOND) "
+            f"WITH ('connector' = 'filesystem', 'path' = 'file://{os.path.abspath(path)}', 'format' = 'csv')"
+        )
+
+    for name, (cols, path) in ddl.items():
+        create(name, cols, path)
     sink = TableDescriptor.for_connector("blackhole").build()
     # Warm-up: a small job, not counted.
     t_env.sql_query("SELECT id, name FROM person WHERE id % 1000 = 0").execute_insert(sink).wait()
@@ -133,8 +135,7 @@ def main() -> None:
     empty = f"{d}/flink/empty"
     os.makedirs(empty, exist_ok=True)
     open(f"{empty}/empty.csv", "w").close()
-    t_env.execute_sql(ddl["bid"].replace("CREATE TABLE bid", "CREATE TABLE empty_bid", 1).replace(
-        f"'file://{os.path.abspath(d)}/flink/bid'", f"'file://{os.path.abspath(empty)}'"))
+    create("empty_bid", ddl["bid"][0], empty)
     fixed = []
     for _ in range(3):
         c0 = tree_cpu(me)
